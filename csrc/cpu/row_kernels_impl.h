@@ -1,0 +1,291 @@
+// Row kernels for one instruction set. Included once by each row_kernels_*.cpp,
+// which sets the compiler's target before including it and defines
+// RT_ROW_KERNELS_NAME (the accessor) and RT_ISA_NAME. Everything here has
+// internal linkage. The loops are written so that the compiler vectorises them
+// (16 Philox counters at a time, branch-free math); they use the same IEEE
+// operations in the same order on every target, so each element's value does
+// not depend on the ISA, the vector width or where a row starts.
+#pragma once
+
+#include "../philox.h"
+#include "row_kernels.h"
+
+namespace rtrick {
+namespace cpu {
+namespace {
+
+// ------------------------------------------------------------------ storage
+// Conversions follow c10::Half / c10::BFloat16 (round to nearest even); they
+// are written with integer ops so that they vectorise on every target.
+RT_HD float half_to_float(uint16_t h) {
+  const uint32_t w = static_cast<uint32_t>(h) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normalized = bits_float((two_w >> 4) + (0xE0u << 23)) * 1.925929944387236e-34f;  // 2^-112
+  const float denormalized = bits_float((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t magnitude = two_w < (1u << 27) ? float_bits(denormalized) : float_bits(normalized);
+  return bits_float(sign | magnitude);
+}
+
+RT_HD uint16_t float_to_half(float f) {
+  const float scale_to_inf = 5.192296858534828e+33f;   // 2^112
+  const float scale_to_zero = 7.703719777548943e-34f;  // 2^-110
+  float base = (bits_float(float_bits(f) & 0x7fffffffu) * scale_to_inf) * scale_to_zero;
+  const uint32_t w = float_bits(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? 0x71000000u : bias;
+  base = bits_float((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = float_bits(base);
+  const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
+  const uint32_t mantissa_bits = bits & 0x00000FFFu;
+  const uint32_t nonsign = exp_bits + mantissa_bits;
+  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+RT_HD float bfloat16_to_float(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
+
+RT_HD uint16_t float_to_bfloat16(float f) {
+  const uint32_t bits = float_bits(f);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(f != f ? 0x7FC0u : rounded);
+}
+
+// Storage type, compute type and accumulator type of each tensor dtype.
+template <Storage S> struct Traits;
+template <> struct Traits<Storage::Float32> {
+  using stored = float; using compute = float;
+  static RT_HD float load(float v) { return v; }
+  static RT_HD float store(float v) { return v; }
+};
+template <> struct Traits<Storage::Float64> {
+  using stored = double; using compute = double;
+  static RT_HD double load(double v) { return v; }
+  static RT_HD double store(double v) { return v; }
+};
+template <> struct Traits<Storage::Float16> {
+  using stored = uint16_t; using compute = float;
+  static RT_HD float load(uint16_t v) { return half_to_float(v); }
+  static RT_HD uint16_t store(float v) { return float_to_half(v); }
+};
+template <> struct Traits<Storage::BFloat16> {
+  using stored = uint16_t; using compute = float;
+  static RT_HD float load(uint16_t v) { return bfloat16_to_float(v); }
+  static RT_HD uint16_t store(float v) { return float_to_bfloat16(v); }
+};
+
+// -------------------------------------------------------------------- noise
+// The 64 normals of block `block` (stream elements 64*block .. 64*block+63):
+// 16 Philox counters, one per vector lane, then Box-Muller on all four words.
+inline void fill_noise_block(StreamKey s, uint64_t block, float* eps) {
+  uint32_t w0[16], w1[16], w2[16], w3[16];
+  const uint64_t first = block * 16;  // multiple of 16: adding i < 16 never carries
+  const uint32_t c0 = static_cast<uint32_t>(first), c1 = static_cast<uint32_t>(first >> 32);
+  const uint32_t c2 = static_cast<uint32_t>(s.offset), c3 = static_cast<uint32_t>(s.offset >> 32);
+  const uint32_t k0 = static_cast<uint32_t>(s.key), k1 = static_cast<uint32_t>(s.key >> 32);
+  for (uint32_t i = 0; i < 16; ++i) {
+    const Philox4 w = philox4x32_10(c0 + i, c1, c2, c3, k0, k1);
+    w0[i] = w.x0; w1[i] = w.x1; w2[i] = w.x2; w3[i] = w.x3;
+  }
+  float r01[16], r23[16], z0[16], z1[16], z2[16], z3[16];
+  for (int i = 0; i < 16; ++i) r01[i] = box_muller_radius(w0[i]);
+  for (int i = 0; i < 16; ++i) r23[i] = box_muller_radius(w2[i]);
+  for (int i = 0; i < 16; ++i) {
+    const Normal2 a = box_muller_from_radius(r01[i], w1[i]);
+    z0[i] = a.a; z1[i] = a.b;
+  }
+  for (int i = 0; i < 16; ++i) {
+    const Normal2 b = box_muller_from_radius(r23[i], w3[i]);
+    z2[i] = b.a; z3[i] = b.b;
+  }
+  for (int i = 0; i < 16; ++i) {
+    eps[4 * i + 0] = z0[i]; eps[4 * i + 1] = z1[i];
+    eps[4 * i + 2] = z2[i]; eps[4 * i + 3] = z3[i];
+  }
+}
+
+// Calls body(j, count, eps) for consecutive pieces of the row [n0, n0 + len)
+// that each lie in one noise block; eps points at the normal of element j.
+template <typename Body>
+inline void for_each_noise_piece(StreamKey s, int64_t n0, int64_t len, NoiseCache& cache, Body body) {
+  int64_t j = 0;
+  while (j < len) {
+    const uint64_t n = static_cast<uint64_t>(n0 + j);
+    const uint64_t block = n / kNoiseBlock;
+    const int64_t start = static_cast<int64_t>(n % kNoiseBlock);
+    const int64_t count = (kNoiseBlock - start) < (len - j) ? (kNoiseBlock - start) : (len - j);
+    if (cache.block != block) {
+      fill_noise_block(s, block, cache.eps);
+      cache.block = block;
+    }
+    body(j, count, cache.eps + start);
+    j += count;
+  }
+}
+
+// --------------------------------------------------------------- row bodies
+template <Storage S, ScaleKind K>
+void forward_row(StreamKey s, int64_t n0, int64_t len, void* out_, const void* mu_,
+                 int64_t mu_stride, const void* sp_, int64_t sp_stride) {
+  using T = Traits<S>;
+  using stored = typename T::stored;
+  using compute = typename T::compute;
+  stored* out = static_cast<stored*>(out_);
+  const stored* mu = static_cast<const stored*>(mu_);
+  const stored* sp = static_cast<const stored*>(sp_);
+  NoiseCache cache;
+  const bool contiguous = mu_stride == 1 && sp_stride == 1;
+  for_each_noise_piece(s, n0, len, cache, [&](int64_t j, int64_t count, const float* eps) {
+    if (contiguous) {
+      const stored* m = mu + j;
+      const stored* x = sp + j;
+      stored* o = out + j;
+      for (int64_t t = 0; t < count; ++t)
+        o[t] = T::store(T::load(m[t]) + sigma_of<K>(T::load(x[t])) * static_cast<compute>(eps[t]));
+    } else {
+      for (int64_t t = 0; t < count; ++t)
+        out[j + t] = T::store(T::load(mu[(j + t) * mu_stride]) +
+                              sigma_of<K>(T::load(sp[(j + t) * sp_stride])) * static_cast<compute>(eps[t]));
+    }
+  });
+}
+
+template <Storage S, ScaleKind K>
+void backward_row(StreamKey s, int64_t n0, int64_t len, void* out_, const void* grad_,
+                  int64_t grad_stride, const void* sp_, int64_t sp_stride) {
+  using T = Traits<S>;
+  using stored = typename T::stored;
+  using compute = typename T::compute;
+  stored* out = static_cast<stored*>(out_);
+  const stored* grad = static_cast<const stored*>(grad_);
+  const stored* sp = static_cast<const stored*>(sp_);
+  NoiseCache cache;
+  const bool contiguous = grad_stride == 1 && sp_stride == 1;
+  for_each_noise_piece(s, n0, len, cache, [&](int64_t j, int64_t count, const float* eps) {
+    if (contiguous) {
+      const stored* g = grad + j;
+      const stored* x = sp + j;
+      stored* o = out + j;
+      for (int64_t t = 0; t < count; ++t)
+        o[t] = T::store((T::load(g[t]) * static_cast<compute>(eps[t])) * dsigma_of<K>(T::load(x[t])));
+    } else {
+      for (int64_t t = 0; t < count; ++t)
+        out[j + t] = T::store((T::load(grad[(j + t) * grad_stride]) * static_cast<compute>(eps[t])) *
+                              dsigma_of<K>(T::load(sp[(j + t) * sp_stride])));
+    }
+  });
+}
+
+template <Storage S>
+void noise_dot_row(StreamKey s, int64_t n0, int64_t len, const void* grad_, int64_t grad_stride,
+                   void* acc_, int64_t acc_stride, NoiseCache* cache) {
+  using T = Traits<S>;
+  using stored = typename T::stored;
+  using compute = typename T::compute;
+  const stored* grad = static_cast<const stored*>(grad_);
+  compute* acc = static_cast<compute*>(acc_);
+  if (acc_stride != 0) {
+    for_each_noise_piece(s, n0, len, *cache, [&](int64_t j, int64_t count, const float* eps) {
+      if (grad_stride == 1) {
+        const stored* g = grad + j;
+        compute* a = acc + j;
+        for (int64_t t = 0; t < count; ++t) a[t] += T::load(g[t]) * static_cast<compute>(eps[t]);
+      } else {
+        for (int64_t t = 0; t < count; ++t)
+          acc[j + t] += T::load(grad[(j + t) * grad_stride]) * static_cast<compute>(eps[t]);
+      }
+    });
+    return;
+  }
+  // A sum: 16 partial sums, lane = position in the row, added in a fixed order.
+  compute lanes[16] = {};
+  for_each_noise_piece(s, n0, len, *cache, [&](int64_t j, int64_t count, const float* eps) {
+    for (int64_t t = 0; t < count; ++t)
+      lanes[(j + t) & 15] += T::load(grad[(j + t) * grad_stride]) * static_cast<compute>(eps[t]);
+  });
+  compute total = 0;
+  for (int l = 0; l < 16; ++l) total += lanes[l];
+  acc[0] += total;
+}
+
+template <Storage S, ScaleKind K>
+void finish_row(const void* partial_, int64_t parts, int64_t count, const void* sp_, void* out_,
+                int64_t begin, int64_t end) {
+  using T = Traits<S>;
+  using stored = typename T::stored;
+  using compute = typename T::compute;
+  const compute* partial = static_cast<const compute*>(partial_);
+  const stored* sp = static_cast<const stored*>(sp_);
+  stored* out = static_cast<stored*>(out_);
+  for (int64_t k = begin; k < end; ++k) {
+    compute total = partial[k];
+    for (int64_t p = 1; p < parts; ++p) total += partial[p * count + k];
+    out[k] = T::store(total * dsigma_of<K>(T::load(sp[k])));
+  }
+}
+
+// ------------------------------------------------- run-time -> compile-time
+template <template <Storage, ScaleKind> class Row, Storage S, typename... Args>
+void dispatch_scale(int32_t scale, Args... args) {
+  switch (static_cast<ScaleKind>(scale)) {
+    case ScaleKind::LogSigma: Row<S, ScaleKind::LogSigma>::run(args...); break;
+    case ScaleKind::LogVar: Row<S, ScaleKind::LogVar>::run(args...); break;
+    case ScaleKind::Sigma: Row<S, ScaleKind::Sigma>::run(args...); break;
+    case ScaleKind::Softplus: Row<S, ScaleKind::Softplus>::run(args...); break;
+  }
+}
+
+template <template <Storage, ScaleKind> class Row, typename... Args>
+void dispatch(Storage storage, int32_t scale, Args... args) {
+  switch (storage) {
+    case Storage::Float32: dispatch_scale<Row, Storage::Float32>(scale, args...); break;
+    case Storage::Float64: dispatch_scale<Row, Storage::Float64>(scale, args...); break;
+    case Storage::Float16: dispatch_scale<Row, Storage::Float16>(scale, args...); break;
+    case Storage::BFloat16: dispatch_scale<Row, Storage::BFloat16>(scale, args...); break;
+  }
+}
+
+template <Storage S, ScaleKind K> struct ForwardRow {
+  template <typename... A> static void run(A... a) { forward_row<S, K>(a...); }
+};
+template <Storage S, ScaleKind K> struct BackwardRow {
+  template <typename... A> static void run(A... a) { backward_row<S, K>(a...); }
+};
+template <Storage S, ScaleKind K> struct NoiseDotRow {  // the scale plays no part
+  template <typename... A> static void run(A... a) { noise_dot_row<S>(a...); }
+};
+template <Storage S, ScaleKind K> struct FinishRow {
+  template <typename... A> static void run(A... a) { finish_row<S, K>(a...); }
+};
+
+void forward_entry(Storage storage, int32_t scale, StreamKey s, int64_t n0, int64_t len, void* out,
+                   const void* mu, int64_t mu_stride, const void* sp, int64_t sp_stride) {
+  dispatch<ForwardRow>(storage, scale, s, n0, len, out, mu, mu_stride, sp, sp_stride);
+}
+
+void backward_entry(Storage storage, int32_t scale, StreamKey s, int64_t n0, int64_t len, void* out,
+                    const void* grad, int64_t grad_stride, const void* sp, int64_t sp_stride) {
+  dispatch<BackwardRow>(storage, scale, s, n0, len, out, grad, grad_stride, sp, sp_stride);
+}
+
+void noise_dot_entry(Storage storage, StreamKey s, int64_t n0, int64_t len, const void* grad,
+                     int64_t grad_stride, void* acc, int64_t acc_stride, NoiseCache* cache) {
+  dispatch<NoiseDotRow>(storage, 0, s, n0, len, grad, grad_stride, acc, acc_stride, cache);
+}
+
+void finish_entry(Storage storage, int32_t scale, const void* partial, int64_t parts, int64_t count,
+                  const void* sp, void* out, int64_t begin, int64_t end) {
+  dispatch<FinishRow>(storage, scale, partial, parts, count, sp, out, begin, end);
+}
+
+}  // namespace
+
+const RowKernels& RT_ROW_KERNELS_NAME() {
+  static const RowKernels table{RT_ISA_NAME, forward_entry, backward_entry, noise_dot_entry,
+                                finish_entry};
+  return table;
+}
+
+}  // namespace cpu
+}  // namespace rtrick

@@ -1,0 +1,268 @@
+// The canonical random stream of rtrick_ops (docs/stream.md is its specification).
+//
+// Everything here is plain C++ that compiles as host code, as CUDA device code
+// and inside the per-ISA CPU translation units. The functions use only
+// IEEE-exact operations (+, -, *, /, sqrt, fma, bit casts, compares), so every
+// backend that follows the same sequence produces the same bits; compile with
+// floating-point contraction off (-ffp-contract=off, nvcc -fmad=false) so that
+// no compiler fuses a multiply and an add behind our back.
+//
+// The unnamed namespace gives every function internal linkage: each CPU
+// translation unit is compiled for a different instruction set, and a shared
+// inline definition would let the linker pick an AVX-512 copy for a CPU that
+// has no AVX-512.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define RT_HD __host__ __device__ __forceinline__
+#define RT_UNROLL _Pragma("unroll")
+#else
+#define RT_HD inline __attribute__((always_inline))
+#define RT_UNROLL _Pragma("GCC unroll 16")
+#endif
+
+namespace rtrick {
+namespace {
+
+// ---------------------------------------------------------------- bit casts
+RT_HD uint32_t float_bits(float x) {
+  union { float f; uint32_t u; } v; v.f = x; return v.u;
+}
+RT_HD float bits_float(uint32_t u) {
+  union { float f; uint32_t u; } v; v.u = u; return v.f;
+}
+RT_HD float fma_f32(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return __builtin_fmaf(a, b, c);
+#endif
+}
+
+// ------------------------------------------------------------ Philox4x32-10
+// Random123's Philox4x32 with 10 rounds: counter (c0..c3), key (k0, k1).
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
+
+struct Philox4 { uint32_t x0, x1, x2, x3; };
+
+RT_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                            uint32_t k0, uint32_t k1) {
+  RT_UNROLL
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
+    const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
+    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  return Philox4{c0, c1, c2, c3};
+}
+
+// Element n of a stream (key, offset) comes from lane n % 4 of the Philox
+// block whose counter is (lo(n/4), hi(n/4), lo(offset), hi(offset)).
+RT_HD Philox4 philox_block(uint64_t key, uint64_t offset, uint64_t block) {
+  return philox4x32_10(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
+                       static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+                       static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));
+}
+
+// ---------------------------------------------------------------- uniforms
+// A 32-bit word to a float32 strictly inside (0, 1): x * 2^-32 + 2^-33, with x
+// first capped at 2^32 - 129 so that float(x) never rounds up to 2^32 (the
+// largest result is then 1 - 2^-24). float(x) rounds to nearest even and the
+// scaling is exact, so every backend gets the same bits. The smallest value,
+// 2^-33, bounds the Box-Muller radius at sqrt(66 ln 2) = 6.76.
+constexpr uint32_t kUniformWordMax = 0xFFFFFF7Fu;
+RT_HD float uniform_open(uint32_t x) {
+  const uint32_t capped = x < kUniformWordMax ? x : kUniformWordMax;  // an integer min
+  // float(capped) rounded to nearest even, built from two exact 16-bit halves
+  // with one rounding: AVX2 has no unsigned-to-float conversion to vectorise.
+  const float high = static_cast<float>(static_cast<int32_t>(capped >> 16)) * 65536.0f;
+  const float as_float = high + static_cast<float>(static_cast<int32_t>(capped & 0xFFFFu));
+  return fma_f32(as_float, 2.3283064365386963e-10f /*2^-32*/, 1.1641532182693481e-10f /*2^-33*/);
+}
+
+// ------------------------------------------------------------ float32 math
+// Branch-free so that loops over them vectorise; accurate to about 1 ulp.
+
+// Round to nearest even for |x| < 2^22, by the 1.5 * 2^23 trick.
+RT_HD float round_nearest_f32(float x) {
+  const float magic = 12582912.0f;
+  return (x + magic) - magic;
+}
+
+// Natural log of a positive normal float (Cephes logf polynomial).
+RT_HD float log_f32(float x) {
+  // x = 2^e * m with m in [sqrt(1/2), sqrt(2)), by integer arithmetic alone
+  // (musl's logf reduction: no selects, so it vectorises on AVX2 too).
+  const uint32_t bits = float_bits(x);
+  const uint32_t shifted = bits - 0x3f3504f3u;  // bits of sqrt(1/2)
+  const int32_t e = static_cast<int32_t>(shifted) >> 23;
+  const float m = bits_float(bits - (shifted & 0xff800000u));
+  const float f = m - 1.0f;  // exact
+  const float f2 = f * f;
+  float p = 7.0376836292e-2f;
+  p = fma_f32(p, f, -1.1514610310e-1f);
+  p = fma_f32(p, f, 1.1676998740e-1f);
+  p = fma_f32(p, f, -1.2420140846e-1f);
+  p = fma_f32(p, f, 1.4249322787e-1f);
+  p = fma_f32(p, f, -1.6668057665e-1f);
+  p = fma_f32(p, f, 2.0000714765e-1f);
+  p = fma_f32(p, f, -2.4999993993e-1f);
+  p = fma_f32(p, f, 3.3333331174e-1f);
+  const float fe = static_cast<float>(e);
+  float y = (f * f2) * p;
+  y = fma_f32(fe, -2.12194440e-4f, y);
+  y = fma_f32(f2, -0.5f, y);
+  const float r = f + y;
+  return fma_f32(fe, 0.693359375f, r);
+}
+
+// e^x for any float: overflow gives +inf, underflow 0, NaN stays NaN.
+RT_HD float exp_f32(float x) {
+  const float xc = x > 88.8f ? 88.8f : (x < -104.0f ? -104.0f : x);
+  const float n = round_nearest_f32(xc * 1.44269504089f);
+  float r = fma_f32(n, -0.693359375f, xc);
+  r = fma_f32(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = fma_f32(p, r, 1.3981999507e-3f);
+  p = fma_f32(p, r, 8.3334519073e-3f);
+  p = fma_f32(p, r, 4.1665795894e-2f);
+  p = fma_f32(p, r, 1.6666665459e-1f);
+  p = fma_f32(p, r, 5.0000001201e-1f);
+  p = fma_f32(p, r * r, r) + 1.0f;
+  // Scale by 2^n in two steps so that results in the subnormal range and
+  // up to the overflow threshold need no special exponent handling.
+  const int32_t ni = static_cast<int32_t>(n);
+  const int32_t n1 = ni / 2, n2 = ni - n1;
+  float result = p * bits_float(static_cast<uint32_t>(n1 + 127) << 23) *
+                 bits_float(static_cast<uint32_t>(n2 + 127) << 23);
+  result = x > 88.72283935f ? bits_float(0x7f800000u) : result;
+  result = x < -103.972084f ? 0.0f : result;
+  return x != x ? x : result;
+}
+
+// sin(2 pi u) and cos(2 pi u) for u in [0, 1]. The reduction u - k/4 is exact,
+// so the result keeps full relative accuracy next to every zero crossing.
+struct SinCos { float sin, cos; };
+RT_HD SinCos sincos_2pi_f32(float u) {
+  const float q = round_nearest_f32(u * 4.0f);  // 0..4
+  const float r = fma_f32(q, -0.25f, u);        // exact, |r| <= 1/8
+  const float r2 = r * r;
+  float s = -15.0946425768f;                    // sin(2 pi r) / r, Taylor to r^10
+  s = fma_f32(s, r2, 42.0586939449f);
+  s = fma_f32(s, r2, -76.7058597531f);
+  s = fma_f32(s, r2, 81.6052492761f);
+  s = fma_f32(s, r2, -41.3417022404f);
+  s = fma_f32(s, r2, 6.28318530718f);
+  s = s * r;
+  float c = 7.90353630119f;                     // cos(2 pi r), Taylor to r^12
+  c = fma_f32(c, r2, -26.4262086444f);
+  c = fma_f32(c, r2, 60.2446387986f);
+  c = fma_f32(c, r2, -85.4568172998f);
+  c = fma_f32(c, r2, 64.9393940227f);
+  c = fma_f32(c, r2, -19.7392088022f);
+  c = fma_f32(c, r2, 1.0f);
+  // Quadrant k = q mod 4 rotates (s, c) by k quarter turns; sign flips are
+  // done on the sign bit so that the code stays branch-free.
+  const uint32_t quadrant = static_cast<uint32_t>(static_cast<int32_t>(q)) & 3u;
+  const bool odd = (quadrant & 1u) != 0;
+  const float sin_abs = odd ? c : s;
+  const float cos_abs = odd ? s : c;
+  SinCos out;
+  out.sin = bits_float(float_bits(sin_abs) ^ ((quadrant & 2u) << 30));
+  out.cos = bits_float(float_bits(cos_abs) ^ (((quadrant + 1u) & 2u) << 30));
+  return out;
+}
+
+// ---------------------------------------------------------------- normals
+// Box-Muller on two uniforms: (r cos(2 pi v), r sin(2 pi v)), r = sqrt(-2 ln u).
+// The radius and the angle are separate functions so that a caller can run
+// each over a whole vector of lanes (loops with less in them vectorise).
+RT_HD float box_muller_radius(uint32_t radius_bits) {
+  const float u = uniform_open(radius_bits);
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(-2.0f * log_f32(u));
+#else
+  return __builtin_sqrtf(-2.0f * log_f32(u));
+#endif
+}
+
+struct Normal2 { float a, b; };
+RT_HD Normal2 box_muller_from_radius(float radius, uint32_t angle_bits) {
+  const SinCos sc = sincos_2pi_f32(uniform_open(angle_bits));
+  return Normal2{radius * sc.cos, radius * sc.sin};
+}
+
+RT_HD Normal2 box_muller(uint32_t radius_bits, uint32_t angle_bits) {
+  return box_muller_from_radius(box_muller_radius(radius_bits), angle_bits);
+}
+
+// The four normals of one Philox block: lanes 0,1 from words (x0, x1) and
+// lanes 2,3 from words (x2, x3).
+struct Normal4 { float z0, z1, z2, z3; };
+RT_HD Normal4 normal_block(uint64_t key, uint64_t offset, uint64_t block) {
+  const Philox4 w = philox_block(key, offset, block);
+  const Normal2 a = box_muller(w.x0, w.x1);
+  const Normal2 b = box_muller(w.x2, w.x3);
+  return Normal4{a.a, a.b, b.a, b.b};
+}
+
+// Element n of the standard-normal stream (slow path: one block per element).
+RT_HD float normal_at(uint64_t key, uint64_t offset, uint64_t n) {
+  const Normal4 z = normal_block(key, offset, n >> 2);
+  const uint32_t lane = static_cast<uint32_t>(n & 3);
+  return lane == 0 ? z.z0 : lane == 1 ? z.z1 : lane == 2 ? z.z2 : z.z3;
+}
+
+// -------------------------------------------------- scale parameterizations
+// sigma = s(x) and its first derivative ds/dx, computed in float for
+// float/half/bfloat16 tensors and in double for double tensors.
+enum class ScaleKind : int32_t { LogSigma = 0, LogVar = 1, Sigma = 2, Softplus = 3 };
+
+RT_HD float exp_of(float x) { return exp_f32(x); }
+RT_HD double exp_of(double x) { return ::exp(x); }
+RT_HD float log1p_of_exp(float x) {
+  // log1p(y) with y = e^x, corrected for the rounding of 1 + y.
+  const float y = exp_f32(x);
+  const float one_plus = 1.0f + y;
+  return log_f32(one_plus) - ((one_plus - 1.0f) - y) / one_plus;
+}
+RT_HD double log1p_of_exp(double x) { return ::log1p(::exp(x)); }
+
+// torch.nn.functional.softplus with beta=1, threshold=20.
+template <typename T>
+RT_HD T softplus_of(T x) {
+  const T r = x > T(20) ? x : log1p_of_exp(x);
+  return x != x ? x : r;
+}
+
+template <ScaleKind kind, typename T>
+RT_HD T sigma_of(T x) {
+  if (kind == ScaleKind::LogSigma) return exp_of(x);
+  if (kind == ScaleKind::LogVar) return exp_of(x * T(0.5));
+  if (kind == ScaleKind::Sigma) return x;
+  return softplus_of(x);
+}
+
+template <ScaleKind kind, typename T>
+RT_HD T dsigma_of(T x) {
+  if (kind == ScaleKind::LogSigma) return exp_of(x);
+  if (kind == ScaleKind::LogVar) return T(0.5) * exp_of(x * T(0.5));
+  if (kind == ScaleKind::Sigma) return T(1);
+  return T(1) / (T(1) + exp_of(-x));                  // sigmoid
+}
+
+}  // namespace
+}  // namespace rtrick

@@ -1,0 +1,28 @@
+"""rtrick_ops: fused reparameterized sampling for PyTorch.
+
+    import rtrick_ops as rt
+    z = rt.normal_rsample(mu, log_sigma)            # z = mu + exp(log_sigma) * eps
+"""
+from ._library import compiled as _compiled
+from .normal import normal_rsample
+
+__version__ = "0.1.0"
+__all__ = ["normal_rsample", "cpu_isa", "set_cpu_isa"]
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels use: 'avx512', 'avx2' or 'default'."""
+    from ._library import require_compiled
+
+    return require_compiled("cpu_isa()").cpu_isa()
+
+
+def set_cpu_isa(isa: str) -> None:
+    """Choose the CPU kernels' instruction set ('auto', 'default', 'avx2', 'avx512').
+
+    Every choice gives bitwise-identical results; this exists for testing and
+    benchmarking. It fails for an ISA the CPU or the build lacks.
+    """
+    from ._library import require_compiled
+
+    require_compiled("set_cpu_isa()").set_cpu_isa(isa)

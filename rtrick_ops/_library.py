@@ -1,0 +1,32 @@
+"""Loads the compiled operators (rtrick_ops._C) without ever failing the import.
+
+If the extension is missing or broken, the error is kept and raised, with the
+way to build it, only when a compiled backend is asked for.
+"""
+import logging
+
+logger = logging.getLogger("rtrick_ops")
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.rtrick_ops.*)
+
+    compiled = _C
+    load_error = None
+except Exception as error:  # ImportError, or an ABI mismatch surfacing as OSError
+    compiled = None
+    load_error = error
+    logger.info("rtrick_ops._C is not available: %s", error)
+
+BUILD_HINT = (
+    "Build it from the repository root with "
+    "`python -m pip install --no-build-isolation --no-deps -e .` "
+    "(a C++ compiler and the installed torch are all it needs)."
+)
+
+
+def require_compiled(what):
+    """Raise a RuntimeError that says how to build the extension."""
+    if compiled is None:
+        raise RuntimeError(f"{what} needs the compiled extension rtrick_ops._C, which failed to load "
+                           f"({type(load_error).__name__}: {load_error}). {BUILD_HINT}")
+    return compiled

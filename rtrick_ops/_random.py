@@ -1,0 +1,36 @@
+"""The key and offset of the canonical stream for one call (docs/stream.md).
+
+An operator receives them as `rng_state`, an int64 tensor [key, offset] on the
+inputs' device. Drawing the key with a torch random op on that device makes
+`seed=None` follow torch.manual_seed and, on CUDA, makes captured graphs draw a
+fresh key on every replay.
+"""
+import torch
+
+_UINT64_RANGE = 2**64
+
+
+def _as_int64_bits(value):
+    """The int64 with the same 64 bits as the unsigned `value`."""
+    return value - _UINT64_RANGE if value >= 2**63 else value
+
+
+def make_rng_state(seed, generator, device):
+    """rng_state for a call: from `seed` (stateless) or drawn from `generator`."""
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("pass either seed or generator, not both")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int in [0, 2**64) or None, got {type(seed).__name__}")
+        if not 0 <= seed < _UINT64_RANGE:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        return torch.tensor([_as_int64_bits(seed), 0], dtype=torch.int64, device=device)
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if torch.device(generator.device).type != torch.device(device).type:
+            raise ValueError(f"generator is a {generator.device} generator but the inputs are on {device}")
+    # Two 32-bit words from the generator make the 64-bit key.
+    words = torch.randint(0, 2**32, (2,), dtype=torch.int64, device=device, generator=generator)
+    key = words[0] | (words[1] << 32)
+    return torch.stack((key, torch.zeros_like(key)))

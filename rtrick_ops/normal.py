@@ -1,0 +1,144 @@
+"""The Gaussian reparameterization op: z = mu + sigma(scale_param) * eps.
+
+Public wrapper (argument checks, seeding, backend choice), then the fake
+kernels and autograd of the registered operators. The backward regenerates
+eps from rng_state; only the inputs are saved.
+"""
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import _library, reference
+from ._backends import resolve_backend
+from ._random import make_rng_state
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_ops = torch.ops.rtrick_ops
+
+
+def _check_param(value, name):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {value.dtype}")
+
+
+def _check_sample_shape(sample_shape):
+    if isinstance(sample_shape, int) and not isinstance(sample_shape, bool):
+        sample_shape = (sample_shape,)
+    try:
+        sizes = tuple(sample_shape)
+    except TypeError:
+        raise TypeError(f"sample_shape must be a sequence of ints, got {type(sample_shape).__name__}") from None
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, (int, torch.SymInt)):
+            raise TypeError(f"sample_shape must be a sequence of ints, got {sample_shape!r}")
+        if size < 0:
+            raise ValueError(f"sample_shape must not contain negative sizes, got {sample_shape!r}")
+    return sizes
+
+
+def normal_rsample(
+    mu: torch.Tensor,
+    scale_param: torch.Tensor,
+    *,
+    scale: str = "log_sigma",
+    sample_shape: Union[int, Sequence[int]] = (),
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Draw z = mu + sigma * eps, eps ~ N(0, I), differentiably in mu and scale_param.
+
+    Args:
+        mu: the mean.
+        scale_param: the scale, as chosen by `scale`; broadcasts against mu.
+        scale: how scale_param gives sigma: "log_sigma" (sigma = exp(x)),
+            "logvar" (sigma = exp(x / 2)), "sigma" (sigma = x) or "softplus"
+            (sigma = softplus(x)). The transform runs inside the kernel.
+        sample_shape: leading sample dimensions; z has shape
+            sample_shape + broadcast(mu.shape, scale_param.shape).
+        seed: an int in [0, 2**64) makes the call stateless: the same seed gives
+            the same z on any machine and thread count. None draws a fresh key
+            from `generator` (default: torch's generator for the inputs' device).
+        generator: a torch.Generator to draw the key from when seed is None.
+        backend: "auto", "cpu", "reference" ("cuda" and "triton" are planned).
+
+    Returns:
+        z, of dtype promote(mu.dtype, scale_param.dtype).
+    """
+    _check_param(mu, "mu")
+    _check_param(scale_param, "scale_param")
+    if mu.device != scale_param.device:
+        raise ValueError(f"mu is on {mu.device} but scale_param is on {scale_param.device}")
+    if scale not in reference.SCALES:
+        raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
+    sample_shape = _check_sample_shape(sample_shape)
+    try:
+        torch.broadcast_shapes(mu.shape, scale_param.shape)
+    except RuntimeError:
+        raise ValueError(f"mu of shape {tuple(mu.shape)} and scale_param of shape {tuple(scale_param.shape)} "
+                         "do not broadcast") from None
+    which = resolve_backend(backend, mu.device)
+    dtype = torch.promote_types(mu.dtype, scale_param.dtype)
+    mu, scale_param = mu.to(dtype), scale_param.to(dtype)
+    rng_state = make_rng_state(seed, generator, mu.device)
+    if which == "reference":
+        return reference.normal_rsample(mu, scale_param, rng_state, scale, sample_shape)
+    return _ops.normal_rsample(mu, scale_param, rng_state, scale, sample_shape)
+
+
+if _library.compiled is not None:
+
+    @torch.library.register_fake("rtrick_ops::normal_rsample")
+    def _normal_rsample_fake(mu, scale_param, rng_state, scale, sample_shape):
+        shape = list(sample_shape) + list(torch.broadcast_shapes(mu.shape, scale_param.shape))
+        return mu.new_empty(shape)
+
+    @torch.library.register_fake("rtrick_ops::normal_rsample_backward")
+    def _normal_rsample_backward_fake(grad_z, scale_param, rng_state, scale):
+        return scale_param.new_empty(scale_param.shape)
+
+    def _normal_rsample_setup(ctx, inputs, output):
+        mu, scale_param, rng_state, scale, _ = inputs
+        ctx.save_for_backward(scale_param, rng_state)
+        ctx.scale = scale
+        ctx.mu_shape = mu.shape
+
+    def _normal_rsample_grad(ctx, grad_z):
+        scale_param, rng_state = ctx.saved_tensors
+        grad_mu = grad_scale = None
+        if ctx.needs_input_grad[0]:
+            grad_mu = grad_z.sum_to_size(ctx.mu_shape)  # grad_z itself when no broadcasting
+        if ctx.needs_input_grad[1]:
+            grad_scale = _ops.normal_rsample_backward(grad_z, scale_param, rng_state, ctx.scale)
+        return grad_mu, grad_scale, None, None, None
+
+    torch.library.register_autograd("rtrick_ops::normal_rsample", _normal_rsample_grad,
+                                    setup_context=_normal_rsample_setup)
+
+    # The backward is linear in grad_z; its own derivatives reuse both ops:
+    #   d/d grad_z: g * sigma'(x) * eps  = normal_rsample(0, g * sigma'(x), scale="sigma")
+    #   d/d x:      g * sigma''(x) * sum(grad_z * eps) = g * sigma''(x) * backward(scale="sigma")
+    def _normal_rsample_backward_setup(ctx, inputs, output):
+        grad_z, scale_param, rng_state, scale = inputs
+        ctx.save_for_backward(grad_z, scale_param, rng_state)
+        ctx.scale = scale
+
+    def _normal_rsample_backward_grad(ctx, grad_grad):
+        grad_z, scale_param, rng_state = ctx.saved_tensors
+        d_grad_z = d_scale = None
+        if ctx.needs_input_grad[0]:
+            weight = grad_grad * reference.dsigma_of(scale_param, ctx.scale)
+            zeros = grad_z.new_zeros(()).expand(grad_z.shape)
+            d_grad_z = _ops.normal_rsample(zeros, weight, rng_state, "sigma", [])
+        if ctx.needs_input_grad[1]:
+            if ctx.scale == "sigma":
+                d_scale = torch.zeros_like(scale_param)
+            else:
+                noise_dot = _ops.normal_rsample_backward(grad_z, scale_param, rng_state, "sigma")
+                d_scale = grad_grad * reference.d2sigma_of(scale_param, ctx.scale) * noise_dot
+        return d_grad_z, d_scale, None, None
+
+    torch.library.register_autograd("rtrick_ops::normal_rsample_backward", _normal_rsample_backward_grad,
+                                    setup_context=_normal_rsample_backward_setup)

@@ -1,0 +1,59 @@
+"""Builds rtrick_ops and its compiled operators, rtrick_ops._C.
+
+The C++ (CPU) kernels are always built. The CUDA kernels are added when a
+CUDA toolkit and a CUDA build of torch are present, or when FORCE_CUDA=1;
+TORCH_CUDA_ARCH_LIST picks the GPU targets (default: 8.0 and 9.0).
+RTRICK_CPU_ONLY=1 skips CUDA even when it is there.
+
+Install without build isolation, so that the build uses the torch already
+installed instead of downloading another:
+    python -m pip install --no-build-isolation --no-deps -e .
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda():
+    if os.environ.get("RTRICK_CPU_ONLY", "0") == "1":
+        return False
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    import torch
+
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def extension():
+    # Contraction off: every backend evaluates the stream with the same IEEE
+    # operations, so a seed gives the same bits on any CPU (docs/stream.md).
+    # No errno/trapping semantics: lets the compiler vectorise sqrt and selects.
+    cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    if want_cuda() and cuda_sources:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        nvcc_flags = ["-O3", "-fmad=false", "--expt-relaxed-constexpr", "-lineinfo"]
+        return CUDAExtension(
+            "rtrick_ops._C",
+            sources + cuda_sources,
+            extra_compile_args={"cxx": cxx_flags + ["-DRTRICK_WITH_CUDA"], "nvcc": nvcc_flags + ["-DRTRICK_WITH_CUDA"]},
+        )
+    return CppExtension("rtrick_ops._C", sources, extra_compile_args={"cxx": cxx_flags})
+
+
+setup(
+    name="rtrick_ops",
+    version="0.1.0",
+    description="Fused reparameterized sampling kernels for PyTorch",
+    packages=find_packages(include=["rtrick_ops", "rtrick_ops.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4"],
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    zip_safe=False,
+)
