@@ -5,6 +5,8 @@ way to build it, only when a compiled backend is asked for.
 """
 import logging
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 logger = logging.getLogger("rtrick_ops")
 
 try:
