@@ -50,7 +50,9 @@ setup(
     name="rtrick_ops",
     version="0.1.0",
     description="Fused reparameterized sampling kernels for PyTorch",
-    packages=find_packages(include=["rtrick_ops", "rtrick_ops.*"]),
+    # The top-level kernels/ folder ships inside the package as rtrick_ops.kernels.
+    packages=find_packages(include=["rtrick_ops", "rtrick_ops.*"]) + ["rtrick_ops.kernels"],
+    package_dir={"rtrick_ops.kernels": "kernels"},
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
     ext_modules=[extension()],

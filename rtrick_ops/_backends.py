@@ -1,4 +1,5 @@
 """Which implementation runs a call: backend='auto' | 'cpu' | 'cuda' | 'triton' | 'reference'."""
+import os
 import warnings
 
 from . import _library
@@ -6,25 +7,60 @@ from . import _library
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
 
+def triton_interpreted():
+    """TRITON_INTERPRET=1 runs Triton kernels on CPU tensors (how CI checks them)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _require_triton(device):
+    if _library.triton_normal is None:
+        raise RuntimeError(f"backend='triton' needs Triton, which failed to load "
+                           f"({type(_library.triton_error).__name__}: {_library.triton_error}); "
+                           "install it with `python -m pip install triton`")
+    if device.type != "cuda" and not triton_interpreted():
+        raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to interpret the kernels "
+                         f"on the CPU), but the inputs are on {device}")
+    return "triton"
+
+
+def _require_cuda(device):
+    if device.type != "cuda":
+        raise ValueError(f"backend='cuda' needs CUDA tensors, but the inputs are on {device}")
+    _library.require_compiled("backend='cuda'")
+    if not _library.built_with_cuda():
+        raise RuntimeError("backend='cuda' needs rtrick_ops._C built with CUDA; this build has CPU kernels only. "
+                           "Rebuild on a machine with nvcc and a CUDA build of torch (or FORCE_CUDA=1): "
+                           + _library.BUILD_HINT)
+    return "cuda"
+
+
 def resolve_backend(backend, device):
     """The concrete backend for tensors on `device`, or a clear error."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not a valid backend; valid: {', '.join(map(repr, BACKENDS))}")
-    kind = device.type
     if backend == "reference":
         return "reference"
-    if backend == "auto":
-        if kind == "cpu":
-            if _library.compiled is not None:
-                return "cpu"
-            warnings.warn("rtrick_ops._C is not built, so backend='auto' runs the slow reference backend. "
-                          + _library.BUILD_HINT, RuntimeWarning, stacklevel=3)
-            return "reference"
-        raise NotImplementedError(f"rtrick_ops has no kernels for {kind} tensors yet; use backend='reference'")
+    if backend == "cuda":
+        return _require_cuda(device)
+    if backend == "triton":
+        return _require_triton(device)
     if backend == "cpu":
-        if kind != "cpu":
+        if device.type != "cpu":
             raise ValueError(f"backend='cpu' needs CPU tensors, but the inputs are on {device}")
         _library.require_compiled("backend='cpu'")
         return "cpu"
-    raise NotImplementedError(
-        f"backend={backend!r} is not available in this version of rtrick_ops; available: 'auto', 'cpu', 'reference'")
+    # auto
+    if device.type == "cuda":
+        if _library.built_with_cuda():
+            return "cuda"
+        if _library.triton_normal is not None:
+            return "triton"
+        raise RuntimeError("no GPU kernels are available: rtrick_ops._C was built without CUDA and Triton failed to "
+                           f"load ({_library.triton_error}); use backend='reference' or install Triton")
+    if device.type == "cpu":
+        if _library.compiled is not None:
+            return "cpu"
+        warnings.warn("rtrick_ops._C is not built, so backend='auto' runs the slow reference backend. "
+                      + _library.BUILD_HINT, RuntimeWarning, stacklevel=3)
+        return "reference"
+    raise NotImplementedError(f"rtrick_ops has no kernels for {device.type} tensors; use backend='reference'")

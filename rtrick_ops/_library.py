@@ -19,11 +19,24 @@ except Exception as error:  # ImportError, or an ABI mismatch surfacing as OSErr
     load_error = error
     logger.info("rtrick_ops._C is not available: %s", error)
 
+try:  # Triton ops register themselves on import (torch.library.triton_op)
+    from .kernels import normal as triton_normal
+
+    triton_error = None
+except Exception as error:  # Triton missing, or too old for this torch
+    triton_normal = None
+    triton_error = error
+    logger.info("rtrick_ops' Triton kernels are not available: %s", error)
+
 BUILD_HINT = (
     "Build it from the repository root with "
     "`python -m pip install --no-build-isolation --no-deps -e .` "
     "(a C++ compiler and the installed torch are all it needs)."
 )
+
+
+def built_with_cuda():
+    return compiled is not None and compiled.built_with_cuda()
 
 
 def require_compiled(what):

@@ -62,7 +62,8 @@ def normal_rsample(
             the same z on any machine and thread count. None draws a fresh key
             from `generator` (default: torch's generator for the inputs' device).
         generator: a torch.Generator to draw the key from when seed is None.
-        backend: "auto", "cpu", "reference" ("cuda" and "triton" are planned).
+        backend: "auto" (CPU kernels for CPU tensors; CUDA kernels, else Triton, for
+            CUDA tensors), "cpu", "cuda", "triton" or "reference" (pure torch).
 
     Returns:
         z, of dtype promote(mu.dtype, scale_param.dtype).
@@ -85,7 +86,55 @@ def normal_rsample(
     rng_state = make_rng_state(seed, generator, mu.device)
     if which == "reference":
         return reference.normal_rsample(mu, scale_param, rng_state, scale, sample_shape)
-    return _ops.normal_rsample(mu, scale_param, rng_state, scale, sample_shape)
+    forward = _ops.normal_rsample_triton if which == "triton" else _ops.normal_rsample  # cpu, cuda: by device
+    return forward(mu, scale_param, rng_state, scale, sample_shape)
+
+
+def _register_autograd(forward_name, backward_name):
+    """Autograd of a (forward, backward) operator pair: the C++ ops or the Triton ops."""
+    forward = getattr(_ops, forward_name)
+    backward = getattr(_ops, backward_name)
+
+    def setup_forward(ctx, inputs, output):
+        mu, scale_param, rng_state, scale, _ = inputs
+        ctx.save_for_backward(scale_param, rng_state)
+        ctx.scale = scale
+        ctx.mu_shape = mu.shape
+
+    def grad_forward(ctx, grad_z):
+        scale_param, rng_state = ctx.saved_tensors
+        grad_mu = grad_scale = None
+        if ctx.needs_input_grad[0]:
+            grad_mu = grad_z.sum_to_size(ctx.mu_shape)  # grad_z itself when no broadcasting
+        if ctx.needs_input_grad[1]:
+            grad_scale = backward(grad_z, scale_param, rng_state, ctx.scale)
+        return grad_mu, grad_scale, None, None, None
+
+    # The backward is linear in grad_z; its own derivatives reuse both ops:
+    #   d/d grad_z: g * sigma'(x) * eps  = forward(0, g * sigma'(x), scale="sigma")
+    #   d/d x:      g * sigma''(x) * sum(grad_z * eps) = g * sigma''(x) * backward(scale="sigma")
+    def setup_backward(ctx, inputs, output):
+        grad_z, scale_param, rng_state, scale = inputs
+        ctx.save_for_backward(grad_z, scale_param, rng_state)
+        ctx.scale = scale
+
+    def grad_backward(ctx, grad_grad):
+        grad_z, scale_param, rng_state = ctx.saved_tensors
+        d_grad_z = d_scale = None
+        if ctx.needs_input_grad[0]:
+            weight = grad_grad * reference.dsigma_of(scale_param, ctx.scale)
+            zeros = grad_z.new_zeros(()).expand(grad_z.shape)
+            d_grad_z = forward(zeros, weight, rng_state, "sigma", [])
+        if ctx.needs_input_grad[1]:
+            if ctx.scale == "sigma":
+                d_scale = torch.zeros_like(scale_param)
+            else:
+                noise_dot = backward(grad_z, scale_param, rng_state, "sigma")
+                d_scale = grad_grad * reference.d2sigma_of(scale_param, ctx.scale) * noise_dot
+        return d_grad_z, d_scale, None, None
+
+    torch.library.register_autograd(f"rtrick_ops::{forward_name}", grad_forward, setup_context=setup_forward)
+    torch.library.register_autograd(f"rtrick_ops::{backward_name}", grad_backward, setup_context=setup_backward)
 
 
 if _library.compiled is not None:
@@ -99,46 +148,7 @@ if _library.compiled is not None:
     def _normal_rsample_backward_fake(grad_z, scale_param, rng_state, scale):
         return scale_param.new_empty(scale_param.shape)
 
-    def _normal_rsample_setup(ctx, inputs, output):
-        mu, scale_param, rng_state, scale, _ = inputs
-        ctx.save_for_backward(scale_param, rng_state)
-        ctx.scale = scale
-        ctx.mu_shape = mu.shape
+    _register_autograd("normal_rsample", "normal_rsample_backward")
 
-    def _normal_rsample_grad(ctx, grad_z):
-        scale_param, rng_state = ctx.saved_tensors
-        grad_mu = grad_scale = None
-        if ctx.needs_input_grad[0]:
-            grad_mu = grad_z.sum_to_size(ctx.mu_shape)  # grad_z itself when no broadcasting
-        if ctx.needs_input_grad[1]:
-            grad_scale = _ops.normal_rsample_backward(grad_z, scale_param, rng_state, ctx.scale)
-        return grad_mu, grad_scale, None, None, None
-
-    torch.library.register_autograd("rtrick_ops::normal_rsample", _normal_rsample_grad,
-                                    setup_context=_normal_rsample_setup)
-
-    # The backward is linear in grad_z; its own derivatives reuse both ops:
-    #   d/d grad_z: g * sigma'(x) * eps  = normal_rsample(0, g * sigma'(x), scale="sigma")
-    #   d/d x:      g * sigma''(x) * sum(grad_z * eps) = g * sigma''(x) * backward(scale="sigma")
-    def _normal_rsample_backward_setup(ctx, inputs, output):
-        grad_z, scale_param, rng_state, scale = inputs
-        ctx.save_for_backward(grad_z, scale_param, rng_state)
-        ctx.scale = scale
-
-    def _normal_rsample_backward_grad(ctx, grad_grad):
-        grad_z, scale_param, rng_state = ctx.saved_tensors
-        d_grad_z = d_scale = None
-        if ctx.needs_input_grad[0]:
-            weight = grad_grad * reference.dsigma_of(scale_param, ctx.scale)
-            zeros = grad_z.new_zeros(()).expand(grad_z.shape)
-            d_grad_z = _ops.normal_rsample(zeros, weight, rng_state, "sigma", [])
-        if ctx.needs_input_grad[1]:
-            if ctx.scale == "sigma":
-                d_scale = torch.zeros_like(scale_param)
-            else:
-                noise_dot = _ops.normal_rsample_backward(grad_z, scale_param, rng_state, "sigma")
-                d_scale = grad_grad * reference.d2sigma_of(scale_param, ctx.scale) * noise_dot
-        return d_grad_z, d_scale, None, None
-
-    torch.library.register_autograd("rtrick_ops::normal_rsample_backward", _normal_rsample_backward_grad,
-                                    setup_context=_normal_rsample_backward_setup)
+if _library.triton_normal is not None:  # triton_op derives fake kernels itself
+    _register_autograd("normal_rsample_triton", "normal_rsample_backward_triton")

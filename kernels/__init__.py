@@ -1,0 +1,1 @@
+"""Triton kernels of rtrick_ops, installed as the subpackage rtrick_ops.kernels."""
