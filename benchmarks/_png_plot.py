@@ -22,6 +22,7 @@ _GLYPH_ROWS = (
 )
 _FONT = {char: [int(digit, 32) for digit in _GLYPH_ROWS[7 * i:7 * i + 7]] for i, char in enumerate(_GLYPH_CHARS)}
 _GLYPH_W, _GLYPH_H = 5, 7
+_LEGEND_ROW_HEIGHT = 26
 
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (23, 190, 207)]
@@ -143,14 +144,26 @@ def _draw_panel(canvas, panel, box, colors, y_from_zero):
     canvas.text(left - 78, (top + bottom + text_width(panel["y_label"])) // 2, panel["y_label"], vertical=True)
 
 
-def _draw_legend(canvas, names, colors, top):
-    """One row of colored boxes and names, centered under the panels."""
-    entry_widths = [30 + text_width(name) + 30 for name in names]
-    x = (canvas.width - sum(entry_widths)) // 2
-    for name, width in zip(names, entry_widths):
-        canvas.rect(x, top, x + 20, top + 14, colors[name])
-        canvas.text(x + 30, top, name)
-        x += width
+def _legend_rows(names, max_width):
+    """Split the legend entries into rows no wider than max_width: [[(name, entry width)]]."""
+    rows, row_width = [[]], 0
+    for name in names:
+        width = 30 + text_width(name) + 30  # color box, gap, name, gap to the next entry
+        if rows[-1] and row_width + width > max_width:
+            rows, row_width = rows + [[]], 0
+        rows[-1].append((name, width))
+        row_width += width
+    return rows
+
+
+def _draw_legend(canvas, rows, colors, top):
+    """Rows of colored boxes and names, each row centered."""
+    for row_index, row in enumerate(rows):
+        x, y = (canvas.width - sum(width for _, width in row)) // 2, top + row_index * _LEGEND_ROW_HEIGHT
+        for name, width in row:
+            canvas.rect(x, y, x + 20, y + 14, colors[name])
+            canvas.text(x + 30, y, name)
+            x += width
 
 
 def line_chart(path, panels, panel_width=460, panel_height=360, y_from_zero=True, title=None):
@@ -159,16 +172,18 @@ def line_chart(path, panels, panel_width=460, panel_height=360, y_from_zero=True
     panels: [{"title", "x_label", "y_label", "series": [(name, xs, ys), ...]}];
     a series name keeps its color across panels.
     """
-    margin_left, margin_right, margin_top, margin_bottom = 100, 30, 70 + (40 if title else 0), 110
+    margin_left, margin_right, margin_top, axis_labels_height = 100, 30, 70 + (40 if title else 0), 70
     cell_width = margin_left + panel_width + margin_right
-    canvas = Canvas(cell_width * len(panels), margin_top + panel_height + margin_bottom)
     names = list(dict.fromkeys(name for panel in panels for name, _, _ in panel["series"]))
     colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    legend_rows = _legend_rows(names, cell_width * len(panels) - 40)
+    canvas = Canvas(cell_width * len(panels),
+                    margin_top + panel_height + axis_labels_height + len(legend_rows) * _LEGEND_ROW_HEIGHT + 20)
     if title:
         canvas.text((canvas.width - text_width(title, 3)) // 2, 16, title, BLACK, 3)
     for index, panel in enumerate(panels):
         left = index * cell_width + margin_left
         _draw_panel(canvas, panel, (left, margin_top, left + panel_width, margin_top + panel_height),
                     colors, y_from_zero)
-    _draw_legend(canvas, names, colors, margin_top + panel_height + 70)
+    _draw_legend(canvas, legend_rows, colors, margin_top + panel_height + axis_labels_height)
     canvas.save_png(path)

@@ -1,0 +1,139 @@
+"""GPU-only checks: the CUDA and Triton kernels on a real device.
+
+Skipped without a GPU; run by benchmarks/gpu_suite.sh on a CUDA machine. The
+CPU kernel is the yardstick: same stream, same float32 math, so float32 and
+float16 results must match it bit for bit.
+"""
+import pytest
+import torch
+
+import rtrick_ops as rt
+from rtrick_ops import _library, reference
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+SCALES = reference.SCALES
+GPU_BACKENDS = [b for b, ok in (("cuda", _library.built_with_cuda()), ("triton", _library.triton_normal is not None)) if ok]
+
+
+def grads_on(device, backend, mu, sp, scale, sample_shape, seed=99):
+    mu = mu.detach().to(device).requires_grad_()
+    sp = sp.detach().to(device).requires_grad_()
+    z = rt.normal_rsample(mu, sp, scale=scale, sample_shape=sample_shape, seed=seed, backend=backend)
+    grad_z = torch.randn(z.shape, generator=torch.Generator().manual_seed(0)).to(z.dtype).to(device)
+    return [t.cpu() for t in (z, *torch.autograd.grad(z, (mu, sp), grad_z))]
+
+
+def test_cuda_backend_is_built():
+    assert _library.built_with_cuda(), "rtrick_ops._C was built without CUDA on a CUDA machine"
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("layout", [((257, 33), (257, 33), ()), ((1000,), (1000,), (3,)), ((8, 130), (130,), (2,)),
+                                    ((6, 1), (6, 50), ()), ((2**20 + 3,), (2**20 + 3,), ())], ids=str)
+def test_gpu_matches_cpu_kernel(layout, scale, dtype, backend):
+    mu_shape, sp_shape, sample_shape = layout
+    g = torch.Generator().manual_seed(4)
+    mu = torch.randn(mu_shape, generator=g).to(dtype)
+    sp = (torch.rand(sp_shape, generator=g) + 0.3).to(dtype)
+    got = grads_on("cuda", backend, mu, sp, scale, sample_shape)
+    want = grads_on("cpu", "cpu", mu, sp, scale, sample_shape)
+    if dtype == torch.float64:
+        torch.testing.assert_close(got[0], want[0], rtol=1e-13, atol=1e-13)
+    else:
+        assert torch.equal(got[0], want[0]), f"z differs from the CPU kernel by {(got[0] - want[0]).abs().max()}"
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype in (torch.float32, torch.float64) else dict(rtol=2e-2, atol=2e-2)
+    for name, a, b in zip(("grad_mu", "grad_scale_param"), got[1:], want[1:]):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gradcheck_on_gpu(backend):
+    mu = torch.randn(3, 4, dtype=torch.float64, device="cuda", requires_grad=True)
+    sp = (torch.rand(4, dtype=torch.float64, device="cuda") + 0.5).requires_grad_()
+    for scale in SCALES:
+        def sample(m, s):
+            return rt.normal_rsample(m, s, scale=scale, sample_shape=(2,), seed=3, backend=backend)
+
+        assert torch.autograd.gradcheck(sample, (mu, sp))
+        assert torch.autograd.gradgradcheck(sample, (mu, sp))
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_opcheck_on_gpu(backend):
+    suffix = "_triton" if backend == "triton" else ""
+    forward = getattr(torch.ops.rtrick_ops, "normal_rsample" + suffix).default
+    backward = getattr(torch.ops.rtrick_ops, "normal_rsample_backward" + suffix).default
+    state = torch.tensor([5, 2], dtype=torch.int64, device="cuda")
+    mu = torch.randn(4, 6, device="cuda", requires_grad=True)
+    sp = torch.randn(6, device="cuda", requires_grad=True)
+    torch.library.opcheck(forward, (mu, sp, state, "softplus", [3]))
+    torch.library.opcheck(backward, (torch.randn(3, 4, 6, device="cuda", requires_grad=True), sp, state, "log_sigma"))
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_cuda_graph_replays_draw_fresh_noise_and_backward_matches(backend):
+    mu = torch.randn(4096, device="cuda", requires_grad=True)
+    sp = torch.randn(4096, device="cuda", requires_grad=True)
+    grad_z = torch.randn(4096, device="cuda")
+
+    def step():
+        z = rt.normal_rsample(mu, sp, backend=backend)  # seed=None: key drawn inside the graph
+        mu.grad = sp.grad = None
+        z.backward(grad_z)
+        return z
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    mu.grad = sp.grad = None
+    with torch.cuda.graph(graph):
+        z_static = step()
+    samples, grads = [], []
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        samples.append(z_static.clone())
+        grads.append(sp.grad.clone())
+    assert not torch.equal(samples[0], samples[1]) and not torch.equal(samples[1], samples[2]), "replays repeat noise"
+    for z, grad_sp in zip(samples, grads):
+        # eps of this replay, recovered from z, must be the one the backward used
+        eps = (z - mu.detach()) / torch.exp(sp.detach())
+        torch.testing.assert_close(grad_sp, grad_z * eps * torch.exp(sp.detach()), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_torch_compile_on_gpu(backend, mode):
+    torch._dynamo.reset()
+
+    def loss_fn(mu, log_sigma):
+        z = rt.normal_rsample(mu, log_sigma, sample_shape=(2,), seed=17, backend=backend)
+        return (z.float() ** 2).mean()
+
+    compiled = torch.compile(loss_fn, fullgraph=True, mode=mode)
+    mu = torch.randn(64, 32, device="cuda", requires_grad=True)
+    sp = torch.randn(64, 32, device="cuda", requires_grad=True)
+    for _ in range(3):  # reduce-overhead records a graph after warm-up runs
+        loss_c = compiled(mu, sp)
+    grads_c = torch.autograd.grad(loss_c, (mu, sp))
+    loss_e = loss_fn(mu, sp)
+    grads_e = torch.autograd.grad(loss_e, (mu, sp))
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_backward_saves_no_output_sized_tensor_on_gpu():
+    mu = torch.randn(1 << 16, device="cuda", requires_grad=True)
+    sp = torch.randn(1 << 16, device="cuda", requires_grad=True)
+    for backend in GPU_BACKENDS:
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            z = rt.normal_rsample(mu, sp, sample_shape=(4,), backend=backend)
+        assert all(t.numel() < z.numel() for t in saved), backend
