@@ -264,5 +264,20 @@ RT_HD T dsigma_of(T x) {
   return T(1) / (T(1) + exp_of(-x));                  // sigmoid
 }
 
+// The two per-element formulas of the Gaussian op, in the compute type C:
+// the sample z = mu + sigma(x) * eps and the fused backward
+// d/dx = (grad_z * eps) * sigma'(x) (the order torch's autograd uses).
+template <ScaleKind kind>
+struct SampleFormula {
+  template <typename C>
+  RT_HD static C apply(C mu, C x, C eps) { return mu + sigma_of<kind>(x) * eps; }
+};
+
+template <ScaleKind kind>
+struct GradFormula {
+  template <typename C>
+  RT_HD static C apply(C grad_z, C x, C eps) { return (grad_z * eps) * dsigma_of<kind>(x); }
+};
+
 }  // namespace
 }  // namespace rtrick

@@ -172,54 +172,29 @@ inline void for_each_noise_piece(StreamKey s, int64_t n0, int64_t len, NoiseCach
 }
 
 // --------------------------------------------------------------- row bodies
-template <Storage S, ScaleKind K>
-void forward_row(StreamKey s, int64_t n0, int64_t len, void* out_, const void* mu_,
-                 int64_t mu_stride, const void* sp_, int64_t sp_stride) {
+// out[j] = Formula::apply(a[j], b[j], eps[n0 + j]) in the compute type.
+template <Storage S, typename Formula>
+void elementwise_row(StreamKey s, int64_t n0, int64_t len, void* out_, const void* a_, int64_t a_stride,
+                     const void* b_, int64_t b_stride) {
   using T = Traits<S>;
   using stored = typename T::stored;
   using compute = typename T::compute;
   stored* out = static_cast<stored*>(out_);
-  const stored* mu = static_cast<const stored*>(mu_);
-  const stored* sp = static_cast<const stored*>(sp_);
+  const stored* a = static_cast<const stored*>(a_);
+  const stored* b = static_cast<const stored*>(b_);
   NoiseCache cache;
-  const bool contiguous = mu_stride == 1 && sp_stride == 1;
+  const bool contiguous = a_stride == 1 && b_stride == 1;
   for_each_noise_piece(s, n0, len, cache, [&](int64_t j, int64_t count, const float* eps) {
-    if (contiguous) {
-      const stored* m = mu + j;
-      const stored* x = sp + j;
-      stored* o = out + j;
+    if (contiguous) {  // a loop the compiler vectorises
+      const stored* pa = a + j;
+      const stored* pb = b + j;
+      stored* po = out + j;
       for (int64_t t = 0; t < count; ++t)
-        o[t] = T::store(T::load(m[t]) + sigma_of<K>(T::load(x[t])) * static_cast<compute>(eps[t]));
+        po[t] = T::store(Formula::apply(T::load(pa[t]), T::load(pb[t]), static_cast<compute>(eps[t])));
     } else {
       for (int64_t t = 0; t < count; ++t)
-        out[j + t] = T::store(T::load(mu[(j + t) * mu_stride]) +
-                              sigma_of<K>(T::load(sp[(j + t) * sp_stride])) * static_cast<compute>(eps[t]));
-    }
-  });
-}
-
-template <Storage S, ScaleKind K>
-void backward_row(StreamKey s, int64_t n0, int64_t len, void* out_, const void* grad_,
-                  int64_t grad_stride, const void* sp_, int64_t sp_stride) {
-  using T = Traits<S>;
-  using stored = typename T::stored;
-  using compute = typename T::compute;
-  stored* out = static_cast<stored*>(out_);
-  const stored* grad = static_cast<const stored*>(grad_);
-  const stored* sp = static_cast<const stored*>(sp_);
-  NoiseCache cache;
-  const bool contiguous = grad_stride == 1 && sp_stride == 1;
-  for_each_noise_piece(s, n0, len, cache, [&](int64_t j, int64_t count, const float* eps) {
-    if (contiguous) {
-      const stored* g = grad + j;
-      const stored* x = sp + j;
-      stored* o = out + j;
-      for (int64_t t = 0; t < count; ++t)
-        o[t] = T::store((T::load(g[t]) * static_cast<compute>(eps[t])) * dsigma_of<K>(T::load(x[t])));
-    } else {
-      for (int64_t t = 0; t < count; ++t)
-        out[j + t] = T::store((T::load(grad[(j + t) * grad_stride]) * static_cast<compute>(eps[t])) *
-                              dsigma_of<K>(T::load(sp[(j + t) * sp_stride])));
+        out[j + t] = T::store(Formula::apply(T::load(a[(j + t) * a_stride]), T::load(b[(j + t) * b_stride]),
+                                             static_cast<compute>(eps[t])));
     }
   });
 }
@@ -294,10 +269,10 @@ void dispatch(Storage storage, int32_t scale, Args... args) {
 }
 
 template <Storage S, ScaleKind K> struct ForwardRow {
-  template <typename... A> static void run(A... a) { forward_row<S, K>(a...); }
+  template <typename... A> static void run(A... a) { elementwise_row<S, SampleFormula<K>>(a...); }
 };
 template <Storage S, ScaleKind K> struct BackwardRow {
-  template <typename... A> static void run(A... a) { backward_row<S, K>(a...); }
+  template <typename... A> static void run(A... a) { elementwise_row<S, GradFormula<K>>(a...); }
 };
 template <Storage S, ScaleKind K> struct NoiseDotRow {  // the scale plays no part
   template <typename... A> static void run(A... a) { noise_dot_row<S>(a...); }

@@ -1,8 +1,7 @@
 // CUDA implementation of the Gaussian operators (schemas in ../ops.cpp).
 //
-// One elementwise kernel template serves the forward (z = a + sigma(x) * eps)
-// and the fused backward (g = (a * eps) * sigma'(x)); the math and the stream
-// come from ../philox.h, so the numbers equal the CPU kernels' bit for bit
+// One elementwise kernel template serves the forward and the fused backward;
+// the stream and both formulas come from ../philox.h, so the numbers equal the CPU kernels' bit for bit
 // (built with -fmad=false). Each thread owns whole Philox blocks of 4 stream
 // elements, so every Philox call yields 4 used normals; where the tensors
 // allow, it moves them with 16-byte loads and stores. key/offset are read from
@@ -52,21 +51,16 @@ struct TwoOperandIndexer {
 template <typename T> struct Compute { using type = float; };
 template <> struct Compute<double> { using type = double; };
 
-template <typename T, ScaleKind K>
-struct SampleOp {  // forward: a = mu, x = scale_param
+// Storage type T in, T out; the formula runs in the compute type.
+template <typename T, typename Formula>
+struct StoredFormula {
   using C = typename Compute<T>::type;
   __device__ static T apply(T a, T x, float eps) {
-    return static_cast<T>(static_cast<C>(a) + sigma_of<K>(static_cast<C>(x)) * static_cast<C>(eps));
+    return static_cast<T>(Formula::apply(static_cast<C>(a), static_cast<C>(x), static_cast<C>(eps)));
   }
 };
-
-template <typename T, ScaleKind K>
-struct GradOp {  // fused backward: a = grad_z, x = scale_param
-  using C = typename Compute<T>::type;
-  __device__ static T apply(T a, T x, float eps) {
-    return static_cast<T>((static_cast<C>(a) * static_cast<C>(eps)) * dsigma_of<K>(static_cast<C>(x)));
-  }
-};
+template <typename T, ScaleKind K> using SampleOp = StoredFormula<T, SampleFormula<K>>;
+template <typename T, ScaleKind K> using GradOp = StoredFormula<T, GradFormula<K>>;
 
 template <typename T>
 struct NoiseProductOp {  // grad_z * eps into the accumulator type, for reductions
