@@ -23,7 +23,7 @@ import time
 import torch  # before rtrick_ops: its extension links against torch's shared libraries
 
 import rtrick_ops as rt
-from _png_plot import line_chart
+from rtrick_ops._png import line_chart
 
 MODES = ("forward", "backward", "full")
 # Minimum memory traffic of the fused op, in tensors of numel elements, the same for every
