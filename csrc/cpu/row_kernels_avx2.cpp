@@ -4,6 +4,10 @@
 #include <math.h>
 #include <stdint.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "row_kernels.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -13,6 +17,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,bmi2")
 #endif
+#define RT_PHILOX_AVX2 1
 #define RT_ROW_KERNELS_NAME row_kernels_avx2
 #define RT_ISA_NAME "avx2"
 #include "row_kernels_impl.h"
