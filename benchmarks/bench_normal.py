@@ -1,28 +1,47 @@
-"""CPU throughput of rtrick_ops.normal_rsample against eager torch and torch.compile.
+"""Throughput of rtrick_ops.normal_rsample against eager torch and torch.compile, on the CPU or a CUDA GPU.
 
     python3 benchmarks/bench_normal.py [--quick] [--sizes 16,18,20,22,24] [--dtypes float32,bfloat16]
                                        [--threads N] [--out benchmarks/results]
+    python3 benchmarks/bench_normal.py --device cuda [--quick] [--sizes 20,22,24,26,28]
+                                       [--dtypes float32,bfloat16] [--out benchmarks/results]
 
 Every provider computes z = mu + exp(log_sigma) * eps with eps ~ N(0, 1) on 1-D
 tensors. Modes: "forward" times the sampling call alone, "backward" times
 torch.autograd.grad(z, (mu, log_sigma), grad) alone on a graph built outside the
 timed region, "full" times both. autograd.grad rather than z.backward: the
 benchmark keeps grad alive for reuse, which would make backward() copy it into
-mu.grad, a cost of the harness, not of any provider. Prints a table and the verdict at the target point (float32, 2^22), appends
-the rows to results/bench_normal_cpu.csv and rewrites results/bench_normal_cpu.md
-and results/bench_normal_cpu.png.
+mu.grad, a cost of the harness, not of any provider.
+
+On the CPU (the default) it prints a table and the verdict at the target point
+(float32, 2^22), appends the rows to results/bench_normal_cpu.csv and rewrites
+results/bench_normal_cpu.md and results/bench_normal_cpu.png.
+
+--device cuda times the CUDA and Triton backends ("rtrick_ops cuda", "rtrick_ops
+triton"), eager torch and torch.compile on the GPU with CUDA events, measures
+the device's copy bandwidth in the same run, reports every row as a percentage
+of it, prints the GPU targets (sizes >= 2^26: CUDA forward and backward >= 90%
+of copy bandwidth, Triton within 10% of CUDA, fwd+bwd >= 3x eager and >= 1.2x
+torch.compile) and writes results/bench_normal_cuda.{csv,md,png}. The table,
+files and plot are the same code for both devices; only the timing, the
+providers and the defaults differ.
 """
 import argparse
 import csv
+import dataclasses
 import datetime
+import gc
+import math
 import os
 import platform
+import signal
 import statistics
+import sys
 import time
 
 import torch  # before rtrick_ops: its extension links against torch's shared libraries
 
 import rtrick_ops as rt
+from rtrick_ops import _library
 from rtrick_ops._png import line_chart
 
 MODES = ("forward", "backward", "full")
@@ -31,16 +50,82 @@ MODES = ("forward", "backward", "full")
 # grad_z, log_sigma and writes grad_log_sigma (grad_mu is grad_z itself).
 TENSORS_MOVED = {"forward": 3, "backward": 3, "full": 6}
 EAGER, COMPILED = "torch eager", "torch.compile"
+CUDA_PROVIDER, TRITON_PROVIDER = "rtrick_ops cuda", "rtrick_ops triton"
 REFERENCE_MAX_NUMEL = 2**20  # the pure-torch reference is too slow to be worth waiting for beyond this
 CACHE_RESIDENT_MAX_NUMEL = 2**20  # up to here the inputs fit in cache, so calls rotate among input sets
 ROTATED_INPUT_SETS = 3
 TARGET_DTYPE, TARGET_LOG2_NUMEL = "float32", 22
 TARGET_SPEEDUPS = {"forward": 5.0, "full": 3.0}  # rtrick_ops cpu vs eager at the target point
-CSV_COLUMNS = ["timestamp", "device", "threads", "cpu_isa", "torch_version", "rtrick_ops_version", "provider",
-               "dtype", "mode", "numel", "median_ms", "p20_ms", "p80_ms", "elems_per_s", "gbps",
-               "speedup_vs_eager", "speedup_vs_compile", "saved_bytes"]
-TABLE_COLUMNS = [("size", 5), ("dtype", 8), ("mode", 8), ("provider", 20), ("median ms", 10), ("p20 ms", 9),
-                 ("p80 ms", 9), ("Melem/s", 8), ("GB/s", 7), ("x eager", 7), ("x compile", 9), ("saved for bwd", 13)]
+
+# GPU targets, judged on every measured size from 2^26 up (the sizes where launch overheads and
+# the L2 cache no longer matter), for each of these dtypes.
+GPU_TARGET_MIN_LOG2_NUMEL = 26
+GPU_TARGET_DTYPES = ("float32", "bfloat16")
+GPU_COPY_FRACTION_TARGET = 0.90  # CUDA forward and backward, against the measured copy bandwidth
+TRITON_MAX_SLOWDOWN = 1.10  # Triton's median time at most 10% above CUDA's, every mode
+GPU_FULL_SPEEDUP_TARGETS = {EAGER: 3.0, COMPILED: 1.2}  # CUDA fwd+bwd
+# A device-to-device copy of this many float32 elements (1 GiB each way) sets the roofline.
+COPY_BANDWIDTH_NUMEL = 2**28
+# On the GPU the inputs read by the timed calls rotate among enough sets to span this many times
+# the L2 cache, so that small sizes are timed reading memory, not a warm L2 cache (50 MB on H100).
+L2_SPAN_FACTOR = 4
+MAX_ROTATED_INPUT_SETS = 64
+DEFAULT_L2_BYTES = 64 * 2**20  # if torch does not report the L2 size
+# Peak memory of one size, in tensors of numel elements beyond the input sets: eager's
+# intermediates (noise, exp, product, z) and its backward's gradients.
+WORKING_TENSORS = 8
+
+CPU_CSV_COLUMNS = ["timestamp", "device", "threads", "cpu_isa", "torch_version", "rtrick_ops_version", "provider",
+                   "dtype", "mode", "numel", "median_ms", "p20_ms", "p80_ms", "elems_per_s", "gbps",
+                   "speedup_vs_eager", "speedup_vs_compile", "saved_bytes"]
+CUDA_CSV_COLUMNS = ["timestamp", "device", "torch_version", "cuda_version", "triton_version", "rtrick_ops_version",
+                    "copy_gbps", "key_draw_us", "provider", "dtype", "mode", "numel", "median_ms", "p20_ms",
+                    "p80_ms", "elems_per_s", "gbps", "pct_of_copy", "speedup_vs_eager", "speedup_vs_compile",
+                    "saved_bytes"]
+CPU_TABLE_COLUMNS = [("size", 5), ("dtype", 8), ("mode", 8), ("provider", 20), ("median ms", 10), ("p20 ms", 9),
+                     ("p80 ms", 9), ("Melem/s", 8), ("GB/s", 7), ("x eager", 7), ("x compile", 9),
+                     ("saved for bwd", 13)]
+CUDA_TABLE_COLUMNS = CPU_TABLE_COLUMNS[:9] + [("% copy", 6)] + CPU_TABLE_COLUMNS[9:]
+LABEL_COLUMNS = 4  # the first four table columns are labels (left-aligned), the rest numbers
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSetup:
+    """What differs between --device cpu and --device cuda; everything else is shared."""
+
+    device: str  # torch device type
+    label: str  # "CPU" or "CUDA", for titles
+    default_sizes: str
+    quick_sizes: str
+    default_dtypes: str
+    budget: dict  # warm-up calls, seconds of timed calls to aim for, bounds on the repetitions
+    quick_budget: dict
+    csv_columns: list
+    table_columns: list
+    ms_decimals: int  # GPU calls take microseconds, so their times need a fourth decimal
+
+    @property
+    def file_stem(self):
+        return f"bench_normal_{self.device}"
+
+
+SETUPS = {
+    "cpu": DeviceSetup("cpu", "CPU", "16,18,20,22,24", "16,18,20", "float32",
+                       {"warmup": 3, "seconds": 0.75, "min_reps": 5, "max_reps": 2000},
+                       {"warmup": 2, "seconds": 0.1, "min_reps": 5, "max_reps": 200},
+                       CPU_CSV_COLUMNS, CPU_TABLE_COLUMNS, 3),
+    "cuda": DeviceSetup("cuda", "CUDA", "20,22,24,26,28", "20,22,24", "float32,bfloat16",
+                        {"warmup": 3, "seconds": 0.25, "min_reps": 10, "max_reps": 1000},
+                        {"warmup": 2, "seconds": 0.05, "min_reps": 5, "max_reps": 100},
+                        CUDA_CSV_COLUMNS, CUDA_TABLE_COLUMNS, 4),
+}
+
+
+class BenchmarkInterrupted(Exception):
+    """SIGTERM (the GPU suite's `timeout`): stop measuring, but write the rows measured so far."""
+
+
+# ------------------------------------------------------------------ providers
 
 
 def eager_rsample(mu, log_sigma):
@@ -51,7 +136,7 @@ def rtrick_rsample(backend):
     return lambda mu, log_sigma: rt.normal_rsample(mu, log_sigma, backend=backend)
 
 
-def try_compile(function):
+def try_compile(function, device="cpu"):
     """torch.compile(function), or None with a note when compiling fails on this machine.
 
     Compilation is lazy, so a tiny forward and backward run here to surface failures early.
@@ -60,12 +145,14 @@ def try_compile(function):
         import torch._dynamo
 
         # Each dtype and requires_grad combination is a separate graph; past the default limit
-        # of 8, dynamo would silently fall back to eager.
-        torch._dynamo.config.recompile_limit = 64
+        # of 8, dynamo would silently fall back to eager. (The setting was cache_size_limit
+        # before torch 2.7.)
+        limit_name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, limit_name, 64)
         compiled = torch.compile(function)
-        probe = torch.zeros(8, requires_grad=True)
+        probe = torch.zeros(8, device=device, requires_grad=True)
         compiled(probe.detach(), probe.detach())
-        compiled(probe, probe).backward(torch.ones(8))
+        compiled(probe, probe).backward(torch.ones(8, device=device))
         return compiled
     except Exception as error:  # any backend or toolchain failure means "not available here"
         print(f"note: torch.compile is not usable here, skipping it ({type(error).__name__}: {error})")
@@ -88,16 +175,99 @@ def make_providers():
     return providers
 
 
-def make_input_sets(numel, dtype, requires_grad):
+def make_cuda_providers():
+    """(providers as in make_providers, [why each rtrick_ops GPU backend is missing]).
+
+    Each backend runs a small forward and backward first, so a kernel that fails to build or
+    launch is reported here, not in the middle of the timings.
+    """
+    providers, missing = {}, []
+    available = {"cuda": (_library.built_with_cuda(), "rtrick_ops._C was built without CUDA kernels"),
+                 "triton": (_library.triton_normal is not None,
+                            f"the Triton kernels did not load ({_library.triton_error})")}
+    for name, backend in ((CUDA_PROVIDER, "cuda"), (TRITON_PROVIDER, "triton")):
+        ok, why = available[backend]
+        if ok:
+            try:
+                probe = torch.linspace(-1, 1, 1000, device="cuda", requires_grad=True)
+                torch.autograd.grad(rt.normal_rsample(probe, probe, backend=backend).sum(), probe)
+                torch.cuda.synchronize()  # a launch failure surfaces here, not later
+            except Exception as error:
+                ok, why = False, f"its probe call failed ({type(error).__name__}: {error})"
+        if ok:
+            providers[name] = (rtrick_rsample(backend), None)
+        else:
+            missing.append(f"{name}: {why}")
+            print(f"note: skipping {name}: {why}")
+    providers[EAGER] = (eager_rsample, None)
+    compiled = try_compile(eager_rsample, "cuda")
+    if compiled is not None:
+        providers[COMPILED] = (compiled, None)
+    return providers, missing
+
+
+# ------------------------------------------------------------------ timing
+
+
+class HostClock:
+    """Wall-clock seconds of the timed region: the CPU kernels run synchronously."""
+
+    def start(self):
+        return time.perf_counter()
+
+    def stop(self, started):
+        return time.perf_counter() - started
+
+    def synchronize(self):
+        pass
+
+    def seconds(self, stamps):
+        return list(stamps)
+
+
+class CudaEventClock:
+    """GPU time of the timed region, from CUDA events recorded on the current stream.
+
+    Calls are queued without waiting for the GPU. Once the queue is ahead of the GPU, an
+    interval between two events holds exactly the GPU work of one call, whatever Python
+    spends launching it.
+    """
+
+    def start(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def stop(self, started):
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        return started, end
+
+    def synchronize(self):
+        torch.cuda.synchronize()
+
+    def seconds(self, stamps):
+        torch.cuda.synchronize()  # elapsed_time needs both events completed
+        return [start.elapsed_time(end) / 1e3 for start, end in stamps]  # elapsed_time is in ms
+
+
+def make_input_sets(numel, dtype, requires_grad, device="cpu", count=1):
     """[(mu, log_sigma, grad_z)], several when small so that timed calls do not all hit warm cache."""
-    count = ROTATED_INPUT_SETS if numel <= CACHE_RESIDENT_MAX_NUMEL else 1
-    return [(torch.randn(numel, dtype=dtype).requires_grad_(requires_grad),
-             (0.1 * torch.randn(numel, dtype=dtype)).requires_grad_(requires_grad),
-             torch.randn(numel, dtype=dtype)) for _ in range(count)]
+    return [(torch.randn(numel, dtype=dtype, device=device).requires_grad_(requires_grad),
+             (0.1 * torch.randn(numel, dtype=dtype, device=device)).requires_grad_(requires_grad),
+             torch.randn(numel, dtype=dtype, device=device)) for _ in range(count)]
 
 
-def timed_call(mode, sample, input_sets):
-    """call(rep) -> seconds of the timed region of repetition `rep` in `mode`."""
+def input_set_count(device, numel, dtype):
+    """How many input sets the timed calls rotate among (see make_input_sets)."""
+    if device == "cpu":
+        return ROTATED_INPUT_SETS if numel <= CACHE_RESIDENT_MAX_NUMEL else 1
+    bytes_read_per_call = 2 * numel * dtype.itemsize  # mu and log_sigma, or grad_z and log_sigma
+    return min(max(1, math.ceil(L2_SPAN_FACTOR * l2_cache_bytes() / bytes_read_per_call)), MAX_ROTATED_INPUT_SETS)
+
+
+def timed_call(mode, sample, input_sets, clock=HostClock()):
+    """call(rep) -> the clock's stamp of the timed region of repetition `rep` in `mode`."""
     def inputs(rep):
         mu, log_sigma, grad_z = input_sets[rep % len(input_sets)]
         mu.grad = log_sigma.grad = None  # accumulating into old grads would add work no provider needs
@@ -105,35 +275,36 @@ def timed_call(mode, sample, input_sets):
 
     def forward(rep):
         mu, log_sigma, _ = inputs(rep)
-        start = time.perf_counter()
+        start = clock.start()
         sample(mu, log_sigma)
-        return time.perf_counter() - start
+        return clock.stop(start)
 
     def backward(rep):
         mu, log_sigma, grad_z = inputs(rep)
         z = sample(mu, log_sigma)  # a fresh graph each time: backward frees it
-        start = time.perf_counter()
+        start = clock.start()
         torch.autograd.grad(z, (mu, log_sigma), grad_z)
-        return time.perf_counter() - start
+        return clock.stop(start)
 
     def full(rep):
         mu, log_sigma, grad_z = inputs(rep)
-        start = time.perf_counter()
+        start = clock.start()
         torch.autograd.grad(sample(mu, log_sigma), (mu, log_sigma), grad_z)
-        return time.perf_counter() - start
+        return clock.stop(start)
 
     return {"forward": forward, "backward": backward, "full": full}[mode]
 
 
-def measure(call, budget):
+def measure(call, budget, clock=HostClock()):
     """Timed-region seconds of repeated calls; the repetition count fills about budget["seconds"]."""
     for rep in range(budget["warmup"]):
         start = time.perf_counter()
         call(rep)
+        clock.synchronize()  # a GPU call returns before its work is done; the estimate must include it
         wall_per_call = time.perf_counter() - start  # includes untimed setup, which the budget must cover
     reps = int(budget["seconds"] / max(wall_per_call, 1e-7))
     reps = min(max(reps, budget["min_reps"]), budget["max_reps"])
-    return [call(rep) for rep in range(reps)]
+    return clock.seconds([call(rep) for rep in range(reps)])
 
 
 def saved_bytes(sample, mu, log_sigma):
@@ -167,47 +338,94 @@ def add_speedups(rows):
             row[column] = baseline_ms / row["median_ms"] if baseline_ms else None
 
 
-def benchmark_size(providers, numel, dtype, budget):
+def benchmark_size(providers, numel, dtype, budget, device="cpu", clock=HostClock()):
     """Rows for every provider and mode at one size and dtype."""
     rows = []
     dtype_name = str(dtype).removeprefix("torch.")
-    plain_inputs = make_input_sets(numel, dtype, requires_grad=False)
-    grad_inputs = make_input_sets(numel, dtype, requires_grad=True)
+    count = input_set_count(device, numel, dtype)
+    plain_inputs = make_input_sets(numel, dtype, False, device, count)
+    grad_inputs = make_input_sets(numel, dtype, True, device, count)
     for provider, (sample, max_numel) in providers.items():
         if max_numel is not None and numel > max_numel:
             continue
         graph_bytes = saved_bytes(sample, *grad_inputs[0][:2])
         for mode in MODES:
             input_sets = plain_inputs if mode == "forward" else grad_inputs
-            seconds = measure(timed_call(mode, sample, input_sets), budget)
+            seconds = measure(timed_call(mode, sample, input_sets, clock), budget, clock)
             rows.append({"provider": provider, "dtype": dtype_name, "mode": mode, "numel": numel,
                          **summarize(seconds, mode, numel, dtype), "saved_bytes": graph_bytes})
     add_speedups(rows)
     return sorted(rows, key=lambda row: MODES.index(row["mode"]))  # stable: providers stay in order
 
 
-def format_bytes(count):
-    for unit in ("B", "KiB", "MiB"):
-        if count < 1024 or unit == "MiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
+# ------------------------------------------------------------------ GPU measurements
 
 
-def format_ratio(ratio):
-    return "-" if ratio is None else f"{ratio:.2f}"
+def l2_cache_bytes():
+    return getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0) \
+        or DEFAULT_L2_BYTES
 
 
-def table_cells(row):
-    return [f"2^{row['numel'].bit_length() - 1}", row["dtype"], row["mode"], row["provider"],
-            f"{row['median_ms']:.3f}", f"{row['p20_ms']:.3f}", f"{row['p80_ms']:.3f}",
-            f"{row['elems_per_s'] / 1e6:.0f}", f"{row['gbps']:.2f}", format_ratio(row["speedup_vs_eager"]),
-            format_ratio(row["speedup_vs_compile"]), format_bytes(row["saved_bytes"])]
+def median_gpu_seconds(function, warmup=3, reps=10):
+    clock = CudaEventClock()
+    for _ in range(warmup):
+        function()
+    stamps = []
+    for _ in range(reps):
+        started = clock.start()
+        function()
+        stamps.append(clock.stop(started))
+    return statistics.median(clock.seconds(stamps))
 
 
-def text_line(cells):
-    # The first four columns are labels (left-aligned), the rest numbers (right-aligned).
-    return "  ".join(cell.ljust(width) if i < 4 else cell.rjust(width)
-                     for i, (cell, (_, width)) in enumerate(zip(cells, TABLE_COLUMNS)))
+def measure_copy_bandwidth(numel=COPY_BANDWIDTH_NUMEL):
+    """GB/s of a large device-to-device copy, bytes read + written: the roofline of the rows."""
+    source = torch.ones(numel, dtype=torch.float32, device="cuda")
+    destination = torch.empty_like(source)
+    seconds = median_gpu_seconds(lambda: destination.copy_(source))
+    del source, destination
+    release_gpu_memory()
+    return 2 * numel * 4 / seconds / 1e9
+
+
+def measure_key_draw_microseconds():
+    """GPU time to draw the key of a seed=None call, part of every rtrick_ops forward row (None if it fails).
+
+    It is information for reading the forward rows, so a change in that private helper must not
+    stop the benchmark.
+    """
+    try:
+        from rtrick_ops._random import make_rng_state
+
+        return 1e6 * median_gpu_seconds(lambda: make_rng_state(None, None, torch.device("cuda")), warmup=5, reps=50)
+    except Exception as error:
+        print(f"note: could not time the key draw ({type(error).__name__}: {error})")
+        return None
+
+
+def release_gpu_memory():
+    gc.collect()  # graphs and input sets of the last size may sit in reference cycles
+    torch.cuda.empty_cache()
+
+
+def fits_in_gpu_memory(numel, dtype):
+    """Whether one size's input sets and working tensors fit comfortably in free GPU memory."""
+    count = input_set_count("cuda", numel, dtype)
+    needed = (2 * count * 3 + WORKING_TENSORS) * numel * dtype.itemsize
+    free, _ = torch.cuda.mem_get_info()
+    if needed > 0.8 * free:
+        print(f"note: skipping 2^{numel.bit_length() - 1} {dtype}: needs about {needed / 2**30:.1f} GiB, "
+              f"{free / 2**30:.1f} GiB free")
+        return False
+    return True
+
+
+def add_copy_fractions(rows, copy_gbps):
+    for row in rows:
+        row["pct_of_copy"] = 100 * row["gbps"] / copy_gbps
+
+
+# ------------------------------------------------------------------ verdicts
 
 
 def target_verdict(rows):
@@ -225,6 +443,90 @@ def target_verdict(rows):
     return f"target ({where}): " + "; ".join(verdicts)
 
 
+def size_label(numel):
+    return f"2^{numel.bit_length() - 1}"
+
+
+def gpu_target_line(what, candidates, value_of, target, at_least, describe):
+    """One target line: the worst value over `candidates` (rows or row pairs) against `target`.
+
+    Every size from 2^26 up must meet a target, so the line reports the worst one and where.
+    """
+    values = [(value_of(candidate), candidate) for candidate in candidates]
+    values = [(value, candidate) for value, candidate in values if value is not None]
+    if not values:
+        return f"target {what}: not measured in this run"
+    value, candidate = (min if at_least else max)(values, key=lambda pair: pair[0])
+    met = value >= target if at_least else value <= target
+    return f"target {what}: {describe(value, candidate)} (target {'>=' if at_least else '<='} " \
+           f"{describe(target, None)}) {'PASS' if met else 'MISS'}"
+
+
+def gpu_target_verdicts(rows):
+    """The GPU targets, one line each, judged on sizes >= 2^26 (see the constants above)."""
+    large = [row for row in rows if row["numel"] >= 2**GPU_TARGET_MIN_LOG2_NUMEL]
+
+    def select(provider, dtype, mode):
+        return [row for row in large if row["provider"] == provider and row["dtype"] == dtype and row["mode"] == mode]
+
+    def worst_at(row):
+        return "" if row is None else f" at worst ({size_label(row['numel'])})"
+
+    lines = []
+    for dtype in GPU_TARGET_DTYPES:
+        for mode in ("forward", "backward"):
+            lines.append(gpu_target_line(
+                f"cuda {mode} {dtype} vs copy bandwidth", select(CUDA_PROVIDER, dtype, mode),
+                lambda row: row["pct_of_copy"], 100 * GPU_COPY_FRACTION_TARGET, True,
+                lambda value, row: f"{value:.1f}%" + worst_at(row)))
+    for dtype in GPU_TARGET_DTYPES:
+        pairs = [(triton_row, cuda_row) for mode in MODES for cuda_row in select(CUDA_PROVIDER, dtype, mode)
+                 for triton_row in select(TRITON_PROVIDER, dtype, mode) if triton_row["numel"] == cuda_row["numel"]]
+        lines.append(gpu_target_line(
+            f"triton/cuda time {dtype}, all modes", pairs,
+            lambda pair: pair[0]["median_ms"] / pair[1]["median_ms"], TRITON_MAX_SLOWDOWN, False,
+            lambda value, pair: f"{value:.3f}" + ("" if pair is None else
+                                                   f" at worst ({pair[0]['mode']} {size_label(pair[0]['numel'])})")))
+    for dtype in GPU_TARGET_DTYPES:
+        for baseline, target in GPU_FULL_SPEEDUP_TARGETS.items():
+            column = "speedup_vs_eager" if baseline == EAGER else "speedup_vs_compile"
+            lines.append(gpu_target_line(
+                f"cuda fwd+bwd {dtype} vs {baseline}", select(CUDA_PROVIDER, dtype, "full"),
+                lambda row: row[column], target, True, lambda value, row: f"{value:.2f}x" + worst_at(row)))
+    return lines
+
+
+# ------------------------------------------------------------------ output, shared by both devices
+
+
+def format_bytes(count):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+
+
+def format_ratio(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
+def table_cells(row, setup=SETUPS["cpu"]):
+    digits = setup.ms_decimals
+    cells = {"size": size_label(row["numel"]), "dtype": row["dtype"], "mode": row["mode"],
+             "provider": row["provider"], "median ms": f"{row['median_ms']:.{digits}f}",
+             "p20 ms": f"{row['p20_ms']:.{digits}f}", "p80 ms": f"{row['p80_ms']:.{digits}f}",
+             "Melem/s": f"{row['elems_per_s'] / 1e6:.0f}", "GB/s": f"{row['gbps']:.2f}",
+             "% copy": f"{row['pct_of_copy']:.1f}" if "pct_of_copy" in row else "-",
+             "x eager": format_ratio(row["speedup_vs_eager"]), "x compile": format_ratio(row["speedup_vs_compile"]),
+             "saved for bwd": format_bytes(row["saved_bytes"])}
+    return [cells[name] for name, _ in setup.table_columns]
+
+
+def text_line(cells, setup=SETUPS["cpu"]):
+    return "  ".join(cell.ljust(width) if i < LABEL_COLUMNS else cell.rjust(width)
+                     for i, (cell, (_, width)) in enumerate(zip(cells, setup.table_columns)))
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -236,10 +538,35 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def run_environment(threads):
-    return {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": cpu_model(), "threads": threads, "cpu_isa": rt.cpu_isa(),
-            "torch_version": torch.__version__, "rtrick_ops_version": rt.__version__}
+def triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:
+        return "n/a"
+
+
+def run_environment(threads, setup=SETUPS["cpu"]):
+    environment = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "torch_version": torch.__version__, "rtrick_ops_version": rt.__version__}
+    if setup.device == "cpu":
+        return {**environment, "device": cpu_model(), "threads": threads, "cpu_isa": rt.cpu_isa()}
+    return {**environment, "device": torch.cuda.get_device_name(), "cuda_version": torch.version.cuda,
+            "triton_version": triton_version(), "l2_mib": l2_cache_bytes() / 2**20}
+
+
+def environment_line(environment, setup=SETUPS["cpu"]):
+    env = environment
+    if setup.device == "cpu":
+        return (f"{env['device']} | {env['threads']} threads | ISA {env['cpu_isa']} | "
+                f"torch {env['torch_version']} | rtrick_ops {env['rtrick_ops_version']}")
+    line = (f"{env['device']} | CUDA {env['cuda_version']} | torch {env['torch_version']} | "
+            f"Triton {env['triton_version']} | rtrick_ops {env['rtrick_ops_version']} | L2 {env['l2_mib']:.0f} MiB")
+    if "copy_gbps" in env:
+        key_draw = "n/a" if env.get("key_draw_us") is None else f"{env['key_draw_us']:.1f} us"
+        line += f" | copy {env['copy_gbps']:.0f} GB/s | key draw {key_draw}"
+    return line
 
 
 def csv_cell(value):
@@ -248,92 +575,172 @@ def csv_cell(value):
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def append_csv(path, environment, rows):
+def append_csv(path, environment, rows, columns=CPU_CSV_COLUMNS):
     new_file = not os.path.exists(path)
     with open(path, "a", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(file, fieldnames=columns)
         if new_file:
             writer.writeheader()
         for row in rows:
             cells = {**environment, **row}
-            writer.writerow({key: csv_cell(cells[key]) for key in CSV_COLUMNS})
+            writer.writerow({key: csv_cell(cells.get(key)) for key in columns})
 
 
-def write_markdown(path, environment, rows, verdict):
-    env = environment
-    lines = ["# normal_rsample CPU benchmark", "",
-             f"{env['timestamp']} | {env['device']} | {env['threads']} threads | ISA {env['cpu_isa']} | "
-             f"torch {env['torch_version']} | rtrick_ops {env['rtrick_ops_version']}", "",
-             "Median of repeated calls; GB/s counts the fused op's minimum traffic for every provider "
-             "(3 tensors for forward or backward, 6 for full); x = ratio of medians; "
-             "saved for bwd = bytes of tensors the forward graph keeps.", "",
-             "| " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |",
-             "|" + "|".join("---" if i < 4 else "---:" for i in range(len(TABLE_COLUMNS))) + "|"]
-    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
-    lines += ["", f"**{verdict}**", ""]
+def write_markdown(path, environment, rows, verdicts, setup=SETUPS["cpu"], notes=()):
+    columns = setup.table_columns
+    explanation = ("Median of repeated calls; GB/s counts the fused op's minimum traffic for every provider "
+                   "(3 tensors for forward or backward, 6 for full); x = ratio of medians; "
+                   "saved for bwd = bytes of tensors the forward graph keeps.")
+    if setup.device == "cuda":
+        explanation += (f" GPU time from CUDA events; inputs rotate among buffer sets spanning {L2_SPAN_FACTOR}x "
+                        "the L2 cache; % copy = GB/s against a 2^28-float32 device-to-device copy (read + write) "
+                        "measured in the same run; key draw = GPU time to draw the key of a seed=None call, part "
+                        "of every rtrick_ops forward.")
+    lines = [f"# normal_rsample {setup.label} benchmark", "",
+             f"{environment['timestamp']} | {environment_line(environment, setup)}", "", explanation, ""]
+    lines += [f"Note: {note}" for note in notes] + ([""] if notes else [])
+    lines += ["| " + " | ".join(name for name, _ in columns) + " |",
+              "|" + "|".join("---" if i < LABEL_COLUMNS else "---:" for i in range(len(columns))) + "|"]
+    lines += ["| " + " | ".join(table_cells(row, setup)) + " |" for row in rows]
+    lines += [""]
+    for verdict in verdicts:
+        lines += [f"**{verdict}**", ""]
     with open(path, "w") as file:
         file.write("\n".join(lines))
 
 
-def write_plot(path, environment, rows):
-    """GB/s against log2(numel), one panel per mode, one line per provider (and dtype if several)."""
-    several_dtypes = len({row["dtype"] for row in rows}) > 1
+def write_plot(path, environment, rows, setup=SETUPS["cpu"]):
+    """GB/s against log2(numel), one panel per mode, one line per provider (and dtype if several).
+
+    On the GPU each dtype gets its own panels, and the measured copy bandwidth is drawn as a
+    reference line.
+    """
+    dtypes = list(dict.fromkeys(row["dtype"] for row in rows))
+    panel_per_dtype = setup.device == "cuda"
+    panel_keys = [(mode, dtype) for dtype in dtypes for mode in MODES] if panel_per_dtype else \
+        [(mode, None) for mode in MODES]
     panels = []
-    for mode in MODES:
+    for mode, dtype in panel_keys:
         series = {}
         for row in rows:
-            if row["mode"] == mode:
-                name = f"{row['provider']} {row['dtype']}" if several_dtypes else row["provider"]
+            if row["mode"] == mode and dtype in (None, row["dtype"]):
+                name = f"{row['provider']} {row['dtype']}" if len(dtypes) > 1 and not panel_per_dtype \
+                    else row["provider"]
                 xs, ys = series.setdefault(name, ([], []))
                 xs.append(row["numel"].bit_length() - 1)
                 ys.append(row["gbps"])
-        panels.append({"title": "fwd+bwd" if mode == "full" else mode, "x_label": "log2(elements)",
+        if not series:
+            continue
+        if "copy_gbps" in environment:
+            sizes = [x for xs, _ in series.values() for x in xs]
+            series["device copy"] = ([min(sizes), max(sizes)], [environment["copy_gbps"]] * 2)
+        title = "fwd+bwd" if mode == "full" else mode
+        panels.append({"title": f"{title} {dtype}" if panel_per_dtype else title, "x_label": "log2(elements)",
                        "y_label": "GB/s", "series": [(name, xs, ys) for name, (xs, ys) in series.items()]})
-    title = f"normal_rsample - {environment['device']} - {environment['threads']} threads"
+    title = f"normal_rsample - {environment['device']}"
+    if setup.device == "cpu":
+        title += f" - {environment['threads']} threads"
     line_chart(path, panels, title=title)
+
+
+def write_results(out, setup, environment, rows, verdicts, notes=()):
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, setup.file_stem)
+    append_csv(stem + ".csv", environment, rows, setup.csv_columns)
+    write_markdown(stem + ".md", environment, rows, verdicts, setup, notes)
+    if rows:
+        write_plot(stem + ".png", environment, rows, setup)
+    print(f"results written to {out}")
+
+
+# ------------------------------------------------------------------ main
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="16,18,20,22,24", help="log2 of the element counts")
-    parser.add_argument("--dtypes", default="float32", help="comma-separated torch dtypes")
+    parser.add_argument("--device", choices=sorted(SETUPS), default="cpu",
+                        help="cpu (default) or cuda; the defaults of --sizes and --dtypes depend on it")
+    parser.add_argument("--sizes", help="log2 of the element counts (cpu: 16,18,20,22,24; cuda: 20,22,24,26,28)")
+    parser.add_argument("--dtypes", help="comma-separated torch dtypes (cpu: float32; cuda: float32,bfloat16)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--quick", action="store_true", help="sizes 16,18,20 and short timing, for smoke tests")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes (cpu: 16,18,20; cuda: 20,22,24) and short timing, for smoke tests")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
-    if args.quick:
-        args.sizes = "16,18,20"
-    args.sizes = [2**int(exponent) for exponent in args.sizes.split(",")]
-    args.dtypes = [getattr(torch, name.strip()) for name in args.dtypes.split(",")]
+    setup = SETUPS[args.device]
+    args.sizes = setup.quick_sizes if args.quick else (args.sizes or setup.default_sizes)
+    args.dtypes = args.dtypes or setup.default_dtypes
+    try:
+        args.sizes = [2**int(exponent) for exponent in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated integers (log2 of the element counts), got {args.sizes!r}")
+    names = [name.strip() for name in args.dtypes.split(",")]
+    args.dtypes = [getattr(torch, name, None) for name in names]
     if not all(isinstance(dtype, torch.dtype) and dtype.is_floating_point for dtype in args.dtypes):
-        parser.error(f"--dtypes must name floating-point torch dtypes, got {args.dtypes}")
-    return args
+        parser.error(f"--dtypes must name floating-point torch dtypes, got {names}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, f"error: --device cuda needs a CUDA GPU, but torch.cuda.is_available() is False here "
+                       f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'none: a CPU-only build'}). "
+                       "Run it on a machine with an NVIDIA GPU and a CUDA build of torch, or use --device cpu.\n")
+    return args, setup
+
+
+def benchmark_rows(providers, args, setup, budget, clock, copy_gbps=None):
+    """Rows of every dtype and size, printed as they come; partial if SIGTERM interrupts."""
+    rows = []
+    try:
+        for dtype in args.dtypes:
+            for numel in args.sizes:
+                if setup.device == "cuda" and not fits_in_gpu_memory(numel, dtype):
+                    continue
+                size_rows = benchmark_size(providers, numel, dtype, budget, setup.device, clock)
+                if copy_gbps:
+                    add_copy_fractions(size_rows, copy_gbps)
+                for row in size_rows:
+                    print(text_line(table_cells(row, setup), setup), flush=True)
+                rows += size_rows
+                if setup.device == "cuda":
+                    release_gpu_memory()  # the next size allocates up to 4x as much
+        return rows, None
+    except BenchmarkInterrupted:
+        return rows, f"interrupted by SIGTERM after {len(rows)} rows; the sizes not listed were not measured"
 
 
 def main():
-    args = parse_args()
+    args, setup = parse_args()
     torch.set_num_threads(args.threads)
-    budget = ({"warmup": 2, "seconds": 0.1, "min_reps": 5, "max_reps": 200} if args.quick
-              else {"warmup": 3, "seconds": 0.75, "min_reps": 5, "max_reps": 2000})
-    environment = run_environment(args.threads)
-    print(f"{environment['device']} | {args.threads} threads | ISA {environment['cpu_isa']} | "
-          f"torch {torch.__version__} | rtrick_ops {rt.__version__}")
-    providers = make_providers()
-    print(text_line([name for name, _ in TABLE_COLUMNS]))
-    rows = []
-    for dtype in args.dtypes:
-        for numel in args.sizes:
-            size_rows = benchmark_size(providers, numel, dtype, budget)
-            for row in size_rows:
-                print(text_line(table_cells(row)), flush=True)
-            rows += size_rows
-    verdict = target_verdict(rows)
-    print(verdict)
-    os.makedirs(args.out, exist_ok=True)
-    append_csv(os.path.join(args.out, "bench_normal_cpu.csv"), environment, rows)
-    write_markdown(os.path.join(args.out, "bench_normal_cpu.md"), environment, rows, verdict)
-    write_plot(os.path.join(args.out, "bench_normal_cpu.png"), environment, rows)
-    print(f"results written to {args.out}")
+    budget = setup.quick_budget if args.quick else setup.budget
+    environment = run_environment(args.threads, setup)
+    missing = []
+    if setup.device == "cpu":
+        clock = HostClock()
+        print(environment_line(environment, setup))
+        providers = make_providers()
+    else:
+        clock = CudaEventClock()
+        environment["copy_gbps"] = measure_copy_bandwidth()
+        environment["key_draw_us"] = measure_key_draw_microseconds()
+        print(environment_line(environment, setup))
+        providers, missing = make_cuda_providers()
+
+    def interrupt(signum, frame):
+        raise BenchmarkInterrupted()
+
+    signal.signal(signal.SIGTERM, interrupt)
+    print(text_line([name for name, _ in setup.table_columns], setup))
+    rows, interruption = benchmark_rows(providers, args, setup, budget, clock, environment.get("copy_gbps"))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    verdicts = [target_verdict(rows)] if setup.device == "cpu" else gpu_target_verdicts(rows)
+    for verdict in verdicts:
+        print(verdict)
+    notes = [interruption] if interruption else []
+    notes += [f"not measured: {why}" for why in missing]
+    write_results(args.out, setup, environment, rows, verdicts, notes)
+    if interruption or missing:
+        # The files hold what was measured, but the run is incomplete: say so in the exit status.
+        for note in notes:
+            print(f"error: {note}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@
 
     import rtrick_ops as rt
     z = rt.normal_rsample(mu, log_sigma)            # z = mu + exp(log_sigma) * eps
+    d = rt.distributions.Normal.from_log_scale(mu, log_sigma)
+    head = rt.nn.GaussianLatentHead(256, 16)
+    report = rt.estimators.compare_estimators(f, rt.estimators.normal(mu, log_sigma))
 """
+from . import distributions, estimators, nn
 from ._library import compiled as _compiled
 from .normal import normal_rsample
 
 __version__ = "0.1.0"
-__all__ = ["normal_rsample", "cpu_isa", "set_cpu_isa"]
+__all__ = ["normal_rsample", "distributions", "nn", "estimators", "cpu_isa", "set_cpu_isa"]
 
 
 def cpu_isa() -> str:

@@ -1,12 +1,13 @@
-"""A tiny line-chart plotter that writes PNG files with the Python standard library only.
+"""A tiny line-chart plotter and image-grid writer: PNG files with the Python standard library only.
 
-The benchmarks may not depend on matplotlib, so this draws on an RGB canvas
-(axes, nice ticks, polylines with markers, a shared legend) and encodes it
-with zlib + struct. Text uses a built-in 5x7 bitmap font (upper case, digits
-and a few symbols; lower case is drawn as upper case).
+The benchmarks and examples may not depend on matplotlib, so this draws on an
+RGB canvas (axes, nice ticks, polylines with markers, a shared legend) and
+encodes it with zlib + struct. Text uses a built-in 5x7 bitmap font (upper
+case, digits and a few symbols; lower case is drawn as upper case).
 
     line_chart("out.png", panels=[{"title": "forward", "x_label": "log2(n)", "y_label": "GB/s",
                                    "series": [("eager", [16, 18], [3.1, 4.2])]}])
+    image_grid("digits.png", images, rows=2, cols=10, scale=6)  # images: 2-D lists of values in [0, 1]
 """
 import math
 import struct
@@ -76,16 +77,26 @@ class Canvas:
                         self.rect(px, py, px + scale - 1, py + scale - 1, color)
 
     def save_png(self, path):
-        rows = b"".join(b"\x00" + bytes(self.pixels[3 * self.width * y:3 * self.width * (y + 1)])
-                        for y in range(self.height))  # filter type 0 on every scanline
+        _write_png(path, self.width, self.height, self.pixels, _PNG_RGB)
 
-        def chunk(kind, data):
-            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)  # 8-bit RGB
-        with open(path, "wb") as file:
-            file.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9))
-                       + chunk(b"IEND", b""))
+_PNG_GRAYSCALE, _PNG_RGB = 0, 2  # PNG color types; their bytes per pixel are 1 and 3
+_PNG_BYTES_PER_PIXEL = {_PNG_GRAYSCALE: 1, _PNG_RGB: 3}
+
+
+def _write_png(path, width, height, pixels, color_type):
+    """Encode 8-bit pixels (row-major bytes) as a PNG file."""
+    row_bytes = _PNG_BYTES_PER_PIXEL[color_type] * width
+    rows = b"".join(b"\x00" + bytes(pixels[row_bytes * y:row_bytes * (y + 1)])
+                    for y in range(height))  # filter type 0 on every scanline
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    with open(path, "wb") as file:
+        file.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9))
+                   + chunk(b"IEND", b""))
 
 
 def text_width(string, scale=2):
@@ -187,3 +198,35 @@ def line_chart(path, panels, panel_width=460, panel_height=360, y_from_zero=True
                     colors, y_from_zero)
     _draw_legend(canvas, legend_rows, colors, margin_top + panel_height + axis_labels_height)
     canvas.save_png(path)
+
+
+def image_grid(path, images, rows, cols, scale=4, padding=1, padding_value=0.5):
+    """Write grayscale images side by side in a rows x cols grid, filled row by row.
+
+    images: up to rows * cols images, each a 2-D sequence (rows of pixels) of
+    values in [0, 1] (0 black, 1 white; values outside are clipped), all of one
+    size, or None for a cell left empty. Each pixel becomes a scale x scale
+    square; cells are separated by `padding` pixels of gray level
+    `padding_value`, which also fills empty cells.
+    """
+    present = [image for image in images if image is not None]
+    if not present or len(images) > rows * cols:
+        raise ValueError(f"need 1 to {rows * cols} images for a {rows}x{cols} grid, got {len(present)} "
+                         f"in {len(images)} cells")
+    image_height, image_width = len(present[0]), len(present[0][0])
+    if any(len(image) != image_height or any(len(row) != image_width for row in image) for image in present):
+        raise ValueError("all images must have the same size")
+    cell_width, cell_height = image_width * scale + padding, image_height * scale + padding
+    width, height = cols * cell_width + padding, rows * cell_height + padding
+    pixels = bytearray([round(255 * min(max(padding_value, 0.0), 1.0))]) * (width * height)
+    for index, image in enumerate(images):
+        if image is None:
+            continue
+        left = (index % cols) * cell_width + padding
+        top = (index // cols) * cell_height + padding
+        for y, image_row in enumerate(image):
+            scanline = bytes(round(255 * min(max(value, 0.0), 1.0)) for value in image_row for _ in range(scale))
+            for dy in range(scale):
+                start = (top + y * scale + dy) * width + left
+                pixels[start:start + len(scanline)] = scanline
+    _write_png(path, width, height, pixels, _PNG_GRAYSCALE)

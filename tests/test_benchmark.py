@@ -1,8 +1,17 @@
-"""Smoke test of the main job: the benchmark runs and leaves its three files."""
+"""Smoke test of the main job: the benchmark runs and leaves its three files.
+
+Also the parts of --device cuda that run without a GPU: CUDA-event timing (with a stand-in for
+torch.cuda.Event), the GPU targets, the files, and the message when there is no GPU.
+"""
 import csv
+import importlib.util
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,3 +30,91 @@ def test_benchmark_quick_run_writes_results(tmp_path):
                                                        and r["numel"] == row["numel"])["saved_bytes"]) for row in ours)
     assert (tmp_path / "bench_normal_cpu.md").read_text().count("|") > 10
     assert (tmp_path / "bench_normal_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def load_benchmark_module():
+    spec = importlib.util.spec_from_file_location("bench_normal", ROOT / "benchmarks" / "bench_normal.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeCudaEvent:
+    """torch.cuda.Event on the host clock, so the CUDA timing path runs without a GPU."""
+
+    def __init__(self, enable_timing=False):
+        self.time = None
+
+    def record(self, stream=None):
+        self.time = time.perf_counter()
+
+    def elapsed_time(self, end):
+        return 1e3 * (end.time - self.time)
+
+
+def test_cuda_timing_and_reporting_without_a_gpu(tmp_path, monkeypatch):
+    """--device cuda's own code (event timing, verdicts, files) on CPU tensors and synthetic rows."""
+    bench = load_benchmark_module()
+    monkeypatch.setattr(torch.cuda, "Event", FakeCudaEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    clock = bench.CudaEventClock()
+    inputs = bench.make_input_sets(4096, torch.float32, True)
+    for mode in bench.MODES:
+        seconds = bench.measure(bench.timed_call(mode, bench.eager_rsample, inputs, clock),
+                                {"warmup": 1, "seconds": 0.01, "min_reps": 5, "max_reps": 20}, clock)
+        assert 5 <= len(seconds) <= 20 and all(s > 0 for s in seconds)
+
+    # Synthetic medians: cuda at 95% of a 3000 GB/s copy, triton 5% slower, eager 4x and compile 1.5x cuda.
+    copy_gbps, rows = 3000.0, []
+    for dtype in (torch.float32, torch.bfloat16):
+        for numel in (2**24, 2**26, 2**28):
+            size_rows = []
+            for provider, slowdown in (("rtrick_ops cuda", 1.0), ("rtrick_ops triton", 1.05), ("torch eager", 4.0),
+                                       ("torch.compile", 1.5)):
+                for mode in bench.MODES:
+                    ideal = bench.TENSORS_MOVED[mode] * numel * dtype.itemsize / (0.95 * copy_gbps * 1e9)
+                    seconds = [ideal * slowdown * factor for factor in (0.99, 1.0, 1.0, 1.01, 1.02)]
+                    size_rows.append({"provider": provider, "dtype": str(dtype).removeprefix("torch."), "mode": mode,
+                                      "numel": numel, **bench.summarize(seconds, mode, numel, dtype),
+                                      "saved_bytes": 16 if provider.startswith("rtrick") else 2 * numel})
+            bench.add_speedups(size_rows)
+            bench.add_copy_fractions(size_rows, copy_gbps)
+            rows += size_rows
+    verdicts = bench.gpu_target_verdicts(rows)
+    assert len(verdicts) == 10 and all(line.startswith("target ") for line in verdicts)
+    assert all(line.endswith("PASS") for line in verdicts), verdicts
+    assert any("95.0%" in line for line in verdicts)
+    slow = [dict(row, pct_of_copy=80.0) if row["provider"] == "rtrick_ops cuda" and row["numel"] == 2**28 else row
+            for row in rows]
+    assert sum(line.endswith("MISS") for line in bench.gpu_target_verdicts(slow)) == 4
+    assert all("not measured" in line for line in bench.gpu_target_verdicts([r for r in rows if r["numel"] < 2**26]))
+
+    setup = bench.SETUPS["cuda"]
+    environment = {"timestamp": "2026-01-01T00:00:00+00:00", "device": "Fake GPU", "torch_version": torch.__version__,
+                   "cuda_version": "13.0", "triton_version": "3.6.0", "rtrick_ops_version": "0.1.0", "l2_mib": 50.0,
+                   "copy_gbps": copy_gbps, "key_draw_us": 9.5}
+    bench.write_results(str(tmp_path), setup, environment, rows, verdicts, notes=["a note"])
+    table = list(csv.DictReader(open(tmp_path / "bench_normal_cuda.csv")))
+    assert len(table) == len(rows) and list(table[0]) == bench.CUDA_CSV_COLUMNS
+    assert abs(float(table[0]["pct_of_copy"]) - 95.0) < 0.1 and table[0]["device"] == "Fake GPU"
+    markdown = (tmp_path / "bench_normal_cuda.md").read_text()
+    assert "# normal_rsample CUDA benchmark" in markdown and "% copy" in markdown and "Note: a note" in markdown
+    assert markdown.count("**target ") == 10
+    assert (tmp_path / "bench_normal_cuda.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bench.text_line(bench.table_cells(rows[0], setup), setup).split()[0] == "2^24"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_cuda_mode_without_a_gpu_fails_clearly(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_normal.py"), "--device", "cuda", "--quick",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_sanitize_probe_runs():
+    """The GPU suite's compute-sanitizer workload; without a GPU it checks itself in Triton's interpreter."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sanitize_probe.py")], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sanitize_probe: PASS" in result.stdout

@@ -1,0 +1,159 @@
+"""The ops inside real models: torch.compile of a whole model, torch.export,
+autocast, torch.func.vmap, activation checkpointing and DDP (CPU, gloo)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import rtrick_ops as rt
+from rtrick_ops.distributions import Normal
+from rtrick_ops.nn import GaussianLatentHead
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyVAE(torch.nn.Module):
+    def __init__(self, seed=None):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU())
+        self.head = GaussianLatentHead(32, 4)
+        self.decoder = torch.nn.Linear(4, 12)
+        self.seed = seed
+
+    def forward(self, x):
+        z, kl = self.head(self.encoder(x), sample_shape=(2,), seed=self.seed)
+        reconstruction = self.decoder(z)
+        return ((reconstruction - x) ** 2).sum(-1).mean() + kl.mean()
+
+
+def test_compile_whole_model_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TinyVAE(seed=123)
+    x = torch.randn(16, 12)
+    eager_loss = model(x)
+    eager_grads = torch.autograd.grad(eager_loss, list(model.parameters()))
+    compiled_loss = torch.compile(model, fullgraph=True)(x)
+    compiled_grads = torch.autograd.grad(compiled_loss, list(model.parameters()))
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_distribution_class_fullgraph():
+    torch._dynamo.reset()
+
+    def sample_loss(mu, log_sigma):
+        d = Normal.from_log_scale(mu, log_sigma, seed=4)
+        z = d.rsample((3,))
+        return (z.square() - d.log_prob(z)).mean()
+
+    mu = torch.randn(5, requires_grad=True)
+    log_sigma = torch.randn(5, requires_grad=True)
+    torch.testing.assert_close(torch.compile(sample_loss, fullgraph=True)(mu, log_sigma), sample_loss(mu, log_sigma),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_torch_export_keeps_the_op():
+    torch.manual_seed(0)
+    model = TinyVAE(seed=7)
+    x = torch.randn(3, 12)
+    exported = torch.export.export(model, (x,))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert "rtrick_ops.normal_rsample.default" in targets
+    torch.testing.assert_close(exported.module()(x), model(x))
+    unseeded = torch.export.export(TinyVAE(), (x,))  # the key is drawn by a traced torch.randint
+    assert torch.isfinite(unseeded.module()(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_computes_in_float32_and_follows_autocast_dtypes(dtype):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(8, 6)
+    x = torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=dtype):
+        h = linear(x)
+        mu, log_sigma = h.chunk(2, dim=-1)
+        z = rt.normal_rsample(mu, log_sigma, seed=2)
+        loss = z.float().square().sum()
+    assert h.dtype == dtype and z.dtype == dtype, "the op keeps the dtype autocast gave its inputs"
+    # Computed in float32 and rounded once: equals the float32 result rounded to dtype.
+    want = rt.normal_rsample(mu.float(), log_sigma.float(), seed=2)
+    torch.testing.assert_close(z.float(), want.to(dtype).float(), rtol=0, atol=0)
+    grads = torch.autograd.grad(loss, list(linear.parameters()))
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+def test_vmap_semantics():
+    mu, log_sigma = torch.randn(3, 5), torch.randn(3, 5)
+    vmapped = torch.func.vmap(lambda m, s: rt.normal_rsample(m, s, seed=1))(mu, log_sigma)
+    looped = torch.stack([rt.normal_rsample(mu[i], log_sigma[i], seed=1) for i in range(3)])
+    assert torch.equal(vmapped, looped), "with a seed, vmap equals the loop (same noise for each batch member)"
+    with pytest.raises(RuntimeError, match="randomness"):
+        torch.func.vmap(lambda m, s: rt.normal_rsample(m, s))(mu, log_sigma)
+    different = torch.func.vmap(lambda m, s: rt.normal_rsample(torch.zeros_like(m), s.exp() * 0, scale="sigma")
+                                + rt.normal_rsample(m, s), randomness="different")(mu, log_sigma)
+    eps = (different - mu) / log_sigma.exp()
+    assert not torch.allclose(eps[0], eps[1]), "randomness='different' draws a key per batch member"
+    same = torch.func.vmap(lambda m, s: rt.normal_rsample(m, s), randomness="same")(torch.zeros(3, 5), torch.zeros(3, 5))
+    assert torch.equal(same[0], same[1]) and torch.equal(same[1], same[2])
+
+
+def test_activation_checkpointing_reproduces_the_noise():
+    mu = torch.randn(200, requires_grad=True)
+    log_sigma = torch.randn(200, requires_grad=True)
+
+    def block(m, s):
+        return (rt.normal_rsample(m, s, sample_shape=(2,)) ** 3).sum()  # seed=None: key from the generator
+
+    torch.manual_seed(5)
+    plain = torch.autograd.grad(block(mu, log_sigma), (mu, log_sigma))
+    torch.manual_seed(5)
+    recomputed = torch.autograd.grad(checkpoint(block, mu, log_sigma, use_reentrant=False), (mu, log_sigma))
+    for a, b in zip(plain, recomputed):
+        assert torch.equal(a, b), "checkpoint's recomputation drew different noise"
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_ddp(base_seed, out_path, world=2):
+    """Ranks on loopback, started directly, each logging to its own file (a pipe
+    read one worker at a time can fill and block the other rank in a collective)."""
+    port = free_port()
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    logs = [Path(f"{out_path}.rank{rank}.log") for rank in range(world)]
+    workers = []
+    for rank, log in enumerate(logs):
+        with open(log, "w") as log_file:
+            workers.append(subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(base_seed), str(out_path), str(rank),
+                 str(world), str(port)], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT))
+    try:
+        codes = [worker.wait(timeout=120) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert codes == [0] * world, "\n".join(log.read_text()[-2000:] for log in logs)
+    return json.loads(Path(out_path).read_text())
+
+
+def test_ddp_two_processes_independent_noise_and_reproducible(tmp_path):
+    first = run_ddp(7, tmp_path / "a.json")
+    again = run_ddp(7, tmp_path / "b.json")
+    other = run_ddp(8, tmp_path / "c.json")
+    noise0, noise1 = (torch.tensor(n) for n in first["noise"])
+    assert not torch.allclose(noise0, noise1), "ranks drew the same noise"
+    params0, params1 = (torch.tensor(p) for p in first["params"])
+    assert torch.equal(params0, params1), "DDP replicas diverged"
+    assert first == again, "a run is not reproducible from its seed"
+    assert first["params"] != other["params"], "a different base seed should change training"
