@@ -1,13 +1,14 @@
 """The key and offset of the canonical stream for one call (docs/stream.md).
 
 An operator receives them as `rng_state`, an int64 tensor [key, offset] on the
-inputs' device. Drawing the key with a torch random op on that device makes
-`seed=None` follow torch.manual_seed and, on CUDA, makes captured graphs draw a
-fresh key on every replay.
+inputs' device. Drawing them with a torch random op on that device makes
+`seed=None` follow torch.manual_seed and, on CUDA, makes captured graphs draw
+fresh ones on every replay.
 """
 import torch
 
 _UINT64_RANGE = 2**64
+_INT63_MAX = 2**63 - 1
 
 
 def _as_int64_bits(value):
@@ -30,7 +31,8 @@ def make_rng_state(seed, generator, device):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if torch.device(generator.device).type != torch.device(device).type:
             raise ValueError(f"generator is a {generator.device} generator but the inputs are on {device}")
-    # Two 32-bit words from the generator make the 64-bit key.
-    words = torch.randint(0, 2**32, (2,), dtype=torch.int64, device=device, generator=generator)
-    key = words[0] | (words[1] << 32)
-    return torch.stack((key, torch.zeros_like(key)))
+    # One out-of-place op (torch.compile and vmap reject in-place random_)
+    # draws a key and an offset, each uniform on [0, 2^63 - 1): about 126
+    # random bits per call. Building [key, 0] from 32-bit words took four ops,
+    # as long as the kernel itself on small tensors.
+    return torch.randint(0, _INT63_MAX, (2,), dtype=torch.int64, device=device, generator=generator)

@@ -76,7 +76,8 @@ def normal_rsample(
         raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
     sample_shape = _check_sample_shape(sample_shape)
     try:
-        torch.broadcast_shapes(mu.shape, scale_param.shape)
+        if mu.shape != scale_param.shape:  # broadcast_shapes costs as much as a small kernel
+            torch.broadcast_shapes(mu.shape, scale_param.shape)
     except RuntimeError:
         raise ValueError(f"mu of shape {tuple(mu.shape)} and scale_param of shape {tuple(scale_param.shape)} "
                          "do not broadcast") from None
