@@ -1,6 +1,7 @@
 // Every operator of rtrick_ops, in one place. Backends only implement them
 // (cpu/*.cpp with TORCH_LIBRARY_IMPL(rtrick_ops, CPU, m), cuda/*.cu likewise);
-// fake kernels and autograd are registered from Python (rtrick_ops/normal.py).
+// fake kernels are registered from Python (rtrick_ops/normal.py), autograd in
+// csrc/autograd.cpp (forward) and rtrick_ops/normal.py (double backward).
 //
 // rng_state is an int64 tensor [key, offset] on the inputs' device: the
 // stream's 64-bit key and counter offset (docs/stream.md). Keeping it in a

@@ -91,8 +91,13 @@ def normal_rsample(
     return forward(mu, scale_param, rng_state, scale, sample_shape)
 
 
-def _register_autograd(forward_name, backward_name):
-    """Autograd of a (forward, backward) operator pair: the C++ ops or the Triton ops."""
+def _register_autograd(forward_name, backward_name, forward_in_python=True):
+    """Autograd of a (forward, backward) operator pair: the C++ ops or the Triton ops.
+
+    The C++ forward has its autograd in C++ (csrc/autograd.cpp: same formulas,
+    without the Python path's per-call cost); its backward operator's autograd,
+    used only for double backward, is registered here for both pairs.
+    """
     forward = getattr(_ops, forward_name)
     backward = getattr(_ops, backward_name)
 
@@ -134,7 +139,8 @@ def _register_autograd(forward_name, backward_name):
                 d_scale = grad_grad * reference.d2sigma_of(scale_param, ctx.scale) * noise_dot
         return d_grad_z, d_scale, None, None
 
-    torch.library.register_autograd(f"rtrick_ops::{forward_name}", grad_forward, setup_context=setup_forward)
+    if forward_in_python:
+        torch.library.register_autograd(f"rtrick_ops::{forward_name}", grad_forward, setup_context=setup_forward)
     torch.library.register_autograd(f"rtrick_ops::{backward_name}", grad_backward, setup_context=setup_backward)
 
 
@@ -149,7 +155,7 @@ if _library.compiled is not None:
     def _normal_rsample_backward_fake(grad_z, scale_param, rng_state, scale):
         return scale_param.new_empty(scale_param.shape)
 
-    _register_autograd("normal_rsample", "normal_rsample_backward")
+    _register_autograd("normal_rsample", "normal_rsample_backward", forward_in_python=False)
 
 if _library.triton_normal is not None:  # triton_op derives fake kernels itself
     _register_autograd("normal_rsample_triton", "normal_rsample_backward_triton")
