@@ -219,13 +219,6 @@ RT_HD Normal4 normal_block(uint64_t key, uint64_t offset, uint64_t block) {
   return Normal4{a.a, a.b, b.a, b.b};
 }
 
-// Element n of the standard-normal stream (slow path: one block per element).
-RT_HD float normal_at(uint64_t key, uint64_t offset, uint64_t n) {
-  const Normal4 z = normal_block(key, offset, n >> 2);
-  const uint32_t lane = static_cast<uint32_t>(n & 3);
-  return lane == 0 ? z.z0 : lane == 1 ? z.z1 : lane == 2 ? z.z2 : z.z3;
-}
-
 // -------------------------------------------------- scale parameterizations
 // sigma = s(x) and its first derivative ds/dx, computed in float for
 // float/half/bfloat16 tensors and in double for double tensors.

@@ -51,24 +51,18 @@ struct TwoOperandIndexer {
 template <typename T> struct Compute { using type = float; };
 template <> struct Compute<double> { using type = double; };
 
-// Storage type T in, T out; the formula runs in the compute type.
-template <typename T, typename Formula>
+// Storage type In in, Out out; the formula runs in In's compute type.
+template <typename In, typename Out, typename Formula>
 struct StoredFormula {
-  using C = typename Compute<T>::type;
-  __device__ static T apply(T a, T x, float eps) {
-    return static_cast<T>(Formula::apply(static_cast<C>(a), static_cast<C>(x), static_cast<C>(eps)));
+  using C = typename Compute<In>::type;
+  __device__ static Out apply(In a, In x, float eps) {
+    return static_cast<Out>(Formula::apply(static_cast<C>(a), static_cast<C>(x), static_cast<C>(eps)));
   }
 };
-template <typename T, ScaleKind K> using SampleOp = StoredFormula<T, SampleFormula<K>>;
-template <typename T, ScaleKind K> using GradOp = StoredFormula<T, GradFormula<K>>;
-
-template <typename T>
-struct NoiseProductOp {  // grad_z * eps into the accumulator type, for reductions
-  __device__ static typename Compute<T>::type apply(T a, T, float eps) {
-    using C = typename Compute<T>::type;
-    return static_cast<C>(a) * static_cast<C>(eps);
-  }
-};
+template <typename T, ScaleKind K> using SampleOp = StoredFormula<T, T, SampleFormula<K>>;
+template <typename T, ScaleKind K> using GradOp = StoredFormula<T, T, GradFormula<K>>;
+// The per-element gradient kept in the accumulator type, to be summed over broadcast dimensions.
+template <typename T, ScaleKind K> using GradTermOp = StoredFormula<T, typename Compute<T>::type, GradFormula<K>>;
 
 // out[n] = Op(a[.], b[.], eps[n]) for n in [0, numel). Fast path (kContiguous):
 // a and b are contiguous with `period` elements and repeat along the leading
@@ -230,26 +224,20 @@ at::Tensor normal_rsample_backward_cuda(const at::Tensor& grad_z, const at::Tens
     });
     return grad_sp;
   }
-  // Broadcast: grad_z * eps in the accumulator type, torch's reduction over the
-  // broadcast dimensions, then sigma'(x) on the small result. Two passes more
-  // than the fused CPU walk; the common VAE case above is the fast one.
+  // Broadcast: the same per-element gradient at grad_z's shape, in the
+  // accumulator type, then torch's reduction over the broadcast dimensions.
+  // One pass more than the fused CPU walk; the common VAE case above is the
+  // fast one.
   const auto acc_dtype = grad_z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor product = at::empty(grad_z.sizes(), grad_z.options().dtype(acc_dtype));
+  at::Tensor terms = at::empty(grad_z.sizes(), grad_z.options().dtype(acc_dtype));
   dispatch_dtype(grad_z.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    using C = typename Compute<T>::type;
-    launch_elementwise<NoiseProductOp<T>, T, C>(product, grad_z, grad_z, state);
+    dispatch_scale(kind, [&](auto k) {
+      launch_elementwise<GradTermOp<T, decltype(k)::value>, T, typename Compute<T>::type>(terms, grad_z, scale_param,
+                                                                                         state);
+    });
   });
-  const at::Tensor summed = product.sum_to_size(scale_param.sizes());
-  const at::Tensor x = scale_param.to(acc_dtype);
-  at::Tensor dsigma;
-  switch (kind) {
-    case ScaleKind::LogSigma: dsigma = at::exp(x); break;
-    case ScaleKind::LogVar: dsigma = at::exp(x * 0.5) * 0.5; break;
-    case ScaleKind::Sigma: dsigma = at::ones_like(x); break;
-    case ScaleKind::Softplus: dsigma = at::sigmoid(x); break;
-  }
-  return (summed * dsigma).to(scale_param.scalar_type());
+  return terms.sum_to_size(scale_param.sizes()).to(scale_param.scalar_type());
 }
 
 }  // namespace
