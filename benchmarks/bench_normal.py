@@ -183,7 +183,7 @@ def make_cuda_providers():
     """
     providers, missing = {}, []
     available = {"cuda": (_library.built_with_cuda(), "rtrick_ops._C was built without CUDA kernels"),
-                 "triton": (_library.triton_normal is not None,
+                 "triton": (_library.triton_kernels is not None,
                             f"the Triton kernels did not load ({_library.triton_error})")}
     for name, backend in ((CUDA_PROVIDER, "cuda"), (TRITON_PROVIDER, "triton")):
         ok, why = available[backend]

@@ -363,8 +363,8 @@ from rtrick_ops import _library
 
 print("rtrick_ops._C:", getattr(_library.compiled, "__file__", None), "| load error:", _library.load_error)
 print("built_with_cuda:", _library.built_with_cuda())
-print("Triton kernels:", "loaded" if _library.triton_normal is not None else f"NOT loaded ({_library.triton_error})")
-sys.exit(0 if _library.built_with_cuda() and _library.triton_normal is not None else 1)
+print("Triton kernels:", "loaded" if _library.triton_kernels is not None else f"NOT loaded ({_library.triton_error})")
+sys.exit(0 if _library.built_with_cuda() and _library.triton_kernels is not None else 1)
 EOF
   run_logged 120 "$CHECK_LOG" bash -c 'cd / && exec "$0" "$1"' "$PYTHON" "$CHECK_PY"
   CHECK_NOTE=$(grep -E '^(built_with_cuda|Triton kernels):' "$CHECK_LOG" | paste -sd ';' - | sed 's/;/; /g')

@@ -151,11 +151,11 @@ def main():
     if _HAS_CUDA:
         device, interpreted = "cuda", False
         print(f"sanitize_probe: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-              f"CUDA kernels built: {_library.built_with_cuda()}, Triton loaded: {_library.triton_normal is not None}")
+              f"CUDA kernels built: {_library.built_with_cuda()}, Triton loaded: {_library.triton_kernels is not None}")
         backends, missing_backend = [], False
         for backend, available, why in (
                 ("cuda", _library.built_with_cuda(), "rtrick_ops._C was built without CUDA"),
-                ("triton", _library.triton_normal is not None, f"Triton did not load: {_library.triton_error}")):
+                ("triton", _library.triton_kernels is not None, f"Triton did not load: {_library.triton_error}")):
             if available:
                 backends.append(backend)
             else:
@@ -169,7 +169,7 @@ def main():
         device, interpreted = "cpu", True
         print("sanitize_probe: no CUDA device here, so this is NOT a sanitizer run: checking the probe itself "
               "with the Triton backend in Triton's interpreter on CPU tensors, against the CPU kernel")
-        if _library.triton_normal is None:
+        if _library.triton_kernels is None:
             print(f"sanitize_probe: Triton did not load ({_library.triton_error}); nothing to check without a GPU")
             return 0
         backends, missing_backend = ["triton"], False

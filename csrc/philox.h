@@ -219,10 +219,68 @@ RT_HD Normal4 normal_block(uint64_t key, uint64_t offset, uint64_t block) {
   return Normal4{a.a, a.b, b.a, b.b};
 }
 
+// ------------------------------------------------------ one-word noise kinds
+// Every family other than the Gaussian maps word n % 4 of Philox block n / 4
+// through g(u(x)). u lies in [2^-33, 1 - 2^-24], so each g below is finite.
+enum class NoiseKind : int32_t {
+  Normal = 0, Uniform = 1, Exponential = 2, Laplace = 3, Cauchy = 4, Logistic = 5, Gumbel = 6,
+  None = 7,  // formulas that use no noise (the closed-form KL)
+};
+
+// -log u: |log u| >= 5.96e-8 > 0, at most 22.9.
+RT_HD float exponential_noise(float u) { return -log_f32(u); }
+
+// Inverse CDF of Laplace(0, 1): log(2u) below 1/2, -log(2 - 2u) above. Both
+// arguments are exact, so neither tail loses precision (the textbook
+// -sign(u - 1/2) log(1 - 2|u - 1/2|) rounds 1 - 2|u - 1/2| to 0 for tiny u).
+RT_HD float laplace_noise(float u) {
+  const bool lower = u < 0.5f;
+  const float v = lower ? u + u : 2.0f - (u + u);
+  const float l = log_f32(v);
+  return lower ? l : -l;
+}
+
+// Inverse CDF of Cauchy(0, 1), tan(pi (u - 1/2)) = -cos(pi u) / sin(pi u),
+// with sin and cos of the exact argument pi u (u / 2 turns): sin(pi u) keeps
+// its relative accuracy next to u = 0 and u = 1, so the tails are right.
+RT_HD float cauchy_noise(float u) {
+  const SinCos sc = sincos_2pi_f32(u * 0.5f);
+  return -sc.cos / sc.sin;
+}
+
+// Inverse CDF of Logistic(0, 1), log(u / (1 - u)).
+RT_HD float logistic_noise(float u) { return log_f32(u) - log_f32(1.0f - u); }
+
+// Inverse CDF of Gumbel(0, 1), -log(-log u); -log u > 0 for every u we make.
+RT_HD float gumbel_noise(float u) { return -log_f32(-log_f32(u)); }
+
+// The noise of one word for a one-word kind (not Normal, not None).
+template <NoiseKind kind>
+RT_HD float word_noise(uint32_t word) {
+  const float u = uniform_open(word);
+  if (kind == NoiseKind::Exponential) return exponential_noise(u);
+  if (kind == NoiseKind::Laplace) return laplace_noise(u);
+  if (kind == NoiseKind::Cauchy) return cauchy_noise(u);
+  if (kind == NoiseKind::Logistic) return logistic_noise(u);
+  if (kind == NoiseKind::Gumbel) return gumbel_noise(u);
+  return u;  // Uniform
+}
+
+// The four noise values of one Philox block, for any kind.
+template <NoiseKind kind>
+RT_HD Normal4 noise_block(uint64_t key, uint64_t offset, uint64_t block) {
+  if (kind == NoiseKind::None) return Normal4{0.0f, 0.0f, 0.0f, 0.0f};
+  if (kind == NoiseKind::Normal) return normal_block(key, offset, block);
+  const Philox4 w = philox_block(key, offset, block);
+  return Normal4{word_noise<kind>(w.x0), word_noise<kind>(w.x1), word_noise<kind>(w.x2), word_noise<kind>(w.x3)};
+}
+
 // -------------------------------------------------- scale parameterizations
 // sigma = s(x) and its first derivative ds/dx, computed in float for
 // float/half/bfloat16 tensors and in double for double tensors.
-enum class ScaleKind : int32_t { LogSigma = 0, LogVar = 1, Sigma = 2, Softplus = 3 };
+// Rate (sigma = 1 / x) is the exponential distribution's parameter; the public
+// Gaussian-style ops offer the first four.
+enum class ScaleKind : int32_t { LogSigma = 0, LogVar = 1, Sigma = 2, Softplus = 3, Rate = 4 };
 
 RT_HD float exp_of(float x) { return exp_f32(x); }
 RT_HD double exp_of(double x) { return ::exp(x); }
@@ -233,6 +291,20 @@ RT_HD float log1p_of_exp(float x) {
   return log_f32(one_plus) - ((one_plus - 1.0f) - y) / one_plus;
 }
 RT_HD double log1p_of_exp(double x) { return ::log1p(::exp(x)); }
+// log_f32 for every float: zero, subnormals, infinity, negatives and NaN too
+// (the closed-form KL meets sigma = 0 and sigma = inf; the stream never does).
+RT_HD float log_full_f32(float x) {
+  const bool subnormal = x < 1.17549435e-38f;
+  float r = log_f32(subnormal ? x * 8388608.0f : x);  // 2^23 brings subnormals to normal
+  r = subnormal ? r - 15.9423851528787421f : r;       // 23 ln 2
+  r = x == 0.0f ? -bits_float(0x7f800000u) : r;
+  r = x == bits_float(0x7f800000u) ? x : r;
+  return (x < 0.0f || x != x) ? bits_float(0x7fc00000u) : r;
+}
+RT_HD float log_of(float x) { return log_full_f32(x); }
+RT_HD double log_of(double x) { return ::log(x); }
+RT_HD float div_of(float a, float b) { return a / b; }
+RT_HD double div_of(double a, double b) { return a / b; }
 
 // torch.nn.functional.softplus with beta=1, threshold=20.
 template <typename T>
@@ -246,6 +318,7 @@ RT_HD T sigma_of(T x) {
   if (kind == ScaleKind::LogSigma) return exp_of(x);
   if (kind == ScaleKind::LogVar) return exp_of(x * T(0.5));
   if (kind == ScaleKind::Sigma) return x;
+  if (kind == ScaleKind::Rate) return T(1) / x;
   return softplus_of(x);
 }
 
@@ -254,23 +327,19 @@ RT_HD T dsigma_of(T x) {
   if (kind == ScaleKind::LogSigma) return exp_of(x);
   if (kind == ScaleKind::LogVar) return T(0.5) * exp_of(x * T(0.5));
   if (kind == ScaleKind::Sigma) return T(1);
+  if (kind == ScaleKind::Rate) return T(-1) / (x * x);
   return T(1) / (T(1) + exp_of(-x));                  // sigmoid
 }
 
-// The two per-element formulas of the Gaussian op, in the compute type C:
-// the sample z = mu + sigma(x) * eps and the fused backward
-// d/dx = (grad_z * eps) * sigma'(x) (the order torch's autograd uses).
-template <ScaleKind kind>
-struct SampleFormula {
-  template <typename C>
-  RT_HD static C apply(C mu, C x, C eps) { return mu + sigma_of<kind>(x) * eps; }
-};
-
-template <ScaleKind kind>
-struct GradFormula {
-  template <typename C>
-  RT_HD static C apply(C grad_z, C x, C eps) { return (grad_z * eps) * dsigma_of<kind>(x); }
-};
+// log sigma, exact where the parameterization allows it.
+template <ScaleKind kind, typename T>
+RT_HD T log_sigma_of(T x) {
+  if (kind == ScaleKind::LogSigma) return x;
+  if (kind == ScaleKind::LogVar) return x * T(0.5);
+  if (kind == ScaleKind::Sigma) return log_of(x);
+  if (kind == ScaleKind::Rate) return -log_of(x);
+  return log_of(softplus_of(x));
+}
 
 }  // namespace
 }  // namespace rtrick

@@ -13,7 +13,7 @@ def triton_interpreted():
 
 
 def _require_triton(device):
-    if _library.triton_normal is None:
+    if _library.triton_kernels is None:
         raise RuntimeError(f"backend='triton' needs Triton, which failed to load "
                            f"({type(_library.triton_error).__name__}: {_library.triton_error}); "
                            "install it with `python -m pip install triton`")
@@ -53,7 +53,7 @@ def resolve_backend(backend, device):
     if device.type == "cuda":
         if _library.built_with_cuda():
             return "cuda"
-        if _library.triton_normal is not None:
+        if _library.triton_kernels is not None:
             return "triton"
         raise RuntimeError("no GPU kernels are available: rtrick_ops._C was built without CUDA and Triton failed to "
                            f"load ({_library.triton_error}); use backend='reference' or install Triton")

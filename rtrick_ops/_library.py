@@ -19,12 +19,16 @@ except Exception as error:  # ImportError, or an ABI mismatch surfacing as OSErr
     load_error = error
     logger.info("rtrick_ops._C is not available: %s", error)
 
-try:  # Triton ops register themselves on import (torch.library.triton_op)
-    from .kernels import normal as triton_normal
+# The Triton kernel modules (kernels/*.py, installed as rtrick_ops.kernels.*).
+TRITON_MODULES = ("family",)
 
+try:  # Triton ops register themselves on import (torch.library.triton_op)
+    import importlib
+
+    triton_kernels = {name: importlib.import_module(f"{__package__}.kernels.{name}") for name in TRITON_MODULES}
     triton_error = None
 except Exception as error:  # Triton missing, or too old for this torch
-    triton_normal = None
+    triton_kernels = None
     triton_error = error
     logger.info("rtrick_ops' Triton kernels are not available: %s", error)
 

@@ -10,32 +10,10 @@ import torch
 
 from . import _library, reference
 from ._backends import resolve_backend
+from ._checks import check_broadcast, check_param, check_sample_shape, check_same_device
 from ._random import make_rng_state
 
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _ops = torch.ops.rtrick_ops
-
-
-def _check_param(value, name):
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {value.dtype}")
-
-
-def _check_sample_shape(sample_shape):
-    if isinstance(sample_shape, int) and not isinstance(sample_shape, bool):
-        sample_shape = (sample_shape,)
-    try:
-        sizes = tuple(sample_shape)
-    except TypeError:
-        raise TypeError(f"sample_shape must be a sequence of ints, got {type(sample_shape).__name__}") from None
-    for size in sizes:
-        if isinstance(size, bool) or not isinstance(size, (int, torch.SymInt)):
-            raise TypeError(f"sample_shape must be a sequence of ints, got {sample_shape!r}")
-        if size < 0:
-            raise ValueError(f"sample_shape must not contain negative sizes, got {sample_shape!r}")
-    return sizes
 
 
 def normal_rsample(
@@ -68,19 +46,13 @@ def normal_rsample(
     Returns:
         z, of dtype promote(mu.dtype, scale_param.dtype).
     """
-    _check_param(mu, "mu")
-    _check_param(scale_param, "scale_param")
-    if mu.device != scale_param.device:
-        raise ValueError(f"mu is on {mu.device} but scale_param is on {scale_param.device}")
+    check_param(mu, "mu")
+    check_param(scale_param, "scale_param")
+    check_same_device(mu=mu, scale_param=scale_param)
     if scale not in reference.SCALES:
         raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
-    sample_shape = _check_sample_shape(sample_shape)
-    try:
-        if mu.shape != scale_param.shape:  # broadcast_shapes costs as much as a small kernel
-            torch.broadcast_shapes(mu.shape, scale_param.shape)
-    except RuntimeError:
-        raise ValueError(f"mu of shape {tuple(mu.shape)} and scale_param of shape {tuple(scale_param.shape)} "
-                         "do not broadcast") from None
+    sample_shape = check_sample_shape(sample_shape)
+    check_broadcast(mu=mu, scale_param=scale_param)
     which = resolve_backend(backend, mu.device)
     dtype = torch.promote_types(mu.dtype, scale_param.dtype)
     mu, scale_param = mu.to(dtype), scale_param.to(dtype)
@@ -157,5 +129,5 @@ if _library.compiled is not None:
 
     _register_autograd("normal_rsample", "normal_rsample_backward", forward_in_python=False)
 
-if _library.triton_normal is not None:  # triton_op derives fake kernels itself
+if _library.triton_kernels is not None:  # triton_op derives fake kernels itself
     _register_autograd("normal_rsample_triton", "normal_rsample_backward_triton")

@@ -71,6 +71,39 @@ def standard_normal(key, offset, count, device="cpu"):
     return normals.reshape(-1)[:count].to(torch.float32)
 
 
+def stream_words(key, offset, count, device="cpu"):
+    """Word n % 4 of Philox block n // 4 for elements n = 0 .. count-1 (int64 tensor of uint32 values)."""
+    blocks = torch.arange((count + 3) // 4, dtype=torch.int64, device=device)
+    words = philox4x32_10(blocks & _MASK32, blocks >> 32, torch.full_like(blocks, offset & _MASK32),
+                          torch.full_like(blocks, offset >> 32), key & _MASK32, key >> 32)
+    return torch.stack(words, dim=1).reshape(-1)[:count]
+
+
+# Noise kinds other than the Gaussian: g(u) of one word per element, in float64
+# from the bit-exact float32 uniform, rounded to float32 (docs/stream.md).
+NOISE_TRANSFORMS = {
+    "uniform": lambda u: u,
+    "exponential": lambda u: -torch.log(u),
+    "laplace": lambda u: torch.where(u < 0.5, torch.log(2 * u), -torch.log(2 - 2 * u)),
+    "cauchy": lambda u: -torch.cos(math.pi * u) / torch.sin(math.pi * u),
+    "logistic": lambda u: torch.log(u) - torch.log1p(-u),
+    "gumbel": lambda u: -torch.log(-torch.log(u)),
+}
+
+# family -> (noise kind, z = exp(loc + scale * noise))
+FAMILIES = {"normal": ("normal", False), "lognormal": ("normal", True), "uniform": ("uniform", False),
+            "exponential": ("exponential", False), "laplace": ("laplace", False), "cauchy": ("cauchy", False),
+            "logistic": ("logistic", False), "gumbel": ("gumbel", False)}
+
+
+def noise(kind, key, offset, count, device="cpu"):
+    """Elements 0 .. count-1 of the noise of `kind` ("normal" or a NOISE_TRANSFORMS key), float32."""
+    if kind == "normal":
+        return standard_normal(key, offset, count, device)
+    u = uniform_open(stream_words(key, offset, count, device)).to(torch.float64)
+    return NOISE_TRANSFORMS[kind](u).to(torch.float32)
+
+
 def sigma_of(x, scale):
     """sigma from the scale parameter x."""
     if scale == "log_sigma":
@@ -81,6 +114,8 @@ def sigma_of(x, scale):
         return x
     if scale == "softplus":
         return torch.nn.functional.softplus(x)
+    if scale == "rate":
+        return 1 / x
     raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, SCALES))}")
 
 
@@ -94,6 +129,8 @@ def dsigma_of(x, scale):
         return torch.ones_like(x)
     if scale == "softplus":
         return torch.sigmoid(x)
+    if scale == "rate":
+        return -1 / (x * x)
     raise ValueError(f"scale={scale!r} is not a valid scale")
 
 
@@ -108,7 +145,20 @@ def d2sigma_of(x, scale):
     if scale == "softplus":
         s = torch.sigmoid(x)
         return s * (1 - s)
+    if scale == "rate":
+        return 2 / (x * x * x)
     raise ValueError(f"scale={scale!r} is not a valid scale")
+
+
+def log_sigma_of(x, scale):
+    """log sigma."""
+    if scale == "log_sigma":
+        return x
+    if scale == "logvar":
+        return 0.5 * x
+    if scale == "rate":
+        return -torch.log(x)
+    return torch.log(sigma_of(x, scale))
 
 
 def compute_dtype(dtype):
@@ -128,3 +178,55 @@ def normal_rsample(mu, scale_param, rng_state, scale="log_sigma", sample_shape=(
     compute = compute_dtype(mu.dtype)
     z = mu.to(compute) + sigma_of(scale_param.to(compute), scale) * eps.to(compute)
     return z.to(mu.dtype)
+
+
+def _sample_noise(kind, shape, rng_state, device):
+    key, offset = split_rng_state(rng_state)
+    return noise(kind, key, offset, math.prod(shape), device).reshape(shape)
+
+
+def loc_scale_rsample(loc, scale_param, rng_state, family="normal", scale="sigma", sample_shape=()):
+    """z = loc + sigma(scale_param) * g(u), or exp of it for family "lognormal"."""
+    kind, exp_output = FAMILIES[family]
+    shape = tuple(sample_shape) + tuple(torch.broadcast_shapes(loc.shape, scale_param.shape))
+    compute = compute_dtype(loc.dtype)
+    g = _sample_noise(kind, shape, rng_state, loc.device).to(compute)
+    z = loc.to(compute) + sigma_of(scale_param.to(compute), scale) * g
+    return (torch.exp(z) if exp_output else z).to(loc.dtype)
+
+
+def relaxed_bernoulli_rsample(logits, rng_state, tau, sample_shape=()):
+    """sigmoid((logits + logistic noise) / tau)."""
+    shape = tuple(sample_shape) + tuple(logits.shape)
+    compute = compute_dtype(logits.dtype)
+    g = _sample_noise("logistic", shape, rng_state, logits.device).to(compute)
+    return torch.sigmoid((logits.to(compute) + g) / tau).to(logits.dtype)
+
+
+def normal_kl(mu, scale_param, scale="log_sigma"):
+    """KL(N(mu, sigma^2) || N(0, 1)) elementwise: mu^2 / 2 + (sigma^2 - 1 - 2 log sigma) / 2, in float64."""
+    mu64, x64 = mu.to(torch.float64), scale_param.to(torch.float64)
+    t = 2 * log_sigma_of(x64, scale)
+    kl = 0.5 * mu64 * mu64 + 0.5 * (torch.expm1(t) - t)
+    return kl.to(torch.promote_types(mu.dtype, scale_param.dtype))
+
+
+def normal_log_prob_from_noise(eps, scale_param, scale="log_sigma"):
+    """log N(z; mu, sigma^2) for z = mu + sigma * eps: -eps^2 / 2 - log sigma - log(2 pi) / 2."""
+    return -0.5 * eps * eps - log_sigma_of(scale_param, scale) - 0.5 * math.log(2 * math.pi)
+
+
+def normal_rsample_and_log_prob(mu, scale_param, rng_state, scale="log_sigma", sample_shape=()):
+    """(z, log q(z)) with log q from eps, differentiable by torch autograd."""
+    shape = tuple(sample_shape) + tuple(torch.broadcast_shapes(mu.shape, scale_param.shape))
+    compute = compute_dtype(mu.dtype)
+    eps = _sample_noise("normal", shape, rng_state, mu.device).to(compute)
+    x = scale_param.to(compute)
+    z = mu.to(compute) + sigma_of(x, scale) * eps
+    return z.to(mu.dtype), normal_log_prob_from_noise(eps, x, scale).to(mu.dtype)
+
+
+# ------------------------------------------------------------ Gumbel-Softmax
+
+
+# ------------------------------------------- Gamma, Beta, Dirichlet (implicit)

@@ -12,7 +12,7 @@ from rtrick_ops import _library, reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SCALES = reference.SCALES
-GPU_BACKENDS = [b for b, ok in (("cuda", _library.built_with_cuda()), ("triton", _library.triton_normal is not None)) if ok]
+GPU_BACKENDS = [b for b, ok in (("cuda", _library.built_with_cuda()), ("triton", _library.triton_kernels is not None)) if ok]
 
 
 def grads_on(device, backend, mu, sp, scale, sample_shape, seed=99):

@@ -11,7 +11,7 @@ import torch
 import rtrick_ops as rt
 from rtrick_ops import _library, reference
 
-pytestmark = pytest.mark.skipif(_library.triton_normal is None, reason=f"Triton unavailable: {_library.triton_error}")
+pytestmark = pytest.mark.skipif(_library.triton_kernels is None, reason=f"Triton unavailable: {_library.triton_error}")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = DEVICE == "cpu"

@@ -17,31 +17,51 @@ struct StreamKey {
   uint64_t offset;
 };
 
-// The 64 normals of one aligned block of the stream, kept between calls so
-// that short rows lying in the same block do not regenerate it.
+// The formulas of ../formulas.h that the row kernels run.
+enum class FormulaId : int32_t {
+  LocScaleSample = 0,
+  LogNormalSample = 1,
+  ScaleGrad = 2,
+  RelaxedBernoulliSample = 3,
+  NormalKL = 4,
+  NormalKLGrad = 5,
+  SampleAndKL = 6,
+  SampleAndLogProb = 7,
+};
+
+// The 64 noise values of one aligned block of the stream, kept between calls
+// so that short rows lying in the same block do not regenerate it.
 constexpr int64_t kNoiseBlock = 64;
 struct NoiseCache {
   uint64_t block = ~uint64_t(0);
+  int32_t noise = -1;
   alignas(64) float eps[kNoiseBlock];
 };
 
+// One row of an elementwise formula: outputs are contiguous, inputs strided
+// (stride 0 broadcasts). Unused inputs and outputs may be null.
+struct RowOperands {
+  void* out[2];
+  const void* in[3];
+  int64_t in_stride[3];  // in elements
+};
+
 // All strides are in elements; n0 is the stream index of element 0 of the row.
-// `scale` is an rtrick::ScaleKind value. Accumulators (acc, partial) are double
-// for Float64 storage and float otherwise.
+// `scale` is an rtrick::ScaleKind value and `noise` an rtrick::NoiseKind value.
+// Accumulators (acc, partial) are double for Float64 storage and float otherwise.
 struct RowKernels {
   const char* isa;
-  // out[j] = mu[j] + sigma(sp[j]) * eps[n0 + j]
-  void (*forward)(Storage, int32_t scale, StreamKey, int64_t n0, int64_t len, void* out,
-                  const void* mu, int64_t mu_stride, const void* sp, int64_t sp_stride);
-  // out[j] = grad[j] * eps[n0 + j] * sigma'(sp[j])
-  void (*backward)(Storage, int32_t scale, StreamKey, int64_t n0, int64_t len, void* out,
-                   const void* grad, int64_t grad_stride, const void* sp, int64_t sp_stride);
-  // acc[j * acc_stride] += grad[j] * eps[n0 + j], acc_stride 0 (a sum) or 1
-  void (*noise_dot)(Storage, StreamKey, int64_t n0, int64_t len, const void* grad,
+  // out[k][j] = formula(in[0][j], in[1][j], in[2][j], noise[n0 + j]), j < len
+  void (*elementwise)(Storage, FormulaId, int32_t scale, int32_t noise, StreamKey, int64_t n0, int64_t len,
+                      const RowOperands& operands);
+  // acc[j * acc_stride] += grad[j] * noise[n0 + j], acc_stride 0 (a sum) or 1
+  void (*noise_dot)(Storage, int32_t noise, StreamKey, int64_t n0, int64_t len, const void* grad,
                     int64_t grad_stride, void* acc, int64_t acc_stride, NoiseCache* cache);
   // out[k] = sigma'(sp[k]) * sum_p partial[p * count + k], k in [begin, end), sp contiguous
   void (*finish)(Storage, int32_t scale, const void* partial, int64_t parts, int64_t count,
                  const void* sp, void* out, int64_t begin, int64_t end);
+  // out[j] = noise[n0 + j] (float32), j < len
+  void (*noise_fill)(int32_t noise, StreamKey, int64_t n0, int64_t len, float* out);
 };
 
 const RowKernels& row_kernels_default();

@@ -12,6 +12,7 @@
 // uninitialised (GCC bug 105593); nothing of ours is.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 #include "row_kernels.h"

@@ -7,6 +7,7 @@
 // not depend on the ISA, the vector width or where a row starts.
 #pragma once
 
+#include "../formulas.h"
 #include "../philox.h"
 #include "row_kernels.h"
 
@@ -150,9 +151,28 @@ inline void philox16(uint32_t c0_first, uint32_t c1, uint32_t c2, uint32_t c3, u
 }
 #endif
 
-// The 64 normals of block `block` (stream elements 64*block .. 64*block+63):
-// 16 Philox counters, one per vector lane, then Box-Muller on all four words.
-inline void fill_noise_block(StreamKey s, uint64_t block, float* eps) {
+// The 64 noise values of block `block` (stream elements 64*block .. 64*block+63):
+// 16 Philox counters, one per vector lane, then the family's transform of all
+// four words (Box-Muller for the Gaussian, one word per value otherwise).
+template <NoiseKind kind>
+inline void transform_words(const uint32_t* w0, const uint32_t* w1, const uint32_t* w2, const uint32_t* w3,
+                            float* eps) {
+  float z0[16], z1[16], z2[16], z3[16];
+  for (int i = 0; i < 16; ++i) z0[i] = word_noise<kind>(w0[i]);
+  for (int i = 0; i < 16; ++i) z1[i] = word_noise<kind>(w1[i]);
+  for (int i = 0; i < 16; ++i) z2[i] = word_noise<kind>(w2[i]);
+  for (int i = 0; i < 16; ++i) z3[i] = word_noise<kind>(w3[i]);
+  for (int i = 0; i < 16; ++i) {
+    eps[4 * i + 0] = z0[i]; eps[4 * i + 1] = z1[i];
+    eps[4 * i + 2] = z2[i]; eps[4 * i + 3] = z3[i];
+  }
+}
+
+inline void fill_noise_block(StreamKey s, uint64_t block, NoiseKind kind, float* eps) {
+  if (kind == NoiseKind::None) {
+    for (int i = 0; i < kNoiseBlock; ++i) eps[i] = 0.0f;
+    return;
+  }
   alignas(64) uint32_t w0[16], w1[16], w2[16], w3[16];
   const uint64_t first = block * 16;  // multiple of 16: adding i < 16 never carries
   const uint32_t c0 = static_cast<uint32_t>(first), c1 = static_cast<uint32_t>(first >> 32);
@@ -166,6 +186,15 @@ inline void fill_noise_block(StreamKey s, uint64_t block, float* eps) {
     w0[i] = w.x0; w1[i] = w.x1; w2[i] = w.x2; w3[i] = w.x3;
   }
 #endif
+  switch (kind) {
+    case NoiseKind::Uniform: transform_words<NoiseKind::Uniform>(w0, w1, w2, w3, eps); return;
+    case NoiseKind::Exponential: transform_words<NoiseKind::Exponential>(w0, w1, w2, w3, eps); return;
+    case NoiseKind::Laplace: transform_words<NoiseKind::Laplace>(w0, w1, w2, w3, eps); return;
+    case NoiseKind::Cauchy: transform_words<NoiseKind::Cauchy>(w0, w1, w2, w3, eps); return;
+    case NoiseKind::Logistic: transform_words<NoiseKind::Logistic>(w0, w1, w2, w3, eps); return;
+    case NoiseKind::Gumbel: transform_words<NoiseKind::Gumbel>(w0, w1, w2, w3, eps); return;
+    default: break;  // Normal
+  }
   float r01[16], r23[16], z0[16], z1[16], z2[16], z3[16];
   for (int i = 0; i < 16; ++i) r01[i] = box_muller_radius(w0[i]);
   for (int i = 0; i < 16; ++i) r23[i] = box_muller_radius(w2[i]);
@@ -186,16 +215,18 @@ inline void fill_noise_block(StreamKey s, uint64_t block, float* eps) {
 // Calls body(j, count, eps) for consecutive pieces of the row [n0, n0 + len)
 // that each lie in one noise block; eps points at the normal of element j.
 template <typename Body>
-inline void for_each_noise_piece(StreamKey s, int64_t n0, int64_t len, NoiseCache& cache, Body body) {
+inline void for_each_noise_piece(StreamKey s, NoiseKind kind, int64_t n0, int64_t len, NoiseCache& cache,
+                                 Body body) {
   int64_t j = 0;
   while (j < len) {
     const uint64_t n = static_cast<uint64_t>(n0 + j);
     const uint64_t block = n / kNoiseBlock;
     const int64_t start = static_cast<int64_t>(n % kNoiseBlock);
     const int64_t count = (kNoiseBlock - start) < (len - j) ? (kNoiseBlock - start) : (len - j);
-    if (cache.block != block) {
-      fill_noise_block(s, block, cache.eps);
+    if (cache.block != block || cache.noise != static_cast<int32_t>(kind)) {
+      fill_noise_block(s, block, kind, cache.eps);
       cache.block = block;
+      cache.noise = static_cast<int32_t>(kind);
     }
     body(j, count, cache.eps + start);
     j += count;
@@ -203,35 +234,51 @@ inline void for_each_noise_piece(StreamKey s, int64_t n0, int64_t len, NoiseCach
 }
 
 // --------------------------------------------------------------- row bodies
-// out[j] = Formula::apply(a[j], b[j], eps[n0 + j]) in the compute type.
+// out[k][j] = Formula(in[0][j], in[1][j], in[2][j], noise[n0 + j]) in the compute type.
 template <Storage S, typename Formula>
-void elementwise_row(StreamKey s, int64_t n0, int64_t len, void* out_, const void* a_, int64_t a_stride,
-                     const void* b_, int64_t b_stride) {
+void elementwise_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const RowOperands& ops) {
   using T = Traits<S>;
   using stored = typename T::stored;
   using compute = typename T::compute;
-  stored* out = static_cast<stored*>(out_);
-  const stored* a = static_cast<const stored*>(a_);
-  const stored* b = static_cast<const stored*>(b_);
+  constexpr bool kTwoOutputs = Formula::kOutputs == 2;
+  constexpr bool kThreeInputs = Formula::kInputs == 3;
+  stored* out0 = static_cast<stored*>(ops.out[0]);
+  stored* out1 = static_cast<stored*>(ops.out[1]);
+  const stored* a = static_cast<const stored*>(ops.in[0]);
+  const stored* b = static_cast<const stored*>(ops.in[1]);
+  const stored* c = static_cast<const stored*>(kThreeInputs ? ops.in[2] : ops.in[1]);
+  const int64_t as = ops.in_stride[0], bs = ops.in_stride[1], cs = kThreeInputs ? ops.in_stride[2] : bs;
   NoiseCache cache;
-  const bool contiguous = a_stride == 1 && b_stride == 1;
-  for_each_noise_piece(s, n0, len, cache, [&](int64_t j, int64_t count, const float* eps) {
+  const bool contiguous = as == 1 && bs == 1 && cs == 1;
+  for_each_noise_piece(s, kind, n0, len, cache, [&](int64_t j, int64_t count, const float* eps) {
     if (contiguous) {  // a loop the compiler vectorises
       const stored* pa = a + j;
       const stored* pb = b + j;
-      stored* po = out + j;
-      for (int64_t t = 0; t < count; ++t)
-        po[t] = T::store(Formula::apply(T::load(pa[t]), T::load(pb[t]), static_cast<compute>(eps[t])));
+      const stored* pc = c + j;
+      stored* po0 = out0 + j;
+      stored* po1 = kTwoOutputs ? out1 + j : nullptr;
+      for (int64_t t = 0; t < count; ++t) {
+        compute r0, r1;
+        Formula::apply(T::load(pa[t]), T::load(pb[t]), kThreeInputs ? T::load(pc[t]) : compute(0),
+                       static_cast<compute>(eps[t]), r0, r1);
+        po0[t] = T::store(r0);
+        if (kTwoOutputs) po1[t] = T::store(r1);
+      }
     } else {
-      for (int64_t t = 0; t < count; ++t)
-        out[j + t] = T::store(Formula::apply(T::load(a[(j + t) * a_stride]), T::load(b[(j + t) * b_stride]),
-                                             static_cast<compute>(eps[t])));
+      for (int64_t t = 0; t < count; ++t) {
+        const int64_t q = j + t;
+        compute r0, r1;
+        Formula::apply(T::load(a[q * as]), T::load(b[q * bs]), kThreeInputs ? T::load(c[q * cs]) : compute(0),
+                       static_cast<compute>(eps[t]), r0, r1);
+        out0[q] = T::store(r0);
+        if (kTwoOutputs) out1[q] = T::store(r1);
+      }
     }
   });
 }
 
 template <Storage S>
-void noise_dot_row(StreamKey s, int64_t n0, int64_t len, const void* grad_, int64_t grad_stride,
+void noise_dot_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const void* grad_, int64_t grad_stride,
                    void* acc_, int64_t acc_stride, NoiseCache* cache) {
   using T = Traits<S>;
   using stored = typename T::stored;
@@ -239,7 +286,7 @@ void noise_dot_row(StreamKey s, int64_t n0, int64_t len, const void* grad_, int6
   const stored* grad = static_cast<const stored*>(grad_);
   compute* acc = static_cast<compute*>(acc_);
   if (acc_stride != 0) {
-    for_each_noise_piece(s, n0, len, *cache, [&](int64_t j, int64_t count, const float* eps) {
+    for_each_noise_piece(s, kind, n0, len, *cache, [&](int64_t j, int64_t count, const float* eps) {
       if (grad_stride == 1) {
         const stored* g = grad + j;
         compute* a = acc + j;
@@ -253,7 +300,7 @@ void noise_dot_row(StreamKey s, int64_t n0, int64_t len, const void* grad_, int6
   }
   // A sum: 16 partial sums, lane = position in the row, added in a fixed order.
   compute lanes[16] = {};
-  for_each_noise_piece(s, n0, len, *cache, [&](int64_t j, int64_t count, const float* eps) {
+  for_each_noise_piece(s, kind, n0, len, *cache, [&](int64_t j, int64_t count, const float* eps) {
     for (int64_t t = 0; t < count; ++t)
       lanes[(j + t) & 15] += T::load(grad[(j + t) * grad_stride]) * static_cast<compute>(eps[t]);
   });
@@ -279,64 +326,94 @@ void finish_row(const void* partial_, int64_t parts, int64_t count, const void* 
 }
 
 // ------------------------------------------------- run-time -> compile-time
-template <template <Storage, ScaleKind> class Row, Storage S, typename... Args>
-void dispatch_scale(int32_t scale, Args... args) {
+// Scale kinds a formula is compiled for: the Gaussian-style formulas take the
+// four public ones, the location-scale sample and its gradient add Rate.
+template <template <ScaleKind> class F, bool kWithRate, typename Visit>
+void visit_scale(int32_t scale, Visit visit) {
   switch (static_cast<ScaleKind>(scale)) {
-    case ScaleKind::LogSigma: Row<S, ScaleKind::LogSigma>::run(args...); break;
-    case ScaleKind::LogVar: Row<S, ScaleKind::LogVar>::run(args...); break;
-    case ScaleKind::Sigma: Row<S, ScaleKind::Sigma>::run(args...); break;
-    case ScaleKind::Softplus: Row<S, ScaleKind::Softplus>::run(args...); break;
+    case ScaleKind::LogSigma: visit(F<ScaleKind::LogSigma>{}); return;
+    case ScaleKind::LogVar: visit(F<ScaleKind::LogVar>{}); return;
+    case ScaleKind::Sigma: visit(F<ScaleKind::Sigma>{}); return;
+    case ScaleKind::Softplus: visit(F<ScaleKind::Softplus>{}); return;
+    case ScaleKind::Rate:
+      if constexpr (kWithRate) { visit(F<ScaleKind::Rate>{}); return; }
+      break;
+  }
+  visit(F<ScaleKind::Sigma>{});  // unreachable: the callers parse the scale
+}
+
+template <Storage S>
+void elementwise_storage(FormulaId formula, int32_t scale, NoiseKind kind, StreamKey s, int64_t n0, int64_t len,
+                         const RowOperands& ops) {
+  auto run = [&](auto f) { elementwise_row<S, decltype(f)>(kind, s, n0, len, ops); };
+  switch (formula) {
+    case FormulaId::LocScaleSample: visit_scale<LocScaleSample, true>(scale, run); break;
+    case FormulaId::LogNormalSample: visit_scale<LogNormalSample, false>(scale, run); break;
+    case FormulaId::ScaleGrad: visit_scale<ScaleGrad, true>(scale, run); break;
+    case FormulaId::RelaxedBernoulliSample: run(RelaxedBernoulliSample{}); break;
+    case FormulaId::NormalKL: visit_scale<NormalKL, false>(scale, run); break;
+    case FormulaId::NormalKLGrad: visit_scale<NormalKLGrad, false>(scale, run); break;
+    case FormulaId::SampleAndKL: visit_scale<SampleAndKL, false>(scale, run); break;
+    case FormulaId::SampleAndLogProb: visit_scale<SampleAndLogProb, false>(scale, run); break;
   }
 }
 
-template <template <Storage, ScaleKind> class Row, typename... Args>
-void dispatch(Storage storage, int32_t scale, Args... args) {
+void elementwise_entry(Storage storage, FormulaId formula, int32_t scale, int32_t noise, StreamKey s, int64_t n0,
+                       int64_t len, const RowOperands& ops) {
+  const NoiseKind kind = static_cast<NoiseKind>(noise);
   switch (storage) {
-    case Storage::Float32: dispatch_scale<Row, Storage::Float32>(scale, args...); break;
-    case Storage::Float64: dispatch_scale<Row, Storage::Float64>(scale, args...); break;
-    case Storage::Float16: dispatch_scale<Row, Storage::Float16>(scale, args...); break;
-    case Storage::BFloat16: dispatch_scale<Row, Storage::BFloat16>(scale, args...); break;
+    case Storage::Float32: elementwise_storage<Storage::Float32>(formula, scale, kind, s, n0, len, ops); break;
+    case Storage::Float64: elementwise_storage<Storage::Float64>(formula, scale, kind, s, n0, len, ops); break;
+    case Storage::Float16: elementwise_storage<Storage::Float16>(formula, scale, kind, s, n0, len, ops); break;
+    case Storage::BFloat16: elementwise_storage<Storage::BFloat16>(formula, scale, kind, s, n0, len, ops); break;
   }
 }
 
-template <Storage S, ScaleKind K> struct ForwardRow {
-  template <typename... A> static void run(A... a) { elementwise_row<S, SampleFormula<K>>(a...); }
-};
-template <Storage S, ScaleKind K> struct BackwardRow {
-  template <typename... A> static void run(A... a) { elementwise_row<S, GradFormula<K>>(a...); }
-};
-template <Storage S, ScaleKind K> struct NoiseDotRow {  // the scale plays no part
-  template <typename... A> static void run(A... a) { noise_dot_row<S>(a...); }
-};
-template <Storage S, ScaleKind K> struct FinishRow {
-  template <typename... A> static void run(A... a) { finish_row<S, K>(a...); }
-};
-
-void forward_entry(Storage storage, int32_t scale, StreamKey s, int64_t n0, int64_t len, void* out,
-                   const void* mu, int64_t mu_stride, const void* sp, int64_t sp_stride) {
-  dispatch<ForwardRow>(storage, scale, s, n0, len, out, mu, mu_stride, sp, sp_stride);
-}
-
-void backward_entry(Storage storage, int32_t scale, StreamKey s, int64_t n0, int64_t len, void* out,
-                    const void* grad, int64_t grad_stride, const void* sp, int64_t sp_stride) {
-  dispatch<BackwardRow>(storage, scale, s, n0, len, out, grad, grad_stride, sp, sp_stride);
-}
-
-void noise_dot_entry(Storage storage, StreamKey s, int64_t n0, int64_t len, const void* grad,
+void noise_dot_entry(Storage storage, int32_t noise, StreamKey s, int64_t n0, int64_t len, const void* grad,
                      int64_t grad_stride, void* acc, int64_t acc_stride, NoiseCache* cache) {
-  dispatch<NoiseDotRow>(storage, 0, s, n0, len, grad, grad_stride, acc, acc_stride, cache);
+  const NoiseKind kind = static_cast<NoiseKind>(noise);
+  switch (storage) {
+    case Storage::Float32: noise_dot_row<Storage::Float32>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache); break;
+    case Storage::Float64: noise_dot_row<Storage::Float64>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache); break;
+    case Storage::Float16: noise_dot_row<Storage::Float16>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache); break;
+    case Storage::BFloat16: noise_dot_row<Storage::BFloat16>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache); break;
+  }
+}
+
+template <ScaleKind K>
+struct FinishScale { static constexpr ScaleKind value = K; };
+
+template <Storage S>
+void finish_storage(int32_t scale, const void* partial, int64_t parts, int64_t count, const void* sp, void* out,
+                    int64_t begin, int64_t end) {
+  visit_scale<FinishScale, true>(scale, [&](auto tag) {
+    finish_row<S, decltype(tag)::value>(partial, parts, count, sp, out, begin, end);
+  });
 }
 
 void finish_entry(Storage storage, int32_t scale, const void* partial, int64_t parts, int64_t count,
                   const void* sp, void* out, int64_t begin, int64_t end) {
-  dispatch<FinishRow>(storage, scale, partial, parts, count, sp, out, begin, end);
+  switch (storage) {
+    case Storage::Float32: finish_storage<Storage::Float32>(scale, partial, parts, count, sp, out, begin, end); break;
+    case Storage::Float64: finish_storage<Storage::Float64>(scale, partial, parts, count, sp, out, begin, end); break;
+    case Storage::Float16: finish_storage<Storage::Float16>(scale, partial, parts, count, sp, out, begin, end); break;
+    case Storage::BFloat16: finish_storage<Storage::BFloat16>(scale, partial, parts, count, sp, out, begin, end); break;
+  }
+}
+
+void noise_fill_entry(int32_t noise, StreamKey s, int64_t n0, int64_t len, float* out) {
+  NoiseCache cache;
+  for_each_noise_piece(s, static_cast<NoiseKind>(noise), n0, len, cache,
+                       [&](int64_t j, int64_t count, const float* eps) {
+                         for (int64_t t = 0; t < count; ++t) out[j + t] = eps[t];
+                       });
 }
 
 }  // namespace
 
 const RowKernels& RT_ROW_KERNELS_NAME() {
-  static const RowKernels table{RT_ISA_NAME, forward_entry, backward_entry, noise_dot_entry,
-                                finish_entry};
+  static const RowKernels table{RT_ISA_NAME, elementwise_entry, noise_dot_entry, finish_entry,
+                                noise_fill_entry};
   return table;
 }
 

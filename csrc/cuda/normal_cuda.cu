@@ -18,7 +18,7 @@
 
 #include <type_traits>
 
-#include "../normal_common.h"
+#include "../family_common.h"
 #include "../philox.h"
 
 namespace rtrick {

@@ -1,0 +1,330 @@
+// CPU implementation of the elementwise operators (schemas in ../ops.cpp):
+// the Gaussian, the location-scale family, the relaxed Bernoulli and the KL
+// helpers.
+//
+// The element loops live in the row kernels (row_kernels_impl.h, formulas
+// from ../formulas.h), compiled per instruction set. This file walks the
+// tensors: a TensorIterator for the elementwise cases (any strides,
+// broadcasting, sample_shape as stride-0 views, nothing materialised) and its
+// own walk for the backward's reduction over broadcast dimensions. The stream
+// index of an element is its position in the contiguous output, so no value
+// depends on how the work is split.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../family_common.h"
+#include "cpu_common.h"
+#include "row_kernels.h"
+
+namespace rtrick {
+namespace cpu {
+namespace {
+
+// Runs `formula` over contiguous outputs (1 or 2, same shape) and inputs
+// viewed with their shape (1 to 3; expanded views broadcast without copies).
+void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, StreamKey key,
+                     const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) {
+  const at::Tensor& first = outs[0];
+  if (first.numel() == 0) return;
+  at::TensorIteratorConfig config;
+  for (const auto& o : outs) config.add_output(o);
+  for (const auto& i : ins) config.add_const_input(i);
+  auto iter = config.resize_outputs(false).enforce_linear_iteration().check_all_same_dtype(false).build();
+  const int n_out = static_cast<int>(outs.size()), n_in = static_cast<int>(ins.size());
+  const int ntensors = n_out + n_in;
+  const char* base = static_cast<const char*>(first.const_data_ptr());
+  const int64_t esize = first.element_size();
+  const Storage storage = storage_of(first.scalar_type());
+  const RowKernels& kernels = active_row_kernels();
+  iter.for_each([&](char** data, const int64_t* strides, int64_t size0, int64_t size1) {
+    for (int64_t i = 0; i < size1; ++i) {
+      char* ptr[5];
+      for (int k = 0; k < ntensors; ++k) ptr[k] = data[k] + i * strides[ntensors + k];
+      const bool rows = size0 == 1 || strides[0] == esize;  // always, for a contiguous output
+      const int64_t pieces = rows ? 1 : size0;
+      const int64_t len = rows ? size0 : 1;
+      for (int64_t j = 0; j < pieces; ++j) {
+        RowOperands ops{};
+        for (int k = 0; k < n_out; ++k) ops.out[k] = ptr[k] + j * strides[k];
+        for (int k = 0; k < n_in; ++k) {
+          ops.in[k] = ptr[n_out + k] + j * strides[n_out + k];
+          ops.in_stride[k] = rows ? strides[n_out + k] / esize : 0;
+        }
+        const int64_t n0 = (static_cast<const char*>(ops.out[0]) - base) / esize;
+        kernels.elementwise(storage, formula, static_cast<int32_t>(scale), static_cast<int32_t>(noise), key, n0,
+                            len, ops);
+      }
+    }
+  });
+}
+
+// z = loc + sigma(x) * g(u) (or exp of it), of shape sample_shape + broadcast.
+at::Tensor sample_loc_scale(const at::Tensor& loc, const at::Tensor& scale_param, const at::Tensor& rng_state,
+                            Family family, ScaleKind kind, at::IntArrayRef sample_shape, const char* loc_name) {
+  const auto shape = normal_output_shape(loc, scale_param, sample_shape, loc_name);
+  check_rng_state(rng_state, loc);
+  at::Tensor z = at::empty(shape, loc.options());
+  if (z.numel() == 0) return z;
+  const FormulaId formula = family.exp_output ? FormulaId::LogNormalSample : FormulaId::LocScaleSample;
+  run_elementwise(formula, kind, family.noise, read_rng_state(rng_state), {z},
+                  {loc.expand(shape), scale_param.expand(shape)});
+  return z;
+}
+
+at::Tensor normal_rsample_cpu(const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state,
+                              c10::string_view scale, at::IntArrayRef sample_shape) {
+  return sample_loc_scale(mu, scale_param, rng_state, Family{NoiseKind::Normal, false}, parse_scale(scale),
+                          sample_shape, "mu");
+}
+
+at::Tensor loc_scale_rsample_cpu(const at::Tensor& loc, const at::Tensor& scale_param, const at::Tensor& rng_state,
+                                 c10::string_view family, c10::string_view scale, at::IntArrayRef sample_shape) {
+  return sample_loc_scale(loc, scale_param, rng_state, parse_family(family), parse_scale(scale, true), sample_shape,
+                          "loc");
+}
+
+// ------------------------------------------------------- backward reduction
+// d/d scale_param when it is broadcast: sigma'(x_k) * sum over the broadcast
+// dimensions of grad_z * eps. The dimensions of grad_z split into kept ones
+// (scale_param has them) and reduced ones; work items take a range of kept
+// indices times a range of reduced indices, each with its own accumulators, so
+// sums are added in an order fixed by the shapes, not by the thread count.
+struct Axis {
+  int64_t size, n_stride, g_stride;
+};
+
+std::vector<Axis> coalesce(const std::vector<Axis>& axes) {
+  std::vector<Axis> out;
+  for (const Axis& a : axes) {
+    if (!out.empty() && out.back().n_stride == a.n_stride * a.size && out.back().g_stride == a.g_stride * a.size) {
+      out.back().size *= a.size;
+      out.back().n_stride = a.n_stride;
+      out.back().g_stride = a.g_stride;
+    } else {
+      out.push_back(a);
+    }
+  }
+  return out;
+}
+
+// Stream index and grad_z offset (elements) of linear index `index` over `axes`.
+void unravel(const std::vector<Axis>& axes, int64_t index, int64_t& n, int64_t& g) {
+  n = 0;
+  g = 0;
+  for (auto it = axes.rbegin(); it != axes.rend(); ++it) {
+    const int64_t i = index % it->size;
+    index /= it->size;
+    n += i * it->n_stride;
+    g += i * it->g_stride;
+  }
+}
+
+at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_param, StreamKey key, NoiseKind noise,
+                           ScaleKind kind) {
+  const int64_t dims = grad_z.dim();
+  const int64_t lead = dims - scale_param.dim();
+  std::vector<Axis> kept, reduced;
+  int64_t n_stride = 1;
+  std::vector<int64_t> n_strides(dims);
+  for (int64_t d = dims - 1; d >= 0; --d) {
+    n_strides[d] = n_stride;
+    n_stride *= grad_z.size(d);
+  }
+  bool inner_kept = true;  // whether the innermost non-trivial dimension is kept
+  for (int64_t d = 0; d < dims; ++d) {
+    const int64_t size = grad_z.size(d);
+    if (size == 1) continue;
+    const bool is_kept = d >= lead && scale_param.size(d - lead) == size;
+    (is_kept ? kept : reduced).push_back(Axis{size, n_strides[d], grad_z.stride(d)});
+    inner_kept = is_kept;
+  }
+  kept = coalesce(kept);
+  reduced = coalesce(reduced);
+  const int64_t kept_count = scale_param.numel();
+  const int64_t reduced_count = grad_z.numel() / kept_count;
+
+  // Few kept elements: split the reduced range too, into `parts` ranges with
+  // their own partial sums. Chosen from the shapes alone.
+  const int64_t parts = kept_count >= 4096 ? 1 : std::clamp<int64_t>(grad_z.numel() / 65536, 1, std::min<int64_t>(64, reduced_count));
+  const int64_t reduced_per_part = (reduced_count + parts - 1) / parts;
+  const int64_t kept_per_item = std::clamp<int64_t>(16384 / std::max<int64_t>(1, reduced_per_part), 1, kept_count);
+  const int64_t kept_items = (kept_count + kept_per_item - 1) / kept_per_item;
+
+  const Storage storage = storage_of(grad_z.scalar_type());
+  const auto acc_dtype = grad_z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor partial = at::zeros({parts, kept_count}, grad_z.options().dtype(acc_dtype));
+  char* partial_base = static_cast<char*>(partial.data_ptr());
+  const int64_t acc_size = partial.element_size();
+  const char* grad_base = static_cast<const char*>(grad_z.const_data_ptr());
+  const int64_t grad_size = grad_z.element_size();
+  const RowKernels& kernels = active_row_kernels();
+  const Axis kept_inner = kept.empty() ? Axis{1, 0, 0} : kept.back();
+  const Axis reduced_inner = reduced.empty() ? Axis{1, 0, 0} : reduced.back();
+
+  at::parallel_for(0, parts * kept_items, 1, [&](int64_t begin, int64_t end) {
+    NoiseCache cache;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t part = item / kept_items;
+      const int64_t k_begin = (item % kept_items) * kept_per_item;
+      const int64_t k_end = std::min(kept_count, k_begin + kept_per_item);
+      const int64_t r_begin = part * reduced_per_part;
+      const int64_t r_end = std::min(reduced_count, r_begin + reduced_per_part);
+      char* acc = partial_base + part * kept_count * acc_size;
+      int64_t nk, gk, nr, gr;
+      if (inner_kept) {  // runs along the innermost kept dimension
+        for (int64_t r = r_begin; r < r_end; ++r) {
+          unravel(reduced, r, nr, gr);
+          for (int64_t k = k_begin; k < k_end;) {
+            const int64_t len = std::min(k_end - k, kept_inner.size - k % kept_inner.size);
+            unravel(kept, k, nk, gk);
+            kernels.noise_dot(storage, static_cast<int32_t>(noise), key, nk + nr, len, grad_base + (gk + gr) * grad_size, kept_inner.g_stride,
+                              acc + k * acc_size, 1, &cache);
+            k += len;
+          }
+        }
+      } else {  // runs along the innermost reduced dimension, summed
+        for (int64_t k = k_begin; k < k_end; ++k) {
+          unravel(kept, k, nk, gk);
+          for (int64_t r = r_begin; r < r_end;) {
+            const int64_t len = std::min(r_end - r, reduced_inner.size - r % reduced_inner.size);
+            unravel(reduced, r, nr, gr);
+            kernels.noise_dot(storage, static_cast<int32_t>(noise), key, nk + nr, len, grad_base + (gk + gr) * grad_size, reduced_inner.g_stride,
+                              acc + k * acc_size, 0, &cache);
+            r += len;
+          }
+        }
+      }
+    }
+  });
+
+  at::Tensor sp = scale_param.contiguous();
+  at::Tensor grad_sp = at::empty(scale_param.sizes(), scale_param.options());
+  at::parallel_for(0, kept_count, 16384, [&](int64_t begin, int64_t end) {
+    kernels.finish(storage, static_cast<int32_t>(kind), partial.const_data_ptr(), parts, kept_count,
+                   sp.const_data_ptr(), grad_sp.data_ptr(), begin, end);
+  });
+  return grad_sp;
+}
+
+// sigma'(x) * (sum over broadcast dims of grad * g(u)), x of scale_param's shape.
+at::Tensor scale_backward(const at::Tensor& grad, const at::Tensor& scale_param, const at::Tensor& rng_state,
+                          NoiseKind noise, ScaleKind kind) {
+  check_normal_backward(grad, scale_param);
+  check_rng_state(rng_state, grad);
+  if (scale_param.numel() == 0) return at::empty(scale_param.sizes(), scale_param.options());
+  if (grad.numel() == 0) return at::zeros(scale_param.sizes(), scale_param.options());
+  const StreamKey key = read_rng_state(rng_state);
+  if (scale_param.numel() != grad.numel()) return reduce_backward(grad, scale_param, key, noise, kind);
+  // No broadcasting: one fused elementwise pass.
+  at::Tensor grad_sp = at::empty(scale_param.sizes(), scale_param.options());
+  run_elementwise(FormulaId::ScaleGrad, kind, noise, key, {grad_sp.view(grad.sizes())},
+                  {grad, scale_param.expand(grad.sizes())});
+  return grad_sp;
+}
+
+at::Tensor normal_rsample_backward_cpu(const at::Tensor& grad_z, const at::Tensor& scale_param,
+                                       const at::Tensor& rng_state, c10::string_view scale) {
+  return scale_backward(grad_z, scale_param, rng_state, NoiseKind::Normal, parse_scale(scale));
+}
+
+at::Tensor loc_scale_rsample_backward_cpu(const at::Tensor& grad, const at::Tensor& scale_param,
+                                          const at::Tensor& rng_state, c10::string_view family,
+                                          c10::string_view scale) {
+  return scale_backward(grad, scale_param, rng_state, parse_family(family).noise, parse_scale(scale, true));
+}
+
+at::Tensor relaxed_bernoulli_rsample_cpu(const at::Tensor& logits, const at::Tensor& rng_state, double tau,
+                                         at::IntArrayRef sample_shape) {
+  check_float_tensor(logits, "logits");
+  check_tau(tau);
+  check_rng_state(rng_state, logits);
+  const auto shape = sampled_shape(sample_shape, logits.sizes());
+  at::Tensor z = at::empty(shape, logits.options());
+  if (z.numel() == 0) return z;
+  const at::Tensor tau_tensor = at::scalar_tensor(tau, logits.options()).expand(shape);
+  run_elementwise(FormulaId::RelaxedBernoulliSample, ScaleKind::Sigma, NoiseKind::Logistic,
+                  read_rng_state(rng_state), {z}, {logits.expand(shape), tau_tensor});
+  return z;
+}
+
+// ---------------------------------------------------------- KL helpers
+const StreamKey kNoStream{0, 0};
+
+at::Tensor normal_kl_cpu(const at::Tensor& mu, const at::Tensor& scale_param, c10::string_view scale) {
+  const ScaleKind kind = parse_scale(scale);
+  const auto shape = normal_output_shape(mu, scale_param, {});
+  at::Tensor kl = at::empty(shape, mu.options());
+  run_elementwise(FormulaId::NormalKL, kind, NoiseKind::None, kNoStream, {kl},
+                  {mu.expand(shape), scale_param.expand(shape)});
+  return kl;
+}
+
+std::tuple<at::Tensor, at::Tensor> normal_kl_backward_cpu(const at::Tensor& grad_kl, const at::Tensor& mu,
+                                                          const at::Tensor& scale_param, c10::string_view scale) {
+  const ScaleKind kind = parse_scale(scale);
+  const auto shape = normal_output_shape(mu, scale_param, {});
+  check_float_tensor(grad_kl, "grad_kl");
+  TORCH_CHECK_VALUE(grad_kl.scalar_type() == mu.scalar_type(), "grad_kl (", grad_kl.scalar_type(), ") and mu (",
+                    mu.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK_VALUE(grad_kl.sizes() == at::IntArrayRef(shape), "grad_kl must have shape ", at::IntArrayRef(shape),
+                    ", got ", grad_kl.sizes());
+  at::Tensor grad_mu = at::empty(shape, mu.options());
+  at::Tensor grad_sp = at::empty(shape, mu.options());
+  run_elementwise(FormulaId::NormalKLGrad, kind, NoiseKind::None, kNoStream, {grad_mu, grad_sp},
+                  {grad_kl, mu.expand(shape), scale_param.expand(shape)});
+  return {grad_mu.sum_to_size(mu.sizes()), grad_sp.sum_to_size(scale_param.sizes())};
+}
+
+std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_cpu(const at::Tensor& mu, const at::Tensor& scale_param,
+                                                             const at::Tensor& rng_state, c10::string_view scale,
+                                                             at::IntArrayRef sample_shape) {
+  if (!sample_shape.empty()) {  // kl has the batch shape: one pass each
+    at::Tensor z = normal_rsample_cpu(mu, scale_param, rng_state, scale, sample_shape);
+    return {z, normal_kl_cpu(mu, scale_param, scale)};
+  }
+  const ScaleKind kind = parse_scale(scale);
+  const auto shape = normal_output_shape(mu, scale_param, sample_shape);
+  check_rng_state(rng_state, mu);
+  at::Tensor z = at::empty(shape, mu.options());
+  at::Tensor kl = at::empty(shape, mu.options());
+  run_elementwise(FormulaId::SampleAndKL, kind, NoiseKind::Normal, read_rng_state(rng_state), {z, kl},
+                  {mu.expand(shape), scale_param.expand(shape)});
+  return {z, kl};
+}
+
+std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_cpu(const at::Tensor& mu,
+                                                                   const at::Tensor& scale_param,
+                                                                   const at::Tensor& rng_state,
+                                                                   c10::string_view scale,
+                                                                   at::IntArrayRef sample_shape) {
+  const ScaleKind kind = parse_scale(scale);
+  const auto shape = normal_output_shape(mu, scale_param, sample_shape);
+  check_rng_state(rng_state, mu);
+  at::Tensor z = at::empty(shape, mu.options());
+  at::Tensor log_q = at::empty(shape, mu.options());
+  run_elementwise(FormulaId::SampleAndLogProb, kind, NoiseKind::Normal, read_rng_state(rng_state), {z, log_q},
+                  {mu.expand(shape), scale_param.expand(shape)});
+  return {z, log_q};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rtrick_ops, CPU, m) {
+  m.impl("normal_rsample", &normal_rsample_cpu);
+  m.impl("normal_rsample_backward", &normal_rsample_backward_cpu);
+  m.impl("loc_scale_rsample", &loc_scale_rsample_cpu);
+  m.impl("loc_scale_rsample_backward", &loc_scale_rsample_backward_cpu);
+  m.impl("relaxed_bernoulli_rsample", &relaxed_bernoulli_rsample_cpu);
+  m.impl("normal_kl", &normal_kl_cpu);
+  m.impl("normal_kl_backward", &normal_kl_backward_cpu);
+  m.impl("normal_rsample_and_kl", &normal_rsample_and_kl_cpu);
+  m.impl("normal_rsample_and_log_prob", &normal_rsample_and_log_prob_cpu);
+}
+
+}  // namespace cpu
+}  // namespace rtrick

@@ -1,0 +1,107 @@
+// Argument checks and shape rules shared by the CPU and CUDA implementations
+// of the elementwise operators (the Gaussian, the location-scale family, the
+// relaxed Bernoulli, the KL helpers). Error messages name the argument at fault.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
+
+#include <string>
+#include <vector>
+
+#include "philox.h"
+
+namespace rtrick {
+namespace {  // internal linkage, like philox.h, whose types these use
+
+// allow_rate: the location-scale ops also take "rate" (sigma = 1 / x).
+inline ScaleKind parse_scale(c10::string_view scale, bool allow_rate = false) {
+  if (scale == "log_sigma") return ScaleKind::LogSigma;
+  if (scale == "logvar") return ScaleKind::LogVar;
+  if (scale == "sigma") return ScaleKind::Sigma;
+  if (scale == "softplus") return ScaleKind::Softplus;
+  if (allow_rate && scale == "rate") return ScaleKind::Rate;
+  TORCH_CHECK_VALUE(false, "scale='", std::string(scale), "' is not a valid scale; valid: 'log_sigma', 'logvar', ",
+                    "'sigma', 'softplus'", allow_rate ? ", 'rate'" : "");
+}
+
+// A location-scale family: its noise transform, and whether z is exp of the
+// location-scale variable (lognormal).
+struct Family {
+  NoiseKind noise;
+  bool exp_output;
+};
+
+inline Family parse_family(c10::string_view family) {
+  if (family == "normal") return {NoiseKind::Normal, false};
+  if (family == "lognormal") return {NoiseKind::Normal, true};
+  if (family == "uniform") return {NoiseKind::Uniform, false};
+  if (family == "exponential") return {NoiseKind::Exponential, false};
+  if (family == "laplace") return {NoiseKind::Laplace, false};
+  if (family == "cauchy") return {NoiseKind::Cauchy, false};
+  if (family == "logistic") return {NoiseKind::Logistic, false};
+  if (family == "gumbel") return {NoiseKind::Gumbel, false};
+  TORCH_CHECK_VALUE(false, "family='", std::string(family), "' is not a valid family; valid: 'normal', ",
+                    "'lognormal', 'uniform', 'exponential', 'laplace', 'cauchy', 'logistic', 'gumbel'");
+}
+
+inline void check_tau(double tau) {
+  TORCH_CHECK_VALUE(tau > 0.0 && tau < INFINITY, "tau must be a positive finite temperature, got ", tau);
+}
+
+inline void check_float_tensor(const at::Tensor& t, const char* name) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+                   name, " must be float32, float64, float16 or bfloat16, got ", st);
+}
+
+// sample_shape + batch, after checking sample_shape.
+inline std::vector<int64_t> sampled_shape(at::IntArrayRef sample_shape, at::IntArrayRef batch) {
+  for (const int64_t s : sample_shape)
+    TORCH_CHECK_VALUE(s >= 0, "sample_shape must not contain negative sizes, got ", sample_shape);
+  std::vector<int64_t> shape(sample_shape.begin(), sample_shape.end());
+  shape.insert(shape.end(), batch.begin(), batch.end());
+  return shape;
+}
+
+inline void check_rng_state(const at::Tensor& rng_state, const at::Tensor& like) {
+  TORCH_CHECK_VALUE(rng_state.scalar_type() == at::kLong && rng_state.numel() == 2,
+                    "rng_state must be an int64 tensor [key, offset] of 2 elements, got ",
+                    rng_state.scalar_type(), " with ", rng_state.numel(), " elements");
+  TORCH_CHECK_VALUE(rng_state.device() == like.device(), "rng_state is on ", rng_state.device(),
+                    " but the inputs are on ", like.device());
+}
+
+// Checks the two parameter tensors (named loc_name and "scale_param" in
+// errors) and returns the output shape, sample_shape + broadcast(loc, scale_param).
+inline std::vector<int64_t> normal_output_shape(const at::Tensor& mu, const at::Tensor& scale_param,
+                                                at::IntArrayRef sample_shape, const char* loc_name = "mu") {
+  check_float_tensor(mu, loc_name);
+  check_float_tensor(scale_param, "scale_param");
+  TORCH_CHECK_VALUE(mu.scalar_type() == scale_param.scalar_type(), loc_name,
+                    " and scale_param must have the same dtype here, got ", mu.scalar_type(), " and ",
+                    scale_param.scalar_type());
+  TORCH_CHECK_VALUE(mu.device() == scale_param.device(), loc_name, " is on ", mu.device(),
+                    " but scale_param is on ", scale_param.device());
+  return sampled_shape(sample_shape, at::infer_size(mu.sizes(), scale_param.sizes()));
+}
+
+// Checks the backward's arguments: scale_param must broadcast to grad_z.
+inline void check_normal_backward(const at::Tensor& grad_z, const at::Tensor& scale_param,
+                                  const char* grad_name = "grad_z") {
+  check_float_tensor(grad_z, grad_name);
+  check_float_tensor(scale_param, "scale_param");
+  TORCH_CHECK_VALUE(grad_z.scalar_type() == scale_param.scalar_type(), "grad_z (", grad_z.scalar_type(),
+                    ") and scale_param (", scale_param.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK_VALUE(grad_z.device() == scale_param.device(), "grad_z is on ", grad_z.device(),
+                    " but scale_param is on ", scale_param.device());
+  const int64_t lead = grad_z.dim() - scale_param.dim();
+  bool ok = lead >= 0;
+  for (int64_t d = 0; ok && d < scale_param.dim(); ++d)
+    ok = scale_param.size(d) == 1 || scale_param.size(d) == grad_z.size(d + lead);
+  TORCH_CHECK_VALUE(ok, "scale_param of shape ", scale_param.sizes(), " does not broadcast to grad_z of shape ",
+                    grad_z.sizes());
+}
+
+}  // namespace
+}  // namespace rtrick

@@ -1,0 +1,129 @@
+// The per-element formulas of the elementwise operators, shared by the CPU
+// row kernels and the CUDA kernel template (the Triton port is kernels/family.py).
+//
+// A formula reads up to three inputs (a, b, c) and one noise value eps (from
+// the stream, already transformed for the family: csrc/philox.h) and writes
+// one or two outputs, all in the compute type C (float for float/half/bfloat16
+// storage, double for double). The row and kernel templates are generic over
+// the formula, so an operator is a formula plus a line in a dispatch table.
+#pragma once
+
+#include "philox.h"
+
+namespace rtrick {
+namespace {
+
+// d log(sigma) / dx.
+template <ScaleKind kind, typename T>
+RT_HD T dlog_sigma_of(T x) {
+  if (kind == ScaleKind::LogSigma) return T(1);
+  if (kind == ScaleKind::LogVar) return T(0.5);
+  if (kind == ScaleKind::Sigma) return T(1) / x;
+  if (kind == ScaleKind::Rate) return T(-1) / x;
+  return dsigma_of<kind>(x) / softplus_of(x);
+}
+
+// e^t - 1 - t without cancellation: Taylor series for |t| < 1/2 (to t^10 in
+// float, t^18 in double: both below half an ulp of the result), else direct.
+template <typename T>
+RT_HD T expm1_minus_x(T t) {
+  // 1/k! for k = 2..18
+  const double inv_factorial[17] = {0.5, 0.16666666666666666, 0.041666666666666664, 0.008333333333333333, 0.001388888888888889, 0.0001984126984126984, 2.48015873015873e-05, 2.7557319223985893e-06, 2.755731922398589e-07, 2.505210838544172e-08, 2.08767569878681e-09, 1.6059043836821613e-10, 1.1470745597729725e-11, 7.647163731819816e-13, 4.779477332387385e-14, 2.8114572543455206e-15, 1.5619206968586225e-16};
+  const int last = sizeof(T) == 8 ? 16 : 8;
+  T series = T(inv_factorial[last]);
+  for (int k = last - 1; k >= 0; --k) series = series * t + T(inv_factorial[k]);
+  series = series * (t * t);
+  const T direct = (exp_of(t) - T(1)) - t;
+  const T magnitude = t < T(0) ? -t : t;
+  return magnitude < T(0.5) ? series : direct;
+}
+
+// z = loc + sigma(x) * eps: every location-scale family (the noise decides which).
+template <ScaleKind kind>
+struct LocScaleSample {
+  static constexpr int kInputs = 2, kOutputs = 1;
+  template <typename C>
+  RT_HD static void apply(C loc, C x, C, C eps, C& z, C&) { z = loc + sigma_of<kind>(x) * eps; }
+};
+
+// z = exp(mu + sigma(x) * eps): overflows to +inf where mu + sigma * eps > 88.72
+// (float32 compute), exactly as exp does.
+template <ScaleKind kind>
+struct LogNormalSample {
+  static constexpr int kInputs = 2, kOutputs = 1;
+  template <typename C>
+  RT_HD static void apply(C mu, C x, C, C eps, C& z, C&) { z = exp_of(mu + sigma_of<kind>(x) * eps); }
+};
+
+// d/dx of sum(grad_z * z) for z = loc + sigma(x) * eps: (grad_z * eps) * sigma'(x),
+// in the order torch's autograd multiplies.
+template <ScaleKind kind>
+struct ScaleGrad {
+  static constexpr int kInputs = 2, kOutputs = 1;
+  template <typename C>
+  RT_HD static void apply(C grad_z, C x, C, C eps, C& grad_x, C&) { grad_x = (grad_z * eps) * dsigma_of<kind>(x); }
+};
+
+// Concrete / relaxed Bernoulli: sigmoid((logits + logistic noise) / tau), b = tau.
+struct RelaxedBernoulliSample {
+  static constexpr int kInputs = 2, kOutputs = 1;
+  template <typename C>
+  RT_HD static void apply(C logits, C tau, C, C eps, C& z, C&) {
+    z = C(1) / (C(1) + exp_of(-div_of(logits + eps, tau)));  // exp overflow gives 1/inf = 0
+  }
+};
+
+// KL(N(mu, sigma^2) || N(0, 1)) = mu^2 / 2 + (e^t - 1 - t) / 2 with t = 2 log sigma:
+// the second term is sigma^2 - 1 - 2 log sigma without its cancellation at sigma ~ 1.
+template <ScaleKind kind, typename C>
+RT_HD C normal_kl_of(C mu, C x) {
+  const C t = C(2) * log_sigma_of<kind>(x);
+  return C(0.5) * (mu * mu) + C(0.5) * expm1_minus_x(t);
+}
+
+template <ScaleKind kind>
+struct NormalKL {
+  static constexpr int kInputs = 2, kOutputs = 1;
+  template <typename C>
+  RT_HD static void apply(C mu, C x, C, C, C& kl, C&) { kl = normal_kl_of<kind>(mu, x); }
+};
+
+// Backward of NormalKL: dKL/dmu = mu, dKL/dx = (e^t - 1) dlog(sigma)/dx
+// (sigma^2 - 1 for log-sigma). a = grad_kl, b = mu, c = x.
+template <ScaleKind kind>
+struct NormalKLGrad {
+  static constexpr int kInputs = 3, kOutputs = 2;
+  template <typename C>
+  RT_HD static void apply(C grad_kl, C mu, C x, C, C& grad_mu, C& grad_x) {
+    const C t = C(2) * log_sigma_of<kind>(x);
+    const C expm1_t = expm1_minus_x(t) + t;
+    grad_mu = grad_kl * mu;
+    grad_x = grad_kl * (expm1_t * dlog_sigma_of<kind>(x));
+  }
+};
+
+// (z, KL) in one pass over mu and x.
+template <ScaleKind kind>
+struct SampleAndKL {
+  static constexpr int kInputs = 2, kOutputs = 2;
+  template <typename C>
+  RT_HD static void apply(C mu, C x, C, C eps, C& z, C& kl) {
+    z = mu + sigma_of<kind>(x) * eps;
+    kl = normal_kl_of<kind>(mu, x);
+  }
+};
+
+// (z, log q(z)) with log q = -eps^2 / 2 - log sigma - log(2 pi) / 2 taken from
+// eps itself, not re-derived as (z - mu) / sigma.
+template <ScaleKind kind>
+struct SampleAndLogProb {
+  static constexpr int kInputs = 2, kOutputs = 2;
+  template <typename C>
+  RT_HD static void apply(C mu, C x, C, C eps, C& z, C& log_q) {
+    z = mu + sigma_of<kind>(x) * eps;
+    log_q = (C(-0.5) * (eps * eps) - log_sigma_of<kind>(x)) - C(0.91893853320467274178);
+  }
+};
+
+}  // namespace
+}  // namespace rtrick

@@ -1,0 +1,249 @@
+"""Triton kernels of the elementwise operators: the Gaussian, the
+location-scale family, the relaxed Bernoulli and the KL helpers.
+
+Installed as rtrick_ops.kernels.family. Read top to bottom: the formulas (a
+port of csrc/formulas.h), the one elementwise kernel template, its launcher,
+and the operators registered with torch.library.triton_op so that
+torch.compile sees the kernels. The stream comes from kernels/stream.py;
+autograd is registered in the Python wrappers (rtrick_ops/normal.py,
+rtrick_ops/family.py), shared with the C++ operators.
+"""
+from typing import List, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .stream import (NOISE_LOGISTIC, NOISE_NONE, NOISE_NORMAL, SCALE_CODES, div, dlog_sigma_of, dsigma_of, exp_f32,
+                     log_sigma_of, sigma_of, stream_noise)
+
+# Numbered as rtrick::cpu::FormulaId (csrc/cpu/row_kernels.h), plus the
+# broadcast backward's per-element product.
+LOC_SCALE_SAMPLE: tl.constexpr = 0
+LOG_NORMAL_SAMPLE: tl.constexpr = 1
+SCALE_GRAD: tl.constexpr = 2
+RELAXED_BERNOULLI_SAMPLE: tl.constexpr = 3
+NORMAL_KL: tl.constexpr = 4
+NORMAL_KL_GRAD: tl.constexpr = 5
+SAMPLE_AND_KL: tl.constexpr = 6
+SAMPLE_AND_LOG_PROB: tl.constexpr = 7
+NOISE_PRODUCT: tl.constexpr = 8  # out = a * noise, in the accumulator type
+
+# family -> (noise kind, z = exp(...)), as parse_family in csrc/family_common.h
+FAMILIES = {"normal": (0, False), "lognormal": (0, True), "uniform": (1, False), "exponential": (2, False),
+            "laplace": (3, False), "cauchy": (4, False), "logistic": (5, False), "gumbel": (6, False)}
+
+
+# ------------------------------------------------------------------ formulas
+@triton.jit
+def _exp(x, F64: tl.constexpr):
+    return tl.exp(x) if F64 else exp_f32(x)
+
+
+@triton.jit
+def _expm1_minus_x(t, F64: tl.constexpr):
+    """e^t - 1 - t without cancellation (expm1_minus_x in csrc/formulas.h)."""
+    if F64:
+        s = tl.full(t.shape, 1.5619206968586225e-16, t.dtype)
+        s = s * t + 2.8114572543455206e-15
+        s = s * t + 4.779477332387385e-14
+        s = s * t + 7.647163731819816e-13
+        s = s * t + 1.1470745597729725e-11
+        s = s * t + 1.6059043836821613e-10
+        s = s * t + 2.08767569878681e-09
+        s = s * t + 2.505210838544172e-08
+        s = s * t + 2.755731922398589e-07
+    else:
+        s = tl.full(t.shape, 2.755731922398589e-07, t.dtype)
+    s = s * t + 2.7557319223985893e-06
+    s = s * t + 2.48015873015873e-05
+    s = s * t + 0.0001984126984126984
+    s = s * t + 0.001388888888888889
+    s = s * t + 0.008333333333333333
+    s = s * t + 0.041666666666666664
+    s = s * t + 0.16666666666666666
+    s = s * t + 0.5
+    series = s * (t * t)
+    direct = (_exp(t, F64) - 1.0) - t
+    return tl.where(tl.abs(t) < 0.5, series, direct)
+
+
+@triton.jit
+def _normal_kl(mu, x, SCALE: tl.constexpr, F64: tl.constexpr):
+    t = 2.0 * log_sigma_of(x, SCALE, F64)
+    return 0.5 * (mu * mu) + 0.5 * _expm1_minus_x(t, F64)
+
+
+# -------------------------------------------------------------------- kernel
+@triton.jit
+def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, numel, period, tau,
+                        FORMULA: tl.constexpr, SCALE: tl.constexpr, NOISE: tl.constexpr, F64: tl.constexpr,
+                        REPEATS: tl.constexpr, BLOCK: tl.constexpr):
+    """out[n] = FORMULA(a[i], b[i], c[i], noise[n]); inputs contiguous, i = n % period when REPEATS (sample dims)."""
+    first = tl.program_id(0).to(tl.int64) * BLOCK
+    n = first + tl.arange(0, BLOCK).to(tl.int64)
+    mask = n < numel
+    index = n % period if REPEATS else n
+    compute = tl.float64 if F64 else tl.float32
+    eps = stream_noise(state_ptr, first, BLOCK, NOISE).to(compute)
+    a = tl.load(a_ptr + index, mask=mask).to(compute)
+    if FORMULA != NOISE_PRODUCT:
+        b = tl.load(b_ptr + index, mask=mask).to(compute)
+    if FORMULA == LOC_SCALE_SAMPLE:
+        out0 = a + sigma_of(b, SCALE, F64) * eps
+    elif FORMULA == LOG_NORMAL_SAMPLE:
+        out0 = _exp(a + sigma_of(b, SCALE, F64) * eps, F64)
+    elif FORMULA == SCALE_GRAD:
+        out0 = (a * eps) * dsigma_of(b, SCALE, F64)
+    elif FORMULA == RELAXED_BERNOULLI_SAMPLE:
+        out0 = div(tl.full(a.shape, 1.0, compute), 1.0 + _exp(-div(a + eps, tl.full(a.shape, tau, compute), F64), F64),
+                   F64)
+    elif FORMULA == NORMAL_KL:
+        out0 = _normal_kl(a, b, SCALE, F64)
+    elif FORMULA == NORMAL_KL_GRAD:  # a = grad_kl, b = mu, c = scale_param
+        c = tl.load(c_ptr + index, mask=mask).to(compute)
+        t = 2.0 * log_sigma_of(c, SCALE, F64)
+        out0 = a * b
+        out1 = a * ((_expm1_minus_x(t, F64) + t) * dlog_sigma_of(c, SCALE, F64))
+    elif FORMULA == SAMPLE_AND_KL:
+        out0 = a + sigma_of(b, SCALE, F64) * eps
+        out1 = _normal_kl(a, b, SCALE, F64)
+    elif FORMULA == SAMPLE_AND_LOG_PROB:
+        out0 = a + sigma_of(b, SCALE, F64) * eps
+        out1 = (-0.5 * (eps * eps) - log_sigma_of(b, SCALE, F64)) - 0.91893853320467274178
+    else:  # NOISE_PRODUCT
+        out0 = a * eps
+    tl.store(out0_ptr + n, out0.to(out0_ptr.dtype.element_ty), mask=mask)
+    if FORMULA == NORMAL_KL_GRAD or FORMULA == SAMPLE_AND_KL or FORMULA == SAMPLE_AND_LOG_PROB:
+        tl.store(out1_ptr + n, out1.to(out1_ptr.dtype.element_ty), mask=mask)
+
+
+BLOCK = 1024  # elements per program: 256 Philox blocks; tuned on the GPU suite
+
+
+def _launch(formula, outs, ins, rng_state, scale="sigma", noise=NOISE_NONE, tau=1.0):
+    """Runs `formula` over contiguous outputs (same shape) and contiguous inputs of `period` elements."""
+    out0 = outs[0]
+    out1 = outs[1] if len(outs) > 1 else out0
+    a = ins[0]
+    b = ins[1] if len(ins) > 1 else a
+    c = ins[2] if len(ins) > 2 else a
+    numel = out0.numel()
+    if numel == 0:
+        return
+    period = max(1, a.numel())
+    grid = (triton.cdiv(numel, BLOCK),)
+    wrap_triton(_elementwise_kernel)[grid](
+        out0, out1, a, b, c, rng_state, numel, period, tau, FORMULA=formula, SCALE=SCALE_CODES[scale], NOISE=noise,
+        F64=out0.dtype == torch.float64, REPEATS=period != numel, BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
+
+
+def _batch_inputs(*tensors):
+    """The inputs broadcast to their common shape, contiguous; sample dims repeat them."""
+    batch = torch.broadcast_shapes(*(t.shape for t in tensors))
+    return batch, [t.expand(batch).contiguous() for t in tensors]
+
+
+def _sample(loc, scale_param, rng_state, family, scale, sample_shape):
+    noise, exp_output = FAMILIES[family]
+    batch, (loc_batch, scale_batch) = _batch_inputs(loc, scale_param)
+    z = loc.new_empty(list(sample_shape) + list(batch))
+    _launch(LOG_NORMAL_SAMPLE if exp_output else LOC_SCALE_SAMPLE, [z], [loc_batch, scale_batch], rng_state, scale,
+            noise)
+    return z
+
+
+def _scale_backward(grad, scale_param, rng_state, noise, scale):
+    grad = grad.contiguous()
+    if scale_param.numel() == grad.numel():  # no broadcasting: one fused pass
+        grad_scale = scale_param.new_empty(scale_param.shape)
+        _launch(SCALE_GRAD, [grad_scale], [grad, scale_param.contiguous()], rng_state, scale, noise)
+        return grad_scale
+    # Broadcast: grad * noise, torch's reduction, then sigma'(x) on the small result.
+    from rtrick_ops.reference import compute_dtype, dsigma_of as reference_dsigma
+
+    accumulate = compute_dtype(grad.dtype)
+    product = torch.empty(grad.shape, dtype=accumulate, device=grad.device)
+    _launch(NOISE_PRODUCT, [product], [grad], rng_state, scale, noise)
+    summed = product.sum_to_size(scale_param.shape)
+    return (summed * reference_dsigma(scale_param.to(accumulate), scale)).to(scale_param.dtype)
+
+
+# ---------------------------------------------------------------- operators
+# Same schemas as the C++ operators of the same name without "_triton" (csrc/ops.cpp);
+# triton_op defines them from these signatures.
+@triton_op("rtrick_ops::normal_rsample_triton", mutates_args=())
+def normal_rsample_triton(mu: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor, scale: str,
+                          sample_shape: List[int]) -> torch.Tensor:
+    return _sample(mu, scale_param, rng_state, "normal", scale, sample_shape)
+
+
+@triton_op("rtrick_ops::normal_rsample_backward_triton", mutates_args=())
+def normal_rsample_backward_triton(grad_z: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor,
+                                   scale: str) -> torch.Tensor:
+    return _scale_backward(grad_z, scale_param, rng_state, NOISE_NORMAL, scale)
+
+
+@triton_op("rtrick_ops::loc_scale_rsample_triton", mutates_args=())
+def loc_scale_rsample_triton(loc: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor, family: str,
+                             scale: str, sample_shape: List[int]) -> torch.Tensor:
+    return _sample(loc, scale_param, rng_state, family, scale, sample_shape)
+
+
+@triton_op("rtrick_ops::loc_scale_rsample_backward_triton", mutates_args=())
+def loc_scale_rsample_backward_triton(grad: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor,
+                                      family: str, scale: str) -> torch.Tensor:
+    return _scale_backward(grad, scale_param, rng_state, FAMILIES[family][0], scale)
+
+
+@triton_op("rtrick_ops::relaxed_bernoulli_rsample_triton", mutates_args=())
+def relaxed_bernoulli_rsample_triton(logits: torch.Tensor, rng_state: torch.Tensor, tau: float,
+                                     sample_shape: List[int]) -> torch.Tensor:
+    z = logits.new_empty(list(sample_shape) + list(logits.shape))
+    _launch(RELAXED_BERNOULLI_SAMPLE, [z], [logits.contiguous(), logits.contiguous()], rng_state, noise=NOISE_LOGISTIC,
+            tau=tau)
+    return z
+
+
+@triton_op("rtrick_ops::normal_kl_triton", mutates_args=())
+def normal_kl_triton(mu: torch.Tensor, scale_param: torch.Tensor, scale: str) -> torch.Tensor:
+    batch, (mu_batch, scale_batch) = _batch_inputs(mu, scale_param)
+    kl = mu.new_empty(batch)
+    _launch(NORMAL_KL, [kl], [mu_batch, scale_batch], mu_batch, scale)
+    return kl
+
+
+@triton_op("rtrick_ops::normal_kl_backward_triton", mutates_args=())
+def normal_kl_backward_triton(grad_kl: torch.Tensor, mu: torch.Tensor, scale_param: torch.Tensor,
+                              scale: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    batch, (grad_batch, mu_batch, scale_batch) = _batch_inputs(grad_kl, mu, scale_param)
+    grad_mu = mu.new_empty(batch)
+    grad_scale = mu.new_empty(batch)
+    _launch(NORMAL_KL_GRAD, [grad_mu, grad_scale], [grad_batch, mu_batch, scale_batch], mu_batch, scale)
+    return grad_mu.sum_to_size(mu.shape), grad_scale.sum_to_size(scale_param.shape)
+
+
+@triton_op("rtrick_ops::normal_rsample_and_kl_triton", mutates_args=())
+def normal_rsample_and_kl_triton(mu: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor, scale: str,
+                                 sample_shape: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    batch, (mu_batch, scale_batch) = _batch_inputs(mu, scale_param)
+    if len(sample_shape) > 0:  # kl has the batch shape: one pass each
+        kl = mu.new_empty(batch)
+        _launch(NORMAL_KL, [kl], [mu_batch, scale_batch], rng_state, scale)
+        return _sample(mu, scale_param, rng_state, "normal", scale, sample_shape), kl
+    z = mu.new_empty(batch)
+    kl = mu.new_empty(batch)
+    _launch(SAMPLE_AND_KL, [z, kl], [mu_batch, scale_batch], rng_state, scale, NOISE_NORMAL)
+    return z, kl
+
+
+@triton_op("rtrick_ops::normal_rsample_and_log_prob_triton", mutates_args=())
+def normal_rsample_and_log_prob_triton(mu: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor,
+                                       scale: str, sample_shape: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    batch, (mu_batch, scale_batch) = _batch_inputs(mu, scale_param)
+    shape = list(sample_shape) + list(batch)
+    z = mu.new_empty(shape)
+    log_q = mu.new_empty(shape)
+    _launch(SAMPLE_AND_LOG_PROB, [z, log_q], [mu_batch, scale_batch], rng_state, scale, NOISE_NORMAL)
+    return z, log_q

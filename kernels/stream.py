@@ -1,0 +1,286 @@
+"""The canonical stream and its float32 math, in Triton (shipped as rtrick_ops.kernels.stream).
+
+A line-by-line port of csrc/philox.h, so the uniforms are bit-exact and the
+noise matches the CPU and CUDA kernels; every Triton kernel of rtrick_ops
+draws its noise from here. Launch kernels that use it with
+enable_fp_fusion=False: contracting a multiply and an add into an fma would
+change the bits (docs/stream.md).
+"""
+import triton
+import triton.language as tl
+
+# ------------------------------------------------------------------ the stream
+PHILOX_M0: tl.constexpr = 0xD2511F53
+PHILOX_M1: tl.constexpr = 0xCD9E8D57
+PHILOX_W0: tl.constexpr = 0x9E3779B9
+PHILOX_W1: tl.constexpr = 0xBB67AE85
+
+
+@triton.jit
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    # uint32 constants: a bare literal above 2^31 would promote the words to int64.
+    m0 = tl.full(c0.shape, PHILOX_M0, tl.uint32)
+    m1 = tl.full(c0.shape, PHILOX_M1, tl.uint32)
+    w0 = tl.full(k0.shape, PHILOX_W0, tl.uint32)
+    w1 = tl.full(k1.shape, PHILOX_W1, tl.uint32)
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(c0, m0)
+        lo0 = c0 * m0
+        hi1 = tl.umulhi(c2, m1)
+        lo1 = c2 * m1
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = k0 + w0
+        k1 = k1 + w1
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def uniform_open(x):
+    """uint32 -> float32 in [2^-33, 1 - 2^-24], bit-exact with uniform_open in philox.h."""
+    capped = tl.minimum(x, tl.full(x.shape, 0xFFFFFF7F, tl.uint32))
+    high = (capped >> 16).to(tl.int32).to(tl.float32) * 65536.0
+    as_float = high + (capped & 0xFFFF).to(tl.int32).to(tl.float32)
+    return tl.fma(as_float, 2.3283064365386963e-10, 1.1641532182693481e-10)
+
+
+@triton.jit
+def log_f32(x):
+    bits = x.to(tl.uint32, bitcast=True)
+    shifted = bits - 0x3F3504F3
+    e = shifted.to(tl.int32, bitcast=True) >> 23
+    m = (bits - ((shifted >> 23) << 23)).to(tl.float32, bitcast=True)
+    f = m - 1.0
+    f2 = f * f
+    p = tl.fma(f, 7.0376836292e-2, -1.1514610310e-1)
+    p = tl.fma(p, f, 1.1676998740e-1)
+    p = tl.fma(p, f, -1.2420140846e-1)
+    p = tl.fma(p, f, 1.4249322787e-1)
+    p = tl.fma(p, f, -1.6668057665e-1)
+    p = tl.fma(p, f, 2.0000714765e-1)
+    p = tl.fma(p, f, -2.4999993993e-1)
+    p = tl.fma(p, f, 3.3333331174e-1)
+    fe = e.to(tl.float32)
+    y = (f * f2) * p
+    y = tl.fma(fe, -2.12194440e-4, y)
+    y = tl.fma(f2, -0.5, y)
+    r = f + y
+    return tl.fma(fe, 0.693359375, r)
+
+
+@triton.jit
+def exp_f32(x):
+    xc = tl.minimum(tl.maximum(x, -104.0), 88.8)
+    n = (xc * 1.44269504089 + 12582912.0) - 12582912.0
+    r = tl.fma(n, -0.693359375, xc)
+    r = tl.fma(n, 2.12194440e-4, r)
+    p = tl.fma(r, 1.9875691500e-4, 1.3981999507e-3)
+    p = tl.fma(p, r, 8.3334519073e-3)
+    p = tl.fma(p, r, 4.1665795894e-2)
+    p = tl.fma(p, r, 1.6666665459e-1)
+    p = tl.fma(p, r, 5.0000001201e-1)
+    p = tl.fma(p, r * r, r) + 1.0
+    ni = n.to(tl.int32)
+    n1 = ni >> 1  # any split of n gives the same bits: only the last product rounds
+    n2 = ni - n1
+    result = p * ((n1 + 127) << 23).to(tl.float32, bitcast=True) * ((n2 + 127) << 23).to(tl.float32, bitcast=True)
+    result = tl.where(x > 88.72283935, float("inf"), result)
+    result = tl.where(x < -103.972084, 0.0, result)
+    return tl.where(x != x, x, result)
+
+
+@triton.jit
+def sincos_2pi(u):
+    q = (u * 4.0 + 12582912.0) - 12582912.0
+    r = tl.fma(q, -0.25, u)
+    r2 = r * r
+    s = tl.fma(r2, -15.0946425768, 42.0586939449)
+    s = tl.fma(s, r2, -76.7058597531)
+    s = tl.fma(s, r2, 81.6052492761)
+    s = tl.fma(s, r2, -41.3417022404)
+    s = tl.fma(s, r2, 6.28318530718)
+    s = s * r
+    c = tl.fma(r2, 7.90353630119, -26.4262086444)
+    c = tl.fma(c, r2, 60.2446387986)
+    c = tl.fma(c, r2, -85.4568172998)
+    c = tl.fma(c, r2, 64.9393940227)
+    c = tl.fma(c, r2, -19.7392088022)
+    c = tl.fma(c, r2, 1.0)
+    quadrant = q.to(tl.int32).to(tl.uint32) & 3
+    odd = (quadrant & 1) != 0
+    sin_abs = tl.where(odd, c, s)
+    cos_abs = tl.where(odd, s, c)
+    sin = (sin_abs.to(tl.uint32, bitcast=True) ^ ((quadrant & 2) << 30)).to(tl.float32, bitcast=True)
+    cos = (cos_abs.to(tl.uint32, bitcast=True) ^ (((quadrant + 1) & 2) << 30)).to(tl.float32, bitcast=True)
+    return sin, cos
+
+
+@triton.jit
+def box_muller(radius_bits, angle_bits):
+    radius = tl.sqrt_rn(-2.0 * log_f32(uniform_open(radius_bits)))
+    sin, cos = sincos_2pi(uniform_open(angle_bits))
+    return radius * cos, radius * sin
+
+
+@triton.jit
+def stream_words(state_ptr, blocks):
+    """Philox words (x0, x1, x2, x3) of the int64 block indices `blocks` of the stream in rng_state."""
+    key = tl.load(state_ptr)
+    offset = tl.load(state_ptr + 1)
+    c0 = (blocks & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (blocks >> 32).to(tl.uint32)
+    c2 = tl.full(c0.shape, 0, tl.uint32) + (offset & 0xFFFFFFFF).to(tl.uint32)
+    c3 = tl.full(c0.shape, 0, tl.uint32) + ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    k0 = (key & 0xFFFFFFFF).to(tl.uint32)
+    k1 = ((key >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    return philox4x32_10(c0, c1, c2, c3, k0, k1)
+
+
+# Noise kinds, numbered as rtrick::NoiseKind in csrc/philox.h.
+NOISE_NORMAL: tl.constexpr = 0
+NOISE_UNIFORM: tl.constexpr = 1
+NOISE_EXPONENTIAL: tl.constexpr = 2
+NOISE_LAPLACE: tl.constexpr = 3
+NOISE_CAUCHY: tl.constexpr = 4
+NOISE_LOGISTIC: tl.constexpr = 5
+NOISE_GUMBEL: tl.constexpr = 6
+NOISE_NONE: tl.constexpr = 7
+
+
+@triton.jit
+def word_noise(word, NOISE: tl.constexpr):
+    """g(u(word)) for a one-word noise kind (csrc/philox.h: exponential_noise ... gumbel_noise)."""
+    u = uniform_open(word)
+    if NOISE == NOISE_EXPONENTIAL:
+        return -log_f32(u)
+    elif NOISE == NOISE_LAPLACE:
+        lower = u < 0.5
+        v = tl.where(lower, u + u, 2.0 - (u + u))
+        lv = log_f32(v)
+        return tl.where(lower, lv, -lv)
+    elif NOISE == NOISE_CAUCHY:
+        sin, cos = sincos_2pi(u * 0.5)
+        return tl.div_rn(-cos, sin)
+    elif NOISE == NOISE_LOGISTIC:
+        return log_f32(u) - log_f32(1.0 - u)
+    elif NOISE == NOISE_GUMBEL:
+        return -log_f32(-log_f32(u))
+    else:
+        return u
+
+
+@triton.jit
+def stream_noise(state_ptr, first, BLOCK: tl.constexpr, NOISE: tl.constexpr):
+    """Noise for stream elements first .. first + BLOCK - 1 (first a multiple of 4), as float32."""
+    if NOISE == NOISE_NONE:
+        return tl.zeros([BLOCK], tl.float32)
+    blocks = first // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+    x0, x1, x2, x3 = stream_words(state_ptr, blocks)
+    if NOISE == NOISE_NORMAL:
+        z0, z1 = box_muller(x0, x1)
+        z2, z3 = box_muller(x2, x3)
+    else:
+        z0 = word_noise(x0, NOISE)
+        z1 = word_noise(x1, NOISE)
+        z2 = word_noise(x2, NOISE)
+        z3 = word_noise(x3, NOISE)
+    # join adds its axis last: [q, i, j] = join(join(z0, z2), join(z1, z3)) puts lane 2i + j at 4q + 2i + j.
+    return tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [BLOCK])
+
+
+@triton.jit
+def stream_noise_at(state_ptr, n, NOISE: tl.constexpr):
+    """Noise of arbitrary (int64) stream elements n, one Philox call each; a one-word kind or NORMAL."""
+    x0, x1, x2, x3 = stream_words(state_ptr, n // 4)
+    lane = n % 4
+    if NOISE == NOISE_NORMAL:
+        z0, z1 = box_muller(x0, x1)
+        z2, z3 = box_muller(x2, x3)
+    else:
+        z0 = word_noise(x0, NOISE)
+        z1 = word_noise(x1, NOISE)
+        z2 = word_noise(x2, NOISE)
+        z3 = word_noise(x3, NOISE)
+    return tl.where(lane == 0, z0, tl.where(lane == 1, z1, tl.where(lane == 2, z2, z3)))
+
+
+# ------------------------------------------------- scale parameterizations
+# Numbered as rtrick::ScaleKind: 0 log_sigma, 1 logvar, 2 sigma, 3 softplus, 4 rate.
+SCALE_CODES = {"log_sigma": 0, "logvar": 1, "sigma": 2, "softplus": 3, "rate": 4}
+
+@triton.jit
+def div(a, b, F64: tl.constexpr):
+    """IEEE division: Triton's float32 `/` is approximate, div_rn takes float32 only."""
+    return a / b if F64 else tl.div_rn(a, b)
+
+
+@triton.jit
+def sigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
+    if SCALE == 0:
+        return tl.exp(x) if F64 else exp_f32(x)
+    elif SCALE == 1:
+        return tl.exp(x * 0.5) if F64 else exp_f32(x * 0.5)
+    elif SCALE == 2:
+        return x
+    elif SCALE == 4:  # rate
+        return div(tl.full(x.shape, 1.0, x.dtype), x, F64)
+    else:  # softplus, threshold 20, log1p(y) = log(1 + y) corrected for the rounding of 1 + y
+        y = tl.exp(x) if F64 else exp_f32(x)
+        one_plus = 1.0 + y
+        log_one_plus = tl.log(one_plus) if F64 else log_f32(one_plus)
+        soft = log_one_plus - div((one_plus - 1.0) - y, one_plus, F64)
+        return tl.where(x != x, x, tl.where(x > 20.0, x, soft))
+
+
+@triton.jit
+def dsigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
+    if SCALE == 0:
+        return tl.exp(x) if F64 else exp_f32(x)
+    elif SCALE == 1:
+        return 0.5 * (tl.exp(x * 0.5) if F64 else exp_f32(x * 0.5))
+    elif SCALE == 2:
+        return tl.full(x.shape, 1.0, x.dtype)
+    elif SCALE == 4:  # rate
+        return div(tl.full(x.shape, -1.0, x.dtype), x * x, F64)
+    else:  # sigmoid
+        return div(tl.full(x.shape, 1.0, x.dtype), 1.0 + (tl.exp(-x) if F64 else exp_f32(-x)), F64)
+
+
+@triton.jit
+def log_of(x, F64: tl.constexpr):
+    """log for any float (zero, subnormals, inf), as log_full_f32 in csrc/philox.h."""
+    if F64:
+        return tl.log(x)
+    subnormal = x < 1.17549435e-38
+    r = log_f32(tl.where(subnormal, x * 8388608.0, x))
+    r = tl.where(subnormal, r - 15.9423851528787421, r)
+    r = tl.where(x == 0.0, float("-inf"), r)
+    r = tl.where(x == float("inf"), x, r)
+    return tl.where((x < 0.0) | (x != x), float("nan"), r)
+
+
+@triton.jit
+def log_sigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
+    if SCALE == 0:
+        return x
+    elif SCALE == 1:
+        return x * 0.5
+    elif SCALE == 2:
+        return log_of(x, F64)
+    elif SCALE == 4:
+        return -log_of(x, F64)
+    else:
+        return log_of(sigma_of(x, SCALE, F64), F64)
+
+
+@triton.jit
+def dlog_sigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
+    if SCALE == 0:
+        return tl.full(x.shape, 1.0, x.dtype)
+    elif SCALE == 1:
+        return tl.full(x.shape, 0.5, x.dtype)
+    elif SCALE == 2:
+        return div(tl.full(x.shape, 1.0, x.dtype), x, F64)
+    elif SCALE == 4:
+        return div(tl.full(x.shape, -1.0, x.dtype), x, F64)
+    else:
+        return div(dsigma_of(x, SCALE, F64), sigma_of(x, SCALE, F64), F64)
