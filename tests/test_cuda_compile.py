@@ -56,10 +56,10 @@ def resource_rows(ptxas_log):
 def short_name(mangled):
     """The template arguments that tell kernels apart, read from the demangled name."""
     demangled = subprocess.run(["c++filt", mangled], capture_output=True, text=True).stdout.strip() or mangled
-    match = re.search(r"elementwise_noise_kernel<(.*)>\(", demangled)
-    arguments = match.group(1) if match else demangled
+    match = re.search(r"(\w+)<(.*)>\(", demangled)
+    arguments = f"{match.group(1)}<{match.group(2)}>" if match else demangled
     arguments = re.sub(r"rtrick::|cuda::|\(anonymous namespace\)::|c10::", "", arguments)
-    return re.sub(r"\(ScaleKind\)(\d)", lambda m: "scale=" + ("log_sigma", "logvar", "sigma", "softplus")[int(m.group(1))],
+    return re.sub(r"\(ScaleKind\)(\d)", lambda m: "scale=" + ("log_sigma", "logvar", "sigma", "softplus", "rate")[int(m.group(1))],
                   arguments)
 
 
