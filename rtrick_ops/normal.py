@@ -1,6 +1,8 @@
-"""The Gaussian reparameterization op: z = mu + sigma(scale_param) * eps.
+"""The Gaussian reparameterization op, z = mu + sigma(scale_param) * eps, and
+the fused VAE helpers: the closed-form KL to N(0, 1), and (z, kl) or
+(z, log q(z)) in one pass.
 
-Public wrapper (argument checks, seeding, backend choice), then the fake
+Public wrappers (argument checks, seeding, backend choice), then the fake
 kernels and autograd of the registered operators. The backward regenerates
 eps from rng_state; only the inputs are saved.
 """
@@ -63,6 +65,80 @@ def normal_rsample(
     return forward(mu, scale_param, rng_state, scale, sample_shape)
 
 
+def _gaussian_args(mu, scale_param, scale, backend):
+    check_param(mu, "mu")
+    check_param(scale_param, "scale_param")
+    check_same_device(mu=mu, scale_param=scale_param)
+    if scale not in reference.SCALES:
+        raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
+    check_broadcast(mu=mu, scale_param=scale_param)
+    which = resolve_backend(backend, mu.device)
+    dtype = torch.promote_types(mu.dtype, scale_param.dtype)
+    return which, mu.to(dtype), scale_param.to(dtype)
+
+
+def _op(name, which):
+    return getattr(_ops, name + "_triton") if which == "triton" else getattr(_ops, name)
+
+
+def normal_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
+              backend: str = "auto") -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) elementwise, in closed form, with a fused backward.
+
+    Computed as mu^2 / 2 + (e^t - 1 - t) / 2 with t = 2 log sigma, which is
+    sigma^2 / 2 - 1/2 - log sigma without the cancellation near sigma = 1 that
+    the textbook form suffers in float32. dKL/dmu = mu; dKL/dx = sigma^2 - 1
+    for scale="log_sigma". Sum over the latent dimension for a VAE's KL term.
+
+    Args:
+        mu, scale_param, scale, backend: as in normal_rsample.
+
+    Returns:
+        kl, of the broadcast shape of mu and scale_param.
+    """
+    which, mu, scale_param = _gaussian_args(mu, scale_param, scale, backend)
+    if which == "reference":
+        return reference.normal_kl(mu, scale_param, scale)
+    return _op("normal_kl", which)(mu, scale_param, scale)
+
+
+def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
+                          sample_shape: Union[int, Sequence[int]] = (), seed: Optional[int] = None,
+                          generator: Optional[torch.Generator] = None, backend: str = "auto"):
+    """(z, kl) = (normal_rsample(...), normal_kl(...)) with the same noise, in one pass over mu and scale_param.
+
+    kl has the batch shape broadcast(mu, scale_param) (without sample dims). The
+    arguments are normal_rsample's.
+    """
+    which, mu, scale_param = _gaussian_args(mu, scale_param, scale, backend)
+    sample_shape = check_sample_shape(sample_shape)
+    rng_state = make_rng_state(seed, generator, mu.device)
+    if which == "reference":
+        return (reference.normal_rsample(mu, scale_param, rng_state, scale, sample_shape),
+                reference.normal_kl(mu, scale_param, scale))
+    return _op("normal_rsample_and_kl", which)(mu, scale_param, rng_state, scale, sample_shape)
+
+
+def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
+                                sample_shape: Union[int, Sequence[int]] = (), seed: Optional[int] = None,
+                                generator: Optional[torch.Generator] = None, backend: str = "auto"):
+    """(z, log q(z)) for q = N(mu, sigma^2), in one pass: log q = -eps^2 / 2 - log sigma - log(2 pi) / 2.
+
+    log_q comes from eps itself rather than from (z - mu) / sigma, so it is
+    exact even where sigma is tiny. Its gradient is the total (pathwise)
+    derivative with eps held fixed: 0 for mu and -d log(sigma)/dx for the scale
+    parameter, which is what autograd through Normal(mu, sigma).log_prob(z) of
+    z = rsample() gives. Both outputs have z's shape. The arguments are
+    normal_rsample's.
+    """
+    which, mu, scale_param = _gaussian_args(mu, scale_param, scale, backend)
+    sample_shape = check_sample_shape(sample_shape)
+    rng_state = make_rng_state(seed, generator, mu.device)
+    if which == "reference":
+        return reference.normal_rsample_and_log_prob(mu, scale_param, rng_state, scale, sample_shape)
+    return _op("normal_rsample_and_log_prob", which)(mu, scale_param, rng_state, scale, sample_shape)
+
+
 def _register_autograd(forward_name, backward_name, forward_in_python=True):
     """Autograd of a (forward, backward) operator pair: the C++ ops or the Triton ops.
 
@@ -116,6 +192,69 @@ def _register_autograd(forward_name, backward_name, forward_in_python=True):
     torch.library.register_autograd(f"rtrick_ops::{backward_name}", grad_backward, setup_context=setup_backward)
 
 
+def _register_vae_helpers(suffix):
+    """Autograd of the KL helpers: suffix "" (C++ operators) or "_triton"."""
+    kl_backward = getattr(_ops, "normal_kl_backward" + suffix)
+    scale_backward = getattr(_ops, "normal_rsample_backward" + suffix)
+
+    def setup_kl(ctx, inputs, output):
+        mu, scale_param, scale = inputs
+        ctx.save_for_backward(mu, scale_param)
+        ctx.scale = scale
+
+    def grad_kl(ctx, grad):
+        mu, scale_param = ctx.saved_tensors
+        grad_mu, grad_scale = kl_backward(grad.contiguous(), mu, scale_param, ctx.scale)
+        return grad_mu, grad_scale, None
+
+    # Double backward of the fused KL backward: differentiate the same formula
+    # written with torch ops (reference.normal_kl_grads).
+    def setup_kl_backward(ctx, inputs, output):
+        grad, mu, scale_param, scale = inputs
+        ctx.save_for_backward(grad, mu, scale_param)
+        ctx.scale = scale
+
+    def grad_kl_backward(ctx, grad_grad_mu, grad_grad_scale):
+        inputs = [t.detach().requires_grad_(True) for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            outputs = reference.normal_kl_grads(*inputs, ctx.scale)
+            pairs = [(o, g) for o, g in zip(outputs, (grad_grad_mu, grad_grad_scale)) if g is not None]
+            grads = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], create_graph=True,
+                                        allow_unused=True)
+        return (*grads, None)
+
+    def setup_sample_and_kl(ctx, inputs, output):
+        mu, scale_param, rng_state, scale, _ = inputs
+        ctx.save_for_backward(mu, scale_param, rng_state)
+        ctx.scale = scale
+
+    def grad_sample_and_kl(ctx, grad_z, grad_kl_out):
+        mu, scale_param, rng_state = ctx.saved_tensors
+        grad_mu = grad_z.sum_to_size(mu.shape)
+        grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale)
+        kl_mu, kl_scale = kl_backward(grad_kl_out.contiguous(), mu, scale_param, ctx.scale)
+        return grad_mu + kl_mu, grad_scale + kl_scale, None, None, None
+
+    def setup_sample_and_log_prob(ctx, inputs, output):
+        mu, scale_param, rng_state, scale, _ = inputs
+        ctx.save_for_backward(scale_param, rng_state)
+        ctx.scale, ctx.mu_shape = scale, mu.shape
+
+    def grad_sample_and_log_prob(ctx, grad_z, grad_log_q):
+        scale_param, rng_state = ctx.saved_tensors
+        grad_mu = grad_z.sum_to_size(ctx.mu_shape)
+        grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale)
+        grad_scale = grad_scale - (grad_log_q.sum_to_size(scale_param.shape)
+                                   * reference.dlog_sigma_of(scale_param, ctx.scale))
+        return grad_mu, grad_scale, None, None, None
+
+    for name, fn, setup in (("normal_kl", grad_kl, setup_kl),
+                            ("normal_kl_backward", grad_kl_backward, setup_kl_backward),
+                            ("normal_rsample_and_kl", grad_sample_and_kl, setup_sample_and_kl),
+                            ("normal_rsample_and_log_prob", grad_sample_and_log_prob, setup_sample_and_log_prob)):
+        torch.library.register_autograd(f"rtrick_ops::{name}{suffix}", fn, setup_context=setup)
+
+
 if _library.compiled is not None:
 
     @torch.library.register_fake("rtrick_ops::normal_rsample")
@@ -127,7 +266,27 @@ if _library.compiled is not None:
     def _normal_rsample_backward_fake(grad_z, scale_param, rng_state, scale):
         return scale_param.new_empty(scale_param.shape)
 
+    @torch.library.register_fake("rtrick_ops::normal_kl")
+    def _normal_kl_fake(mu, scale_param, scale):
+        return mu.new_empty(torch.broadcast_shapes(mu.shape, scale_param.shape))
+
+    @torch.library.register_fake("rtrick_ops::normal_kl_backward")
+    def _normal_kl_backward_fake(grad_kl, mu, scale_param, scale):
+        return mu.new_empty(mu.shape), scale_param.new_empty(scale_param.shape)
+
+    @torch.library.register_fake("rtrick_ops::normal_rsample_and_kl")
+    def _normal_rsample_and_kl_fake(mu, scale_param, rng_state, scale, sample_shape):
+        batch = list(torch.broadcast_shapes(mu.shape, scale_param.shape))
+        return mu.new_empty(list(sample_shape) + batch), mu.new_empty(batch)
+
+    @torch.library.register_fake("rtrick_ops::normal_rsample_and_log_prob")
+    def _normal_rsample_and_log_prob_fake(mu, scale_param, rng_state, scale, sample_shape):
+        shape = list(sample_shape) + list(torch.broadcast_shapes(mu.shape, scale_param.shape))
+        return mu.new_empty(shape), mu.new_empty(shape)
+
     _register_autograd("normal_rsample", "normal_rsample_backward", forward_in_python=False)
+    _register_vae_helpers("")
 
 if _library.triton_kernels is not None:  # triton_op derives fake kernels itself
     _register_autograd("normal_rsample_triton", "normal_rsample_backward_triton")
+    _register_vae_helpers("_triton")

@@ -211,6 +211,26 @@ def normal_kl(mu, scale_param, scale="log_sigma"):
     return kl.to(torch.promote_types(mu.dtype, scale_param.dtype))
 
 
+def dlog_sigma_of(x, scale):
+    """d log(sigma) / dx."""
+    if scale == "log_sigma":
+        return torch.ones_like(x)
+    if scale == "logvar":
+        return torch.full_like(x, 0.5)
+    if scale in ("sigma", "rate"):
+        return (1 if scale == "sigma" else -1) / x
+    return dsigma_of(x, scale) / sigma_of(x, scale)
+
+
+def normal_kl_grads(grad_kl, mu, scale_param, scale="log_sigma"):
+    """(grad_mu, grad_scale_param) of normal_kl at broadcast shape, summed to each input's shape:
+    dKL/dmu = mu, dKL/dx = (sigma^2 - 1) d log(sigma)/dx."""
+    t = 2 * log_sigma_of(scale_param, scale)
+    grad_mu = grad_kl * mu
+    grad_scale = grad_kl * torch.expm1(t) * dlog_sigma_of(scale_param, scale)
+    return grad_mu.sum_to_size(mu.shape), grad_scale.sum_to_size(scale_param.shape)
+
+
 def normal_log_prob_from_noise(eps, scale_param, scale="log_sigma"):
     """log N(z; mu, sigma^2) for z = mu + sigma * eps: -eps^2 / 2 - log sigma - log(2 pi) / 2."""
     return -0.5 * eps * eps - log_sigma_of(scale_param, scale) - 0.5 * math.log(2 * math.pi)

@@ -1,0 +1,244 @@
+"""The location-scale and inverse-CDF family, and the relaxed Bernoulli.
+
+Every sampler here is one operator, `loc_scale_rsample`: z = loc + sigma * g(u)
+with g the family's inverse CDF of the stream's uniform u (docs/stream.md), or
+z = exp(mu + sigma * eps) for the log-normal. One kernel template serves all
+of them (csrc/formulas.h); a family is a noise transform. The backward
+regenerates g(u) instead of saving it; the log-normal also keeps its output z,
+the tensor the caller holds anyway, because dz/dmu = z.
+
+Public wrappers first, then the fake kernels and autograd of the registered
+operators (the C++ ones and their Triton twins).
+"""
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import _library, reference
+from ._backends import resolve_backend
+from ._checks import (check_broadcast, check_param, check_positive, check_sample_shape, check_same_device, check_tau,
+                      validation_enabled)
+from ._random import make_rng_state
+
+_ops = torch.ops.rtrick_ops
+SampleShape = Union[int, Sequence[int]]
+
+
+def _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, backend, names=("loc", "scale_param")):
+    loc_name, scale_name = names
+    check_param(loc, loc_name)
+    check_param(scale_param, scale_name)
+    check_same_device(**{loc_name: loc, scale_name: scale_param})
+    allowed = reference.SCALES + (("rate",) if family == "exponential" else ())
+    if scale not in allowed:
+        raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, allowed))}")
+    sample_shape = check_sample_shape(sample_shape)
+    check_broadcast(**{loc_name: loc, scale_name: scale_param})
+    which = resolve_backend(backend, loc.device)
+    dtype = torch.promote_types(loc.dtype, scale_param.dtype)
+    loc, scale_param = loc.to(dtype), scale_param.to(dtype)
+    rng_state = make_rng_state(seed, generator, loc.device)
+    if which == "reference":
+        return reference.loc_scale_rsample(loc, scale_param, rng_state, family, scale, sample_shape)
+    forward = _ops.loc_scale_rsample_triton if which == "triton" else _ops.loc_scale_rsample
+    return forward(loc, scale_param, rng_state, family, scale, sample_shape)
+
+
+_COMMON_ARGS = """
+        sample_shape: leading sample dimensions; z has shape sample_shape + broadcast shape.
+        seed: an int in [0, 2**64) for a stateless draw (same z on any machine); None draws
+            a fresh key from `generator` (default: torch's generator for the device).
+        generator: a torch.Generator to draw the key from when seed is None.
+        backend: "auto", "cpu", "cuda", "triton" or "reference" (as in normal_rsample)."""
+
+
+def _scaled(family, doc_formula):
+    """The public sampler of one location-scale family."""
+
+    def rsample(loc: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
+                sample_shape: SampleShape = (), seed: Optional[int] = None,
+                generator: Optional[torch.Generator] = None, backend: str = "auto") -> torch.Tensor:
+        return _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, backend)
+
+    rsample.__name__ = rsample.__qualname__ = f"{family}_rsample"
+    rsample.__doc__ = f"""Draw {doc_formula}, differentiably in loc and scale_param.
+
+    Args:
+        loc: the location.
+        scale_param: the scale, as chosen by `scale`: "log_sigma" (scale = exp(x), the
+            default, as in normal_rsample), "logvar" (exp(x / 2)), "sigma" (x itself)
+            or "softplus". The transform runs inside the kernel.{_COMMON_ARGS}
+    """
+    return rsample
+
+
+laplace_rsample = _scaled("laplace", "z = loc + scale * L, L ~ Laplace(0, 1) (inverse CDF of a uniform)")
+cauchy_rsample = _scaled("cauchy", "z = loc + scale * C, C ~ Cauchy(0, 1) (tan(pi (u - 1/2)))")
+logistic_rsample = _scaled("logistic", "z = loc + scale * log(u / (1 - u)), a Logistic(loc, scale) sample")
+gumbel_rsample = _scaled("gumbel", "z = loc + scale * G, G = -log(-log u) ~ Gumbel(0, 1)")
+_lognormal = _scaled("lognormal", "z = exp(mu + sigma * eps), eps ~ N(0, 1)")
+
+
+def lognormal_rsample(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
+                      sample_shape: SampleShape = (), seed: Optional[int] = None,
+                      generator: Optional[torch.Generator] = None, backend: str = "auto") -> torch.Tensor:
+    return _lognormal(mu, scale_param, scale=scale, sample_shape=sample_shape, seed=seed, generator=generator,
+                      backend=backend)
+
+
+lognormal_rsample.__doc__ = _lognormal.__doc__ + """
+    Overflow: exp overflows where mu + sigma * eps exceeds the dtype's limit (88.72 in
+    float32, 709.78 in float64; float16 and bfloat16 compute in float32 and round, so
+    float16 saturates to inf above 65504). There z is +inf, exactly as
+    torch.exp(normal sample) gives, and the gradients there are inf or nan; they are
+    never silently clipped.
+"""
+
+
+def uniform_rsample(low: torch.Tensor, high: torch.Tensor, *, sample_shape: SampleShape = (),
+                    seed: Optional[int] = None, generator: Optional[torch.Generator] = None, backend: str = "auto",
+                    validate_args: Optional[bool] = None) -> torch.Tensor:
+    """Draw z = low + (high - low) * u, u ~ U(0, 1) strictly inside (0, 1), differentiably in low and high.
+
+    Args:
+        low, high: the bounds; they broadcast.{common}
+        validate_args: check low < high everywhere (a device sync); None follows
+            torch.distributions.Distribution's default, as torch's classes do.
+    """
+    check_param(low, "low")
+    check_param(high, "high")
+    check_same_device(low=low, high=high)
+    check_broadcast(low=low, high=high)
+    if validation_enabled(validate_args) and not torch.compiler.is_compiling():
+        if not bool((low < high).all()):
+            raise ValueError("low must be less than high everywhere (uniform_rsample)")
+    return _rsample("uniform", low, high - low, "sigma", sample_shape, seed, generator, backend, ("low", "high"))
+
+
+uniform_rsample.__doc__ = uniform_rsample.__doc__.format(common=_COMMON_ARGS)
+
+
+def exponential_rsample(rate: torch.Tensor, *, sample_shape: SampleShape = (), seed: Optional[int] = None,
+                        generator: Optional[torch.Generator] = None, backend: str = "auto",
+                        validate_args: Optional[bool] = None) -> torch.Tensor:
+    """Draw z = -log(u) / rate ~ Exponential(rate), differentiably in rate (1 / rate is fused).
+
+    Args:
+        rate: the rate, positive.{common}
+        validate_args: check rate > 0 everywhere (a device sync); None follows
+            torch.distributions.Distribution's default.
+    """
+    check_param(rate, "rate")
+    check_positive(rate, "rate", validate_args)
+    zero = rate.new_zeros(())
+    return _rsample("exponential", zero, rate, "rate", sample_shape, seed, generator, backend, ("loc", "rate"))
+
+
+exponential_rsample.__doc__ = exponential_rsample.__doc__.format(common=_COMMON_ARGS)
+
+
+def relaxed_bernoulli_rsample(logits: torch.Tensor, tau: float = 1.0, *, sample_shape: SampleShape = (),
+                              seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                              backend: str = "auto") -> torch.Tensor:
+    """Draw z = sigmoid((logits + log(u / (1 - u))) / tau), the Concrete / relaxed Bernoulli.
+
+    Args:
+        logits: the Bernoulli logits.
+        tau: the temperature, a positive float (not differentiated).{common}
+    """
+    check_param(logits, "logits")
+    tau = check_tau(tau)
+    sample_shape = check_sample_shape(sample_shape)
+    which = resolve_backend(backend, logits.device)
+    rng_state = make_rng_state(seed, generator, logits.device)
+    if which == "reference":
+        return reference.relaxed_bernoulli_rsample(logits, rng_state, tau, sample_shape)
+    forward = _ops.relaxed_bernoulli_rsample_triton if which == "triton" else _ops.relaxed_bernoulli_rsample
+    return forward(logits, rng_state, tau, sample_shape)
+
+
+relaxed_bernoulli_rsample.__doc__ = relaxed_bernoulli_rsample.__doc__.format(common=_COMMON_ARGS)
+
+
+# ------------------------------------------------------- fakes and autograd
+def _register(suffix):
+    """Autograd of the family's operators: suffix "" (C++) or "_triton"."""
+    forward = getattr(_ops, "loc_scale_rsample" + suffix)
+    backward = getattr(_ops, "loc_scale_rsample_backward" + suffix)
+
+    def setup_forward(ctx, inputs, output):
+        loc, scale_param, rng_state, family, scale, _ = inputs
+        lognormal = family == "lognormal"
+        ctx.save_for_backward(scale_param, rng_state, output if lognormal else None)
+        ctx.family, ctx.scale, ctx.loc_shape = family, scale, loc.shape
+
+    def grad_forward(ctx, grad_z):
+        scale_param, rng_state, z = ctx.saved_tensors
+        grad = grad_z * z if ctx.family == "lognormal" else grad_z  # gradient with respect to log z
+        grad_loc = grad_scale = None
+        if ctx.needs_input_grad[0]:
+            grad_loc = grad.sum_to_size(ctx.loc_shape)
+        if ctx.needs_input_grad[1]:
+            grad_scale = backward(grad, scale_param, rng_state, ctx.family, ctx.scale)
+        return grad_loc, grad_scale, None, None, None, None
+
+    # The backward is linear in grad; as for the Gaussian (rtrick_ops/normal.py):
+    #   d/d grad: w * sigma'(x) * g(u)       = forward(0, w * sigma'(x), family, "sigma")
+    #   d/d x:    w * sigma''(x) * sum(grad * g(u)) = w * sigma''(x) * backward(scale="sigma")
+    def setup_backward(ctx, inputs, output):
+        grad, scale_param, rng_state, family, scale = inputs
+        ctx.save_for_backward(grad, scale_param, rng_state)
+        ctx.family, ctx.scale = ("normal" if family == "lognormal" else family), scale
+
+    def grad_backward(ctx, grad_grad):
+        grad, scale_param, rng_state = ctx.saved_tensors
+        d_grad = d_scale = None
+        if ctx.needs_input_grad[0]:
+            weight = grad_grad * reference.dsigma_of(scale_param, ctx.scale)
+            zeros = grad.new_zeros(()).expand(grad.shape)
+            d_grad = forward(zeros, weight, rng_state, ctx.family, "sigma", [])
+        if ctx.needs_input_grad[1]:
+            if ctx.scale == "sigma":
+                d_scale = torch.zeros_like(scale_param)
+            else:
+                noise_dot = backward(grad, scale_param, rng_state, ctx.family, "sigma")
+                d_scale = grad_grad * reference.d2sigma_of(scale_param, ctx.scale) * noise_dot
+        return d_grad, d_scale, None, None, None
+
+    torch.library.register_autograd(f"rtrick_ops::loc_scale_rsample{suffix}", grad_forward,
+                                    setup_context=setup_forward)
+    torch.library.register_autograd(f"rtrick_ops::loc_scale_rsample_backward{suffix}", grad_backward,
+                                    setup_context=setup_backward)
+
+    # Relaxed Bernoulli: dz/dlogits = z (1 - z) / tau from the output itself.
+    def setup_relaxed(ctx, inputs, output):
+        logits, _, tau, _ = inputs
+        ctx.save_for_backward(output)
+        ctx.tau, ctx.logits_shape = tau, logits.shape
+
+    def grad_relaxed(ctx, grad_z):
+        (z,) = ctx.saved_tensors
+        return (grad_z * z * (1 - z) / ctx.tau).sum_to_size(ctx.logits_shape), None, None, None
+
+    torch.library.register_autograd(f"rtrick_ops::relaxed_bernoulli_rsample{suffix}", grad_relaxed,
+                                    setup_context=setup_relaxed)
+
+
+if _library.compiled is not None:
+
+    @torch.library.register_fake("rtrick_ops::loc_scale_rsample")
+    def _loc_scale_rsample_fake(loc, scale_param, rng_state, family, scale, sample_shape):
+        return loc.new_empty(list(sample_shape) + list(torch.broadcast_shapes(loc.shape, scale_param.shape)))
+
+    @torch.library.register_fake("rtrick_ops::loc_scale_rsample_backward")
+    def _loc_scale_rsample_backward_fake(grad, scale_param, rng_state, family, scale):
+        return scale_param.new_empty(scale_param.shape)
+
+    @torch.library.register_fake("rtrick_ops::relaxed_bernoulli_rsample")
+    def _relaxed_bernoulli_rsample_fake(logits, rng_state, tau, sample_shape):
+        return logits.new_empty(list(sample_shape) + list(logits.shape))
+
+    _register("")
+
+if _library.triton_kernels is not None:  # triton_op derives fake kernels itself
+    _register("_triton")
