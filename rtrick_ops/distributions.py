@@ -8,8 +8,13 @@ the scale transform and keeps nothing of the sample's size for backward.
     d = Normal(mu, sigma)                          # drop-in for torch.distributions.Normal
     d = Normal.from_log_scale(mu, log_sigma)       # exp(log_sigma) fused into the sampler
     d = Normal.from_logvar(mu, logvar)             # sigma = exp(logvar / 2), the usual VAE head
+    d = Laplace.from_log_scale(loc, log_b)         # likewise LogNormal, Cauchy, Gumbel, Logistic
+    d = Uniform(low, high); Exponential(rate); RelaxedBernoulli(temperature, logits=logits)
 
-More families follow as the library gains their kernels.
+The location-scale classes other than Normal compute `scale` from the
+unconstrained parameter when built with a from_* constructor (torch's own
+__init__ needs it), but rsample passes the unconstrained parameter to the
+kernel, so the sample and its gradient do not go through that exp.
 """
 import math
 
@@ -17,6 +22,7 @@ import torch
 from torch.distributions.utils import broadcast_all
 
 from . import reference
+from . import family
 from .normal import normal_rsample
 
 
@@ -98,3 +104,202 @@ class Normal(torch.distributions.Normal):
                 self._validate_sample(value)
             return -((value - self.loc) ** 2) / (2 * self.scale**2) - self._scale_param - math.log(math.sqrt(2 * math.pi))
         return super().log_prob(value)
+
+
+# ------------------------------------------------ the location-scale family
+class _FusedLocScale:
+    """rsample through rtrick_ops' location-scale kernel, and the from_* constructors.
+
+    A subclass sets _family and inherits from the torch class it replaces; the
+    torch class keeps its constructor arguments, log_prob, cdf, entropy and KL.
+    """
+
+    _family = None
+
+    def __init__(self, loc, scale, validate_args=None, *, seed=None, backend="auto"):
+        self._scale_param, self._scale_kind = None, "sigma"
+        self._seed, self._backend = seed, backend
+        super().__init__(loc, scale, validate_args=validate_args)
+
+    @classmethod
+    def from_scale_param(cls, loc, scale_param, scale="log_sigma", validate_args=None, *, seed=None, backend="auto"):
+        """The distribution with scale sigma(scale_param) under the parameterization `scale`."""
+        if scale not in reference.SCALES:
+            raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
+        loc, scale_param = broadcast_all(loc, scale_param)
+        new = cls(loc, reference.sigma_of(scale_param, scale), validate_args, seed=seed, backend=backend)
+        new._scale_param, new._scale_kind = scale_param, scale
+        return new
+
+    @classmethod
+    def from_log_scale(cls, loc, log_scale, validate_args=None, **kwargs):
+        return cls.from_scale_param(loc, log_scale, "log_sigma", validate_args, **kwargs)
+
+    @classmethod
+    def from_softplus(cls, loc, raw_scale, validate_args=None, **kwargs):
+        return cls.from_scale_param(loc, raw_scale, "softplus", validate_args, **kwargs)
+
+    def _location(self):
+        return self.loc
+
+    def _scale_value(self):
+        return self.scale
+
+    def expand(self, batch_shape, _instance=None):
+        new = _instance if _instance is not None else type(self).__new__(type(self))
+        new = super().expand(batch_shape, _instance=new)
+        batch_shape = torch.Size(batch_shape)
+        new._scale_param = None if self._scale_param is None else self._scale_param.expand(batch_shape)
+        new._scale_kind, new._seed, new._backend = self._scale_kind, self._seed, self._backend
+        return new
+
+    def rsample(self, sample_shape=torch.Size()):
+        scale_param = self._scale_value() if self._scale_param is None else self._scale_param
+        sampler = family.lognormal_rsample if self._family == "lognormal" else getattr(family, f"{self._family}_rsample")
+        return sampler(self._location(), scale_param, scale=self._scale_kind, sample_shape=tuple(sample_shape),
+                       seed=self._seed, backend=self._backend)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+class Laplace(_FusedLocScale, torch.distributions.Laplace):
+    """torch.distributions.Laplace with a fused reparameterized sampler (inverse CDF in the kernel)."""
+
+    _family = "laplace"
+
+
+class Cauchy(_FusedLocScale, torch.distributions.Cauchy):
+    """torch.distributions.Cauchy with a fused reparameterized sampler."""
+
+    _family = "cauchy"
+
+
+class Gumbel(_FusedLocScale, torch.distributions.Gumbel):
+    """torch.distributions.Gumbel with a fused reparameterized sampler."""
+
+    _family = "gumbel"
+
+
+class LogNormal(_FusedLocScale, torch.distributions.LogNormal):
+    """torch.distributions.LogNormal with a fused sampler: exp(mu + sigma * eps) in one kernel.
+
+    `from_log_scale(mu, log_sigma)` takes the log of the underlying Normal's scale.
+    """
+
+    _family = "lognormal"
+
+
+class Logistic(_FusedLocScale, torch.distributions.TransformedDistribution):
+    """The logistic distribution, loc + scale * log(u / (1 - u)), with a fused sampler.
+
+    torch has no Logistic class; this is the TransformedDistribution its
+    documentation builds (a Uniform(0, 1) through the inverse sigmoid and an
+    affine map), so log_prob, cdf and icdf come from those transforms.
+    """
+
+    _family = "logistic"
+    arg_constraints = {"loc": torch.distributions.constraints.real,
+                       "scale": torch.distributions.constraints.positive}
+    support = torch.distributions.constraints.real
+    has_rsample = True
+
+    def __init__(self, loc, scale, validate_args=None, *, seed=None, backend="auto"):
+        self._scale_param, self._scale_kind = None, "sigma"
+        self._seed, self._backend = seed, backend
+        self.loc, self.scale = broadcast_all(loc, scale)
+        base = torch.distributions.Uniform(torch.zeros_like(self.loc), torch.ones_like(self.loc),
+                                           validate_args=validate_args)
+        transforms = [torch.distributions.SigmoidTransform().inv,
+                      torch.distributions.AffineTransform(self.loc, self.scale)]
+        torch.distributions.TransformedDistribution.__init__(self, base, transforms, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        new = type(self)(self.loc.expand(batch_shape), self.scale.expand(batch_shape), validate_args=False,
+                         seed=self._seed, backend=self._backend)
+        new._scale_param = None if self._scale_param is None else self._scale_param.expand(batch_shape)
+        new._scale_kind, new._validate_args = self._scale_kind, self._validate_args
+        return new
+
+    @property
+    def mean(self):
+        return self.loc
+
+    @property
+    def variance(self):
+        return (math.pi**2 / 3) * self.scale**2
+
+    def entropy(self):
+        return torch.log(self.scale) + 2
+
+
+class Uniform(torch.distributions.Uniform):
+    """torch.distributions.Uniform with a fused sampler, low + (high - low) * u, u strictly inside (0, 1)."""
+
+    def __init__(self, low, high, validate_args=None, *, seed=None, backend="auto"):
+        self._seed, self._backend = seed, backend
+        super().__init__(low, high, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance=type(self).__new__(type(self)) if _instance is None else _instance)
+        new._seed, new._backend = self._seed, self._backend
+        return new
+
+    def rsample(self, sample_shape=torch.Size()):
+        return family.uniform_rsample(self.low, self.high, sample_shape=tuple(sample_shape), seed=self._seed,
+                                      backend=self._backend, validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+class Exponential(torch.distributions.Exponential):
+    """torch.distributions.Exponential with a fused sampler, -log(u) / rate in one kernel."""
+
+    def __init__(self, rate, validate_args=None, *, seed=None, backend="auto"):
+        self._seed, self._backend = seed, backend
+        super().__init__(rate, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance=type(self).__new__(type(self)) if _instance is None else _instance)
+        new._seed, new._backend = self._seed, self._backend
+        return new
+
+    def rsample(self, sample_shape=torch.Size()):
+        return family.exponential_rsample(self.rate, sample_shape=tuple(sample_shape), seed=self._seed,
+                                          backend=self._backend, validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+class RelaxedBernoulli(torch.distributions.RelaxedBernoulli):
+    """torch.distributions.RelaxedBernoulli with a fused sampler: logistic noise, temperature and sigmoid in one pass.
+
+    The fused path needs a single, non-differentiated temperature (the usual
+    case); a per-element or trainable temperature falls back to torch's sampler.
+    """
+
+    def __init__(self, temperature, probs=None, logits=None, validate_args=None, *, seed=None, backend="auto"):
+        self._seed, self._backend = seed, backend
+        super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance=type(self).__new__(type(self)) if _instance is None else _instance)
+        new._seed, new._backend = self._seed, self._backend
+        return new
+
+    def rsample(self, sample_shape=torch.Size()):
+        temperature = self.temperature
+        if temperature.numel() != 1 or temperature.requires_grad:
+            return super().rsample(sample_shape)
+        return family.relaxed_bernoulli_rsample(self.logits, float(temperature), sample_shape=tuple(sample_shape),
+                                                seed=self._seed, backend=self._backend)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return self.rsample(sample_shape)

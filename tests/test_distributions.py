@@ -139,3 +139,84 @@ def test_policy_head_log_prob_matches_torch_transformed_distribution():
     torch.testing.assert_close(deterministic, torch.tanh(mu) * 2.0)
     with pytest.raises(ValueError, match="log_std_min"):
         GaussianPolicyHead(4, 2, log_std_min=1.0, log_std_max=0.0)
+
+
+# ------------------------------------------------ the other families (#4 ops)
+import rtrick_ops.distributions as rd  # noqa: E402
+
+D = torch.distributions
+LOC_SCALE_CLASSES = [(rd.Laplace, D.Laplace), (rd.Cauchy, D.Cauchy), (rd.Gumbel, D.Gumbel),
+                     (rd.LogNormal, D.LogNormal), (rd.Logistic, D.TransformedDistribution)]
+
+
+def _all_constructors(cls, loc, sigma):
+    yield cls(loc, sigma)
+    yield cls.from_log_scale(loc, sigma.log())
+    yield cls.from_softplus(loc, sigma + torch.log(-torch.expm1(-sigma)))
+
+
+@pytest.mark.parametrize("ours_cls,torch_cls", LOC_SCALE_CLASSES, ids=lambda c: c.__name__)
+def test_location_scale_classes_behave_like_torch(ours_cls, torch_cls):
+    loc, sigma = params()
+    for ours in _all_constructors(ours_cls, loc, sigma):
+        assert isinstance(ours, torch_cls) and ours.has_rsample
+        assert ours.batch_shape == (3, 4) and ours.event_shape == ()
+        torch.testing.assert_close(ours.scale, sigma)
+        for sample_shape in [(), (5,), (2, 3)]:
+            z = ours.rsample(sample_shape)
+            assert z.shape == torch.Size(sample_shape) + (3, 4) == ours.sample(sample_shape).shape
+            assert bool(ours.support.check(z).all())
+            assert bool(torch.isfinite(ours.log_prob(z)).all())
+        expanded = ours.expand((2, 3, 4))
+        assert expanded.batch_shape == (2, 3, 4) and expanded.rsample().shape == (2, 3, 4)
+        assert expanded._scale_kind == ours._scale_kind
+    if torch_cls is not D.TransformedDistribution:
+        theirs = torch_cls(loc, sigma)
+        kl = kl_divergence(ours_cls(loc, sigma), theirs)
+        torch.testing.assert_close(kl, torch.zeros_like(kl), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("ours_cls,torch_cls", LOC_SCALE_CLASSES[:4], ids=lambda c: c.__name__)
+def test_location_scale_sample_statistics_agree_with_torch(ours_cls, torch_cls):
+    # Two-sample KS at level 1e-4 between 2^16 draws of ours and of torch's class.
+    loc, sigma = torch.tensor(0.4, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    ours = ours_cls.from_log_scale(loc, sigma.log(), seed=3).sample((2**16,))
+    torch.manual_seed(3)
+    theirs = torch_cls(loc, sigma).sample((2**16,))
+    import scipy.stats
+
+    assert scipy.stats.ks_2samp(ours.numpy(), theirs.numpy()).pvalue > 1e-4
+
+
+def test_log_scale_constructor_samples_through_the_fused_kernel():
+    loc, sigma = params()
+    d = rd.Laplace.from_log_scale(loc, sigma.log(), seed=5)
+    assert torch.equal(d.rsample((2,)), rt.laplace_rsample(loc, sigma.log(), sample_shape=(2,), seed=5))
+    log_sigma = sigma.log().requires_grad_()
+    z = rd.LogNormal.from_log_scale(loc, log_sigma, seed=6).rsample()
+    (grad,) = torch.autograd.grad(z.sum(), log_sigma)
+    assert torch.equal(z, rt.lognormal_rsample(loc, log_sigma, seed=6))
+    assert grad.shape == log_sigma.shape
+
+
+def test_uniform_exponential_relaxed_bernoulli_classes():
+    low, width = params()
+    high = low + width
+    u = rd.Uniform(low, high, seed=1)
+    assert isinstance(u, D.Uniform) and u.rsample((4,)).shape == (4, 3, 4)
+    assert bool(((u.rsample((100,)) > low) & (u.rsample((100,)) < high)).all())
+    assert torch.equal(u.rsample(), rt.uniform_rsample(low, high, seed=1))
+    assert u.expand((2, 3, 4)).rsample().shape == (2, 3, 4)
+    e = rd.Exponential(width, seed=2)
+    assert isinstance(e, D.Exponential) and bool((e.rsample((10,)) > 0).all())
+    torch.testing.assert_close(kl_divergence(e, D.Exponential(width)), torch.zeros(3, 4, dtype=torch.float64))
+    logits = low.clone().requires_grad_()
+    r = rd.RelaxedBernoulli(torch.tensor(0.5, dtype=torch.float64), logits=logits, seed=3)
+    sample = r.rsample((2,))
+    assert isinstance(r, D.RelaxedBernoulli) and sample.shape == (2, 3, 4)
+    assert torch.equal(sample, rt.relaxed_bernoulli_rsample(logits, 0.5, sample_shape=(2,), seed=3))
+    assert bool(torch.isfinite(r.log_prob(sample.clamp(1e-6, 1 - 1e-6))).all())
+    sample.sum().backward()
+    assert logits.grad is not None
+    with pytest.raises(ValueError):
+        rd.Exponential(torch.tensor([-1.0]), validate_args=True)
