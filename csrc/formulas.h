@@ -64,6 +64,22 @@ struct ScaleGrad {
   RT_HD static void apply(C grad_z, C x, C, C eps, C& grad_x, C&) { grad_x = (grad_z * eps) * dsigma_of<kind>(x); }
 };
 
+// grad * noise: the per-element term that a broadcast backward sums before
+// multiplying by sigma'(x) (ScaleDerivativeTimes).
+struct NoiseProduct {
+  static constexpr int kInputs = 1, kOutputs = 1;
+  template <typename C>
+  RT_HD static void apply(C grad, C, C, C eps, C& term, C&) { term = grad * eps; }
+};
+
+// sigma'(x) * summed, a = summed, b = x.
+template <ScaleKind kind>
+struct ScaleDerivativeTimes {
+  static constexpr int kInputs = 2, kOutputs = 1;
+  template <typename C>
+  RT_HD static void apply(C summed, C x, C, C, C& grad_x, C&) { grad_x = summed * dsigma_of<kind>(x); }
+};
+
 // Concrete / relaxed Bernoulli: sigmoid((logits + logistic noise) / tau), b = tau.
 struct RelaxedBernoulliSample {
   static constexpr int kInputs = 2, kOutputs = 1;

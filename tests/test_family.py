@@ -6,11 +6,12 @@ gradgradcheck in float64); opcheck; torch.compile; every CPU instruction set
 and the Triton kernels (under TRITON_INTERPRET=1 in CI) against the CPU
 kernel; bad input; and statistics against scipy.stats.
 
-Statistics budget: the file makes 15 statistical checks (KS for the five
+Statistics budget: the file makes 31 statistical checks (KS for the five
 scaled families, the uniform, the exponential and the relaxed Bernoulli's
-noise: 8; means of the Laplace, logistic, Gumbel and exponential: 4;
-correlation between seeds: 3) with ALPHA = 1e-3 / 16 each, so a correct
-sampler fails the file with probability below 1e-3 (union bound). KS thresholds come from the
+noise: 8; mean and variance of the Laplace, logistic, Gumbel, uniform and
+exponential: 10; lower and upper tail counts of the five scaled families: 10;
+correlation between seeds: 3), budgeted at 40 with ALPHA = 1e-3 / 40 each, so a correct sampler fails the file with
+probability below 1e-3 (union bound). KS thresholds come from the
 Dvoretzky-Kiefer-Wolfowitz-Massart bound P(D_n > t) <= 2 exp(-2 n t^2), exact
 for every n; mean checks use the normal approximation with z = ndtri(1 -
 ALPHA / 2) on 2^20 draws of distributions with all moments finite.
@@ -26,7 +27,7 @@ from rtrick_ops import _library, reference
 
 pytestmark = pytest.mark.skipif(_library.compiled is None, reason="rtrick_ops._C is not built")
 
-ALPHA = 1e-3 / 16
+ALPHA = 1e-3 / 40
 Z_TWO_SIDED = float(torch.special.ndtri(torch.tensor(1 - ALPHA / 2, dtype=torch.float64)))
 FAMILIES = ["laplace", "cauchy", "logistic", "gumbel", "lognormal"]
 SCALES = ["log_sigma", "logvar", "sigma", "softplus"]
@@ -386,6 +387,17 @@ def test_bad_input_gives_clear_errors():
 N_STAT = 2**20
 
 
+def check_mean_and_variance(z, dist, what):
+    """Two-sided z-tests of the sample mean and variance (normal approximation; finite fourth moment)."""
+    n = z.numel()
+    mean, var = dist.mean(), dist.var()
+    excess_kurtosis = dist.stats(moments="k")
+    z_mean = (z.mean().item() - mean) / math.sqrt(var / n)
+    z_var = (z.var().item() - var) / math.sqrt(var * var * (float(excess_kurtosis) + 2) / n)
+    assert abs(z_mean) < Z_TWO_SIDED, f"{what}: mean z-score {z_mean:.2f}"
+    assert abs(z_var) < Z_TWO_SIDED, f"{what}: variance z-score {z_var:.2f}"
+
+
 def dkw_threshold(n):
     return math.sqrt(math.log(2 / ALPHA) / (2 * n))
 
@@ -402,20 +414,24 @@ def test_family_ks_against_scipy(family, scipy_dist):
         cdf = scipy_dist(loc=loc, scale=sigma).cdf
     statistic = scipy.stats.kstest(z.numpy(), cdf).statistic
     assert statistic < dkw_threshold(N_STAT), f"{family}: KS D = {statistic:.2e}"
-    if family in ("laplace", "logistic", "gumbel"):  # all moments finite: the mean
-        mean = scipy_dist(loc=loc, scale=sigma).mean()
-        sd = scipy_dist(loc=loc, scale=sigma).std()
-        zscore = (z.mean().item() - mean) / (sd / math.sqrt(N_STAT))
-        assert abs(zscore) < Z_TWO_SIDED, f"{family}: mean z-score {zscore:.2f}"
+    if family in ("laplace", "logistic", "gumbel"):  # all moments finite: mean and variance
+        check_mean_and_variance(z, scipy_dist(loc=loc, scale=sigma), family)
+    # Tail frequency beyond the 1e-3 quantiles (each side): Binomial(n, 1e-3), normal approximation
+    # (expected count 1049, so the approximation's error at z = 4.4 is negligible next to ALPHA).
+    dist = scipy.stats.lognorm(s=sigma, scale=math.exp(loc)) if family == "lognormal" else scipy_dist(loc=loc,
+                                                                                                       scale=sigma)
+    for side, count in (("lower", (z < dist.ppf(1e-3)).sum().item()), ("upper", (z > dist.isf(1e-3)).sum().item())):
+        zscore = (count - N_STAT * 1e-3) / math.sqrt(N_STAT * 1e-3 * (1 - 1e-3))
+        assert abs(zscore) < Z_TWO_SIDED, f"{family}: {side} tail count {count}, z-score {zscore:.2f}"
 
 
 def test_uniform_exponential_relaxed_ks_against_scipy():
     u = rt.uniform_rsample(torch.full((N_STAT,), -2.0), torch.full((N_STAT,), 3.0), seed=77).double().numpy()
     assert scipy.stats.kstest(u, scipy.stats.uniform(loc=-2, scale=5).cdf).statistic < dkw_threshold(N_STAT)
+    check_mean_and_variance(torch.from_numpy(u), scipy.stats.uniform(loc=-2, scale=5), "uniform")
     e = rt.exponential_rsample(torch.full((N_STAT,), 2.5), seed=78).double()
     assert scipy.stats.kstest(e.numpy(), scipy.stats.expon(scale=1 / 2.5).cdf).statistic < dkw_threshold(N_STAT)
-    zscore = (e.mean().item() - 0.4) / (0.4 / math.sqrt(N_STAT))
-    assert abs(zscore) < Z_TWO_SIDED, f"exponential mean z-score {zscore:.2f}"
+    check_mean_and_variance(e, scipy.stats.expon(scale=1 / 2.5), "exponential")
     # Relaxed Bernoulli: logit(z) * tau - logits is Logistic(0, 1).
     logits, tau = 0.8, 0.4
     r = rt.relaxed_bernoulli_rsample(torch.full((N_STAT,), logits, dtype=torch.float64), tau, seed=79)

@@ -137,3 +137,46 @@ def test_backward_saves_no_output_sized_tensor_on_gpu():
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
             z = rt.normal_rsample(mu, sp, sample_shape=(4,), backend=backend)
         assert all(t.numel() < z.numel() for t in saved), backend
+
+
+# ---------------------------------------------------------- the family (#4)
+FAMILY_SAMPLERS = {"laplace": rt.laplace_rsample, "cauchy": rt.cauchy_rsample, "logistic": rt.logistic_rsample,
+                   "gumbel": rt.gumbel_rsample, "lognormal": rt.lognormal_rsample}
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("family", list(FAMILY_SAMPLERS))
+def test_family_gpu_matches_cpu_kernel(family, dtype, backend):
+    g = torch.Generator().manual_seed(5)
+    loc = torch.randn(3, 1001, generator=g).to(dtype)
+    sp = (0.3 * torch.randn(1001, generator=g)).to(dtype)
+    results = []
+    for device, b in (("cuda", backend), ("cpu", "cpu")):
+        loc_d, sp_d = loc.to(device).requires_grad_(), sp.to(device).requires_grad_()
+        z = FAMILY_SAMPLERS[family](loc_d, sp_d, sample_shape=(2,), seed=8, backend=b)
+        grads = torch.autograd.grad(z, (loc_d, sp_d), torch.ones_like(z))
+        results.append([t.cpu() for t in (z, *grads)])
+    assert torch.equal(results[0][0], results[1][0]), f"{family}: z differs from the CPU kernel"
+    for a, b in zip(results[0][1:], results[1][1:]):
+        torch.testing.assert_close(a, b, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_vae_helpers_and_relaxed_bernoulli_on_gpu(backend):
+    g = torch.Generator().manual_seed(6)
+    mu, x = torch.randn(64, 33, generator=g), 0.3 * torch.randn(64, 33, generator=g)
+    for fn in (rt.normal_rsample_and_kl, rt.normal_rsample_and_log_prob):
+        for a, b in zip(fn(mu.cuda(), x.cuda(), seed=2, backend=backend), fn(mu, x, seed=2, backend="cpu")):
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rt.normal_kl(mu.cuda(), x.cuda(), backend=backend).cpu(), rt.normal_kl(mu, x),
+                               rtol=1e-6, atol=1e-6)
+    assert torch.equal(rt.relaxed_bernoulli_rsample(mu.cuda(), 0.4, seed=3, backend=backend).cpu(),
+                       rt.relaxed_bernoulli_rsample(mu, 0.4, seed=3, backend="cpu"))
+    rate = x.abs() + 0.1
+    assert torch.equal(rt.exponential_rsample(rate.cuda(), seed=4, backend=backend).cpu(),
+                       rt.exponential_rsample(rate, seed=4, backend="cpu"))
+    m64 = mu[:3, :4].double().cuda().requires_grad_()
+    x64 = x[:3, :4].double().cuda().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: rt.normal_rsample_and_kl(a, b, seed=1, backend=backend), (m64, x64))
+    assert torch.autograd.gradcheck(lambda a, b: rt.laplace_rsample(a, b, seed=1, backend=backend), (m64, x64))

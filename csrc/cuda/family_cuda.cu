@@ -31,68 +31,35 @@ namespace rtrick {
 namespace cuda {
 namespace {
 
-constexpr int kMaxDims = 12;
-constexpr int kMaxInputs = 3;
-
-// Offsets (in elements) of the inputs for a linear index into the output
-// shape, for the general path (broadcast or strided inputs).
-struct InputIndexer {
-  int dims;
-  int64_t sizes[kMaxDims];
-  int64_t strides[kMaxInputs][kMaxDims];
-
-  __device__ void offsets(int64_t n, int64_t (&out)[kMaxInputs]) const {
-    for (int k = 0; k < kMaxInputs; ++k) out[k] = 0;
-    for (int d = dims - 1; d >= 0; --d) {
-      const int64_t i = n % sizes[d];
-      n /= sizes[d];
-      for (int k = 0; k < kMaxInputs; ++k) out[k] += i * strides[k][d];
-    }
-  }
-};
-
 template <typename T> struct Compute { using type = float; };
 template <> struct Compute<double> { using type = double; };
 
-// The noise of one Philox block for a run-time kind: a warp-uniform switch,
-// so that one kernel serves every family (a template argument per kind would
-// multiply the kernels nvcc compiles by seven).
-__device__ __forceinline__ Normal4 block_noise(NoiseKind kind, uint64_t key, uint64_t offset, uint64_t block) {
-  switch (kind) {
-    case NoiseKind::Normal: return noise_block<NoiseKind::Normal>(key, offset, block);
-    case NoiseKind::Uniform: return noise_block<NoiseKind::Uniform>(key, offset, block);
-    case NoiseKind::Exponential: return noise_block<NoiseKind::Exponential>(key, offset, block);
-    case NoiseKind::Laplace: return noise_block<NoiseKind::Laplace>(key, offset, block);
-    case NoiseKind::Cauchy: return noise_block<NoiseKind::Cauchy>(key, offset, block);
-    case NoiseKind::Logistic: return noise_block<NoiseKind::Logistic>(key, offset, block);
-    case NoiseKind::Gumbel: return noise_block<NoiseKind::Gumbel>(key, offset, block);
-    default: return Normal4{0.0f, 0.0f, 0.0f, 0.0f};
-  }
-}
-
-// out_k[n] = Formula(a[.], b[.], c[.], noise[n]) for n in [0, numel): inputs
-// of storage In, outputs of storage Out, computed in In's compute type. Fast
-// path (kContiguous): the inputs are contiguous with `period` elements and
-// repeat along the leading (sample) dimensions, index n % period. Otherwise
-// the indexer gives offsets.
-template <typename Formula, typename In, typename Out, bool kContiguous>
+// out_k[n] = Formula(a[i], b[i], c[i], noise[n]) for n in [0, numel): inputs
+// of storage In, contiguous with `period` elements (the batch shape) and
+// repeated along the leading sample dimensions, i = n % period; outputs of
+// storage Out, contiguous. Computed in In's compute type. The noise kind is a
+// template argument and only the combinations the operators use are
+// instantiated (run_* below), which keeps nvcc's work to one noise
+// transform per kernel.
+template <typename Formula, NoiseKind kNoise, typename In, typename Out>
 __global__ void __launch_bounds__(kThreads)
 elementwise_noise_kernel(Out* __restrict__ out0, Out* __restrict__ out1, const In* __restrict__ a,
                          const In* __restrict__ b, const In* __restrict__ c, const int64_t* __restrict__ rng_state,
-                         NoiseKind noise, int64_t numel, int64_t period, InputIndexer indexer) {
+                         int64_t numel, int64_t period) {
   using C = typename Compute<In>::type;
   constexpr bool kTwoOutputs = Formula::kOutputs == 2;
   constexpr bool kThreeInputs = Formula::kInputs == 3;
-  const uint64_t key = noise == NoiseKind::None ? 0 : static_cast<uint64_t>(rng_state[0]);
-  const uint64_t offset = noise == NoiseKind::None ? 0 : static_cast<uint64_t>(rng_state[1]);
+  constexpr bool kPacked = sizeof(In) * 4 % 16 == 0 && sizeof(Out) == sizeof(In);
+  const bool uses_noise = kNoise != NoiseKind::None;
+  const uint64_t key = uses_noise ? static_cast<uint64_t>(rng_state[0]) : 0;
+  const uint64_t offset = uses_noise ? static_cast<uint64_t>(rng_state[1]) : 0;
   const int64_t blocks = (numel + 3) / 4;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < blocks; q += stride) {
-    const Normal4 z = block_noise(noise, key, offset, static_cast<uint64_t>(q));
+    const Normal4 z = noise_block<kNoise>(key, offset, static_cast<uint64_t>(q));
     const float eps[4] = {z.z0, z.z1, z.z2, z.z3};
     const int64_t n0 = q * 4;
-    if (kContiguous && n0 + 4 <= numel && period % 4 == 0 && sizeof(In) * 4 % 16 == 0 &&
-        sizeof(Out) == sizeof(In)) {
+    if (kPacked && n0 + 4 <= numel && period % 4 == 0) {
       // 4 consecutive elements of one period: 16-byte (or 2 x 16-byte) accesses.
       const int64_t i0 = n0 % period;
       struct alignas(sizeof(In) * 4) Pack { In v[4]; };
@@ -117,15 +84,10 @@ elementwise_noise_kernel(Out* __restrict__ out0, Out* __restrict__ out1, const I
       for (int l = 0; l < 4; ++l) {
         const int64_t n = n0 + l;
         if (n >= numel) break;
-        int64_t off[kMaxInputs];
-        if (kContiguous) {
-          off[0] = off[1] = off[2] = n % period;
-        } else {
-          indexer.offsets(n, off);
-        }
+        const int64_t i = n % period;
         C r0, r1;
-        const C cv = kThreeInputs ? static_cast<C>(c[off[2]]) : C(0);
-        Formula::apply(static_cast<C>(a[off[0]]), static_cast<C>(b[off[1]]), cv, static_cast<C>(eps[l]), r0, r1);
+        const C cv = kThreeInputs ? static_cast<C>(c[i]) : C(0);
+        Formula::apply(static_cast<C>(a[i]), static_cast<C>(b[i]), cv, static_cast<C>(eps[l]), r0, r1);
         out0[n] = static_cast<Out>(r0);
         if (kTwoOutputs) out1[n] = static_cast<Out>(r1);
       }
@@ -133,61 +95,37 @@ elementwise_noise_kernel(Out* __restrict__ out0, Out* __restrict__ out1, const I
   }
 }
 
-// Whether `t`, expanded to `shape`, is a contiguous tensor repeated over
-// leading dimensions; sets the repeat period.
-bool repeats_contiguously(const at::Tensor& t, at::IntArrayRef shape, int64_t& period) {
-  const int64_t lead = static_cast<int64_t>(shape.size()) - t.dim();
-  if (lead < 0) return false;
-  for (int64_t d = 0; d < t.dim(); ++d)
-    if (t.size(d) != shape[lead + d]) return false;
-  period = t.numel();
-  const uintptr_t pack_bytes = static_cast<uintptr_t>(t.element_size()) * 4;  // one Philox block
-  return t.is_contiguous() && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % pack_bytes == 0;
-}
-
-// Runs Formula over contiguous outputs (1 or 2, same shape) and 2 or 3 inputs
-// that broadcast to that shape.
-template <typename Formula, typename In, typename Out>
-void launch_elementwise(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins, NoiseKind noise,
+// Runs Formula over contiguous outputs (1 or 2, same shape) and 1 to 3 inputs
+// that broadcast to the output's trailing (batch) dimensions. Inputs that are
+// not already contiguous at the batch shape (broadcast or strided ones) are
+// copied to it: parameter-sized, never sample-sized, and it spares a strided
+// twin of every kernel.
+template <typename Formula, NoiseKind kNoise, typename In, typename Out>
+void launch_elementwise(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
                         const at::Tensor& rng_state) {
   const at::Tensor& first = outs[0];
   const int64_t numel = first.numel();
   if (numel == 0) return;
-  const auto shape = first.sizes();
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  bool contiguous = true;
-  int64_t period = -1;
+  std::vector<int64_t> batch;
+  for (const auto& t : ins) batch = at::infer_size(batch, t.sizes());
+  std::vector<at::Tensor> packed;
   for (const auto& t : ins) {
-    int64_t p = 0;
-    contiguous = contiguous && repeats_contiguously(t, shape, p) && (period < 0 || p == period);
-    period = p;
+    at::Tensor p = t.expand(batch).contiguous();
+    const uintptr_t pack_bytes = static_cast<uintptr_t>(p.element_size()) * 4;
+    if (reinterpret_cast<uintptr_t>(p.const_data_ptr()) % pack_bytes != 0) p = p.clone();  // 16-byte aligned
+    packed.push_back(p);
   }
-  InputIndexer indexer{};
-  std::vector<at::Tensor> views(ins.begin(), ins.end());
-  if (!contiguous) {
-    // Leading and broadcast dimensions become stride 0 views; never copied.
-    TORCH_CHECK(first.dim() <= kMaxDims, "at most ", kMaxDims, " dimensions are supported on CUDA, got ", first.dim());
-    indexer.dims = static_cast<int>(first.dim());
-    for (size_t k = 0; k < views.size(); ++k) {
-      views[k] = ins[k].expand(shape);
-      for (int64_t d = 0; d < first.dim(); ++d) indexer.strides[k][d] = views[k].stride(d);
-    }
-    for (int64_t d = 0; d < first.dim(); ++d) indexer.sizes[d] = shape[d];
-  }
-  const int grid = grid_size_for((numel + 3) / 4);  // a thread per Philox block
-  const In* pa = static_cast<const In*>(views[0].const_data_ptr());
-  const In* pb = static_cast<const In*>(views.size() > 1 ? views[1].const_data_ptr() : views[0].const_data_ptr());
-  const In* pc = static_cast<const In*>(views.size() > 2 ? views[2].const_data_ptr() : pb);
+  int64_t period = 1;
+  for (const int64_t size : batch) period *= size;
+  if (period == 0) return;
+  const In* pa = static_cast<const In*>(packed[0].const_data_ptr());
+  const In* pb = static_cast<const In*>(packed.size() > 1 ? packed[1].const_data_ptr() : packed[0].const_data_ptr());
+  const In* pc = static_cast<const In*>(packed.size() > 2 ? packed[2].const_data_ptr() : pb);
   Out* po0 = static_cast<Out*>(outs[0].data_ptr());
   Out* po1 = static_cast<Out*>(outs.size() > 1 ? outs[1].data_ptr() : outs[0].data_ptr());
-  const int64_t* state = rng_state.const_data_ptr<int64_t>();
-  if (contiguous) {
-    elementwise_noise_kernel<Formula, In, Out, true>
-        <<<grid, kThreads, 0, stream>>>(po0, po1, pa, pb, pc, state, noise, numel, period, indexer);
-  } else {
-    elementwise_noise_kernel<Formula, In, Out, false>
-        <<<grid, kThreads, 0, stream>>>(po0, po1, pa, pb, pc, state, noise, numel, 1, indexer);
-  }
+  const int grid = grid_size_for((numel + 3) / 4);  // a thread per Philox block
+  elementwise_noise_kernel<Formula, kNoise, In, Out><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      po0, po1, pa, pb, pc, kNoise == NoiseKind::None ? nullptr : rng_state.const_data_ptr<int64_t>(), numel, period);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -206,20 +144,75 @@ void visit_scale(ScaleKind kind, Visit visit) {
   TORCH_CHECK(false, "internal error: scale kind ", static_cast<int>(kind), " is not compiled for this formula");
 }
 
-// Runs F<scale> in the storage type of outs[0] (or Out = the accumulator type when kAccumulate).
-template <template <ScaleKind> class F, bool kWithRate, bool kAccumulate = false>
-void run(ScaleKind scale, NoiseKind noise, const at::Tensor& rng_state, const std::vector<at::Tensor>& outs,
+template <typename Formula, NoiseKind kNoise>
+void launch_by_dtype(const at::Tensor& rng_state, const std::vector<at::Tensor>& outs,
+                     const std::vector<at::Tensor>& ins) {
+  dispatch_dtype(ins[0].scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    launch_elementwise<Formula, kNoise, T, T>(outs, ins, rng_state);
+  });
+}
+
+// Runs F<scale> with noise kNoise in the storage type of ins[0] (outputs of
+// the accumulator type when kAccumulate).
+template <template <ScaleKind> class F, NoiseKind kNoise, bool kWithRate, bool kAccumulate = false>
+void run(ScaleKind scale, const at::Tensor& rng_state, const std::vector<at::Tensor>& outs,
          const std::vector<at::Tensor>& ins) {
   dispatch_dtype(ins[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using Out = std::conditional_t<kAccumulate, typename Compute<T>::type, T>;
     visit_scale<F, kWithRate>(scale, [&](auto formula) {
-      launch_elementwise<decltype(formula), T, Out>(outs, ins, noise, rng_state);
+      launch_elementwise<decltype(formula), kNoise, T, Out>(outs, ins, rng_state);
     });
   });
 }
 
-template <ScaleKind> struct RelaxedBernoulliAnyScale : RelaxedBernoulliSample {};
+// The families' (noise, scale) combinations: uniform takes only sigma and
+// exponential only rate (their wrappers pass nothing else); the others take
+// the four public scales.
+template <template <ScaleKind> class F>
+void run_family(NoiseKind noise, ScaleKind scale, const at::Tensor& rng_state, const std::vector<at::Tensor>& outs,
+                const std::vector<at::Tensor>& ins) {
+  switch (noise) {
+    case NoiseKind::Normal: run<F, NoiseKind::Normal, false>(scale, rng_state, outs, ins); return;
+    case NoiseKind::Laplace: run<F, NoiseKind::Laplace, false>(scale, rng_state, outs, ins); return;
+    case NoiseKind::Cauchy: run<F, NoiseKind::Cauchy, false>(scale, rng_state, outs, ins); return;
+    case NoiseKind::Logistic: run<F, NoiseKind::Logistic, false>(scale, rng_state, outs, ins); return;
+    case NoiseKind::Gumbel: run<F, NoiseKind::Gumbel, false>(scale, rng_state, outs, ins); return;
+    default: break;
+  }
+  TORCH_CHECK_VALUE(!(noise == NoiseKind::Uniform && scale != ScaleKind::Sigma) &&
+                        !(noise == NoiseKind::Exponential && scale != ScaleKind::Rate),
+                    "on CUDA, family 'uniform' takes scale='sigma' and 'exponential' scale='rate' "
+                    "(what uniform_rsample and exponential_rsample pass)");
+  if (noise == NoiseKind::Uniform) {
+    launch_by_dtype<F<ScaleKind::Sigma>, NoiseKind::Uniform>(rng_state, outs, ins);
+  } else {
+    launch_by_dtype<F<ScaleKind::Rate>, NoiseKind::Exponential>(rng_state, outs, ins);
+  }
+}
+
+// grad * noise in the accumulator type, for each noise kind.
+void run_noise_product(NoiseKind noise, const at::Tensor& rng_state, const at::Tensor& terms, const at::Tensor& grad) {
+  auto go = [&](auto noise_tag) {
+    dispatch_dtype(grad.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      launch_elementwise<NoiseProduct, decltype(noise_tag)::value, T, typename Compute<T>::type>({terms}, {grad},
+                                                                                                 rng_state);
+    });
+  };
+  using K = NoiseKind;
+  switch (noise) {
+    case K::Normal: go(std::integral_constant<K, K::Normal>{}); return;
+    case K::Uniform: go(std::integral_constant<K, K::Uniform>{}); return;
+    case K::Exponential: go(std::integral_constant<K, K::Exponential>{}); return;
+    case K::Laplace: go(std::integral_constant<K, K::Laplace>{}); return;
+    case K::Cauchy: go(std::integral_constant<K, K::Cauchy>{}); return;
+    case K::Logistic: go(std::integral_constant<K, K::Logistic>{}); return;
+    case K::Gumbel: go(std::integral_constant<K, K::Gumbel>{}); return;
+    default: TORCH_CHECK(false, "internal error: no noise to multiply by");
+  }
+}
 
 at::Tensor sample_loc_scale(const at::Tensor& loc, const at::Tensor& scale_param, const at::Tensor& rng_state,
                             Family family, ScaleKind kind, at::IntArrayRef sample_shape, const char* loc_name) {
@@ -229,9 +222,9 @@ at::Tensor sample_loc_scale(const at::Tensor& loc, const at::Tensor& scale_param
   at::Tensor z = at::empty(shape, loc.options());
   const at::Tensor state = rng_state.contiguous();
   if (family.exp_output) {
-    run<LogNormalSample, false>(kind, family.noise, state, {z}, {loc, scale_param});
+    run<LogNormalSample, NoiseKind::Normal, false>(kind, state, {z}, {loc, scale_param});
   } else {
-    run<LocScaleSample, true>(kind, family.noise, state, {z}, {loc, scale_param});
+    run_family<LocScaleSample>(family.noise, kind, state, {z}, {loc, scale_param});
   }
   return z;
 }
@@ -256,17 +249,20 @@ at::Tensor scale_backward(const at::Tensor& grad, const at::Tensor& scale_param,
   const at::Tensor state = rng_state.contiguous();
   if (scale_param.numel() == grad.numel()) {  // no broadcasting: one fused pass
     at::Tensor grad_sp = at::empty(scale_param.sizes(), scale_param.options());
-    run<ScaleGrad, true>(kind, noise, state, {grad_sp.view(grad.sizes())}, {grad, scale_param.expand(grad.sizes())});
+    run_family<ScaleGrad>(noise, kind, state, {grad_sp.view(grad.sizes())}, {grad, scale_param.reshape(grad.sizes())});
     return grad_sp;
   }
-  // Broadcast: the same per-element gradient at grad's shape, in the
-  // accumulator type, then torch's reduction over the broadcast dimensions.
-  // One pass more than the fused CPU walk; the common VAE case above is the
-  // fast one.
+  // Broadcast: grad * noise at grad's shape in the accumulator type, torch's
+  // reduction over the broadcast dimensions, then sigma'(x) on the small
+  // result (the Triton backend does the same). Passes more than the fused CPU
+  // walk; the common VAE case above is the fast one.
   const auto acc_dtype = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor terms = at::empty(grad.sizes(), grad.options().dtype(acc_dtype));
-  run<ScaleGrad, true, true>(kind, noise, state, {terms}, {grad, scale_param});
-  return terms.sum_to_size(scale_param.sizes()).to(scale_param.scalar_type());
+  run_noise_product(noise, state, terms, grad);
+  const at::Tensor summed = terms.sum_to_size(scale_param.sizes());
+  at::Tensor grad_sp = at::empty(scale_param.sizes(), summed.options());
+  run<ScaleDerivativeTimes, NoiseKind::None, true>(kind, state, {grad_sp}, {summed, scale_param.to(acc_dtype)});
+  return grad_sp.to(scale_param.scalar_type());
 }
 
 at::Tensor normal_rsample_backward_cuda(const at::Tensor& grad_z, const at::Tensor& scale_param,
@@ -287,9 +283,8 @@ at::Tensor relaxed_bernoulli_rsample_cuda(const at::Tensor& logits, const at::Te
   check_rng_state(rng_state, logits);
   const c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor z = at::empty(sampled_shape(sample_shape, logits.sizes()), logits.options());
-  const at::Tensor tau_tensor = at::full(logits.sizes(), tau, logits.options());
-  run<RelaxedBernoulliAnyScale, false>(ScaleKind::Sigma, NoiseKind::Logistic, rng_state.contiguous(), {z},
-                                       {logits, tau_tensor});
+  const at::Tensor tau_tensor = at::scalar_tensor(tau, logits.options());
+  launch_by_dtype<RelaxedBernoulliSample, NoiseKind::Logistic>(rng_state.contiguous(), {z}, {logits, tau_tensor});
   return z;
 }
 
@@ -299,7 +294,7 @@ at::Tensor normal_kl_cuda(const at::Tensor& mu, const at::Tensor& scale_param, c
   const auto shape = normal_output_shape(mu, scale_param, {});
   const c10::cuda::CUDAGuard guard(mu.device());
   at::Tensor kl = at::empty(shape, mu.options());
-  run<NormalKL, false>(kind, NoiseKind::None, mu, {kl}, {mu, scale_param});
+  run<NormalKL, NoiseKind::None, false>(kind, mu, {kl}, {mu, scale_param});
   return kl;
 }
 
@@ -315,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor> normal_kl_backward_cuda(const at::Tensor& gra
   const c10::cuda::CUDAGuard guard(mu.device());
   at::Tensor grad_mu = at::empty(shape, mu.options());
   at::Tensor grad_sp = at::empty(shape, mu.options());
-  run<NormalKLGrad, false>(kind, NoiseKind::None, mu, {grad_mu, grad_sp}, {grad_kl, mu, scale_param});
+  run<NormalKLGrad, NoiseKind::None, false>(kind, mu, {grad_mu, grad_sp}, {grad_kl, mu, scale_param});
   return {grad_mu.sum_to_size(mu.sizes()), grad_sp.sum_to_size(scale_param.sizes())};
 }
 
@@ -332,7 +327,7 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_cuda(const at::Tensor& 
   const c10::cuda::CUDAGuard guard(mu.device());
   at::Tensor z = at::empty(shape, mu.options());
   at::Tensor kl = at::empty(shape, mu.options());
-  run<SampleAndKL, false>(kind, NoiseKind::Normal, rng_state.contiguous(), {z, kl}, {mu, scale_param});
+  run<SampleAndKL, NoiseKind::Normal, false>(kind, rng_state.contiguous(), {z, kl}, {mu, scale_param});
   return {z, kl};
 }
 
@@ -347,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_cuda(const at::Te
   const c10::cuda::CUDAGuard guard(mu.device());
   at::Tensor z = at::empty(shape, mu.options());
   at::Tensor log_q = at::empty(shape, mu.options());
-  run<SampleAndLogProb, false>(kind, NoiseKind::Normal, rng_state.contiguous(), {z, log_q}, {mu, scale_param});
+  run<SampleAndLogProb, NoiseKind::Normal, false>(kind, rng_state.contiguous(), {z, log_q}, {mu, scale_param});
   return {z, log_q};
 }
 
