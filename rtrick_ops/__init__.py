@@ -8,10 +8,11 @@
 """
 from . import distributions, estimators, nn
 from ._library import compiled as _compiled
+from .gamma import beta_rsample, dirichlet_rsample, gamma_rsample
 from .normal import normal_rsample
 
 __version__ = "0.1.0"
-__all__ = ["normal_rsample", "distributions", "nn", "estimators", "cpu_isa", "set_cpu_isa"]
+__all__ = ["normal_rsample", "gamma_rsample", "beta_rsample", "dirichlet_rsample", "distributions", "nn", "estimators", "cpu_isa", "set_cpu_isa"]
 
 
 def cpu_isa() -> str:
