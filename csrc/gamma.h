@@ -210,28 +210,35 @@ struct Grad2 {
 };
 
 // (dz/da, dz/db) where x < (a + 1) / (a + b + 2); y = 1 - x, lnx = ln x, lny = ln y.
+// Each term is folded in as soon as it is known, so that few values stay live
+// across the continued-fraction loops (keeps the CUDA kernels free of spills).
 RT_HD Grad2 beta_grad_direct(double a, double b, double x, double y, double lnx, double lny) {
-  const double sa = cf_step(a), sb = cf_step(b);
-  const double h = betacf_d(a, b, x);
-  const double dha = (betacf_d(a + sa, b, x) - betacf_d(a - sa, b, x)) / (2.0 * sa);
-  const double dhb = (betacf_d(a, b + sb, x) - betacf_d(a, b - sb, x)) / (2.0 * sb);
   const double psi_ab = digamma_d(a + b);
+  const double h = betacf_d(a, b, x);
+  double ga = h * (lnx - 1.0 / a - digamma_d(a) + psi_ab);
+  double gb = h * (lny - digamma_d(b) + psi_ab);
+  const double sa = cf_step(a);
+  ga += (betacf_d(a + sa, b, x) - betacf_d(a - sa, b, x)) / (2.0 * sa);
+  const double sb = cf_step(b);
+  gb += (betacf_d(a, b + sb, x) - betacf_d(a, b - sb, x)) / (2.0 * sb);
   const double scale = -x * y / a;
-  return Grad2{scale * (h * (lnx - 1.0 / a - digamma_d(a) + psi_ab) + dha),
-               scale * (h * (lny - digamma_d(b) + psi_ab) + dhb)};
+  return Grad2{scale * ga, scale * gb};
 }
 
 // (dz/da, dz/db) of z ~ Beta(a, b); I_x(a, b) = 1 - I_{1-x}(b, a) above the
-// continued fraction's fast region. NaN for NaN input or a, b <= 0; 0 for z
+// continued fraction's fast region (there 1 - z ~ Beta(b, a), so dz/da =
+// -d(1-z)/da and dz/db = -d(1-z)/db). NaN for NaN input or a, b <= 0; 0 for z
 // outside (0, 1) or an infinite parameter.
 RT_HD Grad2 beta_dz_dab(double a, double b, double z) {
   if (a != a || b != b || z != z || !(a > 0.0) || !(b > 0.0)) return Grad2{::nan(""), ::nan("")};
   if (!(z > 0.0) || !(z < 1.0) || a == HUGE_VAL || b == HUGE_VAL) return Grad2{0.0, 0.0};
   const double y = 1.0 - z;
-  const double lnx = ::log(z), lny = ::log1p(-z);
-  if (z < (a + 1.0) / (a + b + 2.0)) return beta_grad_direct(a, b, z, y, lnx, lny);
-  const Grad2 s = beta_grad_direct(b, a, y, z, lny, lnx);  // 1 - z ~ Beta(b, a)
-  return Grad2{-s.b, -s.a};
+  const double lnz = ::log(z), lny = ::log1p(-z);
+  const bool swap = !(z < (a + 1.0) / (a + b + 2.0));
+  // One call site with selected arguments (one copy of the loops in the kernels).
+  const Grad2 g = beta_grad_direct(swap ? b : a, swap ? a : b, swap ? y : z, swap ? z : y, swap ? lny : lnz,
+                                   swap ? lnz : lny);
+  return swap ? Grad2{-g.b, -g.a} : g;
 }
 
 // dz_i/dalpha_i of the Beta(alpha_i, total - alpha_i) marginal of a Dirichlet,
