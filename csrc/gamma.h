@@ -241,13 +241,18 @@ RT_HD Grad2 beta_dz_dab(double a, double b, double z) {
   return swap ? Grad2{-g.b, -g.a} : g;
 }
 
-// dz_i/dalpha_i of the Beta(alpha_i, total - alpha_i) marginal of a Dirichlet,
-// total held fixed (torch's _dirichlet_grad); 0 when alpha_i is the whole total.
+// The Dirichlet's pathwise gradient (torch's _dirichlet_grad): raising
+// alpha_i moves z_i along its Beta(alpha_i, total - alpha_i) marginal, whose
+// second parameter (the other alphas' sum) stays fixed, and rescales the other
+// components by the same factor, so dz_j/dalpha_i = d_i (delta_ij - z_j) with
+// d_i = (dz_i/da of that Beta) / (1 - z_i). Returns d_i; 0 when alpha_i is the
+// whole total (one category) or z_i is not below 1.
 RT_HD double dirichlet_marginal_grad(double alpha, double total, double z) {
   const double rest = total - alpha;
-  if (!(rest > 0.0)) return (rest != rest || alpha != alpha) ? ::nan("") : 0.0;
+  if (rest != rest || alpha != alpha || z != z) return ::nan("");
+  if (!(rest > 0.0) || !(z < 1.0)) return 0.0;
   const Grad2 g = beta_dz_dab(alpha, rest, z);
-  return g.a - g.b;
+  return g.a / (1.0 - z);
 }
 
 }  // namespace

@@ -504,12 +504,15 @@ def beta_dz_dab(a, b, z):
 
 
 def dirichlet_grad(grad_z, concentration, z):
-    """torch's pathwise Dirichlet gradient: d_i * (g_i - sum_j z_j g_j), d_i = dz_i/dalpha_i of the
-    Beta(alpha_i, total - alpha_i) marginal with the total held fixed (= dz/da - dz/db)."""
+    """torch's pathwise Dirichlet gradient: d_i * (g_i - sum_j z_j g_j), d_i = (dz_i/da of the
+    Beta(alpha_i, total - alpha_i) marginal, its b = sum of the other alphas fixed) / (1 - z_i).
+
+    Raising alpha_i moves z_i along that marginal and rescales the other components
+    by (1 - z_i') / (1 - z_i), so dz_j/dalpha_i = d_i (delta_ij - z_j)."""
     alpha = concentration.to(torch.float64).expand(z.shape)
     z64, g = z.to(torch.float64), grad_z.to(torch.float64)
     total = alpha.sum(-1, keepdim=True).expand(z.shape)
     da, db = beta_dz_dab(alpha, total - alpha, z64)
-    d = torch.where(total - alpha > 0, da - db, torch.zeros_like(da))
+    d = torch.where((total - alpha > 0) & (z64 < 1), da / (1 - z64), torch.zeros_like(da))
     grad = d * (g - (z64 * g).sum(-1, keepdim=True))
     return grad.sum_to_size(concentration.shape).to(concentration.dtype)
