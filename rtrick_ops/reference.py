@@ -250,3 +250,289 @@ def normal_rsample_and_log_prob(mu, scale_param, rng_state, scale="log_sigma", s
 
 
 # ------------------------------------------- Gamma, Beta, Dirichlet (implicit)
+# Sub-streams (docs/stream.md, "Gamma, Beta and Dirichlet"): element n at
+# attempt t uses the Philox block with counter (lo32(n), hi32(n) | t << 16,
+# lo32(offset), hi32(offset)); words x0, x1 give a normal (Box-Muller's first
+# value), x2 the acceptance uniform, x3 the boost uniform. Beta uses t = 2 *
+# attempt + (0 for X ~ Gamma(a), 1 for Y ~ Gamma(b)). Marsaglia-Tsang runs here
+# in float64 from the float32 uniforms and normal (the kernels run it in
+# float32 for float32/half/bfloat16, so rare accept/reject decisions at the
+# rounding boundary may differ: tests allow a few such elements).
+GAMMA_MAX_ATTEMPTS = 2**14
+
+
+def _gamma_words(key, offset, n, t):
+    """The Philox words of elements n (int64 tensor) at sub-stream attempt t (int)."""
+    return philox4x32_10(n & _MASK32, (n >> 32) | (t << 16), torch.full_like(n, offset & _MASK32),
+                         torch.full_like(n, offset >> 32), key & _MASK32, key >> 32)
+
+
+def _tiny_and_below_one(dtype):
+    info = torch.finfo(dtype)
+    return info.tiny, 1.0 - info.eps / 2
+
+
+def log_standard_gamma(alpha, key, offset, t_base=0, t_step=1):
+    """log of Gamma(alpha, 1) draws, element n = position in alpha (flattened), float64.
+
+    Marsaglia-Tsang with the boost for alpha < 1 (log z = log g + log(u) / alpha);
+    NaN where alpha is not positive or is NaN; +inf where alpha is +inf.
+    """
+    alpha = alpha.to(torch.float64).reshape(-1)
+    count = alpha.numel()
+    n_all = torch.arange(count, dtype=torch.int64, device=alpha.device)
+    boost = alpha < 1
+    a = torch.where(boost, alpha + 1, alpha)
+    d = a - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    out = torch.full_like(alpha, math.nan)
+    out[alpha == math.inf] = math.inf
+    pending = (alpha > 0) & torch.isfinite(alpha)
+    last_ub = torch.full_like(alpha, 0.5)
+    for attempt in range(GAMMA_MAX_ATTEMPTS):
+        idx = pending.nonzero().reshape(-1)
+        if idx.numel() == 0:
+            break
+        w = _gamma_words(key, offset, n_all[idx], t_base + t_step * attempt)
+        u0, u1, u2, u3 = (uniform_open(x).to(torch.float64) for x in w)
+        x = (torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(2 * math.pi * u1)).to(torch.float32).to(torch.float64)
+        di, ci = d[idx], c[idx]
+        v = 1.0 + ci * x
+        ok = v > 0
+        v3 = torch.where(ok, v, torch.ones_like(v)) ** 3
+        x2 = x * x
+        accept = ok & ((u2 < 1.0 - 0.0331 * x2 * x2) | (torch.log(u2) < 0.5 * x2 + di - di * v3 + di * torch.log(v3)))
+        log_z = torch.log(di * v3) + torch.where(boost[idx], torch.log(u3) / alpha[idx], torch.zeros_like(u3))
+        out[idx[accept]] = log_z[accept]
+        pending[idx[accept]] = False
+        last_ub[idx] = u3
+    # Deterministic fallback after GAMMA_MAX_ATTEMPTS rejections (never seen for finite alpha > 0): g = d.
+    if bool(pending.any()):
+        out[pending] = torch.log(d[pending]) + torch.where(boost[pending], torch.log(last_ub[pending]) / alpha[pending],
+                                                           torch.zeros_like(d[pending]))
+    return out
+
+
+def _gamma_batch(concentration, sample_shape):
+    shape = tuple(sample_shape) + tuple(concentration.shape)
+    return shape, concentration.expand(shape)
+
+
+class _ImplicitGamma(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, concentration, z):
+        ctx.save_for_backward(concentration, z)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        concentration, z = ctx.saved_tensors
+        d = gamma_dz_dalpha(concentration.to(torch.float64).expand(z.shape), z.to(torch.float64))
+        return (grad_z.to(torch.float64) * d).sum_to_size(concentration.shape).to(concentration.dtype), None
+
+
+def gamma_rsample(concentration, rng_state, sample_shape=()):
+    """Standard Gamma(concentration, 1) draws on the Gamma sub-streams, differentiable (implicit gradient)."""
+    key, offset = split_rng_state(rng_state)
+    shape, alpha = _gamma_batch(concentration, sample_shape)
+    tiny, _ = _tiny_and_below_one(concentration.dtype)
+    log_z = log_standard_gamma(alpha, key, offset).reshape(shape)
+    z = torch.exp(log_z)
+    z = torch.where(z < tiny, torch.full_like(z, tiny), z).to(concentration.dtype)
+    return _ImplicitGamma.apply(concentration, z.detach())
+
+
+class _ImplicitBeta(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, z):
+        ctx.save_for_backward(a, b, z)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        a, b, z = ctx.saved_tensors
+        da, db = beta_dz_dab(a.to(torch.float64).expand(z.shape), b.to(torch.float64).expand(z.shape),
+                             z.to(torch.float64))
+        g = grad_z.to(torch.float64)
+        return (g * da).sum_to_size(a.shape).to(a.dtype), (g * db).sum_to_size(b.shape).to(b.dtype), None
+
+
+def beta_rsample(a, b, rng_state, sample_shape=()):
+    """Beta(a, b) = X / (X + Y), X ~ Gamma(a) on attempts t = 2k, Y ~ Gamma(b) on t = 2k + 1."""
+    key, offset = split_rng_state(rng_state)
+    shape = tuple(sample_shape) + tuple(torch.broadcast_shapes(a.shape, b.shape))
+    log_x = log_standard_gamma(a.expand(shape), key, offset, 0, 2)
+    log_y = log_standard_gamma(b.expand(shape), key, offset, 1, 2)
+    z = 1.0 / (1.0 + torch.exp(log_y - log_x))
+    tiny, below_one = _tiny_and_below_one(a.dtype)
+    z = torch.clamp(z, tiny, below_one).reshape(shape).to(a.dtype)  # clamp keeps NaN
+    return _ImplicitBeta.apply(a, b, z.detach())
+
+
+class _ImplicitDirichlet(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, concentration, z):
+        ctx.save_for_backward(concentration, z)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        concentration, z = ctx.saved_tensors
+        return dirichlet_grad(grad_z, concentration, z), None
+
+
+def dirichlet_rsample(concentration, rng_state, sample_shape=()):
+    """Dirichlet over the last dim: Gammas on the Gamma sub-streams, normalised from their logs."""
+    key, offset = split_rng_state(rng_state)
+    shape, alpha = _gamma_batch(concentration, sample_shape)
+    log_g = log_standard_gamma(alpha, key, offset).reshape(shape)
+    m = log_g.max(dim=-1, keepdim=True).values
+    e = torch.exp(log_g - m)
+    z = e / e.sum(dim=-1, keepdim=True)
+    tiny, _ = _tiny_and_below_one(concentration.dtype)
+    z = torch.where(z < tiny, torch.full_like(z, tiny), z).to(concentration.dtype)
+    return _ImplicitDirichlet.apply(concentration, z.detach())
+
+
+# Implicit gradients, vectorised float64 versions of the kernels' algorithms
+# (csrc/gamma.h): tests check them, and the kernels, against scipy.
+_EPS64 = 1e-16
+_FPMIN = 1e-300
+
+
+def _gamma_series_grad(a, x):
+    """-sum_n c_n (ln x - psi_n), c_0 = x / a, c_n = c_{n-1} x / (a + n), psi_n = psi(a + 1) + sum_k<=n 1/(a + k)."""
+    lnx = torch.log(x)
+    c = x / a
+    psi = torch.special.digamma(a + 1)
+    s = c * (lnx - psi)
+    active = torch.ones_like(a, dtype=torch.bool)
+    n = 0
+    while bool(active.any()) and n < 200000:
+        n += 1
+        c = torch.where(active, c * x / (a + n), c)
+        psi = torch.where(active, psi + 1.0 / (a + n), psi)
+        term = torch.where(active, c * (lnx - psi), torch.zeros_like(c))
+        s = s + term
+        active = active & (term.abs() > _EPS64 * s.abs())
+    return -s
+
+
+def _gamma_cf(a, x):
+    """h of Q(a, x) = e^-x x^a / Gamma(a) * h (Legendre's continued fraction, modified Lentz)."""
+    b = x + 1 - a
+    c = torch.full_like(x, 1 / _FPMIN)
+    d = 1 / b
+    h = d
+    active = torch.ones_like(a, dtype=torch.bool)
+    i = 0
+    while bool(active.any()) and i < 100000:
+        i += 1
+        an = -i * (i - a)
+        b = b + 2
+        d = an * d + b
+        d = torch.where(d.abs() < _FPMIN, torch.full_like(d, _FPMIN), d)
+        c = b + an / c
+        c = torch.where(c.abs() < _FPMIN, torch.full_like(c, _FPMIN), c)
+        d = 1 / d
+        delta = torch.where(active, d * c, torch.ones_like(d))
+        h = h * delta
+        active = active & ((delta - 1).abs() > _EPS64)
+    return h
+
+
+def _cf_step(a):
+    """The central-difference step in a for a continued fraction (relative 1e-5, at most 1e-5 * sqrt(a) for large a)."""
+    return 1e-5 * torch.minimum(a, torch.sqrt(a))
+
+
+def gamma_dz_dalpha(alpha, z):
+    """dz/dalpha of z ~ Gamma(alpha, 1), float64, by implicit differentiation of the CDF."""
+    out = torch.zeros_like(z)
+    good = (alpha > 0) & (z > 0) & torch.isfinite(z) & torch.isfinite(alpha)
+    series = good & (z < alpha + 1)
+    cf = good & ~series
+    if bool(series.any()):
+        out[series] = _gamma_series_grad(alpha[series], z[series])
+    if bool(cf.any()):
+        a, x = alpha[cf], z[cf]
+        step = _cf_step(a)
+        h = _gamma_cf(a, x)
+        dh = (_gamma_cf(a + step, x) - _gamma_cf(a - step, x)) / (2 * step)
+        out[cf] = x * h * (torch.log(x) - torch.special.digamma(a)) + x * dh
+    bad = torch.isnan(alpha) | torch.isnan(z) | (alpha <= 0)
+    return torch.where(bad, torch.full_like(out, math.nan), out)
+
+
+def _betacf(a, b, x):
+    """Continued fraction of I_x(a, b) = x^a (1 - x)^b / (a B(a, b)) * cf (Numerical Recipes' betacf)."""
+    qab, qap, qam = a + b, a + 1, a - 1
+    c = torch.ones_like(x)
+    d = 1 - qab * x / qap
+    d = torch.where(d.abs() < _FPMIN, torch.full_like(d, _FPMIN), d)
+    d = 1 / d
+    h = d
+    active = torch.ones_like(a, dtype=torch.bool)
+    m = 0
+    while bool(active.any()) and m < 100000:
+        m += 1
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1 + aa * d
+            d = torch.where(d.abs() < _FPMIN, torch.full_like(d, _FPMIN), d)
+            c = 1 + aa / c
+            c = torch.where(c.abs() < _FPMIN, torch.full_like(c, _FPMIN), c)
+            d = 1 / d
+            delta = torch.where(active, d * c, torch.ones_like(d))
+            h = h * delta
+        active = active & ((delta - 1).abs() > _EPS64)
+    return h
+
+
+def _beta_grad_direct(a, b, x, y, lnx, lny):
+    """(dz/da, dz/db) where x < (a + 1) / (a + b + 2), y = 1 - x, lnx = ln x, lny = ln y."""
+    sa, sb = _cf_step(a), _cf_step(b)
+    h = _betacf(a, b, x)
+    dha = (_betacf(a + sa, b, x) - _betacf(a - sa, b, x)) / (2 * sa)
+    dhb = (_betacf(a, b + sb, x) - _betacf(a, b - sb, x)) / (2 * sb)
+    psi_ab = torch.special.digamma(a + b)
+    scale = -x * y / a
+    da = scale * (h * (lnx - 1 / a - torch.special.digamma(a) + psi_ab) + dha)
+    db = scale * (h * (lny - torch.special.digamma(b) + psi_ab) + dhb)
+    return da, db
+
+
+def beta_dz_dab(a, b, z):
+    """(dz/da, dz/db) of z ~ Beta(a, b), float64, by implicit differentiation of I_z(a, b)."""
+    da = torch.zeros_like(z)
+    db = torch.zeros_like(z)
+    good = (a > 0) & (b > 0) & (z > 0) & (z < 1) & torch.isfinite(a) & torch.isfinite(b)
+    y = 1 - z
+    lnx, lny = torch.log(z), torch.log1p(-z)
+    direct = good & (z < (a + 1) / (a + b + 2))
+    swapped = good & ~direct
+    if bool(direct.any()):
+        m = direct
+        da[m], db[m] = _beta_grad_direct(a[m], b[m], z[m], y[m], lnx[m], lny[m])
+    if bool(swapped.any()):  # 1 - z ~ Beta(b, a): dz/da = -d(1-z)/da, dz/db = -d(1-z)/db
+        m = swapped
+        dbs, das = _beta_grad_direct(b[m], a[m], y[m], z[m], lny[m], lnx[m])
+        da[m], db[m] = -das, -dbs
+    bad = torch.isnan(a) | torch.isnan(b) | torch.isnan(z) | (a <= 0) | (b <= 0)
+    nan = torch.full_like(da, math.nan)
+    return torch.where(bad, nan, da), torch.where(bad, nan, db)
+
+
+def dirichlet_grad(grad_z, concentration, z):
+    """torch's pathwise Dirichlet gradient: d_i * (g_i - sum_j z_j g_j), d_i = (dz_i/da of the
+    Beta(alpha_i, total - alpha_i) marginal, its b = sum of the other alphas fixed) / (1 - z_i).
+
+    Raising alpha_i moves z_i along that marginal and rescales the other components
+    by (1 - z_i') / (1 - z_i), so dz_j/dalpha_i = d_i (delta_ij - z_j)."""
+    alpha = concentration.to(torch.float64).expand(z.shape)
+    z64, g = z.to(torch.float64), grad_z.to(torch.float64)
+    total = alpha.sum(-1, keepdim=True).expand(z.shape)
+    da, db = beta_dz_dab(alpha, total - alpha, z64)
+    d = torch.where((total - alpha > 0) & (z64 < 1), da / (1 - z64), torch.zeros_like(da))
+    grad = d * (g - (z64 * g).sum(-1, keepdim=True))
+    return grad.sum_to_size(concentration.shape).to(concentration.dtype)

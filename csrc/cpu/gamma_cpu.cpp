@@ -1,0 +1,300 @@
+// CPU implementation of the implicit-reparameterization operators (schemas in
+// ../ops.cpp): gamma_rsample, beta_rsample, dirichlet_rsample and their
+// backward operators. The per-element math lives in ../gamma.h, shared with
+// the CUDA kernels. The stream index of an element is its position in the
+// contiguous output, so no value depends on how the work is split.
+//
+// Sampling is a rejection loop per element (Marsaglia-Tsang), so these loops
+// do not vectorise; they run in parallel over elements with at::parallel_for.
+// Backward: the per-element gradient terms in double, then torch's
+// sum_to_size over broadcast dimensions.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "../family_common.h"
+#include "../gamma.h"
+#include "cpu_common.h"
+
+namespace rtrick {
+namespace cpu {
+namespace {
+
+template <typename S>
+using ComputeOf = std::conditional_t<std::is_same_v<S, double>, double, float>;
+
+template <typename S>
+ComputeOf<S> tiny_of() {
+  return static_cast<ComputeOf<S>>(std::numeric_limits<S>::min());
+}
+template <typename S>
+ComputeOf<S> below_one_of() {
+  using C = ComputeOf<S>;
+  return C(1) - static_cast<C>(std::numeric_limits<S>::epsilon()) / C(2);
+}
+
+constexpr int64_t kGrain = 1024;
+
+// `t` (which broadcasts to `shape`) as a contiguous tensor whose element n %
+// period belongs to output element n: t itself when its shape is shape's
+// trailing dims, else t expanded to `shape` and copied.
+at::Tensor trailing_contiguous(const at::Tensor& t, at::IntArrayRef shape, int64_t& period) {
+  const int64_t lead = static_cast<int64_t>(shape.size()) - t.dim();
+  bool trailing = lead >= 0;
+  for (int64_t d = 0; trailing && d < t.dim(); ++d) trailing = t.size(d) == shape[lead + d];
+  at::Tensor out = trailing ? t.contiguous() : t.expand(shape).contiguous();
+  period = std::max<int64_t>(1, out.numel());
+  return out;
+}
+
+void check_same(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
+  check_float_tensor(t, name);
+  TORCH_CHECK_VALUE(t.scalar_type() == like.scalar_type(), name, " (", t.scalar_type(), ") and ", like_name, " (",
+                    like.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK_VALUE(t.device() == like.device(), name, " is on ", t.device(), " but ", like_name, " is on ",
+                    like.device());
+}
+
+void check_broadcasts_to(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+  const int64_t lead = static_cast<int64_t>(shape.size()) - t.dim();
+  bool ok = lead >= 0;
+  for (int64_t d = 0; ok && d < t.dim(); ++d) ok = t.size(d) == 1 || t.size(d) == shape[lead + d];
+  TORCH_CHECK_VALUE(ok, name, " of shape ", t.sizes(), " does not broadcast to z of shape ", shape);
+}
+
+// ------------------------------------------------------------------ forward
+at::Tensor gamma_rsample_cpu(const at::Tensor& concentration, const at::Tensor& rng_state,
+                             at::IntArrayRef sample_shape) {
+  check_float_tensor(concentration, "concentration");
+  check_rng_state(rng_state, concentration);
+  const auto shape = sampled_shape(sample_shape, concentration.sizes());
+  at::Tensor z = at::empty(shape, concentration.options());
+  if (z.numel() == 0) return z;
+  int64_t period = 1;
+  const at::Tensor alpha = trailing_contiguous(concentration, shape, period);
+  const StreamKey key = read_rng_state(rng_state);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "gamma_rsample_cpu", [&] {
+    using C = ComputeOf<scalar_t>;
+    const scalar_t* a = alpha.const_data_ptr<scalar_t>();
+    scalar_t* out = z.data_ptr<scalar_t>();
+    const C tiny = tiny_of<scalar_t>();
+    at::parallel_for(0, z.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const C log_z = log_standard_gamma<C>(static_cast<C>(a[n % period]), key.key, key.offset,
+                                              static_cast<uint64_t>(n), 0u, 1u);
+        out[n] = static_cast<scalar_t>(gamma_from_log<C>(log_z, tiny));
+      }
+    });
+  });
+  return z;
+}
+
+at::Tensor beta_rsample_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& rng_state,
+                            at::IntArrayRef sample_shape) {
+  check_float_tensor(a, "a");
+  check_same(b, "b", a, "a");
+  check_rng_state(rng_state, a);
+  const auto batch = at::infer_size(a.sizes(), b.sizes());
+  const auto shape = sampled_shape(sample_shape, batch);
+  at::Tensor z = at::empty(shape, a.options());
+  if (z.numel() == 0) return z;
+  const at::Tensor ab = a.expand(batch).contiguous(), bb = b.expand(batch).contiguous();
+  const int64_t period = std::max<int64_t>(1, ab.numel());
+  const StreamKey key = read_rng_state(rng_state);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "beta_rsample_cpu", [&] {
+    using C = ComputeOf<scalar_t>;
+    const scalar_t* pa = ab.const_data_ptr<scalar_t>();
+    const scalar_t* pb = bb.const_data_ptr<scalar_t>();
+    scalar_t* out = z.data_ptr<scalar_t>();
+    const C tiny = tiny_of<scalar_t>(), below_one = below_one_of<scalar_t>();
+    at::parallel_for(0, z.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const uint64_t un = static_cast<uint64_t>(n);
+        const C log_x = log_standard_gamma<C>(static_cast<C>(pa[n % period]), key.key, key.offset, un, 0u, 2u);
+        const C log_y = log_standard_gamma<C>(static_cast<C>(pb[n % period]), key.key, key.offset, un, 1u, 2u);
+        out[n] = static_cast<scalar_t>(beta_from_logs<C>(log_x, log_y, tiny, below_one));
+      }
+    });
+  });
+  return z;
+}
+
+at::Tensor dirichlet_rsample_cpu(const at::Tensor& concentration, const at::Tensor& rng_state,
+                                 at::IntArrayRef sample_shape) {
+  check_float_tensor(concentration, "concentration");
+  TORCH_CHECK_VALUE(concentration.dim() >= 1, "concentration must have at least one dimension (the categories)");
+  check_rng_state(rng_state, concentration);
+  const auto shape = sampled_shape(sample_shape, concentration.sizes());
+  at::Tensor z = at::empty(shape, concentration.options());
+  if (z.numel() == 0) return z;
+  const at::Tensor alpha = concentration.contiguous();
+  const int64_t k_count = concentration.size(-1);
+  const int64_t alpha_rows = alpha.numel() / k_count;
+  const int64_t rows = z.numel() / k_count;
+  const StreamKey key = read_rng_state(rng_state);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "dirichlet_rsample_cpu", [&] {
+    using C = ComputeOf<scalar_t>;
+    const scalar_t* a = alpha.const_data_ptr<scalar_t>();
+    scalar_t* out = z.data_ptr<scalar_t>();
+    const C tiny = tiny_of<scalar_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / k_count), [&](int64_t begin, int64_t end) {
+      std::vector<C> logs(static_cast<size_t>(k_count));
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* ar = a + (r % alpha_rows) * k_count;
+        C m = -inf_of(C(0));
+        for (int64_t i = 0; i < k_count; ++i) {
+          const C l = log_standard_gamma<C>(static_cast<C>(ar[i]), key.key, key.offset,
+                                            static_cast<uint64_t>(r * k_count + i), 0u, 1u);
+          logs[i] = l;
+          m = (l > m || l != l) ? l : m;  // NaN sticks
+        }
+        C sum = C(0);
+        for (int64_t i = 0; i < k_count; ++i) {
+          logs[i] = exp_of(logs[i] - m);
+          sum += logs[i];
+        }
+        for (int64_t i = 0; i < k_count; ++i) {
+          const C v = div_rn(logs[i], sum);
+          out[r * k_count + i] = static_cast<scalar_t>(v < tiny ? tiny : v);
+        }
+      }
+    });
+  });
+  return z;
+}
+
+// ----------------------------------------------------------------- backward
+// grad_z * dz/dalpha per element in double, summed to concentration's shape.
+at::Tensor gamma_rsample_backward_cpu(const at::Tensor& grad_z, const at::Tensor& concentration, const at::Tensor& z) {
+  check_float_tensor(concentration, "concentration");
+  check_same(grad_z, "grad_z", concentration, "concentration");
+  check_same(z, "z", concentration, "concentration");
+  TORCH_CHECK_VALUE(grad_z.sizes() == z.sizes(), "grad_z of shape ", grad_z.sizes(), " must have z's shape ",
+                    z.sizes());
+  check_broadcasts_to(concentration, "concentration", z.sizes());
+  if (z.numel() == 0) return at::zeros(concentration.sizes(), concentration.options());
+  int64_t period = 1;
+  const at::Tensor alpha = trailing_contiguous(concentration, z.sizes(), period);
+  const at::Tensor g = grad_z.contiguous(), zc = z.contiguous();
+  at::Tensor terms = at::empty(z.sizes(), z.options().dtype(at::kDouble));
+  double* t = terms.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "gamma_rsample_backward_cpu", [&] {
+    const scalar_t* pa = alpha.const_data_ptr<scalar_t>();
+    const scalar_t* pg = g.const_data_ptr<scalar_t>();
+    const scalar_t* pz = zc.const_data_ptr<scalar_t>();
+    at::parallel_for(0, z.numel(), 256, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const double gn = static_cast<double>(pg[n]);
+        t[n] = gn == 0.0 ? 0.0 : gn * gamma_dz_dalpha(static_cast<double>(pa[n % period]), static_cast<double>(pz[n]));
+      }
+    });
+  });
+  return terms.sum_to_size(concentration.sizes()).to(concentration.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> beta_rsample_backward_cpu(const at::Tensor& grad_z, const at::Tensor& a,
+                                                             const at::Tensor& b, const at::Tensor& z) {
+  check_float_tensor(a, "a");
+  check_same(b, "b", a, "a");
+  check_same(grad_z, "grad_z", a, "a");
+  check_same(z, "z", a, "a");
+  TORCH_CHECK_VALUE(grad_z.sizes() == z.sizes(), "grad_z of shape ", grad_z.sizes(), " must have z's shape ",
+                    z.sizes());
+  check_broadcasts_to(a, "a", z.sizes());
+  check_broadcasts_to(b, "b", z.sizes());
+  if (z.numel() == 0) return {at::zeros(a.sizes(), a.options()), at::zeros(b.sizes(), b.options())};
+  int64_t pa_period = 1, pb_period = 1;
+  const at::Tensor ac = trailing_contiguous(a, z.sizes(), pa_period);
+  const at::Tensor bc = trailing_contiguous(b, z.sizes(), pb_period);
+  const at::Tensor g = grad_z.contiguous(), zc = z.contiguous();
+  at::Tensor ta = at::empty(z.sizes(), z.options().dtype(at::kDouble));
+  at::Tensor tb = at::empty(z.sizes(), z.options().dtype(at::kDouble));
+  double* pta = ta.data_ptr<double>();
+  double* ptb = tb.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "beta_rsample_backward_cpu", [&] {
+    const scalar_t* pa = ac.const_data_ptr<scalar_t>();
+    const scalar_t* pb = bc.const_data_ptr<scalar_t>();
+    const scalar_t* pg = g.const_data_ptr<scalar_t>();
+    const scalar_t* pz = zc.const_data_ptr<scalar_t>();
+    at::parallel_for(0, z.numel(), 128, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const double gn = static_cast<double>(pg[n]);
+        if (gn == 0.0) {
+          pta[n] = ptb[n] = 0.0;
+          continue;
+        }
+        const Grad2 d = beta_dz_dab(static_cast<double>(pa[n % pa_period]), static_cast<double>(pb[n % pb_period]),
+                                    static_cast<double>(pz[n]));
+        pta[n] = gn * d.a;
+        ptb[n] = gn * d.b;
+      }
+    });
+  });
+  return {ta.sum_to_size(a.sizes()).to(a.scalar_type()), tb.sum_to_size(b.sizes()).to(b.scalar_type())};
+}
+
+// torch's pathwise Dirichlet gradient: d_i * (g_i - sum_j z_j g_j), d_i the
+// marginal Beta(alpha_i, total - alpha_i) gradient with the total held fixed.
+at::Tensor dirichlet_rsample_backward_cpu(const at::Tensor& grad_z, const at::Tensor& concentration,
+                                          const at::Tensor& z) {
+  check_float_tensor(concentration, "concentration");
+  check_same(grad_z, "grad_z", concentration, "concentration");
+  check_same(z, "z", concentration, "concentration");
+  TORCH_CHECK_VALUE(concentration.dim() >= 1, "concentration must have at least one dimension (the categories)");
+  TORCH_CHECK_VALUE(grad_z.sizes() == z.sizes(), "grad_z of shape ", grad_z.sizes(), " must have z's shape ",
+                    z.sizes());
+  check_broadcasts_to(concentration, "concentration", z.sizes());
+  TORCH_CHECK_VALUE(concentration.size(-1) == z.size(-1), "concentration's last dim (", concentration.size(-1),
+                    ") must equal z's (", z.size(-1), ")");
+  if (z.numel() == 0) return at::zeros(concentration.sizes(), concentration.options());
+  int64_t period = 1;
+  const at::Tensor alpha = trailing_contiguous(concentration, z.sizes(), period);
+  const at::Tensor g = grad_z.contiguous(), zc = z.contiguous();
+  const int64_t k_count = z.size(-1);
+  const int64_t rows = z.numel() / k_count;
+  at::Tensor terms = at::empty(z.sizes(), z.options().dtype(at::kDouble));
+  double* t = terms.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "dirichlet_rsample_backward_cpu", [&] {
+    const scalar_t* pa = alpha.const_data_ptr<scalar_t>();
+    const scalar_t* pg = g.const_data_ptr<scalar_t>();
+    const scalar_t* pz = zc.const_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 128 / k_count), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t base = r * k_count;
+        const int64_t abase = base % period;
+        double total = 0.0, zg = 0.0;
+        for (int64_t i = 0; i < k_count; ++i) {
+          total += static_cast<double>(pa[abase + i]);
+          zg += static_cast<double>(pz[base + i]) * static_cast<double>(pg[base + i]);
+        }
+        for (int64_t i = 0; i < k_count; ++i) {
+          const double w = static_cast<double>(pg[base + i]) - zg;
+          t[base + i] = w == 0.0 ? 0.0
+                                 : w * dirichlet_marginal_grad(static_cast<double>(pa[abase + i]), total,
+                                                               static_cast<double>(pz[base + i]));
+        }
+      }
+    });
+  });
+  return terms.sum_to_size(concentration.sizes()).to(concentration.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rtrick_ops, CPU, m) {
+  m.impl("gamma_rsample", &gamma_rsample_cpu);
+  m.impl("gamma_rsample_backward", &gamma_rsample_backward_cpu);
+  m.impl("beta_rsample", &beta_rsample_cpu);
+  m.impl("beta_rsample_backward", &beta_rsample_backward_cpu);
+  m.impl("dirichlet_rsample", &dirichlet_rsample_cpu);
+  m.impl("dirichlet_rsample_backward", &dirichlet_rsample_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace rtrick

@@ -1,0 +1,259 @@
+// Gamma, Beta and Dirichlet by implicit reparameterization (docs/gamma.md),
+// shared by the CPU (cpu/gamma_cpu.cpp) and CUDA (cuda/gamma_cuda.cu) kernels.
+//
+// Sampling: Marsaglia-Tsang on the per-element sub-streams of docs/stream.md
+// ("Gamma, Beta and Dirichlet"), in float32 for float32/half/bfloat16 (with
+// philox.h's bit-exact log_f32/exp_f32, so CPU and CUDA agree bit for bit) and
+// in double for float64. Gradients: dz/dalpha = -(dF/dalpha)(z) / p(z) in
+// double, from the series or the continued fraction of the incomplete gamma
+// and beta functions.
+//
+// Host and device code, internal linkage (unnamed namespace), as philox.h.
+#pragma once
+
+#include "philox.h"
+
+namespace rtrick {
+namespace {
+
+// At most this many Marsaglia-Tsang attempts per variate (acceptance is above
+// 95% for every alpha, so 2^14 rejections in a row do not happen for a finite
+// positive alpha); then the deterministic fallback g = d. Beta's attempt
+// counter t = 2 * attempt + variate stays below 2^15 < 2^16.
+constexpr int32_t kGammaMaxAttempts = 1 << 14;
+
+// The Philox block of element n (n < 2^48) at sub-stream attempt t (t < 2^16).
+RT_HD Philox4 gamma_substream_block(uint64_t key, uint64_t offset, uint64_t n, uint32_t t) {
+  return philox4x32_10(static_cast<uint32_t>(n), static_cast<uint32_t>(n >> 32) | (t << 16),
+                       static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+                       static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));
+}
+
+// ------------------------------------------------- IEEE helpers per type
+RT_HD float sqrt_rn(float x) {
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(x);
+#else
+  return __builtin_sqrtf(x);
+#endif
+}
+RT_HD double sqrt_rn(double x) { return ::sqrt(x); }
+RT_HD float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+RT_HD double div_rn(double a, double b) { return a / b; }
+// log of a positive normal number (the sampler only meets those).
+RT_HD float log_pos(float x) { return log_f32(x); }
+RT_HD double log_pos(double x) { return ::log(x); }
+RT_HD float nan_of(float) { return bits_float(0x7fc00000u); }
+RT_HD double nan_of(double) { return ::nan(""); }
+RT_HD float inf_of(float) { return bits_float(0x7f800000u); }
+RT_HD double inf_of(double) { return HUGE_VAL; }
+
+// ------------------------------------------------------------- sampling
+// log of a Gamma(alpha, 1) draw for element n on attempts t = t_base + t_step * k.
+// NaN for alpha <= 0 or NaN, +inf for alpha = +inf. C is float or double.
+template <typename C>
+RT_HD C log_standard_gamma(C alpha, uint64_t key, uint64_t offset, uint64_t n, uint32_t t_base, uint32_t t_step) {
+  if (!(alpha > C(0))) return nan_of(alpha);
+  if (alpha == inf_of(alpha)) return alpha;
+  const bool boost = alpha < C(1);
+  const C a = boost ? alpha + C(1) : alpha;
+  const C d = a - div_rn(C(1), C(3));
+  const C c = div_rn(C(1), sqrt_rn(C(9) * d));
+  C log_z = log_pos(d);  // the fallback, g = d
+  C boost_u = C(0.5);
+  for (int32_t k = 0; k < kGammaMaxAttempts; ++k) {
+    const Philox4 w = gamma_substream_block(key, offset, n, t_base + t_step * static_cast<uint32_t>(k));
+    const C x = static_cast<C>(box_muller(w.x0, w.x1).a);
+    const C u = static_cast<C>(uniform_open(w.x2));
+    boost_u = static_cast<C>(uniform_open(w.x3));
+    const C v = C(1) + c * x;
+    if (!(v > C(0))) continue;
+    const C v3 = v * v * v;
+    const C x2 = x * x;
+    if (u < C(1) - C(0.0331) * x2 * x2 || log_pos(u) < C(0.5) * x2 + d - d * v3 + d * log_pos(v3)) {
+      log_z = log_pos(d * v3);
+      break;
+    }
+  }
+  if (boost) log_z = log_z + div_rn(log_pos(boost_u), alpha);
+  return log_z;
+}
+
+// Gamma sample from its log, never below the output's smallest normal number (NaN stays NaN).
+template <typename C>
+RT_HD C gamma_from_log(C log_z, C tiny) {
+  const C z = exp_of(log_z);
+  return z < tiny ? tiny : z;
+}
+
+// Beta = X / (X + Y) = 1 / (1 + exp(log Y - log X)), clamped into [tiny, below_one].
+template <typename C>
+RT_HD C beta_from_logs(C log_x, C log_y, C tiny, C below_one) {
+  C z = div_rn(C(1), C(1) + exp_of(log_y - log_x));
+  z = z < tiny ? tiny : z;
+  return z > below_one ? below_one : z;
+}
+
+// ------------------------------------------------ gradients (double only)
+constexpr double kGradEps = 1e-16;
+constexpr double kFpMin = 1e-300;
+constexpr int32_t kSeriesMaxTerms = 200000;
+constexpr int32_t kCfMaxTerms = 100000;
+
+// psi(x) for x > 0: recurrence up to x >= 10, then the asymptotic series
+// (error below 1e-15 there).
+RT_HD double digamma_d(double x) {
+  double shift = 0.0;
+  while (x < 10.0) {
+    shift -= 1.0 / x;
+    x += 1.0;
+  }
+  const double r = 1.0 / (x * x);
+  const double tail =
+      r * (1.0 / 12 - r * (1.0 / 120 - r * (1.0 / 252 - r * (1.0 / 240 - r * (1.0 / 132 - r * (691.0 / 32760))))));
+  return shift + ::log(x) - 0.5 / x - tail;
+}
+
+// Series region (x < a + 1): dz/da = -sum_n c_n (ln x - psi_n), c_0 = x / a,
+// c_n = c_{n-1} x / (a + n), psi_n = psi(a + 1) + sum_{k<=n} 1 / (a + k).
+RT_HD double gamma_series_grad(double a, double x) {
+  const double lnx = ::log(x);
+  double c = x / a;
+  double psi = digamma_d(a + 1.0);
+  double s = c * (lnx - psi);
+  for (int32_t n = 1; n <= kSeriesMaxTerms; ++n) {
+    c = c * x / (a + n);
+    psi += 1.0 / (a + n);
+    const double term = c * (lnx - psi);
+    s += term;
+    if (!(::fabs(term) > kGradEps * ::fabs(s))) break;
+  }
+  return -s;
+}
+
+// h of Q(a, x) = e^-x x^a / Gamma(a) * h: Legendre's continued fraction by
+// modified Lentz (Numerical Recipes' gcf).
+RT_HD double gamma_cf_h(double a, double x) {
+  double b = x + 1.0 - a;
+  double c = 1.0 / kFpMin;
+  double d = 1.0 / b;
+  double h = d;
+  for (int32_t i = 1; i <= kCfMaxTerms; ++i) {
+    const double an = -i * (i - a);
+    b += 2.0;
+    d = an * d + b;
+    if (::fabs(d) < kFpMin) d = kFpMin;
+    c = b + an / c;
+    if (::fabs(c) < kFpMin) c = kFpMin;
+    d = 1.0 / d;
+    const double delta = d * c;
+    h *= delta;
+    if (!(::fabs(delta - 1.0) > kGradEps)) break;
+  }
+  return h;
+}
+
+// Central-difference step in a parameter for the continued fractions.
+RT_HD double cf_step(double a) { return 1e-5 * (a < ::sqrt(a) ? a : ::sqrt(a)); }
+
+// dz/dalpha of z ~ Gamma(alpha, 1). NaN for NaN input or alpha <= 0; 0 where z
+// is 0 or +inf (the limits the sampler never reaches).
+RT_HD double gamma_dz_dalpha(double a, double x) {
+  if (a != a || x != x || !(a > 0.0)) return ::nan("");
+  if (!(x > 0.0) || x == HUGE_VAL || a == HUGE_VAL) return 0.0;
+  if (x < a + 1.0) return gamma_series_grad(a, x);
+  const double step = cf_step(a);
+  const double h = gamma_cf_h(a, x);
+  const double dh = (gamma_cf_h(a + step, x) - gamma_cf_h(a - step, x)) / (2.0 * step);
+  return x * h * (::log(x) - digamma_d(a)) + x * dh;
+}
+
+// Continued fraction of I_x(a, b) = x^a (1 - x)^b / (a B(a, b)) * cf
+// (Numerical Recipes' betacf), fast for x < (a + 1) / (a + b + 2).
+RT_HD double betacf_d(double a, double b, double x) {
+  const double qab = a + b, qap = a + 1.0, qam = a - 1.0;
+  double c = 1.0;
+  double d = 1.0 - qab * x / qap;
+  if (::fabs(d) < kFpMin) d = kFpMin;
+  d = 1.0 / d;
+  double h = d;
+  for (int32_t m = 1; m <= kCfMaxTerms; ++m) {
+    const double m2 = 2.0 * m;
+    double aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+    d = 1.0 + aa * d;
+    if (::fabs(d) < kFpMin) d = kFpMin;
+    c = 1.0 + aa / c;
+    if (::fabs(c) < kFpMin) c = kFpMin;
+    d = 1.0 / d;
+    h *= d * c;
+    aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+    d = 1.0 + aa * d;
+    if (::fabs(d) < kFpMin) d = kFpMin;
+    c = 1.0 + aa / c;
+    if (::fabs(c) < kFpMin) c = kFpMin;
+    d = 1.0 / d;
+    const double delta = d * c;
+    h *= delta;
+    if (!(::fabs(delta - 1.0) > kGradEps)) break;
+  }
+  return h;
+}
+
+struct Grad2 {
+  double a, b;
+};
+
+// (dz/da, dz/db) where x < (a + 1) / (a + b + 2); y = 1 - x, lnx = ln x, lny = ln y.
+// Each term is folded in as soon as it is known, so that few values stay live
+// across the continued-fraction loops (keeps the CUDA kernels free of spills).
+RT_HD Grad2 beta_grad_direct(double a, double b, double x, double y, double lnx, double lny) {
+  const double psi_ab = digamma_d(a + b);
+  const double h = betacf_d(a, b, x);
+  double ga = h * (lnx - 1.0 / a - digamma_d(a) + psi_ab);
+  double gb = h * (lny - digamma_d(b) + psi_ab);
+  const double sa = cf_step(a);
+  ga += (betacf_d(a + sa, b, x) - betacf_d(a - sa, b, x)) / (2.0 * sa);
+  const double sb = cf_step(b);
+  gb += (betacf_d(a, b + sb, x) - betacf_d(a, b - sb, x)) / (2.0 * sb);
+  const double scale = -x * y / a;
+  return Grad2{scale * ga, scale * gb};
+}
+
+// (dz/da, dz/db) of z ~ Beta(a, b); I_x(a, b) = 1 - I_{1-x}(b, a) above the
+// continued fraction's fast region (there 1 - z ~ Beta(b, a), so dz/da =
+// -d(1-z)/da and dz/db = -d(1-z)/db). NaN for NaN input or a, b <= 0; 0 for z
+// outside (0, 1) or an infinite parameter.
+RT_HD Grad2 beta_dz_dab(double a, double b, double z) {
+  if (a != a || b != b || z != z || !(a > 0.0) || !(b > 0.0)) return Grad2{::nan(""), ::nan("")};
+  if (!(z > 0.0) || !(z < 1.0) || a == HUGE_VAL || b == HUGE_VAL) return Grad2{0.0, 0.0};
+  const double y = 1.0 - z;
+  const double lnz = ::log(z), lny = ::log1p(-z);
+  const bool swap = !(z < (a + 1.0) / (a + b + 2.0));
+  // One call site with selected arguments (one copy of the loops in the kernels).
+  const Grad2 g = beta_grad_direct(swap ? b : a, swap ? a : b, swap ? y : z, swap ? z : y, swap ? lny : lnz,
+                                   swap ? lnz : lny);
+  return swap ? Grad2{-g.b, -g.a} : g;
+}
+
+// The Dirichlet's pathwise gradient (torch's _dirichlet_grad): raising
+// alpha_i moves z_i along its Beta(alpha_i, total - alpha_i) marginal, whose
+// second parameter (the other alphas' sum) stays fixed, and rescales the other
+// components by the same factor, so dz_j/dalpha_i = d_i (delta_ij - z_j) with
+// d_i = (dz_i/da of that Beta) / (1 - z_i). Returns d_i; 0 when alpha_i is the
+// whole total (one category) or z_i is not below 1.
+RT_HD double dirichlet_marginal_grad(double alpha, double total, double z) {
+  const double rest = total - alpha;
+  if (rest != rest || alpha != alpha || z != z) return ::nan("");
+  if (!(rest > 0.0) || !(z < 1.0)) return 0.0;
+  const Grad2 g = beta_dz_dab(alpha, rest, z);
+  return g.a / (1.0 - z);
+}
+
+}  // namespace
+}  // namespace rtrick

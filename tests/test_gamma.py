@@ -1,0 +1,556 @@
+"""Tests of rt.gamma_rsample, rt.beta_rsample and rt.dirichlet_rsample (implicit reparameterization).
+
+Values against the reference per dtype, shapes and layouts, the implicit
+gradients against scipy's incomplete gamma/beta functions (the independent
+oracle), registration (opcheck, torch.compile), seeding, bad input, CPU/CUDA
+parity (skipped without a GPU), and statistics.
+
+Statistics: error budget
+------------------------
+Every statistical check uses a fixed seed, so CI is deterministic. Thresholds
+are set so that, were the sampler exact and the seeds random, the file would
+fail with probability below ALPHA_FILE = 1e-3: N_CHECKS = 30 checks are
+budgeted, 27 used (STAT_CHECKS): KS of 5 Gammas, 4 Betas and 1 Dirichlet
+marginal (10); mean and variance of 4 Gammas (8) and 2 Betas (4); the mean of
+the per-sample implicit gradients against the exact dE[z]/dalpha, 3 Gammas,
+1 Beta, 1 Dirichlet (5). Each check gets
+ALPHA = ALPHA_FILE / N_CHECKS (Bonferroni), so the union bound gives a
+file false-failure rate of 27 * ALPHA < 1e-3.
+* KS: the DKW inequality (Massart), P(D_n > t) <= 2 exp(-2 n t^2), exact for
+  every n and every distribution (also with the atoms that the clamp to the
+  smallest normal number creates: the statistic below compares with the CDF
+  of the clamped distribution), t = sqrt(ln(2 / ALPHA) / (2 n)).
+* Means (of z, or of per-sample gradients): |mean - mu| / (s / sqrt(n)) <=
+  ndtri(1 - ALPHA / 2) = 4.15 (CLT; n = 2^20 or 2^17, summands with finite
+  moments; the sample variance s^2 standardised likewise with the fourth
+  central moment, only where the excess kurtosis 6 / alpha is moderate).
+"""
+import math
+
+import numpy as np
+import pytest
+import scipy.special as sps
+import scipy.stats as stats
+import torch
+
+import rtrick_ops as rt
+from rtrick_ops import _library, reference
+
+ops = torch.ops.rtrick_ops
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+ALPHAS = (1e-2, 0.1, 0.5, 1.0, 2.5, 10.0, 100.0, 1e3, 1e4)
+
+ALPHA_FILE = 1e-3
+N_CHECKS = 30
+ALPHA = ALPHA_FILE / N_CHECKS
+Z_CRIT = float(stats.norm.isf(ALPHA / 2))  # 4.15
+
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and _library.built_with_cuda()),
+                                reason="needs a GPU and rtrick_ops._C built with CUDA")
+
+
+def state(key, offset=0):
+    return torch.tensor([key, offset], dtype=torch.int64)
+
+
+# ----------------------------------------------------- samples vs reference
+# The kernels run Marsaglia-Tsang in float32 for float32/half/bfloat16 (float64
+# for float64) from the same float32 normal and uniforms; the reference runs it
+# in float64. Values agree to float32 rounding, relative to |log z| (the boost
+# z = g u^(1/alpha) multiplies log-space errors by 1/alpha), and at most a few
+# elements may take the other branch of an accept test at the rounding
+# boundary (probability ~1e-6 each).
+LOG_TOL = {torch.float32: 3e-6, torch.float64: 3e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def count_log_mismatches(actual, expected, tol):
+    la, le = actual.double().log(), expected.double().log()
+    bad = (la - le).abs() > tol * (1 + le.abs())
+    return int(bad.sum())
+
+
+def allowed(n):
+    return max(2, n // 2000)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gamma_matches_reference(dtype):
+    alpha = torch.tensor([0.01, 0.3, 0.9, 1.0, 3.7, 42.0, 1e3], dtype=torch.float64).to(dtype)
+    st = state(1234, 5)
+    z = ops.gamma_rsample(alpha, st, [3, 97])
+    zr = reference.gamma_rsample(alpha, st, (3, 97))
+    assert z.dtype == dtype and z.shape == (3, 97, 7)
+    assert bool((z > 0).all()), "a Gamma sample is 0"
+    bad = count_log_mismatches(z, zr, LOG_TOL[dtype])
+    assert bad <= allowed(z.numel()), f"{bad} of {z.numel()} Gamma samples differ from the reference ({dtype})"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_beta_matches_reference(dtype):
+    a = torch.tensor([[0.01], [0.5], [2.0], [30.0]], dtype=torch.float64).to(dtype)
+    b = torch.tensor([0.02, 1.0, 7.3], dtype=torch.float64).to(dtype)
+    st = state(99, 3)
+    z = ops.beta_rsample(a, b, st, [50])
+    zr = reference.beta_rsample(a, b, st, (50,))
+    assert z.shape == (50, 4, 3) and z.dtype == dtype
+    assert bool(((z > 0) & (z < 1)).all()), "a Beta sample is not strictly inside (0, 1)"
+    # z relative to |log z| near 0; 1 - z near 1, up to the dtype's resolution there
+    tol, eps = 20 * LOG_TOL[dtype], torch.finfo(dtype).eps
+    zk, zref = z.double(), zr.double()
+    near0_ok = (zk.log() - zref.log()).abs() <= tol * (1 + zref.log().abs())
+    yk, yref = 1 - zk, 1 - zref
+    near1_ok = (yk - yref).abs() <= 2 * eps + tol * (1 + yref.log().abs()) * yref
+    bad = int((~(near0_ok | near1_ok)).sum())
+    assert bad <= allowed(z.numel()), f"{bad} of {z.numel()} Beta samples differ from the reference ({dtype})"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dirichlet_matches_reference(dtype):
+    conc = torch.tensor([[0.01, 0.5, 2.0, 7.3, 1e3], [1.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64).to(dtype)
+    st = state(7, 1)
+    z = ops.dirichlet_rsample(conc, st, [40])
+    zr = reference.dirichlet_rsample(conc, st, (40,))
+    assert z.shape == (40, 2, 5) and z.dtype == dtype
+    assert bool((z > 0).all())
+    torch.testing.assert_close(z.double().sum(-1), torch.ones(40, 2, dtype=torch.float64),
+                               atol={torch.float16: 5e-3, torch.bfloat16: 4e-2}.get(dtype, 1e-5), rtol=0)
+    bad = count_log_mismatches(z, zr, 20 * LOG_TOL[dtype])
+    assert bad <= allowed(z.numel()) * 5, f"{bad} of {z.numel()} Dirichlet samples differ from the reference"
+
+
+def test_tiny_concentrations_are_safe():
+    """Concentrations 1e-2: Beta never gives 0/0 and stays in (0, 1); nothing is 0 or NaN."""
+    for dtype in DTYPES:
+        a = torch.full((4096,), 1e-2, dtype=dtype)
+        z = rt.beta_rsample(a, a, seed=3)
+        assert bool(((z > 0) & (z < 1)).all()), f"Beta(0.01, 0.01) left (0, 1) in {dtype}"
+        g = rt.gamma_rsample(a, seed=3)
+        assert bool((g >= torch.finfo(dtype).tiny).all()), f"Gamma(0.01) below the smallest normal in {dtype}"
+        d = rt.dirichlet_rsample(a.reshape(-1, 4), seed=3)
+        assert bool(torch.isfinite(d).all() and (d > 0).all())
+
+
+def test_nan_and_nonpositive_concentration_give_nan():
+    alpha = torch.tensor([1.0, 0.0, -1.0, math.nan, math.inf])
+    z = ops.gamma_rsample(alpha, state(1), [])
+    assert z[0] > 0 and bool(torch.isnan(z[1:4]).all()) and z[4] == math.inf
+    zb = ops.beta_rsample(alpha, torch.ones(5), state(1), [])
+    assert bool(torch.isnan(zb[1:4]).all())
+
+
+# ------------------------------------------------------- shapes and layouts
+def test_shapes_broadcasting_and_noncontiguous():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(6, 5, generator=g) * 3 + 0.05
+    b = torch.rand(5, generator=g) * 3 + 0.05
+    z = rt.beta_rsample(a[:, :1], b, sample_shape=(2, 3), seed=11)
+    assert z.shape == (2, 3, 6, 5)
+    z_expanded = rt.beta_rsample(a[:, :1].expand(6, 5).contiguous(), b.expand(6, 5).contiguous(),
+                                 sample_shape=(2, 3), seed=11)
+    assert torch.equal(z, z_expanded), "broadcast and expanded inputs give different samples"
+    at = a.t().contiguous().t()  # non-contiguous view with a's values
+    assert not at.is_contiguous()
+    assert torch.equal(rt.gamma_rsample(at, sample_shape=4, seed=5), rt.gamma_rsample(a, sample_shape=4, seed=5))
+    assert torch.equal(rt.dirichlet_rsample(at, seed=5), rt.dirichlet_rsample(a, seed=5))
+    odd = torch.rand(3, 7, 11, generator=g) + 0.1
+    zo = rt.gamma_rsample(odd[:, ::2, 1:], sample_shape=(5,), seed=2)
+    assert zo.shape == (5, 3, 4, 10)
+    rate = torch.tensor([[1.0], [2.0]])
+    zr = rt.gamma_rsample(torch.tensor([0.5, 2.0, 3.0]), rate, sample_shape=2, seed=8)
+    assert zr.shape == (2, 2, 3)
+    z1 = rt.gamma_rsample(torch.tensor([0.5, 2.0, 3.0]).expand(2, 3), sample_shape=2, seed=8)
+    torch.testing.assert_close(zr, z1 / rate)
+    assert rt.gamma_rsample(torch.ones(0, 3), sample_shape=2, seed=1).shape == (2, 0, 3)
+
+
+def test_grad_through_broadcast_matches_reference():
+    a = torch.tensor([[0.3], [2.0], [15.0]], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([0.7, 4.0], dtype=torch.float64, requires_grad=True)
+    gz = torch.randn(5, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    z = rt.beta_rsample(a, b, sample_shape=5, seed=4)
+    ga, gb = torch.autograd.grad(z, (a, b), gz)
+    da, db = reference.beta_dz_dab(a.detach().expand(z.shape), b.detach().expand(z.shape), z.detach())
+    torch.testing.assert_close(ga, (gz * da).sum_to_size(a.shape), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gb, (gz * db).sum_to_size(b.shape), rtol=1e-9, atol=1e-12)
+    c = torch.tensor([0.4, 1.5, 9.0], dtype=torch.float64, requires_grad=True)
+    gz = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    zc = rt.gamma_rsample(c, sample_shape=6, seed=4)
+    (gc,) = torch.autograd.grad(zc, c, gz)
+    torch.testing.assert_close(gc, (gz * reference.gamma_dz_dalpha(c.detach().expand(6, 3), zc.detach())).sum(0))
+    zd = rt.dirichlet_rsample(c, sample_shape=6, seed=4)
+    (gd,) = torch.autograd.grad(zd, c, gz)
+    torch.testing.assert_close(gd, reference.dirichlet_grad(gz, c.detach(), zd.detach()), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
+def test_reduced_precision_gradients(dtype):
+    c = torch.tensor([0.3, 2.0, 40.0], dtype=dtype, requires_grad=True)
+    z = rt.gamma_rsample(c, sample_shape=64, seed=9)
+    (g,) = torch.autograd.grad(z.sum(), c)
+    expected = reference.gamma_dz_dalpha(c.detach().double().expand(z.shape), z.detach().double()).sum(0)
+    assert g.dtype == dtype
+    torch.testing.assert_close(g.double(), expected, rtol={torch.float32: 1e-6}.get(dtype, 1e-2), atol=0)
+
+
+# -------------------------------------------- implicit gradients vs scipy
+def _d4(f, a, h):
+    return (8 * (f(a + h) - f(a - h)) - (f(a + 2 * h) - f(a - 2 * h))) / (12 * h)
+
+
+def gamma_oracle(a, z):
+    """dz/da = -(dP/da) / p(z), dP/da by a 4-point central difference of scipy's gammainc (gammaincc above the median)."""
+    h = 1e-3 * min(a, math.sqrt(a))
+    f = (lambda s: -sps.gammaincc(s, z)) if sps.gammainc(a, z) > 0.5 else (lambda s: sps.gammainc(s, z))
+    return -_d4(f, a, h) / math.exp(stats.gamma.logpdf(z, a))
+
+
+def beta_oracle(a, b, x):
+    ha, hb = 1e-3 * min(a, math.sqrt(a)), 1e-3 * min(b, math.sqrt(b))
+    if sps.betainc(a, b, x) > 0.5 and x >= 0.5:  # 1 - x exact: use the upper tail's own function
+        fa, fb = (lambda s: -sps.betainc(b, s, 1 - x)), (lambda s: -sps.betainc(s, a, 1 - x))
+    else:
+        fa, fb = (lambda s: sps.betainc(s, b, x)), (lambda s: sps.betainc(a, s, x))
+    p = math.exp(stats.beta.logpdf(x, a, b))
+    return -_d4(fa, a, ha) / p, -_d4(fb, b, hb) / p
+
+
+QUANTILES = (1e-6, 1e-3, 0.05, 0.3, 0.5, 0.7, 0.95, 0.999, 1 - 1e-6)
+GAMMA_MAX_REL = 5e-4
+BETA_MAX_REL = 5e-3
+
+
+def test_gamma_gradient_accuracy_against_scipy():
+    worst = {}
+    for a in ALPHAS:
+        zs = [float(sps.gammaincinv(a, q)) for q in QUANTILES]
+        zs = [z for z in zs if z > 1e-300]
+        got = ops.gamma_rsample_backward(torch.ones(len(zs), dtype=torch.float64),
+                                         torch.full((len(zs),), a, dtype=torch.float64),
+                                         torch.tensor(zs, dtype=torch.float64))
+        ref = np.array([gamma_oracle(a, z) for z in zs])
+        rel = np.abs(got.numpy() - ref) / np.abs(ref)
+        worst[a] = float(rel.max())
+        assert np.isfinite(got.numpy()).all()
+    assert max(worst.values()) < GAMMA_MAX_REL, f"Gamma dz/dalpha max relative error per alpha: {worst}"
+
+
+def test_beta_gradient_accuracy_against_scipy():
+    worst = {}
+    for a in ALPHAS:
+        for b in (1e-2, 0.5, 3.0, 100.0, 1e4):
+            xs = [float(sps.betaincinv(a, b, q)) for q in QUANTILES]
+            xs = [x for x in xs if 1e-300 < x < 1 - 1e-15]
+            n = len(xs)
+            ga, gb = ops.beta_rsample_backward(torch.ones(n, dtype=torch.float64),
+                                               torch.full((n,), a, dtype=torch.float64),
+                                               torch.full((n,), b, dtype=torch.float64),
+                                               torch.tensor(xs, dtype=torch.float64))
+            ref = np.array([beta_oracle(a, b, x) for x in xs])
+            rel_a = np.abs(ga.numpy() - ref[:, 0]) / np.abs(ref[:, 0])
+            rel_b = np.abs(gb.numpy() - ref[:, 1]) / np.abs(ref[:, 1])
+            worst[(a, b)] = float(max(rel_a.max(), rel_b.max()))
+            assert np.isfinite(ga.numpy()).all() and np.isfinite(gb.numpy()).all()
+    bad = {k: v for k, v in worst.items() if not v < BETA_MAX_REL}
+    assert not bad, f"Beta dz/da, dz/db max relative error above {BETA_MAX_REL}: {bad}"
+
+
+def test_reference_gradients_agree_with_kernel():
+    alpha = torch.tensor(ALPHAS, dtype=torch.float64).repeat_interleave(4)
+    z = ops.gamma_rsample(alpha, state(5), [])
+    k = ops.gamma_rsample_backward(torch.ones_like(z), alpha, z)
+    torch.testing.assert_close(k, reference.gamma_dz_dalpha(alpha, z), rtol=1e-9, atol=0)
+
+
+def test_dirichlet_gradient_agrees_with_torch():
+    """torch._dirichlet_grad (an approximation good to about 1e-3) computes the same d_i."""
+    conc = torch.tensor([[0.3, 2.5, 1.2, 8.0]], dtype=torch.float64).expand(256, 4).contiguous()
+    z = ops.dirichlet_rsample(conc, state(3), [])
+    g = torch.randn(z.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours = ops.dirichlet_rsample_backward(g, conc, z)
+    d = torch._dirichlet_grad(z, conc, conc.sum(-1, keepdim=True).expand_as(conc))
+    theirs = d * (g - (z * g).sum(-1, keepdim=True))
+    torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=1e-4)
+
+
+def test_gradients_finite_at_extreme_z():
+    f32 = torch.finfo(torch.float32)
+    alphas = torch.tensor(ALPHAS, dtype=torch.float64)
+    for z_value in (f32.tiny, 2.2250738585072014e-308, 1e-30, 1e-5, 1e5, 3e4):
+        z = torch.full_like(alphas, z_value)
+        g = ops.gamma_rsample_backward(torch.ones_like(z), alphas, z)
+        assert bool(torch.isfinite(g).all()), f"Gamma gradient not finite at z={z_value}: {g}"
+    for z_value in (f32.tiny, 1e-30, 0.5, 1 - 2.0**-24, 1 - 2.0**-53):
+        a = alphas.repeat_interleave(len(ALPHAS))
+        b = alphas.repeat(len(ALPHAS))
+        z = torch.full_like(a, z_value)
+        ga, gb = ops.beta_rsample_backward(torch.ones_like(z), a, b, z)
+        assert bool(torch.isfinite(ga).all() and torch.isfinite(gb).all()), f"Beta gradient not finite at z={z_value}"
+    for dtype in DTYPES:
+        c = torch.tensor([[1e-2, 1e-2, 5.0], [1e4, 1e-2, 1.0]], dtype=dtype, requires_grad=True)
+        z = rt.dirichlet_rsample(c, sample_shape=64, seed=1)
+        (g,) = torch.autograd.grad(z[..., 0].sum(), c)
+        assert bool(torch.isfinite(g).all()), f"Dirichlet gradient not finite in {dtype}"
+
+
+# ----------------------------------------------------------- registration
+def opcheck_cases():
+    g = torch.Generator().manual_seed(0)
+    c = (torch.rand(3, 4, generator=g, dtype=torch.float64) * 3 + 0.1).requires_grad_()
+    b = (torch.rand(4, generator=g, dtype=torch.float64) * 3 + 0.1).requires_grad_()
+    z = ops.gamma_rsample(c.detach(), state(1), [2])
+    zb = ops.beta_rsample(c.detach(), b.detach(), state(1), [2])
+    zd = ops.dirichlet_rsample(c.detach(), state(1), [2])
+    gz = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    yield ops.gamma_rsample.default, (c, state(1), [2])
+    yield ops.beta_rsample.default, (c, b, state(1), [2])
+    yield ops.dirichlet_rsample.default, (c, state(1), [2])
+    yield ops.gamma_rsample_backward.default, (gz, c.detach(), z)
+    yield ops.beta_rsample_backward.default, (gz, c.detach(), b.detach(), zb)
+    yield ops.dirichlet_rsample_backward.default, (gz, c.detach(), zd)
+
+
+@pytest.mark.parametrize("op,args", list(opcheck_cases()), ids=lambda v: str(v).split(".")[-2] if hasattr(v, "name") else "")
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph():
+    def loss_fn(alpha, rate):
+        z = rt.gamma_rsample(alpha, rate, sample_shape=(4,), seed=123)
+        return (z * z).mean(), z
+
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    inputs = [torch.tensor([0.5, 2.0, 9.0], requires_grad=True), torch.tensor([1.0, 2.0, 0.5], requires_grad=True)]
+    loss_c, z_c = compiled(*inputs)
+    loss_c.backward()
+    eager = [t.detach().clone().requires_grad_() for t in inputs]
+    loss_e, z_e = loss_fn(*eager)
+    loss_e.backward()
+    assert torch.equal(z_c, z_e), "compiled and eager z differ for the same seed"
+    for name, x, y in zip(("concentration", "rate"), inputs, eager):
+        torch.testing.assert_close(x.grad, y.grad, msg=lambda m: f"grad {name}: {m}")
+
+
+def test_saves_only_inputs_and_output():
+    c = torch.tensor([0.5, 3.0], requires_grad=True)
+    b = torch.tensor([2.0, 0.3], requires_grad=True)
+    for fn, inputs in ((lambda: rt.gamma_rsample(c, sample_shape=3, seed=1), (c,)),
+                       (lambda: rt.beta_rsample(c, b, sample_shape=3, seed=1), (c, b)),
+                       (lambda: rt.dirichlet_rsample(c, sample_shape=3, seed=1), (c,))):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            z = fn()
+        allowed_ptrs = {t.data_ptr() for t in inputs} | {z.data_ptr()}
+        assert saved and all(t.data_ptr() in allowed_ptrs for t in saved), "saved something besides inputs and z"
+
+
+def test_double_backward_raises_clearly():
+    c = torch.tensor([0.5, 3.0], requires_grad=True)
+    z = rt.gamma_rsample(c, seed=1)
+    (g,) = torch.autograd.grad(z.sum(), c, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
+
+
+# --------------------------------------------------------------- seeding
+def test_seeds_reproducible():
+    c = torch.tensor([0.3, 1.0, 4.0])
+    assert torch.equal(rt.gamma_rsample(c, sample_shape=8, seed=42), rt.gamma_rsample(c, sample_shape=8, seed=42))
+    assert not torch.equal(rt.gamma_rsample(c, sample_shape=8, seed=42), rt.gamma_rsample(c, sample_shape=8, seed=43))
+    torch.manual_seed(0)
+    z1 = rt.beta_rsample(c, c, sample_shape=8)
+    z2 = rt.beta_rsample(c, c, sample_shape=8)
+    torch.manual_seed(0)
+    assert torch.equal(z1, rt.beta_rsample(c, c, sample_shape=8)) and not torch.equal(z1, z2)
+    g = torch.Generator().manual_seed(5)
+    d1 = rt.dirichlet_rsample(c, sample_shape=8, generator=g)
+    g.manual_seed(5)
+    assert torch.equal(d1, rt.dirichlet_rsample(c, sample_shape=8, generator=g))
+    # Beta's X and Y are independent streams: Beta(a, a) is not identically 1/2
+    zb = rt.beta_rsample(c, c, sample_shape=64, seed=1)
+    assert float((zb - 0.5).abs().max()) > 0.1
+
+
+def test_reference_backend_matches_kernel():
+    c = torch.tensor([0.3, 1.0, 4.0], dtype=torch.float64)
+    torch.testing.assert_close(rt.gamma_rsample(c, sample_shape=16, seed=3, backend="reference"),
+                               rt.gamma_rsample(c, sample_shape=16, seed=3, backend="cpu"), rtol=1e-5, atol=0)
+
+
+# -------------------------------------------------------------- bad input
+def test_bad_input_errors_name_the_argument_and_leave_inputs_untouched():
+    c = torch.tensor([0.5, -1.0, 2.0])
+    ok = torch.tensor([1.0, 2.0, 3.0])
+    before = (c.clone(), ok.clone())
+    with pytest.raises(ValueError, match="concentration"):
+        rt.gamma_rsample(c, validate_args=True)
+    with pytest.raises(ValueError, match="rate"):
+        rt.gamma_rsample(ok, c, validate_args=True)
+    with pytest.raises(ValueError, match="^a must be positive"):
+        rt.beta_rsample(c, ok, validate_args=True)
+    with pytest.raises(ValueError, match="^b must be positive"):
+        rt.beta_rsample(ok, c, validate_args=True)
+    with pytest.raises(ValueError, match="concentration"):
+        rt.dirichlet_rsample(torch.tensor([0.5, 0.0]), validate_args=True)
+    with pytest.raises(TypeError, match="concentration must be float32"):
+        rt.gamma_rsample(torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="^b must be"):
+        rt.beta_rsample(ok, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="a is on cpu but b is on meta"):
+        rt.beta_rsample(ok, torch.ones(3, device="meta"))
+    with pytest.raises(ValueError, match="a of shape .* and b of shape .* do not broadcast"):
+        rt.beta_rsample(ok, torch.ones(2))
+    with pytest.raises(ValueError, match="no Triton kernels"):
+        rt.gamma_rsample(ok, backend="triton")
+    with pytest.raises(ValueError, match="at least one dimension"):
+        rt.dirichlet_rsample(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="sample_shape"):
+        rt.gamma_rsample(ok, sample_shape=(-1,))
+    with pytest.raises(ValueError, match="rng_state"):
+        ops.gamma_rsample(ok, torch.tensor([1.0, 2.0]), [])
+    with pytest.raises(ValueError, match="grad_z"):
+        ops.gamma_rsample_backward(torch.ones(2), ok, ok)
+    assert torch.equal(c, before[0]) and torch.equal(ok, before[1]), "an input was modified"
+    # validation off: NaN, no error
+    assert bool(torch.isnan(rt.gamma_rsample(c, validate_args=False, seed=1)[1]))
+
+
+# ------------------------------------------------------------ CPU vs CUDA
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_matches_cpu(dtype):
+    a = torch.tensor([[0.01], [0.5], [3.0], [1e3]], dtype=torch.float64).to(dtype)
+    b = torch.tensor([0.02, 1.0, 7.3], dtype=torch.float64).to(dtype)
+    exact = dtype != torch.float64  # float32 math with philox.h's bit-exact functions on both
+    for name, fn in (("gamma", lambda t, dev: rt.gamma_rsample(t.to(dev), sample_shape=33, seed=77)),
+                     ("beta", lambda t, dev: rt.beta_rsample(t.to(dev), b.to(dev), sample_shape=33, seed=77)),
+                     ("dirichlet", lambda t, dev: rt.dirichlet_rsample(t.t().to(dev), sample_shape=33, seed=77))):
+        cpu, gpu = fn(a, "cpu"), fn(a, "cuda").cpu()
+        if exact:
+            assert torch.equal(cpu, gpu), f"{name} ({dtype}): CUDA and CPU samples differ"
+        else:
+            # float64: the platforms' double log/exp differ in the last bit
+            torch.testing.assert_close(gpu, cpu, rtol=1e-10, atol=0, msg=lambda m: f"{name}: {m}")
+    ac = a.double().expand(4, 3).contiguous()
+    z = rt.beta_rsample(ac, b.double(), seed=5)
+    g = torch.randn(z.shape, dtype=torch.float64)
+    ga, gb = ops.beta_rsample_backward(g, ac, b.double().expand(4, 3), z)
+    ga2, gb2 = ops.beta_rsample_backward(g.cuda(), ac.cuda(), b.double().expand(4, 3).cuda(), z.cuda())
+    # double math on both, but different libm and central differences: 1e-7 relative
+    torch.testing.assert_close(ga2.cpu(), ga, rtol=1e-7, atol=1e-14)
+    torch.testing.assert_close(gb2.cpu(), gb, rtol=1e-7, atol=1e-14)
+    gg = ops.gamma_rsample_backward(g, ac, z)
+    torch.testing.assert_close(ops.gamma_rsample_backward(g.cuda(), ac.cuda(), z.cuda()).cpu(), gg, rtol=1e-7,
+                               atol=1e-14)
+    gd = ops.dirichlet_rsample_backward(g, ac, z)
+    torch.testing.assert_close(ops.dirichlet_rsample_backward(g.cuda(), ac.cuda(), z.cuda()).cpu(), gd, rtol=1e-7,
+                               atol=1e-14)
+
+
+# ------------------------------------------------------------- statistics
+N_STAT = 2**20
+DKW_T = math.sqrt(math.log(2 / ALPHA) / (2 * N_STAT))
+
+
+def ks_clamped(samples, cdf, low=None, high=None):
+    """sup |F_n - F| against the CDF of the clamped distribution (atoms at low and high), ties handled exactly."""
+    x = np.sort(samples.astype(np.float64))
+    values, counts = np.unique(x, return_counts=True)
+    upper = np.cumsum(counts) / x.size          # F_n(v)
+    lower = upper - counts / x.size             # F_n(v-)
+    f = cdf(values)
+    f_left = f.copy()                           # F(v-) of the clamped distribution
+    if low is not None:
+        f_left[values == low] = 0.0
+    if high is not None:
+        f[values == high] = 1.0
+    return float(max(np.abs(upper - f).max(), np.abs(lower - f_left).max()))
+
+
+@pytest.mark.parametrize("alpha", (0.01, 0.5, 1.0, 7.3, 1e4))
+def test_gamma_ks(alpha):
+    z = rt.gamma_rsample(torch.tensor([alpha]), sample_shape=N_STAT, seed=1000 + int(alpha * 10)).reshape(-1)
+    d = ks_clamped(z.numpy(), lambda v: stats.gamma.cdf(v, alpha), low=torch.finfo(torch.float32).tiny)
+    assert d < DKW_T, f"Gamma({alpha}) KS D = {d:.3g} >= {DKW_T:.3g}"
+
+
+@pytest.mark.parametrize("alpha", (0.5, 1.0, 7.3, 1e4))
+def test_gamma_mean_and_variance(alpha):
+    z = rt.gamma_rsample(torch.tensor([alpha], dtype=torch.float64), sample_shape=N_STAT, seed=77).reshape(-1)
+    n = z.numel()
+    mean_z = (z.mean() - alpha) / math.sqrt(alpha / n)
+    var = z.var()
+    mu4 = 3 * alpha**2 + 6 * alpha  # fourth central moment of Gamma(alpha, 1)
+    var_z = (var - alpha) / math.sqrt((mu4 - alpha**2) / n)
+    assert abs(mean_z) < Z_CRIT and abs(var_z) < Z_CRIT, f"Gamma({alpha}): mean z={mean_z:.2f}, variance z={var_z:.2f}"
+
+
+@pytest.mark.parametrize("a,b", ((0.01, 0.5), (0.5, 0.5), (2.0, 7.3), (1e3, 1e4)))
+def test_beta_ks(a, b):
+    z = rt.beta_rsample(torch.tensor([a]), torch.tensor([b]), sample_shape=N_STAT, seed=5).reshape(-1)
+    f32 = torch.finfo(torch.float32)
+    d = ks_clamped(z.numpy(), lambda v: stats.beta.cdf(v, a, b), low=f32.tiny, high=1 - f32.eps / 2)
+    assert d < DKW_T, f"Beta({a}, {b}) KS D = {d:.3g} >= {DKW_T:.3g}"
+
+
+@pytest.mark.parametrize("a,b", ((0.5, 0.5), (2.0, 7.3)))
+def test_beta_mean_and_variance(a, b):
+    z = rt.beta_rsample(torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64),
+                        sample_shape=N_STAT, seed=6).reshape(-1)
+    dist = stats.beta(a, b)
+    m, v = dist.mean(), dist.var()
+    mu4 = dist.expect(lambda x: (x - m) ** 4)
+    n = z.numel()
+    mean_z = (float(z.mean()) - m) / math.sqrt(v / n)
+    var_z = (float(z.var()) - v) / math.sqrt((mu4 - v * v) / n)
+    assert abs(mean_z) < Z_CRIT and abs(var_z) < Z_CRIT, f"Beta({a}, {b}): mean z={mean_z:.2f}, var z={var_z:.2f}"
+
+
+def test_dirichlet_marginal_ks():
+    conc = torch.tensor([0.5, 2.0, 7.3])
+    z = rt.dirichlet_rsample(conc, sample_shape=N_STAT, seed=8)
+    d = ks_clamped(z[:, 0].numpy(), lambda v: stats.beta.cdf(v, 0.5, 9.3), low=torch.finfo(torch.float32).tiny)
+    assert d < DKW_T, f"Dirichlet marginal KS D = {d:.3g} >= {DKW_T:.3g}"
+
+
+N_GRAD = 2**17
+
+
+def mean_z_score(values, expected):
+    values = values.double()
+    return (float(values.mean()) - expected) / (float(values.std()) / math.sqrt(values.numel()))
+
+
+@pytest.mark.parametrize("alpha", (0.05, 0.7, 7.3))
+def test_gamma_gradient_is_unbiased(alpha):
+    """E[dz/dalpha] = dE[z]/dalpha = 1: the mean of per-sample implicit gradients."""
+    c = torch.full((N_GRAD,), alpha, dtype=torch.float64)
+    z = ops.gamma_rsample(c, state(31), [])
+    d = ops.gamma_rsample_backward(torch.ones_like(z), c, z)
+    score = mean_z_score(d, 1.0)
+    assert abs(score) < Z_CRIT, f"Gamma({alpha}): mean dz/dalpha off 1 by {score:.2f} standard errors"
+
+
+def test_beta_and_dirichlet_gradients_are_unbiased():
+    """E[dz/da] = b / (a + b)^2 for Beta; d E[z_0] / d alpha_0 = (total - alpha_0) / total^2 for Dirichlet."""
+    a, b = 0.6, 2.5
+    ca, cb = torch.full((N_GRAD,), a, dtype=torch.float64), torch.full((N_GRAD,), b, dtype=torch.float64)
+    z = ops.beta_rsample(ca, cb, state(32), [])
+    da, _ = ops.beta_rsample_backward(torch.ones_like(z), ca, cb, z)
+    score = mean_z_score(da, b / (a + b) ** 2)
+    assert abs(score) < Z_CRIT, f"Beta: mean dz/da off by {score:.2f} standard errors"
+    conc = torch.tensor([0.6, 2.5, 1.2], dtype=torch.float64).expand(N_GRAD, 3).contiguous()
+    zd = ops.dirichlet_rsample(conc, state(33), [])
+    onehot = torch.zeros_like(zd)
+    onehot[:, 0] = 1
+    g = ops.dirichlet_rsample_backward(onehot, conc, zd)  # per-row gradient of z_0
+    total = 4.3
+    score = mean_z_score(g[:, 0], (total - 0.6) / total**2)
+    assert abs(score) < Z_CRIT, f"Dirichlet: mean dz_0/dalpha_0 off by {score:.2f} standard errors"
+
+
+STAT_CHECKS = 5 + 2 * 4 + 4 + 2 * 2 + 1 + 3 + 2  # = 27  # KS gamma, mean/var gamma, KS beta, mean/var beta, KS dirichlet, grads
+
+
+def test_budget_covers_the_checks():
+    assert STAT_CHECKS <= N_CHECKS
