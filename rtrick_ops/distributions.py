@@ -10,6 +10,7 @@ the scale transform and keeps nothing of the sample's size for backward.
     d = Normal.from_logvar(mu, logvar)             # sigma = exp(logvar / 2), the usual VAE head
     d = Laplace.from_log_scale(loc, log_b)         # likewise LogNormal, Cauchy, Gumbel, Logistic
     d = Uniform(low, high); Exponential(rate); RelaxedBernoulli(temperature, logits=logits)
+    d = Gamma(concentration, rate); Beta(a, b); Dirichlet(concentration)   # implicit reparameterization
 
 The location-scale classes other than Normal compute `scale` from the
 unconstrained parameter when built with a from_* constructor (torch's own
@@ -22,7 +23,7 @@ import torch
 from torch.distributions.utils import broadcast_all
 
 from . import reference
-from . import family
+from . import family, gamma
 from .normal import normal_rsample
 
 
@@ -106,8 +107,23 @@ class Normal(torch.distributions.Normal):
         return super().log_prob(value)
 
 
-# ------------------------------------------------ the location-scale family
-class _FusedLocScale:
+# ------------------------------------------------ the other families
+class _Fused:
+    """What every fused class adds to its torch class: seed and backend, kept by expand; sample = rsample
+    without grad."""
+
+    def expand(self, batch_shape, _instance=None):
+        new = _instance if _instance is not None else type(self).__new__(type(self))
+        new = super().expand(batch_shape, _instance=new)
+        new._seed, new._backend = self._seed, self._backend
+        return new
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+class _FusedLocScale(_Fused):
     """rsample through rtrick_ops' location-scale kernel, and the from_* constructors.
 
     A subclass sets _family and inherits from the torch class it replaces; the
@@ -139,29 +155,17 @@ class _FusedLocScale:
     def from_softplus(cls, loc, raw_scale, validate_args=None, **kwargs):
         return cls.from_scale_param(loc, raw_scale, "softplus", validate_args, **kwargs)
 
-    def _location(self):
-        return self.loc
-
-    def _scale_value(self):
-        return self.scale
-
     def expand(self, batch_shape, _instance=None):
-        new = _instance if _instance is not None else type(self).__new__(type(self))
-        new = super().expand(batch_shape, _instance=new)
-        batch_shape = torch.Size(batch_shape)
-        new._scale_param = None if self._scale_param is None else self._scale_param.expand(batch_shape)
-        new._scale_kind, new._seed, new._backend = self._scale_kind, self._seed, self._backend
+        new = super().expand(batch_shape, _instance)
+        new._scale_param = None if self._scale_param is None else self._scale_param.expand(torch.Size(batch_shape))
+        new._scale_kind = self._scale_kind
         return new
 
     def rsample(self, sample_shape=torch.Size()):
-        scale_param = self._scale_value() if self._scale_param is None else self._scale_param
-        sampler = family.lognormal_rsample if self._family == "lognormal" else getattr(family, f"{self._family}_rsample")
-        return sampler(self._location(), scale_param, scale=self._scale_kind, sample_shape=tuple(sample_shape),
+        scale_param = self.scale if self._scale_param is None else self._scale_param
+        sampler = getattr(family, f"{self._family}_rsample")
+        return sampler(self.loc, scale_param, scale=self._scale_kind, sample_shape=tuple(sample_shape),
                        seed=self._seed, backend=self._backend)
-
-    def sample(self, sample_shape=torch.Size()):
-        with torch.no_grad():
-            return self.rsample(sample_shape)
 
 
 class Laplace(_FusedLocScale, torch.distributions.Laplace):
@@ -235,49 +239,31 @@ class Logistic(_FusedLocScale, torch.distributions.TransformedDistribution):
         return torch.log(self.scale) + 2
 
 
-class Uniform(torch.distributions.Uniform):
+class Uniform(_Fused, torch.distributions.Uniform):
     """torch.distributions.Uniform with a fused sampler, low + (high - low) * u, u strictly inside (0, 1)."""
 
     def __init__(self, low, high, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = seed, backend
         super().__init__(low, high, validate_args=validate_args)
 
-    def expand(self, batch_shape, _instance=None):
-        new = super().expand(batch_shape, _instance=type(self).__new__(type(self)) if _instance is None else _instance)
-        new._seed, new._backend = self._seed, self._backend
-        return new
-
     def rsample(self, sample_shape=torch.Size()):
         return family.uniform_rsample(self.low, self.high, sample_shape=tuple(sample_shape), seed=self._seed,
                                       backend=self._backend, validate_args=False)
 
-    def sample(self, sample_shape=torch.Size()):
-        with torch.no_grad():
-            return self.rsample(sample_shape)
 
-
-class Exponential(torch.distributions.Exponential):
+class Exponential(_Fused, torch.distributions.Exponential):
     """torch.distributions.Exponential with a fused sampler, -log(u) / rate in one kernel."""
 
     def __init__(self, rate, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = seed, backend
         super().__init__(rate, validate_args=validate_args)
 
-    def expand(self, batch_shape, _instance=None):
-        new = super().expand(batch_shape, _instance=type(self).__new__(type(self)) if _instance is None else _instance)
-        new._seed, new._backend = self._seed, self._backend
-        return new
-
     def rsample(self, sample_shape=torch.Size()):
         return family.exponential_rsample(self.rate, sample_shape=tuple(sample_shape), seed=self._seed,
                                           backend=self._backend, validate_args=False)
 
-    def sample(self, sample_shape=torch.Size()):
-        with torch.no_grad():
-            return self.rsample(sample_shape)
 
-
-class RelaxedBernoulli(torch.distributions.RelaxedBernoulli):
+class RelaxedBernoulli(_Fused, torch.distributions.RelaxedBernoulli):
     """torch.distributions.RelaxedBernoulli with a fused sampler: logistic noise, temperature and sigmoid in one pass.
 
     The fused path needs a single, non-differentiated temperature (the usual
@@ -288,11 +274,6 @@ class RelaxedBernoulli(torch.distributions.RelaxedBernoulli):
         self._seed, self._backend = seed, backend
         super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
 
-    def expand(self, batch_shape, _instance=None):
-        new = super().expand(batch_shape, _instance=type(self).__new__(type(self)) if _instance is None else _instance)
-        new._seed, new._backend = self._seed, self._backend
-        return new
-
     def rsample(self, sample_shape=torch.Size()):
         temperature = self.temperature
         if temperature.numel() != 1 or temperature.requires_grad:
@@ -300,6 +281,42 @@ class RelaxedBernoulli(torch.distributions.RelaxedBernoulli):
         return family.relaxed_bernoulli_rsample(self.logits, float(temperature), sample_shape=tuple(sample_shape),
                                                 seed=self._seed, backend=self._backend)
 
-    def sample(self, sample_shape=torch.Size()):
-        with torch.no_grad():
-            return self.rsample(sample_shape)
+
+class Gamma(_Fused, torch.distributions.Gamma):
+    """torch.distributions.Gamma with a fused sampler: Marsaglia-Tsang in the kernel, implicit gradients.
+
+    The gradient with respect to concentration is the implicit
+    reparameterization gradient (docs/gamma.md); rate enters as z / rate.
+    """
+
+    def __init__(self, concentration, rate, validate_args=None, *, seed=None, backend="auto"):
+        self._seed, self._backend = seed, backend
+        super().__init__(concentration, rate, validate_args=validate_args)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return gamma.gamma_rsample(self.concentration, self.rate, sample_shape=tuple(sample_shape), seed=self._seed,
+                                   backend=self._backend, validate_args=False)
+
+
+class Beta(_Fused, torch.distributions.Beta):
+    """torch.distributions.Beta with a fused sampler and implicit-reparameterization gradients."""
+
+    def __init__(self, concentration1, concentration0, validate_args=None, *, seed=None, backend="auto"):
+        self._seed, self._backend = seed, backend
+        super().__init__(concentration1, concentration0, validate_args=validate_args)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return gamma.beta_rsample(self.concentration1, self.concentration0, sample_shape=tuple(sample_shape),
+                                  seed=self._seed, backend=self._backend, validate_args=False)
+
+
+class Dirichlet(_Fused, torch.distributions.Dirichlet):
+    """torch.distributions.Dirichlet with a fused sampler and implicit-reparameterization gradients."""
+
+    def __init__(self, concentration, validate_args=None, *, seed=None, backend="auto"):
+        self._seed, self._backend = seed, backend
+        super().__init__(concentration, validate_args=validate_args)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return gamma.dirichlet_rsample(self.concentration, sample_shape=tuple(sample_shape), seed=self._seed,
+                                       backend=self._backend, validate_args=False)
