@@ -14,6 +14,7 @@
 #                 included); tests/test_cuda_compile.py starts beside the build (both use nvcc)
 #   sanitizer     compute-sanitizer memcheck on benchmarks/sanitize_probe.py
 #   bench         benchmarks/bench_normal.py --device cuda
+#   family bench  benchmarks/bench_family.py --device cuda, with the time that is left
 # then a summary table of the steps and the benchmark's target lines. Exit status 0 only if
 # every step passed (a missed performance target is reported, not a failure of the suite).
 #
@@ -52,7 +53,7 @@ REPO_RESULTS="$REPO/benchmarks/results"
 DEADLINE=$((SECONDS + BUDGET_S))
 
 # Caps for each step, and the least time a later step must be left (the budget reserves it).
-BUILD_CAP=240; NVCC_TESTS_CAP=300; TESTS_CAP=300; SANITIZER_CAP=90; BENCH_CAP=240
+BUILD_CAP=240; NVCC_TESTS_CAP=300; TESTS_CAP=300; SANITIZER_CAP=90; BENCH_CAP=240; FAMILY_BENCH_CAP=150
 TESTS_MIN=90; SANITIZER_MIN=60; BENCH_MIN=150
 STEP_FLOOR=20  # a step that would get less than this is not started
 SUMMARY_RESERVE=10
@@ -460,6 +461,30 @@ else
     BENCH_ERROR=$(grep -m 1 '^error: ' "$BENCH_LOG" | cut -c1-160)
     if [[ -n "$BENCH_RESULTS" ]]; then WHERE="results in $BENCH_OUT$COPIED"; else WHERE="no result files"; fi
     record bench "$(status_of $BENCH_RC)" "$BENCH_ELAPSED" "${BENCH_ERROR:+$BENCH_ERROR; }$(note_of_rc $BENCH_RC "$BENCH_LIMIT" "$BENCH_LOG"); $WHERE"
+  fi
+fi
+
+# The family benchmark (every other sampler against its torch equivalent) gets what is left;
+# when the budget is spent it is recorded as not started: run it on its own with
+# `python3 benchmarks/bench_family.py --device cuda`.
+FAMILY_LOG="$LOGS/bench_family.log"
+if (( ! RUN_GPU_STEPS )); then
+  record "family bench" SKIP 0 "no GPU"
+else
+  FAMILY_LIMIT=$(limit_for $FAMILY_BENCH_CAP 0)
+  if (( FAMILY_LIMIT < STEP_FLOOR )); then
+    record "family bench" TIMEOUT 0 "not started: the budget is spent"
+  else
+    FAMILY_ARGS=(--device cuda --out "$BENCH_OUT")
+    (( QUICK )) && FAMILY_ARGS+=(--quick)
+    run_logged "$FAMILY_LIMIT" "$FAMILY_LOG" "$PYTHON" benchmarks/bench_family.py "${FAMILY_ARGS[@]}"
+    (( RC != 0 )) && show_tail "$FAMILY_LOG" 30
+    for file in "$BENCH_OUT"/bench_family_cuda.{csv,md}; do
+      [[ -f "$file" ]] || continue
+      BENCH_RESULTS="$BENCH_RESULTS $file"
+      [[ ! "$BENCH_OUT" -ef "$OUT" ]] && cp -f "$file" "$OUT/"
+    done
+    record "family bench" "$(status_of $RC)" "$ELAPSED" "$(note_of_rc $RC "$FAMILY_LIMIT" "$FAMILY_LOG")"
   fi
 fi
 
