@@ -8,10 +8,11 @@
 """
 from . import distributions, estimators, nn
 from ._library import compiled as _compiled
+from .gumbel import gumbel_softmax
 from .normal import normal_rsample
 
 __version__ = "0.1.0"
-__all__ = ["normal_rsample", "distributions", "nn", "estimators", "cpu_isa", "set_cpu_isa"]
+__all__ = ["normal_rsample", "gumbel_softmax", "distributions", "nn", "estimators", "cpu_isa", "set_cpu_isa"]
 
 
 def cpu_isa() -> str:
