@@ -258,7 +258,8 @@ def test_opcheck(name, op, args):
     torch.library.opcheck(op, args, test_utils=utils)
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(compile_backend):
     logits = logits_for((8, 10))
 
     def step(x):
@@ -266,7 +267,7 @@ def test_torch_compile_fullgraph():
         h = rt.gumbel_softmax(x, 0.5, True, 0, seed=124)
         return (y * torch.arange(10.0)).sum() + (h * x).sum(), y
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(step, fullgraph=True, backend=compile_backend)
     xc = logits.clone().requires_grad_()
     loss_c, y_c = compiled(xc)
     loss_c.backward()
