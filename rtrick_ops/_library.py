@@ -20,7 +20,7 @@ except Exception as error:  # ImportError, or an ABI mismatch surfacing as OSErr
     logger.info("rtrick_ops._C is not available: %s", error)
 
 # The Triton kernel modules (kernels/*.py, installed as rtrick_ops.kernels.*).
-TRITON_MODULES = ("family",)
+TRITON_MODULES = ("family", "gumbel_softmax")
 
 try:  # Triton ops register themselves on import (torch.library.triton_op)
     import importlib

@@ -247,6 +247,45 @@ def normal_rsample_and_log_prob(mu, scale_param, rng_state, scale="log_sigma", s
 
 
 # ------------------------------------------------------------ Gumbel-Softmax
+def gumbel_softmax(logits, rng_state, tau=1.0, hard=False, dim=-1, sample_shape=()):
+    """softmax((logits + g) / tau) along dim, g the Gumbel noise of each output element's stream index.
+
+    Same arguments as torch.ops.rtrick_ops.gumbel_softmax; y has shape
+    sample_shape + logits.shape and the softmax runs over dim (of logits) of
+    it. Float64 math: ((logits + g) - max) / tau, then exp and normalise.
+    hard=True gives the one-hot of argmax(logits + g) (first index on ties),
+    with logits + g formed in the kernels' compute type (float32 for
+    float32/float16/bfloat16) so that the index is the kernels' exactly.
+    Differentiable by torch autograd (the soft sample).
+    """
+    sample_shape = tuple(sample_shape)
+    shape = sample_shape + tuple(logits.shape)
+    out_dim = (dim % max(logits.dim(), 1)) + len(sample_shape) if logits.dim() > 0 else len(sample_shape) - 1
+    g = _sample_noise("gumbel", shape, rng_state, logits.device)
+    if logits.dim() == 0:  # one category: y = 1
+        g, logits, out_dim = g.unsqueeze(-1), logits.unsqueeze(-1), len(sample_shape)
+    if hard:
+        v = logits.to(compute_dtype(logits.dtype)) + g.to(compute_dtype(logits.dtype))
+        index = v.argmax(out_dim, keepdim=True)  # torch's argmax returns the first maximal index
+        y = torch.zeros(v.shape, dtype=logits.dtype, device=logits.device).scatter_(out_dim, index, 1.0)
+    else:
+        v = logits.to(torch.float64) + g.to(torch.float64)
+        t = (v - v.amax(out_dim, keepdim=True).detach()) / tau
+        y = torch.softmax(t, out_dim).to(logits.dtype)
+    return y.reshape(shape)
+
+
+def gumbel_softmax_backward(grad_y, logits, rng_state, tau=1.0, dim=-1):
+    """y * (grad_y - sum(grad_y * y, dim)) / tau summed over the leading sample dims (float64 math)."""
+    sample_shape = tuple(grad_y.shape[: grad_y.dim() - logits.dim()])
+    y = gumbel_softmax(logits.to(torch.float64), rng_state, tau, False, dim, sample_shape)
+    out_dim = (dim % max(logits.dim(), 1)) + len(sample_shape)
+    gy = grad_y.to(torch.float64)
+    if logits.dim() == 0:
+        return torch.zeros_like(logits)
+    grad = y * (gy - (gy * y).sum(out_dim, keepdim=True)) / tau
+    return grad.sum(tuple(range(len(sample_shape)))).to(logits.dtype) if sample_shape else grad.to(logits.dtype)
+
 
 
 # ------------------------------------------- Gamma, Beta, Dirichlet (implicit)

@@ -1,0 +1,542 @@
+// CUDA implementation of the fused Gumbel-Softmax operators (schemas in ../ops.cpp).
+//
+//   y = softmax((logits + g) / tau) along dim,  g[n] = gumbel_noise(u(word n))
+//
+// The output (sample_shape + logits.shape, contiguous) is a stack of slabs
+// [L, inner] around dim; slab r = p * outer + o reads logits slab o, and
+// element (j, i) of it is stream element n = (r * L + j) * inner + i
+// (docs/stream.md), so the numbers are the CPU kernel's: v = logits + g and
+// the exponentials exp_f32(((v - max) / tau)) are bit-exact (-fmad=false,
+// IEEE division); the sums differ from the CPU's only in their order.
+//
+// inner == 1 (dim last, the common case): a row per warp (rows up to ~1000)
+// or per block of 256 threads (up to ~8000), the row held in registers: each
+// thread owns whole Philox blocks of 4 consecutive stream elements (one
+// noise_block call gives 4 used values, except at the two ends of a row), and
+// warp / block reductions give the max (with its first index), the sum and,
+// in the backward, sum(grad_y * y). Longer rows: a block per row that loops,
+// with a per-thread online max and sum, combined once.
+// inner > 1: a thread per column (per 4 columns when inner % 4 == 0, which
+// makes every Philox call serve 4 columns), looping down the slab with an
+// online max and sum.
+//
+// Numerics as on the CPU: (v - max) <= 0 is formed before dividing by tau
+// (no inf - inf), the max term is exp(0) = 1 so the sum is >= 1; tau is
+// clamped to the normal float32 range for float32 compute. hard=True writes
+// the one-hot of the first argmax of logits + g.
+//
+// The backward regenerates y and writes y * (grad_y - sum(grad_y * y)) / tau per
+// output element in the compute type; torch's deterministic sum reduces the
+// sample dimensions.
+//
+// Includes stay narrow (no ATen/cuda/CUDAContext.h) so that this file also
+// compiles against a CPU build of torch in CI.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cfloat>
+
+#include "../family_common.h"
+#include "../philox.h"
+#include "cuda_common.cuh"
+
+namespace rtrick {
+namespace cuda {
+namespace {
+
+template <typename T> struct Compute { using type = float; };
+template <> struct Compute<double> { using type = double; };
+
+__device__ __forceinline__ float exp_c(float x) { return exp_f32(x); }
+__device__ __forceinline__ double exp_c(double x) { return ::exp(x); }
+template <typename C> __device__ __forceinline__ C neg_inf();
+template <> __device__ __forceinline__ float neg_inf<float>() { return bits_float(0xff800000u); }
+template <> __device__ __forceinline__ double neg_inf<double>() { return __longlong_as_double(0xfff0000000000000LL); }
+
+// exp((m_part - m) / tau) * s_part: a partial sum taken against its own max
+// m_part, moved to the common max m (an empty part has m_part = -inf, s_part = 0).
+template <typename C>
+__device__ __forceinline__ C rescale(C s_part, C m_part, C m, C tau) {
+  return m_part == neg_inf<C>() ? C(0) : s_part * exp_c((m_part - m) / tau);
+}
+
+// ----------------------------------------------------------- reductions
+// All kThreads threads of a row call these together. kThreads is 32 (a warp
+// per row) or the block size (a block per row; scratch in shared memory).
+// The order of the additions is fixed by the launch shape, not by timing.
+template <typename C>
+__device__ __forceinline__ C warp_sum(C v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// (value, index) with the larger value, the smaller index on ties.
+template <typename C>
+__device__ __forceinline__ void take_max(C& v, int64_t& i, C ov, int64_t oi) {
+  const bool other = ov > v || (ov == v && oi < i);
+  v = other ? ov : v;
+  i = other ? oi : i;
+}
+
+template <typename C>
+__device__ __forceinline__ void warp_argmax(C& v, int64_t& i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const C ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, i, o);
+    take_max(v, i, ov, oi);
+  }
+}
+
+template <int kThreads, typename C>
+__device__ __forceinline__ C row_sum(C v, C* scratch) {
+  v = warp_sum(v);
+  if constexpr (kThreads == 32) {
+    return v;
+  } else {
+    __syncthreads();  // the scratch may still be read by a previous reduction
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    C total = scratch[0];
+#pragma unroll
+    for (int w = 1; w < kThreads / 32; ++w) total += scratch[w];
+    return total;
+  }
+}
+
+template <int kThreads, typename C>
+__device__ __forceinline__ void row_argmax(C& v, int64_t& i, C* scratch, int64_t* scratch_index) {
+  warp_argmax(v, i);
+  if constexpr (kThreads != 32) {
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) {
+      scratch[threadIdx.x / 32] = v;
+      scratch_index[threadIdx.x / 32] = i;
+    }
+    __syncthreads();
+    v = scratch[0];
+    i = scratch_index[0];
+#pragma unroll
+    for (int w = 1; w < kThreads / 32; ++w) take_max(v, i, scratch[w], scratch_index[w]);
+  }
+}
+
+struct Stream {
+  uint64_t key, offset;
+  __device__ explicit Stream(const int64_t* rng_state)
+      : key(static_cast<uint64_t>(rng_state[0])), offset(static_cast<uint64_t>(rng_state[1])) {}
+  __device__ Normal4 block(int64_t q) const {
+    return noise_block<NoiseKind::Gumbel>(key, offset, static_cast<uint64_t>(q));
+  }
+};
+
+__device__ __forceinline__ float lane_of(const Normal4& z, int lane) {
+  return lane == 0 ? z.z0 : (lane == 1 ? z.z1 : (lane == 2 ? z.z2 : z.z3));
+}
+
+// ------------------------------------------------ rows held in registers
+// inner == 1. A row of L elements starting at stream element b0 = r * L spans
+// Philox blocks b0 / 4 .. (b0 + L - 1) / 4; thread t of the row owns blocks
+// b0 / 4 + t + k * kThreads, k < kBPT. The caller checks that they cover it.
+// kBackward: out = y * (gy - <gy, y>) / tau in the compute type; else out = y.
+template <typename T, typename Out, bool kBackward, int kThreads, int kBPT>
+__global__ void __launch_bounds__(kThreads == 32 ? 128 : kThreads)
+row_register_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restrict__ gy,
+                    const int64_t* __restrict__ rng_state, int64_t rows, int64_t outer, int64_t L,
+                    typename Compute<T>::type tau, bool hard) {
+  using C = typename Compute<T>::type;
+  constexpr int kRowsPerBlock = kThreads == 32 ? 4 : 1;
+  __shared__ C scratch[32];
+  __shared__ int64_t scratch_index[32];
+  const Stream stream(rng_state);
+  const int t = static_cast<int>(threadIdx.x % kThreads);
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kThreads; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
+    const int64_t b0 = r * L;
+    const int64_t q0 = b0 / 4;
+    const T* xr = x + (r % outer) * L;
+    C v[kBPT * 4];
+    C best = neg_inf<C>();
+    int64_t arg = L;
+#pragma unroll
+    for (int k = 0; k < kBPT; ++k) {
+      const int64_t q = q0 + t + static_cast<int64_t>(k) * kThreads;
+      const bool used = q * 4 < b0 + L;
+      const Normal4 z = used ? stream.block(q) : Normal4{0.0f, 0.0f, 0.0f, 0.0f};
+      const float g[4] = {z.z0, z.z1, z.z2, z.z3};
+#pragma unroll
+      for (int l = 0; l < 4; ++l) {
+        const int64_t j = q * 4 + l - b0;
+        const bool valid = j >= 0 && j < L;
+        const C vj = valid ? static_cast<C>(xr[j]) + static_cast<C>(g[l]) : neg_inf<C>();
+        v[k * 4 + l] = vj;
+        if (vj > best) { best = vj; arg = j; }  // j increases along k and l: the first index wins
+      }
+    }
+    row_argmax<kThreads>(best, arg, scratch, scratch_index);
+    const C m = best;
+    if (!kBackward && hard) {
+#pragma unroll
+      for (int k = 0; k < kBPT; ++k) {
+        const int64_t q = q0 + t + static_cast<int64_t>(k) * kThreads;
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+          const int64_t j = q * 4 + l - b0;
+          if (j >= 0 && j < L) out[b0 + j] = static_cast<Out>(j == arg ? 1.0f : 0.0f);
+        }
+      }
+      continue;
+    }
+    C local = 0;
+#pragma unroll
+    for (int i = 0; i < kBPT * 4; ++i) {
+      const C e = v[i] == neg_inf<C>() ? C(0) : exp_c((v[i] - m) / tau);
+      v[i] = e;
+      local += e;
+    }
+    const C sum = row_sum<kThreads>(local, scratch);
+    if constexpr (!kBackward) {
+#pragma unroll
+      for (int k = 0; k < kBPT; ++k) {
+        const int64_t q = q0 + t + static_cast<int64_t>(k) * kThreads;
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+          const int64_t j = q * 4 + l - b0;
+          if (j >= 0 && j < L) out[b0 + j] = static_cast<Out>(v[k * 4 + l] / sum);
+        }
+      }
+    } else {
+      C dot = 0;
+#pragma unroll
+      for (int k = 0; k < kBPT; ++k) {
+        const int64_t q = q0 + t + static_cast<int64_t>(k) * kThreads;
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+          const int64_t j = q * 4 + l - b0;
+          v[k * 4 + l] = v[k * 4 + l] / sum;  // y
+          if (j >= 0 && j < L) dot += static_cast<C>(gy[b0 + j]) * v[k * 4 + l];
+        }
+      }
+      dot = row_sum<kThreads>(dot, scratch);
+#pragma unroll
+      for (int k = 0; k < kBPT; ++k) {
+        const int64_t q = q0 + t + static_cast<int64_t>(k) * kThreads;
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+          const int64_t j = q * 4 + l - b0;
+          if (j >= 0 && j < L) {
+            const C y = v[k * 4 + l];
+            out[b0 + j] = static_cast<Out>(y * (static_cast<C>(gy[b0 + j]) - dot) / tau);
+          }
+        }
+      }
+    }
+  }
+}
+
+// -------------------------------------------------------- long rows, looped
+// inner == 1, a block of kLoopThreads per row; thread t takes Philox blocks
+// q0 + t, q0 + t + kLoopThreads, ... and keeps an online max (with its first
+// index) and a sum against that max; the block combines them once.
+constexpr int kLoopThreads = 256;
+
+template <typename T, typename Out, bool kBackward>
+__global__ void __launch_bounds__(kLoopThreads)
+row_loop_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restrict__ gy,
+                const int64_t* __restrict__ rng_state, int64_t rows, int64_t outer, int64_t L,
+                typename Compute<T>::type tau, bool hard) {
+  using C = typename Compute<T>::type;
+  __shared__ C scratch[32];
+  __shared__ int64_t scratch_index[32];
+  const Stream stream(rng_state);
+  const int t = static_cast<int>(threadIdx.x);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t b0 = r * L;
+    const int64_t q0 = b0 / 4, q_end = (b0 + L + 3) / 4;
+    const T* xr = x + (r % outer) * L;
+    C m = neg_inf<C>(), s = 0;
+    int64_t arg = L;
+    for (int64_t q = q0 + t; q < q_end; q += kLoopThreads) {
+      const Normal4 z = stream.block(q);
+#pragma unroll
+      for (int l = 0; l < 4; ++l) {
+        const int64_t j = q * 4 + l - b0;
+        if (j < 0 || j >= L) continue;
+        const C vj = static_cast<C>(xr[j]) + static_cast<C>(lane_of(z, l));
+        if (vj > m) {
+          s = rescale(s, m, vj, tau);
+          m = vj;
+          arg = j;
+        }
+        if (!hard || kBackward) s += exp_c((vj - m) / tau);
+      }
+    }
+    C best = m;
+    row_argmax<kLoopThreads>(best, arg, scratch, scratch_index);
+    if (!kBackward && hard) {
+      for (int64_t j = t; j < L; j += kLoopThreads) out[b0 + j] = static_cast<Out>(j == arg ? 1.0f : 0.0f);
+      continue;
+    }
+    const C sum = row_sum<kLoopThreads>(rescale(s, m, best, tau), scratch);
+    m = best;
+    C dot = 0;
+    if (kBackward) {
+      for (int64_t q = q0 + t; q < q_end; q += kLoopThreads) {
+        const Normal4 z = stream.block(q);
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+          const int64_t j = q * 4 + l - b0;
+          if (j < 0 || j >= L) continue;
+          const C vj = static_cast<C>(xr[j]) + static_cast<C>(lane_of(z, l));
+          dot += static_cast<C>(gy[b0 + j]) * (exp_c((vj - m) / tau) / sum);
+        }
+      }
+      dot = row_sum<kLoopThreads>(dot, scratch);
+    }
+    for (int64_t q = q0 + t; q < q_end; q += kLoopThreads) {
+      const Normal4 z = stream.block(q);
+#pragma unroll
+      for (int l = 0; l < 4; ++l) {
+        const int64_t j = q * 4 + l - b0;
+        if (j < 0 || j >= L) continue;
+        const C vj = static_cast<C>(xr[j]) + static_cast<C>(lane_of(z, l));
+        const C y = exp_c((vj - m) / tau) / sum;
+        if constexpr (kBackward) {
+          out[b0 + j] = static_cast<Out>(y * (static_cast<C>(gy[b0 + j]) - dot) / tau);
+        } else {
+          out[b0 + j] = static_cast<Out>(y);
+        }
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------ columns
+// inner > 1: a thread per kWidth consecutive columns of a slab (kWidth = 4
+// needs inner % 4 == 0: the 4 columns are then one Philox block in every row).
+template <typename T, typename Out, bool kBackward, int kWidth>
+__global__ void __launch_bounds__(kThreads)
+column_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restrict__ gy,
+              const int64_t* __restrict__ rng_state, int64_t slabs, int64_t outer, int64_t L, int64_t inner,
+              typename Compute<T>::type tau, bool hard) {
+  using C = typename Compute<T>::type;
+  const Stream stream(rng_state);
+  const int64_t groups = inner / kWidth;
+  const int64_t items = slabs * groups;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; item < items;
+       item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = item / groups, i0 = (item % groups) * kWidth;
+    const int64_t base = r * L * inner + i0;              // stream index of (0, i0)
+    const T* xs = x + (r % outer) * L * inner + i0;
+    auto noise = [&](int64_t j, float (&g)[kWidth]) {
+      const int64_t n = base + j * inner;
+      const Normal4 z = stream.block(n / 4);
+      if constexpr (kWidth == 4) {
+        g[0] = z.z0; g[1] = z.z1; g[2] = z.z2; g[3] = z.z3;
+      } else {
+        g[0] = lane_of(z, static_cast<int>(n % 4));
+      }
+    };
+    C m[kWidth], s[kWidth], dot[kWidth];
+    int64_t arg[kWidth];
+#pragma unroll
+    for (int c = 0; c < kWidth; ++c) { m[c] = neg_inf<C>(); s[c] = 0; dot[c] = 0; arg[c] = 0; }
+    for (int64_t j = 0; j < L; ++j) {
+      float g[kWidth];
+      noise(j, g);
+#pragma unroll
+      for (int c = 0; c < kWidth; ++c) {
+        const C vj = static_cast<C>(xs[j * inner + c]) + static_cast<C>(g[c]);
+        if (vj > m[c]) {
+          s[c] = rescale(s[c], m[c], vj, tau);
+          m[c] = vj;
+          arg[c] = j;
+        }
+        if (!hard || kBackward) s[c] += exp_c((vj - m[c]) / tau);
+      }
+    }
+    if (!kBackward && hard) {
+      for (int64_t j = 0; j < L; ++j)
+#pragma unroll
+        for (int c = 0; c < kWidth; ++c) out[base + j * inner + c] = static_cast<Out>(j == arg[c] ? 1.0f : 0.0f);
+      continue;
+    }
+    if (kBackward) {
+      for (int64_t j = 0; j < L; ++j) {
+        float g[kWidth];
+        noise(j, g);
+#pragma unroll
+        for (int c = 0; c < kWidth; ++c) {
+          const C vj = static_cast<C>(xs[j * inner + c]) + static_cast<C>(g[c]);
+          dot[c] += static_cast<C>(gy[base + j * inner + c]) * (exp_c((vj - m[c]) / tau) / s[c]);
+        }
+      }
+    }
+    for (int64_t j = 0; j < L; ++j) {
+      float g[kWidth];
+      noise(j, g);
+#pragma unroll
+      for (int c = 0; c < kWidth; ++c) {
+        const int64_t n = base + j * inner + c;
+        const C vj = static_cast<C>(xs[j * inner + c]) + static_cast<C>(g[c]);
+        const C y = exp_c((vj - m[c]) / tau) / s[c];
+        if constexpr (kBackward) {
+          out[n] = static_cast<Out>(y * (static_cast<C>(gy[n]) - dot[c]) / tau);
+        } else {
+          out[n] = static_cast<Out>(y);
+        }
+      }
+    }
+  }
+}
+
+// --------------------------------------------------------------- launches
+struct SlabShape {
+  int64_t outer = 1, length = 1, inner = 1;
+};
+
+int64_t wrap_dim(int64_t dim, const at::Tensor& logits) {
+  const int64_t rank = std::max<int64_t>(logits.dim(), 1);
+  TORCH_CHECK_INDEX(dim >= -rank && dim < rank, "dim=", dim, " is out of range for logits with ", logits.dim(),
+                    " dimensions (expected a dim in [", -rank, ", ", rank - 1, "])");
+  const int64_t wrapped = dim < 0 ? dim + rank : dim;
+  if (logits.dim() > 0)
+    TORCH_CHECK_VALUE(logits.size(wrapped) > 0, "dim=", dim, " of logits has size 0: a softmax over no categories");
+  return wrapped;
+}
+
+SlabShape slab_shape(const at::Tensor& logits, int64_t dim) {
+  SlabShape s;
+  if (logits.dim() == 0) return s;
+  for (int64_t d = 0; d < dim; ++d) s.outer *= logits.size(d);
+  s.length = logits.size(dim);
+  for (int64_t d = dim + 1; d < logits.dim(); ++d) s.inner *= logits.size(d);
+  return s;
+}
+
+template <typename C> C tau_as(double tau);
+template <> float tau_as<float>(double tau) {
+  return static_cast<float>(std::min<double>(std::max<double>(tau, FLT_MIN), FLT_MAX));
+}
+template <> double tau_as<double>(double tau) { return tau; }
+
+// Runs the forward (kBackward false: out = y, of T) or the backward's
+// per-element terms (out of the compute type) over `slabs` slabs.
+template <typename T, bool kBackward>
+void launch(void* out_ptr, const at::Tensor& x, const at::Tensor& gy, const at::Tensor& state, int64_t slabs,
+            const SlabShape& s, double tau_d, bool hard) {
+  using C = typename Compute<T>::type;
+  using Out = std::conditional_t<kBackward, C, T>;
+  Out* out = static_cast<Out*>(out_ptr);
+  const T* xp = x.const_data_ptr<T>();
+  const T* gp = kBackward ? gy.const_data_ptr<T>() : xp;
+  const int64_t* sp = state.const_data_ptr<int64_t>();
+  const C tau = tau_as<C>(tau_d);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t L = s.length;
+  if (s.inner > 1) {
+    const bool four = s.inner % 4 == 0;
+    const int64_t items = slabs * (four ? s.inner / 4 : s.inner);
+    const int grid = grid_size_for(items);
+    if (four) {
+      column_kernel<T, Out, kBackward, 4><<<grid, kThreads, 0, stream>>>(out, xp, gp, sp, slabs, s.outer, L, s.inner,
+                                                                          tau, hard);
+    } else {
+      column_kernel<T, Out, kBackward, 1><<<grid, kThreads, 0, stream>>>(out, xp, gp, sp, slabs, s.outer, L, s.inner,
+                                                                          tau, hard);
+    }
+  } else {
+    // Threads x blocks per thread must cover the (L + 6) / 4 Philox blocks a row can span.
+    const auto covers = [&](int threads, int bpt) { return L + 6 <= int64_t(4) * threads * bpt; };
+    const int warp_grid = grid_size_for(slabs * 64);             // 4 rows per 128-thread block
+    const int block_grid = grid_size_for(slabs * kThreads);      // a row per block
+    if (covers(32, 2)) {
+      row_register_kernel<T, Out, kBackward, 32, 2><<<warp_grid, 128, 0, stream>>>(out, xp, gp, sp, slabs, s.outer,
+                                                                                   L, tau, hard);
+    } else if (covers(32, 8)) {
+      row_register_kernel<T, Out, kBackward, 32, 8><<<warp_grid, 128, 0, stream>>>(out, xp, gp, sp, slabs, s.outer,
+                                                                                   L, tau, hard);
+    } else if (covers(kThreads, 4)) {
+      row_register_kernel<T, Out, kBackward, kThreads, 4><<<block_grid, kThreads, 0, stream>>>(
+          out, xp, gp, sp, slabs, s.outer, L, tau, hard);
+    } else if (covers(kThreads, 8)) {
+      row_register_kernel<T, Out, kBackward, kThreads, 8><<<block_grid, kThreads, 0, stream>>>(
+          out, xp, gp, sp, slabs, s.outer, L, tau, hard);
+    } else {
+      row_loop_kernel<T, Out, kBackward><<<block_grid, kLoopThreads, 0, stream>>>(out, xp, gp, sp, slabs, s.outer, L,
+                                                                                 tau, hard);
+    }
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor gumbel_softmax_cuda(const at::Tensor& logits, const at::Tensor& rng_state, double tau, bool hard,
+                               int64_t dim, at::IntArrayRef sample_shape) {
+  check_float_tensor(logits, "logits");
+  check_tau(tau);
+  check_rng_state(rng_state, logits);
+  const int64_t wrapped = wrap_dim(dim, logits);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  at::Tensor y = at::empty(sampled_shape(sample_shape, logits.sizes()), logits.options());
+  if (y.numel() == 0) return y;
+  const SlabShape s = slab_shape(logits, wrapped);
+  const int64_t slabs = y.numel() / (s.length * s.inner);
+  const at::Tensor x = logits.contiguous();
+  const at::Tensor state = rng_state.contiguous();
+  dispatch_dtype(logits.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    launch<T, false>(y.data_ptr(), x, x, state, slabs, s, tau, hard);
+  });
+  return y;
+}
+
+at::Tensor gumbel_softmax_backward_cuda(const at::Tensor& grad_y, const at::Tensor& logits,
+                                        const at::Tensor& rng_state, double tau, int64_t dim) {
+  check_float_tensor(grad_y, "grad_y");
+  check_float_tensor(logits, "logits");
+  check_tau(tau);
+  check_rng_state(rng_state, logits);
+  TORCH_CHECK_VALUE(grad_y.scalar_type() == logits.scalar_type(), "grad_y (", grad_y.scalar_type(),
+                    ") and logits (", logits.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK_VALUE(grad_y.device() == logits.device(), "grad_y is on ", grad_y.device(), " but logits is on ",
+                    logits.device());
+  const int64_t lead = grad_y.dim() - logits.dim();
+  TORCH_CHECK_VALUE(lead >= 0 && grad_y.sizes().slice(lead).equals(logits.sizes()), "grad_y of shape ",
+                    grad_y.sizes(), " must be sample_shape + logits.shape, logits.shape = ", logits.sizes());
+  const int64_t wrapped = wrap_dim(dim, logits);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  if (logits.numel() == 0) return at::empty(logits.sizes(), logits.options());
+  if (grad_y.numel() == 0) return at::zeros(logits.sizes(), logits.options());
+  const SlabShape s = slab_shape(logits, wrapped);
+  const int64_t slabs = grad_y.numel() / (s.length * s.inner);
+  const at::Tensor x = logits.contiguous();
+  const at::Tensor gy = grad_y.contiguous();
+  const at::Tensor state = rng_state.contiguous();
+  const auto acc_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor terms = at::empty(grad_y.sizes(), grad_y.options().dtype(acc_dtype));
+  dispatch_dtype(logits.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    launch<T, true>(terms.data_ptr(), x, gy, state, slabs, s, tau, false);
+  });
+  if (lead > 0) {
+    std::vector<int64_t> sample_dims(lead);
+    for (int64_t d = 0; d < lead; ++d) sample_dims[d] = d;
+    terms = terms.sum(sample_dims);
+  }
+  return terms.to(logits.scalar_type()).reshape(logits.sizes());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rtrick_ops, CUDA, m) {
+  m.impl("gumbel_softmax", &gumbel_softmax_cuda);
+  m.impl("gumbel_softmax_backward", &gumbel_softmax_backward_cuda);
+}
+
+}  // namespace cuda
+}  // namespace rtrick

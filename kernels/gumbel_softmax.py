@@ -1,0 +1,254 @@
+"""Triton kernels of the fused Gumbel-Softmax operators (installed as rtrick_ops.kernels.gumbel_softmax).
+
+Read top to bottom: the row kernels (a single-pass kernel for rows that fit in
+one block, a looped one for longer rows, forward and backward), their
+launchers, and the operators registered with torch.library.triton_op so that
+torch.compile sees the kernels. Autograd is registered in rtrick_ops/gumbel.py,
+shared with the C++ operators.
+
+One program per row. The launcher moves `dim` last (permute + contiguous of
+logits, a no-op for the common dim=-1); the row's elements keep the stream
+indices of their positions in the logical output, sample_shape + logits.shape
+(element j of row (p, o, i) is stream element ((p * outer + o) * L + j) *
+inner + i), so the noise, and the values, are the CPU kernel's: the
+exponentials match bit for bit in float32 (same exp_f32, IEEE division), the
+sums differ only in their order of addition. Launch with enable_fp_fusion=False.
+"""
+from typing import List
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .stream import NOISE_GUMBEL, div, exp_f32, stream_noise_at
+
+MAX_SINGLE_BLOCK = 4096  # longest row held in one block; longer rows loop over chunks
+LOOP_BLOCK = 1024
+FLT_MIN = 1.1754943508222875e-38
+FLT_MAX = 3.4028234663852886e38
+
+
+# ------------------------------------------------------------------ helpers
+@triton.jit
+def _exp(x, F64: tl.constexpr):
+    return tl.exp(x) if F64 else exp_f32(x)
+
+
+@triton.jit
+def _row_base(row, outer, inner, L):
+    """Stream index of element 0 of a row, and the step between its elements, for row = (p * outer + o) * inner + i."""
+    i = row % inner
+    po = row // inner  # p * outer + o
+    return po * L * inner + i, inner
+
+
+@triton.jit
+def _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64: tl.constexpr):
+    """v = logits + g for the row's elements `cols`, in the compute type (-inf where masked), and their stream indices."""
+    compute = tl.float64 if F64 else tl.float32
+    base, step = _row_base(row, outer, inner, L)
+    n = base + cols * step
+    logits_row = row % (outer * inner)  # rows of the permuted logits [outer * inner, L]
+    x = tl.load(x_ptr + logits_row * L + cols, mask=mask, other=0.0).to(compute)
+    g = stream_noise_at(state_ptr, n, NOISE_GUMBEL).to(compute)
+    v = tl.where(mask, x + g, float("-inf"))
+    return v, n
+
+
+# ------------------------------------------------------------------ forward
+@triton.jit
+def _forward_single_kernel(y_ptr, x_ptr, state_ptr, tau_ptr, outer, inner, L, HARD: tl.constexpr,
+                           F64: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK).to(tl.int64)
+    mask = cols < L
+    tau = tl.load(tau_ptr)
+    v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
+    m = tl.max(v, 0)
+    if HARD:
+        arg = tl.min(tl.where(v == m, cols, L), 0)  # first index on ties
+        y = tl.where(cols == arg, 1.0, 0.0)
+    else:
+        e = tl.where(mask, _exp(div(v - m, tau, F64), F64), 0.0)
+        s = tl.sum(e, 0)
+        y = div(e, s, F64)
+    tl.store(y_ptr + n, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _online_max_sum(x_ptr, state_ptr, row, outer, inner, L, tau, F64: tl.constexpr, BLOCK: tl.constexpr):
+    """Running max m, sum of exp((v - m) / tau) and first argmax of v over a long row, chunk by chunk."""
+    compute = tl.float64 if F64 else tl.float32
+    m = tl.full([], float("-inf"), compute)
+    s = tl.full([], 0.0, compute)
+    arg = tl.full([], 0, tl.int64)
+    for start in range(0, L, BLOCK):
+        cols = start + tl.arange(0, BLOCK).to(tl.int64)
+        mask = cols < L
+        v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
+        cm = tl.max(v, 0)
+        carg = tl.min(tl.where(v == cm, cols, L), 0)
+        m_new = tl.maximum(m, cm)
+        e = tl.where(mask, _exp(div(v - m_new, tau, F64), F64), 0.0)
+        s = s * _exp(div(m - m_new, tau, F64), F64) + tl.sum(e, 0)
+        arg = tl.where(cm > m, carg, arg)
+        m = m_new
+    return m, s, arg
+
+
+@triton.jit
+def _forward_loop_kernel(y_ptr, x_ptr, state_ptr, tau_ptr, outer, inner, L, HARD: tl.constexpr, F64: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    tau = tl.load(tau_ptr)
+    m, s, arg = _online_max_sum(x_ptr, state_ptr, row, outer, inner, L, tau, F64, BLOCK)
+    base, step = _row_base(row, outer, inner, L)
+    for start in range(0, L, BLOCK):
+        cols = start + tl.arange(0, BLOCK).to(tl.int64)
+        mask = cols < L
+        if HARD:
+            y = tl.where(cols == arg, 1.0, 0.0)
+            n = base + cols * step
+        else:
+            v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
+            y = div(_exp(div(v - m, tau, F64), F64), s, F64)
+        tl.store(y_ptr + n, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------- backward
+@triton.jit
+def _backward_single_kernel(out_ptr, gy_ptr, x_ptr, state_ptr, tau_ptr, outer, inner, L, F64: tl.constexpr,
+                            BLOCK: tl.constexpr):
+    """out[n] = y * (gy - sum(gy * y)) / tau at the row's stream positions n (the logical output layout)."""
+    compute = tl.float64 if F64 else tl.float32
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK).to(tl.int64)
+    mask = cols < L
+    tau = tl.load(tau_ptr)
+    v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
+    m = tl.max(v, 0)
+    e = tl.where(mask, _exp(div(v - m, tau, F64), F64), 0.0)
+    y = div(e, tl.sum(e, 0), F64)
+    gy = tl.load(gy_ptr + n, mask=mask, other=0.0).to(compute)
+    dot = tl.sum(gy * y, 0)
+    out = div(y * (gy - dot), tau, F64)
+    tl.store(out_ptr + n, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _backward_loop_kernel(out_ptr, gy_ptr, x_ptr, state_ptr, tau_ptr, outer, inner, L, F64: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    compute = tl.float64 if F64 else tl.float32
+    row = tl.program_id(0).to(tl.int64)
+    tau = tl.load(tau_ptr)
+    m, s, _ = _online_max_sum(x_ptr, state_ptr, row, outer, inner, L, tau, F64, BLOCK)
+    dot = tl.full([], 0.0, compute)
+    for start in range(0, L, BLOCK):
+        cols = start + tl.arange(0, BLOCK).to(tl.int64)
+        mask = cols < L
+        v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
+        y = tl.where(mask, div(_exp(div(v - m, tau, F64), F64), s, F64), 0.0)
+        gy = tl.load(gy_ptr + n, mask=mask, other=0.0).to(compute)
+        dot += tl.sum(gy * y, 0)
+    for start in range(0, L, BLOCK):
+        cols = start + tl.arange(0, BLOCK).to(tl.int64)
+        mask = cols < L
+        v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
+        y = div(_exp(div(v - m, tau, F64), F64), s, F64)
+        gy = tl.load(gy_ptr + n, mask=mask, other=0.0).to(compute)
+        out = div(y * (gy - dot), tau, F64)
+        tl.store(out_ptr + n, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------- launchers
+def _layout(logits, dim):
+    """(permuted logits [outer * inner, L] contiguous, outer, L, inner) for the softmax over `dim`."""
+    if logits.dim() == 0:
+        return logits.reshape(1, 1), 1, 1, 1
+    dim = dim % logits.dim()
+    L = logits.shape[dim]
+    outer = 1
+    for size in logits.shape[:dim]:
+        outer *= size
+    inner = 1
+    for size in logits.shape[dim + 1:]:
+        inner *= size
+    return logits.movedim(dim, -1).contiguous(), outer, L, inner
+
+
+def _tau_tensor(tau, dtype, device):
+    """tau in the compute type (clamped to the normal float32 range there, as the CPU kernel does)."""
+    if dtype == torch.float64:
+        return torch.full((1,), tau, dtype=torch.float64, device=device)
+    return torch.full((1,), min(max(tau, FLT_MIN), FLT_MAX), dtype=torch.float32, device=device)
+
+
+def _blocks(L):
+    single = L <= MAX_SINGLE_BLOCK
+    return single, (triton.next_power_of_2(max(L, 1)) if single else LOOP_BLOCK)
+
+
+def _forward(logits, rng_state, tau, hard, dim, sample_shape):
+    y = logits.new_empty(list(sample_shape) + list(logits.shape))
+    if y.numel() == 0:
+        return y
+    x, outer, L, inner = _layout(logits, dim)
+    rows = y.numel() // L
+    f64 = logits.dtype == torch.float64
+    tau_t = _tau_tensor(tau, logits.dtype, logits.device)
+    single, block = _blocks(L)
+    kernel = _forward_single_kernel if single else _forward_loop_kernel
+    wrap_triton(kernel)[(rows,)](y, x, rng_state, tau_t, outer, inner, L, HARD=hard, F64=f64, BLOCK=block,
+                                 num_warps=4 if block <= 1024 else 8, enable_fp_fusion=False)
+    return y
+
+
+def _backward(grad_y, logits, rng_state, tau, dim):
+    lead = grad_y.dim() - logits.dim()
+    if logits.numel() == 0 or grad_y.numel() == 0:
+        return torch.zeros_like(logits)
+    x, outer, L, inner = _layout(logits, dim)
+    f64 = logits.dtype == torch.float64
+    compute = torch.float64 if f64 else torch.float32
+    # With sample dims, per-sample terms in the compute type, then torch's (deterministic) sum over them.
+    out = torch.empty(grad_y.shape, dtype=compute if lead > 0 else logits.dtype, device=logits.device)
+    rows = grad_y.numel() // L
+    tau_t = _tau_tensor(tau, logits.dtype, logits.device)
+    single, block = _blocks(L)
+    kernel = _backward_single_kernel if single else _backward_loop_kernel
+    wrap_triton(kernel)[(rows,)](out, grad_y.contiguous(), x, rng_state, tau_t, outer, inner, L, F64=f64,
+                                 BLOCK=block, num_warps=4 if block <= 1024 else 8, enable_fp_fusion=False)
+    if lead > 0:
+        out = out.sum(tuple(range(lead))).to(logits.dtype)
+    return out
+
+
+def _check(logits, tau, dim):
+    if logits.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise TypeError(f"logits must be float32, float64, float16 or bfloat16, got {logits.dtype}")
+    if not (tau > 0 and tau < float("inf")):
+        raise ValueError(f"tau must be a positive finite temperature, got {tau}")
+    rank = max(logits.dim(), 1)
+    if not -rank <= dim < rank:
+        raise IndexError(f"dim={dim} is out of range for logits with {logits.dim()} dimensions")
+    if logits.dim() > 0 and logits.shape[dim] == 0:
+        raise ValueError(f"dim={dim} of logits has size 0: a softmax over no categories")
+
+
+# ---------------------------------------------------------------- operators
+# Same schemas as the C++ operators of the same name without "_triton" (csrc/ops.cpp).
+@triton_op("rtrick_ops::gumbel_softmax_triton", mutates_args=())
+def gumbel_softmax_triton(logits: torch.Tensor, rng_state: torch.Tensor, tau: float, hard: bool, dim: int,
+                          sample_shape: List[int]) -> torch.Tensor:
+    _check(logits, tau, dim)
+    return _forward(logits, rng_state, tau, hard, dim, sample_shape)
+
+
+@triton_op("rtrick_ops::gumbel_softmax_backward_triton", mutates_args=())
+def gumbel_softmax_backward_triton(grad_y: torch.Tensor, logits: torch.Tensor, rng_state: torch.Tensor, tau: float,
+                                   dim: int) -> torch.Tensor:
+    _check(logits, tau, dim)
+    if grad_y.dtype != logits.dtype:
+        raise ValueError(f"grad_y ({grad_y.dtype}) and logits ({logits.dtype}) must have the same dtype")
+    return _backward(grad_y, logits, rng_state, tau, dim)

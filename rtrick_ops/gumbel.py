@@ -1,0 +1,173 @@
+"""Fused Gumbel-Softmax: y = softmax((logits + g) / tau) along dim, g ~ Gumbel(0, 1).
+
+Public wrapper (argument checks, seeding, backend choice), then the fake
+kernels and autograd of the registered operators. The noise comes from the
+canonical stream (element n of the contiguous output takes stream element n);
+the backward regenerates the soft sample from rng_state, so only logits and
+rng_state are saved. hard=True returns the exact one-hot of argmax(logits + g)
+with the soft sample's gradient (straight-through), so one backward serves both.
+"""
+import operator
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import _library, reference
+from ._backends import resolve_backend
+from ._checks import check_param, check_sample_shape, check_tau
+from ._random import make_rng_state
+
+_ops = torch.ops.rtrick_ops
+
+
+def _check_dim(dim, logits):
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        try:
+            dim = operator.index(dim)
+        except TypeError:
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}") from None
+    rank = max(logits.dim(), 1)
+    if not -rank <= dim < rank:
+        raise IndexError(f"dim={dim} is out of range for logits with {logits.dim()} dimensions "
+                         f"(expected a dim in [{-rank}, {rank - 1}])")
+    if logits.dim() > 0 and logits.shape[dim] == 0:
+        raise ValueError(f"dim={dim} of logits has size 0: a softmax over no categories")
+    return dim
+
+
+def gumbel_softmax(
+    logits: torch.Tensor,
+    tau: float = 1.0,
+    hard: bool = False,
+    dim: int = -1,
+    *,
+    sample_shape: Union[int, Sequence[int]] = (),
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Draw a Gumbel-Softmax (Concrete) sample, differentiably in logits, in one fused pass.
+
+    y = softmax((logits + g) / tau) along `dim`, with g ~ Gumbel(0, 1) generated
+    inside the kernel (never materialised, never saved: the backward regenerates it).
+
+    Args:
+        logits: unnormalised log-probabilities (float32, float64, float16 or bfloat16).
+        tau: the temperature, a positive finite float.
+        hard: return the exact one-hot of argmax(logits + g) (a sample of
+            Categorical(softmax(logits)); first index on ties) whose gradient is
+            the soft sample's (straight-through estimator).
+        dim: the category dimension of logits.
+        sample_shape: leading sample dimensions; y has shape sample_shape + logits.shape.
+        seed: an int in [0, 2**64) makes the call stateless (the same y on any
+            machine, thread count and backend). None draws a fresh key from `generator`.
+        generator: a torch.Generator to draw the key from when seed is None.
+        backend: "auto", "cpu", "cuda", "triton" or "reference" (pure torch).
+
+    Returns:
+        y, of logits' dtype (half types are computed in float32).
+
+    Unlike torch.nn.functional.gumbel_softmax, the result has no NaN or Inf for
+    finite logits at any tau and any number of draws: the exponent is
+    ((logits + g) - max) / tau <= 0 and the noise is bounded (|g| < 17).
+    """
+    check_param(logits, "logits")
+    tau = check_tau(tau)
+    if not isinstance(hard, bool):
+        raise TypeError(f"hard must be a bool, got {type(hard).__name__}")
+    dim = _check_dim(dim, logits)
+    sample_shape = check_sample_shape(sample_shape)
+    which = resolve_backend(backend, logits.device)
+    rng_state = make_rng_state(seed, generator, logits.device)
+    if which == "reference":
+        if not hard:
+            return reference.gumbel_softmax(logits, rng_state, tau, False, dim, sample_shape)
+        soft = reference.gumbel_softmax(logits, rng_state, tau, False, dim, sample_shape)
+        one_hot = reference.gumbel_softmax(logits, rng_state, tau, True, dim, sample_shape)
+        return one_hot + (soft - soft.detach())  # exact one-hot values, the soft sample's gradient
+    forward = _ops.gumbel_softmax_triton if which == "triton" else _ops.gumbel_softmax  # cpu, cuda: by device
+    return forward(logits, rng_state, tau, hard, dim, list(sample_shape))
+
+
+def _soft_sample(forward, logits, rng_state, tau, dim, sample_dims):
+    return forward(logits, rng_state, tau, False, dim, list(sample_dims))
+
+
+def _register_autograd(forward_name, backward_name):
+    """Autograd of a (forward, backward) operator pair: the C++ ops or the Triton ops."""
+    forward = getattr(_ops, forward_name)
+    backward = getattr(_ops, backward_name)
+
+    def setup_forward(ctx, inputs, output):
+        logits, rng_state, tau, _, dim, _ = inputs
+        ctx.save_for_backward(logits, rng_state)
+        ctx.tau, ctx.dim = tau, dim
+
+    def grad_forward(ctx, grad_y):
+        logits, rng_state = ctx.saved_tensors
+        grad_logits = None
+        if ctx.needs_input_grad[0]:
+            grad_logits = backward(grad_y.to(logits.dtype), logits, rng_state, ctx.tau, ctx.dim)
+        return grad_logits, None, None, None, None, None
+
+    # Double backward. B(gy, x) = sum_s y * (gy - <gy, y>) / tau is linear in gy,
+    # and y = softmax((x + g) / tau) depends on x with g fixed. grad_backward
+    # rebuilds B with torch ops from the sample the forward op regenerates (the
+    # value of y from the kernel, its Jacobian (diag(y) - y y^T) / tau from
+    # torch's softmax of log y + (x - stop_grad(x)) / tau) and lets torch
+    # autograd differentiate it in gy and x. Nothing is saved but the inputs.
+    def setup_backward(ctx, inputs, output):
+        grad_y, logits, rng_state, tau, dim = inputs
+        ctx.save_for_backward(grad_y, logits, rng_state)
+        ctx.tau, ctx.dim = tau, dim
+
+    def grad_backward(ctx, grad_grad):
+        grad_y, logits, rng_state = ctx.saved_tensors
+        tau, dim = ctx.tau, ctx.dim
+        sample_dims = tuple(grad_y.shape[: grad_y.dim() - logits.dim()])
+        wrapped = (dim % max(logits.dim(), 1)) + len(sample_dims)
+        with torch.enable_grad():
+            x = logits.detach().requires_grad_(ctx.needs_input_grad[1])
+            gy = grad_y.detach().requires_grad_(ctx.needs_input_grad[0])
+            if logits.dim() == 0:
+                return torch.zeros_like(grad_y), torch.zeros_like(logits), None, None, None
+            # y with the gradient of softmax((x + g) / tau): the sample from the op, the
+            # Jacobian from torch's softmax of (x - stop_grad(x)) + log y.
+            y_value = _soft_sample(forward, logits.detach(), rng_state, tau, dim, sample_dims)
+            compute = reference.compute_dtype(logits.dtype)
+            y_value = y_value.to(compute)
+            log_y = torch.log(y_value.clamp_min(torch.finfo(compute).tiny))
+            y = torch.softmax(log_y + (x.to(compute) - x.to(compute).detach()) / tau, wrapped)
+            gyc = gy.to(compute)
+            grad = y * (gyc - (gyc * y).sum(wrapped, keepdim=True)) / tau
+            if sample_dims:
+                grad = grad.sum(tuple(range(len(sample_dims))))
+            wanted = [t for t, need in ((gy, ctx.needs_input_grad[0]), (x, ctx.needs_input_grad[1])) if need]
+            grads = torch.autograd.grad(grad, wanted, grad_grad.to(compute), allow_unused=True)
+        grads = iter(grads)
+        d_grad_y = next(grads) if ctx.needs_input_grad[0] else None
+        d_logits = next(grads) if ctx.needs_input_grad[1] else None
+        if d_grad_y is not None:
+            d_grad_y = d_grad_y.to(grad_y.dtype)
+        if d_logits is not None:
+            d_logits = d_logits.to(logits.dtype)
+        return d_grad_y, d_logits, None, None, None
+
+    torch.library.register_autograd(f"rtrick_ops::{forward_name}", grad_forward, setup_context=setup_forward)
+    torch.library.register_autograd(f"rtrick_ops::{backward_name}", grad_backward, setup_context=setup_backward)
+
+
+if _library.compiled is not None:
+
+    @torch.library.register_fake("rtrick_ops::gumbel_softmax")
+    def _gumbel_softmax_fake(logits, rng_state, tau, hard, dim, sample_shape):
+        return logits.new_empty(list(sample_shape) + list(logits.shape))
+
+    @torch.library.register_fake("rtrick_ops::gumbel_softmax_backward")
+    def _gumbel_softmax_backward_fake(grad_y, logits, rng_state, tau, dim):
+        return logits.new_empty(logits.shape)
+
+    _register_autograd("gumbel_softmax", "gumbel_softmax_backward")
+
+if _library.triton_kernels is not None:  # triton_op derives fake kernels itself
+    _register_autograd("gumbel_softmax_triton", "gumbel_softmax_backward_triton")

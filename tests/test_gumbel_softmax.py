@@ -1,0 +1,474 @@
+"""rt.gumbel_softmax: values against the reference per dtype, hard one-hots,
+gradients (straight-through, gradcheck, gradgradcheck), layouts (dim anywhere,
+odd lengths, non-contiguous, sample_shape), registration (opcheck,
+torch.compile), the Triton kernels against the CPU kernel, no NaN/Inf at
+extreme temperatures, argmax statistics and bad input. CUDA tests skip without
+a GPU."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rtrick_ops as rt
+from rtrick_ops import _library, reference
+
+ops = torch.ops.rtrick_ops
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+HAS_TRITON = _library.triton_kernels is not None
+HAS_CUDA = torch.cuda.is_available() and _library.built_with_cuda()
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason=f"Triton unavailable: {_library.triton_error}")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and rtrick_ops._C built with CUDA")
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: TRITON_INTERPRET=1 (conftest.py)
+
+# The kernel's Gumbel noise agrees with the reference's (float64 math rounded to
+# float32) to a few float32 ulp, and the kernel computes in float32 for every
+# dtype but float64: y agrees to ~1e-6 relative / tau; half types add one rounding.
+VALUE_TOL = {
+    torch.float32: dict(rtol=2e-5, atol=2e-6),
+    torch.float64: dict(rtol=2e-5, atol=2e-6),
+    torch.float16: dict(rtol=2e-3, atol=1e-3),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=4e-3),
+}
+GRAD_TOL = {
+    torch.float32: dict(rtol=1e-4, atol=2e-5),
+    torch.float64: dict(rtol=1e-4, atol=2e-5),
+    torch.float16: dict(rtol=1e-2, atol=4e-3),
+    torch.bfloat16: dict(rtol=5e-2, atol=3e-2),
+}
+
+
+def state(seed):
+    return torch.tensor([seed, 0], dtype=torch.int64)
+
+
+def logits_for(shape, dtype=torch.float32, seed=0, scale=1.5):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def assert_close(actual, expected, what, tol):
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    torch.testing.assert_close(actual, expected, **tol, msg=lambda m: f"{what}: {m}")
+
+
+def sample_and_grad(logits, tau, hard, dim, sample_shape, seed, backend, grad_seed=1, device="cpu"):
+    x = logits.detach().clone().to(device).requires_grad_()
+    y = rt.gumbel_softmax(x, tau, hard, dim, sample_shape=sample_shape, seed=seed, backend=backend)
+    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed)).to(y.dtype).to(device)
+    (grad,) = torch.autograd.grad(y, x, grad_y)
+    return y, grad
+
+
+# --------------------------------------------------------------- values
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_values_and_grads_match_reference(dtype, dim):
+    logits = logits_for((4, 5, 6), dtype)
+    y, grad = sample_and_grad(logits, 0.5, False, dim, (2,), 11, "cpu")
+    y_ref, grad_ref = sample_and_grad(logits, 0.5, False, dim, (2,), 11, "reference")
+    assert_close(y, y_ref, "y", VALUE_TOL[dtype])
+    assert_close(grad, grad_ref, "grad_logits", GRAD_TOL[dtype])
+    sums = y.double().sum(dim % 3 + 1)
+    torch.testing.assert_close(sums, torch.ones_like(sums), rtol=0, atol=VALUE_TOL[dtype]["atol"] * 6 + 1e-6)
+
+
+@pytest.mark.parametrize("length", [1, 3, 17, 1000, 5000])
+def test_odd_row_lengths(length):
+    logits = logits_for((3, length))
+    y, grad = sample_and_grad(logits, 0.8, False, -1, (), 5, "cpu")
+    y_ref, grad_ref = sample_and_grad(logits, 0.8, False, -1, (), 5, "reference")
+    assert_close(y, y_ref, "y", VALUE_TOL[torch.float32])
+    assert_close(grad, grad_ref, "grad_logits", GRAD_TOL[torch.float32])
+    torch.testing.assert_close(y.sum(-1), torch.ones(3), rtol=0, atol=1e-5)
+    if length == 1:
+        assert torch.equal(y, torch.ones_like(y)), "a single category has probability 1"
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_dim_equals_movedim_to_last(dim):
+    """The softmax over dim equals the kernel's on the same values moved last, with the stream index of the
+    logical output (so the values are not those of the moved tensor, but each row is a valid sample)."""
+    logits = logits_for((3, 4, 5))
+    y = rt.gumbel_softmax(logits, 0.7, dim=dim, seed=3)
+    ref = reference.gumbel_softmax(logits, state(3), 0.7, False, dim, ())
+    assert_close(y, ref, "y", VALUE_TOL[torch.float32])
+    hard = rt.gumbel_softmax(logits, 0.7, True, dim, seed=3)
+    assert torch.equal(hard.sum(dim), torch.ones_like(hard.sum(dim)))
+
+
+def test_noise_is_the_stream_at_output_positions():
+    """With tau = 1, log(y) - log_softmax(logits + g) = 0 for g = reference Gumbel noise at the output index."""
+    logits = logits_for((2, 3, 7), torch.float64)
+    y = rt.gumbel_softmax(logits, 1.0, dim=1, sample_shape=(3,), seed=77)
+    g = reference.noise("gumbel", 77, 0, y.numel()).reshape(y.shape).double()
+    expected = torch.softmax(logits + g, dim=2)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_non_contiguous_logits():
+    base = logits_for((6, 9))
+    logits = base.t()  # (9, 6), non-contiguous
+    assert not logits.is_contiguous()
+    for dim in (0, 1):
+        for hard in (False, True):
+            y = rt.gumbel_softmax(logits, 0.6, hard, dim, sample_shape=(2,), seed=4)
+            want = rt.gumbel_softmax(logits.contiguous(), 0.6, hard, dim, sample_shape=(2,), seed=4)
+            assert torch.equal(y, want), f"dim={dim} hard={hard}"
+    _, grad = sample_and_grad(logits, 0.6, False, 1, (2,), 4, "cpu")
+    _, grad_c = sample_and_grad(logits.contiguous(), 0.6, False, 1, (2,), 4, "cpu")
+    assert torch.equal(grad, grad_c)
+
+
+def test_sample_shape():
+    logits = logits_for((5, 4))
+    y = rt.gumbel_softmax(logits, sample_shape=(3, 2), seed=8)
+    assert y.shape == (3, 2, 5, 4)
+    assert_close(y, reference.gumbel_softmax(logits, state(8), 1.0, False, -1, (3, 2)), "y", VALUE_TOL[torch.float32])
+    assert not torch.equal(y[0, 0], y[1, 1]), "samples must differ"
+    assert rt.gumbel_softmax(logits, sample_shape=4, seed=8).shape == (4, 5, 4)
+    assert rt.gumbel_softmax(logits, sample_shape=(0,), seed=8).shape == (0, 5, 4)
+    # one sample_shape draw == the leading rows of the flat stream
+    flat = rt.gumbel_softmax(logits.expand(6, 5, 4).contiguous(), seed=8)
+    assert torch.equal(flat.reshape(3, 2, 5, 4), y)
+
+
+def test_zero_dim_and_empty_inputs():
+    y = rt.gumbel_softmax(torch.tensor(0.3), seed=1)
+    assert y.shape == () and y.item() == 1.0
+    empty = torch.zeros(0, 5)
+    assert rt.gumbel_softmax(empty, seed=1).shape == (0, 5)
+    x = empty.clone().requires_grad_()
+    rt.gumbel_softmax(x, seed=1).sum().backward()
+    assert x.grad.shape == (0, 5)
+
+
+def test_seeds():
+    logits = logits_for((4, 10))
+    assert torch.equal(rt.gumbel_softmax(logits, seed=5), rt.gumbel_softmax(logits, seed=5))
+    assert not torch.equal(rt.gumbel_softmax(logits, seed=5), rt.gumbel_softmax(logits, seed=6))
+    torch.manual_seed(0)
+    a = rt.gumbel_softmax(logits)
+    torch.manual_seed(0)
+    assert torch.equal(a, rt.gumbel_softmax(logits))
+    assert not torch.equal(a, rt.gumbel_softmax(logits))
+    big = 2**64 - 1
+    assert torch.isfinite(rt.gumbel_softmax(logits, seed=big)).all()
+
+
+def test_thread_count_does_not_change_values():
+    logits = logits_for((3, 700))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sample_and_grad(logits, 0.9, False, 0, (50,), 2, "cpu")
+        torch.set_num_threads(max(2, before))
+        many = sample_and_grad(logits, 0.9, False, 0, (50,), 2, "cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
+
+
+# ------------------------------------------------------------------ hard
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dim", [0, -1])
+def test_hard_is_exact_one_hot_of_soft_argmax(dtype, dim):
+    logits = logits_for((40, 12), dtype)
+    hard = rt.gumbel_softmax(logits, 1.0, True, dim, sample_shape=(3,), seed=21)
+    soft = rt.gumbel_softmax(logits, 1.0, False, dim, sample_shape=(3,), seed=21)
+    d = dim % 2 + 1
+    assert hard.dtype == dtype
+    assert bool(((hard == 0) | (hard == 1)).all()), "values other than 0 and 1"
+    assert torch.equal(hard.sum(d), torch.ones_like(hard.sum(d))), "not exactly one 1 per row"
+    index = hard.argmax(d, keepdim=True)
+    # the soft sample is largest where the one-hot is (its exponential is exactly exp(0) = 1)
+    assert torch.equal(soft.gather(d, index), soft.amax(d, keepdim=True))
+    if dtype in (torch.float32, torch.float64):  # no rounding ties at tau = 1
+        assert torch.equal(index, soft.argmax(d, keepdim=True))
+    # the reference forms logits + g in the same compute type: the same index
+    ref = reference.gumbel_softmax(logits, state(21), 1.0, True, dim, (3,))
+    mismatches = (ref != hard).any(d).sum().item()
+    assert mismatches == 0, f"{mismatches} rows pick a different index than the reference"
+
+
+def test_hard_ties_pick_the_first_index():
+    """With tau huge the soft sample is uniform to float32 precision; hard still returns argmax(logits + g)."""
+    logits = torch.zeros(1, 3)
+    hard = rt.gumbel_softmax(logits, 1e3, True, sample_shape=(200,), seed=1)
+    assert set(hard.argmax(-1).view(-1).tolist()) == {0, 1, 2}, "hard must not collapse onto the first index"
+    g = reference.noise("gumbel", 1, 0, 600).reshape(200, 1, 3)
+    torch.testing.assert_close(hard.argmax(-1), g.argmax(-1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_straight_through_gradient(dtype):
+    logits = logits_for((6, 9), dtype)
+    y_soft, g_soft = sample_and_grad(logits, 0.7, False, -1, (2,), 13, "cpu")
+    y_hard, g_hard = sample_and_grad(logits, 0.7, True, -1, (2,), 13, "cpu")
+    assert torch.equal(g_soft, g_hard), "hard=True must have the soft sample's gradient"
+    _, g_ref = sample_and_grad(logits, 0.7, True, -1, (2,), 13, "reference")
+    assert_close(g_hard, g_ref, "grad_logits (hard, vs reference straight-through)", GRAD_TOL[dtype])
+
+
+def test_gradcheck_and_gradgradcheck():
+    x = logits_for((3, 5), torch.float64).requires_grad_()
+    for dim, sample_shape in ((-1, ()), (0, (2,))):
+        def sample(t):
+            return rt.gumbel_softmax(t, 0.8, False, dim, sample_shape=sample_shape, seed=31)
+
+        assert torch.autograd.gradcheck(sample, (x,))
+        assert torch.autograd.gradgradcheck(sample, (x,))
+
+
+def test_backward_saves_only_logits_and_rng_state():
+    x = logits_for((4, 6)).requires_grad_()
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        rt.gumbel_softmax(x, seed=1)
+    assert len(packed) == 2
+    assert any(p.shape == x.shape and torch.equal(p, x) for p in packed), "logits"
+    assert any(p.dtype == torch.int64 and p.shape == (2,) for p in packed), "rng_state"
+
+
+# ----------------------------------------------------- registration, compile
+def opcheck_cases():
+    x = logits_for((3, 7))
+    x3 = logits_for((2, 3, 5), torch.float64)
+    yield "fwd_soft", ops.gumbel_softmax.default, (x, state(1), 0.5, False, -1, [2])
+    yield "fwd_hard", ops.gumbel_softmax.default, (x, state(1), 0.5, True, 0, [])
+    yield "fwd_dim1", ops.gumbel_softmax.default, (x3, state(2), 1.5, False, 1, [2])
+    yield "bwd", ops.gumbel_softmax_backward.default, (torch.randn(2, 3, 7), x, state(1), 0.5, -1)
+    yield "bwd_dim1", ops.gumbel_softmax_backward.default, (torch.randn(2, 3, 5, dtype=torch.float64), x3, state(2),
+                                                             1.5, 1)
+    if HAS_TRITON:
+        dev = TRITON_DEVICE
+        yield "triton_fwd", ops.gumbel_softmax_triton.default, (x.to(dev), state(1).to(dev), 0.5, False, -1, [2])
+        yield "triton_bwd", ops.gumbel_softmax_backward_triton.default, (torch.randn(2, 3, 7).to(dev), x.to(dev),
+                                                                         state(1).to(dev), 0.5, -1)
+
+
+@pytest.mark.parametrize("name,op,args", list(opcheck_cases()), ids=lambda v: v if isinstance(v, str) else "")
+def test_opcheck(name, op, args):
+    if "fwd" in name:  # with a differentiable input, opcheck also checks the autograd registration
+        args = (args[0].detach().clone().requires_grad_(),) + tuple(args[1:])
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    if name.startswith("triton") and TRITON_DEVICE == "cpu":  # the interpreter reads fake tensors' storage
+        utils = utils[:2]
+    torch.library.opcheck(op, args, test_utils=utils)
+
+
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(compile_backend):
+    logits = logits_for((8, 10))
+
+    def step(x):
+        y = rt.gumbel_softmax(x, 0.5, sample_shape=(2,), seed=123)
+        h = rt.gumbel_softmax(x, 0.5, True, 0, seed=124)
+        return (y * torch.arange(10.0)).sum() + (h * x).sum(), y
+
+    compiled = torch.compile(step, fullgraph=True, backend=compile_backend)
+    xc = logits.clone().requires_grad_()
+    loss_c, y_c = compiled(xc)
+    loss_c.backward()
+    xe = logits.clone().requires_grad_()
+    loss_e, y_e = step(xe)
+    loss_e.backward()
+    assert torch.equal(y_c, y_e), "compiled and eager y differ for the same seed"
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- numerics
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("tau", [1e-3, 1.0, 1e3])
+def test_no_nan_or_inf_with_many_draws(dtype, tau):
+    """2^20 draws (2^14 rows of 64) with logits of scale 30, where torch's gumbel_softmax
+    divides before subtracting the max: in float16 at tau = 1e-3, (logits + g) / tau
+    overflows to inf and torch returns NaN rows (about 10^4 of these 2^14 rows on torch
+    2.13 CPU); at the other settings torch 2.13 on the CPU stays finite. The NaNs
+    reported on CUDA (pytorch#22442) and in fp16 (pytorch#41663, #34372) came from
+    exponential_ returning 0; our uniforms are never 0 or 1."""
+    logits = logits_for((2**14, 64), dtype, seed=3, scale=30.0)
+    x = logits.clone().requires_grad_()
+    y = rt.gumbel_softmax(x, tau, seed=99)
+    assert bool(torch.isfinite(y).all()), "non-finite values in y"
+    sums = y.float().sum(-1)
+    assert float((sums - 1).abs().max()) < (2e-2 if dtype == torch.bfloat16 else 2e-3)
+    (y.float() * torch.linspace(-1, 1, 64)).sum().backward()
+    assert bool(torch.isfinite(x.grad).all()), "non-finite gradient"
+    hard = rt.gumbel_softmax(logits, tau, True, seed=99)
+    assert torch.equal(hard.sum(-1), torch.ones_like(hard.sum(-1)))
+    torch_y = F.gumbel_softmax(logits, tau=tau)
+    print(f"torch.nn.functional.gumbel_softmax, {dtype}, tau={tau}: "
+          f"{int((~torch.isfinite(torch_y)).any(-1).sum())} of {logits.shape[0]} rows non-finite; ours: 0")
+
+
+def test_extreme_logits_and_tiny_tau():
+    finfo = torch.finfo(torch.float32)
+    logits = torch.tensor([[finfo.max, -finfo.max, 0.0], [finfo.max, finfo.max, finfo.max], [0.0, 0.0, 0.0]])
+    for tau in (1e-300, 1e-40, 1e-3, 1.0, 1e30, 1e300):
+        for dtype in (torch.float32, torch.float64):
+            y = rt.gumbel_softmax(logits.to(dtype), tau, seed=1, sample_shape=(4,))
+            assert bool(torch.isfinite(y).all()), f"tau={tau} {dtype}"
+            torch.testing.assert_close(y.sum(-1).double(), torch.ones(4, 3, dtype=torch.float64), rtol=0, atol=1e-6)
+
+
+# -------------------------------------------------------------- statistics
+# Chi-square goodness of fit of hard argmax counts to softmax(logits), K = 6
+# categories (5 degrees of freedom), N = 10^6 draws per case, each case with a
+# fixed seed. Threshold: the 1 - 1e-3 quantile of chi2(5), 20.515, so a correct
+# sampler fails a given case with probability 1e-3 over seeds (and never for
+# these fixed seeds once it has passed).
+CHI2_5DOF_999 = 20.515
+
+
+@pytest.mark.parametrize("tau", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_hard_argmax_frequencies_follow_softmax(tau, backend):
+    if backend == "reference" and tau != 1.0:
+        pytest.skip("the reference is slow; one temperature is enough for it")
+    n = 10**6 if backend == "cpu" else 2 * 10**5
+    logits = torch.tensor([1.2, -0.3, 0.0, 2.0, -1.5, 0.7])
+    hard = rt.gumbel_softmax(logits, tau, True, sample_shape=(n,), seed=2024, backend=backend)
+    counts = hard.sum(0).double()
+    assert counts.sum().item() == n
+    expected = torch.softmax(logits.double(), 0) * n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < CHI2_5DOF_999, f"chi2 = {chi2:.2f} >= {CHI2_5DOF_999} (counts {counts.tolist()})"
+
+
+def test_soft_sample_mean_is_finite_and_in_simplex():
+    logits = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    y = rt.gumbel_softmax(logits, 0.5, sample_shape=(10**5,), seed=7)
+    assert bool((y >= 0).all()) and bool((y <= 1).all())
+    # E[y] -> softmax(logits) as tau -> 0; at tau = 0.5 the mean stays ordered like the logits
+    mean = y.mean(0)
+    assert mean.argsort().tolist() == logits.argsort().tolist()
+
+
+# ------------------------------------------------------------ bad input
+def test_bad_input_errors():
+    x = logits_for((3, 4))
+    with pytest.raises(ValueError, match="tau"):
+        rt.gumbel_softmax(x, 0.0)
+    with pytest.raises(ValueError, match="tau"):
+        rt.gumbel_softmax(x, -1.0)
+    with pytest.raises(ValueError, match="tau"):
+        rt.gumbel_softmax(x, float("nan"))
+    with pytest.raises(ValueError, match="tau"):
+        rt.gumbel_softmax(x, float("inf"))
+    with pytest.raises(TypeError, match="logits"):
+        rt.gumbel_softmax(torch.ones(3, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="logits"):
+        rt.gumbel_softmax([1.0, 2.0])
+    with pytest.raises(IndexError, match="dim"):
+        rt.gumbel_softmax(x, dim=2)
+    with pytest.raises(IndexError, match="dim"):
+        rt.gumbel_softmax(x, dim=-3)
+    with pytest.raises(ValueError, match="dim"):
+        rt.gumbel_softmax(torch.zeros(3, 0), dim=1)
+    with pytest.raises(ValueError, match="sample_shape"):
+        rt.gumbel_softmax(x, sample_shape=(-1,))
+    with pytest.raises(TypeError, match="hard"):
+        rt.gumbel_softmax(x, hard="yes")
+    with pytest.raises(ValueError, match="backend"):
+        rt.gumbel_softmax(x, backend="tpu")
+    # the operators check too, naming the argument
+    with pytest.raises(ValueError, match="tau"):
+        ops.gumbel_softmax(x, state(1), 0.0, False, -1, [])
+    with pytest.raises(IndexError, match="dim"):
+        ops.gumbel_softmax(x, state(1), 1.0, False, 5, [])
+    with pytest.raises(ValueError, match="dim"):
+        ops.gumbel_softmax(torch.zeros(0, 3), state(1), 1.0, False, 0, [])
+    with pytest.raises(TypeError, match="logits"):
+        ops.gumbel_softmax(torch.ones(3, dtype=torch.int32), state(1), 1.0, False, 0, [])
+    with pytest.raises(ValueError, match="rng_state"):
+        ops.gumbel_softmax(x, torch.tensor([1.0, 0.0]), 1.0, False, -1, [])
+    with pytest.raises(ValueError, match="grad_y"):
+        ops.gumbel_softmax_backward(torch.ones(2, 4, 3), x, state(1), 1.0, -1)
+    with pytest.raises(ValueError, match="grad_y"):
+        ops.gumbel_softmax_backward(torch.ones(3, 4, dtype=torch.float64), x, state(1), 1.0, -1)
+
+
+def test_inputs_untouched():
+    base = logits_for((5, 8))
+    x = base.t()
+    before = x.clone()
+    rs = state(3)
+    for hard in (False, True):
+        for backend in ("cpu", "reference"):
+            y = rt.gumbel_softmax(x.requires_grad_(False), 0.5, hard, 0, sample_shape=(2,), seed=3, backend=backend)
+            assert y.data_ptr() != x.data_ptr()
+    ops.gumbel_softmax(x, rs, 0.5, True, 1, [2])
+    ops.gumbel_softmax_backward(torch.ones(2, 8, 5), x, rs, 0.5, 1)
+    assert torch.equal(x, before) and torch.equal(rs, state(3))
+
+
+# ---------------------------------------------------------------- Triton
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_matches_cpu_kernel(dtype):
+    logits = logits_for((3, 37), dtype)
+    for hard in (False, True):
+        y, grad = (t.cpu() for t in sample_and_grad(logits, 0.6, hard, -1, (2,), 17, "triton", device=TRITON_DEVICE))
+        y_cpu, grad_cpu = sample_and_grad(logits, 0.6, hard, -1, (2,), 17, "cpu")
+        if hard:
+            assert torch.equal(y, y_cpu), "hard one-hots"
+        else:
+            # same noise and exponentials; the sums are added in another order
+            tol = VALUE_TOL[dtype] if dtype in (torch.float16, torch.bfloat16) else dict(rtol=1e-6, atol=1e-7)
+            assert_close(y, y_cpu, "y", tol)
+        assert_close(grad, grad_cpu, "grad_logits", GRAD_TOL[dtype])
+
+
+@needs_triton
+@pytest.mark.parametrize("shape,dim", [((3, 2, 4), 0), ((2, 3, 4), 1), ((2, 3), -1), ((2, 17), -1), ((1, 5000), -1),
+                                       ((7,), 0), ((), 0)], ids=str)
+def test_triton_layouts_match_cpu_kernel(shape, dim):
+    logits = logits_for(shape)
+    y, grad = (t.cpu() for t in sample_and_grad(logits, 0.9, False, dim, (2,), 3, "triton", device=TRITON_DEVICE))
+    y_cpu, grad_cpu = sample_and_grad(logits, 0.9, False, dim, (2,), 3, "cpu")
+    assert_close(y, y_cpu, "y", dict(rtol=1e-5, atol=1e-7))
+    assert_close(grad, grad_cpu, "grad_logits", GRAD_TOL[torch.float32])
+    hard = rt.gumbel_softmax(logits.to(TRITON_DEVICE), 0.9, True, dim, sample_shape=(2,), seed=3, backend="triton")
+    assert torch.equal(hard.cpu(), rt.gumbel_softmax(logits, 0.9, True, dim, sample_shape=(2,), seed=3))
+
+
+@needs_triton
+def test_triton_gradcheck():
+    x = logits_for((3, 2), torch.float64).to(TRITON_DEVICE).requires_grad_()
+
+    def sample(t):
+        return rt.gumbel_softmax(t, 0.8, False, 0, sample_shape=(2,), seed=5, backend="triton")
+
+    assert torch.autograd.gradcheck(sample, (x,))
+
+
+# ------------------------------------------------------------------ CUDA
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,dim", [((64, 10), -1), ((8, 250), -1), ((4, 1000), -1), ((3, 4000), -1),
+                                       ((2, 8000), -1), ((2, 20000), -1), ((4, 5, 6), 1), ((4, 5, 8), 0),
+                                       ((3, 7), 0)], ids=str)
+def test_cuda_matches_cpu_kernel(dtype, shape, dim):
+    logits = logits_for(shape, dtype)
+    for hard in (False, True):
+        y, grad = (t.cpu() for t in sample_and_grad(logits, 0.7, hard, dim, (3,), 41, "cuda", device="cuda"))
+        y_cpu, grad_cpu = sample_and_grad(logits, 0.7, hard, dim, (3,), 41, "cpu")
+        if hard:
+            assert torch.equal(y, y_cpu), "hard one-hots"
+        else:
+            tol = VALUE_TOL[dtype] if dtype in (torch.float16, torch.bfloat16) else dict(rtol=1e-5, atol=1e-7)
+            assert_close(y, y_cpu, "y", tol)
+        assert_close(grad, grad_cpu, "grad_logits", GRAD_TOL[dtype])
+
+
+@needs_cuda
+def test_cuda_no_nan_and_opcheck():
+    logits = logits_for((2**14, 64), torch.float16, scale=30.0).cuda()
+    for tau in (1e-3, 1e3):
+        y = rt.gumbel_softmax(logits, tau, seed=1)
+        assert bool(torch.isfinite(y).all())
+    x = logits_for((3, 7)).cuda()
+    torch.library.opcheck(ops.gumbel_softmax.default, (x, state(1).cuda(), 0.5, False, -1, [2]))
+    torch.library.opcheck(ops.gumbel_softmax_backward.default, (torch.randn(2, 3, 7).cuda(), x, state(1).cuda(), 0.5, -1))
