@@ -11,6 +11,7 @@ the scale transform and keeps nothing of the sample's size for backward.
     d = Laplace.from_log_scale(loc, log_b)         # likewise LogNormal, Cauchy, Gumbel, Logistic
     d = Uniform(low, high); Exponential(rate); RelaxedBernoulli(temperature, logits=logits)
     d = Gamma(concentration, rate); Beta(a, b); Dirichlet(concentration)   # implicit reparameterization
+    d = RelaxedOneHotCategorical(temperature, logits=logits)               # fused Gumbel-Softmax
 
 The location-scale classes other than Normal compute `scale` from the
 unconstrained parameter when built with a from_* constructor (torch's own
@@ -23,7 +24,7 @@ import torch
 from torch.distributions.utils import broadcast_all
 
 from . import reference
-from . import family, gamma
+from . import family, gamma, gumbel
 from .normal import normal_rsample
 
 
@@ -320,3 +321,23 @@ class Dirichlet(_Fused, torch.distributions.Dirichlet):
     def rsample(self, sample_shape=torch.Size()):
         return gamma.dirichlet_rsample(self.concentration, sample_shape=tuple(sample_shape), seed=self._seed,
                                        backend=self._backend, validate_args=False)
+
+
+class RelaxedOneHotCategorical(_Fused, torch.distributions.RelaxedOneHotCategorical):
+    """torch.distributions.RelaxedOneHotCategorical with a fused sampler (rtrick_ops.gumbel_softmax).
+
+    Gumbel noise, temperature and the softmax run in one pass over each row; the
+    backward regenerates the sample. As for RelaxedBernoulli, a per-element or
+    trainable temperature falls back to torch's sampler.
+    """
+
+    def __init__(self, temperature, probs=None, logits=None, validate_args=None, *, seed=None, backend="auto"):
+        self._seed, self._backend = seed, backend
+        super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
+
+    def rsample(self, sample_shape=torch.Size()):
+        temperature = self.temperature
+        if temperature.numel() != 1 or temperature.requires_grad:
+            return super().rsample(sample_shape)
+        return gumbel.gumbel_softmax(self.logits, float(temperature), sample_shape=tuple(sample_shape),
+                                     seed=self._seed, backend=self._backend)

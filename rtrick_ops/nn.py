@@ -12,16 +12,17 @@ import math
 import torch
 from torch import nn
 
-from .normal import normal_rsample
+from .normal import normal_kl, normal_rsample, normal_rsample_and_kl
 
 
 def gaussian_kl_to_standard(mu, log_sigma):
-    """KL(N(mu, sigma^2) || N(0, 1)) elementwise, with sigma = exp(log_sigma).
+    """KL(N(mu, sigma^2) || N(0, 1)) elementwise, with sigma = exp(log_sigma): rtrick_ops.normal_kl.
 
-    Written as 0.5 * (mu^2 + sigma^2 - 1) - log_sigma: no log of sigma is taken,
-    so it stays finite for any log_sigma whose exp does not overflow.
+    No log of sigma is taken and sigma^2 - 1 - 2 log(sigma) is evaluated without
+    cancellation near sigma = 1; finite for any log_sigma whose exp(2 x) does
+    not overflow.
     """
-    return 0.5 * (mu.square() + torch.exp(2 * log_sigma) - 1) - log_sigma
+    return normal_kl(mu, log_sigma, scale="log_sigma")
 
 
 class GaussianLatentHead(nn.Module):
@@ -31,8 +32,9 @@ class GaussianLatentHead(nn.Module):
         mu, logvar = self.fc_mu(h), self.fc_logvar(h)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(-1)
-    with one fused sampling kernel. `sample_shape=(K,)` in forward draws K
-    latents per example (IWAE) in the same launch.
+    with one fused kernel that reads mu and log_sigma once and writes z and the
+    KL (rtrick_ops.normal_rsample_and_kl). `sample_shape=(K,)` in forward draws
+    K latents per example (IWAE) in the same launch.
     """
 
     def __init__(self, in_features, latent_features, bias=True):
@@ -42,9 +44,8 @@ class GaussianLatentHead(nn.Module):
 
     def forward(self, features, sample_shape=(), seed=None):
         mu, log_sigma = self.to_params(features).chunk(2, dim=-1)
-        z = normal_rsample(mu, log_sigma, scale="log_sigma", sample_shape=sample_shape, seed=seed)
-        kl = gaussian_kl_to_standard(mu, log_sigma).sum(-1)
-        return z, kl
+        z, kl = normal_rsample_and_kl(mu, log_sigma, scale="log_sigma", sample_shape=sample_shape, seed=seed)
+        return z, kl.sum(-1)
 
 
 class GaussianPolicyHead(nn.Module):

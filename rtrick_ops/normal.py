@@ -230,10 +230,12 @@ def _register_vae_helpers(suffix):
 
     def grad_sample_and_kl(ctx, grad_z, grad_kl_out):
         mu, scale_param, rng_state = ctx.saved_tensors
-        grad_mu = grad_z.sum_to_size(mu.shape)
-        grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale)
+        # In place on the fresh outputs of the two backward operators: no third
+        # and fourth tensor of the output's size (the page faults showed).
         kl_mu, kl_scale = kl_backward(grad_kl_out.contiguous(), mu, scale_param, ctx.scale)
-        return grad_mu + kl_mu, grad_scale + kl_scale, None, None, None
+        grad_mu = kl_mu.add_(grad_z.sum_to_size(mu.shape))
+        grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale).add_(kl_scale)
+        return grad_mu, grad_scale, None, None, None
 
     def setup_sample_and_log_prob(ctx, inputs, output):
         mu, scale_param, rng_state, scale, _ = inputs
@@ -244,8 +246,8 @@ def _register_vae_helpers(suffix):
         scale_param, rng_state = ctx.saved_tensors
         grad_mu = grad_z.sum_to_size(ctx.mu_shape)
         grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale)
-        grad_scale = grad_scale - (grad_log_q.sum_to_size(scale_param.shape)
-                                   * reference.dlog_sigma_of(scale_param, ctx.scale))
+        grad_scale = grad_scale.sub_(grad_log_q.sum_to_size(scale_param.shape)
+                                     * reference.dlog_sigma_of(scale_param, ctx.scale))
         return grad_mu, grad_scale, None, None, None
 
     for name, fn, setup in (("normal_kl", grad_kl, setup_kl),

@@ -249,3 +249,24 @@ def test_implicit_reparameterization_classes_behave_like_torch(ours_cls, torch_c
     z = ours_cls(*params_, seed=6).rsample((3,))
     grads = torch.autograd.grad(z.sum(), params_)
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+
+
+def test_relaxed_one_hot_categorical_class():
+    logits = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    d = rd.RelaxedOneHotCategorical(torch.tensor(0.5, dtype=torch.float64), logits=logits, seed=7)
+    theirs = D.RelaxedOneHotCategorical(torch.tensor(0.5, dtype=torch.float64), logits=logits)
+    assert isinstance(d, D.RelaxedOneHotCategorical) and d.has_rsample
+    assert d.batch_shape == theirs.batch_shape and d.event_shape == theirs.event_shape == (6,)
+    y = d.rsample((3,))
+    assert y.shape == (3, 4, 6) and torch.equal(y, rt.gumbel_softmax(d.logits, 0.5, sample_shape=(3,), seed=7))  # normalised logits
+    torch.testing.assert_close(y.sum(-1), torch.ones(3, 4, dtype=torch.float64))
+    assert bool(torch.isfinite(d.log_prob(y)).all())
+    (grad,) = torch.autograd.grad(y[..., 0].sum(), logits)
+    assert torch.isfinite(grad).all()
+    assert d.expand((2, 4)).rsample().shape == (2, 4, 6)
+    # Argmax frequencies agree with torch's sampler (chi-square-free check: 2^14 draws, 5 sigma).
+    probs = torch.softmax(logits.detach()[0], -1)
+    draws = rd.RelaxedOneHotCategorical(torch.tensor(0.1, dtype=torch.float64), logits=logits.detach()[0],
+                                        seed=8).sample((2**14,))
+    freq = torch.bincount(draws.argmax(-1), minlength=6).double() / 2**14
+    assert bool(((freq - probs).abs() < 5 * (probs * (1 - probs) / 2**14).sqrt() + 1e-3).all())

@@ -4,8 +4,9 @@
 // the CUDA kernels. The stream index of an element is its position in the
 // contiguous output, so no value depends on how the work is split.
 //
-// Sampling is a rejection loop per element (Marsaglia-Tsang), so these loops
-// do not vectorise; they run in parallel over elements with at::parallel_for.
+// Sampling is a rejection loop per element (Marsaglia-Tsang) that does not
+// vectorise; it runs in the per-ISA row kernels (RowKernels::log_gamma, so
+// that the float32 log/exp get hardware fma) in parallel over elements.
 // Backward: the per-element gradient terms in double, then torch's
 // sum_to_size over broadcast dimensions.
 #include <ATen/ATen.h>
@@ -40,6 +41,12 @@ ComputeOf<S> below_one_of() {
 }
 
 constexpr int64_t kGrain = 1024;
+
+// t as a contiguous tensor of the compute type C (the per-ISA row kernels take float or double).
+template <typename C>
+at::Tensor compute_copy(const at::Tensor& t) {
+  return t.to(std::is_same_v<C, double> ? at::kDouble : at::kFloat).contiguous();
+}
 
 // `t` (which broadcasts to `shape`) as a contiguous tensor whose element n %
 // period belongs to output element n: t itself when its shape is shape's
@@ -79,17 +86,17 @@ at::Tensor gamma_rsample_cpu(const at::Tensor& concentration, const at::Tensor& 
   int64_t period = 1;
   const at::Tensor alpha = trailing_contiguous(concentration, shape, period);
   const StreamKey key = read_rng_state(rng_state);
+  const RowKernels& kernels = active_row_kernels();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "gamma_rsample_cpu", [&] {
     using C = ComputeOf<scalar_t>;
-    const scalar_t* a = alpha.const_data_ptr<scalar_t>();
+    const at::Tensor alpha_c = compute_copy<C>(alpha);
     scalar_t* out = z.data_ptr<scalar_t>();
     const C tiny = tiny_of<scalar_t>();
     at::parallel_for(0, z.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        const C log_z = log_standard_gamma<C>(static_cast<C>(a[n % period]), key.key, key.offset,
-                                              static_cast<uint64_t>(n), 0u, 1u);
-        out[n] = static_cast<scalar_t>(gamma_from_log<C>(log_z, tiny));
-      }
+      std::vector<C> logs(static_cast<size_t>(end - begin));
+      kernels.log_gamma(std::is_same_v<C, double>, key, alpha_c.const_data_ptr(), period, begin, end - begin, 0u,
+                        1u, logs.data());
+      for (int64_t n = begin; n < end; ++n) out[n] = static_cast<scalar_t>(gamma_from_log<C>(logs[n - begin], tiny));
     });
   });
   return z;
@@ -107,19 +114,19 @@ at::Tensor beta_rsample_cpu(const at::Tensor& a, const at::Tensor& b, const at::
   const at::Tensor ab = a.expand(batch).contiguous(), bb = b.expand(batch).contiguous();
   const int64_t period = std::max<int64_t>(1, ab.numel());
   const StreamKey key = read_rng_state(rng_state);
+  const RowKernels& kernels = active_row_kernels();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "beta_rsample_cpu", [&] {
     using C = ComputeOf<scalar_t>;
-    const scalar_t* pa = ab.const_data_ptr<scalar_t>();
-    const scalar_t* pb = bb.const_data_ptr<scalar_t>();
+    const at::Tensor a_c = compute_copy<C>(ab), b_c = compute_copy<C>(bb);
     scalar_t* out = z.data_ptr<scalar_t>();
     const C tiny = tiny_of<scalar_t>(), below_one = below_one_of<scalar_t>();
+    constexpr bool kF64 = std::is_same_v<C, double>;
     at::parallel_for(0, z.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        const uint64_t un = static_cast<uint64_t>(n);
-        const C log_x = log_standard_gamma<C>(static_cast<C>(pa[n % period]), key.key, key.offset, un, 0u, 2u);
-        const C log_y = log_standard_gamma<C>(static_cast<C>(pb[n % period]), key.key, key.offset, un, 1u, 2u);
-        out[n] = static_cast<scalar_t>(beta_from_logs<C>(log_x, log_y, tiny, below_one));
-      }
+      std::vector<C> log_x(static_cast<size_t>(end - begin)), log_y(static_cast<size_t>(end - begin));
+      kernels.log_gamma(kF64, key, a_c.const_data_ptr(), period, begin, end - begin, 0u, 2u, log_x.data());
+      kernels.log_gamma(kF64, key, b_c.const_data_ptr(), period, begin, end - begin, 1u, 2u, log_y.data());
+      for (int64_t n = begin; n < end; ++n)
+        out[n] = static_cast<scalar_t>(beta_from_logs<C>(log_x[n - begin], log_y[n - begin], tiny, below_one));
     });
   });
   return z;
@@ -138,29 +145,28 @@ at::Tensor dirichlet_rsample_cpu(const at::Tensor& concentration, const at::Tens
   const int64_t alpha_rows = alpha.numel() / k_count;
   const int64_t rows = z.numel() / k_count;
   const StreamKey key = read_rng_state(rng_state);
+  const RowKernels& kernels = active_row_kernels();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "dirichlet_rsample_cpu", [&] {
     using C = ComputeOf<scalar_t>;
-    const scalar_t* a = alpha.const_data_ptr<scalar_t>();
+    const at::Tensor alpha_c = compute_copy<C>(alpha);
     scalar_t* out = z.data_ptr<scalar_t>();
     const C tiny = tiny_of<scalar_t>();
+    const int64_t period = alpha_rows * k_count;
     at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / k_count), [&](int64_t begin, int64_t end) {
-      std::vector<C> logs(static_cast<size_t>(k_count));
+      std::vector<C> logs(static_cast<size_t>((end - begin) * k_count));
+      kernels.log_gamma(std::is_same_v<C, double>, key, alpha_c.const_data_ptr(), period, begin * k_count,
+                        (end - begin) * k_count, 0u, 1u, logs.data());
       for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* ar = a + (r % alpha_rows) * k_count;
+        C* row = logs.data() + (r - begin) * k_count;
         C m = -inf_of(C(0));
-        for (int64_t i = 0; i < k_count; ++i) {
-          const C l = log_standard_gamma<C>(static_cast<C>(ar[i]), key.key, key.offset,
-                                            static_cast<uint64_t>(r * k_count + i), 0u, 1u);
-          logs[i] = l;
-          m = (l > m || l != l) ? l : m;  // NaN sticks
-        }
+        for (int64_t i = 0; i < k_count; ++i) m = (row[i] > m || row[i] != row[i]) ? row[i] : m;  // NaN sticks
         C sum = C(0);
         for (int64_t i = 0; i < k_count; ++i) {
-          logs[i] = exp_of(logs[i] - m);
-          sum += logs[i];
+          row[i] = exp_of(row[i] - m);
+          sum += row[i];
         }
         for (int64_t i = 0; i < k_count; ++i) {
-          const C v = div_rn(logs[i], sum);
+          const C v = div_rn(row[i], sum);
           out[r * k_count + i] = static_cast<scalar_t>(v < tiny ? tiny : v);
         }
       }

@@ -62,6 +62,12 @@ struct RowKernels {
                  const void* sp, void* out, int64_t begin, int64_t end);
   // out[j] = noise[n0 + j] (float32), j < len
   void (*noise_fill)(int32_t noise, StreamKey, int64_t n0, int64_t len, float* out);
+  // log_out[j] = log of a standard Gamma draw (Marsaglia-Tsang, ../gamma.h) for element n = n0 + j
+  // with concentration alpha[n % period] on attempts t_base + k * t_step; alpha and log_out are
+  // double when f64, float otherwise. A rejection loop per element: it does not vectorise, but
+  // compiled per ISA its log/exp use hardware fma instead of library calls.
+  void (*log_gamma)(bool f64, StreamKey, const void* alpha, int64_t period, int64_t n0, int64_t len,
+                    uint32_t t_base, uint32_t t_step, void* log_out);
 };
 
 const RowKernels& row_kernels_default();

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "../formulas.h"
+#include "../gamma.h"
 #include "../philox.h"
 #include "row_kernels.h"
 
@@ -409,11 +410,29 @@ void noise_fill_entry(int32_t noise, StreamKey s, int64_t n0, int64_t len, float
                        });
 }
 
+template <typename C>
+void log_gamma_row(StreamKey s, const C* alpha, int64_t period, int64_t n0, int64_t len, uint32_t t_base,
+                   uint32_t t_step, C* out) {
+  for (int64_t j = 0; j < len; ++j) {
+    const int64_t n = n0 + j;
+    out[j] = log_standard_gamma<C>(alpha[n % period], s.key, s.offset, static_cast<uint64_t>(n), t_base, t_step);
+  }
+}
+
+void log_gamma_entry(bool f64, StreamKey s, const void* alpha, int64_t period, int64_t n0, int64_t len,
+                     uint32_t t_base, uint32_t t_step, void* out) {
+  if (f64) {
+    log_gamma_row(s, static_cast<const double*>(alpha), period, n0, len, t_base, t_step, static_cast<double*>(out));
+  } else {
+    log_gamma_row(s, static_cast<const float*>(alpha), period, n0, len, t_base, t_step, static_cast<float*>(out));
+  }
+}
+
 }  // namespace
 
 const RowKernels& RT_ROW_KERNELS_NAME() {
   static const RowKernels table{RT_ISA_NAME, elementwise_entry, noise_dot_entry, finish_entry,
-                                noise_fill_entry};
+                                noise_fill_entry, log_gamma_entry};
   return table;
 }
 
