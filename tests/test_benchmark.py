@@ -32,6 +32,21 @@ def test_benchmark_quick_run_writes_results(tmp_path):
     assert (tmp_path / "bench_normal_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_family_benchmark_quick_run_covers_every_case(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_family.py"), "--quick", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "bench_family_cpu.csv")))
+    cases = {row["case"] for row in rows}
+    assert {"uniform", "exponential", "laplace", "cauchy", "logistic", "gumbel", "lognormal", "relaxed_bernoulli",
+            "normal_kl", "normal_rsample_and_kl", "normal_rsample_and_log_prob", "gumbel_softmax", "gamma", "beta",
+            "dirichlet"} <= cases
+    assert {(row["provider"], row["mode"]) for row in rows} == {(p, m) for p in ("rtrick_ops", "torch")
+                                                               for m in ("forward", "full")}
+    assert all(float(row["median_ms"]) > 0 and float(row["speedup_vs_torch"]) > 0 for row in rows)
+    assert (tmp_path / "bench_family_cpu.md").read_text().count("| gamma |") == 4
+
+
 def load_benchmark_module():
     spec = importlib.util.spec_from_file_location("bench_normal", ROOT / "benchmarks" / "bench_normal.py")
     module = importlib.util.module_from_spec(spec)
