@@ -1,11 +1,14 @@
 // Argument checks and shape rules shared by the CPU and CUDA implementations
-// of the elementwise operators (the Gaussian, the location-scale family, the
-// relaxed Bernoulli, the KL helpers). Error messages name the argument at fault.
+// of every operator (the Gaussian, the location-scale family, the relaxed
+// Bernoulli, the KL helpers, the Gumbel-Softmax, Gamma/Beta/Dirichlet). Error
+// messages name the argument at fault.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/ExpandUtils.h>
 
+#include <algorithm>
+#include <cfloat>
 #include <string>
 #include <vector>
 
@@ -101,6 +104,87 @@ inline void check_normal_backward(const at::Tensor& grad_z, const at::Tensor& sc
     ok = scale_param.size(d) == 1 || scale_param.size(d) == grad_z.size(d + lead);
   TORCH_CHECK_VALUE(ok, "scale_param of shape ", scale_param.sizes(), " does not broadcast to grad_z of shape ",
                     grad_z.sizes());
+}
+
+
+// ------------------------------------------------------------ Gumbel-Softmax
+// logits viewed as [outer, length, inner] around a wrapped dim (a 0-d tensor is one row of 1).
+struct SlabShape {
+  int64_t outer = 1, length = 1, inner = 1;
+  int64_t size() const { return length * inner; }
+};
+
+inline SlabShape slab_shape(const at::Tensor& logits, int64_t dim) {
+  SlabShape s;
+  if (logits.dim() == 0) return s;
+  for (int64_t d = 0; d < dim; ++d) s.outer *= logits.size(d);
+  s.length = logits.size(dim);
+  for (int64_t d = dim + 1; d < logits.dim(); ++d) s.inner *= logits.size(d);
+  return s;
+}
+
+// dim of logits, wrapped; an error names dim when it is out of range or of size 0.
+inline int64_t wrap_dim(int64_t dim, const at::Tensor& logits) {
+  const int64_t rank = std::max<int64_t>(logits.dim(), 1);
+  TORCH_CHECK_INDEX(dim >= -rank && dim < rank, "dim=", dim, " is out of range for logits with ", logits.dim(),
+                    " dimensions (expected a dim in [", -rank, ", ", rank - 1, "])");
+  const int64_t wrapped = dim < 0 ? dim + rank : dim;
+  if (logits.dim() > 0)
+    TORCH_CHECK_VALUE(logits.size(wrapped) > 0, "dim=", dim, " of logits has size 0: a softmax over no categories");
+  return wrapped;
+}
+
+// tau in the compute type; float compute clamps it to [FLT_MIN, FLT_MAX].
+template <typename C> C tau_as(double tau);
+template <> inline float tau_as<float>(double tau) {
+  return static_cast<float>(std::min<double>(std::max<double>(tau, FLT_MIN), FLT_MAX));
+}
+template <> inline double tau_as<double>(double tau) { return tau; }
+
+// The backward's arguments; returns the wrapped dim.
+inline int64_t check_gumbel_softmax_backward(const at::Tensor& grad_y, const at::Tensor& logits,
+                                             const at::Tensor& rng_state, double tau, int64_t dim) {
+  check_float_tensor(grad_y, "grad_y");
+  check_float_tensor(logits, "logits");
+  check_tau(tau);
+  check_rng_state(rng_state, logits);
+  TORCH_CHECK_VALUE(grad_y.scalar_type() == logits.scalar_type(), "grad_y (", grad_y.scalar_type(),
+                    ") and logits (", logits.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK_VALUE(grad_y.device() == logits.device(), "grad_y is on ", grad_y.device(), " but logits is on ",
+                    logits.device());
+  const int64_t lead = grad_y.dim() - logits.dim();
+  TORCH_CHECK_VALUE(lead >= 0 && grad_y.sizes().slice(lead).equals(logits.sizes()), "grad_y of shape ",
+                    grad_y.sizes(), " must be sample_shape + logits.shape, logits.shape = ", logits.sizes());
+  return wrap_dim(dim, logits);
+}
+
+// ------------------------------------------------------ Gamma, Beta, Dirichlet
+// `t` (which broadcasts to `shape`) as a contiguous tensor whose element n %
+// period belongs to output element n: t itself when its shape is shape's
+// trailing dims, else t expanded to `shape` and copied.
+inline at::Tensor trailing_contiguous(const at::Tensor& t, at::IntArrayRef shape, int64_t& period) {
+  const int64_t lead = static_cast<int64_t>(shape.size()) - t.dim();
+  bool trailing = lead >= 0;
+  for (int64_t d = 0; trailing && d < t.dim(); ++d) trailing = t.size(d) == shape[lead + d];
+  at::Tensor out = trailing ? t.contiguous() : t.expand(shape).contiguous();
+  period = std::max<int64_t>(1, out.numel());
+  return out;
+}
+
+// t is a float tensor of like's dtype and device.
+inline void check_same(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
+  check_float_tensor(t, name);
+  TORCH_CHECK_VALUE(t.scalar_type() == like.scalar_type(), name, " (", t.scalar_type(), ") and ", like_name, " (",
+                    like.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK_VALUE(t.device() == like.device(), name, " is on ", t.device(), " but ", like_name, " is on ",
+                    like.device());
+}
+
+inline void check_broadcasts_to(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+  const int64_t lead = static_cast<int64_t>(shape.size()) - t.dim();
+  bool ok = lead >= 0;
+  for (int64_t d = 0; ok && d < t.dim(); ++d) ok = t.size(d) == 1 || t.size(d) == shape[lead + d];
+  TORCH_CHECK_VALUE(ok, name, " of shape ", t.sizes(), " does not broadcast to z of shape ", shape);
 }
 
 }  // namespace

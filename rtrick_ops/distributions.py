@@ -264,12 +264,9 @@ class Exponential(_Fused, torch.distributions.Exponential):
                                           backend=self._backend, validate_args=False)
 
 
-class RelaxedBernoulli(_Fused, torch.distributions.RelaxedBernoulli):
-    """torch.distributions.RelaxedBernoulli with a fused sampler: logistic noise, temperature and sigmoid in one pass.
-
-    The fused path needs a single, non-differentiated temperature (the usual
-    case); a per-element or trainable temperature falls back to torch's sampler.
-    """
+class _FusedRelaxed(_Fused):
+    """The relaxed (Concrete) classes: a fused sampler for a single, non-differentiated temperature (the
+    usual case); a per-element or trainable temperature falls back to torch's sampler."""
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = seed, backend
@@ -279,8 +276,15 @@ class RelaxedBernoulli(_Fused, torch.distributions.RelaxedBernoulli):
         temperature = self.temperature
         if temperature.numel() != 1 or temperature.requires_grad:
             return super().rsample(sample_shape)
-        return family.relaxed_bernoulli_rsample(self.logits, float(temperature), sample_shape=tuple(sample_shape),
-                                                seed=self._seed, backend=self._backend)
+        return self._fused_sampler(self.logits, float(temperature), sample_shape=tuple(sample_shape),
+                                   seed=self._seed, backend=self._backend)
+
+
+class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
+    """torch.distributions.RelaxedBernoulli with a fused sampler: logistic noise, temperature and sigmoid in one
+    pass (rtrick_ops.relaxed_bernoulli_rsample)."""
+
+    _fused_sampler = staticmethod(family.relaxed_bernoulli_rsample)
 
 
 class Gamma(_Fused, torch.distributions.Gamma):
@@ -323,21 +327,8 @@ class Dirichlet(_Fused, torch.distributions.Dirichlet):
                                        backend=self._backend, validate_args=False)
 
 
-class RelaxedOneHotCategorical(_Fused, torch.distributions.RelaxedOneHotCategorical):
-    """torch.distributions.RelaxedOneHotCategorical with a fused sampler (rtrick_ops.gumbel_softmax).
+class RelaxedOneHotCategorical(_FusedRelaxed, torch.distributions.RelaxedOneHotCategorical):
+    """torch.distributions.RelaxedOneHotCategorical with a fused sampler (rtrick_ops.gumbel_softmax): Gumbel
+    noise, temperature and the softmax in one pass over each row; the backward regenerates the sample."""
 
-    Gumbel noise, temperature and the softmax run in one pass over each row; the
-    backward regenerates the sample. As for RelaxedBernoulli, a per-element or
-    trainable temperature falls back to torch's sampler.
-    """
-
-    def __init__(self, temperature, probs=None, logits=None, validate_args=None, *, seed=None, backend="auto"):
-        self._seed, self._backend = seed, backend
-        super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
-
-    def rsample(self, sample_shape=torch.Size()):
-        temperature = self.temperature
-        if temperature.numel() != 1 or temperature.requires_grad:
-            return super().rsample(sample_shape)
-        return gumbel.gumbel_softmax(self.logits, float(temperature), sample_shape=tuple(sample_shape),
-                                     seed=self._seed, backend=self._backend)
+    _fused_sampler = staticmethod(gumbel.gumbel_softmax)

@@ -53,37 +53,6 @@ template <> struct ComputeOf<double> { using type = double; };
 inline __attribute__((always_inline)) float exp_c(float x) { return exp_f32(x); }
 inline __attribute__((always_inline)) double exp_c(double x) { return std::exp(x); }
 
-template <typename C> C tau_as(double tau);
-template <> float tau_as<float>(double tau) {
-  return static_cast<float>(std::min<double>(std::max<double>(tau, FLT_MIN), FLT_MAX));
-}
-template <> double tau_as<double>(double tau) { return tau; }
-
-// [outer, L, inner] around a wrapped dim of logits (a 0-d tensor is one row of 1).
-struct SlabShape {
-  int64_t outer = 1, length = 1, inner = 1;
-  int64_t size() const { return length * inner; }
-};
-
-SlabShape slab_shape(const at::Tensor& logits, int64_t dim) {
-  SlabShape s;
-  if (logits.dim() == 0) return s;
-  for (int64_t d = 0; d < dim; ++d) s.outer *= logits.size(d);
-  s.length = logits.size(dim);
-  for (int64_t d = dim + 1; d < logits.dim(); ++d) s.inner *= logits.size(d);
-  return s;
-}
-
-int64_t wrap_dim(int64_t dim, const at::Tensor& logits) {
-  const int64_t rank = std::max<int64_t>(logits.dim(), 1);
-  TORCH_CHECK_INDEX(dim >= -rank && dim < rank, "dim=", dim, " is out of range for logits with ", logits.dim(),
-                    " dimensions (expected a dim in [", -rank, ", ", rank - 1, "])");
-  const int64_t wrapped = dim < 0 ? dim + rank : dim;
-  if (logits.dim() > 0)
-    TORCH_CHECK_VALUE(logits.size(wrapped) > 0, "dim=", dim, " of logits has size 0: a softmax over no categories");
-  return wrapped;
-}
-
 // Scratch for one slab: v (then the exponentials), per-column max, sum, argmax.
 template <typename C>
 struct SlabScratch {
@@ -340,18 +309,7 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad
 
 at::Tensor gumbel_softmax_backward_cpu(const at::Tensor& grad_y, const at::Tensor& logits,
                                        const at::Tensor& rng_state, double tau, int64_t dim) {
-  check_float_tensor(grad_y, "grad_y");
-  check_float_tensor(logits, "logits");
-  check_tau(tau);
-  check_rng_state(rng_state, logits);
-  TORCH_CHECK_VALUE(grad_y.scalar_type() == logits.scalar_type(), "grad_y (", grad_y.scalar_type(),
-                    ") and logits (", logits.scalar_type(), ") must have the same dtype");
-  TORCH_CHECK_VALUE(grad_y.device() == logits.device(), "grad_y is on ", grad_y.device(), " but logits is on ",
-                    logits.device());
-  const int64_t lead = grad_y.dim() - logits.dim();
-  TORCH_CHECK_VALUE(lead >= 0 && grad_y.sizes().slice(lead).equals(logits.sizes()), "grad_y of shape ",
-                    grad_y.sizes(), " must be sample_shape + logits.shape, logits.shape = ", logits.sizes());
-  const int64_t wrapped = wrap_dim(dim, logits);
+  const int64_t wrapped = check_gumbel_softmax_backward(grad_y, logits, rng_state, tau, dim);
   at::Tensor grad = at::empty(logits.sizes(), logits.options());
   if (logits.numel() == 0) return grad;
   if (grad_y.numel() == 0) return grad.zero_();

@@ -153,30 +153,6 @@ dirichlet_grad_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, i
 }
 
 // ------------------------------------------------------------------- host
-at::Tensor trailing_contiguous(const at::Tensor& t, at::IntArrayRef shape, int64_t& period) {
-  const int64_t lead = static_cast<int64_t>(shape.size()) - t.dim();
-  bool trailing = lead >= 0;
-  for (int64_t d = 0; trailing && d < t.dim(); ++d) trailing = t.size(d) == shape[lead + d];
-  at::Tensor out = trailing ? t.contiguous() : t.expand(shape).contiguous();
-  period = std::max<int64_t>(1, out.numel());
-  return out;
-}
-
-void check_same(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name) {
-  check_float_tensor(t, name);
-  TORCH_CHECK_VALUE(t.scalar_type() == like.scalar_type(), name, " (", t.scalar_type(), ") and ", like_name, " (",
-                    like.scalar_type(), ") must have the same dtype");
-  TORCH_CHECK_VALUE(t.device() == like.device(), name, " is on ", t.device(), " but ", like_name, " is on ",
-                    like.device());
-}
-
-void check_broadcasts_to(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
-  const int64_t lead = static_cast<int64_t>(shape.size()) - t.dim();
-  bool ok = lead >= 0;
-  for (int64_t d = 0; ok && d < t.dim(); ++d) ok = t.size(d) == 1 || t.size(d) == shape[lead + d];
-  TORCH_CHECK_VALUE(ok, name, " of shape ", t.sizes(), " does not broadcast to z of shape ", shape);
-}
-
 at::Tensor gamma_rsample_cuda(const at::Tensor& concentration, const at::Tensor& rng_state,
                               at::IntArrayRef sample_shape) {
   check_float_tensor(concentration, "concentration");

@@ -396,35 +396,6 @@ column_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restric
 }
 
 // --------------------------------------------------------------- launches
-struct SlabShape {
-  int64_t outer = 1, length = 1, inner = 1;
-};
-
-int64_t wrap_dim(int64_t dim, const at::Tensor& logits) {
-  const int64_t rank = std::max<int64_t>(logits.dim(), 1);
-  TORCH_CHECK_INDEX(dim >= -rank && dim < rank, "dim=", dim, " is out of range for logits with ", logits.dim(),
-                    " dimensions (expected a dim in [", -rank, ", ", rank - 1, "])");
-  const int64_t wrapped = dim < 0 ? dim + rank : dim;
-  if (logits.dim() > 0)
-    TORCH_CHECK_VALUE(logits.size(wrapped) > 0, "dim=", dim, " of logits has size 0: a softmax over no categories");
-  return wrapped;
-}
-
-SlabShape slab_shape(const at::Tensor& logits, int64_t dim) {
-  SlabShape s;
-  if (logits.dim() == 0) return s;
-  for (int64_t d = 0; d < dim; ++d) s.outer *= logits.size(d);
-  s.length = logits.size(dim);
-  for (int64_t d = dim + 1; d < logits.dim(); ++d) s.inner *= logits.size(d);
-  return s;
-}
-
-template <typename C> C tau_as(double tau);
-template <> float tau_as<float>(double tau) {
-  return static_cast<float>(std::min<double>(std::max<double>(tau, FLT_MIN), FLT_MAX));
-}
-template <> double tau_as<double>(double tau) { return tau; }
-
 // Runs the forward (kBackward false: out = y, of T) or the backward's
 // per-element terms (out of the compute type) over `slabs` slabs.
 template <typename T, bool kBackward>
@@ -497,18 +468,8 @@ at::Tensor gumbel_softmax_cuda(const at::Tensor& logits, const at::Tensor& rng_s
 
 at::Tensor gumbel_softmax_backward_cuda(const at::Tensor& grad_y, const at::Tensor& logits,
                                         const at::Tensor& rng_state, double tau, int64_t dim) {
-  check_float_tensor(grad_y, "grad_y");
-  check_float_tensor(logits, "logits");
-  check_tau(tau);
-  check_rng_state(rng_state, logits);
-  TORCH_CHECK_VALUE(grad_y.scalar_type() == logits.scalar_type(), "grad_y (", grad_y.scalar_type(),
-                    ") and logits (", logits.scalar_type(), ") must have the same dtype");
-  TORCH_CHECK_VALUE(grad_y.device() == logits.device(), "grad_y is on ", grad_y.device(), " but logits is on ",
-                    logits.device());
-  const int64_t lead = grad_y.dim() - logits.dim();
-  TORCH_CHECK_VALUE(lead >= 0 && grad_y.sizes().slice(lead).equals(logits.sizes()), "grad_y of shape ",
-                    grad_y.sizes(), " must be sample_shape + logits.shape, logits.shape = ", logits.sizes());
-  const int64_t wrapped = wrap_dim(dim, logits);
+  const int64_t wrapped = check_gumbel_softmax_backward(grad_y, logits, rng_state, tau, dim);
+  const int64_t lead = grad_y.dim() - logits.dim();  // sample dims
   const c10::cuda::CUDAGuard guard(logits.device());
   if (logits.numel() == 0) return at::empty(logits.sizes(), logits.options());
   if (grad_y.numel() == 0) return at::zeros(logits.sizes(), logits.options());
