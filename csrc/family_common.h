@@ -89,6 +89,18 @@ inline std::vector<int64_t> normal_output_shape(const at::Tensor& mu, const at::
   return sampled_shape(sample_shape, at::infer_size(mu.sizes(), scale_param.sizes()));
 }
 
+// normal_kl_backward's arguments; returns the shape of grad_kl, broadcast(mu, scale_param).
+inline std::vector<int64_t> check_normal_kl_backward(const at::Tensor& grad_kl, const at::Tensor& mu,
+                                                     const at::Tensor& scale_param) {
+  const auto shape = normal_output_shape(mu, scale_param, {});
+  check_float_tensor(grad_kl, "grad_kl");
+  TORCH_CHECK_VALUE(grad_kl.scalar_type() == mu.scalar_type(), "grad_kl (", grad_kl.scalar_type(), ") and mu (",
+                    mu.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK_VALUE(grad_kl.sizes() == at::IntArrayRef(shape), "grad_kl must have shape ", at::IntArrayRef(shape),
+                    ", got ", grad_kl.sizes());
+  return shape;
+}
+
 // Checks the backward's arguments: scale_param must broadcast to grad_z.
 inline void check_normal_backward(const at::Tensor& grad_z, const at::Tensor& scale_param,
                                   const char* grad_name = "grad_z") {
@@ -185,6 +197,26 @@ inline void check_broadcasts_to(const at::Tensor& t, const char* name, at::IntAr
   bool ok = lead >= 0;
   for (int64_t d = 0; ok && d < t.dim(); ++d) ok = t.size(d) == 1 || t.size(d) == shape[lead + d];
   TORCH_CHECK_VALUE(ok, name, " of shape ", t.sizes(), " does not broadcast to z of shape ", shape);
+}
+
+
+// An implicit-gradient backward's arguments: grad_z and z of one shape, and a
+// parameter of their dtype and device that broadcasts to it.
+inline void check_implicit_backward(const at::Tensor& grad_z, const at::Tensor& z, const at::Tensor& param,
+                                    const char* name) {
+  check_float_tensor(param, name);
+  check_same(grad_z, "grad_z", param, name);
+  check_same(z, "z", param, name);
+  TORCH_CHECK_VALUE(grad_z.sizes() == z.sizes(), "grad_z of shape ", grad_z.sizes(), " must have z's shape ",
+                    z.sizes());
+  check_broadcasts_to(param, name, z.sizes());
+}
+
+inline void check_dirichlet_backward(const at::Tensor& grad_z, const at::Tensor& concentration, const at::Tensor& z) {
+  TORCH_CHECK_VALUE(concentration.dim() >= 1, "concentration must have at least one dimension (the categories)");
+  check_implicit_backward(grad_z, z, concentration, "concentration");
+  TORCH_CHECK_VALUE(concentration.size(-1) == z.size(-1), "concentration's last dim (", concentration.size(-1),
+                    ") must equal z's (", z.size(-1), ")");
 }
 
 }  // namespace

@@ -267,12 +267,7 @@ at::Tensor normal_kl_cpu(const at::Tensor& mu, const at::Tensor& scale_param, c1
 std::tuple<at::Tensor, at::Tensor> normal_kl_backward_cpu(const at::Tensor& grad_kl, const at::Tensor& mu,
                                                           const at::Tensor& scale_param, c10::string_view scale) {
   const ScaleKind kind = parse_scale(scale);
-  const auto shape = normal_output_shape(mu, scale_param, {});
-  check_float_tensor(grad_kl, "grad_kl");
-  TORCH_CHECK_VALUE(grad_kl.scalar_type() == mu.scalar_type(), "grad_kl (", grad_kl.scalar_type(), ") and mu (",
-                    mu.scalar_type(), ") must have the same dtype");
-  TORCH_CHECK_VALUE(grad_kl.sizes() == at::IntArrayRef(shape), "grad_kl must have shape ", at::IntArrayRef(shape),
-                    ", got ", grad_kl.sizes());
+  const auto shape = check_normal_kl_backward(grad_kl, mu, scale_param);
   at::Tensor grad_mu = at::empty(shape, mu.options());
   at::Tensor grad_sp = at::empty(shape, mu.options());
   run_elementwise(FormulaId::NormalKLGrad, kind, NoiseKind::None, kNoStream, {grad_mu, grad_sp},

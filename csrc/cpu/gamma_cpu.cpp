@@ -151,12 +151,7 @@ at::Tensor dirichlet_rsample_cpu(const at::Tensor& concentration, const at::Tens
 // ----------------------------------------------------------------- backward
 // grad_z * dz/dalpha per element in double, summed to concentration's shape.
 at::Tensor gamma_rsample_backward_cpu(const at::Tensor& grad_z, const at::Tensor& concentration, const at::Tensor& z) {
-  check_float_tensor(concentration, "concentration");
-  check_same(grad_z, "grad_z", concentration, "concentration");
-  check_same(z, "z", concentration, "concentration");
-  TORCH_CHECK_VALUE(grad_z.sizes() == z.sizes(), "grad_z of shape ", grad_z.sizes(), " must have z's shape ",
-                    z.sizes());
-  check_broadcasts_to(concentration, "concentration", z.sizes());
+  check_implicit_backward(grad_z, z, concentration, "concentration");
   if (z.numel() == 0) return at::zeros(concentration.sizes(), concentration.options());
   int64_t period = 1;
   const at::Tensor alpha = trailing_contiguous(concentration, z.sizes(), period);
@@ -179,14 +174,8 @@ at::Tensor gamma_rsample_backward_cpu(const at::Tensor& grad_z, const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> beta_rsample_backward_cpu(const at::Tensor& grad_z, const at::Tensor& a,
                                                              const at::Tensor& b, const at::Tensor& z) {
-  check_float_tensor(a, "a");
-  check_same(b, "b", a, "a");
-  check_same(grad_z, "grad_z", a, "a");
-  check_same(z, "z", a, "a");
-  TORCH_CHECK_VALUE(grad_z.sizes() == z.sizes(), "grad_z of shape ", grad_z.sizes(), " must have z's shape ",
-                    z.sizes());
-  check_broadcasts_to(a, "a", z.sizes());
-  check_broadcasts_to(b, "b", z.sizes());
+  check_implicit_backward(grad_z, z, a, "a");
+  check_implicit_backward(grad_z, z, b, "b");
   if (z.numel() == 0) return {at::zeros(a.sizes(), a.options()), at::zeros(b.sizes(), b.options())};
   int64_t pa_period = 1, pb_period = 1;
   const at::Tensor ac = trailing_contiguous(a, z.sizes(), pa_period);
@@ -222,15 +211,7 @@ std::tuple<at::Tensor, at::Tensor> beta_rsample_backward_cpu(const at::Tensor& g
 // marginal Beta(alpha_i, total - alpha_i) gradient with the total held fixed.
 at::Tensor dirichlet_rsample_backward_cpu(const at::Tensor& grad_z, const at::Tensor& concentration,
                                           const at::Tensor& z) {
-  check_float_tensor(concentration, "concentration");
-  check_same(grad_z, "grad_z", concentration, "concentration");
-  check_same(z, "z", concentration, "concentration");
-  TORCH_CHECK_VALUE(concentration.dim() >= 1, "concentration must have at least one dimension (the categories)");
-  TORCH_CHECK_VALUE(grad_z.sizes() == z.sizes(), "grad_z of shape ", grad_z.sizes(), " must have z's shape ",
-                    z.sizes());
-  check_broadcasts_to(concentration, "concentration", z.sizes());
-  TORCH_CHECK_VALUE(concentration.size(-1) == z.size(-1), "concentration's last dim (", concentration.size(-1),
-                    ") must equal z's (", z.size(-1), ")");
+  check_dirichlet_backward(grad_z, concentration, z);
   if (z.numel() == 0) return at::zeros(concentration.sizes(), concentration.options());
   int64_t period = 1;
   const at::Tensor alpha = trailing_contiguous(concentration, z.sizes(), period);

@@ -235,12 +235,7 @@ at::Tensor dirichlet_rsample_cuda(const at::Tensor& concentration, const at::Ten
 
 at::Tensor gamma_rsample_backward_cuda(const at::Tensor& grad_z, const at::Tensor& concentration,
                                        const at::Tensor& z) {
-  check_float_tensor(concentration, "concentration");
-  check_same(grad_z, "grad_z", concentration, "concentration");
-  check_same(z, "z", concentration, "concentration");
-  TORCH_CHECK_VALUE(grad_z.sizes() == z.sizes(), "grad_z of shape ", grad_z.sizes(), " must have z's shape ",
-                    z.sizes());
-  check_broadcasts_to(concentration, "concentration", z.sizes());
+  check_implicit_backward(grad_z, z, concentration, "concentration");
   const c10::cuda::CUDAGuard guard(z.device());
   const int64_t numel = z.numel();
   if (numel == 0) return at::zeros(concentration.sizes(), concentration.options());
@@ -261,14 +256,8 @@ at::Tensor gamma_rsample_backward_cuda(const at::Tensor& grad_z, const at::Tenso
 
 std::tuple<at::Tensor, at::Tensor> beta_rsample_backward_cuda(const at::Tensor& grad_z, const at::Tensor& a,
                                                               const at::Tensor& b, const at::Tensor& z) {
-  check_float_tensor(a, "a");
-  check_same(b, "b", a, "a");
-  check_same(grad_z, "grad_z", a, "a");
-  check_same(z, "z", a, "a");
-  TORCH_CHECK_VALUE(grad_z.sizes() == z.sizes(), "grad_z of shape ", grad_z.sizes(), " must have z's shape ",
-                    z.sizes());
-  check_broadcasts_to(a, "a", z.sizes());
-  check_broadcasts_to(b, "b", z.sizes());
+  check_implicit_backward(grad_z, z, a, "a");
+  check_implicit_backward(grad_z, z, b, "b");
   const c10::cuda::CUDAGuard guard(z.device());
   const int64_t numel = z.numel();
   if (numel == 0) return {at::zeros(a.sizes(), a.options()), at::zeros(b.sizes(), b.options())};
@@ -292,15 +281,7 @@ std::tuple<at::Tensor, at::Tensor> beta_rsample_backward_cuda(const at::Tensor& 
 
 at::Tensor dirichlet_rsample_backward_cuda(const at::Tensor& grad_z, const at::Tensor& concentration,
                                            const at::Tensor& z) {
-  check_float_tensor(concentration, "concentration");
-  check_same(grad_z, "grad_z", concentration, "concentration");
-  check_same(z, "z", concentration, "concentration");
-  TORCH_CHECK_VALUE(concentration.dim() >= 1, "concentration must have at least one dimension (the categories)");
-  TORCH_CHECK_VALUE(grad_z.sizes() == z.sizes(), "grad_z of shape ", grad_z.sizes(), " must have z's shape ",
-                    z.sizes());
-  check_broadcasts_to(concentration, "concentration", z.sizes());
-  TORCH_CHECK_VALUE(concentration.size(-1) == z.size(-1), "concentration's last dim (", concentration.size(-1),
-                    ") must equal z's (", z.size(-1), ")");
+  check_dirichlet_backward(grad_z, concentration, z);
   const c10::cuda::CUDAGuard guard(z.device());
   if (z.numel() == 0) return at::zeros(concentration.sizes(), concentration.options());
   int64_t period = 1;
