@@ -105,7 +105,10 @@ SAMPLERS = {"fused": fused_sample, "plain": plain_sample}
 def kl_to_standard_normal(mu, logvar):
     """KL(N(mu, exp(logvar)) || N(0, I)) in closed form, summed over the latent dimensions.
 
-    Plain torch for now; this becomes rt.normal_kl once the library has the fused KL op.
+    Plain torch, and the same function for both samplers, so that the comparison isolates the
+    sampler. rt.normal_kl(mu, logvar, scale="logvar").sum(-1) computes the same value in one
+    fused pass (tests/test_family.py checks it against torch.distributions.kl_divergence), and
+    rt.normal_rsample_and_kl draws z and the KL from one read of mu and logvar.
     """
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 

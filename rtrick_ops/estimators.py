@@ -156,9 +156,10 @@ def gumbel_softmax(logits: torch.Tensor, *, tau: float = 1.0, hard: bool = False
 
     hard=True is the straight-through Gumbel-Softmax: the forward value is the
     one-hot argmax (an exact categorical sample), the gradient the soft
-    sample's. `sampler(logits, tau=, hard=, dim=, seed=)` does the drawing;
-    the default, `torch_gumbel_softmax`, wraps torch's until the library has
-    a fused op with the same signature.
+    sample's. `sampler(logits, tau=, hard=, dim=, seed=)` does the drawing:
+    `rtrick_ops.gumbel_softmax` (the fused kernel) has that signature. The
+    default stays `torch_gumbel_softmax`, torch's sampler, so that the study's
+    committed results (benchmarks/study_estimators.py) remain reproducible.
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point torch.Tensor, got {type(logits).__name__}")

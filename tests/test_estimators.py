@@ -415,3 +415,15 @@ def test_study_quick_run_writes_its_files(tmp_path):
         assert heading in markdown
     for name in ("quadratic_variance.png", "gumbel_linear.png", "gumbel_nonlinear.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gumbel_softmax_accepts_the_fused_sampler():
+    import rtrick_ops as rt
+    from rtrick_ops import estimators
+
+    logits = torch.randn(5, 7, requires_grad=True)
+    y = estimators.gumbel_softmax(logits, tau=0.5, hard=True, seed=3, sampler=rt.gumbel_softmax)
+    assert torch.equal(y, rt.gumbel_softmax(logits, 0.5, hard=True, seed=3))
+    assert torch.equal(y.sum(-1), torch.ones(5))
+    (grad,) = torch.autograd.grad((y * torch.arange(7.0)).sum(), logits)
+    assert torch.isfinite(grad).all()
