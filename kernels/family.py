@@ -87,9 +87,10 @@ def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, nume
     index = n % period if REPEATS else n
     compute = tl.float64 if F64 else tl.float32
     eps = stream_noise(state_ptr, first, BLOCK, NOISE).to(compute)
-    a = tl.load(a_ptr + index, mask=mask).to(compute)
+    # Lanes past the end read 1, not 0: the formulas divide by the scale parameter (rate, sigma).
+    a = tl.load(a_ptr + index, mask=mask, other=1.0).to(compute)
     if FORMULA != NOISE_PRODUCT:
-        b = tl.load(b_ptr + index, mask=mask).to(compute)
+        b = tl.load(b_ptr + index, mask=mask, other=1.0).to(compute)
     if FORMULA == LOC_SCALE_SAMPLE:
         out0 = a + sigma_of(b, SCALE, F64) * eps
     elif FORMULA == LOG_NORMAL_SAMPLE:
@@ -102,7 +103,7 @@ def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, nume
     elif FORMULA == NORMAL_KL:
         out0 = _normal_kl(a, b, SCALE, F64)
     elif FORMULA == NORMAL_KL_GRAD:  # a = grad_kl, b = mu, c = scale_param
-        c = tl.load(c_ptr + index, mask=mask).to(compute)
+        c = tl.load(c_ptr + index, mask=mask, other=1.0).to(compute)
         t = 2.0 * log_sigma_of(c, SCALE, F64)
         out0 = a * b
         out1 = a * ((_expm1_minus_x(t, F64) + t) * dlog_sigma_of(c, SCALE, F64))
