@@ -128,8 +128,9 @@ RT_HD double gamma_series_grad(double a, double x) {
   double psi = digamma_d(a + 1.0);
   double s = c * (lnx - psi);
   for (int32_t n = 1; n <= kSeriesMaxTerms; ++n) {
-    c = c * x / (a + n);
-    psi += 1.0 / (a + n);
+    const double inv = 1.0 / (a + n);  // one division per term, shared by both updates
+    c = c * x * inv;
+    psi += inv;
     const double term = c * (lnx - psi);
     s += term;
     if (!(::fabs(term) > kGradEps * ::fabs(s))) break;
@@ -212,15 +213,21 @@ struct Grad2 {
 // (dz/da, dz/db) where x < (a + 1) / (a + b + 2); y = 1 - x, lnx = ln x, lny = ln y.
 // Each term is folded in as soon as it is known, so that few values stay live
 // across the continued-fraction loops (keeps the CUDA kernels free of spills).
-RT_HD Grad2 beta_grad_direct(double a, double b, double x, double y, double lnx, double lny) {
+// need_a / need_b skip the continued fractions of a derivative nobody reads
+// (the Dirichlet needs one of the two).
+RT_HD Grad2 beta_grad_direct(double a, double b, double x, double y, double lnx, double lny, bool need_a,
+                             bool need_b) {
   const double psi_ab = digamma_d(a + b);
   const double h = betacf_d(a, b, x);
-  double ga = h * (lnx - 1.0 / a - digamma_d(a) + psi_ab);
-  double gb = h * (lny - digamma_d(b) + psi_ab);
-  const double sa = cf_step(a);
-  ga += (betacf_d(a + sa, b, x) - betacf_d(a - sa, b, x)) / (2.0 * sa);
-  const double sb = cf_step(b);
-  gb += (betacf_d(a, b + sb, x) - betacf_d(a, b - sb, x)) / (2.0 * sb);
+  double ga = 0.0, gb = 0.0;
+  if (need_a) {
+    const double sa = cf_step(a);
+    ga = h * (lnx - 1.0 / a - digamma_d(a) + psi_ab) + (betacf_d(a + sa, b, x) - betacf_d(a - sa, b, x)) / (2.0 * sa);
+  }
+  if (need_b) {
+    const double sb = cf_step(b);
+    gb = h * (lny - digamma_d(b) + psi_ab) + (betacf_d(a, b + sb, x) - betacf_d(a, b - sb, x)) / (2.0 * sb);
+  }
   const double scale = -x * y / a;
   return Grad2{scale * ga, scale * gb};
 }
@@ -229,7 +236,7 @@ RT_HD Grad2 beta_grad_direct(double a, double b, double x, double y, double lnx,
 // continued fraction's fast region (there 1 - z ~ Beta(b, a), so dz/da =
 // -d(1-z)/da and dz/db = -d(1-z)/db). NaN for NaN input or a, b <= 0; 0 for z
 // outside (0, 1) or an infinite parameter.
-RT_HD Grad2 beta_dz_dab(double a, double b, double z) {
+RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool need_b = true) {
   if (a != a || b != b || z != z || !(a > 0.0) || !(b > 0.0)) return Grad2{::nan(""), ::nan("")};
   if (!(z > 0.0) || !(z < 1.0) || a == HUGE_VAL || b == HUGE_VAL) return Grad2{0.0, 0.0};
   const double y = 1.0 - z;
@@ -237,7 +244,7 @@ RT_HD Grad2 beta_dz_dab(double a, double b, double z) {
   const bool swap = !(z < (a + 1.0) / (a + b + 2.0));
   // One call site with selected arguments (one copy of the loops in the kernels).
   const Grad2 g = beta_grad_direct(swap ? b : a, swap ? a : b, swap ? y : z, swap ? z : y, swap ? lny : lnz,
-                                   swap ? lnz : lny);
+                                   swap ? lnz : lny, swap ? need_b : need_a, swap ? need_a : need_b);
   return swap ? Grad2{-g.b, -g.a} : g;
 }
 
@@ -251,7 +258,7 @@ RT_HD double dirichlet_marginal_grad(double alpha, double total, double z) {
   const double rest = total - alpha;
   if (rest != rest || alpha != alpha || z != z) return ::nan("");
   if (!(rest > 0.0) || !(z < 1.0)) return 0.0;
-  const Grad2 g = beta_dz_dab(alpha, rest, z);
+  const Grad2 g = beta_dz_dab(alpha, rest, z, true, false);
   return g.a / (1.0 - z);
 }
 
