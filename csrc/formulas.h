@@ -141,5 +141,26 @@ struct SampleAndLogProb {
   }
 };
 
+// visit(F<kind>{}) for a run-time scale kind (host code: the dispatch of the
+// CPU row kernels and of the CUDA launches). Every formula is compiled for the
+// four public kinds; kWithRate adds Rate (the location-scale sample and its
+// gradient, for the exponential). Returns false for a kind not compiled.
+template <template <ScaleKind> class F, bool kWithRate, typename Visit>
+inline bool visit_scale_kind(ScaleKind kind, Visit visit) {
+  switch (kind) {
+    case ScaleKind::LogSigma: visit(F<ScaleKind::LogSigma>{}); return true;
+    case ScaleKind::LogVar: visit(F<ScaleKind::LogVar>{}); return true;
+    case ScaleKind::Sigma: visit(F<ScaleKind::Sigma>{}); return true;
+    case ScaleKind::Softplus: visit(F<ScaleKind::Softplus>{}); return true;
+    case ScaleKind::Rate:
+      if constexpr (kWithRate) {
+        visit(F<ScaleKind::Rate>{});
+        return true;
+      }
+      break;
+  }
+  return false;
+}
+
 }  // namespace
 }  // namespace rtrick

@@ -169,11 +169,8 @@ def word_noise(word, NOISE: tl.constexpr):
 
 
 @triton.jit
-def stream_noise(state_ptr, first, BLOCK: tl.constexpr, NOISE: tl.constexpr):
-    """Noise for stream elements first .. first + BLOCK - 1 (first a multiple of 4), as float32."""
-    if NOISE == NOISE_NONE:
-        return tl.zeros([BLOCK], tl.float32)
-    blocks = first // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+def block_noise(state_ptr, blocks, NOISE: tl.constexpr):
+    """The four noise values (lanes 0..3) of the Philox blocks `blocks`, as noise_block in csrc/philox.h."""
     x0, x1, x2, x3 = stream_words(state_ptr, blocks)
     if NOISE == NOISE_NORMAL:
         z0, z1 = box_muller(x0, x1)
@@ -183,6 +180,16 @@ def stream_noise(state_ptr, first, BLOCK: tl.constexpr, NOISE: tl.constexpr):
         z1 = word_noise(x1, NOISE)
         z2 = word_noise(x2, NOISE)
         z3 = word_noise(x3, NOISE)
+    return z0, z1, z2, z3
+
+
+@triton.jit
+def stream_noise(state_ptr, first, BLOCK: tl.constexpr, NOISE: tl.constexpr):
+    """Noise for stream elements first .. first + BLOCK - 1 (first a multiple of 4), as float32."""
+    if NOISE == NOISE_NONE:
+        return tl.zeros([BLOCK], tl.float32)
+    blocks = first // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+    z0, z1, z2, z3 = block_noise(state_ptr, blocks, NOISE)
     # join adds its axis last: [q, i, j] = join(join(z0, z2), join(z1, z3)) puts lane 2i + j at 4q + 2i + j.
     return tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [BLOCK])
 
@@ -190,16 +197,8 @@ def stream_noise(state_ptr, first, BLOCK: tl.constexpr, NOISE: tl.constexpr):
 @triton.jit
 def stream_noise_at(state_ptr, n, NOISE: tl.constexpr):
     """Noise of arbitrary (int64) stream elements n, one Philox call each; a one-word kind or NORMAL."""
-    x0, x1, x2, x3 = stream_words(state_ptr, n // 4)
+    z0, z1, z2, z3 = block_noise(state_ptr, n // 4, NOISE)
     lane = n % 4
-    if NOISE == NOISE_NORMAL:
-        z0, z1 = box_muller(x0, x1)
-        z2, z3 = box_muller(x2, x3)
-    else:
-        z0 = word_noise(x0, NOISE)
-        z1 = word_noise(x1, NOISE)
-        z2 = word_noise(x2, NOISE)
-        z3 = word_noise(x3, NOISE)
     return tl.where(lane == 0, z0, tl.where(lane == 1, z1, tl.where(lane == 2, z2, z3)))
 
 

@@ -28,7 +28,74 @@ from . import family, gamma, gumbel
 from .normal import normal_rsample
 
 
-class Normal(torch.distributions.Normal):
+# ------------------------------------------------ shared by the classes
+class _Fused:
+    """What every fused class adds to its torch class: seed and backend, kept by expand; sample = rsample
+    without grad."""
+
+    def expand(self, batch_shape, _instance=None):
+        new = _instance if _instance is not None else type(self).__new__(type(self))
+        new = super().expand(batch_shape, _instance=new)
+        new._seed, new._backend = self._seed, self._backend
+        return new
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+class _FusedLocScale(_Fused):
+    """rsample through rtrick_ops' location-scale kernel, and the from_* constructors.
+
+    A subclass sets _sampler (the rtrick_ops sampler of its family) and
+    inherits from the torch class it replaces; the torch class keeps its
+    constructor arguments, log_prob, cdf, entropy and KL.
+    """
+
+    _sampler = None
+
+    def __init__(self, loc, scale, validate_args=None, *, seed=None, backend="auto"):
+        self._scale_param, self._scale_kind = None, "sigma"
+        self._seed, self._backend = seed, backend
+        super().__init__(loc, scale, validate_args=validate_args)
+
+    @classmethod
+    def from_scale_param(cls, loc, scale_param, scale="log_sigma", validate_args=None, *, seed=None, backend="auto"):
+        """The distribution with scale sigma(scale_param) under the parameterization `scale`."""
+        if scale not in reference.SCALES:
+            raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
+        loc, scale_param = broadcast_all(loc, scale_param)
+        return cls._with_scale_param(loc, scale_param, scale, validate_args, seed, backend)
+
+    @classmethod
+    def _with_scale_param(cls, loc, scale_param, scale, validate_args, seed, backend):
+        # torch's __init__ of most classes needs the scale itself (Gumbel and
+        # LogNormal build transforms from it): computed here, once.
+        new = cls(loc, reference.sigma_of(scale_param, scale), validate_args, seed=seed, backend=backend)
+        new._scale_param, new._scale_kind = scale_param, scale
+        return new
+
+    @classmethod
+    def from_log_scale(cls, loc, log_scale, validate_args=None, **kwargs):
+        return cls.from_scale_param(loc, log_scale, "log_sigma", validate_args, **kwargs)
+
+    @classmethod
+    def from_softplus(cls, loc, raw_scale, validate_args=None, **kwargs):
+        return cls.from_scale_param(loc, raw_scale, "softplus", validate_args, **kwargs)
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance)
+        new._scale_param = None if self._scale_param is None else self._scale_param.expand(torch.Size(batch_shape))
+        new._scale_kind = self._scale_kind
+        return new
+
+    def rsample(self, sample_shape=torch.Size()):
+        scale_param = self.scale if self._scale_param is None else self._scale_param
+        return self._sampler(self.loc, scale_param, scale=self._scale_kind, sample_shape=tuple(sample_shape),
+                             seed=self._seed, backend=self._backend)
+
+
+class Normal(_FusedLocScale, torch.distributions.Normal):
     """torch.distributions.Normal with a fused reparameterized sampler.
 
     Built from (loc, scale) like torch's class, or from an unconstrained scale
@@ -40,18 +107,11 @@ class Normal(torch.distributions.Normal):
     torch.manual_seed governs the noise. `backend` is passed to normal_rsample.
     """
 
-    def __init__(self, loc, scale, validate_args=None, *, seed=None, backend="auto"):
-        self._scale_param = None
-        self._scale_kind = "sigma"
-        self._seed, self._backend = seed, backend
-        super().__init__(loc, scale, validate_args=validate_args)
+    _sampler = staticmethod(normal_rsample)
 
     @classmethod
-    def from_scale_param(cls, loc, scale_param, scale="log_sigma", validate_args=None, *, seed=None, backend="auto"):
-        """A Normal whose scale is sigma(scale_param) under the parameterization `scale`."""
-        if scale not in reference.SCALES:
-            raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
-        loc, scale_param = broadcast_all(loc, scale_param)
+    def _with_scale_param(cls, loc, scale_param, scale, validate_args, seed, backend):
+        # torch's Normal needs no scale to exist: it is computed on first use.
         new = cls.__new__(cls)
         new.loc, new._scale, new._scale_param, new._scale_kind = loc, None, scale_param, scale
         new._seed, new._backend = seed, backend
@@ -59,16 +119,8 @@ class Normal(torch.distributions.Normal):
         return new
 
     @classmethod
-    def from_log_scale(cls, loc, log_scale, validate_args=None, **kwargs):
-        return cls.from_scale_param(loc, log_scale, "log_sigma", validate_args, **kwargs)
-
-    @classmethod
     def from_logvar(cls, loc, logvar, validate_args=None, **kwargs):
         return cls.from_scale_param(loc, logvar, "logvar", validate_args, **kwargs)
-
-    @classmethod
-    def from_softplus(cls, loc, raw_scale, validate_args=None, **kwargs):
-        return cls.from_scale_param(loc, raw_scale, "softplus", validate_args, **kwargs)
 
     @property
     def scale(self):
@@ -91,15 +143,6 @@ class Normal(torch.distributions.Normal):
         new._validate_args = self._validate_args
         return new
 
-    def rsample(self, sample_shape=torch.Size()):
-        scale_param = self.scale if self._scale_param is None else self._scale_param
-        return normal_rsample(self.loc, scale_param, scale=self._scale_kind, sample_shape=tuple(sample_shape),
-                              seed=self._seed, backend=self._backend)
-
-    def sample(self, sample_shape=torch.Size()):
-        with torch.no_grad():
-            return self.rsample(sample_shape)
-
     def log_prob(self, value):
         if self._scale_kind == "log_sigma":  # log(sigma) is the parameter itself: no exp-then-log round trip
             if self._validate_args:
@@ -108,83 +151,22 @@ class Normal(torch.distributions.Normal):
         return super().log_prob(value)
 
 
-# ------------------------------------------------ the other families
-class _Fused:
-    """What every fused class adds to its torch class: seed and backend, kept by expand; sample = rsample
-    without grad."""
-
-    def expand(self, batch_shape, _instance=None):
-        new = _instance if _instance is not None else type(self).__new__(type(self))
-        new = super().expand(batch_shape, _instance=new)
-        new._seed, new._backend = self._seed, self._backend
-        return new
-
-    def sample(self, sample_shape=torch.Size()):
-        with torch.no_grad():
-            return self.rsample(sample_shape)
-
-
-class _FusedLocScale(_Fused):
-    """rsample through rtrick_ops' location-scale kernel, and the from_* constructors.
-
-    A subclass sets _family and inherits from the torch class it replaces; the
-    torch class keeps its constructor arguments, log_prob, cdf, entropy and KL.
-    """
-
-    _family = None
-
-    def __init__(self, loc, scale, validate_args=None, *, seed=None, backend="auto"):
-        self._scale_param, self._scale_kind = None, "sigma"
-        self._seed, self._backend = seed, backend
-        super().__init__(loc, scale, validate_args=validate_args)
-
-    @classmethod
-    def from_scale_param(cls, loc, scale_param, scale="log_sigma", validate_args=None, *, seed=None, backend="auto"):
-        """The distribution with scale sigma(scale_param) under the parameterization `scale`."""
-        if scale not in reference.SCALES:
-            raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
-        loc, scale_param = broadcast_all(loc, scale_param)
-        new = cls(loc, reference.sigma_of(scale_param, scale), validate_args, seed=seed, backend=backend)
-        new._scale_param, new._scale_kind = scale_param, scale
-        return new
-
-    @classmethod
-    def from_log_scale(cls, loc, log_scale, validate_args=None, **kwargs):
-        return cls.from_scale_param(loc, log_scale, "log_sigma", validate_args, **kwargs)
-
-    @classmethod
-    def from_softplus(cls, loc, raw_scale, validate_args=None, **kwargs):
-        return cls.from_scale_param(loc, raw_scale, "softplus", validate_args, **kwargs)
-
-    def expand(self, batch_shape, _instance=None):
-        new = super().expand(batch_shape, _instance)
-        new._scale_param = None if self._scale_param is None else self._scale_param.expand(torch.Size(batch_shape))
-        new._scale_kind = self._scale_kind
-        return new
-
-    def rsample(self, sample_shape=torch.Size()):
-        scale_param = self.scale if self._scale_param is None else self._scale_param
-        sampler = getattr(family, f"{self._family}_rsample")
-        return sampler(self.loc, scale_param, scale=self._scale_kind, sample_shape=tuple(sample_shape),
-                       seed=self._seed, backend=self._backend)
-
-
 class Laplace(_FusedLocScale, torch.distributions.Laplace):
     """torch.distributions.Laplace with a fused reparameterized sampler (inverse CDF in the kernel)."""
 
-    _family = "laplace"
+    _sampler = staticmethod(family.laplace_rsample)
 
 
 class Cauchy(_FusedLocScale, torch.distributions.Cauchy):
     """torch.distributions.Cauchy with a fused reparameterized sampler."""
 
-    _family = "cauchy"
+    _sampler = staticmethod(family.cauchy_rsample)
 
 
 class Gumbel(_FusedLocScale, torch.distributions.Gumbel):
     """torch.distributions.Gumbel with a fused reparameterized sampler."""
 
-    _family = "gumbel"
+    _sampler = staticmethod(family.gumbel_rsample)
 
 
 class LogNormal(_FusedLocScale, torch.distributions.LogNormal):
@@ -193,7 +175,7 @@ class LogNormal(_FusedLocScale, torch.distributions.LogNormal):
     `from_log_scale(mu, log_sigma)` takes the log of the underlying Normal's scale.
     """
 
-    _family = "lognormal"
+    _sampler = staticmethod(family.lognormal_rsample)
 
 
 class Logistic(_FusedLocScale, torch.distributions.TransformedDistribution):
@@ -204,7 +186,7 @@ class Logistic(_FusedLocScale, torch.distributions.TransformedDistribution):
     affine map), so log_prob, cdf and icdf come from those transforms.
     """
 
-    _family = "logistic"
+    _sampler = staticmethod(family.logistic_rsample)
     arg_constraints = {"loc": torch.distributions.constraints.real,
                        "scale": torch.distributions.constraints.positive}
     support = torch.distributions.constraints.real

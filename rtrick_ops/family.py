@@ -19,6 +19,7 @@ from ._backends import resolve_backend
 from ._checks import (check_broadcast, check_param, check_positive, check_sample_shape, check_same_device, check_tau,
                       validation_enabled)
 from ._random import make_rng_state
+from .normal import scale_backward_grads
 
 _ops = torch.ops.rtrick_ops
 SampleShape = Union[int, Sequence[int]]
@@ -182,9 +183,7 @@ def _register(suffix):
             grad_scale = backward(grad, scale_param, rng_state, ctx.family, ctx.scale)
         return grad_loc, grad_scale, None, None, None, None
 
-    # The backward is linear in grad; as for the Gaussian (rtrick_ops/normal.py):
-    #   d/d grad: w * sigma'(x) * g(u)       = forward(0, w * sigma'(x), family, "sigma")
-    #   d/d x:    w * sigma''(x) * sum(grad * g(u)) = w * sigma''(x) * backward(scale="sigma")
+    # The backward is linear in grad: its derivatives are the Gaussian's (scale_backward_grads).
     def setup_backward(ctx, inputs, output):
         grad, scale_param, rng_state, family, scale = inputs
         ctx.save_for_backward(grad, scale_param, rng_state)
@@ -192,17 +191,10 @@ def _register(suffix):
 
     def grad_backward(ctx, grad_grad):
         grad, scale_param, rng_state = ctx.saved_tensors
-        d_grad = d_scale = None
-        if ctx.needs_input_grad[0]:
-            weight = grad_grad * reference.dsigma_of(scale_param, ctx.scale)
-            zeros = grad.new_zeros(()).expand(grad.shape)
-            d_grad = forward(zeros, weight, rng_state, ctx.family, "sigma", [])
-        if ctx.needs_input_grad[1]:
-            if ctx.scale == "sigma":
-                d_scale = torch.zeros_like(scale_param)
-            else:
-                noise_dot = backward(grad, scale_param, rng_state, ctx.family, "sigma")
-                d_scale = grad_grad * reference.d2sigma_of(scale_param, ctx.scale) * noise_dot
+        d_grad, d_scale = scale_backward_grads(
+            ctx, grad_grad, grad, scale_param,
+            draw=lambda zeros, weight: forward(zeros, weight, rng_state, ctx.family, "sigma", []),
+            noise_dot=lambda: backward(grad, scale_param, rng_state, ctx.family, "sigma"))
         return d_grad, d_scale, None, None, None
 
     torch.library.register_autograd(f"rtrick_ops::loc_scale_rsample{suffix}", grad_forward,

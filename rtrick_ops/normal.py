@@ -139,6 +139,26 @@ def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, 
     return _op("normal_rsample_and_log_prob", which)(mu, scale_param, rng_state, scale, sample_shape)
 
 
+def scale_backward_grads(ctx, grad_grad, grad, scale_param, draw, noise_dot):
+    """Derivatives of a scale backward, sigma'(x) * sum(grad * noise), which is linear in grad.
+
+    Shared by the Gaussian's and the location-scale family's backward operators:
+        d/d grad: grad_grad * sigma'(x) * noise  = draw(0, grad_grad * sigma'(x)), a sample with scale="sigma"
+        d/d x:    grad_grad * sigma''(x) * sum(grad * noise) = grad_grad * sigma''(x) * noise_dot()
+    where noise_dot() is the backward operator with scale="sigma". Returns (d_grad, d_scale).
+    """
+    d_grad = d_scale = None
+    if ctx.needs_input_grad[0]:
+        weight = grad_grad * reference.dsigma_of(scale_param, ctx.scale)
+        d_grad = draw(grad.new_zeros(()).expand(grad.shape), weight)
+    if ctx.needs_input_grad[1]:
+        if ctx.scale == "sigma":
+            d_scale = torch.zeros_like(scale_param)
+        else:
+            d_scale = grad_grad * reference.d2sigma_of(scale_param, ctx.scale) * noise_dot()
+    return d_grad, d_scale
+
+
 def _register_autograd(forward_name, backward_name, forward_in_python=True):
     """Autograd of a (forward, backward) operator pair: the C++ ops or the Triton ops.
 
@@ -164,9 +184,7 @@ def _register_autograd(forward_name, backward_name, forward_in_python=True):
             grad_scale = backward(grad_z, scale_param, rng_state, ctx.scale)
         return grad_mu, grad_scale, None, None, None
 
-    # The backward is linear in grad_z; its own derivatives reuse both ops:
-    #   d/d grad_z: g * sigma'(x) * eps  = forward(0, g * sigma'(x), scale="sigma")
-    #   d/d x:      g * sigma''(x) * sum(grad_z * eps) = g * sigma''(x) * backward(scale="sigma")
+    # The backward is linear in grad_z; its derivatives reuse both ops (scale_backward_grads).
     def setup_backward(ctx, inputs, output):
         grad_z, scale_param, rng_state, scale = inputs
         ctx.save_for_backward(grad_z, scale_param, rng_state)
@@ -174,17 +192,10 @@ def _register_autograd(forward_name, backward_name, forward_in_python=True):
 
     def grad_backward(ctx, grad_grad):
         grad_z, scale_param, rng_state = ctx.saved_tensors
-        d_grad_z = d_scale = None
-        if ctx.needs_input_grad[0]:
-            weight = grad_grad * reference.dsigma_of(scale_param, ctx.scale)
-            zeros = grad_z.new_zeros(()).expand(grad_z.shape)
-            d_grad_z = forward(zeros, weight, rng_state, "sigma", [])
-        if ctx.needs_input_grad[1]:
-            if ctx.scale == "sigma":
-                d_scale = torch.zeros_like(scale_param)
-            else:
-                noise_dot = backward(grad_z, scale_param, rng_state, "sigma")
-                d_scale = grad_grad * reference.d2sigma_of(scale_param, ctx.scale) * noise_dot
+        d_grad_z, d_scale = scale_backward_grads(
+            ctx, grad_grad, grad_z, scale_param,
+            draw=lambda zeros, weight: forward(zeros, weight, rng_state, "sigma", []),
+            noise_dot=lambda: backward(grad_z, scale_param, rng_state, "sigma"))
         return d_grad_z, d_scale, None, None
 
     if forward_in_python:

@@ -327,20 +327,11 @@ void finish_row(const void* partial_, int64_t parts, int64_t count, const void* 
 }
 
 // ------------------------------------------------- run-time -> compile-time
-// Scale kinds a formula is compiled for: the Gaussian-style formulas take the
-// four public ones, the location-scale sample and its gradient add Rate.
+// visit_scale_kind (../formulas.h) picks the formula's scale kind; the callers have
+// parsed the scale, so a kind the formula is not compiled for cannot occur.
 template <template <ScaleKind> class F, bool kWithRate, typename Visit>
 void visit_scale(int32_t scale, Visit visit) {
-  switch (static_cast<ScaleKind>(scale)) {
-    case ScaleKind::LogSigma: visit(F<ScaleKind::LogSigma>{}); return;
-    case ScaleKind::LogVar: visit(F<ScaleKind::LogVar>{}); return;
-    case ScaleKind::Sigma: visit(F<ScaleKind::Sigma>{}); return;
-    case ScaleKind::Softplus: visit(F<ScaleKind::Softplus>{}); return;
-    case ScaleKind::Rate:
-      if constexpr (kWithRate) { visit(F<ScaleKind::Rate>{}); return; }
-      break;
-  }
-  visit(F<ScaleKind::Sigma>{});  // unreachable: the callers parse the scale
+  visit_scale_kind<F, kWithRate>(static_cast<ScaleKind>(scale), visit);
 }
 
 template <Storage S>

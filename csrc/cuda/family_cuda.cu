@@ -36,16 +36,28 @@ template <> struct Compute<double> { using type = double; };
 
 // out_k[n] = Formula(a[i], b[i], c[i], noise[n]) for n in [0, numel): inputs
 // of storage In, contiguous with `period` elements (the batch shape) and
-// repeated along the leading sample dimensions, i = n % period; outputs of
+// repeated along the leading sample dimensions, i = n % period, except those
+// whose bit is set in `scalars` (bit 0: a, 1: b, 2: c), which hold one element
+// read for every i (a temperature, say: never expanded in memory); outputs of
 // storage Out, contiguous. Computed in In's compute type. The noise kind is a
 // template argument and only the combinations the operators use are
 // instantiated (run_* below), which keeps nvcc's work to one noise
 // transform per kernel.
+// 4 consecutive inputs from 16-byte aligned memory, or one element 4 times.
+template <typename Pack, typename In>
+__device__ __forceinline__ Pack load_pack(const In* p, int64_t i0, bool scalar) {
+  if (!scalar) return *reinterpret_cast<const Pack*>(p + i0);
+  Pack out;
+#pragma unroll
+  for (int l = 0; l < 4; ++l) out.v[l] = p[0];
+  return out;
+}
+
 template <typename Formula, NoiseKind kNoise, typename In, typename Out>
 __global__ void __launch_bounds__(kThreads)
 elementwise_noise_kernel(Out* __restrict__ out0, Out* __restrict__ out1, const In* __restrict__ a,
                          const In* __restrict__ b, const In* __restrict__ c, const int64_t* __restrict__ rng_state,
-                         int64_t numel, int64_t period) {
+                         int64_t numel, int64_t period, uint32_t scalars) {
   using C = typename Compute<In>::type;
   constexpr bool kTwoOutputs = Formula::kOutputs == 2;
   constexpr bool kThreeInputs = Formula::kInputs == 3;
@@ -64,10 +76,10 @@ elementwise_noise_kernel(Out* __restrict__ out0, Out* __restrict__ out1, const I
       const int64_t i0 = n0 % period;
       struct alignas(sizeof(In) * 4) Pack { In v[4]; };
       struct alignas(sizeof(Out) * 4) OutPack { Out v[4]; };
-      const Pack pa = *reinterpret_cast<const Pack*>(a + i0);
-      const Pack pb = *reinterpret_cast<const Pack*>(b + i0);
+      const Pack pa = load_pack<Pack>(a, i0, scalars & 1u);
+      const Pack pb = load_pack<Pack>(b, i0, scalars & 2u);
       Pack pc = pb;
-      if (kThreeInputs) pc = *reinterpret_cast<const Pack*>(c + i0);
+      if (kThreeInputs) pc = load_pack<Pack>(c, i0, scalars & 4u);
       OutPack p0, p1;
 #pragma unroll
       for (int l = 0; l < 4; ++l) {
@@ -86,8 +98,9 @@ elementwise_noise_kernel(Out* __restrict__ out0, Out* __restrict__ out1, const I
         if (n >= numel) break;
         const int64_t i = n % period;
         C r0, r1;
-        const C cv = kThreeInputs ? static_cast<C>(c[i]) : C(0);
-        Formula::apply(static_cast<C>(a[i]), static_cast<C>(b[i]), cv, static_cast<C>(eps[l]), r0, r1);
+        const C cv = kThreeInputs ? static_cast<C>(c[(scalars & 4u) ? 0 : i]) : C(0);
+        Formula::apply(static_cast<C>(a[(scalars & 1u) ? 0 : i]), static_cast<C>(b[(scalars & 2u) ? 0 : i]), cv,
+                       static_cast<C>(eps[l]), r0, r1);
         out0[n] = static_cast<Out>(r0);
         if (kTwoOutputs) out1[n] = static_cast<Out>(r1);
       }
@@ -96,10 +109,11 @@ elementwise_noise_kernel(Out* __restrict__ out0, Out* __restrict__ out1, const I
 }
 
 // Runs Formula over contiguous outputs (1 or 2, same shape) and 1 to 3 inputs
-// that broadcast to the output's trailing (batch) dimensions. Inputs that are
-// not already contiguous at the batch shape (broadcast or strided ones) are
-// copied to it: parameter-sized, never sample-sized, and it spares a strided
-// twin of every kernel.
+// that broadcast to the output's trailing (batch) dimensions. One-element
+// inputs are passed as scalars; other inputs that are not already contiguous
+// at the batch shape (broadcast or strided ones) are copied to it:
+// parameter-sized, never sample-sized, and it spares a strided twin of every
+// kernel.
 template <typename Formula, NoiseKind kNoise, typename In, typename Out>
 void launch_elementwise(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
                         const at::Tensor& rng_state) {
@@ -109,7 +123,14 @@ void launch_elementwise(const std::vector<at::Tensor>& outs, const std::vector<a
   std::vector<int64_t> batch;
   for (const auto& t : ins) batch = at::infer_size(batch, t.sizes());
   std::vector<at::Tensor> packed;
-  for (const auto& t : ins) {
+  uint32_t scalars = 0;
+  for (size_t k = 0; k < ins.size(); ++k) {
+    const at::Tensor& t = ins[k];
+    if (t.numel() == 1) {
+      scalars |= 1u << k;
+      packed.push_back(t.reshape({1}).contiguous());
+      continue;
+    }
     at::Tensor p = t.expand(batch).contiguous();
     const uintptr_t pack_bytes = static_cast<uintptr_t>(p.element_size()) * 4;
     if (reinterpret_cast<uintptr_t>(p.const_data_ptr()) % pack_bytes != 0) p = p.clone();  // 16-byte aligned
@@ -125,23 +146,8 @@ void launch_elementwise(const std::vector<at::Tensor>& outs, const std::vector<a
   Out* po1 = static_cast<Out*>(outs.size() > 1 ? outs[1].data_ptr() : outs[0].data_ptr());
   const int grid = grid_size_for((numel + 3) / 4);  // a thread per Philox block
   elementwise_noise_kernel<Formula, kNoise, In, Out><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      po0, po1, pa, pb, pc, kNoise == NoiseKind::None ? nullptr : rng_state.const_data_ptr<int64_t>(), numel, period);
+      po0, po1, pa, pb, pc, kNoise == NoiseKind::None ? nullptr : rng_state.const_data_ptr<int64_t>(), numel, period, scalars);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// f(F<kind>{}) for a run-time scale kind; kWithRate as in the CPU dispatch.
-template <template <ScaleKind> class F, bool kWithRate, typename Visit>
-void visit_scale(ScaleKind kind, Visit visit) {
-  switch (kind) {
-    case ScaleKind::LogSigma: visit(F<ScaleKind::LogSigma>{}); return;
-    case ScaleKind::LogVar: visit(F<ScaleKind::LogVar>{}); return;
-    case ScaleKind::Sigma: visit(F<ScaleKind::Sigma>{}); return;
-    case ScaleKind::Softplus: visit(F<ScaleKind::Softplus>{}); return;
-    case ScaleKind::Rate:
-      if constexpr (kWithRate) { visit(F<ScaleKind::Rate>{}); return; }
-      break;
-  }
-  TORCH_CHECK(false, "internal error: scale kind ", static_cast<int>(kind), " is not compiled for this formula");
 }
 
 template <typename Formula, NoiseKind kNoise>
@@ -161,9 +167,10 @@ void run(ScaleKind scale, const at::Tensor& rng_state, const std::vector<at::Ten
   dispatch_dtype(ins[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using Out = std::conditional_t<kAccumulate, typename Compute<T>::type, T>;
-    visit_scale<F, kWithRate>(scale, [&](auto formula) {
+    const bool compiled = visit_scale_kind<F, kWithRate>(scale, [&](auto formula) {
       launch_elementwise<decltype(formula), kNoise, T, Out>(outs, ins, rng_state);
     });
+    TORCH_CHECK(compiled, "internal error: scale kind ", static_cast<int>(scale), " is not compiled for this formula");
   });
 }
 
