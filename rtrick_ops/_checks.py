@@ -68,7 +68,13 @@ def check_tau(tau):
 
 
 def validation_enabled(validate_args):
-    """validate_args=None follows torch.distributions.Distribution's global default, as torch's classes do."""
+    """Whether to check parameter values (a device sync): validate_args=None follows
+    torch.distributions.Distribution's global default, as torch's classes do. Never while
+    torch.compile traces or a CUDA graph is being captured, where a sync cannot happen."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return False
     if validate_args is None:
         return torch.distributions.Distribution._validate_args
     return bool(validate_args)
@@ -76,6 +82,6 @@ def validation_enabled(validate_args):
 
 def check_positive(value, name, validate_args):
     """value > 0 everywhere, when argument validation is on (a device sync, as in torch.distributions)."""
-    if validation_enabled(validate_args) and not torch.compiler.is_compiling() and value.numel() > 0:
+    if validation_enabled(validate_args) and value.numel() > 0:
         if not bool((value > 0).all()):
             raise ValueError(f"{name} must be positive everywhere, got a minimum of {value.min().item()}")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
+from ._checks import check_tau
 from .normal import normal_rsample
 
 __all__ = [
@@ -163,7 +164,7 @@ def gumbel_softmax(logits: torch.Tensor, *, tau: float = 1.0, hard: bool = False
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point torch.Tensor, got {type(logits).__name__}")
-    _check_tau(tau)
+    check_tau(tau)
     _check_seed(seed)
     return (sampler or torch_gumbel_softmax)(logits, tau=float(tau), hard=bool(hard), dim=dim, seed=seed)
 
@@ -229,7 +230,7 @@ def normal(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sig
 def gumbel_softmax_relaxation(logits: torch.Tensor, *, tau: float, hard: bool = False,
                               sampler: Optional[Callable[..., torch.Tensor]] = None) -> BoundFamily:
     """q = Categorical(softmax(logits)), relaxed by Gumbel-Softmax at temperature tau for the pathwise estimator."""
-    _check_tau(tau)
+    check_tau(tau)
     return BoundFamily(GumbelSoftmaxFamily(float(tau), bool(hard), sampler), {"logits": logits})
 
 
@@ -398,11 +399,6 @@ def _check_num_draws(num_draws, minimum=1):
 def _check_seed(seed):
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
         raise ValueError(f"seed must be None or an int in [0, 2**64), got {seed!r}")
-
-
-def _check_tau(tau):
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
-        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
 
 
 def _check_baseline(baseline):
