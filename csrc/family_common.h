@@ -146,6 +146,33 @@ inline int64_t wrap_dim(int64_t dim, const at::Tensor& logits) {
   return wrapped;
 }
 
+// How a row (inner == 1) of L categories is reduced, which fixes the order of
+// its sums (docs/operators.md, "Gumbel-Softmax: summation order"). The CUDA
+// kernels hold a row in the registers of a warp (32 threads) or of a block
+// (kGumbelBlockThreads), each thread owning at most kGumbelMaxBlocksPerThread
+// Philox blocks of 4 elements; longer rows are looped over by a block with an
+// online max. The CPU kernel adds in the same order, so the two give the same
+// bits (the CUDA emulation sweep checks it).
+constexpr int kGumbelBlockThreads = 256;
+constexpr int kGumbelMaxBlocksPerThread = 8;
+
+// Whether `threads` threads of `blocks_per_thread` Philox blocks each cover a
+// row of L: a row starting anywhere inside a Philox block spans up to
+// (L + 6) / 4 of them.
+inline bool gumbel_row_fits(int64_t L, int threads, int blocks_per_thread) {
+  return L + 6 <= int64_t(4) * threads * blocks_per_thread;
+}
+
+// The threads that reduce a row of L: 32 (a warp) or kGumbelBlockThreads.
+inline int gumbel_row_threads(int64_t L) {
+  return gumbel_row_fits(L, 32, kGumbelMaxBlocksPerThread) ? 32 : kGumbelBlockThreads;
+}
+
+// Rows too long for registers: each thread keeps an online max and sum.
+inline bool gumbel_row_online(int64_t L) {
+  return !gumbel_row_fits(L, kGumbelBlockThreads, kGumbelMaxBlocksPerThread);
+}
+
 // tau in the compute type; float compute clamps it to [FLT_MIN, FLT_MAX].
 template <typename C> C tau_as(double tau);
 template <> inline float tau_as<float>(double tau) {

@@ -36,6 +36,19 @@ def _exp(x, F64: tl.constexpr):
 
 
 @triton.jit
+def _max_with_nan(v):
+    """The max of v, NaN if any element is NaN (however tl.max treats NaN)."""
+    nans = tl.sum((v != v).to(tl.int32), 0)
+    return tl.where(nans > 0, float("nan"), tl.max(tl.where(v != v, float("-inf"), v), 0))
+
+
+@triton.jit
+def _is_finite(m):
+    """Whether a row's max is finite: else its softmax is NaN, soft and hard (docs/usage.md, value policy)."""
+    return (m == m) & (m != float("inf")) & (m != float("-inf"))
+
+
+@triton.jit
 def _row_base(row, outer, inner, L):
     """Stream index of element 0 of a row, and the step between its elements, for row = (p * outer + o) * inner + i."""
     i = row % inner
@@ -65,7 +78,7 @@ def _forward_single_kernel(y_ptr, x_ptr, state_ptr, tau_ptr, outer, inner, L, HA
     mask = cols < L
     tau = tl.load(tau_ptr)
     v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
-    m = tl.max(v, 0)
+    m = _max_with_nan(v)
     if HARD:
         arg = tl.min(tl.where(v == m, cols, L), 0)  # first index on ties
         y = tl.where(cols == arg, 1.0, 0.0)
@@ -73,27 +86,33 @@ def _forward_single_kernel(y_ptr, x_ptr, state_ptr, tau_ptr, outer, inner, L, HA
         e = tl.where(mask, _exp(div(v - m, tau, F64), F64), 0.0)
         s = tl.sum(e, 0)
         y = div(e, s, F64)
+    y = tl.where(_is_finite(m), y, float("nan"))
     tl.store(y_ptr + n, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _online_max_sum(x_ptr, state_ptr, row, outer, inner, L, tau, F64: tl.constexpr, BLOCK: tl.constexpr):
-    """Running max m, sum of exp((v - m) / tau) and first argmax of v over a long row, chunk by chunk."""
+    """Running max m (NaN if any v is NaN), sum of exp((v - m) / tau) and first argmax of v over a long row,
+    chunk by chunk. -inf elements add nothing, also while the running max is still -inf."""
     compute = tl.float64 if F64 else tl.float32
     m = tl.full([], float("-inf"), compute)
     s = tl.full([], 0.0, compute)
     arg = tl.full([], 0, tl.int64)
+    nans = tl.full([], 0, tl.int32)
     for start in range(0, L, BLOCK):
         cols = start + tl.arange(0, BLOCK).to(tl.int64)
         mask = cols < L
         v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
+        nans += tl.sum((v != v).to(tl.int32), 0)
+        v = tl.where(v != v, float("-inf"), v)
         cm = tl.max(v, 0)
         carg = tl.min(tl.where(v == cm, cols, L), 0)
         m_new = tl.maximum(m, cm)
-        e = tl.where(mask, _exp(div(v - m_new, tau, F64), F64), 0.0)
-        s = s * _exp(div(m - m_new, tau, F64), F64) + tl.sum(e, 0)
+        e = tl.where(mask & (v != float("-inf")), _exp(div(v - m_new, tau, F64), F64), 0.0)
+        s = tl.where(m == float("-inf"), 0.0, s * _exp(div(m - m_new, tau, F64), F64)) + tl.sum(e, 0)
         arg = tl.where(cm > m, carg, arg)
         m = m_new
+    m = tl.where(nans > 0, float("nan"), m)
     return m, s, arg
 
 
@@ -113,6 +132,7 @@ def _forward_loop_kernel(y_ptr, x_ptr, state_ptr, tau_ptr, outer, inner, L, HARD
         else:
             v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
             y = div(_exp(div(v - m, tau, F64), F64), s, F64)
+        y = tl.where(_is_finite(m), y, float("nan"))
         tl.store(y_ptr + n, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -127,12 +147,12 @@ def _backward_single_kernel(out_ptr, gy_ptr, x_ptr, state_ptr, tau_ptr, outer, i
     mask = cols < L
     tau = tl.load(tau_ptr)
     v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
-    m = tl.max(v, 0)
+    m = _max_with_nan(v)
     e = tl.where(mask, _exp(div(v - m, tau, F64), F64), 0.0)
     y = div(e, tl.sum(e, 0), F64)
     gy = tl.load(gy_ptr + n, mask=mask, other=0.0).to(compute)
     dot = tl.sum(gy * y, 0)
-    out = div(y * (gy - dot), tau, F64)
+    out = tl.where(_is_finite(m), div(y * (gy - dot), tau, F64), float("nan"))
     tl.store(out_ptr + n, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -157,7 +177,7 @@ def _backward_loop_kernel(out_ptr, gy_ptr, x_ptr, state_ptr, tau_ptr, outer, inn
         v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
         y = div(_exp(div(v - m, tau, F64), F64), s, F64)
         gy = tl.load(gy_ptr + n, mask=mask, other=0.0).to(compute)
-        out = div(y * (gy - dot), tau, F64)
+        out = tl.where(_is_finite(m), div(y * (gy - dot), tau, F64), float("nan"))
         tl.store(out_ptr + n, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 

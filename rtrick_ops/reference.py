@@ -255,7 +255,8 @@ def gumbel_softmax(logits, rng_state, tau=1.0, hard=False, dim=-1, sample_shape=
     it. Float64 math: ((logits + g) - max) / tau, then exp and normalise.
     hard=True gives the one-hot of argmax(logits + g) (first index on ties),
     with logits + g formed in the kernels' compute type (float32 for
-    float32/float16/bfloat16) so that the index is the kernels' exactly.
+    float32/float16/bfloat16) so that the index is the kernels' exactly. A row
+    whose max of logits + g is not finite is NaN, soft or hard.
     Differentiable by torch autograd (the soft sample).
     """
     sample_shape = tuple(sample_shape)
@@ -268,6 +269,9 @@ def gumbel_softmax(logits, rng_state, tau=1.0, hard=False, dim=-1, sample_shape=
         v = logits.to(compute_dtype(logits.dtype)) + g.to(compute_dtype(logits.dtype))
         index = v.argmax(out_dim, keepdim=True)  # torch's argmax returns the first maximal index
         y = torch.zeros(v.shape, dtype=logits.dtype, device=logits.device).scatter_(out_dim, index, 1.0)
+        # A row whose max is not finite (a NaN, all -inf, a +inf) has no one-hot: NaN (value policy).
+        undefined = ~torch.isfinite(v.amax(out_dim, keepdim=True))
+        y = torch.where(undefined, torch.full_like(y, float("nan")), y)
     else:
         v = logits.to(torch.float64) + g.to(torch.float64)
         t = (v - v.amax(out_dim, keepdim=True).detach()) / tau

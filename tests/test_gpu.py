@@ -1,6 +1,6 @@
 """GPU-only checks: the CUDA and Triton kernels on a real device.
 
-Skipped without a GPU; run by benchmarks/gpu_suite.sh on a CUDA machine. The
+Skipped without a GPU; run by benchmarks/gpu_suite.py on a CUDA machine. The
 CPU kernel is the yardstick: same stream, same float32 math, so float32 and
 float16 results must match it bit for bit.
 """

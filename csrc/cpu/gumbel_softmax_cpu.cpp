@@ -36,6 +36,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "../family_common.h"
@@ -53,20 +54,113 @@ template <> struct ComputeOf<double> { using type = double; };
 inline __attribute__((always_inline)) float exp_c(float x) { return exp_f32(x); }
 inline __attribute__((always_inline)) double exp_c(double x) { return std::exp(x); }
 
-// Scratch for one slab: v (then the exponentials), per-column max, sum, argmax.
+template <typename C>
+inline bool is_finite(C x) {
+  return x == x && x != std::numeric_limits<C>::infinity() && x != -std::numeric_limits<C>::infinity();
+}
+
+// exp((m_part - m) / tau) * s_part: a partial sum taken against its own max
+// m_part, moved to the max m (an empty part has m_part = -inf, s_part = 0).
+// The CUDA kernels' rescale(), operation for operation.
+template <typename C>
+inline __attribute__((always_inline)) C rescale(C s_part, C m_part, C m, C tau) {
+  return m_part == -std::numeric_limits<C>::infinity() ? C(0) : s_part * exp_c((m_part - m) / tau);
+}
+
+// The running maximum's rule: a larger value, or the first NaN (which then stays).
+template <typename C>
+inline __attribute__((always_inline)) bool takes_max(C v, C m) {
+  return v > m || (v != v && m == m);
+}
+
+// ----------------------------------------------- the CUDA kernels' sum order
+// A row's sums are added in the order the CUDA kernels add them, so that the
+// two backends give the same bits (docs/operators.md). gumbel_row_threads(L)
+// threads reduce a row that starts at stream element b0: thread t owns the
+// Philox blocks b0 / 4 + t + k * threads and adds its elements in index order;
+// each warp then sums its 32 partials by the butterfly of __shfl_xor_sync
+// (offsets 16, 8, 4, 2, 1), and the warps' sums are added in warp order.
+template <typename C>
+C butterfly_sum(const C* partial) {
+  C a[32], b[32];
+  std::copy(partial, partial + 32, a);
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    for (int lane = 0; lane < 32; ++lane) b[lane] = a[lane] + a[lane ^ offset];
+    std::copy(b, b + 32, a);
+  }
+  return a[0];
+}
+
+template <typename C>
+C combine_thread_sums(const C* partial, int threads) {
+  C total = butterfly_sum(partial);
+  for (int warp = 1; warp < threads / 32; ++warp) total += butterfly_sum(partial + 32 * warp);
+  return total;
+}
+
+// sum_j a[j] over a row of L at stream element b0, in the kernels' order.
+template <typename C>
+C row_sum_in_kernel_order(const C* a, int64_t L, int64_t b0, int threads, C* partial) {
+  std::fill(partial, partial + threads, C(0));
+  int64_t j = 0, block_end = 4 - b0 % 4;  // where the row's first Philox block ends
+  int t = 0;
+  while (j < L) {
+    const int64_t end = std::min(L, block_end);
+    C acc = partial[t];
+    for (; j < end; ++j) acc += a[j];
+    partial[t] = acc;
+    block_end += 4;
+    t = t + 1 == threads ? 0 : t + 1;
+  }
+  return combine_thread_sums(partial, threads);
+}
+
+// The sum of exp((v - best) / tau) of a row too long for registers, as the
+// looping CUDA kernel forms it: each thread keeps an online max and a sum
+// against it over its Philox blocks, rescaled to the row's max at the end.
+template <typename C>
+inline __attribute__((always_inline)) C online_row_sum(const C* v, int64_t L, int64_t b0, C tau, C best,
+                                                       C* partial) {
+  const int threads = kGumbelBlockThreads;
+  const int64_t q0 = b0 / 4, q_end = (b0 + L + 3) / 4;
+  for (int t = 0; t < threads; ++t) {
+    C m = -std::numeric_limits<C>::infinity(), s = 0;
+    for (int64_t q = q0 + t; q < q_end; q += threads) {
+      for (int l = 0; l < 4; ++l) {
+        const int64_t j = q * 4 + l - b0;
+        if (j < 0 || j >= L) continue;
+        const C vj = v[j];
+        if (takes_max(vj, m)) {
+          s = rescale(s, m, vj, tau);
+          m = vj;
+        }
+        s += exp_c((vj - m) / tau);
+      }
+    }
+    partial[t] = rescale(s, m, best, tau);
+  }
+  return combine_thread_sums(partial, threads);
+}
+
+// Scratch for one slab: v (then the exponentials), per-column max, sum,
+// argmax, and the per-thread partial sums of the kernel order.
 template <typename C>
 struct SlabScratch {
-  std::vector<C> v, colmax, colsum;
+  std::vector<C> v, colmax, colsum, partial;
   std::vector<int64_t> colarg;
-  explicit SlabScratch(const SlabShape& s) : v(s.size()), colmax(s.inner), colsum(s.inner), colarg(s.inner) {}
+  explicit SlabScratch(const SlabShape& s)
+      : v(s.size()), colmax(s.inner), colsum(s.inner), partial(kGumbelBlockThreads), colarg(s.inner) {}
 };
 
-// The soft sample of one slab, in the compute type, into w.v (y = v / colsum
-// afterwards); colarg gets the argmax of logits + g per column. With
-// need_exp false (hard samples) only the argmax is computed.
+// One slab, whose first element is stream element b0: v = logits + g into
+// w.v, then per column (a row when inner == 1) the max of v (NaN if any v is
+// NaN) into colmax, its first index into colarg, and, with need_exp, the
+// exponentials exp((v - max) / tau) into w.v and their sum (in the CUDA
+// kernels' order) into colsum. A column whose max is not finite stops there:
+// its softmax is NaN (docs/usage.md, value policy).
 template <typename T, typename C>
-inline __attribute__((always_inline)) void soft_slab_impl(const T* x, const float* g, const SlabShape& s, C tau,
-                                                          SlabScratch<C>& w, bool need_exp) {
+inline __attribute__((always_inline)) void soft_slab_impl(const T* x, const float* g, const SlabShape& s,
+                                                          int64_t b0, C tau, SlabScratch<C>& w, bool need_exp) {
   const int64_t L = s.length, inner = s.inner;
   C* v = w.v.data();
   C* colmax = w.colmax.data();
@@ -74,52 +168,51 @@ inline __attribute__((always_inline)) void soft_slab_impl(const T* x, const floa
   int64_t* colarg = w.colarg.data();
   if (inner == 1) {
     C m = static_cast<C>(x[0]) + static_cast<C>(g[0]);
+    bool nan = m != m;
     int64_t arg = 0;
     v[0] = m;
     for (int64_t j = 1; j < L; ++j) {
       const C vj = static_cast<C>(x[j]) + static_cast<C>(g[j]);
       v[j] = vj;
+      nan |= vj != vj;
       arg = vj > m ? j : arg;
       m = vj > m ? vj : m;
     }
-    colmax[0] = m;
+    colmax[0] = nan ? std::numeric_limits<C>::quiet_NaN() : m;
     colarg[0] = arg;
-    if (!need_exp) return;
-    C sum = 0;
-    for (int64_t j = 0; j < L; ++j) {
-      const C e = exp_c((v[j] - m) / tau);
-      v[j] = e;
-      sum += e;
-    }
-    colsum[0] = sum;
+    if (!need_exp || !is_finite(colmax[0])) return;
+    if (gumbel_row_online(L)) colsum[0] = online_row_sum(v, L, b0, tau, m, w.partial.data());
+    for (int64_t j = 0; j < L; ++j) v[j] = exp_c((v[j] - m) / tau);
+    if (!gumbel_row_online(L)) colsum[0] = row_sum_in_kernel_order(v, L, b0, gumbel_row_threads(L), w.partial.data());
     return;
   }
+  // Columns: each is reduced by one CUDA thread, down the slab, with an online
+  // max and a sum against it; the exponentials are then taken afresh against
+  // the column's max, as that thread does when it writes.
   for (int64_t i = 0; i < inner; ++i) {
-    const C vi = static_cast<C>(x[i]) + static_cast<C>(g[i]);
-    v[i] = vi;
-    colmax[i] = vi;
+    colmax[i] = -std::numeric_limits<C>::infinity();
     colarg[i] = 0;
     colsum[i] = 0;
   }
-  for (int64_t j = 1; j < L; ++j) {
+  for (int64_t j = 0; j < L; ++j) {
     const T* xr = x + j * inner;
     const float* gr = g + j * inner;
     C* vr = v + j * inner;
     for (int64_t i = 0; i < inner; ++i) {
       const C vi = static_cast<C>(xr[i]) + static_cast<C>(gr[i]);
       vr[i] = vi;
-      colarg[i] = vi > colmax[i] ? j : colarg[i];
-      colmax[i] = vi > colmax[i] ? vi : colmax[i];
+      if (takes_max(vi, colmax[i])) {
+        if (need_exp) colsum[i] = rescale(colsum[i], colmax[i], vi, tau);
+        colmax[i] = vi;
+        colarg[i] = j;
+      }
+      if (need_exp) colsum[i] += exp_c((vi - colmax[i]) / tau);
     }
   }
   if (!need_exp) return;
   for (int64_t j = 0; j < L; ++j) {
     C* vr = v + j * inner;
-    for (int64_t i = 0; i < inner; ++i) {
-      const C e = exp_c((vr[i] - colmax[i]) / tau);
-      vr[i] = e;
-      colsum[i] += e;
-    }
+    for (int64_t i = 0; i < inner; ++i) vr[i] = exp_c((vr[i] - colmax[i]) / tau);
   }
 }
 
@@ -129,14 +222,15 @@ inline __attribute__((always_inline)) void soft_slab_impl(const T* x, const floa
 // the fma instruction: the same bits, about 10x faster. Chosen at run time,
 // with the row kernels' ISA (set_cpu_isa("default") selects the baseline).
 template <typename T, typename C>
-void soft_slab_baseline(const T* x, const float* g, const SlabShape& s, C tau, SlabScratch<C>& w, bool need_exp) {
-  soft_slab_impl<T, C>(x, g, s, tau, w, need_exp);
+void soft_slab_baseline(const T* x, const float* g, const SlabShape& s, int64_t b0, C tau, SlabScratch<C>& w,
+                        bool need_exp) {
+  soft_slab_impl<T, C>(x, g, s, b0, tau, w, need_exp);
 }
 #if defined(__x86_64__) && defined(__GNUC__)
 template <typename T, typename C>
-__attribute__((target("avx2,fma"))) void soft_slab_fma(const T* x, const float* g, const SlabShape& s, C tau,
-                                                       SlabScratch<C>& w, bool need_exp) {
-  soft_slab_impl<T, C>(x, g, s, tau, w, need_exp);
+__attribute__((target("avx2,fma"))) void soft_slab_fma(const T* x, const float* g, const SlabShape& s, int64_t b0,
+                                                       C tau, SlabScratch<C>& w, bool need_exp) {
+  soft_slab_impl<T, C>(x, g, s, b0, tau, w, need_exp);
 }
 bool fma_available() {
   static const bool cpu_has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -147,12 +241,12 @@ bool fma_available() { return false; }
 #endif
 
 template <typename T, typename C>
-void soft_slab(const T* x, const float* g, const SlabShape& s, C tau, SlabScratch<C>& w, bool need_exp,
+void soft_slab(const T* x, const float* g, const SlabShape& s, int64_t b0, C tau, SlabScratch<C>& w, bool need_exp,
                bool fma) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (fma) return soft_slab_fma<T, C>(x, g, s, tau, w, need_exp);
+  if (fma) return soft_slab_fma<T, C>(x, g, s, b0, tau, w, need_exp);
 #endif
-  soft_slab_baseline<T, C>(x, g, s, tau, w, need_exp);
+  soft_slab_baseline<T, C>(x, g, s, b0, tau, w, need_exp);
 }
 
 // Output rows (slabs) per noise_fill call: about 4096 stream elements.
@@ -180,17 +274,17 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const SlabShape& s, int6
       for (int64_t r = r0; r < r1; ++r) {
         const T* xs = xp + (r % s.outer) * slab;
         T* ys = yp + r * slab;
-        soft_slab<T, C>(xs, noise.data() + (r - r0) * slab, s, tau, w, !hard, fma);
-        if (hard) {
-          std::fill(ys, ys + slab, static_cast<T>(0));
-          for (int64_t i = 0; i < s.inner; ++i) ys[w.colarg[i] * s.inner + i] = static_cast<T>(1);
-        } else if (s.inner == 1) {
-          const C sum = w.colsum[0];
-          for (int64_t j = 0; j < slab; ++j) ys[j] = static_cast<T>(w.v[j] / sum);
-        } else {
-          for (int64_t j = 0; j < s.length; ++j)
-            for (int64_t i = 0; i < s.inner; ++i)
-              ys[j * s.inner + i] = static_cast<T>(w.v[j * s.inner + i] / w.colsum[i]);
+        soft_slab<T, C>(xs, noise.data() + (r - r0) * slab, s, r * slab, tau, w, !hard, fma);
+        for (int64_t i = 0; i < s.inner; ++i) {
+          const C sum = w.colsum[i];
+          const bool defined = is_finite(w.colmax[i]);  // else the column is NaN (value policy)
+          for (int64_t j = 0; j < s.length; ++j) {
+            const int64_t k = j * s.inner + i;
+            const C value = !defined ? std::numeric_limits<C>::quiet_NaN()
+                            : hard   ? C(j == w.colarg[i] ? 1 : 0)
+                                     : w.v[k] / sum;
+            ys[k] = static_cast<T>(value);
+          }
         }
       }
     }
@@ -242,31 +336,36 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad
     SlabScratch<C> w(s);
     std::vector<float> noise(std::max(chunk, slab_chunk) * slab);
     std::vector<C> dot(s.inner);
-    // acc += y * (g - <g, y>) / tau for one slab, y regenerated from its noise
-    const auto slab_grad = [&](const T* xs, const float* eps, const T* g, C* acc) {
-      soft_slab<T, C>(xs, eps, s, tau, w, true, fma);
-      C* e = w.v.data();
+    std::vector<C> products(s.inner == 1 ? slab : 0);
+    // acc (+)= y * (g - <g, y>) / tau for the slab at stream element b0, y
+    // regenerated from its noise, <g, y> summed in the CUDA kernels' order.
+    // assign: the slab's only term is written as is (a -0 stays -0, as on CUDA).
+    const auto slab_grad = [&](const T* xs, const float* eps, int64_t b0, const T* g, C* acc, bool assign) {
+      soft_slab<T, C>(xs, eps, s, b0, tau, w, true, fma);
+      C* y = w.v.data();
+      for (int64_t i = 0; i < s.inner; ++i) dot[i] = 0;
       if (s.inner == 1) {
-        const C sum = w.colsum[0];
-        C d = 0;
-        for (int64_t j = 0; j < slab; ++j) {
-          e[j] = e[j] / sum;  // y
-          d += static_cast<C>(g[j]) * e[j];
+        if (is_finite(w.colmax[0])) {
+          for (int64_t j = 0; j < slab; ++j) y[j] = y[j] / w.colsum[0];
+          for (int64_t j = 0; j < slab; ++j) products[j] = static_cast<C>(g[j]) * y[j];
+          const int threads = gumbel_row_online(slab) ? kGumbelBlockThreads : gumbel_row_threads(slab);
+          dot[0] = row_sum_in_kernel_order(products.data(), slab, b0, threads, w.partial.data());
         }
-        for (int64_t j = 0; j < slab; ++j) acc[j] += e[j] * (static_cast<C>(g[j]) - d) / tau;
       } else {
-        std::fill(dot.begin(), dot.end(), C(0));
         for (int64_t j = 0; j < s.length; ++j)
           for (int64_t i = 0; i < s.inner; ++i) {
             const int64_t k = j * s.inner + i;
-            e[k] = e[k] / w.colsum[i];
-            dot[i] += static_cast<C>(g[k]) * e[k];
+            y[k] = y[k] / w.colsum[i];
+            dot[i] += static_cast<C>(g[k]) * y[k];
           }
-        for (int64_t j = 0; j < s.length; ++j)
-          for (int64_t i = 0; i < s.inner; ++i) {
-            const int64_t k = j * s.inner + i;
-            acc[k] += e[k] * (static_cast<C>(g[k]) - dot[i]) / tau;
-          }
+      }
+      for (int64_t i = 0; i < s.inner; ++i) {
+        const bool defined = is_finite(w.colmax[i]);
+        for (int64_t j = 0; j < s.length; ++j) {
+          const int64_t k = j * s.inner + i;
+          const C term = defined ? y[k] * (static_cast<C>(g[k]) - dot[i]) / tau : std::numeric_limits<C>::quiet_NaN();
+          acc[k] = assign ? term : acc[k] + term;
+        }
       }
     };
     if (samples == 1) {  // items are logits slabs o = stream rows, parts == 1
@@ -274,7 +373,8 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad
         const int64_t o1 = std::min(end, o0 + slab_chunk);
         kernels.noise_fill(static_cast<int32_t>(NoiseKind::Gumbel), key, o0 * slab, (o1 - o0) * slab, noise.data());
         for (int64_t o = o0; o < o1; ++o)
-          slab_grad(xp + o * slab, noise.data() + (o - o0) * slab, gp + o * slab, partial.data() + o * slab);
+          slab_grad(xp + o * slab, noise.data() + (o - o0) * slab, o * slab, gp + o * slab, partial.data() + o * slab,
+                    true);
       }
       return;
     }
@@ -293,7 +393,8 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad
                              noise.data());
         }
         for (int64_t p = p0; p < p1; ++p)
-          slab_grad(xs, noise.data() + (p - p0) * slab, gp + (p * s.outer + o) * slab, acc);
+          slab_grad(xs, noise.data() + (p - p0) * slab, (p * s.outer + o) * slab, gp + (p * s.outer + o) * slab, acc,
+                    false);
       }
     }
   });

@@ -7,8 +7,9 @@
 // per output element (grid-stride loop), its own rejection loop on its own
 // sub-stream; Dirichlet samples the log-Gammas elementwise into a scratch
 // buffer, then normalises each row in a second kernel. The backward kernels
-// (elementwise; Dirichlet's row sums come from torch first) write the per-element gradient terms in double; torch's sum_to_size reduces
-// them over broadcast dimensions. key/offset are read from rng_state on the
+// (elementwise; Dirichlet's row sums first, a thread per row, in the CPU's
+// order) write the per-element gradient terms in double; torch's sum_to_size
+// reduces them over broadcast dimensions. key/offset are read from rng_state on the
 // device (no host sync, graph-capturable).
 //
 // Includes stay narrow (no ATen/cuda/CUDAContext.h) so that this file also
@@ -136,8 +137,29 @@ beta_grad_kernel(const S* __restrict__ grad, const S* __restrict__ a, int64_t a_
   }
 }
 
-// Elementwise, with the row sums total = sum_j alpha_j and zg = sum_j z_j g_j
-// computed beforehand (in double, by torch): short live ranges, no spills.
+// Per row: total = sum_j alpha_j and zg = sum_j z_j g_j in double, added in
+// index order like the CPU kernel's loop (an order-dependent sum: w = g - zg
+// below cancels, so torch's reduction order gave 1e-9 relative differences
+// for rows of a thousand categories). A thread per row.
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+dirichlet_row_sums_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, int64_t period,
+                          const S* __restrict__ z, double* __restrict__ total, double* __restrict__ zg, int64_t rows,
+                          int64_t k_count) {
+  for (int64_t r = first_index(); r < rows; r += grid_stride()) {
+    const int64_t base = r * k_count, abase = base % period;
+    double t = 0.0, d = 0.0;
+    for (int64_t i = 0; i < k_count; ++i) {
+      t += static_cast<double>(alpha[abase + i]);
+      d += static_cast<double>(z[base + i]) * static_cast<double>(grad[base + i]);
+    }
+    total[r] = t;
+    zg[r] = d;
+  }
+}
+
+// Elementwise, with the row sums from dirichlet_row_sums_kernel: short live
+// ranges, no spills.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
 dirichlet_grad_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, int64_t period,
@@ -289,12 +311,17 @@ at::Tensor dirichlet_rsample_backward_cuda(const at::Tensor& grad_z, const at::T
   const at::Tensor g = grad_z.contiguous(), zc = z.contiguous();
   const int64_t k_count = z.size(-1);
   const int64_t numel = z.numel();
-  const at::Tensor total = concentration.to(at::kDouble).expand(z.sizes()).sum(-1).contiguous();
-  const at::Tensor zg = (zc.to(at::kDouble) * g.to(at::kDouble)).sum(-1).contiguous();
+  const int64_t rows = numel / k_count;
+  at::Tensor total = at::empty({rows}, z.options().dtype(at::kDouble));
+  at::Tensor zg = at::empty({rows}, z.options().dtype(at::kDouble));
   at::Tensor terms = at::empty(z.sizes(), z.options().dtype(at::kDouble));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_dtype(z.scalar_type(), [&](auto tag) {
     using S = decltype(tag);
+    dirichlet_row_sums_kernel<S><<<grid_size_for(rows), kThreads, 0, stream>>>(
+        static_cast<const S*>(g.const_data_ptr()), static_cast<const S*>(alpha.const_data_ptr()), period,
+        static_cast<const S*>(zc.const_data_ptr()), total.data_ptr<double>(), zg.data_ptr<double>(), rows, k_count);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     dirichlet_grad_kernel<S><<<grid_size_for(numel), kThreads, 0, stream>>>(
         static_cast<const S*>(g.const_data_ptr()), static_cast<const S*>(alpha.const_data_ptr()), period,
         static_cast<const S*>(zc.const_data_ptr()), total.const_data_ptr<double>(), zg.const_data_ptr<double>(),

@@ -7,7 +7,9 @@
 // element (j, i) of it is stream element n = (r * L + j) * inner + i
 // (docs/stream.md), so the numbers are the CPU kernel's: v = logits + g and
 // the exponentials exp_f32(((v - max) / tau)) are bit-exact (-fmad=false,
-// IEEE division); the sums differ from the CPU's only in their order.
+// IEEE division), and the CPU kernel adds the sums in the order these kernels
+// do (docs/operators.md), so every output but the sample-dimension sums of the
+// backward is the CPU's to the bit (the CUDA emulation sweep checks it).
 //
 // inner == 1 (dim last, the common case): a row per warp (rows up to ~1000)
 // or per block of 256 threads (up to ~8000), the row held in registers: each
@@ -23,7 +25,8 @@
 // Numerics as on the CPU: (v - max) <= 0 is formed before dividing by tau
 // (no inf - inf), the max term is exp(0) = 1 so the sum is >= 1; tau is
 // clamped to the normal float32 range for float32 compute. hard=True writes
-// the one-hot of the first argmax of logits + g.
+// the one-hot of the first argmax of logits + g. A row whose max is not finite
+// (a NaN logit, all -inf, or a +inf) is NaN, soft, hard and in the backward.
 //
 // The backward regenerates y and writes y * (grad_y - sum(grad_y * y)) / tau per
 // output element in the compute type; torch's deterministic sum reduces the
@@ -56,6 +59,22 @@ __device__ __forceinline__ double exp_c(double x) { return ::exp(x); }
 template <typename C> __device__ __forceinline__ C neg_inf();
 template <> __device__ __forceinline__ float neg_inf<float>() { return bits_float(0xff800000u); }
 template <> __device__ __forceinline__ double neg_inf<double>() { return __longlong_as_double(0xfff0000000000000LL); }
+template <typename C> __device__ __forceinline__ C quiet_nan();
+template <> __device__ __forceinline__ float quiet_nan<float>() { return bits_float(0x7fc00000u); }
+template <> __device__ __forceinline__ double quiet_nan<double>() { return __longlong_as_double(0x7ff8000000000000LL); }
+
+// Whether a row's (or column's) max is finite: else its softmax is NaN, soft
+// and hard (a NaN logit, all -inf, or a +inf: docs/usage.md, value policy).
+template <typename C>
+__device__ __forceinline__ bool is_finite(C m) {
+  return m == m && m != neg_inf<C>() && m != -neg_inf<C>();
+}
+
+// The running maximum's rule: a larger value, or the first NaN (which then stays).
+template <typename C>
+__device__ __forceinline__ bool takes_max(C v, C m) {
+  return v > m || (v != v && m == m);
+}
 
 // exp((m_part - m) / tau) * s_part: a partial sum taken against its own max
 // m_part, moved to the common max m (an empty part has m_part = -inf, s_part = 0).
@@ -75,10 +94,10 @@ __device__ __forceinline__ C warp_sum(C v) {
   return v;
 }
 
-// (value, index) with the larger value, the smaller index on ties.
+// (value, index) with the larger value (a NaN above all), the smaller index on ties.
 template <typename C>
 __device__ __forceinline__ void take_max(C& v, int64_t& i, C ov, int64_t oi) {
-  const bool other = ov > v || (ov == v && oi < i);
+  const bool other = takes_max(ov, v) || ((ov == v || (ov != ov && v != v)) && oi < i);
   v = other ? ov : v;
   i = other ? oi : i;
 }
@@ -175,19 +194,19 @@ row_register_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __r
         const bool valid = j >= 0 && j < L;
         const C vj = valid ? static_cast<C>(xr[j]) + static_cast<C>(g[l]) : neg_inf<C>();
         v[k * 4 + l] = vj;
-        if (vj > best) { best = vj; arg = j; }  // j increases along k and l: the first index wins
+        if (takes_max(vj, best)) { best = vj; arg = j; }  // j increases along k and l: the first index wins
       }
     }
     row_argmax<kThreads>(best, arg, scratch, scratch_index);
     const C m = best;
-    if (!kBackward && hard) {
+    if ((!kBackward && hard) || !is_finite(m)) {
 #pragma unroll
       for (int k = 0; k < kBPT; ++k) {
         const int64_t q = q0 + t + static_cast<int64_t>(k) * kThreads;
 #pragma unroll
         for (int l = 0; l < 4; ++l) {
           const int64_t j = q * 4 + l - b0;
-          if (j >= 0 && j < L) out[b0 + j] = static_cast<Out>(j == arg ? 1.0f : 0.0f);
+          if (j >= 0 && j < L) out[b0 + j] = static_cast<Out>(!is_finite(m) ? quiet_nan<C>() : C(j == arg ? 1 : 0));
         }
       }
       continue;
@@ -243,7 +262,8 @@ row_register_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __r
 // inner == 1, a block of kLoopThreads per row; thread t takes Philox blocks
 // q0 + t, q0 + t + kLoopThreads, ... and keeps an online max (with its first
 // index) and a sum against that max; the block combines them once.
-constexpr int kLoopThreads = 256;
+constexpr int kLoopThreads = kGumbelBlockThreads;
+static_assert(kGumbelBlockThreads == kThreads, "a row's block is the launch's block");
 
 template <typename T, typename Out, bool kBackward>
 __global__ void __launch_bounds__(kLoopThreads)
@@ -268,7 +288,7 @@ row_loop_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restr
         const int64_t j = q * 4 + l - b0;
         if (j < 0 || j >= L) continue;
         const C vj = static_cast<C>(xr[j]) + static_cast<C>(lane_of(z, l));
-        if (vj > m) {
+        if (takes_max(vj, m)) {
           s = rescale(s, m, vj, tau);
           m = vj;
           arg = j;
@@ -278,8 +298,9 @@ row_loop_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restr
     }
     C best = m;
     row_argmax<kLoopThreads>(best, arg, scratch, scratch_index);
-    if (!kBackward && hard) {
-      for (int64_t j = t; j < L; j += kLoopThreads) out[b0 + j] = static_cast<Out>(j == arg ? 1.0f : 0.0f);
+    if ((!kBackward && hard) || !is_finite(best)) {
+      for (int64_t j = t; j < L; j += kLoopThreads)
+        out[b0 + j] = static_cast<Out>(!is_finite(best) ? quiet_nan<C>() : C(j == arg ? 1 : 0));
       continue;
     }
     const C sum = row_sum<kLoopThreads>(rescale(s, m, best, tau), scratch);
@@ -352,7 +373,7 @@ column_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restric
 #pragma unroll
       for (int c = 0; c < kWidth; ++c) {
         const C vj = static_cast<C>(xs[j * inner + c]) + static_cast<C>(g[c]);
-        if (vj > m[c]) {
+        if (takes_max(vj, m[c])) {
           s[c] = rescale(s[c], m[c], vj, tau);
           m[c] = vj;
           arg[c] = j;
@@ -363,7 +384,8 @@ column_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restric
     if (!kBackward && hard) {
       for (int64_t j = 0; j < L; ++j)
 #pragma unroll
-        for (int c = 0; c < kWidth; ++c) out[base + j * inner + c] = static_cast<Out>(j == arg[c] ? 1.0f : 0.0f);
+        for (int c = 0; c < kWidth; ++c)
+          out[base + j * inner + c] = static_cast<Out>(!is_finite(m[c]) ? quiet_nan<C>() : C(j == arg[c] ? 1 : 0));
       continue;
     }
     if (kBackward) {
@@ -385,11 +407,9 @@ column_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restric
         const int64_t n = base + j * inner + c;
         const C vj = static_cast<C>(xs[j * inner + c]) + static_cast<C>(g[c]);
         const C y = exp_c((vj - m[c]) / tau) / s[c];
-        if constexpr (kBackward) {
-          out[n] = static_cast<Out>(y * (static_cast<C>(gy[n]) - dot[c]) / tau);
-        } else {
-          out[n] = static_cast<Out>(y);
-        }
+        C value = y;
+        if constexpr (kBackward) value = y * (static_cast<C>(gy[n]) - dot[c]) / tau;
+        out[n] = static_cast<Out>(is_finite(m[c]) ? value : quiet_nan<C>());
       }
     }
   }
@@ -422,21 +442,22 @@ void launch(void* out_ptr, const at::Tensor& x, const at::Tensor& gy, const at::
                                                                           tau, hard);
     }
   } else {
-    // Threads x blocks per thread must cover the (L + 6) / 4 Philox blocks a row can span.
-    const auto covers = [&](int threads, int bpt) { return L + 6 <= int64_t(4) * threads * bpt; };
+    // The kernel (and so the order of the row's sums, which the CPU kernel
+    // follows) comes from family_common.h's gumbel_row_fits.
+    const auto covers = [&](int threads, int bpt) { return gumbel_row_fits(L, threads, bpt); };
     const int warp_grid = grid_size_for(slabs * 64);             // 4 rows per 128-thread block
     const int block_grid = grid_size_for(slabs * kThreads);      // a row per block
     if (covers(32, 2)) {
       row_register_kernel<T, Out, kBackward, 32, 2><<<warp_grid, 128, 0, stream>>>(out, xp, gp, sp, slabs, s.outer,
                                                                                    L, tau, hard);
-    } else if (covers(32, 8)) {
-      row_register_kernel<T, Out, kBackward, 32, 8><<<warp_grid, 128, 0, stream>>>(out, xp, gp, sp, slabs, s.outer,
-                                                                                   L, tau, hard);
-    } else if (covers(kThreads, 4)) {
-      row_register_kernel<T, Out, kBackward, kThreads, 4><<<block_grid, kThreads, 0, stream>>>(
+    } else if (covers(32, kGumbelMaxBlocksPerThread)) {
+      row_register_kernel<T, Out, kBackward, 32, kGumbelMaxBlocksPerThread><<<warp_grid, 128, 0, stream>>>(
           out, xp, gp, sp, slabs, s.outer, L, tau, hard);
-    } else if (covers(kThreads, 8)) {
-      row_register_kernel<T, Out, kBackward, kThreads, 8><<<block_grid, kThreads, 0, stream>>>(
+    } else if (covers(kGumbelBlockThreads, 4)) {
+      row_register_kernel<T, Out, kBackward, kGumbelBlockThreads, 4><<<block_grid, kThreads, 0, stream>>>(
+          out, xp, gp, sp, slabs, s.outer, L, tau, hard);
+    } else if (covers(kGumbelBlockThreads, kGumbelMaxBlocksPerThread)) {
+      row_register_kernel<T, Out, kBackward, kGumbelBlockThreads, kGumbelMaxBlocksPerThread><<<block_grid, kThreads, 0, stream>>>(
           out, xp, gp, sp, slabs, s.outer, L, tau, hard);
     } else {
       row_loop_kernel<T, Out, kBackward><<<block_grid, kLoopThreads, 0, stream>>>(out, xp, gp, sp, slabs, s.outer, L,
