@@ -225,7 +225,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="the short CI run: 3 seeds, fewer steps")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    config = Config(seeds=[0, 1, 2], regression_steps=400, vae_epochs=8, eval_particles=400, quick=True) \
+    config = Config(seeds=[0, 1, 2], regression_steps=300, vae_epochs=5, eval_particles=200, quick=True) \
         if args.quick else Config()
     torch.set_num_threads(1)  # small models: one thread is as fast and leaves the machine's other core free
 
