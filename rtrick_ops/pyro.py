@@ -11,9 +11,8 @@ pyro.distributions.X treat it as Pyro's own. Any other name (dist.Bernoulli,
 dist.Delta, dist.constraints, ...) resolves to pyro.distributions, which is
 what makes the one-import swap work for a whole file.
 
-AutoNormal here is pyro.infer.autoguide.AutoNormal drawing its latents with
-the fused Normal. What Pyro features are not covered, and why, is in
-docs/usage.md ("Pyro").
+AutoNormal and AutoDiagonalNormal here are Pyro's autoguides drawing their
+latents with the fused Normal. What is not covered, and why: docs/pyro.md.
 
 This module imports Pyro; `import rtrick_ops` never does.
 """
@@ -24,6 +23,7 @@ try:
     import pyro.distributions as _pyro_dist
     from pyro import poutine
     from pyro.distributions.util import sum_rightmost
+    from pyro.infer.autoguide import AutoDiagonalNormal as _PyroAutoDiagonalNormal
     from pyro.infer.autoguide import AutoNormal as _PyroAutoNormal
 except ImportError as error:  # pragma: no cover - exercised only without Pyro
     raise ImportError("rtrick_ops.pyro needs Pyro: pip install pyro-ppl (or pip install 'rtrick_ops[pyro]')") from error
@@ -131,6 +131,13 @@ class AutoNormal(_PyroAutoNormal):
                 result[name] = pyro.sample(name, _pyro_dist.Delta(value, log_density=log_density,
                                                                   event_dim=site["fn"].event_dim))
         return result
+
+
+class AutoDiagonalNormal(_PyroAutoDiagonalNormal):
+    """pyro.infer.autoguide.AutoDiagonalNormal whose one flat latent vector is drawn with the fused Normal."""
+
+    def get_posterior(self, *args, **kwargs):
+        return Normal(self.loc, self.scale).to_event(1)
 
 
 def __getattr__(name):
