@@ -288,3 +288,20 @@ def test_quick_svi_example_reaches_the_same_elbo_with_both_classes(tmp_path):
         assert run["curve"][-1] > run["curve"][0] + 50, (run["problem"], run["classes"], run["seed"])
     assert (tmp_path / "elbo_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "equal within noise" in (tmp_path / "comparison.md").read_text()
+
+
+def test_quick_guide_benchmark_writes_both_classes_times(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_pyro.py"), "--quick", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "bench_pyro_cpu.csv")))
+    assert [(row["level"], row["case"]) for row in rows[:6]] == [("rsample", case) for case in
+                                                                  ("Normal", "LogNormal", "Gamma", "Beta", "Dirichlet",
+                                                                   "RelaxedOneHotCategorical")]
+    assert [row["level"] for row in rows[6:]] == ["guide", "svi"]
+    for row in rows:
+        pyro_us, fused_us, speedup = float(row["pyro_us"]), float(row["fused_us"]), float(row["speedup"])
+        assert pyro_us > 0 and fused_us > 0 and speedup == pytest.approx(pyro_us / fused_us, rel=0.02)
+    assert (tmp_path / "bench_pyro_cpu.md").read_text().count("| rsample |") == 6
