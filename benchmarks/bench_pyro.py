@@ -37,6 +37,10 @@ COLUMNS = ["level", "case", "shape", "pyro_us", "fused_us", "speedup"]
 # timed step, as a guide builds it on every call.
 DISTRIBUTIONS = {
     "Normal": (("real", "positive"), lambda d, loc, scale: d.Normal(loc, scale)),
+    # The scale as most guides hold it, unconstrained: Pyro's class needs exp(log_scale) first, the fused
+    # class takes log_scale and applies the exp inside its kernel.
+    "Normal.from_log_scale": (("real", "real"), lambda d, loc, log_scale: d.Normal.from_log_scale(loc, log_scale)
+                              if d is fused_dist else d.Normal(loc, log_scale.exp())),
     "LogNormal": (("real", "positive"), lambda d, loc, scale: d.LogNormal(loc, scale)),
     "Gamma": (("positive", "positive"), lambda d, concentration, rate: d.Gamma(concentration, rate)),
     "Beta": (("positive", "positive"), lambda d, a, b: d.Beta(a, b)),

@@ -36,6 +36,7 @@ AUTO_NORMALS = {"pyro": PyroAutoNormal, "fused": fused_dist.AutoNormal}
 # Differences in the mean final ELBO count as noise up to this many standard errors
 # (of the difference of two means over seeds, each seed's ELBO itself a Monte Carlo estimate).
 TOLERANCE_STANDARD_ERRORS = 4.0
+REGRESSION_CURVE_BLOCK = 10  # the regression's training curve keeps the mean ELBO of each block of this many steps
 
 
 @dataclass
@@ -76,7 +77,9 @@ def train_regression(classes, seed, config):
     x, y = regression_data()
     guide = AUTO_NORMALS[classes](regression_model)
     svi = SVI(regression_model, guide, Adam({"lr": 0.02}), Trace_ELBO())
-    curve = [-svi.step(x, y) for _ in range(config.regression_steps)]
+    elbos = [-svi.step(x, y) for _ in range(config.regression_steps)]
+    curve = [statistics.fmean(elbos[i:i + REGRESSION_CURVE_BLOCK])
+             for i in range(0, len(elbos), REGRESSION_CURVE_BLOCK)]
     return curve, final_elbo(regression_model, guide, config, x, y)
 
 
@@ -205,13 +208,15 @@ def write_elbo_curves(path, runs):
     import matplotlib.pyplot as plt
 
     figure, panels = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for axes, (problem, x_label) in zip(panels, (("regression", "SVI step"), ("vae", "epoch"))):
+    x_axes = {"regression": ("SVI step", REGRESSION_CURVE_BLOCK), "vae": ("epoch", 1)}  # label, steps per point
+    for axes, (problem, (x_label, stride)) in zip(panels, x_axes.items()):
         for color, classes in zip(("tab:blue", "tab:red"), CLASSES):
             curves = [run["curve"] for run in runs if run["problem"] == problem and run["classes"] == classes]
             mean_curve = [statistics.fmean(values) for values in zip(*curves)]
-            axes.plot(range(1, len(mean_curve) + 1), mean_curve, color=color,
+            axes.plot([stride * (i + 1) for i in range(len(mean_curve))], mean_curve, color=color,
                       label=f"{classes} classes (mean over {len(curves)} seeds)")
-        axes.set(xlabel=x_label, ylabel="ELBO (training)", title=problem)
+        per_point = f" (mean of {stride} steps)" if stride > 1 else ""
+        axes.set(xlabel=x_label, ylabel=f"ELBO (training){per_point}", title=problem)
         if problem == "regression":
             axes.set_ylim(bottom=mean_curve[-1] - 100)
         axes.grid(alpha=0.3)
