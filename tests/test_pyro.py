@@ -59,6 +59,15 @@ def test_importing_rtrick_ops_imports_none_of_the_optional_packages():
     assert result.stdout.strip() == "[]"
 
 
+def test_without_pyro_the_module_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setitem(sys.modules, "pyro", None)  # what an environment without Pyro looks like to `import pyro`
+    spec = importlib.util.spec_from_file_location("rtrick_ops.pyro_without_pyro", ROOT / "rtrick_ops" / "pyro.py")
+    with pytest.raises(ImportError, match=r"rtrick_ops.pyro needs Pyro: pip install pyro-ppl"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_fused_class_has_pyros_interface_shapes_and_log_prob(name):
     fused, reference = BUILDERS[name](fused_dist), BUILDERS[name](pyro_dist)
