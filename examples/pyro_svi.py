@@ -1,7 +1,7 @@
 """Pyro SVI with Pyro's own distributions and with rtrick_ops.pyro's fused ones: the same ELBO.
 
-    .venv/bin/python examples/pyro_svi.py            # the committed run (about a minute on 2 cores)
-    .venv/bin/python examples/pyro_svi.py --quick    # the CI version (tests/test_pyro.py)
+    .venv/bin/python examples/pyro_svi.py            # the committed run (3 to 5 minutes on 2 shared cores)
+    .venv/bin/python examples/pyro_svi.py --quick    # the CI version (tests/test_pyro.py), under a minute
 
 Two problems, each trained with both sets of distribution classes on the same seeds:
   regression: Bayesian linear regression (weights, bias, noise scale) on scikit-learn's

@@ -1,7 +1,7 @@
 """Soft Actor-Critic on gymnasium's Pendulum-v1: rtrick_ops' fused policy head next to the textbook one.
 
-    .venv/bin/python examples/sac_pendulum.py                  # the committed run (a few minutes on 2 cores)
-    .venv/bin/python examples/sac_pendulum.py --quick          # the CI version, one seed, about 30 s
+    .venv/bin/python examples/sac_pendulum.py                  # the committed run: 5 seeds, 15 to 20 minutes
+    .venv/bin/python examples/sac_pendulum.py --quick          # a smaller agent, one seed, both policies: about a minute
 
 Two agents that differ only in how the policy draws its action and log-probability:
   "textbook": Normal(mu, sigma).rsample(), tanh, and log_prob - log(1 - tanh(u)^2 + 1e-6)
@@ -36,7 +36,7 @@ SOLVED_RETURN = -200.0  # Pendulum-v1 has no official threshold; well-trained ag
 @dataclass
 class Config:
     steps: int = 10_000
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
     hidden: int = 128
     batch_size: int = 128
     learning_rate: float = 1e-3
