@@ -55,6 +55,9 @@ setup(
     package_dir={"rtrick_ops.kernels": "kernels"},
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
+    # Optional: rtrick_ops.pyro needs Pyro; the SAC example gymnasium; the benchmarks' and examples' figures
+    # matplotlib. `import rtrick_ops` imports none of them.
+    extras_require={"pyro": ["pyro-ppl>=1.9"], "rl": ["gymnasium>=1.0"], "plots": ["matplotlib>=3.7"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

@@ -42,7 +42,6 @@ import torch  # before rtrick_ops: its extension links against torch's shared li
 
 import rtrick_ops as rt
 from rtrick_ops import _library
-from rtrick_ops._png import line_chart
 
 MODES = ("forward", "backward", "full")
 # Minimum memory traffic of the fused op, in tensors of numel elements, the same for every
@@ -640,6 +639,10 @@ def write_plot(path, environment, rows, setup=SETUPS["cpu"]):
     title = f"normal_rsample - {environment['device']}"
     if setup.device == "cpu":
         title += f" - {environment['threads']} threads"
+    # Imported here: the measurements and tables need no matplotlib, and the tests load this file by path.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from plotting import line_chart
+
     line_chart(path, panels, title=title)
 
 

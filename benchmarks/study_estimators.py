@@ -32,9 +32,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # plotting.py, also when this file is loaded by path (the tests)
 
+from plotting import line_chart  # noqa: E402
 from rtrick_ops import estimators as est  # noqa: E402
-from rtrick_ops._png import line_chart  # noqa: E402
 
 DTYPE = torch.float64
 ESTIMATORS = (("pathwise", "pathwise"), ("score_function", "score function"))

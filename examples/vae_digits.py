@@ -37,7 +37,9 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import rtrick_ops as rt
-from rtrick_ops._png import image_grid, line_chart
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the shared plotting.py
+from plotting import image_grid, line_chart  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "vae_digits"
 

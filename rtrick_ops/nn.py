@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from .normal import normal_kl, normal_rsample, normal_rsample_and_kl
+from .normal import normal_kl, normal_rsample_and_kl, normal_rsample_and_log_prob
 
 
 def gaussian_kl_to_standard(mu, log_sigma):
@@ -52,8 +52,10 @@ class GaussianPolicyHead(nn.Module):
     """features -> squashed Gaussian action and its log-probability (SAC).
 
     action = tanh(mu + sigma * eps) * action_scale, with log sigma clamped to
-    [log_std_min, log_std_max]; log_prob includes the tanh change of variables,
-    computed stably as 2 * (log 2 - u - softplus(-2u)).
+    [log_std_min, log_std_max]. The sample u and its Gaussian log-density come
+    from one fused kernel (rtrick_ops.normal_rsample_and_log_prob: from eps
+    itself, exact where sigma is tiny); log_prob adds the tanh change of
+    variables, computed stably as 2 * (log 2 - u - softplus(-2u)).
     """
 
     def __init__(self, in_features, action_features, action_scale=1.0, log_std_min=-20.0, log_std_max=2.0):
@@ -67,9 +69,10 @@ class GaussianPolicyHead(nn.Module):
     def forward(self, features, deterministic=False, seed=None):
         mu, log_std = self.to_params(features).chunk(2, dim=-1)
         log_std = log_std.clamp(self.log_std_min, self.log_std_max)
-        u = mu if deterministic else normal_rsample(mu, log_std, scale="log_sigma", seed=seed)
-        eps = (u - mu) * torch.exp(-log_std)  # recomputed from u: the kernel keeps no copy of eps
-        log_prob_u = -0.5 * eps.square() - log_std - 0.5 * math.log(2 * math.pi)
+        if deterministic:  # the mode: eps = 0
+            u, log_prob_u = mu, -log_std - 0.5 * math.log(2 * math.pi)
+        else:
+            u, log_prob_u = normal_rsample_and_log_prob(mu, log_std, scale="log_sigma", seed=seed)
         squash_correction = 2 * (math.log(2) - u - nn.functional.softplus(-2 * u))
         log_prob = (log_prob_u - squash_correction).sum(-1) - u.shape[-1] * math.log(self.action_scale)
         return torch.tanh(u) * self.action_scale, log_prob

@@ -2,15 +2,12 @@
 and the grayscale image-grid writer it uses."""
 import importlib.util
 import json
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
+import pytest
 import torch
-
-from rtrick_ops._png import image_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "vae_digits.py"
@@ -68,20 +65,36 @@ def test_importance_weighted_bound_is_tighter_for_both_samplers():
             assert weighted.mean() > single.mean() + 1.0  # an untrained model's ELBO is loose
 
 
+def load_plotting():
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("plotting", ROOT / "benchmarks" / "plotting.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_image_grid_writes_the_pixels_it_is_given(tmp_path):
-    """The example's grayscale writer (rtrick_ops._png.image_grid): layout, scaling, clipping, empty cells."""
+    """The example's grayscale grid (benchmarks/plotting.py image_grid): layout, scaling, clipping, empty cells."""
+    from matplotlib.image import imread
+
     path = tmp_path / "grid.png"
-    image_grid(path, [[[0.0, 1.0], [0.5, 2.0]], None, [[1.0, 1.0], [1.0, -1.0]]], rows=1, cols=3,
-               scale=2, padding=1, padding_value=0.25)
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE
-    width, height, bit_depth, color_type = struct.unpack(">IIBB", data[16:26])
-    assert (width, height, bit_depth, color_type) == (3 * 5 + 1, 5 + 1, 8, 0)  # 8-bit grayscale
-    idat_length = struct.unpack(">I", data[33:37])[0]
-    raw = zlib.decompress(data[41:41 + idat_length])
-    rows = [raw[(width + 1) * y + 1:(width + 1) * (y + 1)] for y in range(height)]  # drop each filter byte
-    assert list(rows[1][1:5]) == [0, 0, 255, 255]  # first image, top row, each pixel doubled
-    assert list(rows[3][1:5]) == [128, 128, 255, 255]  # 0.5 rounds to 128; 2.0 is clipped to white
-    assert list(rows[1][5:11]) == [64] * 6  # padding and the empty cell: gray 0.25
-    assert list(rows[4][11:15]) == [255, 255, 0, 0]  # third image; -1.0 is clipped to black
-    assert rows[0] == bytes([64]) * width  # top padding
+    load_plotting().image_grid(path, [[[0.0, 1.0], [0.5, 2.0]], None, [[1.0, 1.0], [1.0, -1.0]]], rows=1, cols=3,
+                               scale=2, padding=1, padding_value=0.25)
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = imread(path)
+    assert pixels.shape == (5 + 1, 3 * 5 + 1, 4) and pixels.dtype.name == "float32"  # RGBA, one pixel per cell
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 0] == pixels[..., 2]).all()  # gray
+    gray = (pixels[..., 0] * 255).round().astype(int).tolist()
+    assert gray[1][1:5] == [0, 0, 255, 255]  # first image, top row, each pixel doubled
+    assert gray[3][1:5] == [128, 128, 255, 255]  # 0.5 is gray 128; 2.0 is clipped to white
+    assert gray[1][5:11] == [64] * 6  # padding and the empty cell: gray 0.25
+    assert gray[4][11:15] == [255, 255, 0, 0]  # third image; -1.0 is clipped to black
+    assert gray[0] == [64] * (3 * 5 + 1)  # top padding
+
+
+def test_image_grid_rejects_images_that_do_not_fit(tmp_path):
+    plotting = load_plotting()
+    with pytest.raises(ValueError, match="images: need 1 to 2 images"):
+        plotting.image_grid(tmp_path / "grid.png", [[[0.0]]] * 3, rows=1, cols=2)
+    with pytest.raises(ValueError, match="images: all must be 2-D and of the same size"):
+        plotting.image_grid(tmp_path / "grid.png", [[[0.0]], [[0.0, 1.0]]], rows=1, cols=2)
