@@ -10,8 +10,9 @@ the issue's 7 minutes), each logged, and the time a later step needs reserved:
   environment  nvidia-smi, python/torch/Triton/nvcc/compute-sanitizer versions
   build        FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=<cores> pip install -e . (sm_90 only:
                one nvcc pass per .cu file instead of two)
-  tests        pytest tests on the GPU (GPU tests included; the CPU-only emulation and nvcc
-               compile tests are left to CI), with pytest-xdist when it is there
+  tests        the tests that touch a GPU backend (pytest -k "cuda or gpu or triton": the GPU suite,
+               the CUDA and Triton parity, graph and compile tests; the CPU-only tests, the emulation
+               and the nvcc compile tests are CI's), with pytest-xdist when it is there
   parity       tests/cuda_emu/sweep.py --device cuda: every CUDA operator against the CPU
                kernels, the same cases the emulation sweep runs in CI
   memcheck     compute-sanitizer --tool memcheck on the quick parity sweep (every kernel, small
@@ -20,7 +21,8 @@ the issue's 7 minutes), each logged, and the time a later step needs reserved:
                kernels with shared memory)
   bench        benchmarks/bench_normal.py --device cuda, 2^12 .. 2^28 elements, CUDA and Triton
                against eager and torch.compile, with the device-copy bandwidth of the same run
-  family bench benchmarks/bench_family.py --device cuda, with the time that is left
+  family bench benchmarks/bench_family.py --device cuda, if time is left (else run it alone:
+               python3 benchmarks/bench_family.py --device cuda)
 
 Everything it writes goes under --out, in at most 8 files (what a device lease returns):
 summary.md (the step table, the benchmark targets, the tails of failed logs), logs.txt (every
@@ -73,23 +75,24 @@ def plan(out, cores, quick):
     sizes = "20,24" if quick else SIZES_LOG2
     return [
         Step("environment", 60, 0, False, [([py, "-c", ENVIRONMENT_PROBE], {})]),
-        Step("build", 240, 150, True, [([py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index",
+        Step("build", 220, 180, True, [([py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index",
                                          "--disable-pip-version-check", "-e", str(REPO)], build_env),
                                        ([py, "-c", BUILD_CHECK], {})]),
-        Step("tests", 150, 120, True, [([py, "-m", "pytest", str(REPO / "tests"), "-q", "-rs", "-p", "no:cacheprovider",
-                                         "--ignore", str(REPO / "tests" / "test_cuda_compile.py"), *xdist], test_env)]),
-        Step("parity", 60, 100, True, [([py, sweep, "--device", "cuda"], {})]),
-        Step("memcheck", 60, 80, True, [([sanitizer, "--tool", "memcheck", "--error-exitcode", "1",
+        Step("tests", 90, 140, True, [([py, "-m", "pytest", str(REPO / "tests"), "-q", "-rs", "-p", "no:cacheprovider",
+                                        "-k", "cuda or gpu or triton", "--ignore", str(REPO / "tests" / "test_cuda_compile.py"),
+                                        "--ignore", str(REPO / "tests" / "test_cuda_emulation.py"), *xdist], test_env)]),
+        Step("parity", 45, 110, True, [([py, sweep, "--device", "cuda"], {})]),
+        Step("memcheck", 60, 60, True, [([sanitizer, "--tool", "memcheck", "--error-exitcode", "1",
                                           "--report-api-errors", "no", "--print-limit", "50",
                                           py, sweep, "--device", "cuda", "--quick"], no_cache),
                                          ([sanitizer, "--tool", "memcheck", "--error-exitcode", "1",
                                            "--report-api-errors", "no", "--print-limit", "50",
                                            py, str(REPO / "benchmarks" / "sanitize_probe.py"), "--require-cuda"],
                                           no_cache)]),
-        Step("racecheck", 45, 70, True, [([sanitizer, "--tool", "racecheck", "--error-exitcode", "1",
+        Step("racecheck", 40, 30, True, [([sanitizer, "--tool", "racecheck", "--error-exitcode", "1",
                                            "--print-limit", "50", py, sweep, "--device", "cuda", "--quick",
                                            "--groups", "gumbel"], no_cache)]),
-        Step("bench", 150, 20, True, [([py, str(REPO / "benchmarks" / "bench_normal.py"), "--device", "cuda",
+        Step("bench", 150, 0, True, [([py, str(REPO / "benchmarks" / "bench_normal.py"), "--device", "cuda",
                                         "--sizes", sizes, "--out", str(out)] + (["--quick"] if quick else []), {})]),
         Step("family bench", 90, 0, True, [([py, str(REPO / "benchmarks" / "bench_family.py"), "--device", "cuda",
                                              "--out", str(out)] + (["--quick"] if quick else []), {})]),
