@@ -99,6 +99,10 @@ dirichlet_normalize_kernel(const typename ComputeOf<S>::type* __restrict__ logs,
       const C l = lr[i];
       m = (l > m || l != l) ? l : m;
     }
+    if (dirichlet_row_undefined(m)) {
+      for (int64_t i = 0; i < k_count; ++i) zr[i] = static_cast<S>(nan_of(m));
+      continue;
+    }
     C sum = C(0);
     for (int64_t i = 0; i < k_count; ++i) sum += exp_of(lr[i] - m);
     for (int64_t i = 0; i < k_count; ++i) {
