@@ -1,5 +1,7 @@
 """Argument checks shared by the public wrappers; each error names the argument."""
 import math
+import numbers
+import operator
 
 import torch
 
@@ -35,18 +37,21 @@ def check_broadcast(**tensors):
 
 def check_sample_shape(sample_shape):
     """A tuple of non-negative ints (an int is a 1-d sample_shape)."""
-    if isinstance(sample_shape, int) and not isinstance(sample_shape, bool):
-        sample_shape = (sample_shape,)
+    if isinstance(sample_shape, numbers.Integral) and not isinstance(sample_shape, bool):
+        sample_shape = (operator.index(sample_shape),)
     try:
         sizes = tuple(sample_shape)
     except TypeError:
         raise TypeError(f"sample_shape must be a sequence of ints, got {type(sample_shape).__name__}") from None
+    checked = []
     for size in sizes:
-        if isinstance(size, bool) or not isinstance(size, (int, torch.SymInt)):
+        if isinstance(size, bool) or not isinstance(size, (numbers.Integral, torch.SymInt)):
             raise TypeError(f"sample_shape must be a sequence of ints, got {sample_shape!r}")
+        size = size if isinstance(size, torch.SymInt) else operator.index(size)  # NumPy integers, as torch accepts
         if size < 0:
             raise ValueError(f"sample_shape must not contain negative sizes, got {sample_shape!r}")
-    return sizes
+        checked.append(size)
+    return tuple(checked)
 
 
 def check_choice(value, name, choices):
@@ -55,12 +60,20 @@ def check_choice(value, name, choices):
 
 
 def check_tau(tau):
-    """A positive finite temperature, as a Python float."""
+    """A positive finite temperature, as a Python float (NumPy scalars and one-element tensors accepted).
+
+    A tensor that requires grad is refused rather than silently detached: the
+    fused ops do not differentiate in tau (rt.distributions' relaxed classes fall
+    back to torch's sampler for a trainable temperature)."""
     if isinstance(tau, torch.Tensor):
+        if tau.requires_grad:
+            raise ValueError("tau requires grad, but the fused samplers do not differentiate in tau; pass "
+                             "tau.detach() (or use rt.distributions.RelaxedBernoulli / RelaxedOneHotCategorical, "
+                             "which differentiate a trainable temperature through torch's sampler)")
         if tau.numel() != 1:
             raise ValueError(f"tau must be a number or a one-element tensor, got shape {tuple(tau.shape)}")
         tau = tau.item()
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
         raise TypeError(f"tau must be a positive float, got {type(tau).__name__}")
     if not (tau > 0 and math.isfinite(tau)):
         raise ValueError(f"tau must be a positive finite temperature, got {tau}")
@@ -81,7 +94,25 @@ def validation_enabled(validate_args):
 
 
 def check_positive(value, name, validate_args):
-    """value > 0 everywhere, when argument validation is on (a device sync, as in torch.distributions)."""
+    """value > 0 or NaN everywhere, when argument validation is on (a device sync, as in torch.distributions).
+
+    NaN is not an error: it propagates to the result (docs/usage.md, value policy)."""
     if validation_enabled(validate_args) and value.numel() > 0:
-        if not bool((value > 0).all()):
-            raise ValueError(f"{name} must be positive everywhere, got a minimum of {value.min().item()}")
+        bad = value <= 0
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be positive everywhere, got {value[bad].min().item()}")
+
+
+def check_scale_param(value, name, scale, validate_args):
+    """value inside the domain of its scale transform, when validation is on (one pass, a device sync):
+    sigma > 0 for "sigma" and "rate"; above -inf for "log_sigma", "logvar", "softplus" (-inf gives sigma = 0).
+    NaN is not an error: it propagates. A finite value whose sigma underflows to 0 is in the domain."""
+    if not validation_enabled(validate_args) or value.numel() == 0:
+        return
+    if scale in ("sigma", "rate"):
+        bad = value <= 0
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be positive everywhere under scale={scale!r}, got "
+                             f"{value[bad].min().item()}")
+    elif bool((value == -math.inf).any()):
+        raise ValueError(f"{name} must be above -inf under scale={scale!r} (it would give sigma = 0), got -inf")

@@ -21,7 +21,9 @@ _ops = torch.ops.rtrick_ops
 
 
 def _check_dim(dim, logits):
-    if isinstance(dim, bool) or not isinstance(dim, int):
+    if isinstance(dim, bool):  # operator.index(True) is 1: a bool is a mistake, not a dim
+        raise TypeError("dim must be an int, got bool")
+    if not isinstance(dim, int):
         try:
             dim = operator.index(dim)
         except TypeError:
@@ -137,7 +139,11 @@ def _register_autograd(forward_name, backward_name):
             compute = reference.compute_dtype(logits.dtype)
             y_value = y_value.to(compute)
             log_y = torch.log(y_value.clamp_min(torch.finfo(compute).tiny))
-            y = torch.softmax(log_y + (x.to(compute) - x.to(compute).detach()) / tau, wrapped)
+            xc = x.to(compute)
+            # x - stop_grad(x) is 0 with derivative 1; at x = -inf it is NaN (-inf + inf), and y = 0
+            # there anyway, so such entries contribute 0 with derivative 0.
+            delta = torch.where(torch.isfinite(xc.detach()), xc - xc.detach(), torch.zeros((), dtype=compute))
+            y = torch.softmax(log_y + delta / tau, wrapped)
             gyc = gy.to(compute)
             grad = y * (gyc - (gyc * y).sum(wrapped, keepdim=True)) / tau
             if sample_dims:
