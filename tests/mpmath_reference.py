@@ -20,6 +20,17 @@ def gamma_grad(a, x):
     with mp.workdps(60):
         a, x = mp.mpf(a), mp.mpf(x)
         psi = mp.digamma(a)
+        if a <= 1 or x < 1:  # t^(a-1) is nearly 1/t: the quadrature cannot resolve it; the series converges
+            c, psi_n, total, n = x / a, mp.digamma(a + 1), mp.mpf(0), 0
+            lx = mp.log(x)
+            while True:
+                term = c * (lx - psi_n)
+                total += term
+                n += 1
+                if n > 5 and abs(term) < mp.mpf(10) ** -50 * abs(total):
+                    return -total
+                c = c * x / (a + n)
+                psi_n += 1 / (a + n)
         if x < a - 1:
             f = lambda h: -(mp.log(x - h) - psi) * mp.exp((a - 1) * mp.log1p(-h / x) + h)
             length = x
@@ -42,8 +53,9 @@ def beta_grad(a, b, z):
             sign, t_of, length = -1, (lambda h: z - h), z
         else:
             sign, t_of, length = 1, (lambda h: z + h), 1 - z
-        fa = lambda h: sign * (mp.log(t_of(h)) + ca) * mp.exp(phi(t_of(h)) - pz)
-        fb = lambda h: sign * (mp.log1p(-t_of(h)) + cb) * mp.exp(phi(t_of(h)) - pz)
+        inside = lambda h: 0 < t_of(h) < 1  # the endpoints themselves contribute nothing
+        fa = lambda h: sign * (mp.log(t_of(h)) + ca) * mp.exp(phi(t_of(h)) - pz) if inside(h) else 0
+        fb = lambda h: sign * (mp.log1p(-t_of(h)) + cb) * mp.exp(phi(t_of(h)) - pz) if inside(h) else 0
         slope = abs((a - 1) / z - (b - 1) / (1 - z))
         sd = mp.sqrt(a * b / (a + b) ** 3) if a > 1 and b > 1 else min(z, 1 - z)
         scale = min(1 / slope if slope > 0 else mp.inf, sd, length) / 8
