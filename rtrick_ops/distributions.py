@@ -232,7 +232,7 @@ class Uniform(_Fused, torch.distributions.Uniform):
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         return family.uniform_rsample(self.low, self.high, sample_shape=tuple(sample_shape), seed=self._seed,
-                                      backend=self._backend, validate_args=False)
+                                      generator=generator, backend=self._backend, validate_args=False)
 
 
 class Exponential(_Fused, torch.distributions.Exponential):
