@@ -23,6 +23,32 @@ def check_same_device(**tensors):
             raise ValueError(f"{first_name} is on {first.device} but {name} is on {t.device}")
 
 
+def check_rng_state(rng_state, like):
+    """rng_state as every operator reads it: an int64 tensor [key, offset] of shape [2] on `like`'s device.
+
+    The Python twin of check_rng_state in csrc/family_common.h: the fake (meta)
+    kernels and the Triton operators run this one, the C++ kernels that one, so
+    a meta or misshapen state is refused on every path instead of returning
+    uninitialised memory."""
+    if not isinstance(rng_state, torch.Tensor):
+        raise TypeError(f"rng_state must be a torch.Tensor, got {type(rng_state).__name__}")
+    if rng_state.dtype != torch.int64 or rng_state.dim() != 1 or rng_state.shape[0] != 2:
+        raise ValueError(f"rng_state must be an int64 tensor [key, offset] of shape [2], got {rng_state.dtype} "
+                         f"of shape {tuple(rng_state.shape)}")
+    if rng_state.device != like.device:
+        raise ValueError(f"rng_state is on {rng_state.device} but the inputs are on {like.device}")
+
+
+def check_op_inputs(rng_state, **tensors):
+    """A registered operator's tensor arguments: all on one device, and rng_state (None for
+    the operators without one) valid for that device. Called by every fake kernel and
+    Triton operator; the wrappers run check_same_device on their parameters and build
+    rng_state on the parameters' device themselves (make_rng_state)."""
+    check_same_device(**tensors)
+    if rng_state is not None:
+        check_rng_state(rng_state, next(iter(tensors.values())))
+
+
 def check_broadcast(**tensors):
     """The tensors' shapes broadcast; returns the broadcast shape."""
     shapes = [t.shape for t in tensors.values()]

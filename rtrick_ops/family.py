@@ -16,8 +16,8 @@ import torch
 
 from . import _library, reference
 from ._backends import resolve_backend
-from ._checks import (check_broadcast, check_param, check_positive, check_sample_shape, check_same_device,
-                      check_scale_param, check_tau, validation_enabled)
+from ._checks import (check_broadcast, check_op_inputs, check_param, check_positive, check_sample_shape,
+                      check_same_device, check_scale_param, check_tau, validation_enabled)
 from ._random import make_rng_state
 from .normal import scale_backward_grads
 
@@ -229,14 +229,17 @@ if _library.compiled is not None:
 
     @torch.library.register_fake("rtrick_ops::loc_scale_rsample")
     def _loc_scale_rsample_fake(loc, scale_param, rng_state, family, scale, sample_shape):
+        check_op_inputs(rng_state, loc=loc, scale_param=scale_param)
         return loc.new_empty(list(sample_shape) + list(torch.broadcast_shapes(loc.shape, scale_param.shape)))
 
     @torch.library.register_fake("rtrick_ops::loc_scale_rsample_backward")
     def _loc_scale_rsample_backward_fake(grad, scale_param, rng_state, family, scale):
+        check_op_inputs(rng_state, grad=grad, scale_param=scale_param)
         return scale_param.new_empty(scale_param.shape)
 
     @torch.library.register_fake("rtrick_ops::relaxed_bernoulli_rsample")
     def _relaxed_bernoulli_rsample_fake(logits, rng_state, tau, sample_shape):
+        check_op_inputs(rng_state, logits=logits)
         return logits.new_empty(list(sample_shape) + list(logits.shape))
 
     _register("")

@@ -14,7 +14,7 @@ import torch
 
 from . import _library, reference
 from ._backends import resolve_backend
-from ._checks import check_param, check_sample_shape, check_tau
+from ._checks import check_op_inputs, check_param, check_sample_shape, check_tau
 from ._random import make_rng_state
 
 _ops = torch.ops.rtrick_ops
@@ -167,10 +167,12 @@ if _library.compiled is not None:
 
     @torch.library.register_fake("rtrick_ops::gumbel_softmax")
     def _gumbel_softmax_fake(logits, rng_state, tau, hard, dim, sample_shape):
+        check_op_inputs(rng_state, logits=logits)
         return logits.new_empty(list(sample_shape) + list(logits.shape))
 
     @torch.library.register_fake("rtrick_ops::gumbel_softmax_backward")
     def _gumbel_softmax_backward_fake(grad_y, logits, rng_state, tau, dim):
+        check_op_inputs(rng_state, grad_y=grad_y, logits=logits)
         return logits.new_empty(logits.shape)
 
     _register_autograd("gumbel_softmax", "gumbel_softmax_backward")
