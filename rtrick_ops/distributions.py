@@ -206,7 +206,7 @@ class Logistic(_FusedLocScale, torch.distributions.TransformedDistribution):
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
         new = type(self)(self.loc.expand(batch_shape), self.scale.expand(batch_shape), validate_args=False,
-                         seed=self._seed, generator=generator, backend=self._backend)
+                         seed=self._seed, backend=self._backend)
         new._scale_param = None if self._scale_param is None else self._scale_param.expand(batch_shape)
         new._scale_kind, new._validate_args = self._scale_kind, self._validate_args
         return new
@@ -267,7 +267,7 @@ class _FusedRelaxed(_Fused):
                 torch.manual_seed(seed)
                 return super().rsample(sample_shape)
         return self._fused_sampler(self.logits, float(temperature), sample_shape=tuple(sample_shape),
-                                   seed=self._seed, generator=generator, backend=self._backend)
+                                   seed=self._seed, backend=self._backend)
 
 
 class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
