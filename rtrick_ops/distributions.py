@@ -253,6 +253,12 @@ class _FusedRelaxed(_Fused):
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = seed, backend
+        if not isinstance(temperature, torch.Tensor):
+            # torch keeps a Python-number temperature as given, and its log_prob then fails
+            # (float has no .log()); held as a tensor, log_prob works and sampling is unchanged.
+            like = logits if logits is not None else probs
+            like = like if isinstance(like, torch.Tensor) else torch.empty(())
+            temperature = torch.tensor(float(temperature), dtype=like.dtype, device=like.device)
         super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
@@ -267,7 +273,7 @@ class _FusedRelaxed(_Fused):
                 torch.manual_seed(seed)
                 return super().rsample(sample_shape)
         return self._fused_sampler(self.logits, float(temperature), sample_shape=tuple(sample_shape),
-                                   seed=self._seed, backend=self._backend)
+                                   seed=self._seed, generator=generator, backend=self._backend)
 
 
 class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
