@@ -39,6 +39,9 @@ def resolve_backend(backend, device):
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not a valid backend; valid: {', '.join(map(repr, BACKENDS))}")
     if backend == "reference":
+        if device.type == "meta":  # the reference computes in Python from the key's value
+            raise ValueError("backend='reference' needs tensors with values, but the inputs are on meta; "
+                             "use backend='auto' for shapes only")
         return "reference"
     if backend == "cuda":
         return _require_cuda(device)

@@ -98,6 +98,8 @@ def check_tau(tau):
                              "which differentiate a trainable temperature through torch's sampler)")
         if tau.numel() != 1:
             raise ValueError(f"tau must be a number or a one-element tensor, got shape {tuple(tau.shape)}")
+        if tau.device.type == "meta":
+            raise ValueError("tau is a meta tensor, which has no value; pass a number")
         tau = tau.item()
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
         raise TypeError(f"tau must be a positive float, got {type(tau).__name__}")
@@ -106,10 +108,13 @@ def check_tau(tau):
     return float(tau)
 
 
-def validation_enabled(validate_args):
+def validation_enabled(validate_args, *values):
     """Whether to check parameter values (a device sync): validate_args=None follows
     torch.distributions.Distribution's global default, as torch's classes do. Never while
-    torch.compile traces or a CUDA graph is being captured, where a sync cannot happen."""
+    torch.compile traces or a CUDA graph is being captured, where a sync cannot happen, nor
+    for meta tensors, which have no values (the output is a meta tensor too)."""
+    if any(v.device.type == "meta" for v in values):
+        return False
     if torch.compiler.is_compiling():
         return False
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
@@ -123,7 +128,7 @@ def check_positive(value, name, validate_args):
     """value > 0 or NaN everywhere, when argument validation is on (a device sync, as in torch.distributions).
 
     NaN is not an error: it propagates to the result (docs/usage.md, value policy)."""
-    if validation_enabled(validate_args) and value.numel() > 0:
+    if validation_enabled(validate_args, value) and value.numel() > 0:
         bad = value <= 0
         if bool(bad.any()):
             raise ValueError(f"{name} must be positive everywhere, got {value[bad].min().item()}")
@@ -133,7 +138,7 @@ def check_scale_param(value, name, scale, validate_args):
     """value inside the domain of its scale transform, when validation is on (one pass, a device sync):
     sigma > 0 for "sigma" and "rate"; above -inf for "log_sigma", "logvar", "softplus" (-inf gives sigma = 0).
     NaN is not an error: it propagates. A finite value whose sigma underflows to 0 is in the domain."""
-    if not validation_enabled(validate_args) or value.numel() == 0:
+    if not validation_enabled(validate_args, value) or value.numel() == 0:
         return
     if scale in ("sigma", "rate"):
         bad = value <= 0

@@ -117,7 +117,7 @@ def uniform_rsample(low: torch.Tensor, high: torch.Tensor, *, sample_shape: Samp
     check_param(high, "high")
     check_same_device(low=low, high=high)
     check_broadcast(low=low, high=high)
-    if validation_enabled(validate_args):
+    if validation_enabled(validate_args, low, high):
         if not bool((low < high).all()):
             raise ValueError("low must be less than high everywhere (uniform_rsample)")
     return _rsample("uniform", low, high - low, "sigma", sample_shape, seed, generator, backend, ("low", "high"),
