@@ -151,3 +151,20 @@ def test_classes_take_a_generator(make):
     c = d.sample((2,), generator=torch.Generator().manual_seed(8))
     torch.testing.assert_close(a.detach(), b)
     assert not torch.equal(b, c)
+
+
+# Found by tests/test_fuzz.py: meta tensors through the public wrappers.
+def test_meta_parameters_give_a_meta_result_or_a_clear_error():
+    m = torch.ones(2, 3, device="meta")
+    with pytest.raises(ValueError, match="backend='reference'"):
+        rt.normal_rsample(m, m, seed=0, backend="reference")
+    with pytest.raises(ValueError, match="tau"):
+        rt.relaxed_bernoulli_rsample(torch.zeros(2), torch.tensor(0.5, device="meta"), seed=0)
+    with pytest.raises(ValueError, match="meta|device"):
+        rt.normal_rsample(torch.zeros(2, 3), m, seed=0)
+    # Shapes only, through the fake kernels; value checks skip meta tensors, which have no values.
+    z = rt.gamma_rsample(m, seed=0, sample_shape=(4,), validate_args=True)
+    assert z.device.type == "meta" and z.shape == (4, 2, 3)
+    x = m.clone().requires_grad_()
+    rt.normal_rsample(x, x, seed=0).sum().backward()
+    assert x.grad.device.type == "meta" and x.grad.shape == (2, 3)
