@@ -4,6 +4,11 @@ dz/da = -(dF/da)(z) / p(z) written as an integral over the side of z where the
 integrand decays, with breakpoints on the integrand's own scale so that
 mpmath's tanh-sinh rule resolves it for any parameter size (1e-30 .. 1e30).
 """
+import atexit
+import json
+import os
+from pathlib import Path
+
 import mpmath as mp
 
 
@@ -15,7 +20,7 @@ def _breakpoints(scale, length):
     return points
 
 
-def gamma_grad(a, x):
+def _gamma_grad(a, x):
     """dz/dalpha of z ~ Gamma(a, 1) at z = x."""
     with mp.workdps(60):
         a, x = mp.mpf(a), mp.mpf(x)
@@ -42,7 +47,7 @@ def gamma_grad(a, x):
         return mp.quad(f, _breakpoints(scale, length))
 
 
-def beta_grad(a, b, z):
+def _beta_grad(a, b, z):
     """(dz/da, dz/db) of z ~ Beta(a, b) at z."""
     with mp.workdps(60):
         a, b, z = mp.mpf(a), mp.mpf(b), mp.mpf(z)
@@ -61,3 +66,40 @@ def beta_grad(a, b, z):
         scale = min(1 / slope if slope > 0 else mp.inf, sd, length) / 8
         points = _breakpoints(scale, length)
         return mp.quad(fa, points), mp.quad(fb, points)
+
+
+# The 60-digit quadratures take minutes over the whole range, too long for CI: their
+# values at the points the tests use are kept in mpmath_reference.json (floats by repr,
+# values as 20-digit strings). A point not in the file is computed; the file is rewritten
+# only when RTRICK_WRITE_MPMATH_CACHE=1 (after changing the points or the reference:
+# `RTRICK_WRITE_MPMATH_CACHE=1 pytest tests/test_gradient_range.py`).
+_CACHE_PATH = Path(__file__).with_name("mpmath_reference.json")
+_CACHE = json.loads(_CACHE_PATH.read_text()) if _CACHE_PATH.exists() else {}
+_USED = {}
+
+
+def _cached(name, compute, *args):
+    key = name + repr(tuple(float(a) for a in args))
+    if key not in _CACHE:
+        value = compute(*args)
+        values = value if isinstance(value, tuple) else (value,)
+        _CACHE[key] = [mp.nstr(v, 20) for v in values]
+    _USED[key] = _CACHE[key]
+    values = tuple(mp.mpf(v) for v in _CACHE[key])
+    return values if len(values) > 1 else values[0]
+
+
+def gamma_grad(a, x):
+    """d x / d a for x ~ Gamma(a, 1): -(dF/da)(x; a) / p(x; a), to 60 digits (cached)."""
+    return _cached("gamma", _gamma_grad, a, x)
+
+
+def beta_grad(a, b, z):
+    """(dz/da, dz/db) for z ~ Beta(a, b), to 60 digits (cached)."""
+    return _cached("beta", _beta_grad, a, b, z)
+
+
+@atexit.register
+def _write_cache():
+    if os.environ.get("RTRICK_WRITE_MPMATH_CACHE") == "1" and _USED:
+        _CACHE_PATH.write_text(json.dumps(dict(sorted(_USED.items())), indent=0) + "\n")
