@@ -141,9 +141,12 @@ beta_grad_kernel(const S* __restrict__ grad, const S* __restrict__ a, int64_t a_
 }
 
 // Elementwise, with the row sums total = sum_j alpha_j and zg = sum_j z_j g_j
-// computed beforehand (in double, by torch): short live ranges, no spills.
+// computed beforehand (in double, by torch): short live ranges. Since the
+// Gauss-Legendre path for huge concentrations (csrc/gamma.h), ptxas capped the
+// float/half/bfloat16 instances at 64 registers and spilled 40/56 bytes on sm_80
+// and sm_90; min blocks = 1 lets it take the 76 it needs (no spills, measured).
 template <typename S>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
 dirichlet_grad_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, int64_t period,
                       const S* __restrict__ z, const double* __restrict__ total, const double* __restrict__ zg,
                       double* __restrict__ terms, int64_t numel, int64_t k_count) {
