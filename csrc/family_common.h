@@ -67,12 +67,27 @@ inline std::vector<int64_t> sampled_shape(at::IntArrayRef sample_shape, at::IntA
   return shape;
 }
 
+// Every operator that reads rng_state checks it here (CPU and CUDA): it must be
+// on the inputs' device (a meta or CPU state beside CUDA inputs would be read as
+// memory it is not), int64, and exactly [key, offset].
 inline void check_rng_state(const at::Tensor& rng_state, const at::Tensor& like) {
-  TORCH_CHECK_VALUE(rng_state.scalar_type() == at::kLong && rng_state.numel() == 2,
-                    "rng_state must be an int64 tensor [key, offset] of 2 elements, got ",
-                    rng_state.scalar_type(), " with ", rng_state.numel(), " elements");
+  TORCH_CHECK_VALUE(rng_state.scalar_type() == at::kLong && rng_state.dim() == 1 && rng_state.size(0) == 2,
+                    "rng_state must be an int64 tensor [key, offset] of shape [2], got ", rng_state.scalar_type(),
+                    " of shape ", rng_state.sizes());
   TORCH_CHECK_VALUE(rng_state.device() == like.device(), "rng_state is on ", rng_state.device(),
                     " but the inputs are on ", like.device());
+}
+
+// A relaxed sampler's temperature in the storage dtype it is held in: a
+// positive finite tau beyond that dtype's range is clamped into [smallest
+// normal, largest finite] (tau = 1e300 in float32 samples as tau = 3.4e38,
+// which is sigmoid(0) = 0.5 to the last bit, as the limit is).
+inline double tau_in_range(double tau, at::ScalarType st) {
+  double lo = DBL_MIN, hi = DBL_MAX;
+  if (st == at::kFloat) lo = FLT_MIN, hi = FLT_MAX;
+  if (st == at::kHalf) lo = 6.103515625e-05, hi = 65504.0;
+  if (st == at::kBFloat16) lo = FLT_MIN, hi = 3.3895313892515355e38;
+  return std::min(std::max(tau, lo), hi);
 }
 
 // Checks the two parameter tensors (named loc_name and "scale_param" in

@@ -11,6 +11,7 @@
 // Host and device code, internal linkage (unnamed namespace), as philox.h.
 #pragma once
 
+#include "gamma_asymptotic.h"
 #include "philox.h"
 
 namespace rtrick {
@@ -100,6 +101,14 @@ RT_HD C beta_from_logs(C log_x, C log_y, C tiny, C below_one) {
   return z > below_one ? below_one : z;
 }
 
+// A Dirichlet row whose largest log-Gamma is +inf or NaN (an infinite or NaN
+// concentration) has no finite normalisation: the row is NaN, as torch gives,
+// not the clamp value that inf - inf would otherwise fall through to.
+template <typename C>
+RT_HD bool dirichlet_row_undefined(C max_log) {
+  return !(max_log < inf_of(max_log));
+}
+
 // ------------------------------------------------ gradients (double only)
 constexpr double kGradEps = 1e-16;
 constexpr double kFpMin = 1e-300;
@@ -163,11 +172,65 @@ RT_HD double gamma_cf_h(double a, double x) {
 // Central-difference step in a parameter for the continued fractions.
 RT_HD double cf_step(double a) { return 1e-5 * (a < ::sqrt(a) ? a : ::sqrt(a)); }
 
+// Above this alpha the series and the continued fraction need O(sqrt(alpha))
+// terms, lose digits (psi_n accumulates 1/(alpha + k) onto a large psi, the
+// central difference's step vanishes beside alpha) and cost milliseconds; the
+// uniform asymptotic expansion is exact to ~1e-11 from here on (docs/gamma.md).
+constexpr double kGammaAsymptoticMin = 100.0;
+
+// (t - ln(1 + t)) / t^2 for |t| < 0.1 (the direct form cancels there).
+RT_HD double log1p_defect_series(double t) {
+  double s = 0.0;
+  for (int k = 30; k >= 2; --k) s = s * -t + 1.0 / k;
+  return s;
+}
+
+// dz/dalpha for alpha >= kGammaAsymptoticMin, from Temme's expansion
+// Q(a, x) = erfc(eta sqrt(a / 2)) / 2 + e^(-a eta^2 / 2) / sqrt(2 pi a) sum_k c_k(eta) a^-k
+// differentiated in a at fixed x and divided by the density (docs/gamma.md):
+// dz/da = lambda (1 + Gamma*(a) rest), lambda = x / a, t = lambda - 1, with
+// rest = -eta^2/(2t) - c_0/(2a) + (ln lambda - 1/(2a)) sum_{k>=1} c_k a^-k - sum_{k>=0} (t c_{k+1} + k c_k) a^-(k+1).
+// The leading erfc terms cancel analytically, so nothing here cancels numerically.
+RT_HD double gamma_dz_dalpha_asymptotic(double a, double x) {
+  const double t = (x - a) / a;  // exact when x is within a factor 2 of a (Sterbenz)
+  double q, ln_lambda;           // q = (t - ln lambda) / t^2 = eta^2 / (2 t^2)
+  if (::fabs(t) < 0.1) {
+    q = log1p_defect_series(t);
+    ln_lambda = ::log1p(t);
+  } else {
+    ln_lambda = t > -0.5 ? ::log1p(t) : ::log(x) - ::log(a);  // t rounds to -1 for x << a
+    q = (t - ln_lambda) / (t * t);
+  }
+  const double eta = t * ::sqrt(2.0 * q);
+  double c0, c1, c2, c3, c4;
+  if (::fabs(eta) < 1.0) {
+    c0 = temme_c0_series(eta);
+    c1 = temme_c1_series(eta);
+    c2 = temme_c2_series(eta);
+    c3 = temme_c3_series(eta);
+    c4 = temme_c4_series(eta);
+  } else {
+    c0 = temme_c0_closed(eta, t);
+    c1 = temme_c1_closed(eta, t);
+    c2 = temme_c2_closed(eta, t);
+    c3 = temme_c3_closed(eta, t);
+    c4 = temme_c4_closed(eta, t);
+  }
+  const double r = 1.0 / a;
+  const double s1 = r * (c1 + r * (c2 + r * c3));
+  const double tail = r * ((t * c1) + r * ((t * c2 + c1) + r * ((t * c3 + 2.0 * c2) + r * (t * c4 + 3.0 * c3))));
+  const double rest = -t * q - 0.5 * r * c0 + (ln_lambda - 0.5 * r) * s1 - tail;
+  const double gamma_star = 1.0 + r * (1.0 / 12 + r * (1.0 / 288 + r * (-139.0 / 51840 + r * (-571.0 / 2488320))));
+  // x (...) / a rather than lambda (...): lambda underflows first when x << a.
+  return x * (1.0 + gamma_star * rest) / a;
+}
+
 // dz/dalpha of z ~ Gamma(alpha, 1). NaN for NaN input or alpha <= 0; 0 where z
 // is 0 or +inf (the limits the sampler never reaches).
 RT_HD double gamma_dz_dalpha(double a, double x) {
   if (a != a || x != x || !(a > 0.0)) return ::nan("");
   if (!(x > 0.0) || x == HUGE_VAL || a == HUGE_VAL) return 0.0;
+  if (a >= kGammaAsymptoticMin) return gamma_dz_dalpha_asymptotic(a, x);
   if (x < a + 1.0) return gamma_series_grad(a, x);
   const double step = cf_step(a);
   const double h = gamma_cf_h(a, x);
@@ -232,6 +295,71 @@ RT_HD Grad2 beta_grad_direct(double a, double b, double x, double y, double lnx,
   return Grad2{scale * ga, scale * gb};
 }
 
+// Both Beta parameters at least kBetaQuadMin and one at least kBetaQuadLarge:
+// the quadrature below replaces the continued fractions, whose length grows
+// like sqrt(a + b) and whose central differences lose all digits when the
+// step is below the parameter's ulp (a = 1e15, 1e30).
+constexpr double kBetaQuadMin = 10.0;
+constexpr double kBetaQuadLarge = 1000.0;
+
+// psi(x) - ln(x) without the cancellation of two large logs.
+RT_HD double digamma_minus_log(double x) {
+  if (x >= 10.0) {
+    const double r = 1.0 / (x * x);
+    return -0.5 / x - r * (1.0 / 12 - r * (1.0 / 120 - r * (1.0 / 252 - r * (1.0 / 240 - r * (1.0 / 132)))));
+  }
+  return digamma_d(x) - ::log(x);
+}
+
+// s + expm1(-s) >= 0 and log1p(y) - y <= 0, accurate where they are tiny.
+RT_HD double expm1_defect(double s) {
+  if (::fabs(s) >= 0.1) return s + ::expm1(-s);
+  double term = 0.5 * s * s, sum = 0.0;
+  for (int k = 3; k <= 24; ++k) {
+    sum += term;
+    term *= -s / k;
+  }
+  return sum;
+}
+RT_HD double log1p_defect(double y) {
+  if (::fabs(y) >= 0.1) return ::log1p(y) - y;
+  return -y * y * log1p_defect_series(y);
+}
+
+// (dz/da, dz/db) by quadrature of the implicit gradient on the side t < x:
+// dz/da = -int_0^x (ln t - psi(a) + psi(a+b)) e^(phi(t) - phi(x)) dt, phi(t) =
+// (a-1) ln t + (b-1) ln(1-t) (dz/db with ln(1-t) - psi(b) + psi(a+b)), in
+// s = ln(x / t), where the integrand decays from s = 0 (x below the mode).
+// 32-point Gauss-Legendre over [0, S], S where the integrand has fallen by
+// e^-45. n = (b-1) x - (a-1) y and m = x (a+b) - a are passed in, computed
+// from the exact x: near the mode they are tiny differences of large products.
+RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double n, double m) {
+  const double r = x / y;
+  const double lin = -n / y;  // phi'(x) x, >= 0 below the mode
+  // phi(x) - phi(x e^-s) + s: every term >= 0, no cancellation.
+  auto decay = [&](double s) {
+    return lin * s + (b - 1.0) * r * expm1_defect(s) - (b - 1.0) * log1p_defect(-r * ::expm1(-s)) + s;
+  };
+  double span = 8.0 / ::sqrt(a);
+  for (int i = 0; i < 200 && decay(span) < 45.0; ++i) span *= 2.0;
+  for (int i = 0; i < 200 && decay(0.5 * span) >= 45.0; ++i) span *= 0.5;
+  // ln(x / x0) and ln(y / y0), x0 = a / (a + b), y0 = b / (a + b).
+  const double lx0 = ::fabs(m / a) < 0.5 ? ::log1p(m / a) : ::log(x) + ::log1p(b / a);
+  const double ly0 = ::fabs(m / b) < 0.5 ? ::log1p(-m / b) : ::log(y) + ::log1p(a / b);
+  const double psi_ab = digamma_minus_log(a + b);
+  const double ca = psi_ab - digamma_minus_log(a), cb = psi_ab - digamma_minus_log(b);
+  double ga = 0.0, gb = 0.0;
+  for (int i = 0; i < 32; ++i) {
+    const double node = i < 16 ? gl32_node(i) : -gl32_node(i - 16);
+    const double s = 0.5 * span * (node + 1.0);
+    const double f = ::exp(-decay(s)) * gl32_weight(i < 16 ? i : i - 16);
+    ga += (lx0 - s + ca) * f;
+    gb += (ly0 + ::log1p(-r * ::expm1(-s)) + cb) * f;
+  }
+  const double scale = -0.5 * x * span;
+  return Grad2{scale * ga, scale * gb};
+}
+
 // (dz/da, dz/db) of z ~ Beta(a, b); I_x(a, b) = 1 - I_{1-x}(b, a) above the
 // continued fraction's fast region (there 1 - z ~ Beta(b, a), so dz/da =
 // -d(1-z)/da and dz/db = -d(1-z)/db). NaN for NaN input or a, b <= 0; 0 for z
@@ -240,8 +368,20 @@ RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool n
   if (a != a || b != b || z != z || !(a > 0.0) || !(b > 0.0)) return Grad2{::nan(""), ::nan("")};
   if (!(z > 0.0) || !(z < 1.0) || a == HUGE_VAL || b == HUGE_VAL) return Grad2{0.0, 0.0};
   const double y = 1.0 - z;
-  const double lnz = ::log(z), lny = ::log1p(-z);
   const bool swap = !(z < (a + 1.0) / (a + b + 2.0));
+  if (a >= kBetaQuadMin && b >= kBetaQuadMin && (a >= kBetaQuadLarge || b >= kBetaQuadLarge)) {
+    // m = z a + z b - a and n = m + 1 - 2z from exact products (fma) and
+    // exact sums (TwoSum): near the mode, for a = b = 1e30, m is ~1e15 out of 1e30.
+    const double pa = z * a, pb = z * b;
+    const double h1 = pa - a, v1 = h1 - pa, l1 = (pa - (h1 - v1)) + (-a - v1);
+    const double h2 = h1 + pb, v2 = h2 - h1, l2 = (h1 - (h2 - v2)) + (pb - v2);
+    const double m = h2 + (l1 + l2 + ::fma(z, a, -pa) + ::fma(z, b, -pb));
+    const double n = m + (1.0 - 2.0 * z);
+    if (!swap) return beta_grad_quadrature(a, b, z, y, n, m);
+    const Grad2 g = beta_grad_quadrature(b, a, y, z, -n, -m);
+    return Grad2{-g.b, -g.a};
+  }
+  const double lnz = ::log(z), lny = ::log1p(-z);
   // One call site with selected arguments (one copy of the loops in the kernels).
   const Grad2 g = beta_grad_direct(swap ? b : a, swap ? a : b, swap ? y : z, swap ? z : y, swap ? lny : lnz,
                                    swap ? lnz : lny, swap ? need_b : need_a, swap ? need_a : need_b);

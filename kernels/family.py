@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from rtrick_ops._checks import check_op_inputs  # the fake (meta) kernel runs these bodies too
+
 from .stream import (NOISE_LOGISTIC, NOISE_NONE, NOISE_NORMAL, SCALE_CODES, div, dlog_sigma_of, dsigma_of, exp_f32,
                      log_sigma_of, sigma_of, stream_noise)
 
@@ -177,30 +179,35 @@ def _scale_backward(grad, scale_param, rng_state, noise, scale):
 @triton_op("rtrick_ops::normal_rsample_triton", mutates_args=())
 def normal_rsample_triton(mu: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor, scale: str,
                           sample_shape: List[int]) -> torch.Tensor:
+    check_op_inputs(rng_state, mu=mu, scale_param=scale_param)
     return _sample(mu, scale_param, rng_state, "normal", scale, sample_shape)
 
 
 @triton_op("rtrick_ops::normal_rsample_backward_triton", mutates_args=())
 def normal_rsample_backward_triton(grad_z: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor,
                                    scale: str) -> torch.Tensor:
+    check_op_inputs(rng_state, grad_z=grad_z, scale_param=scale_param)
     return _scale_backward(grad_z, scale_param, rng_state, NOISE_NORMAL, scale)
 
 
 @triton_op("rtrick_ops::loc_scale_rsample_triton", mutates_args=())
 def loc_scale_rsample_triton(loc: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor, family: str,
                              scale: str, sample_shape: List[int]) -> torch.Tensor:
+    check_op_inputs(rng_state, loc=loc, scale_param=scale_param)
     return _sample(loc, scale_param, rng_state, family, scale, sample_shape)
 
 
 @triton_op("rtrick_ops::loc_scale_rsample_backward_triton", mutates_args=())
 def loc_scale_rsample_backward_triton(grad: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor,
                                       family: str, scale: str) -> torch.Tensor:
+    check_op_inputs(rng_state, grad=grad, scale_param=scale_param)
     return _scale_backward(grad, scale_param, rng_state, FAMILIES[family][0], scale)
 
 
 @triton_op("rtrick_ops::relaxed_bernoulli_rsample_triton", mutates_args=())
 def relaxed_bernoulli_rsample_triton(logits: torch.Tensor, rng_state: torch.Tensor, tau: float,
                                      sample_shape: List[int]) -> torch.Tensor:
+    check_op_inputs(rng_state, logits=logits)
     z = logits.new_empty(list(sample_shape) + list(logits.shape))
     _launch(RELAXED_BERNOULLI_SAMPLE, [z], [logits.contiguous(), logits.contiguous()], rng_state, noise=NOISE_LOGISTIC,
             tau=tau)
@@ -209,6 +216,7 @@ def relaxed_bernoulli_rsample_triton(logits: torch.Tensor, rng_state: torch.Tens
 
 @triton_op("rtrick_ops::normal_kl_triton", mutates_args=())
 def normal_kl_triton(mu: torch.Tensor, scale_param: torch.Tensor, scale: str) -> torch.Tensor:
+    check_op_inputs(None, mu=mu, scale_param=scale_param)
     batch, (mu_batch, scale_batch) = _batch_inputs(mu, scale_param)
     kl = mu.new_empty(batch)
     _launch(NORMAL_KL, [kl], [mu_batch, scale_batch], mu_batch, scale)
@@ -218,6 +226,7 @@ def normal_kl_triton(mu: torch.Tensor, scale_param: torch.Tensor, scale: str) ->
 @triton_op("rtrick_ops::normal_kl_backward_triton", mutates_args=())
 def normal_kl_backward_triton(grad_kl: torch.Tensor, mu: torch.Tensor, scale_param: torch.Tensor,
                               scale: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    check_op_inputs(None, grad_kl=grad_kl, mu=mu, scale_param=scale_param)
     batch, (grad_batch, mu_batch, scale_batch) = _batch_inputs(grad_kl, mu, scale_param)
     grad_mu = mu.new_empty(batch)
     grad_scale = mu.new_empty(batch)
@@ -228,6 +237,7 @@ def normal_kl_backward_triton(grad_kl: torch.Tensor, mu: torch.Tensor, scale_par
 @triton_op("rtrick_ops::normal_rsample_and_kl_triton", mutates_args=())
 def normal_rsample_and_kl_triton(mu: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor, scale: str,
                                  sample_shape: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    check_op_inputs(rng_state, mu=mu, scale_param=scale_param)
     batch, (mu_batch, scale_batch) = _batch_inputs(mu, scale_param)
     if len(sample_shape) > 0:  # kl has the batch shape: one pass each
         kl = mu.new_empty(batch)
@@ -242,6 +252,7 @@ def normal_rsample_and_kl_triton(mu: torch.Tensor, scale_param: torch.Tensor, rn
 @triton_op("rtrick_ops::normal_rsample_and_log_prob_triton", mutates_args=())
 def normal_rsample_and_log_prob_triton(mu: torch.Tensor, scale_param: torch.Tensor, rng_state: torch.Tensor,
                                        scale: str, sample_shape: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    check_op_inputs(rng_state, mu=mu, scale_param=scale_param)
     batch, (mu_batch, scale_batch) = _batch_inputs(mu, scale_param)
     shape = list(sample_shape) + list(batch)
     z = mu.new_empty(shape)

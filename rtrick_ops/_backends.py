@@ -39,6 +39,9 @@ def resolve_backend(backend, device):
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not a valid backend; valid: {', '.join(map(repr, BACKENDS))}")
     if backend == "reference":
+        if device.type == "meta":  # the reference computes in Python from the key's value
+            raise ValueError("backend='reference' needs tensors with values, but the inputs are on meta; "
+                             "use backend='auto' for shapes only")
         return "reference"
     if backend == "cuda":
         return _require_cuda(device)
@@ -63,4 +66,6 @@ def resolve_backend(backend, device):
         warnings.warn("rtrick_ops._C is not built, so backend='auto' runs the slow reference backend. "
                       + _library.BUILD_HINT, RuntimeWarning, stacklevel=3)
         return "reference"
+    if device.type == "meta" and _library.compiled is not None:
+        return "cpu"  # the registered operators send meta tensors to their fake kernels: shapes, no values
     raise NotImplementedError(f"rtrick_ops has no kernels for {device.type} tensors; use backend='reference'")

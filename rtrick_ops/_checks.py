@@ -1,5 +1,7 @@
 """Argument checks shared by the public wrappers; each error names the argument."""
 import math
+import numbers
+import operator
 
 import torch
 
@@ -21,6 +23,32 @@ def check_same_device(**tensors):
             raise ValueError(f"{first_name} is on {first.device} but {name} is on {t.device}")
 
 
+def check_rng_state(rng_state, like):
+    """rng_state as every operator reads it: an int64 tensor [key, offset] of shape [2] on `like`'s device.
+
+    The Python twin of check_rng_state in csrc/family_common.h: the fake (meta)
+    kernels and the Triton operators run this one, the C++ kernels that one, so
+    a meta or misshapen state is refused on every path instead of returning
+    uninitialised memory."""
+    if not isinstance(rng_state, torch.Tensor):
+        raise TypeError(f"rng_state must be a torch.Tensor, got {type(rng_state).__name__}")
+    if rng_state.dtype != torch.int64 or rng_state.dim() != 1 or rng_state.shape[0] != 2:
+        raise ValueError(f"rng_state must be an int64 tensor [key, offset] of shape [2], got {rng_state.dtype} "
+                         f"of shape {tuple(rng_state.shape)}")
+    if rng_state.device != like.device:
+        raise ValueError(f"rng_state is on {rng_state.device} but the inputs are on {like.device}")
+
+
+def check_op_inputs(rng_state, **tensors):
+    """A registered operator's tensor arguments: all on one device, and rng_state (None for
+    the operators without one) valid for that device. Called by every fake kernel and
+    Triton operator; the wrappers run check_same_device on their parameters and build
+    rng_state on the parameters' device themselves (make_rng_state)."""
+    check_same_device(**tensors)
+    if rng_state is not None:
+        check_rng_state(rng_state, next(iter(tensors.values())))
+
+
 def check_broadcast(**tensors):
     """The tensors' shapes broadcast; returns the broadcast shape."""
     shapes = [t.shape for t in tensors.values()]
@@ -35,18 +63,21 @@ def check_broadcast(**tensors):
 
 def check_sample_shape(sample_shape):
     """A tuple of non-negative ints (an int is a 1-d sample_shape)."""
-    if isinstance(sample_shape, int) and not isinstance(sample_shape, bool):
-        sample_shape = (sample_shape,)
+    if isinstance(sample_shape, numbers.Integral) and not isinstance(sample_shape, bool):
+        sample_shape = (operator.index(sample_shape),)
     try:
         sizes = tuple(sample_shape)
     except TypeError:
         raise TypeError(f"sample_shape must be a sequence of ints, got {type(sample_shape).__name__}") from None
+    checked = []
     for size in sizes:
-        if isinstance(size, bool) or not isinstance(size, (int, torch.SymInt)):
+        if isinstance(size, bool) or not isinstance(size, (numbers.Integral, torch.SymInt)):
             raise TypeError(f"sample_shape must be a sequence of ints, got {sample_shape!r}")
+        size = size if isinstance(size, torch.SymInt) else operator.index(size)  # NumPy integers, as torch accepts
         if size < 0:
             raise ValueError(f"sample_shape must not contain negative sizes, got {sample_shape!r}")
-    return sizes
+        checked.append(size)
+    return tuple(checked)
 
 
 def check_choice(value, name, choices):
@@ -55,22 +86,35 @@ def check_choice(value, name, choices):
 
 
 def check_tau(tau):
-    """A positive finite temperature, as a Python float."""
+    """A positive finite temperature, as a Python float (NumPy scalars and one-element tensors accepted).
+
+    A tensor that requires grad is refused rather than silently detached: the
+    fused ops do not differentiate in tau (rt.distributions' relaxed classes fall
+    back to torch's sampler for a trainable temperature)."""
     if isinstance(tau, torch.Tensor):
+        if tau.requires_grad:
+            raise ValueError("tau requires grad, but the fused samplers do not differentiate in tau; pass "
+                             "tau.detach() (or use rt.distributions.RelaxedBernoulli / RelaxedOneHotCategorical, "
+                             "which differentiate a trainable temperature through torch's sampler)")
         if tau.numel() != 1:
             raise ValueError(f"tau must be a number or a one-element tensor, got shape {tuple(tau.shape)}")
+        if tau.device.type == "meta":
+            raise ValueError("tau is a meta tensor, which has no value; pass a number")
         tau = tau.item()
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
         raise TypeError(f"tau must be a positive float, got {type(tau).__name__}")
     if not (tau > 0 and math.isfinite(tau)):
         raise ValueError(f"tau must be a positive finite temperature, got {tau}")
     return float(tau)
 
 
-def validation_enabled(validate_args):
+def validation_enabled(validate_args, *values):
     """Whether to check parameter values (a device sync): validate_args=None follows
     torch.distributions.Distribution's global default, as torch's classes do. Never while
-    torch.compile traces or a CUDA graph is being captured, where a sync cannot happen."""
+    torch.compile traces or a CUDA graph is being captured, where a sync cannot happen, nor
+    for meta tensors, which have no values (the output is a meta tensor too)."""
+    if any(v.device.type == "meta" for v in values):
+        return False
     if torch.compiler.is_compiling():
         return False
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
@@ -81,7 +125,25 @@ def validation_enabled(validate_args):
 
 
 def check_positive(value, name, validate_args):
-    """value > 0 everywhere, when argument validation is on (a device sync, as in torch.distributions)."""
-    if validation_enabled(validate_args) and value.numel() > 0:
-        if not bool((value > 0).all()):
-            raise ValueError(f"{name} must be positive everywhere, got a minimum of {value.min().item()}")
+    """value > 0 or NaN everywhere, when argument validation is on (a device sync, as in torch.distributions).
+
+    NaN is not an error: it propagates to the result (docs/usage.md, value policy)."""
+    if validation_enabled(validate_args, value) and value.numel() > 0:
+        bad = value <= 0
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be positive everywhere, got {value[bad].min().item()}")
+
+
+def check_scale_param(value, name, scale, validate_args):
+    """value inside the domain of its scale transform, when validation is on (one pass, a device sync):
+    sigma > 0 for "sigma" and "rate"; above -inf for "log_sigma", "logvar", "softplus" (-inf gives sigma = 0).
+    NaN is not an error: it propagates. A finite value whose sigma underflows to 0 is in the domain."""
+    if not validation_enabled(validate_args, value) or value.numel() == 0:
+        return
+    if scale in ("sigma", "rate"):
+        bad = value <= 0
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be positive everywhere under scale={scale!r}, got "
+                             f"{value[bad].min().item()}")
+    elif bool((value == -math.inf).any()):
+        raise ValueError(f"{name} must be above -inf under scale={scale!r} (it would give sigma = 0), got -inf")

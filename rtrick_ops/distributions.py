@@ -39,9 +39,9 @@ class _Fused:
         new._seed, new._backend = self._seed, self._backend
         return new
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=torch.Size(), generator=None):
         with torch.no_grad():
-            return self.rsample(sample_shape)
+            return self.rsample(sample_shape, generator=generator)
 
 
 class _FusedLocScale(_Fused):
@@ -89,10 +89,11 @@ class _FusedLocScale(_Fused):
         new._scale_kind = self._scale_kind
         return new
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
+        # torch's constructor validated the parameters (when validation is on): no second sync here.
         return self._sampler(self.loc, scale_param, scale=self._scale_kind, sample_shape=tuple(sample_shape),
-                             seed=self._seed, backend=self._backend)
+                             seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
 
 
 class Normal(_FusedLocScale, torch.distributions.Normal):
@@ -229,9 +230,9 @@ class Uniform(_Fused, torch.distributions.Uniform):
         self._seed, self._backend = seed, backend
         super().__init__(low, high, validate_args=validate_args)
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=torch.Size(), generator=None):
         return family.uniform_rsample(self.low, self.high, sample_shape=tuple(sample_shape), seed=self._seed,
-                                      backend=self._backend, validate_args=False)
+                                      generator=generator, backend=self._backend, validate_args=False)
 
 
 class Exponential(_Fused, torch.distributions.Exponential):
@@ -241,9 +242,9 @@ class Exponential(_Fused, torch.distributions.Exponential):
         self._seed, self._backend = seed, backend
         super().__init__(rate, validate_args=validate_args)
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=torch.Size(), generator=None):
         return family.exponential_rsample(self.rate, sample_shape=tuple(sample_shape), seed=self._seed,
-                                          backend=self._backend, validate_args=False)
+                                          generator=generator, backend=self._backend, validate_args=False)
 
 
 class _FusedRelaxed(_Fused):
@@ -252,14 +253,27 @@ class _FusedRelaxed(_Fused):
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = seed, backend
+        if not isinstance(temperature, torch.Tensor):
+            # torch keeps a Python-number temperature as given, and its log_prob then fails
+            # (float has no .log()); held as a tensor, log_prob works and sampling is unchanged.
+            like = logits if logits is not None else probs
+            like = like if isinstance(like, torch.Tensor) else torch.empty(())
+            temperature = torch.tensor(float(temperature), dtype=like.dtype, device=like.device)
         super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
 
-    def rsample(self, sample_shape=torch.Size()):
-        temperature = self.temperature
-        if temperature.numel() != 1 or temperature.requires_grad:
-            return super().rsample(sample_shape)
+    def rsample(self, sample_shape=torch.Size(), generator=None):
+        temperature = self.temperature  # torch keeps a Python-number temperature as given
+        if isinstance(temperature, torch.Tensor) and (temperature.numel() != 1 or temperature.requires_grad):
+            if generator is None:
+                return super().rsample(sample_shape)
+            # torch's sampler takes no generator: seed torch's from it, in a forked RNG state.
+            seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+            devices = [self.logits.device] if self.logits.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                return super().rsample(sample_shape)
         return self._fused_sampler(self.logits, float(temperature), sample_shape=tuple(sample_shape),
-                                   seed=self._seed, backend=self._backend)
+                                   seed=self._seed, generator=generator, backend=self._backend)
 
 
 class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
@@ -280,9 +294,9 @@ class Gamma(_Fused, torch.distributions.Gamma):
         self._seed, self._backend = seed, backend
         super().__init__(concentration, rate, validate_args=validate_args)
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=torch.Size(), generator=None):
         return gamma.gamma_rsample(self.concentration, self.rate, sample_shape=tuple(sample_shape), seed=self._seed,
-                                   backend=self._backend, validate_args=False)
+                                   generator=generator, backend=self._backend, validate_args=False)
 
 
 class Beta(_Fused, torch.distributions.Beta):
@@ -292,9 +306,9 @@ class Beta(_Fused, torch.distributions.Beta):
         self._seed, self._backend = seed, backend
         super().__init__(concentration1, concentration0, validate_args=validate_args)
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=torch.Size(), generator=None):
         return gamma.beta_rsample(self.concentration1, self.concentration0, sample_shape=tuple(sample_shape),
-                                  seed=self._seed, backend=self._backend, validate_args=False)
+                                  seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
 
 
 class Dirichlet(_Fused, torch.distributions.Dirichlet):
@@ -304,9 +318,9 @@ class Dirichlet(_Fused, torch.distributions.Dirichlet):
         self._seed, self._backend = seed, backend
         super().__init__(concentration, validate_args=validate_args)
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=torch.Size(), generator=None):
         return gamma.dirichlet_rsample(self.concentration, sample_shape=tuple(sample_shape), seed=self._seed,
-                                       backend=self._backend, validate_args=False)
+                                       generator=generator, backend=self._backend, validate_args=False)
 
 
 class RelaxedOneHotCategorical(_FusedRelaxed, torch.distributions.RelaxedOneHotCategorical):

@@ -16,8 +16,8 @@ import torch
 
 from . import _library, reference
 from ._backends import resolve_backend
-from ._checks import (check_broadcast, check_param, check_positive, check_sample_shape, check_same_device, check_tau,
-                      validation_enabled)
+from ._checks import (check_broadcast, check_op_inputs, check_param, check_positive, check_sample_shape,
+                      check_same_device, check_scale_param, check_tau, validation_enabled)
 from ._random import make_rng_state
 from .normal import scale_backward_grads
 
@@ -25,7 +25,8 @@ _ops = torch.ops.rtrick_ops
 SampleShape = Union[int, Sequence[int]]
 
 
-def _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, backend, names=("loc", "scale_param")):
+def _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, backend, names=("loc", "scale_param"),
+             validate_args=None):
     loc_name, scale_name = names
     check_param(loc, loc_name)
     check_param(scale_param, scale_name)
@@ -35,6 +36,7 @@ def _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, bac
         raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, allowed))}")
     sample_shape = check_sample_shape(sample_shape)
     check_broadcast(**{loc_name: loc, scale_name: scale_param})
+    check_scale_param(scale_param, scale_name, scale, validate_args)
     which = resolve_backend(backend, loc.device)
     dtype = torch.promote_types(loc.dtype, scale_param.dtype)
     loc, scale_param = loc.to(dtype), scale_param.to(dtype)
@@ -58,8 +60,10 @@ def _scaled(family, doc_formula):
 
     def rsample(loc: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
                 sample_shape: SampleShape = (), seed: Optional[int] = None,
-                generator: Optional[torch.Generator] = None, backend: str = "auto") -> torch.Tensor:
-        return _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, backend)
+                generator: Optional[torch.Generator] = None, backend: str = "auto",
+                validate_args: Optional[bool] = None) -> torch.Tensor:
+        return _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, backend,
+                        validate_args=validate_args)
 
     rsample.__name__ = rsample.__qualname__ = f"{family}_rsample"
     rsample.__doc__ = f"""Draw {doc_formula}, differentiably in loc and scale_param.
@@ -69,6 +73,8 @@ def _scaled(family, doc_formula):
         scale_param: the scale, as chosen by `scale`: "log_sigma" (scale = exp(x), the
             default, as in normal_rsample), "logvar" (exp(x / 2)), "sigma" (x itself)
             or "softplus". The transform runs inside the kernel.{_COMMON_ARGS}
+        validate_args: check that scale_param is in its scale's domain (docs/usage.md, value
+            policy; a device sync); None follows torch.distributions' default.
     """
     return rsample
 
@@ -82,9 +88,10 @@ _lognormal = _scaled("lognormal", "z = exp(mu + sigma * eps), eps ~ N(0, 1)")
 
 def lognormal_rsample(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
                       sample_shape: SampleShape = (), seed: Optional[int] = None,
-                      generator: Optional[torch.Generator] = None, backend: str = "auto") -> torch.Tensor:
+                      generator: Optional[torch.Generator] = None, backend: str = "auto",
+                      validate_args: Optional[bool] = None) -> torch.Tensor:
     return _lognormal(mu, scale_param, scale=scale, sample_shape=sample_shape, seed=seed, generator=generator,
-                      backend=backend)
+                      backend=backend, validate_args=validate_args)
 
 
 lognormal_rsample.__doc__ = _lognormal.__doc__ + """
@@ -110,10 +117,11 @@ def uniform_rsample(low: torch.Tensor, high: torch.Tensor, *, sample_shape: Samp
     check_param(high, "high")
     check_same_device(low=low, high=high)
     check_broadcast(low=low, high=high)
-    if validation_enabled(validate_args):
+    if validation_enabled(validate_args, low, high):
         if not bool((low < high).all()):
             raise ValueError("low must be less than high everywhere (uniform_rsample)")
-    return _rsample("uniform", low, high - low, "sigma", sample_shape, seed, generator, backend, ("low", "high"))
+    return _rsample("uniform", low, high - low, "sigma", sample_shape, seed, generator, backend, ("low", "high"),
+                    validate_args=False)
 
 
 uniform_rsample.__doc__ = uniform_rsample.__doc__.format(common=_COMMON_ARGS)
@@ -132,7 +140,8 @@ def exponential_rsample(rate: torch.Tensor, *, sample_shape: SampleShape = (), s
     check_param(rate, "rate")
     check_positive(rate, "rate", validate_args)
     zero = rate.new_zeros(())
-    return _rsample("exponential", zero, rate, "rate", sample_shape, seed, generator, backend, ("loc", "rate"))
+    return _rsample("exponential", zero, rate, "rate", sample_shape, seed, generator, backend, ("loc", "rate"),
+                    validate_args=False)
 
 
 exponential_rsample.__doc__ = exponential_rsample.__doc__.format(common=_COMMON_ARGS)
@@ -220,14 +229,17 @@ if _library.compiled is not None:
 
     @torch.library.register_fake("rtrick_ops::loc_scale_rsample")
     def _loc_scale_rsample_fake(loc, scale_param, rng_state, family, scale, sample_shape):
+        check_op_inputs(rng_state, loc=loc, scale_param=scale_param)
         return loc.new_empty(list(sample_shape) + list(torch.broadcast_shapes(loc.shape, scale_param.shape)))
 
     @torch.library.register_fake("rtrick_ops::loc_scale_rsample_backward")
     def _loc_scale_rsample_backward_fake(grad, scale_param, rng_state, family, scale):
+        check_op_inputs(rng_state, grad=grad, scale_param=scale_param)
         return scale_param.new_empty(scale_param.shape)
 
     @torch.library.register_fake("rtrick_ops::relaxed_bernoulli_rsample")
     def _relaxed_bernoulli_rsample_fake(logits, rng_state, tau, sample_shape):
+        check_op_inputs(rng_state, logits=logits)
         return logits.new_empty(list(sample_shape) + list(logits.shape))
 
     _register("")

@@ -16,7 +16,8 @@ import torch
 
 from . import _library, reference
 from ._backends import resolve_backend
-from ._checks import check_broadcast, check_param, check_positive, check_same_device, check_sample_shape
+from ._checks import (check_broadcast, check_op_inputs, check_param, check_positive, check_same_device,
+                      check_sample_shape)
 from ._random import make_rng_state
 
 _ops = torch.ops.rtrick_ops
@@ -162,27 +163,33 @@ if _library.compiled is not None:
 
     @torch.library.register_fake("rtrick_ops::gamma_rsample")
     def _gamma_rsample_fake(concentration, rng_state, sample_shape):
+        check_op_inputs(rng_state, concentration=concentration)
         return concentration.new_empty(list(sample_shape) + list(concentration.shape))
 
     @torch.library.register_fake("rtrick_ops::gamma_rsample_backward")
     def _gamma_rsample_backward_fake(grad_z, concentration, z):
+        check_op_inputs(None, grad_z=grad_z, concentration=concentration, z=z)
         return concentration.new_empty(concentration.shape)
 
     @torch.library.register_fake("rtrick_ops::beta_rsample")
     def _beta_rsample_fake(a, b, rng_state, sample_shape):
+        check_op_inputs(rng_state, a=a, b=b)
         return a.new_empty(list(sample_shape) + list(torch.broadcast_shapes(a.shape, b.shape)))
 
     @torch.library.register_fake("rtrick_ops::beta_rsample_backward")
     def _beta_rsample_backward_fake(grad_z, a, b, z):
+        check_op_inputs(None, grad_z=grad_z, a=a, b=b, z=z)
         return a.new_empty(a.shape), b.new_empty(b.shape)
 
     @torch.library.register_fake("rtrick_ops::dirichlet_rsample")
     def _dirichlet_rsample_fake(concentration, rng_state, sample_shape):
+        check_op_inputs(rng_state, concentration=concentration)
         torch._check(concentration.dim() >= 1, lambda: "concentration must have at least one dimension")
         return concentration.new_empty(list(sample_shape) + list(concentration.shape))
 
     @torch.library.register_fake("rtrick_ops::dirichlet_rsample_backward")
     def _dirichlet_rsample_backward_fake(grad_z, concentration, z):
+        check_op_inputs(None, grad_z=grad_z, concentration=concentration, z=z)
         return concentration.new_empty(concentration.shape)
 
     # Saved for backward: the inputs and the output z, nothing else.

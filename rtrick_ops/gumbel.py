@@ -14,14 +14,16 @@ import torch
 
 from . import _library, reference
 from ._backends import resolve_backend
-from ._checks import check_param, check_sample_shape, check_tau
+from ._checks import check_op_inputs, check_param, check_sample_shape, check_tau
 from ._random import make_rng_state
 
 _ops = torch.ops.rtrick_ops
 
 
 def _check_dim(dim, logits):
-    if isinstance(dim, bool) or not isinstance(dim, int):
+    if isinstance(dim, bool):  # operator.index(True) is 1: a bool is a mistake, not a dim
+        raise TypeError("dim must be an int, got bool")
+    if not isinstance(dim, int):
         try:
             dim = operator.index(dim)
         except TypeError:
@@ -137,7 +139,11 @@ def _register_autograd(forward_name, backward_name):
             compute = reference.compute_dtype(logits.dtype)
             y_value = y_value.to(compute)
             log_y = torch.log(y_value.clamp_min(torch.finfo(compute).tiny))
-            y = torch.softmax(log_y + (x.to(compute) - x.to(compute).detach()) / tau, wrapped)
+            xc = x.to(compute)
+            # x - stop_grad(x) is 0 with derivative 1; at x = -inf it is NaN (-inf + inf), and y = 0
+            # there anyway, so such entries contribute 0 with derivative 0.
+            delta = torch.where(torch.isfinite(xc.detach()), xc - xc.detach(), torch.zeros((), dtype=compute))
+            y = torch.softmax(log_y + delta / tau, wrapped)
             gyc = gy.to(compute)
             grad = y * (gyc - (gyc * y).sum(wrapped, keepdim=True)) / tau
             if sample_dims:
@@ -161,10 +167,12 @@ if _library.compiled is not None:
 
     @torch.library.register_fake("rtrick_ops::gumbel_softmax")
     def _gumbel_softmax_fake(logits, rng_state, tau, hard, dim, sample_shape):
+        check_op_inputs(rng_state, logits=logits)
         return logits.new_empty(list(sample_shape) + list(logits.shape))
 
     @torch.library.register_fake("rtrick_ops::gumbel_softmax_backward")
     def _gumbel_softmax_backward_fake(grad_y, logits, rng_state, tau, dim):
+        check_op_inputs(rng_state, grad_y=grad_y, logits=logits)
         return logits.new_empty(logits.shape)
 
     _register_autograd("gumbel_softmax", "gumbel_softmax_backward")

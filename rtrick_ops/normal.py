@@ -12,7 +12,8 @@ import torch
 
 from . import _library, reference
 from ._backends import resolve_backend
-from ._checks import check_broadcast, check_param, check_sample_shape, check_same_device
+from ._checks import (check_broadcast, check_op_inputs, check_param, check_sample_shape, check_same_device,
+                      check_scale_param)
 from ._random import make_rng_state
 
 _ops = torch.ops.rtrick_ops
@@ -27,6 +28,7 @@ def normal_rsample(
     seed: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
     backend: str = "auto",
+    validate_args: Optional[bool] = None,
 ) -> torch.Tensor:
     """Draw z = mu + sigma * eps, eps ~ N(0, I), differentiably in mu and scale_param.
 
@@ -44,6 +46,10 @@ def normal_rsample(
         generator: a torch.Generator to draw the key from when seed is None.
         backend: "auto" (CPU kernels for CPU tensors; CUDA kernels, else Triton, for
             CUDA tensors), "cpu", "cuda", "triton" or "reference" (pure torch).
+        validate_args: check that scale_param is in its scale's domain (sigma > 0 for
+            "sigma", above -inf otherwise; docs/usage.md, value policy), a device sync;
+            None follows torch.distributions' default. Skipped under torch.compile and
+            CUDA graph capture.
 
     Returns:
         z, of dtype promote(mu.dtype, scale_param.dtype).
@@ -55,6 +61,7 @@ def normal_rsample(
         raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
     sample_shape = check_sample_shape(sample_shape)
     check_broadcast(mu=mu, scale_param=scale_param)
+    check_scale_param(scale_param, "scale_param", scale, validate_args)
     which = resolve_backend(backend, mu.device)
     dtype = torch.promote_types(mu.dtype, scale_param.dtype)
     mu, scale_param = mu.to(dtype), scale_param.to(dtype)
@@ -272,28 +279,34 @@ if _library.compiled is not None:
 
     @torch.library.register_fake("rtrick_ops::normal_rsample")
     def _normal_rsample_fake(mu, scale_param, rng_state, scale, sample_shape):
+        check_op_inputs(rng_state, mu=mu, scale_param=scale_param)
         shape = list(sample_shape) + list(torch.broadcast_shapes(mu.shape, scale_param.shape))
         return mu.new_empty(shape)
 
     @torch.library.register_fake("rtrick_ops::normal_rsample_backward")
     def _normal_rsample_backward_fake(grad_z, scale_param, rng_state, scale):
+        check_op_inputs(rng_state, grad_z=grad_z, scale_param=scale_param)
         return scale_param.new_empty(scale_param.shape)
 
     @torch.library.register_fake("rtrick_ops::normal_kl")
     def _normal_kl_fake(mu, scale_param, scale):
+        check_op_inputs(None, mu=mu, scale_param=scale_param)
         return mu.new_empty(torch.broadcast_shapes(mu.shape, scale_param.shape))
 
     @torch.library.register_fake("rtrick_ops::normal_kl_backward")
     def _normal_kl_backward_fake(grad_kl, mu, scale_param, scale):
+        check_op_inputs(None, grad_kl=grad_kl, mu=mu, scale_param=scale_param)
         return mu.new_empty(mu.shape), scale_param.new_empty(scale_param.shape)
 
     @torch.library.register_fake("rtrick_ops::normal_rsample_and_kl")
     def _normal_rsample_and_kl_fake(mu, scale_param, rng_state, scale, sample_shape):
+        check_op_inputs(rng_state, mu=mu, scale_param=scale_param)
         batch = list(torch.broadcast_shapes(mu.shape, scale_param.shape))
         return mu.new_empty(list(sample_shape) + batch), mu.new_empty(batch)
 
     @torch.library.register_fake("rtrick_ops::normal_rsample_and_log_prob")
     def _normal_rsample_and_log_prob_fake(mu, scale_param, rng_state, scale, sample_shape):
+        check_op_inputs(rng_state, mu=mu, scale_param=scale_param)
         shape = list(sample_shape) + list(torch.broadcast_shapes(mu.shape, scale_param.shape))
         return mu.new_empty(shape), mu.new_empty(shape)
 

@@ -426,10 +426,14 @@ class _ImplicitDirichlet(torch.autograd.Function):
 
 def dirichlet_rsample(concentration, rng_state, sample_shape=()):
     """Dirichlet over the last dim: Gammas on the Gamma sub-streams, normalised from their logs."""
+    if concentration.shape[-1] == 0:  # no categories: the empty sample, as the kernels give (max() would raise)
+        return concentration.new_empty(tuple(sample_shape) + tuple(concentration.shape))
     key, offset = split_rng_state(rng_state)
     shape, alpha = _gamma_batch(concentration, sample_shape)
     log_g = log_standard_gamma(alpha, key, offset).reshape(shape)
     m = log_g.max(dim=-1, keepdim=True).values
+    # An infinite or NaN concentration: no finite normalisation, a NaN row (as the kernels and torch).
+    m = torch.where(torch.isfinite(m) | (m == -math.inf), m, torch.full_like(m, math.nan))
     e = torch.exp(log_g - m)
     z = e / e.sum(dim=-1, keepdim=True)
     tiny, _ = _tiny_and_below_one(concentration.dtype)

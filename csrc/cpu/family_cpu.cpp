@@ -246,7 +246,7 @@ at::Tensor relaxed_bernoulli_rsample_cpu(const at::Tensor& logits, const at::Ten
   const auto shape = sampled_shape(sample_shape, logits.sizes());
   at::Tensor z = at::empty(shape, logits.options());
   if (z.numel() == 0) return z;
-  const at::Tensor tau_tensor = at::scalar_tensor(tau, logits.options()).expand(shape);
+  const at::Tensor tau_tensor = at::scalar_tensor(tau_in_range(tau, logits.scalar_type()), logits.options()).expand(shape);
   run_elementwise(FormulaId::RelaxedBernoulliSample, ScaleKind::Sigma, NoiseKind::Logistic,
                   read_rng_state(rng_state), {z}, {logits.expand(shape), tau_tensor});
   return z;

@@ -133,6 +133,10 @@ at::Tensor dirichlet_rsample_cpu(const at::Tensor& concentration, const at::Tens
         C* row = logs.data() + (r - begin) * k_count;
         C m = -inf_of(C(0));
         for (int64_t i = 0; i < k_count; ++i) m = (row[i] > m || row[i] != row[i]) ? row[i] : m;  // NaN sticks
+        if (dirichlet_row_undefined(m)) {
+          for (int64_t i = 0; i < k_count; ++i) out[r * k_count + i] = static_cast<scalar_t>(nan_of(m));
+          continue;
+        }
         C sum = C(0);
         for (int64_t i = 0; i < k_count; ++i) {
           row[i] = exp_of(row[i] - m);

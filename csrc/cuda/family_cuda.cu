@@ -290,7 +290,7 @@ at::Tensor relaxed_bernoulli_rsample_cuda(const at::Tensor& logits, const at::Te
   check_rng_state(rng_state, logits);
   const c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor z = at::empty(sampled_shape(sample_shape, logits.sizes()), logits.options());
-  const at::Tensor tau_tensor = at::scalar_tensor(tau, logits.options());
+  const at::Tensor tau_tensor = at::scalar_tensor(tau_in_range(tau, logits.scalar_type()), logits.options());
   launch_by_dtype<RelaxedBernoulliSample, NoiseKind::Logistic>(rng_state.contiguous(), {z}, {logits, tau_tensor});
   return z;
 }

@@ -100,6 +100,10 @@ dirichlet_normalize_kernel(const typename ComputeOf<S>::type* __restrict__ logs,
       const C l = lr[i];
       m = (l > m || l != l) ? l : m;
     }
+    if (dirichlet_row_undefined(m)) {
+      for (int64_t i = 0; i < k_count; ++i) zr[i] = static_cast<S>(nan_of(m));
+      continue;
+    }
     C sum = C(0);
     for (int64_t i = 0; i < k_count; ++i) sum += exp_of(lr[i] - m);
     for (int64_t i = 0; i < k_count; ++i) {
@@ -159,9 +163,12 @@ dirichlet_row_sums_kernel(const S* __restrict__ grad, const S* __restrict__ alph
 }
 
 // Elementwise, with the row sums from dirichlet_row_sums_kernel: short live
-// ranges, no spills.
+// ranges. Since the Gauss-Legendre path for huge concentrations (csrc/gamma.h),
+// ptxas capped the float/half/bfloat16 instances at 64 registers and spilled
+// 40/56 bytes on sm_80 and sm_90; min blocks = 1 lets it take the 76 it needs
+// (no spills, measured).
 template <typename S>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
 dirichlet_grad_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, int64_t period,
                       const S* __restrict__ z, const double* __restrict__ total, const double* __restrict__ zg,
                       double* __restrict__ terms, int64_t numel, int64_t k_count) {

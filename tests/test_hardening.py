@@ -1,0 +1,167 @@
+"""Regression tests for issue 11 (hardening): one test per defect, each failing before its fix."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import rtrick_ops as rt
+
+_ops = torch.ops.rtrick_ops
+
+
+# 1. A Python-number temperature in the relaxed classes.
+def test_relaxed_classes_accept_python_number_temperature():
+    probs = torch.tensor([0.2, 0.7])
+    z = rt.distributions.RelaxedBernoulli(0.5, probs=probs).rsample((3,))
+    assert z.shape == (3, 2) and bool(((z > 0) & (z < 1)).all())
+    y = rt.distributions.RelaxedOneHotCategorical(2, probs=torch.tensor([0.3, 0.7])).sample((4,))
+    assert y.shape == (4, 2)
+    torch.testing.assert_close(y.sum(-1), torch.ones(4))
+
+
+# 4. gumbel_softmax double backward with -inf logits.
+def test_gumbel_softmax_double_backward_with_minus_inf_logits():
+    logits = torch.tensor([[0.0, -math.inf, 1.0], [2.0, 0.5, -math.inf]], dtype=torch.float64, requires_grad=True)
+    y = rt.gumbel_softmax(logits, 0.7, seed=1)
+    (g,) = torch.autograd.grad((y * torch.arange(3.0, dtype=torch.float64)).sum(), logits, create_graph=True)
+    (gg,) = torch.autograd.grad((g ** 2).sum(), logits)
+    assert bool(torch.isfinite(g).all()) and bool(torch.isfinite(gg).all())
+    assert gg[0, 1] == 0 and gg[1, 2] == 0
+
+
+# 5. A NaN logit with hard=True: torch gives NaN; the compiled kernels gave a clean one-hot row.
+def test_gumbel_softmax_hard_nan_logit_gives_nan_row():
+    logits = torch.tensor([[0.0, math.nan, 1.0], [0.0, 1.0, 2.0]])
+    y = rt.gumbel_softmax(logits, 0.5, hard=True, seed=0)
+    assert bool(y[0].isnan().all()) and not bool(y[1].isnan().any())
+
+
+def test_gumbel_softmax_hard_nan_logit_reference_backend():
+    y = rt.gumbel_softmax(torch.tensor([[0.0, math.nan, 1.0]]), 0.5, hard=True, seed=0, backend="reference")
+    assert bool(y.isnan().all())
+
+
+# 6. rng_state validated by every raw operator: in C++ and in the fake (meta) kernels.
+def test_raw_operators_reject_bad_rng_state():
+    x = torch.ones(3)
+    for bad in (torch.zeros(2, dtype=torch.int64, device="meta"), torch.zeros(2, dtype=torch.int32),
+                torch.zeros(1, 2, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)):
+        for call in (lambda r: _ops.normal_rsample(x, x, r, "sigma", []),
+                     lambda r: _ops.loc_scale_rsample(x, x, r, "laplace", "sigma", []),
+                     lambda r: _ops.normal_rsample_backward(x, x, r, "sigma"),
+                     lambda r: _ops.relaxed_bernoulli_rsample(x, r, 1.0, []),
+                     lambda r: _ops.gamma_rsample(x, r, []),
+                     lambda r: _ops.beta_rsample(x, x, r, []),
+                     lambda r: _ops.dirichlet_rsample(x, r, []),
+                     lambda r: _ops.gumbel_softmax(x, r, 1.0, False, -1, [])):
+            with pytest.raises((ValueError, RuntimeError), match="rng_state"):
+                call(bad)
+
+
+def test_raw_operators_reject_mixed_meta_and_cpu_parameters():
+    x, m = torch.ones(3), torch.ones(3, device="meta")
+    state = torch.zeros(2, dtype=torch.int64)
+    for call in (lambda: _ops.normal_rsample(x, m, state, "sigma", []),
+                 lambda: _ops.beta_rsample(x, m, state, []),
+                 lambda: _ops.gamma_rsample_backward(x, m, x)):
+        with pytest.raises((ValueError, RuntimeError), match="meta|device"):
+            call()
+
+
+# 7. Out-of-domain values and odd arguments.
+@pytest.mark.parametrize("scale,value", [("sigma", -1.0), ("sigma", 0.0), ("log_sigma", -math.inf),
+                                         ("logvar", -math.inf), ("softplus", -math.inf)])
+def test_out_of_domain_scale_parameter_raises(scale, value):
+    mu, x = torch.zeros(3), torch.full((3,), value)
+    with pytest.raises(ValueError, match="scale_param"):
+        rt.normal_rsample(mu, x, scale=scale, seed=0)
+    with pytest.raises(ValueError, match="scale_param"):
+        rt.laplace_rsample(mu, x, scale=scale, seed=0)
+    torch.testing.assert_close(x, torch.full((3,), value))  # inputs untouched
+
+
+def test_nan_scale_parameter_propagates():
+    z = rt.normal_rsample(torch.zeros(2), torch.tensor([float("nan"), 0.0]), seed=0)
+    assert math.isnan(z[0].item()) and math.isfinite(z[1].item())
+
+
+def test_relaxed_bernoulli_huge_tau_is_the_limit():
+    z = rt.relaxed_bernoulli_rsample(torch.tensor([3.0, -2.0]), 1e300, seed=0)
+    torch.testing.assert_close(z, torch.full((2,), 0.5))
+
+
+def test_dirichlet_infinite_concentration_gives_nan_like_torch():
+    z = rt.dirichlet_rsample(torch.tensor([1.0, math.inf, 2.0]), seed=0, validate_args=False)
+    assert bool(torch.isnan(z).all())
+
+
+def test_gumbel_softmax_bool_dim_is_a_type_error():
+    with pytest.raises(TypeError, match="dim"):
+        rt.gumbel_softmax(torch.zeros(2, 3), dim=True)
+
+
+# 8. NumPy scalars, tau requiring grad, empty Dirichlet on the reference backend.
+def test_numpy_scalars_are_accepted():
+    mu = torch.zeros(2)
+    a = rt.normal_rsample(mu, mu, seed=np.int64(5), sample_shape=(np.int32(3),))
+    b = rt.normal_rsample(mu, mu, seed=5, sample_shape=(3,))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(rt.relaxed_bernoulli_rsample(mu, np.float32(0.5), seed=1),
+                               rt.relaxed_bernoulli_rsample(mu, 0.5, seed=1))
+    assert rt.gumbel_softmax(torch.zeros(2, 3), np.float64(0.3), sample_shape=np.int64(2), seed=0).shape == (2, 2, 3)
+
+
+def test_tau_requiring_grad_is_refused():
+    tau = torch.tensor(0.5, requires_grad=True)
+    with pytest.raises(ValueError, match="tau requires grad"):
+        rt.relaxed_bernoulli_rsample(torch.zeros(2), tau, seed=0)
+    with pytest.raises(ValueError, match="tau requires grad"):
+        rt.gumbel_softmax(torch.zeros(2, 3), tau, seed=0)
+
+
+def test_dirichlet_with_no_categories_agrees_across_backends():
+    c = torch.ones(3, 0)
+    cpu = rt.dirichlet_rsample(c, seed=0, backend="cpu")
+    ref = rt.dirichlet_rsample(c, seed=0, backend="reference")
+    assert cpu.shape == ref.shape == (3, 0)
+
+
+# 9. generator= in the classes' sample and rsample.
+@pytest.mark.parametrize("make", [
+    lambda: rt.distributions.Normal(torch.zeros(3), torch.ones(3)),
+    lambda: rt.distributions.Laplace(torch.zeros(3), torch.ones(3)),
+    lambda: rt.distributions.Logistic(torch.zeros(3), torch.ones(3)),
+    lambda: rt.distributions.Uniform(torch.zeros(3), torch.ones(3)),
+    lambda: rt.distributions.Exponential(torch.ones(3)),
+    lambda: rt.distributions.Gamma(torch.ones(3), torch.ones(3)),
+    lambda: rt.distributions.Beta(torch.ones(3), torch.ones(3)),
+    lambda: rt.distributions.Dirichlet(torch.ones(3)),
+    lambda: rt.distributions.RelaxedBernoulli(0.5, logits=torch.zeros(3)),
+    lambda: rt.distributions.RelaxedBernoulli(torch.full((3,), 0.5), logits=torch.zeros(3)),
+    lambda: rt.distributions.RelaxedOneHotCategorical(torch.tensor(0.5), logits=torch.zeros(3)),
+])
+def test_classes_take_a_generator(make):
+    d = make()
+    a = d.rsample((2,), generator=torch.Generator().manual_seed(7))
+    b = d.sample((2,), generator=torch.Generator().manual_seed(7))
+    c = d.sample((2,), generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(a.detach(), b)
+    assert not torch.equal(b, c)
+
+
+# Found by tests/test_fuzz.py: meta tensors through the public wrappers.
+def test_meta_parameters_give_a_meta_result_or_a_clear_error():
+    m = torch.ones(2, 3, device="meta")
+    with pytest.raises(ValueError, match="backend='reference'"):
+        rt.normal_rsample(m, m, seed=0, backend="reference")
+    with pytest.raises(ValueError, match="tau"):
+        rt.relaxed_bernoulli_rsample(torch.zeros(2), torch.tensor(0.5, device="meta"), seed=0)
+    with pytest.raises(ValueError, match="meta|device"):
+        rt.normal_rsample(torch.zeros(2, 3), m, seed=0)
+    # Shapes only, through the fake kernels; value checks skip meta tensors, which have no values.
+    z = rt.gamma_rsample(m, seed=0, sample_shape=(4,), validate_args=True)
+    assert z.device.type == "meta" and z.shape == (4, 2, 3)
+    x = m.clone().requires_grad_()
+    rt.normal_rsample(x, x, seed=0).sum().backward()
+    assert x.grad.device.type == "meta" and x.grad.shape == (2, 3)
