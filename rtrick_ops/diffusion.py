@@ -51,15 +51,19 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
     if x0.dim() == 0:
         raise ValueError("x0 must have a batch dim, got a 0-d tensor")
     if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise TypeError(f"t must be an integer tensor, got {t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+        got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise TypeError(f"t must be an integer tensor, got {got}")
     if t.shape != x0.shape[:1]:
-        raise ValueError(f"t must have shape ({x0.shape[0]},), one timestep per example of x0, got {tuple(t.shape)}")
+        raise ValueError(f"t must have shape ({x0.shape[0]},), one timestep per example of x0, "
+                         f"got {tuple(t.shape)}")
     if alphas_cumprod.dim() != 1:
         raise ValueError(f"alphas_cumprod must be 1-d, got shape {tuple(alphas_cumprod.shape)}")
     if alphas_cumprod.requires_grad:
         raise ValueError("alphas_cumprod must not require grad: the losses treat the schedule as a constant")
     check_same_device(x0=x0, t=t, alphas_cumprod=alphas_cumprod)
-    if validation_enabled(None) and t.numel() > 0:  # a sync, as torch.distributions' checks
+    # Always (a small sync), except where no sync can happen (compiling, CUDA graph capture): an index out of
+    # range would otherwise be a device-side assert on CUDA, and an abar outside [0, 1] a NaN in x_t.
+    if validation_enabled(True) and t.numel() > 0:
         if not bool(((t >= 0) & (t < alphas_cumprod.shape[0])).all()):
             raise ValueError(f"t must be in [0, {alphas_cumprod.shape[0]}), got values from {t.min().item()} "
                              f"to {t.max().item()}")

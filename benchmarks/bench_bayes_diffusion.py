@@ -1,0 +1,182 @@
+"""Bayes by backprop and diffusion training: saved-for-backward bytes and time, fused vs hand-written (CPU).
+
+    .venv/bin/python benchmarks/bench_bayes_diffusion.py           # about a minute; writes results/bench_bayes_diffusion_cpu.{csv,md}
+    .venv/bin/python benchmarks/bench_bayes_diffusion.py --quick   # smaller sizes, shorter timing (the test's run)
+
+Bayes rows: one BayesianLinear forward + backward of y.sum() + kl(), per mode, against the hand-written layer
+(W = mu + F.softplus(rho) * torch.randn_like(mu), then F.linear). diffusion rows: one training step (noising,
+denoiser, loss, backward) with rt.diffusion against the hand-written one that keeps eps.
+"saved" counts the bytes autograd keeps for backward beyond the parameters and the input batch, each storage
+once (torch.autograd.graph.saved_tensors_hooks). Times: torch.utils.benchmark, median of blocked runs, one
+thread; ratios are from one run on a shared machine: read them to +-10%.
+"""
+import argparse
+import csv
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils import benchmark
+
+import rtrick_ops as rt
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COLUMNS = ["case", "variant", "shape", "saved_bytes", "saved_vs_hand", "time_us", "speedup_vs_hand"]
+
+
+class HandWrittenBayesianLinear(nn.Module):
+    """The usual Bayes-by-backprop layer: eps and softplus(rho) stay alive for backward."""
+
+    def __init__(self, fused):
+        super().__init__()
+        self.weight_mu, self.weight_rho = fused.weight_mu, fused.weight_rho
+        self.bias_mu, self.bias_rho = fused.bias_mu, fused.bias_rho
+        self.prior_sigma = fused.prior_sigma
+
+    def forward(self, x):
+        weight = self.weight_mu + F.softplus(self.weight_rho) * torch.randn_like(self.weight_mu)
+        bias = self.bias_mu + F.softplus(self.bias_rho) * torch.randn_like(self.bias_mu)
+        return F.linear(x, weight, bias)
+
+    def kl(self):
+        prior = torch.distributions.Normal(0.0, self.prior_sigma)
+        return sum(torch.distributions.kl_divergence(torch.distributions.Normal(mu, F.softplus(rho)), prior).sum()
+                   for mu, rho in ((self.weight_mu, self.weight_rho), (self.bias_mu, self.bias_rho)))
+
+
+def saved_bytes(step, exclude):
+    """Bytes autograd saves during step() beyond the tensors in `exclude`, each storage counted once."""
+    storages = {}
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(storages.values())
+
+
+def time_us(step, min_run_time):
+    return benchmark.Timer("step()", globals={"step": step}).blocked_autorange(min_run_time=min_run_time).median * 1e6
+
+
+def bayes_rows(batch, in_features, out_features, min_run_time):
+    torch.manual_seed(0)
+    x = torch.randn(batch, in_features)
+    rows, hand = [], None
+    layers = {"hand-written": None}
+    for mode in ("weight", "local", "flipout"):
+        layers[f"fused {mode}"] = rt.nn.BayesianLinear(in_features, out_features, mode=mode)
+    hand_layer = HandWrittenBayesianLinear(layers["fused weight"])
+    layers["hand-written"] = hand_layer
+    for variant, layer in layers.items():
+        def forward():
+            return layer(x).sum() + layer.kl()
+
+        def step():
+            forward().backward()
+
+        saved = saved_bytes(forward, list(layer.parameters()) + [x])
+        elapsed = time_us(step, min_run_time)
+        if hand is None:
+            hand = (saved, elapsed)
+        rows.append({"case": "BayesianLinear fwd+bwd", "variant": variant,
+                     "shape": f"x {batch}x{in_features}, W {out_features}x{in_features}", "saved_bytes": saved,
+                     "saved_vs_hand": saved / hand[0], "time_us": elapsed, "speedup_vs_hand": hand[1] / elapsed})
+    return rows
+
+
+class Denoiser(nn.Module):
+    """A small MLP eps-predictor, the timestep as a learned embedding (the examples' denoiser)."""
+
+    def __init__(self, features, hidden, steps):
+        super().__init__()
+        self.time = nn.Embedding(steps, hidden)
+        self.inp, self.mid, self.out = nn.Linear(features, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, features)
+
+    def forward(self, x_t, t):
+        h = F.silu(self.inp(x_t.flatten(1)) + self.time(t))
+        return self.out(F.silu(self.mid(h))).view_as(x_t)
+
+
+def diffusion_rows(batch, shape, hidden, min_run_time, steps=100):
+    torch.manual_seed(0)
+    features = int(torch.tensor(shape).prod())
+    x0 = torch.randn(batch, *shape)
+    t = torch.randint(0, steps, (batch,))
+    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, steps), 0)
+    net = Denoiser(features, hidden, steps)
+
+    def hand_loss():
+        eps = torch.randn_like(x0)
+        alpha_bar = alphas_cumprod[t].view(-1, *[1] * len(shape))
+        x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+        return F.mse_loss(net(x_t, t), eps)
+
+    def fused_loss():
+        x_t, noise = rt.diffusion.q_sample(x0, t, alphas_cumprod)
+        return rt.diffusion.eps_loss(net(x_t, t), noise)
+
+    rows, hand = [], None
+    for variant, loss in (("hand-written", hand_loss), ("fused", fused_loss)):
+        saved = saved_bytes(loss, list(net.parameters()) + [x0, t])
+
+        def step():
+            net.zero_grad(set_to_none=True)
+            loss().backward()
+
+        elapsed = time_us(step, min_run_time)
+        if hand is None:
+            hand = (saved, elapsed)
+        rows.append({"case": "diffusion train step", "variant": variant,
+                     "shape": f"x0 {batch}x{'x'.join(map(str, shape))}, MLP hidden {hidden}", "saved_bytes": saved,
+                     "saved_vs_hand": saved / hand[0], "time_us": elapsed, "speedup_vs_hand": hand[1] / elapsed})
+    return rows
+
+
+def write(rows, stem, quick):
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / f"{stem}.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# Bayes by backprop and diffusion: fused vs hand-written (CPU{', --quick' if quick else ''})", "",
+             f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} thread(s). saved: bytes "
+             "autograd keeps for backward beyond the parameters and the input batch (each storage once); time: "
+             "forward + backward, torch.utils.benchmark median; ratios from one run (read them to +-10%). "
+             "Generated by `benchmarks/bench_bayes_diffusion.py`.", "",
+             "| case | variant | shape | saved (KiB) | saved / hand-written | time (us) | speedup vs hand-written |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['variant']} | {r['shape']} | {r['saved_bytes'] / 1024:.1f} | "
+                     f"{r['saved_vs_hand']:.2f} | {r['time_us']:.1f} | {r['speedup_vs_hand']:.2f} |")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and short timing (CI)")
+    parser.add_argument("--out-stem", default=None, help="file name stem under benchmarks/results/")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    min_run_time = 0.05 if args.quick else 0.5
+    if args.quick:
+        rows = bayes_rows(32, 64, 32, min_run_time) + diffusion_rows(32, (64,), 64, min_run_time)
+    else:
+        rows = (bayes_rows(128, 512, 512, min_run_time) + bayes_rows(128, 2048, 1024, min_run_time)
+                + diffusion_rows(256, (64,), 256, min_run_time) + diffusion_rows(64, (3, 32, 32), 256, min_run_time))
+    write(rows, args.out_stem or ("bench_bayes_diffusion_cpu_quick" if args.quick else "bench_bayes_diffusion_cpu"),
+          args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
