@@ -12,6 +12,7 @@ thread; ratios are from one run on a shared machine: read them to +-10%.
 """
 import argparse
 import csv
+import functools
 import platform
 import sys
 from pathlib import Path
@@ -22,6 +23,10 @@ from torch.nn import functional as F
 from torch.utils import benchmark
 
 import rtrick_ops as rt
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+import diffusion_digits  # noqa: E402  (the denoiser and the two training losses)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ["case", "variant", "shape", "saved_bytes", "saved_vs_hand", "time_us", "speedup_vs_hand"]
@@ -93,36 +98,15 @@ def bayes_rows(batch, in_features, out_features, min_run_time):
     return rows
 
 
-class Denoiser(nn.Module):
-    """A small MLP eps-predictor, the timestep as a learned embedding (the examples' denoiser)."""
-
-    def __init__(self, features, hidden, steps):
-        super().__init__()
-        self.time = nn.Embedding(steps, hidden)
-        self.inp, self.mid, self.out = nn.Linear(features, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, features)
-
-    def forward(self, x_t, t):
-        h = F.silu(self.inp(x_t.flatten(1)) + self.time(t))
-        return self.out(F.silu(self.mid(h))).view_as(x_t)
-
-
-def diffusion_rows(batch, shape, hidden, min_run_time, steps=100):
+def diffusion_rows(batch, shape, hidden, min_run_time, steps=diffusion_digits.STEPS):
     torch.manual_seed(0)
     features = int(torch.tensor(shape).prod())
     x0 = torch.randn(batch, *shape)
     t = torch.randint(0, steps, (batch,))
-    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, steps), 0)
-    net = Denoiser(features, hidden, steps)
-
-    def hand_loss():
-        eps = torch.randn_like(x0)
-        alpha_bar = alphas_cumprod[t].view(-1, *[1] * len(shape))
-        x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
-        return F.mse_loss(net(x_t, t), eps)
-
-    def fused_loss():
-        x_t, noise = rt.diffusion.q_sample(x0, t, alphas_cumprod)
-        return rt.diffusion.eps_loss(net(x_t, t), noise)
+    _, alphas_cumprod = diffusion_digits.linear_schedule(steps)
+    net = diffusion_digits.Denoiser(features, hidden, steps)
+    hand_loss = functools.partial(diffusion_digits.hand_written_loss, net, x0, t, alphas_cumprod)
+    fused_loss = functools.partial(diffusion_digits.fused_loss, net, x0, t, alphas_cumprod)
 
     rows, hand = [], None
     for variant, loss in (("hand-written", hand_loss), ("fused", fused_loss)):
