@@ -1,7 +1,7 @@
 """Bayes by backprop and diffusion training: saved-for-backward bytes and time, fused vs hand-written (CPU).
 
     .venv/bin/python benchmarks/bench_bayes_diffusion.py           # about a minute; writes results/bench_bayes_diffusion_cpu.{csv,md}
-    .venv/bin/python benchmarks/bench_bayes_diffusion.py --quick   # smaller sizes, shorter timing (the test's run)
+    .venv/bin/python benchmarks/bench_bayes_diffusion.py --quick --out /tmp/b   # smaller sizes, shorter timing (the test's run)
 
 Bayes rows: one BayesianLinear forward + backward of y.sum() + kl(), per mode, against the hand-written layer
 (W = mu + F.softplus(rho) * torch.randn_like(mu), then F.linear). diffusion rows: one training step (noising,
@@ -125,9 +125,10 @@ def diffusion_rows(batch, shape, hidden, min_run_time, steps=diffusion_digits.ST
     return rows
 
 
-def write(rows, stem, quick):
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / f"{stem}.csv", "w", newline="") as file:
+def write(rows, out, quick):
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "bench_bayes_diffusion_cpu"
+    with open(out / f"{stem}.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -141,14 +142,14 @@ def write(rows, stem, quick):
     for r in rows:
         lines.append(f"| {r['case']} | {r['variant']} | {r['shape']} | {r['saved_bytes'] / 1024:.1f} | "
                      f"{r['saved_vs_hand']:.2f} | {r['time_us']:.1f} | {r['speedup_vs_hand']:.2f} |")
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and short timing (CI)")
-    parser.add_argument("--out-stem", default=None, help="file name stem under benchmarks/results/")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for bench_bayes_diffusion_cpu.{csv,md}")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     min_run_time = 0.05 if args.quick else 0.5
@@ -157,8 +158,7 @@ def main(argv=None):
     else:
         rows = (bayes_rows(128, 512, 512, min_run_time) + bayes_rows(128, 2048, 1024, min_run_time)
                 + diffusion_rows(256, (64,), 256, min_run_time) + diffusion_rows(64, (3, 32, 32), 256, min_run_time))
-    write(rows, args.out_stem or ("bench_bayes_diffusion_cpu_quick" if args.quick else "bench_bayes_diffusion_cpu"),
-          args.quick)
+    write(rows, args.out, args.quick)
     return 0
 
 

@@ -208,3 +208,15 @@ def test_bad_forward_arguments_name_the_argument():
         layer(torch.randn(3, 2, 5), sample_shape=(4,))
     with pytest.raises(ValueError, match="sample_shape"):
         layer(torch.randn(2, 5), sample_shape=(-1,))
+
+
+@pytest.mark.skipif(rt._library.triton_kernels is None, reason="Triton unavailable")
+@pytest.mark.parametrize("mode", MODES)
+def test_triton_backend_matches_the_cpu_kernels(mode):
+    """The Triton kernels (interpreted on the CPU in CI) behind the same layer: same samples and gradients."""
+    layer, x = make_layer(mode), torch.randn(4, 5)
+    triton_layer = make_layer(mode, backend="triton")
+    y, y_triton = layer(x, sample_shape=(2,), seed=13), triton_layer(x, sample_shape=(2,), seed=13)
+    torch.testing.assert_close(y_triton, y, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads(triton_layer, y_triton), grads(layer, y)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -163,3 +163,16 @@ def test_inputs_are_not_modified_and_nan_propagates():
     assert torch.equal(x0.nan_to_num(), before.nan_to_num()) and torch.isnan(x0[1, 0, 0])
     assert torch.isnan(x_t[1, 0, 0]) and torch.isnan(x_t).sum() == 1
     assert torch.isnan(diffusion.eps_loss(x_t, noise))
+
+
+@pytest.mark.skipif(rt._library.triton_kernels is None, reason="Triton unavailable")
+def test_triton_backend_matches_the_cpu_kernels():
+    x0, t = batch()
+    alphas_cumprod = schedule()
+    x_t, noise = diffusion.q_sample(x0, t, alphas_cumprod, seed=6)
+    x_t_triton, noise_triton = diffusion.q_sample(x0, t, alphas_cumprod, seed=6, backend="triton")
+    torch.testing.assert_close(x_t_triton, x_t, rtol=1e-5, atol=1e-5)
+    pred = torch.randn_like(x0, requires_grad=True)
+    loss, loss_triton = diffusion.eps_loss(pred, noise), diffusion.eps_loss(pred, noise_triton)
+    torch.testing.assert_close(loss_triton, loss)
+    torch.testing.assert_close(torch.autograd.grad(loss_triton, pred)[0], torch.autograd.grad(loss, pred)[0])
