@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 __all__ = ["normal_rsample", "normal_kl", "normal_rsample_and_kl", "normal_rsample_and_log_prob",
            "uniform_rsample", "exponential_rsample", "laplace_rsample", "cauchy_rsample", "logistic_rsample",
            "gumbel_rsample", "lognormal_rsample", "relaxed_bernoulli_rsample", "gamma_rsample", "beta_rsample",
-           "dirichlet_rsample", "gumbel_softmax", "diffusion", "distributions", "nn", "estimators", "cpu_isa", "set_cpu_isa"]
+           "dirichlet_rsample", "gumbel_softmax", "diffusion", "distributions", "nn", "estimators", "cpu_isa",
+           "set_cpu_isa"]
 
 
 def cpu_isa() -> str:

@@ -47,6 +47,6 @@ def substreams(rng_state, count):
     still decides all of it. XOR rather than + so a drawn offset near 2^63 - 1
     cannot overflow int64.
     """
-    selectors = torch.zeros(count, 2, dtype=torch.int64, device=rng_state.device)
-    selectors[:, 1] = torch.arange(count, dtype=torch.int64, device=rng_state.device)
+    offsets = torch.arange(count, dtype=torch.int64, device=rng_state.device)
+    selectors = torch.stack([torch.zeros_like(offsets), offsets], dim=1)
     return list(torch.bitwise_xor(rng_state.unsqueeze(0), selectors).unbind(0))
