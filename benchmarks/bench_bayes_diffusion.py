@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_bayes_diffusion.py     # minutes; writes results/bench_bayes_diffusion_cpu.{csv,md}
     .venv/bin/python benchmarks/bench_bayes_diffusion.py --quick --out /tmp/b   # small sizes, one round (CI)
 
-Bayes rows: one BayesianLinear forward + backward of y.sum() + kl(), per mode, against the hand-written layer
+Bayes rows: one BayesianLinear forward + backward of y.sum() + kl(), per mode, for an input that requires grad
+(a hidden layer: the matmul keeps W), against the hand-written layer
 (W = mu + F.softplus(rho) * torch.randn_like(mu), then F.linear). diffusion rows: one training step (noising,
 denoiser, loss, backward) with rt.diffusion against the hand-written one that keeps eps.
 "saved" counts the bytes autograd keeps for backward beyond the parameters and the input batch, each storage
@@ -88,7 +89,7 @@ def rows_with_ratios(case, shape, variants, saved, times):
 
 def bayes_rows(batch, in_features, out_features, min_run_time, rounds):
     torch.manual_seed(0)
-    x = torch.randn(batch, in_features)
+    x = torch.randn(batch, in_features, requires_grad=True)  # a hidden layer's input: the matmul keeps W
     layers = {f"fused {mode}": rt.nn.BayesianLinear(in_features, out_features, mode=mode)
               for mode in ("weight", "local", "flipout")}
     layers = {"hand-written": HandWrittenBayesianLinear(layers["fused weight"]), **layers}

@@ -181,8 +181,12 @@ def test_weight_mode_saves_no_noise_for_backward():
 def test_compiles_fullgraph():
     layer = make_layer("local")
     x = torch.randn(6, 5)
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(x, seed=2), layer(x, seed=2))
+    compiled = torch.compile(lambda x: (layer(x, seed=2), layer.kl()), fullgraph=True, backend="aot_eager")
+    (y, kl), (y_eager, kl_eager) = compiled(x), (layer(x, seed=2), layer.kl())
+    torch.testing.assert_close(y, y_eager)
+    torch.testing.assert_close(kl, kl_eager)
+    for got, want in zip(grads(layer, y + kl), grads(layer, y_eager + kl_eager)):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -220,3 +224,37 @@ def test_triton_backend_matches_the_cpu_kernels(mode):
     torch.testing.assert_close(y_triton, y, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads(triton_layer, y_triton), grads(layer, y)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_local_mode_double_backward():
+    layer = make_layer("local", dtype=torch.float64, in_features=3, out_features=2)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    rho = layer.weight_rho.detach().requires_grad_()
+
+    def run(x, rho):
+        return torch.func.functional_call(layer, {"weight_rho": rho}, (x,), {"seed": 5}, strict=False)
+
+    assert torch.autograd.gradgradcheck(run, (x, rho))
+
+
+def test_local_mode_zero_input_row_without_bias_has_zero_not_nan_gradient():
+    layer = make_layer("local", bias=False)
+    x = torch.randn(3, 5)
+    x[1] = 0
+    y = layer(x, seed=0)
+    assert (y[1].abs() < 1e-18).all()  # std clamped at sqrt(tiny) ~ 1e-19
+    (grad_rho,) = torch.autograd.grad(y.sum(), layer.weight_rho)
+    assert torch.isfinite(grad_rho).all()
+
+
+def test_local_mode_keeps_only_the_activations_std():
+    """Beyond x and the parameters, the local mode keeps the std of the activations and the key, nothing
+    weight-sized (the hand-written expression would keep sigma^2 and softplus(rho))."""
+    layer = make_layer("local", in_features=64, out_features=32)
+    x = torch.randn(8, 64)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        layer(x, sample_shape=(4,), seed=0)
+    excluded = {p.data_ptr() for p in layer.parameters()} | {x.data_ptr()}
+    new_bytes = {t.data_ptr(): t.numel() * t.element_size() for t in saved if t.data_ptr() not in excluded}
+    assert sum(new_bytes.values()) <= 8 * 32 * 4 + 4 * 16
