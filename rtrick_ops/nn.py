@@ -130,7 +130,8 @@ class _LocalReparameterizationStd(torch.autograd.Function):
 
     Written by hand so that backward keeps only x, rho (the caller's tensors) and std (which the sampler keeps
     anyway): autograd through the torch expression would keep sigma^2 and softplus(rho) (weight-sized) and x^2.
-    The backward recomputes them as temporaries; it uses the same two matmuls autograd would.
+    The backward recomputes them as temporaries (in place on fresh tensors, to touch each weight-sized buffer
+    as few times as possible), with the same two matmuls autograd would use.
 
     sqrt feeding scale="sigma", rather than log feeding scale="logvar": sqrt is correctly rounded, where
     exp(log(var) / 2) rounds twice with an error growing with |log var|; the gradients agree. var is exactly 0
@@ -157,11 +158,16 @@ class _LocalReparameterizationStd(torch.autograd.Function):
         grad_var = torch.where(clamped, torch.zeros_like(std), grad_std / (2 * std))
         grad_x = grad_weight_rho = grad_bias_rho = None
         weight_sigma = F.softplus(weight_rho)
+        # In place on the fresh temporaries, unless this backward is itself differentiated (create_graph),
+        # where autograd needs them unchanged.
+        mul = torch.mul if torch.is_grad_enabled() else torch.Tensor.mul_
         if ctx.needs_input_grad[0]:
-            grad_x = 2 * x * (grad_var @ weight_sigma.square())
+            grad_x = mul(mul(grad_var @ (weight_sigma * weight_sigma), x), 2)
         if ctx.needs_input_grad[1]:
             flat_grad_var, flat_x = grad_var.reshape(-1, grad_var.shape[-1]), x.reshape(-1, x.shape[-1])
-            grad_weight_rho = (flat_grad_var.T @ flat_x.square()) * (2 * weight_sigma * torch.sigmoid(weight_rho))
+            # d sigma^2 / d rho = 2 sigma sigmoid(rho)
+            dvar_drho = mul(mul(weight_sigma, 2), torch.sigmoid(weight_rho))
+            grad_weight_rho = mul(flat_grad_var.T @ flat_x.square(), dvar_drho)
         if bias_rho is not None and ctx.needs_input_grad[2]:
             grad_bias_rho = (grad_var.reshape(-1, grad_var.shape[-1]).sum(0)
                              * (2 * F.softplus(bias_rho) * torch.sigmoid(bias_rho)))
