@@ -163,8 +163,11 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
 
     reports, entropies, seconds = {}, {}, {}
-    for name, model in ((f"Bayesian ({args.mode})", BayesianMLP(128, args.mode, prior_sigma=0.5)),
-                        ("deterministic", DeterministicMLP(128))):
+    builders = {f"Bayesian ({args.mode})": lambda: BayesianMLP(128, args.mode, prior_sigma=0.5),
+                "deterministic": lambda: DeterministicMLP(128)}
+    for name, build in builders.items():
+        torch.manual_seed(args.seed)  # the initial weights too: a run is reproducible
+        model = build()
         start = time.perf_counter()
         train(model, x_train, y_train, epochs, train_samples, lr=1e-2, seed=args.seed)
         seconds[name] = time.perf_counter() - start
