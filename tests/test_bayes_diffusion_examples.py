@@ -37,7 +37,8 @@ def test_diffusion_quick_run_trains_both_steps_and_saves_less(tmp_path):
         assert losses[-1] < 0.5 * losses[0], (name, losses[0], losses[-1])
     fused, hand = summary["results"]["fused"], summary["results"]["hand-written"]
     eps_bytes = summary["batch"] * 64 * 4
-    assert hand["saved_bytes"] - fused["saved_bytes"] >= eps_bytes  # eps is no longer kept
+    # eps is no longer kept; the fused step keeps its 16-byte key and a 4-byte coefficient instead
+    assert hand["saved_bytes"] - fused["saved_bytes"] >= eps_bytes - 32
 
 
 def test_benchmark_quick_run_covers_every_variant(tmp_path):
