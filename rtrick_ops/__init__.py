@@ -4,9 +4,11 @@
     z = rt.normal_rsample(mu, log_sigma)            # z = mu + exp(log_sigma) * eps
     d = rt.distributions.Normal.from_log_scale(mu, log_sigma)
     head = rt.nn.GaussianLatentHead(256, 16)
+    layer = rt.nn.BayesianLinear(64, 10, mode="local")                 # Bayes by backprop
+    x_t, noise = rt.diffusion.q_sample(x0, t, alphas_cumprod)         # loss = rt.diffusion.eps_loss(pred, noise)
     report = rt.estimators.compare_estimators(f, rt.estimators.normal(mu, log_sigma))
 """
-from . import distributions, estimators, nn
+from . import diffusion, distributions, estimators, nn
 from ._library import compiled as _compiled
 from .family import (cauchy_rsample, exponential_rsample, gumbel_rsample, laplace_rsample, logistic_rsample,
                      lognormal_rsample, relaxed_bernoulli_rsample, uniform_rsample)
@@ -18,7 +20,8 @@ __version__ = "0.1.0"
 __all__ = ["normal_rsample", "normal_kl", "normal_rsample_and_kl", "normal_rsample_and_log_prob",
            "uniform_rsample", "exponential_rsample", "laplace_rsample", "cauchy_rsample", "logistic_rsample",
            "gumbel_rsample", "lognormal_rsample", "relaxed_bernoulli_rsample", "gamma_rsample", "beta_rsample",
-           "dirichlet_rsample", "gumbel_softmax", "distributions", "nn", "estimators", "cpu_isa", "set_cpu_isa"]
+           "dirichlet_rsample", "gumbel_softmax", "diffusion", "distributions", "nn", "estimators", "cpu_isa",
+           "set_cpu_isa"]
 
 
 def cpu_isa() -> str:

@@ -40,3 +40,17 @@ def make_rng_state(seed, generator, device):
     # random bits per call. Building [key, 0] from 32-bit words took four ops,
     # as long as the kernel itself on small tensors.
     return torch.randint(0, _INT63_MAX, (2,), dtype=torch.int64, device=device, generator=generator)
+
+
+def substreams(rng_state, count):
+    """`count` disjoint streams of one call's key: [key, offset ^ j] for j = 0 .. count-1.
+
+    A module that draws several tensors per call (a layer's weight and bias) takes
+    one seed; giving each tensor its own offset keeps their noise independent
+    (offsets select disjoint sub-streams, docs/stream.md) while the key alone
+    still decides all of it. XOR rather than + so a drawn offset near 2^63 - 1
+    cannot overflow int64.
+    """
+    offsets = torch.arange(count, dtype=torch.int64, device=rng_state.device)
+    selectors = torch.stack([torch.zeros_like(offsets), offsets], dim=1)
+    return list(torch.bitwise_xor(rng_state.unsqueeze(0), selectors).unbind(0))

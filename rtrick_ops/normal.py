@@ -66,13 +66,24 @@ def normal_rsample(
     dtype = torch.promote_types(mu.dtype, scale_param.dtype)
     mu, scale_param = mu.to(dtype), scale_param.to(dtype)
     rng_state = make_rng_state(seed, generator, mu.device)
+    return draw_normal(which, mu, scale_param, rng_state, scale, sample_shape)
+
+
+def draw_normal(which, mu, scale_param, rng_state, scale, sample_shape):
+    """normal_rsample once its arguments are checked and rng_state is made.
+
+    For callers that derive rng_state themselves (rtrick_ops.nn.BayesianLinear's
+    sub-streams, rtrick_ops.diffusion's regenerated noise): `which` is a resolved
+    backend, mu and scale_param share a dtype and broadcast.
+    """
     if which == "reference":
         return reference.normal_rsample(mu, scale_param, rng_state, scale, sample_shape)
     forward = _ops.normal_rsample_triton if which == "triton" else _ops.normal_rsample  # cpu, cuda: by device
     return forward(mu, scale_param, rng_state, scale, sample_shape)
 
 
-def _gaussian_args(mu, scale_param, scale, backend):
+def gaussian_args(mu, scale_param, scale, backend):
+    """The Gaussian ops' argument checks: (resolved backend, mu, scale_param) in their promoted dtype."""
     check_param(mu, "mu")
     check_param(scale_param, "scale_param")
     check_same_device(mu=mu, scale_param=scale_param)
@@ -103,7 +114,7 @@ def normal_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_
     Returns:
         kl, of the broadcast shape of mu and scale_param.
     """
-    which, mu, scale_param = _gaussian_args(mu, scale_param, scale, backend)
+    which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
     if which == "reference":
         return reference.normal_kl(mu, scale_param, scale)
     return _op("normal_kl", which)(mu, scale_param, scale)
@@ -117,7 +128,7 @@ def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale:
     kl has the batch shape broadcast(mu, scale_param) (without sample dims). The
     arguments are normal_rsample's.
     """
-    which, mu, scale_param = _gaussian_args(mu, scale_param, scale, backend)
+    which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
     sample_shape = check_sample_shape(sample_shape)
     rng_state = make_rng_state(seed, generator, mu.device)
     if which == "reference":
@@ -138,7 +149,7 @@ def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, 
     z = rsample() gives. Both outputs have z's shape. The arguments are
     normal_rsample's.
     """
-    which, mu, scale_param = _gaussian_args(mu, scale_param, scale, backend)
+    which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
     sample_shape = check_sample_shape(sample_shape)
     rng_state = make_rng_state(seed, generator, mu.device)
     if which == "reference":
