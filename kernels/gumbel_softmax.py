@@ -21,6 +21,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from rtrick_ops._checks import check_op_inputs  # the fake (meta) kernel runs these bodies too
+
 from .stream import NOISE_GUMBEL, div, exp_f32, stream_noise_at
 
 MAX_SINGLE_BLOCK = 4096  # longest row held in one block; longer rows loop over chunks
@@ -261,6 +263,7 @@ def _check(logits, tau, dim):
 @triton_op("rtrick_ops::gumbel_softmax_triton", mutates_args=())
 def gumbel_softmax_triton(logits: torch.Tensor, rng_state: torch.Tensor, tau: float, hard: bool, dim: int,
                           sample_shape: List[int]) -> torch.Tensor:
+    check_op_inputs(rng_state, logits=logits)
     _check(logits, tau, dim)
     return _forward(logits, rng_state, tau, hard, dim, sample_shape)
 
@@ -268,6 +271,7 @@ def gumbel_softmax_triton(logits: torch.Tensor, rng_state: torch.Tensor, tau: fl
 @triton_op("rtrick_ops::gumbel_softmax_backward_triton", mutates_args=())
 def gumbel_softmax_backward_triton(grad_y: torch.Tensor, logits: torch.Tensor, rng_state: torch.Tensor, tau: float,
                                    dim: int) -> torch.Tensor:
+    check_op_inputs(rng_state, grad_y=grad_y, logits=logits)
     _check(logits, tau, dim)
     if grad_y.dtype != logits.dtype:
         raise ValueError(f"grad_y ({grad_y.dtype}) and logits ({logits.dtype}) must have the same dtype")
