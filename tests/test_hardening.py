@@ -30,6 +30,17 @@ def test_gumbel_softmax_double_backward_with_minus_inf_logits():
     assert gg[0, 1] == 0 and gg[1, 2] == 0
 
 
+@pytest.fixture(autouse=True)
+def torch_default_validation():
+    """Value checks follow torch.distributions' global default (docs/usage.md), which torch's
+    dynamo switches off the first time anything is compiled in the process: pin torch's
+    default (on) for these tests, whatever ran before them."""
+    before = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    yield
+    torch.distributions.Distribution.set_default_validate_args(before)
+
+
 # 5. A NaN logit with hard=True: torch gives NaN; the compiled kernels gave a clean one-hot row.
 def test_gumbel_softmax_hard_nan_logit_gives_nan_row():
     logits = torch.tensor([[0.0, math.nan, 1.0], [0.0, 1.0, 2.0]])
