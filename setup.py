@@ -32,12 +32,13 @@ def extension():
     # Contraction off: every backend evaluates the stream with the same IEEE
     # operations, so a seed gives the same bits on any CPU (docs/stream.md).
     # No errno/trapping semantics: lets the compiler vectorise sqrt and selects.
-    cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+    # -Werror=switch: a kind added to csrc/kinds.h fails the build at every switch that lacks it.
+    cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Werror=switch"]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     if want_cuda() and cuda_sources:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        nvcc_flags = ["-O3", "-fmad=false", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc_flags = ["-O3", "-fmad=false", "--expt-relaxed-constexpr", "-lineinfo", "-Xcompiler=-Werror=switch"]
         return CUDAExtension(
             "rtrick_ops._C",
             sources + cuda_sources,

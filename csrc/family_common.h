@@ -17,15 +17,19 @@
 namespace rtrick {
 namespace {  // internal linkage, like philox.h, whose types these use
 
-// allow_rate: the location-scale ops also take "rate" (sigma = 1 / x).
+// allow_rate: the location-scale ops also take the non-Gaussian scale kinds
+// ("rate", sigma = 1 / x). The names and the error's list come from kinds.h.
 inline ScaleKind parse_scale(c10::string_view scale, bool allow_rate = false) {
-  if (scale == "log_sigma") return ScaleKind::LogSigma;
-  if (scale == "logvar") return ScaleKind::LogVar;
-  if (scale == "sigma") return ScaleKind::Sigma;
-  if (scale == "softplus") return ScaleKind::Softplus;
-  if (allow_rate && scale == "rate") return ScaleKind::Rate;
-  TORCH_CHECK_VALUE(false, "scale='", std::string(scale), "' is not a valid scale; valid: 'log_sigma', 'logvar', ",
-                    "'sigma', 'softplus'", allow_rate ? ", 'rate'" : "");
+#define RT_MATCH(name, code, text, gaussian) \
+  if (scale == text && (gaussian || allow_rate)) return ScaleKind::name;
+  RT_SCALE_KINDS(RT_MATCH)
+#undef RT_MATCH
+  std::string valid;
+#define RT_NAME(name, code, text, gaussian) \
+  if (gaussian || allow_rate) valid += std::string(valid.empty() ? "'" : ", '") + text + "'";
+  RT_SCALE_KINDS(RT_NAME)
+#undef RT_NAME
+  TORCH_CHECK_VALUE(false, "scale='", std::string(scale), "' is not a valid scale; valid: ", valid);
 }
 
 // A location-scale family: its noise transform, and whether z is exp of the
@@ -36,16 +40,15 @@ struct Family {
 };
 
 inline Family parse_family(c10::string_view family) {
-  if (family == "normal") return {NoiseKind::Normal, false};
-  if (family == "lognormal") return {NoiseKind::Normal, true};
-  if (family == "uniform") return {NoiseKind::Uniform, false};
-  if (family == "exponential") return {NoiseKind::Exponential, false};
-  if (family == "laplace") return {NoiseKind::Laplace, false};
-  if (family == "cauchy") return {NoiseKind::Cauchy, false};
-  if (family == "logistic") return {NoiseKind::Logistic, false};
-  if (family == "gumbel") return {NoiseKind::Gumbel, false};
-  TORCH_CHECK_VALUE(false, "family='", std::string(family), "' is not a valid family; valid: 'normal', ",
-                    "'lognormal', 'uniform', 'exponential', 'laplace', 'cauchy', 'logistic', 'gumbel'");
+#define RT_MATCH(text, noise, exp_output) \
+  if (family == text) return {NoiseKind::noise, exp_output};
+  RT_FAMILIES(RT_MATCH)
+#undef RT_MATCH
+  std::string valid;
+#define RT_NAME(text, noise, exp_output) valid += std::string(valid.empty() ? "'" : ", '") + text + "'";
+  RT_FAMILIES(RT_NAME)
+#undef RT_NAME
+  TORCH_CHECK_VALUE(false, "family='", std::string(family), "' is not a valid family; valid: ", valid);
 }
 
 inline void check_tau(double tau) {

@@ -16,11 +16,12 @@ namespace {
 // d log(sigma) / dx.
 template <ScaleKind kind, typename T>
 RT_HD T dlog_sigma_of(T x) {
-  if (kind == ScaleKind::LogSigma) return T(1);
-  if (kind == ScaleKind::LogVar) return T(0.5);
-  if (kind == ScaleKind::Sigma) return T(1) / x;
-  if (kind == ScaleKind::Rate) return T(-1) / x;
-  return dsigma_of<kind>(x) / softplus_of(x);
+  if constexpr (kind == ScaleKind::LogSigma) return T(1);
+  else if constexpr (kind == ScaleKind::LogVar) return T(0.5);
+  else if constexpr (kind == ScaleKind::Sigma) return T(1) / x;
+  else if constexpr (kind == ScaleKind::Rate) return T(-1) / x;
+  else if constexpr (kind == ScaleKind::Softplus) return dsigma_of<kind>(x) / softplus_of(x);
+  else static_assert(kUnhandledKind<kind>, "dlog_sigma_of: a scale kind without a derivative");
 }
 
 // e^t - 1 - t without cancellation: Taylor series for |t| < 1/2 (to t^10 in
@@ -147,19 +148,15 @@ struct SampleAndLogProb {
 // gradient, for the exponential). Returns false for a kind not compiled.
 template <template <ScaleKind> class F, bool kWithRate, typename Visit>
 inline bool visit_scale_kind(ScaleKind kind, Visit visit) {
-  switch (kind) {
-    case ScaleKind::LogSigma: visit(F<ScaleKind::LogSigma>{}); return true;
-    case ScaleKind::LogVar: visit(F<ScaleKind::LogVar>{}); return true;
-    case ScaleKind::Sigma: visit(F<ScaleKind::Sigma>{}); return true;
-    case ScaleKind::Softplus: visit(F<ScaleKind::Softplus>{}); return true;
-    case ScaleKind::Rate:
-      if constexpr (kWithRate) {
-        visit(F<ScaleKind::Rate>{});
-        return true;
-      }
-      break;
-  }
-  return false;
+  bool compiled = false;
+  visit_kind(kind, [&](auto tag) {
+    constexpr ScaleKind k = decltype(tag)::value;
+    if constexpr (k != ScaleKind::Rate || kWithRate) {
+      visit(F<k>{});
+      compiled = true;
+    }
+  });
+  return compiled;
 }
 
 }  // namespace

@@ -16,6 +16,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kinds.h"
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define RT_HD __host__ __device__ __forceinline__
 #define RT_UNROLL _Pragma("unroll")
@@ -222,10 +224,7 @@ RT_HD Normal4 normal_block(uint64_t key, uint64_t offset, uint64_t block) {
 // ------------------------------------------------------ one-word noise kinds
 // Every family other than the Gaussian maps word n % 4 of Philox block n / 4
 // through g(u(x)). u lies in [2^-33, 1 - 2^-24], so each g below is finite.
-enum class NoiseKind : int32_t {
-  Normal = 0, Uniform = 1, Exponential = 2, Laplace = 3, Cauchy = 4, Logistic = 5, Gumbel = 6,
-  None = 7,  // formulas that use no noise (the closed-form KL)
-};
+// (NoiseKind comes from kinds.h, the one list of kinds.)
 
 // -log u: |log u| >= 5.96e-8 > 0, at most 22.9.
 RT_HD float exponential_noise(float u) { return -log_f32(u); }
@@ -258,21 +257,26 @@ RT_HD float gumbel_noise(float u) { return -log_f32(-log_f32(u)); }
 template <NoiseKind kind>
 RT_HD float word_noise(uint32_t word) {
   const float u = uniform_open(word);
-  if (kind == NoiseKind::Exponential) return exponential_noise(u);
-  if (kind == NoiseKind::Laplace) return laplace_noise(u);
-  if (kind == NoiseKind::Cauchy) return cauchy_noise(u);
-  if (kind == NoiseKind::Logistic) return logistic_noise(u);
-  if (kind == NoiseKind::Gumbel) return gumbel_noise(u);
-  return u;  // Uniform
+  if constexpr (kind == NoiseKind::Uniform) return u;
+  else if constexpr (kind == NoiseKind::Exponential) return exponential_noise(u);
+  else if constexpr (kind == NoiseKind::Laplace) return laplace_noise(u);
+  else if constexpr (kind == NoiseKind::Cauchy) return cauchy_noise(u);
+  else if constexpr (kind == NoiseKind::Logistic) return logistic_noise(u);
+  else if constexpr (kind == NoiseKind::Gumbel) return gumbel_noise(u);
+  else static_assert(kUnhandledKind<kind>, "word_noise: a one-word noise kind without a transform");
 }
 
 // The four noise values of one Philox block, for any kind.
 template <NoiseKind kind>
 RT_HD Normal4 noise_block(uint64_t key, uint64_t offset, uint64_t block) {
-  if (kind == NoiseKind::None) return Normal4{0.0f, 0.0f, 0.0f, 0.0f};
-  if (kind == NoiseKind::Normal) return normal_block(key, offset, block);
-  const Philox4 w = philox_block(key, offset, block);
-  return Normal4{word_noise<kind>(w.x0), word_noise<kind>(w.x1), word_noise<kind>(w.x2), word_noise<kind>(w.x3)};
+  if constexpr (kind == NoiseKind::None) {
+    return Normal4{0.0f, 0.0f, 0.0f, 0.0f};
+  } else if constexpr (kind == NoiseKind::Normal) {
+    return normal_block(key, offset, block);
+  } else {
+    const Philox4 w = philox_block(key, offset, block);
+    return Normal4{word_noise<kind>(w.x0), word_noise<kind>(w.x1), word_noise<kind>(w.x2), word_noise<kind>(w.x3)};
+  }
 }
 
 // -------------------------------------------------- scale parameterizations
@@ -280,7 +284,7 @@ RT_HD Normal4 noise_block(uint64_t key, uint64_t offset, uint64_t block) {
 // float/half/bfloat16 tensors and in double for double tensors.
 // Rate (sigma = 1 / x) is the exponential distribution's parameter; the public
 // Gaussian-style ops offer the first four.
-enum class ScaleKind : int32_t { LogSigma = 0, LogVar = 1, Sigma = 2, Softplus = 3, Rate = 4 };
+// (ScaleKind comes from kinds.h.)
 
 RT_HD float exp_of(float x) { return exp_f32(x); }
 RT_HD double exp_of(double x) { return ::exp(x); }
@@ -315,30 +319,33 @@ RT_HD T softplus_of(T x) {
 
 template <ScaleKind kind, typename T>
 RT_HD T sigma_of(T x) {
-  if (kind == ScaleKind::LogSigma) return exp_of(x);
-  if (kind == ScaleKind::LogVar) return exp_of(x * T(0.5));
-  if (kind == ScaleKind::Sigma) return x;
-  if (kind == ScaleKind::Rate) return T(1) / x;
-  return softplus_of(x);
+  if constexpr (kind == ScaleKind::LogSigma) return exp_of(x);
+  else if constexpr (kind == ScaleKind::LogVar) return exp_of(x * T(0.5));
+  else if constexpr (kind == ScaleKind::Sigma) return x;
+  else if constexpr (kind == ScaleKind::Rate) return T(1) / x;
+  else if constexpr (kind == ScaleKind::Softplus) return softplus_of(x);
+  else static_assert(kUnhandledKind<kind>, "sigma_of: a scale kind without a transform");
 }
 
 template <ScaleKind kind, typename T>
 RT_HD T dsigma_of(T x) {
-  if (kind == ScaleKind::LogSigma) return exp_of(x);
-  if (kind == ScaleKind::LogVar) return T(0.5) * exp_of(x * T(0.5));
-  if (kind == ScaleKind::Sigma) return T(1);
-  if (kind == ScaleKind::Rate) return T(-1) / (x * x);
-  return T(1) / (T(1) + exp_of(-x));                  // sigmoid
+  if constexpr (kind == ScaleKind::LogSigma) return exp_of(x);
+  else if constexpr (kind == ScaleKind::LogVar) return T(0.5) * exp_of(x * T(0.5));
+  else if constexpr (kind == ScaleKind::Sigma) return T(1);
+  else if constexpr (kind == ScaleKind::Rate) return T(-1) / (x * x);
+  else if constexpr (kind == ScaleKind::Softplus) return T(1) / (T(1) + exp_of(-x));  // sigmoid
+  else static_assert(kUnhandledKind<kind>, "dsigma_of: a scale kind without a derivative");
 }
 
 // log sigma, exact where the parameterization allows it.
 template <ScaleKind kind, typename T>
 RT_HD T log_sigma_of(T x) {
-  if (kind == ScaleKind::LogSigma) return x;
-  if (kind == ScaleKind::LogVar) return x * T(0.5);
-  if (kind == ScaleKind::Sigma) return log_of(x);
-  if (kind == ScaleKind::Rate) return -log_of(x);
-  return log_of(softplus_of(x));
+  if constexpr (kind == ScaleKind::LogSigma) return x;
+  else if constexpr (kind == ScaleKind::LogVar) return x * T(0.5);
+  else if constexpr (kind == ScaleKind::Sigma) return log_of(x);
+  else if constexpr (kind == ScaleKind::Rate) return -log_of(x);
+  else if constexpr (kind == ScaleKind::Softplus) return log_of(softplus_of(x));
+  else static_assert(kUnhandledKind<kind>, "log_sigma_of: a scale kind without a log");
 }
 
 }  // namespace

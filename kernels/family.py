@@ -15,26 +15,26 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from rtrick_ops import kinds
 from rtrick_ops._checks import check_op_inputs  # the fake (meta) kernel runs these bodies too
+from rtrick_ops._math import compute_dtype, dsigma_of as torch_dsigma_of
 
 from .stream import (NOISE_LOGISTIC, NOISE_NONE, NOISE_NORMAL, SCALE_CODES, div, dlog_sigma_of, dsigma_of, exp_f32,
                      log_sigma_of, sigma_of, stream_noise)
 
-# Numbered as rtrick::cpu::FormulaId (csrc/cpu/row_kernels.h), plus the
-# broadcast backward's per-element product.
-LOC_SCALE_SAMPLE: tl.constexpr = 0
-LOG_NORMAL_SAMPLE: tl.constexpr = 1
-SCALE_GRAD: tl.constexpr = 2
-RELAXED_BERNOULLI_SAMPLE: tl.constexpr = 3
-NORMAL_KL: tl.constexpr = 4
-NORMAL_KL_GRAD: tl.constexpr = 5
-SAMPLE_AND_KL: tl.constexpr = 6
-SAMPLE_AND_LOG_PROB: tl.constexpr = 7
-NOISE_PRODUCT: tl.constexpr = 8  # out = a * noise, in the accumulator type
+# Numbered by the one list (csrc/kinds.h, rtrick_ops/kinds.py), as rtrick::FormulaId.
+LOC_SCALE_SAMPLE: tl.constexpr = kinds.FORMULA["loc_scale_sample"]
+LOG_NORMAL_SAMPLE: tl.constexpr = kinds.FORMULA["log_normal_sample"]
+SCALE_GRAD: tl.constexpr = kinds.FORMULA["scale_grad"]
+RELAXED_BERNOULLI_SAMPLE: tl.constexpr = kinds.FORMULA["relaxed_bernoulli_sample"]
+NORMAL_KL: tl.constexpr = kinds.FORMULA["normal_kl"]
+NORMAL_KL_GRAD: tl.constexpr = kinds.FORMULA["normal_kl_grad"]
+SAMPLE_AND_KL: tl.constexpr = kinds.FORMULA["sample_and_kl"]
+SAMPLE_AND_LOG_PROB: tl.constexpr = kinds.FORMULA["sample_and_log_prob"]
+NOISE_PRODUCT: tl.constexpr = kinds.FORMULA["noise_product"]  # out = a * noise, in the accumulator type
 
-# family -> (noise kind, z = exp(...)), as parse_family in csrc/family_common.h
-FAMILIES = {"normal": (0, False), "lognormal": (0, True), "uniform": (1, False), "exponential": (2, False),
-            "laplace": (3, False), "cauchy": (4, False), "logistic": (5, False), "gumbel": (6, False)}
+# family -> (noise code, z = exp(...)), from the one list
+FAMILIES = {family: (kinds.NOISE[noise], exp_output) for family, (noise, exp_output) in kinds.FAMILIES.items()}
 
 
 # ------------------------------------------------------------------ formulas
@@ -164,13 +164,11 @@ def _scale_backward(grad, scale_param, rng_state, noise, scale):
         _launch(SCALE_GRAD, [grad_scale], [grad, scale_param.contiguous()], rng_state, scale, noise)
         return grad_scale
     # Broadcast: grad * noise, torch's reduction, then sigma'(x) on the small result.
-    from rtrick_ops.reference import compute_dtype, dsigma_of as reference_dsigma
-
     accumulate = compute_dtype(grad.dtype)
     product = torch.empty(grad.shape, dtype=accumulate, device=grad.device)
     _launch(NOISE_PRODUCT, [product], [grad], rng_state, scale, noise)
     summed = product.sum_to_size(scale_param.shape)
-    return (summed * reference_dsigma(scale_param.to(accumulate), scale)).to(scale_param.dtype)
+    return (summed * torch_dsigma_of(scale_param.to(accumulate), scale)).to(scale_param.dtype)
 
 
 # ---------------------------------------------------------------- operators

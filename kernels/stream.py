@@ -9,6 +9,8 @@ change the bits (docs/stream.md).
 import triton
 import triton.language as tl
 
+from rtrick_ops import kinds  # a leaf module: the kernels import nothing else of the package
+
 # ------------------------------------------------------------------ the stream
 PHILOX_M0: tl.constexpr = 0xD2511F53
 PHILOX_M1: tl.constexpr = 0xCD9E8D57
@@ -135,15 +137,15 @@ def stream_words(state_ptr, blocks):
     return philox4x32_10(c0, c1, c2, c3, k0, k1)
 
 
-# Noise kinds, numbered as rtrick::NoiseKind in csrc/philox.h.
-NOISE_NORMAL: tl.constexpr = 0
-NOISE_UNIFORM: tl.constexpr = 1
-NOISE_EXPONENTIAL: tl.constexpr = 2
-NOISE_LAPLACE: tl.constexpr = 3
-NOISE_CAUCHY: tl.constexpr = 4
-NOISE_LOGISTIC: tl.constexpr = 5
-NOISE_GUMBEL: tl.constexpr = 6
-NOISE_NONE: tl.constexpr = 7
+# Noise kinds, numbered by the one list (csrc/kinds.h, rtrick_ops/kinds.py).
+NOISE_NORMAL: tl.constexpr = kinds.NOISE["normal"]
+NOISE_UNIFORM: tl.constexpr = kinds.NOISE["uniform"]
+NOISE_EXPONENTIAL: tl.constexpr = kinds.NOISE["exponential"]
+NOISE_LAPLACE: tl.constexpr = kinds.NOISE["laplace"]
+NOISE_CAUCHY: tl.constexpr = kinds.NOISE["cauchy"]
+NOISE_LOGISTIC: tl.constexpr = kinds.NOISE["logistic"]
+NOISE_GUMBEL: tl.constexpr = kinds.NOISE["gumbel"]
+NOISE_NONE: tl.constexpr = kinds.NOISE["none"]
 
 
 @triton.jit
@@ -165,6 +167,7 @@ def word_noise(word, NOISE: tl.constexpr):
     elif NOISE == NOISE_GUMBEL:
         return -log_f32(-log_f32(u))
     else:
+        tl.static_assert(NOISE == NOISE_UNIFORM, "word_noise: a one-word noise kind without a transform")
         return u
 
 
@@ -203,8 +206,12 @@ def stream_noise_at(state_ptr, n, NOISE: tl.constexpr):
 
 
 # ------------------------------------------------- scale parameterizations
-# Numbered as rtrick::ScaleKind: 0 log_sigma, 1 logvar, 2 sigma, 3 softplus, 4 rate.
-SCALE_CODES = {"log_sigma": 0, "logvar": 1, "sigma": 2, "softplus": 3, "rate": 4}
+SCALE_CODES = kinds.SCALE_CODES  # numbered by the one list, as rtrick::ScaleKind
+SCALE_LOG_SIGMA: tl.constexpr = SCALE_CODES["log_sigma"]
+SCALE_LOGVAR: tl.constexpr = SCALE_CODES["logvar"]
+SCALE_SIGMA: tl.constexpr = SCALE_CODES["sigma"]
+SCALE_SOFTPLUS: tl.constexpr = SCALE_CODES["softplus"]
+SCALE_RATE: tl.constexpr = SCALE_CODES["rate"]
 
 @triton.jit
 def div(a, b, F64: tl.constexpr):
@@ -214,15 +221,16 @@ def div(a, b, F64: tl.constexpr):
 
 @triton.jit
 def sigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
-    if SCALE == 0:
+    if SCALE == SCALE_LOG_SIGMA:
         return tl.exp(x) if F64 else exp_f32(x)
-    elif SCALE == 1:
+    elif SCALE == SCALE_LOGVAR:
         return tl.exp(x * 0.5) if F64 else exp_f32(x * 0.5)
-    elif SCALE == 2:
+    elif SCALE == SCALE_SIGMA:
         return x
-    elif SCALE == 4:  # rate
+    elif SCALE == SCALE_RATE:
         return div(tl.full(x.shape, 1.0, x.dtype), x, F64)
     else:  # softplus, threshold 20, log1p(y) = log(1 + y) corrected for the rounding of 1 + y
+        tl.static_assert(SCALE == SCALE_SOFTPLUS, "sigma_of: a scale kind without a transform")
         y = tl.exp(x) if F64 else exp_f32(x)
         one_plus = 1.0 + y
         log_one_plus = tl.log(one_plus) if F64 else log_f32(one_plus)
@@ -232,15 +240,16 @@ def sigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
 
 @triton.jit
 def dsigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
-    if SCALE == 0:
+    if SCALE == SCALE_LOG_SIGMA:
         return tl.exp(x) if F64 else exp_f32(x)
-    elif SCALE == 1:
+    elif SCALE == SCALE_LOGVAR:
         return 0.5 * (tl.exp(x * 0.5) if F64 else exp_f32(x * 0.5))
-    elif SCALE == 2:
+    elif SCALE == SCALE_SIGMA:
         return tl.full(x.shape, 1.0, x.dtype)
-    elif SCALE == 4:  # rate
+    elif SCALE == SCALE_RATE:
         return div(tl.full(x.shape, -1.0, x.dtype), x * x, F64)
     else:  # sigmoid
+        tl.static_assert(SCALE == SCALE_SOFTPLUS, "dsigma_of: a scale kind without a derivative")
         return div(tl.full(x.shape, 1.0, x.dtype), 1.0 + (tl.exp(-x) if F64 else exp_f32(-x)), F64)
 
 
@@ -259,27 +268,29 @@ def log_of(x, F64: tl.constexpr):
 
 @triton.jit
 def log_sigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
-    if SCALE == 0:
+    if SCALE == SCALE_LOG_SIGMA:
         return x
-    elif SCALE == 1:
+    elif SCALE == SCALE_LOGVAR:
         return x * 0.5
-    elif SCALE == 2:
+    elif SCALE == SCALE_SIGMA:
         return log_of(x, F64)
-    elif SCALE == 4:
+    elif SCALE == SCALE_RATE:
         return -log_of(x, F64)
     else:
+        tl.static_assert(SCALE == SCALE_SOFTPLUS, "log_sigma_of: a scale kind without a log")
         return log_of(sigma_of(x, SCALE, F64), F64)
 
 
 @triton.jit
 def dlog_sigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
-    if SCALE == 0:
+    if SCALE == SCALE_LOG_SIGMA:
         return tl.full(x.shape, 1.0, x.dtype)
-    elif SCALE == 1:
+    elif SCALE == SCALE_LOGVAR:
         return tl.full(x.shape, 0.5, x.dtype)
-    elif SCALE == 2:
+    elif SCALE == SCALE_SIGMA:
         return div(tl.full(x.shape, 1.0, x.dtype), x, F64)
-    elif SCALE == 4:
+    elif SCALE == SCALE_RATE:
         return div(tl.full(x.shape, -1.0, x.dtype), x, F64)
     else:
+        tl.static_assert(SCALE == SCALE_SOFTPLUS, "dlog_sigma_of: a scale kind without a derivative")
         return div(dsigma_of(x, SCALE, F64), sigma_of(x, SCALE, F64), F64)

@@ -1,6 +1,9 @@
 """Which implementation runs a call: backend='auto' | 'cpu' | 'cuda' | 'triton' | 'reference'."""
+import importlib
 import os
 import warnings
+
+import torch
 
 from . import _library
 
@@ -69,3 +72,16 @@ def resolve_backend(backend, device):
     if device.type == "meta" and _library.compiled is not None:
         return "cpu"  # the registered operators send meta tensors to their fake kernels: shapes, no values
     raise NotImplementedError(f"rtrick_ops has no kernels for {device.type} tensors; use backend='reference'")
+
+
+def implementation(name, which, reference_name=None):
+    """The callable that runs operator `name` on the resolved backend `which`.
+
+    cpu and cuda: the registered C++ operator (the dispatcher picks the device);
+    triton: its twin `name + "_triton"`; reference: the function of that name (or
+    reference_name) in rtrick_ops.reference, the pure-torch oracle, which is
+    imported here, on request, and nowhere else in the runtime.
+    """
+    if which == "reference":
+        return getattr(importlib.import_module(f"{__package__}.reference"), reference_name or name)
+    return getattr(torch.ops.rtrick_ops, name + "_triton" if which == "triton" else name)

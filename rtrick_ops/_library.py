@@ -7,6 +7,8 @@ import logging
 
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
+from . import kinds
+
 logger = logging.getLogger("rtrick_ops")
 
 try:
@@ -18,6 +20,14 @@ except Exception as error:  # ImportError, or an ABI mismatch surfacing as OSErr
     compiled = None
     load_error = error
     logger.info("rtrick_ops._C is not available: %s", error)
+
+if compiled is not None:  # a build of other kinds would run the wrong noise or scale: refuse it
+    kinds_mismatch = kinds.mismatch(compiled.kinds()) if hasattr(compiled, "kinds") else "_C has no kinds()"
+    if kinds_mismatch:
+        compiled = None
+        load_error = RuntimeError(f"rtrick_ops._C was built from other kinds than rtrick_ops/kinds.py lists "
+                                  f"({kinds_mismatch}); rebuild it, or make csrc/kinds.h and kinds.py agree")
+        logger.warning("rtrick_ops._C is not used: %s", load_error)
 
 # The Triton kernel modules (kernels/*.py, installed as rtrick_ops.kernels.*).
 TRITON_MODULES = ("family", "gumbel_softmax")

@@ -23,7 +23,7 @@ import math
 import torch
 from torch.distributions.utils import broadcast_all
 
-from . import reference
+from ._math import check_scale, sigma_of
 from . import family, gamma, gumbel
 from .normal import normal_rsample
 
@@ -62,8 +62,7 @@ class _FusedLocScale(_Fused):
     @classmethod
     def from_scale_param(cls, loc, scale_param, scale="log_sigma", validate_args=None, *, seed=None, backend="auto"):
         """The distribution with scale sigma(scale_param) under the parameterization `scale`."""
-        if scale not in reference.SCALES:
-            raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
+        check_scale(scale)
         loc, scale_param = broadcast_all(loc, scale_param)
         return cls._with_scale_param(loc, scale_param, scale, validate_args, seed, backend)
 
@@ -71,7 +70,7 @@ class _FusedLocScale(_Fused):
     def _with_scale_param(cls, loc, scale_param, scale, validate_args, seed, backend):
         # torch's __init__ of most classes needs the scale itself (Gumbel and
         # LogNormal build transforms from it): computed here, once.
-        new = cls(loc, reference.sigma_of(scale_param, scale), validate_args, seed=seed, backend=backend)
+        new = cls(loc, sigma_of(scale_param, scale), validate_args, seed=seed, backend=backend)
         new._scale_param, new._scale_kind = scale_param, scale
         return new
 
@@ -126,7 +125,7 @@ class Normal(_FusedLocScale, torch.distributions.Normal):
     @property
     def scale(self):
         if self._scale is None:  # computed on first use from the unconstrained parameter
-            self._scale = reference.sigma_of(self._scale_param, self._scale_kind)
+            self._scale = sigma_of(self._scale_param, self._scale_kind)
         return self._scale
 
     @scale.setter
@@ -148,6 +147,7 @@ class Normal(_FusedLocScale, torch.distributions.Normal):
         if self._scale_kind == "log_sigma":  # log(sigma) is the parameter itself: no exp-then-log round trip
             if self._validate_args:
                 self._validate_sample(value)
+            # torch's Normal.log_prob term for term, so the two agree to the bit
             return -((value - self.loc) ** 2) / (2 * self.scale**2) - self._scale_param - math.log(math.sqrt(2 * math.pi))
         return super().log_prob(value)
 

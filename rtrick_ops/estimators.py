@@ -31,7 +31,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from ._math import check_scale, normal_log_prob, sigma_of
 from ._checks import check_tau
 from .normal import normal_rsample
 
@@ -43,7 +43,6 @@ __all__ = [
     "straight_through_categorical", "gumbel_softmax", "torch_gumbel_softmax",
 ]
 
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 # Added to the caller's seed for the warm-up batch of learning baselines: a
 # large constant, so the warm-up batch of seed s is never the measured batch
 # of a nearby seed.
@@ -108,21 +107,18 @@ class GaussianFamily(ReparamFamily):
     param_names = ("mu", "scale_param")
 
     def __post_init__(self):
-        if self.scale not in reference.SCALES:
-            raise ValueError(f"scale={self.scale!r} is not a valid scale; valid: "
-                             f"{', '.join(map(repr, reference.SCALES))}")
+        check_scale(self.scale)
 
     def rsample(self, params, sample_shape=(), seed=None):
         return normal_rsample(params["mu"], params["scale_param"], scale=self.scale, sample_shape=sample_shape,
                               seed=seed, backend=self.backend)
 
     def log_prob(self, value, params):
-        sigma = reference.sigma_of(params["scale_param"], self.scale)
-        standardized = (value - params["mu"]) / sigma
-        return -0.5 * standardized * standardized - torch.log(sigma) - _LOG_SQRT_2PI
+        sigma = sigma_of(params["scale_param"], self.scale)
+        return normal_log_prob((value - params["mu"]) / sigma, torch.log(sigma))
 
     def moments(self, params):
-        mean, sigma = torch.broadcast_tensors(params["mu"], reference.sigma_of(params["scale_param"], self.scale))
+        mean, sigma = torch.broadcast_tensors(params["mu"], sigma_of(params["scale_param"], self.scale))
         return mean, mean * mean + sigma * sigma
 
     def check_params(self, params):

@@ -14,8 +14,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import _library, reference
-from ._backends import resolve_backend
+from . import _library
+from ._backends import implementation, resolve_backend
+from ._math import check_scale
 from ._checks import (check_broadcast, check_op_inputs, check_param, check_positive, check_sample_shape,
                       check_same_device, check_scale_param, check_tau, validation_enabled)
 from ._random import make_rng_state
@@ -31,9 +32,7 @@ def _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, bac
     check_param(loc, loc_name)
     check_param(scale_param, scale_name)
     check_same_device(**{loc_name: loc, scale_name: scale_param})
-    allowed = reference.SCALES + (("rate",) if family == "exponential" else ())
-    if scale not in allowed:
-        raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, allowed))}")
+    check_scale(scale, allow_rate=family == "exponential")
     sample_shape = check_sample_shape(sample_shape)
     check_broadcast(**{loc_name: loc, scale_name: scale_param})
     check_scale_param(scale_param, scale_name, scale, validate_args)
@@ -41,10 +40,7 @@ def _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, bac
     dtype = torch.promote_types(loc.dtype, scale_param.dtype)
     loc, scale_param = loc.to(dtype), scale_param.to(dtype)
     rng_state = make_rng_state(seed, generator, loc.device)
-    if which == "reference":
-        return reference.loc_scale_rsample(loc, scale_param, rng_state, family, scale, sample_shape)
-    forward = _ops.loc_scale_rsample_triton if which == "triton" else _ops.loc_scale_rsample
-    return forward(loc, scale_param, rng_state, family, scale, sample_shape)
+    return implementation("loc_scale_rsample", which)(loc, scale_param, rng_state, family, scale, sample_shape)
 
 
 _COMMON_ARGS = """
@@ -161,10 +157,7 @@ def relaxed_bernoulli_rsample(logits: torch.Tensor, tau: float = 1.0, *, sample_
     sample_shape = check_sample_shape(sample_shape)
     which = resolve_backend(backend, logits.device)
     rng_state = make_rng_state(seed, generator, logits.device)
-    if which == "reference":
-        return reference.relaxed_bernoulli_rsample(logits, rng_state, tau, sample_shape)
-    forward = _ops.relaxed_bernoulli_rsample_triton if which == "triton" else _ops.relaxed_bernoulli_rsample
-    return forward(logits, rng_state, tau, sample_shape)
+    return implementation("relaxed_bernoulli_rsample", which)(logits, rng_state, tau, sample_shape)
 
 
 relaxed_bernoulli_rsample.__doc__ = relaxed_bernoulli_rsample.__doc__.format(common=_COMMON_ARGS)

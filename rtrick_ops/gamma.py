@@ -14,8 +14,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import _library, reference
-from ._backends import resolve_backend
+from . import _library
+from ._backends import implementation, resolve_backend
 from ._checks import (check_broadcast, check_op_inputs, check_param, check_positive, check_same_device,
                       check_sample_shape)
 from ._random import make_rng_state
@@ -78,10 +78,7 @@ def gamma_rsample(
     if rate is not None and tuple(alpha.shape) != tuple(batch):
         alpha = alpha.expand(batch)
     rng_state = make_rng_state(seed, generator, concentration.device)
-    if which == "reference":
-        z = reference.gamma_rsample(alpha, rng_state, sample_shape)
-    else:
-        z = _ops.gamma_rsample(alpha, rng_state, list(sample_shape))
+    z = implementation("gamma_rsample", which)(alpha, rng_state, list(sample_shape))
     return z if rate is None else z / rate.to(dtype)
 
 
@@ -114,9 +111,7 @@ def beta_rsample(
     dtype = torch.promote_types(a.dtype, b.dtype)
     a, b = a.to(dtype), b.to(dtype)
     rng_state = make_rng_state(seed, generator, a.device)
-    if which == "reference":
-        return reference.beta_rsample(a, b, rng_state, sample_shape)
-    return _ops.beta_rsample(a, b, rng_state, list(sample_shape))
+    return implementation("beta_rsample", which)(a, b, rng_state, list(sample_shape))
 
 
 def dirichlet_rsample(
@@ -142,9 +137,7 @@ def dirichlet_rsample(
     sample_shape = check_sample_shape(sample_shape)
     which = _backend_for(backend, concentration.device)
     rng_state = make_rng_state(seed, generator, concentration.device)
-    if which == "reference":
-        return reference.dirichlet_rsample(concentration, rng_state, sample_shape)
-    return _ops.dirichlet_rsample(concentration, rng_state, list(sample_shape))
+    return implementation("dirichlet_rsample", which)(concentration, rng_state, list(sample_shape))
 
 
 # ------------------------------------------------------ fake kernels, autograd

@@ -12,8 +12,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import _library, reference
-from ._backends import resolve_backend
+from . import _library
+from ._backends import implementation, resolve_backend
+from ._math import compute_dtype
 from ._checks import check_op_inputs, check_param, check_sample_shape, check_tau
 from ._random import make_rng_state
 
@@ -81,13 +82,7 @@ def gumbel_softmax(
     sample_shape = check_sample_shape(sample_shape)
     which = resolve_backend(backend, logits.device)
     rng_state = make_rng_state(seed, generator, logits.device)
-    if which == "reference":
-        if not hard:
-            return reference.gumbel_softmax(logits, rng_state, tau, False, dim, sample_shape)
-        soft = reference.gumbel_softmax(logits, rng_state, tau, False, dim, sample_shape)
-        one_hot = reference.gumbel_softmax(logits, rng_state, tau, True, dim, sample_shape)
-        return one_hot + (soft - soft.detach())  # exact one-hot values, the soft sample's gradient
-    forward = _ops.gumbel_softmax_triton if which == "triton" else _ops.gumbel_softmax  # cpu, cuda: by device
+    forward = implementation("gumbel_softmax", which, reference_name="gumbel_softmax_straight_through")
     return forward(logits, rng_state, tau, hard, dim, list(sample_shape))
 
 
@@ -136,7 +131,7 @@ def _register_autograd(forward_name, backward_name):
             # y with the gradient of softmax((x + g) / tau): the sample from the op, the
             # Jacobian from torch's softmax of (x - stop_grad(x)) + log y.
             y_value = _soft_sample(forward, logits.detach(), rng_state, tau, dim, sample_dims)
-            compute = reference.compute_dtype(logits.dtype)
+            compute = compute_dtype(logits.dtype)
             y_value = y_value.to(compute)
             log_y = torch.log(y_value.clamp_min(torch.finfo(compute).tiny))
             xc = x.to(compute)

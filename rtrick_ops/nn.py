@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._backends import resolve_backend
+from ._math import LOG_SQRT_2PI
 from ._checks import check_choice, check_param, check_sample_shape
 from ._random import make_rng_state, substreams
 from .normal import draw_normal, normal_kl, normal_rsample_and_kl, normal_rsample_and_log_prob
@@ -78,7 +79,7 @@ class GaussianPolicyHead(nn.Module):
         mu, log_std = self.to_params(features).chunk(2, dim=-1)
         log_std = log_std.clamp(self.log_std_min, self.log_std_max)
         if deterministic:  # the mode: eps = 0
-            u, log_prob_u = mu, -log_std - 0.5 * math.log(2 * math.pi)
+            u, log_prob_u = mu, -log_std - LOG_SQRT_2PI
         else:
             u, log_prob_u = normal_rsample_and_log_prob(mu, log_std, scale="log_sigma", seed=seed)
         squash_correction = 2 * (math.log(2) - u - nn.functional.softplus(-2 * u))

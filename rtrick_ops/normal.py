@@ -10,8 +10,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import _library, reference
-from ._backends import resolve_backend
+from . import _library
+from ._backends import implementation, resolve_backend
+from ._math import check_scale, d2sigma_of, dlog_sigma_of, dsigma_of, normal_kl_grads
 from ._checks import (check_broadcast, check_op_inputs, check_param, check_sample_shape, check_same_device,
                       check_scale_param)
 from ._random import make_rng_state
@@ -57,8 +58,7 @@ def normal_rsample(
     check_param(mu, "mu")
     check_param(scale_param, "scale_param")
     check_same_device(mu=mu, scale_param=scale_param)
-    if scale not in reference.SCALES:
-        raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
+    check_scale(scale)
     sample_shape = check_sample_shape(sample_shape)
     check_broadcast(mu=mu, scale_param=scale_param)
     check_scale_param(scale_param, "scale_param", scale, validate_args)
@@ -76,10 +76,7 @@ def draw_normal(which, mu, scale_param, rng_state, scale, sample_shape):
     sub-streams, rtrick_ops.diffusion's regenerated noise): `which` is a resolved
     backend, mu and scale_param share a dtype and broadcast.
     """
-    if which == "reference":
-        return reference.normal_rsample(mu, scale_param, rng_state, scale, sample_shape)
-    forward = _ops.normal_rsample_triton if which == "triton" else _ops.normal_rsample  # cpu, cuda: by device
-    return forward(mu, scale_param, rng_state, scale, sample_shape)
+    return implementation("normal_rsample", which)(mu, scale_param, rng_state, scale, sample_shape)
 
 
 def gaussian_args(mu, scale_param, scale, backend):
@@ -87,16 +84,11 @@ def gaussian_args(mu, scale_param, scale, backend):
     check_param(mu, "mu")
     check_param(scale_param, "scale_param")
     check_same_device(mu=mu, scale_param=scale_param)
-    if scale not in reference.SCALES:
-        raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, reference.SCALES))}")
+    check_scale(scale)
     check_broadcast(mu=mu, scale_param=scale_param)
     which = resolve_backend(backend, mu.device)
     dtype = torch.promote_types(mu.dtype, scale_param.dtype)
     return which, mu.to(dtype), scale_param.to(dtype)
-
-
-def _op(name, which):
-    return getattr(_ops, name + "_triton") if which == "triton" else getattr(_ops, name)
 
 
 def normal_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
@@ -115,9 +107,7 @@ def normal_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_
         kl, of the broadcast shape of mu and scale_param.
     """
     which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
-    if which == "reference":
-        return reference.normal_kl(mu, scale_param, scale)
-    return _op("normal_kl", which)(mu, scale_param, scale)
+    return implementation("normal_kl", which)(mu, scale_param, scale)
 
 
 def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
@@ -131,10 +121,7 @@ def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale:
     which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
     sample_shape = check_sample_shape(sample_shape)
     rng_state = make_rng_state(seed, generator, mu.device)
-    if which == "reference":
-        return (reference.normal_rsample(mu, scale_param, rng_state, scale, sample_shape),
-                reference.normal_kl(mu, scale_param, scale))
-    return _op("normal_rsample_and_kl", which)(mu, scale_param, rng_state, scale, sample_shape)
+    return implementation("normal_rsample_and_kl", which)(mu, scale_param, rng_state, scale, sample_shape)
 
 
 def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
@@ -152,9 +139,7 @@ def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, 
     which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
     sample_shape = check_sample_shape(sample_shape)
     rng_state = make_rng_state(seed, generator, mu.device)
-    if which == "reference":
-        return reference.normal_rsample_and_log_prob(mu, scale_param, rng_state, scale, sample_shape)
-    return _op("normal_rsample_and_log_prob", which)(mu, scale_param, rng_state, scale, sample_shape)
+    return implementation("normal_rsample_and_log_prob", which)(mu, scale_param, rng_state, scale, sample_shape)
 
 
 def scale_backward_grads(ctx, grad_grad, grad, scale_param, draw, noise_dot):
@@ -167,13 +152,13 @@ def scale_backward_grads(ctx, grad_grad, grad, scale_param, draw, noise_dot):
     """
     d_grad = d_scale = None
     if ctx.needs_input_grad[0]:
-        weight = grad_grad * reference.dsigma_of(scale_param, ctx.scale)
+        weight = grad_grad * dsigma_of(scale_param, ctx.scale)
         d_grad = draw(grad.new_zeros(()).expand(grad.shape), weight)
     if ctx.needs_input_grad[1]:
         if ctx.scale == "sigma":
             d_scale = torch.zeros_like(scale_param)
         else:
-            d_scale = grad_grad * reference.d2sigma_of(scale_param, ctx.scale) * noise_dot()
+            d_scale = grad_grad * d2sigma_of(scale_param, ctx.scale) * noise_dot()
     return d_grad, d_scale
 
 
@@ -237,7 +222,7 @@ def _register_vae_helpers(suffix):
         return grad_mu, grad_scale, None
 
     # Double backward of the fused KL backward: differentiate the same formula
-    # written with torch ops (reference.normal_kl_grads).
+    # written with torch ops (_math.normal_kl_grads).
     def setup_kl_backward(ctx, inputs, output):
         grad, mu, scale_param, scale = inputs
         ctx.save_for_backward(grad, mu, scale_param)
@@ -246,7 +231,7 @@ def _register_vae_helpers(suffix):
     def grad_kl_backward(ctx, grad_grad_mu, grad_grad_scale):
         inputs = [t.detach().requires_grad_(True) for t in ctx.saved_tensors]
         with torch.enable_grad():
-            outputs = reference.normal_kl_grads(*inputs, ctx.scale)
+            outputs = normal_kl_grads(*inputs, ctx.scale)
             pairs = [(o, g) for o, g in zip(outputs, (grad_grad_mu, grad_grad_scale)) if g is not None]
             grads = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], create_graph=True,
                                         allow_unused=True)
@@ -276,7 +261,7 @@ def _register_vae_helpers(suffix):
         grad_mu = grad_z.sum_to_size(ctx.mu_shape)
         grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale)
         grad_scale = grad_scale.sub_(grad_log_q.sum_to_size(scale_param.shape)
-                                     * reference.dlog_sigma_of(scale_param, ctx.scale))
+                                     * dlog_sigma_of(scale_param, ctx.scale))
         return grad_mu, grad_scale, None, None, None
 
     for name, fn, setup in (("normal_kl", grad_kl, setup_kl),

@@ -19,11 +19,17 @@ import math
 
 import torch
 
+# The scale transforms and kinds are the runtime's (the kernels are checked against them through
+# the samples); the oracle imports the runtime, never the reverse.
+from ._math import (LOG_SQRT_2PI, compute_dtype, d2sigma_of, dlog_sigma_of, dsigma_of,  # noqa: F401
+                    log_sigma_of, normal_kl_grads, sigma_of)
+from .kinds import FAMILIES, GAUSSIAN_SCALES
+
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
 _PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 _UNIFORM_WORD_MAX = 0xFFFFFF7F
-SCALES = ("log_sigma", "logvar", "sigma", "softplus")
+SCALES = GAUSSIAN_SCALES
 
 
 def _mulhilo32(a, m):
@@ -90,10 +96,6 @@ NOISE_TRANSFORMS = {
     "gumbel": lambda u: -torch.log(-torch.log(u)),
 }
 
-# family -> (noise kind, z = exp(loc + scale * noise))
-FAMILIES = {"normal": ("normal", False), "lognormal": ("normal", True), "uniform": ("uniform", False),
-            "exponential": ("exponential", False), "laplace": ("laplace", False), "cauchy": ("cauchy", False),
-            "logistic": ("logistic", False), "gumbel": ("gumbel", False)}
 
 
 def noise(kind, key, offset, count, device="cpu"):
@@ -102,68 +104,6 @@ def noise(kind, key, offset, count, device="cpu"):
         return standard_normal(key, offset, count, device)
     u = uniform_open(stream_words(key, offset, count, device)).to(torch.float64)
     return NOISE_TRANSFORMS[kind](u).to(torch.float32)
-
-
-def sigma_of(x, scale):
-    """sigma from the scale parameter x."""
-    if scale == "log_sigma":
-        return torch.exp(x)
-    if scale == "logvar":
-        return torch.exp(0.5 * x)
-    if scale == "sigma":
-        return x
-    if scale == "softplus":
-        return torch.nn.functional.softplus(x)
-    if scale == "rate":
-        return 1 / x
-    raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, SCALES))}")
-
-
-def dsigma_of(x, scale):
-    """d sigma / dx."""
-    if scale == "log_sigma":
-        return torch.exp(x)
-    if scale == "logvar":
-        return 0.5 * torch.exp(0.5 * x)
-    if scale == "sigma":
-        return torch.ones_like(x)
-    if scale == "softplus":
-        return torch.sigmoid(x)
-    if scale == "rate":
-        return -1 / (x * x)
-    raise ValueError(f"scale={scale!r} is not a valid scale")
-
-
-def d2sigma_of(x, scale):
-    """d^2 sigma / dx^2 (used by double backward)."""
-    if scale == "log_sigma":
-        return torch.exp(x)
-    if scale == "logvar":
-        return 0.25 * torch.exp(0.5 * x)
-    if scale == "sigma":
-        return torch.zeros_like(x)
-    if scale == "softplus":
-        s = torch.sigmoid(x)
-        return s * (1 - s)
-    if scale == "rate":
-        return 2 / (x * x * x)
-    raise ValueError(f"scale={scale!r} is not a valid scale")
-
-
-def log_sigma_of(x, scale):
-    """log sigma."""
-    if scale == "log_sigma":
-        return x
-    if scale == "logvar":
-        return 0.5 * x
-    if scale == "rate":
-        return -torch.log(x)
-    return torch.log(sigma_of(x, scale))
-
-
-def compute_dtype(dtype):
-    """Half types are computed in float32; float64 in float64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def normal_rsample(mu, scale_param, rng_state, scale="log_sigma", sample_shape=()):
@@ -211,29 +151,14 @@ def normal_kl(mu, scale_param, scale="log_sigma"):
     return kl.to(torch.promote_types(mu.dtype, scale_param.dtype))
 
 
-def dlog_sigma_of(x, scale):
-    """d log(sigma) / dx."""
-    if scale == "log_sigma":
-        return torch.ones_like(x)
-    if scale == "logvar":
-        return torch.full_like(x, 0.5)
-    if scale in ("sigma", "rate"):
-        return (1 if scale == "sigma" else -1) / x
-    return dsigma_of(x, scale) / sigma_of(x, scale)
-
-
-def normal_kl_grads(grad_kl, mu, scale_param, scale="log_sigma"):
-    """(grad_mu, grad_scale_param) of normal_kl at broadcast shape, summed to each input's shape:
-    dKL/dmu = mu, dKL/dx = (sigma^2 - 1) d log(sigma)/dx."""
-    t = 2 * log_sigma_of(scale_param, scale)
-    grad_mu = grad_kl * mu
-    grad_scale = grad_kl * torch.expm1(t) * dlog_sigma_of(scale_param, scale)
-    return grad_mu.sum_to_size(mu.shape), grad_scale.sum_to_size(scale_param.shape)
+def normal_rsample_and_kl(mu, scale_param, rng_state, scale="log_sigma", sample_shape=()):
+    """(z, kl) with the noise of normal_rsample."""
+    return normal_rsample(mu, scale_param, rng_state, scale, sample_shape), normal_kl(mu, scale_param, scale)
 
 
 def normal_log_prob_from_noise(eps, scale_param, scale="log_sigma"):
     """log N(z; mu, sigma^2) for z = mu + sigma * eps: -eps^2 / 2 - log sigma - log(2 pi) / 2."""
-    return -0.5 * eps * eps - log_sigma_of(scale_param, scale) - 0.5 * math.log(2 * math.pi)
+    return -0.5 * eps * eps - log_sigma_of(scale_param, scale) - LOG_SQRT_2PI
 
 
 def normal_rsample_and_log_prob(mu, scale_param, rng_state, scale="log_sigma", sample_shape=()):
@@ -277,6 +202,16 @@ def gumbel_softmax(logits, rng_state, tau=1.0, hard=False, dim=-1, sample_shape=
         t = (v - v.amax(out_dim, keepdim=True).detach()) / tau
         y = torch.softmax(t, out_dim).to(logits.dtype)
     return y.reshape(shape)
+
+
+def gumbel_softmax_straight_through(logits, rng_state, tau=1.0, hard=False, dim=-1, sample_shape=()):
+    """What rtrick_ops.gumbel_softmax returns: the soft sample, or for hard=True the exact one-hot
+    with the soft sample's gradient (straight-through)."""
+    soft = gumbel_softmax(logits, rng_state, tau, False, dim, sample_shape)
+    if not hard:
+        return soft
+    one_hot = gumbel_softmax(logits, rng_state, tau, True, dim, sample_shape)
+    return one_hot + (soft - soft.detach())
 
 
 def gumbel_softmax_backward(grad_y, logits, rng_state, tau=1.0, dim=-1):

@@ -35,7 +35,7 @@ def nvcc_command(source, arch, output):
         includes.append(f"-I{ROOT / 'csrc' / 'cuda' / 'ci_shim'}")
     cxx_standard = "c++20" if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 10) else "c++17"
     return [NVCC, "-c", str(source), "-o", str(output), *includes, f"-std={cxx_standard}", "-O3", "-fmad=false",
-            "--expt-relaxed-constexpr", "-DRTRICK_WITH_CUDA", f"-gencode=arch=compute_{arch},code=sm_{arch}",
+            "--expt-relaxed-constexpr", "-Xcompiler=-Werror=switch", "-DRTRICK_WITH_CUDA", f"-gencode=arch=compute_{arch},code=sm_{arch}",
             "-Xptxas", "-v", "-diag-suppress", "3306"]
 
 

@@ -7,6 +7,8 @@
 
 #include <stdint.h>
 
+#include "../kinds.h"
+
 namespace rtrick {
 namespace cpu {
 
@@ -17,17 +19,8 @@ struct StreamKey {
   uint64_t offset;
 };
 
-// The formulas of ../formulas.h that the row kernels run.
-enum class FormulaId : int32_t {
-  LocScaleSample = 0,
-  LogNormalSample = 1,
-  ScaleGrad = 2,
-  RelaxedBernoulliSample = 3,
-  NormalKL = 4,
-  NormalKLGrad = 5,
-  SampleAndKL = 6,
-  SampleAndLogProb = 7,
-};
+// The formulas of ../formulas.h that the row kernels run (numbered in ../kinds.h).
+using rtrick::FormulaId;
 
 // The 64 noise values of one aligned block of the stream, kept between calls
 // so that short rows lying in the same block do not regenerate it.

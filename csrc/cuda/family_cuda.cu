@@ -180,23 +180,20 @@ void run(ScaleKind scale, const at::Tensor& rng_state, const std::vector<at::Ten
 template <template <ScaleKind> class F>
 void run_family(NoiseKind noise, ScaleKind scale, const at::Tensor& rng_state, const std::vector<at::Tensor>& outs,
                 const std::vector<at::Tensor>& ins) {
-  switch (noise) {
-    case NoiseKind::Normal: run<F, NoiseKind::Normal, false>(scale, rng_state, outs, ins); return;
-    case NoiseKind::Laplace: run<F, NoiseKind::Laplace, false>(scale, rng_state, outs, ins); return;
-    case NoiseKind::Cauchy: run<F, NoiseKind::Cauchy, false>(scale, rng_state, outs, ins); return;
-    case NoiseKind::Logistic: run<F, NoiseKind::Logistic, false>(scale, rng_state, outs, ins); return;
-    case NoiseKind::Gumbel: run<F, NoiseKind::Gumbel, false>(scale, rng_state, outs, ins); return;
-    default: break;
-  }
-  TORCH_CHECK_VALUE(!(noise == NoiseKind::Uniform && scale != ScaleKind::Sigma) &&
-                        !(noise == NoiseKind::Exponential && scale != ScaleKind::Rate),
-                    "on CUDA, family 'uniform' takes scale='sigma' and 'exponential' scale='rate' "
-                    "(what uniform_rsample and exponential_rsample pass)");
-  if (noise == NoiseKind::Uniform) {
-    launch_by_dtype<F<ScaleKind::Sigma>, NoiseKind::Uniform>(rng_state, outs, ins);
-  } else {
-    launch_by_dtype<F<ScaleKind::Rate>, NoiseKind::Exponential>(rng_state, outs, ins);
-  }
+  visit_kind(noise, [&](auto tag) {
+    constexpr NoiseKind k = decltype(tag)::value;
+    if constexpr (k == NoiseKind::Uniform) {
+      TORCH_CHECK_VALUE(scale == ScaleKind::Sigma, "on CUDA, family 'uniform' takes scale='sigma' (what uniform_rsample passes)");
+      launch_by_dtype<F<ScaleKind::Sigma>, NoiseKind::Uniform>(rng_state, outs, ins);
+    } else if constexpr (k == NoiseKind::Exponential) {
+      TORCH_CHECK_VALUE(scale == ScaleKind::Rate, "on CUDA, family 'exponential' takes scale='rate' (what exponential_rsample passes)");
+      launch_by_dtype<F<ScaleKind::Rate>, NoiseKind::Exponential>(rng_state, outs, ins);
+    } else if constexpr (k == NoiseKind::None) {
+      TORCH_CHECK(false, "internal error: a location-scale family without noise");
+    } else {
+      run<F, k, false>(scale, rng_state, outs, ins);
+    }
+  });
 }
 
 // grad * noise in the accumulator type, for each noise kind.
@@ -208,17 +205,13 @@ void run_noise_product(NoiseKind noise, const at::Tensor& rng_state, const at::T
                                                                                                  rng_state);
     });
   };
-  using K = NoiseKind;
-  switch (noise) {
-    case K::Normal: go(std::integral_constant<K, K::Normal>{}); return;
-    case K::Uniform: go(std::integral_constant<K, K::Uniform>{}); return;
-    case K::Exponential: go(std::integral_constant<K, K::Exponential>{}); return;
-    case K::Laplace: go(std::integral_constant<K, K::Laplace>{}); return;
-    case K::Cauchy: go(std::integral_constant<K, K::Cauchy>{}); return;
-    case K::Logistic: go(std::integral_constant<K, K::Logistic>{}); return;
-    case K::Gumbel: go(std::integral_constant<K, K::Gumbel>{}); return;
-    default: TORCH_CHECK(false, "internal error: no noise to multiply by");
-  }
+  visit_kind(noise, [&](auto tag) {
+    if constexpr (decltype(tag)::value == NoiseKind::None) {
+      TORCH_CHECK(false, "internal error: no noise to multiply by");
+    } else {
+      go(tag);
+    }
+  });
 }
 
 at::Tensor sample_loc_scale(const at::Tensor& loc, const at::Tensor& scale_param, const at::Tensor& rng_state,

@@ -47,7 +47,7 @@ LAUNCH = re.compile(
 CUDA_IMPL = re.compile(r"TORCH_LIBRARY_IMPL\(\s*rtrick_ops\s*,\s*CUDA\s*,")
 SCHEMA_LIBRARY = re.compile(r"TORCH_LIBRARY\(\s*rtrick_ops\s*,")
 
-COMMON_FLAGS = ["-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wno-unknown-pragmas",
+COMMON_FLAGS = ["-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wno-unknown-pragmas", "-Werror=switch",
                 "-include", str(HERE / "include" / "cuda_emu.h")]
 VARIANTS = {
     "plain": {

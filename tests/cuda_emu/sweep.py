@@ -36,12 +36,14 @@ import time
 import torch
 
 import rtrick_ops  # noqa: F401  (torch.ops.rtrick_ops: the CPU kernels)
+from rtrick_ops import kinds
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-SCALES = ("log_sigma", "logvar", "sigma", "softplus")
-# family -> the scales its public wrapper passes (uniform: sigma = high - low; exponential: rate)
-FAMILIES = {"normal": SCALES, "lognormal": SCALES, "uniform": ("sigma",), "exponential": ("rate",),
-            "laplace": SCALES, "cauchy": SCALES, "logistic": SCALES, "gumbel": SCALES}
+SCALES = kinds.GAUSSIAN_SCALES
+# family -> the scales its public wrapper passes: every family of the one list, with the Gaussian
+# scales unless its wrapper passes one fixed scale (uniform: sigma = high - low; exponential: rate)
+FIXED_SCALE = {"uniform": ("sigma",), "exponential": ("rate",)}
+FAMILIES = {family: FIXED_SCALE.get(family, SCALES) for family in kinds.FAMILIES}
 BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
         torch.bfloat16: torch.int16}
 # Tolerances where the order of a sum differs by design: relative to the

@@ -1,0 +1,111 @@
+"""The math the runtime needs in torch: scale transforms and their derivatives,
+the Gaussian log-density, the compute dtype.
+
+The kernels compute these themselves (csrc/philox.h, csrc/formulas.h,
+kernels/stream.py); the Python layer needs them for double backward, the
+distribution classes and the estimators. They live here, once, so that the
+runtime never imports the test oracle (reference.py): editing the oracle cannot
+change a production gradient. reference.py imports from here, not the reverse.
+"""
+import math
+
+import torch
+
+from .kinds import GAUSSIAN_SCALES, SCALE
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def check_scale(scale, allow_rate=False):
+    """scale itself, or a ValueError naming the valid scales (the Gaussian ones, plus "rate" if allowed)."""
+    valid = tuple(SCALE) if allow_rate else GAUSSIAN_SCALES
+    if scale not in valid:
+        raise ValueError(f"scale={scale!r} is not a valid scale; valid: {', '.join(map(repr, valid))}")
+    return scale
+
+
+def compute_dtype(dtype):
+    """The dtype the kernels compute a storage dtype in: float64 stays, the rest is float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sigma_of(x, scale):
+    """sigma from the scale parameter x."""
+    if scale == "log_sigma":
+        return torch.exp(x)
+    if scale == "logvar":
+        return torch.exp(0.5 * x)
+    if scale == "sigma":
+        return x
+    if scale == "softplus":
+        return torch.nn.functional.softplus(x)
+    if scale == "rate":
+        return 1 / x
+    check_scale(scale, allow_rate=True)
+
+
+def dsigma_of(x, scale):
+    """d sigma / dx."""
+    if scale == "log_sigma":
+        return torch.exp(x)
+    if scale == "logvar":
+        return 0.5 * torch.exp(0.5 * x)
+    if scale == "sigma":
+        return torch.ones_like(x)
+    if scale == "softplus":
+        return torch.sigmoid(x)
+    if scale == "rate":
+        return -1 / (x * x)
+    check_scale(scale, allow_rate=True)
+
+
+def d2sigma_of(x, scale):
+    """d^2 sigma / dx^2 (double backward)."""
+    if scale == "log_sigma":
+        return torch.exp(x)
+    if scale == "logvar":
+        return 0.25 * torch.exp(0.5 * x)
+    if scale == "sigma":
+        return torch.zeros_like(x)
+    if scale == "softplus":
+        s = torch.sigmoid(x)
+        return s * (1 - s)
+    if scale == "rate":
+        return 2 / (x * x * x)
+    check_scale(scale, allow_rate=True)
+
+
+def log_sigma_of(x, scale):
+    """log sigma, exact where the parameterization allows it."""
+    if scale == "log_sigma":
+        return x
+    if scale == "logvar":
+        return 0.5 * x
+    if scale == "rate":
+        return -torch.log(x)
+    return torch.log(sigma_of(x, scale))
+
+
+def dlog_sigma_of(x, scale):
+    """d log(sigma) / dx."""
+    if scale == "log_sigma":
+        return torch.ones_like(x)
+    if scale == "logvar":
+        return torch.full_like(x, 0.5)
+    if scale in ("sigma", "rate"):
+        return (1 if scale == "sigma" else -1) / x
+    return dsigma_of(x, scale) / sigma_of(x, scale)
+
+
+def normal_log_prob(standardized, log_sigma):
+    """log N(z; mu, sigma^2) from (z - mu) / sigma and log sigma: -s^2 / 2 - log sigma - log(2 pi) / 2."""
+    return -0.5 * standardized * standardized - log_sigma - LOG_SQRT_2PI
+
+
+def normal_kl_grads(grad_kl, mu, scale_param, scale="log_sigma"):
+    """(grad_mu, grad_scale_param) of the closed-form KL(N(mu, sigma^2) || N(0, 1)), summed to each
+    input's shape: dKL/dmu = mu, dKL/dx = (sigma^2 - 1) d log(sigma)/dx."""
+    t = 2 * log_sigma_of(scale_param, scale)
+    grad_mu = grad_kl * mu
+    grad_scale = grad_kl * torch.expm1(t) * dlog_sigma_of(scale_param, scale)
+    return grad_mu.sum_to_size(mu.shape), grad_scale.sum_to_size(scale_param.shape)

@@ -1,0 +1,113 @@
+"""The one list of kinds (csrc/kinds.h, rtrick_ops/kinds.py) and the one-way imports.
+
+* The Python copy equals what _C was built from, and a build that differs is refused.
+* A kind added to the list without its transform fails to compile (the
+  exhaustive switches and the static_asserts of the per-kind templates).
+* No runtime module imports the test oracle, rtrick_ops.reference.
+"""
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rtrick_ops import _library, kinds
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_compiled = pytest.mark.skipif(_library.compiled is None, reason="rtrick_ops._C is not built")
+
+
+@needs_compiled
+def test_python_kinds_equal_the_compiled_lists():
+    assert kinds.mismatch(_library.compiled.kinds()) is None
+    assert kinds.as_dict() == _library.compiled.kinds()
+
+
+def test_a_differing_list_is_described_entry_by_entry():
+    other = kinds.as_dict()
+    other["noise"]["laplace"] = 9
+    del other["scale"]["rate"]
+    message = kinds.mismatch(other)
+    assert "noise 'laplace': rtrick_ops/kinds.py has 3, csrc/kinds.h has 9" in message
+    assert "scale 'rate'" in message
+
+
+def test_triton_and_python_layers_take_their_codes_from_the_list():
+    pytest.importorskip("triton")
+    from rtrick_ops.kernels import family, stream
+
+    assert stream.NOISE_GUMBEL == kinds.NOISE["gumbel"] and stream.NOISE_NONE == kinds.NOISE["none"]
+    assert stream.SCALE_SOFTPLUS == kinds.SCALE["softplus"][0]
+    assert family.NOISE_PRODUCT == kinds.FORMULA["noise_product"]
+    assert family.FAMILIES["lognormal"] == (kinds.NOISE["normal"], True)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (('  X(None, 7, "none")', '  X(None, 7, "none") X(Weibull, 9, "weibull")'),
+     "word_noise: a one-word noise kind without a transform"),
+    (('X(Rate, 4, "rate", false)', 'X(Rate, 4, "rate", false) X(Inverse, 5, "inverse", false)'),
+     "sigma_of: a scale kind without a transform"),
+], ids=["noise", "scale"])
+def test_a_kind_added_to_the_list_alone_does_not_compile(tmp_path, edit, message):
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    shutil.copytree(ROOT / "csrc", tmp_path / "csrc")
+    header = tmp_path / "csrc" / "kinds.h"
+    old, new = edit
+    text = header.read_text()
+    assert old in text, "the test's edit no longer matches csrc/kinds.h"
+    header.write_text(text.replace(old, new))
+    # The row kernels need no torch header: a syntax-only compile takes well under a second.
+    command = [compiler, "-std=c++17", "-fsyntax-only", "-Werror=switch", "-ffp-contract=off",
+               str(tmp_path / "csrc" / "cpu" / "row_kernels_default.cpp")]
+    unedited = subprocess.run(command[:-1] + [str(ROOT / "csrc" / "cpu" / "row_kernels_default.cpp")],
+                              capture_output=True, text=True)
+    assert unedited.returncode == 0, unedited.stderr[-2000:]
+    edited = subprocess.run(command, capture_output=True, text=True)
+    assert edited.returncode != 0 and message in edited.stderr, edited.stderr[-2000:]
+
+
+def runtime_modules():
+    """The runtime's Python files: the package and its kernels, without the oracle."""
+    files = sorted((ROOT / "rtrick_ops").glob("*.py")) + sorted((ROOT / "kernels").glob("*.py"))
+    return [f for f in files if f.name != "reference.py"]
+
+
+def imports_reference(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.endswith("reference") for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom):
+            if (node.module or "").endswith("reference") or any(a.name == "reference" for a in node.names):
+                return True
+    return False
+
+
+def test_no_runtime_module_imports_the_oracle():
+    offenders = [f.name for f in runtime_modules() if imports_reference(ast.parse(f.read_text()))]
+    assert offenders == []
+
+
+@needs_compiled
+def test_using_every_op_never_loads_the_oracle():
+    """backend='reference' loads rtrick_ops.reference on request (_backends.implementation); nothing else may."""
+    script = """
+import sys, torch, rtrick_ops as rt
+x = torch.zeros(4, requires_grad=True)
+loss = (rt.normal_rsample(x, x, seed=1).sum() + rt.normal_kl(x, x).sum() + rt.laplace_rsample(x, x, seed=2).sum()
+        + sum(t.sum() for t in rt.normal_rsample_and_kl(x, x, seed=3))
+        + sum(t.sum() for t in rt.normal_rsample_and_log_prob(x, x, seed=4))
+        + rt.gumbel_softmax(x, hard=True, seed=5).sum() + rt.relaxed_bernoulli_rsample(x, seed=6).sum()
+        + rt.gamma_rsample(x.exp(), seed=7).sum() + rt.beta_rsample(x.exp(), x.exp(), seed=8).sum()
+        + rt.dirichlet_rsample(x.exp(), seed=9).sum()
+        + rt.distributions.Normal.from_log_scale(x, x, seed=10).rsample().sum())
+loss.backward()
+print("loaded" if "rtrick_ops.reference" in sys.modules else "clean")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "clean"
