@@ -58,7 +58,7 @@ VARIANTS = {
         "selftest": True,
     },
     "checked": {
-        "cflags": ["-O1", "-g", "-DEMU_UCONTEXT", "-fsanitize=address,undefined", "-fno-sanitize=vptr",
+        "cflags": ["-O1", "-g1", "-DEMU_UCONTEXT", "-fsanitize=address,undefined", "-fno-sanitize=vptr",
                    "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"],
         "ldflags": ["-fsanitize=address,undefined"],
         "planted_bugs": True,
