@@ -18,7 +18,7 @@
 #define RT_NOISE_KINDS(X)                                                                          \
   X(Normal, 0, "normal") X(Uniform, 1, "uniform") X(Exponential, 2, "exponential")                 \
   X(Laplace, 3, "laplace") X(Cauchy, 4, "cauchy") X(Logistic, 5, "logistic") X(Gumbel, 6, "gumbel") \
-  X(None, 7, "none")
+  X(None, 7, "none") X(HalfNormal, 8, "half_normal")
 
 // X(Enumerator, code, "name", gaussian): the Gaussian ops take the kinds marked
 // true; the location-scale ops also take Rate (sigma = 1 / x, the exponential's).
@@ -31,7 +31,7 @@
 #define RT_FAMILIES(X)                                                                        \
   X("normal", Normal, false) X("lognormal", Normal, true) X("uniform", Uniform, false)       \
   X("exponential", Exponential, false) X("laplace", Laplace, false) X("cauchy", Cauchy, false) \
-  X("logistic", Logistic, false) X("gumbel", Gumbel, false)
+  X("logistic", Logistic, false) X("gumbel", Gumbel, false) X("half_normal", HalfNormal, false)
 
 // X(Enumerator, code, "name"): the elementwise formulas of formulas.h as the
 // CPU row kernels and the Triton kernel number them. NoiseProduct (grad times

@@ -146,6 +146,7 @@ NOISE_CAUCHY: tl.constexpr = kinds.NOISE["cauchy"]
 NOISE_LOGISTIC: tl.constexpr = kinds.NOISE["logistic"]
 NOISE_GUMBEL: tl.constexpr = kinds.NOISE["gumbel"]
 NOISE_NONE: tl.constexpr = kinds.NOISE["none"]
+NOISE_HALF_NORMAL: tl.constexpr = kinds.NOISE["half_normal"]
 
 
 @triton.jit
@@ -166,6 +167,27 @@ def word_noise(word, NOISE: tl.constexpr):
         return log_f32(u) - log_f32(1.0 - u)
     elif NOISE == NOISE_GUMBEL:
         return -log_f32(-log_f32(u))
+    elif NOISE == NOISE_HALF_NORMAL:  # sqrt(2) erfinv(u), Giles' float32 erfinv (half_normal_noise)
+        w = -log_f32((1.0 - u) * (1.0 + u))
+        c = w - 2.5
+        central = tl.fma(c, 2.81022636e-08, 3.43273939e-07)
+        central = tl.fma(central, c, -3.5233877e-06)
+        central = tl.fma(central, c, -4.39150654e-06)
+        central = tl.fma(central, c, 0.00021858087)
+        central = tl.fma(central, c, -0.00125372503)
+        central = tl.fma(central, c, -0.00417768164)
+        central = tl.fma(central, c, 0.246640727)
+        central = tl.fma(central, c, 1.50140941)
+        t = tl.sqrt_rn(w) - 3.0
+        tail = tl.fma(t, -0.000200214257, 0.000100950558)
+        tail = tl.fma(tail, t, 0.00134934322)
+        tail = tl.fma(tail, t, -0.00367342844)
+        tail = tl.fma(tail, t, 0.00573950773)
+        tail = tl.fma(tail, t, -0.0076224613)
+        tail = tl.fma(tail, t, 0.00943887047)
+        tail = tl.fma(tail, t, 1.00167406)
+        tail = tl.fma(tail, t, 2.83297682)
+        return 1.41421356 * (tl.where(w < 5.0, central, tail) * u)
     else:
         tl.static_assert(NOISE == NOISE_UNIFORM, "word_noise: a one-word noise kind without a transform")
         return u

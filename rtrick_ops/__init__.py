@@ -10,7 +10,8 @@
 """
 from . import diffusion, distributions, estimators, nn
 from ._library import compiled as _compiled
-from .family import (cauchy_rsample, exponential_rsample, gumbel_rsample, laplace_rsample, logistic_rsample,
+from .family import (cauchy_rsample, exponential_rsample, gumbel_rsample, half_normal_rsample, laplace_rsample,
+                     logistic_rsample,
                      lognormal_rsample, relaxed_bernoulli_rsample, uniform_rsample)
 from .gamma import beta_rsample, dirichlet_rsample, gamma_rsample
 from .gumbel import gumbel_softmax
@@ -19,7 +20,7 @@ from .normal import normal_kl, normal_rsample, normal_rsample_and_kl, normal_rsa
 __version__ = "0.1.0"
 __all__ = ["normal_rsample", "normal_kl", "normal_rsample_and_kl", "normal_rsample_and_log_prob",
            "uniform_rsample", "exponential_rsample", "laplace_rsample", "cauchy_rsample", "logistic_rsample",
-           "gumbel_rsample", "lognormal_rsample", "relaxed_bernoulli_rsample", "gamma_rsample", "beta_rsample",
+           "gumbel_rsample", "half_normal_rsample", "lognormal_rsample", "relaxed_bernoulli_rsample", "gamma_rsample", "beta_rsample",
            "dirichlet_rsample", "gumbel_softmax", "diffusion", "distributions", "nn", "estimators", "cpu_isa",
            "set_cpu_isa"]
 

@@ -247,6 +247,46 @@ class Exponential(_Fused, torch.distributions.Exponential):
                                           generator=generator, backend=self._backend, validate_args=False)
 
 
+class HalfNormal(_Fused, torch.distributions.HalfNormal):
+    """torch.distributions.HalfNormal with a fused sampler, scale * sqrt(2) erfinv(u) in one kernel.
+
+    `from_log_scale(log_scale)` and `from_softplus(raw_scale)` hand the unconstrained parameter to the
+    kernel, which applies the transform; `scale` is computed for log_prob and the rest.
+    """
+
+    def __init__(self, scale, validate_args=None, *, seed=None, backend="auto"):
+        self._seed, self._backend = seed, backend
+        self._scale_param, self._scale_kind = None, "sigma"
+        super().__init__(scale, validate_args=validate_args)
+
+    @classmethod
+    def from_scale_param(cls, scale_param, scale="log_sigma", validate_args=None, *, seed=None, backend="auto"):
+        check_scale(scale)
+        new = cls(sigma_of(scale_param, scale), validate_args, seed=seed, backend=backend)
+        new._scale_param, new._scale_kind = scale_param, scale
+        return new
+
+    @classmethod
+    def from_log_scale(cls, log_scale, validate_args=None, **kwargs):
+        return cls.from_scale_param(log_scale, "log_sigma", validate_args, **kwargs)
+
+    @classmethod
+    def from_softplus(cls, raw_scale, validate_args=None, **kwargs):
+        return cls.from_scale_param(raw_scale, "softplus", validate_args, **kwargs)
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance)
+        new._scale_param = None if self._scale_param is None else self._scale_param.expand(torch.Size(batch_shape))
+        new._scale_kind = self._scale_kind
+        return new
+
+    def rsample(self, sample_shape=torch.Size(), generator=None):
+        scale_param = self.scale if self._scale_param is None else self._scale_param
+        return family.half_normal_rsample(scale_param.new_zeros(()), scale_param, scale=self._scale_kind,
+                                          sample_shape=tuple(sample_shape), seed=self._seed, generator=generator,
+                                          backend=self._backend, validate_args=False)
+
+
 class _FusedRelaxed(_Fused):
     """The relaxed (Concrete) classes: a fused sampler for a single, non-differentiated temperature (the
     usual case); a per-element or trainable temperature falls back to torch's sampler."""

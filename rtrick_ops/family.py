@@ -79,6 +79,7 @@ laplace_rsample = _scaled("laplace", "z = loc + scale * L, L ~ Laplace(0, 1) (in
 cauchy_rsample = _scaled("cauchy", "z = loc + scale * C, C ~ Cauchy(0, 1) (tan(pi (u - 1/2)))")
 logistic_rsample = _scaled("logistic", "z = loc + scale * log(u / (1 - u)), a Logistic(loc, scale) sample")
 gumbel_rsample = _scaled("gumbel", "z = loc + scale * G, G = -log(-log u) ~ Gumbel(0, 1)")
+half_normal_rsample = _scaled("half_normal", "z = loc + scale * |N|, N ~ N(0, 1) (sqrt(2) erfinv(u), one word each)")
 _lognormal = _scaled("lognormal", "z = exp(mu + sigma * eps), eps ~ N(0, 1)")
 
 

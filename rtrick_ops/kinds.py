@@ -9,7 +9,7 @@ The Triton kernels (which can run without _C) take their codes from here.
 
 # name -> code (rtrick::NoiseKind). "none" is the formulas that draw no noise.
 NOISE = {"normal": 0, "uniform": 1, "exponential": 2, "laplace": 3, "cauchy": 4, "logistic": 5, "gumbel": 6,
-         "none": 7}
+         "none": 7, "half_normal": 8}
 
 # name -> (code, taken by the Gaussian ops) (rtrick::ScaleKind). The location-scale
 # ops take every kind; "rate" (sigma = 1 / x) serves the exponential.
@@ -19,7 +19,7 @@ SCALE = {"log_sigma": (0, True), "logvar": (1, True), "sigma": (2, True), "softp
 # family -> (noise kind, z is exp of the location-scale variable).
 FAMILIES = {"normal": ("normal", False), "lognormal": ("normal", True), "uniform": ("uniform", False),
             "exponential": ("exponential", False), "laplace": ("laplace", False), "cauchy": ("cauchy", False),
-            "logistic": ("logistic", False), "gumbel": ("gumbel", False)}
+            "logistic": ("logistic", False), "gumbel": ("gumbel", False), "half_normal": ("half_normal", False)}
 
 # name -> code (rtrick::FormulaId): the elementwise formulas of csrc/formulas.h.
 FORMULA = {"loc_scale_sample": 0, "log_normal_sample": 1, "scale_grad": 2, "relaxed_bernoulli_sample": 3,

@@ -94,6 +94,7 @@ NOISE_TRANSFORMS = {
     "cauchy": lambda u: -torch.cos(math.pi * u) / torch.sin(math.pi * u),
     "logistic": lambda u: torch.log(u) - torch.log1p(-u),
     "gumbel": lambda u: -torch.log(-torch.log(u)),
+    "half_normal": lambda u: math.sqrt(2) * torch.erfinv(u),
 }
 
 

@@ -222,6 +222,35 @@ def test_uniform_exponential_relaxed_bernoulli_classes():
         rd.Exponential(torch.tensor([-1.0]), validate_args=True)
 
 
+def test_half_normal_class_behaves_like_torch():
+    _, sigma = params()
+    for ours in (rd.HalfNormal(sigma, seed=4), rd.HalfNormal.from_log_scale(sigma.log(), seed=4),
+                 rd.HalfNormal.from_softplus(sigma + torch.log(-torch.expm1(-sigma)), seed=4)):
+        assert isinstance(ours, D.HalfNormal) and ours.has_rsample
+        torch.testing.assert_close(ours.scale, sigma)
+        z = ours.rsample((5,))
+        assert z.shape == (5, 3, 4) == ours.sample((5,)).shape and bool((z > 0).all())
+        assert torch.equal(z, rt.half_normal_rsample(torch.zeros(()), ours._scale_param if ours._scale_param
+                                                     is not None else sigma, scale=ours._scale_kind,
+                                                     sample_shape=(5,), seed=4))
+        assert bool(torch.isfinite(ours.log_prob(z)).all())
+        expanded = ours.expand((2, 3, 4))
+        assert expanded.rsample().shape == (2, 3, 4) and expanded._scale_kind == ours._scale_kind
+    log_sigma = sigma.log().requires_grad_()
+    z = rd.HalfNormal.from_log_scale(log_sigma, seed=5).rsample()
+    (grad,) = torch.autograd.grad(z.sum(), log_sigma)
+    torch.testing.assert_close(grad, z.detach())  # dz/dlog(sigma) = sigma |eps| = z
+    # Two-sample KS at level 1e-4 against torch's sampler.
+    import scipy.stats
+
+    ours = rd.HalfNormal(torch.tensor(0.7, dtype=torch.float64), seed=3).sample((2**16,))
+    torch.manual_seed(3)
+    theirs = D.HalfNormal(torch.tensor(0.7, dtype=torch.float64)).sample((2**16,))
+    assert scipy.stats.ks_2samp(ours.numpy(), theirs.numpy()).pvalue > 1e-4
+    with pytest.raises(ValueError):
+        rd.HalfNormal(torch.tensor([-1.0]), validate_args=True)
+
+
 @pytest.mark.parametrize("ours_cls,torch_cls,args", [
     (rd.Gamma, D.Gamma, (torch.tensor([0.3, 2.0, 15.0], dtype=torch.float64), torch.tensor([1.0, 0.5, 3.0],
                                                                                            dtype=torch.float64))),
