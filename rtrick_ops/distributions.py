@@ -44,7 +44,18 @@ class _Fused:
             return self.rsample(sample_shape, generator=generator)
 
 
-class _FusedLocScale(_Fused):
+class _KeepsScaleParam(_Fused):
+    """A class that may hold its scale as an unconstrained parameter (_scale_param, under the
+    parameterization _scale_kind) for the kernel to transform; expand keeps both."""
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance)
+        new._scale_param = None if self._scale_param is None else self._scale_param.expand(torch.Size(batch_shape))
+        new._scale_kind = self._scale_kind
+        return new
+
+
+class _FusedLocScale(_KeepsScaleParam):
     """rsample through rtrick_ops' location-scale kernel, and the from_* constructors.
 
     A subclass sets _sampler (the rtrick_ops sampler of its family) and
@@ -81,12 +92,6 @@ class _FusedLocScale(_Fused):
     @classmethod
     def from_softplus(cls, loc, raw_scale, validate_args=None, **kwargs):
         return cls.from_scale_param(loc, raw_scale, "softplus", validate_args, **kwargs)
-
-    def expand(self, batch_shape, _instance=None):
-        new = super().expand(batch_shape, _instance)
-        new._scale_param = None if self._scale_param is None else self._scale_param.expand(torch.Size(batch_shape))
-        new._scale_kind = self._scale_kind
-        return new
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
@@ -247,7 +252,7 @@ class Exponential(_Fused, torch.distributions.Exponential):
                                           generator=generator, backend=self._backend, validate_args=False)
 
 
-class HalfNormal(_Fused, torch.distributions.HalfNormal):
+class HalfNormal(_KeepsScaleParam, torch.distributions.HalfNormal):
     """torch.distributions.HalfNormal with a fused sampler, scale * sqrt(2) erfinv(u) in one kernel.
 
     `from_log_scale(log_scale)` and `from_softplus(raw_scale)` hand the unconstrained parameter to the
@@ -273,12 +278,6 @@ class HalfNormal(_Fused, torch.distributions.HalfNormal):
     @classmethod
     def from_softplus(cls, raw_scale, validate_args=None, **kwargs):
         return cls.from_scale_param(raw_scale, "softplus", validate_args, **kwargs)
-
-    def expand(self, batch_shape, _instance=None):
-        new = super().expand(batch_shape, _instance)
-        new._scale_param = None if self._scale_param is None else self._scale_param.expand(torch.Size(batch_shape))
-        new._scale_kind = self._scale_kind
-        return new
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
