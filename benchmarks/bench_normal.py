@@ -306,6 +306,21 @@ def measure(call, budget, clock=HostClock()):
     return clock.seconds([call(rep) for rep in range(reps)])
 
 
+def measure_alternating(calls, rounds, blocks):
+    """{name: [seconds per call]} of `rounds` rounds; each round times a block of blocks[name] calls of every
+    call in turn, so that a change of load on a shared machine hits every provider alike (small sizes, where
+    one call takes microseconds and the load moves on a scale of seconds)."""
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            count = blocks[name]
+            start = time.perf_counter()
+            for _ in range(count):
+                call()
+            times[name].append((time.perf_counter() - start) / count)
+    return times
+
+
 def saved_bytes(sample, mu, log_sigma):
     """Bytes of the distinct tensors the forward graph keeps for backward."""
     saved = {}

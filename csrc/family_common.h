@@ -20,12 +20,12 @@ namespace {  // internal linkage, like philox.h, whose types these use
 // allow_rate: the location-scale ops also take the non-Gaussian scale kinds
 // ("rate", sigma = 1 / x). The names and the error's list come from kinds.h.
 inline ScaleKind parse_scale(c10::string_view scale, bool allow_rate = false) {
-#define RT_MATCH(name, code, text, gaussian) \
+#define RT_MATCH(name, code, text, gaussian, positive) \
   if (scale == text && (gaussian || allow_rate)) return ScaleKind::name;
   RT_SCALE_KINDS(RT_MATCH)
 #undef RT_MATCH
   std::string valid;
-#define RT_NAME(name, code, text, gaussian) \
+#define RT_NAME(name, code, text, gaussian, positive) \
   if (gaussian || allow_rate) valid += std::string(valid.empty() ? "'" : ", '") + text + "'";
   RT_SCALE_KINDS(RT_NAME)
 #undef RT_NAME

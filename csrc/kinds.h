@@ -20,11 +20,13 @@
   X(Laplace, 3, "laplace") X(Cauchy, 4, "cauchy") X(Logistic, 5, "logistic") X(Gumbel, 6, "gumbel") \
   X(None, 7, "none") X(HalfNormal, 8, "half_normal")
 
-// X(Enumerator, code, "name", gaussian): the Gaussian ops take the kinds marked
-// true; the location-scale ops also take Rate (sigma = 1 / x, the exponential's).
-#define RT_SCALE_KINDS(X)                                                                   \
-  X(LogSigma, 0, "log_sigma", true) X(LogVar, 1, "logvar", true) X(Sigma, 2, "sigma", true) \
-  X(Softplus, 3, "softplus", true) X(Rate, 4, "rate", false)
+// X(Enumerator, code, "name", gaussian, positive): the Gaussian ops take the kinds
+// marked gaussian; the location-scale ops also take Rate (sigma = 1 / x, the
+// exponential's). positive: the parameter's domain is x > 0 (sigma itself, a
+// rate); the others (logs, softplus's argument) take any x above -inf.
+#define RT_SCALE_KINDS(X)                                                                      \
+  X(LogSigma, 0, "log_sigma", true, false) X(LogVar, 1, "logvar", true, false)                \
+  X(Sigma, 2, "sigma", true, true) X(Softplus, 3, "softplus", true, false) X(Rate, 4, "rate", false, true)
 
 // X("name", NoiseEnumerator, exp_output): a location-scale family is a noise
 // transform, and the log-normal is exp of the Gaussian.

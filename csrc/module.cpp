@@ -1,12 +1,113 @@
 // The Python module rtrick_ops._C. Importing it registers the operators
 // (ops.cpp and the backends' TORCH_LIBRARY_IMPL blocks); its few functions
-// report and choose the CPU instruction set.
+// report and choose the CPU instruction set, and do two per-call chores of the
+// public wrappers in C++, where they cost a fraction of a microsecond instead
+// of several torch ops (docs/performance.md, "fixed cost"): drawing the key of
+// a call and checking a scale parameter's domain.
 #include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <pybind11/pybind11.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/Generator.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include <cmath>
+#include <limits>
+#include <mutex>
 
 #include "cpu/row_kernels.h"
 #include "kinds.h"
 
 namespace {
+
+// Whether torch ops called now would run as plain CPU ops: no functorch transform
+// (vmap, grad), no dispatch mode (FakeTensorMode, make_fx and torch.export tracing)
+// and no torch function mode. Only then may the key be drawn here rather than by a
+// torch op those would see (vmap's randomness rules, a traced torch.randint).
+bool plain_context() {
+  return c10::impl::tls_local_dispatch_key_set().included_ == c10::default_included_set &&
+         at::impl::PythonTorchFunctionTLS::stack_len() == 0;
+}
+
+// The two numbers torch.randint(0, 2**63 - 1, (2,), dtype=torch.int64, generator=g) draws.
+void draw_key(at::Generator generator, int64_t* v) {
+  auto* cpu = at::check_generator<at::CPUGeneratorImpl>(generator);
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  const uint64_t range = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());  // 2**63 - 1
+  v[0] = static_cast<int64_t>(cpu->random64() % range);
+  v[1] = static_cast<int64_t>(cpu->random64() % range);
+}
+
+// rng_state for a seed-less call on the CPU: exactly what
+// torch.randint(0, 2**63 - 1, (2,), dtype=torch.int64, generator=generator) returns,
+// and the generator advances alike (two random64() draws, each taken modulo the
+// range, under the generator's lock), without a dispatched op. None where the
+// Python path must draw it (a transform or mode is active, a non-CPU generator).
+PyObject* draw_rng_state(PyObject*, PyObject* arg) {
+  HANDLE_TH_ERRORS
+  if (!plain_context()) Py_RETURN_NONE;
+  // arg is None or a torch.Generator (the caller checks its type)
+  at::Generator generator =
+      arg == Py_None ? at::detail::getDefaultCPUGenerator() : reinterpret_cast<THPGenerator*>(arg)->cdata;
+  if (!generator.defined() || generator.device().type() != c10::DeviceType::CPU) Py_RETURN_NONE;
+  at::Tensor state = at::empty({2}, at::TensorOptions().dtype(at::kLong));
+  draw_key(generator, state.data_ptr<int64_t>());
+  return THPVariable_Wrap(std::move(state));
+  END_HANDLE_TH_ERRORS
+}
+
+// A plain dense CPU tensor: contiguous, no conjugate or negative bit, and the
+// dispatch keys of at::empty's result (no Python key, no functorch wrapper, not
+// an inference tensor), so that calling the operator here dispatches exactly as
+// torch.ops would.
+bool plain_cpu_tensor(const at::Tensor& t) {
+  static const c10::DispatchKeySet plain = at::empty({0}).key_set();
+  return t.defined() && t.key_set() == plain && t.layout() == c10::kStrided && t.is_contiguous() &&
+         !t.is_conj() && !t.is_neg();
+}
+
+template <typename T>
+bool any_outside(const T* v, int64_t n, bool positive) {
+  bool bad = false;
+  if (positive) {
+    for (int64_t i = 0; i < n; ++i) bad |= v[i] <= T(0);  // NaN is not an error: it propagates
+  } else {
+    const T minus_inf = -std::numeric_limits<T>::infinity();
+    for (int64_t i = 0; i < n; ++i) bad |= v[i] == minus_inf;
+  }
+  return bad;
+}
+
+// scale_domain_violated(tensor, positive): whether a contiguous float32/float64 CPU
+// tensor has a value <= 0 (positive=True: scale "sigma", "rate") or equal to -inf
+// (positive=False: "log_sigma", "logvar", "softplus"), in one pass without
+// allocating. None for any other tensor: the Python check (torch ops) handles it,
+// and also writes the error message when this says True.
+PyObject* scale_domain_violated(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject* tensor_obj = nullptr;
+  int positive = 0;
+  if (!PyArg_ParseTuple(args, "Op", &tensor_obj, &positive)) return nullptr;
+  if (!THPVariable_Check(tensor_obj)) Py_RETURN_NONE;
+  const at::Tensor& t = THPVariable_Unpack(tensor_obj);
+  if (!plain_cpu_tensor(t)) Py_RETURN_NONE;  // a vmap BatchedTensor, a subclass, meta, CUDA, strided: Python checks
+  bool bad;
+  if (t.scalar_type() == at::kFloat) {
+    bad = any_outside(t.const_data_ptr<float>(), t.numel(), positive != 0);
+  } else if (t.scalar_type() == at::kDouble) {
+    bad = any_outside(t.const_data_ptr<double>(), t.numel(), positive != 0);
+  } else {
+    Py_RETURN_NONE;
+  }
+  if (bad) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+  END_HANDLE_TH_ERRORS
+}
 
 PyObject* cpu_isa(PyObject*, PyObject*) {
   return PyUnicode_FromString(rtrick::cpu::active_row_kernels().isa);
@@ -33,6 +134,72 @@ PyObject* built_with_cuda(PyObject*, PyObject*) {
 #endif
 }
 
+// gaussian_fast(which, mu, scale_param, scale, validate): a whole call of
+// rt.normal_rsample (which 0) or rt.normal_rsample_and_kl (which 1) in the
+// common case, in one C++ call: plain float32/float64 CPU tensors of one shape
+// and dtype (no broadcasting, no promotion), a known scale, sample_shape (),
+// no seed or generator, nothing intercepting torch ops. Then the wrapper's
+// checks all pass by construction, except the value check (validate=True), done
+// here in one pass; the key is drawn as make_rng_state draws it; the operator is
+// called through the dispatcher (autograd and all). Anything else, including
+// every error, returns None and the Python path runs (and raises with its messages).
+PyObject* gaussian_fast(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  int which = 0, validate = 0;
+  PyObject *mu_obj = nullptr, *sp_obj = nullptr;
+  const char* scale = nullptr;
+  if (!PyArg_ParseTuple(args, "iOOsp", &which, &mu_obj, &sp_obj, &scale, &validate)) return nullptr;
+  if (!THPVariable_Check(mu_obj) || !THPVariable_Check(sp_obj) || !plain_context()) Py_RETURN_NONE;
+  const at::Tensor& mu = THPVariable_Unpack(mu_obj);
+  const at::Tensor& sp = THPVariable_Unpack(sp_obj);
+  if (!plain_cpu_tensor(mu) || !plain_cpu_tensor(sp) || mu.scalar_type() != sp.scalar_type() ||
+      mu.sizes() != sp.sizes())
+    Py_RETURN_NONE;
+  const c10::string_view name(scale);
+  bool known = false, positive = false;  // a Gaussian scale, and its domain, from the one list
+#define RT_DOMAIN(kind, code, text, gaussian, domain_positive) \
+  if (gaussian && name == text) known = true, positive = domain_positive;
+  RT_SCALE_KINDS(RT_DOMAIN)
+#undef RT_DOMAIN
+  if (!known) Py_RETURN_NONE;
+  if (mu.scalar_type() == at::kFloat) {
+    if (validate && any_outside(sp.const_data_ptr<float>(), sp.numel(), positive)) Py_RETURN_NONE;
+  } else if (mu.scalar_type() == at::kDouble) {
+    if (validate && any_outside(sp.const_data_ptr<double>(), sp.numel(), positive)) Py_RETURN_NONE;
+  } else {
+    Py_RETURN_NONE;
+  }
+  at::Tensor state = at::empty({2}, at::TensorOptions().dtype(at::kLong));
+  draw_key(at::detail::getDefaultCPUGenerator(), state.data_ptr<int64_t>());
+  using Sample = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
+                            c10::SymIntArrayRef);
+  using SampleKl = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                      c10::string_view, c10::SymIntArrayRef);
+  static auto sample = c10::Dispatcher::singleton().findSchemaOrThrow("rtrick_ops::normal_rsample", "").typed<Sample>();
+  static auto sample_kl =
+      c10::Dispatcher::singleton().findSchemaOrThrow("rtrick_ops::normal_rsample_and_kl", "").typed<SampleKl>();
+  if (which == 0) {
+    at::Tensor z;
+    {
+      pybind11::gil_scoped_release no_gil;  // as torch.ops releases it around an operator
+      z = sample.call(mu, sp, state, name, {});
+    }
+    return THPVariable_Wrap(std::move(z));
+  }
+  std::tuple<at::Tensor, at::Tensor> out;
+  {
+    pybind11::gil_scoped_release no_gil;
+    out = sample_kl.call(mu, sp, state, name, {});
+  }
+  PyObject* z = THPVariable_Wrap(std::move(std::get<0>(out)));
+  PyObject* kl = THPVariable_Wrap(std::move(std::get<1>(out)));
+  PyObject* pair = z && kl ? PyTuple_Pack(2, z, kl) : nullptr;
+  Py_XDECREF(z);
+  Py_XDECREF(kl);
+  return pair;
+  END_HANDLE_TH_ERRORS
+}
+
 // Sets d[key] = value and drops the reference to value; false on failure.
 bool put(PyObject* d, const char* key, PyObject* value) {
   const bool ok = value != nullptr && PyDict_SetItemString(d, key, value) == 0;
@@ -40,7 +207,7 @@ bool put(PyObject* d, const char* key, PyObject* value) {
   return ok;
 }
 
-// The lists of kinds.h as {"noise": {name: code}, "scale": {name: (code, gaussian)},
+// The lists of kinds.h as {"noise": {name: code}, "scale": {name: (code, gaussian, positive)},
 // "family": {name: (noise name, exp_output)}, "formula": {name: code}}, which
 // rtrick_ops/kinds.py must equal (checked at import).
 PyObject* kinds(PyObject*, PyObject*) {
@@ -53,7 +220,8 @@ PyObject* kinds(PyObject*, PyObject*) {
 #define RT_NOISE(name, code, text) ok = ok && put(noise, text, PyLong_FromLong(code));
   RT_NOISE_KINDS(RT_NOISE)
 #undef RT_NOISE
-#define RT_SCALE(name, code, text, gaussian) ok = ok && put(scale, text, Py_BuildValue("(iO)", code, gaussian ? Py_True : Py_False));
+#define RT_SCALE(name, code, text, gaussian, positive) \
+  ok = ok && put(scale, text, Py_BuildValue("(iOO)", code, gaussian ? Py_True : Py_False, positive ? Py_True : Py_False));
   RT_SCALE_KINDS(RT_SCALE)
 #undef RT_SCALE
 #define RT_NOISE_NAME(name, code, text) if (rtrick::NoiseKind::name == kind) return text;
@@ -87,6 +255,11 @@ PyMethodDef methods[] = {
     {"set_cpu_isa", set_cpu_isa, METH_O, "Choose the CPU kernels' instruction set."},
     {"built_with_cuda", built_with_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled."},
     {"kinds", kinds, METH_NOARGS, "The lists of csrc/kinds.h: noise, scale, family and formula kinds."},
+    {"draw_rng_state", draw_rng_state, METH_O, "A seed-less call's rng_state from a CPU generator, or None."},
+    {"gaussian_fast", gaussian_fast, METH_VARARGS,
+     "normal_rsample (0) or normal_rsample_and_kl (1) in the common CPU case, or None."},
+    {"scale_domain_violated", scale_domain_violated, METH_VARARGS,
+     "Whether a CPU tensor leaves its scale's domain, or None where Python must check."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "rtrick_ops compiled operators", -1, methods};

@@ -36,6 +36,36 @@ RT_HD uint32_t float_bits(float x) {
 RT_HD float bits_float(uint32_t u) {
   union { float f; uint32_t u; } v; v.u = u; return v.f;
 }
+#if defined(RT_SOFT_FMA) && !defined(__CUDA_ARCH__)
+// fma without a hardware fma (row_kernels_default.cpp on x86-64 without FMA):
+// libm's fmaf is a call per operation there (about 110 ns in glibc's software
+// version, and a call blocks vectorisation even where it is one instruction).
+// This gives the same correctly rounded result with SSE2 double arithmetic that
+// vectorises: the product of two floats is exact in double, the sum is rounded
+// to odd in double (TwoSum gives its exact error; an even result moves one ulp
+// toward the exact value), and rounding a round-to-odd double to float is the
+// correctly rounded float of the exact a * b + c (53 >= 24 + 2 bits). Integer
+// masks instead of compares: SSE2 has no 64-bit integer compare.
+RT_HD float fma_f32(float a, float b, float c) {
+  const double p = static_cast<double>(a) * static_cast<double>(b);
+  const double dc = static_cast<double>(c);
+  const double s = p + dc;
+  const double bb = s - p;
+  const double err = (p - (s - bb)) + (dc - bb);  // p + dc == s + err exactly
+  uint64_t bits, ebits;
+  __builtin_memcpy(&bits, &s, 8);
+  __builtin_memcpy(&ebits, &err, 8);
+  const uint64_t magnitude = ~uint64_t(0) >> 1;
+  const uint64_t inexact = ((ebits & magnitude) + magnitude) >> 63;   // err != 0
+  const uint64_t finite = 1 - ((((bits >> 52) & 0x7FF) + 1) >> 11);  // s is neither inf nor NaN
+  const uint64_t even = (bits & 1) ^ 1;
+  const uint64_t toward = uint64_t(1) - (((bits ^ ebits) >> 63) << 1);  // +1 or -1: toward the exact value
+  bits += toward & (uint64_t(0) - (inexact & finite & even));
+  double rounded_to_odd;
+  __builtin_memcpy(&rounded_to_odd, &bits, 8);
+  return static_cast<float>(rounded_to_odd);
+}
+#else
 RT_HD float fma_f32(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)
   return __fmaf_rn(a, b, c);
@@ -43,6 +73,7 @@ RT_HD float fma_f32(float a, float b, float c) {
   return __builtin_fmaf(a, b, c);
 #endif
 }
+#endif
 
 // ------------------------------------------------------------ Philox4x32-10
 // Random123's Philox4x32 with 10 rounds: counter (c0..c3), key (k0, k1).

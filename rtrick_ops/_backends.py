@@ -39,6 +39,8 @@ def _require_cuda(device):
 
 def resolve_backend(backend, device):
     """The concrete backend for tensors on `device`, or a clear error."""
+    if backend == "auto" and device.type == "cpu" and _library.compiled is not None:
+        return "cpu"  # the common case first: what the branches below give it, without walking them
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not a valid backend; valid: {', '.join(map(repr, BACKENDS))}")
     if backend == "reference":

@@ -90,8 +90,11 @@ def _soft_sample(forward, logits, rng_state, tau, dim, sample_dims):
     return forward(logits, rng_state, tau, False, dim, list(sample_dims))
 
 
-def _register_autograd(forward_name, backward_name):
-    """Autograd of a (forward, backward) operator pair: the C++ ops or the Triton ops."""
+def _register_autograd(forward_name, backward_name, forward_in_python=True):
+    """Autograd of a (forward, backward) operator pair: the C++ ops or the Triton ops.
+
+    The C++ forward has its autograd in C++ (csrc/autograd.cpp, the same formula without the Python
+    path's per-call cost); the backward operator's autograd (double backward) is registered here for both."""
     forward = getattr(_ops, forward_name)
     backward = getattr(_ops, backward_name)
 
@@ -154,7 +157,8 @@ def _register_autograd(forward_name, backward_name):
             d_logits = d_logits.to(logits.dtype)
         return d_grad_y, d_logits, None, None, None
 
-    torch.library.register_autograd(f"rtrick_ops::{forward_name}", grad_forward, setup_context=setup_forward)
+    if forward_in_python:
+        torch.library.register_autograd(f"rtrick_ops::{forward_name}", grad_forward, setup_context=setup_forward)
     torch.library.register_autograd(f"rtrick_ops::{backward_name}", grad_backward, setup_context=setup_backward)
 
 
@@ -170,7 +174,7 @@ if _library.compiled is not None:
         check_op_inputs(rng_state, grad_y=grad_y, logits=logits)
         return logits.new_empty(logits.shape)
 
-    _register_autograd("gumbel_softmax", "gumbel_softmax_backward")
+    _register_autograd("gumbel_softmax", "gumbel_softmax_backward", forward_in_python=False)
 
 if _library.triton_kernels is not None:  # triton_op derives fake kernels itself
     _register_autograd("gumbel_softmax_triton", "gumbel_softmax_backward_triton")

@@ -11,10 +11,11 @@ The Triton kernels (which can run without _C) take their codes from here.
 NOISE = {"normal": 0, "uniform": 1, "exponential": 2, "laplace": 3, "cauchy": 4, "logistic": 5, "gumbel": 6,
          "none": 7, "half_normal": 8}
 
-# name -> (code, taken by the Gaussian ops) (rtrick::ScaleKind). The location-scale
-# ops take every kind; "rate" (sigma = 1 / x) serves the exponential.
-SCALE = {"log_sigma": (0, True), "logvar": (1, True), "sigma": (2, True), "softplus": (3, True),
-         "rate": (4, False)}
+# name -> (code, taken by the Gaussian ops, domain x > 0) (rtrick::ScaleKind). The
+# location-scale ops take every kind; "rate" (sigma = 1 / x) serves the exponential.
+# The other domain is x > -inf (log sigma, log variance, softplus's argument).
+SCALE = {"log_sigma": (0, True, False), "logvar": (1, True, False), "sigma": (2, True, True),
+         "softplus": (3, True, False), "rate": (4, False, True)}
 
 # family -> (noise kind, z is exp of the location-scale variable).
 FAMILIES = {"normal": ("normal", False), "lognormal": ("normal", True), "uniform": ("uniform", False),
@@ -26,8 +27,9 @@ FORMULA = {"loc_scale_sample": 0, "log_normal_sample": 1, "scale_grad": 2, "rela
            "normal_kl": 4, "normal_kl_grad": 5, "sample_and_kl": 6, "sample_and_log_prob": 7, "noise_product": 8}
 
 # The scale= choices of the Gaussian ops, in the order errors list them.
-GAUSSIAN_SCALES = tuple(name for name, (_, gaussian) in SCALE.items() if gaussian)
-SCALE_CODES = {name: code for name, (code, _) in SCALE.items()}
+GAUSSIAN_SCALES = tuple(name for name, (_, gaussian, _) in SCALE.items() if gaussian)
+POSITIVE_SCALES = tuple(name for name, (_, _, positive) in SCALE.items() if positive)
+SCALE_CODES = {name: code for name, (code, _, _) in SCALE.items()}
 
 
 def as_dict():

@@ -18,6 +18,17 @@ from ._checks import (check_broadcast, check_op_inputs, check_param, check_sampl
 from ._random import make_rng_state
 
 _ops = torch.ops.rtrick_ops
+# The whole call in C++ for the common case (csrc/module.cpp, gaussian_fast; docs/performance.md, "fixed
+# cost"): plain CPU tensors of one shape and dtype, no seed, generator, sample_shape or backend choice. It
+# returns None for anything else, and the Python path below runs, with every check and error message.
+_gaussian_fast = getattr(_library.compiled, "gaussian_fast", None)
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _fast_path(mu, scale_param, scale, sample_shape, seed, generator, backend):
+    return (_gaussian_fast is not None and not torch.compiler.is_compiling() and type(mu) in _PLAIN_TENSORS
+            and type(scale_param) in _PLAIN_TENSORS and type(scale) is str and type(sample_shape) is tuple
+            and not sample_shape and seed is None and generator is None and backend == "auto")
 
 
 def normal_rsample(
@@ -55,6 +66,11 @@ def normal_rsample(
     Returns:
         z, of dtype promote(mu.dtype, scale_param.dtype).
     """
+    if _fast_path(mu, scale_param, scale, sample_shape, seed, generator, backend):
+        validate = torch.distributions.Distribution._validate_args if validate_args is None else validate_args
+        z = _gaussian_fast(0, mu, scale_param, scale, bool(validate))
+        if z is not None:
+            return z
     check_param(mu, "mu")
     check_param(scale_param, "scale_param")
     check_same_device(mu=mu, scale_param=scale_param)
@@ -63,8 +79,9 @@ def normal_rsample(
     check_broadcast(mu=mu, scale_param=scale_param)
     check_scale_param(scale_param, "scale_param", scale, validate_args)
     which = resolve_backend(backend, mu.device)
-    dtype = torch.promote_types(mu.dtype, scale_param.dtype)
-    mu, scale_param = mu.to(dtype), scale_param.to(dtype)
+    if mu.dtype != scale_param.dtype:  # .to() costs a dispatch even when it returns its input
+        dtype = torch.promote_types(mu.dtype, scale_param.dtype)
+        mu, scale_param = mu.to(dtype), scale_param.to(dtype)
     rng_state = make_rng_state(seed, generator, mu.device)
     return draw_normal(which, mu, scale_param, rng_state, scale, sample_shape)
 
@@ -87,6 +104,8 @@ def gaussian_args(mu, scale_param, scale, backend):
     check_scale(scale)
     check_broadcast(mu=mu, scale_param=scale_param)
     which = resolve_backend(backend, mu.device)
+    if mu.dtype == scale_param.dtype:  # .to() costs a dispatch even when it returns its input
+        return which, mu, scale_param
     dtype = torch.promote_types(mu.dtype, scale_param.dtype)
     return which, mu.to(dtype), scale_param.to(dtype)
 
@@ -118,6 +137,10 @@ def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale:
     kl has the batch shape broadcast(mu, scale_param) (without sample dims). The
     arguments are normal_rsample's.
     """
+    if _fast_path(mu, scale_param, scale, sample_shape, seed, generator, backend):
+        pair = _gaussian_fast(1, mu, scale_param, scale, False)  # this op has no validate_args
+        if pair is not None:
+            return pair
     which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
     sample_shape = check_sample_shape(sample_shape)
     rng_state = make_rng_state(seed, generator, mu.device)
@@ -268,6 +291,8 @@ def _register_vae_helpers(suffix):
                             ("normal_kl_backward", grad_kl_backward, setup_kl_backward),
                             ("normal_rsample_and_kl", grad_sample_and_kl, setup_sample_and_kl),
                             ("normal_rsample_and_log_prob", grad_sample_and_log_prob, setup_sample_and_log_prob)):
+        if name == "normal_rsample_and_kl" and suffix == "":
+            continue  # the C++ operator's autograd is in C++ (csrc/autograd.cpp), the same formula
         torch.library.register_autograd(f"rtrick_ops::{name}{suffix}", fn, setup_context=setup)
 
 

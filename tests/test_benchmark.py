@@ -47,6 +47,21 @@ def test_family_benchmark_quick_run_covers_every_case(tmp_path):
     assert (tmp_path / "bench_family_cpu.md").read_text().count("| gamma |") == 4
 
 
+def test_small_size_benchmark_quick_run_writes_results(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_small.py"), "--quick", "--no-compile",
+                             "--threads", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "bench_small_cpu.csv")))
+    assert {row["case"] for row in rows} == {"normal_rsample", "normal_rsample_and_kl", "gumbel_softmax_10",
+                                             "gumbel_softmax_128"}
+    assert {row["provider"] for row in rows} == {"rtrick_ops", "eager"}
+    assert {row["mode"] for row in rows} == {"forward", "full"}
+    assert all(float(row["best_us"]) > 0 and float(row["speedup_vs_eager"]) > 0 for row in rows)
+    text = (tmp_path / "bench_small_cpu.md").read_text()
+    assert "torch.exp" in text and "| normal_rsample | fwd+bwd |" in text and "isa" in text
+    assert (tmp_path / "bench_small_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def load_benchmark_module():
     spec = importlib.util.spec_from_file_location("bench_normal", ROOT / "benchmarks" / "bench_normal.py")
     module = importlib.util.module_from_spec(spec)

@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/TensorIterator.h>
+#include <ATen/EmptyTensor.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,12 +26,46 @@ namespace rtrick {
 namespace cpu {
 namespace {
 
+// t viewed with `shape`: t itself when it has that shape already (expand
+// costs about a microsecond, as much as the kernel on a few hundred elements).
+at::Tensor expand_to(const at::Tensor& t, at::IntArrayRef shape) {
+  return t.sizes() == shape ? t : t.expand(shape);
+}
+
+// Whether every tensor is contiguous with the first output's shape and dtype:
+// the common case (no broadcasting, no sample_shape), which needs no TensorIterator.
+bool plain_rows(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) {
+  const at::Tensor& first = outs[0];
+  const auto same = [&](const at::Tensor& t) {
+    return t.sizes() == first.sizes() && t.scalar_type() == first.scalar_type() && t.is_contiguous();
+  };
+  return std::all_of(outs.begin(), outs.end(), same) && std::all_of(ins.begin(), ins.end(), same);
+}
+
 // Runs `formula` over contiguous outputs (1 or 2, same shape) and inputs
 // viewed with their shape (1 to 3; expanded views broadcast without copies).
 void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, StreamKey key,
                      const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) {
   const at::Tensor& first = outs[0];
   if (first.numel() == 0) return;
+  const RowKernels& kernels = active_row_kernels();
+  if (plain_rows(outs, ins)) {
+    // One row over all elements, split into ranges for the threads: an
+    // element's value depends on its stream index only, not on the split.
+    const int64_t esize = first.element_size();
+    const Storage storage = storage_of(first.scalar_type());
+    at::parallel_for(0, first.numel(), at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
+      RowOperands ops{};
+      for (size_t k = 0; k < outs.size(); ++k) ops.out[k] = static_cast<char*>(outs[k].data_ptr()) + begin * esize;
+      for (size_t k = 0; k < ins.size(); ++k) {
+        ops.in[k] = static_cast<const char*>(ins[k].const_data_ptr()) + begin * esize;
+        ops.in_stride[k] = 1;
+      }
+      kernels.elementwise(storage, formula, static_cast<int32_t>(scale), static_cast<int32_t>(noise), key, begin,
+                          end - begin, ops);
+    });
+    return;
+  }
   at::TensorIteratorConfig config;
   for (const auto& o : outs) config.add_output(o);
   for (const auto& i : ins) config.add_const_input(i);
@@ -40,7 +75,6 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
   const char* base = static_cast<const char*>(first.const_data_ptr());
   const int64_t esize = first.element_size();
   const Storage storage = storage_of(first.scalar_type());
-  const RowKernels& kernels = active_row_kernels();
   iter.for_each([&](char** data, const int64_t* strides, int64_t size0, int64_t size1) {
     for (int64_t i = 0; i < size1; ++i) {
       char* ptr[5];
@@ -68,11 +102,11 @@ at::Tensor sample_loc_scale(const at::Tensor& loc, const at::Tensor& scale_param
                             Family family, ScaleKind kind, at::IntArrayRef sample_shape, const char* loc_name) {
   const auto shape = normal_output_shape(loc, scale_param, sample_shape, loc_name);
   check_rng_state(rng_state, loc);
-  at::Tensor z = at::empty(shape, loc.options());
+  at::Tensor z = at::detail::empty_cpu(shape, loc.options());
   if (z.numel() == 0) return z;
   const FormulaId formula = family.exp_output ? FormulaId::LogNormalSample : FormulaId::LocScaleSample;
   run_elementwise(formula, kind, family.noise, read_rng_state(rng_state), {z},
-                  {loc.expand(shape), scale_param.expand(shape)});
+                  {expand_to(loc, shape), expand_to(scale_param, shape)});
   return z;
 }
 
@@ -203,7 +237,7 @@ at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_par
   });
 
   at::Tensor sp = scale_param.contiguous();
-  at::Tensor grad_sp = at::empty(scale_param.sizes(), scale_param.options());
+  at::Tensor grad_sp = at::detail::empty_cpu(scale_param.sizes(), scale_param.options());
   at::parallel_for(0, kept_count, 16384, [&](int64_t begin, int64_t end) {
     kernels.finish(storage, static_cast<int32_t>(kind), partial.const_data_ptr(), parts, kept_count,
                    sp.const_data_ptr(), grad_sp.data_ptr(), begin, end);
@@ -216,14 +250,14 @@ at::Tensor scale_backward(const at::Tensor& grad, const at::Tensor& scale_param,
                           NoiseKind noise, ScaleKind kind) {
   check_normal_backward(grad, scale_param);
   check_rng_state(rng_state, grad);
-  if (scale_param.numel() == 0) return at::empty(scale_param.sizes(), scale_param.options());
+  if (scale_param.numel() == 0) return at::detail::empty_cpu(scale_param.sizes(), scale_param.options());
   if (grad.numel() == 0) return at::zeros(scale_param.sizes(), scale_param.options());
   const StreamKey key = read_rng_state(rng_state);
   if (scale_param.numel() != grad.numel()) return reduce_backward(grad, scale_param, key, noise, kind);
   // No broadcasting: one fused elementwise pass.
-  at::Tensor grad_sp = at::empty(scale_param.sizes(), scale_param.options());
+  at::Tensor grad_sp = at::detail::empty_cpu(scale_param.sizes(), scale_param.options());
   run_elementwise(FormulaId::ScaleGrad, kind, noise, key, {grad_sp.view(grad.sizes())},
-                  {grad, scale_param.expand(grad.sizes())});
+                  {grad, expand_to(scale_param, grad.sizes())});
   return grad_sp;
 }
 
@@ -244,11 +278,11 @@ at::Tensor relaxed_bernoulli_rsample_cpu(const at::Tensor& logits, const at::Ten
   check_tau(tau);
   check_rng_state(rng_state, logits);
   const auto shape = sampled_shape(sample_shape, logits.sizes());
-  at::Tensor z = at::empty(shape, logits.options());
+  at::Tensor z = at::detail::empty_cpu(shape, logits.options());
   if (z.numel() == 0) return z;
   const at::Tensor tau_tensor = at::scalar_tensor(tau_in_range(tau, logits.scalar_type()), logits.options()).expand(shape);
   run_elementwise(FormulaId::RelaxedBernoulliSample, ScaleKind::Sigma, NoiseKind::Logistic,
-                  read_rng_state(rng_state), {z}, {logits.expand(shape), tau_tensor});
+                  read_rng_state(rng_state), {z}, {expand_to(logits, shape), tau_tensor});
   return z;
 }
 
@@ -258,9 +292,9 @@ const StreamKey kNoStream{0, 0};
 at::Tensor normal_kl_cpu(const at::Tensor& mu, const at::Tensor& scale_param, c10::string_view scale) {
   const ScaleKind kind = parse_scale(scale);
   const auto shape = normal_output_shape(mu, scale_param, {});
-  at::Tensor kl = at::empty(shape, mu.options());
+  at::Tensor kl = at::detail::empty_cpu(shape, mu.options());
   run_elementwise(FormulaId::NormalKL, kind, NoiseKind::None, kNoStream, {kl},
-                  {mu.expand(shape), scale_param.expand(shape)});
+                  {expand_to(mu, shape), expand_to(scale_param, shape)});
   return kl;
 }
 
@@ -268,10 +302,10 @@ std::tuple<at::Tensor, at::Tensor> normal_kl_backward_cpu(const at::Tensor& grad
                                                           const at::Tensor& scale_param, c10::string_view scale) {
   const ScaleKind kind = parse_scale(scale);
   const auto shape = check_normal_kl_backward(grad_kl, mu, scale_param);
-  at::Tensor grad_mu = at::empty(shape, mu.options());
-  at::Tensor grad_sp = at::empty(shape, mu.options());
+  at::Tensor grad_mu = at::detail::empty_cpu(shape, mu.options());
+  at::Tensor grad_sp = at::detail::empty_cpu(shape, mu.options());
   run_elementwise(FormulaId::NormalKLGrad, kind, NoiseKind::None, kNoStream, {grad_mu, grad_sp},
-                  {grad_kl, mu.expand(shape), scale_param.expand(shape)});
+                  {grad_kl, expand_to(mu, shape), expand_to(scale_param, shape)});
   return {grad_mu.sum_to_size(mu.sizes()), grad_sp.sum_to_size(scale_param.sizes())};
 }
 
@@ -285,10 +319,10 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_cpu(const at::Tensor& m
   const ScaleKind kind = parse_scale(scale);
   const auto shape = normal_output_shape(mu, scale_param, sample_shape);
   check_rng_state(rng_state, mu);
-  at::Tensor z = at::empty(shape, mu.options());
-  at::Tensor kl = at::empty(shape, mu.options());
+  at::Tensor z = at::detail::empty_cpu(shape, mu.options());
+  at::Tensor kl = at::detail::empty_cpu(shape, mu.options());
   run_elementwise(FormulaId::SampleAndKL, kind, NoiseKind::Normal, read_rng_state(rng_state), {z, kl},
-                  {mu.expand(shape), scale_param.expand(shape)});
+                  {expand_to(mu, shape), expand_to(scale_param, shape)});
   return {z, kl};
 }
 
@@ -300,10 +334,10 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_cpu(const at::Ten
   const ScaleKind kind = parse_scale(scale);
   const auto shape = normal_output_shape(mu, scale_param, sample_shape);
   check_rng_state(rng_state, mu);
-  at::Tensor z = at::empty(shape, mu.options());
-  at::Tensor log_q = at::empty(shape, mu.options());
+  at::Tensor z = at::detail::empty_cpu(shape, mu.options());
+  at::Tensor log_q = at::detail::empty_cpu(shape, mu.options());
   run_elementwise(FormulaId::SampleAndLogProb, kind, NoiseKind::Normal, read_rng_state(rng_state), {z, log_q},
-                  {mu.expand(shape), scale_param.expand(shape)});
+                  {expand_to(mu, shape), expand_to(scale_param, shape)});
   return {z, log_q};
 }
 

@@ -1,0 +1,321 @@
+"""The sizes users call the ops at: 1 to 2^16 elements per call (a VAE latent of 128x32 is 2^12, a SAC action
+batch of 256x6 about 2^11), CPU, against torch eager and torch.compile.
+
+    python3 benchmarks/bench_small.py [--quick] [--threads 1,2] [--sizes 0,2,4,...] [--no-compile]
+
+For normal_rsample, normal_rsample_and_kl and gumbel_softmax (rows of 10 and of 128 categories), with the
+parameters requiring grad (autograd on, as in training), it times the forward call and forward plus
+torch.autograd.grad of every output. Per call the fixed cost dominates at these sizes, so the providers are timed
+in alternation, in short blocks, and each provider's time is its fastest block of the run (interference from
+other processes only adds time, so the fastest block is the least disturbed); ratios compare those from one run. It also times the raw operator and the public wrapper on one
+element against one torch.exp call (the fixed-cost figures of docs/performance.md).
+
+It prints a table and writes results/bench_small_cpu.{csv,md,png}. The timing and file helpers are
+benchmarks/bench_normal.py's (the shared harness).
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch  # before rtrick_ops: its extension links against torch's shared libraries
+import torch.nn.functional as F
+
+import rtrick_ops as rt
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_normal as harness  # noqa: E402  (the shared timing harness)
+
+DEFAULT_SIZES = "0,2,4,6,8,10,11,12,14,16"
+QUICK_SIZES = "0,6,11,12"
+TAU = 0.5
+GOAL_SIZES = (11, 12, 14)  # forward+backward at least 2x eager here (issue #15)
+GOAL_FULL_SPEEDUP = 2.0
+CSV_COLUMNS = ["timestamp", "device", "threads", "cpu_isa", "torch_version", "rtrick_ops_version", "case", "provider",
+               "mode", "log2_numel", "numel", "best_us", "speedup_vs_eager", "speedup_vs_compile"]
+PROVIDERS = ("rtrick_ops", "eager", "compile")
+
+
+def _eager_normal(mu, log_sigma):
+    return (mu + torch.exp(log_sigma) * torch.randn_like(mu),)
+
+
+def _eager_normal_and_kl(mu, log_sigma):
+    z = mu + torch.exp(log_sigma) * torch.randn_like(mu)
+    return z, 0.5 * (mu * mu + torch.exp(2 * log_sigma) - 1) - log_sigma
+
+
+def _gaussian_params(numel):
+    return (torch.randn(numel), 0.3 * torch.randn(numel))
+
+
+def _rows(classes):
+    return lambda numel: (torch.randn(max(1, numel // classes), classes),)
+
+
+def cases():
+    """name -> (make(numel) -> params, rtrick_ops(*params), eager(*params)); each returns a tuple of outputs."""
+    return {
+        "normal_rsample": (_gaussian_params, lambda m, s: (rt.normal_rsample(m, s),), _eager_normal),
+        "normal_rsample_and_kl": (_gaussian_params, lambda m, s: rt.normal_rsample_and_kl(m, s),
+                                  _eager_normal_and_kl),
+        "gumbel_softmax_10": (_rows(10), lambda x: (rt.gumbel_softmax(x, TAU),),
+                              lambda x: (F.gumbel_softmax(x, TAU),)),
+        "gumbel_softmax_128": (_rows(128), lambda x: (rt.gumbel_softmax(x, TAU),),
+                               lambda x: (F.gumbel_softmax(x, TAU),)),
+    }
+
+
+def compiled(fn):
+    """torch.compile of the eager expression, dynamic shapes (one compile for every size), or None."""
+    try:
+        return torch.compile(fn, dynamic=True)
+    except Exception as error:  # no compiler on the machine
+        print(f"torch.compile unavailable: {type(error).__name__}: {error}", file=sys.stderr)
+        return None
+
+
+def step(mode, fn, params, grads):
+    if mode == "forward":
+        return lambda: fn(*params)
+    return lambda: torch.autograd.grad(fn(*params), params, grads)
+
+
+def block_size(call, target_seconds=2e-3):
+    started = time.perf_counter()
+    call()
+    elapsed = time.perf_counter() - started
+    return max(1, min(2000, int(target_seconds / max(elapsed, 1e-7))))
+
+
+def benchmark(case, make, fns, numel, mode, rounds):
+    params = tuple(p.requires_grad_() for p in make(numel))
+    outputs = fns["rtrick_ops"](*params)
+    grads = tuple(torch.randn_like(o) for o in outputs)
+    steps = {name: step(mode, fn, params, grads) for name, fn in fns.items() if fn is not None}
+    for call in steps.values():  # warm up (and compile) every provider
+        for _ in range(3):
+            call()
+    times = harness.measure_alternating(steps, rounds, {name: block_size(call) for name, call in steps.items()})
+    best = {name: 1e6 * min(seconds) for name, seconds in times.items()}
+    rows = []
+    for name, us in best.items():
+        rows.append({"case": case, "provider": name, "mode": mode, "log2_numel": numel.bit_length() - 1,
+                     "numel": params[0].numel(), "best_us": us, "speedup_vs_eager": best["eager"] / us,
+                     "speedup_vs_compile": best["compile"] / us if "compile" in best else None})
+    return rows
+
+
+def fixed_costs(rounds):
+    """The per-call cost on one element, piece by piece (docs/performance.md, "fixed cost"): torch.exp as the
+    yardstick, the pieces of a call of rt.normal_rsample as the Python wrapper used to make it (argument checks,
+    the value check and the key with torch ops, the operator through torch.ops, by the contiguous fast path and
+    by the TensorIterator walk), their C++ replacements, and the public wrapper now."""
+    from rtrick_ops import _checks, _library
+
+    x, y = torch.zeros(1), torch.zeros(1)
+    xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
+    one = torch.ones(1)
+    y_2d = torch.zeros(1, 1)  # broadcasts against x: the operator takes its TensorIterator walk
+    state = torch.tensor([1, 0], dtype=torch.int64)
+    op = torch.ops.rtrick_ops.normal_rsample
+    compiled = _library.compiled
+
+    def python_checks():
+        _checks.check_param(x, "mu")
+        _checks.check_param(y, "scale_param")
+        _checks.check_same_device(mu=x, scale_param=y)
+        _checks.check_sample_shape(())
+        _checks.check_broadcast(mu=x, scale_param=y)
+
+    calls = {"torch.exp": lambda: torch.exp(x),
+             "torch.ops.aten.exp (binding floor)": lambda: torch.ops.aten.exp(x),
+             "torch.empty(1)": lambda: torch.empty(1),
+             "argument checks (Python)": python_checks,
+             "value check, torch ops": lambda: bool((y == -math.inf).any()),
+             "dtype .to() x2": lambda: (x.to(torch.float32), y.to(torch.float32)),
+             "key, torch.randint": lambda: torch.randint(0, 2**63 - 1, (2,), dtype=torch.int64),
+             "raw operator, broadcast (TensorIterator)": lambda: op(x, y_2d, state, "log_sigma", []),
+             "raw operator": lambda: op(x, y, state, "log_sigma", []),
+             "raw operator, grad": lambda: op(xg, yg, state, "log_sigma", []),
+             "rt.normal_rsample": lambda: rt.normal_rsample(x, y),
+             "rt.normal_rsample, grad": lambda: rt.normal_rsample(xg, yg),
+             "rt.normal_rsample, seed (Python path)": lambda: rt.normal_rsample(x, y, seed=1),
+             "eager normal, grad": lambda: _eager_normal(xg, yg),
+             # what every fwd+bwd step pays whoever computes it: the backward call of a one-node graph
+             "torch.autograd.grad of x * 2 (floor)": lambda: torch.autograd.grad(xg * 2, (xg,), one),
+             "rt.normal_rsample fwd+bwd": lambda: torch.autograd.grad(rt.normal_rsample(xg, yg), (xg, yg), one),
+             "eager normal fwd+bwd": lambda: torch.autograd.grad(_eager_normal(xg, yg), (xg, yg), (one,))}
+    if getattr(compiled, "draw_rng_state", None) is not None:
+        calls["key, C++ draw"] = lambda: compiled.draw_rng_state(None)
+    if getattr(compiled, "scale_domain_violated", None) is not None:
+        calls["value check, C++"] = lambda: compiled.scale_domain_violated(y, False)
+    times = harness.measure_alternating(calls, rounds, {name: 200 for name in calls})
+    best = {name: 1e6 * min(seconds) for name, seconds in times.items()}
+    return [{"case": name, "best_us": us, "x_exp": us / best["torch.exp"]} for name, us in best.items()]
+
+
+def isa_sweep(numel, rounds):
+    """normal_rsample forward and fwd+bwd with every CPU instruction set the machine has, forced one by one
+    (rt.set_cpu_isa), against eager, in one alternating run: [{isa, mode, best_us, speedup_vs_eager}]."""
+    mu, log_sigma = (p.requires_grad_() for p in _gaussian_params(numel))
+    grad = torch.randn(numel)
+    isas = []
+    for isa in ("avx512", "avx2", "default"):
+        try:
+            rt.set_cpu_isa(isa)
+            isas.append(isa)
+        except ValueError:
+            pass
+    rt.set_cpu_isa("auto")
+
+    def with_isa(isa, call):
+        def run():
+            rt.set_cpu_isa(isa)
+            try:
+                return call()
+            finally:
+                rt.set_cpu_isa("auto")
+        return run
+
+    rows = []
+    for mode in ("forward", "full"):
+        calls = {"eager": step(mode, _eager_normal, (mu, log_sigma), (grad,))}
+        for isa in isas:
+            calls[isa] = with_isa(isa, step(mode, lambda m, s: (rt.normal_rsample(m, s),), (mu, log_sigma), (grad,)))
+        for call in calls.values():
+            call()
+        times = harness.measure_alternating(calls, rounds, {name: block_size(call, 0.02) for name, call in calls.items()})
+        best = {name: 1e6 * min(seconds) for name, seconds in times.items()}
+        for name in isas:
+            rows.append({"isa": name, "mode": mode, "numel": numel, "best_us": best[name],
+                         "eager_us": best["eager"], "speedup_vs_eager": best["eager"] / best[name]})
+    return rows
+
+
+def write_plot(path, rows, threads_list):
+    from plotting import line_chart
+
+    panels = []
+    for threads in threads_list:
+        for mode in ("forward", "full"):
+            series = []
+            for case in dict.fromkeys(r["case"] for r in rows):
+                points = [(r["log2_numel"], r["speedup_vs_eager"]) for r in rows
+                          if r["threads"] == threads and r["mode"] == mode and r["case"] == case
+                          and r["provider"] == "rtrick_ops"]
+                if points:
+                    series.append((case, [p[0] for p in points], [p[1] for p in points]))
+            panels.append({"title": f"{'fwd+bwd' if mode == 'full' else mode}, {threads} thread(s)",
+                           "x_label": "log2(elements per call)", "y_label": "speedup vs eager", "series": series})
+    line_chart(path, panels, title="rtrick_ops vs torch eager at small sizes (CPU, float32, autograd on)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", help=f"log2 of the element counts (default {DEFAULT_SIZES})")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--cases", help="comma-separated subset of the cases")
+    parser.add_argument("--rounds", type=int, help="alternation rounds per measurement (default 15, quick 5)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
+    parser.add_argument("--isa-size", type=int, default=20,
+                        help="log2 elements of the forced-ISA sweep (0 skips it; quick: 16)")
+    parser.add_argument("--quick", action="store_true", help="four sizes, few rounds, for smoke tests")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in (args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)).split(",")]
+    threads_list = [int(t) for t in args.threads.split(",")]
+    rounds = args.rounds or (5 if args.quick else 15)
+    all_cases = cases()
+    if args.cases:
+        unknown = set(args.cases.split(",")) - set(all_cases)
+        if unknown:
+            parser.error(f"unknown cases {sorted(unknown)}; known: {', '.join(all_cases)}")
+        all_cases = {name: all_cases[name] for name in args.cases.split(",")}
+    environment = harness.run_environment(",".join(map(str, threads_list)))
+    print(harness.environment_line(environment) + " | the machine may be loaded: compare ratios, not times")
+    rows, fixed = [], []
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        for row in fixed_costs(rounds):
+            fixed.append({**row, "threads": threads})
+            print(f"{threads} thr  1 element  {row['case']:42s} {row['best_us']:8.2f} us  {row['x_exp']:5.2f}x exp",
+                  flush=True)
+        for case, (make, ours, eager) in all_cases.items():
+            fns = {"rtrick_ops": ours, "eager": eager, "compile": None if args.no_compile else compiled(eager)}
+            for log2 in sizes:
+                for mode in ("forward", "full"):
+                    for row in benchmark(case, make, fns, 2**log2, mode, rounds):
+                        row["threads"] = threads
+                        rows.append(row)
+                        if row["provider"] == "rtrick_ops":
+                            vs_compile = ("" if row["speedup_vs_compile"] is None
+                                          else f"  {row['speedup_vs_compile']:6.2f}x compile")
+                            print(f"{threads} thr  2^{log2:<2d} {case:22s} {'fwd+bwd' if mode == 'full' else mode:8s}"
+                                  f"{row['best_us']:9.1f} us  {row['speedup_vs_eager']:5.2f}x eager{vs_compile}",
+                                  flush=True)
+    isa_rows = []
+    if args.isa_size:
+        torch.set_num_threads(threads_list[0])
+        isa_rows = isa_sweep(2**(16 if args.quick else args.isa_size), rounds)
+        for row in isa_rows:
+            print(f"{threads_list[0]} thr  2^{row['numel'].bit_length() - 1} normal_rsample isa={row['isa']:7s} "
+                  f"{'fwd+bwd' if row['mode'] == 'full' else row['mode']:8s}{row['best_us']:9.1f} us  "
+                  f"{row['speedup_vs_eager']:5.2f}x eager", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "bench_small_cpu")
+    per_thread = [{**environment, **row, "threads": row["threads"]} for row in rows]
+    harness.append_csv(stem + ".csv", {}, per_thread, CSV_COLUMNS)
+    write_markdown(stem + ".md", environment, rows, fixed, threads_list, sizes, isa_rows)
+    write_plot(stem + ".png", rows, threads_list)
+    print(f"results written to {stem}.csv, {stem}.md and {stem}.png")
+    return rows, fixed
+
+
+def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows=()):
+    lines = ["# rtrick_ops at small sizes (CPU)", "",
+             f"{environment['timestamp']} | {harness.environment_line(environment)}", "",
+             "float32, parameters requiring grad. Per-call time of the fastest of several blocks timed in alternation with "
+             "the other providers; x eager and x compile are ratios of those from this run (above 1: rtrick_ops is "
+             "faster). fwd+bwd = the call plus torch.autograd.grad of every output. The machine may be loaded: "
+             "read the ratios, not the times.", "",
+             "## One element: the fixed cost of a call", "",
+             "| threads | call | us | x torch.exp |", "|---:|---|---:|---:|"]
+    lines += [f"| {r['threads']} | {r['case']} | {r['best_us']:.2f} | {r['x_exp']:.2f} |" for r in fixed]
+    lines += ["", "## Speedup over eager (x compile in parentheses)", ""]
+    for threads in threads_list:
+        lines += [f"### {threads} thread(s)", "",
+                  "| case | mode | " + " | ".join(f"2^{s}" for s in sizes) + " |",
+                  "|---|---|" + "---:|" * len(sizes)]
+        for case in dict.fromkeys(r["case"] for r in rows):
+            for mode in ("forward", "full"):
+                cells = []
+                for s in sizes:
+                    match = [r for r in rows if r["threads"] == threads and r["case"] == case and r["mode"] == mode
+                             and r["log2_numel"] == s and r["provider"] == "rtrick_ops"]
+                    if not match:
+                        cells.append("")
+                        continue
+                    r = match[0]
+                    text = f"{r['speedup_vs_eager']:.2f}"
+                    if r["speedup_vs_compile"] is not None:
+                        text += f" ({r['speedup_vs_compile']:.1f})"
+                    if mode == "full" and s in GOAL_SIZES:
+                        text = f"**{text}**"
+                    cells.append(text)
+                lines.append(f"| {case} | {'fwd+bwd' if mode == 'full' else mode} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"Goal (issue #15): fwd+bwd at least {GOAL_FULL_SPEEDUP:.0f}x eager at 2^11, 2^12 and 2^14 (bold).", ""]
+    if isa_rows:
+        lines += ["## Every instruction set, forced one by one (normal_rsample)", "",
+                  "rt.set_cpu_isa(isa) for the rtrick_ops calls; eager is torch's own kernels (its best ISA) in the "
+                  "same run.", "", "| isa | mode | elements | us | eager us | x eager |", "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['isa']} | {'fwd+bwd' if r['mode'] == 'full' else r['mode']} | {r['numel']} | "
+                  f"{r['best_us']:.1f} | {r['eager_us']:.1f} | {r['speedup_vs_eager']:.2f} |" for r in isa_rows]
+    with open(path, "w") as file:
+        file.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The per-call shortcuts of issue #15 (docs/performance.md, "fixed cost") change no result.
+
+The key drawn in C++ is torch.randint's, from the same generator state; the C++ domain check refuses what
+the torch-op check refused; the C++ autograd of normal_rsample_and_kl and gumbel_softmax gives the Python
+formulas' gradients; the contiguous fast path of the elementwise kernels gives the TensorIterator walk's bits.
+"""
+import math
+
+import pytest
+import torch
+
+import rtrick_ops as rt
+from rtrick_ops import _checks, _library, _random
+
+pytestmark = pytest.mark.skipif(_library.compiled is None, reason="needs the compiled extension")
+
+
+def test_cpu_key_draw_is_torch_randint():
+    if _random._draw_cpu_rng_state is None:
+        pytest.skip("this build has no C++ key draw")
+    for generator in (None, torch.Generator().manual_seed(7)):
+        if generator is None:
+            torch.manual_seed(1234)
+        state = _random.make_rng_state(None, generator, torch.device("cpu"))
+        after = torch.rand(3, generator=generator)
+        if generator is None:
+            torch.manual_seed(1234)
+        else:
+            generator.manual_seed(7)
+        expected = torch.randint(0, 2**63 - 1, (2,), dtype=torch.int64, generator=generator)
+        assert state.dtype == torch.int64 and state.shape == (2,)
+        assert torch.equal(state, expected)
+        assert torch.equal(after, torch.rand(3, generator=generator)), "the generator advanced differently"
+
+
+def test_seedless_calls_follow_manual_seed():
+    mu, log_sigma = torch.randn(100), torch.randn(100)
+    torch.manual_seed(5)
+    a = rt.normal_rsample(mu, log_sigma)
+    torch.manual_seed(5)
+    b = rt.normal_rsample(mu, log_sigma)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, rt.normal_rsample(mu, log_sigma))
+
+
+def test_key_draw_under_vmap_stays_torchs():
+    mu = torch.zeros(3, 5)
+    with pytest.raises(RuntimeError):
+        torch.func.vmap(lambda m: rt.normal_rsample(m, m))(mu)  # randomness="error": torch.randint refuses
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("scale", ["log_sigma", "logvar", "softplus", "sigma"])
+def test_domain_check_refuses_the_same_values(dtype, scale):
+    good = torch.full((10,), 0.5, dtype=dtype)
+    rt.normal_rsample(torch.zeros(10, dtype=dtype), good, scale=scale, validate_args=True)
+    bad = good.clone()
+    bad[7] = 0.0 if scale == "sigma" else -math.inf
+    with pytest.raises(ValueError, match="scale_param must be"):
+        rt.normal_rsample(torch.zeros(10, dtype=dtype), bad, scale=scale, validate_args=True)
+    nan = good.clone()
+    nan[3] = math.nan  # NaN propagates: not an error
+    rt.normal_rsample(torch.zeros(10, dtype=dtype), nan, scale=scale, validate_args=True)
+    rt.normal_rsample(torch.zeros(10, dtype=dtype), bad, scale=scale, validate_args=False)
+    strided = torch.stack([bad, bad], 1)[:, 0]  # not contiguous: the torch-op check
+    with pytest.raises(ValueError, match="scale_param must be"):
+        rt.normal_rsample(torch.zeros(10, dtype=dtype), strided, scale=scale, validate_args=True)
+
+
+def test_c_domain_check_answers():
+    check = _checks._scale_domain_violated
+    if check is None:
+        pytest.skip("this build has no C++ domain check")
+    x = torch.tensor([1.0, 2.0, math.nan])
+    assert check(x, True) is False and check(x, False) is False
+    assert check(torch.tensor([1.0, 0.0]), True) is True
+    assert check(torch.tensor([1.0, -math.inf]), False) is True
+    assert check(torch.tensor([1.0, -math.inf]), True) is True
+    assert check(torch.ones(4, 2)[:, 0], True) is None  # strided
+    assert check(torch.ones(4, dtype=torch.float16), True) is None
+
+
+def _grads(fn, *params):
+    outputs = fn(*params)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    gens = [torch.Generator().manual_seed(i) for i in range(len(outputs))]
+    weights = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o, g in zip(outputs, gens)]
+    return outputs, torch.autograd.grad(outputs, params, weights)
+
+
+@pytest.mark.parametrize("shape", [(1,), (37,), (4, 300)])
+def test_cpp_autograd_matches_the_reference(shape):
+    mu = torch.randn(shape, dtype=torch.float64).requires_grad_()
+    s = (0.3 * torch.randn(shape, dtype=torch.float64)).requires_grad_()
+    for backend_fn in (lambda m, x, b: rt.normal_rsample_and_kl(m, x, seed=3, backend=b),
+                       lambda m, x, b: rt.normal_rsample(m, x, seed=3, backend=b)):
+        out_cpu, grads_cpu = _grads(lambda m, x: backend_fn(m, x, "cpu"), mu, s)
+        out_ref, grads_ref = _grads(lambda m, x: backend_fn(m, x, "reference"), mu, s)
+        for a, b in zip(out_cpu + grads_cpu, out_ref + grads_ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the noise is float32
+    logits = torch.randn(shape, dtype=torch.float64).requires_grad_()
+    for hard in (False, True):
+        out_cpu, grads_cpu = _grads(lambda x: rt.gumbel_softmax(x, 0.7, hard, seed=4, backend="cpu"), logits)
+        out_ref, grads_ref = _grads(lambda x: rt.gumbel_softmax(x, 0.7, hard, seed=4, backend="reference"), logits)
+        for a, b in zip(out_cpu + grads_cpu, out_ref + grads_ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the noise is float32
+
+
+def test_cpp_autograd_double_backward_and_unused_outputs():
+    mu = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    s = (0.3 * torch.randn(20, dtype=torch.float64)).requires_grad_()
+    torch.autograd.gradcheck(lambda m, x: rt.normal_rsample_and_kl(m, x, seed=9), (mu, s))
+    torch.autograd.gradgradcheck(lambda m, x: rt.normal_rsample_and_kl(m, x, seed=9), (mu, s))
+    logits = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda x: rt.gumbel_softmax(x, 0.8, seed=9), (logits,))
+    torch.autograd.gradgradcheck(lambda x: rt.gumbel_softmax(x, 0.8, seed=9), (logits,))
+    z, kl = rt.normal_rsample_and_kl(mu, s, seed=9)
+    (g_mu,) = torch.autograd.grad(kl.sum(), (mu,))  # z unused: its gradient is zeros
+    torch.testing.assert_close(g_mu, mu.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_contiguous_fast_path_matches_the_strided_walk(dtype):
+    n = 70000  # above the parallel grain: several ranges with two threads
+    mu, s = torch.randn(n, dtype=dtype), (0.3 * torch.randn(n)).to(dtype)
+    fast = rt.normal_rsample(mu, s, seed=11)
+    strided = rt.normal_rsample(torch.stack([mu, mu], 1)[:, 0], torch.stack([s, s], 1)[:, 0], seed=11)
+    assert torch.equal(fast, strided)
+    z_fast, kl_fast = rt.normal_rsample_and_kl(mu, s, seed=11)
+    z_str, kl_str = rt.normal_rsample_and_kl(torch.stack([mu, mu], 1)[:, 0], torch.stack([s, s], 1)[:, 0], seed=11)
+    assert torch.equal(z_fast, z_str) and torch.equal(kl_fast, kl_str)
