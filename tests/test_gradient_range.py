@@ -58,7 +58,8 @@ def relative_errors_gamma(alphas, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gamma_gradient_whole_range(dtype):
     top = 30 if dtype == torch.float64 else 38
-    alphas = [10.0**e for e in range(-30, top + 1, 3)] + [0.5, 7.5, 99.0, 100.0, 101.0, 1e4 + 0.5]
+    alphas = [10.0**e for e in range(-30, top + 1, 3)] + [0.5, 7.5, 29.0, 30.0, 31.0, 50.0, 99.0, 100.0, 101.0,
+                                                           1e4 + 0.5]
     worst, cases = relative_errors_gamma(alphas, dtype)
     print(f"gamma {dtype}: {cases} points, max rel. error {worst:.2e}")
 
