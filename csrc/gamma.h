@@ -175,8 +175,10 @@ RT_HD double cf_step(double a) { return 1e-5 * (a < ::sqrt(a) ? a : ::sqrt(a)); 
 // Above this alpha the series and the continued fraction need O(sqrt(alpha))
 // terms, lose digits (psi_n accumulates 1/(alpha + k) onto a large psi, the
 // central difference's step vanishes beside alpha) and cost milliseconds; the
-// uniform asymptotic expansion is exact to ~1e-11 from here on (docs/gamma.md).
-constexpr double kGammaAsymptoticMin = 100.0;
+// uniform asymptotic expansion, kept to a^-4, is exact to ~2e-9 at 30 and
+// ~1e-11 from 100 on (docs/gamma.md), at a constant cost below the series'
+// ~10 sqrt(alpha) terms (issue 15: the series is overkill there).
+constexpr double kGammaAsymptoticMin = 30.0;
 
 // (t - ln(1 + t)) / t^2 for |t| < 0.1 (the direct form cancels there).
 RT_HD double log1p_defect_series(double t) {
@@ -238,69 +240,9 @@ RT_HD double gamma_dz_dalpha(double a, double x) {
   return x * h * (::log(x) - digamma_d(a)) + x * dh;
 }
 
-// Continued fraction of I_x(a, b) = x^a (1 - x)^b / (a B(a, b)) * cf
-// (Numerical Recipes' betacf), fast for x < (a + 1) / (a + b + 2).
-RT_HD double betacf_d(double a, double b, double x) {
-  const double qab = a + b, qap = a + 1.0, qam = a - 1.0;
-  double c = 1.0;
-  double d = 1.0 - qab * x / qap;
-  if (::fabs(d) < kFpMin) d = kFpMin;
-  d = 1.0 / d;
-  double h = d;
-  for (int32_t m = 1; m <= kCfMaxTerms; ++m) {
-    const double m2 = 2.0 * m;
-    double aa = m * (b - m) * x / ((qam + m2) * (a + m2));
-    d = 1.0 + aa * d;
-    if (::fabs(d) < kFpMin) d = kFpMin;
-    c = 1.0 + aa / c;
-    if (::fabs(c) < kFpMin) c = kFpMin;
-    d = 1.0 / d;
-    h *= d * c;
-    aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
-    d = 1.0 + aa * d;
-    if (::fabs(d) < kFpMin) d = kFpMin;
-    c = 1.0 + aa / c;
-    if (::fabs(c) < kFpMin) c = kFpMin;
-    d = 1.0 / d;
-    const double delta = d * c;
-    h *= delta;
-    if (!(::fabs(delta - 1.0) > kGradEps)) break;
-  }
-  return h;
-}
-
 struct Grad2 {
   double a, b;
 };
-
-// (dz/da, dz/db) where x < (a + 1) / (a + b + 2); y = 1 - x, lnx = ln x, lny = ln y.
-// Each term is folded in as soon as it is known, so that few values stay live
-// across the continued-fraction loops (keeps the CUDA kernels free of spills).
-// need_a / need_b skip the continued fractions of a derivative nobody reads
-// (the Dirichlet needs one of the two).
-RT_HD Grad2 beta_grad_direct(double a, double b, double x, double y, double lnx, double lny, bool need_a,
-                             bool need_b) {
-  const double psi_ab = digamma_d(a + b);
-  const double h = betacf_d(a, b, x);
-  double ga = 0.0, gb = 0.0;
-  if (need_a) {
-    const double sa = cf_step(a);
-    ga = h * (lnx - 1.0 / a - digamma_d(a) + psi_ab) + (betacf_d(a + sa, b, x) - betacf_d(a - sa, b, x)) / (2.0 * sa);
-  }
-  if (need_b) {
-    const double sb = cf_step(b);
-    gb = h * (lny - digamma_d(b) + psi_ab) + (betacf_d(a, b + sb, x) - betacf_d(a, b - sb, x)) / (2.0 * sb);
-  }
-  const double scale = -x * y / a;
-  return Grad2{scale * ga, scale * gb};
-}
-
-// Both Beta parameters at least kBetaQuadMin and one at least kBetaQuadLarge:
-// the quadrature below replaces the continued fractions, whose length grows
-// like sqrt(a + b) and whose central differences lose all digits when the
-// step is below the parameter's ulp (a = 1e15, 1e30).
-constexpr double kBetaQuadMin = 10.0;
-constexpr double kBetaQuadLarge = 1000.0;
 
 // psi(x) - ln(x) without the cancellation of two large logs.
 RT_HD double digamma_minus_log(double x) {
@@ -309,6 +251,85 @@ RT_HD double digamma_minus_log(double x) {
     return -0.5 / x - r * (1.0 / 12 - r * (1.0 / 120 - r * (1.0 / 252 - r * (1.0 / 240 - r * (1.0 / 132)))));
   }
   return digamma_d(x) - ::log(x);
+}
+
+// psi(v + d) - psi(v) for v > 0, v + d > 0, d given exactly, without the
+// cancellation of two close psi values: below 10 by the recurrence's exact
+// differences d / (v (v + d)); then log1p(d / v) plus the (small) difference of
+// psi - ln, by its Taylor expansion where d is far below v (psi(1e15 + 1e-3) -
+// psi(1e15), psi(3 + 1e-30) - psi(3): the shift is lost in v + d's rounding).
+RT_HD double digamma_shift(double v, double d) {
+  double s = 0.0;
+  while (v < 10.0 || v + d < 10.0) {
+    s += d / (v * (v + d));
+    v += 1.0;
+  }
+  if (::fabs(d) <= 1e-4 * v) {
+    const double r = 1.0 / v, r2 = r * r;
+    // (psi - ln)' = 1/(2v^2) + 1/(6v^3) - 1/(30v^5) + 1/(42v^7), (psi - ln)'' = -1/v^3 - 1/(2v^4) + 1/(6v^6).
+    const double d1 = r2 * (0.5 + r * (1.0 / 6 - r2 * (1.0 / 30 - r2 * (1.0 / 42))));
+    const double d2 = -r2 * r * (1.0 + r * (0.5 - r2 * (1.0 / 6)));
+    s += d * (d1 + 0.5 * d * d2);
+  } else {
+    s += digamma_minus_log(v + d) - digamma_minus_log(v);
+  }
+  return s + ::log1p(d / v);
+}
+
+// The series side: x < (a + 1) / (a + b + 2) and a below kBetaSeriesMaxA.
+constexpr double kBetaSeriesMaxA = 100.0;
+// Below this a, dz/db's series is summed as its difference from the a = 0 series.
+constexpr double kBetaSeriesSmallA = 0.25;
+
+// (dz/da, dz/db) from Gauss's series I_x(a, b) = x^a y^b / (a B(a, b)) sum_n c_n,
+// c_0 = 1, c_n = c_{n-1} (a + b + n - 1) x / (a + n), all terms positive, each
+// ratio below the first, (a + b) x / (a + 1) < 1. Differentiated term by term:
+// dz/da = -(x y / a) sum_n c_n (ln x + psi(a + b + n) - psi(a + 1 + n)),
+// dz/db = -(x y / a) sum_n c_n (ln y + psi(a + b + n) - psi(b)),
+// exact derivatives (no differences in a parameter), so a huge b beside a
+// small a (Beta(0.5, 1e15): b x is the Gamma limit's variable) loses nothing.
+// y = 1 - x, lnx = ln x, lny = ln y, each exact or from log1p.
+//
+// dz/db's sum is O(a) from O(1) terms: at a = 0 it is d/db of
+// y^b sum_n (b)_n x^n / n! = 1, so 0, and for a = 1e-30 it would lose every
+// digit. Below kBetaSeriesSmallA it is summed as its difference from that
+// series, term by term: c_n d_n - c0_n d0_n = c0_n ((rho_n - 1) d_n + g_n), with
+// c0_n = (b)_n x^n / n!, rho_n = c_n / c0_n from a sum of log1p, and
+// g_n = d_n - d0_n = psi(a + b + n) - psi(b + n): each part O(a), nothing cancels.
+RT_HD Grad2 beta_grad_series(double a, double b, double x, double y, double lnx, double lny, bool need_a,
+                             bool need_b) {
+  // psi(a + b) - psi(a + 1) and psi(a + b) - psi(b) from exact shifts.
+  double da = lnx + (b >= 1.0 ? digamma_shift(a + 1.0, b - 1.0) : -digamma_shift(a + b, 1.0 - b));
+  double g = need_b ? digamma_shift(b, a) : 0.0;
+  double db = lny + g;
+  const bool small_a = need_b && a < kBetaSeriesSmallA;
+  double c = 1.0, c0 = 1.0, log_rho = 0.0, sa = da, sb = small_a ? g : db, csum = 1.0;
+  const double ab = a + b;
+  for (int32_t n = 1; n <= kSeriesMaxTerms; ++n) {
+    const double abn = ab + (n - 1);
+    const double inv_ab = 1.0 / abn;
+    const double inv_a = 1.0 / (a + n);
+    const double ratio = abn * x * inv_a;
+    c *= ratio;
+    da += inv_ab - inv_a;
+    db += inv_ab;
+    sa += c * da;
+    if (small_a) {
+      const double bn = b + (n - 1);
+      c0 *= bn * x / n;
+      log_rho += ::log1p(a / bn) - ::log1p(a / n);
+      g -= a / (bn * abn);
+      sb += c0 * (::expm1(log_rho) * db + g);
+    } else {
+      sb += c * db;
+    }
+    csum += c;
+    // The tail is below c ratio / (1 - ratio) (ratios decrease) times its
+    // slowly growing logarithmic factors (and c0 / c, below n^a for b > 1).
+    if (!(c * ratio > kGradEps * (1.0 - ratio) * csum)) break;
+  }
+  const double scale = -x * y / a;
+  return Grad2{need_a ? scale * sa : 0.0, need_b ? scale * sb : 0.0};
 }
 
 // s + expm1(-s) >= 0 and log1p(y) - y <= 0, accurate where they are tiny.
@@ -326,21 +347,30 @@ RT_HD double log1p_defect(double y) {
   return -y * y * log1p_defect_series(y);
 }
 
+// Most Gauss-Legendre panels of the quadrature below (S up to 2^14 times the singularity's distance).
+constexpr int32_t kBetaQuadMaxPanels = 12;
+
 // (dz/da, dz/db) by quadrature of the implicit gradient on the side t < x:
 // dz/da = -int_0^x (ln t - psi(a) + psi(a+b)) e^(phi(t) - phi(x)) dt, phi(t) =
 // (a-1) ln t + (b-1) ln(1-t) (dz/db with ln(1-t) - psi(b) + psi(a+b)), in
-// s = ln(x / t), where the integrand decays from s = 0 (x below the mode).
-// 32-point Gauss-Legendre over [0, S], S where the integrand has fallen by
-// e^-45. n = (b-1) x - (a-1) y and m = x (a+b) - a are passed in, computed
-// from the exact x: near the mode they are tiny differences of large products.
+// s = ln(x / t), where the integrand decays from s = 0 (x below the mode, or
+// just above it). 32-point Gauss-Legendre over [0, S], S where the integrand
+// has fallen by e^-45. n = (b-1) x - (a-1) y and m = x (a+b) - a are passed
+// in, computed from the exact x: near the mode they are tiny differences of
+// large products. For a >= kBetaSeriesMaxA: the integrand falls at least like
+// e^(-a s), and its coefficients are not the 1/a-sized terms that cancel in
+// the small-a integral (the series side handles those).
 RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double n, double m) {
   const double r = x / y;
   const double lin = -n / y;  // phi'(x) x, >= 0 below the mode
-  // phi(x) - phi(x e^-s) + s: every term >= 0, no cancellation.
+  // phi(x) - phi(x e^-s) + s: every term >= 0 below the mode, no cancellation.
   auto decay = [&](double s) {
     return lin * s + (b - 1.0) * r * expm1_defect(s) - (b - 1.0) * log1p_defect(-r * ::expm1(-s)) + s;
   };
-  double span = 8.0 / ::sqrt(a);
+  // From the smaller of the linear decay's e^-45 point and the mode's width
+  // (a few steps of the searches below instead of dozens for a = 1e15).
+  const double gauss = 8.0 / ::sqrt(a);
+  double span = lin + 1.0 > 45.0 / gauss ? 45.0 / (lin + 1.0) : gauss;
   for (int i = 0; i < 200 && decay(span) < 45.0; ++i) span *= 2.0;
   for (int i = 0; i < 200 && decay(0.5 * span) >= 45.0; ++i) span *= 0.5;
   // ln(x / x0) and ln(y / y0), x0 = a / (a + b), y0 = b / (a + b).
@@ -348,44 +378,71 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
   const double ly0 = ::fabs(m / b) < 0.5 ? ::log1p(-m / b) : ::log(y) + ::log1p(a / b);
   const double psi_ab = digamma_minus_log(a + b);
   const double ca = psi_ab - digamma_minus_log(a), cb = psi_ab - digamma_minus_log(b);
+  // (1 + r (1 - e^-s))^(b-1) and dz/db's log1p(r (1 - e^-s)) are singular at
+  // s = -ln(1 + 1/r), a distance g before the interval. 32 points resolve a
+  // panel up to ~15 g long to 1e-13 (Bernstein ellipse); a longer S (a huge
+  // beside a small b, x near 1: g ~ 1/r) is cut at S / 2, S / 4, ... down to
+  // a first panel of at most 8 g: every later panel is then at least its own
+  // length away from the singularity.
+  int32_t panels = 1;
+  for (double w = span / (8.0 * ::log1p(1.0 / r)); panels < kBetaQuadMaxPanels && w > 1.0; w *= 0.5) ++panels;
+  double lo = 0.0, hi = ::ldexp(span, 1 - panels);
   double ga = 0.0, gb = 0.0;
-  for (int i = 0; i < 32; ++i) {
-    const double node = i < 16 ? gl32_node(i) : -gl32_node(i - 16);
-    const double s = 0.5 * span * (node + 1.0);
-    const double f = ::exp(-decay(s)) * gl32_weight(i < 16 ? i : i - 16);
-    ga += (lx0 - s + ca) * f;
-    gb += (ly0 + ::log1p(-r * ::expm1(-s)) + cb) * f;
+  for (int32_t p = 0; p < panels; ++p) {
+    const double half = 0.5 * (hi - lo), mid = 0.5 * (hi + lo);
+    for (int32_t i = 0; i < 32; ++i) {
+      const double node = i < 16 ? gl32_node(i) : -gl32_node(i - 16);
+      const double s = mid + half * node;
+      const double f = half * ::exp(-decay(s)) * gl32_weight(i < 16 ? i : i - 16);
+      ga += (lx0 - s + ca) * f;
+      gb += (ly0 + ::log1p(-r * ::expm1(-s)) + cb) * f;
+    }
+    lo = hi;
+    hi *= 2.0;
   }
-  const double scale = -0.5 * x * span;
-  return Grad2{scale * ga, scale * gb};
+  return Grad2{-x * ga, -x * gb};
 }
 
-// (dz/da, dz/db) of z ~ Beta(a, b); I_x(a, b) = 1 - I_{1-x}(b, a) above the
-// continued fraction's fast region (there 1 - z ~ Beta(b, a), so dz/da =
-// -d(1-z)/da and dz/db = -d(1-z)/db). NaN for NaN input or a, b <= 0; 0 for z
-// outside (0, 1) or an infinite parameter.
+// (dz/da, dz/db) of z ~ Beta(a, b). On the side of z where the Gauss series
+// converges at once, x < (a + 1) / (a + b + 2) (above it, 1 - z ~ Beta(b, a):
+// dz/da = -d(1-z)/da, dz/db = -d(1-z)/db): that series when the side's own
+// parameter is below kBetaSeriesMaxA, else the quadrature (its cost no longer
+// grows with the parameters, nor does its accuracy fall). NaN for NaN input or
+// a, b <= 0; 0 for z outside (0, 1) or an infinite parameter.
 RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool need_b = true) {
   if (a != a || b != b || z != z || !(a > 0.0) || !(b > 0.0)) return Grad2{::nan(""), ::nan("")};
   if (!(z > 0.0) || !(z < 1.0) || a == HUGE_VAL || b == HUGE_VAL) return Grad2{0.0, 0.0};
-  const double y = 1.0 - z;
+  const double y = 1.0 - z;  // exact for z >= 1/2; below, every use of it tolerates its rounding
   const bool swap = !(z < (a + 1.0) / (a + b + 2.0));
-  if (a >= kBetaQuadMin && b >= kBetaQuadMin && (a >= kBetaQuadLarge || b >= kBetaQuadLarge)) {
-    // m = z a + z b - a and n = m + 1 - 2z from exact products (fma) and
-    // exact sums (TwoSum): near the mode, for a = b = 1e30, m is ~1e15 out of 1e30.
-    const double pa = z * a, pb = z * b;
-    const double h1 = pa - a, v1 = h1 - pa, l1 = (pa - (h1 - v1)) + (-a - v1);
-    const double h2 = h1 + pb, v2 = h2 - h1, l2 = (h1 - (h2 - v2)) + (pb - v2);
-    const double m = h2 + (l1 + l2 + ::fma(z, a, -pa) + ::fma(z, b, -pb));
-    const double n = m + (1.0 - 2.0 * z);
-    if (!swap) return beta_grad_quadrature(a, b, z, y, n, m);
-    const Grad2 g = beta_grad_quadrature(b, a, y, z, -n, -m);
-    return Grad2{-g.b, -g.a};
+  if ((swap ? b : a) < kBetaSeriesMaxA) {
+    const double lnz = ::log(z), lny = ::log1p(-z);
+    // One call site with selected arguments (one copy of the loop in the kernels).
+    const Grad2 g = beta_grad_series(swap ? b : a, swap ? a : b, swap ? y : z, swap ? z : y, swap ? lny : lnz,
+                                     swap ? lnz : lny, swap ? need_b : need_a, swap ? need_a : need_b);
+    return swap ? Grad2{-g.b, -g.a} : g;
   }
-  const double lnz = ::log(z), lny = ::log1p(-z);
-  // One call site with selected arguments (one copy of the loops in the kernels).
-  const Grad2 g = beta_grad_direct(swap ? b : a, swap ? a : b, swap ? y : z, swap ? z : y, swap ? lny : lnz,
-                                   swap ? lnz : lny, swap ? need_b : need_a, swap ? need_a : need_b);
-  return swap ? Grad2{-g.b, -g.a} : g;
+  // m = z a + z b - a and n = m + 1 - 2z from exact products (fma) and
+  // exact sums (TwoSum): near the mode, for a = b = 1e30, m is ~1e15 out of 1e30.
+  const double pa = z * a, pb = z * b;
+  const double h1 = pa - a, v1 = h1 - pa, l1 = (pa - (h1 - v1)) + (-a - v1);
+  const double h2 = h1 + pb, v2 = h2 - h1, l2 = (h1 - (h2 - v2)) + (pb - v2);
+  const double m = h2 + (l1 + l2 + ::fma(z, a, -pa) + ::fma(z, b, -pb));
+  const double n = m + (1.0 - 2.0 * z);
+  if (!swap) return beta_grad_quadrature(a, b, z, y, n, m);
+  const Grad2 g = beta_grad_quadrature(b, a, y, z, -n, -m);
+  return Grad2{-g.b, -g.a};
+}
+
+// Neumaier's compensated sum of positive terms, for the Dirichlet's totals:
+// its marginal needs rest = total - alpha_i to rest's own precision, not the
+// total's (alpha = (1e20, 1, 1): rest = 2, where total - alpha gives 0).
+struct CompensatedSum {
+  double hi = 0.0, lo = 0.0;
+};
+RT_HD void add_to(CompensatedSum& s, double v) {
+  const double t = s.hi + v;
+  s.lo += s.hi >= v ? (s.hi - t) + v : (v - t) + s.hi;
+  s.hi = t;
 }
 
 // The Dirichlet's pathwise gradient (torch's _dirichlet_grad): raising
@@ -393,9 +450,11 @@ RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool n
 // second parameter (the other alphas' sum) stays fixed, and rescales the other
 // components by the same factor, so dz_j/dalpha_i = d_i (delta_ij - z_j) with
 // d_i = (dz_i/da of that Beta) / (1 - z_i). Returns d_i; 0 when alpha_i is the
-// whole total (one category) or z_i is not below 1.
-RT_HD double dirichlet_marginal_grad(double alpha, double total, double z) {
-  const double rest = total - alpha;
+// whole total (one category) or z_i is not below 1. total_hi + total_lo is the
+// compensated sum of the row's alphas: hi - alpha is exact where alpha is most
+// of it (Sterbenz), and rounds relative to rest elsewhere.
+RT_HD double dirichlet_marginal_grad(double alpha, double total_hi, double total_lo, double z) {
+  const double rest = (total_hi - alpha) + total_lo;
   if (rest != rest || alpha != alpha || z != z) return ::nan("");
   if (!(rest > 0.0) || !(z < 1.0)) return 0.0;
   const Grad2 g = beta_dz_dab(alpha, rest, z, true, false);

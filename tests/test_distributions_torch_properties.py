@@ -12,7 +12,10 @@ Python-number temperatures. This file adds, for all thirteen classes:
 - rsample gradients against finite differences of the CDF, per sample (torch's
   TestRsample: dz/dtheta = -dF(z; theta)/dtheta / p(z; theta), the implicit
   reparameterization identity, which every pathwise gradient of a univariate
-  sampler that is monotone in its noise satisfies);
+  sampler that is monotone in its noise satisfies; torch checks it for Gamma,
+  Chi2, Beta and the Dirichlet's diagonal, test_dirichlet_on_diagonal, and
+  for no relaxed class). RelaxedOneHotCategorical's sample has no univariate
+  CDF: its statistic log(z_i / z_j), which has one (logistic), stands for it;
 - support and arg_constraints (test_support_attributes, test_support_constraints,
   test_params_constraints); expand keeping the subclass and the log_prob
   (test_distribution_expand, test_distribution_subclass_expand); entropy's shape
@@ -170,6 +173,7 @@ def _cdf_cases(name, p):
     raise KeyError(name)
 
 
+# RelaxedOneHotCategorical: through the logistic law of log(z_i / z_j), the test after this one.
 @pytest.mark.parametrize("name", [n for n in CASES if n != "RelaxedOneHotCategorical"])
 def test_rsample_gradient_matches_cdf_finite_differences(name):
     """Per sample, for each parameter: autograd's dz/dtheta = -dF/dtheta / p (central differences, h = 1e-6)."""
@@ -189,6 +193,37 @@ def test_rsample_gradient_matches_cdf_finite_differences(name):
         theta = value[index] if isinstance(index, int) else value[index[0]][index[1]]
         expected = torch.from_numpy(_cdf_fd_gradient(cdf, zs, theta, 1e-6 * max(1.0, abs(theta))) / pdf(zs))
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_relaxed_one_hot_rsample_gradient_matches_cdf_finite_differences():
+    """The same property for RelaxedOneHotCategorical, whose sample z has no univariate CDF: the statistic
+    W = log(z_i / z_j) = (l_i - l_j + G_i - G_j) / tau has one (G_i - G_j ~ Logistic(0, 1)),
+    F(w) = sigmoid(tau w - (l_i - l_j)). W is monotone in its noise, so its pathwise gradient must be the
+    implicit one: per sample, autograd's dW/dl_k (through the fused sampler's backward, which regenerates
+    the softmax) against -dF/dl_k / p(W) by central differences, for every k (0 where W does not involve
+    l_k) and two pairs (i, j). The temperature is not differentiated: a trainable temperature falls back to
+    torch's own sampler (rtrick_ops/distributions.py), which this file does not test."""
+    tau, logits = CASES["RelaxedOneHotCategorical"][2]
+    first = logits[0].tolist()
+    n = 64
+    leaf = logits[:1].expand(n, 3).clone().requires_grad_()
+    z = make("RelaxedOneHotCategorical", (tau, leaf), seed=21).rsample()
+    tau = tau.item()
+    for i, j in ((0, 1), (2, 0)):
+        w = torch.log(z[:, i]) - torch.log(z[:, j])
+        (grad,) = torch.autograd.grad(w.sum(), leaf, retain_graph=True)
+        ws = w.detach().numpy()
+        pdf = scipy.stats.logistic.pdf(tau * ws - (first[i] - first[j])) * tau
+
+        def cdf(value, theta, k):
+            shifted = list(first)
+            shifted[k] = theta
+            return scipy.stats.logistic.cdf(tau * value - (shifted[i] - shifted[j]))
+
+        for k in range(3):
+            h = 1e-6 * max(1.0, abs(first[k]))
+            fd = _cdf_fd_gradient(lambda value, theta: cdf(value, theta, k), ws, first[k], h)
+            torch.testing.assert_close(grad[:, k], torch.from_numpy(fd / pdf), rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", CASES)

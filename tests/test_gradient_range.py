@@ -58,7 +58,8 @@ def relative_errors_gamma(alphas, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gamma_gradient_whole_range(dtype):
     top = 30 if dtype == torch.float64 else 38
-    alphas = [10.0**e for e in range(-30, top + 1, 3)] + [0.5, 7.5, 99.0, 100.0, 101.0, 1e4 + 0.5]
+    alphas = [10.0**e for e in range(-30, top + 1, 3)] + [0.5, 7.5, 29.0, 30.0, 31.0, 50.0, 99.0, 100.0, 101.0,
+                                                           1e4 + 0.5]
     worst, cases = relative_errors_gamma(alphas, dtype)
     print(f"gamma {dtype}: {cases} points, max rel. error {worst:.2e}")
 
@@ -96,6 +97,114 @@ def test_beta_gradient_large_parameters(dtype):
                 worst, cases = max(worst, err), cases + 1
                 assert err <= TOL, f"a={a!r} b={b!r} z={zi!r}: {got!r} vs {ref!r} (rel. error {err:.2e})"
     print(f"beta {dtype}: {cases} values, max rel. error {worst:.2e}")
+
+
+# Issue 11's mixed and small cases: every pair of these, each on both sides.
+MIXED_PARAMS = {
+    torch.float64: [1e-30, 1e-10, 1e-3, 0.5, 2.5, 9.99, 10.0, 99.0, 1e3, 1e8, 1e15, 1e30],
+    torch.float32: [1.2e-38, 1e-3, 0.5, 10.0, 1e4, 1e15, 1e38],  # from the smallest normal float32
+}
+
+
+def mixed_points(a, b, dtype):
+    """z across (0, 1) at fixed points, around the mean and in the tails, and near 1 where b is the small
+    one: representable in dtype, in (0, 1). Both parameters >= 10: only the body (|z - mean| <= 40 sd),
+    the fixed points lie e^-1e15 deep in the tails there. One parameter >= 100 beside a smaller one: not
+    beyond the Gamma limit's e^-700 (the density there underflows double; (a + b) z - a > 700 for a huge
+    b), where the reference's quadrature takes seconds a point."""
+    m, mb = a / (a + b), b / (a + b)
+    sd = math.sqrt(a * b / (a + b) ** 2 / (a + b + 1))
+    zs = [1e-300, 1e-30, 1e-8, 0.01, 0.5, 0.99, 1 - 1e-8, 1 - 2**-40, 1 - 2**-53]
+    zs += [m + n * sd for n in (-8, -2, 0, 2, 8, 30)] + [m * 1e-3]
+    if mb < 1e-3:
+        zs += [1 - (mb + n * sd) for n in (0, 2, 8, 30)]
+    info = torch.finfo(dtype)
+    out = set()
+    for z in zs:
+        z = float(torch.tensor(z, dtype=dtype))
+        if not (info.tiny <= z < 1) or (min(a, b) >= 10 and abs(z - m) > 40 * sd):
+            continue
+        if (b >= 100 > a and (a + b) * z - a > 700) or (a >= 100 > b and (a + b) * (1 - z) - b > 700):
+            continue
+        out.add(z)
+    return sorted(out)
+
+
+def check_value(got, ref, dtype, where):
+    """got (the kernel's value in dtype) against the 60-digit ref: within TOL of ref rounded to dtype; where
+    ref underflows the dtype, a value no larger than 2 tiny (the rounded denormal or 0); where it overflows,
+    the infinity of its sign. Returns the relative error (0 for the two limits)."""
+    info = torch.finfo(dtype)
+    if abs(ref) < info.tiny:
+        assert abs(got) <= 2 * info.tiny, f"{where}: {got!r} vs {ref!r} (underflow expected)"
+        return 0.0
+    if abs(ref) > info.max:
+        assert got == math.copysign(math.inf, ref), f"{where}: {got!r} vs {ref!r} (overflow expected)"
+        return 0.0
+    ref_in_dtype = float(torch.tensor(ref, dtype=dtype).double())
+    err = abs(got - ref_in_dtype) / abs(ref)
+    assert err <= TOL, f"{where}: {got!r} vs {ref!r} (rel. error {err:.2e})"
+    return err
+
+
+def mixed_cases(dtype):
+    for a in MIXED_PARAMS[dtype]:
+        for b in MIXED_PARAMS[dtype]:
+            a32, b32 = float(torch.tensor(a, dtype=dtype)), float(torch.tensor(b, dtype=dtype))
+            yield a32, b32, mixed_points(a32, b32, dtype)
+
+
+def test_reference_series_agrees_with_quadrature():
+    """The reference's two methods (tests/mpmath_reference.py) where both apply: the series, which the
+    reference uses on its side for parameters below 100, is the same mathematics as the kernel's series;
+    the quadrature is independent of it."""
+    from mpmath_reference import _beta_quadrature, _beta_series
+
+    for a, b, z in ((0.7, 3.0, 0.05), (0.9, 0.9, 0.3), (0.6, 50.0, 0.005), (0.8, 1e6, 3e-7), (30.0, 40.0, 0.35),
+                    (2.5, 1e8, 1e-8)):
+        with mp.workdps(60):
+            series = _beta_series(a, b, z)
+            quadrature = _beta_quadrature(mp.mpf(a), mp.mpf(b), mp.mpf(z))
+            for s, q in zip(series, quadrature):
+                assert abs(s / q - 1) < mp.mpf(10) ** -40, (a, b, z, s, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_beta_gradient_mixed_and_small_parameters(dtype):
+    """Issue 11: one small and one huge parameter (Beta(0.5, 1e15), Beta(1e-3, 1e8)), both small, both below
+    10 (the former continued fraction's 3.2e-6): dz/da and dz/db within 1e-6 everywhere."""
+    worst, cases = 0.0, 0
+    for a, b, zs in mixed_cases(dtype):
+        z = torch.tensor(zs, dtype=dtype)
+        ga, gb = _ops.beta_rsample_backward(torch.ones_like(z), torch.full_like(z, a), torch.full_like(z, b), z)
+        for zi, gai, gbi in zip(zs, ga.double().tolist(), gb.double().tolist()):
+            ra, rb = (float(v) for v in beta_grad(a, b, zi))
+            for got, ref, name in ((gai, ra, "dz/da"), (gbi, rb, "dz/db")):
+                worst = max(worst, check_value(got, ref, dtype, f"Beta({a!r}, {b!r}) z={zi!r} {name}"))
+                cases += 1
+    print(f"beta mixed {dtype}: {cases} values, max rel. error {worst:.2e}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dirichlet_gradient_mixed_and_small_parameters(dtype):
+    """Per element, the Dirichlet's marginal gradient against the same reference: a row (a, b/2, b/2) at
+    z_0 = z with grad_z = e_0 gives d_0 (1 - z_0) = dz/da of Beta(a, b). The two halves of b make the
+    kernel form the rest as total - a: exact only from the compensated total when a is huge beside b."""
+    worst, cases = 0.0, 0
+    for a, b, zs in mixed_cases(dtype):
+        half = float(torch.tensor(b / 2, dtype=dtype))
+        if 2 * half != b or not zs:
+            continue
+        alpha = torch.tensor([a, half, half], dtype=dtype).expand(len(zs), 3)
+        z = torch.tensor([[zi, (1 - zi) / 2, (1 - zi) / 2] for zi in zs], dtype=dtype)
+        g = torch.zeros_like(z)
+        g[:, 0] = 1
+        for zi, row in zip(zs, range(len(zs))):
+            got = float(_ops.dirichlet_rsample_backward(g[row], alpha[row], z[row])[0])
+            ra, _ = (float(v) for v in beta_grad(a, b, zi))
+            worst = max(worst, check_value(got, ra, dtype, f"Dirichlet({a!r}, {half!r}, {half!r}) z_0={zi!r}"))
+            cases += 1
+    print(f"dirichlet mixed {dtype}: {cases} values, max rel. error {worst:.2e}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

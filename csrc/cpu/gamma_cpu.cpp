@@ -232,15 +232,16 @@ at::Tensor dirichlet_rsample_backward_cpu(const at::Tensor& grad_z, const at::Te
       for (int64_t r = begin; r < end; ++r) {
         const int64_t base = r * k_count;
         const int64_t abase = base % period;
-        double total = 0.0, zg = 0.0;
+        CompensatedSum total;
+        double zg = 0.0;
         for (int64_t i = 0; i < k_count; ++i) {
-          total += static_cast<double>(pa[abase + i]);
+          add_to(total, static_cast<double>(pa[abase + i]));
           zg += static_cast<double>(pz[base + i]) * static_cast<double>(pg[base + i]);
         }
         for (int64_t i = 0; i < k_count; ++i) {
           const double w = static_cast<double>(pg[base + i]) - zg;
           t[base + i] = w == 0.0 ? 0.0
-                                 : w * dirichlet_marginal_grad(static_cast<double>(pa[abase + i]), total,
+                                 : w * dirichlet_marginal_grad(static_cast<double>(pa[abase + i]), total.hi, total.lo,
                                                                static_cast<double>(pz[base + i]));
         }
       }

@@ -123,8 +123,11 @@ gamma_grad_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, int64
   }
 }
 
+// min blocks = 1, as for dirichlet_grad_kernel below: with the series and the
+// quadrature of gamma.h's Beta gradient, ptxas capped the float/half/bfloat16
+// instances at 64 registers and spilled 4 bytes (sm_80, sm_90).
 template <typename S>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
 beta_grad_kernel(const S* __restrict__ grad, const S* __restrict__ a, int64_t a_period, const S* __restrict__ b,
                  int64_t b_period, const S* __restrict__ z, double* __restrict__ terms_a,
                  double* __restrict__ terms_b, int64_t numel) {
@@ -141,23 +144,26 @@ beta_grad_kernel(const S* __restrict__ grad, const S* __restrict__ a, int64_t a_
   }
 }
 
-// Per row: total = sum_j alpha_j and zg = sum_j z_j g_j in double, added in
-// index order like the CPU kernel's loop (an order-dependent sum: w = g - zg
-// below cancels, so torch's reduction order gave 1e-9 relative differences
-// for rows of a thousand categories). A thread per row.
+// Per row: total = sum_j alpha_j (compensated: hi and lo, see gamma.h) and
+// zg = sum_j z_j g_j in double, added in index order like the CPU kernel's
+// loop (an order-dependent sum: w = g - zg below cancels, so torch's reduction
+// order gave 1e-9 relative differences for rows of a thousand categories). A
+// thread per row.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
 dirichlet_row_sums_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, int64_t period,
-                          const S* __restrict__ z, double* __restrict__ total, double* __restrict__ zg, int64_t rows,
-                          int64_t k_count) {
+                          const S* __restrict__ z, double* __restrict__ total, double* __restrict__ total_lo,
+                          double* __restrict__ zg, int64_t rows, int64_t k_count) {
   for (int64_t r = first_index(); r < rows; r += grid_stride()) {
     const int64_t base = r * k_count, abase = base % period;
-    double t = 0.0, d = 0.0;
+    CompensatedSum t;
+    double d = 0.0;
     for (int64_t i = 0; i < k_count; ++i) {
-      t += static_cast<double>(alpha[abase + i]);
+      add_to(t, static_cast<double>(alpha[abase + i]));
       d += static_cast<double>(z[base + i]) * static_cast<double>(grad[base + i]);
     }
-    total[r] = t;
+    total[r] = t.hi;
+    total_lo[r] = t.lo;
     zg[r] = d;
   }
 }
@@ -170,14 +176,15 @@ dirichlet_row_sums_kernel(const S* __restrict__ grad, const S* __restrict__ alph
 template <typename S>
 __global__ void __launch_bounds__(kThreads, 1)
 dirichlet_grad_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, int64_t period,
-                      const S* __restrict__ z, const double* __restrict__ total, const double* __restrict__ zg,
+                      const S* __restrict__ z, const double* __restrict__ total,
+                      const double* __restrict__ total_lo, const double* __restrict__ zg,
                       double* __restrict__ terms, int64_t numel, int64_t k_count) {
   for (int64_t n = first_index(); n < numel; n += grid_stride()) {
     const int64_t row = n / k_count;
     const double w = static_cast<double>(grad[n]) - zg[row];
     terms[n] = w == 0.0 ? 0.0
                         : w * dirichlet_marginal_grad(static_cast<double>(alpha[n % period]), total[row],
-                                                      static_cast<double>(z[n]));
+                                                      total_lo[row], static_cast<double>(z[n]));
   }
 }
 
@@ -320,6 +327,7 @@ at::Tensor dirichlet_rsample_backward_cuda(const at::Tensor& grad_z, const at::T
   const int64_t numel = z.numel();
   const int64_t rows = numel / k_count;
   at::Tensor total = at::empty({rows}, z.options().dtype(at::kDouble));
+  at::Tensor total_lo = at::empty({rows}, z.options().dtype(at::kDouble));
   at::Tensor zg = at::empty({rows}, z.options().dtype(at::kDouble));
   at::Tensor terms = at::empty(z.sizes(), z.options().dtype(at::kDouble));
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -327,12 +335,13 @@ at::Tensor dirichlet_rsample_backward_cuda(const at::Tensor& grad_z, const at::T
     using S = decltype(tag);
     dirichlet_row_sums_kernel<S><<<grid_size_for(rows), kThreads, 0, stream>>>(
         static_cast<const S*>(g.const_data_ptr()), static_cast<const S*>(alpha.const_data_ptr()), period,
-        static_cast<const S*>(zc.const_data_ptr()), total.data_ptr<double>(), zg.data_ptr<double>(), rows, k_count);
+        static_cast<const S*>(zc.const_data_ptr()), total.data_ptr<double>(), total_lo.data_ptr<double>(),
+        zg.data_ptr<double>(), rows, k_count);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     dirichlet_grad_kernel<S><<<grid_size_for(numel), kThreads, 0, stream>>>(
         static_cast<const S*>(g.const_data_ptr()), static_cast<const S*>(alpha.const_data_ptr()), period,
-        static_cast<const S*>(zc.const_data_ptr()), total.const_data_ptr<double>(), zg.const_data_ptr<double>(),
-        terms.data_ptr<double>(), numel, k_count);
+        static_cast<const S*>(zc.const_data_ptr()), total.const_data_ptr<double>(),
+        total_lo.const_data_ptr<double>(), zg.const_data_ptr<double>(), terms.data_ptr<double>(), numel, k_count);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return terms.sum_to_size(concentration.sizes()).to(concentration.scalar_type());
