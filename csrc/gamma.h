@@ -31,14 +31,7 @@ RT_HD Philox4 gamma_substream_block(uint64_t key, uint64_t offset, uint64_t n, u
 }
 
 // ------------------------------------------------- IEEE helpers per type
-RT_HD float sqrt_rn(float x) {
-#if defined(__CUDA_ARCH__)
-  return __fsqrt_rn(x);
-#else
-  return __builtin_sqrtf(x);
-#endif
-}
-RT_HD double sqrt_rn(double x) { return ::sqrt(x); }
+// (sqrt_rn is philox.h's.)
 RT_HD float div_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fdiv_rn(a, b);

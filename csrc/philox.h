@@ -223,16 +223,18 @@ RT_HD SinCos sincos_2pi_f32(float u) {
 // Box-Muller on two uniforms: (r cos(2 pi v), r sin(2 pi v)), r = sqrt(-2 ln u).
 // The radius and the angle are separate functions so that a caller can run
 // each over a whole vector of lanes (loops with less in them vectorise).
-RT_HD float sqrt_f32(float x) {
+// Correctly rounded square roots (CUDA's float sqrt is approximate unless asked).
+RT_HD float sqrt_rn(float x) {
 #if defined(__CUDA_ARCH__)
   return __fsqrt_rn(x);
 #else
   return __builtin_sqrtf(x);
 #endif
 }
+RT_HD double sqrt_rn(double x) { return ::sqrt(x); }
 
 RT_HD float box_muller_radius(uint32_t radius_bits) {
-  return sqrt_f32(-2.0f * log_f32(uniform_open(radius_bits)));
+  return sqrt_rn(-2.0f * log_f32(uniform_open(radius_bits)));
 }
 
 struct Normal2 { float a, b; };
@@ -304,7 +306,7 @@ RT_HD float half_normal_noise(float u) {
   central = fma_f32(central, c, -0.00417768164f);
   central = fma_f32(central, c, 0.246640727f);
   central = fma_f32(central, c, 1.50140941f);
-  const float t = sqrt_f32(w) - 3.0f;  // the tail
+  const float t = sqrt_rn(w) - 3.0f;  // the tail
   float tail = -0.000200214257f;
   tail = fma_f32(tail, t, 0.000100950558f);
   tail = fma_f32(tail, t, 0.00134934322f);

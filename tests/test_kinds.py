@@ -48,7 +48,7 @@ def test_triton_and_python_layers_take_their_codes_from_the_list():
 @pytest.mark.parametrize("edit,message", [
     (('  X(None, 7, "none")', '  X(None, 7, "none") X(Weibull, 9, "weibull")'),
      "word_noise: a one-word noise kind without a transform"),
-    (('X(Rate, 4, "rate", false)', 'X(Rate, 4, "rate", false) X(Inverse, 5, "inverse", false)'),
+    (('X(Rate, 4, "rate", false, true)', 'X(Rate, 4, "rate", false, true) X(Inverse, 5, "inverse", false, true)'),
      "sigma_of: a scale kind without a transform"),
 ], ids=["noise", "scale"])
 def test_a_kind_added_to_the_list_alone_does_not_compile(tmp_path, edit, message):
