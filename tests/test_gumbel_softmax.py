@@ -510,6 +510,10 @@ def test_rows_without_a_finite_max_are_nan_and_masked_rows_are_exact(backend, le
     torch.softmax does; a NaN is never laundered into a one-hot. Some -inf: those categories get 0."""
     if backend == "reference" and length == 9000 and dtype == torch.float16:
         pytest.skip("covered by the other dtypes")
+    if backend == "triton" and length == 9000 and dtype != torch.float32:
+        # The interpreted looped-row kernel took 37-41 s per dtype of CI's budget; its loop does not
+        # depend on the dtype, which the shorter rows and the CPU kernel cover in every dtype.
+        pytest.skip("the looped Triton row runs in float32 only (CI time)")
     device = TRITON_DEVICE if backend == "triton" else "cpu"
     for name, row in _rows_with_bad_values(length, dtype).items():
         for hard in (True, False):
