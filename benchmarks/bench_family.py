@@ -182,12 +182,7 @@ def main():
     numel = 2**(16 if args.quick else (args.size or (22 if args.device == "cpu" else 26)))
     dtypes = [getattr(torch, name) for name in (args.dtypes or setup.default_dtypes).split(",")]
     clock = harness.HostClock() if args.device == "cpu" else harness.CudaEventClock()
-    cases = _cases()
-    if args.cases:
-        unknown = set(args.cases.split(",")) - set(cases)
-        if unknown:
-            parser.error(f"unknown cases {sorted(unknown)}; known: {', '.join(cases)}")
-        cases = {name: cases[name] for name in args.cases.split(",")}
+    cases = harness.select_cases(parser, _cases(), args.cases)
     device_name = harness.cpu_model() if args.device == "cpu" else torch.cuda.get_device_name()
     environment = {"timestamp": harness.datetime.datetime.now(harness.datetime.timezone.utc).isoformat(
         timespec="seconds"), "device": device_name, "threads": args.threads, "torch_version": torch.__version__,

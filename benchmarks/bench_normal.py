@@ -294,6 +294,16 @@ def timed_call(mode, sample, input_sets, clock=HostClock()):
     return {"forward": forward, "backward": backward, "full": full}[mode]
 
 
+def select_cases(parser, cases, wanted):
+    """cases restricted to the comma-separated names in wanted (all when empty); unknown names are a usage error."""
+    if not wanted:
+        return cases
+    unknown = set(wanted.split(",")) - set(cases)
+    if unknown:
+        parser.error(f"unknown cases {sorted(unknown)}; known: {', '.join(cases)}")
+    return {name: cases[name] for name in wanted.split(",")}
+
+
 def measure(call, budget, clock=HostClock()):
     """Timed-region seconds of repeated calls; the repetition count fills about budget["seconds"]."""
     for rep in range(budget["warmup"]):

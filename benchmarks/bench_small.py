@@ -227,12 +227,7 @@ def main(argv=None):
     sizes = [int(s) for s in (args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)).split(",")]
     threads_list = [int(t) for t in args.threads.split(",")]
     rounds = args.rounds or (5 if args.quick else 15)
-    all_cases = cases()
-    if args.cases:
-        unknown = set(args.cases.split(",")) - set(all_cases)
-        if unknown:
-            parser.error(f"unknown cases {sorted(unknown)}; known: {', '.join(all_cases)}")
-        all_cases = {name: all_cases[name] for name in args.cases.split(",")}
+    all_cases = harness.select_cases(parser, cases(), args.cases)
     environment = harness.run_environment(",".join(map(str, threads_list)))
     print(harness.environment_line(environment) + " | the machine may be loaded: compare ratios, not times")
     rows, fixed = [], []

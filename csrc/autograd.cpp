@@ -18,30 +18,16 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "op_handles.h"
+
 #include <initializer_list>
 #include <string>
-#include <tuple>
 
 namespace rtrick {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
-using SampleSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
-                             c10::SymIntArrayRef);
-using SampleKlSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                       c10::string_view, c10::SymIntArrayRef);
-using ScaleBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view);
-using KlBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                         c10::string_view);
-using GumbelSig = at::Tensor(const at::Tensor&, const at::Tensor&, double, bool, int64_t, c10::SymIntArrayRef);
-using GumbelBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t);
 
 // Calls a backward operator: below autograd when nothing is recorded (the
 // usual backward pass), through it when create_graph=True asks for a graph.
@@ -54,14 +40,12 @@ auto call_backward_op(F&& call) {
 
 at::Tensor scale_backward(const at::Tensor& grad_z, const at::Tensor& scale_param, const at::Tensor& rng_state,
                           c10::string_view scale) {
-  static auto op = find_op<ScaleBackwardSig>("rtrick_ops::normal_rsample_backward");
-  return call_backward_op([&] { return op.call(grad_z, scale_param, rng_state, scale); });
+  return call_backward_op([&] { return ops::normal_rsample_backward().call(grad_z, scale_param, rng_state, scale); });
 }
 
 std::tuple<at::Tensor, at::Tensor> kl_backward(const at::Tensor& grad_kl, const at::Tensor& mu,
                                                const at::Tensor& scale_param, c10::string_view scale) {
-  static auto op = find_op<KlBackwardSig>("rtrick_ops::normal_kl_backward");
-  return call_backward_op([&] { return op.call(grad_kl, mu, scale_param, scale); });
+  return call_backward_op([&] { return ops::normal_kl_backward().call(grad_kl, mu, scale_param, scale); });
 }
 
 // Whether a call records nothing: grad mode off, or no input requiring grad
@@ -84,9 +68,8 @@ class NormalRsample : public torch::autograd::Function<NormalRsample> {
     ctx->save_for_backward({scale_param, rng_state});  // inputs only: eps is regenerated
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["mu_shape"] = mu.sym_sizes();
-    static auto op = find_op<SampleSig>("rtrick_ops::normal_rsample");
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(mu, scale_param, rng_state, scale, sample_shape);
+    return ops::normal_rsample().call(mu, scale_param, rng_state, scale, sample_shape);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -106,9 +89,8 @@ class NormalRsample : public torch::autograd::Function<NormalRsample> {
 at::Tensor normal_rsample_autograd(const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state,
                                    c10::string_view scale, c10::SymIntArrayRef sample_shape) {
   if (records_nothing({&mu, &scale_param})) {
-    static auto op = find_op<SampleSig>("rtrick_ops::normal_rsample");
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(mu, scale_param, rng_state, scale, sample_shape);
+    return ops::normal_rsample().call(mu, scale_param, rng_state, scale, sample_shape);
   }
   return NormalRsample::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
 }
@@ -124,9 +106,8 @@ class NormalRsampleAndKl : public torch::autograd::Function<NormalRsampleAndKl> 
                                c10::SymIntArrayRef sample_shape) {
     ctx->save_for_backward({mu, scale_param, rng_state});
     ctx->saved_data["scale"] = scale;
-    static auto op = find_op<SampleKlSig>("rtrick_ops::normal_rsample_and_kl");
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [z, kl] = op.call(mu, scale_param, rng_state, scale, sample_shape);
+    auto [z, kl] = ops::normal_rsample_and_kl().call(mu, scale_param, rng_state, scale, sample_shape);
     return {z, kl};
   }
 
@@ -152,9 +133,8 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_autograd(const at::Tens
                                                                   const at::Tensor& rng_state, c10::string_view scale,
                                                                   c10::SymIntArrayRef sample_shape) {
   if (records_nothing({&mu, &scale_param})) {
-    static auto op = find_op<SampleKlSig>("rtrick_ops::normal_rsample_and_kl");
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(mu, scale_param, rng_state, scale, sample_shape);
+    return ops::normal_rsample_and_kl().call(mu, scale_param, rng_state, scale, sample_shape);
   }
   auto outputs = NormalRsampleAndKl::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
   return {outputs[0], outputs[1]};
@@ -168,9 +148,8 @@ class GumbelSoftmax : public torch::autograd::Function<GumbelSoftmax> {
     ctx->save_for_backward({logits, rng_state});
     ctx->saved_data["tau"] = tau;
     ctx->saved_data["dim"] = dim;
-    static auto op = find_op<GumbelSig>("rtrick_ops::gumbel_softmax");
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(logits, rng_state, tau, hard, dim, sample_shape);
+    return ops::gumbel_softmax().call(logits, rng_state, tau, hard, dim, sample_shape);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -181,8 +160,8 @@ class GumbelSoftmax : public torch::autograd::Function<GumbelSoftmax> {
       const at::Tensor grad_y = grads[0].to(logits.scalar_type());
       const double tau = ctx->saved_data["tau"].toDouble();
       const int64_t dim = ctx->saved_data["dim"].toInt();
-      static auto op = find_op<GumbelBackwardSig>("rtrick_ops::gumbel_softmax_backward");
-      grad_logits = call_backward_op([&] { return op.call(grad_y, logits, rng_state, tau, dim); });
+      grad_logits = call_backward_op(
+          [&] { return ops::gumbel_softmax_backward().call(grad_y, logits, rng_state, tau, dim); });
     }
     return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -191,9 +170,8 @@ class GumbelSoftmax : public torch::autograd::Function<GumbelSoftmax> {
 at::Tensor gumbel_softmax_autograd(const at::Tensor& logits, const at::Tensor& rng_state, double tau, bool hard,
                                    int64_t dim, c10::SymIntArrayRef sample_shape) {
   if (records_nothing({&logits})) {
-    static auto op = find_op<GumbelSig>("rtrick_ops::gumbel_softmax");
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(logits, rng_state, tau, hard, dim, sample_shape);
+    return ops::gumbel_softmax().call(logits, rng_state, tau, hard, dim, sample_shape);
   }
   return GumbelSoftmax::apply(logits, rng_state, tau, hard, dim, sample_shape);
 }

@@ -19,9 +19,11 @@
 #include <cmath>
 #include <limits>
 #include <mutex>
+#include <optional>
 
 #include "cpu/row_kernels.h"
 #include "kinds.h"
+#include "op_handles.h"
 
 namespace {
 
@@ -83,6 +85,13 @@ bool any_outside(const T* v, int64_t n, bool positive) {
   return bad;
 }
 
+// Whether a float32/float64 tensor (contiguous) leaves the domain; nullopt for other dtypes.
+std::optional<bool> domain_violated(const at::Tensor& t, bool positive) {
+  if (t.scalar_type() == at::kFloat) return any_outside(t.const_data_ptr<float>(), t.numel(), positive);
+  if (t.scalar_type() == at::kDouble) return any_outside(t.const_data_ptr<double>(), t.numel(), positive);
+  return std::nullopt;
+}
+
 // scale_domain_violated(tensor, positive): whether a contiguous float32/float64 CPU
 // tensor has a value <= 0 (positive=True: scale "sigma", "rate") or equal to -inf
 // (positive=False: "log_sigma", "logvar", "softplus"), in one pass without
@@ -96,15 +105,9 @@ PyObject* scale_domain_violated(PyObject*, PyObject* args) {
   if (!THPVariable_Check(tensor_obj)) Py_RETURN_NONE;
   const at::Tensor& t = THPVariable_Unpack(tensor_obj);
   if (!plain_cpu_tensor(t)) Py_RETURN_NONE;  // a vmap BatchedTensor, a subclass, meta, CUDA, strided: Python checks
-  bool bad;
-  if (t.scalar_type() == at::kFloat) {
-    bad = any_outside(t.const_data_ptr<float>(), t.numel(), positive != 0);
-  } else if (t.scalar_type() == at::kDouble) {
-    bad = any_outside(t.const_data_ptr<double>(), t.numel(), positive != 0);
-  } else {
-    Py_RETURN_NONE;
-  }
-  if (bad) Py_RETURN_TRUE;
+  const std::optional<bool> bad = domain_violated(t, positive != 0);
+  if (!bad) Py_RETURN_NONE;
+  if (*bad) Py_RETURN_TRUE;
   Py_RETURN_FALSE;
   END_HANDLE_TH_ERRORS
 }
@@ -162,34 +165,22 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   RT_SCALE_KINDS(RT_DOMAIN)
 #undef RT_DOMAIN
   if (!known) Py_RETURN_NONE;
-  if (mu.scalar_type() == at::kFloat) {
-    if (validate && any_outside(sp.const_data_ptr<float>(), sp.numel(), positive)) Py_RETURN_NONE;
-  } else if (mu.scalar_type() == at::kDouble) {
-    if (validate && any_outside(sp.const_data_ptr<double>(), sp.numel(), positive)) Py_RETURN_NONE;
-  } else {
-    Py_RETURN_NONE;
-  }
+  if (mu.scalar_type() != at::kFloat && mu.scalar_type() != at::kDouble) Py_RETURN_NONE;
+  if (validate && *domain_violated(sp, positive)) Py_RETURN_NONE;  // the Python check reports it
   at::Tensor state = at::empty({2}, at::TensorOptions().dtype(at::kLong));
   draw_key(at::detail::getDefaultCPUGenerator(), state.data_ptr<int64_t>());
-  using Sample = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
-                            c10::SymIntArrayRef);
-  using SampleKl = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                      c10::string_view, c10::SymIntArrayRef);
-  static auto sample = c10::Dispatcher::singleton().findSchemaOrThrow("rtrick_ops::normal_rsample", "").typed<Sample>();
-  static auto sample_kl =
-      c10::Dispatcher::singleton().findSchemaOrThrow("rtrick_ops::normal_rsample_and_kl", "").typed<SampleKl>();
   if (which == 0) {
     at::Tensor z;
     {
       pybind11::gil_scoped_release no_gil;  // as torch.ops releases it around an operator
-      z = sample.call(mu, sp, state, name, {});
+      z = rtrick::ops::normal_rsample().call(mu, sp, state, name, {});
     }
     return THPVariable_Wrap(std::move(z));
   }
   std::tuple<at::Tensor, at::Tensor> out;
   {
     pybind11::gil_scoped_release no_gil;
-    out = sample_kl.call(mu, sp, state, name, {});
+    out = rtrick::ops::normal_rsample_and_kl().call(mu, sp, state, name, {});
   }
   PyObject* z = THPVariable_Wrap(std::move(std::get<0>(out)));
   PyObject* kl = THPVariable_Wrap(std::move(std::get<1>(out)));

@@ -71,17 +71,9 @@ def normal_rsample(
         z = _gaussian_fast(0, mu, scale_param, scale, bool(validate))
         if z is not None:
             return z
-    check_param(mu, "mu")
-    check_param(scale_param, "scale_param")
-    check_same_device(mu=mu, scale_param=scale_param)
-    check_scale(scale)
+    which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
     sample_shape = check_sample_shape(sample_shape)
-    check_broadcast(mu=mu, scale_param=scale_param)
     check_scale_param(scale_param, "scale_param", scale, validate_args)
-    which = resolve_backend(backend, mu.device)
-    if mu.dtype != scale_param.dtype:  # .to() costs a dispatch even when it returns its input
-        dtype = torch.promote_types(mu.dtype, scale_param.dtype)
-        mu, scale_param = mu.to(dtype), scale_param.to(dtype)
     rng_state = make_rng_state(seed, generator, mu.device)
     return draw_normal(which, mu, scale_param, rng_state, scale, sample_shape)
 
