@@ -1,12 +1,15 @@
-// Autograd of the C++ operators that small tensors call most, in C++:
-// normal_rsample, normal_rsample_and_kl and gumbel_softmax.
+// Autograd of every forward operator of the C++ library (CPU and CUDA), in C++.
 //
-// The same formulas as the Python registrations that serve the Triton
-// operators (rtrick_ops/normal.py, rtrick_ops/gumbel.py): the backward
-// operators regenerate the noise from rng_state. Registered here because the
-// Python path (setup_context and backward run by the interpreter) costs about
-// 10 us per call and more on a loaded machine, more than the kernels on the
-// small tensors of a VAE latent or a SAC action batch.
+// Why C++ for all of them, not Python for some (docs/adding_an_op.md, "Where
+// autograd lives"): a Python registration runs setup_context and backward in
+// the interpreter, about 10 us per call and more on a loaded machine, more
+// than the kernels on the small tensors of a VAE latent or a SAC action batch;
+// and one rule is easier to follow than a split by measured cost. The formulas
+// are those of the Python registrations that serve the Triton operators
+// (rtrick_ops/normal.py, family.py, gumbel.py, gamma.py): the backward
+// operators regenerate the noise from rng_state, the implicit gradients read
+// the sample z. Triton operators keep Python autograd because triton_op
+// registers them from Python.
 //
 // The backward operators' own autograd (double backward) stays in Python: it
 // is needed only with create_graph=True. Without it (grad mode off inside the
@@ -14,6 +17,7 @@
 // that the Python autograd kernel registered for them is not entered at all
 // (it cost about 45 us per backward call, measured, even when it had nothing
 // to record).
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -176,12 +180,255 @@ at::Tensor gumbel_softmax_autograd(const at::Tensor& logits, const at::Tensor& r
   return GumbelSoftmax::apply(logits, rng_state, tau, hard, dim, sample_shape);
 }
 
+// ------------------------------------------------------------- normal_kl
+class NormalKl : public torch::autograd::Function<NormalKl> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
+                            const std::string& scale) {
+    ctx->save_for_backward({mu, scale_param});
+    ctx->saved_data["scale"] = scale;
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::normal_kl().call(mu, scale_param, scale);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto [grad_mu, grad_scale] = kl_backward(grads[0].contiguous(), saved[0], saved[1],
+                                             ctx->saved_data["scale"].toStringRef());
+    return {ctx->needs_input_grad(0) ? grad_mu : at::Tensor(), ctx->needs_input_grad(1) ? grad_scale : at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+at::Tensor normal_kl_autograd(const at::Tensor& mu, const at::Tensor& scale_param, c10::string_view scale) {
+  if (records_nothing({&mu, &scale_param})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::normal_kl().call(mu, scale_param, scale);
+  }
+  return NormalKl::apply(mu, scale_param, std::string(scale));
+}
+
+// --------------------------------------------- normal_rsample_and_log_prob
+// d log sigma / dx of the scale parameterization x (rtrick_ops/_math.py's
+// dlog_sigma_of, which the Triton operators' autograd uses).
+at::Tensor dlog_sigma(const at::Tensor& x, const std::string& scale) {
+  if (scale == "log_sigma") return at::ones_like(x);
+  if (scale == "logvar") return at::full_like(x, 0.5);
+  if (scale == "sigma") return x.reciprocal();
+  if (scale == "softplus") return at::sigmoid(x).div_(at::softplus(x));
+  TORCH_CHECK(false, "internal error: no d log sigma for scale '", scale, "'");
+}
+
+// log q = -eps^2 / 2 - log sigma - log(2 pi) / 2 with eps fixed by z: only
+// log sigma depends on the parameters along the reparameterized path, so
+// grad_scale = scale_backward(grad_z) - (sum of grad_log_q) * d log sigma / dx.
+class NormalRsampleAndLogProb : public torch::autograd::Function<NormalRsampleAndLogProb> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
+                               const at::Tensor& rng_state, const std::string& scale,
+                               c10::SymIntArrayRef sample_shape) {
+    ctx->save_for_backward({scale_param, rng_state});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["mu_shape"] = mu.sym_sizes();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [z, log_q] = ops::normal_rsample_and_log_prob().call(mu, scale_param, rng_state, scale, sample_shape);
+    return {z, log_q};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &scale_param = saved[0], &rng_state = saved[1];
+    const std::string scale = ctx->saved_data["scale"].toStringRef();
+    const at::Tensor &grad_z = grads[0], &grad_log_q = grads[1];  // materialized: zeros where unused
+    at::Tensor grad_mu, grad_scale;
+    if (ctx->needs_input_grad(0)) grad_mu = grad_z.sum_to_size_symint(ctx->saved_data["mu_shape"].toSymIntVector());
+    if (ctx->needs_input_grad(1)) {
+      grad_scale = scale_backward(grad_z, scale_param, rng_state, scale)
+                       .sub_(grad_log_q.sum_to_size_symint(scale_param.sym_sizes()) * dlog_sigma(scale_param, scale));
+    }
+    return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_autograd(const at::Tensor& mu,
+                                                                        const at::Tensor& scale_param,
+                                                                        const at::Tensor& rng_state,
+                                                                        c10::string_view scale,
+                                                                        c10::SymIntArrayRef sample_shape) {
+  if (records_nothing({&mu, &scale_param})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::normal_rsample_and_log_prob().call(mu, scale_param, rng_state, scale, sample_shape);
+  }
+  auto outputs = NormalRsampleAndLogProb::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
+  return {outputs[0], outputs[1]};
+}
+
+// ------------------------------------------------------ loc_scale_rsample
+// The log-normal's z = exp(y): the gradient with respect to y is grad_z * z.
+class LocScaleRsample : public torch::autograd::Function<LocScaleRsample> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& loc, const at::Tensor& scale_param,
+                            const at::Tensor& rng_state, const std::string& family, const std::string& scale,
+                            c10::SymIntArrayRef sample_shape) {
+    ctx->saved_data["family"] = family;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["loc_shape"] = loc.sym_sizes();
+    at::Tensor z;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      z = ops::loc_scale_rsample().call(loc, scale_param, rng_state, family, scale, sample_shape);
+    }
+    ctx->save_for_backward({scale_param, rng_state, family == "lognormal" ? z : at::Tensor()});
+    return z;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::string family = ctx->saved_data["family"].toStringRef();
+    const at::Tensor grad = family == "lognormal" ? grads[0] * saved[2] : grads[0];
+    at::Tensor grad_loc, grad_scale;
+    if (ctx->needs_input_grad(0)) grad_loc = grad.sum_to_size_symint(ctx->saved_data["loc_shape"].toSymIntVector());
+    if (ctx->needs_input_grad(1)) {
+      const std::string scale = ctx->saved_data["scale"].toStringRef();
+      grad_scale = call_backward_op(
+          [&] { return ops::loc_scale_rsample_backward().call(grad, saved[0], saved[1], family, scale); });
+    }
+    return {grad_loc, grad_scale, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor loc_scale_rsample_autograd(const at::Tensor& loc, const at::Tensor& scale_param,
+                                      const at::Tensor& rng_state, c10::string_view family, c10::string_view scale,
+                                      c10::SymIntArrayRef sample_shape) {
+  if (records_nothing({&loc, &scale_param})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::loc_scale_rsample().call(loc, scale_param, rng_state, family, scale, sample_shape);
+  }
+  return LocScaleRsample::apply(loc, scale_param, rng_state, std::string(family), std::string(scale), sample_shape);
+}
+
+// ---------------------------------------------- relaxed_bernoulli_rsample
+// dz/dlogits = z (1 - z) / tau, from the sample itself.
+class RelaxedBernoulliRsample : public torch::autograd::Function<RelaxedBernoulliRsample> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& rng_state, double tau,
+                            c10::SymIntArrayRef sample_shape) {
+    ctx->saved_data["tau"] = tau;
+    ctx->saved_data["logits_shape"] = logits.sym_sizes();
+    at::Tensor z;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      z = ops::relaxed_bernoulli_rsample().call(logits, rng_state, tau, sample_shape);
+    }
+    ctx->save_for_backward({z});
+    return z;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor z = ctx->get_saved_variables()[0];
+    const double tau = ctx->saved_data["tau"].toDouble();
+    at::Tensor grad_logits = (grads[0] * z * at::rsub(z, 1) / tau)
+                                 .sum_to_size_symint(ctx->saved_data["logits_shape"].toSymIntVector());
+    return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor relaxed_bernoulli_rsample_autograd(const at::Tensor& logits, const at::Tensor& rng_state, double tau,
+                                              c10::SymIntArrayRef sample_shape) {
+  if (records_nothing({&logits})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::relaxed_bernoulli_rsample().call(logits, rng_state, tau, sample_shape);
+  }
+  return RelaxedBernoulliRsample::apply(logits, rng_state, tau, sample_shape);
+}
+
+// --------------------------------------------- Gamma, Dirichlet and Beta
+// Implicit reparameterization: the backward operators take the sample z and
+// the parameters (docs/gamma.md). Their own derivative is not implemented:
+// with create_graph=True the backward operators' Python autograd says so.
+template <const c10::TypedOperatorHandle<ops::OneParamSig>& (*Sample)(),
+          const c10::TypedOperatorHandle<ops::OneParamBackwardSig>& (*Backward)()>
+class OneParamRsample : public torch::autograd::Function<OneParamRsample<Sample, Backward>> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& concentration, const at::Tensor& rng_state,
+                            c10::SymIntArrayRef sample_shape) {
+    at::Tensor z;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      z = Sample().call(concentration, rng_state, sample_shape);
+    }
+    ctx->save_for_backward({concentration, z});
+    return z;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor grad;
+    if (ctx->needs_input_grad(0)) {
+      const auto saved = ctx->get_saved_variables();
+      grad = call_backward_op([&] { return Backward().call(grads[0], saved[0], saved[1]); });
+    }
+    return {grad, at::Tensor(), at::Tensor()};
+  }
+
+  static at::Tensor autograd_kernel(const at::Tensor& concentration, const at::Tensor& rng_state,
+                                    c10::SymIntArrayRef sample_shape) {
+    if (records_nothing({&concentration})) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return Sample().call(concentration, rng_state, sample_shape);
+    }
+    return OneParamRsample::apply(concentration, rng_state, sample_shape);
+  }
+};
+using GammaRsample = OneParamRsample<ops::gamma_rsample, ops::gamma_rsample_backward>;
+using DirichletRsample = OneParamRsample<ops::dirichlet_rsample, ops::dirichlet_rsample_backward>;
+
+class BetaRsample : public torch::autograd::Function<BetaRsample> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b,
+                            const at::Tensor& rng_state, c10::SymIntArrayRef sample_shape) {
+    at::Tensor z;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      z = ops::beta_rsample().call(a, b, rng_state, sample_shape);
+    }
+    ctx->save_for_backward({a, b, z});
+    return z;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor grad_a, grad_b;
+    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
+      const auto saved = ctx->get_saved_variables();
+      std::tie(grad_a, grad_b) =
+          call_backward_op([&] { return ops::beta_rsample_backward().call(grads[0], saved[0], saved[1], saved[2]); });
+    }
+    return {ctx->needs_input_grad(0) ? grad_a : at::Tensor(), ctx->needs_input_grad(1) ? grad_b : at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor beta_rsample_autograd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& rng_state,
+                                 c10::SymIntArrayRef sample_shape) {
+  if (records_nothing({&a, &b})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::beta_rsample().call(a, b, rng_state, sample_shape);
+  }
+  return BetaRsample::apply(a, b, rng_state, sample_shape);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rtrick_ops, Autograd, m) {
   m.impl("normal_rsample", &normal_rsample_autograd);
   m.impl("normal_rsample_and_kl", &normal_rsample_and_kl_autograd);
   m.impl("gumbel_softmax", &gumbel_softmax_autograd);
+  m.impl("normal_kl", &normal_kl_autograd);
+  m.impl("normal_rsample_and_log_prob", &normal_rsample_and_log_prob_autograd);
+  m.impl("loc_scale_rsample", &loc_scale_rsample_autograd);
+  m.impl("relaxed_bernoulli_rsample", &relaxed_bernoulli_rsample_autograd);
+  m.impl("gamma_rsample", &GammaRsample::autograd_kernel);
+  m.impl("dirichlet_rsample", &DirichletRsample::autograd_kernel);
+  m.impl("beta_rsample", &beta_rsample_autograd);
 }
 
 }  // namespace rtrick

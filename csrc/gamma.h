@@ -454,5 +454,42 @@ RT_HD double dirichlet_marginal_grad(double alpha, double total_hi, double total
   return g.a / (1.0 - z);
 }
 
+// -------------------------------------------- backward, one element
+// What the CPU loops and the CUDA kernels write per element of a backward
+// pass: grad * dz/dparam in double. A zero grad gives 0 without evaluating
+// the derivative (an infinite or NaN derivative where no gradient flows
+// would otherwise turn the sum into NaN).
+RT_HD double gamma_grad_term(double grad, double alpha, double z) {
+  return grad == 0.0 ? 0.0 : grad * gamma_dz_dalpha(alpha, z);
+}
+
+RT_HD Grad2 beta_grad_term(double grad, double a, double b, double z) {
+  if (grad == 0.0) return Grad2{0.0, 0.0};
+  const Grad2 d = beta_dz_dab(a, b, z);
+  return Grad2{grad * d.a, grad * d.b};
+}
+
+// One Dirichlet row's sums, added in index order (the CPU and CUDA kernels
+// must agree to the bit: w = g - zg below cancels): total = sum_j alpha_j
+// (compensated) and zg = sum_j z_j g_j.
+struct DirichletRowSums {
+  CompensatedSum total;
+  double zg = 0.0;
+};
+template <typename S>
+RT_HD DirichletRowSums dirichlet_row_sums(const S* alpha, const S* z, const S* grad, int64_t k_count) {
+  DirichletRowSums sums;
+  for (int64_t i = 0; i < k_count; ++i) {
+    add_to(sums.total, static_cast<double>(alpha[i]));
+    sums.zg += static_cast<double>(z[i]) * static_cast<double>(grad[i]);
+  }
+  return sums;
+}
+
+RT_HD double dirichlet_grad_term(double grad, double zg, double alpha, double total_hi, double total_lo, double z) {
+  const double w = grad - zg;
+  return w == 0.0 ? 0.0 : w * dirichlet_marginal_grad(alpha, total_hi, total_lo, z);
+}
+
 }  // namespace
 }  // namespace rtrick

@@ -200,8 +200,10 @@ def _register(suffix):
             noise_dot=lambda: backward(grad, scale_param, rng_state, ctx.family, "sigma"))
         return d_grad, d_scale, None, None, None
 
-    torch.library.register_autograd(f"rtrick_ops::loc_scale_rsample{suffix}", grad_forward,
-                                    setup_context=setup_forward)
+    # The C++ forward operators' autograd is in C++ (csrc/autograd.cpp), the same formulas.
+    if suffix:
+        torch.library.register_autograd(f"rtrick_ops::loc_scale_rsample{suffix}", grad_forward,
+                                        setup_context=setup_forward)
     torch.library.register_autograd(f"rtrick_ops::loc_scale_rsample_backward{suffix}", grad_backward,
                                     setup_context=setup_backward)
 
@@ -215,8 +217,9 @@ def _register(suffix):
         (z,) = ctx.saved_tensors
         return (grad_z * z * (1 - z) / ctx.tau).sum_to_size(ctx.logits_shape), None, None, None
 
-    torch.library.register_autograd(f"rtrick_ops::relaxed_bernoulli_rsample{suffix}", grad_relaxed,
-                                    setup_context=setup_relaxed)
+    if suffix:
+        torch.library.register_autograd(f"rtrick_ops::relaxed_bernoulli_rsample{suffix}", grad_relaxed,
+                                        setup_context=setup_relaxed)
 
 
 if _library.compiled is not None:

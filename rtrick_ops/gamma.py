@@ -185,34 +185,6 @@ if _library.compiled is not None:
         check_op_inputs(None, grad_z=grad_z, concentration=concentration, z=z)
         return concentration.new_empty(concentration.shape)
 
-    # Saved for backward: the inputs and the output z, nothing else.
-    def _setup_one(ctx, inputs, output):
-        concentration = inputs[0]
-        ctx.save_for_backward(concentration, output)
-
-    def _gamma_backward(ctx, grad_z):
-        concentration, z = ctx.saved_tensors
-        grad = _ops.gamma_rsample_backward(grad_z, concentration, z) if ctx.needs_input_grad[0] else None
-        return grad, None, None
-
-    def _dirichlet_backward(ctx, grad_z):
-        concentration, z = ctx.saved_tensors
-        grad = _ops.dirichlet_rsample_backward(grad_z, concentration, z) if ctx.needs_input_grad[0] else None
-        return grad, None, None
-
-    def _setup_beta(ctx, inputs, output):
-        a, b = inputs[0], inputs[1]
-        ctx.save_for_backward(a, b, output)
-
-    def _beta_backward(ctx, grad_z):
-        a, b, z = ctx.saved_tensors
-        grad_a = grad_b = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_a, grad_b = _ops.beta_rsample_backward(grad_z, a, b, z)
-        return (grad_a if ctx.needs_input_grad[0] else None), (grad_b if ctx.needs_input_grad[1] else None), None, None
-
-    torch.library.register_autograd("rtrick_ops::gamma_rsample", _gamma_backward, setup_context=_setup_one)
-    torch.library.register_autograd("rtrick_ops::dirichlet_rsample", _dirichlet_backward, setup_context=_setup_one)
-    torch.library.register_autograd("rtrick_ops::beta_rsample", _beta_backward, setup_context=_setup_beta)
+    # The forward operators' autograd is in C++ (csrc/autograd.cpp): saved are the inputs and z.
     for _name in ("gamma_rsample_backward", "beta_rsample_backward", "dirichlet_rsample_backward"):
         _no_double_backward(_name)

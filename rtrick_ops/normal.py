@@ -283,8 +283,8 @@ def _register_vae_helpers(suffix):
                             ("normal_kl_backward", grad_kl_backward, setup_kl_backward),
                             ("normal_rsample_and_kl", grad_sample_and_kl, setup_sample_and_kl),
                             ("normal_rsample_and_log_prob", grad_sample_and_log_prob, setup_sample_and_log_prob)):
-        if name == "normal_rsample_and_kl" and suffix == "":
-            continue  # the C++ operator's autograd is in C++ (csrc/autograd.cpp), the same formula
+        if suffix == "" and name != "normal_kl_backward":
+            continue  # the C++ forward operators' autograd is in C++ (csrc/autograd.cpp), the same formulas
         torch.library.register_autograd(f"rtrick_ops::{name}{suffix}", fn, setup_context=setup)
 
 

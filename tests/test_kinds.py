@@ -111,3 +111,40 @@ print("loaded" if "rtrick_ops.reference" in sys.modules else "clean")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "clean"
+
+
+def _compiled_operator_names():
+    """The operators csrc/ops.cpp defines, from its schema strings."""
+    import re
+
+    return re.findall(r'"([a-z_]+)\(Tensor', (ROOT / "csrc" / "ops.cpp").read_text())
+
+
+@needs_compiled
+def test_every_forward_operator_has_its_autograd_in_cpp():
+    """The all-or-none rule of docs/adding_an_op.md ("Where autograd lives"): every forward operator
+    of the C++ library has its Autograd kernel in csrc/autograd.cpp; the backward operators' own
+    derivative (double backward) is registered from Python."""
+    names = _compiled_operator_names()
+    forward = [n for n in names if not n.endswith("_backward")]
+    assert len(forward) >= 10, names
+    for name in names:
+        dump = torch._C._dispatch_dump(f"rtrick_ops::{name}")
+        autograd = [line for line in dump.splitlines() if line.startswith("Autograd")]
+        assert len(autograd) == 1, (name, dump)
+        where = "csrc/autograd.cpp" if name in forward else "torch/library.py"
+        assert where in autograd[0].replace("\\", "/"), (name, autograd[0])
+
+
+def test_every_operator_host_code_is_written_once():
+    """One host layer (csrc/host_ops.h): the device files register its templates, never their own
+    operator bodies, so the CPU and CUDA operators cannot drift apart in checks, shapes or reductions."""
+    registrations = 0
+    for path in sorted((ROOT / "csrc").glob("c*/*.c*")):
+        text = path.read_text()
+        for block in text.split("TORCH_LIBRARY_IMPL(rtrick_ops, ")[1:]:
+            body = block[: block.index("}")]
+            assert "m.impl(" not in body, f"{path.name} registers its own operator bodies: {body!r}"
+            assert "host::register_" in body, (path.name, body)
+            registrations += 1
+    assert registrations == 6  # family, Gamma and Gumbel-Softmax, for the CPU and for CUDA

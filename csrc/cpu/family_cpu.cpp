@@ -1,6 +1,6 @@
-// CPU implementation of the elementwise operators (schemas in ../ops.cpp):
-// the Gaussian, the location-scale family, the relaxed Bernoulli and the KL
-// helpers.
+// CPU launches of the elementwise operators (schemas in ../ops.cpp, host code
+// in ../host_ops.h): the Gaussian, the location-scale family, the relaxed
+// Bernoulli and the KL helpers.
 //
 // The element loops live in the row kernels (row_kernels_impl.h, formulas
 // from ../formulas.h), compiled per instruction set. This file walks the
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../family_common.h"
+#include "../host_ops.h"
 #include "cpu_common.h"
 #include "row_kernels.h"
 
@@ -95,31 +96,6 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
       }
     }
   });
-}
-
-// z = loc + sigma(x) * g(u) (or exp of it), of shape sample_shape + broadcast.
-at::Tensor sample_loc_scale(const at::Tensor& loc, const at::Tensor& scale_param, const at::Tensor& rng_state,
-                            Family family, ScaleKind kind, at::IntArrayRef sample_shape, const char* loc_name) {
-  const auto shape = normal_output_shape(loc, scale_param, sample_shape, loc_name);
-  check_rng_state(rng_state, loc);
-  at::Tensor z = at::detail::empty_cpu(shape, loc.options());
-  if (z.numel() == 0) return z;
-  const FormulaId formula = family.exp_output ? FormulaId::LogNormalSample : FormulaId::LocScaleSample;
-  run_elementwise(formula, kind, family.noise, read_rng_state(rng_state), {z},
-                  {expand_to(loc, shape), expand_to(scale_param, shape)});
-  return z;
-}
-
-at::Tensor normal_rsample_cpu(const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state,
-                              c10::string_view scale, at::IntArrayRef sample_shape) {
-  return sample_loc_scale(mu, scale_param, rng_state, Family{NoiseKind::Normal, false}, parse_scale(scale),
-                          sample_shape, "mu");
-}
-
-at::Tensor loc_scale_rsample_cpu(const at::Tensor& loc, const at::Tensor& scale_param, const at::Tensor& rng_state,
-                                 c10::string_view family, c10::string_view scale, at::IntArrayRef sample_shape) {
-  return sample_loc_scale(loc, scale_param, rng_state, parse_family(family), parse_scale(scale, true), sample_shape,
-                          "loc");
 }
 
 // ------------------------------------------------------- backward reduction
@@ -245,115 +221,32 @@ at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_par
   return grad_sp;
 }
 
-// sigma'(x) * (sum over broadcast dims of grad * g(u)), x of scale_param's shape.
-at::Tensor scale_backward(const at::Tensor& grad, const at::Tensor& scale_param, const at::Tensor& rng_state,
-                          NoiseKind noise, ScaleKind kind) {
-  check_normal_backward(grad, scale_param);
-  check_rng_state(rng_state, grad);
-  if (scale_param.numel() == 0) return at::detail::empty_cpu(scale_param.sizes(), scale_param.options());
-  if (grad.numel() == 0) return at::zeros(scale_param.sizes(), scale_param.options());
-  const StreamKey key = read_rng_state(rng_state);
-  if (scale_param.numel() != grad.numel()) return reduce_backward(grad, scale_param, key, noise, kind);
-  // No broadcasting: one fused elementwise pass.
-  at::Tensor grad_sp = at::detail::empty_cpu(scale_param.sizes(), scale_param.options());
-  run_elementwise(FormulaId::ScaleGrad, kind, noise, key, {grad_sp.view(grad.sizes())},
-                  {grad, expand_to(scale_param, grad.sizes())});
-  return grad_sp;
-}
+// The CPU's launches for host_ops.h.
+struct CpuDevice {
+  using Guard = host::NoDeviceGuard;
 
-at::Tensor normal_rsample_backward_cpu(const at::Tensor& grad_z, const at::Tensor& scale_param,
-                                       const at::Tensor& rng_state, c10::string_view scale) {
-  return scale_backward(grad_z, scale_param, rng_state, NoiseKind::Normal, parse_scale(scale));
-}
-
-at::Tensor loc_scale_rsample_backward_cpu(const at::Tensor& grad, const at::Tensor& scale_param,
-                                          const at::Tensor& rng_state, c10::string_view family,
-                                          c10::string_view scale) {
-  return scale_backward(grad, scale_param, rng_state, parse_family(family).noise, parse_scale(scale, true));
-}
-
-at::Tensor relaxed_bernoulli_rsample_cpu(const at::Tensor& logits, const at::Tensor& rng_state, double tau,
-                                         at::IntArrayRef sample_shape) {
-  check_float_tensor(logits, "logits");
-  check_tau(tau);
-  check_rng_state(rng_state, logits);
-  const auto shape = sampled_shape(sample_shape, logits.sizes());
-  at::Tensor z = at::detail::empty_cpu(shape, logits.options());
-  if (z.numel() == 0) return z;
-  const at::Tensor tau_tensor = at::scalar_tensor(tau_in_range(tau, logits.scalar_type()), logits.options()).expand(shape);
-  run_elementwise(FormulaId::RelaxedBernoulliSample, ScaleKind::Sigma, NoiseKind::Logistic,
-                  read_rng_state(rng_state), {z}, {expand_to(logits, shape), tau_tensor});
-  return z;
-}
-
-// ---------------------------------------------------------- KL helpers
-const StreamKey kNoStream{0, 0};
-
-at::Tensor normal_kl_cpu(const at::Tensor& mu, const at::Tensor& scale_param, c10::string_view scale) {
-  const ScaleKind kind = parse_scale(scale);
-  const auto shape = normal_output_shape(mu, scale_param, {});
-  at::Tensor kl = at::detail::empty_cpu(shape, mu.options());
-  run_elementwise(FormulaId::NormalKL, kind, NoiseKind::None, kNoStream, {kl},
-                  {expand_to(mu, shape), expand_to(scale_param, shape)});
-  return kl;
-}
-
-std::tuple<at::Tensor, at::Tensor> normal_kl_backward_cpu(const at::Tensor& grad_kl, const at::Tensor& mu,
-                                                          const at::Tensor& scale_param, c10::string_view scale) {
-  const ScaleKind kind = parse_scale(scale);
-  const auto shape = check_normal_kl_backward(grad_kl, mu, scale_param);
-  at::Tensor grad_mu = at::detail::empty_cpu(shape, mu.options());
-  at::Tensor grad_sp = at::detail::empty_cpu(shape, mu.options());
-  run_elementwise(FormulaId::NormalKLGrad, kind, NoiseKind::None, kNoStream, {grad_mu, grad_sp},
-                  {grad_kl, expand_to(mu, shape), expand_to(scale_param, shape)});
-  return {grad_mu.sum_to_size(mu.sizes()), grad_sp.sum_to_size(scale_param.sizes())};
-}
-
-std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_cpu(const at::Tensor& mu, const at::Tensor& scale_param,
-                                                             const at::Tensor& rng_state, c10::string_view scale,
-                                                             at::IntArrayRef sample_shape) {
-  if (!sample_shape.empty()) {  // kl has the batch shape: one pass each
-    at::Tensor z = normal_rsample_cpu(mu, scale_param, rng_state, scale, sample_shape);
-    return {z, normal_kl_cpu(mu, scale_param, scale)};
+  static at::Tensor empty(at::IntArrayRef shape, const at::TensorOptions& options) {
+    return at::detail::empty_cpu(shape, options);
   }
-  const ScaleKind kind = parse_scale(scale);
-  const auto shape = normal_output_shape(mu, scale_param, sample_shape);
-  check_rng_state(rng_state, mu);
-  at::Tensor z = at::detail::empty_cpu(shape, mu.options());
-  at::Tensor kl = at::detail::empty_cpu(shape, mu.options());
-  run_elementwise(FormulaId::SampleAndKL, kind, NoiseKind::Normal, read_rng_state(rng_state), {z, kl},
-                  {expand_to(mu, shape), expand_to(scale_param, shape)});
-  return {z, kl};
-}
 
-std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_cpu(const at::Tensor& mu,
-                                                                   const at::Tensor& scale_param,
-                                                                   const at::Tensor& rng_state,
-                                                                   c10::string_view scale,
-                                                                   at::IntArrayRef sample_shape) {
-  const ScaleKind kind = parse_scale(scale);
-  const auto shape = normal_output_shape(mu, scale_param, sample_shape);
-  check_rng_state(rng_state, mu);
-  at::Tensor z = at::detail::empty_cpu(shape, mu.options());
-  at::Tensor log_q = at::detail::empty_cpu(shape, mu.options());
-  run_elementwise(FormulaId::SampleAndLogProb, kind, NoiseKind::Normal, read_rng_state(rng_state), {z, log_q},
-                  {expand_to(mu, shape), expand_to(scale_param, shape)});
-  return {z, log_q};
-}
+  static void elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, const at::Tensor& rng_state,
+                          const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) {
+    const StreamKey key = noise == NoiseKind::None ? StreamKey{0, 0} : read_rng_state(rng_state);
+    std::vector<at::Tensor> expanded;  // stride-0 views: broadcasting without copies
+    expanded.reserve(ins.size());
+    for (const at::Tensor& t : ins) expanded.push_back(expand_to(t, outs[0].sizes()));
+    run_elementwise(formula, scale, noise, key, outs, expanded);
+  }
+
+  static at::Tensor broadcast_scale_grad(const at::Tensor& grad, const at::Tensor& scale_param,
+                                         const at::Tensor& rng_state, NoiseKind noise, ScaleKind scale) {
+    return reduce_backward(grad, scale_param, read_rng_state(rng_state), noise, scale);
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtrick_ops, CPU, m) {
-  m.impl("normal_rsample", &normal_rsample_cpu);
-  m.impl("normal_rsample_backward", &normal_rsample_backward_cpu);
-  m.impl("loc_scale_rsample", &loc_scale_rsample_cpu);
-  m.impl("loc_scale_rsample_backward", &loc_scale_rsample_backward_cpu);
-  m.impl("relaxed_bernoulli_rsample", &relaxed_bernoulli_rsample_cpu);
-  m.impl("normal_kl", &normal_kl_cpu);
-  m.impl("normal_kl_backward", &normal_kl_backward_cpu);
-  m.impl("normal_rsample_and_kl", &normal_rsample_and_kl_cpu);
-  m.impl("normal_rsample_and_log_prob", &normal_rsample_and_log_prob_cpu);
-}
+TORCH_LIBRARY_IMPL(rtrick_ops, CPU, m) { host::register_family_ops<CpuDevice>(m); }
 
 }  // namespace cpu
 }  // namespace rtrick

@@ -1,4 +1,5 @@
-// CPU implementation of the fused Gumbel-Softmax operators (schemas in ../ops.cpp).
+// CPU launches of the fused Gumbel-Softmax operators (schemas in ../ops.cpp,
+// host code in ../host_ops.h).
 //
 //   y = softmax((logits + g) / tau) along dim,  g[n] = gumbel_noise(u(word n))
 //
@@ -29,6 +30,7 @@
 // sample dimensions split into a number of parts fixed by the shapes alone and
 // summed in order: the result does not depend on the thread count.
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -40,6 +42,7 @@
 #include <vector>
 
 #include "../family_common.h"
+#include "../host_ops.h"
 #include "../philox.h"
 #include "cpu_common.h"
 #include "row_kernels.h"
@@ -291,25 +294,6 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const SlabShape& s, int6
   });
 }
 
-at::Tensor gumbel_softmax_cpu(const at::Tensor& logits, const at::Tensor& rng_state, double tau, bool hard,
-                              int64_t dim, at::IntArrayRef sample_shape) {
-  check_float_tensor(logits, "logits");
-  check_tau(tau);
-  check_rng_state(rng_state, logits);
-  const int64_t wrapped = wrap_dim(dim, logits);
-  const auto shape = sampled_shape(sample_shape, logits.sizes());
-  at::Tensor y = at::empty(shape, logits.options());
-  if (y.numel() == 0) return y;
-  const SlabShape s = slab_shape(logits, wrapped);
-  const int64_t samples = y.numel() / std::max<int64_t>(1, logits.numel());
-  const at::Tensor x = logits.contiguous();
-  const StreamKey key = read_rng_state(rng_state);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_softmax_cpu", [&] {
-    forward_kernel<scalar_t>(x, y, s, samples, key, tau, hard);
-  });
-  return y;
-}
-
 // ------------------------------------------------------------------ backward
 template <typename T>
 void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad, const SlabShape& s,
@@ -408,29 +392,38 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad
   });
 }
 
-at::Tensor gumbel_softmax_backward_cpu(const at::Tensor& grad_y, const at::Tensor& logits,
-                                       const at::Tensor& rng_state, double tau, int64_t dim) {
-  const int64_t wrapped = check_gumbel_softmax_backward(grad_y, logits, rng_state, tau, dim);
-  at::Tensor grad = at::empty(logits.sizes(), logits.options());
-  if (logits.numel() == 0) return grad;
-  if (grad_y.numel() == 0) return grad.zero_();
-  const SlabShape s = slab_shape(logits, wrapped);
-  const int64_t samples = grad_y.numel() / logits.numel();
-  const at::Tensor x = logits.contiguous();
-  const at::Tensor gy = grad_y.contiguous();
-  const StreamKey key = read_rng_state(rng_state);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_softmax_backward_cpu", [&] {
-    backward_kernel<scalar_t>(gy, x, grad, s, samples, key, tau);
-  });
-  return grad;
-}
+// The CPU's launches for host_ops.h.
+struct CpuDevice {
+  using Guard = host::NoDeviceGuard;
+
+  static at::Tensor empty(at::IntArrayRef shape, const at::TensorOptions& options) {
+    return at::detail::empty_cpu(shape, options);
+  }
+
+  static void gumbel_softmax_forward(const at::Tensor& logits, const SlabShape& s, const at::Tensor& rng_state,
+                                     double tau, bool hard, at::Tensor& y) {
+    const int64_t samples = y.numel() / logits.numel();
+    const StreamKey key = read_rng_state(rng_state);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_softmax_cpu", [&] {
+      forward_kernel<scalar_t>(logits, y, s, samples, key, tau, hard);
+    });
+  }
+
+  // The logits' gradient, summed over the samples here (in a fixed order).
+  static at::Tensor gumbel_softmax_backward(const at::Tensor& grad_y, const at::Tensor& logits, const SlabShape& s,
+                                            const at::Tensor& rng_state, double tau) {
+    at::Tensor grad = empty(logits.sizes(), logits.options());
+    const int64_t samples = grad_y.numel() / logits.numel();
+    const StreamKey key = read_rng_state(rng_state);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_softmax_backward_cpu",
+                                    [&] { backward_kernel<scalar_t>(grad_y, logits, grad, s, samples, key, tau); });
+    return grad;
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtrick_ops, CPU, m) {
-  m.impl("gumbel_softmax", &gumbel_softmax_cpu);
-  m.impl("gumbel_softmax_backward", &gumbel_softmax_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(rtrick_ops, CPU, m) { host::register_gumbel_softmax_ops<CpuDevice>(m); }
 
 }  // namespace cpu
 }  // namespace rtrick

@@ -1,6 +1,6 @@
-// CUDA implementation of the elementwise operators (schemas in ../ops.cpp):
-// the Gaussian, the location-scale family, the relaxed Bernoulli and the KL
-// helpers.
+// CUDA launches of the elementwise operators (schemas in ../ops.cpp, host code
+// in ../host_ops.h): the Gaussian, the location-scale family, the relaxed
+// Bernoulli and the KL helpers.
 //
 // One elementwise kernel template serves every one of them; the stream, the
 // noise transforms and the formulas come from ../philox.h and ../formulas.h,
@@ -24,6 +24,7 @@
 
 #include "../family_common.h"
 #include "../formulas.h"
+#include "../host_ops.h"
 #include "../philox.h"
 #include "cuda_common.cuh"
 
@@ -214,146 +215,82 @@ void run_noise_product(NoiseKind noise, const at::Tensor& rng_state, const at::T
   });
 }
 
-at::Tensor sample_loc_scale(const at::Tensor& loc, const at::Tensor& scale_param, const at::Tensor& rng_state,
-                            Family family, ScaleKind kind, at::IntArrayRef sample_shape, const char* loc_name) {
-  const auto shape = normal_output_shape(loc, scale_param, sample_shape, loc_name);
-  check_rng_state(rng_state, loc);
-  const c10::cuda::CUDAGuard guard(loc.device());
-  at::Tensor z = at::empty(shape, loc.options());
+// d/d scale_param when it is broadcast: grad * noise at grad's shape in the
+// accumulator type, torch's reduction over the broadcast dimensions, then
+// sigma'(x) on the small result (the Triton backend does the same). More
+// passes than the fused CPU walk; the common VAE case (no broadcasting) is
+// the fused ScaleGrad formula.
+at::Tensor reduce_scale_grad(const at::Tensor& grad, const at::Tensor& scale_param, const at::Tensor& rng_state,
+                             NoiseKind noise, ScaleKind scale) {
   const at::Tensor state = rng_state.contiguous();
-  if (family.exp_output) {
-    run<LogNormalSample, NoiseKind::Normal, false>(kind, state, {z}, {loc, scale_param});
-  } else {
-    run_family<LocScaleSample>(family.noise, kind, state, {z}, {loc, scale_param});
-  }
-  return z;
-}
-
-at::Tensor normal_rsample_cuda(const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state,
-                               c10::string_view scale, at::IntArrayRef sample_shape) {
-  return sample_loc_scale(mu, scale_param, rng_state, Family{NoiseKind::Normal, false}, parse_scale(scale),
-                          sample_shape, "mu");
-}
-
-at::Tensor loc_scale_rsample_cuda(const at::Tensor& loc, const at::Tensor& scale_param, const at::Tensor& rng_state,
-                                  c10::string_view family, c10::string_view scale, at::IntArrayRef sample_shape) {
-  return sample_loc_scale(loc, scale_param, rng_state, parse_family(family), parse_scale(scale, true), sample_shape,
-                          "loc");
-}
-
-at::Tensor scale_backward(const at::Tensor& grad, const at::Tensor& scale_param, const at::Tensor& rng_state,
-                          NoiseKind noise, ScaleKind kind) {
-  check_normal_backward(grad, scale_param);
-  check_rng_state(rng_state, grad);
-  const c10::cuda::CUDAGuard guard(grad.device());
-  const at::Tensor state = rng_state.contiguous();
-  if (scale_param.numel() == grad.numel()) {  // no broadcasting: one fused pass
-    at::Tensor grad_sp = at::empty(scale_param.sizes(), scale_param.options());
-    run_family<ScaleGrad>(noise, kind, state, {grad_sp.view(grad.sizes())}, {grad, scale_param.reshape(grad.sizes())});
-    return grad_sp;
-  }
-  // Broadcast: grad * noise at grad's shape in the accumulator type, torch's
-  // reduction over the broadcast dimensions, then sigma'(x) on the small
-  // result (the Triton backend does the same). Passes more than the fused CPU
-  // walk; the common VAE case above is the fast one.
   const auto acc_dtype = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor terms = at::empty(grad.sizes(), grad.options().dtype(acc_dtype));
   run_noise_product(noise, state, terms, grad);
   const at::Tensor summed = terms.sum_to_size(scale_param.sizes());
   at::Tensor grad_sp = at::empty(scale_param.sizes(), summed.options());
-  run<ScaleDerivativeTimes, NoiseKind::None, true>(kind, state, {grad_sp}, {summed, scale_param.to(acc_dtype)});
+  run<ScaleDerivativeTimes, NoiseKind::None, true>(scale, state, {grad_sp}, {summed, scale_param.to(acc_dtype)});
   return grad_sp.to(scale_param.scalar_type());
 }
 
-at::Tensor normal_rsample_backward_cuda(const at::Tensor& grad_z, const at::Tensor& scale_param,
-                                        const at::Tensor& rng_state, c10::string_view scale) {
-  return scale_backward(grad_z, scale_param, rng_state, NoiseKind::Normal, parse_scale(scale));
-}
-
-at::Tensor loc_scale_rsample_backward_cuda(const at::Tensor& grad, const at::Tensor& scale_param,
-                                           const at::Tensor& rng_state, c10::string_view family,
-                                           c10::string_view scale) {
-  return scale_backward(grad, scale_param, rng_state, parse_family(family).noise, parse_scale(scale, true));
-}
-
-at::Tensor relaxed_bernoulli_rsample_cuda(const at::Tensor& logits, const at::Tensor& rng_state, double tau,
-                                          at::IntArrayRef sample_shape) {
-  check_float_tensor(logits, "logits");
-  check_tau(tau);
-  check_rng_state(rng_state, logits);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  at::Tensor z = at::empty(sampled_shape(sample_shape, logits.sizes()), logits.options());
-  const at::Tensor tau_tensor = at::scalar_tensor(tau_in_range(tau, logits.scalar_type()), logits.options());
-  launch_by_dtype<RelaxedBernoulliSample, NoiseKind::Logistic>(rng_state.contiguous(), {z}, {logits, tau_tensor});
-  return z;
-}
-
-// ---------------------------------------------------------- KL helpers
-at::Tensor normal_kl_cuda(const at::Tensor& mu, const at::Tensor& scale_param, c10::string_view scale) {
-  const ScaleKind kind = parse_scale(scale);
-  const auto shape = normal_output_shape(mu, scale_param, {});
-  const c10::cuda::CUDAGuard guard(mu.device());
-  at::Tensor kl = at::empty(shape, mu.options());
-  run<NormalKL, NoiseKind::None, false>(kind, mu, {kl}, {mu, scale_param});
-  return kl;
-}
-
-std::tuple<at::Tensor, at::Tensor> normal_kl_backward_cuda(const at::Tensor& grad_kl, const at::Tensor& mu,
-                                                           const at::Tensor& scale_param, c10::string_view scale) {
-  const ScaleKind kind = parse_scale(scale);
-  const auto shape = check_normal_kl_backward(grad_kl, mu, scale_param);
-  const c10::cuda::CUDAGuard guard(mu.device());
-  at::Tensor grad_mu = at::empty(shape, mu.options());
-  at::Tensor grad_sp = at::empty(shape, mu.options());
-  run<NormalKLGrad, NoiseKind::None, false>(kind, mu, {grad_mu, grad_sp}, {grad_kl, mu, scale_param});
-  return {grad_mu.sum_to_size(mu.sizes()), grad_sp.sum_to_size(scale_param.sizes())};
-}
-
-std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_cuda(const at::Tensor& mu, const at::Tensor& scale_param,
-                                                              const at::Tensor& rng_state, c10::string_view scale,
-                                                              at::IntArrayRef sample_shape) {
-  if (!sample_shape.empty()) {  // kl has the batch shape: one pass each
-    at::Tensor z = normal_rsample_cuda(mu, scale_param, rng_state, scale, sample_shape);
-    return {z, normal_kl_cuda(mu, scale_param, scale)};
+// Each formula with the noise kinds it is instantiated for (one noise
+// transform per kernel keeps nvcc's work down).
+void launch_formula(FormulaId formula, ScaleKind scale, NoiseKind noise, const at::Tensor& rng_state,
+                    const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) {
+  const at::Tensor state = noise == NoiseKind::None ? at::Tensor() : rng_state.contiguous();
+  const auto expect_noise = [&](NoiseKind expected) {
+    TORCH_CHECK(noise == expected, "internal error: formula ", static_cast<int>(formula), " takes noise ",
+                static_cast<int>(expected), ", got ", static_cast<int>(noise));
+  };
+  switch (formula) {
+    case FormulaId::LocScaleSample: run_family<LocScaleSample>(noise, scale, state, outs, ins); return;
+    case FormulaId::ScaleGrad: run_family<ScaleGrad>(noise, scale, state, outs, ins); return;
+    case FormulaId::LogNormalSample:
+      expect_noise(NoiseKind::Normal);
+      run<LogNormalSample, NoiseKind::Normal, false>(scale, state, outs, ins);
+      return;
+    case FormulaId::SampleAndKL:
+      expect_noise(NoiseKind::Normal);
+      run<SampleAndKL, NoiseKind::Normal, false>(scale, state, outs, ins);
+      return;
+    case FormulaId::SampleAndLogProb:
+      expect_noise(NoiseKind::Normal);
+      run<SampleAndLogProb, NoiseKind::Normal, false>(scale, state, outs, ins);
+      return;
+    case FormulaId::RelaxedBernoulliSample:
+      expect_noise(NoiseKind::Logistic);
+      launch_by_dtype<RelaxedBernoulliSample, NoiseKind::Logistic>(state, outs, ins);
+      return;
+    case FormulaId::NormalKL:
+      expect_noise(NoiseKind::None);
+      run<NormalKL, NoiseKind::None, false>(scale, state, outs, ins);
+      return;
+    case FormulaId::NormalKLGrad:
+      expect_noise(NoiseKind::None);
+      run<NormalKLGrad, NoiseKind::None, false>(scale, state, outs, ins);
+      return;
+    case FormulaId::NoiseProduct:  // reduce_scale_grad's own pass, not an operator's formula
+      break;
   }
-  const ScaleKind kind = parse_scale(scale);
-  const auto shape = normal_output_shape(mu, scale_param, sample_shape);
-  check_rng_state(rng_state, mu);
-  const c10::cuda::CUDAGuard guard(mu.device());
-  at::Tensor z = at::empty(shape, mu.options());
-  at::Tensor kl = at::empty(shape, mu.options());
-  run<SampleAndKL, NoiseKind::Normal, false>(kind, rng_state.contiguous(), {z, kl}, {mu, scale_param});
-  return {z, kl};
+  TORCH_CHECK(false, "internal error: formula ", static_cast<int>(formula), " is not an elementwise operator's");
 }
 
-std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_cuda(const at::Tensor& mu,
-                                                                    const at::Tensor& scale_param,
-                                                                    const at::Tensor& rng_state,
-                                                                    c10::string_view scale,
-                                                                    at::IntArrayRef sample_shape) {
-  const ScaleKind kind = parse_scale(scale);
-  const auto shape = normal_output_shape(mu, scale_param, sample_shape);
-  check_rng_state(rng_state, mu);
-  const c10::cuda::CUDAGuard guard(mu.device());
-  at::Tensor z = at::empty(shape, mu.options());
-  at::Tensor log_q = at::empty(shape, mu.options());
-  run<SampleAndLogProb, NoiseKind::Normal, false>(kind, rng_state.contiguous(), {z, log_q}, {mu, scale_param});
-  return {z, log_q};
-}
+// The CUDA launches for host_ops.h.
+struct CudaDevice {
+  using Guard = c10::cuda::CUDAGuard;
+  static at::Tensor empty(at::IntArrayRef shape, const at::TensorOptions& options) { return at::empty(shape, options); }
+  static void elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, const at::Tensor& rng_state,
+                          const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) {
+    launch_formula(formula, scale, noise, rng_state, outs, ins);
+  }
+  static at::Tensor broadcast_scale_grad(const at::Tensor& grad, const at::Tensor& scale_param,
+                                         const at::Tensor& rng_state, NoiseKind noise, ScaleKind scale) {
+    return reduce_scale_grad(grad, scale_param, rng_state, noise, scale);
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtrick_ops, CUDA, m) {
-  m.impl("normal_rsample", &normal_rsample_cuda);
-  m.impl("normal_rsample_backward", &normal_rsample_backward_cuda);
-  m.impl("loc_scale_rsample", &loc_scale_rsample_cuda);
-  m.impl("loc_scale_rsample_backward", &loc_scale_rsample_backward_cuda);
-  m.impl("relaxed_bernoulli_rsample", &relaxed_bernoulli_rsample_cuda);
-  m.impl("normal_kl", &normal_kl_cuda);
-  m.impl("normal_kl_backward", &normal_kl_backward_cuda);
-  m.impl("normal_rsample_and_kl", &normal_rsample_and_kl_cuda);
-  m.impl("normal_rsample_and_log_prob", &normal_rsample_and_log_prob_cuda);
-}
+TORCH_LIBRARY_IMPL(rtrick_ops, CUDA, m) { host::register_family_ops<CudaDevice>(m); }
 
 }  // namespace cuda
 }  // namespace rtrick

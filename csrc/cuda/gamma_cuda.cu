@@ -1,6 +1,6 @@
-// CUDA implementation of the implicit-reparameterization operators (schemas in
-// ../ops.cpp): gamma_rsample, beta_rsample, dirichlet_rsample and their
-// backward operators.
+// CUDA launches of the implicit-reparameterization operators (schemas in
+// ../ops.cpp, host code in ../host_ops.h): gamma_rsample, beta_rsample,
+// dirichlet_rsample and their backward operators.
 //
 // The per-element math comes from ../gamma.h, shared with the CPU kernels;
 // built with -fmad=false, the float32 path gives the CPU's bits. One thread
@@ -25,6 +25,7 @@
 
 #include "../family_common.h"
 #include "../gamma.h"
+#include "../host_ops.h"
 #include "cuda_common.cuh"
 
 namespace rtrick {
@@ -118,8 +119,8 @@ __global__ void __launch_bounds__(kThreads)
 gamma_grad_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, int64_t period, const S* __restrict__ z,
                   double* __restrict__ terms, int64_t numel) {
   for (int64_t n = first_index(); n < numel; n += grid_stride()) {
-    const double g = static_cast<double>(grad[n]);
-    terms[n] = g == 0.0 ? 0.0 : g * gamma_dz_dalpha(static_cast<double>(alpha[n % period]), static_cast<double>(z[n]));
+    terms[n] = gamma_grad_term(static_cast<double>(grad[n]), static_cast<double>(alpha[n % period]),
+                               static_cast<double>(z[n]));
   }
 }
 
@@ -132,39 +133,27 @@ beta_grad_kernel(const S* __restrict__ grad, const S* __restrict__ a, int64_t a_
                  int64_t b_period, const S* __restrict__ z, double* __restrict__ terms_a,
                  double* __restrict__ terms_b, int64_t numel) {
   for (int64_t n = first_index(); n < numel; n += grid_stride()) {
-    const double g = static_cast<double>(grad[n]);
-    if (g == 0.0) {
-      terms_a[n] = terms_b[n] = 0.0;
-      continue;
-    }
-    const Grad2 d = beta_dz_dab(static_cast<double>(a[n % a_period]), static_cast<double>(b[n % b_period]),
-                                static_cast<double>(z[n]));
-    terms_a[n] = g * d.a;
-    terms_b[n] = g * d.b;
+    const Grad2 t = beta_grad_term(static_cast<double>(grad[n]), static_cast<double>(a[n % a_period]),
+                                    static_cast<double>(b[n % b_period]), static_cast<double>(z[n]));
+    terms_a[n] = t.a;
+    terms_b[n] = t.b;
   }
 }
 
-// Per row: total = sum_j alpha_j (compensated: hi and lo, see gamma.h) and
-// zg = sum_j z_j g_j in double, added in index order like the CPU kernel's
-// loop (an order-dependent sum: w = g - zg below cancels, so torch's reduction
-// order gave 1e-9 relative differences for rows of a thousand categories). A
-// thread per row.
+// Per row: gamma.h's dirichlet_row_sums, in index order like the CPU kernel's
+// loop (an order-dependent sum: torch's reduction order gave 1e-9 relative
+// differences for rows of a thousand categories). A thread per row.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
 dirichlet_row_sums_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, int64_t period,
                           const S* __restrict__ z, double* __restrict__ total, double* __restrict__ total_lo,
                           double* __restrict__ zg, int64_t rows, int64_t k_count) {
   for (int64_t r = first_index(); r < rows; r += grid_stride()) {
-    const int64_t base = r * k_count, abase = base % period;
-    CompensatedSum t;
-    double d = 0.0;
-    for (int64_t i = 0; i < k_count; ++i) {
-      add_to(t, static_cast<double>(alpha[abase + i]));
-      d += static_cast<double>(z[base + i]) * static_cast<double>(grad[base + i]);
-    }
-    total[r] = t.hi;
-    total_lo[r] = t.lo;
-    zg[r] = d;
+    const int64_t base = r * k_count;
+    const DirichletRowSums sums = dirichlet_row_sums(alpha + base % period, z + base, grad + base, k_count);
+    total[r] = sums.total.hi;
+    total_lo[r] = sums.total.lo;
+    zg[r] = sums.zg;
   }
 }
 
@@ -181,182 +170,124 @@ dirichlet_grad_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, i
                       double* __restrict__ terms, int64_t numel, int64_t k_count) {
   for (int64_t n = first_index(); n < numel; n += grid_stride()) {
     const int64_t row = n / k_count;
-    const double w = static_cast<double>(grad[n]) - zg[row];
-    terms[n] = w == 0.0 ? 0.0
-                        : w * dirichlet_marginal_grad(static_cast<double>(alpha[n % period]), total[row],
-                                                      total_lo[row], static_cast<double>(z[n]));
+    terms[n] = dirichlet_grad_term(static_cast<double>(grad[n]), zg[row], static_cast<double>(alpha[n % period]),
+                                   total[row], total_lo[row], static_cast<double>(z[n]));
   }
 }
 
 // ------------------------------------------------------------------- host
-at::Tensor gamma_rsample_cuda(const at::Tensor& concentration, const at::Tensor& rng_state,
-                              at::IntArrayRef sample_shape) {
-  check_float_tensor(concentration, "concentration");
-  check_rng_state(rng_state, concentration);
-  const auto shape = sampled_shape(sample_shape, concentration.sizes());
-  const c10::cuda::CUDAGuard guard(concentration.device());
-  at::Tensor z = at::empty(shape, concentration.options());
-  const int64_t numel = z.numel();
-  if (numel == 0) return z;
-  int64_t period = 1;
-  const at::Tensor alpha = trailing_contiguous(concentration, shape, period);
-  const at::Tensor state = rng_state.contiguous();
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_dtype(z.scalar_type(), [&](auto tag) {
-    using S = decltype(tag);
-    gamma_sample_kernel<S, false><<<grid_size_for(numel), kThreads, 0, stream>>>(
-        static_cast<const S*>(alpha.const_data_ptr()), period, static_cast<S*>(z.data_ptr()), nullptr,
-        state.const_data_ptr<int64_t>(), numel, tiny_of<S>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return z;
-}
+// The CUDA launches for host_ops.h.
+struct CudaDevice {
+  using Guard = c10::cuda::CUDAGuard;
 
-at::Tensor beta_rsample_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& rng_state,
-                             at::IntArrayRef sample_shape) {
-  check_float_tensor(a, "a");
-  check_same(b, "b", a, "a");
-  check_rng_state(rng_state, a);
-  const auto batch = at::infer_size(a.sizes(), b.sizes());
-  const auto shape = sampled_shape(sample_shape, batch);
-  const c10::cuda::CUDAGuard guard(a.device());
-  at::Tensor z = at::empty(shape, a.options());
-  const int64_t numel = z.numel();
-  if (numel == 0) return z;
-  const at::Tensor ab = a.expand(batch).contiguous(), bb = b.expand(batch).contiguous();
-  const int64_t period = std::max<int64_t>(1, ab.numel());
-  const at::Tensor state = rng_state.contiguous();
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_dtype(z.scalar_type(), [&](auto tag) {
-    using S = decltype(tag);
-    beta_sample_kernel<S><<<grid_size_for(numel), kThreads, 0, stream>>>(
-        static_cast<const S*>(ab.const_data_ptr()), static_cast<const S*>(bb.const_data_ptr()), period,
-        static_cast<S*>(z.data_ptr()), state.const_data_ptr<int64_t>(), numel, tiny_of<S>(), below_one_of<S>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return z;
-}
+  static at::Tensor empty(at::IntArrayRef shape, const at::TensorOptions& options) { return at::empty(shape, options); }
 
-at::Tensor dirichlet_rsample_cuda(const at::Tensor& concentration, const at::Tensor& rng_state,
-                                  at::IntArrayRef sample_shape) {
-  check_float_tensor(concentration, "concentration");
-  TORCH_CHECK_VALUE(concentration.dim() >= 1, "concentration must have at least one dimension (the categories)");
-  check_rng_state(rng_state, concentration);
-  const auto shape = sampled_shape(sample_shape, concentration.sizes());
-  const c10::cuda::CUDAGuard guard(concentration.device());
-  at::Tensor z = at::empty(shape, concentration.options());
-  const int64_t numel = z.numel();
-  if (numel == 0) return z;
-  const at::Tensor alpha = concentration.contiguous();
-  const int64_t period = alpha.numel();
-  const int64_t k_count = concentration.size(-1);
-  const int64_t rows = numel / k_count;
-  const at::Tensor state = rng_state.contiguous();
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const auto compute = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor logs = at::empty(shape, z.options().dtype(compute));
-  dispatch_dtype(z.scalar_type(), [&](auto tag) {
-    using S = decltype(tag);
-    using C = typename ComputeOf<S>::type;
-    gamma_sample_kernel<S, true><<<grid_size_for(numel), kThreads, 0, stream>>>(
-        static_cast<const S*>(alpha.const_data_ptr()), period, nullptr, static_cast<C*>(logs.data_ptr()),
-        state.const_data_ptr<int64_t>(), numel, tiny_of<S>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    dirichlet_normalize_kernel<S><<<grid_size_for(rows), kThreads, 0, stream>>>(
-        static_cast<const C*>(logs.const_data_ptr()), static_cast<S*>(z.data_ptr()), rows, k_count, tiny_of<S>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return z;
-}
+  static void gamma_sample(const at::Tensor& alpha, int64_t period, const at::Tensor& rng_state, at::Tensor& z) {
+    const int64_t numel = z.numel();
+    const at::Tensor state = rng_state.contiguous();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_dtype(z.scalar_type(), [&](auto tag) {
+      using S = decltype(tag);
+      gamma_sample_kernel<S, false><<<grid_size_for(numel), kThreads, 0, stream>>>(
+          static_cast<const S*>(alpha.const_data_ptr()), period, static_cast<S*>(z.data_ptr()), nullptr,
+          state.const_data_ptr<int64_t>(), numel, tiny_of<S>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
 
-at::Tensor gamma_rsample_backward_cuda(const at::Tensor& grad_z, const at::Tensor& concentration,
-                                       const at::Tensor& z) {
-  check_implicit_backward(grad_z, z, concentration, "concentration");
-  const c10::cuda::CUDAGuard guard(z.device());
-  const int64_t numel = z.numel();
-  if (numel == 0) return at::zeros(concentration.sizes(), concentration.options());
-  int64_t period = 1;
-  const at::Tensor alpha = trailing_contiguous(concentration, z.sizes(), period);
-  const at::Tensor g = grad_z.contiguous(), zc = z.contiguous();
-  at::Tensor terms = at::empty(z.sizes(), z.options().dtype(at::kDouble));
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_dtype(z.scalar_type(), [&](auto tag) {
-    using S = decltype(tag);
-    gamma_grad_kernel<S><<<grid_size_for(numel), kThreads, 0, stream>>>(
-        static_cast<const S*>(g.const_data_ptr()), static_cast<const S*>(alpha.const_data_ptr()), period,
-        static_cast<const S*>(zc.const_data_ptr()), terms.data_ptr<double>(), numel);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return terms.sum_to_size(concentration.sizes()).to(concentration.scalar_type());
-}
+  static void beta_sample(const at::Tensor& a, const at::Tensor& b, int64_t period, const at::Tensor& rng_state,
+                          at::Tensor& z) {
+    const int64_t numel = z.numel();
+    const at::Tensor state = rng_state.contiguous();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_dtype(z.scalar_type(), [&](auto tag) {
+      using S = decltype(tag);
+      beta_sample_kernel<S><<<grid_size_for(numel), kThreads, 0, stream>>>(
+          static_cast<const S*>(a.const_data_ptr()), static_cast<const S*>(b.const_data_ptr()), period,
+          static_cast<S*>(z.data_ptr()), state.const_data_ptr<int64_t>(), numel, tiny_of<S>(), below_one_of<S>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
 
-std::tuple<at::Tensor, at::Tensor> beta_rsample_backward_cuda(const at::Tensor& grad_z, const at::Tensor& a,
-                                                              const at::Tensor& b, const at::Tensor& z) {
-  check_implicit_backward(grad_z, z, a, "a");
-  check_implicit_backward(grad_z, z, b, "b");
-  const c10::cuda::CUDAGuard guard(z.device());
-  const int64_t numel = z.numel();
-  if (numel == 0) return {at::zeros(a.sizes(), a.options()), at::zeros(b.sizes(), b.options())};
-  int64_t a_period = 1, b_period = 1;
-  const at::Tensor ac = trailing_contiguous(a, z.sizes(), a_period);
-  const at::Tensor bc = trailing_contiguous(b, z.sizes(), b_period);
-  const at::Tensor g = grad_z.contiguous(), zc = z.contiguous();
-  at::Tensor ta = at::empty(z.sizes(), z.options().dtype(at::kDouble));
-  at::Tensor tb = at::empty(z.sizes(), z.options().dtype(at::kDouble));
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_dtype(z.scalar_type(), [&](auto tag) {
-    using S = decltype(tag);
-    beta_grad_kernel<S><<<grid_size_for(numel), kThreads, 0, stream>>>(
-        static_cast<const S*>(g.const_data_ptr()), static_cast<const S*>(ac.const_data_ptr()), a_period,
-        static_cast<const S*>(bc.const_data_ptr()), b_period, static_cast<const S*>(zc.const_data_ptr()),
-        ta.data_ptr<double>(), tb.data_ptr<double>(), numel);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {ta.sum_to_size(a.sizes()).to(a.scalar_type()), tb.sum_to_size(b.sizes()).to(b.scalar_type())};
-}
+  // The log-Gammas into a scratch buffer, then each row normalised.
+  static void dirichlet_sample(const at::Tensor& alpha, const at::Tensor& rng_state, at::Tensor& z) {
+    const int64_t numel = z.numel();
+    const int64_t period = alpha.numel();
+    const int64_t k_count = alpha.size(-1);
+    const int64_t rows = numel / k_count;
+    const at::Tensor state = rng_state.contiguous();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const auto compute = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    at::Tensor logs = at::empty(z.sizes(), z.options().dtype(compute));
+    dispatch_dtype(z.scalar_type(), [&](auto tag) {
+      using S = decltype(tag);
+      using C = typename ComputeOf<S>::type;
+      gamma_sample_kernel<S, true><<<grid_size_for(numel), kThreads, 0, stream>>>(
+          static_cast<const S*>(alpha.const_data_ptr()), period, nullptr, static_cast<C*>(logs.data_ptr()),
+          state.const_data_ptr<int64_t>(), numel, tiny_of<S>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dirichlet_normalize_kernel<S><<<grid_size_for(rows), kThreads, 0, stream>>>(
+          static_cast<const C*>(logs.const_data_ptr()), static_cast<S*>(z.data_ptr()), rows, k_count, tiny_of<S>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
 
-at::Tensor dirichlet_rsample_backward_cuda(const at::Tensor& grad_z, const at::Tensor& concentration,
-                                           const at::Tensor& z) {
-  check_dirichlet_backward(grad_z, concentration, z);
-  const c10::cuda::CUDAGuard guard(z.device());
-  if (z.numel() == 0) return at::zeros(concentration.sizes(), concentration.options());
-  int64_t period = 1;
-  const at::Tensor alpha = trailing_contiguous(concentration, z.sizes(), period);
-  const at::Tensor g = grad_z.contiguous(), zc = z.contiguous();
-  const int64_t k_count = z.size(-1);
-  const int64_t numel = z.numel();
-  const int64_t rows = numel / k_count;
-  at::Tensor total = at::empty({rows}, z.options().dtype(at::kDouble));
-  at::Tensor total_lo = at::empty({rows}, z.options().dtype(at::kDouble));
-  at::Tensor zg = at::empty({rows}, z.options().dtype(at::kDouble));
-  at::Tensor terms = at::empty(z.sizes(), z.options().dtype(at::kDouble));
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_dtype(z.scalar_type(), [&](auto tag) {
-    using S = decltype(tag);
-    dirichlet_row_sums_kernel<S><<<grid_size_for(rows), kThreads, 0, stream>>>(
-        static_cast<const S*>(g.const_data_ptr()), static_cast<const S*>(alpha.const_data_ptr()), period,
-        static_cast<const S*>(zc.const_data_ptr()), total.data_ptr<double>(), total_lo.data_ptr<double>(),
-        zg.data_ptr<double>(), rows, k_count);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    dirichlet_grad_kernel<S><<<grid_size_for(numel), kThreads, 0, stream>>>(
-        static_cast<const S*>(g.const_data_ptr()), static_cast<const S*>(alpha.const_data_ptr()), period,
-        static_cast<const S*>(zc.const_data_ptr()), total.const_data_ptr<double>(),
-        total_lo.const_data_ptr<double>(), zg.const_data_ptr<double>(), terms.data_ptr<double>(), numel, k_count);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return terms.sum_to_size(concentration.sizes()).to(concentration.scalar_type());
-}
+  static void gamma_grad_terms(const at::Tensor& grad, const at::Tensor& alpha, int64_t period, const at::Tensor& z,
+                               at::Tensor& terms) {
+    const int64_t numel = z.numel();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_dtype(z.scalar_type(), [&](auto tag) {
+      using S = decltype(tag);
+      gamma_grad_kernel<S><<<grid_size_for(numel), kThreads, 0, stream>>>(
+          static_cast<const S*>(grad.const_data_ptr()), static_cast<const S*>(alpha.const_data_ptr()), period,
+          static_cast<const S*>(z.const_data_ptr()), terms.data_ptr<double>(), numel);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void beta_grad_terms(const at::Tensor& grad, const at::Tensor& a, int64_t a_period, const at::Tensor& b,
+                              int64_t b_period, const at::Tensor& z, at::Tensor& terms_a, at::Tensor& terms_b) {
+    const int64_t numel = z.numel();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_dtype(z.scalar_type(), [&](auto tag) {
+      using S = decltype(tag);
+      beta_grad_kernel<S><<<grid_size_for(numel), kThreads, 0, stream>>>(
+          static_cast<const S*>(grad.const_data_ptr()), static_cast<const S*>(a.const_data_ptr()), a_period,
+          static_cast<const S*>(b.const_data_ptr()), b_period, static_cast<const S*>(z.const_data_ptr()),
+          terms_a.data_ptr<double>(), terms_b.data_ptr<double>(), numel);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  // Each row's sums first (a thread per row, in the CPU's order), then the terms.
+  static void dirichlet_grad_terms(const at::Tensor& grad, const at::Tensor& alpha, int64_t period,
+                                   const at::Tensor& z, at::Tensor& terms) {
+    const int64_t k_count = z.size(-1);
+    const int64_t numel = z.numel();
+    const int64_t rows = numel / k_count;
+    at::Tensor total = at::empty({rows}, z.options().dtype(at::kDouble));
+    at::Tensor total_lo = at::empty({rows}, z.options().dtype(at::kDouble));
+    at::Tensor zg = at::empty({rows}, z.options().dtype(at::kDouble));
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_dtype(z.scalar_type(), [&](auto tag) {
+      using S = decltype(tag);
+      dirichlet_row_sums_kernel<S><<<grid_size_for(rows), kThreads, 0, stream>>>(
+          static_cast<const S*>(grad.const_data_ptr()), static_cast<const S*>(alpha.const_data_ptr()), period,
+          static_cast<const S*>(z.const_data_ptr()), total.data_ptr<double>(), total_lo.data_ptr<double>(),
+          zg.data_ptr<double>(), rows, k_count);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dirichlet_grad_kernel<S><<<grid_size_for(numel), kThreads, 0, stream>>>(
+          static_cast<const S*>(grad.const_data_ptr()), static_cast<const S*>(alpha.const_data_ptr()), period,
+          static_cast<const S*>(z.const_data_ptr()), total.const_data_ptr<double>(),
+          total_lo.const_data_ptr<double>(), zg.const_data_ptr<double>(), terms.data_ptr<double>(), numel, k_count);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtrick_ops, CUDA, m) {
-  m.impl("gamma_rsample", &gamma_rsample_cuda);
-  m.impl("gamma_rsample_backward", &gamma_rsample_backward_cuda);
-  m.impl("beta_rsample", &beta_rsample_cuda);
-  m.impl("beta_rsample_backward", &beta_rsample_backward_cuda);
-  m.impl("dirichlet_rsample", &dirichlet_rsample_cuda);
-  m.impl("dirichlet_rsample_backward", &dirichlet_rsample_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(rtrick_ops, CUDA, m) { host::register_gamma_ops<CudaDevice>(m); }
 
 }  // namespace cuda
 }  // namespace rtrick

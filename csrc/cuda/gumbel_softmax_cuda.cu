@@ -1,4 +1,5 @@
-// CUDA implementation of the fused Gumbel-Softmax operators (schemas in ../ops.cpp).
+// CUDA launches of the fused Gumbel-Softmax operators (schemas in ../ops.cpp,
+// host code in ../host_ops.h).
 //
 //   y = softmax((logits + g) / tau) along dim,  g[n] = gumbel_noise(u(word n))
 //
@@ -44,6 +45,7 @@
 #include <cfloat>
 
 #include "../family_common.h"
+#include "../host_ops.h"
 #include "../philox.h"
 #include "cuda_common.cuh"
 
@@ -467,58 +469,46 @@ void launch(void* out_ptr, const at::Tensor& x, const at::Tensor& gy, const at::
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor gumbel_softmax_cuda(const at::Tensor& logits, const at::Tensor& rng_state, double tau, bool hard,
-                               int64_t dim, at::IntArrayRef sample_shape) {
-  check_float_tensor(logits, "logits");
-  check_tau(tau);
-  check_rng_state(rng_state, logits);
-  const int64_t wrapped = wrap_dim(dim, logits);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  at::Tensor y = at::empty(sampled_shape(sample_shape, logits.sizes()), logits.options());
-  if (y.numel() == 0) return y;
-  const SlabShape s = slab_shape(logits, wrapped);
-  const int64_t slabs = y.numel() / (s.length * s.inner);
-  const at::Tensor x = logits.contiguous();
-  const at::Tensor state = rng_state.contiguous();
-  dispatch_dtype(logits.scalar_type(), [&](auto tag) {
-    using T = decltype(tag);
-    launch<T, false>(y.data_ptr(), x, x, state, slabs, s, tau, hard);
-  });
-  return y;
-}
+// The CUDA launches for host_ops.h.
+struct CudaDevice {
+  using Guard = c10::cuda::CUDAGuard;
 
-at::Tensor gumbel_softmax_backward_cuda(const at::Tensor& grad_y, const at::Tensor& logits,
-                                        const at::Tensor& rng_state, double tau, int64_t dim) {
-  const int64_t wrapped = check_gumbel_softmax_backward(grad_y, logits, rng_state, tau, dim);
-  const int64_t lead = grad_y.dim() - logits.dim();  // sample dims
-  const c10::cuda::CUDAGuard guard(logits.device());
-  if (logits.numel() == 0) return at::empty(logits.sizes(), logits.options());
-  if (grad_y.numel() == 0) return at::zeros(logits.sizes(), logits.options());
-  const SlabShape s = slab_shape(logits, wrapped);
-  const int64_t slabs = grad_y.numel() / (s.length * s.inner);
-  const at::Tensor x = logits.contiguous();
-  const at::Tensor gy = grad_y.contiguous();
-  const at::Tensor state = rng_state.contiguous();
-  const auto acc_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor terms = at::empty(grad_y.sizes(), grad_y.options().dtype(acc_dtype));
-  dispatch_dtype(logits.scalar_type(), [&](auto tag) {
-    using T = decltype(tag);
-    launch<T, true>(terms.data_ptr(), x, gy, state, slabs, s, tau, false);
-  });
-  if (lead > 0) {
-    std::vector<int64_t> sample_dims(lead);
-    for (int64_t d = 0; d < lead; ++d) sample_dims[d] = d;
-    terms = terms.sum(sample_dims);
+  static at::Tensor empty(at::IntArrayRef shape, const at::TensorOptions& options) { return at::empty(shape, options); }
+
+  static void gumbel_softmax_forward(const at::Tensor& logits, const SlabShape& s, const at::Tensor& rng_state,
+                                     double tau, bool hard, at::Tensor& y) {
+    const int64_t slabs = y.numel() / (s.length * s.inner);
+    const at::Tensor state = rng_state.contiguous();
+    dispatch_dtype(logits.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      launch<T, false>(y.data_ptr(), logits, logits, state, slabs, s, tau, hard);
+    });
   }
-  return terms.to(logits.scalar_type()).reshape(logits.sizes());
-}
+
+  // Per-element terms in the accumulator type, then torch's sum over the sample dims.
+  static at::Tensor gumbel_softmax_backward(const at::Tensor& grad_y, const at::Tensor& logits, const SlabShape& s,
+                                            const at::Tensor& rng_state, double tau) {
+    const int64_t lead = grad_y.dim() - logits.dim();  // sample dims
+    const int64_t slabs = grad_y.numel() / (s.length * s.inner);
+    const at::Tensor state = rng_state.contiguous();
+    const auto acc_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    at::Tensor terms = at::empty(grad_y.sizes(), grad_y.options().dtype(acc_dtype));
+    dispatch_dtype(logits.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      launch<T, true>(terms.data_ptr(), logits, grad_y, state, slabs, s, tau, false);
+    });
+    if (lead > 0) {
+      std::vector<int64_t> sample_dims(lead);
+      for (int64_t d = 0; d < lead; ++d) sample_dims[d] = d;
+      terms = terms.sum(sample_dims);
+    }
+    return terms.to(logits.scalar_type()).reshape(logits.sizes());
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtrick_ops, CUDA, m) {
-  m.impl("gumbel_softmax", &gumbel_softmax_cuda);
-  m.impl("gumbel_softmax_backward", &gumbel_softmax_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(rtrick_ops, CUDA, m) { host::register_gumbel_softmax_ops<CudaDevice>(m); }
 
 }  // namespace cuda
 }  // namespace rtrick

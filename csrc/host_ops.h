@@ -1,0 +1,331 @@
+// The host layer: every operator's host code, written once for every device.
+//
+// An operator's host code is its argument checks, shape rules, allocation,
+// device guard, the zero-size cases and what happens to the kernels' results
+// (the reductions over broadcast dimensions). It is the same on every device,
+// so it lives here, as templates over a Device policy; only the kernel launch
+// differs. Each device file supplies its policy and registers the
+// instantiations (csrc/cpu/*_cpu.cpp under the CPU key, csrc/cuda/*.cu under
+// CUDA; the CUDA emulation harness compiles the .cu files as they are, so the
+// emulated operators run this code too). This is ATen's DispatchStub split
+// (one operator body, a per-device stub) done with templates, which keeps the
+// launch inlined and needs no registry.
+//
+// A Device policy has:
+//   Guard                  constructed from an at::Device; makes it current
+//   empty(shape, options)  an uninitialised tensor on the device
+// and, for the operator group it registers, the launches below. Every
+// launch receives tensors already checked, allocated and (where it says)
+// contiguous; it writes its outputs and nothing else.
+//
+//   elementwise(formula, scale, noise, rng_state, outs, ins)
+//       formulas.h's `formula` over the contiguous outputs `outs` (1 or 2, one
+//       shape); `ins` broadcast to the outputs' trailing dimensions; rng_state
+//       is undefined when noise is None.
+//   broadcast_scale_grad(grad, scale_param, rng_state, noise, scale)
+//       d/d scale_param when scale_param is broadcast (fewer elements than grad).
+//   gamma_sample(alpha, period, rng_state, z), beta_sample(a, b, period, rng_state, z),
+//   dirichlet_sample(alpha, rng_state, z)
+//       alpha/a/b contiguous with `period` elements, repeated over z.
+//   gamma_grad_terms(grad, alpha, period, z, terms),
+//   beta_grad_terms(grad, a, a_period, b, b_period, z, terms_a, terms_b),
+//   dirichlet_grad_terms(grad, alpha, period, z, terms)
+//       grad * dz/dparam per element, in float64, at z's shape.
+//   gumbel_softmax_forward(logits, slabs, rng_state, tau, hard, y)
+//   gumbel_softmax_backward(grad_y, logits, slabs, rng_state, tau) -> grad of logits' shape
+//       logits and grad_y contiguous, neither empty.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "family_common.h"
+
+namespace rtrick {
+namespace host {
+namespace {  // internal linkage, like family_common.h
+
+// The CPU's Guard: CPU tensors need no current device.
+struct NoDeviceGuard {
+  explicit NoDeviceGuard(const at::Device&) {}
+};
+
+// ------------------------------------------- the Gaussian and its family
+// z = loc + sigma(x) * g(u) (or exp of it), of shape sample_shape + broadcast.
+template <class Device>
+at::Tensor sample_loc_scale(const at::Tensor& loc, const at::Tensor& scale_param, const at::Tensor& rng_state,
+                            Family family, ScaleKind scale, at::IntArrayRef sample_shape, const char* loc_name) {
+  const auto shape = normal_output_shape(loc, scale_param, sample_shape, loc_name);
+  check_rng_state(rng_state, loc);
+  const typename Device::Guard guard(loc.device());
+  at::Tensor z = Device::empty(shape, loc.options());
+  if (z.numel() == 0) return z;
+  const FormulaId formula = family.exp_output ? FormulaId::LogNormalSample : FormulaId::LocScaleSample;
+  Device::elementwise(formula, scale, family.noise, rng_state, {z}, {loc, scale_param});
+  return z;
+}
+
+template <class Device>
+at::Tensor normal_rsample(const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state,
+                          c10::string_view scale, at::IntArrayRef sample_shape) {
+  return sample_loc_scale<Device>(mu, scale_param, rng_state, Family{NoiseKind::Normal, false}, parse_scale(scale),
+                                  sample_shape, "mu");
+}
+
+template <class Device>
+at::Tensor loc_scale_rsample(const at::Tensor& loc, const at::Tensor& scale_param, const at::Tensor& rng_state,
+                             c10::string_view family, c10::string_view scale, at::IntArrayRef sample_shape) {
+  return sample_loc_scale<Device>(loc, scale_param, rng_state, parse_family(family), parse_scale(scale, true),
+                                  sample_shape, "loc");
+}
+
+// sigma'(x) * (sum over broadcast dims of grad * g(u)), x of scale_param's shape.
+template <class Device>
+at::Tensor scale_backward(const at::Tensor& grad, const at::Tensor& scale_param, const at::Tensor& rng_state,
+                          NoiseKind noise, ScaleKind scale) {
+  check_normal_backward(grad, scale_param);
+  check_rng_state(rng_state, grad);
+  const typename Device::Guard guard(grad.device());
+  if (scale_param.numel() == 0) return Device::empty(scale_param.sizes(), scale_param.options());
+  // No sample reaches scale_param: its gradient is 0, whatever sigma'(x) is.
+  if (grad.numel() == 0) return at::zeros(scale_param.sizes(), scale_param.options());
+  if (scale_param.numel() != grad.numel()) return Device::broadcast_scale_grad(grad, scale_param, rng_state, noise, scale);
+  // No broadcasting: one fused elementwise pass.
+  at::Tensor grad_sp = Device::empty(scale_param.sizes(), scale_param.options());
+  Device::elementwise(FormulaId::ScaleGrad, scale, noise, rng_state, {grad_sp.view(grad.sizes())},
+                      {grad, scale_param.reshape(grad.sizes())});
+  return grad_sp;
+}
+
+template <class Device>
+at::Tensor normal_rsample_backward(const at::Tensor& grad_z, const at::Tensor& scale_param,
+                                   const at::Tensor& rng_state, c10::string_view scale) {
+  return scale_backward<Device>(grad_z, scale_param, rng_state, NoiseKind::Normal, parse_scale(scale));
+}
+
+template <class Device>
+at::Tensor loc_scale_rsample_backward(const at::Tensor& grad, const at::Tensor& scale_param,
+                                      const at::Tensor& rng_state, c10::string_view family, c10::string_view scale) {
+  return scale_backward<Device>(grad, scale_param, rng_state, parse_family(family).noise, parse_scale(scale, true));
+}
+
+template <class Device>
+at::Tensor relaxed_bernoulli_rsample(const at::Tensor& logits, const at::Tensor& rng_state, double tau,
+                                     at::IntArrayRef sample_shape) {
+  check_float_tensor(logits, "logits");
+  check_tau(tau);
+  check_rng_state(rng_state, logits);
+  const typename Device::Guard guard(logits.device());
+  at::Tensor z = Device::empty(sampled_shape(sample_shape, logits.sizes()), logits.options());
+  if (z.numel() == 0) return z;
+  // One element for every position: the kernels read it as a scalar, never expanded in memory.
+  const at::Tensor tau_tensor = at::scalar_tensor(tau_in_range(tau, logits.scalar_type()), logits.options());
+  Device::elementwise(FormulaId::RelaxedBernoulliSample, ScaleKind::Sigma, NoiseKind::Logistic, rng_state, {z},
+                      {logits, tau_tensor});
+  return z;
+}
+
+template <class Device>
+at::Tensor normal_kl(const at::Tensor& mu, const at::Tensor& scale_param, c10::string_view scale) {
+  const ScaleKind kind = parse_scale(scale);
+  const auto shape = normal_output_shape(mu, scale_param, {});
+  const typename Device::Guard guard(mu.device());
+  at::Tensor kl = Device::empty(shape, mu.options());
+  Device::elementwise(FormulaId::NormalKL, kind, NoiseKind::None, at::Tensor(), {kl}, {mu, scale_param});
+  return kl;
+}
+
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> normal_kl_backward(const at::Tensor& grad_kl, const at::Tensor& mu,
+                                                      const at::Tensor& scale_param, c10::string_view scale) {
+  const ScaleKind kind = parse_scale(scale);
+  const auto shape = check_normal_kl_backward(grad_kl, mu, scale_param);
+  const typename Device::Guard guard(mu.device());
+  at::Tensor grad_mu = Device::empty(shape, mu.options());
+  at::Tensor grad_sp = Device::empty(shape, mu.options());
+  Device::elementwise(FormulaId::NormalKLGrad, kind, NoiseKind::None, at::Tensor(), {grad_mu, grad_sp},
+                      {grad_kl, mu, scale_param});
+  return {grad_mu.sum_to_size(mu.sizes()), grad_sp.sum_to_size(scale_param.sizes())};
+}
+
+// z and a second output of z's shape from one pass (the KL term or log q).
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> sample_with(FormulaId formula, const at::Tensor& mu, const at::Tensor& scale_param,
+                                               const at::Tensor& rng_state, c10::string_view scale,
+                                               at::IntArrayRef sample_shape) {
+  const ScaleKind kind = parse_scale(scale);
+  const auto shape = normal_output_shape(mu, scale_param, sample_shape);
+  check_rng_state(rng_state, mu);
+  const typename Device::Guard guard(mu.device());
+  at::Tensor z = Device::empty(shape, mu.options());
+  at::Tensor second = Device::empty(shape, mu.options());
+  if (z.numel() != 0) Device::elementwise(formula, kind, NoiseKind::Normal, rng_state, {z, second}, {mu, scale_param});
+  return {z, second};
+}
+
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl(const at::Tensor& mu, const at::Tensor& scale_param,
+                                                         const at::Tensor& rng_state, c10::string_view scale,
+                                                         at::IntArrayRef sample_shape) {
+  if (!sample_shape.empty()) {  // kl has the batch shape: one pass each
+    at::Tensor z = normal_rsample<Device>(mu, scale_param, rng_state, scale, sample_shape);
+    return {z, normal_kl<Device>(mu, scale_param, scale)};
+  }
+  return sample_with<Device>(FormulaId::SampleAndKL, mu, scale_param, rng_state, scale, sample_shape);
+}
+
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob(const at::Tensor& mu, const at::Tensor& scale_param,
+                                                               const at::Tensor& rng_state, c10::string_view scale,
+                                                               at::IntArrayRef sample_shape) {
+  return sample_with<Device>(FormulaId::SampleAndLogProb, mu, scale_param, rng_state, scale, sample_shape);
+}
+
+template <class Device>
+void register_family_ops(torch::Library& m) {
+  m.impl("normal_rsample", &normal_rsample<Device>);
+  m.impl("normal_rsample_backward", &normal_rsample_backward<Device>);
+  m.impl("loc_scale_rsample", &loc_scale_rsample<Device>);
+  m.impl("loc_scale_rsample_backward", &loc_scale_rsample_backward<Device>);
+  m.impl("relaxed_bernoulli_rsample", &relaxed_bernoulli_rsample<Device>);
+  m.impl("normal_kl", &normal_kl<Device>);
+  m.impl("normal_kl_backward", &normal_kl_backward<Device>);
+  m.impl("normal_rsample_and_kl", &normal_rsample_and_kl<Device>);
+  m.impl("normal_rsample_and_log_prob", &normal_rsample_and_log_prob<Device>);
+}
+
+// ------------------------------------------------ Gamma, Beta, Dirichlet
+template <class Device>
+at::Tensor gamma_rsample(const at::Tensor& concentration, const at::Tensor& rng_state, at::IntArrayRef sample_shape) {
+  check_float_tensor(concentration, "concentration");
+  check_rng_state(rng_state, concentration);
+  const auto shape = sampled_shape(sample_shape, concentration.sizes());
+  const typename Device::Guard guard(concentration.device());
+  at::Tensor z = Device::empty(shape, concentration.options());
+  if (z.numel() == 0) return z;
+  int64_t period = 1;
+  const at::Tensor alpha = trailing_contiguous(concentration, shape, period);
+  Device::gamma_sample(alpha, period, rng_state, z);
+  return z;
+}
+
+template <class Device>
+at::Tensor beta_rsample(const at::Tensor& a, const at::Tensor& b, const at::Tensor& rng_state,
+                        at::IntArrayRef sample_shape) {
+  check_float_tensor(a, "a");
+  check_same(b, "b", a, "a");
+  check_rng_state(rng_state, a);
+  const auto batch = at::infer_size(a.sizes(), b.sizes());
+  const auto shape = sampled_shape(sample_shape, batch);
+  const typename Device::Guard guard(a.device());
+  at::Tensor z = Device::empty(shape, a.options());
+  if (z.numel() == 0) return z;
+  const at::Tensor ab = a.expand(batch).contiguous(), bb = b.expand(batch).contiguous();
+  Device::beta_sample(ab, bb, std::max<int64_t>(1, ab.numel()), rng_state, z);
+  return z;
+}
+
+template <class Device>
+at::Tensor dirichlet_rsample(const at::Tensor& concentration, const at::Tensor& rng_state,
+                             at::IntArrayRef sample_shape) {
+  check_float_tensor(concentration, "concentration");
+  TORCH_CHECK_VALUE(concentration.dim() >= 1, "concentration must have at least one dimension (the categories)");
+  check_rng_state(rng_state, concentration);
+  const auto shape = sampled_shape(sample_shape, concentration.sizes());
+  const typename Device::Guard guard(concentration.device());
+  at::Tensor z = Device::empty(shape, concentration.options());
+  if (z.numel() == 0) return z;
+  Device::dirichlet_sample(concentration.contiguous(), rng_state, z);
+  return z;
+}
+
+// grad_z * dz/dalpha per element in float64, summed to concentration's shape.
+template <class Device>
+at::Tensor gamma_rsample_backward(const at::Tensor& grad_z, const at::Tensor& concentration, const at::Tensor& z) {
+  check_implicit_backward(grad_z, z, concentration, "concentration");
+  const typename Device::Guard guard(z.device());
+  if (z.numel() == 0) return at::zeros(concentration.sizes(), concentration.options());
+  int64_t period = 1;
+  const at::Tensor alpha = trailing_contiguous(concentration, z.sizes(), period);
+  at::Tensor terms = Device::empty(z.sizes(), z.options().dtype(at::kDouble));
+  Device::gamma_grad_terms(grad_z.contiguous(), alpha, period, z.contiguous(), terms);
+  return terms.sum_to_size(concentration.sizes()).to(concentration.scalar_type());
+}
+
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> beta_rsample_backward(const at::Tensor& grad_z, const at::Tensor& a,
+                                                         const at::Tensor& b, const at::Tensor& z) {
+  check_implicit_backward(grad_z, z, a, "a");
+  check_implicit_backward(grad_z, z, b, "b");
+  const typename Device::Guard guard(z.device());
+  if (z.numel() == 0) return {at::zeros(a.sizes(), a.options()), at::zeros(b.sizes(), b.options())};
+  int64_t a_period = 1, b_period = 1;
+  const at::Tensor ac = trailing_contiguous(a, z.sizes(), a_period);
+  const at::Tensor bc = trailing_contiguous(b, z.sizes(), b_period);
+  at::Tensor terms_a = Device::empty(z.sizes(), z.options().dtype(at::kDouble));
+  at::Tensor terms_b = Device::empty(z.sizes(), z.options().dtype(at::kDouble));
+  Device::beta_grad_terms(grad_z.contiguous(), ac, a_period, bc, b_period, z.contiguous(), terms_a, terms_b);
+  return {terms_a.sum_to_size(a.sizes()).to(a.scalar_type()), terms_b.sum_to_size(b.sizes()).to(b.scalar_type())};
+}
+
+// torch's pathwise Dirichlet gradient: d_i * (g_i - sum_j z_j g_j), d_i the
+// marginal Beta(alpha_i, total - alpha_i) gradient with the total held fixed.
+template <class Device>
+at::Tensor dirichlet_rsample_backward(const at::Tensor& grad_z, const at::Tensor& concentration, const at::Tensor& z) {
+  check_dirichlet_backward(grad_z, concentration, z);
+  const typename Device::Guard guard(z.device());
+  if (z.numel() == 0) return at::zeros(concentration.sizes(), concentration.options());
+  int64_t period = 1;
+  const at::Tensor alpha = trailing_contiguous(concentration, z.sizes(), period);
+  at::Tensor terms = Device::empty(z.sizes(), z.options().dtype(at::kDouble));
+  Device::dirichlet_grad_terms(grad_z.contiguous(), alpha, period, z.contiguous(), terms);
+  return terms.sum_to_size(concentration.sizes()).to(concentration.scalar_type());
+}
+
+template <class Device>
+void register_gamma_ops(torch::Library& m) {
+  m.impl("gamma_rsample", &gamma_rsample<Device>);
+  m.impl("gamma_rsample_backward", &gamma_rsample_backward<Device>);
+  m.impl("beta_rsample", &beta_rsample<Device>);
+  m.impl("beta_rsample_backward", &beta_rsample_backward<Device>);
+  m.impl("dirichlet_rsample", &dirichlet_rsample<Device>);
+  m.impl("dirichlet_rsample_backward", &dirichlet_rsample_backward<Device>);
+}
+
+// ------------------------------------------------------ Gumbel-Softmax
+template <class Device>
+at::Tensor gumbel_softmax(const at::Tensor& logits, const at::Tensor& rng_state, double tau, bool hard, int64_t dim,
+                          at::IntArrayRef sample_shape) {
+  check_float_tensor(logits, "logits");
+  check_tau(tau);
+  check_rng_state(rng_state, logits);
+  const int64_t wrapped = wrap_dim(dim, logits);
+  const typename Device::Guard guard(logits.device());
+  at::Tensor y = Device::empty(sampled_shape(sample_shape, logits.sizes()), logits.options());
+  if (y.numel() == 0) return y;
+  Device::gumbel_softmax_forward(logits.contiguous(), slab_shape(logits, wrapped), rng_state, tau, hard, y);
+  return y;
+}
+
+template <class Device>
+at::Tensor gumbel_softmax_backward(const at::Tensor& grad_y, const at::Tensor& logits, const at::Tensor& rng_state,
+                                   double tau, int64_t dim) {
+  const int64_t wrapped = check_gumbel_softmax_backward(grad_y, logits, rng_state, tau, dim);
+  const typename Device::Guard guard(logits.device());
+  if (logits.numel() == 0) return Device::empty(logits.sizes(), logits.options());
+  if (grad_y.numel() == 0) return at::zeros(logits.sizes(), logits.options());
+  return Device::gumbel_softmax_backward(grad_y.contiguous(), logits.contiguous(), slab_shape(logits, wrapped),
+                                         rng_state, tau);
+}
+
+template <class Device>
+void register_gumbel_softmax_ops(torch::Library& m) {
+  m.impl("gumbel_softmax", &gumbel_softmax<Device>);
+  m.impl("gumbel_softmax_backward", &gumbel_softmax_backward<Device>);
+}
+
+}  // namespace
+}  // namespace host
+}  // namespace rtrick
