@@ -10,15 +10,16 @@ rsample (Uniform, Exponential, Laplace, Cauchy, Gumbel, LogNormal,
 RelaxedBernoulli, Gamma, Beta, Dirichlet; torch has no Logistic class, so the
 documented TransformedDistribution of a Uniform), the textbook VAE KL,
 F.gumbel_softmax. The timing harness (host clock on the CPU, CUDA events on the
-GPU, warm-up, median of repeated calls) is benchmarks/bench_normal.py's.
+GPU, warm-up, median of repeated calls) is benchmarks/harness.py, shared by every script.
 
 It prints a table and writes results/bench_family_<device>.{csv,md}. GB/s
 counts each op's minimum traffic (parameters read, outputs written) the same
 way for both providers; "x torch" is the ratio of medians.
 """
 import argparse
-import math
+import datetime
 import os
+import statistics
 import sys
 
 import torch  # before rtrick_ops: its extension links against torch's shared libraries
@@ -27,7 +28,8 @@ import torch.nn.functional as F
 import rtrick_ops as rt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_normal as harness  # noqa: E402  (the shared timing harness)
+import bench_normal  # noqa: E402  (its device setups and case lists)
+import harness  # noqa: E402  (the shared timing harness)
 
 D = torch.distributions
 MODES = ("forward", "full")
@@ -138,8 +140,8 @@ def benchmark_case(name, case, numel, dtype, device, budget, clock):
     for provider, fn in zip(PROVIDERS, (ours, theirs)):
         for mode in MODES:
             seconds = harness.measure(timed(mode, fn, param_sets, grads, clock), budget, clock)
-            p20, _, _, p80 = harness.statistics.quantiles(seconds, n=5, method="inclusive")
-            median = harness.statistics.median(seconds)
+            p20, _, _, p80 = statistics.quantiles(seconds, n=5, method="inclusive")
+            median = statistics.median(seconds)
             traffic = moved * (2 if mode == "full" else 1) * numel * dtype.itemsize
             rows.append({"case": name, "provider": provider, "dtype": str(dtype).removeprefix("torch."),
                          "mode": mode, "numel": numel, "median_ms": 1e3 * median, "p20_ms": 1e3 * p20,
@@ -177,14 +179,14 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "error: --device cuda needs a CUDA GPU and a CUDA build of torch\n")
     torch.set_num_threads(args.threads)
-    setup = harness.SETUPS[args.device]
+    setup = bench_normal.SETUPS[args.device]
     budget = setup.quick_budget if args.quick else setup.budget
     numel = 2**(16 if args.quick else (args.size or (22 if args.device == "cpu" else 26)))
     dtypes = [getattr(torch, name) for name in (args.dtypes or setup.default_dtypes).split(",")]
     clock = harness.HostClock() if args.device == "cpu" else harness.CudaEventClock()
     cases = harness.select_cases(parser, _cases(), args.cases)
     device_name = harness.cpu_model() if args.device == "cpu" else torch.cuda.get_device_name()
-    environment = {"timestamp": harness.datetime.datetime.now(harness.datetime.timezone.utc).isoformat(
+    environment = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "device": device_name, "threads": args.threads, "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda, "rtrick_ops_version": rt.__version__}
     header = (f"{device_name} | {args.threads} threads | torch {torch.__version__} | rtrick_ops {rt.__version__} | "

@@ -26,22 +26,23 @@ files and plot are the same code for both devices; only the timing, the
 providers and the defaults differ.
 """
 import argparse
-import csv
 import dataclasses
 import datetime
 import gc
 import math
 import os
-import platform
 import signal
 import statistics
 import sys
-import time
 
 import torch  # before rtrick_ops: its extension links against torch's shared libraries
 
 import rtrick_ops as rt
 from rtrick_ops import _library
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (CudaEventClock, HostClock, append_csv, cpu_environment, cpu_environment_line,  # noqa: E402
+                     cpu_model, csv_cell, measure, measure_alternating, select_cases, triton_version)
 
 MODES = ("forward", "backward", "full")
 # Minimum memory traffic of the fused op, in tensors of numel elements, the same for every
@@ -208,48 +209,6 @@ def make_cuda_providers():
 # ------------------------------------------------------------------ timing
 
 
-class HostClock:
-    """Wall-clock seconds of the timed region: the CPU kernels run synchronously."""
-
-    def start(self):
-        return time.perf_counter()
-
-    def stop(self, started):
-        return time.perf_counter() - started
-
-    def synchronize(self):
-        pass
-
-    def seconds(self, stamps):
-        return list(stamps)
-
-
-class CudaEventClock:
-    """GPU time of the timed region, from CUDA events recorded on the current stream.
-
-    Calls are queued without waiting for the GPU. Once the queue is ahead of the GPU, an
-    interval between two events holds exactly the GPU work of one call, whatever Python
-    spends launching it.
-    """
-
-    def start(self):
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def stop(self, started):
-        end = torch.cuda.Event(enable_timing=True)
-        end.record()
-        return started, end
-
-    def synchronize(self):
-        torch.cuda.synchronize()
-
-    def seconds(self, stamps):
-        torch.cuda.synchronize()  # elapsed_time needs both events completed
-        return [start.elapsed_time(end) / 1e3 for start, end in stamps]  # elapsed_time is in ms
-
-
 def make_input_sets(numel, dtype, requires_grad, device="cpu", count=1):
     """[(mu, log_sigma, grad_z)], several when small so that timed calls do not all hit warm cache."""
     return [(torch.randn(numel, dtype=dtype, device=device).requires_grad_(requires_grad),
@@ -292,43 +251,6 @@ def timed_call(mode, sample, input_sets, clock=HostClock()):
         return clock.stop(start)
 
     return {"forward": forward, "backward": backward, "full": full}[mode]
-
-
-def select_cases(parser, cases, wanted):
-    """cases restricted to the comma-separated names in wanted (all when empty); unknown names are a usage error."""
-    if not wanted:
-        return cases
-    unknown = set(wanted.split(",")) - set(cases)
-    if unknown:
-        parser.error(f"unknown cases {sorted(unknown)}; known: {', '.join(cases)}")
-    return {name: cases[name] for name in wanted.split(",")}
-
-
-def measure(call, budget, clock=HostClock()):
-    """Timed-region seconds of repeated calls; the repetition count fills about budget["seconds"]."""
-    for rep in range(budget["warmup"]):
-        start = time.perf_counter()
-        call(rep)
-        clock.synchronize()  # a GPU call returns before its work is done; the estimate must include it
-        wall_per_call = time.perf_counter() - start  # includes untimed setup, which the budget must cover
-    reps = int(budget["seconds"] / max(wall_per_call, 1e-7))
-    reps = min(max(reps, budget["min_reps"]), budget["max_reps"])
-    return clock.seconds([call(rep) for rep in range(reps)])
-
-
-def measure_alternating(calls, rounds, blocks):
-    """{name: [seconds per call]} of `rounds` rounds; each round times a block of blocks[name] calls of every
-    call in turn, so that a change of load on a shared machine hits every provider alike (small sizes, where
-    one call takes microseconds and the load moves on a scale of seconds)."""
-    times = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            count = blocks[name]
-            start = time.perf_counter()
-            for _ in range(count):
-                call()
-            times[name].append((time.perf_counter() - start) / count)
-    return times
 
 
 def saved_bytes(sample, mu, log_sigma):
@@ -551,63 +473,25 @@ def text_line(cells, setup=SETUPS["cpu"]):
                      for i, (cell, (_, width)) in enumerate(zip(cells, setup.table_columns)))
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def triton_version():
-    try:
-        import triton
-
-        return triton.__version__
-    except Exception:
-        return "n/a"
-
-
 def run_environment(threads, setup=SETUPS["cpu"]):
-    environment = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   "torch_version": torch.__version__, "rtrick_ops_version": rt.__version__}
     if setup.device == "cpu":
-        return {**environment, "device": cpu_model(), "threads": threads, "cpu_isa": rt.cpu_isa()}
-    return {**environment, "device": torch.cuda.get_device_name(), "cuda_version": torch.version.cuda,
+        return cpu_environment(threads)
+    return {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch_version": torch.__version__, "rtrick_ops_version": rt.__version__,
+            "device": torch.cuda.get_device_name(), "cuda_version": torch.version.cuda,
             "triton_version": triton_version(), "l2_mib": l2_cache_bytes() / 2**20}
 
 
 def environment_line(environment, setup=SETUPS["cpu"]):
     env = environment
     if setup.device == "cpu":
-        return (f"{env['device']} | {env['threads']} threads | ISA {env['cpu_isa']} | "
-                f"torch {env['torch_version']} | rtrick_ops {env['rtrick_ops_version']}")
+        return cpu_environment_line(env)
     line = (f"{env['device']} | CUDA {env['cuda_version']} | torch {env['torch_version']} | "
             f"Triton {env['triton_version']} | rtrick_ops {env['rtrick_ops_version']} | L2 {env['l2_mib']:.0f} MiB")
     if "copy_gbps" in env:
         key_draw = "n/a" if env.get("key_draw_us") is None else f"{env['key_draw_us']:.1f} us"
         line += f" | copy {env['copy_gbps']:.0f} GB/s | key draw {key_draw}"
     return line
-
-
-def csv_cell(value):
-    if value is None:
-        return ""
-    return f"{value:.6g}" if isinstance(value, float) else value
-
-
-def append_csv(path, environment, rows, columns=CPU_CSV_COLUMNS):
-    new_file = not os.path.exists(path)
-    with open(path, "a", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        if new_file:
-            writer.writeheader()
-        for row in rows:
-            cells = {**environment, **row}
-            writer.writerow({key: csv_cell(cells.get(key)) for key in columns})
 
 
 def write_markdown(path, environment, rows, verdicts, setup=SETUPS["cpu"], notes=()):

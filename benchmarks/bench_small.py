@@ -11,7 +11,7 @@ other processes only adds time, so the fastest block is the least disturbed); ra
 element against one torch.exp call (the fixed-cost figures of docs/performance.md).
 
 It prints a table and writes results/bench_small_cpu.{csv,md,png}. The timing and file helpers are
-benchmarks/bench_normal.py's (the shared harness).
+benchmarks/harness.py (shared by every script).
 """
 import argparse
 import math
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import rtrick_ops as rt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_normal as harness  # noqa: E402  (the shared timing harness)
+import harness  # noqa: E402  (the shared timing harness)
 
 DEFAULT_SIZES = "0,2,4,6,8,10,11,12,14,16"
 QUICK_SIZES = "0,6,11,12"
@@ -228,8 +228,8 @@ def main(argv=None):
     threads_list = [int(t) for t in args.threads.split(",")]
     rounds = args.rounds or (5 if args.quick else 15)
     all_cases = harness.select_cases(parser, cases(), args.cases)
-    environment = harness.run_environment(",".join(map(str, threads_list)))
-    print(harness.environment_line(environment) + " | the machine may be loaded: compare ratios, not times")
+    environment = harness.cpu_environment(",".join(map(str, threads_list)))
+    print(harness.cpu_environment_line(environment) + " | the machine may be loaded: compare ratios, not times")
     rows, fixed = [], []
     for threads in threads_list:
         torch.set_num_threads(threads)
@@ -270,7 +270,7 @@ def main(argv=None):
 
 def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows=()):
     lines = ["# rtrick_ops at small sizes (CPU)", "",
-             f"{environment['timestamp']} | {harness.environment_line(environment)}", "",
+             f"{environment['timestamp']} | {harness.cpu_environment_line(environment)}", "",
              "float32, parameters requiring grad. Per-call time of the fastest of several blocks timed in alternation with "
              "the other providers; x eager and x compile are ratios of those from this run (above 1: rtrick_ops is "
              "faster). fwd+bwd = the call plus torch.autograd.grad of every output. The machine may be loaded: "

@@ -1,0 +1,186 @@
+"""What every benchmark script shares: the clocks, the timed loops, the machine's
+description and the CSV and Markdown tables.
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import harness
+
+Timing on a shared machine: load only ever adds time, and it moves on a scale
+of seconds, so the loops here time the candidates in alternation and report
+the fastest block or median (measure_alternating, fastest_medians_us), or
+many calls with their quantiles (measure). Every ratio a script reports is
+then taken within one run. Plots: plotting.py (matplotlib).
+"""
+import csv
+import datetime
+import os
+import platform
+import time
+
+import torch  # before rtrick_ops: its extension links against torch's shared libraries
+import torch.utils.benchmark as benchmark
+
+import rtrick_ops as rt
+
+
+# ------------------------------------------------------------------ clocks
+class HostClock:
+    """Wall-clock seconds of the timed region: the CPU kernels run synchronously."""
+
+    def start(self):
+        return time.perf_counter()
+
+    def stop(self, started):
+        return time.perf_counter() - started
+
+    def synchronize(self):
+        pass
+
+    def seconds(self, stamps):
+        return list(stamps)
+
+
+class CudaEventClock:
+    """GPU time of the timed region, from CUDA events recorded on the current stream.
+
+    Calls are queued without waiting for the GPU. Once the queue is ahead of the GPU, an
+    interval between two events holds exactly the GPU work of one call, whatever Python
+    spends launching it.
+    """
+
+    def start(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def stop(self, started):
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        return started, end
+
+    def synchronize(self):
+        torch.cuda.synchronize()
+
+    def seconds(self, stamps):
+        torch.cuda.synchronize()  # elapsed_time needs both events completed
+        return [start.elapsed_time(end) / 1e3 for start, end in stamps]  # elapsed_time is in ms
+
+
+
+# ------------------------------------------------------------------ timed loops
+def measure(call, budget, clock=HostClock()):
+    """Timed-region seconds of repeated calls; the repetition count fills about budget["seconds"]."""
+    for rep in range(budget["warmup"]):
+        start = time.perf_counter()
+        call(rep)
+        clock.synchronize()  # a GPU call returns before its work is done; the estimate must include it
+        wall_per_call = time.perf_counter() - start  # includes untimed setup, which the budget must cover
+    reps = int(budget["seconds"] / max(wall_per_call, 1e-7))
+    reps = min(max(reps, budget["min_reps"]), budget["max_reps"])
+    return clock.seconds([call(rep) for rep in range(reps)])
+
+
+def measure_alternating(calls, rounds, blocks):
+    """{name: [seconds per call]} of `rounds` rounds; each round times a block of blocks[name] calls of every
+    call in turn, so that a change of load on a shared machine hits every provider alike (small sizes, where
+    one call takes microseconds and the load moves on a scale of seconds)."""
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            count = blocks[name]
+            start = time.perf_counter()
+            for _ in range(count):
+                call()
+            times[name].append((time.perf_counter() - start) / count)
+    return times
+
+
+def fastest_medians_us(steps, min_run_time, rounds):
+    """{label: microseconds} for {label: step}: torch.utils.benchmark's blocked_autorange of each step,
+    the steps timed in turn, `rounds` times, each keeping its fastest median. For steps of milliseconds (a
+    training step, an SVI step), where measure_alternating's fixed blocks would be too coarse."""
+    timers = {label: benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+              for label, step in steps.items()}
+    best = {label: float("inf") for label in steps}
+    for _ in range(rounds):
+        for label, timer in timers.items():
+            best[label] = min(best[label], timer.blocked_autorange(min_run_time=min_run_time).median * 1e6)
+    return best
+
+
+def select_cases(parser, cases, wanted):
+    """cases restricted to the comma-separated names in wanted (all when empty); unknown names are a usage error."""
+    if not wanted:
+        return cases
+    unknown = set(wanted.split(",")) - set(cases)
+    if unknown:
+        parser.error(f"unknown cases {sorted(unknown)}; known: {', '.join(cases)}")
+    return {name: cases[name] for name in wanted.split(",")}
+
+
+
+# ------------------------------------------------------------------ the machine
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:
+        return "n/a"
+
+
+def cpu_environment(threads):
+    """The run's description for CPU results: time, CPU model, threads, rtrick_ops' ISA, versions."""
+    return {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": cpu_model(), "threads": threads, "cpu_isa": rt.cpu_isa(), "torch_version": torch.__version__,
+            "rtrick_ops_version": rt.__version__}
+
+
+def cpu_environment_line(env):
+    return (f"{env['device']} | {env['threads']} threads | ISA {env['cpu_isa']} | "
+            f"torch {env['torch_version']} | rtrick_ops {env['rtrick_ops_version']}")
+
+
+# ------------------------------------------------------------------ tables
+def csv_cell(value):
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def append_csv(path, environment, rows, columns):
+    new_file = not os.path.exists(path)
+    with open(path, "a", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        if new_file:
+            writer.writeheader()
+        for row in rows:
+            cells = {**environment, **row}
+            writer.writerow({key: csv_cell(cells.get(key)) for key in columns})
+
+
+def write_csv(path, rows, columns):
+    """rows (dicts) as a new CSV file with these columns."""
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: csv_cell(row.get(key)) for key in columns})
+
+
+def markdown_table(header, rows, labels=1):
+    """Markdown lines of a table: header cells, rows of cells; the first `labels` columns left-aligned, the
+    others (numbers) right-aligned."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i < labels else "---:" for i in range(len(header))) + "|"]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
