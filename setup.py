@@ -11,6 +11,7 @@ installed instead of downloading another:
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -34,6 +35,14 @@ def extension():
     # No errno/trapping semantics: lets the compiler vectorise sqrt and selects.
     # -Werror=switch: a kind added to csrc/kinds.h fails the build at every switch that lacks it.
     cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Werror=switch"]
+    # at::parallel_for is inline OpenMP code when torch's parallel backend is OpenMP (its Linux builds):
+    # compiled without -fopenmp the pragma is dropped and every kernel runs on one thread whatever
+    # torch.set_num_threads says. Compile flag only, no -lgomp: the runtime is the one torch loaded, so its
+    # thread count governs these kernels too.
+    import torch
+
+    if torch._C.has_openmp and not sys.platform.startswith("win"):
+        cxx_flags.append("-fopenmp")
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     if want_cuda() and cuda_sources:

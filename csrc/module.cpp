@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -146,6 +147,8 @@ PyObject* built_with_cuda(PyObject*, PyObject*) {
 // here in one pass; the key is drawn as make_rng_state draws it; the operator is
 // called through the dispatcher (autograd and all). Anything else, including
 // every error, returns None and the Python path runs (and raises with its messages).
+constexpr int64_t kReleaseGilFrom = 4096;
+
 PyObject* gaussian_fast(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
   int which = 0, validate = 0;
@@ -167,21 +170,21 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   if (!known) Py_RETURN_NONE;
   if (mu.scalar_type() != at::kFloat && mu.scalar_type() != at::kDouble) Py_RETURN_NONE;
   if (validate && *domain_violated(sp, positive)) Py_RETURN_NONE;  // the Python check reports it
-  at::Tensor state = at::empty({2}, at::TensorOptions().dtype(at::kLong));
+  // empty_cpu: at::empty's dispatch costs as much as the rest of this allocation.
+  at::Tensor state = at::detail::empty_cpu({2}, at::kLong, std::nullopt, std::nullopt, std::nullopt, std::nullopt);
   draw_key(at::detail::getDefaultCPUGenerator(), state.data_ptr<int64_t>());
+  // The GIL is released around the operator as torch.ops releases it, so that
+  // other Python threads run meanwhile; on small tensors the operator takes
+  // about a microsecond, less than handing the GIL over and back costs them.
+  std::optional<pybind11::gil_scoped_release> no_gil;
+  if (mu.numel() >= kReleaseGilFrom) no_gil.emplace();
   if (which == 0) {
-    at::Tensor z;
-    {
-      pybind11::gil_scoped_release no_gil;  // as torch.ops releases it around an operator
-      z = rtrick::ops::normal_rsample().call(mu, sp, state, name, {});
-    }
+    at::Tensor z = rtrick::ops::normal_rsample().call(mu, sp, state, name, {});
+    no_gil.reset();
     return THPVariable_Wrap(std::move(z));
   }
-  std::tuple<at::Tensor, at::Tensor> out;
-  {
-    pybind11::gil_scoped_release no_gil;
-    out = rtrick::ops::normal_rsample_and_kl().call(mu, sp, state, name, {});
-  }
+  std::tuple<at::Tensor, at::Tensor> out = rtrick::ops::normal_rsample_and_kl().call(mu, sp, state, name, {});
+  no_gil.reset();
   PyObject* z = THPVariable_Wrap(std::move(std::get<0>(out)));
   PyObject* kl = THPVariable_Wrap(std::move(std::get<1>(out)));
   PyObject* pair = z && kl ? PyTuple_Pack(2, z, kl) : nullptr;
