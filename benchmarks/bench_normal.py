@@ -575,6 +575,9 @@ def parse_args():
     parser.add_argument("--sizes", help="log2 of the element counts (cpu: 16,18,20,22,24; cuda: 20,22,24,26,28)")
     parser.add_argument("--dtypes", help="comma-separated torch dtypes (cpu: float32; cuda: float32,bfloat16)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--isa", default="auto",
+                        help="cpu: force the CPU kernels' instruction set (rt.set_cpu_isa: default, avx2, avx512); "
+                             "the table and files name the ISA that ran")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (cpu: 16,18,20; cuda: 20,22,24) and short timing, for smoke tests")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -621,6 +624,7 @@ def benchmark_rows(providers, args, setup, budget, clock, copy_gbps=None):
 def main():
     args, setup = parse_args()
     torch.set_num_threads(args.threads)
+    rt.set_cpu_isa(args.isa)
     budget = setup.quick_budget if args.quick else setup.budget
     environment = run_environment(args.threads, setup)
     missing = []

@@ -140,30 +140,39 @@ RT_HD double gamma_series_grad(double a, double x) {
   return -s;
 }
 
-// h of Q(a, x) = e^-x x^a / Gamma(a) * h: Legendre's continued fraction by
-// modified Lentz (Numerical Recipes' gcf).
-RT_HD double gamma_cf_h(double a, double x) {
+// h of Q(a, x) = e^-x x^a / Gamma(a) * h, Legendre's continued fraction by
+// modified Lentz (Numerical Recipes' gcf), and dh/da carried along in the
+// same pass (forward-mode: each recurrence variable with its derivative in
+// a). One pass instead of the three a central difference takes, and no step
+// error. Stops when both h and dh/da have converged.
+struct ValueAndDerivative {
+  double value, da;
+};
+RT_HD ValueAndDerivative gamma_cf_h(double a, double x) {
   double b = x + 1.0 - a;
-  double c = 1.0 / kFpMin;
-  double d = 1.0 / b;
-  double h = d;
+  const double db = -1.0;  // b = x + 1 - a + 2i
+  double c = 1.0 / kFpMin, dc = 0.0;
+  double d = 1.0 / b, dd = d * d;  // d(1/b)/da = -db / b^2
+  double h = d, dh = dd;
   for (int32_t i = 1; i <= kCfMaxTerms; ++i) {
-    const double an = -i * (i - a);
+    const double an = -i * (i - a), dan = i;
     b += 2.0;
-    d = an * d + b;
-    if (::fabs(d) < kFpMin) d = kFpMin;
-    c = b + an / c;
-    if (::fabs(c) < kFpMin) c = kFpMin;
-    d = 1.0 / d;
-    const double delta = d * c;
+    double next_d = an * d + b, next_dd = dan * d + an * dd + db;
+    if (::fabs(next_d) < kFpMin) next_d = kFpMin, next_dd = 0.0;
+    const double inv_c = 1.0 / c;  // one division for both updates
+    double next_c = b + an * inv_c, next_dc = db + (dan - an * dc * inv_c) * inv_c;
+    if (::fabs(next_c) < kFpMin) next_c = kFpMin, next_dc = 0.0;
+    d = 1.0 / next_d;
+    dd = -next_dd * d * d;
+    c = next_c;
+    dc = next_dc;
+    const double delta = d * c, ddelta = dd * c + d * dc;
+    dh = dh * delta + h * ddelta;
     h *= delta;
-    if (!(::fabs(delta - 1.0) > kGradEps)) break;
+    if (!(::fabs(delta - 1.0) > kGradEps) && !(::fabs(h * ddelta) > kGradEps * ::fabs(dh))) break;
   }
-  return h;
+  return ValueAndDerivative{h, dh};
 }
-
-// Central-difference step in a parameter for the continued fractions.
-RT_HD double cf_step(double a) { return 1e-5 * (a < ::sqrt(a) ? a : ::sqrt(a)); }
 
 // Above this alpha the series and the continued fraction need O(sqrt(alpha))
 // terms, lose digits (psi_n accumulates 1/(alpha + k) onto a large psi, the
@@ -227,10 +236,8 @@ RT_HD double gamma_dz_dalpha(double a, double x) {
   if (!(x > 0.0) || x == HUGE_VAL || a == HUGE_VAL) return 0.0;
   if (a >= kGammaAsymptoticMin) return gamma_dz_dalpha_asymptotic(a, x);
   if (x < a + 1.0) return gamma_series_grad(a, x);
-  const double step = cf_step(a);
-  const double h = gamma_cf_h(a, x);
-  const double dh = (gamma_cf_h(a + step, x) - gamma_cf_h(a - step, x)) / (2.0 * step);
-  return x * h * (::log(x) - digamma_d(a)) + x * dh;
+  const ValueAndDerivative h = gamma_cf_h(a, x);
+  return x * h.value * (::log(x) - digamma_d(a)) + x * h.da;
 }
 
 struct Grad2 {
