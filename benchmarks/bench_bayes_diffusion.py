@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import diffusion_digits  # noqa: E402  (the denoiser and the two training losses)
-import harness  # noqa: E402  (the shared timing harness and tables)
+import bench_harness as harness  # noqa: E402  (the shared timing harness and tables)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ["case", "variant", "shape", "saved_bytes", "saved_vs_hand", "time_us", "speedup_vs_hand"]

@@ -10,7 +10,7 @@ rsample (Uniform, Exponential, Laplace, Cauchy, Gumbel, LogNormal,
 RelaxedBernoulli, Gamma, Beta, Dirichlet; torch has no Logistic class, so the
 documented TransformedDistribution of a Uniform), the textbook VAE KL,
 F.gumbel_softmax. The timing harness (host clock on the CPU, CUDA events on the
-GPU, warm-up, median of repeated calls) is benchmarks/harness.py, shared by every script.
+GPU, warm-up, median of repeated calls) is benchmarks/bench_harness.py, shared by every script.
 
 It prints a table and writes results/bench_family_<device>.{csv,md}. GB/s
 counts each op's minimum traffic (parameters read, outputs written) the same
@@ -29,7 +29,7 @@ import rtrick_ops as rt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_normal  # noqa: E402  (its device setups and case lists)
-import harness  # noqa: E402  (the shared timing harness)
+import bench_harness as harness  # noqa: E402  (the shared timing harness)
 
 D = torch.distributions
 MODES = ("forward", "full")

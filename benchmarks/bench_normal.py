@@ -41,7 +41,7 @@ import rtrick_ops as rt
 from rtrick_ops import _library
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (CudaEventClock, HostClock, append_csv, cpu_environment, cpu_environment_line,  # noqa: E402
+from bench_harness import (CudaEventClock, HostClock, append_csv, cpu_environment, cpu_environment_line,  # noqa: E402
                      cpu_model, csv_cell, measure, measure_alternating, select_cases, triton_version)
 
 MODES = ("forward", "backward", "full")

@@ -25,7 +25,7 @@ import rtrick_ops.pyro as fused_dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import harness  # noqa: E402  (the shared timing harness and tables)
+import bench_harness as harness  # noqa: E402  (the shared timing harness and tables)
 import pyro_svi  # noqa: E402  (the VAE whose guide is timed)
 
 CLASSES = {"pyro": pyro_dist, "fused": fused_dist}

@@ -11,7 +11,7 @@ other processes only adds time, so the fastest block is the least disturbed); ra
 element against one torch.exp call (the fixed-cost figures of docs/performance.md).
 
 It prints a table and writes results/bench_small_cpu.{csv,md,png}. The timing and file helpers are
-benchmarks/harness.py (shared by every script).
+benchmarks/bench_harness.py (shared by every script).
 """
 import argparse
 import math
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import rtrick_ops as rt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402  (the shared timing harness)
+import bench_harness as harness  # noqa: E402  (the shared timing harness)
 
 DEFAULT_SIZES = "0,2,4,6,8,10,11,12,14,16"
 QUICK_SIZES = "0,6,11,12"

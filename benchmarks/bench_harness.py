@@ -2,7 +2,10 @@
 description and the CSV and Markdown tables.
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import harness
+    import bench_harness as harness
+
+(Not named harness.py: tests/cuda_emu/harness.py is imported as `harness` in
+the same pytest process that loads bench_normal.py.)
 
 Timing on a shared machine: load only ever adds time, and it moves on a scale
 of seconds, so the loops here time the candidates in alternation and report
