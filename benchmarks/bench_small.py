@@ -141,7 +141,7 @@ def fixed_costs(rounds):
              "raw operator, grad": lambda: op(xg, yg, state, "log_sigma", []),
              "rt.normal_rsample": lambda: rt.normal_rsample(x, y),
              "rt.normal_rsample, grad": lambda: rt.normal_rsample(xg, yg),
-             "rt.normal_rsample, seed (Python path)": lambda: rt.normal_rsample(x, y, seed=1),
+             "rt.normal_rsample, seed": lambda: rt.normal_rsample(x, y, seed=1),
              "eager normal, grad": lambda: _eager_normal(xg, yg),
              # what every fwd+bwd step pays whoever computes it: the backward call of a one-node graph
              "torch.autograd.grad of x * 2 (floor)": lambda: torch.autograd.grad(xg * 2, (xg,), one),

@@ -138,11 +138,11 @@ PyObject* built_with_cuda(PyObject*, PyObject*) {
 #endif
 }
 
-// gaussian_fast(which, mu, scale_param, scale, validate): a whole call of
+// gaussian_fast(which, mu, scale_param, scale, validate[, seed]): a whole call of
 // rt.normal_rsample (which 0) or rt.normal_rsample_and_kl (which 1) in the
 // common case, in one C++ call: plain float32/float64 CPU tensors of one shape
 // and dtype (no broadcasting, no promotion), a known scale, sample_shape (),
-// no seed or generator, nothing intercepting torch ops. Then the wrapper's
+// no generator, a seed that is None or a plain int, nothing intercepting torch ops. Then the wrapper's
 // checks all pass by construction, except the value check (validate=True), done
 // here in one pass; the key is drawn as make_rng_state draws it; the operator is
 // called through the dispatcher (autograd and all). Anything else, including
@@ -152,10 +152,22 @@ constexpr int64_t kReleaseGilFrom = 4096;
 PyObject* gaussian_fast(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
   int which = 0, validate = 0;
-  PyObject *mu_obj = nullptr, *sp_obj = nullptr;
+  PyObject *mu_obj = nullptr, *sp_obj = nullptr, *seed_obj = Py_None;
   const char* scale = nullptr;
-  if (!PyArg_ParseTuple(args, "iOOsp", &which, &mu_obj, &sp_obj, &scale, &validate)) return nullptr;
+  if (!PyArg_ParseTuple(args, "iOOsp|O", &which, &mu_obj, &sp_obj, &scale, &validate, &seed_obj)) return nullptr;
   if (!THPVariable_Check(mu_obj) || !THPVariable_Check(sp_obj) || !plain_context()) Py_RETURN_NONE;
+  // seed: None (draw the key) or a plain int in [0, 2**64), whose bits are the key (make_rng_state's
+  // [seed, 0]). A bool, a NumPy integer, a negative or too large int: the Python path checks and raises.
+  std::optional<uint64_t> seed;
+  if (seed_obj != Py_None) {
+    if (!PyLong_CheckExact(seed_obj)) Py_RETURN_NONE;
+    const unsigned long long value = PyLong_AsUnsignedLongLong(seed_obj);
+    if (value == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+      PyErr_Clear();
+      Py_RETURN_NONE;
+    }
+    seed = value;
+  }
   const at::Tensor& mu = THPVariable_Unpack(mu_obj);
   const at::Tensor& sp = THPVariable_Unpack(sp_obj);
   if (!plain_cpu_tensor(mu) || !plain_cpu_tensor(sp) || mu.scalar_type() != sp.scalar_type() ||
@@ -172,7 +184,13 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   if (validate && *domain_violated(sp, positive)) Py_RETURN_NONE;  // the Python check reports it
   // empty_cpu: at::empty's dispatch costs as much as the rest of this allocation.
   at::Tensor state = at::detail::empty_cpu({2}, at::kLong, std::nullopt, std::nullopt, std::nullopt, std::nullopt);
-  draw_key(at::detail::getDefaultCPUGenerator(), state.data_ptr<int64_t>());
+  int64_t* key_offset = state.data_ptr<int64_t>();
+  if (seed) {
+    key_offset[0] = static_cast<int64_t>(*seed);  // the same 64 bits
+    key_offset[1] = 0;
+  } else {
+    draw_key(at::detail::getDefaultCPUGenerator(), key_offset);
+  }
   // The GIL is released around the operator as torch.ops releases it, so that
   // other Python threads run meanwhile; on small tensors the operator takes
   // about a microsecond, less than handing the GIL over and back costs them.

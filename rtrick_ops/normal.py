@@ -19,7 +19,7 @@ from ._random import make_rng_state
 
 _ops = torch.ops.rtrick_ops
 # The whole call in C++ for the common case (csrc/module.cpp, gaussian_fast; docs/performance.md, "fixed
-# cost"): plain CPU tensors of one shape and dtype, no seed, generator, sample_shape or backend choice. It
+# cost"): plain CPU tensors of one shape and dtype, an int seed or none, no generator, sample_shape or backend. It
 # returns None for anything else, and the Python path below runs, with every check and error message.
 _gaussian_fast = getattr(_library.compiled, "gaussian_fast", None)
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
@@ -30,7 +30,8 @@ _Distribution = torch.distributions.Distribution  # its _validate_args is the de
 def _fast_path(mu, scale_param, scale, sample_shape, seed, generator, backend):
     return (_gaussian_fast is not None and not _is_compiling() and type(mu) in _PLAIN_TENSORS
             and type(scale_param) in _PLAIN_TENSORS and type(scale) is str and type(sample_shape) is tuple
-            and not sample_shape and seed is None and generator is None and backend == "auto")
+            and not sample_shape and (seed is None or type(seed) is int) and generator is None
+            and backend == "auto")
 
 
 def normal_rsample(
@@ -69,11 +70,11 @@ def normal_rsample(
         z, of dtype promote(mu.dtype, scale_param.dtype).
     """
     # _fast_path's test written out: a function call is a tenth of this path's cost.
-    if (_gaussian_fast is not None and seed is None and generator is None and type(sample_shape) is tuple
-            and not sample_shape and backend == "auto" and type(mu) in _PLAIN_TENSORS
+    if (_gaussian_fast is not None and (seed is None or type(seed) is int) and generator is None
+            and type(sample_shape) is tuple and not sample_shape and backend == "auto" and type(mu) in _PLAIN_TENSORS
             and type(scale_param) in _PLAIN_TENSORS and type(scale) is str and not _is_compiling()):
         z = _gaussian_fast(0, mu, scale_param, scale,
-                           _Distribution._validate_args if validate_args is None else bool(validate_args))
+                           _Distribution._validate_args if validate_args is None else bool(validate_args), seed)
         if z is not None:
             return z
     which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
@@ -135,7 +136,7 @@ def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale:
     arguments are normal_rsample's.
     """
     if _fast_path(mu, scale_param, scale, sample_shape, seed, generator, backend):
-        pair = _gaussian_fast(1, mu, scale_param, scale, False)  # this op has no validate_args
+        pair = _gaussian_fast(1, mu, scale_param, scale, False, seed)  # this op has no validate_args
         if pair is not None:
             return pair
     which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)

@@ -129,3 +129,25 @@ def test_contiguous_fast_path_matches_the_strided_walk(dtype):
     z_fast, kl_fast = rt.normal_rsample_and_kl(mu, s, seed=11)
     z_str, kl_str = rt.normal_rsample_and_kl(torch.stack([mu, mu], 1)[:, 0], torch.stack([s, s], 1)[:, 0], seed=11)
     assert torch.equal(z_fast, z_str) and torch.equal(kl_fast, kl_str)
+
+
+def test_seeded_fast_path_gives_the_python_paths_bits_and_errors():
+    """An int seed takes the C++ fast call: the same z as the Python path (a strided view declines the fast
+    call), for seeds across the whole uint64 range; bad seeds still get the Python path's errors."""
+    import numpy as np
+
+    mu, s = torch.randn(300), 0.3 * torch.randn(300)
+    strided_mu, strided_s = torch.stack([mu, mu], 1)[:, 0], torch.stack([s, s], 1)[:, 0]
+    for seed in (0, 1, 2**31, 2**63 - 1, 2**63, 2**64 - 1, np.uint64(5)):
+        assert torch.equal(rt.normal_rsample(mu, s, seed=seed), rt.normal_rsample(strided_mu, strided_s, seed=seed))
+        fast, strided = rt.normal_rsample_and_kl(mu, s, seed=seed), rt.normal_rsample_and_kl(strided_mu, strided_s,
+                                                                                               seed=seed)
+        assert all(torch.equal(a, b) for a, b in zip(fast, strided))
+    for seed, error in ((-1, ValueError), (2**64, ValueError), (True, TypeError), (1.0, TypeError)):
+        with pytest.raises(error, match="seed"):
+            rt.normal_rsample(mu, s, seed=seed)
+    torch.manual_seed(3)
+    before = torch.randint(0, 10, (4,))
+    torch.manual_seed(3)
+    rt.normal_rsample(mu, s, seed=7)  # a seeded call leaves the generator alone
+    assert torch.equal(torch.randint(0, 10, (4,)), before)

@@ -2,6 +2,7 @@
 reference, every gradient, shapes and layouts, registration (opcheck,
 torch.compile), seeding and bad input. Statistics: test_normal_statistics.py."""
 import math
+import sys
 
 import pytest
 import torch
@@ -388,6 +389,7 @@ def test_backend_choice(monkeypatch):
         rt.normal_rsample(mu, sp, backend="cuda")
     monkeypatch.setattr(_library, "compiled", None)
     monkeypatch.setattr(_library, "load_error", ImportError("simulated"))
+    monkeypatch.setattr(sys.modules["rtrick_ops.normal"], "_gaussian_fast", None)  # the build's fast call, too
     with pytest.raises(RuntimeError, match="pip install --no-build-isolation"):
         rt.normal_rsample(mu, sp, backend="cpu")
     with pytest.warns(RuntimeWarning, match="reference backend"):
