@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/EmptyTensor.h>
+#include <ATen/Parallel.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -17,6 +18,8 @@
 #include <torch/csrc/Generator.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <mutex>
@@ -128,6 +131,23 @@ PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
     return nullptr;
   }
   Py_RETURN_NONE;
+}
+
+// How many threads at::parallel_for ran `items` unit items on, from this
+// translation unit (compiled with the kernels' flags). 1 whatever
+// torch.set_num_threads says is the symptom of a build without OpenMP where
+// torch's parallel backend is OpenMP: then every kernel runs serially.
+PyObject* parallel_threads_used(PyObject*, PyObject* arg) {
+  const long long items = PyLong_AsLongLong(arg);
+  if (items == -1 && PyErr_Occurred()) return nullptr;
+  std::atomic<uint64_t> seen{0};
+  {
+    pybind11::gil_scoped_release no_gil;
+    at::parallel_for(0, items, 1, [&](int64_t, int64_t) {
+      seen.fetch_or(uint64_t(1) << std::min(at::get_thread_num(), 63));
+    });
+  }
+  return PyLong_FromLong(__builtin_popcountll(seen.load()));
 }
 
 PyObject* built_with_cuda(PyObject*, PyObject*) {
@@ -267,6 +287,8 @@ PyMethodDef methods[] = {
     {"set_cpu_isa", set_cpu_isa, METH_O, "Choose the CPU kernels' instruction set."},
     {"built_with_cuda", built_with_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled."},
     {"kinds", kinds, METH_NOARGS, "The lists of csrc/kinds.h: noise, scale, family and formula kinds."},
+    {"parallel_threads_used", parallel_threads_used, METH_O,
+     "How many threads at::parallel_for uses in this extension for n items (1 means serial kernels)."},
     {"draw_rng_state", draw_rng_state, METH_O, "A seed-less call's rng_state from a CPU generator, or None."},
     {"gaussian_fast", gaussian_fast, METH_VARARGS,
      "normal_rsample (0) or normal_rsample_and_kl (1) in the common CPU case, or None."},

@@ -2,9 +2,11 @@
 
 The key drawn in C++ is torch.randint's, from the same generator state; the C++ domain check refuses what
 the torch-op check refused; the C++ autograd of normal_rsample_and_kl and gumbel_softmax gives the Python
-formulas' gradients; the contiguous fast path of the elementwise kernels gives the TensorIterator walk's bits.
+formulas' gradients; the contiguous fast path of the elementwise kernels gives the TensorIterator walk's bits;
+an int seed takes the fast call with the Python path's bits; the kernels use the threads torch is given.
 """
 import math
+import os
 
 import pytest
 import torch
@@ -151,3 +153,17 @@ def test_seeded_fast_path_gives_the_python_paths_bits_and_errors():
     torch.manual_seed(3)
     rt.normal_rsample(mu, s, seed=7)  # a seeded call leaves the generator alone
     assert torch.equal(torch.randint(0, 10, (4,)), before)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
+def test_kernels_use_the_threads_torch_is_given():
+    """The kernels' at::parallel_for runs on torch.set_num_threads threads: a build without -fopenmp (where
+    torch's backend is OpenMP) compiled it to a serial loop, and every CPU kernel ran on one thread."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _library.compiled.parallel_threads_used(1 << 16) == 2
+        torch.set_num_threads(1)
+        assert _library.compiled.parallel_threads_used(1 << 16) == 1
+    finally:
+        torch.set_num_threads(threads)
