@@ -27,11 +27,11 @@ _is_compiling = torch.compiler.is_compiling  # bound once: two attribute lookups
 _Distribution = torch.distributions.Distribution  # its _validate_args is the default of validate_args
 
 
-def _fast_path(mu, scale_param, scale, sample_shape, seed, generator, backend):
-    return (_gaussian_fast is not None and not _is_compiling() and type(mu) in _PLAIN_TENSORS
-            and type(scale_param) in _PLAIN_TENSORS and type(scale) is str and type(sample_shape) is tuple
-            and not sample_shape and (seed is None or type(seed) is int) and generator is None
-            and backend == "auto")
+def _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
+    """Whether the C++ call may try (it declines the rest itself, a seed that is not None or an int included)."""
+    return (_gaussian_fast is not None and generator is None and type(sample_shape) is tuple and not sample_shape
+            and backend == "auto" and type(mu) in _PLAIN_TENSORS and type(scale_param) in _PLAIN_TENSORS
+            and type(scale) is str and not _is_compiling())
 
 
 def normal_rsample(
@@ -69,10 +69,7 @@ def normal_rsample(
     Returns:
         z, of dtype promote(mu.dtype, scale_param.dtype).
     """
-    # _fast_path's test written out: a function call is a tenth of this path's cost.
-    if (_gaussian_fast is not None and (seed is None or type(seed) is int) and generator is None
-            and type(sample_shape) is tuple and not sample_shape and backend == "auto" and type(mu) in _PLAIN_TENSORS
-            and type(scale_param) in _PLAIN_TENSORS and type(scale) is str and not _is_compiling()):
+    if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
         z = _gaussian_fast(0, mu, scale_param, scale,
                            _Distribution._validate_args if validate_args is None else bool(validate_args), seed)
         if z is not None:
@@ -135,7 +132,7 @@ def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale:
     kl has the batch shape broadcast(mu, scale_param) (without sample dims). The
     arguments are normal_rsample's.
     """
-    if _fast_path(mu, scale_param, scale, sample_shape, seed, generator, backend):
+    if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
         pair = _gaussian_fast(1, mu, scale_param, scale, False, seed)  # this op has no validate_args
         if pair is not None:
             return pair

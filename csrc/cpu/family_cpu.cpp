@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/TensorIterator.h>
+#include <c10/util/SmallVector.h>
 #include <ATen/EmptyTensor.h>
 #include <torch/library.h>
 
@@ -35,7 +36,7 @@ at::Tensor expand_to(const at::Tensor& t, at::IntArrayRef shape) {
 
 // Whether every tensor is contiguous with the first output's shape and dtype:
 // the common case (no broadcasting, no sample_shape), which needs no TensorIterator.
-bool plain_rows(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) {
+bool plain_rows(at::ArrayRef<at::Tensor> outs, at::ArrayRef<at::Tensor> ins) {
   const at::Tensor& first = outs[0];
   const auto same = [&](const at::Tensor& t) {
     return t.sizes() == first.sizes() && t.scalar_type() == first.scalar_type() && t.is_contiguous();
@@ -46,7 +47,7 @@ bool plain_rows(const std::vector<at::Tensor>& outs, const std::vector<at::Tenso
 // Runs `formula` over contiguous outputs (1 or 2, same shape) and inputs
 // viewed with their shape (1 to 3; expanded views broadcast without copies).
 void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, StreamKey key,
-                     const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) {
+                     at::ArrayRef<at::Tensor> outs, at::ArrayRef<at::Tensor> ins) {
   const at::Tensor& first = outs[0];
   if (first.numel() == 0) return;
   const RowKernels& kernels = active_row_kernels();
@@ -232,8 +233,7 @@ struct CpuDevice {
   static void elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, const at::Tensor& rng_state,
                           const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) {
     const StreamKey key = noise == NoiseKind::None ? StreamKey{0, 0} : read_rng_state(rng_state);
-    std::vector<at::Tensor> expanded;  // stride-0 views: broadcasting without copies
-    expanded.reserve(ins.size());
+    c10::SmallVector<at::Tensor, 3> expanded;  // stride-0 views: broadcasting without copies or a heap block
     for (const at::Tensor& t : ins) expanded.push_back(expand_to(t, outs[0].sizes()));
     run_elementwise(formula, scale, noise, key, outs, expanded);
   }
