@@ -159,6 +159,20 @@ def _backward_single_kernel(out_ptr, gy_ptr, x_ptr, state_ptr, tau_ptr, outer, i
 
 
 @triton.jit
+def _loop_chunk(gy_ptr, x_ptr, state_ptr, row, start, m, s, tau, outer, inner, L, F64: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """One chunk of a long row in the backward's passes: the soft sample y (0 off the row), the incoming
+    gradient gy, the stream positions n and the mask. The noise is regenerated in each pass, never kept."""
+    compute = tl.float64 if F64 else tl.float32
+    cols = start + tl.arange(0, BLOCK).to(tl.int64)
+    mask = cols < L
+    v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
+    y = tl.where(mask, div(_exp(div(v - m, tau, F64), F64), s, F64), 0.0)
+    gy = tl.load(gy_ptr + n, mask=mask, other=0.0).to(compute)
+    return y, gy, n, mask
+
+
+@triton.jit
 def _backward_loop_kernel(out_ptr, gy_ptr, x_ptr, state_ptr, tau_ptr, outer, inner, L, F64: tl.constexpr,
                           BLOCK: tl.constexpr):
     compute = tl.float64 if F64 else tl.float32
@@ -167,18 +181,10 @@ def _backward_loop_kernel(out_ptr, gy_ptr, x_ptr, state_ptr, tau_ptr, outer, inn
     m, s, _ = _online_max_sum(x_ptr, state_ptr, row, outer, inner, L, tau, F64, BLOCK)
     dot = tl.full([], 0.0, compute)
     for start in range(0, L, BLOCK):
-        cols = start + tl.arange(0, BLOCK).to(tl.int64)
-        mask = cols < L
-        v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
-        y = tl.where(mask, div(_exp(div(v - m, tau, F64), F64), s, F64), 0.0)
-        gy = tl.load(gy_ptr + n, mask=mask, other=0.0).to(compute)
+        y, gy, n, mask = _loop_chunk(gy_ptr, x_ptr, state_ptr, row, start, m, s, tau, outer, inner, L, F64, BLOCK)
         dot += tl.sum(gy * y, 0)
     for start in range(0, L, BLOCK):
-        cols = start + tl.arange(0, BLOCK).to(tl.int64)
-        mask = cols < L
-        v, n = _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64)
-        y = div(_exp(div(v - m, tau, F64), F64), s, F64)
-        gy = tl.load(gy_ptr + n, mask=mask, other=0.0).to(compute)
+        y, gy, n, mask = _loop_chunk(gy_ptr, x_ptr, state_ptr, row, start, m, s, tau, outer, inner, L, F64, BLOCK)
         out = tl.where(_is_finite(m), div(y * (gy - dot), tau, F64), float("nan"))
         tl.store(out_ptr + n, out.to(out_ptr.dtype.element_ty), mask=mask)
 

@@ -1,19 +1,28 @@
-"""Argument checks shared by the public wrappers; each error names the argument."""
+"""Argument checks shared by the public wrappers; each error names the argument.
+
+A leaf of the package (it imports only kinds): the Triton operators in kernels/
+import it, and _library, which imports kernels/, hands it the compiled helper.
+"""
 import math
 import numbers
 import operator
 
 import torch
 
-from . import _library
 from .kinds import POSITIVE_SCALES
 
 # The scale-domain check in C++ (csrc/module.cpp): one pass over a contiguous float32/float64 CPU tensor,
-# no allocation, about 0.2 us instead of three torch ops and a sync (5-10 us). Absent in an older build.
-_scale_domain_violated = getattr(_library.compiled, "scale_domain_violated", None)
+# no allocation, about 0.2 us instead of three torch ops and a sync (5-10 us). None without _C.
+_scale_domain_violated = None
 _CUDA_BUILD = torch.version.cuda is not None or torch.version.hip is not None
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def use_compiled(compiled):
+    """Take the compiled checks from rtrick_ops._C (called by _library once it has loaded and verified _C)."""
+    global _scale_domain_violated
+    _scale_domain_violated = getattr(compiled, "scale_domain_violated", None)
 
 
 def check_param(value, name):
@@ -67,6 +76,21 @@ def check_broadcast(**tensors):
     except RuntimeError:
         described = " and ".join(f"{name} of shape {tuple(t.shape)}" for name, t in tensors.items())
         raise ValueError(f"{described} do not broadcast") from None
+
+
+def check_params(**tensors):
+    """A public wrapper's tensor parameters: floating-point tensors on one device whose shapes
+    broadcast. Returns the broadcast shape."""
+    for name, value in tensors.items():
+        check_param(value, name)
+    first, *rest = tensors.values()
+    shape, device = first.shape, first.device
+    same_shape = True
+    for t in rest:  # the common case in one loop; the checks below name the argument where it differs
+        if t.device != device:
+            check_same_device(**tensors)
+        same_shape = same_shape and t.shape == shape
+    return shape if same_shape else check_broadcast(**tensors)
 
 
 def check_sample_shape(sample_shape):

@@ -7,7 +7,7 @@ import logging
 
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
-from . import kinds
+from . import _checks, kinds
 
 logger = logging.getLogger("rtrick_ops")
 
@@ -28,6 +28,9 @@ if compiled is not None:  # a build of other kinds would run the wrong noise or 
         load_error = RuntimeError(f"rtrick_ops._C was built from other kinds than rtrick_ops/kinds.py lists "
                                   f"({kinds_mismatch}); rebuild it, or make csrc/kinds.h and kinds.py agree")
         logger.warning("rtrick_ops._C is not used: %s", load_error)
+
+if compiled is not None:
+    _checks.use_compiled(compiled)
 
 # The Triton kernel modules (kernels/*.py, installed as rtrick_ops.kernels.*).
 TRITON_MODULES = ("family", "gumbel_softmax")

@@ -11,10 +11,9 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._backends import resolve_backend
 from ._checks import check_param, check_same_device, validation_enabled
 from ._random import make_rng_state
-from .normal import draw_normal
+from .normal import NORMAL_RSAMPLE, draw_normal
 
 
 class NoiseHandle(NamedTuple):
@@ -69,7 +68,7 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
                              f"to {t.max().item()}")
         if not bool(((alphas_cumprod >= 0) & (alphas_cumprod <= 1)).all()):
             raise ValueError("alphas_cumprod must be in [0, 1] everywhere (NaN included)")
-    which = resolve_backend(backend, x0.device)
+    which = NORMAL_RSAMPLE.route(backend, x0.device)
     per_example = (-1,) + (1,) * (x0.dim() - 1)
     alpha_bar = alphas_cumprod[t].to(x0.dtype).view(per_example)
     signal_coef, noise_coef = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()

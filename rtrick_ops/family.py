@@ -7,40 +7,32 @@ of them (csrc/formulas.h); a family is a noise transform. The backward
 regenerates g(u) instead of saving it; the log-normal also keeps its output z,
 the tensor the caller holds anyway, because dz/dmu = z.
 
-Public wrappers first, then the fake kernels and autograd of the registered
-operators (the C++ ones and their Triton twins).
+Public wrappers first, then the operators' declarations
+(rtrick_ops/_operators.py: fakes, routing, autograd of the C++ operators and
+their Triton twins).
 """
 from typing import Optional, Sequence, Union
 
 import torch
 
-from . import _library
-from ._backends import implementation, resolve_backend
 from ._math import check_scale
-from ._checks import (check_broadcast, check_op_inputs, check_param, check_positive, check_sample_shape,
-                      check_same_device, check_scale_param, check_tau, validation_enabled)
-from ._random import make_rng_state
+from ._checks import (check_param, check_params, check_positive, check_sample_shape, check_scale_param, check_tau,
+                      validation_enabled)
+from ._operators import SAMPLE_AND_BATCH, declare
 from .normal import scale_backward_grads
 
-_ops = torch.ops.rtrick_ops
 SampleShape = Union[int, Sequence[int]]
 
 
 def _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, backend, names=("loc", "scale_param"),
              validate_args=None):
     loc_name, scale_name = names
-    check_param(loc, loc_name)
-    check_param(scale_param, scale_name)
-    check_same_device(**{loc_name: loc, scale_name: scale_param})
+    check_params(**{loc_name: loc, scale_name: scale_param})
     check_scale(scale, allow_rate=family == "exponential")
     sample_shape = check_sample_shape(sample_shape)
-    check_broadcast(**{loc_name: loc, scale_name: scale_param})
     check_scale_param(scale_param, scale_name, scale, validate_args)
-    which = resolve_backend(backend, loc.device)
-    dtype = torch.promote_types(loc.dtype, scale_param.dtype)
-    loc, scale_param = loc.to(dtype), scale_param.to(dtype)
-    rng_state = make_rng_state(seed, generator, loc.device)
-    return implementation("loc_scale_rsample", which)(loc, scale_param, rng_state, family, scale, sample_shape)
+    run, (loc, scale_param), rng_state = LOC_SCALE_RSAMPLE.prepare(backend, (loc, scale_param), seed, generator)
+    return run(loc, scale_param, rng_state, family, scale, sample_shape)
 
 
 _COMMON_ARGS = """
@@ -110,10 +102,7 @@ def uniform_rsample(low: torch.Tensor, high: torch.Tensor, *, sample_shape: Samp
         validate_args: check low < high everywhere (a device sync); None follows
             torch.distributions.Distribution's default, as torch's classes do.
     """
-    check_param(low, "low")
-    check_param(high, "high")
-    check_same_device(low=low, high=high)
-    check_broadcast(low=low, high=high)
+    check_params(low=low, high=high)
     if validation_enabled(validate_args, low, high):
         if not bool((low < high).all()):
             raise ValueError("low must be less than high everywhere (uniform_rsample)")
@@ -153,93 +142,79 @@ def relaxed_bernoulli_rsample(logits: torch.Tensor, tau: float = 1.0, *, sample_
         logits: the Bernoulli logits.
         tau: the temperature, a positive float (not differentiated).{common}
     """
-    check_param(logits, "logits")
+    check_params(logits=logits)
     tau = check_tau(tau)
     sample_shape = check_sample_shape(sample_shape)
-    which = resolve_backend(backend, logits.device)
-    rng_state = make_rng_state(seed, generator, logits.device)
-    return implementation("relaxed_bernoulli_rsample", which)(logits, rng_state, tau, sample_shape)
+    run, (logits,), rng_state = RELAXED_BERNOULLI_RSAMPLE.prepare(backend, (logits,), seed, generator)
+    return run(logits, rng_state, tau, sample_shape)
 
 
 relaxed_bernoulli_rsample.__doc__ = relaxed_bernoulli_rsample.__doc__.format(common=_COMMON_ARGS)
 
 
-# ------------------------------------------------------- fakes and autograd
-def _register(suffix):
-    """Autograd of the family's operators: suffix "" (C++) or "_triton"."""
-    forward = getattr(_ops, "loc_scale_rsample" + suffix)
-    backward = getattr(_ops, "loc_scale_rsample_backward" + suffix)
+# ----------------------------------------------------------- declarations
+# Autograd as in normal.py: variant -> (backward, setup_context); the C++ forward operators' own is in
+# csrc/autograd.cpp, the same formulas.
+def _loc_scale_rsample_autograd(ops):
+    backward_op = ops.loc_scale_rsample_backward
 
-    def setup_forward(ctx, inputs, output):
+    def setup_context(ctx, inputs, output):
         loc, scale_param, rng_state, family, scale, _ = inputs
         lognormal = family == "lognormal"
         ctx.save_for_backward(scale_param, rng_state, output if lognormal else None)
         ctx.family, ctx.scale, ctx.loc_shape = family, scale, loc.shape
 
-    def grad_forward(ctx, grad_z):
+    def backward(ctx, grad_z):
         scale_param, rng_state, z = ctx.saved_tensors
         grad = grad_z * z if ctx.family == "lognormal" else grad_z  # gradient with respect to log z
         grad_loc = grad_scale = None
         if ctx.needs_input_grad[0]:
             grad_loc = grad.sum_to_size(ctx.loc_shape)
         if ctx.needs_input_grad[1]:
-            grad_scale = backward(grad, scale_param, rng_state, ctx.family, ctx.scale)
+            grad_scale = backward_op(grad, scale_param, rng_state, ctx.family, ctx.scale)
         return grad_loc, grad_scale, None, None, None, None
 
-    # The backward is linear in grad: its derivatives are the Gaussian's (scale_backward_grads).
-    def setup_backward(ctx, inputs, output):
+    return backward, setup_context
+
+
+def _loc_scale_rsample_backward_autograd(ops):
+    """The backward is linear in grad: its derivatives are the Gaussian's (scale_backward_grads)."""
+    forward_op, backward_op = ops.loc_scale_rsample, ops.loc_scale_rsample_backward
+
+    def setup_context(ctx, inputs, output):
         grad, scale_param, rng_state, family, scale = inputs
         ctx.save_for_backward(grad, scale_param, rng_state)
         ctx.family, ctx.scale = ("normal" if family == "lognormal" else family), scale
 
-    def grad_backward(ctx, grad_grad):
+    def backward(ctx, grad_grad):
         grad, scale_param, rng_state = ctx.saved_tensors
         d_grad, d_scale = scale_backward_grads(
             ctx, grad_grad, grad, scale_param,
-            draw=lambda zeros, weight: forward(zeros, weight, rng_state, ctx.family, "sigma", []),
-            noise_dot=lambda: backward(grad, scale_param, rng_state, ctx.family, "sigma"))
+            draw=lambda zeros, weight: forward_op(zeros, weight, rng_state, ctx.family, "sigma", []),
+            noise_dot=lambda: backward_op(grad, scale_param, rng_state, ctx.family, "sigma"))
         return d_grad, d_scale, None, None, None
 
-    # The C++ forward operators' autograd is in C++ (csrc/autograd.cpp), the same formulas.
-    if suffix:
-        torch.library.register_autograd(f"rtrick_ops::loc_scale_rsample{suffix}", grad_forward,
-                                        setup_context=setup_forward)
-    torch.library.register_autograd(f"rtrick_ops::loc_scale_rsample_backward{suffix}", grad_backward,
-                                    setup_context=setup_backward)
+    return backward, setup_context
 
-    # Relaxed Bernoulli: dz/dlogits = z (1 - z) / tau from the output itself.
-    def setup_relaxed(ctx, inputs, output):
+
+def _relaxed_bernoulli_rsample_autograd(ops):
+    """dz/dlogits = z (1 - z) / tau, from the output itself."""
+
+    def setup_context(ctx, inputs, output):
         logits, _, tau, _ = inputs
         ctx.save_for_backward(output)
         ctx.tau, ctx.logits_shape = tau, logits.shape
 
-    def grad_relaxed(ctx, grad_z):
+    def backward(ctx, grad_z):
         (z,) = ctx.saved_tensors
         return (grad_z * z * (1 - z) / ctx.tau).sum_to_size(ctx.logits_shape), None, None, None
 
-    if suffix:
-        torch.library.register_autograd(f"rtrick_ops::relaxed_bernoulli_rsample{suffix}", grad_relaxed,
-                                        setup_context=setup_relaxed)
+    return backward, setup_context
 
 
-if _library.compiled is not None:
-
-    @torch.library.register_fake("rtrick_ops::loc_scale_rsample")
-    def _loc_scale_rsample_fake(loc, scale_param, rng_state, family, scale, sample_shape):
-        check_op_inputs(rng_state, loc=loc, scale_param=scale_param)
-        return loc.new_empty(list(sample_shape) + list(torch.broadcast_shapes(loc.shape, scale_param.shape)))
-
-    @torch.library.register_fake("rtrick_ops::loc_scale_rsample_backward")
-    def _loc_scale_rsample_backward_fake(grad, scale_param, rng_state, family, scale):
-        check_op_inputs(rng_state, grad=grad, scale_param=scale_param)
-        return scale_param.new_empty(scale_param.shape)
-
-    @torch.library.register_fake("rtrick_ops::relaxed_bernoulli_rsample")
-    def _relaxed_bernoulli_rsample_fake(logits, rng_state, tau, sample_shape):
-        check_op_inputs(rng_state, logits=logits)
-        return logits.new_empty(list(sample_shape) + list(logits.shape))
-
-    _register("")
-
-if _library.triton_kernels is not None:  # triton_op derives fake kernels itself
-    _register("_triton")
+LOC_SCALE_RSAMPLE = declare("loc_scale_rsample", ("loc", "scale_param"), [SAMPLE_AND_BATCH], triton=True,
+                            autograd=_loc_scale_rsample_autograd)
+declare("loc_scale_rsample_backward", ("grad", "scale_param"), ["scale_param"], triton=True,
+        autograd=_loc_scale_rsample_backward_autograd)
+RELAXED_BERNOULLI_RSAMPLE = declare("relaxed_bernoulli_rsample", ("logits",), [SAMPLE_AND_BATCH], triton=True,
+                                    autograd=_relaxed_bernoulli_rsample_autograd)

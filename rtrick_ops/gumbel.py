@@ -1,7 +1,7 @@
 """Fused Gumbel-Softmax: y = softmax((logits + g) / tau) along dim, g ~ Gumbel(0, 1).
 
-Public wrapper (argument checks, seeding, backend choice), then the fake
-kernels and autograd of the registered operators. The noise comes from the
+Public wrapper (argument checks, seeding, backend choice), then the
+operators' declarations (rtrick_ops/_operators.py: fakes, routing, autograd). The noise comes from the
 canonical stream (element n of the contiguous output takes stream element n);
 the backward regenerates the soft sample from rng_state, so only logits and
 rng_state are saved. hard=True returns the exact one-hot of argmax(logits + g)
@@ -12,13 +12,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import _library
-from ._backends import implementation, resolve_backend
 from ._math import compute_dtype
-from ._checks import check_op_inputs, check_param, check_sample_shape, check_tau
-from ._random import make_rng_state
-
-_ops = torch.ops.rtrick_ops
+from ._checks import check_params, check_sample_shape, check_tau
+from ._operators import SAMPLE_AND_BATCH, declare
 
 
 def _check_dim(dim, logits):
@@ -74,41 +70,39 @@ def gumbel_softmax(
     finite logits at any tau and any number of draws: the exponent is
     ((logits + g) - max) / tau <= 0 and the noise is bounded (|g| < 17).
     """
-    check_param(logits, "logits")
+    check_params(logits=logits)
     tau = check_tau(tau)
     if not isinstance(hard, bool):
         raise TypeError(f"hard must be a bool, got {type(hard).__name__}")
     dim = _check_dim(dim, logits)
     sample_shape = check_sample_shape(sample_shape)
-    which = resolve_backend(backend, logits.device)
-    rng_state = make_rng_state(seed, generator, logits.device)
-    forward = implementation("gumbel_softmax", which, reference_name="gumbel_softmax_straight_through")
-    return forward(logits, rng_state, tau, hard, dim, list(sample_shape))
+    run, (logits,), rng_state = GUMBEL_SOFTMAX.prepare(backend, (logits,), seed, generator)
+    return run(logits, rng_state, tau, hard, dim, list(sample_shape))
 
 
-def _soft_sample(forward, logits, rng_state, tau, dim, sample_dims):
-    return forward(logits, rng_state, tau, False, dim, list(sample_dims))
+# ----------------------------------------------------------- declarations
+# Autograd as in normal.py: variant -> (backward, setup_context); the C++ forward operator's own is in
+# csrc/autograd.cpp, the same formula.
+def _gumbel_softmax_autograd(ops):
+    backward_op = ops.gumbel_softmax_backward
 
-
-def _register_autograd(forward_name, backward_name, forward_in_python=True):
-    """Autograd of a (forward, backward) operator pair: the C++ ops or the Triton ops.
-
-    The C++ forward has its autograd in C++ (csrc/autograd.cpp, the same formula without the Python
-    path's per-call cost); the backward operator's autograd (double backward) is registered here for both."""
-    forward = getattr(_ops, forward_name)
-    backward = getattr(_ops, backward_name)
-
-    def setup_forward(ctx, inputs, output):
+    def setup_context(ctx, inputs, output):
         logits, rng_state, tau, _, dim, _ = inputs
         ctx.save_for_backward(logits, rng_state)
         ctx.tau, ctx.dim = tau, dim
 
-    def grad_forward(ctx, grad_y):
+    def backward(ctx, grad_y):
         logits, rng_state = ctx.saved_tensors
         grad_logits = None
         if ctx.needs_input_grad[0]:
-            grad_logits = backward(grad_y.to(logits.dtype), logits, rng_state, ctx.tau, ctx.dim)
+            grad_logits = backward_op(grad_y.to(logits.dtype), logits, rng_state, ctx.tau, ctx.dim)
         return grad_logits, None, None, None, None, None
+
+    return backward, setup_context
+
+
+def _gumbel_softmax_backward_autograd(ops):
+    forward_op = ops.gumbel_softmax
 
     # Double backward. B(gy, x) = sum_s y * (gy - <gy, y>) / tau is linear in gy,
     # and y = softmax((x + g) / tau) depends on x with g fixed. grad_backward
@@ -116,12 +110,12 @@ def _register_autograd(forward_name, backward_name, forward_in_python=True):
     # value of y from the kernel, its Jacobian (diag(y) - y y^T) / tau from
     # torch's softmax of log y + (x - stop_grad(x)) / tau) and lets torch
     # autograd differentiate it in gy and x. Nothing is saved but the inputs.
-    def setup_backward(ctx, inputs, output):
+    def setup_context(ctx, inputs, output):
         grad_y, logits, rng_state, tau, dim = inputs
         ctx.save_for_backward(grad_y, logits, rng_state)
         ctx.tau, ctx.dim = tau, dim
 
-    def grad_backward(ctx, grad_grad):
+    def backward(ctx, grad_grad):
         grad_y, logits, rng_state = ctx.saved_tensors
         tau, dim = ctx.tau, ctx.dim
         sample_dims = tuple(grad_y.shape[: grad_y.dim() - logits.dim()])
@@ -133,7 +127,7 @@ def _register_autograd(forward_name, backward_name, forward_in_python=True):
                 return torch.zeros_like(grad_y), torch.zeros_like(logits), None, None, None
             # y with the gradient of softmax((x + g) / tau): the sample from the op, the
             # Jacobian from torch's softmax of (x - stop_grad(x)) + log y.
-            y_value = _soft_sample(forward, logits.detach(), rng_state, tau, dim, sample_dims)
+            y_value = forward_op(logits.detach(), rng_state, tau, False, dim, list(sample_dims))
             compute = compute_dtype(logits.dtype)
             y_value = y_value.to(compute)
             log_y = torch.log(y_value.clamp_min(torch.finfo(compute).tiny))
@@ -157,24 +151,10 @@ def _register_autograd(forward_name, backward_name, forward_in_python=True):
             d_logits = d_logits.to(logits.dtype)
         return d_grad_y, d_logits, None, None, None
 
-    if forward_in_python:
-        torch.library.register_autograd(f"rtrick_ops::{forward_name}", grad_forward, setup_context=setup_forward)
-    torch.library.register_autograd(f"rtrick_ops::{backward_name}", grad_backward, setup_context=setup_backward)
+    return backward, setup_context
 
 
-if _library.compiled is not None:
-
-    @torch.library.register_fake("rtrick_ops::gumbel_softmax")
-    def _gumbel_softmax_fake(logits, rng_state, tau, hard, dim, sample_shape):
-        check_op_inputs(rng_state, logits=logits)
-        return logits.new_empty(list(sample_shape) + list(logits.shape))
-
-    @torch.library.register_fake("rtrick_ops::gumbel_softmax_backward")
-    def _gumbel_softmax_backward_fake(grad_y, logits, rng_state, tau, dim):
-        check_op_inputs(rng_state, grad_y=grad_y, logits=logits)
-        return logits.new_empty(logits.shape)
-
-    _register_autograd("gumbel_softmax", "gumbel_softmax_backward", forward_in_python=False)
-
-if _library.triton_kernels is not None:  # triton_op derives fake kernels itself
-    _register_autograd("gumbel_softmax_triton", "gumbel_softmax_backward_triton")
+GUMBEL_SOFTMAX = declare("gumbel_softmax", ("logits",), [SAMPLE_AND_BATCH], triton=True,
+                         reference="gumbel_softmax_straight_through", autograd=_gumbel_softmax_autograd)
+declare("gumbel_softmax_backward", ("grad_y", "logits"), ["logits"], triton=True,
+        autograd=_gumbel_softmax_backward_autograd)

@@ -17,11 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._backends import resolve_backend
 from ._math import LOG_SQRT_2PI
 from ._checks import check_choice, check_param, check_sample_shape
 from ._random import make_rng_state, substreams
-from .normal import draw_normal, normal_kl, normal_rsample_and_kl, normal_rsample_and_log_prob
+from .normal import NORMAL_RSAMPLE, draw_normal, normal_kl, normal_rsample_and_kl, normal_rsample_and_log_prob
 
 
 def gaussian_kl_to_standard(mu, log_sigma):
@@ -265,7 +264,7 @@ class BayesianLinear(nn.Module):
         if x.dim() == 1:  # one example: the code below keeps a rows dim throughout
             return self.forward(x.unsqueeze(0), sample_shape, seed, generator).squeeze(-2)
         sample_dims = _sample_dims(x, sample_shape)
-        which = resolve_backend(self.backend, x.device)
+        which = NORMAL_RSAMPLE.route(self.backend, x.device)
         weight_stream, bias_stream, input_sign_stream, output_sign_stream = substreams(
             make_rng_state(seed, generator, x.device), 4)
         has_bias = self.bias_mu is not None

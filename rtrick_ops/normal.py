@@ -2,20 +2,18 @@
 the fused VAE helpers: the closed-form KL to N(0, 1), and (z, kl) or
 (z, log q(z)) in one pass.
 
-Public wrappers (argument checks, seeding, backend choice), then the fake
-kernels and autograd of the registered operators. The backward regenerates
-eps from rng_state; only the inputs are saved.
+Public wrappers (argument checks, seeding, backend choice), then the
+operators' declarations (rtrick_ops/_operators.py: fakes, routing, autograd).
+The backward regenerates eps from rng_state; only the inputs are saved.
 """
 from typing import Optional, Sequence, Union
 
 import torch
 
 from . import _library
-from ._backends import implementation, resolve_backend
 from ._math import check_scale, d2sigma_of, dlog_sigma_of, dsigma_of, normal_kl_grads
-from ._checks import (check_broadcast, check_op_inputs, check_param, check_sample_shape, check_same_device,
-                      check_scale_param)
-from ._random import make_rng_state
+from ._checks import check_params, check_sample_shape, check_scale_param
+from ._operators import BATCH, SAMPLE_AND_BATCH, declare
 
 _ops = torch.ops.rtrick_ops
 # The whole call in C++ for the common case (csrc/module.cpp, gaussian_fast; docs/performance.md, "fixed
@@ -74,11 +72,10 @@ def normal_rsample(
                            _Distribution._validate_args if validate_args is None else bool(validate_args), seed)
         if z is not None:
             return z
-    which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
-    sample_shape = check_sample_shape(sample_shape)
+    sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
     check_scale_param(scale_param, "scale_param", scale, validate_args)
-    rng_state = make_rng_state(seed, generator, mu.device)
-    return draw_normal(which, mu, scale_param, rng_state, scale, sample_shape)
+    run, (mu, scale_param), rng_state = NORMAL_RSAMPLE.prepare(backend, (mu, scale_param), seed, generator)
+    return run(mu, scale_param, rng_state, scale, sample_shape)
 
 
 def draw_normal(which, mu, scale_param, rng_state, scale, sample_shape):
@@ -86,23 +83,16 @@ def draw_normal(which, mu, scale_param, rng_state, scale, sample_shape):
 
     For callers that derive rng_state themselves (rtrick_ops.nn.BayesianLinear's
     sub-streams, rtrick_ops.diffusion's regenerated noise): `which` is a resolved
-    backend, mu and scale_param share a dtype and broadcast.
+    backend (NORMAL_RSAMPLE.route), mu and scale_param share a dtype and broadcast.
     """
-    return implementation("normal_rsample", which)(mu, scale_param, rng_state, scale, sample_shape)
+    return NORMAL_RSAMPLE.implementation(which)(mu, scale_param, rng_state, scale, sample_shape)
 
 
-def gaussian_args(mu, scale_param, scale, backend):
-    """The Gaussian ops' argument checks: (resolved backend, mu, scale_param) in their promoted dtype."""
-    check_param(mu, "mu")
-    check_param(scale_param, "scale_param")
-    check_same_device(mu=mu, scale_param=scale_param)
+def _gaussian_checks(mu, scale_param, scale, sample_shape=None):
+    """The Gaussian wrappers' argument checks; returns the checked sample_shape (None for normal_kl)."""
+    check_params(mu=mu, scale_param=scale_param)
     check_scale(scale)
-    check_broadcast(mu=mu, scale_param=scale_param)
-    which = resolve_backend(backend, mu.device)
-    if mu.dtype == scale_param.dtype:  # .to() costs a dispatch even when it returns its input
-        return which, mu, scale_param
-    dtype = torch.promote_types(mu.dtype, scale_param.dtype)
-    return which, mu.to(dtype), scale_param.to(dtype)
+    return None if sample_shape is None else check_sample_shape(sample_shape)
 
 
 def normal_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
@@ -120,8 +110,9 @@ def normal_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_
     Returns:
         kl, of the broadcast shape of mu and scale_param.
     """
-    which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
-    return implementation("normal_kl", which)(mu, scale_param, scale)
+    _gaussian_checks(mu, scale_param, scale)
+    run, (mu, scale_param), _ = NORMAL_KL.prepare(backend, (mu, scale_param))
+    return run(mu, scale_param, scale)
 
 
 def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
@@ -136,10 +127,9 @@ def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale:
         pair = _gaussian_fast(1, mu, scale_param, scale, False, seed)  # this op has no validate_args
         if pair is not None:
             return pair
-    which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
-    sample_shape = check_sample_shape(sample_shape)
-    rng_state = make_rng_state(seed, generator, mu.device)
-    return implementation("normal_rsample_and_kl", which)(mu, scale_param, rng_state, scale, sample_shape)
+    sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
+    run, (mu, scale_param), rng_state = NORMAL_RSAMPLE_AND_KL.prepare(backend, (mu, scale_param), seed, generator)
+    return run(mu, scale_param, rng_state, scale, sample_shape)
 
 
 def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
@@ -154,10 +144,9 @@ def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, 
     z = rsample() gives. Both outputs have z's shape. The arguments are
     normal_rsample's.
     """
-    which, mu, scale_param = gaussian_args(mu, scale_param, scale, backend)
-    sample_shape = check_sample_shape(sample_shape)
-    rng_state = make_rng_state(seed, generator, mu.device)
-    return implementation("normal_rsample_and_log_prob", which)(mu, scale_param, rng_state, scale, sample_shape)
+    sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
+    run, (mu, scale_param), rng_state = NORMAL_RSAMPLE_AND_LOG_PROB.prepare(backend, (mu, scale_param), seed, generator)
+    return run(mu, scale_param, rng_state, scale, sample_shape)
 
 
 def scale_backward_grads(ctx, grad_grad, grad, scale_param, draw, noise_dot):
@@ -180,73 +169,75 @@ def scale_backward_grads(ctx, grad_grad, grad, scale_param, draw, noise_dot):
     return d_grad, d_scale
 
 
-def _register_autograd(forward_name, backward_name, forward_in_python=True):
-    """Autograd of a (forward, backward) operator pair: the C++ ops or the Triton ops.
+# ----------------------------------------------------------- declarations
+# Each operator's autograd is a function of the variant (C++ or Triton operators by base name) that
+# returns (backward, setup_context). The C++ forward operators' autograd is csrc/autograd.cpp, the same
+# formulas; these serve the Triton twins and, for the backward operators, double backward of both.
+def _normal_rsample_autograd(ops):
+    backward_op = ops.normal_rsample_backward
 
-    The C++ forward has its autograd in C++ (csrc/autograd.cpp: same formulas,
-    without the Python path's per-call cost); its backward operator's autograd,
-    used only for double backward, is registered here for both pairs.
-    """
-    forward = getattr(_ops, forward_name)
-    backward = getattr(_ops, backward_name)
-
-    def setup_forward(ctx, inputs, output):
+    def setup_context(ctx, inputs, output):
         mu, scale_param, rng_state, scale, _ = inputs
         ctx.save_for_backward(scale_param, rng_state)
-        ctx.scale = scale
-        ctx.mu_shape = mu.shape
+        ctx.scale, ctx.mu_shape = scale, mu.shape
 
-    def grad_forward(ctx, grad_z):
+    def backward(ctx, grad_z):
         scale_param, rng_state = ctx.saved_tensors
         grad_mu = grad_scale = None
         if ctx.needs_input_grad[0]:
             grad_mu = grad_z.sum_to_size(ctx.mu_shape)  # grad_z itself when no broadcasting
         if ctx.needs_input_grad[1]:
-            grad_scale = backward(grad_z, scale_param, rng_state, ctx.scale)
+            grad_scale = backward_op(grad_z, scale_param, rng_state, ctx.scale)
         return grad_mu, grad_scale, None, None, None
 
-    # The backward is linear in grad_z; its derivatives reuse both ops (scale_backward_grads).
-    def setup_backward(ctx, inputs, output):
+    return backward, setup_context
+
+
+def _normal_rsample_backward_autograd(ops):
+    """The backward is linear in grad_z; its derivatives reuse both operators (scale_backward_grads)."""
+    forward_op, backward_op = ops.normal_rsample, ops.normal_rsample_backward
+
+    def setup_context(ctx, inputs, output):
         grad_z, scale_param, rng_state, scale = inputs
         ctx.save_for_backward(grad_z, scale_param, rng_state)
         ctx.scale = scale
 
-    def grad_backward(ctx, grad_grad):
+    def backward(ctx, grad_grad):
         grad_z, scale_param, rng_state = ctx.saved_tensors
         d_grad_z, d_scale = scale_backward_grads(
             ctx, grad_grad, grad_z, scale_param,
-            draw=lambda zeros, weight: forward(zeros, weight, rng_state, "sigma", []),
-            noise_dot=lambda: backward(grad_z, scale_param, rng_state, "sigma"))
+            draw=lambda zeros, weight: forward_op(zeros, weight, rng_state, "sigma", []),
+            noise_dot=lambda: backward_op(grad_z, scale_param, rng_state, "sigma"))
         return d_grad_z, d_scale, None, None
 
-    if forward_in_python:
-        torch.library.register_autograd(f"rtrick_ops::{forward_name}", grad_forward, setup_context=setup_forward)
-    torch.library.register_autograd(f"rtrick_ops::{backward_name}", grad_backward, setup_context=setup_backward)
+    return backward, setup_context
 
 
-def _register_vae_helpers(suffix):
-    """Autograd of the KL helpers: suffix "" (C++ operators) or "_triton"."""
-    kl_backward = getattr(_ops, "normal_kl_backward" + suffix)
-    scale_backward = getattr(_ops, "normal_rsample_backward" + suffix)
+def _normal_kl_autograd(ops):
+    kl_backward = ops.normal_kl_backward
 
-    def setup_kl(ctx, inputs, output):
+    def setup_context(ctx, inputs, output):
         mu, scale_param, scale = inputs
         ctx.save_for_backward(mu, scale_param)
         ctx.scale = scale
 
-    def grad_kl(ctx, grad):
+    def backward(ctx, grad):
         mu, scale_param = ctx.saved_tensors
         grad_mu, grad_scale = kl_backward(grad.contiguous(), mu, scale_param, ctx.scale)
         return grad_mu, grad_scale, None
 
-    # Double backward of the fused KL backward: differentiate the same formula
-    # written with torch ops (_math.normal_kl_grads).
-    def setup_kl_backward(ctx, inputs, output):
+    return backward, setup_context
+
+
+def _normal_kl_backward_autograd(ops):
+    """Double backward of the fused KL backward: differentiate the same formula written with torch ops."""
+
+    def setup_context(ctx, inputs, output):
         grad, mu, scale_param, scale = inputs
         ctx.save_for_backward(grad, mu, scale_param)
         ctx.scale = scale
 
-    def grad_kl_backward(ctx, grad_grad_mu, grad_grad_scale):
+    def backward(ctx, grad_grad_mu, grad_grad_scale):
         inputs = [t.detach().requires_grad_(True) for t in ctx.saved_tensors]
         with torch.enable_grad():
             outputs = normal_kl_grads(*inputs, ctx.scale)
@@ -255,12 +246,18 @@ def _register_vae_helpers(suffix):
                                         allow_unused=True)
         return (*grads, None)
 
-    def setup_sample_and_kl(ctx, inputs, output):
+    return backward, setup_context
+
+
+def _normal_rsample_and_kl_autograd(ops):
+    kl_backward, scale_backward = ops.normal_kl_backward, ops.normal_rsample_backward
+
+    def setup_context(ctx, inputs, output):
         mu, scale_param, rng_state, scale, _ = inputs
         ctx.save_for_backward(mu, scale_param, rng_state)
         ctx.scale = scale
 
-    def grad_sample_and_kl(ctx, grad_z, grad_kl_out):
+    def backward(ctx, grad_z, grad_kl_out):
         mu, scale_param, rng_state = ctx.saved_tensors
         # In place on the fresh outputs of the two backward operators: no third
         # and fourth tensor of the output's size (the page faults showed).
@@ -269,12 +266,18 @@ def _register_vae_helpers(suffix):
         grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale).add_(kl_scale)
         return grad_mu, grad_scale, None, None, None
 
-    def setup_sample_and_log_prob(ctx, inputs, output):
+    return backward, setup_context
+
+
+def _normal_rsample_and_log_prob_autograd(ops):
+    scale_backward = ops.normal_rsample_backward
+
+    def setup_context(ctx, inputs, output):
         mu, scale_param, rng_state, scale, _ = inputs
         ctx.save_for_backward(scale_param, rng_state)
         ctx.scale, ctx.mu_shape = scale, mu.shape
 
-    def grad_sample_and_log_prob(ctx, grad_z, grad_log_q):
+    def backward(ctx, grad_z, grad_log_q):
         scale_param, rng_state = ctx.saved_tensors
         grad_mu = grad_z.sum_to_size(ctx.mu_shape)
         grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale)
@@ -282,53 +285,18 @@ def _register_vae_helpers(suffix):
                                      * dlog_sigma_of(scale_param, ctx.scale))
         return grad_mu, grad_scale, None, None, None
 
-    for name, fn, setup in (("normal_kl", grad_kl, setup_kl),
-                            ("normal_kl_backward", grad_kl_backward, setup_kl_backward),
-                            ("normal_rsample_and_kl", grad_sample_and_kl, setup_sample_and_kl),
-                            ("normal_rsample_and_log_prob", grad_sample_and_log_prob, setup_sample_and_log_prob)):
-        if suffix == "" and name != "normal_kl_backward":
-            continue  # the C++ forward operators' autograd is in C++ (csrc/autograd.cpp), the same formulas
-        torch.library.register_autograd(f"rtrick_ops::{name}{suffix}", fn, setup_context=setup)
+    return backward, setup_context
 
 
-if _library.compiled is not None:
-
-    @torch.library.register_fake("rtrick_ops::normal_rsample")
-    def _normal_rsample_fake(mu, scale_param, rng_state, scale, sample_shape):
-        check_op_inputs(rng_state, mu=mu, scale_param=scale_param)
-        shape = list(sample_shape) + list(torch.broadcast_shapes(mu.shape, scale_param.shape))
-        return mu.new_empty(shape)
-
-    @torch.library.register_fake("rtrick_ops::normal_rsample_backward")
-    def _normal_rsample_backward_fake(grad_z, scale_param, rng_state, scale):
-        check_op_inputs(rng_state, grad_z=grad_z, scale_param=scale_param)
-        return scale_param.new_empty(scale_param.shape)
-
-    @torch.library.register_fake("rtrick_ops::normal_kl")
-    def _normal_kl_fake(mu, scale_param, scale):
-        check_op_inputs(None, mu=mu, scale_param=scale_param)
-        return mu.new_empty(torch.broadcast_shapes(mu.shape, scale_param.shape))
-
-    @torch.library.register_fake("rtrick_ops::normal_kl_backward")
-    def _normal_kl_backward_fake(grad_kl, mu, scale_param, scale):
-        check_op_inputs(None, grad_kl=grad_kl, mu=mu, scale_param=scale_param)
-        return mu.new_empty(mu.shape), scale_param.new_empty(scale_param.shape)
-
-    @torch.library.register_fake("rtrick_ops::normal_rsample_and_kl")
-    def _normal_rsample_and_kl_fake(mu, scale_param, rng_state, scale, sample_shape):
-        check_op_inputs(rng_state, mu=mu, scale_param=scale_param)
-        batch = list(torch.broadcast_shapes(mu.shape, scale_param.shape))
-        return mu.new_empty(list(sample_shape) + batch), mu.new_empty(batch)
-
-    @torch.library.register_fake("rtrick_ops::normal_rsample_and_log_prob")
-    def _normal_rsample_and_log_prob_fake(mu, scale_param, rng_state, scale, sample_shape):
-        check_op_inputs(rng_state, mu=mu, scale_param=scale_param)
-        shape = list(sample_shape) + list(torch.broadcast_shapes(mu.shape, scale_param.shape))
-        return mu.new_empty(shape), mu.new_empty(shape)
-
-    _register_autograd("normal_rsample", "normal_rsample_backward", forward_in_python=False)
-    _register_vae_helpers("")
-
-if _library.triton_kernels is not None:  # triton_op derives fake kernels itself
-    _register_autograd("normal_rsample_triton", "normal_rsample_backward_triton")
-    _register_vae_helpers("_triton")
+_GAUSSIAN = ("mu", "scale_param")
+NORMAL_RSAMPLE = declare("normal_rsample", _GAUSSIAN, [SAMPLE_AND_BATCH], triton=True,
+                         autograd=_normal_rsample_autograd)
+declare("normal_rsample_backward", ("grad_z", "scale_param"), ["scale_param"], triton=True,
+        autograd=_normal_rsample_backward_autograd)
+NORMAL_KL = declare("normal_kl", _GAUSSIAN, [BATCH], keyed=False, triton=True, autograd=_normal_kl_autograd)
+declare("normal_kl_backward", ("grad_kl", "mu", "scale_param"), ["mu", "scale_param"], keyed=False, triton=True,
+        autograd=_normal_kl_backward_autograd)
+NORMAL_RSAMPLE_AND_KL = declare("normal_rsample_and_kl", _GAUSSIAN, [SAMPLE_AND_BATCH, BATCH], triton=True,
+                                autograd=_normal_rsample_and_kl_autograd)
+NORMAL_RSAMPLE_AND_LOG_PROB = declare("normal_rsample_and_log_prob", _GAUSSIAN, [SAMPLE_AND_BATCH, SAMPLE_AND_BATCH],
+                                      triton=True, autograd=_normal_rsample_and_log_prob_autograd)

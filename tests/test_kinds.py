@@ -120,6 +120,60 @@ def _compiled_operator_names():
     return re.findall(r'"([a-z_]+)\(Tensor', (ROOT / "csrc" / "ops.cpp").read_text())
 
 
+def _schemas():
+    """name -> (argument list, return list) of every schema csrc/ops.cpp defines."""
+    import re
+
+    text = re.sub(r'"\s*"', "", (ROOT / "csrc" / "ops.cpp").read_text())  # join the C++ string pieces
+    return {name: (args, returns) for name, args, returns in re.findall(r'"([a-z_]+)\((.*?)\) -> (.*?)"', text)}
+
+
+def test_every_operator_has_one_declaration_that_matches_its_schema():
+    """One declaration per op in Python (rtrick_ops/_operators.py), checked against the schema file: the
+    tensor arguments by name and order, rng_state, sample_shape, the number of outputs."""
+    from rtrick_ops._operators import OPERATORS
+
+    schemas = _schemas()
+    assert sorted(schemas) == sorted(_compiled_operator_names())
+    assert sorted(OPERATORS) == sorted(schemas)
+    for name, (args, returns) in schemas.items():
+        op = OPERATORS[name]
+        tensors = [arg.split()[1] for arg in args.split(", ") if arg.startswith("Tensor ")]
+        assert ("rng_state" in tensors) == op.keyed, name
+        assert [t for t in tensors if t != "rng_state"] == list(op.tensors), name
+        if op.keyed:
+            assert tensors[-1] == "rng_state", name
+        assert ("sample_shape" in args) == op.sampled, name
+        if op.sampled:
+            assert args.endswith("SymInt[] sample_shape"), name  # the fakes read it last
+        assert returns.count("Tensor") == len(op.outputs), name
+        assert all(rule in ("sample+batch", "batch") or rule in op.tensors for rule in op.outputs), name
+
+
+def test_triton_kernels_load_where_triton_is_installed():
+    """A failed import of kernels/ only logs (Triton may be missing), so an import cycle between the package
+    and kernels/ would silently turn the Triton backend off: where Triton is installed, it must load."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+    assert _library.triton_error is None, _library.triton_error
+
+
+def test_every_triton_twin_is_declared():
+    """The Triton operators (kernels/) are exactly the declarations' twins, so each has its autograd."""
+    from rtrick_ops._operators import OPERATORS
+
+    if _library.triton_kernels is None:
+        pytest.skip(f"Triton is not available: {_library.triton_error}")
+    registered = {name.split("::")[1][: -len("_triton")] for name in torch._C._dispatch_get_all_op_names()
+                  if name.startswith("rtrick_ops::") and name.endswith("_triton")}
+    assert registered == {name for name, op in OPERATORS.items() if op.triton}
+    for name in registered:
+        dump = torch._C._dispatch_dump(f"rtrick_ops::{name}_triton")
+        assert any(line.startswith("Autograd") for line in dump.splitlines()), name
+
+
 @needs_compiled
 def test_every_forward_operator_has_its_autograd_in_cpp():
     """The all-or-none rule of docs/adding_an_op.md ("Where autograd lives"): every forward operator

@@ -1,35 +1,6 @@
-// Row kernels compiled for AVX2, used only when the CPU reports it at run
-// time (normal_cpu.cpp). The target is set with a pragma, not a compiler flag,
-// so the rest of the extension keeps the baseline ISA and imports anywhere.
-#include <math.h>
-#include <stdint.h>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
-#include "row_kernels.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,bmi2"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,bmi2")
-#endif
+// Row kernels for AVX2 with FMA (row_kernels_targeted.h).
+#define RT_TARGET_FLAGS "avx2,fma,f16c,bmi2"
 #define RT_PHILOX_AVX2 1
 #define RT_ROW_KERNELS_NAME row_kernels_avx2
 #define RT_ISA_NAME "avx2"
-#include "row_kernels_impl.h"
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#else
-namespace rtrick {
-namespace cpu {
-const RowKernels& row_kernels_avx2() { return row_kernels_default(); }
-}  // namespace cpu
-}  // namespace rtrick
-#endif
+#include "row_kernels_targeted.h"

@@ -267,6 +267,23 @@ row_register_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __r
 constexpr int kLoopThreads = kGumbelBlockThreads;
 static_assert(kGumbelBlockThreads == kThreads, "a row's block is the launch's block");
 
+// Every pass over a long row visits the perturbed logits x_j + g_j that thread t
+// owns (Philox blocks q0 + t, q0 + t + kLoopThreads, ...), regenerating the
+// noise rather than keeping it: visit(j, x_j + g_j).
+template <typename C, typename T, typename Visit>
+__device__ __forceinline__ void for_each_perturbed(const Stream& stream, const T* xr, int64_t b0, int64_t L, int t,
+                                                   Visit visit) {
+  const int64_t q0 = b0 / 4, q_end = (b0 + L + 3) / 4;
+  for (int64_t q = q0 + t; q < q_end; q += kLoopThreads) {
+    const Normal4 z = stream.block(q);
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      const int64_t j = q * 4 + l - b0;
+      if (j >= 0 && j < L) visit(j, static_cast<C>(xr[j]) + static_cast<C>(lane_of(z, l)));
+    }
+  }
+}
+
 template <typename T, typename Out, bool kBackward>
 __global__ void __launch_bounds__(kLoopThreads)
 row_loop_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restrict__ gy,
@@ -279,25 +296,17 @@ row_loop_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restr
   const int t = static_cast<int>(threadIdx.x);
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const int64_t b0 = r * L;
-    const int64_t q0 = b0 / 4, q_end = (b0 + L + 3) / 4;
     const T* xr = x + (r % outer) * L;
     C m = neg_inf<C>(), s = 0;
     int64_t arg = L;
-    for (int64_t q = q0 + t; q < q_end; q += kLoopThreads) {
-      const Normal4 z = stream.block(q);
-#pragma unroll
-      for (int l = 0; l < 4; ++l) {
-        const int64_t j = q * 4 + l - b0;
-        if (j < 0 || j >= L) continue;
-        const C vj = static_cast<C>(xr[j]) + static_cast<C>(lane_of(z, l));
-        if (takes_max(vj, m)) {
-          s = rescale(s, m, vj, tau);
-          m = vj;
-          arg = j;
-        }
-        if (!hard || kBackward) s += exp_c((vj - m) / tau);
+    for_each_perturbed<C>(stream, xr, b0, L, t, [&](int64_t j, C vj) {
+      if (takes_max(vj, m)) {
+        s = rescale(s, m, vj, tau);
+        m = vj;
+        arg = j;
       }
-    }
+      if (!hard || kBackward) s += exp_c((vj - m) / tau);
+    });
     C best = m;
     row_argmax<kLoopThreads>(best, arg, scratch, scratch_index);
     if ((!kBackward && hard) || !is_finite(best)) {
@@ -309,33 +318,19 @@ row_loop_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restr
     m = best;
     C dot = 0;
     if (kBackward) {
-      for (int64_t q = q0 + t; q < q_end; q += kLoopThreads) {
-        const Normal4 z = stream.block(q);
-#pragma unroll
-        for (int l = 0; l < 4; ++l) {
-          const int64_t j = q * 4 + l - b0;
-          if (j < 0 || j >= L) continue;
-          const C vj = static_cast<C>(xr[j]) + static_cast<C>(lane_of(z, l));
-          dot += static_cast<C>(gy[b0 + j]) * (exp_c((vj - m) / tau) / sum);
-        }
-      }
+      for_each_perturbed<C>(stream, xr, b0, L, t, [&](int64_t j, C vj) {
+        dot += static_cast<C>(gy[b0 + j]) * (exp_c((vj - m) / tau) / sum);
+      });
       dot = row_sum<kLoopThreads>(dot, scratch);
     }
-    for (int64_t q = q0 + t; q < q_end; q += kLoopThreads) {
-      const Normal4 z = stream.block(q);
-#pragma unroll
-      for (int l = 0; l < 4; ++l) {
-        const int64_t j = q * 4 + l - b0;
-        if (j < 0 || j >= L) continue;
-        const C vj = static_cast<C>(xr[j]) + static_cast<C>(lane_of(z, l));
-        const C y = exp_c((vj - m) / tau) / sum;
-        if constexpr (kBackward) {
-          out[b0 + j] = static_cast<Out>(y * (static_cast<C>(gy[b0 + j]) - dot) / tau);
-        } else {
-          out[b0 + j] = static_cast<Out>(y);
-        }
+    for_each_perturbed<C>(stream, xr, b0, L, t, [&](int64_t j, C vj) {
+      const C y = exp_c((vj - m) / tau) / sum;
+      if constexpr (kBackward) {
+        out[b0 + j] = static_cast<Out>(y * (static_cast<C>(gy[b0 + j]) - dot) / tau);
+      } else {
+        out[b0 + j] = static_cast<Out>(y);
       }
-    }
+    });
   }
 }
 
