@@ -85,6 +85,35 @@ def test_gamma_matches_reference(dtype):
     assert bad <= allowed(z.numel()), f"{bad} of {z.numel()} Gamma samples differ from the reference ({dtype})"
 
 
+def test_vector_first_attempt_gives_the_scalar_samplers_bits():
+    """The CPU row kernels run Marsaglia-Tsang's first attempt 16 lanes at a time and send rejected lanes
+    to the scalar loop (row_kernels_impl.h); a row's last len % 16 elements always take the scalar loop.
+    Element n's value depends on n alone, so the same elements drawn as a row's tail and inside a longer
+    row agree to the bit, on every ISA (the CUDA emulation sweep compares the scalar loop with CUDA's)."""
+    g = torch.Generator().manual_seed(5)
+    special = torch.tensor([1e-30, 1e-3, 0.5, 1.0, 1e4, 1e30])
+    alpha = torch.cat([special, torch.rand(20000, generator=g) * 3 + 1e-3, special])
+    b = torch.rand(alpha.shape, generator=g) * 5 + 0.05
+    st = state(31, 7)
+    isa = rt.cpu_isa()
+    try:
+        for name in ("default", "avx2", "avx512"):
+            try:
+                rt.set_cpu_isa(name)
+            except Exception:
+                continue
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):  # computed in float
+                a, bb = alpha.to(dtype), b.to(dtype)
+                whole_gamma, whole_beta = ops.gamma_rsample(a, st, []), ops.beta_rsample(a, bb, st, [])
+                for cut in (13, 1037, 20011):  # 1037 = 64 * 16 + 13
+                    exact = dict(rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{name} {dtype} {cut}: {m}")
+                    torch.testing.assert_close(ops.gamma_rsample(a[:cut], st, []), whole_gamma[:cut], **exact)
+                    torch.testing.assert_close(ops.beta_rsample(a[:cut], bb[:cut], st, []), whole_beta[:cut], **exact)
+    finally:
+        rt.set_cpu_isa("auto")
+    assert rt.cpu_isa() == isa
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_beta_matches_reference(dtype):
     a = torch.tensor([[0.01], [0.5], [2.0], [30.0]], dtype=torch.float64).to(dtype)

@@ -59,6 +59,21 @@ struct CpuDevice {
   }
 
   // ---------------------------------------------------------------- forward
+  // Gamma (log_y null) or Beta samples from the log-Gammas, into out: float in the row kernels (their exps
+  // vectorise with the ISA's fma), double here. log_x is overwritten.
+  template <typename C, typename Out>
+  static void samples_from_logs(const RowKernels& kernels, C* log_x, const C* log_y, int64_t len, C tiny,
+                                C below_one, Out* out) {
+    if constexpr (std::is_same_v<C, float>) {
+      kernels.gamma_from_logs(log_x, log_y, len, tiny, below_one, log_x);
+      for (int64_t j = 0; j < len; ++j) out[j] = static_cast<Out>(log_x[j]);
+    } else {
+      for (int64_t j = 0; j < len; ++j)
+        out[j] = static_cast<Out>(log_y == nullptr ? gamma_from_log<C>(log_x[j], tiny)
+                                                   : beta_from_logs<C>(log_x[j], log_y[j], tiny, below_one));
+    }
+  }
+
   static void gamma_sample(const at::Tensor& alpha, int64_t period, const at::Tensor& rng_state, at::Tensor& z) {
     const StreamKey key = read_rng_state(rng_state);
     const RowKernels& kernels = active_row_kernels();
@@ -71,7 +86,7 @@ struct CpuDevice {
         std::vector<C> logs(static_cast<size_t>(end - begin));
         kernels.log_gamma(std::is_same_v<C, double>, key, alpha_c.const_data_ptr(), period, begin, end - begin, 0u,
                           1u, logs.data());
-        for (int64_t n = begin; n < end; ++n) out[n] = static_cast<scalar_t>(gamma_from_log<C>(logs[n - begin], tiny));
+        samples_from_logs<C>(kernels, logs.data(), nullptr, end - begin, tiny, C(0), out + begin);
       });
     });
   }
@@ -90,8 +105,7 @@ struct CpuDevice {
         std::vector<C> log_x(static_cast<size_t>(end - begin)), log_y(static_cast<size_t>(end - begin));
         kernels.log_gamma(kF64, key, a_c.const_data_ptr(), period, begin, end - begin, 0u, 2u, log_x.data());
         kernels.log_gamma(kF64, key, b_c.const_data_ptr(), period, begin, end - begin, 1u, 2u, log_y.data());
-        for (int64_t n = begin; n < end; ++n)
-          out[n] = static_cast<scalar_t>(beta_from_logs<C>(log_x[n - begin], log_y[n - begin], tiny, below_one));
+        samples_from_logs<C>(kernels, log_x.data(), log_y.data(), end - begin, tiny, below_one, out + begin);
       });
     });
   }

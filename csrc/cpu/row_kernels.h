@@ -61,6 +61,11 @@ struct RowKernels {
   // compiled per ISA its log/exp use hardware fma instead of library calls.
   void (*log_gamma)(bool f64, StreamKey, const void* alpha, int64_t period, int64_t n0, int64_t len,
                     uint32_t t_base, uint32_t t_step, void* log_out);
+  // float samples from float log-Gammas: gamma_from_log (log_y null) or beta_from_logs, out may be log_x.
+  // Here rather than in gamma_cpu.cpp so the exps vectorise with the ISA's fma (baseline x86-64 would
+  // call libm's fmaf per operation).
+  void (*gamma_from_logs)(const float* log_x, const float* log_y, int64_t len, float tiny, float below_one,
+                          float* out);
 };
 
 const RowKernels& row_kernels_default();
