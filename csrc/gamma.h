@@ -102,6 +102,26 @@ RT_HD bool dirichlet_row_undefined(C max_log) {
   return !(max_log < inf_of(max_log));
 }
 
+// A Dirichlet row from its k log-Gammas, in place: exp(log - max) / sum,
+// raised to tiny where below; NaN where the row is undefined. The exps are a
+// loop of their own so it vectorises; the sum keeps index order (CPU kernels).
+template <typename C>
+inline void dirichlet_row_from_logs(C* row, int64_t k_count, C tiny) {
+  C m = -inf_of(C(0));
+  for (int64_t i = 0; i < k_count; ++i) m = (row[i] > m || row[i] != row[i]) ? row[i] : m;  // NaN sticks
+  if (dirichlet_row_undefined(m)) {
+    for (int64_t i = 0; i < k_count; ++i) row[i] = nan_of(m);
+    return;
+  }
+  for (int64_t i = 0; i < k_count; ++i) row[i] = exp_of(row[i] - m);
+  C sum = C(0);
+  for (int64_t i = 0; i < k_count; ++i) sum += row[i];
+  for (int64_t i = 0; i < k_count; ++i) {
+    const C v = div_rn(row[i], sum);
+    row[i] = v < tiny ? tiny : v;
+  }
+}
+
 // ------------------------------------------------ gradients (double only)
 constexpr double kGradEps = 1e-16;
 constexpr double kFpMin = 1e-300;

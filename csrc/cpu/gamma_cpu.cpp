@@ -74,6 +74,17 @@ struct CpuDevice {
     }
   }
 
+  // Dirichlet rows from their log-Gammas, into out: float in the row kernels, double here. logs is overwritten.
+  template <typename C, typename Out>
+  static void rows_from_logs(const RowKernels& kernels, C* logs, int64_t rows, int64_t k_count, C tiny, Out* out) {
+    if constexpr (std::is_same_v<C, float>) {
+      kernels.dirichlet_from_logs(logs, rows, k_count, tiny);
+    } else {
+      for (int64_t r = 0; r < rows; ++r) dirichlet_row_from_logs<C>(logs + r * k_count, k_count, tiny);
+    }
+    for (int64_t j = 0; j < rows * k_count; ++j) out[j] = static_cast<Out>(logs[j]);
+  }
+
   static void gamma_sample(const at::Tensor& alpha, int64_t period, const at::Tensor& rng_state, at::Tensor& z) {
     const StreamKey key = read_rng_state(rng_state);
     const RowKernels& kernels = active_row_kernels();
@@ -125,24 +136,7 @@ struct CpuDevice {
         std::vector<C> logs(static_cast<size_t>((end - begin) * k_count));
         kernels.log_gamma(std::is_same_v<C, double>, key, alpha_c.const_data_ptr(), period, begin * k_count,
                           (end - begin) * k_count, 0u, 1u, logs.data());
-        for (int64_t r = begin; r < end; ++r) {
-          C* row = logs.data() + (r - begin) * k_count;
-          C m = -inf_of(C(0));
-          for (int64_t i = 0; i < k_count; ++i) m = (row[i] > m || row[i] != row[i]) ? row[i] : m;  // NaN sticks
-          if (dirichlet_row_undefined(m)) {
-            for (int64_t i = 0; i < k_count; ++i) out[r * k_count + i] = static_cast<scalar_t>(nan_of(m));
-            continue;
-          }
-          C sum = C(0);
-          for (int64_t i = 0; i < k_count; ++i) {
-            row[i] = exp_of(row[i] - m);
-            sum += row[i];
-          }
-          for (int64_t i = 0; i < k_count; ++i) {
-            const C v = div_rn(row[i], sum);
-            out[r * k_count + i] = static_cast<scalar_t>(v < tiny ? tiny : v);
-          }
-        }
+        rows_from_logs<C>(kernels, logs.data(), end - begin, k_count, tiny, out + begin * k_count);
       });
     });
   }

@@ -66,6 +66,8 @@ struct RowKernels {
   // call libm's fmaf per operation).
   void (*gamma_from_logs)(const float* log_x, const float* log_y, int64_t len, float tiny, float below_one,
                           float* out);
+  // float Dirichlet rows from their log-Gammas, in place (gamma.h, dirichlet_row_from_logs).
+  void (*dirichlet_from_logs)(float* logs, int64_t rows, int64_t k_count, float tiny);
 };
 
 const RowKernels& row_kernels_default();

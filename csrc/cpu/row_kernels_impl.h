@@ -154,7 +154,23 @@ inline void philox16(uint32_t c0_first, uint32_t c1, uint32_t c2, uint32_t c3, u
 }
 #endif
 
-// The 64 noise values of block `block` (stream elements 64*block .. 64*block+63):
+// The 16 Philox blocks with counters (c0 + i, c1, offset), i < 16, under the
+// stream's key: the ISA's vector Philox where it has one. c0 + 15 must not wrap.
+inline void philox_blocks16(StreamKey s, uint32_t c0, uint32_t c1, uint32_t* w0, uint32_t* w1, uint32_t* w2,
+                            uint32_t* w3) {
+  const uint32_t c2 = static_cast<uint32_t>(s.offset), c3 = static_cast<uint32_t>(s.offset >> 32);
+  const uint32_t k0 = static_cast<uint32_t>(s.key), k1 = static_cast<uint32_t>(s.key >> 32);
+#if defined(RT_PHILOX_AVX512) || defined(RT_PHILOX_AVX2)
+  philox16<PhiloxLanes>(c0, c1, c2, c3, k0, k1, w0, w1, w2, w3);
+#else
+  for (uint32_t i = 0; i < 16; ++i) {
+    const Philox4 w = philox4x32_10(c0 + i, c1, c2, c3, k0, k1);
+    w0[i] = w.x0; w1[i] = w.x1; w2[i] = w.x2; w3[i] = w.x3;
+  }
+#endif
+}
+
+// The 64 noise values of block `block`// The 64 noise values of block `block` (stream elements 64*block .. 64*block+63):
 // 16 Philox counters, one per vector lane, then the family's transform of all
 // four words (Box-Muller for the Gaussian, one word per value otherwise).
 template <NoiseKind kind>
@@ -178,17 +194,7 @@ inline void fill_noise_block(StreamKey s, uint64_t block, NoiseKind kind, float*
   }
   alignas(64) uint32_t w0[16], w1[16], w2[16], w3[16];
   const uint64_t first = block * 16;  // multiple of 16: adding i < 16 never carries
-  const uint32_t c0 = static_cast<uint32_t>(first), c1 = static_cast<uint32_t>(first >> 32);
-  const uint32_t c2 = static_cast<uint32_t>(s.offset), c3 = static_cast<uint32_t>(s.offset >> 32);
-  const uint32_t k0 = static_cast<uint32_t>(s.key), k1 = static_cast<uint32_t>(s.key >> 32);
-#if defined(RT_PHILOX_AVX512) || defined(RT_PHILOX_AVX2)
-  philox16<PhiloxLanes>(c0, c1, c2, c3, k0, k1, w0, w1, w2, w3);
-#else
-  for (uint32_t i = 0; i < 16; ++i) {
-    const Philox4 w = philox4x32_10(c0 + i, c1, c2, c3, k0, k1);
-    w0[i] = w.x0; w1[i] = w.x1; w2[i] = w.x2; w3[i] = w.x3;
-  }
-#endif
+  philox_blocks16(s, static_cast<uint32_t>(first), static_cast<uint32_t>(first >> 32), w0, w1, w2, w3);
   // The one-word kinds (word_noise fails to compile for a kind it lacks); Normal is Box-Muller below.
   bool one_word = false;
   visit_kind(kind, [&](auto tag) {
@@ -416,17 +422,8 @@ void noise_fill_entry(int32_t noise, StreamKey s, int64_t n0, int64_t len, float
 inline void log_gamma_first_attempt16(StreamKey s, const float* alpha, int64_t period, uint64_t first, uint32_t t,
                                       float* out, bool* retry) {
   alignas(64) uint32_t w0[16], w1[16], w2[16], w3[16];
-  const uint32_t c0 = static_cast<uint32_t>(first), c1 = static_cast<uint32_t>(first >> 32) | (t << 16);
-  const uint32_t c2 = static_cast<uint32_t>(s.offset), c3 = static_cast<uint32_t>(s.offset >> 32);
-  const uint32_t k0 = static_cast<uint32_t>(s.key), k1 = static_cast<uint32_t>(s.key >> 32);
-#if defined(RT_PHILOX_AVX512) || defined(RT_PHILOX_AVX2)
-  philox16<PhiloxLanes>(c0, c1, c2, c3, k0, k1, w0, w1, w2, w3);
-#else
-  for (uint32_t i = 0; i < 16; ++i) {
-    const Philox4 w = philox4x32_10(c0 + i, c1, c2, c3, k0, k1);
-    w0[i] = w.x0; w1[i] = w.x1; w2[i] = w.x2; w3[i] = w.x3;
-  }
-#endif
+  // gamma_substream_block's counter: (n, n >> 32 | t << 16, offset)
+  philox_blocks16(s, static_cast<uint32_t>(first), static_cast<uint32_t>(first >> 32) | (t << 16), w0, w1, w2, w3);
   float a16[16], radius[16], x[16];
   int64_t index = static_cast<int64_t>(first % static_cast<uint64_t>(period));  // one division, not 16
   for (int i = 0; i < 16; ++i) {
@@ -495,11 +492,16 @@ void gamma_from_logs_entry(const float* log_x, const float* log_y, int64_t len, 
   }
 }
 
+void dirichlet_from_logs_entry(float* logs, int64_t rows, int64_t k_count, float tiny) {
+  for (int64_t r = 0; r < rows; ++r) dirichlet_row_from_logs<float>(logs + r * k_count, k_count, tiny);
+}
+
 }  // namespace
 
 const RowKernels& RT_ROW_KERNELS_NAME() {
-  static const RowKernels table{RT_ISA_NAME, elementwise_entry, noise_dot_entry, finish_entry,
-                                noise_fill_entry, log_gamma_entry, gamma_from_logs_entry};
+  static const RowKernels table{RT_ISA_NAME,      elementwise_entry,     noise_dot_entry,
+                                finish_entry,     noise_fill_entry,      log_gamma_entry,
+                                gamma_from_logs_entry, dirichlet_from_logs_entry};
   return table;
 }
 
