@@ -208,7 +208,8 @@ def main():
              "every output with respect to every parameter. GB/s counts each op's minimum traffic (parameters read, "
              "outputs written; doubled for fwd+bwd) the same way for both providers; x torch = ratio of medians "
              "(above 1: rtrick_ops is faster). torch = torch.distributions rsample, F.gumbel_softmax, or the "
-             "textbook expression.", "",
+             "textbook expression. rtrick_ops and torch.distributions check their arguments' values (validate_args on, "
+             "their default); F.gumbel_softmax and the textbook expressions do not.", "",
              "| " + " | ".join(n for n, _ in TABLE) + " |", "|" + "|".join("---" if i < 4 else "---:"
                                                                         for i in range(len(TABLE))) + "|"]
     lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]

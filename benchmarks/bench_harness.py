@@ -82,6 +82,15 @@ def measure(call, budget, clock=HostClock()):
     return clock.seconds([call(rep) for rep in range(reps)])
 
 
+def compile_keeping_validation(function, **options):
+    """torch.compile(function). A process's first torch.compile turns torch.distributions' default argument
+    validation off (dynamo's eval_frame), and rtrick_ops' samplers follow that default: set it back, so that
+    the timed calls check their arguments as they do for a user who never compiles (docs/usage.md)."""
+    compiled = torch.compile(function, **options)
+    torch.distributions.Distribution.set_default_validate_args(True)
+    return compiled
+
+
 def measure_alternating(calls, rounds, blocks):
     """{name: [seconds per call]} of `rounds` rounds; each round times a block of blocks[name] calls of every
     call in turn, so that a change of load on a shared machine hits every provider alike (small sizes, where

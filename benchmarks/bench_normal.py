@@ -41,8 +41,9 @@ import rtrick_ops as rt
 from rtrick_ops import _library
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_harness import (CudaEventClock, HostClock, append_csv, cpu_environment, cpu_environment_line,  # noqa: E402
-                     cpu_model, csv_cell, measure, measure_alternating, select_cases, triton_version)
+from bench_harness import (CudaEventClock, HostClock, append_csv, compile_keeping_validation,  # noqa: E402
+                           cpu_environment, cpu_environment_line, cpu_model, csv_cell, measure, measure_alternating,
+                           select_cases, triton_version)
 
 MODES = ("forward", "backward", "full")
 # Minimum memory traffic of the fused op, in tensors of numel elements, the same for every
@@ -149,7 +150,7 @@ def try_compile(function, device="cpu"):
         # before torch 2.7.)
         limit_name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
         setattr(torch._dynamo.config, limit_name, 64)
-        compiled = torch.compile(function)
+        compiled = compile_keeping_validation(function)
         probe = torch.zeros(8, device=device, requires_grad=True)
         compiled(probe.detach(), probe.detach())
         compiled(probe, probe).backward(torch.ones(8, device=device))
@@ -498,7 +499,8 @@ def write_markdown(path, environment, rows, verdicts, setup=SETUPS["cpu"], notes
     columns = setup.table_columns
     explanation = ("Median of repeated calls; GB/s counts the fused op's minimum traffic for every provider "
                    "(3 tensors for forward or backward, 6 for full); x = ratio of medians; "
-                   "saved for bwd = bytes of tensors the forward graph keeps.")
+                   "saved for bwd = bytes of tensors the forward graph keeps; rtrick_ops checks its arguments' values "
+                   "(validate_args on, the default outside torch.compile), eager does not.")
     if setup.device == "cuda":
         explanation += (f" GPU time from CUDA events; inputs rotate among buffer sets spanning {L2_SPAN_FACTOR}x "
                         "the L2 cache; % copy = GB/s against a 2^28-float32 device-to-device copy (read + write) "

@@ -70,7 +70,7 @@ def cases():
 def compiled(fn):
     """torch.compile of the eager expression, dynamic shapes (one compile for every size), or None."""
     try:
-        return torch.compile(fn, dynamic=True)
+        return harness.compile_keeping_validation(fn, dynamic=True)
     except Exception as error:  # no compiler on the machine
         print(f"torch.compile unavailable: {type(error).__name__}: {error}", file=sys.stderr)
         return None
@@ -273,7 +273,8 @@ def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows
              f"{environment['timestamp']} | {harness.cpu_environment_line(environment)}", "",
              "float32, parameters requiring grad. Per-call time of the fastest of several blocks timed in alternation with "
              "the other providers; x eager and x compile are ratios of those from this run (above 1: rtrick_ops is "
-             "faster). fwd+bwd = the call plus torch.autograd.grad of every output. The machine may be loaded: "
+             "faster). fwd+bwd = the call plus torch.autograd.grad of every output. rtrick_ops checks its arguments' "
+             "values (validate_args on, the default outside torch.compile); eager does not. The machine may be loaded: "
              "read the ratios, not the times.", "",
              "## One element: the fixed cost of a call", "",
              "| threads | call | us | x torch.exp |", "|---:|---|---:|---:|"]

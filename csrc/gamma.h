@@ -104,9 +104,10 @@ RT_HD bool dirichlet_row_undefined(C max_log) {
 
 // A Dirichlet row from its k log-Gammas, in place: exp(log - max) / sum,
 // raised to tiny where below; NaN where the row is undefined. The exps are a
-// loop of their own so it vectorises; the sum keeps index order (CPU kernels).
+// loop of their own so it vectorises; the sum keeps index order. The CPU row
+// kernels and the CUDA kernel both run this.
 template <typename C>
-inline void dirichlet_row_from_logs(C* row, int64_t k_count, C tiny) {
+RT_HD void dirichlet_row_from_logs(C* row, int64_t k_count, C tiny) {
   C m = -inf_of(C(0));
   for (int64_t i = 0; i < k_count; ++i) m = (row[i] > m || row[i] != row[i]) ? row[i] : m;  // NaN sticks
   if (dirichlet_row_undefined(m)) {

@@ -77,23 +77,24 @@ bool plain_cpu_tensor(const at::Tensor& t) {
          !t.is_conj() && !t.is_neg();
 }
 
-template <typename T>
-bool any_outside(const T* v, int64_t n, bool positive) {
-  bool bad = false;
-  if (positive) {
-    for (int64_t i = 0; i < n; ++i) bad |= v[i] <= T(0);  // NaN is not an error: it propagates
-  } else {
-    const T minus_inf = -std::numeric_limits<T>::infinity();
-    for (int64_t i = 0; i < n; ++i) bad |= v[i] == minus_inf;
-  }
-  return bad;
-}
+// Whether a float32/float64 tensor (contiguous) leaves the domain; nullopt for other dtypes. The
+// row kernels' vectorised scan, split across threads past kDomainCheckGrain elements (a pass over a
+// 2^22 tensor took a third of the fused forward's time as a scalar loop).
+constexpr int64_t kDomainCheckGrain = int64_t(1) << 16;
 
-// Whether a float32/float64 tensor (contiguous) leaves the domain; nullopt for other dtypes.
 std::optional<bool> domain_violated(const at::Tensor& t, bool positive) {
-  if (t.scalar_type() == at::kFloat) return any_outside(t.const_data_ptr<float>(), t.numel(), positive);
-  if (t.scalar_type() == at::kDouble) return any_outside(t.const_data_ptr<double>(), t.numel(), positive);
-  return std::nullopt;
+  const bool f64 = t.scalar_type() == at::kDouble;
+  if (!f64 && t.scalar_type() != at::kFloat) return std::nullopt;
+  const auto& kernels = rtrick::cpu::active_row_kernels();
+  const char* values = static_cast<const char*>(t.const_data_ptr());
+  const int64_t item = t.element_size();
+  std::atomic<bool> outside{false};
+  at::parallel_for(0, t.numel(), kDomainCheckGrain, [&](int64_t begin, int64_t end) {
+    if (!outside.load(std::memory_order_relaxed) &&
+        kernels.outside_domain(f64, values + begin * item, end - begin, positive))
+      outside.store(true, std::memory_order_relaxed);
+  });
+  return outside.load();
 }
 
 // scale_domain_violated(tensor, positive): whether a contiguous float32/float64 CPU

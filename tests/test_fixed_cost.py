@@ -82,6 +82,43 @@ def test_c_domain_check_answers():
     assert check(torch.ones(4, dtype=torch.float16), True) is None
 
 
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_c_domain_check_finds_one_value_anywhere(isa, dtype):
+    """The vectorised scan (row kernels, blocks of 2048, threads past 2^16 elements) finds a single value
+    outside the domain wherever it lies: first, in a vector's tail, past a block, in another thread's range,
+    last; and never flags NaN or a finite value that only sigma's transform underflows."""
+    check = _checks._scale_domain_violated
+    if check is None:
+        pytest.skip("this build has no C++ domain check")
+    try:
+        rt.set_cpu_isa(isa)
+    except RuntimeError:
+        pytest.skip(f"this CPU or build has no {isa} kernels")
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for n in (1, 7, 2049, 3 * 2**16 + 5):
+                base = torch.full((n,), 0.25, dtype=dtype)
+                base[n // 2] = math.nan
+                base[n // 3] = -1e30  # finite: inside the domain of log_sigma
+                assert check(base, False) is False
+                assert check(base.abs(), True) is False
+                for where in sorted({0, n - 1, min(n // 2 + 1, n - 1), min(2048, n - 1), min(2**16 + 3, n - 1)}):
+                    bad = base.abs()
+                    bad[where] = 0.0
+                    assert check(bad, True) is True, (n, where)
+                    bad[where] = -math.inf
+                    assert check(bad, False) is True, (n, where)
+                    assert check(bad, True) is True, (n, where)
+    finally:
+        torch.set_num_threads(_THREADS)
+        rt.set_cpu_isa("auto")
+
+
+_THREADS = torch.get_num_threads()
+
+
 def _grads(fn, *params):
     outputs = fn(*params)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)

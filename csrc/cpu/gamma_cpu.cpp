@@ -59,22 +59,37 @@ struct CpuDevice {
   }
 
   // ---------------------------------------------------------------- forward
+  // Where a range's log-Gammas go: the output itself when it holds the compute type (float32 and float64
+  // outputs; the samples then overwrite their logs in place, with no second pass), else scratch.
+  template <typename C, typename Out>
+  static C* log_buffer(Out* out, int64_t len, std::vector<C>& scratch) {
+    if constexpr (std::is_same_v<C, Out>) {
+      return out;
+    } else {
+      scratch.resize(static_cast<size_t>(len));
+      return scratch.data();
+    }
+  }
+
   // Gamma (log_y null) or Beta samples from the log-Gammas, into out: float in the row kernels (their exps
-  // vectorise with the ISA's fma), double here. log_x is overwritten.
+  // vectorise with the ISA's fma), double here. log_x is overwritten; it is out when C is Out (log_buffer).
   template <typename C, typename Out>
   static void samples_from_logs(const RowKernels& kernels, C* log_x, const C* log_y, int64_t len, C tiny,
                                 C below_one, Out* out) {
     if constexpr (std::is_same_v<C, float>) {
       kernels.gamma_from_logs(log_x, log_y, len, tiny, below_one, log_x);
-      for (int64_t j = 0; j < len; ++j) out[j] = static_cast<Out>(log_x[j]);
     } else {
       for (int64_t j = 0; j < len; ++j)
-        out[j] = static_cast<Out>(log_y == nullptr ? gamma_from_log<C>(log_x[j], tiny)
-                                                   : beta_from_logs<C>(log_x[j], log_y[j], tiny, below_one));
+        log_x[j] = log_y == nullptr ? gamma_from_log<C>(log_x[j], tiny)
+                                    : beta_from_logs<C>(log_x[j], log_y[j], tiny, below_one);
+    }
+    if constexpr (!std::is_same_v<C, Out>) {
+      for (int64_t j = 0; j < len; ++j) out[j] = static_cast<Out>(log_x[j]);
     }
   }
 
-  // Dirichlet rows from their log-Gammas, into out: float in the row kernels, double here. logs is overwritten.
+  // Dirichlet rows from their log-Gammas, into out: float in the row kernels, double here. logs is
+  // overwritten; it is out when C is Out (log_buffer).
   template <typename C, typename Out>
   static void rows_from_logs(const RowKernels& kernels, C* logs, int64_t rows, int64_t k_count, C tiny, Out* out) {
     if constexpr (std::is_same_v<C, float>) {
@@ -82,7 +97,9 @@ struct CpuDevice {
     } else {
       for (int64_t r = 0; r < rows; ++r) dirichlet_row_from_logs<C>(logs + r * k_count, k_count, tiny);
     }
-    for (int64_t j = 0; j < rows * k_count; ++j) out[j] = static_cast<Out>(logs[j]);
+    if constexpr (!std::is_same_v<C, Out>) {
+      for (int64_t j = 0; j < rows * k_count; ++j) out[j] = static_cast<Out>(logs[j]);
+    }
   }
 
   static void gamma_sample(const at::Tensor& alpha, int64_t period, const at::Tensor& rng_state, at::Tensor& z) {
@@ -94,10 +111,11 @@ struct CpuDevice {
       scalar_t* out = z.data_ptr<scalar_t>();
       const C tiny = tiny_of<scalar_t>();
       at::parallel_for(0, z.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        std::vector<C> logs(static_cast<size_t>(end - begin));
+        std::vector<C> scratch;
+        C* logs = log_buffer<C>(out + begin, end - begin, scratch);
         kernels.log_gamma(std::is_same_v<C, double>, key, alpha_c.const_data_ptr(), period, begin, end - begin, 0u,
-                          1u, logs.data());
-        samples_from_logs<C>(kernels, logs.data(), nullptr, end - begin, tiny, C(0), out + begin);
+                          1u, logs);
+        samples_from_logs<C>(kernels, logs, nullptr, end - begin, tiny, C(0), out + begin);
       });
     });
   }
@@ -113,10 +131,11 @@ struct CpuDevice {
       const C tiny = tiny_of<scalar_t>(), below_one = below_one_of<scalar_t>();
       constexpr bool kF64 = std::is_same_v<C, double>;
       at::parallel_for(0, z.numel(), kGrain, [&](int64_t begin, int64_t end) {
-        std::vector<C> log_x(static_cast<size_t>(end - begin)), log_y(static_cast<size_t>(end - begin));
-        kernels.log_gamma(kF64, key, a_c.const_data_ptr(), period, begin, end - begin, 0u, 2u, log_x.data());
+        std::vector<C> scratch, log_y(static_cast<size_t>(end - begin));
+        C* log_x = log_buffer<C>(out + begin, end - begin, scratch);
+        kernels.log_gamma(kF64, key, a_c.const_data_ptr(), period, begin, end - begin, 0u, 2u, log_x);
         kernels.log_gamma(kF64, key, b_c.const_data_ptr(), period, begin, end - begin, 1u, 2u, log_y.data());
-        samples_from_logs<C>(kernels, log_x.data(), log_y.data(), end - begin, tiny, below_one, out + begin);
+        samples_from_logs<C>(kernels, log_x, log_y.data(), end - begin, tiny, below_one, out + begin);
       });
     });
   }
@@ -133,10 +152,11 @@ struct CpuDevice {
       scalar_t* out = z.data_ptr<scalar_t>();
       const C tiny = tiny_of<scalar_t>();
       at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / k_count), [&](int64_t begin, int64_t end) {
-        std::vector<C> logs(static_cast<size_t>((end - begin) * k_count));
+        std::vector<C> scratch;
+        C* logs = log_buffer<C>(out + begin * k_count, (end - begin) * k_count, scratch);
         kernels.log_gamma(std::is_same_v<C, double>, key, alpha_c.const_data_ptr(), period, begin * k_count,
-                          (end - begin) * k_count, 0u, 1u, logs.data());
-        rows_from_logs<C>(kernels, logs.data(), end - begin, k_count, tiny, out + begin * k_count);
+                          (end - begin) * k_count, 0u, 1u, logs);
+        rows_from_logs<C>(kernels, logs, end - begin, k_count, tiny, out + begin * k_count);
       });
     });
   }

@@ -68,6 +68,9 @@ struct RowKernels {
                           float* out);
   // float Dirichlet rows from their log-Gammas, in place (gamma.h, dirichlet_row_from_logs).
   void (*dirichlet_from_logs)(float* logs, int64_t rows, int64_t k_count, float tiny);
+  // Whether values[0..len) (double when f64, float otherwise) leave a scale's domain: a value <= 0
+  // when positive, -inf otherwise. NaN is inside: it propagates (docs/usage.md, value policy).
+  bool (*outside_domain)(bool f64, const void* values, int64_t len, bool positive);
 };
 
 const RowKernels& row_kernels_default();

@@ -87,30 +87,16 @@ beta_sample_kernel(const S* __restrict__ a, const S* __restrict__ b, int64_t per
   }
 }
 
-// Row r of z = exp(logs - max) / sum, the same sequence as the CPU loop.
+// Row r of z from its log-Gammas (gamma.h's dirichlet_row_from_logs, as on the CPU), normalised in the
+// scratch logs, then stored in z's dtype.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-dirichlet_normalize_kernel(const typename ComputeOf<S>::type* __restrict__ logs, S* __restrict__ out, int64_t rows,
+dirichlet_normalize_kernel(typename ComputeOf<S>::type* __restrict__ logs, S* __restrict__ out, int64_t rows,
                            int64_t k_count, typename ComputeOf<S>::type tiny) {
-  using C = typename ComputeOf<S>::type;
   for (int64_t r = first_index(); r < rows; r += grid_stride()) {
-    const C* lr = logs + r * k_count;
-    S* zr = out + r * k_count;
-    C m = -inf_of(C(0));
-    for (int64_t i = 0; i < k_count; ++i) {
-      const C l = lr[i];
-      m = (l > m || l != l) ? l : m;
-    }
-    if (dirichlet_row_undefined(m)) {
-      for (int64_t i = 0; i < k_count; ++i) zr[i] = static_cast<S>(nan_of(m));
-      continue;
-    }
-    C sum = C(0);
-    for (int64_t i = 0; i < k_count; ++i) sum += exp_of(lr[i] - m);
-    for (int64_t i = 0; i < k_count; ++i) {
-      const C v = div_rn(exp_of(lr[i] - m), sum);
-      zr[i] = static_cast<S>(v < tiny ? tiny : v);
-    }
+    auto* row = logs + r * k_count;
+    dirichlet_row_from_logs(row, k_count, tiny);
+    for (int64_t i = 0; i < k_count; ++i) out[r * k_count + i] = static_cast<S>(row[i]);
   }
 }
 
@@ -227,7 +213,7 @@ struct CudaDevice {
           state.const_data_ptr<int64_t>(), numel, tiny_of<S>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       dirichlet_normalize_kernel<S><<<grid_size_for(rows), kThreads, 0, stream>>>(
-          static_cast<const C*>(logs.const_data_ptr()), static_cast<S*>(z.data_ptr()), rows, k_count, tiny_of<S>());
+          static_cast<C*>(logs.data_ptr()), static_cast<S*>(z.data_ptr()), rows, k_count, tiny_of<S>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
