@@ -85,6 +85,22 @@ def test_gamma_matches_reference(dtype):
     assert bad <= allowed(z.numel()), f"{bad} of {z.numel()} Gamma samples differ from the reference ({dtype})"
 
 
+def each_cpu_isa():
+    """Yields the name of every CPU ISA this machine and build have, with rt.set_cpu_isa set to it; "auto"
+    afterwards."""
+    isa = rt.cpu_isa()
+    try:
+        for name in ("default", "avx2", "avx512"):
+            try:
+                rt.set_cpu_isa(name)
+            except Exception:
+                continue
+            yield name
+    finally:
+        rt.set_cpu_isa("auto")
+    assert rt.cpu_isa() == isa
+
+
 def test_vector_first_attempt_gives_the_scalar_samplers_bits():
     """The CPU row kernels run Marsaglia-Tsang's first attempt 16 lanes at a time and send rejected lanes
     to the scalar loop (row_kernels_impl.h); a row's last len % 16 elements always take the scalar loop.
@@ -95,23 +111,39 @@ def test_vector_first_attempt_gives_the_scalar_samplers_bits():
     alpha = torch.cat([special, torch.rand(20000, generator=g) * 3 + 1e-3, special])
     b = torch.rand(alpha.shape, generator=g) * 5 + 0.05
     st = state(31, 7)
-    isa = rt.cpu_isa()
-    try:
-        for name in ("default", "avx2", "avx512"):
-            try:
-                rt.set_cpu_isa(name)
-            except Exception:
-                continue
-            for dtype in (torch.float32, torch.float16, torch.bfloat16):  # computed in float
-                a, bb = alpha.to(dtype), b.to(dtype)
-                whole_gamma, whole_beta = ops.gamma_rsample(a, st, []), ops.beta_rsample(a, bb, st, [])
-                for cut in (13, 1037, 20011):  # 1037 = 64 * 16 + 13
-                    exact = dict(rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{name} {dtype} {cut}: {m}")
-                    torch.testing.assert_close(ops.gamma_rsample(a[:cut], st, []), whole_gamma[:cut], **exact)
-                    torch.testing.assert_close(ops.beta_rsample(a[:cut], bb[:cut], st, []), whole_beta[:cut], **exact)
-    finally:
-        rt.set_cpu_isa("auto")
-    assert rt.cpu_isa() == isa
+    for name in each_cpu_isa():
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):  # computed in float
+            a, bb = alpha.to(dtype), b.to(dtype)
+            whole_gamma, whole_beta = ops.gamma_rsample(a, st, []), ops.beta_rsample(a, bb, st, [])
+            for cut in (13, 1037, 20011):  # 1037 = 64 * 16 + 13
+                exact = dict(rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{name} {dtype} {cut}: {m}")
+                torch.testing.assert_close(ops.gamma_rsample(a[:cut], st, []), whole_gamma[:cut], **exact)
+                torch.testing.assert_close(ops.beta_rsample(a[:cut], bb[:cut], st, []), whole_beta[:cut], **exact)
+
+
+def test_gamma_gradient_lanes_give_the_scalar_loops_bits():
+    """The AVX2 and AVX-512 row kernels sum the gradient's series 4 or 8 elements at a time, each lane
+    stopping at its own last term; the portable table runs gamma.h's scalar loop (as CUDA does). Every
+    element's gradient must be the same bits on every ISA: series elements mixed with continued-fraction,
+    asymptotic and edge ones, zero grads, partial lane groups, broadcast alpha, every dtype."""
+    g = torch.Generator().manual_seed(8)
+    n = 3001  # not a multiple of the lane count: a partial group at the end of a block
+    alpha = torch.cat([torch.rand(n, generator=g, dtype=torch.float64) * 5 + 1e-3,
+                       torch.tensor([1e-30, 29.99, 30.0, 1e4, math.inf, math.nan, 0.0, -1.0], dtype=torch.float64)])
+    z = torch._standard_gamma(alpha.clamp(1e-3, 1e4).nan_to_num(1.0), generator=g) * (1 + 0.5 * torch.rand(
+        alpha.shape, generator=g, dtype=torch.float64))
+    z[:5] = torch.tensor([0.0, math.inf, math.nan, 1e-300, 40.0], dtype=torch.float64)
+    grad = torch.randn(alpha.shape, generator=g, dtype=torch.float64)
+    grad[::7] = 0.0
+    results = {}
+    for name in each_cpu_isa():
+        results[name] = [ops.gamma_rsample_backward(grad.to(d), alpha.to(d), z.to(d)) for d in DTYPES]
+        results[name].append(ops.gamma_rsample_backward(grad[:60].view(20, 3), alpha[:3], z[:60].view(20, 3)))
+    first, *others = results.items()
+    for name, outputs in others:
+        for ours, theirs in zip(outputs, first[1]):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda m: f"{name} against {first[0]}: {m}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -169,10 +169,18 @@ struct CpuDevice {
       const scalar_t* pa = alpha.const_data_ptr<scalar_t>();
       const scalar_t* pg = grad.const_data_ptr<scalar_t>();
       const scalar_t* pz = z.const_data_ptr<scalar_t>();
+      const RowKernels& kernels = active_row_kernels();
       at::parallel_for(0, z.numel(), 256, [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) {
-          t[n] = gamma_grad_term(static_cast<double>(pg[n]), static_cast<double>(pa[n % period]),
-                                 static_cast<double>(pz[n]));
+        constexpr int64_t kBlock = 256;  // the row kernel reads double: convert a block at a time
+        double g[kBlock], a[kBlock], x[kBlock];
+        for (int64_t start = begin; start < end; start += kBlock) {
+          const int64_t len = std::min(kBlock, end - start);
+          for (int64_t j = 0; j < len; ++j) {
+            g[j] = static_cast<double>(pg[start + j]);
+            a[j] = static_cast<double>(pa[(start + j) % period]);
+            x[j] = static_cast<double>(pz[start + j]);
+          }
+          kernels.gamma_grad_terms(g, a, x, len, t + start);
         }
       });
     });

@@ -71,6 +71,8 @@ struct RowKernels {
   // Whether values[0..len) (double when f64, float otherwise) leave a scale's domain: a value <= 0
   // when positive, -inf otherwise. NaN is inside: it propagates (docs/usage.md, value policy).
   bool (*outside_domain)(bool f64, const void* values, int64_t len, bool positive);
+  // terms[j] = grad[j] * dz/dalpha of Gamma(alpha[j]) at z[j] (gamma.h's gamma_grad_term, the same bits).
+  void (*gamma_grad_terms)(const double* grad, const double* alpha, const double* z, int64_t len, double* terms);
 };
 
 const RowKernels& row_kernels_default();
