@@ -500,7 +500,7 @@ void dirichlet_from_logs_entry(float* logs, int64_t rows, int64_t k_count, float
 // out[j] = gamma_grad_term(grad[j], alpha[j], z[j]) of gamma.h, the same bits. Elements in the series
 // region (most elements below alpha = 30) are summed kSeriesLanes at a time, each lane stopping at its own
 // last term as the scalar loop does (a stopped lane's sum is frozen; its other updates are discarded):
-// one element's terms wait on each other's division, eight elements' divisions overlap. The logs and
+// one element's terms wait on each other's division, the lanes' divisions overlap. The logs and
 // psi(alpha + 1) stay per-element libm calls and recurrences, as in the scalar code and on CUDA. The
 // rest (the continued fraction, the asymptotic form, edge values, a zero grad) takes the scalar path.
 // Lanes of one register: wider vector types are lowered through memory where the exit test reads them.
