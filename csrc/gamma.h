@@ -49,34 +49,66 @@ RT_HD float inf_of(float) { return bits_float(0x7f800000u); }
 RT_HD double inf_of(double) { return HUGE_VAL; }
 
 // ------------------------------------------------------------- sampling
+// Marsaglia-Tsang's pieces, one definition for the scalar loop below and the
+// CPU's 16-lane first attempt (cpu/row_kernels_impl.h): an alpha below 1 is
+// boosted to alpha + 1 and its draw multiplied by u^(1 / alpha) afterwards.
+template <typename C>
+RT_HD bool marsaglia_tsang_boosts(C alpha) {
+  return alpha < C(1);
+}
+// d and c of the (boosted) shape. No flag in the struct: a bool member kept
+// GCC from vectorising the lanes' loop.
+template <typename C>
+struct MarsagliaTsang {
+  C d, c;
+};
+template <typename C>
+RT_HD MarsagliaTsang<C> marsaglia_tsang_setup(C alpha) {
+  const C a = marsaglia_tsang_boosts(alpha) ? alpha + C(1) : alpha;
+  const C d = a - div_rn(C(1), C(3));
+  return MarsagliaTsang<C>{d, div_rn(C(1), sqrt_rn(C(9) * d))};
+}
+// The acceptance test's two halves for normal x, uniform u and v3 = (1 + c x)^3:
+// the squeeze, then the exact log test it saves. The scalar loop joins them
+// with || (the logs only when the squeeze fails); the lanes with |, to stay branch-free.
+template <typename C>
+RT_HD bool marsaglia_tsang_squeeze(C x, C u) {
+  const C x2 = x * x;
+  return u < C(1) - C(0.0331) * x2 * x2;
+}
+template <typename C>
+RT_HD bool marsaglia_tsang_log_test(C d, C x, C u, C v3) {
+  return log_pos(u) < C(0.5) * (x * x) + d - d * v3 + d * log_pos(v3);
+}
+// An accepted draw's log, log(d v3), and the boost's factor for alpha < 1.
+template <typename C>
+RT_HD C marsaglia_tsang_boosted(C log_z, C boost_u, C alpha) {
+  return log_z + div_rn(log_pos(boost_u), alpha);
+}
+
 // log of a Gamma(alpha, 1) draw for element n on attempts t = t_base + t_step * k.
 // NaN for alpha <= 0 or NaN, +inf for alpha = +inf. C is float or double.
 template <typename C>
 RT_HD C log_standard_gamma(C alpha, uint64_t key, uint64_t offset, uint64_t n, uint32_t t_base, uint32_t t_step) {
   if (!(alpha > C(0))) return nan_of(alpha);
   if (alpha == inf_of(alpha)) return alpha;
-  const bool boost = alpha < C(1);
-  const C a = boost ? alpha + C(1) : alpha;
-  const C d = a - div_rn(C(1), C(3));
-  const C c = div_rn(C(1), sqrt_rn(C(9) * d));
-  C log_z = log_pos(d);  // the fallback, g = d
+  const MarsagliaTsang<C> mt = marsaglia_tsang_setup(alpha);
+  C log_z = log_pos(mt.d);  // the fallback, g = d
   C boost_u = C(0.5);
   for (int32_t k = 0; k < kGammaMaxAttempts; ++k) {
     const Philox4 w = gamma_substream_block(key, offset, n, t_base + t_step * static_cast<uint32_t>(k));
     const C x = static_cast<C>(box_muller(w.x0, w.x1).a);
     const C u = static_cast<C>(uniform_open(w.x2));
     boost_u = static_cast<C>(uniform_open(w.x3));
-    const C v = C(1) + c * x;
+    const C v = C(1) + mt.c * x;
     if (!(v > C(0))) continue;
     const C v3 = v * v * v;
-    const C x2 = x * x;
-    if (u < C(1) - C(0.0331) * x2 * x2 || log_pos(u) < C(0.5) * x2 + d - d * v3 + d * log_pos(v3)) {
-      log_z = log_pos(d * v3);
+    if (marsaglia_tsang_squeeze(x, u) || marsaglia_tsang_log_test(mt.d, x, u, v3)) {
+      log_z = log_pos(mt.d * v3);
       break;
     }
   }
-  if (boost) log_z = log_z + div_rn(log_pos(boost_u), alpha);
-  return log_z;
+  return marsaglia_tsang_boosts(alpha) ? marsaglia_tsang_boosted(log_z, boost_u, alpha) : log_z;
 }
 
 // Gamma sample from its log, never below the output's smallest normal number (NaN stays NaN).
