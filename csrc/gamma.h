@@ -340,6 +340,26 @@ constexpr double kBetaSeriesMaxA = 100.0;
 // Below this a, dz/db's series is summed as its difference from the a = 0 series.
 constexpr double kBetaSeriesSmallA = 0.25;
 
+// Pieces of beta_grad_series below that the CPU's Dirichlet backward shares: it
+// sums the series in one derivative for several elements at once
+// (cpu/row_kernels_impl.h, beta_series_one_lanes).
+struct BetaSeriesStart {
+  double da, g, db;  // the n = 0 factors: ln x + psi(a + b) - psi(a + 1); psi(a + b) - psi(b); ln y + g
+};
+RT_HD BetaSeriesStart beta_series_start(double a, double b, double lnx, double lny, bool need_a, bool need_b) {
+  // psi(a + b) - psi(a + 1) and psi(a + b) - psi(b) from exact shifts.
+  const double da = need_a ? lnx + (b >= 1.0 ? digamma_shift(a + 1.0, b - 1.0) : -digamma_shift(a + b, 1.0 - b)) : 0.0;
+  const double g = need_b ? digamma_shift(b, a) : 0.0;
+  return BetaSeriesStart{da, g, lny + g};
+}
+// Whether the series stops after a term c of this ratio, csum the terms' sum so far: the tail is below
+// c ratio / (1 - ratio) (ratios decrease) times its slowly growing logarithmic factors (and c0 / c,
+// below n^a for b > 1).
+RT_HD bool beta_series_done(double c, double ratio, double csum) {
+  return !(c * ratio > kGradEps * (1.0 - ratio) * csum);
+}
+RT_HD double beta_series_scale(double a, double x, double y) { return -x * y / a; }
+
 // (dz/da, dz/db) from Gauss's series I_x(a, b) = x^a y^b / (a B(a, b)) sum_n c_n,
 // c_0 = 1, c_n = c_{n-1} (a + b + n - 1) x / (a + n), all terms positive, each
 // ratio below the first, (a + b) x / (a + 1) < 1. Differentiated term by term:
@@ -357,10 +377,8 @@ constexpr double kBetaSeriesSmallA = 0.25;
 // g_n = d_n - d0_n = psi(a + b + n) - psi(b + n): each part O(a), nothing cancels.
 RT_HD Grad2 beta_grad_series(double a, double b, double x, double y, double lnx, double lny, bool need_a,
                              bool need_b) {
-  // psi(a + b) - psi(a + 1) and psi(a + b) - psi(b) from exact shifts.
-  double da = lnx + (b >= 1.0 ? digamma_shift(a + 1.0, b - 1.0) : -digamma_shift(a + b, 1.0 - b));
-  double g = need_b ? digamma_shift(b, a) : 0.0;
-  double db = lny + g;
+  const BetaSeriesStart start = beta_series_start(a, b, lnx, lny, need_a, need_b);
+  double da = start.da, g = start.g, db = start.db;
   const bool small_a = need_b && a < kBetaSeriesSmallA;
   double c = 1.0, c0 = 1.0, log_rho = 0.0, sa = da, sb = small_a ? g : db, csum = 1.0;
   const double ab = a + b;
@@ -383,11 +401,9 @@ RT_HD Grad2 beta_grad_series(double a, double b, double x, double y, double lnx,
       sb += c * db;
     }
     csum += c;
-    // The tail is below c ratio / (1 - ratio) (ratios decrease) times its
-    // slowly growing logarithmic factors (and c0 / c, below n^a for b > 1).
-    if (!(c * ratio > kGradEps * (1.0 - ratio) * csum)) break;
+    if (beta_series_done(c, ratio, csum)) break;
   }
-  const double scale = -x * y / a;
+  const double scale = beta_series_scale(a, x, y);
   return Grad2{need_a ? scale * sa : 0.0, need_b ? scale * sb : 0.0};
 }
 
@@ -485,15 +501,26 @@ RT_HD double beta_series_growth_bits(double a, double b, double z) {
 // parameter is below kBetaSeriesMaxA, else the quadrature (its cost no longer
 // grows with the parameters, nor does its accuracy fall). NaN for NaN input or
 // a, b <= 0; 0 for z outside (0, 1) or an infinite parameter.
-RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool need_b = true) {
-  if (a != a || b != b || z != z || !(a > 0.0) || !(b > 0.0)) return Grad2{::nan(""), ::nan("")};
-  if (!(z > 0.0) || !(z < 1.0) || a == HUGE_VAL || b == HUGE_VAL) return Grad2{0.0, 0.0};
-  const double y = 1.0 - z;  // exact for z >= 1/2; below, every use of it tolerates its rounding
+struct BetaPlan {
+  bool swap;    // evaluate on 1 - z's side
+  bool series;  // by the Gauss series (else the quadrature)
+};
+// beta_dz_dab's choice for finite a, b > 0 and z in (0, 1).
+RT_HD BetaPlan beta_plan(double a, double b, double z, bool need_b) {
   bool swap = !(z < (a + 1.0) / (a + b + 2.0));
   if (swap && z <= 0.5 && a < kBetaSeriesMaxA && !(need_b && a < kBetaSeriesSmallA) &&
       beta_series_growth_bits(a, b, z) <= kBetaSeriesMaxGrowthBits)
     swap = false;
-  if ((swap ? b : a) < kBetaSeriesMaxA) {
+  return BetaPlan{swap, (swap ? b : a) < kBetaSeriesMaxA};
+}
+
+RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool need_b = true) {
+  if (a != a || b != b || z != z || !(a > 0.0) || !(b > 0.0)) return Grad2{::nan(""), ::nan("")};
+  if (!(z > 0.0) || !(z < 1.0) || a == HUGE_VAL || b == HUGE_VAL) return Grad2{0.0, 0.0};
+  const double y = 1.0 - z;  // exact for z >= 1/2; below, every use of it tolerates its rounding
+  const BetaPlan plan = beta_plan(a, b, z, need_b);
+  const bool swap = plan.swap;
+  if (plan.series) {
     const double lnz = ::log(z), lny = ::log1p(-z);
     // One call site with selected arguments (one copy of the loop in the kernels).
     const Grad2 g = beta_grad_series(swap ? b : a, swap ? a : b, swap ? y : z, swap ? z : y, swap ? lny : lnz,
@@ -532,12 +559,15 @@ RT_HD void add_to(CompensatedSum& s, double v) {
 // whole total (one category) or z_i is not below 1. total_hi + total_lo is the
 // compensated sum of the row's alphas: hi - alpha is exact where alpha is most
 // of it (Sterbenz), and rounds relative to rest elsewhere.
+RT_HD double dirichlet_rest(double alpha, double total_hi, double total_lo) { return (total_hi - alpha) + total_lo; }
+// d_i from its marginal's dz/da.
+RT_HD double dirichlet_from_beta_grad(double dz_da, double z) { return dz_da / (1.0 - z); }
 RT_HD double dirichlet_marginal_grad(double alpha, double total_hi, double total_lo, double z) {
-  const double rest = (total_hi - alpha) + total_lo;
+  const double rest = dirichlet_rest(alpha, total_hi, total_lo);
   if (rest != rest || alpha != alpha || z != z) return ::nan("");
   if (!(rest > 0.0) || !(z < 1.0)) return 0.0;
   const Grad2 g = beta_dz_dab(alpha, rest, z, true, false);
-  return g.a / (1.0 - z);
+  return dirichlet_from_beta_grad(g.a, z);
 }
 
 // -------------------------------------------- backward, one element
@@ -572,9 +602,12 @@ RT_HD DirichletRowSums dirichlet_row_sums(const S* alpha, const S* z, const S* g
   return sums;
 }
 
-RT_HD double dirichlet_grad_term(double grad, double zg, double alpha, double total_hi, double total_lo, double z) {
-  const double w = grad - zg;
+// w = grad - zg, the weight of d_i in the backward's term (docs/gamma.md).
+RT_HD double dirichlet_weighted_grad(double w, double alpha, double total_hi, double total_lo, double z) {
   return w == 0.0 ? 0.0 : w * dirichlet_marginal_grad(alpha, total_hi, total_lo, z);
+}
+RT_HD double dirichlet_grad_term(double grad, double zg, double alpha, double total_hi, double total_lo, double z) {
+  return dirichlet_weighted_grad(grad - zg, alpha, total_hi, total_lo, z);
 }
 
 }  // namespace

@@ -215,17 +215,30 @@ struct CpuDevice {
       const scalar_t* pa = alpha.const_data_ptr<scalar_t>();
       const scalar_t* pg = grad.const_data_ptr<scalar_t>();
       const scalar_t* pz = z.const_data_ptr<scalar_t>();
+      const RowKernels& kernels = active_row_kernels();
       at::parallel_for(0, rows, std::max<int64_t>(1, 128 / k_count), [&](int64_t begin, int64_t end) {
+        // The row kernel reads double: a block of elements at a time, each with its row's sums.
+        constexpr int64_t kBlock = 256;
+        double w[kBlock], a[kBlock], hi[kBlock], lo[kBlock], x[kBlock];
+        int64_t filled = 0, block_start = begin * k_count;
         for (int64_t r = begin; r < end; ++r) {
           const int64_t base = r * k_count;
           const int64_t abase = base % period;
           const DirichletRowSums sums = dirichlet_row_sums(pa + abase, pz + base, pg + base, k_count);
           for (int64_t i = 0; i < k_count; ++i) {
-            t[base + i] = dirichlet_grad_term(static_cast<double>(pg[base + i]), sums.zg,
-                                              static_cast<double>(pa[abase + i]), sums.total.hi, sums.total.lo,
-                                              static_cast<double>(pz[base + i]));
+            w[filled] = static_cast<double>(pg[base + i]) - sums.zg;
+            a[filled] = static_cast<double>(pa[abase + i]);
+            hi[filled] = sums.total.hi;
+            lo[filled] = sums.total.lo;
+            x[filled] = static_cast<double>(pz[base + i]);
+            if (++filled == kBlock) {
+              kernels.dirichlet_grad_terms(w, a, hi, lo, x, filled, t + block_start);
+              block_start += filled;
+              filled = 0;
+            }
           }
         }
+        if (filled > 0) kernels.dirichlet_grad_terms(w, a, hi, lo, x, filled, t + block_start);
       });
     });
   }
