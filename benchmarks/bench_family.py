@@ -1,6 +1,6 @@
 """Every rtrick_ops sampler of the family against its plain-torch equivalent, on the CPU or a CUDA GPU.
 
-    python3 benchmarks/bench_family.py [--quick] [--size 22] [--dtypes float32] [--out benchmarks/results]
+    python3 benchmarks/bench_family.py [--quick] [--size 22] [--dtypes float32] [--isa avx2] [--out benchmarks/results]
     python3 benchmarks/bench_family.py --device cuda [--size 26] [--dtypes float32,bfloat16]
 
 Each case times "forward" (the sampling call) and "full" (forward plus
@@ -34,7 +34,7 @@ import bench_harness as harness  # noqa: E402  (the shared timing harness)
 D = torch.distributions
 MODES = ("forward", "full")
 PROVIDERS = ("rtrick_ops", "torch")
-CSV_COLUMNS = ["timestamp", "device", "threads", "torch_version", "cuda_version", "rtrick_ops_version", "case",
+CSV_COLUMNS = ["timestamp", "device", "threads", "cpu_isa", "torch_version", "cuda_version", "rtrick_ops_version", "case",
                "provider", "dtype", "mode", "numel", "median_ms", "p20_ms", "p80_ms", "gbps", "speedup_vs_torch"]
 CLASSES = 128  # row length of the Gumbel-Softmax cases
 DIRICHLET_CATEGORIES = 16
@@ -173,12 +173,16 @@ def main():
     parser.add_argument("--dtypes", help="comma-separated (cpu: float32; cuda: float32,bfloat16)")
     parser.add_argument("--cases", help="comma-separated subset of the cases")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--isa", default="auto",
+                        help="cpu: force the CPU kernels' instruction set (rt.set_cpu_isa: default, avx2, avx512); "
+                             "the table and files name the ISA that ran")
     parser.add_argument("--quick", action="store_true", help="2^16 elements and short timing, for smoke tests")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "error: --device cuda needs a CUDA GPU and a CUDA build of torch\n")
     torch.set_num_threads(args.threads)
+    rt.set_cpu_isa(args.isa)
     setup = bench_normal.SETUPS[args.device]
     budget = setup.quick_budget if args.quick else setup.budget
     numel = 2**(16 if args.quick else (args.size or (22 if args.device == "cpu" else 26)))
@@ -187,10 +191,12 @@ def main():
     cases = harness.select_cases(parser, _cases(), args.cases)
     device_name = harness.cpu_model() if args.device == "cpu" else torch.cuda.get_device_name()
     environment = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds"), "device": device_name, "threads": args.threads, "torch_version": torch.__version__,
+        timespec="seconds"), "device": device_name, "threads": args.threads,
+        "cpu_isa": rt.cpu_isa() if args.device == "cpu" else None, "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda, "rtrick_ops_version": rt.__version__}
-    header = (f"{device_name} | {args.threads} threads | torch {torch.__version__} | rtrick_ops {rt.__version__} | "
-              f"2^{numel.bit_length() - 1} elements")
+    isa = f" | ISA {rt.cpu_isa()}" if args.device == "cpu" else ""
+    header = (f"{device_name} | {args.threads} threads{isa} | torch {torch.__version__} | "
+              f"rtrick_ops {rt.__version__} | 2^{numel.bit_length() - 1} elements")
     print(header)
     widths = [w for _, w in TABLE]
     print(line([n for n, _ in TABLE], widths))

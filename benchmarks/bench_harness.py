@@ -171,7 +171,17 @@ def csv_cell(value):
 
 
 def append_csv(path, environment, rows, columns):
+    """Appends rows (each with the run's environment) to a CSV; a file written with other columns is first
+    rewritten with the new ones (its rows keep their cells, empty where a column is new), so the history stays
+    readable when a benchmark records something more."""
     new_file = not os.path.exists(path)
+    if not new_file:
+        with open(path, newline="") as file:
+            reader = csv.DictReader(file)
+            old_columns, old_rows = reader.fieldnames or [], list(reader)
+        if old_columns != list(columns):
+            columns = list(columns) + [c for c in old_columns if c not in columns]
+            write_csv(path, old_rows, columns)
     with open(path, "a", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         if new_file:

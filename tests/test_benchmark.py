@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import rtrick_ops as rt
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +46,22 @@ def test_family_benchmark_quick_run_covers_every_case(tmp_path):
     assert {(row["provider"], row["mode"]) for row in rows} == {(p, m) for p in ("rtrick_ops", "torch")
                                                                for m in ("forward", "full")}
     assert all(float(row["median_ms"]) > 0 and float(row["speedup_vs_torch"]) > 0 for row in rows)
+    assert {row["cpu_isa"] for row in rows} == {rt.cpu_isa()}
     assert (tmp_path / "bench_family_cpu.md").read_text().count("| gamma |") == 4
+
+
+def test_csv_history_survives_a_new_column(tmp_path):
+    """A benchmark that records one more column appends to the old file: its rows keep their cells."""
+    spec = importlib.util.spec_from_file_location("bench_harness", ROOT / "benchmarks" / "bench_harness.py")
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    path = tmp_path / "history.csv"
+    harness.append_csv(path, {"timestamp": "t0"}, [{"case": "a", "ms": 1.5}], ["timestamp", "case", "ms"])
+    harness.append_csv(path, {"timestamp": "t1", "isa": "avx2"}, [{"case": "b", "ms": 2.0}],
+                       ["timestamp", "isa", "case", "ms"])
+    rows = list(csv.DictReader(open(path)))
+    assert list(rows[0]) == ["timestamp", "isa", "case", "ms"]
+    assert [tuple(r.values()) for r in rows] == [("t0", "", "a", "1.5"), ("t1", "avx2", "b", "2")]
 
 
 def test_small_size_benchmark_quick_run_writes_results(tmp_path):

@@ -146,9 +146,41 @@ def test_gamma_gradient_lanes_give_the_scalar_loops_bits():
                                        msg=lambda m: f"{name} against {first[0]}: {m}")
 
 
+def test_beta_gradient_lanes_give_the_scalar_loops_bits():
+    """The AVX2 and AVX-512 row kernels sum the Beta gradient's Gauss series (both derivatives) 4 elements at a
+    time, queued by the series' x, each lane stopping at its own last term; the portable table runs gamma.h's
+    scalar beta_grad_term (as CUDA does). Every element's (dz/da, dz/db) term must be the same bits on every
+    ISA: z on either side of the crossover, the quadrature (a parameter of 100 or more on the series' side),
+    small a on dz/db's side (the difference series, scalar), zero grads, NaN, infinite and zero parameters,
+    z at 0 and 1, broadcast parameters, every dtype."""
+    g = torch.Generator().manual_seed(12)
+    n = 2003
+    a = torch.cat([torch.rand(n, generator=g, dtype=torch.float64) * 4 + 0.01,
+                   torch.tensor([0.1, 150.0, 2.0, math.nan, math.inf, 0.0, 1e-30, 5.0], dtype=torch.float64)])
+    b = torch.cat([torch.exp(torch.randn(n, generator=g, dtype=torch.float64) * 1.5),
+                   torch.tensor([3.0, 2.0, 300.0, 1.0, 1.0, 1.0, 2.0, 0.2], dtype=torch.float64)])
+    z = torch.distributions.Beta(a.nan_to_num(1.0, posinf=1.0).clamp(min=1e-3),
+                                 b.clamp(min=1e-3)).sample().clamp(1e-12, 1 - 1e-12)
+    z[5], z[6] = 0.0, 1.0
+    grad = torch.randn(a.shape, generator=g, dtype=torch.float64)
+    grad[::7] = 0.0
+    results = {}
+    for name in each_cpu_isa():
+        outputs = []
+        for d in DTYPES:
+            outputs += ops.beta_rsample_backward(grad.to(d), a.to(d), b.to(d), z.to(d))
+        outputs += ops.beta_rsample_backward(grad[:60].view(20, 3), a[:3], b[:3], z[:60].view(20, 3))
+        results[name] = outputs
+    first, *others = results.items()
+    for name, outputs in others:
+        for ours, theirs in zip(outputs, first[1]):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda m: f"{name} against {first[0]}: {m}")
+
+
 def test_dirichlet_gradient_lanes_give_the_scalar_loops_bits():
-    """The AVX2 and AVX-512 row kernels sum the Dirichlet marginals' Beta series 4 at a time, queued by the
-    series' x, each lane stopping at its own last term; the portable table runs gamma.h's scalar
+    """The AVX2 and AVX-512 row kernels sum the Dirichlet marginals' Beta series 4 at a time (the lanes of the
+    test above), each lane stopping at its own last term; the portable table runs gamma.h's scalar
     dirichlet_weighted_grad (as CUDA does). Every element's term must be the same bits on every ISA: rows
     whose marginals fall on z's side and on 1 - z's, the quadrature (alpha above 100), a rest below 0.25
     on 1 - z's side (scalar), zero weights, NaN and infinite concentrations, z at 0 and 1, part-filled

@@ -195,12 +195,19 @@ struct CpuDevice {
       const scalar_t* pb = b.const_data_ptr<scalar_t>();
       const scalar_t* pg = grad.const_data_ptr<scalar_t>();
       const scalar_t* pz = z.const_data_ptr<scalar_t>();
+      const RowKernels& kernels = active_row_kernels();
       at::parallel_for(0, z.numel(), 128, [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) {
-          const Grad2 terms = beta_grad_term(static_cast<double>(pg[n]), static_cast<double>(pa[n % a_period]),
-                                              static_cast<double>(pb[n % b_period]), static_cast<double>(pz[n]));
-          pta[n] = terms.a;
-          ptb[n] = terms.b;
+        constexpr int64_t kBlock = 256;  // the row kernel reads double: convert a block at a time
+        double g[kBlock], va[kBlock], vb[kBlock], x[kBlock];
+        for (int64_t start = begin; start < end; start += kBlock) {
+          const int64_t len = std::min(kBlock, end - start);
+          for (int64_t j = 0; j < len; ++j) {
+            g[j] = static_cast<double>(pg[start + j]);
+            va[j] = static_cast<double>(pa[(start + j) % a_period]);
+            vb[j] = static_cast<double>(pb[(start + j) % b_period]);
+            x[j] = static_cast<double>(pz[start + j]);
+          }
+          kernels.beta_grad_terms(g, va, vb, x, len, pta + start, ptb + start);
         }
       });
     });

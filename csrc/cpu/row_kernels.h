@@ -73,6 +73,10 @@ struct RowKernels {
   bool (*outside_domain)(bool f64, const void* values, int64_t len, bool positive);
   // terms[j] = grad[j] * dz/dalpha of Gamma(alpha[j]) at z[j] (gamma.h's gamma_grad_term, the same bits).
   void (*gamma_grad_terms)(const double* grad, const double* alpha, const double* z, int64_t len, double* terms);
+  // terms_a[j], terms_b[j] = grad[j] * (dz/da, dz/db) of Beta(a[j], b[j]) at z[j] (gamma.h's beta_grad_term, the
+  // same bits).
+  void (*beta_grad_terms)(const double* grad, const double* a, const double* b, const double* z, int64_t len,
+                          double* terms_a, double* terms_b);
   // terms[j] = the Dirichlet's w[j] * d_j (gamma.h's dirichlet_weighted_grad, the same bits), the row's
   // alpha total as the compensated pair total_hi[j] + total_lo[j].
   void (*dirichlet_grad_terms)(const double* w, const double* alpha, const double* total_hi, const double* total_lo,
