@@ -340,9 +340,9 @@ constexpr double kBetaSeriesMaxA = 100.0;
 // Below this a, dz/db's series is summed as its difference from the a = 0 series.
 constexpr double kBetaSeriesSmallA = 0.25;
 
-// Pieces of beta_grad_series below that the CPU's Dirichlet backward shares: it
-// sums the series in one derivative for several elements at once
-// (cpu/row_kernels_impl.h, beta_series_one_lanes).
+// Pieces of beta_grad_series below that the CPU's Beta and Dirichlet backward
+// share: they sum the series for several elements at once
+// (cpu/row_kernels_impl.h, beta_series_lanes).
 struct BetaSeriesStart {
   double da, g, db;  // the n = 0 factors: ln x + psi(a + b) - psi(a + 1); psi(a + b) - psi(b); ln y + g
 };
@@ -551,6 +551,11 @@ RT_HD void add_to(CompensatedSum& s, double v) {
   s.hi = t;
 }
 
+// The second parameter of alpha's marginal Beta, total - alpha (see below).
+RT_HD double dirichlet_rest(double alpha, double total_hi, double total_lo) { return (total_hi - alpha) + total_lo; }
+// d_i from its marginal's dz/da (see below).
+RT_HD double dirichlet_from_beta_grad(double dz_da, double z) { return dz_da / (1.0 - z); }
+
 // The Dirichlet's pathwise gradient (torch's _dirichlet_grad): raising
 // alpha_i moves z_i along its Beta(alpha_i, total - alpha_i) marginal, whose
 // second parameter (the other alphas' sum) stays fixed, and rescales the other
@@ -559,9 +564,6 @@ RT_HD void add_to(CompensatedSum& s, double v) {
 // whole total (one category) or z_i is not below 1. total_hi + total_lo is the
 // compensated sum of the row's alphas: hi - alpha is exact where alpha is most
 // of it (Sterbenz), and rounds relative to rest elsewhere.
-RT_HD double dirichlet_rest(double alpha, double total_hi, double total_lo) { return (total_hi - alpha) + total_lo; }
-// d_i from its marginal's dz/da.
-RT_HD double dirichlet_from_beta_grad(double dz_da, double z) { return dz_da / (1.0 - z); }
 RT_HD double dirichlet_marginal_grad(double alpha, double total_hi, double total_lo, double z) {
   const double rest = dirichlet_rest(alpha, total_hi, total_lo);
   if (rest != rest || alpha != alpha || z != z) return ::nan("");

@@ -39,6 +39,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../family_common.h"
@@ -83,28 +84,40 @@ inline __attribute__((always_inline)) bool takes_max(C v, C m) {
 // Philox blocks b0 / 4 + t + k * threads and adds its elements in index order;
 // each warp then sums its 32 partials by the butterfly of __shfl_xor_sync
 // (offsets 16, 8, 4, 2, 1), and the warps' sums are added in warp order.
+//
+// A short row leaves most lanes at +0. The butterfly's steps whose offset is
+// at least the next power of two above the lanes in use, and the warps past
+// them, only add +0 to the partials that reach lane 0, which changes no bit:
+// a partial is never -0 (it starts at +0, and +0 + -0 = +0), and x + +0 = x
+// for every other x. So they are skipped: a row of 10 sums 4 lanes, not 32.
 template <typename C>
-C butterfly_sum(const C* partial) {
-  C a[32], b[32];
-  std::copy(partial, partial + 32, a);
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    for (int lane = 0; lane < 32; ++lane) b[lane] = a[lane] + a[lane ^ offset];
-    std::copy(b, b + 32, a);
-  }
+C butterfly_sum(const C* partial, int used) {
+  int width = 1;
+  while (width < used) width <<= 1;
+  C a[32];
+  std::copy(partial, partial + used, a);
+  std::fill(a + used, a + width, C(0));
+  // Only lanes below the offset feed lane 0 later; lane l ^ offset is l + offset for them.
+  for (int offset = width / 2; offset > 0; offset >>= 1)
+    for (int lane = 0; lane < offset; ++lane) a[lane] = a[lane] + a[lane + offset];
   return a[0];
 }
 
+// The first `used` of `threads` partials hold the sums; the rest are +0.
 template <typename C>
-C combine_thread_sums(const C* partial, int threads) {
-  C total = butterfly_sum(partial);
-  for (int warp = 1; warp < threads / 32; ++warp) total += butterfly_sum(partial + 32 * warp);
+C combine_thread_sums(const C* partial, int threads, int used) {
+  C total = butterfly_sum(partial, std::min(used, 32));
+  for (int warp = 1; warp < threads / 32 && 32 * warp < used; ++warp)
+    total += butterfly_sum(partial + 32 * warp, std::min(used - 32 * warp, 32));
   return total;
 }
 
 // sum_j a[j] over a row of L at stream element b0, in the kernels' order.
 template <typename C>
 C row_sum_in_kernel_order(const C* a, int64_t L, int64_t b0, int threads, C* partial) {
-  std::fill(partial, partial + threads, C(0));
+  const int64_t blocks = (b0 % 4 + L + 3) / 4;  // the Philox blocks the row touches
+  const int used = static_cast<int>(std::min<int64_t>(threads, blocks));
+  std::fill(partial, partial + used, C(0));
   int64_t j = 0, block_end = 4 - b0 % 4;  // where the row's first Philox block ends
   int t = 0;
   while (j < L) {
@@ -115,7 +128,7 @@ C row_sum_in_kernel_order(const C* a, int64_t L, int64_t b0, int threads, C* par
     block_end += 4;
     t = t + 1 == threads ? 0 : t + 1;
   }
-  return combine_thread_sums(partial, threads);
+  return combine_thread_sums(partial, threads, used);
 }
 
 // The sum of exp((v - best) / tau) of a row too long for registers, as the
@@ -142,7 +155,7 @@ inline __attribute__((always_inline)) C online_row_sum(const C* v, int64_t L, in
     }
     partial[t] = rescale(s, m, best, tau);
   }
-  return combine_thread_sums(partial, threads);
+  return combine_thread_sums(partial, threads, threads);
 }
 
 // Scratch for one slab: v (then the exponentials), per-column max, sum,
@@ -307,7 +320,11 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad
   const int64_t parts =
       s.outer >= 64 ? 1 : std::clamp<int64_t>(samples * count / 65536, 1, std::min<int64_t>(64, samples));
   const int64_t per_part = (samples + parts - 1) / parts;
-  std::vector<C> partial(static_cast<size_t>(parts * count), C(0));
+  // One sample of float32/float64 logits: each term is written once, straight into the gradient (no
+  // zeroed buffer, no copy pass). Otherwise partial sums, added in order and converted at the end.
+  const bool direct = samples == 1 && std::is_same_v<T, C>;
+  std::vector<C> partial(direct ? 0 : static_cast<size_t>(parts * count), C(0));
+  C* const acc_base = direct ? reinterpret_cast<C*>(grad.data_ptr<T>()) : partial.data();
   const T* xp = x.const_data_ptr<T>();
   const T* gp = gy.const_data_ptr<T>();
   const RowKernels& kernels = active_row_kernels();
@@ -357,7 +374,7 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad
         const int64_t o1 = std::min(end, o0 + slab_chunk);
         kernels.noise_fill(static_cast<int32_t>(NoiseKind::Gumbel), key, o0 * slab, (o1 - o0) * slab, noise.data());
         for (int64_t o = o0; o < o1; ++o)
-          slab_grad(xp + o * slab, noise.data() + (o - o0) * slab, o * slab, gp + o * slab, partial.data() + o * slab,
+          slab_grad(xp + o * slab, noise.data() + (o - o0) * slab, o * slab, gp + o * slab, acc_base + o * slab,
                     true);
       }
       return;
@@ -382,6 +399,7 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad
       }
     }
   });
+  if (direct) return;
   T* out = grad.data_ptr<T>();
   at::parallel_for(0, count, 16384, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
