@@ -121,6 +121,17 @@ def test_vector_first_attempt_gives_the_scalar_samplers_bits():
                 torch.testing.assert_close(ops.beta_rsample(a[:cut], bb[:cut], st, []), whole_beta[:cut], **exact)
 
 
+def assert_same_bits_on_every_isa(results):
+    """results: {isa: [tensors]}, the same computations on each ISA; every tensor must match the first ISA's
+    bit for bit (NaN where it has NaN)."""
+    first, *others = results.items()
+    for name, outputs in others:
+        assert len(outputs) == len(first[1])
+        for ours, theirs in zip(outputs, first[1]):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda m: f"{name} against {first[0]}: {m}")
+
+
 def test_gamma_gradient_lanes_give_the_scalar_loops_bits():
     """The AVX2 and AVX-512 row kernels sum the gradient's series 4 or 8 elements at a time, each lane
     stopping at its own last term; the portable table runs gamma.h's scalar loop (as CUDA does). Every
@@ -139,11 +150,7 @@ def test_gamma_gradient_lanes_give_the_scalar_loops_bits():
     for name in each_cpu_isa():
         results[name] = [ops.gamma_rsample_backward(grad.to(d), alpha.to(d), z.to(d)) for d in DTYPES]
         results[name].append(ops.gamma_rsample_backward(grad[:60].view(20, 3), alpha[:3], z[:60].view(20, 3)))
-    first, *others = results.items()
-    for name, outputs in others:
-        for ours, theirs in zip(outputs, first[1]):
-            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True,
-                                       msg=lambda m: f"{name} against {first[0]}: {m}")
+    assert_same_bits_on_every_isa(results)
 
 
 def test_beta_gradient_lanes_give_the_scalar_loops_bits():
@@ -171,11 +178,7 @@ def test_beta_gradient_lanes_give_the_scalar_loops_bits():
             outputs += ops.beta_rsample_backward(grad.to(d), a.to(d), b.to(d), z.to(d))
         outputs += ops.beta_rsample_backward(grad[:60].view(20, 3), a[:3], b[:3], z[:60].view(20, 3))
         results[name] = outputs
-    first, *others = results.items()
-    for name, outputs in others:
-        for ours, theirs in zip(outputs, first[1]):
-            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True,
-                                       msg=lambda m: f"{name} against {first[0]}: {m}")
+    assert_same_bits_on_every_isa(results)
 
 
 def test_dirichlet_gradient_lanes_give_the_scalar_loops_bits():
@@ -205,11 +208,7 @@ def test_dirichlet_gradient_lanes_give_the_scalar_loops_bits():
     for name in each_cpu_isa():
         results[name] = [ops.dirichlet_rsample_backward(gr.to(d), c.to(d), zz.to(d))
                          for gr, c, zz in cases for d in DTYPES]
-    first, *others = results.items()
-    for name, outputs in others:
-        for ours, theirs in zip(outputs, first[1]):
-            torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True,
-                                       msg=lambda m: f"{name} against {first[0]}: {m}")
+    assert_same_bits_on_every_isa(results)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
