@@ -8,7 +8,7 @@
 // are those of the Python registrations that serve the Triton operators
 // (rtrick_ops/normal.py, family.py, gumbel.py, gamma.py): the backward
 // operators regenerate the noise from rng_state, the implicit gradients read
-// the sample z. Triton operators keep Python autograd because triton_op
+// the sample z, and a soft float Gumbel-Softmax sample is read too (below). Triton operators keep Python autograd because triton_op
 // registers them from Python.
 //
 // The backward operators' own autograd (double backward) stays in Python: it
@@ -145,27 +145,49 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_autograd(const at::Tens
 }
 
 // ---------------------------------------------------------- gumbel_softmax
+// A soft float32/float64 sample is saved for the backward, as torch's softmax
+// saves its output: it is the tensor returned, so it costs no memory a caller
+// keeping it does not already hold, and it spares the backward the noise and
+// the exponentials, which on a CPU cost as much as the forward. The backward
+// reads the same y the regeneration would compute, so the bits are the same.
+// A hard sample (a one-hot) and a half-type sample (rounded) are not the soft
+// sample in the compute type: for those the backward regenerates y.
+bool saves_sample(const at::Tensor& logits, bool hard) {
+  return !hard && (logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble);
+}
+
 class GumbelSoftmax : public torch::autograd::Function<GumbelSoftmax> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& rng_state, double tau,
                             bool hard, int64_t dim, c10::SymIntArrayRef sample_shape) {
-    ctx->save_for_backward({logits, rng_state});
     ctx->saved_data["tau"] = tau;
     ctx->saved_data["dim"] = dim;
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return ops::gumbel_softmax().call(logits, rng_state, tau, hard, dim, sample_shape);
+    at::Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      y = ops::gumbel_softmax().call(logits, rng_state, tau, hard, dim, sample_shape);
+    }
+    const bool from_sample = saves_sample(logits, hard);
+    ctx->saved_data["from_sample"] = from_sample;
+    ctx->save_for_backward({logits, from_sample ? y : rng_state});
+    return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     at::Tensor grad_logits;
     if (ctx->needs_input_grad(0)) {
       const auto saved = ctx->get_saved_variables();
-      const at::Tensor &logits = saved[0], &rng_state = saved[1];
+      const at::Tensor& logits = saved[0];
       const at::Tensor grad_y = grads[0].to(logits.scalar_type());
       const double tau = ctx->saved_data["tau"].toDouble();
       const int64_t dim = ctx->saved_data["dim"].toInt();
-      grad_logits = call_backward_op(
-          [&] { return ops::gumbel_softmax_backward().call(grad_y, logits, rng_state, tau, dim); });
+      if (ctx->saved_data["from_sample"].toBool()) {
+        grad_logits = call_backward_op(
+            [&] { return ops::gumbel_softmax_sample_backward().call(grad_y, saved[1], logits, tau, dim); });
+      } else {
+        grad_logits = call_backward_op(
+            [&] { return ops::gumbel_softmax_backward().call(grad_y, logits, saved[1], tau, dim); });
+      }
     }
     return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -198,13 +198,12 @@ template <> inline float tau_as<float>(double tau) {
 }
 template <> inline double tau_as<double>(double tau) { return tau; }
 
-// The backward's arguments; returns the wrapped dim.
-inline int64_t check_gumbel_softmax_backward(const at::Tensor& grad_y, const at::Tensor& logits,
-                                             const at::Tensor& rng_state, double tau, int64_t dim) {
+// The arguments both backwards share; returns the wrapped dim.
+inline int64_t check_gumbel_softmax_grad(const at::Tensor& grad_y, const at::Tensor& logits, double tau,
+                                         int64_t dim) {
   check_float_tensor(grad_y, "grad_y");
   check_float_tensor(logits, "logits");
   check_tau(tau);
-  check_rng_state(rng_state, logits);
   TORCH_CHECK_VALUE(grad_y.scalar_type() == logits.scalar_type(), "grad_y (", grad_y.scalar_type(),
                     ") and logits (", logits.scalar_type(), ") must have the same dtype");
   TORCH_CHECK_VALUE(grad_y.device() == logits.device(), "grad_y is on ", grad_y.device(), " but logits is on ",
@@ -213,6 +212,28 @@ inline int64_t check_gumbel_softmax_backward(const at::Tensor& grad_y, const at:
   TORCH_CHECK_VALUE(lead >= 0 && grad_y.sizes().slice(lead).equals(logits.sizes()), "grad_y of shape ",
                     grad_y.sizes(), " must be sample_shape + logits.shape, logits.shape = ", logits.sizes());
   return wrap_dim(dim, logits);
+}
+
+// The regenerating backward's arguments; returns the wrapped dim.
+inline int64_t check_gumbel_softmax_backward(const at::Tensor& grad_y, const at::Tensor& logits,
+                                             const at::Tensor& rng_state, double tau, int64_t dim) {
+  const int64_t wrapped = check_gumbel_softmax_grad(grad_y, logits, tau, dim);
+  check_rng_state(rng_state, logits);
+  return wrapped;
+}
+
+// The saved-sample backward's arguments: y is the forward's soft sample, of grad_y's shape, dtype and
+// device. Returns the wrapped dim.
+inline int64_t check_gumbel_softmax_sample_backward(const at::Tensor& grad_y, const at::Tensor& y,
+                                                    const at::Tensor& logits, double tau, int64_t dim) {
+  const int64_t wrapped = check_gumbel_softmax_grad(grad_y, logits, tau, dim);
+  check_float_tensor(y, "y");
+  TORCH_CHECK_VALUE(y.scalar_type() == grad_y.scalar_type(), "y (", y.scalar_type(), ") and grad_y (",
+                    grad_y.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK_VALUE(y.device() == grad_y.device(), "y is on ", y.device(), " but grad_y is on ", grad_y.device());
+  TORCH_CHECK_VALUE(y.sizes().equals(grad_y.sizes()), "y of shape ", y.sizes(), " must have grad_y's shape ",
+                    grad_y.sizes());
+  return wrapped;
 }
 
 // ------------------------------------------------------ Gamma, Beta, Dirichlet

@@ -33,7 +33,8 @@
 //       grad * dz/dparam per element, in float64, at z's shape.
 //   gumbel_softmax_forward(logits, slabs, rng_state, tau, hard, y)
 //   gumbel_softmax_backward(grad_y, logits, slabs, rng_state, tau) -> grad of logits' shape
-//       logits and grad_y contiguous, neither empty.
+//   gumbel_softmax_sample_backward(grad_y, y, logits, slabs, tau) -> grad of logits' shape
+//       logits, grad_y and y contiguous, none empty.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -321,9 +322,21 @@ at::Tensor gumbel_softmax_backward(const at::Tensor& grad_y, const at::Tensor& l
 }
 
 template <class Device>
+at::Tensor gumbel_softmax_sample_backward(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& logits,
+                                          double tau, int64_t dim) {
+  const int64_t wrapped = check_gumbel_softmax_sample_backward(grad_y, y, logits, tau, dim);
+  const typename Device::Guard guard(logits.device());
+  if (logits.numel() == 0) return Device::empty(logits.sizes(), logits.options());
+  if (grad_y.numel() == 0) return at::zeros(logits.sizes(), logits.options());
+  return Device::gumbel_softmax_sample_backward(grad_y.contiguous(), y.contiguous(), logits.contiguous(),
+                                                slab_shape(logits, wrapped), tau);
+}
+
+template <class Device>
 void register_gumbel_softmax_ops(torch::Library& m) {
   m.impl("gumbel_softmax", &gumbel_softmax<Device>);
   m.impl("gumbel_softmax_backward", &gumbel_softmax_backward<Device>);
+  m.impl("gumbel_softmax_sample_backward", &gumbel_softmax_sample_backward<Device>);
 }
 
 }  // namespace

@@ -58,6 +58,7 @@ RT_OP_HANDLE(beta_rsample, BetaSig, "beta_rsample")
 RT_OP_HANDLE(beta_rsample_backward, BetaBackwardSig, "beta_rsample_backward")
 RT_OP_HANDLE(gumbel_softmax, GumbelSig, "gumbel_softmax")
 RT_OP_HANDLE(gumbel_softmax_backward, GumbelBackwardSig, "gumbel_softmax_backward")
+RT_OP_HANDLE(gumbel_softmax_sample_backward, GumbelBackwardSig, "gumbel_softmax_sample_backward")
 #undef RT_OP_HANDLE
 
 }  // namespace ops

@@ -52,14 +52,19 @@ TORCH_LIBRARY(rtrick_ops, m) {
 
   // ---------------------------------------------------------- Gumbel-Softmax
   // softmax((logits + gumbel noise) / tau) along dim (of logits; sample dims lead),
-  // one-hot of its argmax when hard. The backward regenerates the soft sample.
+  // one-hot of its argmax when hard.
   m.def(
       "gumbel_softmax(Tensor logits, Tensor rng_state, float tau, bool hard, int dim, "
       "SymInt[] sample_shape) -> Tensor");
   // d loss / d logits of the soft sample y: y * (grad_y - sum(grad_y * y, dim)) / tau,
   // summed over the sample dims.
+  // From the soft sample regenerated from rng_state (hard samples, half types) ...
   m.def(
       "gumbel_softmax_backward(Tensor grad_y, Tensor logits, Tensor rng_state, float tau, int dim) "
+      "-> Tensor");
+  // ... or from the soft sample y the forward returned (float32 and float64 soft samples): the same bits.
+  m.def(
+      "gumbel_softmax_sample_backward(Tensor grad_y, Tensor y, Tensor logits, float tau, int dim) "
       "-> Tensor");
 
   // ------------------------------------- implicit reparameterization (Gamma)

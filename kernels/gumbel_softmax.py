@@ -1,7 +1,8 @@
 """Triton kernels of the fused Gumbel-Softmax operators (installed as rtrick_ops.kernels.gumbel_softmax).
 
 Read top to bottom: the row kernels (a single-pass kernel for rows that fit in
-one block, a looped one for longer rows, forward and backward), their
+one block, a looped one for longer rows, forward, backward, and backward from
+the saved soft sample), their
 launchers, and the operators registered with torch.library.triton_op so that
 torch.compile sees the kernels. Autograd is registered in rtrick_ops/gumbel.py,
 shared with the C++ operators.
@@ -189,6 +190,47 @@ def _backward_loop_kernel(out_ptr, gy_ptr, x_ptr, state_ptr, tau_ptr, outer, inn
         tl.store(out_ptr + n, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _sample_backward_single_kernel(out_ptr, gy_ptr, y_ptr, tau_ptr, outer, inner, L, F64: tl.constexpr,
+                                   BLOCK: tl.constexpr):
+    """The backward from the forward's soft sample y (no noise): out = y * (gy - sum(gy * y)) / tau. A row
+    of y without a finite max is NaN (the forward wrote it so), and so are its terms."""
+    compute = tl.float64 if F64 else tl.float32
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK).to(tl.int64)
+    mask = cols < L
+    tau = tl.load(tau_ptr)
+    base, step = _row_base(row, outer, inner, L)
+    n = base + cols * step
+    y = tl.load(y_ptr + n, mask=mask, other=0.0).to(compute)
+    gy = tl.load(gy_ptr + n, mask=mask, other=0.0).to(compute)
+    dot = tl.sum(gy * y, 0)
+    tl.store(out_ptr + n, div(y * (gy - dot), tau, F64).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sample_backward_loop_kernel(out_ptr, gy_ptr, y_ptr, tau_ptr, outer, inner, L, F64: tl.constexpr,
+                                 BLOCK: tl.constexpr):
+    compute = tl.float64 if F64 else tl.float32
+    row = tl.program_id(0).to(tl.int64)
+    tau = tl.load(tau_ptr)
+    base, step = _row_base(row, outer, inner, L)
+    dot = tl.full([], 0.0, compute)
+    for start in range(0, L, BLOCK):
+        cols = start + tl.arange(0, BLOCK).to(tl.int64)
+        mask = cols < L
+        y = tl.load(y_ptr + base + cols * step, mask=mask, other=0.0).to(compute)
+        gy = tl.load(gy_ptr + base + cols * step, mask=mask, other=0.0).to(compute)
+        dot += tl.sum(gy * y, 0)
+    for start in range(0, L, BLOCK):
+        cols = start + tl.arange(0, BLOCK).to(tl.int64)
+        mask = cols < L
+        n = base + cols * step
+        y = tl.load(y_ptr + n, mask=mask, other=0.0).to(compute)
+        gy = tl.load(gy_ptr + n, mask=mask, other=0.0).to(compute)
+        tl.store(out_ptr + n, div(y * (gy - dot), tau, F64).to(out_ptr.dtype.element_ty), mask=mask)
+
+
 # ---------------------------------------------------------------- launchers
 def _layout(logits, dim):
     """(permuted logits [outer * inner, L] contiguous, outer, L, inner) for the softmax over `dim`."""
@@ -232,24 +274,51 @@ def _forward(logits, rng_state, tau, hard, dim, sample_shape):
     return y
 
 
-def _backward(grad_y, logits, rng_state, tau, dim):
+def _backward(grad_y, logits, tau, dim, launch):
+    """The logits' gradient from per-element terms: launch(kernel_choice, out, x, outer, L, inner, rows,
+    tau_t, f64, single, block) writes them at grad_y's shape (in the compute type when sample dims are
+    summed after, by torch's deterministic sum)."""
     lead = grad_y.dim() - logits.dim()
     if logits.numel() == 0 or grad_y.numel() == 0:
         return torch.zeros_like(logits)
     x, outer, L, inner = _layout(logits, dim)
     f64 = logits.dtype == torch.float64
     compute = torch.float64 if f64 else torch.float32
-    # With sample dims, per-sample terms in the compute type, then torch's (deterministic) sum over them.
     out = torch.empty(grad_y.shape, dtype=compute if lead > 0 else logits.dtype, device=logits.device)
     rows = grad_y.numel() // L
     tau_t = _tau_tensor(tau, logits.dtype, logits.device)
     single, block = _blocks(L)
-    kernel = _backward_single_kernel if single else _backward_loop_kernel
-    wrap_triton(kernel)[(rows,)](out, grad_y.contiguous(), x, rng_state, tau_t, outer, inner, L, F64=f64,
-                                 BLOCK=block, num_warps=4 if block <= 1024 else 8, enable_fp_fusion=False)
+    launch(out, x, outer, L, inner, rows, tau_t, f64, single, block)
     if lead > 0:
         out = out.sum(tuple(range(lead))).to(logits.dtype)
     return out
+
+
+def _regenerating_backward(grad_y, logits, rng_state, tau, dim):
+    def launch(out, x, outer, L, inner, rows, tau_t, f64, single, block):
+        kernel = _backward_single_kernel if single else _backward_loop_kernel
+        wrap_triton(kernel)[(rows,)](out, grad_y.contiguous(), x, rng_state, tau_t, outer, inner, L, F64=f64,
+                                     BLOCK=block, num_warps=4 if block <= 1024 else 8, enable_fp_fusion=False)
+
+    return _backward(grad_y, logits, tau, dim, launch)
+
+
+def _sample_backward(grad_y, y, logits, tau, dim):
+    def launch(out, x, outer, L, inner, rows, tau_t, f64, single, block):
+        kernel = _sample_backward_single_kernel if single else _sample_backward_loop_kernel
+        wrap_triton(kernel)[(rows,)](out, grad_y.contiguous(), y.contiguous(), tau_t, outer, inner, L, F64=f64,
+                                     BLOCK=block, num_warps=4 if block <= 1024 else 8, enable_fp_fusion=False)
+
+    return _backward(grad_y, logits, tau, dim, launch)
+
+
+def _check_grad_y(grad_y, logits):
+    if grad_y.dtype != logits.dtype:
+        raise ValueError(f"grad_y ({grad_y.dtype}) and logits ({logits.dtype}) must have the same dtype")
+    lead = grad_y.dim() - logits.dim()
+    if lead < 0 or tuple(grad_y.shape[lead:]) != tuple(logits.shape):
+        raise ValueError(f"grad_y of shape {tuple(grad_y.shape)} must be sample_shape + logits.shape, "
+                         f"logits.shape = {tuple(logits.shape)}")
 
 
 def _check(logits, tau, dim):
@@ -279,6 +348,17 @@ def gumbel_softmax_backward_triton(grad_y: torch.Tensor, logits: torch.Tensor, r
                                    dim: int) -> torch.Tensor:
     check_op_inputs(rng_state, grad_y=grad_y, logits=logits)
     _check(logits, tau, dim)
-    if grad_y.dtype != logits.dtype:
-        raise ValueError(f"grad_y ({grad_y.dtype}) and logits ({logits.dtype}) must have the same dtype")
-    return _backward(grad_y, logits, rng_state, tau, dim)
+    _check_grad_y(grad_y, logits)
+    return _regenerating_backward(grad_y, logits, rng_state, tau, dim)
+
+
+@triton_op("rtrick_ops::gumbel_softmax_sample_backward_triton", mutates_args=())
+def gumbel_softmax_sample_backward_triton(grad_y: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, tau: float,
+                                          dim: int) -> torch.Tensor:
+    check_op_inputs(None, grad_y=grad_y, y=y, logits=logits)
+    _check(logits, tau, dim)
+    _check_grad_y(grad_y, logits)
+    if y.dtype != grad_y.dtype or y.shape != grad_y.shape:
+        raise ValueError(f"y ({y.dtype}, shape {tuple(y.shape)}) must have grad_y's dtype and shape "
+                         f"({grad_y.dtype}, {tuple(grad_y.shape)})")
+    return _sample_backward(grad_y, y, logits, tau, dim)

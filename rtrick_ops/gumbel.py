@@ -2,10 +2,13 @@
 
 Public wrapper (argument checks, seeding, backend choice), then the
 operators' declarations (rtrick_ops/_operators.py: fakes, routing, autograd). The noise comes from the
-canonical stream (element n of the contiguous output takes stream element n);
-the backward regenerates the soft sample from rng_state, so only logits and
-rng_state are saved. hard=True returns the exact one-hot of argmax(logits + g)
-with the soft sample's gradient (straight-through), so one backward serves both.
+canonical stream (element n of the contiguous output takes stream element n).
+A soft float32/float64 sample is saved for the backward, as torch's softmax
+saves its output (it is the returned tensor: no memory a caller keeping it does
+not hold already); for a hard sample and the half types the backward
+regenerates the soft sample from rng_state, so only logits and rng_state are
+saved. Both give the same gradient bits. hard=True returns the exact one-hot of
+argmax(logits + g) with the soft sample's gradient (straight-through).
 """
 import operator
 from typing import Optional, Sequence, Union
@@ -48,7 +51,9 @@ def gumbel_softmax(
     """Draw a Gumbel-Softmax (Concrete) sample, differentiably in logits, in one fused pass.
 
     y = softmax((logits + g) / tau) along `dim`, with g ~ Gumbel(0, 1) generated
-    inside the kernel (never materialised, never saved: the backward regenerates it).
+    inside the kernel (never materialised, never saved). The backward reads y (a
+    soft float32/float64 sample, which must then not be modified in place before
+    the backward, as with torch.softmax) or regenerates it (hard, half types).
 
     Args:
         logits: unnormalised log-probabilities (float32, float64, float16 or bfloat16).
@@ -83,20 +88,69 @@ def gumbel_softmax(
 # ----------------------------------------------------------- declarations
 # Autograd as in normal.py: variant -> (backward, setup_context); the C++ forward operator's own is in
 # csrc/autograd.cpp, the same formula.
+def saves_sample(logits, hard):
+    """Whether the backward reads the forward's soft sample (csrc/autograd.cpp's saves_sample): a soft
+    float32/float64 sample is y in the compute type; a one-hot or a rounded half-type y is not."""
+    return not hard and logits.dtype in (torch.float32, torch.float64)
+
+
 def _gumbel_softmax_autograd(ops):
     backward_op = ops.gumbel_softmax_backward
+    sample_backward_op = ops.gumbel_softmax_sample_backward
 
     def setup_context(ctx, inputs, output):
-        logits, rng_state, tau, _, dim, _ = inputs
-        ctx.save_for_backward(logits, rng_state)
+        logits, rng_state, tau, hard, dim, _ = inputs
+        ctx.from_sample = saves_sample(logits, hard)
+        ctx.save_for_backward(logits, output if ctx.from_sample else rng_state)
         ctx.tau, ctx.dim = tau, dim
 
     def backward(ctx, grad_y):
-        logits, rng_state = ctx.saved_tensors
+        logits, saved = ctx.saved_tensors
         grad_logits = None
         if ctx.needs_input_grad[0]:
-            grad_logits = backward_op(grad_y.to(logits.dtype), logits, rng_state, ctx.tau, ctx.dim)
+            grad_y = grad_y.to(logits.dtype)
+            if ctx.from_sample:
+                grad_logits = sample_backward_op(grad_y, saved, logits, ctx.tau, ctx.dim)
+            else:
+                grad_logits = backward_op(grad_y, logits, saved, ctx.tau, ctx.dim)
         return grad_logits, None, None, None, None, None
+
+    return backward, setup_context
+
+
+def _sample_gradient(grad_y, y, tau, wrapped, lead):
+    """B(grad_y, y) = sum over the lead sample dims of y * (grad_y - <grad_y, y>) / tau, in torch ops (the
+    double backwards differentiate it)."""
+    grad = y * (grad_y - (grad_y * y).sum(wrapped, keepdim=True)) / tau
+    return grad.sum(tuple(range(lead))) if lead else grad
+
+
+def _gumbel_softmax_sample_backward_autograd(ops):
+    # Double backward: B(gy, y) in torch ops, differentiated by torch autograd in gy and y; y's own
+    # gradient then flows on to logits through the forward's node. logits only gives the shape.
+    def setup_context(ctx, inputs, output):
+        grad_y, y, logits, tau, dim = inputs
+        ctx.save_for_backward(grad_y, y)
+        ctx.tau, ctx.dim, ctx.logits_dim, ctx.logits_dtype = tau, dim, logits.dim(), logits.dtype
+
+    def backward(ctx, grad_grad):
+        grad_y, y = ctx.saved_tensors
+        need_gy, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if ctx.logits_dim == 0:  # one category: y = 1 and B = 0
+            return (torch.zeros_like(grad_y) if need_gy else None, torch.zeros_like(y) if need_y else None,
+                    None, None, None)
+        lead = grad_y.dim() - ctx.logits_dim
+        wrapped = ctx.dim % ctx.logits_dim + lead
+        compute = compute_dtype(ctx.logits_dtype)
+        with torch.enable_grad():
+            gy = grad_y.detach().to(compute).requires_grad_(need_gy)
+            yc = y.detach().to(compute).requires_grad_(need_y)
+            grad = _sample_gradient(gy, yc, ctx.tau, wrapped, lead)
+            wanted = [t for t, need in ((gy, need_gy), (yc, need_y)) if need]
+            grads = iter(torch.autograd.grad(grad, wanted, grad_grad.to(compute), allow_unused=True))
+        d_grad_y = next(grads).to(grad_y.dtype) if need_gy else None
+        d_y = next(grads).to(y.dtype) if need_y else None
+        return d_grad_y, d_y, None, None, None
 
     return backward, setup_context
 
@@ -136,10 +190,7 @@ def _gumbel_softmax_backward_autograd(ops):
             # there anyway, so such entries contribute 0 with derivative 0.
             delta = torch.where(torch.isfinite(xc.detach()), xc - xc.detach(), torch.zeros((), dtype=compute))
             y = torch.softmax(log_y + delta / tau, wrapped)
-            gyc = gy.to(compute)
-            grad = y * (gyc - (gyc * y).sum(wrapped, keepdim=True)) / tau
-            if sample_dims:
-                grad = grad.sum(tuple(range(len(sample_dims))))
+            grad = _sample_gradient(gy.to(compute), y, tau, wrapped, len(sample_dims))
             wanted = [t for t, need in ((gy, ctx.needs_input_grad[0]), (x, ctx.needs_input_grad[1])) if need]
             grads = torch.autograd.grad(grad, wanted, grad_grad.to(compute), allow_unused=True)
         grads = iter(grads)
@@ -158,3 +209,5 @@ GUMBEL_SOFTMAX = declare("gumbel_softmax", ("logits",), [SAMPLE_AND_BATCH], trit
                          reference="gumbel_softmax_straight_through", autograd=_gumbel_softmax_autograd)
 declare("gumbel_softmax_backward", ("grad_y", "logits"), ["logits"], triton=True,
         autograd=_gumbel_softmax_backward_autograd)
+declare("gumbel_softmax_sample_backward", ("grad_y", "y", "logits"), ["logits"], keyed=False, triton=True,
+        autograd=_gumbel_softmax_sample_backward_autograd)

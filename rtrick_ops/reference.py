@@ -227,6 +227,16 @@ def gumbel_softmax_backward(grad_y, logits, rng_state, tau=1.0, dim=-1):
     return grad.sum(tuple(range(len(sample_shape)))).to(logits.dtype) if sample_shape else grad.to(logits.dtype)
 
 
+def gumbel_softmax_sample_backward(grad_y, y, logits, tau=1.0, dim=-1):
+    """gumbel_softmax_backward from the forward's soft sample y instead of regenerating it (float64 math)."""
+    if logits.dim() == 0:
+        return torch.zeros_like(logits)
+    lead = grad_y.dim() - logits.dim()
+    out_dim = (dim % logits.dim()) + lead
+    gy, y = grad_y.to(torch.float64), y.to(torch.float64)
+    grad = y * (gy - (gy * y).sum(out_dim, keepdim=True)) / tau
+    return (grad.sum(tuple(range(lead))) if lead else grad).to(logits.dtype)
+
 
 # ------------------------------------------- Gamma, Beta, Dirichlet (implicit)
 # Sub-streams (docs/stream.md, "Gamma, Beta and Dirichlet"): element n at

@@ -221,14 +221,81 @@ def test_gradcheck_and_gradgradcheck():
         assert torch.autograd.gradgradcheck(sample, (x,))
 
 
-def test_backward_saves_only_logits_and_rng_state():
-    x = logits_for((4, 6)).requires_grad_()
+@pytest.mark.parametrize("backend", ["cpu"] + (["triton"] if HAS_TRITON else []))
+@pytest.mark.parametrize("dtype,hard", [(torch.float32, False), (torch.float64, False), (torch.float32, True),
+                                        (torch.float16, False), (torch.bfloat16, True)], ids=str)
+def test_backward_saves_the_soft_sample_or_the_key(backend, dtype, hard):
+    """A soft float32/float64 sample is saved (the returned tensor itself, no copy): the backward reads it.
+    A one-hot or a half-type sample is not the soft sample in the compute type: logits and rng_state are
+    saved and the backward regenerates it. Never the noise."""
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    x = logits_for((4, 6), dtype).to(device).requires_grad_()
     packed = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
-        rt.gumbel_softmax(x, seed=1)
+        y = rt.gumbel_softmax(x, 0.5, hard, seed=1, backend=backend)
     assert len(packed) == 2
     assert any(p.shape == x.shape and torch.equal(p, x) for p in packed), "logits"
-    assert any(p.dtype == torch.int64 and p.shape == (2,) for p in packed), "rng_state"
+    if dtype in (torch.float32, torch.float64) and not hard:
+        assert any(p.data_ptr() == y.data_ptr() for p in packed), "the returned sample"
+    else:
+        assert any(p.dtype == torch.int64 and p.shape == (2,) for p in packed), "rng_state"
+
+
+def sample_backward_cases():
+    """(logits shape, dim, sample_shape): rows for each of the CUDA kernels' thread counts (a warp, a block,
+    the online rows), columns, sample dims, 0-d and single-category logits."""
+    return [((9, 10), -1, ()), ((4, 128), -1, ()), ((4, 1100), -1, ()), ((1, 9000), -1, ()), ((5, 37), -1, (3,)),
+            ((4, 7, 6), 1, ()), ((3, 5, 4), 0, (2,)), ((2, 3), -1, (70, 2)), ((), 0, (2,)), ((7, 1), 1, ()),
+            ((6,), 0, ())]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape,dim,sample_shape", sample_backward_cases(), ids=str)
+def test_sample_backward_gives_the_regenerating_backwards_bits(dtype, shape, dim, sample_shape):
+    """The backward from the saved soft sample and the one that regenerates it see the same y and sum
+    <grad_y, y> in the same order: the same gradient, bit for bit, NaN rows included."""
+    x = logits_for(shape, dtype, seed=5)
+    if x.dim() == 2 and x.shape[0] >= 4 and x.shape[1] > 4:  # a NaN logit, an all -inf row, a +inf: NaN rows
+        x[0, 1], x[1, :], x[-1, 0] = math.nan, -math.inf, math.inf
+    st = state(9)
+    y = ops.gumbel_softmax(x, st, 0.7, False, dim, list(sample_shape))
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    gy.view(-1)[::5] = 0.0
+    from_sample = ops.gumbel_softmax_sample_backward(gy, y, x, 0.7, dim)
+    regenerated = ops.gumbel_softmax_backward(gy, x, st, 0.7, dim)
+    assert from_sample.dtype == dtype and from_sample.shape == x.shape
+    torch.testing.assert_close(from_sample, regenerated, rtol=0, atol=0, equal_nan=True)
+    assert_close(from_sample, reference.gumbel_softmax_sample_backward(gy, y, x, 0.7, dim), "reference",
+                 dict(rtol=1e-5, atol=1e-6, equal_nan=True) if dtype == torch.float32
+                 else dict(rtol=1e-12, atol=1e-13, equal_nan=True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sample_backward_of_every_dtype_and_layout_matches_the_reference(dtype):
+    """The operator on its own, half types included (the autograd uses it for float32/float64 only),
+    with non-contiguous grad_y and y."""
+    x = logits_for((5, 12), dtype)
+    y = ops.gumbel_softmax(x, state(4), 0.5, False, -1, [3])
+    gy = torch.randn(12, 5, 3, generator=torch.Generator().manual_seed(1)).to(dtype).permute(2, 1, 0)
+    y_strided = y.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not gy.is_contiguous() and not y_strided.is_contiguous()
+    got = ops.gumbel_softmax_sample_backward(gy, y_strided, x, 0.5, -1)
+    want = reference.gumbel_softmax_sample_backward(gy, y, x, 0.5, -1)
+    assert_close(got, want, "grad_logits", GRAD_TOL[dtype])
+
+
+def test_modifying_the_saved_sample_in_place_is_refused():
+    """As with torch.softmax: the backward reads y, so an in-place change of y before it is an error, not
+    a wrong gradient. Out of place, or for a hard sample, nothing is refused."""
+    x = logits_for((3, 5)).requires_grad_()
+    y = rt.gumbel_softmax(x, 0.5, seed=2)
+    y.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    hard = rt.gumbel_softmax(x, 0.5, True, seed=2)
+    hard.mul_(2.0)
+    hard.sum().backward()
+    assert torch.isfinite(x.grad).all()
 
 
 # ----------------------------------------------------- registration, compile
@@ -241,11 +308,17 @@ def opcheck_cases():
     yield "bwd", ops.gumbel_softmax_backward.default, (torch.randn(2, 3, 7), x, state(1), 0.5, -1)
     yield "bwd_dim1", ops.gumbel_softmax_backward.default, (torch.randn(2, 3, 5, dtype=torch.float64), x3, state(2),
                                                              1.5, 1)
+    yield "sample_bwd", ops.gumbel_softmax_sample_backward.default, (torch.randn(2, 3, 7), torch.rand(2, 3, 7), x,
+                                                                     0.5, -1)
+    yield "sample_bwd_dim1", ops.gumbel_softmax_sample_backward.default, (
+        torch.randn(2, 3, 5, dtype=torch.float64), torch.rand(2, 3, 5, dtype=torch.float64), x3, 1.5, 1)
     if HAS_TRITON:
         dev = TRITON_DEVICE
         yield "triton_fwd", ops.gumbel_softmax_triton.default, (x.to(dev), state(1).to(dev), 0.5, False, -1, [2])
         yield "triton_bwd", ops.gumbel_softmax_backward_triton.default, (torch.randn(2, 3, 7).to(dev), x.to(dev),
                                                                          state(1).to(dev), 0.5, -1)
+        yield "triton_sample_bwd", ops.gumbel_softmax_sample_backward_triton.default, (
+            torch.randn(2, 3, 7).to(dev), torch.rand(2, 3, 7).to(dev), x.to(dev), 0.5, -1)
 
 
 @pytest.mark.parametrize("name,op,args", list(opcheck_cases()), ids=lambda v: v if isinstance(v, str) else "")
@@ -388,6 +461,14 @@ def test_bad_input_errors():
         ops.gumbel_softmax_backward(torch.ones(2, 4, 3), x, state(1), 1.0, -1)
     with pytest.raises(ValueError, match="grad_y"):
         ops.gumbel_softmax_backward(torch.ones(3, 4, dtype=torch.float64), x, state(1), 1.0, -1)
+    with pytest.raises(ValueError, match="y of shape"):
+        ops.gumbel_softmax_sample_backward(torch.ones(2, 3, 4), torch.ones(3, 4), x, 1.0, -1)
+    with pytest.raises(ValueError, match="y"):
+        ops.gumbel_softmax_sample_backward(torch.ones(3, 4), torch.ones(3, 4, dtype=torch.float64), x, 1.0, -1)
+    with pytest.raises(TypeError, match="y"):
+        ops.gumbel_softmax_sample_backward(torch.ones(3, 4), torch.ones(3, 4, dtype=torch.int32), x, 1.0, -1)
+    with pytest.raises(ValueError, match="tau"):
+        ops.gumbel_softmax_sample_backward(torch.ones(3, 4), torch.ones(3, 4), x, -1.0, -1)
 
 
 def test_inputs_untouched():
@@ -402,6 +483,11 @@ def test_inputs_untouched():
     ops.gumbel_softmax(x, rs, 0.5, True, 1, [2])
     ops.gumbel_softmax_backward(torch.ones(2, 8, 5), x, rs, 0.5, 1)
     assert torch.equal(x, before) and torch.equal(rs, state(3))
+    y = ops.gumbel_softmax(x, rs, 0.5, False, 1, [2]).transpose(0, 2).contiguous().transpose(0, 2)
+    gy = torch.ones(5, 8, 2).transpose(0, 2)
+    y_before, gy_before = y.clone(), gy.clone()
+    ops.gumbel_softmax_sample_backward(gy, y, x, 0.5, 1)
+    assert torch.equal(y, y_before) and torch.equal(gy, gy_before) and torch.equal(x, before)
 
 
 # ---------------------------------------------------------------- Triton

@@ -308,9 +308,12 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const SlabShape& s, int6
 }
 
 // ------------------------------------------------------------------ backward
+// The soft sample y comes from `sample` (the forward's output, sample_shape +
+// logits.shape, contiguous) when given, else it is regenerated from the stream
+// (key): the same values either way, so the same gradient bits.
 template <typename T>
-void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad, const SlabShape& s,
-                     int64_t samples, StreamKey key, double tau_d) {
+void backward_kernel(const at::Tensor& gy, const at::Tensor& x, const T* sample, at::Tensor& grad,
+                     const SlabShape& s, int64_t samples, StreamKey key, double tau_d) {
   using C = typename ComputeOf<T>::type;
   const C tau = tau_as<C>(tau_d);
   const int64_t slab = s.size();
@@ -329,42 +332,57 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad
   const T* gp = gy.const_data_ptr<T>();
   const RowKernels& kernels = active_row_kernels();
   const bool fma = fma_available();
+  const bool regenerate = sample == nullptr;
   // With one logits slab, consecutive samples are consecutive in the stream.
-  const int64_t chunk = s.outer == 1 ? rows_per_chunk(slab) : 1;
+  const int64_t chunk = s.outer == 1 && regenerate ? rows_per_chunk(slab) : 1;
   // Without sample dims, consecutive logits slabs are consecutive in the stream too.
-  const int64_t slab_chunk = samples == 1 ? rows_per_chunk(slab) : 1;
+  const int64_t slab_chunk = samples == 1 && regenerate ? rows_per_chunk(slab) : 1;
   at::parallel_for(0, parts * s.outer, 1, [&](int64_t begin, int64_t end) {
     SlabScratch<C> w(s);
-    std::vector<float> noise(std::max(chunk, slab_chunk) * slab);
+    std::vector<float> noise(regenerate ? std::max(chunk, slab_chunk) * slab : 0);
     std::vector<C> dot(s.inner);
     std::vector<C> products(s.inner == 1 ? slab : 0);
+    // Fills `noise` with the stream elements [n0, n0 + size) when y is regenerated.
+    const auto fill_noise = [&](int64_t n0, int64_t size) {
+      if (regenerate) kernels.noise_fill(static_cast<int32_t>(NoiseKind::Gumbel), key, n0, size, noise.data());
+    };
     // acc (+)= y * (g - <g, y>) / tau for the slab at stream element b0, y
-    // regenerated from its noise, <g, y> summed in the CUDA kernels' order.
+    // read from the slab's sample or regenerated from its noise, <g, y> summed
+    // in the CUDA kernels' order. A column without a finite max has NaN terms:
+    // regenerated, by its max; read, by its y (the forward wrote NaN there).
     // assign: the slab's only term is written as is (a -0 stays -0, as on CUDA).
     const auto slab_grad = [&](const T* xs, const float* eps, int64_t b0, const T* g, C* acc, bool assign) {
-      soft_slab<T, C>(xs, eps, s, b0, tau, w, true, fma);
-      C* y = w.v.data();
+      const C* y = w.v.data();
+      if (!regenerate) {
+        const T* ys = sample + b0;
+        if constexpr (std::is_same_v<T, C>) {
+          y = ys;
+        } else {
+          for (int64_t k = 0; k < slab; ++k) w.v[k] = static_cast<C>(ys[k]);
+        }
+      } else {
+        soft_slab<T, C>(xs, eps, s, b0, tau, w, true, fma);
+        for (int64_t j = 0; j < s.length; ++j)
+          for (int64_t i = 0; i < s.inner; ++i) w.v[j * s.inner + i] = w.v[j * s.inner + i] / w.colsum[i];
+      }
+      const auto defined = [&](int64_t i) { return !regenerate || is_finite(w.colmax[i]); };
       for (int64_t i = 0; i < s.inner; ++i) dot[i] = 0;
       if (s.inner == 1) {
-        if (is_finite(w.colmax[0])) {
-          for (int64_t j = 0; j < slab; ++j) y[j] = y[j] / w.colsum[0];
+        if (defined(0)) {
           for (int64_t j = 0; j < slab; ++j) products[j] = static_cast<C>(g[j]) * y[j];
           const int threads = gumbel_row_online(slab) ? kGumbelBlockThreads : gumbel_row_threads(slab);
           dot[0] = row_sum_in_kernel_order(products.data(), slab, b0, threads, w.partial.data());
         }
       } else {
         for (int64_t j = 0; j < s.length; ++j)
-          for (int64_t i = 0; i < s.inner; ++i) {
-            const int64_t k = j * s.inner + i;
-            y[k] = y[k] / w.colsum[i];
-            dot[i] += static_cast<C>(g[k]) * y[k];
-          }
+          for (int64_t i = 0; i < s.inner; ++i) dot[i] += static_cast<C>(g[j * s.inner + i]) * y[j * s.inner + i];
       }
       for (int64_t i = 0; i < s.inner; ++i) {
-        const bool defined = is_finite(w.colmax[i]);
+        const bool column_defined = defined(i);
         for (int64_t j = 0; j < s.length; ++j) {
           const int64_t k = j * s.inner + i;
-          const C term = defined ? y[k] * (static_cast<C>(g[k]) - dot[i]) / tau : std::numeric_limits<C>::quiet_NaN();
+          const C term =
+              column_defined ? y[k] * (static_cast<C>(g[k]) - dot[i]) / tau : std::numeric_limits<C>::quiet_NaN();
           acc[k] = assign ? term : acc[k] + term;
         }
       }
@@ -372,7 +390,7 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad
     if (samples == 1) {  // items are logits slabs o = stream rows, parts == 1
       for (int64_t o0 = begin; o0 < end; o0 += slab_chunk) {
         const int64_t o1 = std::min(end, o0 + slab_chunk);
-        kernels.noise_fill(static_cast<int32_t>(NoiseKind::Gumbel), key, o0 * slab, (o1 - o0) * slab, noise.data());
+        fill_noise(o0 * slab, (o1 - o0) * slab);
         for (int64_t o = o0; o < o1; ++o)
           slab_grad(xp + o * slab, noise.data() + (o - o0) * slab, o * slab, gp + o * slab, acc_base + o * slab,
                     true);
@@ -387,11 +405,9 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad
       for (int64_t p0 = p_begin; p0 < p_end; p0 += chunk) {
         const int64_t p1 = std::min(p_end, p0 + chunk);
         if (chunk == 1) {
-          kernels.noise_fill(static_cast<int32_t>(NoiseKind::Gumbel), key, (p0 * s.outer + o) * slab, slab,
-                             noise.data());
+          fill_noise((p0 * s.outer + o) * slab, slab);
         } else {  // outer == 1: rows p0 .. p1 - 1 are consecutive
-          kernels.noise_fill(static_cast<int32_t>(NoiseKind::Gumbel), key, p0 * slab, (p1 - p0) * slab,
-                             noise.data());
+          fill_noise(p0 * slab, (p1 - p0) * slab);
         }
         for (int64_t p = p0; p < p1; ++p)
           slab_grad(xs, noise.data() + (p - p0) * slab, (p * s.outer + o) * slab, gp + (p * s.outer + o) * slab, acc,
@@ -433,8 +449,20 @@ struct CpuDevice {
     at::Tensor grad = empty(logits.sizes(), logits.options());
     const int64_t samples = grad_y.numel() / logits.numel();
     const StreamKey key = read_rng_state(rng_state);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_softmax_backward_cpu",
-                                    [&] { backward_kernel<scalar_t>(grad_y, logits, grad, s, samples, key, tau); });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_softmax_backward_cpu",
+        [&] { backward_kernel<scalar_t>(grad_y, logits, nullptr, grad, s, samples, key, tau); });
+    return grad;
+  }
+
+  static at::Tensor gumbel_softmax_sample_backward(const at::Tensor& grad_y, const at::Tensor& y,
+                                                   const at::Tensor& logits, const SlabShape& s, double tau) {
+    at::Tensor grad = empty(logits.sizes(), logits.options());
+    const int64_t samples = grad_y.numel() / logits.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, logits.scalar_type(), "gumbel_softmax_sample_backward_cpu", [&] {
+          backward_kernel<scalar_t>(grad_y, logits, y.const_data_ptr<scalar_t>(), grad, s, samples, StreamKey{}, tau);
+        });
     return grad;
   }
 };

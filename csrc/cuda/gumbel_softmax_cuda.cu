@@ -29,9 +29,10 @@
 // the one-hot of the first argmax of logits + g. A row whose max is not finite
 // (a NaN logit, all -inf, or a +inf) is NaN, soft, hard and in the backward.
 //
-// The backward regenerates y and writes y * (grad_y - sum(grad_y * y)) / tau per
-// output element in the compute type; torch's deterministic sum reduces the
-// sample dimensions.
+// The backward regenerates y, or reads the forward's soft sample y (float32 and
+// float64 soft samples; csrc/autograd.cpp), and writes y * (grad_y -
+// sum(grad_y * y)) / tau per output element in the compute type; torch's
+// deterministic sum reduces the sample dimensions.
 //
 // Includes stay narrow (no ATen/cuda/CUDAContext.h) so that this file also
 // compiles against a CPU build of torch in CI.
@@ -412,6 +413,90 @@ column_kernel(Out* __restrict__ out, const T* __restrict__ x, const T* __restric
   }
 }
 
+// ------------------------------------------------- backward from the sample
+// The backward of a saved soft sample y (the forward's output): the terms
+// y * (gy - <gy, y>) / tau with <gy, y> summed exactly as the regenerating
+// kernels sum it, so a float32/float64 y gives their bits. inner == 1: the
+// threads of a row (kThreads, the count gumbel_row_threads gives) own the
+// Philox blocks q0 + t, q0 + t + kThreads, ... as the register and looping
+// kernels do, and add their elements in index order. A NaN row of y (a row
+// without a finite max) makes the row's terms NaN by itself.
+template <typename T, int kThreads>
+__global__ void __launch_bounds__(kThreads == 32 ? 128 : kThreads)
+row_sample_backward_kernel(typename Compute<T>::type* __restrict__ out, const T* __restrict__ y,
+                           const T* __restrict__ gy, int64_t rows, int64_t L, typename Compute<T>::type tau) {
+  using C = typename Compute<T>::type;
+  constexpr int kRowsPerBlock = kThreads == 32 ? 4 : 1;
+  __shared__ C scratch[32];
+  const int t = static_cast<int>(threadIdx.x % kThreads);
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kThreads; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
+    const int64_t b0 = r * L;
+    const int64_t q0 = b0 / 4, q_end = (b0 + L + 3) / 4;
+    C dot = 0;
+    for (int64_t q = q0 + t; q < q_end; q += kThreads) {
+#pragma unroll
+      for (int l = 0; l < 4; ++l) {
+        const int64_t j = q * 4 + l - b0;
+        if (j >= 0 && j < L) dot += static_cast<C>(gy[b0 + j]) * static_cast<C>(y[b0 + j]);
+      }
+    }
+    dot = row_sum<kThreads>(dot, scratch);
+    for (int64_t q = q0 + t; q < q_end; q += kThreads) {
+#pragma unroll
+      for (int l = 0; l < 4; ++l) {
+        const int64_t j = q * 4 + l - b0;
+        if (j >= 0 && j < L) {
+          const C yj = static_cast<C>(y[b0 + j]);
+          out[b0 + j] = yj * (static_cast<C>(gy[b0 + j]) - dot) / tau;
+        }
+      }
+    }
+  }
+}
+
+// inner > 1: a thread per column, adding down the slab as the column kernel does.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+column_sample_backward_kernel(typename Compute<T>::type* __restrict__ out, const T* __restrict__ y,
+                              const T* __restrict__ gy, int64_t slabs, int64_t L, int64_t inner,
+                              typename Compute<T>::type tau) {
+  using C = typename Compute<T>::type;
+  const int64_t items = slabs * inner;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; item < items;
+       item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t base = (item / inner) * L * inner + item % inner;  // element (0, i) of the slab
+    C dot = 0;
+    for (int64_t j = 0; j < L; ++j) dot += static_cast<C>(gy[base + j * inner]) * static_cast<C>(y[base + j * inner]);
+    for (int64_t j = 0; j < L; ++j) {
+      const int64_t n = base + j * inner;
+      out[n] = static_cast<C>(y[n]) * (static_cast<C>(gy[n]) - dot) / tau;
+    }
+  }
+}
+
+template <typename T>
+void launch_sample_backward(void* out_ptr, const at::Tensor& y, const at::Tensor& gy, int64_t slabs,
+                            const SlabShape& s, double tau_d) {
+  using C = typename Compute<T>::type;
+  C* out = static_cast<C*>(out_ptr);
+  const T* yp = y.const_data_ptr<T>();
+  const T* gp = gy.const_data_ptr<T>();
+  const C tau = tau_as<C>(tau_d);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (s.inner > 1) {
+    column_sample_backward_kernel<T><<<grid_size_for(slabs * s.inner), kThreads, 0, stream>>>(out, yp, gp, slabs,
+                                                                                               s.length, s.inner, tau);
+  } else if (gumbel_row_threads(s.length) == 32) {
+    row_sample_backward_kernel<T, 32><<<grid_size_for(slabs * 64), 128, 0, stream>>>(out, yp, gp, slabs, s.length,
+                                                                                     tau);
+  } else {
+    row_sample_backward_kernel<T, kGumbelBlockThreads><<<grid_size_for(slabs * kThreads), kGumbelBlockThreads, 0,
+                                                         stream>>>(out, yp, gp, slabs, s.length, tau);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // --------------------------------------------------------------- launches
 // Runs the forward (kBackward false: out = y, of T) or the backward's
 // per-element terms (out of the compute type) over `slabs` slabs.
@@ -483,15 +568,36 @@ struct CudaDevice {
   // Per-element terms in the accumulator type, then torch's sum over the sample dims.
   static at::Tensor gumbel_softmax_backward(const at::Tensor& grad_y, const at::Tensor& logits, const SlabShape& s,
                                             const at::Tensor& rng_state, double tau) {
+    const at::Tensor state = rng_state.contiguous();
+    return summed_terms(grad_y, logits, s, [&](void* terms, int64_t slabs) {
+      dispatch_dtype(logits.scalar_type(), [&](auto tag) {
+        using T = decltype(tag);
+        launch<T, true>(terms, logits, grad_y, state, slabs, s, tau, false);
+      });
+    });
+  }
+
+  static at::Tensor gumbel_softmax_sample_backward(const at::Tensor& grad_y, const at::Tensor& y,
+                                                   const at::Tensor& logits, const SlabShape& s, double tau) {
+    return summed_terms(grad_y, logits, s, [&](void* terms, int64_t slabs) {
+      dispatch_dtype(logits.scalar_type(), [&](auto tag) {
+        using T = decltype(tag);
+        launch_sample_backward<T>(terms, y, grad_y, slabs, s, tau);
+      });
+    });
+  }
+
+ private:
+  // The gradient of logits from the backward kernels' per-element terms (written by
+  // launch(terms, slabs) in the accumulator type, at grad_y's shape), summed over the sample dims.
+  template <typename Launch>
+  static at::Tensor summed_terms(const at::Tensor& grad_y, const at::Tensor& logits, const SlabShape& s,
+                                 Launch launch_terms) {
     const int64_t lead = grad_y.dim() - logits.dim();  // sample dims
     const int64_t slabs = grad_y.numel() / (s.length * s.inner);
-    const at::Tensor state = rng_state.contiguous();
     const auto acc_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     at::Tensor terms = at::empty(grad_y.sizes(), grad_y.options().dtype(acc_dtype));
-    dispatch_dtype(logits.scalar_type(), [&](auto tag) {
-      using T = decltype(tag);
-      launch<T, true>(terms.data_ptr(), logits, grad_y, state, slabs, s, tau, false);
-    });
+    launch_terms(terms.data_ptr(), slabs);
     if (lead > 0) {
       std::vector<int64_t> sample_dims(lead);
       for (int64_t d = 0; d < lead; ++d) sample_dims[d] = d;

@@ -306,6 +306,9 @@ def sweep_gumbel(s, quick):
             gy = s.normal(list(samp) + list(shape), dtype)
             s.run("gumbel_softmax_backward", (gy, x, st, tau, dim), "gumbel_softmax_backward " + tag,
                   exact=not samp)
+            y = s.cpu.gumbel_softmax(x, st, tau, False, dim, list(samp))  # the saved soft sample
+            s.run("gumbel_softmax_sample_backward", (gy, y, x, tau, dim), "gumbel_softmax_sample_backward " + tag,
+                  exact=not samp)
     # Rows with -inf, NaN and +inf logits, in every kernel (row lengths per kernel, and columns).
     inf, nan = math.inf, math.nan
     for dtype, length in itertools.product(QUICK_DTYPES if quick else DTYPES, (6, 300, 3000, 9000)):
@@ -333,8 +336,11 @@ def sweep_gumbel(s, quick):
                 st = s.state()
                 tag = f"{dtype} rows of {length} with -inf/NaN/+inf dim={dim} hard={hard}"
                 s.run("gumbel_softmax", (logits, st, 0.5, hard, dim, []), "gumbel_softmax " + tag)
-                s.run("gumbel_softmax_backward", (s.normal(logits.shape, dtype), logits, st, 0.5, dim),
-                      "gumbel_softmax_backward " + tag)
+                gy = s.normal(logits.shape, dtype)
+                s.run("gumbel_softmax_backward", (gy, logits, st, 0.5, dim), "gumbel_softmax_backward " + tag)
+                y = s.cpu.gumbel_softmax(logits, st, 0.5, False, dim, [])
+                s.run("gumbel_softmax_sample_backward", (gy, y, logits, 0.5, dim),
+                      "gumbel_softmax_sample_backward " + tag)
 
 
 # ------------------------------------------------------- Gamma, Beta, Dirichlet
