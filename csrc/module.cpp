@@ -1,9 +1,10 @@
 // The Python module rtrick_ops._C. Importing it registers the operators
 // (ops.cpp and the backends' TORCH_LIBRARY_IMPL blocks); its few functions
-// report and choose the CPU instruction set, and do two per-call chores of the
+// report and choose the CPU instruction set, and do the per-call chores of the
 // public wrappers in C++, where they cost a fraction of a microsecond instead
 // of several torch ops (docs/performance.md, "fixed cost"): drawing the key of
-// a call and checking a scale parameter's domain.
+// a call, checking a scale parameter's domain, and the whole common-case call
+// of the Gaussian ops and the Gumbel-Softmax.
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -170,6 +171,33 @@ PyObject* built_with_cuda(PyObject*, PyObject*) {
 // every error, returns None and the Python path runs (and raises with its messages).
 constexpr int64_t kReleaseGilFrom = 4096;
 
+// rng_state for a fast call, as make_rng_state makes it: from a seed that is
+// None (drawn from the default CPU generator) or a plain int in [0, 2**64),
+// whose bits are the key ([seed, 0]). nullopt for any other seed (a bool, a
+// NumPy integer, a negative or too large int): the Python path checks it and raises.
+std::optional<at::Tensor> fast_rng_state(PyObject* seed_obj) {
+  std::optional<uint64_t> seed;
+  if (seed_obj != Py_None) {
+    if (!PyLong_CheckExact(seed_obj)) return std::nullopt;
+    const unsigned long long value = PyLong_AsUnsignedLongLong(seed_obj);
+    if (value == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+      PyErr_Clear();
+      return std::nullopt;
+    }
+    seed = value;
+  }
+  // empty_cpu: at::empty's dispatch costs as much as the rest of this allocation.
+  at::Tensor state = at::detail::empty_cpu({2}, at::kLong, std::nullopt, std::nullopt, std::nullopt, std::nullopt);
+  int64_t* key_offset = state.data_ptr<int64_t>();
+  if (seed) {
+    key_offset[0] = static_cast<int64_t>(*seed);  // the same 64 bits
+    key_offset[1] = 0;
+  } else {
+    draw_key(at::detail::getDefaultCPUGenerator(), key_offset);
+  }
+  return state;
+}
+
 PyObject* gaussian_fast(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
   int which = 0, validate = 0;
@@ -177,18 +205,6 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   const char* scale = nullptr;
   if (!PyArg_ParseTuple(args, "iOOsp|O", &which, &mu_obj, &sp_obj, &scale, &validate, &seed_obj)) return nullptr;
   if (!THPVariable_Check(mu_obj) || !THPVariable_Check(sp_obj) || !plain_context()) Py_RETURN_NONE;
-  // seed: None (draw the key) or a plain int in [0, 2**64), whose bits are the key (make_rng_state's
-  // [seed, 0]). A bool, a NumPy integer, a negative or too large int: the Python path checks and raises.
-  std::optional<uint64_t> seed;
-  if (seed_obj != Py_None) {
-    if (!PyLong_CheckExact(seed_obj)) Py_RETURN_NONE;
-    const unsigned long long value = PyLong_AsUnsignedLongLong(seed_obj);
-    if (value == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
-      PyErr_Clear();
-      Py_RETURN_NONE;
-    }
-    seed = value;
-  }
   const at::Tensor& mu = THPVariable_Unpack(mu_obj);
   const at::Tensor& sp = THPVariable_Unpack(sp_obj);
   if (!plain_cpu_tensor(mu) || !plain_cpu_tensor(sp) || mu.scalar_type() != sp.scalar_type() ||
@@ -203,15 +219,9 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   if (!known) Py_RETURN_NONE;
   if (mu.scalar_type() != at::kFloat && mu.scalar_type() != at::kDouble) Py_RETURN_NONE;
   if (validate && *domain_violated(sp, positive)) Py_RETURN_NONE;  // the Python check reports it
-  // empty_cpu: at::empty's dispatch costs as much as the rest of this allocation.
-  at::Tensor state = at::detail::empty_cpu({2}, at::kLong, std::nullopt, std::nullopt, std::nullopt, std::nullopt);
-  int64_t* key_offset = state.data_ptr<int64_t>();
-  if (seed) {
-    key_offset[0] = static_cast<int64_t>(*seed);  // the same 64 bits
-    key_offset[1] = 0;
-  } else {
-    draw_key(at::detail::getDefaultCPUGenerator(), key_offset);
-  }
+  const std::optional<at::Tensor> rng_state = fast_rng_state(seed_obj);
+  if (!rng_state) Py_RETURN_NONE;
+  const at::Tensor& state = *rng_state;
   // The GIL is released around the operator as torch.ops releases it, so that
   // other Python threads run meanwhile; on small tensors the operator takes
   // about a microsecond, less than handing the GIL over and back costs them.
@@ -230,6 +240,44 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   Py_XDECREF(z);
   Py_XDECREF(kl);
   return pair;
+  END_HANDLE_TH_ERRORS
+}
+
+// gumbel_softmax_fast(logits, tau, hard, dim[, seed]): a whole call of
+// rt.gumbel_softmax in the common case, in one C++ call, as gaussian_fast does
+// for the Gaussian: a plain float32/float64 CPU tensor, tau a float that is
+// positive and finite, hard a bool, dim an int in range over a non-empty
+// dimension, sample_shape (), no generator, a seed that is None or a plain int,
+// nothing intercepting torch ops. The wrapper's checks then all pass by
+// construction. Anything else returns None and the Python path runs (and
+// raises with its messages).
+PyObject* gumbel_softmax_fast(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *logits_obj = nullptr, *tau_obj = nullptr, *hard_obj = nullptr, *dim_obj = nullptr, *seed_obj = Py_None;
+  if (!PyArg_ParseTuple(args, "OOOO|O", &logits_obj, &tau_obj, &hard_obj, &dim_obj, &seed_obj)) return nullptr;
+  if (!THPVariable_Check(logits_obj) || !PyFloat_CheckExact(tau_obj) || !PyBool_Check(hard_obj) ||
+      !PyLong_CheckExact(dim_obj) || !plain_context())
+    Py_RETURN_NONE;
+  const double tau = PyFloat_AS_DOUBLE(tau_obj);
+  if (!(tau > 0 && std::isfinite(tau))) Py_RETURN_NONE;
+  int overflow = 0;
+  const long long dim = PyLong_AsLongLongAndOverflow(dim_obj, &overflow);
+  if (overflow != 0 || (dim == -1 && PyErr_Occurred())) {
+    PyErr_Clear();
+    Py_RETURN_NONE;
+  }
+  const at::Tensor& logits = THPVariable_Unpack(logits_obj);
+  if (!plain_cpu_tensor(logits) || (logits.scalar_type() != at::kFloat && logits.scalar_type() != at::kDouble))
+    Py_RETURN_NONE;
+  const int64_t rank = std::max<int64_t>(logits.dim(), 1);
+  if (dim < -rank || dim >= rank || (logits.dim() > 0 && logits.size(dim) == 0)) Py_RETURN_NONE;
+  const std::optional<at::Tensor> rng_state = fast_rng_state(seed_obj);
+  if (!rng_state) Py_RETURN_NONE;
+  std::optional<pybind11::gil_scoped_release> no_gil;  // as in gaussian_fast
+  if (logits.numel() >= kReleaseGilFrom) no_gil.emplace();
+  at::Tensor y = rtrick::ops::gumbel_softmax().call(logits, *rng_state, tau, hard_obj == Py_True, dim, {});
+  no_gil.reset();
+  return THPVariable_Wrap(std::move(y));
   END_HANDLE_TH_ERRORS
 }
 
@@ -293,6 +341,8 @@ PyMethodDef methods[] = {
     {"draw_rng_state", draw_rng_state, METH_O, "A seed-less call's rng_state from a CPU generator, or None."},
     {"gaussian_fast", gaussian_fast, METH_VARARGS,
      "normal_rsample (0) or normal_rsample_and_kl (1) in the common CPU case, or None."},
+    {"gumbel_softmax_fast", gumbel_softmax_fast, METH_VARARGS,
+     "gumbel_softmax in the common CPU case, or None."},
     {"scale_domain_violated", scale_domain_violated, METH_VARARGS,
      "Whether a CPU tensor leaves its scale's domain, or None where Python must check."},
     {nullptr, nullptr, 0, nullptr}};

@@ -15,9 +15,18 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from . import _library
 from ._math import compute_dtype
 from ._checks import check_params, check_sample_shape, check_tau
 from ._operators import SAMPLE_AND_BATCH, declare
+
+# The whole call in C++ for the common case (csrc/module.cpp, gumbel_softmax_fast; as normal.py's
+# gaussian_fast): a plain float32/float64 CPU tensor, a float tau, a bool hard, an int dim, an int seed or
+# none, no generator, sample_shape or backend. It returns None for anything else, and the Python path
+# below runs, with every check and error message.
+_gumbel_fast = getattr(_library.compiled, "gumbel_softmax_fast", None)
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_is_compiling = torch.compiler.is_compiling
 
 
 def _check_dim(dim, logits):
@@ -75,6 +84,11 @@ def gumbel_softmax(
     finite logits at any tau and any number of draws: the exponent is
     ((logits + g) - max) / tau <= 0 and the noise is bounded (|g| < 17).
     """
+    if (_gumbel_fast is not None and generator is None and type(sample_shape) is tuple and not sample_shape
+            and backend == "auto" and type(logits) in _PLAIN_TENSORS and not _is_compiling()):
+        y = _gumbel_fast(logits, tau, hard, dim, seed)
+        if y is not None:
+            return y
     check_params(logits=logits)
     tau = check_tau(tau)
     if not isinstance(hard, bool):

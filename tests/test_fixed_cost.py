@@ -3,7 +3,8 @@
 The key drawn in C++ is torch.randint's, from the same generator state; the C++ domain check refuses what
 the torch-op check refused; the C++ autograd of normal_rsample_and_kl and gumbel_softmax gives the Python
 formulas' gradients; the contiguous fast path of the elementwise kernels gives the TensorIterator walk's bits;
-an int seed takes the fast call with the Python path's bits; the kernels use the threads torch is given.
+an int seed takes the fast call with the Python path's bits; the Gumbel-Softmax's fast call gives the Python
+path's results and errors; the kernels use the threads torch is given.
 """
 import math
 import os
@@ -190,6 +191,48 @@ def test_seeded_fast_path_gives_the_python_paths_bits_and_errors():
     torch.manual_seed(3)
     rt.normal_rsample(mu, s, seed=7)  # a seeded call leaves the generator alone
     assert torch.equal(torch.randint(0, 10, (4,)), before)
+
+
+def test_gumbel_softmax_fast_call_gives_the_python_paths_bits_and_errors(monkeypatch):
+    """rt.gumbel_softmax's common case is one C++ call (gumbel_softmax_fast): for every kind of call it takes
+    or declines, the result, its gradient and the generator's advance equal the Python path's (the fast call
+    switched off), and what the fast call declines still gets the Python path's errors."""
+    import numpy as np
+
+    gumbel = __import__("sys").modules["rtrick_ops.gumbel"]
+    if gumbel._gumbel_fast is None:
+        pytest.skip("this build has no C++ fast call")
+    x = torch.randn(6, 5, dtype=torch.float64)
+    calls = [dict(tau=0.5), dict(tau=0.5, hard=True), dict(tau=2.0, dim=0), dict(tau=1.0, dim=-2, seed=2**64 - 1),
+             dict(tau=0.3, seed=0), dict(tau=np.float64(0.7)), dict(tau=1), dict(tau=0.5, seed=np.uint64(9)),
+             dict(tau=0.5, sample_shape=(2,)), dict(tau=0.5, dim=np.int64(1))]
+    for logits in (x, x.float(), x.half(), x.t(), torch.randn(()), torch.randn(7)):
+        for kwargs in calls:
+            if logits.dim() < 2 and kwargs.get("dim", -1) not in (-1, 0):
+                continue
+            results = []
+            for fast in (gumbel._gumbel_fast, None):
+                monkeypatch.setattr(gumbel, "_gumbel_fast", fast)
+                leaf = logits.detach().clone().requires_grad_()
+                torch.manual_seed(21)
+                y = rt.gumbel_softmax(leaf, **kwargs)
+                after = torch.rand(2)
+                (grad,) = torch.autograd.grad(y, leaf, torch.ones_like(y) * torch.arange(y.numel()).view(y.shape))
+                results.append((y, grad, after))
+            (y0, g0, a0), (y1, g1, a1) = results
+            what = f"{logits.dtype} {tuple(logits.shape)} {kwargs}"
+            assert y0.dtype == y1.dtype and y0.shape == y1.shape, what
+            assert torch.equal(y0, y1) and torch.equal(g0, g1), what
+            assert torch.equal(a0, a1), f"{what}: the generator advanced differently"
+    for kwargs, error, match in ((dict(tau=0.0), ValueError, "tau"), (dict(tau=math.inf), ValueError, "tau"),
+                                 (dict(tau=math.nan), ValueError, "tau"), (dict(tau=0.5, dim=2), IndexError, "dim"),
+                                 (dict(tau=0.5, hard=1), TypeError, "hard"), (dict(tau=0.5, seed=-1), ValueError,
+                                                                              "seed"),
+                                 (dict(tau=0.5, dim=True), TypeError, "dim")):
+        with pytest.raises(error, match=match):
+            rt.gumbel_softmax(x, **kwargs)
+    with pytest.raises(ValueError, match="size 0"):
+        rt.gumbel_softmax(torch.zeros(3, 0), 0.5)
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")

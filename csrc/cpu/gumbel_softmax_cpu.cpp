@@ -90,22 +90,23 @@ inline __attribute__((always_inline)) bool takes_max(C v, C m) {
 // them, only add +0 to the partials that reach lane 0, which changes no bit:
 // a partial is never -0 (it starts at +0, and +0 + -0 = +0), and x + +0 = x
 // for every other x. So they are skipped: a row of 10 sums 4 lanes, not 32.
+//
+// The butterfly runs in place: `lanes` (a warp's 32 partials, of which `used`
+// hold sums) is scratch, overwritten.
 template <typename C>
-C butterfly_sum(const C* partial, int used) {
+inline __attribute__((always_inline)) C butterfly_sum(C* lanes, int used) {
   int width = 1;
   while (width < used) width <<= 1;
-  C a[32];
-  std::copy(partial, partial + used, a);
-  std::fill(a + used, a + width, C(0));
+  for (int lane = used; lane < width; ++lane) lanes[lane] = C(0);
   // Only lanes below the offset feed lane 0 later; lane l ^ offset is l + offset for them.
   for (int offset = width / 2; offset > 0; offset >>= 1)
-    for (int lane = 0; lane < offset; ++lane) a[lane] = a[lane] + a[lane + offset];
-  return a[0];
+    for (int lane = 0; lane < offset; ++lane) lanes[lane] = lanes[lane] + lanes[lane + offset];
+  return lanes[0];
 }
 
-// The first `used` of `threads` partials hold the sums; the rest are +0.
+// The first `used` of `threads` partials hold the sums; the rest are +0. Overwrites the partials.
 template <typename C>
-C combine_thread_sums(const C* partial, int threads, int used) {
+inline __attribute__((always_inline)) C combine_thread_sums(C* partial, int threads, int used) {
   C total = butterfly_sum(partial, std::min(used, 32));
   for (int warp = 1; warp < threads / 32 && 32 * warp < used; ++warp)
     total += butterfly_sum(partial + 32 * warp, std::min(used - 32 * warp, 32));
@@ -114,7 +115,7 @@ C combine_thread_sums(const C* partial, int threads, int used) {
 
 // sum_j a[j] over a row of L at stream element b0, in the kernels' order.
 template <typename C>
-C row_sum_in_kernel_order(const C* a, int64_t L, int64_t b0, int threads, C* partial) {
+inline __attribute__((always_inline)) C row_sum_in_kernel_order(const C* a, int64_t L, int64_t b0, int threads, C* partial) {
   const int64_t blocks = (b0 % 4 + L + 3) / 4;  // the Philox blocks the row touches
   const int used = static_cast<int>(std::min<int64_t>(threads, blocks));
   std::fill(partial, partial + used, C(0));
@@ -183,20 +184,38 @@ inline __attribute__((always_inline)) void soft_slab_impl(const T* x, const floa
   C* colsum = w.colsum.data();
   int64_t* colarg = w.colarg.data();
   if (inner == 1) {
-    C m = static_cast<C>(x[0]) + static_cast<C>(g[0]);
-    bool nan = m != m;
-    int64_t arg = 0;
-    v[0] = m;
-    for (int64_t j = 1; j < L; ++j) {
+    // The max as kMaxLanes running maxima, which compilers vectorise: a max
+    // does not depend on the order it is taken in, except between +0 and -0,
+    // and v - max is the same value for either. NaN is tracked apart.
+    constexpr int kMaxLanes = 16;
+    C lane[kMaxLanes];
+    for (int l = 0; l < kMaxLanes; ++l) lane[l] = -std::numeric_limits<C>::infinity();
+    int32_t nan = 0;
+    int64_t j = 0;
+    for (; j + kMaxLanes <= L; j += kMaxLanes) {
+      for (int l = 0; l < kMaxLanes; ++l) {
+        const C vj = static_cast<C>(x[j + l]) + static_cast<C>(g[j + l]);
+        v[j + l] = vj;
+        nan |= vj != vj;
+        lane[l] = vj > lane[l] ? vj : lane[l];
+      }
+    }
+    for (; j < L; ++j) {
       const C vj = static_cast<C>(x[j]) + static_cast<C>(g[j]);
       v[j] = vj;
       nan |= vj != vj;
-      arg = vj > m ? j : arg;
-      m = vj > m ? vj : m;
+      lane[0] = vj > lane[0] ? vj : lane[0];
     }
+    C m = lane[0];
+    for (int l = 1; l < kMaxLanes; ++l) m = lane[l] > m ? lane[l] : m;
     colmax[0] = nan ? std::numeric_limits<C>::quiet_NaN() : m;
-    colarg[0] = arg;
-    if (!need_exp || !is_finite(colmax[0])) return;
+    if (!need_exp) {  // hard: the first index of the max (== does not tell +0 from -0, as > did not)
+      int64_t arg = 0;
+      while (arg < L && !(v[arg] == m)) ++arg;
+      colarg[0] = arg < L ? arg : 0;  // none only in a NaN row, which is NaN anyway
+      return;
+    }
+    if (!is_finite(colmax[0])) return;
     if (gumbel_row_online(L)) colsum[0] = online_row_sum(v, L, b0, tau, m, w.partial.data());
     for (int64_t j = 0; j < L; ++j) v[j] = exp_c((v[j] - m) / tau);
     if (!gumbel_row_online(L)) colsum[0] = row_sum_in_kernel_order(v, L, b0, gumbel_row_threads(L), w.partial.data());
@@ -265,6 +284,11 @@ void soft_slab(const T* x, const float* g, const SlabShape& s, int64_t b0, C tau
   soft_slab_baseline<T, C>(x, g, s, b0, tau, w, need_exp);
 }
 
+// The fewest elements a thread of at::parallel_for takes, forward and backward:
+// 2 to 10 ns each, so tens of microseconds of work, several times what waking a
+// second thread costs (which smaller jobs would not repay).
+constexpr int64_t kGrainElements = 8192;
+
 // Output rows (slabs) per noise_fill call: about 4096 stream elements.
 int64_t rows_per_chunk(int64_t slab) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, slab)); }
 
@@ -278,7 +302,7 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const SlabShape& s, int6
   const T* xp = x.const_data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const int64_t chunk = rows_per_chunk(slab);
-  const int64_t grain = std::max<int64_t>(1, 32768 / slab);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / slab);
   const RowKernels& kernels = active_row_kernels();
   const bool fma = fma_available();
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
@@ -292,14 +316,15 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const SlabShape& s, int6
         T* ys = yp + r * slab;
         soft_slab<T, C>(xs, noise.data() + (r - r0) * slab, s, r * slab, tau, w, !hard, fma);
         for (int64_t i = 0; i < s.inner; ++i) {
-          const C sum = w.colsum[i];
-          const bool defined = is_finite(w.colmax[i]);  // else the column is NaN (value policy)
-          for (int64_t j = 0; j < s.length; ++j) {
-            const int64_t k = j * s.inner + i;
-            const C value = !defined ? std::numeric_limits<C>::quiet_NaN()
-                            : hard   ? C(j == w.colarg[i] ? 1 : 0)
-                                     : w.v[k] / sum;
-            ys[k] = static_cast<T>(value);
+          const int64_t L = s.length, inner = s.inner;
+          if (!is_finite(w.colmax[i])) {  // the column has no softmax: NaN (value policy)
+            for (int64_t j = 0; j < L; ++j) ys[j * inner + i] = static_cast<T>(std::numeric_limits<C>::quiet_NaN());
+          } else if (hard) {
+            for (int64_t j = 0; j < L; ++j) ys[j * inner + i] = static_cast<T>(j == w.colarg[i] ? 1 : 0);
+          } else {
+            const C sum = w.colsum[i];
+            const C* e = w.v.data();
+            for (int64_t j = 0; j < L; ++j) ys[j * inner + i] = static_cast<T>(e[j * inner + i] / sum);
           }
         }
       }
@@ -337,7 +362,9 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, const T* sample,
   const int64_t chunk = s.outer == 1 && regenerate ? rows_per_chunk(slab) : 1;
   // Without sample dims, consecutive logits slabs are consecutive in the stream too.
   const int64_t slab_chunk = samples == 1 && regenerate ? rows_per_chunk(slab) : 1;
-  at::parallel_for(0, parts * s.outer, 1, [&](int64_t begin, int64_t end) {
+  const int64_t item_elements = (samples == 1 ? 1 : per_part) * slab;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / item_elements);
+  at::parallel_for(0, parts * s.outer, grain, [&](int64_t begin, int64_t end) {
     SlabScratch<C> w(s);
     std::vector<float> noise(regenerate ? std::max(chunk, slab_chunk) * slab : 0);
     std::vector<C> dot(s.inner);
