@@ -8,8 +8,9 @@
 // are those of the Python registrations that serve the Triton operators
 // (rtrick_ops/normal.py, family.py, gumbel.py, gamma.py): the backward
 // operators regenerate the noise from rng_state, the implicit gradients read
-// the sample z, and a soft float Gumbel-Softmax sample is read too (below). Triton operators keep Python autograd because triton_op
-// registers them from Python.
+// the sample z, and a soft float Gumbel-Softmax sample is read too (below).
+// Triton operators keep Python autograd because triton_op registers them from
+// Python.
 //
 // The backward operators' own autograd (double backward) stays in Python: it
 // is needed only with create_graph=True. Without it (grad mode off inside the

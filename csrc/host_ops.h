@@ -310,26 +310,33 @@ at::Tensor gumbel_softmax(const at::Tensor& logits, const at::Tensor& rng_state,
   return y;
 }
 
+// Both backwards around their launch: the device, the zero-size cases (no
+// logits: an empty gradient; no samples: zeros), then launch(slab shape).
+template <class Device, typename Launch>
+at::Tensor gumbel_softmax_grad(const at::Tensor& grad_y, const at::Tensor& logits, int64_t wrapped, Launch launch) {
+  const typename Device::Guard guard(logits.device());
+  if (logits.numel() == 0) return Device::empty(logits.sizes(), logits.options());
+  if (grad_y.numel() == 0) return at::zeros(logits.sizes(), logits.options());
+  return launch(slab_shape(logits, wrapped));
+}
+
 template <class Device>
 at::Tensor gumbel_softmax_backward(const at::Tensor& grad_y, const at::Tensor& logits, const at::Tensor& rng_state,
                                    double tau, int64_t dim) {
   const int64_t wrapped = check_gumbel_softmax_backward(grad_y, logits, rng_state, tau, dim);
-  const typename Device::Guard guard(logits.device());
-  if (logits.numel() == 0) return Device::empty(logits.sizes(), logits.options());
-  if (grad_y.numel() == 0) return at::zeros(logits.sizes(), logits.options());
-  return Device::gumbel_softmax_backward(grad_y.contiguous(), logits.contiguous(), slab_shape(logits, wrapped),
-                                         rng_state, tau);
+  return gumbel_softmax_grad<Device>(grad_y, logits, wrapped, [&](const SlabShape& slabs) {
+    return Device::gumbel_softmax_backward(grad_y.contiguous(), logits.contiguous(), slabs, rng_state, tau);
+  });
 }
 
 template <class Device>
 at::Tensor gumbel_softmax_sample_backward(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& logits,
                                           double tau, int64_t dim) {
   const int64_t wrapped = check_gumbel_softmax_sample_backward(grad_y, y, logits, tau, dim);
-  const typename Device::Guard guard(logits.device());
-  if (logits.numel() == 0) return Device::empty(logits.sizes(), logits.options());
-  if (grad_y.numel() == 0) return at::zeros(logits.sizes(), logits.options());
-  return Device::gumbel_softmax_sample_backward(grad_y.contiguous(), y.contiguous(), logits.contiguous(),
-                                                slab_shape(logits, wrapped), tau);
+  return gumbel_softmax_grad<Device>(grad_y, logits, wrapped, [&](const SlabShape& slabs) {
+    return Device::gumbel_softmax_sample_backward(grad_y.contiguous(), y.contiguous(), logits.contiguous(), slabs,
+                                                  tau);
+  });
 }
 
 template <class Device>

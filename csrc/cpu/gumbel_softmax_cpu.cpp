@@ -25,7 +25,8 @@
 // first index on ties), which is the index where the soft sample is largest:
 // that element's exponential is exactly 1.
 //
-// The backward regenerates the soft sample y and returns
+// The backward reads the soft sample y the forward returned (float32/float64
+// soft samples; ../autograd.cpp) or regenerates it, and returns
 // sum over samples of y * (grad_y - sum_dim(grad_y * y)) / tau, with the
 // sample dimensions split into a number of parts fixed by the shapes alone and
 // summed in order: the result does not depend on the thread count.
@@ -115,7 +116,8 @@ inline __attribute__((always_inline)) C combine_thread_sums(C* partial, int thre
 
 // sum_j a[j] over a row of L at stream element b0, in the kernels' order.
 template <typename C>
-inline __attribute__((always_inline)) C row_sum_in_kernel_order(const C* a, int64_t L, int64_t b0, int threads, C* partial) {
+inline __attribute__((always_inline)) C row_sum_in_kernel_order(const C* a, int64_t L, int64_t b0, int threads,
+                                                               C* partial) {
   const int64_t blocks = (b0 % 4 + L + 3) / 4;  // the Philox blocks the row touches
   const int used = static_cast<int>(std::min<int64_t>(threads, blocks));
   std::fill(partial, partial + used, C(0));
