@@ -40,7 +40,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../family_common.h"
@@ -253,21 +255,73 @@ inline __attribute__((always_inline)) void soft_slab_impl(const T* x, const floa
   }
 }
 
+// Short rows (dim last, L < kShortRow, soft samples), a chunk of them at once:
+// v = logits + g and each row's max row by row, then the exponentials and the
+// divisions as flat loops over the whole chunk, with each row's max and sum
+// spread over its elements. Per row, a row of 10 left 2 of its exponentials
+// and divisions to scalar tails. Every value is computed as soft_slab_impl
+// computes it (the same exp((v - max) / tau), the row's sum in the CUDA
+// kernels' order, e / sum), so the bits are the same.
+constexpr int64_t kShortRow = 64;
+
+template <typename C>
+struct RowsScratch {
+  std::vector<C> v, spread, rowmax, partial;
+  RowsScratch(int64_t rows, int64_t L) : v(rows * L), spread(rows * L), rowmax(rows), partial(kGumbelBlockThreads) {}
+};
+
+// Rows r0 .. r1 - 1 of length L (row r reads logits row r % outer, and the
+// noise g from index (r - r0) * L), written to y from row r0 on.
+template <typename T, typename C>
+inline __attribute__((always_inline)) void soft_rows_impl(const T* x, int64_t outer, const float* g, int64_t r0,
+                                                          int64_t r1, int64_t L, C tau, RowsScratch<C>& w, T* y) {
+  const int64_t n = (r1 - r0) * L;
+  C* v = w.v.data();
+  C* spread = w.spread.data();
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + (r % outer) * L;
+    const float* gr = g + (r - r0) * L;
+    C* vr = v + (r - r0) * L;
+    C m = -std::numeric_limits<C>::infinity();
+    int32_t nan = 0;
+    for (int64_t j = 0; j < L; ++j) {
+      const C vj = static_cast<C>(xr[j]) + static_cast<C>(gr[j]);
+      vr[j] = vj;
+      nan |= vj != vj;
+      m = vj > m ? vj : m;
+    }
+    w.rowmax[r - r0] = nan ? std::numeric_limits<C>::quiet_NaN() : m;
+    for (int64_t j = 0; j < L; ++j) spread[(r - r0) * L + j] = m;
+  }
+  for (int64_t k = 0; k < n; ++k) v[k] = exp_c((v[k] - spread[k]) / tau);
+  const int threads = gumbel_row_threads(L);
+  for (int64_t r = r0; r < r1; ++r) {
+    const C sum = is_finite(w.rowmax[r - r0])
+                      ? row_sum_in_kernel_order(v + (r - r0) * L, L, r * L, threads, w.partial.data())
+                      : C(1);  // the row is NaN: written below
+    for (int64_t j = 0; j < L; ++j) spread[(r - r0) * L + j] = sum;
+  }
+  for (int64_t k = 0; k < n; ++k) y[k] = static_cast<T>(v[k] / spread[k]);
+  for (int64_t r = r0; r < r1; ++r) {  // a row without a finite max has no softmax: NaN (value policy)
+    if (is_finite(w.rowmax[r - r0])) continue;
+    for (int64_t j = 0; j < L; ++j) y[(r - r0) * L + j] = static_cast<T>(std::numeric_limits<C>::quiet_NaN());
+  }
+}
+
 // exp_f32 uses fmaf: in this translation unit, compiled for the baseline
 // x86-64, that is a libm call per operation. The same code compiled for
 // AVX2+FMA (a function-level target; philox.h's functions inline into it) uses
-// the fma instruction: the same bits, about 10x faster. Chosen at run time,
-// with the row kernels' ISA (set_cpu_isa("default") selects the baseline).
-template <typename T, typename C>
-void soft_slab_baseline(const T* x, const float* g, const SlabShape& s, int64_t b0, C tau, SlabScratch<C>& w,
-                        bool need_exp) {
-  soft_slab_impl<T, C>(x, g, s, b0, tau, w, need_exp);
+// the fma instruction: the same bits, about 10x faster. call_for_cpu<Impl>
+// runs the always-inline Impl compiled one way or the other, chosen at run
+// time with the row kernels' ISA (set_cpu_isa("default") selects the baseline).
+template <auto& Impl, typename... Args>
+void baseline_call(Args&&... args) {
+  Impl(std::forward<Args>(args)...);
 }
 #if defined(__x86_64__) && defined(__GNUC__)
-template <typename T, typename C>
-__attribute__((target("avx2,fma"))) void soft_slab_fma(const T* x, const float* g, const SlabShape& s, int64_t b0,
-                                                       C tau, SlabScratch<C>& w, bool need_exp) {
-  soft_slab_impl<T, C>(x, g, s, b0, tau, w, need_exp);
+template <auto& Impl, typename... Args>
+__attribute__((target("avx2,fma"))) void fma_call(Args&&... args) {
+  Impl(std::forward<Args>(args)...);
 }
 bool fma_available() {
   static const bool cpu_has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -277,13 +331,18 @@ bool fma_available() {
 bool fma_available() { return false; }
 #endif
 
+template <auto& Impl, typename... Args>
+void call_for_cpu(bool fma, Args&&... args) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (fma) return fma_call<Impl>(std::forward<Args>(args)...);
+#endif
+  baseline_call<Impl>(std::forward<Args>(args)...);
+}
+
 template <typename T, typename C>
 void soft_slab(const T* x, const float* g, const SlabShape& s, int64_t b0, C tau, SlabScratch<C>& w, bool need_exp,
                bool fma) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (fma) return soft_slab_fma<T, C>(x, g, s, b0, tau, w, need_exp);
-#endif
-  soft_slab_baseline<T, C>(x, g, s, b0, tau, w, need_exp);
+  call_for_cpu<soft_slab_impl<T, C>>(fma, x, g, s, b0, tau, w, need_exp);
 }
 
 // The fewest elements a thread of at::parallel_for takes, forward and backward:
@@ -307,12 +366,20 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const SlabShape& s, int6
   const int64_t grain = std::max<int64_t>(1, kGrainElements / slab);
   const RowKernels& kernels = active_row_kernels();
   const bool fma = fma_available();
+  const bool short_rows = s.inner == 1 && s.length < kShortRow && !hard;
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     SlabScratch<C> w(s);
     std::vector<float> noise(std::min(chunk, end - begin) * slab);
+    std::optional<RowsScratch<C>> rows_scratch;
+    if (short_rows) rows_scratch.emplace(std::min(chunk, end - begin), slab);
     for (int64_t r0 = begin; r0 < end; r0 += chunk) {
       const int64_t r1 = std::min(end, r0 + chunk);
       kernels.noise_fill(static_cast<int32_t>(NoiseKind::Gumbel), key, r0 * slab, (r1 - r0) * slab, noise.data());
+      if (short_rows) {
+        call_for_cpu<soft_rows_impl<T, C>>(fma, xp, s.outer, noise.data(), r0, r1, slab, tau, *rows_scratch,
+                                           yp + r0 * slab);
+        continue;
+      }
       for (int64_t r = r0; r < r1; ++r) {
         const T* xs = xp + (r % s.outer) * slab;
         T* ys = yp + r * slab;
