@@ -102,7 +102,7 @@ def gumbel_softmax(
 # ----------------------------------------------------------- declarations
 # Autograd as in normal.py: variant -> (backward, setup_context); the C++ forward operator's own is in
 # csrc/autograd.cpp, the same formula.
-def saves_sample(logits, hard):
+def _saves_sample(logits, hard):
     """Whether the backward reads the forward's soft sample (csrc/autograd.cpp's saves_sample): a soft
     float32/float64 sample is y in the compute type; a one-hot or a rounded half-type y is not."""
     return not hard and logits.dtype in (torch.float32, torch.float64)
@@ -114,7 +114,7 @@ def _gumbel_softmax_autograd(ops):
 
     def setup_context(ctx, inputs, output):
         logits, rng_state, tau, hard, dim, _ = inputs
-        ctx.from_sample = saves_sample(logits, hard)
+        ctx.from_sample = _saves_sample(logits, hard)
         ctx.save_for_backward(logits, output if ctx.from_sample else rng_state)
         ctx.tau, ctx.dim = tau, dim
 
