@@ -11,6 +11,11 @@ import torch
 
 from .kinds import POSITIVE_SCALES
 
+# What the C++ fast calls take (csrc/module.cpp: gaussian_fast, gumbel_softmax_fast): plain tensors, outside
+# torch.compile. is_compiling is bound once: two attribute lookups are a tenth of a fast call.
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+is_compiling = torch.compiler.is_compiling
+
 # The scale-domain check in C++ (csrc/module.cpp): one pass over a contiguous float32/float64 CPU tensor,
 # no allocation, about 0.2 us instead of three torch ops and a sync (5-10 us). None without _C.
 _scale_domain_violated = None

@@ -17,7 +17,7 @@ import torch
 
 from . import _library
 from ._math import compute_dtype
-from ._checks import check_params, check_sample_shape, check_tau
+from ._checks import PLAIN_TENSORS, check_params, check_sample_shape, check_tau, is_compiling
 from ._operators import SAMPLE_AND_BATCH, declare
 
 # The whole call in C++ for the common case (csrc/module.cpp, gumbel_softmax_fast; as normal.py's
@@ -25,8 +25,6 @@ from ._operators import SAMPLE_AND_BATCH, declare
 # none, no generator, sample_shape or backend. It returns None for anything else, and the Python path
 # below runs, with every check and error message.
 _gumbel_fast = getattr(_library.compiled, "gumbel_softmax_fast", None)
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
-_is_compiling = torch.compiler.is_compiling
 
 
 def _check_dim(dim, logits):
@@ -85,7 +83,7 @@ def gumbel_softmax(
     ((logits + g) - max) / tau <= 0 and the noise is bounded (|g| < 17).
     """
     if (_gumbel_fast is not None and generator is None and type(sample_shape) is tuple and not sample_shape
-            and backend == "auto" and type(logits) in _PLAIN_TENSORS and not _is_compiling()):
+            and backend == "auto" and type(logits) in PLAIN_TENSORS and not is_compiling()):
         y = _gumbel_fast(logits, tau, hard, dim, seed)
         if y is not None:
             return y

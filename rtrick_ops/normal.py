@@ -12,7 +12,7 @@ import torch
 
 from . import _library
 from ._math import check_scale, d2sigma_of, dlog_sigma_of, dsigma_of, normal_kl_grads
-from ._checks import check_params, check_sample_shape, check_scale_param
+from ._checks import PLAIN_TENSORS, check_params, check_sample_shape, check_scale_param, is_compiling
 from ._operators import BATCH, SAMPLE_AND_BATCH, declare
 
 _ops = torch.ops.rtrick_ops
@@ -20,16 +20,14 @@ _ops = torch.ops.rtrick_ops
 # cost"): plain CPU tensors of one shape and dtype, an int seed or none, no generator, sample_shape or backend. It
 # returns None for anything else, and the Python path below runs, with every check and error message.
 _gaussian_fast = getattr(_library.compiled, "gaussian_fast", None)
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
-_is_compiling = torch.compiler.is_compiling  # bound once: two attribute lookups are a tenth of the fast path
 _Distribution = torch.distributions.Distribution  # its _validate_args is the default of validate_args
 
 
 def _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
     """Whether the C++ call may try (it declines the rest itself, a seed that is not None or an int included)."""
     return (_gaussian_fast is not None and generator is None and type(sample_shape) is tuple and not sample_shape
-            and backend == "auto" and type(mu) in _PLAIN_TENSORS and type(scale_param) in _PLAIN_TENSORS
-            and type(scale) is str and not _is_compiling())
+            and backend == "auto" and type(mu) in PLAIN_TENSORS and type(scale_param) in PLAIN_TENSORS
+            and type(scale) is str and not is_compiling())
 
 
 def normal_rsample(

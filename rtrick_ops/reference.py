@@ -216,15 +216,11 @@ def gumbel_softmax_straight_through(logits, rng_state, tau=1.0, hard=False, dim=
 
 
 def gumbel_softmax_backward(grad_y, logits, rng_state, tau=1.0, dim=-1):
-    """y * (grad_y - sum(grad_y * y, dim)) / tau summed over the leading sample dims (float64 math)."""
+    """y * (grad_y - sum(grad_y * y, dim)) / tau summed over the leading sample dims (float64 math), y the
+    soft sample regenerated from rng_state."""
     sample_shape = tuple(grad_y.shape[: grad_y.dim() - logits.dim()])
     y = gumbel_softmax(logits.to(torch.float64), rng_state, tau, False, dim, sample_shape)
-    out_dim = (dim % max(logits.dim(), 1)) + len(sample_shape)
-    gy = grad_y.to(torch.float64)
-    if logits.dim() == 0:
-        return torch.zeros_like(logits)
-    grad = y * (gy - (gy * y).sum(out_dim, keepdim=True)) / tau
-    return grad.sum(tuple(range(len(sample_shape)))).to(logits.dtype) if sample_shape else grad.to(logits.dtype)
+    return gumbel_softmax_sample_backward(grad_y, y, logits, tau, dim)
 
 
 def gumbel_softmax_sample_backward(grad_y, y, logits, tau=1.0, dim=-1):

@@ -8,6 +8,7 @@ path's results and errors; the kernels use the threads torch is given.
 """
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -199,7 +200,7 @@ def test_gumbel_softmax_fast_call_gives_the_python_paths_bits_and_errors(monkeyp
     switched off), and what the fast call declines still gets the Python path's errors."""
     import numpy as np
 
-    gumbel = __import__("sys").modules["rtrick_ops.gumbel"]
+    gumbel = sys.modules["rtrick_ops.gumbel"]
     if gumbel._gumbel_fast is None:
         pytest.skip("this build has no C++ fast call")
     x = torch.randn(6, 5, dtype=torch.float64)

@@ -163,6 +163,36 @@ inline __attribute__((always_inline)) C online_row_sum(const C* v, int64_t L, in
   return combine_thread_sums(partial, threads, threads);
 }
 
+// v = logits + g over a row of L, and its max: NaN if any v is NaN. The max
+// runs as kMaxLanes running maxima, which compilers vectorise: a max does not
+// depend on the order it is taken in, except between +0 and -0, and v - max is
+// the same value for either.
+template <typename T, typename C>
+inline __attribute__((always_inline)) C perturbed_row_max(const T* x, const float* g, int64_t L, C* v) {
+  constexpr int kMaxLanes = 16;
+  C lane[kMaxLanes];
+  for (int l = 0; l < kMaxLanes; ++l) lane[l] = -std::numeric_limits<C>::infinity();
+  int32_t nan = 0;
+  int64_t j = 0;
+  for (; j + kMaxLanes <= L; j += kMaxLanes) {
+    for (int l = 0; l < kMaxLanes; ++l) {
+      const C vj = static_cast<C>(x[j + l]) + static_cast<C>(g[j + l]);
+      v[j + l] = vj;
+      nan |= vj != vj;
+      lane[l] = vj > lane[l] ? vj : lane[l];
+    }
+  }
+  for (; j < L; ++j) {
+    const C vj = static_cast<C>(x[j]) + static_cast<C>(g[j]);
+    v[j] = vj;
+    nan |= vj != vj;
+    lane[0] = vj > lane[0] ? vj : lane[0];
+  }
+  C m = lane[0];
+  for (int l = 1; l < kMaxLanes; ++l) m = lane[l] > m ? lane[l] : m;
+  return nan ? std::numeric_limits<C>::quiet_NaN() : m;
+}
+
 // Scratch for one slab: v (then the exponentials), per-column max, sum,
 // argmax, and the per-thread partial sums of the kernel order.
 template <typename C>
@@ -188,31 +218,8 @@ inline __attribute__((always_inline)) void soft_slab_impl(const T* x, const floa
   C* colsum = w.colsum.data();
   int64_t* colarg = w.colarg.data();
   if (inner == 1) {
-    // The max as kMaxLanes running maxima, which compilers vectorise: a max
-    // does not depend on the order it is taken in, except between +0 and -0,
-    // and v - max is the same value for either. NaN is tracked apart.
-    constexpr int kMaxLanes = 16;
-    C lane[kMaxLanes];
-    for (int l = 0; l < kMaxLanes; ++l) lane[l] = -std::numeric_limits<C>::infinity();
-    int32_t nan = 0;
-    int64_t j = 0;
-    for (; j + kMaxLanes <= L; j += kMaxLanes) {
-      for (int l = 0; l < kMaxLanes; ++l) {
-        const C vj = static_cast<C>(x[j + l]) + static_cast<C>(g[j + l]);
-        v[j + l] = vj;
-        nan |= vj != vj;
-        lane[l] = vj > lane[l] ? vj : lane[l];
-      }
-    }
-    for (; j < L; ++j) {
-      const C vj = static_cast<C>(x[j]) + static_cast<C>(g[j]);
-      v[j] = vj;
-      nan |= vj != vj;
-      lane[0] = vj > lane[0] ? vj : lane[0];
-    }
-    C m = lane[0];
-    for (int l = 1; l < kMaxLanes; ++l) m = lane[l] > m ? lane[l] : m;
-    colmax[0] = nan ? std::numeric_limits<C>::quiet_NaN() : m;
+    const C m = perturbed_row_max(x, g, L, v);
+    colmax[0] = m;
     if (!need_exp) {  // hard: the first index of the max (== does not tell +0 from -0, as > did not)
       int64_t arg = 0;
       while (arg < L && !(v[arg] == m)) ++arg;
@@ -282,15 +289,8 @@ inline __attribute__((always_inline)) void soft_rows_impl(const T* x, int64_t ou
     const T* xr = x + (r % outer) * L;
     const float* gr = g + (r - r0) * L;
     C* vr = v + (r - r0) * L;
-    C m = -std::numeric_limits<C>::infinity();
-    int32_t nan = 0;
-    for (int64_t j = 0; j < L; ++j) {
-      const C vj = static_cast<C>(xr[j]) + static_cast<C>(gr[j]);
-      vr[j] = vj;
-      nan |= vj != vj;
-      m = vj > m ? vj : m;
-    }
-    w.rowmax[r - r0] = nan ? std::numeric_limits<C>::quiet_NaN() : m;
+    const C m = perturbed_row_max(xr, gr, L, vr);
+    w.rowmax[r - r0] = m;
     for (int64_t j = 0; j < L; ++j) spread[(r - r0) * L + j] = m;
   }
   for (int64_t k = 0; k < n; ++k) v[k] = exp_c((v[k] - spread[k]) / tau);
