@@ -101,9 +101,6 @@ at::Tensor normal_rsample_autograd(const at::Tensor& mu, const at::Tensor& scale
 }
 
 // --------------------------------------------------- normal_rsample_and_kl
-// grad_mu = kl_backward's grad_mu + grad_z summed to mu's shape, grad_scale =
-// scale_backward(grad_z) + kl_backward's grad_scale: added in place into the
-// backward operators' fresh outputs, as the Python registration does.
 class NormalRsampleAndKl : public torch::autograd::Function<NormalRsampleAndKl> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
@@ -119,16 +116,19 @@ class NormalRsampleAndKl : public torch::autograd::Function<NormalRsampleAndKl> 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &mu = saved[0], &scale_param = saved[1], &rng_state = saved[2];
-    const std::string scale = ctx->saved_data["scale"].toStringRef();
     at::Tensor grad_z = grads[0], grad_kl = grads[1];
-    // An output that did not reach the loss has an undefined gradient: zeros, as the Python path gets.
-    if (!grad_z.defined()) grad_z = at::zeros_symint(mu.sym_sizes(), mu.options());
-    if (!grad_kl.defined()) {
-      grad_kl = at::zeros_symint(at::infer_size_symint(mu.sym_sizes(), scale_param.sym_sizes()), mu.options());
+    // An output that did not reach the loss has an undefined gradient: zeros. For z, zeros of the batch
+    // shape: its sample dimensions would only add zeros.
+    if (!grad_z.defined() || !grad_kl.defined()) {
+      const at::Tensor zeros =
+          at::zeros_symint(at::infer_size_symint(mu.sym_sizes(), scale_param.sym_sizes()), mu.options());
+      if (!grad_z.defined()) grad_z = zeros;
+      if (!grad_kl.defined()) grad_kl = zeros;
     }
-    auto [kl_mu, kl_scale] = kl_backward(grad_kl.contiguous(), mu, scale_param, scale);
-    at::Tensor grad_mu = kl_mu.add_(grad_z.sum_to_size_symint(mu.sym_sizes()));
-    at::Tensor grad_scale = scale_backward(grad_z, scale_param, rng_state, scale).add_(kl_scale);
+    auto [grad_mu, grad_scale] = call_backward_op([&] {
+      return ops::normal_rsample_and_kl_backward().call(grad_z, grad_kl, mu, scale_param, rng_state,
+                                                        ctx->saved_data["scale"].toStringRef());
+    });
     return {ctx->needs_input_grad(0) ? grad_mu : at::Tensor(), ctx->needs_input_grad(1) ? grad_scale : at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -114,6 +114,8 @@ inline std::vector<int64_t> check_normal_kl_backward(const at::Tensor& grad_kl, 
   check_float_tensor(grad_kl, "grad_kl");
   TORCH_CHECK_VALUE(grad_kl.scalar_type() == mu.scalar_type(), "grad_kl (", grad_kl.scalar_type(), ") and mu (",
                     mu.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK_VALUE(grad_kl.device() == mu.device(), "grad_kl is on ", grad_kl.device(), " but mu is on ",
+                    mu.device());
   TORCH_CHECK_VALUE(grad_kl.sizes() == at::IntArrayRef(shape), "grad_kl must have shape ", at::IntArrayRef(shape),
                     ", got ", grad_kl.sizes());
   return shape;
@@ -136,6 +138,19 @@ inline void check_normal_backward(const at::Tensor& grad_z, const at::Tensor& sc
                     grad_z.sizes());
 }
 
+// normal_rsample_and_kl_backward's arguments: normal_kl_backward's, and grad_z of
+// z's shape, sample_shape + the batch shape. Returns the batch shape.
+inline std::vector<int64_t> check_normal_rsample_and_kl_backward(const at::Tensor& grad_z, const at::Tensor& grad_kl,
+                                                                 const at::Tensor& mu, const at::Tensor& scale_param) {
+  const auto batch = check_normal_kl_backward(grad_kl, mu, scale_param);
+  check_float_tensor(grad_z, "grad_z");
+  const int64_t lead = grad_z.dim() - static_cast<int64_t>(batch.size());
+  TORCH_CHECK_VALUE(lead >= 0 && grad_z.sizes().slice(lead) == at::IntArrayRef(batch),
+                    "grad_z must have shape sample_shape + ", at::IntArrayRef(batch), " (z's shape), got ",
+                    grad_z.sizes());
+  check_normal_backward(grad_z, scale_param);  // its dtype and device
+  return batch;
+}
 
 // ------------------------------------------------------------ Gumbel-Softmax
 // logits viewed as [outer, length, inner] around a wrapped dim (a 0-d tensor is one row of 1).

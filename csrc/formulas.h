@@ -105,18 +105,43 @@ struct NormalKL {
   RT_HD static void apply(C mu, C x, C, C, C& kl, C&) { kl = normal_kl_of<kind>(mu, x); }
 };
 
-// Backward of NormalKL: dKL/dmu = mu, dKL/dx = (e^t - 1) dlog(sigma)/dx
-// (sigma^2 - 1 for log-sigma). a = grad_kl, b = mu, c = x.
+// dKL/dx = (e^t - 1) dlog(sigma)/dx with t = 2 log sigma (sigma^2 - 1 for log-sigma).
+template <ScaleKind kind, typename C>
+RT_HD C normal_kl_dx(C x) {
+  const C t = C(2) * log_sigma_of<kind>(x);
+  const C expm1_t = expm1_minus_x(t) + t;
+  return expm1_t * dlog_sigma_of<kind>(x);
+}
+
+// Backward of NormalKL: dKL/dmu = mu, dKL/dx as above. a = grad_kl, b = mu, c = x.
 template <ScaleKind kind>
 struct NormalKLGrad {
   static constexpr int kInputs = 3, kOutputs = 2;
   template <typename C>
   RT_HD static void apply(C grad_kl, C mu, C x, C, C& grad_mu, C& grad_x) {
-    const C t = C(2) * log_sigma_of<kind>(x);
-    const C expm1_t = expm1_minus_x(t) + t;
     grad_mu = grad_kl * mu;
-    grad_x = grad_kl * (expm1_t * dlog_sigma_of<kind>(x));
+    grad_x = grad_kl * normal_kl_dx<kind>(x);
   }
+};
+
+// The backward of SampleAndKL, d/dx of <grad_z, z> + <grad_kl, kl>: ScaleGrad's
+// term plus NormalKLGrad's, each rounded as those formulas round it, so that
+// the sum has the bits of the two backward operators' results added (in the
+// compute type: float32 and float64 storage). a = grad_z, b = grad_kl, c = x.
+template <ScaleKind kind>
+struct SampleAndKLScaleGrad {
+  static constexpr int kInputs = 3, kOutputs = 1;
+  template <typename C>
+  RT_HD static void apply(C grad_z, C grad_kl, C x, C eps, C& grad_x, C&) {
+    grad_x = (grad_z * eps) * dsigma_of<kind>(x) + grad_kl * normal_kl_dx<kind>(x);
+  }
+};
+
+// ... and d/dmu: grad_kl * mu + grad_z. a = grad_kl, b = mu, c = grad_z.
+struct SampleAndKLMeanGrad {
+  static constexpr int kInputs = 3, kOutputs = 1;
+  template <typename C>
+  RT_HD static void apply(C grad_kl, C mu, C grad_z, C, C& grad_mu, C&) { grad_mu = grad_kl * mu + grad_z; }
 };
 
 // (z, KL) in one pass over mu and x.

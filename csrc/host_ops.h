@@ -177,6 +177,39 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl(const at::Tensor& mu, c
   return sample_with<Device>(FormulaId::SampleAndKL, mu, scale_param, rng_state, scale, sample_shape);
 }
 
+// The backward of normal_rsample_and_kl: normal_kl_backward's gradients plus
+// the sample's (grad_z summed to mu's shape; scale_backward). Where nothing is
+// broadcast, in float32 or float64, two passes instead of four: the scale's
+// gradient regenerates the noise once for both terms and shares sigma(x), and
+// the mean's adds grad_z as it goes. The same bits as the composition, which
+// adds the two terms in the compute type; float16 and bfloat16 round each
+// term to the storage type before adding, so they keep the composition.
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_backward(const at::Tensor& grad_z, const at::Tensor& grad_kl,
+                                                                  const at::Tensor& mu, const at::Tensor& scale_param,
+                                                                  const at::Tensor& rng_state, c10::string_view scale) {
+  const ScaleKind kind = parse_scale(scale);
+  check_normal_rsample_and_kl_backward(grad_z, grad_kl, mu, scale_param);
+  check_rng_state(rng_state, grad_z);
+  const typename Device::Guard guard(mu.device());
+  const auto dtype = mu.scalar_type();
+  const bool one_pass = (dtype == at::kFloat || dtype == at::kDouble) && grad_z.numel() != 0 &&
+                        grad_z.sizes() == mu.sizes() && mu.sizes() == scale_param.sizes();
+  if (!one_pass) {
+    auto [grad_mu, kl_scale] = normal_kl_backward<Device>(grad_kl, mu, scale_param, scale);
+    grad_mu.add_(grad_z.sum_to_size(mu.sizes()));
+    at::Tensor grad_scale = scale_backward<Device>(grad_z, scale_param, rng_state, NoiseKind::Normal, kind);
+    return {grad_mu, grad_scale.add_(kl_scale)};
+  }
+  at::Tensor grad_mu = Device::empty(mu.sizes(), mu.options());
+  at::Tensor grad_scale = Device::empty(scale_param.sizes(), scale_param.options());
+  Device::elementwise(FormulaId::SampleAndKLScaleGrad, kind, NoiseKind::Normal, rng_state, {grad_scale},
+                      {grad_z, grad_kl, scale_param});
+  Device::elementwise(FormulaId::SampleAndKLMeanGrad, kind, NoiseKind::None, at::Tensor(), {grad_mu},
+                      {grad_kl, mu, grad_z});
+  return {grad_mu, grad_scale};
+}
+
 template <class Device>
 std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob(const at::Tensor& mu, const at::Tensor& scale_param,
                                                                const at::Tensor& rng_state, c10::string_view scale,
@@ -194,6 +227,7 @@ void register_family_ops(torch::Library& m) {
   m.impl("normal_kl", &normal_kl<Device>);
   m.impl("normal_kl_backward", &normal_kl_backward<Device>);
   m.impl("normal_rsample_and_kl", &normal_rsample_and_kl<Device>);
+  m.impl("normal_rsample_and_kl_backward", &normal_rsample_and_kl_backward<Device>);
   m.impl("normal_rsample_and_log_prob", &normal_rsample_and_log_prob<Device>);
 }
 

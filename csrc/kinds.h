@@ -42,7 +42,8 @@
   X(LocScaleSample, 0, "loc_scale_sample") X(LogNormalSample, 1, "log_normal_sample")             \
   X(ScaleGrad, 2, "scale_grad") X(RelaxedBernoulliSample, 3, "relaxed_bernoulli_sample")          \
   X(NormalKL, 4, "normal_kl") X(NormalKLGrad, 5, "normal_kl_grad") X(SampleAndKL, 6, "sample_and_kl") \
-  X(SampleAndLogProb, 7, "sample_and_log_prob") X(NoiseProduct, 8, "noise_product")
+  X(SampleAndLogProb, 7, "sample_and_log_prob") X(NoiseProduct, 8, "noise_product")                  \
+  X(SampleAndKLScaleGrad, 9, "sample_and_kl_scale_grad") X(SampleAndKLMeanGrad, 10, "sample_and_kl_mean_grad")
 
 namespace rtrick {
 

@@ -17,6 +17,8 @@ using SampleKlSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const 
 using ScaleBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view);
 using KlBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                          c10::string_view);
+using SampleKlBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                               const at::Tensor&, const at::Tensor&, c10::string_view);
 using NormalKlSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view);
 using LocScaleSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
                                c10::string_view, c10::SymIntArrayRef);
@@ -45,6 +47,7 @@ RT_OP_HANDLE(normal_rsample, SampleSig, "normal_rsample")
 RT_OP_HANDLE(normal_rsample_and_kl, SampleKlSig, "normal_rsample_and_kl")
 RT_OP_HANDLE(normal_rsample_backward, ScaleBackwardSig, "normal_rsample_backward")
 RT_OP_HANDLE(normal_kl_backward, KlBackwardSig, "normal_kl_backward")
+RT_OP_HANDLE(normal_rsample_and_kl_backward, SampleKlBackwardSig, "normal_rsample_and_kl_backward")
 RT_OP_HANDLE(normal_rsample_and_log_prob, SampleKlSig, "normal_rsample_and_log_prob")
 RT_OP_HANDLE(normal_kl, NormalKlSig, "normal_kl")
 RT_OP_HANDLE(loc_scale_rsample, LocScaleSig, "loc_scale_rsample")

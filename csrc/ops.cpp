@@ -45,6 +45,12 @@ TORCH_LIBRARY(rtrick_ops, m) {
   m.def(
       "normal_rsample_and_kl(Tensor mu, Tensor scale_param, Tensor rng_state, str scale, "
       "SymInt[] sample_shape) -> (Tensor, Tensor)");
+  // Its backward, (grad_mu, grad_scale_param) of mu's and scale_param's shapes: normal_kl_backward's
+  // plus the sample's (grad_z summed to mu's shape, normal_rsample_backward), in one pass where
+  // nothing is broadcast. grad_z has z's shape, grad_kl kl's.
+  m.def(
+      "normal_rsample_and_kl_backward(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor scale_param, "
+      "Tensor rng_state, str scale) -> (Tensor, Tensor)");
   // (z, log N(z; mu, sigma^2)) with log_q from eps in the same pass; both of z's shape.
   m.def(
       "normal_rsample_and_log_prob(Tensor mu, Tensor scale_param, Tensor rng_state, str scale, "

@@ -16,7 +16,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from rtrick_ops import kinds
-from rtrick_ops._checks import check_op_inputs  # the fake (meta) kernel runs these bodies too
+from rtrick_ops._checks import check_op_inputs, check_rsample_and_kl_grads  # the fake kernels run these too
 from rtrick_ops._math import compute_dtype, dsigma_of as torch_dsigma_of
 
 from .stream import (NOISE_LOGISTIC, NOISE_NONE, NOISE_NORMAL, SCALE_CODES, div, dlog_sigma_of, dsigma_of, exp_f32,
@@ -32,6 +32,8 @@ NORMAL_KL_GRAD: tl.constexpr = kinds.FORMULA["normal_kl_grad"]
 SAMPLE_AND_KL: tl.constexpr = kinds.FORMULA["sample_and_kl"]
 SAMPLE_AND_LOG_PROB: tl.constexpr = kinds.FORMULA["sample_and_log_prob"]
 NOISE_PRODUCT: tl.constexpr = kinds.FORMULA["noise_product"]  # out = a * noise, in the accumulator type
+SAMPLE_AND_KL_SCALE_GRAD: tl.constexpr = kinds.FORMULA["sample_and_kl_scale_grad"]
+SAMPLE_AND_KL_MEAN_GRAD: tl.constexpr = kinds.FORMULA["sample_and_kl_mean_grad"]
 
 # family -> (noise code, z = exp(...)), from the one list
 FAMILIES = {family: (kinds.NOISE[noise], exp_output) for family, (noise, exp_output) in kinds.FAMILIES.items()}
@@ -77,6 +79,13 @@ def _normal_kl(mu, x, SCALE: tl.constexpr, F64: tl.constexpr):
     return 0.5 * (mu * mu) + 0.5 * _expm1_minus_x(t, F64)
 
 
+@triton.jit
+def _normal_kl_dx(x, SCALE: tl.constexpr, F64: tl.constexpr):
+    """dKL/dx (normal_kl_dx in csrc/formulas.h)."""
+    t = 2.0 * log_sigma_of(x, SCALE, F64)
+    return (_expm1_minus_x(t, F64) + t) * dlog_sigma_of(x, SCALE, F64)
+
+
 # -------------------------------------------------------------------- kernel
 @triton.jit
 def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, numel, period, tau,
@@ -106,9 +115,14 @@ def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, nume
         out0 = _normal_kl(a, b, SCALE, F64)
     elif FORMULA == NORMAL_KL_GRAD:  # a = grad_kl, b = mu, c = scale_param
         c = tl.load(c_ptr + index, mask=mask, other=1.0).to(compute)
-        t = 2.0 * log_sigma_of(c, SCALE, F64)
         out0 = a * b
-        out1 = a * ((_expm1_minus_x(t, F64) + t) * dlog_sigma_of(c, SCALE, F64))
+        out1 = a * _normal_kl_dx(c, SCALE, F64)
+    elif FORMULA == SAMPLE_AND_KL_SCALE_GRAD:  # a = grad_z, b = grad_kl, c = scale_param
+        c = tl.load(c_ptr + index, mask=mask, other=1.0).to(compute)
+        out0 = (a * eps) * dsigma_of(c, SCALE, F64) + b * _normal_kl_dx(c, SCALE, F64)
+    elif FORMULA == SAMPLE_AND_KL_MEAN_GRAD:  # a = grad_kl, b = mu, c = grad_z
+        c = tl.load(c_ptr + index, mask=mask, other=1.0).to(compute)
+        out0 = a * b + c
     elif FORMULA == SAMPLE_AND_KL:
         out0 = a + sigma_of(b, SCALE, F64) * eps
         out1 = _normal_kl(a, b, SCALE, F64)
@@ -225,6 +239,10 @@ def normal_kl_triton(mu: torch.Tensor, scale_param: torch.Tensor, scale: str) ->
 def normal_kl_backward_triton(grad_kl: torch.Tensor, mu: torch.Tensor, scale_param: torch.Tensor,
                               scale: str) -> Tuple[torch.Tensor, torch.Tensor]:
     check_op_inputs(None, grad_kl=grad_kl, mu=mu, scale_param=scale_param)
+    return _kl_backward(grad_kl, mu, scale_param, scale)
+
+
+def _kl_backward(grad_kl, mu, scale_param, scale):
     batch, (grad_batch, mu_batch, scale_batch) = _batch_inputs(grad_kl, mu, scale_param)
     grad_mu = mu.new_empty(batch)
     grad_scale = mu.new_empty(batch)
@@ -245,6 +263,27 @@ def normal_rsample_and_kl_triton(mu: torch.Tensor, scale_param: torch.Tensor, rn
     kl = mu.new_empty(batch)
     _launch(SAMPLE_AND_KL, [z, kl], [mu_batch, scale_batch], rng_state, scale, NOISE_NORMAL)
     return z, kl
+
+
+@triton_op("rtrick_ops::normal_rsample_and_kl_backward_triton", mutates_args=())
+def normal_rsample_and_kl_backward_triton(grad_z: torch.Tensor, grad_kl: torch.Tensor, mu: torch.Tensor,
+                                          scale_param: torch.Tensor, rng_state: torch.Tensor,
+                                          scale: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    # The C++ operator's rule (csrc/host_ops.h): one pass for each gradient where nothing is broadcast in
+    # float32/float64, else the two backward operators' results added.
+    check_op_inputs(rng_state, grad_z=grad_z, grad_kl=grad_kl, mu=mu, scale_param=scale_param)
+    check_rsample_and_kl_grads(grad_z, grad_kl, mu, scale_param)
+    if (mu.dtype in (torch.float32, torch.float64) and grad_z.numel() != 0
+            and grad_z.shape == mu.shape == scale_param.shape == grad_kl.shape):
+        grad_mu, grad_scale = mu.new_empty(mu.shape), scale_param.new_empty(scale_param.shape)
+        grad_z, grad_kl = grad_z.contiguous(), grad_kl.contiguous()
+        _launch(SAMPLE_AND_KL_SCALE_GRAD, [grad_scale], [grad_z, grad_kl, scale_param.contiguous()], rng_state,
+                scale, NOISE_NORMAL)
+        _launch(SAMPLE_AND_KL_MEAN_GRAD, [grad_mu], [grad_kl, mu.contiguous(), grad_z], rng_state, scale)
+        return grad_mu, grad_scale
+    grad_mu, kl_scale = _kl_backward(grad_kl, mu, scale_param, scale)
+    grad_scale = _scale_backward(grad_z, scale_param, rng_state, NOISE_NORMAL, scale)
+    return grad_mu + grad_z.sum_to_size(mu.shape), grad_scale + kl_scale
 
 
 @triton_op("rtrick_ops::normal_rsample_and_log_prob_triton", mutates_args=())

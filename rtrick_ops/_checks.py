@@ -71,6 +71,16 @@ def check_op_inputs(rng_state, **tensors):
         check_rng_state(rng_state, next(iter(tensors.values())))
 
 
+def check_rsample_and_kl_grads(grad_z, grad_kl, mu, scale_param, *_):
+    """normal_rsample_and_kl_backward's gradients: grad_kl of kl's shape (the batch shape), grad_z of z's
+    (sample_shape + the batch shape), as the C++ operator checks them."""
+    batch = torch.broadcast_shapes(mu.shape, scale_param.shape)
+    if grad_kl.shape != batch:
+        raise ValueError(f"grad_kl must have shape {tuple(batch)}, got {tuple(grad_kl.shape)}")
+    if grad_z.dim() < len(batch) or grad_z.shape[grad_z.dim() - len(batch):] != batch:
+        raise ValueError(f"grad_z must have shape sample_shape + {tuple(batch)} (z's shape), got {tuple(grad_z.shape)}")
+
+
 def check_broadcast(**tensors):
     """The tensors' shapes broadcast; returns the broadcast shape."""
     shapes = [t.shape for t in tensors.values()]

@@ -24,7 +24,8 @@ FAMILIES = {"normal": ("normal", False), "lognormal": ("normal", True), "uniform
 
 # name -> code (rtrick::FormulaId): the elementwise formulas of csrc/formulas.h.
 FORMULA = {"loc_scale_sample": 0, "log_normal_sample": 1, "scale_grad": 2, "relaxed_bernoulli_sample": 3,
-           "normal_kl": 4, "normal_kl_grad": 5, "sample_and_kl": 6, "sample_and_log_prob": 7, "noise_product": 8}
+           "normal_kl": 4, "normal_kl_grad": 5, "sample_and_kl": 6, "sample_and_log_prob": 7, "noise_product": 8,
+           "sample_and_kl_scale_grad": 9, "sample_and_kl_mean_grad": 10}
 
 # The scale= choices of the Gaussian ops, in the order errors list them.
 GAUSSIAN_SCALES = tuple(name for name, (_, gaussian, _) in SCALE.items() if gaussian)

@@ -12,7 +12,8 @@ import torch
 
 from . import _library
 from ._math import check_scale, d2sigma_of, dlog_sigma_of, dsigma_of, normal_kl_grads
-from ._checks import PLAIN_TENSORS, check_params, check_sample_shape, check_scale_param, is_compiling
+from ._checks import (PLAIN_TENSORS, check_params, check_rsample_and_kl_grads, check_sample_shape, check_scale_param,
+                      is_compiling)
 from ._operators import BATCH, SAMPLE_AND_BATCH, declare
 
 _ops = torch.ops.rtrick_ops
@@ -248,21 +249,43 @@ def _normal_kl_backward_autograd(ops):
 
 
 def _normal_rsample_and_kl_autograd(ops):
-    kl_backward, scale_backward = ops.normal_kl_backward, ops.normal_rsample_backward
+    backward_op = ops.normal_rsample_and_kl_backward
 
     def setup_context(ctx, inputs, output):
         mu, scale_param, rng_state, scale, _ = inputs
         ctx.save_for_backward(mu, scale_param, rng_state)
         ctx.scale = scale
 
-    def backward(ctx, grad_z, grad_kl_out):
+    def backward(ctx, grad_z, grad_kl):
         mu, scale_param, rng_state = ctx.saved_tensors
-        # In place on the fresh outputs of the two backward operators: no third
-        # and fourth tensor of the output's size (the page faults showed).
-        kl_mu, kl_scale = kl_backward(grad_kl_out.contiguous(), mu, scale_param, ctx.scale)
-        grad_mu = kl_mu.add_(grad_z.sum_to_size(mu.shape))
-        grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale).add_(kl_scale)
+        grad_mu, grad_scale = backward_op(grad_z, grad_kl, mu, scale_param, rng_state, ctx.scale)
         return grad_mu, grad_scale, None, None, None
+
+    return backward, setup_context
+
+
+def _normal_rsample_and_kl_backward_autograd(ops):
+    """Double backward: differentiate the composition the operator computes (normal_kl_backward's gradients
+    plus the sample's), whose two backward operators have their own double backward."""
+    kl_backward, scale_backward = ops.normal_kl_backward, ops.normal_rsample_backward
+
+    def setup_context(ctx, inputs, output):
+        grad_z, grad_kl, mu, scale_param, rng_state, scale = inputs
+        ctx.save_for_backward(grad_z, grad_kl, mu, scale_param, rng_state)
+        ctx.scale = scale
+
+    def backward(ctx, grad_grad_mu, grad_grad_scale):
+        *saved, rng_state = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_(True) for t in saved]
+        grad_z, grad_kl, mu, scale_param = inputs
+        with torch.enable_grad():
+            kl_mu, kl_scale = kl_backward(grad_kl, mu, scale_param, ctx.scale)
+            outputs = (kl_mu + grad_z.sum_to_size(mu.shape),
+                       scale_backward(grad_z, scale_param, rng_state, ctx.scale) + kl_scale)
+            pairs = [(o, g) for o, g in zip(outputs, (grad_grad_mu, grad_grad_scale)) if g is not None]
+            grads = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], create_graph=True,
+                                        allow_unused=True)
+        return (*grads, None, None)
 
     return backward, setup_context
 
@@ -296,5 +319,7 @@ declare("normal_kl_backward", ("grad_kl", "mu", "scale_param"), ["mu", "scale_pa
         autograd=_normal_kl_backward_autograd)
 NORMAL_RSAMPLE_AND_KL = declare("normal_rsample_and_kl", _GAUSSIAN, [SAMPLE_AND_BATCH, BATCH], triton=True,
                                 autograd=_normal_rsample_and_kl_autograd)
+declare("normal_rsample_and_kl_backward", ("grad_z", "grad_kl", "mu", "scale_param"), ["mu", "scale_param"],
+        triton=True, autograd=_normal_rsample_and_kl_backward_autograd, check=check_rsample_and_kl_grads)
 NORMAL_RSAMPLE_AND_LOG_PROB = declare("normal_rsample_and_log_prob", _GAUSSIAN, [SAMPLE_AND_BATCH, SAMPLE_AND_BATCH],
                                       triton=True, autograd=_normal_rsample_and_log_prob_autograd)

@@ -270,6 +270,88 @@ def test_rsample_and_kl_gradients():
         assert torch.autograd.gradcheck(fn, (mu, x))
 
 
+# The layouts normal_rsample_and_kl_backward sees: (mu, scale_param, sample_shape). The first four take its
+# one-pass path in float32/float64 (nothing broadcast); the rest take the two backward operators.
+AND_KL_LAYOUTS = [((7, 33), (7, 33), ()), ((1,), (1,), ()), ((), (), ()), ((70001,), (70001,), ()),
+                  ((4, 9), (9,), ()), ((3, 1), (1, 4), ()), ((2, 5), (2, 5), (3,)), ((0, 3), (0, 3), ()),
+                  ((5,), (5,), (0,))]
+SPECIAL_VALUES = [0.0, -0.0, 1e-30, 88.0, -88.0, 30.0, -30.0, math.nan, math.inf, -math.inf, 1e4, -1e4]
+
+
+def and_kl_backward_cases(dtype, scale):
+    """(grad_z, grad_kl, mu, scale_param) for every layout, a transposed (non-contiguous) one, and the special
+    values with NaN among the gradients."""
+    for i, (mu_shape, sp_shape, sample_shape) in enumerate(AND_KL_LAYOUTS):
+        mu = params(mu_shape, dtype, 50 + i)
+        sp = params(sp_shape, dtype, 60 + i, positive=scale == "sigma")
+        batch = torch.broadcast_shapes(mu.shape, sp.shape)
+        yield (params(sample_shape + batch, dtype, 70 + i), params(batch, dtype, 80 + i), mu, sp)
+    mu, sp = params((33, 7), dtype, 90).t(), params((33, 7), dtype, 91, positive=scale == "sigma").t()
+    yield params((33, 7), dtype, 92).t(), params((33, 7), dtype, 93).t(), mu, sp
+    special = torch.tensor(SPECIAL_VALUES, dtype=dtype)
+    grads = torch.tensor([1.0, 0.0, -1.0, math.nan, 2.0, 3.0, 0.5, 1.0, 1.0, 1.0, 1.0, -1.0], dtype=dtype)
+    yield torch.linspace(-2, 2, 12, dtype=dtype), grads, special, special.flip(0)
+
+
+def composition_of_the_two_backwards(grad_z, grad_kl, mu, sp, state, scale):
+    """What normal_rsample_and_kl's backward computed before it had its own operator."""
+    ops = torch.ops.rtrick_ops
+    grad_mu, kl_scale = ops.normal_kl_backward(grad_kl, mu, sp, scale)
+    return (grad_mu.add_(grad_z.sum_to_size(mu.shape)),
+            ops.normal_rsample_backward(grad_z, sp, state, scale).add_(kl_scale))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rsample_and_kl_backward_gives_the_two_backwards_bits(dtype):
+    """The fused backward operator equals normal_kl_backward's gradients plus the sample's, bit for bit
+    (a NaN equals a NaN: which NaN an addition returns depends on its operands' order), on every CPU
+    instruction set, every layout and scale, with the special values; its inputs are left untouched."""
+    op = torch.ops.rtrick_ops.normal_rsample_and_kl_backward
+    state = torch.tensor([123, 4], dtype=torch.int64)
+    isa = rt.cpu_isa()
+    try:
+        for name in ("default", "avx2", "avx512"):
+            try:
+                rt.set_cpu_isa(name)
+            except Exception:
+                continue
+            for scale in SCALES:
+                for case in and_kl_backward_cases(dtype, scale):
+                    before = [t.clone() for t in case]
+                    got = op(*case, state, scale)
+                    want = composition_of_the_two_backwards(*case, state, scale)
+                    for what, a, b in zip(("grad_mu", "grad_scale_param"), got, want):
+                        assert a.dtype == b.dtype and a.shape == b.shape, what
+                        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True,
+                                                   msg=lambda m: f"{name} {scale} {what}: {m}")
+                    assert got[0].shape == case[2].shape and got[1].shape == case[3].shape
+                    assert all(torch.equal(t, t0) or (t.isnan() == t0.isnan()).all() for t, t0 in zip(case, before))
+    finally:
+        rt.set_cpu_isa("auto")
+    assert rt.cpu_isa() == isa
+
+
+def test_rsample_and_kl_backward_double_backward_and_errors():
+    mu = params((2, 5), torch.float64, 94).requires_grad_()
+    for sp_shape, sample_shape in (((2, 5), ()), ((5,), (3,))):
+        x = params(sp_shape, torch.float64, 95).requires_grad_()
+        fn = lambda m, s: rt.normal_rsample_and_kl(m, s, sample_shape=sample_shape, seed=4)  # noqa: E731
+        assert torch.autograd.gradgradcheck(fn, (mu, x))
+    op = torch.ops.rtrick_ops.normal_rsample_and_kl_backward
+    state = torch.tensor([1, 0], dtype=torch.int64)
+    mu, x = torch.zeros(2, 5), torch.zeros(5)
+    with pytest.raises(ValueError, match=r"grad_z must have shape sample_shape \+ \[2, 5\]"):
+        op(torch.zeros(2, 4), torch.zeros(2, 5), mu, x, state, "log_sigma")
+    with pytest.raises(ValueError, match="grad_kl must have shape"):
+        op(torch.zeros(2, 5), torch.zeros(5), mu, x, state, "log_sigma")
+    with pytest.raises(ValueError, match="grad_z"):
+        op(torch.zeros(2, 5, dtype=torch.float64), torch.zeros(2, 5), mu, x, state, "log_sigma")
+    with pytest.raises(ValueError, match="grad_kl"):
+        op(torch.zeros(2, 5), torch.zeros(2, 5, dtype=torch.float64), mu, x, state, "log_sigma")
+    with pytest.raises(ValueError, match="scale="):
+        op(torch.zeros(2, 5), torch.zeros(2, 5), mu, x, state, "rate")
+
+
 @pytest.mark.parametrize("scale", SCALES)
 def test_rsample_and_log_prob_matches_torch_normal(scale):
     mu = params((4, 9), torch.float64, 30).requires_grad_()
@@ -307,6 +389,10 @@ def test_opcheck_every_operator():
         (ops.normal_kl.default, (mu, x, "logvar")),
         (ops.normal_kl_backward.default, (params((3, 8), torch.float32, 35), mu, x, "log_sigma")),
         (ops.normal_rsample_and_kl.default, (mu, x, state, "log_sigma", [])),
+        (ops.normal_rsample_and_kl_backward.default, (params((2, 3, 8), torch.float32, 39), params((3, 8), torch.float32, 40),
+                                                      mu, x, state, "softplus")),
+        (ops.normal_rsample_and_kl_backward.default, (params((3, 8), torch.float32, 41), params((3, 8), torch.float32, 42),
+                                                      mu, mu.abs() + 0.5, state, "sigma")),
         (ops.normal_rsample_and_log_prob.default, (mu, x, state, "softplus", [2])),
     ]
     for op, args in cases:
@@ -358,6 +444,24 @@ def test_triton_kernels_match_the_cpu_kernel():
     for fn in (rt.normal_rsample_and_kl, rt.normal_rsample_and_log_prob):
         for a, b in zip(fn(loc, s, seed=3), fn(loc, s, seed=3, backend="triton")):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(_library.triton_kernels is None, reason="Triton unavailable")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_rsample_and_kl_backward_matches_the_cpu_kernel(dtype):
+    """The Triton twin of the fused backward: the C++ operator's values on every layout (one-pass and
+    composed) and scale, within the tolerance that Triton's float64 exp and log need (float32: a few ulp of
+    the interpreter's transcendental functions)."""
+    ops = torch.ops.rtrick_ops
+    state = torch.tensor([9, 2], dtype=torch.int64)
+    for scale in SCALES:
+        for case in and_kl_backward_cases(dtype, scale):
+            got = ops.normal_rsample_and_kl_backward_triton(*case, state, scale)
+            want = ops.normal_rsample_and_kl_backward(*case, state, scale)
+            for what, a, b in zip(("grad_mu", "grad_scale_param"), got, want):
+                assert a.dtype == b.dtype and a.shape == b.shape, what
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, equal_nan=True,
+                                           msg=lambda m: f"{scale} {what}: {m}")
 
 
 # ------------------------------------------------------------------ bad input

@@ -356,6 +356,8 @@ void elementwise_storage(FormulaId formula, int32_t scale, NoiseKind kind, Strea
     case FormulaId::NormalKLGrad: visit_scale<NormalKLGrad, false>(scale, run); break;
     case FormulaId::SampleAndKL: visit_scale<SampleAndKL, false>(scale, run); break;
     case FormulaId::SampleAndLogProb: visit_scale<SampleAndLogProb, false>(scale, run); break;
+    case FormulaId::SampleAndKLScaleGrad: visit_scale<SampleAndKLScaleGrad, false>(scale, run); break;
+    case FormulaId::SampleAndKLMeanGrad: run(SampleAndKLMeanGrad{}); break;
     case FormulaId::NoiseProduct: break;  // CUDA's and Triton's; the CPU multiplies by the noise in noise_dot
   }
 }

@@ -268,6 +268,14 @@ void launch_formula(FormulaId formula, ScaleKind scale, NoiseKind noise, const a
       expect_noise(NoiseKind::None);
       run<NormalKLGrad, NoiseKind::None, false>(scale, state, outs, ins);
       return;
+    case FormulaId::SampleAndKLScaleGrad:
+      expect_noise(NoiseKind::Normal);
+      run<SampleAndKLScaleGrad, NoiseKind::Normal, false>(scale, state, outs, ins);
+      return;
+    case FormulaId::SampleAndKLMeanGrad:
+      expect_noise(NoiseKind::None);
+      launch_by_dtype<SampleAndKLMeanGrad, NoiseKind::None>(state, outs, ins);
+      return;
     case FormulaId::NoiseProduct:  // reduce_scale_grad's own pass, not an operator's formula
       break;
   }

@@ -251,9 +251,12 @@ def sweep_elementwise(s, quick):
             s.run("normal_rsample_and_kl", (loc, sp, s.state(), scale, list(samp)), "normal_rsample_and_kl " + name)
             s.run("normal_rsample_and_log_prob", (loc, sp, s.state(), scale, list(samp)),
                   "normal_rsample_and_log_prob " + name)
+            shape = list(torch.broadcast_shapes(loc.shape, sp.shape))
+            s.run("normal_rsample_and_kl_backward",
+                  (s.normal(list(samp) + shape, dtype), s.normal(shape, dtype), loc, sp, s.state(), scale),
+                  "normal_rsample_and_kl_backward " + name, exact=not samp and loc.shape == sp.shape)
             if not samp:
                 s.run("normal_kl", (loc, sp, scale), "normal_kl " + name)
-                shape = list(torch.broadcast_shapes(loc.shape, sp.shape))
                 s.run("normal_kl_backward", (s.normal(shape, dtype), loc, sp, scale), "normal_kl_backward " + name,
                       exact=loc.shape == sp.shape)
     if quick:
@@ -274,6 +277,8 @@ def sweep_elementwise(s, quick):
         for scale in SCALES:
             s.run("normal_kl", (loc, sp, scale), f"normal_kl {scale} {dtype} special values")
             s.run("normal_kl_backward", (loc, loc, sp, scale), f"normal_kl_backward {scale} {dtype} special values")
+            s.run("normal_rsample_and_kl_backward", (sp, loc, loc, sp, s.state(), scale),
+                  f"normal_rsample_and_kl_backward {scale} {dtype} special values")
             s.run("normal_rsample_and_log_prob", (loc, sp, s.state(), scale, []),
                   f"normal_rsample_and_log_prob {scale} {dtype} special values")
         s.run("relaxed_bernoulli_rsample", (loc, s.state(), 0.5, []), f"relaxed_bernoulli {dtype} special values")
