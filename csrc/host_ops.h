@@ -179,11 +179,12 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl(const at::Tensor& mu, c
 
 // The backward of normal_rsample_and_kl: normal_kl_backward's gradients plus
 // the sample's (grad_z summed to mu's shape; scale_backward). Where nothing is
-// broadcast, in float32 or float64, two passes instead of four: the scale's
-// gradient regenerates the noise once for both terms and shares sigma(x), and
-// the mean's adds grad_z as it goes. The same bits as the composition, which
-// adds the two terms in the compute type; float16 and bfloat16 round each
-// term to the storage type before adding, so they keep the composition.
+// broadcast, in float32 or float64, two passes instead of four operators: one
+// regenerates the noise and writes the scale's gradient, both terms, the other
+// the mean's. Each term is computed as the separate operators compute it, and
+// for these dtypes their add_ adds in that same type, so the bits are the
+// composition's; float16 and bfloat16 round each term to the storage type
+// before adding, so they run the composition, as broadcast layouts do.
 template <class Device>
 std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_backward(const at::Tensor& grad_z, const at::Tensor& grad_kl,
                                                                   const at::Tensor& mu, const at::Tensor& scale_param,

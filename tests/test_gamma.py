@@ -34,6 +34,7 @@ import scipy.stats as stats
 import torch
 
 import rtrick_ops as rt
+from cpu_isas import each_cpu_isa
 from rtrick_ops import _library, reference
 
 ops = torch.ops.rtrick_ops
@@ -83,22 +84,6 @@ def test_gamma_matches_reference(dtype):
     assert bool((z > 0).all()), "a Gamma sample is 0"
     bad = count_log_mismatches(z, zr, LOG_TOL[dtype])
     assert bad <= allowed(z.numel()), f"{bad} of {z.numel()} Gamma samples differ from the reference ({dtype})"
-
-
-def each_cpu_isa():
-    """Yields the name of every CPU ISA this machine and build have, with rt.set_cpu_isa set to it; "auto"
-    afterwards."""
-    isa = rt.cpu_isa()
-    try:
-        for name in ("default", "avx2", "avx512"):
-            try:
-                rt.set_cpu_isa(name)
-            except Exception:
-                continue
-            yield name
-    finally:
-        rt.set_cpu_isa("auto")
-    assert rt.cpu_isa() == isa
 
 
 def test_vector_first_attempt_gives_the_scalar_samplers_bits():
