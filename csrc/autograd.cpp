@@ -116,17 +116,10 @@ class NormalRsampleAndKl : public torch::autograd::Function<NormalRsampleAndKl> 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &mu = saved[0], &scale_param = saved[1], &rng_state = saved[2];
-    at::Tensor grad_z = grads[0], grad_kl = grads[1];
-    // An output that did not reach the loss has an undefined gradient: zeros. For z, zeros of the batch
-    // shape: its sample dimensions would only add zeros.
-    if (!grad_z.defined() || !grad_kl.defined()) {
-      const at::Tensor zeros =
-          at::zeros_symint(at::infer_size_symint(mu.sym_sizes(), scale_param.sym_sizes()), mu.options());
-      if (!grad_z.defined()) grad_z = zeros;
-      if (!grad_kl.defined()) grad_kl = zeros;
-    }
+    // An output that did not reach the loss arrives as zeros of its shape: Function materializes
+    // undefined gradients (materialize_grads, on by default).
     auto [grad_mu, grad_scale] = call_backward_op([&] {
-      return ops::normal_rsample_and_kl_backward().call(grad_z, grad_kl, mu, scale_param, rng_state,
+      return ops::normal_rsample_and_kl_backward().call(grads[0], grads[1], mu, scale_param, rng_state,
                                                         ctx->saved_data["scale"].toStringRef());
     });
     return {ctx->needs_input_grad(0) ? grad_mu : at::Tensor(), ctx->needs_input_grad(1) ? grad_scale : at::Tensor(),

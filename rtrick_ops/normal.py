@@ -228,6 +228,17 @@ def _normal_kl_autograd(ops):
     return backward, setup_context
 
 
+def differentiate_through(formula, saved, output_grads):
+    """A backward operator's double backward: the vector-Jacobian product of `formula(*inputs)`, the same
+    gradients written with differentiable ops, at the saved inputs, with output_grads (None for an output
+    that did not reach the loss). Returns one gradient (or None) per saved input, with a graph."""
+    inputs = [t.detach().requires_grad_(True) for t in saved]
+    with torch.enable_grad():
+        pairs = [(o, g) for o, g in zip(formula(*inputs), output_grads) if g is not None]
+        return torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], create_graph=True,
+                                   allow_unused=True)
+
+
 def _normal_kl_backward_autograd(ops):
     """Double backward of the fused KL backward: differentiate the same formula written with torch ops."""
 
@@ -237,12 +248,8 @@ def _normal_kl_backward_autograd(ops):
         ctx.scale = scale
 
     def backward(ctx, grad_grad_mu, grad_grad_scale):
-        inputs = [t.detach().requires_grad_(True) for t in ctx.saved_tensors]
-        with torch.enable_grad():
-            outputs = normal_kl_grads(*inputs, ctx.scale)
-            pairs = [(o, g) for o, g in zip(outputs, (grad_grad_mu, grad_grad_scale)) if g is not None]
-            grads = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], create_graph=True,
-                                        allow_unused=True)
+        grads = differentiate_through(lambda *inputs: normal_kl_grads(*inputs, ctx.scale), ctx.saved_tensors,
+                                      (grad_grad_mu, grad_grad_scale))
         return (*grads, None)
 
     return backward, setup_context
@@ -276,15 +283,13 @@ def _normal_rsample_and_kl_backward_autograd(ops):
 
     def backward(ctx, grad_grad_mu, grad_grad_scale):
         *saved, rng_state = ctx.saved_tensors
-        inputs = [t.detach().requires_grad_(True) for t in saved]
-        grad_z, grad_kl, mu, scale_param = inputs
-        with torch.enable_grad():
+
+        def composition(grad_z, grad_kl, mu, scale_param):
             kl_mu, kl_scale = kl_backward(grad_kl, mu, scale_param, ctx.scale)
-            outputs = (kl_mu + grad_z.sum_to_size(mu.shape),
-                       scale_backward(grad_z, scale_param, rng_state, ctx.scale) + kl_scale)
-            pairs = [(o, g) for o, g in zip(outputs, (grad_grad_mu, grad_grad_scale)) if g is not None]
-            grads = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], create_graph=True,
-                                        allow_unused=True)
+            return (kl_mu + grad_z.sum_to_size(mu.shape),
+                    scale_backward(grad_z, scale_param, rng_state, ctx.scale) + kl_scale)
+
+        grads = differentiate_through(composition, saved, (grad_grad_mu, grad_grad_scale))
         return (*grads, None, None)
 
     return backward, setup_context
