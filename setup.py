@@ -17,6 +17,8 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from build_flags import STREAM_CXX_FLAGS  # noqa: E402  (tools/ is not a package)
 
 
 def want_cuda():
@@ -30,11 +32,9 @@ def want_cuda():
 
 
 def extension():
-    # Contraction off: every backend evaluates the stream with the same IEEE
-    # operations, so a seed gives the same bits on any CPU (docs/stream.md).
-    # No errno/trapping semantics: lets the compiler vectorise sqrt and selects.
+    # STREAM_CXX_FLAGS: what the stream's bits depend on (tools/build_flags.py).
     # -Werror=switch: a kind added to csrc/kinds.h fails the build at every switch that lacks it.
-    cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Werror=switch"]
+    cxx_flags = ["-O3", *STREAM_CXX_FLAGS, "-Werror=switch"]
     # at::parallel_for is inline OpenMP code when torch's parallel backend is OpenMP (its Linux builds):
     # compiled without -fopenmp the pragma is dropped and every kernel runs on one thread whatever
     # torch.set_num_threads says. Compile flag only, no -lgomp: the runtime is the one torch loaded, so its

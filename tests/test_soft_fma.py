@@ -9,11 +9,14 @@ subnormals), operands of nearby exponents, and constructed double-rounding cases
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from build_flags import STREAM_CXX_FLAGS  # noqa: E402  (tools/ is not a package)
 
 PROGRAM = r"""
 #include <cmath>
@@ -71,8 +74,8 @@ def test_soft_fma_is_the_correctly_rounded_fma(tmp_path):
     source.write_text(PROGRAM)
     binary = tmp_path / "soft_fma"
     # The build flags of the extension, the baseline ISA (no -mfma), and RT_SOFT_FMA as row_kernels_default.cpp sets it.
-    subprocess.run(["g++", "-O3", "-std=c++17", "-march=x86-64", "-ffp-contract=off", "-fno-math-errno",
-                    "-fno-trapping-math", "-DRT_SOFT_FMA=1", f"-I{ROOT / 'csrc'}", str(source), "-o", str(binary)],
+    subprocess.run(["g++", "-O3", "-std=c++17", "-march=x86-64", *STREAM_CXX_FLAGS, "-DRT_SOFT_FMA=1",
+                    f"-I{ROOT / 'csrc'}", str(source), "-o", str(binary)],
                    check=True, capture_output=True, text=True, timeout=300)
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

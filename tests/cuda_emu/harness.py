@@ -40,6 +40,9 @@ CUDA_DIR = ROOT / "csrc" / "cuda"
 DEFAULT_BUILD_DIR = ROOT / "build" / "cuda_emu"
 LIBRARY = "rtrick_emu"
 
+sys.path.insert(0, str(ROOT / "tools"))
+from build_flags import STREAM_CXX_FLAGS  # noqa: E402  (tools/ is not a package)
+
 LAUNCH = re.compile(
     r"(?P<kernel>\b[A-Za-z_]\w*(?:\s*<[^<>;{}]*>)?)\s*<<<(?P<config>.*?)>>>\s*\((?P<empty>\s*\))?",
     re.DOTALL,
@@ -47,7 +50,7 @@ LAUNCH = re.compile(
 CUDA_IMPL = re.compile(r"TORCH_LIBRARY_IMPL\(\s*rtrick_ops\s*,\s*CUDA\s*,")
 SCHEMA_LIBRARY = re.compile(r"TORCH_LIBRARY\(\s*rtrick_ops\s*,")
 
-COMMON_FLAGS = ["-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wno-unknown-pragmas", "-Werror=switch",
+COMMON_FLAGS = [*STREAM_CXX_FLAGS, "-Wno-unknown-pragmas", "-Werror=switch",
                 "-include", str(HERE / "include" / "cuda_emu.h")]
 VARIANTS = {
     "plain": {

@@ -1,0 +1,89 @@
+"""The CPU row kernels built for aarch64 give x86-64's bits (tests/aarch64_emu, issue #15 item 3).
+
+cross_check.py builds row_kernels_driver.cpp natively and for aarch64 (Zig's
+Clang, static musl), runs the aarch64 build under the Unicorn emulator and
+compares every output: float32, float16 and bfloat16 bit for bit, float64
+within the two C libraries' difference. The checks below also show that the
+comparison fails where it should: a contracting build (-ffp-contract=fast)
+changes float32 bits on aarch64, which has an FMA instruction, and the runner
+reports a program that aborts or makes a system call it does not emulate.
+
+Needs the `ziglang` and `unicorn` wheels (requirements.txt). The first build
+fills Zig's cache with musl and libc++ for aarch64 (about 100 s here); later
+runs reuse it and build/aarch64_emu's drivers.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("unicorn", reason="the aarch64 emulation needs the unicorn wheel (requirements.txt)")
+pytest.importorskip("ziglang", reason="the aarch64 cross build needs the ziglang wheel (requirements.txt)")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "aarch64_emu"))
+import cross_check  # noqa: E402
+import elf_runner  # noqa: E402
+
+
+def describe(summary):
+    return "\n".join(summary["failures"][:20])
+
+
+def test_row_kernels_give_the_same_bits_on_aarch64():
+    summary = cross_check.cross_check()
+    assert summary["failures"] == [], describe(summary)
+    # every record compared, most of them bit for bit; only float64 may differ (the C libraries)
+    assert summary["records"] > 6000 and summary["elements"] > 1_500_000
+    assert summary["bitwise_records"] + summary["float64_records_within_tolerance"] == summary["records"]
+    assert summary["float64_max_relative_difference"] <= cross_check.FLOAT64_RTOL
+
+
+def test_a_contracting_aarch64_build_is_caught():
+    summary = cross_check.cross_check(aarch64_extra_flags=["-ffp-contract=fast"])
+    float32_failures = [f for f in summary["failures"] if "/f32/" in f]
+    assert float32_failures, "fused a*b+c on aarch64 went unnoticed"
+
+
+def compile_c_program(tmp_path, name, source):
+    path = tmp_path / f"{name}.c"
+    path.write_text(source)
+    binary = tmp_path / name
+    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", cross_check.AARCH64_TARGET, "-static", "-O1",
+                    str(path), "-o", str(binary)], check=True, capture_output=True, text=True, timeout=600)
+    return binary
+
+
+def test_runner_returns_output_and_status(tmp_path):
+    binary = compile_c_program(tmp_path, "hello", r"""
+        #include <stdio.h>
+        #include <stdlib.h>
+        int main(int argc, char** argv) {
+          double* big = malloc(1 << 24);  /* mmap'd by musl's malloc */
+          big[(1 << 21) - 1] = 2.5;
+          printf("%s %d %.2f\n", argv[1], argc, big[(1 << 21) - 1]);
+          fprintf(stderr, "to stderr\n");
+          return 3;
+        }""")
+    result = elf_runner.run(str(binary), ["hello", "world"])
+    assert (result.status, result.failure, result.unhandled_syscalls) == (3, "", [])
+    assert result.stdout == b"world 2 2.50\n" and result.stderr == b"to stderr\n"
+
+
+def test_runner_reports_an_abort_and_an_unemulated_system_call(tmp_path):
+    binary = compile_c_program(tmp_path, "fails", r"""
+        #include <stdlib.h>
+        #include <unistd.h>
+        int main(void) {
+          (void)getppid();  /* not emulated: -ENOSYS, recorded */
+          abort();
+        }""")
+    result = elf_runner.run(str(binary), ["fails"])
+    assert result.status is None and result.failure == "signal 6"
+    assert 173 in result.unhandled_syscalls  # getppid
+
+
+def test_runner_refuses_an_x86_program():
+    with pytest.raises(elf_runner.ElfError, match="not aarch64"):
+        elf_runner.run(sys.executable)
