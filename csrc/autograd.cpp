@@ -259,8 +259,13 @@ class NormalRsampleAndLogProb : public torch::autograd::Function<NormalRsampleAn
     at::Tensor grad_mu, grad_scale;
     if (ctx->needs_input_grad(0)) grad_mu = grad_z.sum_to_size_symint(ctx->saved_data["mu_shape"].toSymIntVector());
     if (ctx->needs_input_grad(1)) {
-      grad_scale = scale_backward(grad_z, scale_param, rng_state, scale)
-                       .sub_(grad_log_q.sum_to_size_symint(scale_param.sym_sizes()) * dlog_sigma(scale_param, scale));
+      grad_scale = scale_backward(grad_z, scale_param, rng_state, scale);
+      const at::Tensor summed = grad_log_q.sum_to_size_symint(scale_param.sym_sizes());
+      // d log sigma / dx is 1 for log_sigma and 0.5 for logvar: a scalar, not a tensor of them (the same
+      // products, without allocating and filling one at each call).
+      if (scale == "log_sigma") grad_scale.sub_(summed);
+      else if (scale == "logvar") grad_scale.sub_(summed * 0.5);
+      else grad_scale.sub_(summed * dlog_sigma(scale_param, scale));
     }
     return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
   }

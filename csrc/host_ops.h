@@ -93,10 +93,12 @@ at::Tensor scale_backward(const at::Tensor& grad, const at::Tensor& scale_param,
   // No sample reaches scale_param: its gradient is 0, whatever sigma'(x) is.
   if (grad.numel() == 0) return at::zeros(scale_param.sizes(), scale_param.options());
   if (scale_param.numel() != grad.numel()) return Device::broadcast_scale_grad(grad, scale_param, rng_state, noise, scale);
-  // No broadcasting: one fused elementwise pass.
+  // No broadcasting: one fused elementwise pass, over grad's shape (a view where the two shapes differ
+  // only in dimensions of size 1; a small call's view and reshape cost as much as the pass itself).
   at::Tensor grad_sp = Device::empty(scale_param.sizes(), scale_param.options());
-  Device::elementwise(FormulaId::ScaleGrad, scale, noise, rng_state, {grad_sp.view(grad.sizes())},
-                      {grad, scale_param.reshape(grad.sizes())});
+  const bool same_shape = scale_param.sizes() == grad.sizes();
+  Device::elementwise(FormulaId::ScaleGrad, scale, noise, rng_state, {same_shape ? grad_sp : grad_sp.view(grad.sizes())},
+                      {grad, same_shape ? scale_param : scale_param.reshape(grad.sizes())});
   return grad_sp;
 }
 
