@@ -11,6 +11,8 @@ the result instead of silently doing nothing.
 usage: python tests/aarch64_emu/elf_runner.py PROGRAM [ARG...]
        (forwards the program's stdout and stderr; exits with its status)
 """
+from __future__ import annotations
+
 import struct
 import sys
 from dataclasses import dataclass, field
