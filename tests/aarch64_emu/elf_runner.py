@@ -36,7 +36,8 @@ SYS_TKILL, SYS_TGKILL, SYS_RT_SIGACTION, SYS_RT_SIGPROCMASK = 130, 131, 134, 135
 SYS_GETPID, SYS_GETTID, SYS_BRK, SYS_MUNMAP, SYS_MMAP, SYS_MPROTECT, SYS_MADVISE = 172, 178, 214, 215, 222, 226, 233
 ACCEPTED_AS_NO_OPS = {SYS_SET_ROBUST_LIST, SYS_RT_SIGACTION, SYS_RT_SIGPROCMASK, SYS_MUNMAP, SYS_MPROTECT, SYS_MADVISE}
 MAP_FIXED, MAP_ANONYMOUS = 0x10, 0x20
-AT_NULL, AT_PAGESZ, AT_HWCAP, AT_SECURE, AT_RANDOM = 0, 6, 16, 23, 25
+AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_ENTRY, AT_HWCAP, AT_SECURE, AT_RANDOM = 0, 3, 4, 5, 6, 9, 16, 23, 25
+EXCP_SWI = 2  # QEMU's exception number for `svc`, a system call; any other is a fault (a `brk` trap, ...)
 
 
 class ElfError(ValueError):
@@ -60,7 +61,7 @@ def _load_segments(uc, image):
         raise ElfError(f"machine {e_machine} is not aarch64 ({EM_AARCH64})")
     entry, phoff = struct.unpack_from("<QQ", image, 24)
     phentsize, phnum = struct.unpack_from("<HH", image, 54)
-    end = 0
+    end, phdr = 0, 0
     for i in range(phnum):
         p_type, _flags, offset, vaddr, _paddr, filesz, memsz, _align = struct.unpack_from(
             "<IIQQQQQQ", image, phoff + i * phentsize)
@@ -72,14 +73,21 @@ def _load_segments(uc, image):
         uc.mem_map(low, high - low, UC_PROT_ALL)
         uc.mem_write(vaddr, image[offset:offset + filesz])  # the rest (.bss) is already zero
         end = max(end, high)
-    if e_type != 2 or end == 0:
-        raise ElfError("not a static executable with loadable segments")
-    return entry, end
+        if offset <= phoff < offset + filesz:
+            phdr = vaddr + phoff - offset  # where the program headers are in memory
+    if e_type != 2 or end == 0 or phdr == 0:
+        raise ElfError("not a static executable with loadable segments and program headers in memory")
+    # musl's start-up finds the thread-local storage template (PT_TLS) through AT_PHDR: without it a
+    # _Thread_local variable reads 0 instead of its initial value, silently.
+    auxv = {AT_PHDR: phdr, AT_PHENT: phentsize, AT_PHNUM: phnum, AT_ENTRY: entry}
+    return entry, end, auxv
 
 
-def _initial_stack(uc, argv):
+def _initial_stack(uc, argv, program_auxv):
     """argc, argv[], NULL, envp[] (empty), NULL, auxv pairs, AT_NULL; strings above them."""
     uc.mem_map(STACK_TOP - STACK_SIZE, STACK_SIZE, UC_PROT_ALL)
+    if sum(len(arg.encode()) + 1 for arg in argv) + 16 > 4096:
+        raise ValueError("the arguments exceed the 4 KiB this runner reserves for them")
     cursor = STACK_TOP - 4096
     pointers = []
     for arg in argv:
@@ -89,7 +97,10 @@ def _initial_stack(uc, argv):
         cursor += len(text)
     random_bytes = cursor
     uc.mem_write(random_bytes, bytes(range(16)))  # AT_RANDOM: musl's stack-protector seed
-    auxv = [AT_PAGESZ, PAGE, AT_RANDOM, random_bytes, AT_HWCAP, 0, AT_SECURE, 0, AT_NULL, 0]
+    auxv = [AT_PAGESZ, PAGE, AT_RANDOM, random_bytes, AT_HWCAP, 0, AT_SECURE, 0]
+    for key, value in program_auxv.items():
+        auxv += [key, value]
+    auxv += [AT_NULL, 0]
     words = [len(argv), *pointers, 0, 0, *auxv]
     sp = (STACK_TOP - 8192) & ~15
     uc.mem_write(sp, struct.pack(f"<{len(words)}Q", *words))
@@ -101,12 +112,12 @@ def run(program, argv=None, time_limit_s=600.0):
     with open(program, "rb") as f:
         image = f.read()
     uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
-    entry, image_end = _load_segments(uc, image)
+    entry, image_end, program_auxv = _load_segments(uc, image)
     heap = image_end
     uc.mem_map(heap, HEAP_SIZE, UC_PROT_ALL)
     brk = [heap]
     mmap_next = [heap + HEAP_SIZE // 2]
-    _initial_stack(uc, list(argv or [program]))
+    _initial_stack(uc, list(argv or [program]), program_auxv)
     stdout, stderr = bytearray(), bytearray()
     result = RunResult(None, b"", b"")
 
@@ -119,7 +130,11 @@ def run(program, argv=None, time_limit_s=600.0):
             return -9  # EBADF
         return len(data)
 
-    def syscall(uc, _intno, _user):
+    def syscall(uc, intno, _user):
+        if intno != EXCP_SWI:  # a trap or fault: retrying the instruction would raise it again, forever
+            result.failure = f"exception {intno} at pc {uc.reg_read(UC_ARM64_REG_PC):#x}"
+            uc.emu_stop()
+            return
         number = uc.reg_read(UC_ARM64_REG_X8)
         a0, a1, a2 = (uc.reg_read(r) for r in (UC_ARM64_REG_X0, UC_ARM64_REG_X1, UC_ARM64_REG_X2))
         if number in (SYS_EXIT, SYS_EXIT_GROUP):
@@ -146,7 +161,7 @@ def run(program, argv=None, time_limit_s=600.0):
             else:
                 ret = mmap_next[0]
                 mmap_next[0] += length
-                uc.mem_write(ret, bytes(length))  # anonymous memory is zero, also when reused
+                uc.mem_write(ret, bytes(length))  # anonymous memory is zero (munmap frees nothing: no reuse)
         elif number in (SYS_TKILL, SYS_TGKILL):  # abort(): the program stopped itself with a signal
             result.failure = f"signal {a1 if number == SYS_TKILL else a2}"
             uc.emu_stop()

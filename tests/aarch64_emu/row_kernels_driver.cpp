@@ -1,14 +1,18 @@
-// Runs the CPU row kernels (csrc/cpu/row_kernels.h) over a fixed set of cases
-// and writes every output to stdout, so that builds for different targets can
-// be compared bit for bit: x86-64 (each ISA's table, GCC or Clang) and aarch64
-// (cross-built with Zig's Clang, run under the Unicorn emulator by
-// run_aarch64.py). No torch: the row kernels are plain C++.
+// Runs the baseline CPU row kernels (csrc/cpu/row_kernels.h, the "default"
+// table) over a fixed set of cases and writes every output to stdout, so that
+// builds for different targets can be compared bit for bit: x86-64 (GCC or
+// Clang) and aarch64 (cross-built with Zig's Clang, run under the Unicorn
+// emulator by elf_runner.py; cross_check.py does both). No torch: the row
+// kernels are plain C++.
 //
-// usage: row_kernels_driver [default|avx2|avx512]   (x86-64 builds; aarch64 has "default" only)
+// usage: row_kernels_driver default
 //
 // Output: records of [u32 name length][name][u32 kind][u64 byte count][bytes],
 // kind 0 float32, 1 float64, 2 float16, 3 bfloat16, 4 bytes. The inputs are
-// made here from a fixed integer hash, identically on every target.
+// made here from a fixed integer hash, identically on every target. Output
+// buffers start filled with 0xA5 bytes: an elementwise output the kernel left
+// unwritten is not emitted (a one-output formula's second output), and
+// cross_check.py fails on a first output left unwritten.
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -147,6 +151,34 @@ const char* storage_name(Storage s) {
   return "?";
 }
 
+// Whether a buffer still holds only filled_buffer's pattern.
+bool unwritten(const Buffer& b) {
+  for (unsigned char byte : b.bytes)
+    if (byte != 0xA5) return false;
+  return true;
+}
+
+// Which input of a formula is the scale parameter x (formulas.h's argument order); -1 for none.
+int scale_input(FormulaId id) {
+  switch (id) {
+    case FormulaId::NormalKLGrad:          // (grad_kl, mu, x)
+    case FormulaId::SampleAndKLScaleGrad:  // (grad_z, grad_kl, x)
+      return 2;
+    case FormulaId::SampleAndKLMeanGrad:     // (grad_kl, mu, grad_z)
+    case FormulaId::RelaxedBernoulliSample:  // (logits, tau)
+    case FormulaId::NoiseProduct:
+      return -1;
+    case FormulaId::LocScaleSample:
+    case FormulaId::LogNormalSample:
+    case FormulaId::ScaleGrad:
+    case FormulaId::NormalKL:
+    case FormulaId::SampleAndKL:
+    case FormulaId::SampleAndLogProb:
+      return 1;
+  }
+  return -1;
+}
+
 // Every formula of kinds.h (the loop skips NoiseProduct, which is CUDA's and Triton's).
 struct FormulaCase { FormulaId id; const char* name; };
 #define RT_FORMULA_CASE(name, code, text) {FormulaId::name, text},
@@ -176,27 +208,33 @@ void run_elementwise(const RowKernels& k) {
     for (Storage s : storages) {
       for (int32_t scale : scales) {
         if (scale == kRate && !takes_rate) continue;
-        const bool positive = scale == static_cast<int32_t>(rtrick::ScaleKind::Sigma) || scale == kRate;
+        // The scale parameter is x > 0 for these scales; relaxed_bernoulli's temperature always is.
+        const bool positive_scale = scale == static_cast<int32_t>(rtrick::ScaleKind::Sigma) || scale == kRate;
+        const int positive_input = f.id == FormulaId::RelaxedBernoulliSample ? 1
+                                   : positive_scale                         ? scale_input(f.id)
+                                                                            : -1;
         for (int32_t noise : noises) {
           for (int layout = 0; layout < 2; ++layout) {
             const uint64_t seed = (static_cast<uint64_t>(f.id) << 24) ^ (static_cast<uint64_t>(scale) << 16) ^
                                   (static_cast<uint64_t>(noise) << 8) ^ static_cast<uint64_t>(layout);
             // layout 1: in[0] stride 2, in[1] broadcast (stride 0), in[2] stride 3
             const int64_t strides[2][3] = {{1, 1, 1}, {2, 0, 3}};
-            Buffer in0 = make_buffer(s, test_values(seed * 3 + 1, len * 2, false));
-            Buffer in1 = make_buffer(s, test_values(seed * 3 + 2, len, positive));
-            Buffer in2 = make_buffer(s, test_values(seed * 3 + 3, len * 3, false));
+            Buffer in0 = make_buffer(s, test_values(seed * 3 + 1, len * 2, positive_input == 0));
+            Buffer in1 = make_buffer(s, test_values(seed * 3 + 2, len, positive_input == 1));
+            Buffer in2 = make_buffer(s, test_values(seed * 3 + 3, len * 3, positive_input == 2));
+            // the broadcast input (layout 1) reads one ordinary value, past the fixed special ones
+            const unsigned char* in1_start = in1.bytes.data() + (layout == 1 ? 30 * element_size(s) : 0);
             Buffer out0 = filled_buffer(s, len), out1 = filled_buffer(s, len);
             const int which = static_cast<int>(seed % 3);
             RowOperands ops{{out0.bytes.data(), out1.bytes.data()},
-                            {in0.bytes.data(), in1.bytes.data(), in2.bytes.data()},
+                            {in0.bytes.data(), in1_start, in2.bytes.data()},
                             {strides[layout][0], strides[layout][1], strides[layout][2]}};
             k.elementwise(s, f.id, scale, noise, keys[which % 2], starts[which], len, ops);
             const std::string name = std::string("elementwise/") + f.name + "/" + storage_name(s) + "/scale" +
                                      std::to_string(scale) + "/noise" + std::to_string(noise) + "/layout" +
                                      std::to_string(layout);
             emit(name + "/out0", out0.kind(), out0.bytes.data(), out0.bytes.size());
-            emit(name + "/out1", out1.kind(), out1.bytes.data(), out1.bytes.size());
+            if (!unwritten(out1)) emit(name + "/out1", out1.kind(), out1.bytes.data(), out1.bytes.size());
           }
         }
       }
@@ -331,7 +369,7 @@ void run_gamma(const RowKernels& k) {
   std::vector<double> lz(static_cast<size_t>(glen)), lw(static_cast<size_t>(glen));
   k.log_gamma(true, key, ga.data(), glen, 0, glen, 0u, 2u, lz.data());
   k.log_gamma(true, key, gb.data(), glen, 0, glen, 1u, 2u, lw.data());
-  std::vector<double> z(static_cast<size_t>(glen)), zb(static_cast<size_t>(glen)), grad = test_values(13, glen, false);
+  std::vector<double> z(static_cast<size_t>(glen)), zb(static_cast<size_t>(glen)), grad(static_cast<size_t>(glen));
   for (int64_t i = 0; i < glen; ++i) {
     grad[static_cast<size_t>(i)] = i % 17 == 0 ? 0.0 : rtrick::exp_of(-1.0 + 1e-3 * static_cast<double>(i));
     z[static_cast<size_t>(i)] = rtrick::gamma_from_log<double>(lz[static_cast<size_t>(i)], 2.2250738585072014e-308);
@@ -366,19 +404,14 @@ void run_gamma(const RowKernels& k) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string isa = argc > 1 ? argv[1] : "default";
-  const RowKernels* kernels = &rtrick::cpu::row_kernels_default();
-#if defined(RT_DRIVER_WITH_X86_ISAS)
-  if (isa == "avx2") kernels = &rtrick::cpu::row_kernels_avx2();
-  if (isa == "avx512") kernels = &rtrick::cpu::row_kernels_avx512();
-#endif
-  if (isa != kernels->isa) {
-    fprintf(stderr, "row_kernels_driver: this build has no '%s' table\n", isa.c_str());
+  const RowKernels& kernels = rtrick::cpu::row_kernels_default();
+  if (argc != 2 || std::string(argv[1]) != kernels.isa) {
+    fprintf(stderr, "usage: row_kernels_driver default\n");
     return 2;
   }
-  run_noise(*kernels);
-  run_elementwise(*kernels);
-  run_gamma(*kernels);
+  run_noise(kernels);
+  run_elementwise(kernels);
+  run_gamma(kernels);
   fflush(stdout);
   return 0;
 }
