@@ -225,14 +225,16 @@ at::Tensor normal_kl_autograd(const at::Tensor& mu, const at::Tensor& scale_para
 }
 
 // --------------------------------------------- normal_rsample_and_log_prob
-// d log sigma / dx of the scale parameterization x (rtrick_ops/_math.py's
-// dlog_sigma_of, which the Triton operators' autograd uses).
-at::Tensor dlog_sigma(const at::Tensor& x, const std::string& scale) {
-  if (scale == "log_sigma") return at::ones_like(x);
-  if (scale == "logvar") return at::full_like(x, 0.5);
-  if (scale == "sigma") return x.reciprocal();
-  if (scale == "softplus") return at::sigmoid(x).div_(at::softplus(x));
-  TORCH_CHECK(false, "internal error: no d log sigma for scale '", scale, "'");
+// grad_x -= summed * d log sigma / dx for the scale parameterization x (rtrick_ops/_math.py's
+// dlog_sigma_of, which the Triton operators' autograd uses). The constant derivatives (1 for log_sigma,
+// 0.5 for logvar) are scalars: the same products, without allocating and filling a tensor of them.
+void subtract_times_dlog_sigma(at::Tensor& grad_x, const at::Tensor& summed, const at::Tensor& x,
+                               const std::string& scale) {
+  if (scale == "log_sigma") grad_x.sub_(summed);
+  else if (scale == "logvar") grad_x.sub_(summed * 0.5);
+  else if (scale == "sigma") grad_x.sub_(summed * x.reciprocal());
+  else if (scale == "softplus") grad_x.sub_(summed * at::sigmoid(x).div_(at::softplus(x)));
+  else TORCH_CHECK(false, "internal error: no d log sigma for scale '", scale, "'");
 }
 
 // log q = -eps^2 / 2 - log sigma - log(2 pi) / 2 with eps fixed by z: only
@@ -260,12 +262,8 @@ class NormalRsampleAndLogProb : public torch::autograd::Function<NormalRsampleAn
     if (ctx->needs_input_grad(0)) grad_mu = grad_z.sum_to_size_symint(ctx->saved_data["mu_shape"].toSymIntVector());
     if (ctx->needs_input_grad(1)) {
       grad_scale = scale_backward(grad_z, scale_param, rng_state, scale);
-      const at::Tensor summed = grad_log_q.sum_to_size_symint(scale_param.sym_sizes());
-      // d log sigma / dx is 1 for log_sigma and 0.5 for logvar: a scalar, not a tensor of them (the same
-      // products, without allocating and filling one at each call).
-      if (scale == "log_sigma") grad_scale.sub_(summed);
-      else if (scale == "logvar") grad_scale.sub_(summed * 0.5);
-      else grad_scale.sub_(summed * dlog_sigma(scale_param, scale));
+      subtract_times_dlog_sigma(grad_scale, grad_log_q.sum_to_size_symint(scale_param.sym_sizes()), scale_param,
+                                scale);
     }
     return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
   }

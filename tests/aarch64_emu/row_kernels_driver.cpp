@@ -137,8 +137,10 @@ Buffer make_buffer(Storage s, const std::vector<double>& v) {
   return b;
 }
 
+constexpr unsigned char kUnwrittenByte = 0xA5;  // cross_check.py's UNWRITTEN_BYTE
+
 Buffer filled_buffer(Storage s, int64_t n) {  // an unwritten output keeps this pattern
-  return Buffer{s, std::vector<unsigned char>(static_cast<size_t>(n * element_size(s)), 0xA5)};
+  return Buffer{s, std::vector<unsigned char>(static_cast<size_t>(n * element_size(s)), kUnwrittenByte)};
 }
 
 const char* storage_name(Storage s) {
@@ -154,7 +156,7 @@ const char* storage_name(Storage s) {
 // Whether a buffer still holds only filled_buffer's pattern.
 bool unwritten(const Buffer& b) {
   for (unsigned char byte : b.bytes)
-    if (byte != 0xA5) return false;
+    if (byte != kUnwrittenByte) return false;
   return true;
 }
 
