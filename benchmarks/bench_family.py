@@ -34,7 +34,7 @@ import bench_harness as harness  # noqa: E402  (the shared timing harness)
 D = torch.distributions
 MODES = ("forward", "full")
 PROVIDERS = ("rtrick_ops", "torch")
-CSV_COLUMNS = ["timestamp", "device", "threads", "cpu_isa", "torch_version", "cuda_version", "rtrick_ops_version", "case",
+CSV_COLUMNS = ["timestamp", "device", "threads", "cpu_isa", "torch_version", "cuda_version", "rtrick_ops_version", "saved_noise_limit", "case",
                "provider", "dtype", "mode", "numel", "median_ms", "p20_ms", "p80_ms", "gbps", "speedup_vs_torch"]
 CLASSES = 128  # row length of the Gumbel-Softmax cases
 DIRICHLET_CATEGORIES = 16
@@ -193,7 +193,8 @@ def main():
     environment = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "device": device_name, "threads": args.threads,
         "cpu_isa": rt.cpu_isa() if args.device == "cpu" else None, "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda, "rtrick_ops_version": rt.__version__}
+        "cuda_version": torch.version.cuda, "rtrick_ops_version": rt.__version__,
+        "saved_noise_limit": rt.saved_noise_limit() if args.device == "cpu" else None}
     isa = f" | ISA {rt.cpu_isa()}" if args.device == "cpu" else ""
     header = (f"{device_name} | {args.threads} threads{isa} | torch {torch.__version__} | "
               f"rtrick_ops {rt.__version__} | 2^{numel.bit_length() - 1} elements")

@@ -155,12 +155,13 @@ def cpu_environment(threads):
     """The run's description for CPU results: time, CPU model, threads, rtrick_ops' ISA, versions."""
     return {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": cpu_model(), "threads": threads, "cpu_isa": rt.cpu_isa(), "torch_version": torch.__version__,
-            "rtrick_ops_version": rt.__version__}
+            "rtrick_ops_version": rt.__version__, "saved_noise_limit": rt.saved_noise_limit()}
 
 
 def cpu_environment_line(env):
     return (f"{env['device']} | {env['threads']} threads | ISA {env['cpu_isa']} | "
-            f"torch {env['torch_version']} | rtrick_ops {env['rtrick_ops_version']}")
+            f"torch {env['torch_version']} | rtrick_ops {env['rtrick_ops_version']} | "
+            f"noise saved up to {env['saved_noise_limit']} elements")
 
 
 # ------------------------------------------------------------------ tables

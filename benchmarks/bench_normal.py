@@ -76,7 +76,7 @@ DEFAULT_L2_BYTES = 64 * 2**20  # if torch does not report the L2 size
 # intermediates (noise, exp, product, z) and its backward's gradients.
 WORKING_TENSORS = 8
 
-CPU_CSV_COLUMNS = ["timestamp", "device", "threads", "cpu_isa", "torch_version", "rtrick_ops_version", "provider",
+CPU_CSV_COLUMNS = ["timestamp", "device", "threads", "cpu_isa", "torch_version", "rtrick_ops_version", "saved_noise_limit", "provider",
                    "dtype", "mode", "numel", "median_ms", "p20_ms", "p80_ms", "elems_per_s", "gbps",
                    "speedup_vs_eager", "speedup_vs_compile", "saved_bytes"]
 CUDA_CSV_COLUMNS = ["timestamp", "device", "torch_version", "cuda_version", "triton_version", "rtrick_ops_version",
@@ -580,6 +580,9 @@ def parse_args():
     parser.add_argument("--isa", default="auto",
                         help="cpu: force the CPU kernels' instruction set (rt.set_cpu_isa: default, avx2, avx512); "
                              "the table and files name the ISA that ran")
+    parser.add_argument("--saved-noise-limit", type=int,
+                        help="cpu: rt.set_saved_noise_limit for the run (0: every backward regenerates its noise; "
+                             "docs/operators.md, \"Saved noise\")")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (cpu: 16,18,20; cuda: 20,22,24) and short timing, for smoke tests")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -627,6 +630,8 @@ def main():
     args, setup = parse_args()
     torch.set_num_threads(args.threads)
     rt.set_cpu_isa(args.isa)
+    if args.saved_noise_limit is not None:
+        rt.set_saved_noise_limit(args.saved_noise_limit)
     budget = setup.quick_budget if args.quick else setup.budget
     environment = run_environment(args.threads, setup)
     missing = []

@@ -32,7 +32,7 @@ QUICK_SIZES = "0,6,11,12"
 TAU = 0.5
 GOAL_SIZES = (11, 12, 14)  # forward+backward at least 2x eager here (issue #15)
 GOAL_FULL_SPEEDUP = 2.0
-CSV_COLUMNS = ["timestamp", "device", "threads", "cpu_isa", "torch_version", "rtrick_ops_version", "case", "provider",
+CSV_COLUMNS = ["timestamp", "device", "threads", "cpu_isa", "torch_version", "rtrick_ops_version", "saved_noise_limit", "case", "provider",
                "mode", "log2_numel", "numel", "best_us", "speedup_vs_eager", "speedup_vs_compile"]
 PROVIDERS = ("rtrick_ops", "eager", "compile")
 
@@ -194,6 +194,56 @@ def isa_sweep(numel, rounds):
     return rows
 
 
+def saved_bytes(call):
+    """Bytes of the distinct tensors a forward keeps for backward (inputs included)."""
+    saved = {}
+
+    def pack(tensor):
+        saved[(tensor.data_ptr(), tensor.dtype, tensor.numel())] = tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        call()
+    return sum(saved.values())
+
+
+def saved_noise_sweep(log2_sizes, rounds):
+    """The Gaussian cases' fwd+bwd with the noise saved (rt.set_saved_noise_limit above every size) and
+    regenerated (limit 0), against eager, in one alternating run per size, with the bytes each keeps for
+    backward (docs/operators.md, "Saved noise"): where saving pays, which sets the default limit."""
+    previous = rt.set_saved_noise_limit(0)
+    rt.set_saved_noise_limit(previous)
+
+    def with_limit(limit, call):
+        def run():
+            rt.set_saved_noise_limit(limit)
+            try:
+                return call()
+            finally:
+                rt.set_saved_noise_limit(previous)
+        return run
+
+    rows = []
+    gaussian = {name: case for name, case in cases().items() if not name.startswith("gumbel")}
+    for case, (make, ours, eager) in gaussian.items():
+        for log2 in log2_sizes:
+            params = tuple(p.requires_grad_() for p in make(2**log2))
+            grads = tuple(torch.randn_like(o) for o in ours(*params))
+            ours_step = step("full", ours, params, grads)
+            calls = {"eager": step("full", eager, params, grads), "saved": with_limit(2**62, ours_step),
+                     "regenerated": with_limit(0, ours_step)}
+            for call in calls.values():
+                call()
+            times = harness.measure_alternating(calls, rounds, {name: block_size(call) for name, call in calls.items()})
+            best = {name: 1e6 * min(seconds) for name, seconds in times.items()}
+            kept = {"eager": saved_bytes(lambda: eager(*params)),
+                    "saved": saved_bytes(with_limit(2**62, lambda: ours(*params))),
+                    "regenerated": saved_bytes(with_limit(0, lambda: ours(*params)))}
+            rows.append({"case": case, "numel": 2**log2, **{f"{k}_us": v for k, v in best.items()},
+                         **{f"{k}_bytes": v for k, v in kept.items()}})
+    return rows
+
+
 def write_plot(path, rows, threads_list):
     from plotting import line_chart
 
@@ -221,6 +271,11 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
     parser.add_argument("--isa-size", type=int, default=20,
                         help="log2 elements of the forced-ISA sweep (0 skips it; quick: 16)")
+    parser.add_argument("--noise-sweep-sizes", default="11,12,14,16,18,20",
+                        help="log2 sizes of the saved-or-regenerated noise sweep, 1 thread (empty skips it; "
+                             "quick: 11,14)")
+    parser.add_argument("--saved-noise-limit", type=int,
+                        help="rt.set_saved_noise_limit for the run (0: every backward regenerates its noise)")
     parser.add_argument("--quick", action="store_true", help="four sizes, few rounds, for smoke tests")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
@@ -228,6 +283,8 @@ def main(argv=None):
     threads_list = [int(t) for t in args.threads.split(",")]
     rounds = args.rounds or (5 if args.quick else 15)
     all_cases = harness.select_cases(parser, cases(), args.cases)
+    if args.saved_noise_limit is not None:
+        rt.set_saved_noise_limit(args.saved_noise_limit)
     environment = harness.cpu_environment(",".join(map(str, threads_list)))
     print(harness.cpu_environment_line(environment) + " | the machine may be loaded: compare ratios, not times")
     rows, fixed = [], []
@@ -258,17 +315,26 @@ def main(argv=None):
             print(f"{threads_list[0]} thr  2^{row['numel'].bit_length() - 1} normal_rsample isa={row['isa']:7s} "
                   f"{'fwd+bwd' if row['mode'] == 'full' else row['mode']:8s}{row['best_us']:9.1f} us  "
                   f"{row['speedup_vs_eager']:5.2f}x eager", flush=True)
+    noise_rows = []
+    noise_sizes = "11,14" if args.quick else args.noise_sweep_sizes
+    if noise_sizes:
+        torch.set_num_threads(threads_list[0])
+        noise_rows = saved_noise_sweep([int(s) for s in noise_sizes.split(",")], rounds)
+        for row in noise_rows:
+            print(f"{threads_list[0]} thr  2^{row['numel'].bit_length() - 1:<2d} {row['case']:22s} fwd+bwd  noise saved "
+                  f"{row['saved_us']:9.1f} us {row['eager_us'] / row['saved_us']:5.2f}x eager, regenerated "
+                  f"{row['regenerated_us']:9.1f} us {row['eager_us'] / row['regenerated_us']:5.2f}x", flush=True)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "bench_small_cpu")
     per_thread = [{**environment, **row, "threads": row["threads"]} for row in rows]
     harness.append_csv(stem + ".csv", {}, per_thread, CSV_COLUMNS)
-    write_markdown(stem + ".md", environment, rows, fixed, threads_list, sizes, isa_rows)
+    write_markdown(stem + ".md", environment, rows, fixed, threads_list, sizes, isa_rows, noise_rows)
     write_plot(stem + ".png", rows, threads_list)
     print(f"results written to {stem}.csv, {stem}.md and {stem}.png")
     return rows, fixed
 
 
-def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows=()):
+def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows=(), noise_rows=()):
     lines = ["# rtrick_ops at small sizes (CPU)", "",
              f"{environment['timestamp']} | {harness.cpu_environment_line(environment)}", "",
              "float32, parameters requiring grad. Per-call time of the fastest of several blocks timed in alternation with "
@@ -309,6 +375,18 @@ def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows
                   "same run.", "", "| isa | mode | elements | us | eager us | x eager |", "|---|---|---:|---:|---:|---:|"]
         lines += [f"| {r['isa']} | {'fwd+bwd' if r['mode'] == 'full' else r['mode']} | {r['numel']} | "
                   f"{r['best_us']:.1f} | {r['eager_us']:.1f} | {r['speedup_vs_eager']:.2f} |" for r in isa_rows]
+    if noise_rows:
+        lines += ["", f"## Noise saved or regenerated (fwd+bwd, {threads_list[0]} thread(s))", "",
+                  "The Gaussian cases with the noise kept for the backward (rt.set_saved_noise_limit above the size) "
+                  "and regenerated (limit 0), against eager, in one alternating run per size; kept = bytes the "
+                  f"forward keeps for backward, inputs included. The default limit is {rt.saved_noise_limit()} "
+                  "elements (docs/operators.md, \"Saved noise\").", "",
+                  "| case | elements | saved us | x eager | regenerated us | x eager | regenerated / saved | "
+                  "kept: saved | regenerated | eager |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['case']} | 2^{r['numel'].bit_length() - 1} | {r['saved_us']:.1f} | "
+                  f"{r['eager_us'] / r['saved_us']:.2f} | {r['regenerated_us']:.1f} | "
+                  f"{r['eager_us'] / r['regenerated_us']:.2f} | {r['regenerated_us'] / r['saved_us']:.2f} | "
+                  f"{r['saved_bytes']} | {r['regenerated_bytes']} | {r['eager_bytes']} |" for r in noise_rows]
     with open(path, "w") as file:
         file.write("\n".join(lines) + "\n")
 

@@ -23,13 +23,17 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd.h"
 #include "op_handles.h"
 
+#include <atomic>
 #include <initializer_list>
 #include <string>
 
 namespace rtrick {
 namespace {
+
+std::atomic<int64_t> saved_noise_limit{kDefaultSavedNoiseLimit};
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -65,6 +69,117 @@ bool records_nothing(std::initializer_list<const at::Tensor*> inputs) {
   return true;
 }
 
+// ------------------------------------------------------------ saved noise
+// Whether a Gaussian call saves its noise for the backward instead of
+// regenerating it there (csrc/host_ops.h, "the noise kept"; docs/operators.md,
+// "Saved noise"). On a CPU the normals cost about as much to generate as the
+// rest of a small call's kernels together, and a backward that reads 4 bytes
+// per element instead saves that whole second generation; the memory is at
+// most saved_noise_limit float32 values per call (4 MiB by default). On a
+// GPU regenerating is the cheaper side (the memory traffic it saves is what
+// such a kernel is bound by), and large CPU calls keep the design's trade:
+// no noise tensor held from the forward to the backward. Concrete shapes only
+// (under tracing with symbolic sizes the operators regenerate).
+bool saves_noise(const at::Tensor& mu, const at::Tensor& scale_param, c10::SymIntArrayRef sample_shape) {
+  if (!mu.is_cpu() || !sample_shape.empty()) return false;
+  const auto mu_sizes = c10::asIntArrayRefSlowOpt(mu.sym_sizes());
+  const auto sp_sizes = c10::asIntArrayRefSlowOpt(scale_param.sym_sizes());
+  if (!mu_sizes || !sp_sizes || *mu_sizes != *sp_sizes || mu.scalar_type() != scale_param.scalar_type()) return false;
+  const int64_t limit = saved_noise_limit.load(std::memory_order_relaxed);
+  return limit > 0 && c10::multiply_integers(*mu_sizes) <= limit;
+}
+
+// What a noise-keeping node's backward returns for an output's gradient that
+// did not reach the loss: zeros of the output's shape (the backward operators
+// take tensors). The nodes do not materialize gradients themselves, which
+// would also fill zeros for the noise output, whose gradient is never used.
+at::Tensor grad_or_zeros(const at::Tensor& grad, const at::Tensor& like) {
+  return grad.defined() ? grad : at::zeros_like(like, at::MemoryFormat::Contiguous);
+}
+
+// The end of a noise-keeping node's forward: `outputs` are its operator's, the
+// noise last, which is saved after `saved` and is not differentiable.
+variable_list keep_noise(AutogradContext* ctx, const std::string& scale, variable_list outputs,
+                         variable_list saved) {
+  ctx->set_materialize_grads(false);
+  ctx->saved_data["scale"] = scale;
+  saved.push_back(outputs.back());
+  ctx->save_for_backward(saved);
+  ctx->mark_non_differentiable({outputs.back()});
+  return outputs;
+}
+
+at::Tensor scale_backward_from_noise(const at::Tensor& grad_z, const at::Tensor& scale_param, const at::Tensor& noise,
+                                     c10::string_view scale) {
+  return call_backward_op(
+      [&] { return ops::normal_rsample_from_noise_backward().call(grad_z, scale_param, noise, scale); });
+}
+
+// (z, noise): normal_rsample's node when it saves the noise.
+class NormalRsampleKeepingNoise : public torch::autograd::Function<NormalRsampleKeepingNoise> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
+                               const at::Tensor& rng_state, const std::string& scale) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [z, noise] = ops::normal_rsample_keeping_noise().call(mu, scale_param, rng_state, scale);
+    return keep_noise(ctx, scale, {z, noise}, {scale_param});
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor grad_mu, grad_scale;
+    if (grads[0].defined()) {  // else z did not reach the loss: no gradient at all
+      const auto saved = ctx->get_saved_variables();
+      if (ctx->needs_input_grad(0)) grad_mu = grads[0];
+      if (ctx->needs_input_grad(1))
+        grad_scale = scale_backward_from_noise(grads[0], saved[0], saved[1], ctx->saved_data["scale"].toStringRef());
+    }
+    return {grad_mu, grad_scale, at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor normal_rsample_keeping_noise_autograd_z(const at::Tensor& mu, const at::Tensor& scale_param,
+                                                   const at::Tensor& rng_state, c10::string_view scale) {
+  return NormalRsampleKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale))[0];
+}
+
+// (z, kl, noise): normal_rsample_and_kl's node when it saves the noise.
+class NormalRsampleAndKlKeepingNoise : public torch::autograd::Function<NormalRsampleAndKlKeepingNoise> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
+                               const at::Tensor& rng_state, const std::string& scale) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [z, kl, noise] = ops::normal_rsample_and_kl_keeping_noise().call(mu, scale_param, rng_state, scale);
+    return keep_noise(ctx, scale, {z, kl, noise}, {mu, scale_param});
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined() && !grads[1].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &mu = saved[0], &scale_param = saved[1], &noise = saved[2];
+    auto [grad_mu, grad_scale] = call_backward_op([&] {
+      return ops::normal_rsample_and_kl_from_noise_backward().call(
+          grad_or_zeros(grads[0], mu), grad_or_zeros(grads[1], mu), mu, scale_param, noise,
+          ctx->saved_data["scale"].toStringRef());
+    });
+    return {ctx->needs_input_grad(0) ? grad_mu : at::Tensor(), ctx->needs_input_grad(1) ? grad_scale : at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+// (z, log_q, noise): normal_rsample_and_log_prob's node when it saves the noise.
+class NormalRsampleAndLogProbKeepingNoise
+    : public torch::autograd::Function<NormalRsampleAndLogProbKeepingNoise> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
+                               const at::Tensor& rng_state, const std::string& scale) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [z, log_q, noise] = ops::normal_rsample_and_log_prob_keeping_noise().call(mu, scale_param, rng_state, scale);
+    return keep_noise(ctx, scale, {z, log_q, noise}, {scale_param});
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads);  // below subtract_times_dlog_sigma
+};
+
 // ---------------------------------------------------------- normal_rsample
 class NormalRsample : public torch::autograd::Function<NormalRsample> {
  public:
@@ -97,6 +212,8 @@ at::Tensor normal_rsample_autograd(const at::Tensor& mu, const at::Tensor& scale
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::normal_rsample().call(mu, scale_param, rng_state, scale, sample_shape);
   }
+  if (saves_noise(mu, scale_param, sample_shape))
+    return normal_rsample_keeping_noise_autograd_z(mu, scale_param, rng_state, scale);
   return NormalRsample::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
 }
 
@@ -133,6 +250,10 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_autograd(const at::Tens
   if (records_nothing({&mu, &scale_param})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::normal_rsample_and_kl().call(mu, scale_param, rng_state, scale, sample_shape);
+  }
+  if (saves_noise(mu, scale_param, sample_shape)) {
+    auto outputs = NormalRsampleAndKlKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale));
+    return {outputs[0], outputs[1]};
   }
   auto outputs = NormalRsampleAndKl::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
   return {outputs[0], outputs[1]};
@@ -278,8 +399,56 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_autograd(const at
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::normal_rsample_and_log_prob().call(mu, scale_param, rng_state, scale, sample_shape);
   }
+  if (saves_noise(mu, scale_param, sample_shape)) {
+    auto outputs = NormalRsampleAndLogProbKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale));
+    return {outputs[0], outputs[1]};
+  }
   auto outputs = NormalRsampleAndLogProb::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
   return {outputs[0], outputs[1]};
+}
+
+variable_list NormalRsampleAndLogProbKeepingNoise::backward(AutogradContext* ctx, variable_list grads) {
+  const at::Tensor &grad_z = grads[0], &grad_log_q = grads[1];
+  at::Tensor grad_mu, grad_scale;
+  if (ctx->needs_input_grad(0)) grad_mu = grad_or_zeros(grad_z, grad_log_q);  // zeros: log q does not move with mu
+  if (ctx->needs_input_grad(1) && (grad_z.defined() || grad_log_q.defined())) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &scale_param = saved[0], &noise = saved[1];
+    const std::string scale = ctx->saved_data["scale"].toStringRef();
+    grad_scale = scale_backward_from_noise(grad_or_zeros(grad_z, scale_param), scale_param, noise, scale);
+    // An unused log q is a zero gradient; sigma'(x)-dependent scales still subtract it, as the
+    // regenerating node does, so that a 0 * inf there is the same NaN on both paths.
+    if (grad_log_q.defined() || (scale != "log_sigma" && scale != "logvar"))
+      subtract_times_dlog_sigma(grad_scale, grad_or_zeros(grad_log_q, scale_param), scale_param, scale);
+  }
+  return {grad_mu, grad_scale, at::Tensor(), at::Tensor()};
+}
+
+// The noise-keeping operators' own Autograd kernels (called directly; the
+// public operators above apply the same nodes).
+std::tuple<at::Tensor, at::Tensor> normal_rsample_keeping_noise_autograd(const at::Tensor& mu,
+                                                                         const at::Tensor& scale_param,
+                                                                         const at::Tensor& rng_state,
+                                                                         c10::string_view scale) {
+  if (records_nothing({&mu, &scale_param})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::normal_rsample_keeping_noise().call(mu, scale_param, rng_state, scale);
+  }
+  auto outputs = NormalRsampleKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale));
+  return {outputs[0], outputs[1]};
+}
+
+template <class Node, const c10::TypedOperatorHandle<ops::SampleTwoKeepingNoiseSig>& (*Op)()>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> keeping_noise_autograd(const at::Tensor& mu,
+                                                                      const at::Tensor& scale_param,
+                                                                      const at::Tensor& rng_state,
+                                                                      c10::string_view scale) {
+  if (records_nothing({&mu, &scale_param})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return Op().call(mu, scale_param, rng_state, scale);
+  }
+  auto outputs = Node::apply(mu, scale_param, rng_state, std::string(scale));
+  return {outputs[0], outputs[1], outputs[2]};
 }
 
 // ------------------------------------------------------ loc_scale_rsample
@@ -448,6 +617,18 @@ TORCH_LIBRARY_IMPL(rtrick_ops, Autograd, m) {
   m.impl("gamma_rsample", &GammaRsample::autograd_kernel);
   m.impl("dirichlet_rsample", &DirichletRsample::autograd_kernel);
   m.impl("beta_rsample", &beta_rsample_autograd);
+  m.impl("_normal_rsample_keeping_noise", &normal_rsample_keeping_noise_autograd);
+  m.impl("_normal_rsample_and_kl_keeping_noise",
+         &keeping_noise_autograd<NormalRsampleAndKlKeepingNoise, ops::normal_rsample_and_kl_keeping_noise>);
+  m.impl("_normal_rsample_and_log_prob_keeping_noise",
+         &keeping_noise_autograd<NormalRsampleAndLogProbKeepingNoise, ops::normal_rsample_and_log_prob_keeping_noise>);
 }
+
+int64_t exchange_saved_noise_limit(int64_t elements) {
+  TORCH_CHECK_VALUE(elements >= 0, "saved noise limit must be >= 0 elements, got ", elements);
+  return saved_noise_limit.exchange(elements);
+}
+
+int64_t current_saved_noise_limit() { return saved_noise_limit.load(); }
 
 }  // namespace rtrick

@@ -22,6 +22,10 @@
 //       formulas.h's `formula` over the contiguous outputs `outs` (1 or 2, one
 //       shape); `ins` broadcast to the outputs' trailing dimensions; rng_state
 //       is undefined when noise is None.
+//   elementwise(formula, scale, noise, rng_state, outs, ins, NoiseTensors{saved, keep})
+//       the same, with the noise read from `saved` instead of the stream, or
+//       the stream's noise also written to `keep` (CPU only: the noise-saving
+//       operators below).
 //   broadcast_scale_grad(grad, scale_param, rng_state, noise, scale)
 //       d/d scale_param when scale_param is broadcast (fewer elements than grad).
 //   gamma_sample(alpha, period, rng_state, z), beta_sample(a, b, period, rng_state, z),
@@ -51,6 +55,14 @@ namespace {  // internal linkage, like family_common.h
 // The CPU's Guard: CPU tensors need no current device.
 struct NoDeviceGuard {
   explicit NoDeviceGuard(const at::Device&) {}
+};
+
+// A launch's noise when it is not only the stream's: `saved` (read instead of
+// generating) or `keep` (the generated noise, also written there). Float32,
+// contiguous, one value per output element in stream order.
+struct NoiseTensors {
+  at::Tensor saved;
+  at::Tensor keep;
 };
 
 // ------------------------------------------- the Gaussian and its family
@@ -218,6 +230,121 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob(const at::Tensor&
                                                                const at::Tensor& rng_state, c10::string_view scale,
                                                                at::IntArrayRef sample_shape) {
   return sample_with<Device>(FormulaId::SampleAndLogProb, mu, scale_param, rng_state, scale, sample_shape);
+}
+
+// ------------------------------------------------ the noise kept (CPU)
+// On a CPU, generating the normals is most of a small call's kernel time, and
+// the regenerating backward pays it a second time. So the C++ autograd saves
+// the noise of small CPU calls (csrc/autograd.cpp, saves_noise;
+// docs/operators.md, "Saved noise"): these forwards also return the float32
+// noise they used, and these backwards read it instead of regenerating it.
+// The values are the stream's, so every result has the bits of the
+// regenerating operators. No broadcasting and no sample_shape: the shapes
+// where the autograd saves.
+inline void check_noise_shapes(const at::Tensor& mu, const char* mu_name, const at::Tensor& scale_param) {
+  TORCH_CHECK_VALUE(mu.sizes() == scale_param.sizes(), mu_name, " and scale_param must have the same shape (the ",
+                    "noise-saving operators do not broadcast), got ", mu.sizes(), " and ", scale_param.sizes());
+}
+
+inline void check_saved_noise(const at::Tensor& noise, const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK_TYPE(noise.scalar_type() == at::kFloat, "noise must be float32 (the stream's values), got ",
+                   noise.scalar_type());
+  TORCH_CHECK_VALUE(noise.device() == like.device(), "noise is on ", noise.device(), " but ", like_name, " is on ",
+                    like.device());
+  TORCH_CHECK_VALUE(noise.sizes() == like.sizes(), "noise must have ", like_name, "'s shape ", like.sizes(),
+                    ", got ", noise.sizes());
+}
+
+// z (and the KL term or log q) with the noise that made them.
+template <class Device>
+std::vector<at::Tensor> sample_keeping_noise(FormulaId formula, int outputs, const at::Tensor& mu,
+                                             const at::Tensor& scale_param, const at::Tensor& rng_state,
+                                             c10::string_view scale) {
+  const ScaleKind kind = parse_scale(scale);
+  const auto shape = normal_output_shape(mu, scale_param, {});
+  check_noise_shapes(mu, "mu", scale_param);
+  check_rng_state(rng_state, mu);
+  const typename Device::Guard guard(mu.device());
+  std::vector<at::Tensor> outs;
+  for (int k = 0; k < outputs; ++k) outs.push_back(Device::empty(shape, mu.options()));
+  at::Tensor noise = Device::empty(shape, mu.options().dtype(at::kFloat));
+  if (noise.numel() != 0) Device::elementwise(formula, kind, NoiseKind::Normal, rng_state, outs, {mu, scale_param},
+                                              NoiseTensors{at::Tensor(), noise});
+  outs.push_back(noise);
+  return outs;
+}
+
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> normal_rsample_keeping_noise(const at::Tensor& mu, const at::Tensor& scale_param,
+                                                                const at::Tensor& rng_state, c10::string_view scale) {
+  auto outs = sample_keeping_noise<Device>(FormulaId::LocScaleSample, 1, mu, scale_param, rng_state, scale);
+  return {outs[0], outs[1]};
+}
+
+template <class Device>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> normal_rsample_and_kl_keeping_noise(
+    const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state, c10::string_view scale) {
+  auto outs = sample_keeping_noise<Device>(FormulaId::SampleAndKL, 2, mu, scale_param, rng_state, scale);
+  return {outs[0], outs[1], outs[2]};
+}
+
+template <class Device>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> normal_rsample_and_log_prob_keeping_noise(
+    const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state, c10::string_view scale) {
+  auto outs = sample_keeping_noise<Device>(FormulaId::SampleAndLogProb, 2, mu, scale_param, rng_state, scale);
+  return {outs[0], outs[1], outs[2]};
+}
+
+// normal_rsample_backward with the noise read from `noise`.
+template <class Device>
+at::Tensor normal_rsample_from_noise_backward(const at::Tensor& grad_z, const at::Tensor& scale_param,
+                                              const at::Tensor& noise, c10::string_view scale) {
+  const ScaleKind kind = parse_scale(scale);
+  check_normal_backward(grad_z, scale_param);
+  check_noise_shapes(grad_z, "grad_z", scale_param);
+  check_saved_noise(noise, grad_z, "grad_z");
+  const typename Device::Guard guard(grad_z.device());
+  at::Tensor grad_sp = Device::empty(scale_param.sizes(), scale_param.options());
+  if (grad_sp.numel() != 0) Device::elementwise(FormulaId::ScaleGrad, kind, NoiseKind::Normal, at::Tensor(), {grad_sp},
+                                                {grad_z, scale_param}, NoiseTensors{noise.contiguous(), at::Tensor()});
+  return grad_sp;
+}
+
+// normal_rsample_and_kl_backward with the noise read from `noise`: its one pass
+// in float32 and float64, its composition in the half types (the same bits).
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_from_noise_backward(
+    const at::Tensor& grad_z, const at::Tensor& grad_kl, const at::Tensor& mu, const at::Tensor& scale_param,
+    const at::Tensor& noise, c10::string_view scale) {
+  const ScaleKind kind = parse_scale(scale);
+  check_normal_rsample_and_kl_backward(grad_z, grad_kl, mu, scale_param);
+  check_noise_shapes(mu, "mu", scale_param);
+  check_noise_shapes(grad_z, "grad_z", scale_param);
+  check_saved_noise(noise, grad_z, "grad_z");
+  const typename Device::Guard guard(mu.device());
+  const auto dtype = mu.scalar_type();
+  if (!(dtype == at::kFloat || dtype == at::kDouble) || grad_z.numel() == 0) {
+    auto [grad_mu, kl_scale] = normal_kl_backward<Device>(grad_kl, mu, scale_param, scale);
+    grad_mu.add_(grad_z);
+    at::Tensor grad_scale = normal_rsample_from_noise_backward<Device>(grad_z, scale_param, noise, scale);
+    return {grad_mu, grad_scale.add_(kl_scale)};
+  }
+  at::Tensor grad_mu = Device::empty(mu.sizes(), mu.options());
+  at::Tensor grad_scale = Device::empty(scale_param.sizes(), scale_param.options());
+  Device::elementwise(FormulaId::SampleAndKLScaleGrad, kind, NoiseKind::Normal, at::Tensor(), {grad_scale},
+                      {grad_z, grad_kl, scale_param}, NoiseTensors{noise.contiguous(), at::Tensor()});
+  Device::elementwise(FormulaId::SampleAndKLMeanGrad, kind, NoiseKind::None, at::Tensor(), {grad_mu},
+                      {grad_kl, mu, grad_z});
+  return {grad_mu, grad_scale};
+}
+
+template <class Device>
+void register_noise_keeping_ops(torch::Library& m) {
+  m.impl("_normal_rsample_keeping_noise", &normal_rsample_keeping_noise<Device>);
+  m.impl("_normal_rsample_and_kl_keeping_noise", &normal_rsample_and_kl_keeping_noise<Device>);
+  m.impl("_normal_rsample_and_log_prob_keeping_noise", &normal_rsample_and_log_prob_keeping_noise<Device>);
+  m.impl("_normal_rsample_from_noise_backward", &normal_rsample_from_noise_backward<Device>);
+  m.impl("_normal_rsample_and_kl_from_noise_backward", &normal_rsample_and_kl_from_noise_backward<Device>);
 }
 
 template <class Device>

@@ -26,6 +26,7 @@
 #include <mutex>
 #include <optional>
 
+#include "autograd.h"
 #include "cpu/row_kernels.h"
 #include "kinds.h"
 #include "op_handles.h"
@@ -133,6 +134,18 @@ PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
     return nullptr;
   }
   Py_RETURN_NONE;
+}
+
+PyObject* set_saved_noise_limit(PyObject*, PyObject* arg) {
+  HANDLE_TH_ERRORS
+  const long long elements = PyLong_AsLongLong(arg);
+  if (elements == -1 && PyErr_Occurred()) return nullptr;
+  return PyLong_FromLongLong(rtrick::exchange_saved_noise_limit(elements));
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* saved_noise_limit(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(rtrick::current_saved_noise_limit());
 }
 
 // How many threads at::parallel_for ran `items` unit items on, from this
@@ -334,6 +347,10 @@ PyObject* kinds(PyObject*, PyObject*) {
 PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use now."},
     {"set_cpu_isa", set_cpu_isa, METH_O, "Choose the CPU kernels' instruction set."},
+    {"saved_noise_limit", saved_noise_limit, METH_NOARGS,
+     "The largest call (elements) whose noise the autograd saves."},
+    {"set_saved_noise_limit", set_saved_noise_limit, METH_O,
+     "Set the largest call (elements) whose noise the autograd saves; returns the previous limit."},
     {"built_with_cuda", built_with_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled."},
     {"kinds", kinds, METH_NOARGS, "The lists of csrc/kinds.h: noise, scale, family and formula kinds."},
     {"parallel_threads_used", parallel_threads_used, METH_O,

@@ -19,6 +19,10 @@ using KlBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, cons
                                                          c10::string_view);
 using SampleKlBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                                const at::Tensor&, const at::Tensor&, c10::string_view);
+using SampleKeepingNoiseSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                 const at::Tensor&, c10::string_view);
+using SampleTwoKeepingNoiseSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                                const at::Tensor&, c10::string_view);
 using NormalKlSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view);
 using LocScaleSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
                                c10::string_view, c10::SymIntArrayRef);
@@ -50,6 +54,13 @@ RT_OP_HANDLE(normal_kl_backward, KlBackwardSig, "normal_kl_backward")
 RT_OP_HANDLE(normal_rsample_and_kl_backward, SampleKlBackwardSig, "normal_rsample_and_kl_backward")
 RT_OP_HANDLE(normal_rsample_and_log_prob, SampleKlSig, "normal_rsample_and_log_prob")
 RT_OP_HANDLE(normal_kl, NormalKlSig, "normal_kl")
+RT_OP_HANDLE(normal_rsample_keeping_noise, SampleKeepingNoiseSig, "_normal_rsample_keeping_noise")
+RT_OP_HANDLE(normal_rsample_and_kl_keeping_noise, SampleTwoKeepingNoiseSig, "_normal_rsample_and_kl_keeping_noise")
+RT_OP_HANDLE(normal_rsample_and_log_prob_keeping_noise, SampleTwoKeepingNoiseSig,
+             "_normal_rsample_and_log_prob_keeping_noise")
+RT_OP_HANDLE(normal_rsample_from_noise_backward, ScaleBackwardSig, "_normal_rsample_from_noise_backward")
+RT_OP_HANDLE(normal_rsample_and_kl_from_noise_backward, SampleKlBackwardSig,
+             "_normal_rsample_and_kl_from_noise_backward")
 RT_OP_HANDLE(loc_scale_rsample, LocScaleSig, "loc_scale_rsample")
 RT_OP_HANDLE(loc_scale_rsample_backward, LocScaleBackwardSig, "loc_scale_rsample_backward")
 RT_OP_HANDLE(relaxed_bernoulli_rsample, RelaxedSig, "relaxed_bernoulli_rsample")

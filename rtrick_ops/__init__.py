@@ -22,7 +22,7 @@ __all__ = ["normal_rsample", "normal_kl", "normal_rsample_and_kl", "normal_rsamp
            "uniform_rsample", "exponential_rsample", "laplace_rsample", "cauchy_rsample", "logistic_rsample",
            "gumbel_rsample", "half_normal_rsample", "lognormal_rsample", "relaxed_bernoulli_rsample", "gamma_rsample", "beta_rsample",
            "dirichlet_rsample", "gumbel_softmax", "diffusion", "distributions", "nn", "estimators", "cpu_isa",
-           "set_cpu_isa"]
+           "set_cpu_isa", "saved_noise_limit", "set_saved_noise_limit"]
 
 
 def cpu_isa() -> str:
@@ -41,3 +41,25 @@ def set_cpu_isa(isa: str) -> None:
     from ._library import require_compiled
 
     require_compiled("set_cpu_isa()").set_cpu_isa(isa)
+
+
+def saved_noise_limit() -> int:
+    """The largest CPU call, in elements, whose Gaussian noise the autograd saves (set_saved_noise_limit)."""
+    from ._library import require_compiled
+
+    return require_compiled("saved_noise_limit()").saved_noise_limit()
+
+
+def set_saved_noise_limit(elements: int) -> int:
+    """Set the largest CPU call, in elements, whose Gaussian noise the autograd saves for the backward;
+    returns the previous limit.
+
+    Calls of normal_rsample, normal_rsample_and_kl and normal_rsample_and_log_prob on CPU tensors with
+    requires_grad, mu and scale_param of one shape and no sample_shape, keep the float32 noise they drew
+    (4 bytes per element until the backward) so that the backward reads it instead of regenerating it,
+    which on a CPU costs as much as the forward. Larger calls regenerate, as do GPU calls. The results are
+    bitwise the same either way. Default 2**20 (4 MiB); 0 never saves. docs/operators.md, "Saved noise".
+    """
+    from ._library import require_compiled
+
+    return require_compiled("set_saved_noise_limit()").set_saved_noise_limit(int(elements))

@@ -33,6 +33,7 @@ from ._random import make_rng_state
 
 SAMPLE_AND_BATCH = "sample+batch"  # sample_shape + the tensors' broadcast shape
 BATCH = "batch"                    # the tensors' broadcast shape
+NOISE = "noise"                    # the tensors' broadcast shape in float32: the noise a call used
 # Any other output rule names the tensor argument whose shape and dtype the output has.
 
 OPERATORS = {}  # name -> Operator, in declaration order
@@ -119,9 +120,12 @@ def _fake_kernel(op):
         first = args[0]
         outputs = []
         for rule in op.outputs:
-            if rule in (SAMPLE_AND_BATCH, BATCH):
+            if rule in (SAMPLE_AND_BATCH, BATCH, NOISE):
                 batch = list(torch.broadcast_shapes(*(t.shape for t in named.values())))
-                outputs.append(first.new_empty(list(args[-1]) + batch if rule == SAMPLE_AND_BATCH else batch))
+                if rule == NOISE:
+                    outputs.append(first.new_empty(batch, dtype=torch.float32))
+                else:
+                    outputs.append(first.new_empty(list(args[-1]) + batch if rule == SAMPLE_AND_BATCH else batch))
             else:
                 outputs.append(named[rule].new_empty(named[rule].shape))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
@@ -134,7 +138,7 @@ def declare(name, tensors, outputs, *, keyed=True, triton=False, reference=None,
     """Declare the registered operator `name` (a schema of csrc/ops.cpp) and register what follows from it.
 
     tensors: the tensor arguments before rng_state (or all of them), in schema order.
-    outputs: one shape rule per output: SAMPLE_AND_BATCH, BATCH, or a tensor argument's name.
+    outputs: one shape rule per output: SAMPLE_AND_BATCH, BATCH, NOISE, or a tensor argument's name.
     keyed: rng_state follows the tensors. triton: a Triton twin `name + "_triton"` exists (kernels/).
     reference: the function of rtrick_ops.reference that computes it, if not `name`.
     autograd: variant -> (backward, setup_context), the formulas of torch.library.register_autograd;

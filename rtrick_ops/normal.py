@@ -14,7 +14,7 @@ from . import _library
 from ._math import check_scale, d2sigma_of, dlog_sigma_of, dsigma_of, normal_kl_grads
 from ._checks import (PLAIN_TENSORS, check_params, check_rsample_and_kl_grads, check_sample_shape, check_scale_param,
                       is_compiling)
-from ._operators import BATCH, SAMPLE_AND_BATCH, declare
+from ._operators import BATCH, NOISE, SAMPLE_AND_BATCH, declare
 
 _ops = torch.ops.rtrick_ops
 # The whole call in C++ for the common case (csrc/module.cpp, gaussian_fast; docs/performance.md, "fixed
@@ -271,28 +271,40 @@ def _normal_rsample_and_kl_autograd(ops):
     return backward, setup_context
 
 
-def _normal_rsample_and_kl_backward_autograd(ops):
-    """Double backward: differentiate the composition the operator computes (normal_kl_backward's gradients
-    plus the sample's), whose two backward operators have their own double backward."""
-    kl_backward, scale_backward = ops.normal_kl_backward, ops.normal_rsample_backward
+def _kl_step_backward_autograd(sample_term):
+    """Double backward of the KL step's backward operators: differentiate the composition they compute,
+    normal_kl_backward's gradients (which have their own double backward) plus the sample's,
+    sample_term(ops, grad_z, scale_param, source, scale), where source is the operator's rng_state or the
+    noise it reads."""
 
-    def setup_context(ctx, inputs, output):
-        grad_z, grad_kl, mu, scale_param, rng_state, scale = inputs
-        ctx.save_for_backward(grad_z, grad_kl, mu, scale_param, rng_state)
-        ctx.scale = scale
+    def autograd(ops):
+        kl_backward = ops.normal_kl_backward
 
-    def backward(ctx, grad_grad_mu, grad_grad_scale):
-        *saved, rng_state = ctx.saved_tensors
+        def setup_context(ctx, inputs, output):
+            grad_z, grad_kl, mu, scale_param, source, scale = inputs
+            ctx.save_for_backward(grad_z, grad_kl, mu, scale_param, source)
+            ctx.scale = scale
 
-        def composition(grad_z, grad_kl, mu, scale_param):
-            kl_mu, kl_scale = kl_backward(grad_kl, mu, scale_param, ctx.scale)
-            return (kl_mu + grad_z.sum_to_size(mu.shape),
-                    scale_backward(grad_z, scale_param, rng_state, ctx.scale) + kl_scale)
+        def backward(ctx, grad_grad_mu, grad_grad_scale):
+            *saved, source = ctx.saved_tensors
 
-        grads = differentiate_through(composition, saved, (grad_grad_mu, grad_grad_scale))
-        return (*grads, None, None)
+            def composition(grad_z, grad_kl, mu, scale_param):
+                kl_mu, kl_scale = kl_backward(grad_kl, mu, scale_param, ctx.scale)
+                return (kl_mu + grad_z.sum_to_size(mu.shape),
+                        sample_term(ops, grad_z, scale_param, source, ctx.scale) + kl_scale)
 
-    return backward, setup_context
+            grads = differentiate_through(composition, saved, (grad_grad_mu, grad_grad_scale))
+            return (*grads, None, None)
+
+        return backward, setup_context
+
+    return autograd
+
+
+# normal_rsample_and_kl_backward: the sample's term is normal_rsample_backward's, which has its own double backward.
+_normal_rsample_and_kl_backward_autograd = _kl_step_backward_autograd(
+    lambda ops, grad_z, scale_param, rng_state, scale: ops.normal_rsample_backward(grad_z, scale_param, rng_state,
+                                                                                    scale))
 
 
 def _normal_rsample_and_log_prob_autograd(ops):
@@ -328,3 +340,54 @@ declare("normal_rsample_and_kl_backward", ("grad_z", "grad_kl", "mu", "scale_par
         triton=True, autograd=_normal_rsample_and_kl_backward_autograd, check=check_rsample_and_kl_grads)
 NORMAL_RSAMPLE_AND_LOG_PROB = declare("normal_rsample_and_log_prob", _GAUSSIAN, [SAMPLE_AND_BATCH, SAMPLE_AND_BATCH],
                                       triton=True, autograd=_normal_rsample_and_log_prob_autograd)
+
+
+# The noise kept (csrc/host_ops.h; docs/operators.md, "Saved noise"): what the C++ autograd calls for small
+# CPU calls, with CPU kernels only. Their forwards' autograd is C++ too; the backwards' double backward is here.
+def _check_noise_shapes(first, first_name, scale_param, noise=None):
+    if first.shape != scale_param.shape:
+        raise ValueError(f"{first_name} and scale_param must have the same shape (the noise-saving operators do "
+                         f"not broadcast), got {tuple(first.shape)} and {tuple(scale_param.shape)}")
+    if noise is not None:
+        if noise.dtype != torch.float32:
+            raise TypeError(f"noise must be float32 (the stream's values), got {noise.dtype}")
+        if noise.shape != first.shape:
+            raise ValueError(f"noise must have {first_name}'s shape {tuple(first.shape)}, got {tuple(noise.shape)}")
+
+
+def _normal_rsample_from_noise_backward_autograd(ops):
+    """Double backward of (grad_z * noise) * sigma'(x): the noise is a constant."""
+
+    def setup_context(ctx, inputs, output):
+        grad_z, scale_param, noise, scale = inputs
+        ctx.save_for_backward(grad_z, scale_param, noise)
+        ctx.scale = scale
+
+    def backward(ctx, grad_grad):
+        grad_z, scale_param, noise = ctx.saved_tensors
+        grads = differentiate_through(lambda g, x: ((g * noise) * dsigma_of(x, ctx.scale),), (grad_z, scale_param),
+                                      (grad_grad,))
+        return (*grads, None, None)
+
+    return backward, setup_context
+
+
+# ... and reading the noise: (grad_z * noise) * sigma'(x), the noise a constant.
+_normal_rsample_and_kl_from_noise_backward_autograd = _kl_step_backward_autograd(
+    lambda ops, grad_z, scale_param, noise, scale: (grad_z * noise) * dsigma_of(scale_param, scale))
+
+
+declare("_normal_rsample_keeping_noise", _GAUSSIAN, [BATCH, NOISE],
+        check=lambda mu, scale_param, *_: _check_noise_shapes(mu, "mu", scale_param))
+declare("_normal_rsample_and_kl_keeping_noise", _GAUSSIAN, [BATCH, BATCH, NOISE],
+        check=lambda mu, scale_param, *_: _check_noise_shapes(mu, "mu", scale_param))
+declare("_normal_rsample_and_log_prob_keeping_noise", _GAUSSIAN, [BATCH, BATCH, NOISE],
+        check=lambda mu, scale_param, *_: _check_noise_shapes(mu, "mu", scale_param))
+declare("_normal_rsample_from_noise_backward", ("grad_z", "scale_param", "noise"), ["scale_param"], keyed=False,
+        autograd=_normal_rsample_from_noise_backward_autograd,
+        check=lambda grad_z, scale_param, noise, *_: _check_noise_shapes(grad_z, "grad_z", scale_param, noise))
+declare("_normal_rsample_and_kl_from_noise_backward", ("grad_z", "grad_kl", "mu", "scale_param", "noise"),
+        ["mu", "scale_param"], keyed=False, autograd=_normal_rsample_and_kl_from_noise_backward_autograd,
+        check=lambda grad_z, grad_kl, mu, scale_param, noise, *_: (
+            check_rsample_and_kl_grads(grad_z, grad_kl, mu, scale_param),
+            _check_noise_shapes(mu, "mu", scale_param), _check_noise_shapes(grad_z, "grad_z", scale_param, noise)))

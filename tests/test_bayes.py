@@ -166,16 +166,27 @@ def test_inputs_are_not_modified_and_nan_propagates():
 
 
 def test_weight_mode_saves_no_noise_for_backward():
-    """The sampler keeps only rho (the parameter itself) and the 16-byte key; the matmul keeps W and x."""
+    """Above the saved-noise limit (docs/operators.md, "Saved noise") the sampler keeps only rho (the parameter
+    itself) and the 16-byte key; the matmul keeps W and x. Under it, the sampler keeps the float32 noise
+    instead of the key, as the hand-written layer does, and nothing else."""
     layer = make_layer("weight", in_features=64, out_features=32)
     x = torch.randn(8, 64)
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        layer(x, seed=0)
-    params = {p.data_ptr() for p in layer.parameters()} | {x.data_ptr()}
-    new_bytes = {t.data_ptr(): t.numel() * t.element_size() for t in saved if t.data_ptr() not in params}
     weight_bytes = 64 * 32 * 4
-    assert sum(new_bytes.values()) <= weight_bytes + 32 * 4 + 2 * 16  # W, b, keys
+
+    def new_bytes():
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            layer(x, seed=0)
+        params = {p.data_ptr() for p in layer.parameters()} | {x.data_ptr()}
+        return sum({t.data_ptr(): t.numel() * t.element_size() for t in saved if t.data_ptr() not in params}.values())
+
+    previous = rt.set_saved_noise_limit(0)
+    try:
+        assert new_bytes() <= weight_bytes + 32 * 4 + 2 * 16  # W, b, keys
+        rt.set_saved_noise_limit(64 * 32)
+        assert new_bytes() == weight_bytes + 32 * 4  # the weight's and the bias's noise
+    finally:
+        rt.set_saved_noise_limit(previous)
 
 
 def test_compiles_fullgraph():

@@ -46,11 +46,17 @@ bool plain_rows(at::ArrayRef<at::Tensor> outs, at::ArrayRef<at::Tensor> ins) {
 
 // Runs `formula` over contiguous outputs (1 or 2, same shape) and inputs
 // viewed with their shape (1 to 3; expanded views broadcast without copies).
+// The noise comes from `saved` where it is defined, else from the stream, and
+// is written to `keep` where that is defined (both contiguous float32 with
+// the outputs' element count, indexed like the stream: RowOperands).
 void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, StreamKey key,
-                     at::ArrayRef<at::Tensor> outs, at::ArrayRef<at::Tensor> ins) {
+                     at::ArrayRef<at::Tensor> outs, at::ArrayRef<at::Tensor> ins,
+                     const host::NoiseTensors& noise_io) {
   const at::Tensor& first = outs[0];
   if (first.numel() == 0) return;
   const RowKernels& kernels = active_row_kernels();
+  const float* saved = noise_io.saved.defined() ? noise_io.saved.const_data_ptr<float>() : nullptr;
+  float* keep = noise_io.keep.defined() ? noise_io.keep.data_ptr<float>() : nullptr;
   if (plain_rows(outs, ins)) {
     // One row over all elements, split into ranges for the threads: an
     // element's value depends on its stream index only, not on the split.
@@ -63,6 +69,8 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
         ops.in[k] = static_cast<const char*>(ins[k].const_data_ptr()) + begin * esize;
         ops.in_stride[k] = 1;
       }
+      ops.noise_in = saved != nullptr ? saved + begin : nullptr;
+      ops.noise_out = keep != nullptr ? keep + begin : nullptr;
       kernels.elementwise(storage, formula, static_cast<int32_t>(scale), static_cast<int32_t>(noise), key, begin,
                           end - begin, ops);
     });
@@ -92,6 +100,8 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
           ops.in_stride[k] = rows ? strides[n_out + k] / esize : 0;
         }
         const int64_t n0 = (static_cast<const char*>(ops.out[0]) - base) / esize;
+        ops.noise_in = saved != nullptr ? saved + n0 : nullptr;
+        ops.noise_out = keep != nullptr ? keep + n0 : nullptr;
         kernels.elementwise(storage, formula, static_cast<int32_t>(scale), static_cast<int32_t>(noise), key, n0,
                             len, ops);
       }
@@ -231,11 +241,13 @@ struct CpuDevice {
   }
 
   static void elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, const at::Tensor& rng_state,
-                          const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) {
-    const StreamKey key = noise == NoiseKind::None ? StreamKey{0, 0} : read_rng_state(rng_state);
+                          const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
+                          const host::NoiseTensors& noise_io = {}) {
+    const bool streamed = noise != NoiseKind::None && !noise_io.saved.defined();
+    const StreamKey key = streamed ? read_rng_state(rng_state) : StreamKey{0, 0};
     c10::SmallVector<at::Tensor, 3> expanded;  // stride-0 views: broadcasting without copies or a heap block
     for (const at::Tensor& t : ins) expanded.push_back(expand_to(t, outs[0].sizes()));
-    run_elementwise(formula, scale, noise, key, outs, expanded);
+    run_elementwise(formula, scale, noise, key, outs, expanded, noise_io);
   }
 
   static at::Tensor broadcast_scale_grad(const at::Tensor& grad, const at::Tensor& scale_param,
@@ -246,7 +258,10 @@ struct CpuDevice {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtrick_ops, CPU, m) { host::register_family_ops<CpuDevice>(m); }
+TORCH_LIBRARY_IMPL(rtrick_ops, CPU, m) {
+  host::register_family_ops<CpuDevice>(m);
+  host::register_noise_keeping_ops<CpuDevice>(m);
+}
 
 }  // namespace cpu
 }  // namespace rtrick

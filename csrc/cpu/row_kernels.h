@@ -33,10 +33,16 @@ struct NoiseCache {
 
 // One row of an elementwise formula: outputs are contiguous, inputs strided
 // (stride 0 broadcasts). Unused inputs and outputs may be null.
+// The noise of a row is the stream's unless `noise_in` is set: then it is read
+// from there, contiguous float32, noise_in[j] for element j of the row (a
+// saved copy of the stream's, so the values are the same). `noise_out`, if
+// set, receives the noise the row used, likewise (the forward that saves it).
 struct RowOperands {
   void* out[2];
   const void* in[3];
   int64_t in_stride[3];  // in elements
+  const float* noise_in;
+  float* noise_out;
 };
 
 // All strides are in elements; n0 is the stream index of element 0 of the row.
@@ -44,7 +50,7 @@ struct RowOperands {
 // Accumulators (acc, partial) are double for Float64 storage and float otherwise.
 struct RowKernels {
   const char* isa;
-  // out[k][j] = formula(in[0][j], in[1][j], in[2][j], noise[n0 + j]), j < len
+  // out[k][j] = formula(in[0][j], in[1][j], in[2][j], noise[n0 + j]), j < len (noise: see RowOperands)
   void (*elementwise)(Storage, FormulaId, int32_t scale, int32_t noise, StreamKey, int64_t n0, int64_t len,
                       const RowOperands& operands);
   // acc[j * acc_stride] += grad[j] * noise[n0 + j], acc_stride 0 (a sum) or 1

@@ -260,7 +260,10 @@ void elementwise_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const
   const int64_t as = ops.in_stride[0], bs = ops.in_stride[1], cs = kThreeInputs ? ops.in_stride[2] : bs;
   NoiseCache cache;
   const bool contiguous = as == 1 && bs == 1 && cs == 1;
-  for_each_noise_piece(s, kind, n0, len, cache, [&](int64_t j, int64_t count, const float* eps) {
+  auto piece = [&](int64_t j, int64_t count, const float* eps) {
+    if (ops.noise_out != nullptr) {
+      for (int64_t t = 0; t < count; ++t) ops.noise_out[j + t] = eps[t];
+    }
     if (contiguous) {  // a loop the compiler vectorises
       const stored* pa = a + j;
       const stored* pb = b + j;
@@ -284,7 +287,12 @@ void elementwise_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const
         if (kTwoOutputs) out1[q] = T::store(r1);
       }
     }
-  });
+  };
+  if (ops.noise_in != nullptr) {
+    piece(0, len, ops.noise_in);  // saved noise: the whole row in one piece
+  } else {
+    for_each_noise_piece(s, kind, n0, len, cache, piece);
+  }
 }
 
 template <Storage S>

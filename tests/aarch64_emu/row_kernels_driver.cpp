@@ -15,8 +15,10 @@
 // cross_check.py fails on a first output left unwritten.
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -187,6 +189,56 @@ struct FormulaCase { FormulaId id; const char* name; };
 const FormulaCase kFormulaList[] = {RT_FORMULAS(RT_FORMULA_CASE)};
 #undef RT_FORMULA_CASE
 
+// The first element of two buffers of storage s that differs, or -1. Two NaNs are the same value: a NaN's
+// sign and payload depend on the instruction that made it (a vector loop and its scalar remainder differ).
+int64_t first_difference(Storage s, const Buffer& a, const Buffer& b) {
+  const size_t size = element_size(s);
+  for (size_t i = 0; i * size < a.bytes.size(); ++i) {
+    uint64_t x = 0, y = 0;
+    memcpy(&x, a.bytes.data() + i * size, size);
+    memcpy(&y, b.bytes.data() + i * size, size);
+    if (x == y) continue;
+    const auto is_nan = [s](uint64_t bits) {
+      switch (s) {
+        case Storage::Float32: return (bits & 0x7FFFFFFFu) > 0x7F800000u;
+        case Storage::Float64: return (bits & 0x7FFFFFFFFFFFFFFFull) > 0x7FF0000000000000ull;
+        case Storage::Float16: return (bits & 0x7FFFu) > 0x7C00u;
+        case Storage::BFloat16: return (bits & 0x7FFFu) > 0x7F80u;
+      }
+      return false;
+    };
+    if (!(is_nan(x) && is_nan(y))) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+constexpr int32_t kNormalNoise = static_cast<int32_t>(rtrick::NoiseKind::Normal);
+
+// The saved-noise path (csrc/autograd.cpp, saves_noise): the same call keeping its noise (noise_out), then
+// with that noise read back (noise_in) instead of generated. Both must give the streamed call's outputs bit
+// for bit; the kept noise is emitted for the cross-check. A difference ends the driver with status 1.
+void check_saved_noise(const RowKernels& k, Storage s, const FormulaCase& f, int32_t scale, int32_t noise,
+                       StreamKey key, int64_t start, int64_t len, const RowOperands& streamed, const Buffer& out0,
+                       const Buffer& out1, const std::string& name) {
+  std::vector<float> kept(static_cast<size_t>(len), -7.0f);
+  for (int pass = 0; pass < 2; ++pass) {
+    Buffer again0 = filled_buffer(s, len), again1 = filled_buffer(s, len);
+    RowOperands ops = streamed;
+    ops.out[0] = again0.bytes.data();
+    ops.out[1] = again1.bytes.data();
+    if (pass == 0) ops.noise_out = kept.data();
+    else ops.noise_in = kept.data();
+    k.elementwise(s, f.id, scale, noise, key, start, len, ops);
+    const int64_t differs = std::max(first_difference(s, again0, out0), first_difference(s, again1, out1));
+    if (differs >= 0) {
+      fprintf(stderr, "%s: the %s noise gives other outputs than the stream (element %lld)\n", name.c_str(),
+              pass == 0 ? "kept" : "read-back", static_cast<long long>(differs));
+      exit(1);
+    }
+  }
+  emit(name + "/kept_noise", kF32, kept.data(), kept.size() * 4);
+}
+
 void run_elementwise(const RowKernels& k) {
   const Storage storages[] = {Storage::Float32, Storage::Float64, Storage::Float16, Storage::BFloat16};
   const int32_t noises[] = {
@@ -237,6 +289,8 @@ void run_elementwise(const RowKernels& k) {
                                      std::to_string(layout);
             emit(name + "/out0", out0.kind(), out0.bytes.data(), out0.bytes.size());
             if (!unwritten(out1)) emit(name + "/out1", out1.kind(), out1.bytes.data(), out1.bytes.size());
+            if (noise == kNormalNoise) check_saved_noise(k, s, f, scale, noise, keys[which % 2], starts[which], len,
+                                                         ops, out0, out1, name);
           }
         }
       }

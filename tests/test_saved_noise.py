@@ -1,0 +1,254 @@
+"""The noise kept for the backward (docs/operators.md, "Saved noise").
+
+Small CPU calls of normal_rsample, normal_rsample_and_kl and normal_rsample_and_log_prob save their float32
+noise and the backward reads it (csrc/autograd.cpp, saves_noise); the rest regenerate it. The two paths must be
+indistinguishable except in speed and memory: every value and every gradient bit for bit, in every dtype, scale
+and layout, with unused outputs, with double backward and under torch.compile. These tests force each path with
+rt.set_saved_noise_limit and compare them, check which node each call records and what it keeps, and check the
+noise-keeping operators themselves (opcheck, argument errors).
+"""
+import pytest
+import torch
+
+import rtrick_ops as rt
+from rtrick_ops import _library
+
+pytestmark = pytest.mark.skipif(_library.compiled is None, reason="needs the compiled extension")
+
+ops = torch.ops.rtrick_ops
+SCALES = ("log_sigma", "logvar", "sigma", "softplus")
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+DEFAULT_LIMIT = 2 ** 16
+
+
+@pytest.fixture
+def limit():
+    """rt.set_saved_noise_limit for the test, restored afterwards."""
+    previous = rt.set_saved_noise_limit(DEFAULT_LIMIT)
+    yield rt.set_saved_noise_limit
+    rt.set_saved_noise_limit(previous)
+
+
+def _sample(name, mu, sp, scale):
+    if name == "normal_rsample":
+        return (rt.normal_rsample(mu, sp, scale=scale, seed=17),)
+    if name == "normal_rsample_and_kl":
+        return rt.normal_rsample_and_kl(mu, sp, scale=scale, seed=17)
+    return rt.normal_rsample_and_log_prob(mu, sp, scale=scale, seed=17)
+
+
+def _params(shape, dtype, scale, layout):
+    g = torch.Generator().manual_seed(3)
+    if layout == "transposed":  # non-contiguous views of the same shape
+        mu = torch.randn(shape[::-1], generator=g, dtype=torch.float64).t()
+        sp = (0.4 * torch.randn(shape[::-1], generator=g, dtype=torch.float64)).t()
+    else:
+        mu = torch.randn(shape, generator=g, dtype=torch.float64)
+        sp = 0.4 * torch.randn(shape, generator=g, dtype=torch.float64)
+    if scale == "sigma":
+        sp = sp.abs() + 0.05
+    return mu.to(dtype).requires_grad_(), sp.to(dtype).requires_grad_()
+
+
+def _run(name, shape, dtype, scale, layout, used):
+    """Outputs and (grad_mu, grad_scale_param) with `used` selecting the outputs that reach the loss."""
+    mu, sp = _params(shape, dtype, scale, layout)
+    outputs = _sample(name, mu, sp, scale)
+    g = torch.Generator().manual_seed(5)
+    weights = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outputs]
+    terms = [(o * w).sum() for k, (o, w) in enumerate(zip(outputs, weights)) if k in used]
+    grads = torch.autograd.grad(sum(terms), (mu, sp), allow_unused=True)
+    node = outputs[0].grad_fn.name()
+    return [o.detach() for o in outputs] + list(grads), node
+
+
+def _assert_identical(a, b, what):
+    assert len(a) == len(b), what
+    for k, (x, y) in enumerate(zip(a, b)):
+        assert (x is None) == (y is None), (what, k)
+        if x is None:
+            continue
+        assert x.dtype == y.dtype and x.shape == y.shape, (what, k, x.dtype, y.dtype, x.shape, y.shape)
+        same = torch.eq(x, y) | (torch.isnan(x) & torch.isnan(y))
+        assert bool(same.all()), f"{what}, output {k}: {int((~same).sum())} of {x.numel()} elements differ"
+
+
+USES = {"normal_rsample": [(0,)],
+        "normal_rsample_and_kl": [(0, 1), (0,), (1,)],
+        "normal_rsample_and_log_prob": [(0, 1), (0,), (1,)]}
+CASES = [(name, used) for name, uses in USES.items() for used in uses]
+
+
+@pytest.mark.parametrize("name,used", CASES, ids=lambda v: "+".join(map(str, v)) if isinstance(v, tuple) else v)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("scale", SCALES)
+def test_saved_and_regenerated_noise_give_the_same_bits(limit, name, used, dtype, scale):
+    for shape, layout in (((37, 5), "contiguous"), ((6, 11), "transposed"), ((1,), "contiguous"),
+                          ((0, 3), "contiguous")):
+        limit(0)
+        regenerated, node_r = _run(name, shape, dtype, scale, layout, used)
+        limit(DEFAULT_LIMIT)
+        saved, node_s = _run(name, shape, dtype, scale, layout, used)
+        assert "KeepingNoise" in node_s and "KeepingNoise" not in node_r, (node_s, node_r)
+        _assert_identical(saved, regenerated, f"{name} {dtype} {scale} {shape} {layout} used={used}")
+
+
+def test_special_values_give_the_same_bits_on_both_paths(limit):
+    """NaN, infinities and extreme scale parameters propagate alike (docs/usage.md, value policy)."""
+    mu = torch.tensor([0.0, float("nan"), 1.0, -2.0, float("inf"), 3.0, 0.5, -1.0])
+    sp = torch.tensor([0.0, 0.1, float("nan"), 80.0, -1.0, -80.0, float("inf"), -1e30])
+    for name in USES:
+        results = []
+        for value in (0, DEFAULT_LIMIT):
+            limit(value)
+            m, s = mu.clone().requires_grad_(), sp.clone().requires_grad_()
+            outputs = _sample(name, m, s, "log_sigma")
+            grads = torch.autograd.grad(sum(o.sum() for o in outputs), (m, s))
+            results.append([o.detach() for o in outputs] + list(grads))
+        _assert_identical(results[1], results[0], name)
+
+
+def test_double_backward_is_the_same_on_both_paths(limit):
+    results = []
+    for value in (0, DEFAULT_LIMIT):
+        limit(value)
+        mu, sp = _params((4, 7), torch.float64, "softplus", "contiguous")
+        z, kl = rt.normal_rsample_and_kl(mu, sp, scale="softplus", seed=2)
+        z2 = rt.normal_rsample(mu, sp, scale="softplus", seed=3)
+        loss = (z * z).sum() + kl.sum() + (z2 ** 3).sum()
+        g_mu, g_sp = torch.autograd.grad(loss, (mu, sp), create_graph=True)
+        results.append([g_mu.detach(), g_sp.detach(), *torch.autograd.grad((g_mu * g_sp).sum(), (mu, sp))])
+    for a, b in zip(results[1], results[0]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_which_calls_save_and_what_they_keep(limit):
+    """Under the limit a call keeps scale_param and its float32 noise (and mu for the KL), nothing else; at
+    the limit's edge, with broadcasting or a sample_shape, it keeps the inputs and the 16-byte key only."""
+    def kept(mu, sp, sample_shape=()):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            z = rt.normal_rsample(mu, sp, seed=1, sample_shape=sample_shape)
+        return z, saved
+
+    limit(100)
+    mu, sp = torch.randn(10, 10, requires_grad=True), torch.randn(10, 10, dtype=torch.float32, requires_grad=True)
+    z, saved = kept(mu, sp)
+    assert "KeepingNoise" in z.grad_fn.name()
+    assert sorted((t.numel(), t.dtype) for t in saved) == [(100, torch.float32), (100, torch.float32)]
+    assert any(t.data_ptr() == sp.data_ptr() for t in saved)
+    for args in ((torch.randn(10, 11, requires_grad=True), torch.randn(10, 11)),       # above the limit
+                 (mu, torch.randn(10, requires_grad=True)),                             # broadcast
+                 (mu, sp, (2,))):                                                       # sample_shape
+        z, saved = kept(*args)
+        assert "KeepingNoise" not in z.grad_fn.name()
+        assert all(t.numel() <= args[1].numel() or t.numel() == 2 for t in saved)
+        assert sum(t.numel() == 2 and t.dtype == torch.int64 for t in saved) == 1  # the key
+    limit(0)
+    z, saved = kept(mu, sp)
+    assert "KeepingNoise" not in z.grad_fn.name()
+
+
+def test_no_grad_and_inference_calls_never_keep_noise(limit):
+    mu, sp = torch.randn(8), torch.randn(8)
+    z = rt.normal_rsample(mu, sp, seed=1)
+    assert z.grad_fn is None
+    with torch.no_grad():
+        assert rt.normal_rsample(mu.requires_grad_(), sp, seed=1).grad_fn is None
+
+
+def test_inputs_are_never_modified(limit):
+    mu, sp = _params((9, 4), torch.float32, "log_sigma", "contiguous")
+    before = (mu.detach().clone(), sp.detach().clone())
+    z, kl = rt.normal_rsample_and_kl(mu, sp, seed=4)
+    (z.sum() + kl.sum()).backward()
+    assert torch.equal(mu.detach(), before[0]) and torch.equal(sp.detach(), before[1])
+
+
+def test_torch_compile_matches_eager_on_the_saving_path(limit):
+    torch._dynamo.reset()
+
+    def step(mu, sp):
+        z, kl = rt.normal_rsample_and_kl(mu, sp, seed=9)
+        z2, log_q = rt.normal_rsample_and_log_prob(mu, sp, seed=10)
+        return (z * z).sum() + kl.sum() + (z2 - log_q).sum()
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    eager_in = _params((16, 3), torch.float32, "log_sigma", "contiguous")
+    compiled_in = [t.detach().clone().requires_grad_() for t in eager_in]
+    loss_e, loss_c = step(*eager_in), compiled(*compiled_in)
+    loss_e.backward()
+    loss_c.backward()
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-6, atol=1e-6)
+    for a, b in zip(compiled_in, eager_in):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_the_limit_is_checked_and_returned():
+    previous = rt.set_saved_noise_limit(123)
+    try:
+        assert rt.set_saved_noise_limit(456) == 123
+        with pytest.raises(ValueError, match="saved noise limit must be >= 0"):
+            rt.set_saved_noise_limit(-1)
+        assert rt.set_saved_noise_limit(456) == 456
+    finally:
+        rt.set_saved_noise_limit(previous)
+
+
+# ------------------------------------------------------- the operators themselves
+STATE = torch.tensor([42, 3], dtype=torch.int64)
+
+
+def _opcheck_cases():
+    for dtype in (torch.float32, torch.float64):
+        mu, sp = (torch.randn(3, 5, dtype=dtype) for _ in range(2))
+        noise = torch.randn(3, 5)
+        grad = torch.randn(3, 5, dtype=dtype)
+        for op in (ops._normal_rsample_keeping_noise, ops._normal_rsample_and_kl_keeping_noise,
+                   ops._normal_rsample_and_log_prob_keeping_noise):
+            yield op.default, (mu.clone().requires_grad_(), sp.clone().requires_grad_(), STATE, "log_sigma")
+        yield ops._normal_rsample_from_noise_backward.default, (grad.clone().requires_grad_(),
+                                                                 sp.clone().requires_grad_(), noise, "softplus")
+        yield ops._normal_rsample_and_kl_from_noise_backward.default, (
+            grad.clone().requires_grad_(), grad.clone(), mu.clone().requires_grad_(), sp.clone().requires_grad_(),
+            noise, "logvar")
+
+
+@pytest.mark.parametrize("op,args", list(_opcheck_cases()),
+                         ids=lambda v: v.__name__ if isinstance(v, torch._ops.OpOverload) else "")
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+def test_keeping_noise_returns_the_streams_noise():
+    """The kept noise is what normal_rsample draws: z = mu + sigma * noise, with mu = 0 and sigma = 1 the noise
+    itself, for every dtype's parameters (the noise is float32 on all of them)."""
+    for dtype in DTYPES:
+        zeros = torch.zeros(5, 13, dtype=dtype)
+        z, noise = ops._normal_rsample_keeping_noise(zeros, zeros, STATE, "log_sigma")
+        assert noise.dtype == torch.float32 and noise.shape == (5, 13)
+        expected = ops.normal_rsample(torch.zeros(5, 13), torch.zeros(5, 13), STATE, "log_sigma", [])
+        assert torch.equal(noise, expected)
+        assert z.dtype == dtype and torch.equal(z, ops.normal_rsample(zeros, zeros, STATE, "log_sigma", []))
+
+
+@pytest.mark.parametrize("call,error,pattern", [
+    (lambda: ops._normal_rsample_keeping_noise(torch.zeros(3, 4), torch.zeros(4), STATE, "log_sigma"),
+     ValueError, "mu and scale_param must have the same shape"),
+    (lambda: ops._normal_rsample_from_noise_backward(torch.zeros(3), torch.zeros(3), torch.zeros(3, dtype=torch.float64),
+                                                     "log_sigma"),
+     TypeError, "noise must be float32"),
+    (lambda: ops._normal_rsample_from_noise_backward(torch.zeros(3), torch.zeros(3), torch.zeros(4), "log_sigma"),
+     ValueError, "noise must have grad_z's shape"),
+    (lambda: ops._normal_rsample_from_noise_backward(torch.zeros(2, 3), torch.zeros(3), torch.zeros(2, 3),
+                                                     "log_sigma"),
+     ValueError, "grad_z and scale_param must have the same shape"),
+    (lambda: ops._normal_rsample_and_kl_from_noise_backward(torch.zeros(3), torch.zeros(3), torch.zeros(3),
+                                                            torch.zeros(3), torch.zeros(2), "log_sigma"),
+     ValueError, "noise must have grad_z's shape"),
+    (lambda: ops._normal_rsample_keeping_noise(torch.zeros(3), torch.zeros(3), STATE, "sd"),
+     ValueError, "scale"),
+])
+def test_bad_arguments_name_the_argument(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
