@@ -79,9 +79,12 @@ bool records_nothing(std::initializer_list<const at::Tensor*> inputs) {
 // GPU regenerating is the cheaper side (the memory traffic it saves is what
 // such a kernel is bound by), and large CPU calls keep the design's trade:
 // no noise tensor held from the forward to the backward. Concrete shapes only
-// (under tracing with symbolic sizes the operators regenerate).
-bool saves_noise(const at::Tensor& mu, const at::Tensor& scale_param, c10::SymIntArrayRef sample_shape) {
-  if (!mu.is_cpu() || !sample_shape.empty()) return false;
+// (under tracing with symbolic sizes the operators regenerate). `read` says
+// whether the backward would read the noise at all (normal_rsample's and the
+// log density's only for scale_param's gradient).
+bool saves_noise(const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state,
+                 c10::SymIntArrayRef sample_shape, bool read) {
+  if (!read || !mu.is_cpu() || !scale_param.is_cpu() || !rng_state.is_cpu() || !sample_shape.empty()) return false;
   const auto mu_sizes = c10::asIntArrayRefSlowOpt(mu.sym_sizes());
   const auto sp_sizes = c10::asIntArrayRefSlowOpt(scale_param.sym_sizes());
   if (!mu_sizes || !sp_sizes || *mu_sizes != *sp_sizes || mu.scalar_type() != scale_param.scalar_type()) return false;
@@ -89,10 +92,11 @@ bool saves_noise(const at::Tensor& mu, const at::Tensor& scale_param, c10::SymIn
   return limit > 0 && c10::multiply_integers(*mu_sizes) <= limit;
 }
 
-// What a noise-keeping node's backward returns for an output's gradient that
-// did not reach the loss: zeros of the output's shape (the backward operators
-// take tensors). The nodes do not materialize gradients themselves, which
-// would also fill zeros for the noise output, whose gradient is never used.
+// What a noise-keeping node's backward uses for an output's gradient that did
+// not reach the loss: zeros of the output's shape, as the regenerating nodes
+// get from materialize_grads (so both give the same gradients, zeros rather
+// than None). The nodes materialize them themselves: the engine would also
+// fill zeros for the noise output, whose gradient is never used.
 at::Tensor grad_or_zeros(const at::Tensor& grad, const at::Tensor& like) {
   return grad.defined() ? grad : at::zeros_like(like, at::MemoryFormat::Contiguous);
 }
@@ -126,13 +130,12 @@ class NormalRsampleKeepingNoise : public torch::autograd::Function<NormalRsample
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor grad_z = grad_or_zeros(grads[0], saved[0]);
     at::Tensor grad_mu, grad_scale;
-    if (grads[0].defined()) {  // else z did not reach the loss: no gradient at all
-      const auto saved = ctx->get_saved_variables();
-      if (ctx->needs_input_grad(0)) grad_mu = grads[0];
-      if (ctx->needs_input_grad(1))
-        grad_scale = scale_backward_from_noise(grads[0], saved[0], saved[1], ctx->saved_data["scale"].toStringRef());
-    }
+    if (ctx->needs_input_grad(0)) grad_mu = grad_z;
+    if (ctx->needs_input_grad(1))
+      grad_scale = scale_backward_from_noise(grad_z, saved[0], saved[1], ctx->saved_data["scale"].toStringRef());
     return {grad_mu, grad_scale, at::Tensor(), at::Tensor()};
   }
 };
@@ -153,7 +156,6 @@ class NormalRsampleAndKlKeepingNoise : public torch::autograd::Function<NormalRs
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined() && !grads[1].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &mu = saved[0], &scale_param = saved[1], &noise = saved[2];
     auto [grad_mu, grad_scale] = call_backward_op([&] {
@@ -212,7 +214,7 @@ at::Tensor normal_rsample_autograd(const at::Tensor& mu, const at::Tensor& scale
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::normal_rsample().call(mu, scale_param, rng_state, scale, sample_shape);
   }
-  if (saves_noise(mu, scale_param, sample_shape))
+  if (saves_noise(mu, scale_param, rng_state, sample_shape, scale_param.requires_grad()))
     return normal_rsample_keeping_noise_autograd_z(mu, scale_param, rng_state, scale);
   return NormalRsample::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
 }
@@ -251,7 +253,7 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_autograd(const at::Tens
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::normal_rsample_and_kl().call(mu, scale_param, rng_state, scale, sample_shape);
   }
-  if (saves_noise(mu, scale_param, sample_shape)) {
+  if (saves_noise(mu, scale_param, rng_state, sample_shape, /*read=*/true)) {  // its backward computes both
     auto outputs = NormalRsampleAndKlKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale));
     return {outputs[0], outputs[1]};
   }
@@ -399,7 +401,7 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_autograd(const at
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::normal_rsample_and_log_prob().call(mu, scale_param, rng_state, scale, sample_shape);
   }
-  if (saves_noise(mu, scale_param, sample_shape)) {
+  if (saves_noise(mu, scale_param, rng_state, sample_shape, scale_param.requires_grad())) {
     auto outputs = NormalRsampleAndLogProbKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale));
     return {outputs[0], outputs[1]};
   }
@@ -408,14 +410,14 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_autograd(const at
 }
 
 variable_list NormalRsampleAndLogProbKeepingNoise::backward(AutogradContext* ctx, variable_list grads) {
-  const at::Tensor &grad_z = grads[0], &grad_log_q = grads[1];
+  const auto saved = ctx->get_saved_variables();
+  const at::Tensor &scale_param = saved[0], &noise = saved[1];
+  const at::Tensor grad_z = grad_or_zeros(grads[0], scale_param), &grad_log_q = grads[1];
   at::Tensor grad_mu, grad_scale;
-  if (ctx->needs_input_grad(0)) grad_mu = grad_or_zeros(grad_z, grad_log_q);  // zeros: log q does not move with mu
-  if (ctx->needs_input_grad(1) && (grad_z.defined() || grad_log_q.defined())) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor &scale_param = saved[0], &noise = saved[1];
+  if (ctx->needs_input_grad(0)) grad_mu = grad_z;  // log q does not move with mu
+  if (ctx->needs_input_grad(1)) {
     const std::string scale = ctx->saved_data["scale"].toStringRef();
-    grad_scale = scale_backward_from_noise(grad_or_zeros(grad_z, scale_param), scale_param, noise, scale);
+    grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, scale);
     // An unused log q is a zero gradient; sigma'(x)-dependent scales still subtract it, as the
     // regenerating node does, so that a 0 * inf there is the same NaN on both paths.
     if (grad_log_q.defined() || (scale != "log_sigma" && scale != "logvar"))

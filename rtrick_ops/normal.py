@@ -365,9 +365,11 @@ def _normal_rsample_from_noise_backward_autograd(ops):
 
     def backward(ctx, grad_grad):
         grad_z, scale_param, noise = ctx.saved_tensors
-        grads = differentiate_through(lambda g, x: ((g * noise) * dsigma_of(x, ctx.scale),), (grad_z, scale_param),
-                                      (grad_grad,))
-        return (*grads, None, None)
+        d_grad_z, d_scale = differentiate_through(lambda g, x: ((g * noise) * dsigma_of(x, ctx.scale),),
+                                                  (grad_z, scale_param), (grad_grad,))
+        if d_scale is None and ctx.needs_input_grad[1]:  # scale="sigma": sigma'(x) = 1 does not move with x
+            d_scale = torch.zeros_like(scale_param)
+        return d_grad_z, d_scale, None, None
 
     return backward, setup_context
 

@@ -2,10 +2,10 @@
 
 Small CPU calls of normal_rsample, normal_rsample_and_kl and normal_rsample_and_log_prob save their float32
 noise and the backward reads it (csrc/autograd.cpp, saves_noise); the rest regenerate it. The two paths must be
-indistinguishable except in speed and memory: every value and every gradient bit for bit, in every dtype, scale
-and layout, with unused outputs, with double backward and under torch.compile. These tests force each path with
-rt.set_saved_noise_limit and compare them, check which node each call records and what it keeps, and check the
-noise-keeping operators themselves (opcheck, argument errors).
+indistinguishable except in speed and memory: every value and every first-order gradient bit for bit (a NaN's sign
+aside), in every dtype, scale and layout, with unused outputs; double backward to rounding; under torch.compile.
+These tests force each path with rt.set_saved_noise_limit and compare them, check which node each call records and
+what it keeps, and check the noise-keeping operators themselves (opcheck, argument errors).
 """
 import pytest
 import torch
@@ -108,18 +108,58 @@ def test_special_values_give_the_same_bits_on_both_paths(limit):
         _assert_identical(results[1], results[0], name)
 
 
-def test_double_backward_is_the_same_on_both_paths(limit):
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["float64", "float32"])
+def test_double_backward_agrees_on_both_paths(limit, scale, dtype, tol):
+    """First-order gradients bit for bit; the second order to rounding: the saved path's double backward
+    multiplies by the noise in another order than the regenerating operators' (docs/operators.md). sigma's
+    sigma'' = 0 gives zeros on both paths, not an error."""
     results = []
     for value in (0, DEFAULT_LIMIT):
         limit(value)
-        mu, sp = _params((4, 7), torch.float64, "softplus", "contiguous")
-        z, kl = rt.normal_rsample_and_kl(mu, sp, scale="softplus", seed=2)
-        z2 = rt.normal_rsample(mu, sp, scale="softplus", seed=3)
+        mu, sp = _params((4, 7), dtype, scale, "contiguous")
+        z, kl = rt.normal_rsample_and_kl(mu, sp, scale=scale, seed=2)
+        z2 = rt.normal_rsample(mu, sp, scale=scale, seed=3)
         loss = (z * z).sum() + kl.sum() + (z2 ** 3).sum()
         g_mu, g_sp = torch.autograd.grad(loss, (mu, sp), create_graph=True)
         results.append([g_mu.detach(), g_sp.detach(), *torch.autograd.grad((g_mu * g_sp).sum(), (mu, sp))])
-    for a, b in zip(results[1], results[0]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        z3 = rt.normal_rsample(mu, sp, scale=scale, seed=4)  # the sample's term alone: sigma'' only
+        g3, = torch.autograd.grad(z3.sum(), sp, create_graph=True)
+        results[-1].append(torch.autograd.grad(g3.sum(), sp)[0])
+    _assert_identical(results[1][:2], results[0][:2], "first order")
+    for a, b in zip(results[1][2:], results[0][2:]):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+class _DropGradient(torch.autograd.Function):
+    """Passes its input on and returns no gradient: a downstream node that sends None back."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
+
+
+@pytest.mark.parametrize("name", list(USES))
+def test_outputs_whose_gradient_is_none_give_zeros_on_both_paths(limit, name):
+    """An output whose gradient arrives undefined counts as zeros, as the regenerating nodes' materialized
+    gradients do: defined zero gradients (and NaN where 0 meets an infinity), never None or an error."""
+    results = []
+    for value in (0, DEFAULT_LIMIT):
+        limit(value)
+        mu = torch.tensor([0.5, -1.0, float("inf"), 2.0], requires_grad=True)
+        sp = torch.tensor([0.1, -0.3, 0.2, 0.0], requires_grad=True)
+        outputs = _sample(name, mu, sp, "log_sigma")
+        for k in range(len(outputs)):
+            loss = sum((_DropGradient.apply(o) if j == k else o).sum() for j, o in enumerate(outputs))
+            grads = torch.autograd.grad(loss, (mu, sp), retain_graph=True, allow_unused=True)
+            results.append(list(grads))
+    half = len(results) // 2
+    for a, b in zip(results[half:], results[:half]):
+        _assert_identical(a, b, name)
 
 
 def test_which_calls_save_and_what_they_keep(limit):
@@ -147,6 +187,13 @@ def test_which_calls_save_and_what_they_keep(limit):
     limit(0)
     z, saved = kept(mu, sp)
     assert "KeepingNoise" not in z.grad_fn.name()
+    # Only scale_param's gradient reads the noise: with mu alone requiring grad nothing is kept (the KL step's
+    # backward computes both gradients, so it keeps the noise either way).
+    limit(100)
+    only_mu = (torch.randn(10, 10, requires_grad=True), torch.randn(10, 10))
+    assert "KeepingNoise" not in rt.normal_rsample(*only_mu, seed=1).grad_fn.name()
+    assert "KeepingNoise" not in rt.normal_rsample_and_log_prob(*only_mu, seed=1)[0].grad_fn.name()
+    assert "KeepingNoise" in rt.normal_rsample_and_kl(*only_mu, seed=1)[0].grad_fn.name()
 
 
 def test_no_grad_and_inference_calls_never_keep_noise(limit):
@@ -235,8 +282,8 @@ def test_keeping_noise_returns_the_streams_noise():
 @pytest.mark.parametrize("call,error,pattern", [
     (lambda: ops._normal_rsample_keeping_noise(torch.zeros(3, 4), torch.zeros(4), STATE, "log_sigma"),
      ValueError, "mu and scale_param must have the same shape"),
-    (lambda: ops._normal_rsample_from_noise_backward(torch.zeros(3), torch.zeros(3), torch.zeros(3, dtype=torch.float64),
-                                                     "log_sigma"),
+    (lambda: ops._normal_rsample_from_noise_backward(torch.zeros(3), torch.zeros(3),
+                                                     torch.zeros(3, dtype=torch.float64), "log_sigma"),
      TypeError, "noise must be float32"),
     (lambda: ops._normal_rsample_from_noise_backward(torch.zeros(3), torch.zeros(3), torch.zeros(4), "log_sigma"),
      ValueError, "noise must have grad_z's shape"),
