@@ -156,6 +156,18 @@ def fixed_costs(rounds):
     return [{"case": name, "best_us": us, "x_exp": us / best["torch.exp"]} for name, us in best.items()]
 
 
+def with_setting(setter, value, restore, call):
+    """call() run with setter(value), and setter(restore) after it: a provider timed with a library setting
+    (an instruction set, a saved-noise limit) among others timed without it."""
+    def run():
+        setter(value)
+        try:
+            return call()
+        finally:
+            setter(restore)
+    return run
+
+
 def isa_sweep(numel, rounds):
     """normal_rsample forward and fwd+bwd with every CPU instruction set the machine has, forced one by one
     (rt.set_cpu_isa), against eager, in one alternating run: [{isa, mode, best_us, speedup_vs_eager}]."""
@@ -170,20 +182,12 @@ def isa_sweep(numel, rounds):
             pass
     rt.set_cpu_isa("auto")
 
-    def with_isa(isa, call):
-        def run():
-            rt.set_cpu_isa(isa)
-            try:
-                return call()
-            finally:
-                rt.set_cpu_isa("auto")
-        return run
-
     rows = []
     for mode in ("forward", "full"):
         calls = {"eager": step(mode, _eager_normal, (mu, log_sigma), (grad,))}
         for isa in isas:
-            calls[isa] = with_isa(isa, step(mode, lambda m, s: (rt.normal_rsample(m, s),), (mu, log_sigma), (grad,)))
+            ours = step(mode, lambda m, s: (rt.normal_rsample(m, s),), (mu, log_sigma), (grad,))
+            calls[isa] = with_setting(rt.set_cpu_isa, isa, "auto", ours)
         for call in calls.values():
             call()
         times = harness.measure_alternating(calls, rounds, {name: block_size(call, 0.02) for name, call in calls.items()})
@@ -211,17 +215,10 @@ def saved_noise_sweep(log2_sizes, rounds):
     """The Gaussian cases' fwd+bwd with the noise saved (rt.set_saved_noise_limit above every size) and
     regenerated (limit 0), against eager, in one alternating run per size, with the bytes each keeps for
     backward (docs/operators.md, "Saved noise"): where saving pays, which sets the default limit."""
-    previous = rt.set_saved_noise_limit(0)
-    rt.set_saved_noise_limit(previous)
+    previous = rt.saved_noise_limit()
 
     def with_limit(limit, call):
-        def run():
-            rt.set_saved_noise_limit(limit)
-            try:
-                return call()
-            finally:
-                rt.set_saved_noise_limit(previous)
-        return run
+        return with_setting(rt.set_saved_noise_limit, limit, previous, call)
 
     rows = []
     gaussian = {name: case for name, case in cases().items() if not name.startswith("gumbel")}
