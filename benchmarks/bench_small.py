@@ -54,6 +54,21 @@ def _rows(classes):
     return lambda numel: (torch.randn(max(1, numel // classes), classes),)
 
 
+def _with_samples(count):
+    """normal_rsample with sample_shape=(count,), count codes per parameter (a VAE's one, an IWAE's K), as a
+    case of numel elements in z: the parameters have numel // count."""
+    return (lambda numel: _gaussian_params(max(1, numel // count)),
+            lambda m, s: (rt.normal_rsample(m, s, sample_shape=(count,)),),
+            lambda m, s: (m + torch.exp(s) * torch.randn((count, *m.shape)),))
+
+
+def sweep_cases():
+    """The saved-noise sweep's cases: the Gaussian ones, and normal_rsample with sample_shape."""
+    gaussian = {name: case for name, case in cases().items() if not name.startswith("gumbel")}
+    return {**gaussian, "normal_rsample, sample_shape=(1,)": _with_samples(1),
+            "normal_rsample, sample_shape=(8,)": _with_samples(8)}
+
+
 def cases():
     """name -> (make(numel) -> params, rtrick_ops(*params), eager(*params)); each returns a tuple of outputs."""
     return {
@@ -221,8 +236,7 @@ def saved_noise_sweep(log2_sizes, rounds):
         return with_setting(rt.set_saved_noise_limit, limit, previous, call)
 
     rows = []
-    gaussian = {name: case for name, case in cases().items() if not name.startswith("gumbel")}
-    for case, (make, ours, eager) in gaussian.items():
+    for case, (make, ours, eager) in sweep_cases().items():
         for log2 in log2_sizes:
             params = tuple(p.requires_grad_() for p in make(2**log2))
             grads = tuple(torch.randn_like(o) for o in ours(*params))
@@ -236,7 +250,7 @@ def saved_noise_sweep(log2_sizes, rounds):
             kept = {"eager": saved_bytes(lambda: eager(*params)),
                     "saved": saved_bytes(with_limit(2**62, lambda: ours(*params))),
                     "regenerated": saved_bytes(with_limit(0, lambda: ours(*params)))}
-            rows.append({"case": case, "numel": 2**log2, **{f"{k}_us": v for k, v in best.items()},
+            rows.append({"case": case, "numel": grads[0].numel(), **{f"{k}_us": v for k, v in best.items()},
                          **{f"{k}_bytes": v for k, v in kept.items()}})
     return rows
 

@@ -26,9 +26,11 @@
 #include "autograd.h"
 #include "op_handles.h"
 
+#include <algorithm>
 #include <atomic>
 #include <initializer_list>
 #include <string>
+#include <tuple>
 
 namespace rtrick {
 namespace {
@@ -57,6 +59,18 @@ std::tuple<at::Tensor, at::Tensor> kl_backward(const at::Tensor& grad_kl, const 
   return call_backward_op([&] { return ops::normal_kl_backward().call(grad_kl, mu, scale_param, scale); });
 }
 
+// A gradient summed to an input's (broadcast) shape, as sum_to_size does, but
+// a view where only dimensions of size 1 differ (a sample_shape of (1,), a
+// batch dimension of 1): the same values, without a reduction kernel, which
+// costs more than the whole sampling kernel on a VAE's latent.
+at::Tensor sum_to_shape(const at::Tensor& grad, c10::SymIntArrayRef shape) {
+  if (grad.sym_sizes() == shape) return grad;  // the common case: nothing was broadcast
+  c10::SymInt count = 1;
+  for (const c10::SymInt& size : shape) count *= size;
+  if (grad.sym_numel() == count) return grad.reshape_symint(shape);
+  return grad.sum_to_size_symint(shape);
+}
+
 // Whether a call records nothing: grad mode off, or no input requiring grad
 // (and no forward-mode tangent, which Function::apply would refuse). Then the
 // operator is called below autograd directly: Function::apply would still build
@@ -75,38 +89,62 @@ bool records_nothing(std::initializer_list<const at::Tensor*> inputs) {
 // "Saved noise"). On a CPU the normals cost about as much to generate as the
 // rest of a small call's kernels together, and a backward that reads 4 bytes
 // per element instead saves that whole second generation; the memory is at
-// most saved_noise_limit float32 values per call (4 MiB by default). On a
-// GPU regenerating is the cheaper side (the memory traffic it saves is what
-// such a kernel is bound by), and large CPU calls keep the design's trade:
-// no noise tensor held from the forward to the backward. Concrete shapes only
-// (under tracing with symbolic sizes the operators regenerate). `read` says
-// whether the backward would read the noise at all (normal_rsample's and the
-// log density's only for scale_param's gradient).
+// most saved_noise_limit float32 values per call (4 MiB by default), counted
+// over z, sample dimensions included. On a GPU regenerating is the cheaper
+// side (the memory traffic it saves is what such a kernel is bound by), and
+// large CPU calls keep the design's trade: no noise tensor held from the
+// forward to the backward. Concrete shapes only (under tracing with symbolic
+// sizes the operators regenerate); arguments the operators would refuse go to
+// the regenerating path, which raises their error. `read` says whether the
+// backward would read the noise at all (normal_rsample's and the log
+// density's only for scale_param's gradient).
 bool saves_noise(const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state,
                  c10::SymIntArrayRef sample_shape, bool read) {
-  if (!read || !mu.is_cpu() || !scale_param.is_cpu() || !rng_state.is_cpu() || !sample_shape.empty()) return false;
+  if (!read || !mu.is_cpu() || !scale_param.is_cpu() || !rng_state.is_cpu()) return false;
+  if (mu.scalar_type() != scale_param.scalar_type()) return false;
   const auto mu_sizes = c10::asIntArrayRefSlowOpt(mu.sym_sizes());
   const auto sp_sizes = c10::asIntArrayRefSlowOpt(scale_param.sym_sizes());
-  if (!mu_sizes || !sp_sizes || *mu_sizes != *sp_sizes || mu.scalar_type() != scale_param.scalar_type()) return false;
+  const auto sample_sizes = c10::asIntArrayRefSlowOpt(sample_shape);
+  if (!mu_sizes || !sp_sizes || !sample_sizes) return false;
   const int64_t limit = saved_noise_limit.load(std::memory_order_relaxed);
-  return limit > 0 && c10::multiply_integers(*mu_sizes) <= limit;
+  if (limit <= 0) return false;
+  // z's element count, sample_shape + broadcast(mu, scale_param), saturated above the limit.
+  int64_t count = 1;
+  bool empty = false;
+  const auto times = [&](int64_t size) {
+    if (size == 0) empty = true;
+    else count = count > limit / size ? limit + 1 : count * size;
+  };
+  for (const int64_t size : *sample_sizes) {
+    if (size < 0) return false;
+    times(size);
+  }
+  const size_t rank = std::max(mu_sizes->size(), sp_sizes->size());
+  for (size_t d = 0; d < rank; ++d) {  // from the last dimension
+    const int64_t a = d < mu_sizes->size() ? (*mu_sizes)[mu_sizes->size() - 1 - d] : 1;
+    const int64_t b = d < sp_sizes->size() ? (*sp_sizes)[sp_sizes->size() - 1 - d] : 1;
+    if (a != b && a != 1 && b != 1) return false;
+    times(a == 1 ? b : a);
+  }
+  return empty || count <= limit;
 }
 
-// What a noise-keeping node's backward uses for an output's gradient that did
-// not reach the loss: zeros of the output's shape, as the regenerating nodes
-// get from materialize_grads (so both give the same gradients, zeros rather
-// than None). The nodes materialize them themselves: the engine would also
-// fill zeros for the noise output, whose gradient is never used.
-at::Tensor grad_or_zeros(const at::Tensor& grad, const at::Tensor& like) {
-  return grad.defined() ? grad : at::zeros_like(like, at::MemoryFormat::Contiguous);
+// An output's gradient, or zeros of its shape where it did not reach the loss,
+// as the regenerating nodes get from materialize_grads (so both give the same
+// gradients, zeros rather than None). The noise-keeping nodes materialize
+// them themselves: the engine would also fill zeros for the noise output,
+// whose gradient is never used.
+at::Tensor grad_or_zeros(const at::Tensor& grad, at::IntArrayRef shape, const at::Tensor& like) {
+  return grad.defined() ? grad : at::zeros(shape, like.options());
 }
 
 // The end of a noise-keeping node's forward: `outputs` are its operator's, the
 // noise last, which is saved after `saved` and is not differentiable.
-variable_list keep_noise(AutogradContext* ctx, const std::string& scale, variable_list outputs,
+variable_list keep_noise(AutogradContext* ctx, const std::string& scale, const at::Tensor& mu, variable_list outputs,
                          variable_list saved) {
   ctx->set_materialize_grads(false);
   ctx->saved_data["scale"] = scale;
+  ctx->saved_data["mu_shape"] = mu.sym_sizes();
   saved.push_back(outputs.back());
   ctx->save_for_backward(saved);
   ctx->mark_non_differentiable({outputs.back()});
@@ -123,36 +161,35 @@ at::Tensor scale_backward_from_noise(const at::Tensor& grad_z, const at::Tensor&
 class NormalRsampleKeepingNoise : public torch::autograd::Function<NormalRsampleKeepingNoise> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
-                               const at::Tensor& rng_state, const std::string& scale) {
+                               const at::Tensor& rng_state, const std::string& scale,
+                               c10::SymIntArrayRef sample_shape) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [z, noise] = ops::normal_rsample_keeping_noise().call(mu, scale_param, rng_state, scale);
-    return keep_noise(ctx, scale, {z, noise}, {scale_param});
+    auto [z, noise] = ops::normal_rsample_keeping_noise().call(mu, scale_param, rng_state, scale, sample_shape);
+    return keep_noise(ctx, scale, mu, {z, noise}, {scale_param});
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor grad_z = grad_or_zeros(grads[0], saved[0]);
+    const at::Tensor &scale_param = saved[0], &noise = saved[1];
+    const at::Tensor grad_z = grad_or_zeros(grads[0], noise.sizes(), scale_param);
     at::Tensor grad_mu, grad_scale;
-    if (ctx->needs_input_grad(0)) grad_mu = grad_z;
+    if (ctx->needs_input_grad(0)) grad_mu = sum_to_shape(grad_z, ctx->saved_data["mu_shape"].toSymIntVector());
     if (ctx->needs_input_grad(1))
-      grad_scale = scale_backward_from_noise(grad_z, saved[0], saved[1], ctx->saved_data["scale"].toStringRef());
-    return {grad_mu, grad_scale, at::Tensor(), at::Tensor()};
+      grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, ctx->saved_data["scale"].toStringRef());
+    return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
-
-at::Tensor normal_rsample_keeping_noise_autograd_z(const at::Tensor& mu, const at::Tensor& scale_param,
-                                                   const at::Tensor& rng_state, c10::string_view scale) {
-  return NormalRsampleKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale))[0];
-}
 
 // (z, kl, noise): normal_rsample_and_kl's node when it saves the noise.
 class NormalRsampleAndKlKeepingNoise : public torch::autograd::Function<NormalRsampleAndKlKeepingNoise> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
-                               const at::Tensor& rng_state, const std::string& scale) {
+                               const at::Tensor& rng_state, const std::string& scale,
+                               c10::SymIntArrayRef sample_shape) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [z, kl, noise] = ops::normal_rsample_and_kl_keeping_noise().call(mu, scale_param, rng_state, scale);
-    return keep_noise(ctx, scale, {z, kl, noise}, {mu, scale_param});
+    auto [z, kl, noise] =
+        ops::normal_rsample_and_kl_keeping_noise().call(mu, scale_param, rng_state, scale, sample_shape);
+    return keep_noise(ctx, scale, mu, {z, kl, noise}, {mu, scale_param});
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -160,11 +197,12 @@ class NormalRsampleAndKlKeepingNoise : public torch::autograd::Function<NormalRs
     const at::Tensor &mu = saved[0], &scale_param = saved[1], &noise = saved[2];
     auto [grad_mu, grad_scale] = call_backward_op([&] {
       return ops::normal_rsample_and_kl_from_noise_backward().call(
-          grad_or_zeros(grads[0], mu), grad_or_zeros(grads[1], mu), mu, scale_param, noise,
+          grad_or_zeros(grads[0], noise.sizes(), mu),
+          grad_or_zeros(grads[1], at::infer_size(mu.sizes(), scale_param.sizes()), mu), mu, scale_param, noise,
           ctx->saved_data["scale"].toStringRef());
     });
     return {ctx->needs_input_grad(0) ? grad_mu : at::Tensor(), ctx->needs_input_grad(1) ? grad_scale : at::Tensor(),
-            at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -173,10 +211,12 @@ class NormalRsampleAndLogProbKeepingNoise
     : public torch::autograd::Function<NormalRsampleAndLogProbKeepingNoise> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
-                               const at::Tensor& rng_state, const std::string& scale) {
+                               const at::Tensor& rng_state, const std::string& scale,
+                               c10::SymIntArrayRef sample_shape) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [z, log_q, noise] = ops::normal_rsample_and_log_prob_keeping_noise().call(mu, scale_param, rng_state, scale);
-    return keep_noise(ctx, scale, {z, log_q, noise}, {scale_param});
+    auto [z, log_q, noise] =
+        ops::normal_rsample_and_log_prob_keeping_noise().call(mu, scale_param, rng_state, scale, sample_shape);
+    return keep_noise(ctx, scale, mu, {z, log_q, noise}, {scale_param});
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads);  // below subtract_times_dlog_sigma
@@ -199,7 +239,7 @@ class NormalRsample : public torch::autograd::Function<NormalRsample> {
     const at::Tensor& grad_z = grads[0];
     at::Tensor grad_mu, grad_scale;
     if (ctx->needs_input_grad(0)) {  // grad_z itself when nothing was broadcast
-      grad_mu = grad_z.sum_to_size_symint(ctx->saved_data["mu_shape"].toSymIntVector());
+      grad_mu = sum_to_shape(grad_z, ctx->saved_data["mu_shape"].toSymIntVector());
     }
     if (ctx->needs_input_grad(1)) {
       grad_scale = scale_backward(grad_z, saved[0], saved[1], ctx->saved_data["scale"].toStringRef());
@@ -215,7 +255,7 @@ at::Tensor normal_rsample_autograd(const at::Tensor& mu, const at::Tensor& scale
     return ops::normal_rsample().call(mu, scale_param, rng_state, scale, sample_shape);
   }
   if (saves_noise(mu, scale_param, rng_state, sample_shape, scale_param.requires_grad()))
-    return normal_rsample_keeping_noise_autograd_z(mu, scale_param, rng_state, scale);
+    return NormalRsampleKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale), sample_shape)[0];
   return NormalRsample::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
 }
 
@@ -254,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_autograd(const at::Tens
     return ops::normal_rsample_and_kl().call(mu, scale_param, rng_state, scale, sample_shape);
   }
   if (saves_noise(mu, scale_param, rng_state, sample_shape, /*read=*/true)) {  // its backward computes both
-    auto outputs = NormalRsampleAndKlKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale));
+    auto outputs = NormalRsampleAndKlKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
     return {outputs[0], outputs[1]};
   }
   auto outputs = NormalRsampleAndKl::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
@@ -382,10 +422,10 @@ class NormalRsampleAndLogProb : public torch::autograd::Function<NormalRsampleAn
     const std::string scale = ctx->saved_data["scale"].toStringRef();
     const at::Tensor &grad_z = grads[0], &grad_log_q = grads[1];  // materialized: zeros where unused
     at::Tensor grad_mu, grad_scale;
-    if (ctx->needs_input_grad(0)) grad_mu = grad_z.sum_to_size_symint(ctx->saved_data["mu_shape"].toSymIntVector());
+    if (ctx->needs_input_grad(0)) grad_mu = sum_to_shape(grad_z, ctx->saved_data["mu_shape"].toSymIntVector());
     if (ctx->needs_input_grad(1)) {
       grad_scale = scale_backward(grad_z, scale_param, rng_state, scale);
-      subtract_times_dlog_sigma(grad_scale, grad_log_q.sum_to_size_symint(scale_param.sym_sizes()), scale_param,
+      subtract_times_dlog_sigma(grad_scale, sum_to_shape(grad_log_q, scale_param.sym_sizes()), scale_param,
                                 scale);
     }
     return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -402,7 +442,8 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_autograd(const at
     return ops::normal_rsample_and_log_prob().call(mu, scale_param, rng_state, scale, sample_shape);
   }
   if (saves_noise(mu, scale_param, rng_state, sample_shape, scale_param.requires_grad())) {
-    auto outputs = NormalRsampleAndLogProbKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale));
+    auto outputs =
+        NormalRsampleAndLogProbKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
     return {outputs[0], outputs[1]};
   }
   auto outputs = NormalRsampleAndLogProb::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
@@ -412,45 +453,40 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_autograd(const at
 variable_list NormalRsampleAndLogProbKeepingNoise::backward(AutogradContext* ctx, variable_list grads) {
   const auto saved = ctx->get_saved_variables();
   const at::Tensor &scale_param = saved[0], &noise = saved[1];
-  const at::Tensor grad_z = grad_or_zeros(grads[0], scale_param), &grad_log_q = grads[1];
+  const at::Tensor grad_z = grad_or_zeros(grads[0], noise.sizes(), scale_param), &grad_log_q = grads[1];
   at::Tensor grad_mu, grad_scale;
-  if (ctx->needs_input_grad(0)) grad_mu = grad_z;  // log q does not move with mu
+  if (ctx->needs_input_grad(0)) {  // log q does not move with mu
+    grad_mu = sum_to_shape(grad_z, ctx->saved_data["mu_shape"].toSymIntVector());
+  }
   if (ctx->needs_input_grad(1)) {
     const std::string scale = ctx->saved_data["scale"].toStringRef();
     grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, scale);
     // An unused log q is a zero gradient; sigma'(x)-dependent scales still subtract it, as the
     // regenerating node does, so that a 0 * inf there is the same NaN on both paths.
-    if (grad_log_q.defined() || (scale != "log_sigma" && scale != "logvar"))
-      subtract_times_dlog_sigma(grad_scale, grad_or_zeros(grad_log_q, scale_param), scale_param, scale);
+    if (grad_log_q.defined()) {
+      subtract_times_dlog_sigma(grad_scale, sum_to_shape(grad_log_q, scale_param.sym_sizes()), scale_param,
+                                scale);
+    } else if (scale != "log_sigma" && scale != "logvar") {
+      subtract_times_dlog_sigma(grad_scale, at::zeros_like(scale_param), scale_param, scale);
+    }
   }
-  return {grad_mu, grad_scale, at::Tensor(), at::Tensor()};
+  return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
 }
 
 // The noise-keeping operators' own Autograd kernels (called directly; the
 // public operators above apply the same nodes).
-std::tuple<at::Tensor, at::Tensor> normal_rsample_keeping_noise_autograd(const at::Tensor& mu,
-                                                                         const at::Tensor& scale_param,
-                                                                         const at::Tensor& rng_state,
-                                                                         c10::string_view scale) {
+template <class Node, typename Outputs, const c10::TypedOperatorHandle<Outputs(const at::Tensor&, const at::Tensor&,
+                                                                                 const at::Tensor&, c10::string_view,
+                                                                                 c10::SymIntArrayRef)>& (*Op)()>
+Outputs keeping_noise_autograd(const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state,
+                               c10::string_view scale, c10::SymIntArrayRef sample_shape) {
   if (records_nothing({&mu, &scale_param})) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return ops::normal_rsample_keeping_noise().call(mu, scale_param, rng_state, scale);
+    return Op().call(mu, scale_param, rng_state, scale, sample_shape);
   }
-  auto outputs = NormalRsampleKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale));
-  return {outputs[0], outputs[1]};
-}
-
-template <class Node, const c10::TypedOperatorHandle<ops::SampleTwoKeepingNoiseSig>& (*Op)()>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> keeping_noise_autograd(const at::Tensor& mu,
-                                                                      const at::Tensor& scale_param,
-                                                                      const at::Tensor& rng_state,
-                                                                      c10::string_view scale) {
-  if (records_nothing({&mu, &scale_param})) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return Op().call(mu, scale_param, rng_state, scale);
-  }
-  auto outputs = Node::apply(mu, scale_param, rng_state, std::string(scale));
-  return {outputs[0], outputs[1], outputs[2]};
+  auto outputs = Node::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
+  if constexpr (std::tuple_size_v<Outputs> == 2) return {outputs[0], outputs[1]};
+  else return {outputs[0], outputs[1], outputs[2]};
 }
 
 // ------------------------------------------------------ loc_scale_rsample
@@ -477,7 +513,7 @@ class LocScaleRsample : public torch::autograd::Function<LocScaleRsample> {
     const std::string family = ctx->saved_data["family"].toStringRef();
     const at::Tensor grad = family == "lognormal" ? grads[0] * saved[2] : grads[0];
     at::Tensor grad_loc, grad_scale;
-    if (ctx->needs_input_grad(0)) grad_loc = grad.sum_to_size_symint(ctx->saved_data["loc_shape"].toSymIntVector());
+    if (ctx->needs_input_grad(0)) grad_loc = sum_to_shape(grad, ctx->saved_data["loc_shape"].toSymIntVector());
     if (ctx->needs_input_grad(1)) {
       const std::string scale = ctx->saved_data["scale"].toStringRef();
       grad_scale = call_backward_op(
@@ -619,11 +655,15 @@ TORCH_LIBRARY_IMPL(rtrick_ops, Autograd, m) {
   m.impl("gamma_rsample", &GammaRsample::autograd_kernel);
   m.impl("dirichlet_rsample", &DirichletRsample::autograd_kernel);
   m.impl("beta_rsample", &beta_rsample_autograd);
-  m.impl("_normal_rsample_keeping_noise", &normal_rsample_keeping_noise_autograd);
+  m.impl("_normal_rsample_keeping_noise",
+         &keeping_noise_autograd<NormalRsampleKeepingNoise, std::tuple<at::Tensor, at::Tensor>,
+                                 ops::normal_rsample_keeping_noise>);
   m.impl("_normal_rsample_and_kl_keeping_noise",
-         &keeping_noise_autograd<NormalRsampleAndKlKeepingNoise, ops::normal_rsample_and_kl_keeping_noise>);
+         &keeping_noise_autograd<NormalRsampleAndKlKeepingNoise, std::tuple<at::Tensor, at::Tensor, at::Tensor>,
+                                 ops::normal_rsample_and_kl_keeping_noise>);
   m.impl("_normal_rsample_and_log_prob_keeping_noise",
-         &keeping_noise_autograd<NormalRsampleAndLogProbKeepingNoise, ops::normal_rsample_and_log_prob_keeping_noise>);
+         &keeping_noise_autograd<NormalRsampleAndLogProbKeepingNoise, std::tuple<at::Tensor, at::Tensor, at::Tensor>,
+                                 ops::normal_rsample_and_log_prob_keeping_noise>);
 }
 
 int64_t exchange_saved_noise_limit(int64_t elements) {

@@ -94,24 +94,65 @@ at::Tensor loc_scale_rsample(const at::Tensor& loc, const at::Tensor& scale_para
                                   sample_shape, "loc");
 }
 
-// sigma'(x) * (sum over broadcast dims of grad * g(u)), x of scale_param's shape.
+// Where a scale backward's noise comes from: the stream (rng_state, and the
+// family's noise kind), or the copy a noise-keeping forward saved (CPU only:
+// the SavedNoise launches exist only in the CPU's Device policy, and only
+// the noise-keeping operators, registered for the CPU alone, use them).
+struct StreamNoise {
+  const at::Tensor& rng_state;
+  NoiseKind kind;
+};
+struct SavedNoise {
+  at::Tensor noise;  // float32, grad's shape, contiguous
+};
+
+template <class Device>
+void scale_grad_pass(const StreamNoise& source, ScaleKind scale, const at::Tensor& out, const at::Tensor& grad,
+                     const at::Tensor& scale_param) {
+  Device::elementwise(FormulaId::ScaleGrad, scale, source.kind, source.rng_state, {out}, {grad, scale_param});
+}
+template <class Device>
+void scale_grad_pass(const SavedNoise& source, ScaleKind scale, const at::Tensor& out, const at::Tensor& grad,
+                     const at::Tensor& scale_param) {
+  Device::elementwise(FormulaId::ScaleGrad, scale, NoiseKind::Normal, at::Tensor(), {out}, {grad, scale_param},
+                      NoiseTensors{source.noise, at::Tensor()});
+}
+template <class Device>
+at::Tensor broadcast_scale_grad(const StreamNoise& source, ScaleKind scale, const at::Tensor& grad,
+                                const at::Tensor& scale_param) {
+  return Device::broadcast_scale_grad(grad, scale_param, source.rng_state, source.kind, scale);
+}
+template <class Device>
+at::Tensor broadcast_scale_grad(const SavedNoise& source, ScaleKind scale, const at::Tensor& grad,
+                                const at::Tensor& scale_param) {
+  return Device::broadcast_scale_grad_from_noise(grad, scale_param, source.noise, scale);
+}
+
+// sigma'(x) * (sum over broadcast dims of grad * g(u)), x of scale_param's shape,
+// g(u) from `source`; grad and scale_param checked.
+template <class Device, class Source>
+at::Tensor scale_backward_from(const at::Tensor& grad, const at::Tensor& scale_param, ScaleKind scale,
+                               const Source& source) {
+  const typename Device::Guard guard(grad.device());
+  if (scale_param.numel() == 0) return Device::empty(scale_param.sizes(), scale_param.options());
+  // No sample reaches scale_param: its gradient is 0, whatever sigma'(x) is.
+  if (grad.numel() == 0) return at::zeros(scale_param.sizes(), scale_param.options());
+  if (scale_param.numel() != grad.numel()) return broadcast_scale_grad<Device>(source, scale, grad, scale_param);
+  // No broadcasting: one fused elementwise pass, over grad's shape (a view where the two shapes differ
+  // only in dimensions of size 1; a small call's view and reshape cost as much as the pass itself).
+  at::Tensor grad_sp = Device::empty(scale_param.sizes(), scale_param.options());
+  const bool same_shape = scale_param.sizes() == grad.sizes();
+  scale_grad_pass<Device>(source, scale, same_shape ? grad_sp : grad_sp.view(grad.sizes()), grad,
+                          same_shape ? scale_param : scale_param.reshape(grad.sizes()));
+  return grad_sp;
+}
+
 template <class Device>
 at::Tensor scale_backward(const at::Tensor& grad, const at::Tensor& scale_param, const at::Tensor& rng_state,
                           NoiseKind noise, ScaleKind scale) {
   check_normal_backward(grad, scale_param);
   check_rng_state(rng_state, grad);
-  const typename Device::Guard guard(grad.device());
-  if (scale_param.numel() == 0) return Device::empty(scale_param.sizes(), scale_param.options());
-  // No sample reaches scale_param: its gradient is 0, whatever sigma'(x) is.
-  if (grad.numel() == 0) return at::zeros(scale_param.sizes(), scale_param.options());
-  if (scale_param.numel() != grad.numel()) return Device::broadcast_scale_grad(grad, scale_param, rng_state, noise, scale);
-  // No broadcasting: one fused elementwise pass, over grad's shape (a view where the two shapes differ
-  // only in dimensions of size 1; a small call's view and reshape cost as much as the pass itself).
-  at::Tensor grad_sp = Device::empty(scale_param.sizes(), scale_param.options());
-  const bool same_shape = scale_param.sizes() == grad.sizes();
-  Device::elementwise(FormulaId::ScaleGrad, scale, noise, rng_state, {same_shape ? grad_sp : grad_sp.view(grad.sizes())},
-                      {grad, same_shape ? scale_param : scale_param.reshape(grad.sizes())});
-  return grad_sp;
+  return scale_backward_from<Device>(grad, scale_param, scale, StreamNoise{rng_state, noise});
 }
 
 template <class Device>
@@ -237,15 +278,10 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob(const at::Tensor&
 // the regenerating backward pays it a second time. So the C++ autograd saves
 // the noise of small CPU calls (csrc/autograd.cpp, saves_noise;
 // docs/operators.md, "Saved noise"): these forwards also return the float32
-// noise they used, and these backwards read it instead of regenerating it.
-// The values are the stream's, so every result has the bits of the
-// regenerating operators. No broadcasting and no sample_shape: the shapes
-// where the autograd saves.
-inline void check_noise_shapes(const at::Tensor& mu, const char* mu_name, const at::Tensor& scale_param) {
-  TORCH_CHECK_VALUE(mu.sizes() == scale_param.sizes(), mu_name, " and scale_param must have the same shape (the ",
-                    "noise-saving operators do not broadcast), got ", mu.sizes(), " and ", scale_param.sizes());
-}
-
+// noise they used (z's shape, sample dimensions included), and these
+// backwards read it instead of regenerating it. The values are the stream's,
+// and the backwards add them up in the regenerating operators' order, so every
+// result has their bits.
 inline void check_saved_noise(const at::Tensor& noise, const at::Tensor& like, const char* like_name) {
   TORCH_CHECK_TYPE(noise.scalar_type() == at::kFloat, "noise must be float32 (the stream's values), got ",
                    noise.scalar_type());
@@ -255,14 +291,13 @@ inline void check_saved_noise(const at::Tensor& noise, const at::Tensor& like, c
                     ", got ", noise.sizes());
 }
 
-// z (and the KL term or log q) with the noise that made them.
+// z (and, with `outputs` 2, log q: a second output of z's shape) with the noise that made them.
 template <class Device>
 std::vector<at::Tensor> sample_keeping_noise(FormulaId formula, int outputs, const at::Tensor& mu,
                                              const at::Tensor& scale_param, const at::Tensor& rng_state,
-                                             c10::string_view scale) {
+                                             c10::string_view scale, at::IntArrayRef sample_shape) {
   const ScaleKind kind = parse_scale(scale);
-  const auto shape = normal_output_shape(mu, scale_param, {});
-  check_noise_shapes(mu, "mu", scale_param);
+  const auto shape = normal_output_shape(mu, scale_param, sample_shape);
   check_rng_state(rng_state, mu);
   const typename Device::Guard guard(mu.device());
   std::vector<at::Tensor> outs;
@@ -276,63 +311,72 @@ std::vector<at::Tensor> sample_keeping_noise(FormulaId formula, int outputs, con
 
 template <class Device>
 std::tuple<at::Tensor, at::Tensor> normal_rsample_keeping_noise(const at::Tensor& mu, const at::Tensor& scale_param,
-                                                                const at::Tensor& rng_state, c10::string_view scale) {
-  auto outs = sample_keeping_noise<Device>(FormulaId::LocScaleSample, 1, mu, scale_param, rng_state, scale);
+                                                                const at::Tensor& rng_state, c10::string_view scale,
+                                                                at::IntArrayRef sample_shape) {
+  auto outs = sample_keeping_noise<Device>(FormulaId::LocScaleSample, 1, mu, scale_param, rng_state, scale,
+                                           sample_shape);
   return {outs[0], outs[1]};
 }
 
+// As normal_rsample_and_kl: one pass without sample_shape; with it the KL
+// (batch-shaped) is its own pass.
 template <class Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> normal_rsample_and_kl_keeping_noise(
-    const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state, c10::string_view scale) {
-  auto outs = sample_keeping_noise<Device>(FormulaId::SampleAndKL, 2, mu, scale_param, rng_state, scale);
+    const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state, c10::string_view scale,
+    at::IntArrayRef sample_shape) {
+  if (!sample_shape.empty()) {
+    auto outs = sample_keeping_noise<Device>(FormulaId::LocScaleSample, 1, mu, scale_param, rng_state, scale,
+                                             sample_shape);
+    return {outs[0], normal_kl<Device>(mu, scale_param, scale), outs[1]};
+  }
+  auto outs = sample_keeping_noise<Device>(FormulaId::SampleAndKL, 2, mu, scale_param, rng_state, scale, {});
   return {outs[0], outs[1], outs[2]};
 }
 
 template <class Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> normal_rsample_and_log_prob_keeping_noise(
-    const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state, c10::string_view scale) {
-  auto outs = sample_keeping_noise<Device>(FormulaId::SampleAndLogProb, 2, mu, scale_param, rng_state, scale);
+    const at::Tensor& mu, const at::Tensor& scale_param, const at::Tensor& rng_state, c10::string_view scale,
+    at::IntArrayRef sample_shape) {
+  auto outs = sample_keeping_noise<Device>(FormulaId::SampleAndLogProb, 2, mu, scale_param, rng_state, scale,
+                                           sample_shape);
   return {outs[0], outs[1], outs[2]};
 }
 
-// normal_rsample_backward with the noise read from `noise`.
+// normal_rsample_backward with the noise read from `noise` (grad_z's shape).
 template <class Device>
 at::Tensor normal_rsample_from_noise_backward(const at::Tensor& grad_z, const at::Tensor& scale_param,
                                               const at::Tensor& noise, c10::string_view scale) {
   const ScaleKind kind = parse_scale(scale);
   check_normal_backward(grad_z, scale_param);
-  check_noise_shapes(grad_z, "grad_z", scale_param);
   check_saved_noise(noise, grad_z, "grad_z");
-  const typename Device::Guard guard(grad_z.device());
-  at::Tensor grad_sp = Device::empty(scale_param.sizes(), scale_param.options());
-  if (grad_sp.numel() != 0) Device::elementwise(FormulaId::ScaleGrad, kind, NoiseKind::Normal, at::Tensor(), {grad_sp},
-                                                {grad_z, scale_param}, NoiseTensors{noise.contiguous(), at::Tensor()});
-  return grad_sp;
+  return scale_backward_from<Device>(grad_z, scale_param, kind, SavedNoise{noise.contiguous()});
 }
 
-// normal_rsample_and_kl_backward with the noise read from `noise`: its one pass
-// in float32 and float64, its composition in the half types (the same bits).
+// normal_rsample_and_kl_backward with the noise read from `noise`: its one
+// pass where it has one (nothing broadcast, float32 or float64), its
+// composition elsewhere (the same bits).
 template <class Device>
 std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_from_noise_backward(
     const at::Tensor& grad_z, const at::Tensor& grad_kl, const at::Tensor& mu, const at::Tensor& scale_param,
     const at::Tensor& noise, c10::string_view scale) {
   const ScaleKind kind = parse_scale(scale);
   check_normal_rsample_and_kl_backward(grad_z, grad_kl, mu, scale_param);
-  check_noise_shapes(mu, "mu", scale_param);
-  check_noise_shapes(grad_z, "grad_z", scale_param);
   check_saved_noise(noise, grad_z, "grad_z");
   const typename Device::Guard guard(mu.device());
+  const at::Tensor saved = noise.contiguous();
   const auto dtype = mu.scalar_type();
-  if (!(dtype == at::kFloat || dtype == at::kDouble) || grad_z.numel() == 0) {
+  const bool one_pass = (dtype == at::kFloat || dtype == at::kDouble) && grad_z.numel() != 0 &&
+                        grad_z.sizes() == mu.sizes() && mu.sizes() == scale_param.sizes();
+  if (!one_pass) {
     auto [grad_mu, kl_scale] = normal_kl_backward<Device>(grad_kl, mu, scale_param, scale);
-    grad_mu.add_(grad_z);
-    at::Tensor grad_scale = normal_rsample_from_noise_backward<Device>(grad_z, scale_param, noise, scale);
+    grad_mu.add_(grad_z.sum_to_size(mu.sizes()));
+    at::Tensor grad_scale = scale_backward_from<Device>(grad_z, scale_param, kind, SavedNoise{saved});
     return {grad_mu, grad_scale.add_(kl_scale)};
   }
   at::Tensor grad_mu = Device::empty(mu.sizes(), mu.options());
   at::Tensor grad_scale = Device::empty(scale_param.sizes(), scale_param.options());
   Device::elementwise(FormulaId::SampleAndKLScaleGrad, kind, NoiseKind::Normal, at::Tensor(), {grad_scale},
-                      {grad_z, grad_kl, scale_param}, NoiseTensors{noise.contiguous(), at::Tensor()});
+                      {grad_z, grad_kl, scale_param}, NoiseTensors{saved, at::Tensor()});
   Device::elementwise(FormulaId::SampleAndKLMeanGrad, kind, NoiseKind::None, at::Tensor(), {grad_mu},
                       {grad_kl, mu, grad_z});
   return {grad_mu, grad_scale};

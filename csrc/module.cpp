@@ -173,11 +173,12 @@ PyObject* built_with_cuda(PyObject*, PyObject*) {
 #endif
 }
 
-// gaussian_fast(which, mu, scale_param, scale, validate[, seed]): a whole call of
+// gaussian_fast(which, mu, scale_param, scale, validate, seed, sample_shape): a whole call of
 // rt.normal_rsample (which 0) or rt.normal_rsample_and_kl (which 1) in the
-// common case, in one C++ call: plain float32/float64 CPU tensors of one shape
-// and dtype (no broadcasting, no promotion), a known scale, sample_shape (),
-// no generator, a seed that is None or a plain int, nothing intercepting torch ops. Then the wrapper's
+// common case, in one C++ call: plain float32/float64 CPU tensors of one dtype
+// (no promotion) whose shapes broadcast, a known scale, sample_shape a tuple of
+// plain non-negative ints, no generator, a seed that is None or a plain int,
+// nothing intercepting torch ops. Then the wrapper's
 // checks all pass by construction, except the value check (validate=True), done
 // here in one pass; the key is drawn as make_rng_state draws it; the operator is
 // called through the dispatcher (autograd and all). Anything else, including
@@ -211,18 +212,46 @@ std::optional<at::Tensor> fast_rng_state(PyObject* seed_obj) {
   return state;
 }
 
+// A sample_shape the wrapper's check accepts as it is: a tuple of plain ints >= 0; nullopt otherwise.
+std::optional<c10::SmallVector<int64_t, 4>> plain_sample_shape(PyObject* obj) {
+  if (!PyTuple_CheckExact(obj)) return std::nullopt;
+  c10::SmallVector<int64_t, 4> sizes;
+  for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(obj); ++k) {
+    PyObject* item = PyTuple_GET_ITEM(obj, k);
+    if (!PyLong_CheckExact(item)) return std::nullopt;
+    int overflow = 0;
+    const long long size = PyLong_AsLongLongAndOverflow(item, &overflow);
+    // Negative: the Python check raises. Huge: a SymInt takes values below 2^62 only; leave it to Python.
+    if (overflow != 0 || size < 0 || size >= (int64_t{1} << 48)) return std::nullopt;
+    sizes.push_back(size);
+  }
+  return sizes;
+}
+
+// Whether two shapes broadcast (torch's rule, from the trailing dimension).
+bool broadcastable(at::IntArrayRef a, at::IntArrayRef b) {
+  for (size_t d = 1; d <= std::min(a.size(), b.size()); ++d) {
+    const int64_t x = a[a.size() - d], y = b[b.size() - d];
+    if (x != y && x != 1 && y != 1) return false;
+  }
+  return true;
+}
+
 PyObject* gaussian_fast(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
   int which = 0, validate = 0;
-  PyObject *mu_obj = nullptr, *sp_obj = nullptr, *seed_obj = Py_None;
+  PyObject *mu_obj = nullptr, *sp_obj = nullptr, *seed_obj = nullptr, *sample_obj = nullptr;
   const char* scale = nullptr;
-  if (!PyArg_ParseTuple(args, "iOOsp|O", &which, &mu_obj, &sp_obj, &scale, &validate, &seed_obj)) return nullptr;
+  if (!PyArg_ParseTuple(args, "iOOspOO", &which, &mu_obj, &sp_obj, &scale, &validate, &seed_obj, &sample_obj))
+    return nullptr;
   if (!THPVariable_Check(mu_obj) || !THPVariable_Check(sp_obj) || !plain_context()) Py_RETURN_NONE;
   const at::Tensor& mu = THPVariable_Unpack(mu_obj);
   const at::Tensor& sp = THPVariable_Unpack(sp_obj);
   if (!plain_cpu_tensor(mu) || !plain_cpu_tensor(sp) || mu.scalar_type() != sp.scalar_type() ||
-      mu.sizes() != sp.sizes())
+      !broadcastable(mu.sizes(), sp.sizes()))
     Py_RETURN_NONE;
+  const auto sample_shape = plain_sample_shape(sample_obj);
+  if (!sample_shape) Py_RETURN_NONE;
   const c10::string_view name(scale);
   bool known = false, positive = false;  // a Gaussian scale, and its domain, from the one list
 #define RT_DOMAIN(kind, code, text, gaussian, domain_positive) \
@@ -239,13 +268,14 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   // other Python threads run meanwhile; on small tensors the operator takes
   // about a microsecond, less than handing the GIL over and back costs them.
   std::optional<pybind11::gil_scoped_release> no_gil;
-  if (mu.numel() >= kReleaseGilFrom) no_gil.emplace();
+  if (std::max(mu.numel(), sp.numel()) >= kReleaseGilFrom) no_gil.emplace();
+  const auto sample = c10::fromIntArrayRefSlow(*sample_shape);
   if (which == 0) {
-    at::Tensor z = rtrick::ops::normal_rsample().call(mu, sp, state, name, {});
+    at::Tensor z = rtrick::ops::normal_rsample().call(mu, sp, state, name, sample);
     no_gil.reset();
     return THPVariable_Wrap(std::move(z));
   }
-  std::tuple<at::Tensor, at::Tensor> out = rtrick::ops::normal_rsample_and_kl().call(mu, sp, state, name, {});
+  std::tuple<at::Tensor, at::Tensor> out = rtrick::ops::normal_rsample_and_kl().call(mu, sp, state, name, sample);
   no_gil.reset();
   PyObject* z = THPVariable_Wrap(std::move(std::get<0>(out)));
   PyObject* kl = THPVariable_Wrap(std::move(std::get<1>(out)));

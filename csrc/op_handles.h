@@ -19,10 +19,9 @@ using KlBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, cons
                                                          c10::string_view);
 using SampleKlBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                                const at::Tensor&, const at::Tensor&, c10::string_view);
-using SampleKeepingNoiseSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, c10::string_view);
 using SampleTwoKeepingNoiseSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                                const at::Tensor&, c10::string_view);
+                                                                                const at::Tensor&, c10::string_view,
+                                                                                c10::SymIntArrayRef);
 using NormalKlSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view);
 using LocScaleSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
                                c10::string_view, c10::SymIntArrayRef);
@@ -54,7 +53,7 @@ RT_OP_HANDLE(normal_kl_backward, KlBackwardSig, "normal_kl_backward")
 RT_OP_HANDLE(normal_rsample_and_kl_backward, SampleKlBackwardSig, "normal_rsample_and_kl_backward")
 RT_OP_HANDLE(normal_rsample_and_log_prob, SampleKlSig, "normal_rsample_and_log_prob")
 RT_OP_HANDLE(normal_kl, NormalKlSig, "normal_kl")
-RT_OP_HANDLE(normal_rsample_keeping_noise, SampleKeepingNoiseSig, "_normal_rsample_keeping_noise")
+RT_OP_HANDLE(normal_rsample_keeping_noise, SampleKlSig, "_normal_rsample_keeping_noise")
 RT_OP_HANDLE(normal_rsample_and_kl_keeping_noise, SampleTwoKeepingNoiseSig, "_normal_rsample_and_kl_keeping_noise")
 RT_OP_HANDLE(normal_rsample_and_log_prob_keeping_noise, SampleTwoKeepingNoiseSig,
              "_normal_rsample_and_log_prob_keeping_noise")

@@ -58,18 +58,18 @@ TORCH_LIBRARY(rtrick_ops, m) {
 
   // ------------------------------------------- the noise kept (CPU kernels only)
   // What the C++ autograd calls for small CPU calls (docs/operators.md, "Saved noise"): the
-  // forwards above, mu and scale_param of one shape and no sample_shape, that also return the
-  // float32 noise they used; and the backwards above with that noise read instead of regenerated.
-  // The same bits as the regenerating operators.
+  // forwards above that also return the float32 noise they used (z's shape), and the backwards
+  // above with that noise (grad_z's shape) read instead of regenerated. The same bits as the
+  // regenerating operators.
   m.def(
-      "_normal_rsample_keeping_noise(Tensor mu, Tensor scale_param, Tensor rng_state, str scale) "
-      "-> (Tensor, Tensor)");
+      "_normal_rsample_keeping_noise(Tensor mu, Tensor scale_param, Tensor rng_state, str scale, "
+      "SymInt[] sample_shape) -> (Tensor, Tensor)");
   m.def(
-      "_normal_rsample_and_kl_keeping_noise(Tensor mu, Tensor scale_param, Tensor rng_state, str scale) "
-      "-> (Tensor, Tensor, Tensor)");
+      "_normal_rsample_and_kl_keeping_noise(Tensor mu, Tensor scale_param, Tensor rng_state, str scale, "
+      "SymInt[] sample_shape) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "_normal_rsample_and_log_prob_keeping_noise(Tensor mu, Tensor scale_param, Tensor rng_state, str scale) "
-      "-> (Tensor, Tensor, Tensor)");
+      "_normal_rsample_and_log_prob_keeping_noise(Tensor mu, Tensor scale_param, Tensor rng_state, str scale, "
+      "SymInt[] sample_shape) -> (Tensor, Tensor, Tensor)");
   m.def("_normal_rsample_from_noise_backward(Tensor grad_z, Tensor scale_param, Tensor noise, str scale) -> Tensor");
   m.def(
       "_normal_rsample_and_kl_from_noise_backward(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor scale_param, "

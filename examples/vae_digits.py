@@ -227,6 +227,7 @@ def train_sampler(sampler_name, config):
         "runs": runs,
         "median_step_ms": 1e3 * statistics.median(step_seconds),
         "sampler_alone_us": 1e6 * sampler_alone_seconds(sample, config),
+        "saved_noise_limit": rt.saved_noise_limit(),
         "saved_bytes_sampler": saved_tensor_bytes(lambda: sample(mu, logvar, config.num_samples)),
         "saved_bytes_step": saved_tensor_bytes(lambda: elbo(first_model, first_batch, sample, config.num_samples),
                                                exclude=first_model.parameters()),
@@ -477,7 +478,10 @@ def comparison_markdown(results, config, seconds):
         "- *saved for backward*: bytes of the distinct tensor storages autograd keeps between forward and "
         "backward (torch.autograd.graph.saved_tensors_hooks), for the sampling call alone and for the whole "
         "ELBO of one minibatch, parameters excluded. Deterministic. The plain sampler keeps "
-        "exp(logvar / 2) and the noise; the fused one keeps logvar and a 16-byte key, and regenerates the noise.",
+        "exp(logvar / 2) and the noise. The fused one keeps logvar and its float32 noise on a CPU, for calls of "
+        f"up to rt.saved_noise_limit() = {results[0].get('saved_noise_limit', 'the default')} elements, so its "
+        "backward reads the noise instead of generating it again (docs/operators.md, \"Saved noise\"); above "
+        "the limit, and on a GPU, it keeps logvar and a 16-byte key, and regenerates the noise.",
         "- *peak RSS*: ru_maxrss of the process that trained that sampler (a fresh process per sampler), and "
         "how much it rose during training. It is dominated by torch and scikit-learn themselves and by the "
         "allocator, so differences of a few KiB in saved tensors do not show in it.",

@@ -33,7 +33,7 @@ from ._random import make_rng_state
 
 SAMPLE_AND_BATCH = "sample+batch"  # sample_shape + the tensors' broadcast shape
 BATCH = "batch"                    # the tensors' broadcast shape
-NOISE = "noise"                    # the tensors' broadcast shape in float32: the noise a call used
+NOISE = "noise"                    # SAMPLE_AND_BATCH in float32: the noise a call used
 # Any other output rule names the tensor argument whose shape and dtype the output has.
 
 OPERATORS = {}  # name -> Operator, in declaration order
@@ -122,10 +122,8 @@ def _fake_kernel(op):
         for rule in op.outputs:
             if rule in (SAMPLE_AND_BATCH, BATCH, NOISE):
                 batch = list(torch.broadcast_shapes(*(t.shape for t in named.values())))
-                if rule == NOISE:
-                    outputs.append(first.new_empty(batch, dtype=torch.float32))
-                else:
-                    outputs.append(first.new_empty(list(args[-1]) + batch if rule == SAMPLE_AND_BATCH else batch))
+                shape = batch if rule == BATCH else list(args[-1]) + batch
+                outputs.append(first.new_empty(shape, dtype=torch.float32 if rule == NOISE else first.dtype))
             else:
                 outputs.append(named[rule].new_empty(named[rule].shape))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

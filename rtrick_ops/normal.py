@@ -26,7 +26,7 @@ _Distribution = torch.distributions.Distribution  # its _validate_args is the de
 
 def _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
     """Whether the C++ call may try (it declines the rest itself, a seed that is not None or an int included)."""
-    return (_gaussian_fast is not None and generator is None and type(sample_shape) is tuple and not sample_shape
+    return (_gaussian_fast is not None and generator is None and type(sample_shape) is tuple
             and backend == "auto" and type(mu) in PLAIN_TENSORS and type(scale_param) in PLAIN_TENSORS
             and type(scale) is str and not is_compiling())
 
@@ -68,7 +68,8 @@ def normal_rsample(
     """
     if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
         z = _gaussian_fast(0, mu, scale_param, scale,
-                           _Distribution._validate_args if validate_args is None else bool(validate_args), seed)
+                           _Distribution._validate_args if validate_args is None else bool(validate_args), seed,
+                           sample_shape)
         if z is not None:
             return z
     sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
@@ -123,7 +124,7 @@ def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale:
     arguments are normal_rsample's.
     """
     if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
-        pair = _gaussian_fast(1, mu, scale_param, scale, False, seed)  # this op has no validate_args
+        pair = _gaussian_fast(1, mu, scale_param, scale, False, seed, sample_shape)  # no validate_args here
         if pair is not None:
             return pair
     sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
@@ -344,19 +345,21 @@ NORMAL_RSAMPLE_AND_LOG_PROB = declare("normal_rsample_and_log_prob", _GAUSSIAN, 
 
 # The noise kept (csrc/host_ops.h; docs/operators.md, "Saved noise"): what the C++ autograd calls for small
 # CPU calls, with CPU kernels only. Their forwards' autograd is C++ too; the backwards' double backward is here.
-def _check_noise_shapes(first, first_name, scale_param, noise=None):
-    if first.shape != scale_param.shape:
-        raise ValueError(f"{first_name} and scale_param must have the same shape (the noise-saving operators do "
-                         f"not broadcast), got {tuple(first.shape)} and {tuple(scale_param.shape)}")
-    if noise is not None:
-        if noise.dtype != torch.float32:
-            raise TypeError(f"noise must be float32 (the stream's values), got {noise.dtype}")
-        if noise.shape != first.shape:
-            raise ValueError(f"noise must have {first_name}'s shape {tuple(first.shape)}, got {tuple(noise.shape)}")
+def _check_saved_noise(noise, grad_z):
+    if noise.dtype != torch.float32:
+        raise TypeError(f"noise must be float32 (the stream's values), got {noise.dtype}")
+    if noise.shape != grad_z.shape:
+        raise ValueError(f"noise must have grad_z's shape {tuple(grad_z.shape)}, got {tuple(noise.shape)}")
+
+
+def _sample_term_from_noise(grad_z, scale_param, noise, scale):
+    """normal_rsample_backward's value with the noise a constant: sigma'(x) * (sum over broadcast dims of
+    grad_z * noise), written with differentiable ops."""
+    return (grad_z * noise).sum_to_size(scale_param.shape) * dsigma_of(scale_param, scale)
 
 
 def _normal_rsample_from_noise_backward_autograd(ops):
-    """Double backward of (grad_z * noise) * sigma'(x): the noise is a constant."""
+    """Double backward of the sample's term read from the noise (_sample_term_from_noise)."""
 
     def setup_context(ctx, inputs, output):
         grad_z, scale_param, noise, scale = inputs
@@ -365,7 +368,7 @@ def _normal_rsample_from_noise_backward_autograd(ops):
 
     def backward(ctx, grad_grad):
         grad_z, scale_param, noise = ctx.saved_tensors
-        d_grad_z, d_scale = differentiate_through(lambda g, x: ((g * noise) * dsigma_of(x, ctx.scale),),
+        d_grad_z, d_scale = differentiate_through(lambda g, x: (_sample_term_from_noise(g, x, noise, ctx.scale),),
                                                   (grad_z, scale_param), (grad_grad,))
         if d_scale is None and ctx.needs_input_grad[1]:  # scale="sigma": sigma'(x) = 1 does not move with x
             d_scale = torch.zeros_like(scale_param)
@@ -374,22 +377,18 @@ def _normal_rsample_from_noise_backward_autograd(ops):
     return backward, setup_context
 
 
-# ... and reading the noise: (grad_z * noise) * sigma'(x), the noise a constant.
+# ... and reading the noise.
 _normal_rsample_and_kl_from_noise_backward_autograd = _kl_step_backward_autograd(
-    lambda ops, grad_z, scale_param, noise, scale: (grad_z * noise) * dsigma_of(scale_param, scale))
+    lambda ops, grad_z, scale_param, noise, scale: _sample_term_from_noise(grad_z, scale_param, noise, scale))
 
 
-declare("_normal_rsample_keeping_noise", _GAUSSIAN, [BATCH, NOISE],
-        check=lambda mu, scale_param, *_: _check_noise_shapes(mu, "mu", scale_param))
-declare("_normal_rsample_and_kl_keeping_noise", _GAUSSIAN, [BATCH, BATCH, NOISE],
-        check=lambda mu, scale_param, *_: _check_noise_shapes(mu, "mu", scale_param))
-declare("_normal_rsample_and_log_prob_keeping_noise", _GAUSSIAN, [BATCH, BATCH, NOISE],
-        check=lambda mu, scale_param, *_: _check_noise_shapes(mu, "mu", scale_param))
+declare("_normal_rsample_keeping_noise", _GAUSSIAN, [SAMPLE_AND_BATCH, NOISE])
+declare("_normal_rsample_and_kl_keeping_noise", _GAUSSIAN, [SAMPLE_AND_BATCH, BATCH, NOISE])
+declare("_normal_rsample_and_log_prob_keeping_noise", _GAUSSIAN, [SAMPLE_AND_BATCH, SAMPLE_AND_BATCH, NOISE])
 declare("_normal_rsample_from_noise_backward", ("grad_z", "scale_param", "noise"), ["scale_param"], keyed=False,
         autograd=_normal_rsample_from_noise_backward_autograd,
-        check=lambda grad_z, scale_param, noise, *_: _check_noise_shapes(grad_z, "grad_z", scale_param, noise))
+        check=lambda grad_z, scale_param, noise, *_: _check_saved_noise(noise, grad_z))
 declare("_normal_rsample_and_kl_from_noise_backward", ("grad_z", "grad_kl", "mu", "scale_param", "noise"),
         ["mu", "scale_param"], keyed=False, autograd=_normal_rsample_and_kl_from_noise_backward_autograd,
         check=lambda grad_z, grad_kl, mu, scale_param, noise, *_: (
-            check_rsample_and_kl_grads(grad_z, grad_kl, mu, scale_param),
-            _check_noise_shapes(mu, "mu", scale_param), _check_noise_shapes(grad_z, "grad_z", scale_param, noise)))
+            check_rsample_and_kl_grads(grad_z, grad_kl, mu, scale_param), _check_saved_noise(noise, grad_z)))

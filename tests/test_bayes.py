@@ -259,13 +259,23 @@ def test_local_mode_zero_input_row_without_bias_has_zero_not_nan_gradient():
 
 
 def test_local_mode_keeps_only_the_activations_std():
-    """Beyond x and the parameters, the local mode keeps the std of the activations and the key, nothing
-    weight-sized (the hand-written expression would keep sigma^2 and softplus(rho))."""
+    """Beyond x and the parameters, the local mode keeps the std of the activations and the key (the noise
+    regenerated), or the std and the activations' noise (kept, under rt.set_saved_noise_limit): nothing
+    weight-sized either way (the hand-written expression would keep sigma^2 and softplus(rho))."""
     layer = make_layer("local", in_features=64, out_features=32)
     x = torch.randn(8, 64)
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        layer(x, sample_shape=(4,), seed=0)
-    excluded = {p.data_ptr() for p in layer.parameters()} | {x.data_ptr()}
-    new_bytes = {t.data_ptr(): t.numel() * t.element_size() for t in saved if t.data_ptr() not in excluded}
-    assert sum(new_bytes.values()) <= 8 * 32 * 4 + 4 * 16
+
+    def new_bytes():
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            layer(x, sample_shape=(4,), seed=0)
+        excluded = {p.data_ptr() for p in layer.parameters()} | {x.data_ptr()}
+        return sum({t.data_ptr(): t.numel() * t.element_size() for t in saved if t.data_ptr() not in excluded}.values())
+
+    previous = rt.set_saved_noise_limit(0)
+    try:
+        assert new_bytes() <= 8 * 32 * 4 + 4 * 16
+        rt.set_saved_noise_limit(4 * 8 * 32)
+        assert new_bytes() == 8 * 32 * 4 + 4 * 8 * 32 * 4  # the std, and the noise of the 4 samples
+    finally:
+        rt.set_saved_noise_limit(previous)

@@ -194,6 +194,48 @@ def test_seeded_fast_path_gives_the_python_paths_bits_and_errors():
     assert torch.equal(torch.randint(0, 10, (4,)), before)
 
 
+def test_gaussian_fast_call_with_samples_and_broadcasting_gives_the_python_paths_bits_and_errors(monkeypatch):
+    """rt.normal_rsample's and rt.normal_rsample_and_kl's C++ fast call (gaussian_fast) takes sample_shape and
+    broadcast parameters too: for each call it takes or declines, the outputs, the gradients and the generator's
+    advance equal the Python path's (the fast call switched off), and what it declines gets the Python path's
+    errors."""
+    import numpy as np
+
+    normal = sys.modules["rtrick_ops.normal"]
+    if normal._gaussian_fast is None:
+        pytest.skip("this build has no C++ fast call")
+    shapes = [((6, 5), (6, 5)), ((6, 5), (5,)), ((6, 1), (1, 5)), ((), (4,)), ((3, 0), (3, 0))]
+    sample_shapes = [(), (1,), (3,), (2, 1), (0,), [2], 2, (np.int64(2),)]
+    for mu_shape, sp_shape in shapes:
+        for sample_shape in sample_shapes:
+            for seed in (None, 5):
+                results = []
+                for fast in (normal._gaussian_fast, None):
+                    monkeypatch.setattr(normal, "_gaussian_fast", fast)
+                    mu = torch.linspace(-1, 1, math.prod(mu_shape)).reshape(mu_shape).requires_grad_()
+                    sp = torch.linspace(-0.5, 0.5, math.prod(sp_shape)).reshape(sp_shape).requires_grad_()
+                    torch.manual_seed(4)
+                    z = rt.normal_rsample(mu, sp, sample_shape=sample_shape, seed=seed)
+                    z2, kl = rt.normal_rsample_and_kl(mu, sp, sample_shape=sample_shape, seed=seed)
+                    after = torch.rand(2)
+                    loss = (z * torch.arange(z.numel()).view(z.shape)).sum() + (z2 * z2).sum() + kl.sum()
+                    results.append((z, z2, kl, *torch.autograd.grad(loss, (mu, sp)), after))
+                what = f"{mu_shape} {sp_shape} {sample_shape} seed={seed}"
+                for a, b in zip(*results):
+                    assert a.dtype == b.dtype and a.shape == b.shape, what
+                    assert torch.equal(a, b), what
+    mu = torch.randn(4, 3)
+    for kwargs, error, match in ((dict(sample_shape=(-1,)), ValueError, "sample_shape"),
+                                 (dict(sample_shape=(True,)), TypeError, "sample_shape"),
+                                 (dict(sample_shape=(2.0,)), TypeError, "sample_shape")):
+        with pytest.raises(error, match=match):
+            rt.normal_rsample(mu, torch.zeros(3), **kwargs)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        rt.normal_rsample(mu, torch.zeros(4), sample_shape=(2,))
+    with pytest.raises(ValueError, match="scale_param"):
+        rt.normal_rsample(mu, torch.tensor([1.0, 0.0, 2.0]), scale="sigma", sample_shape=(2,), validate_args=True)
+
+
 def test_gumbel_softmax_fast_call_gives_the_python_paths_bits_and_errors(monkeypatch):
     """rt.gumbel_softmax's common case is one C++ call (gumbel_softmax_fast): for every kind of call it takes
     or declines, the result, its gradient and the generator's advance equal the Python path's (the fast call

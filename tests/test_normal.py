@@ -233,17 +233,30 @@ def test_torch_compile_fullgraph(seeded):
 
 
 def test_backward_saves_only_inputs():
-    """No tensor of the output's size is saved: eps is regenerated in backward."""
+    """With the saved-noise limit at 0 (or a call above it) no tensor of the output's size is saved: eps is
+    regenerated in backward. Under the limit the noise is kept instead of the key (docs/operators.md)."""
     mu, sp = make_params((64, 32), (64, 32), torch.float32, "log_sigma")
     mu.requires_grad_(), sp.requires_grad_()
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        z = rt.normal_rsample(mu, sp, sample_shape=(4,), seed=1)
-    assert z.numel() == 4 * mu.numel()
-    assert saved, "expected the scale parameter and the rng state to be saved"
-    for t in saved:
-        assert t.numel() < z.numel(), f"a tensor of {t.numel()} elements was saved for backward"
-    assert sum(t.numel() * t.element_size() for t in saved) == sp.numel() * 4 + 16
+
+    def saved_by_call():
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            z = rt.normal_rsample(mu, sp, sample_shape=(4,), seed=1)
+        return z, saved
+
+    previous = rt.set_saved_noise_limit(0)
+    try:
+        z, saved = saved_by_call()
+        assert z.numel() == 4 * mu.numel()
+        assert saved, "expected the scale parameter and the rng state to be saved"
+        for t in saved:
+            assert t.numel() < z.numel(), f"a tensor of {t.numel()} elements was saved for backward"
+        assert sum(t.numel() * t.element_size() for t in saved) == sp.numel() * 4 + 16
+        rt.set_saved_noise_limit(z.numel())
+        z, saved = saved_by_call()
+        assert sum(t.numel() * t.element_size() for t in saved) == sp.numel() * 4 + z.numel() * 4
+    finally:
+        rt.set_saved_noise_limit(previous)
 
 
 # ------------------------------------------------------------ seeds and generators

@@ -111,7 +111,9 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
 
 // ------------------------------------------------------- backward reduction
 // d/d scale_param when it is broadcast: sigma'(x_k) * sum over the broadcast
-// dimensions of grad_z * eps. The dimensions of grad_z split into kept ones
+// dimensions of grad_z * eps, eps from the stream or, where `saved` is set,
+// read from that contiguous float32 copy in stream order (the same values, so
+// the same sums). The dimensions of grad_z split into kept ones
 // (scale_param has them) and reduced ones; work items take a range of kept
 // indices times a range of reduced indices, each with its own accumulators, so
 // sums are added in an order fixed by the shapes, not by the thread count.
@@ -146,7 +148,7 @@ void unravel(const std::vector<Axis>& axes, int64_t index, int64_t& n, int64_t& 
 }
 
 at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_param, StreamKey key, NoiseKind noise,
-                           ScaleKind kind) {
+                           ScaleKind kind, const float* saved) {
   const int64_t dims = grad_z.dim();
   const int64_t lead = dims - scale_param.dim();
   std::vector<Axis> kept, reduced;
@@ -204,7 +206,7 @@ at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_par
             const int64_t len = std::min(k_end - k, kept_inner.size - k % kept_inner.size);
             unravel(kept, k, nk, gk);
             kernels.noise_dot(storage, static_cast<int32_t>(noise), key, nk + nr, len, grad_base + (gk + gr) * grad_size, kept_inner.g_stride,
-                              acc + k * acc_size, 1, &cache);
+                              acc + k * acc_size, 1, &cache, saved != nullptr ? saved + nk + nr : nullptr);
             k += len;
           }
         }
@@ -215,7 +217,7 @@ at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_par
             const int64_t len = std::min(r_end - r, reduced_inner.size - r % reduced_inner.size);
             unravel(reduced, r, nr, gr);
             kernels.noise_dot(storage, static_cast<int32_t>(noise), key, nk + nr, len, grad_base + (gk + gr) * grad_size, reduced_inner.g_stride,
-                              acc + k * acc_size, 0, &cache);
+                              acc + k * acc_size, 0, &cache, saved != nullptr ? saved + nk + nr : nullptr);
             r += len;
           }
         }
@@ -252,7 +254,14 @@ struct CpuDevice {
 
   static at::Tensor broadcast_scale_grad(const at::Tensor& grad, const at::Tensor& scale_param,
                                          const at::Tensor& rng_state, NoiseKind noise, ScaleKind scale) {
-    return reduce_backward(grad, scale_param, read_rng_state(rng_state), noise, scale);
+    return reduce_backward(grad, scale_param, read_rng_state(rng_state), noise, scale, nullptr);
+  }
+
+  // The same with the noise read from `saved` (float32, grad's shape, contiguous): the noise-keeping
+  // operators' backward.
+  static at::Tensor broadcast_scale_grad_from_noise(const at::Tensor& grad, const at::Tensor& scale_param,
+                                                    const at::Tensor& saved, ScaleKind scale) {
+    return reduce_backward(grad, scale_param, StreamKey{0, 0}, NoiseKind::Normal, scale, saved.const_data_ptr<float>());
   }
 };
 

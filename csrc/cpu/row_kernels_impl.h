@@ -297,14 +297,20 @@ void elementwise_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const
 
 template <Storage S>
 void noise_dot_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const void* grad_, int64_t grad_stride,
-                   void* acc_, int64_t acc_stride, NoiseCache* cache) {
+                   void* acc_, int64_t acc_stride, NoiseCache* cache, const float* noise_in) {
   using T = Traits<S>;
   using stored = typename T::stored;
   using compute = typename T::compute;
   const stored* grad = static_cast<const stored*>(grad_);
   compute* acc = static_cast<compute*>(acc_);
+  // The row's noise, piece by piece: from the stream's blocks, or a saved copy in one piece. Both give
+  // the same values in the same positions, and the sums below depend on positions only.
+  const auto each_piece = [&](auto body) {
+    if (noise_in != nullptr) body(int64_t(0), len, noise_in);
+    else for_each_noise_piece(s, kind, n0, len, *cache, body);
+  };
   if (acc_stride != 0) {
-    for_each_noise_piece(s, kind, n0, len, *cache, [&](int64_t j, int64_t count, const float* eps) {
+    each_piece([&](int64_t j, int64_t count, const float* eps) {
       if (grad_stride == 1) {
         const stored* g = grad + j;
         compute* a = acc + j;
@@ -318,7 +324,7 @@ void noise_dot_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const v
   }
   // A sum: 16 partial sums, lane = position in the row, added in a fixed order.
   compute lanes[16] = {};
-  for_each_noise_piece(s, kind, n0, len, *cache, [&](int64_t j, int64_t count, const float* eps) {
+  each_piece([&](int64_t j, int64_t count, const float* eps) {
     for (int64_t t = 0; t < count; ++t)
       lanes[(j + t) & 15] += T::load(grad[(j + t) * grad_stride]) * static_cast<compute>(eps[t]);
   });
@@ -382,13 +388,13 @@ void elementwise_entry(Storage storage, FormulaId formula, int32_t scale, int32_
 }
 
 void noise_dot_entry(Storage storage, int32_t noise, StreamKey s, int64_t n0, int64_t len, const void* grad,
-                     int64_t grad_stride, void* acc, int64_t acc_stride, NoiseCache* cache) {
+                     int64_t grad_stride, void* acc, int64_t acc_stride, NoiseCache* cache, const float* noise_in) {
   const NoiseKind kind = static_cast<NoiseKind>(noise);
   switch (storage) {
-    case Storage::Float32: noise_dot_row<Storage::Float32>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache); break;
-    case Storage::Float64: noise_dot_row<Storage::Float64>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache); break;
-    case Storage::Float16: noise_dot_row<Storage::Float16>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache); break;
-    case Storage::BFloat16: noise_dot_row<Storage::BFloat16>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache); break;
+    case Storage::Float32: noise_dot_row<Storage::Float32>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in); break;
+    case Storage::Float64: noise_dot_row<Storage::Float64>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in); break;
+    case Storage::Float16: noise_dot_row<Storage::Float16>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in); break;
+    case Storage::BFloat16: noise_dot_row<Storage::BFloat16>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in); break;
   }
 }
 

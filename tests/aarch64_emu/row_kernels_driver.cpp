@@ -327,11 +327,25 @@ void run_noise(const RowKernels& k) {
           std::vector<float> acc_f(static_cast<size_t>(len), 0.25f);
           void* acc = si == 0 ? static_cast<void*>(acc_f.data()) : static_cast<void*>(acc_d.data());
           rtrick::cpu::NoiseCache cache;
-          k.noise_dot(s, noise, keys[1], 77, len, grad.bytes.data(), grad_stride, acc, acc_stride, &cache);
+          k.noise_dot(s, noise, keys[1], 77, len, grad.bytes.data(), grad_stride, acc, acc_stride, &cache, nullptr);
           const std::string name = "noise_dot/noise" + std::to_string(noise) + "/" + storage_name(s) + "/acc" +
                                    std::to_string(acc_stride) + "/grad" + std::to_string(grad_stride);
           if (si == 0) emit(name, kF32, acc_f.data(), acc_f.size() * 4);
           else emit(name, kF64, acc_d.data(), acc_d.size() * 8);
+          // The saved-noise backward (noise_in): the row's noise read from a copy must give the same sums.
+          std::vector<float> saved(static_cast<size_t>(len));
+          k.noise_fill(noise, keys[1], 77, len, saved.data());
+          std::vector<double> again_d(static_cast<size_t>(len), 0.25);
+          std::vector<float> again_f(static_cast<size_t>(len), 0.25f);
+          void* again = si == 0 ? static_cast<void*>(again_f.data()) : static_cast<void*>(again_d.data());
+          k.noise_dot(s, noise, StreamKey{0, 0}, 77, len, grad.bytes.data(), grad_stride, again, acc_stride, nullptr,
+                      saved.data());
+          const bool same = si == 0 ? memcmp(again_f.data(), acc_f.data(), acc_f.size() * 4) == 0
+                                    : memcmp(again_d.data(), acc_d.data(), acc_d.size() * 8) == 0;
+          if (!same) {
+            fprintf(stderr, "%s: the read-back noise gives other sums than the stream\n", name.c_str());
+            exit(1);
+          }
         }
       }
     }
