@@ -24,6 +24,7 @@
 #include <torch/library.h>
 
 #include "autograd.h"
+#include "family_common.h"
 #include "op_handles.h"
 
 #include <algorithm>
@@ -64,10 +65,14 @@ std::tuple<at::Tensor, at::Tensor> kl_backward(const at::Tensor& grad_kl, const 
 // batch dimension of 1): the same values, without a reduction kernel, which
 // costs more than the whole sampling kernel on a VAE's latent.
 at::Tensor sum_to_shape(const at::Tensor& grad, c10::SymIntArrayRef shape) {
-  if (grad.sym_sizes() == shape) return grad;  // the common case: nothing was broadcast
-  c10::SymInt count = 1;
-  for (const c10::SymInt& size : shape) count *= size;
-  if (grad.sym_numel() == count) return grad.reshape_symint(shape);
+  // Concrete sizes only: with symbolic ones the comparisons would add guards
+  // (or fail on data-dependent sizes), which sum_to_size avoids.
+  const auto sizes = c10::asIntArrayRefSlowOpt(shape);
+  const auto grad_sizes = c10::asIntArrayRefSlowOpt(grad.sym_sizes());
+  if (sizes && grad_sizes) {
+    if (*grad_sizes == *sizes) return grad;  // the common case: nothing was broadcast
+    if (grad.numel() == c10::multiply_integers(*sizes)) return grad.reshape(*sizes);
+  }
   return grad.sum_to_size_symint(shape);
 }
 
@@ -108,25 +113,21 @@ bool saves_noise(const at::Tensor& mu, const at::Tensor& scale_param, const at::
   if (!mu_sizes || !sp_sizes || !sample_sizes) return false;
   const int64_t limit = saved_noise_limit.load(std::memory_order_relaxed);
   if (limit <= 0) return false;
-  // z's element count, sample_shape + broadcast(mu, scale_param), saturated above the limit.
+  // z's element count, sample_shape + broadcast(mu, scale_param), against the limit.
+  if (!shapes_broadcast(*mu_sizes, *sp_sizes)) return false;
   int64_t count = 1;
-  bool empty = false;
+  bool empty = false, over = false;
   const auto times = [&](int64_t size) {
     if (size == 0) empty = true;
-    else count = count > limit / size ? limit + 1 : count * size;
+    else if (count > limit / size) over = true;
+    else count *= size;
   };
   for (const int64_t size : *sample_sizes) {
     if (size < 0) return false;
     times(size);
   }
-  const size_t rank = std::max(mu_sizes->size(), sp_sizes->size());
-  for (size_t d = 0; d < rank; ++d) {  // from the last dimension
-    const int64_t a = d < mu_sizes->size() ? (*mu_sizes)[mu_sizes->size() - 1 - d] : 1;
-    const int64_t b = d < sp_sizes->size() ? (*sp_sizes)[sp_sizes->size() - 1 - d] : 1;
-    if (a != b && a != 1 && b != 1) return false;
-    times(a == 1 ? b : a);
-  }
-  return empty || count <= limit;
+  for (const int64_t size : at::infer_size(*mu_sizes, *sp_sizes)) times(size);
+  return empty || !over;
 }
 
 // An output's gradient, or zeros of its shape where it did not reach the loss,
@@ -134,8 +135,10 @@ bool saves_noise(const at::Tensor& mu, const at::Tensor& scale_param, const at::
 // gradients, zeros rather than None). The noise-keeping nodes materialize
 // them themselves: the engine would also fill zeros for the noise output,
 // whose gradient is never used.
-at::Tensor grad_or_zeros(const at::Tensor& grad, at::IntArrayRef shape, const at::Tensor& like) {
-  return grad.defined() ? grad : at::zeros(shape, like.options());
+// `shape()` gives the output's (symbolic) sizes; it runs only where zeros are needed.
+template <typename Shape>
+at::Tensor grad_or_zeros(const at::Tensor& grad, Shape shape, const at::Tensor& like) {
+  return grad.defined() ? grad : at::zeros_symint(shape(), like.options());
 }
 
 // The end of a noise-keeping node's forward: `outputs` are its operator's, the
@@ -144,11 +147,18 @@ variable_list keep_noise(AutogradContext* ctx, const std::string& scale, const a
                          variable_list saved) {
   ctx->set_materialize_grads(false);
   ctx->saved_data["scale"] = scale;
-  ctx->saved_data["mu_shape"] = mu.sym_sizes();
+  // mu's shape where z's differs (broadcast or sampled): the backward sums grad_z to it (mu_grad).
+  if (mu.sym_sizes() != outputs.back().sym_sizes()) ctx->saved_data["mu_shape"] = mu.sym_sizes();
   saved.push_back(outputs.back());
   ctx->save_for_backward(saved);
   ctx->mark_non_differentiable({outputs.back()});
   return outputs;
+}
+
+// d loss / d mu of a noise-keeping node: grad_z summed to mu's shape (grad_z itself where they agree).
+at::Tensor mu_grad(AutogradContext* ctx, const at::Tensor& grad_z) {
+  const auto shape = ctx->saved_data.find("mu_shape");
+  return shape == ctx->saved_data.end() ? grad_z : sum_to_shape(grad_z, shape->second.toSymIntVector());
 }
 
 at::Tensor scale_backward_from_noise(const at::Tensor& grad_z, const at::Tensor& scale_param, const at::Tensor& noise,
@@ -171,9 +181,9 @@ class NormalRsampleKeepingNoise : public torch::autograd::Function<NormalRsample
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &scale_param = saved[0], &noise = saved[1];
-    const at::Tensor grad_z = grad_or_zeros(grads[0], noise.sizes(), scale_param);
+    const at::Tensor grad_z = grad_or_zeros(grads[0], [&] { return noise.sym_sizes(); }, scale_param);
     at::Tensor grad_mu, grad_scale;
-    if (ctx->needs_input_grad(0)) grad_mu = sum_to_shape(grad_z, ctx->saved_data["mu_shape"].toSymIntVector());
+    if (ctx->needs_input_grad(0)) grad_mu = mu_grad(ctx, grad_z);
     if (ctx->needs_input_grad(1))
       grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, ctx->saved_data["scale"].toStringRef());
     return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -197,8 +207,10 @@ class NormalRsampleAndKlKeepingNoise : public torch::autograd::Function<NormalRs
     const at::Tensor &mu = saved[0], &scale_param = saved[1], &noise = saved[2];
     auto [grad_mu, grad_scale] = call_backward_op([&] {
       return ops::normal_rsample_and_kl_from_noise_backward().call(
-          grad_or_zeros(grads[0], noise.sizes(), mu),
-          grad_or_zeros(grads[1], at::infer_size(mu.sizes(), scale_param.sizes()), mu), mu, scale_param, noise,
+          grad_or_zeros(grads[0], [&] { return noise.sym_sizes(); }, mu),
+          grad_or_zeros(
+              grads[1], [&] { return at::infer_size_symdimvector(mu.sym_sizes(), scale_param.sym_sizes()); }, mu),
+          mu, scale_param, noise,
           ctx->saved_data["scale"].toStringRef());
     });
     return {ctx->needs_input_grad(0) ? grad_mu : at::Tensor(), ctx->needs_input_grad(1) ? grad_scale : at::Tensor(),
@@ -453,21 +465,19 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_autograd(const at
 variable_list NormalRsampleAndLogProbKeepingNoise::backward(AutogradContext* ctx, variable_list grads) {
   const auto saved = ctx->get_saved_variables();
   const at::Tensor &scale_param = saved[0], &noise = saved[1];
-  const at::Tensor grad_z = grad_or_zeros(grads[0], noise.sizes(), scale_param), &grad_log_q = grads[1];
+  const at::Tensor grad_z = grad_or_zeros(grads[0], [&] { return noise.sym_sizes(); }, scale_param), &grad_log_q = grads[1];
   at::Tensor grad_mu, grad_scale;
-  if (ctx->needs_input_grad(0)) {  // log q does not move with mu
-    grad_mu = sum_to_shape(grad_z, ctx->saved_data["mu_shape"].toSymIntVector());
-  }
+  if (ctx->needs_input_grad(0)) grad_mu = mu_grad(ctx, grad_z);  // log q does not move with mu
   if (ctx->needs_input_grad(1)) {
     const std::string scale = ctx->saved_data["scale"].toStringRef();
     grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, scale);
     // An unused log q is a zero gradient; sigma'(x)-dependent scales still subtract it, as the
     // regenerating node does, so that a 0 * inf there is the same NaN on both paths.
-    if (grad_log_q.defined()) {
-      subtract_times_dlog_sigma(grad_scale, sum_to_shape(grad_log_q, scale_param.sym_sizes()), scale_param,
-                                scale);
-    } else if (scale != "log_sigma" && scale != "logvar") {
-      subtract_times_dlog_sigma(grad_scale, at::zeros_like(scale_param), scale_param, scale);
+    if (grad_log_q.defined() || (scale != "log_sigma" && scale != "logvar")) {
+      subtract_times_dlog_sigma(
+          grad_scale,
+          grad_log_q.defined() ? sum_to_shape(grad_log_q, scale_param.sym_sizes()) : at::zeros_like(scale_param),
+          scale_param, scale);
     }
   }
   return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};

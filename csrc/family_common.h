@@ -121,6 +121,17 @@ inline std::vector<int64_t> check_normal_kl_backward(const at::Tensor& grad_kl, 
   return shape;
 }
 
+// Whether two shapes broadcast against each other (torch's rule, from the
+// trailing dimension): the test the fast call and the saved-noise choice make
+// before they take a call (the operators themselves raise via at::infer_size).
+inline bool shapes_broadcast(at::IntArrayRef a, at::IntArrayRef b) {
+  for (size_t d = 1; d <= std::min(a.size(), b.size()); ++d) {
+    const int64_t x = a[a.size() - d], y = b[b.size() - d];
+    if (x != y && x != 1 && y != 1) return false;
+  }
+  return true;
+}
+
 // Checks the backward's arguments: scale_param must broadcast to grad_z.
 inline void check_normal_backward(const at::Tensor& grad_z, const at::Tensor& scale_param,
                                   const char* grad_name = "grad_z") {

@@ -28,6 +28,8 @@
 //       operators below).
 //   broadcast_scale_grad(grad, scale_param, rng_state, noise, scale)
 //       d/d scale_param when scale_param is broadcast (fewer elements than grad).
+//   broadcast_scale_grad_from_noise(grad, scale_param, saved, scale)
+//       the same with the noise read from `saved` (CPU only: the noise-keeping operators).
 //   gamma_sample(alpha, period, rng_state, z), beta_sample(a, b, period, rng_state, z),
 //   dirichlet_sample(alpha, rng_state, z)
 //       alpha/a/b contiguous with `period` elements, repeated over z.

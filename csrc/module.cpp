@@ -28,6 +28,7 @@
 
 #include "autograd.h"
 #include "cpu/row_kernels.h"
+#include "family_common.h"
 #include "kinds.h"
 #include "op_handles.h"
 
@@ -228,13 +229,14 @@ std::optional<c10::SmallVector<int64_t, 4>> plain_sample_shape(PyObject* obj) {
   return sizes;
 }
 
-// Whether two shapes broadcast (torch's rule, from the trailing dimension).
-bool broadcastable(at::IntArrayRef a, at::IntArrayRef b) {
-  for (size_t d = 1; d <= std::min(a.size(), b.size()); ++d) {
-    const int64_t x = a[a.size() - d], y = b[b.size() - d];
-    if (x != y && x != 1 && y != 1) return false;
-  }
-  return true;
+// z's element count, sample_shape + broadcast(a, b), saturated at INT64_MAX:
+// what decides whether a call releases the GIL.
+int64_t sampled_count(at::IntArrayRef sample, const at::Tensor& a, const at::Tensor& b) {
+  int64_t count = std::max(a.numel(), b.numel());
+  for (const int64_t size : sample)
+    count = size != 0 && count > std::numeric_limits<int64_t>::max() / size ? std::numeric_limits<int64_t>::max()
+                                                                           : count * size;
+  return count;
 }
 
 PyObject* gaussian_fast(PyObject*, PyObject* args) {
@@ -248,7 +250,7 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   const at::Tensor& mu = THPVariable_Unpack(mu_obj);
   const at::Tensor& sp = THPVariable_Unpack(sp_obj);
   if (!plain_cpu_tensor(mu) || !plain_cpu_tensor(sp) || mu.scalar_type() != sp.scalar_type() ||
-      !broadcastable(mu.sizes(), sp.sizes()))
+      !rtrick::shapes_broadcast(mu.sizes(), sp.sizes()))
     Py_RETURN_NONE;
   const auto sample_shape = plain_sample_shape(sample_obj);
   if (!sample_shape) Py_RETURN_NONE;
@@ -268,7 +270,7 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   // other Python threads run meanwhile; on small tensors the operator takes
   // about a microsecond, less than handing the GIL over and back costs them.
   std::optional<pybind11::gil_scoped_release> no_gil;
-  if (std::max(mu.numel(), sp.numel()) >= kReleaseGilFrom) no_gil.emplace();
+  if (sampled_count(*sample_shape, mu, sp) >= kReleaseGilFrom) no_gil.emplace();
   const auto sample = c10::fromIntArrayRefSlow(*sample_shape);
   if (which == 0) {
     at::Tensor z = rtrick::ops::normal_rsample().call(mu, sp, state, name, sample);

@@ -55,9 +55,9 @@ def set_saved_noise_limit(elements: int) -> int:
     returns the previous limit.
 
     Calls of normal_rsample, normal_rsample_and_kl and normal_rsample_and_log_prob on CPU tensors with
-    scale_param requiring grad (either input for the KL), mu and scale_param of one shape and no
-    sample_shape, keep the float32 noise they drew
-    (4 bytes per element until the backward) so that the backward reads it instead of regenerating it,
+    scale_param requiring grad (either input for the KL) and at most this many elements in z (sample_shape
+    and broadcasting included) keep the float32 noise they drew
+    (4 bytes per element of z until the backward) so that the backward reads it instead of regenerating it,
     which on a CPU costs as much as the forward. Larger calls regenerate, as do GPU calls. The results are
     bitwise the same either way (double backward to rounding). Default 2**20 (4 MiB); 0 never saves.
     docs/operators.md, "Saved noise".

@@ -4,8 +4,8 @@ the fused VAE helpers: the closed-form KL to N(0, 1), and (z, kl) or
 
 Public wrappers (argument checks, seeding, backend choice), then the
 operators' declarations (rtrick_ops/_operators.py: fakes, routing, autograd).
-The backward regenerates eps from rng_state; only the inputs are saved.
-"""
+The backward regenerates eps from rng_state, saving only the inputs and the key, except on small CPU calls,
+which keep eps instead (docs/operators.md, "Saved noise")."""
 from typing import Optional, Sequence, Union
 
 import torch
@@ -18,8 +18,9 @@ from ._operators import BATCH, NOISE, SAMPLE_AND_BATCH, declare
 
 _ops = torch.ops.rtrick_ops
 # The whole call in C++ for the common case (csrc/module.cpp, gaussian_fast; docs/performance.md, "fixed
-# cost"): plain CPU tensors of one shape and dtype, an int seed or none, no generator, sample_shape or backend. It
-# returns None for anything else, and the Python path below runs, with every check and error message.
+# cost"): plain CPU tensors of one dtype whose shapes broadcast, sample_shape a tuple of ints, an int seed or none,
+# no generator or backend. It returns None for anything else, and the Python path below runs, with every check and
+# error message.
 _gaussian_fast = getattr(_library.compiled, "gaussian_fast", None)
 _Distribution = torch.distributions.Distribution  # its _validate_args is the default of validate_args
 
