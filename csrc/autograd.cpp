@@ -27,7 +27,6 @@
 #include "family_common.h"
 #include "op_handles.h"
 
-#include <algorithm>
 #include <atomic>
 #include <initializer_list>
 #include <string>
