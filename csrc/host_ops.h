@@ -293,7 +293,8 @@ inline void check_saved_noise(const at::Tensor& noise, const at::Tensor& like, c
                     ", got ", noise.sizes());
 }
 
-// z (and, with `outputs` 2, log q: a second output of z's shape) with the noise that made them.
+// z (and, with `outputs` 2, a second output of z's shape: the KL term of a call without sample_shape, or
+// log q) with the noise that made them.
 template <class Device>
 std::vector<at::Tensor> sample_keeping_noise(FormulaId formula, int outputs, const at::Tensor& mu,
                                              const at::Tensor& scale_param, const at::Tensor& rng_state,
