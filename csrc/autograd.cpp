@@ -75,6 +75,18 @@ at::Tensor sum_to_shape(const at::Tensor& grad, c10::SymIntArrayRef shape) {
   return grad.sum_to_size_symint(shape);
 }
 
+// A location parameter's gradient (mu's, loc's) is the output's summed to its
+// shape. The forward records that shape only where the output's differs
+// (broadcast or sampled); the backward then sums, or passes grad through.
+void remember_location_shape(AutogradContext* ctx, const at::Tensor& location, const at::Tensor& output) {
+  if (location.sym_sizes() != output.sym_sizes()) ctx->saved_data["location_shape"] = location.sym_sizes();
+}
+
+at::Tensor location_grad(AutogradContext* ctx, const at::Tensor& grad) {
+  const auto shape = ctx->saved_data.find("location_shape");
+  return shape == ctx->saved_data.end() ? grad : sum_to_shape(grad, shape->second.toSymIntVector());
+}
+
 // Whether a call records nothing: grad mode off, or no input requiring grad
 // (and no forward-mode tangent, which Function::apply would refuse). Then the
 // operator is called below autograd directly: Function::apply would still build
@@ -142,22 +154,13 @@ at::Tensor grad_or_zeros(const at::Tensor& grad, Shape shape, const at::Tensor& 
 
 // The end of a noise-keeping node's forward: `outputs` are its operator's, the
 // noise last, which is saved after `saved` and is not differentiable.
-variable_list keep_noise(AutogradContext* ctx, const std::string& scale, const at::Tensor& mu, variable_list outputs,
-                         variable_list saved) {
+variable_list keep_noise(AutogradContext* ctx, const std::string& scale, variable_list outputs, variable_list saved) {
   ctx->set_materialize_grads(false);
   ctx->saved_data["scale"] = scale;
-  // mu's shape where z's differs (broadcast or sampled): the backward sums grad_z to it (mu_grad).
-  if (mu.sym_sizes() != outputs.back().sym_sizes()) ctx->saved_data["mu_shape"] = mu.sym_sizes();
   saved.push_back(outputs.back());
   ctx->save_for_backward(saved);
   ctx->mark_non_differentiable({outputs.back()});
   return outputs;
-}
-
-// d loss / d mu of a noise-keeping node: grad_z summed to mu's shape (grad_z itself where they agree).
-at::Tensor mu_grad(AutogradContext* ctx, const at::Tensor& grad_z) {
-  const auto shape = ctx->saved_data.find("mu_shape");
-  return shape == ctx->saved_data.end() ? grad_z : sum_to_shape(grad_z, shape->second.toSymIntVector());
 }
 
 at::Tensor scale_backward_from_noise(const at::Tensor& grad_z, const at::Tensor& scale_param, const at::Tensor& noise,
@@ -174,7 +177,8 @@ class NormalRsampleKeepingNoise : public torch::autograd::Function<NormalRsample
                                c10::SymIntArrayRef sample_shape) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [z, noise] = ops::normal_rsample_keeping_noise().call(mu, scale_param, rng_state, scale, sample_shape);
-    return keep_noise(ctx, scale, mu, {z, noise}, {scale_param});
+    remember_location_shape(ctx, mu, z);
+    return keep_noise(ctx, scale, {z, noise}, {scale_param});
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -182,7 +186,7 @@ class NormalRsampleKeepingNoise : public torch::autograd::Function<NormalRsample
     const at::Tensor &scale_param = saved[0], &noise = saved[1];
     const at::Tensor grad_z = grad_or_zeros(grads[0], [&] { return noise.sym_sizes(); }, scale_param);
     at::Tensor grad_mu, grad_scale;
-    if (ctx->needs_input_grad(0)) grad_mu = mu_grad(ctx, grad_z);
+    if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);
     if (ctx->needs_input_grad(1))
       grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, ctx->saved_data["scale"].toStringRef());
     return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -198,7 +202,7 @@ class NormalRsampleAndKlKeepingNoise : public torch::autograd::Function<NormalRs
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [z, kl, noise] =
         ops::normal_rsample_and_kl_keeping_noise().call(mu, scale_param, rng_state, scale, sample_shape);
-    return keep_noise(ctx, scale, mu, {z, kl, noise}, {mu, scale_param});
+    return keep_noise(ctx, scale, {z, kl, noise}, {mu, scale_param});
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -227,7 +231,8 @@ class NormalRsampleAndLogProbKeepingNoise
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [z, log_q, noise] =
         ops::normal_rsample_and_log_prob_keeping_noise().call(mu, scale_param, rng_state, scale, sample_shape);
-    return keep_noise(ctx, scale, mu, {z, log_q, noise}, {scale_param});
+    remember_location_shape(ctx, mu, z);
+    return keep_noise(ctx, scale, {z, log_q, noise}, {scale_param});
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads);  // below subtract_times_dlog_sigma
@@ -240,18 +245,20 @@ class NormalRsample : public torch::autograd::Function<NormalRsample> {
                             const at::Tensor& rng_state, const std::string& scale, c10::SymIntArrayRef sample_shape) {
     ctx->save_for_backward({scale_param, rng_state});  // inputs only: eps is regenerated
     ctx->saved_data["scale"] = scale;
-    ctx->saved_data["mu_shape"] = mu.sym_sizes();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return ops::normal_rsample().call(mu, scale_param, rng_state, scale, sample_shape);
+    at::Tensor z;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      z = ops::normal_rsample().call(mu, scale_param, rng_state, scale, sample_shape);
+    }
+    remember_location_shape(ctx, mu, z);
+    return z;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad_z = grads[0];
     at::Tensor grad_mu, grad_scale;
-    if (ctx->needs_input_grad(0)) {  // grad_z itself when nothing was broadcast
-      grad_mu = sum_to_shape(grad_z, ctx->saved_data["mu_shape"].toSymIntVector());
-    }
+    if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);  // grad_z itself when nothing was broadcast
     if (ctx->needs_input_grad(1)) {
       grad_scale = scale_backward(grad_z, saved[0], saved[1], ctx->saved_data["scale"].toStringRef());
     }
@@ -421,9 +428,12 @@ class NormalRsampleAndLogProb : public torch::autograd::Function<NormalRsampleAn
                                c10::SymIntArrayRef sample_shape) {
     ctx->save_for_backward({scale_param, rng_state});
     ctx->saved_data["scale"] = scale;
-    ctx->saved_data["mu_shape"] = mu.sym_sizes();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [z, log_q] = ops::normal_rsample_and_log_prob().call(mu, scale_param, rng_state, scale, sample_shape);
+    at::Tensor z, log_q;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(z, log_q) = ops::normal_rsample_and_log_prob().call(mu, scale_param, rng_state, scale, sample_shape);
+    }
+    remember_location_shape(ctx, mu, z);
     return {z, log_q};
   }
 
@@ -433,7 +443,7 @@ class NormalRsampleAndLogProb : public torch::autograd::Function<NormalRsampleAn
     const std::string scale = ctx->saved_data["scale"].toStringRef();
     const at::Tensor &grad_z = grads[0], &grad_log_q = grads[1];  // materialized: zeros where unused
     at::Tensor grad_mu, grad_scale;
-    if (ctx->needs_input_grad(0)) grad_mu = sum_to_shape(grad_z, ctx->saved_data["mu_shape"].toSymIntVector());
+    if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);
     if (ctx->needs_input_grad(1)) {
       grad_scale = scale_backward(grad_z, scale_param, rng_state, scale);
       subtract_times_dlog_sigma(grad_scale, sum_to_shape(grad_log_q, scale_param.sym_sizes()), scale_param,
@@ -466,7 +476,7 @@ variable_list NormalRsampleAndLogProbKeepingNoise::backward(AutogradContext* ctx
   const at::Tensor &scale_param = saved[0], &noise = saved[1];
   const at::Tensor grad_z = grad_or_zeros(grads[0], [&] { return noise.sym_sizes(); }, scale_param), &grad_log_q = grads[1];
   at::Tensor grad_mu, grad_scale;
-  if (ctx->needs_input_grad(0)) grad_mu = mu_grad(ctx, grad_z);  // log q does not move with mu
+  if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);  // log q does not move with mu
   if (ctx->needs_input_grad(1)) {
     const std::string scale = ctx->saved_data["scale"].toStringRef();
     grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, scale);
@@ -507,12 +517,12 @@ class LocScaleRsample : public torch::autograd::Function<LocScaleRsample> {
                             c10::SymIntArrayRef sample_shape) {
     ctx->saved_data["family"] = family;
     ctx->saved_data["scale"] = scale;
-    ctx->saved_data["loc_shape"] = loc.sym_sizes();
     at::Tensor z;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
       z = ops::loc_scale_rsample().call(loc, scale_param, rng_state, family, scale, sample_shape);
     }
+    remember_location_shape(ctx, loc, z);
     ctx->save_for_backward({scale_param, rng_state, family == "lognormal" ? z : at::Tensor()});
     return z;
   }
@@ -522,7 +532,7 @@ class LocScaleRsample : public torch::autograd::Function<LocScaleRsample> {
     const std::string family = ctx->saved_data["family"].toStringRef();
     const at::Tensor grad = family == "lognormal" ? grads[0] * saved[2] : grads[0];
     at::Tensor grad_loc, grad_scale;
-    if (ctx->needs_input_grad(0)) grad_loc = sum_to_shape(grad, ctx->saved_data["loc_shape"].toSymIntVector());
+    if (ctx->needs_input_grad(0)) grad_loc = location_grad(ctx, grad);
     if (ctx->needs_input_grad(1)) {
       const std::string scale = ctx->saved_data["scale"].toStringRef();
       grad_scale = call_backward_op(
