@@ -255,6 +255,51 @@ def saved_noise_sweep(log2_sizes, rounds):
     return rows
 
 
+def distribution_cases():
+    """name -> (ours(loc, raw), torch's(loc, raw)): a drop-in class against the torch class it replaces, built
+    each step as a model builds it (raw is the network's scale output; exp(raw) is the scale)."""
+    rd, td = rt.distributions, torch.distributions
+    return {
+        "Normal": (lambda m, r: rd.Normal(m, r.exp()), lambda m, r: td.Normal(m, r.exp())),
+        "Normal.from_logvar": (lambda m, r: rd.Normal.from_logvar(m, r),
+                               lambda m, r: td.Normal(m, torch.exp(0.5 * r))),
+        "Laplace": (lambda m, r: rd.Laplace(m, r.exp()), lambda m, r: td.Laplace(m, r.exp())),
+        "Cauchy": (lambda m, r: rd.Cauchy(m, r.exp()), lambda m, r: td.Cauchy(m, r.exp())),
+        "Gumbel": (lambda m, r: rd.Gumbel(m, r.exp()), lambda m, r: td.Gumbel(m, r.exp())),
+        "LogNormal": (lambda m, r: rd.LogNormal(m, r.exp()), lambda m, r: td.LogNormal(m, r.exp())),
+    }
+
+
+def distribution_sweep(log2_sizes, rounds):
+    """The drop-in classes as a model uses them: build the distribution, rsample, torch.autograd.grad to the
+    parameters, against torch's class the same way, validate_args on (torch's default). At these sizes building
+    the object costs as much as the sample (docs/performance.md, "The drop-in classes' constructors")."""
+    rows = []
+    # torch's default, which dynamo turns off once anything is compiled in the process (the compile
+    # provider above): the drop-in classes' check is part of what is compared
+    validating = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    try:
+        _distribution_rows(log2_sizes, rounds, rows)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validating)
+    return rows
+
+
+def _distribution_rows(log2_sizes, rounds, rows):
+    for case, (ours, theirs) in distribution_cases().items():
+        for log2 in log2_sizes:
+            loc, raw = (p.requires_grad_() for p in _gaussian_params(2**log2))
+            grad = torch.randn(2**log2)
+            calls = {name: (lambda build: lambda: torch.autograd.grad(build(loc, raw).rsample(), (loc, raw), grad))(build)
+                     for name, build in (("rtrick_ops", ours), ("torch", theirs))}
+            for call in calls.values():
+                call()
+            times = harness.measure_alternating(calls, rounds, {name: block_size(call) for name, call in calls.items()})
+            best = {name: 1e6 * min(seconds) for name, seconds in times.items()}
+            rows.append({"case": case, "numel": 2**log2, "ours_us": best["rtrick_ops"], "torch_us": best["torch"]})
+
+
 def write_plot(path, rows, threads_list):
     from plotting import line_chart
 
@@ -285,6 +330,8 @@ def main(argv=None):
     parser.add_argument("--noise-sweep-sizes", default="11,12,14,16,18,20",
                         help="log2 sizes of the saved-or-regenerated noise sweep, 1 thread (empty skips it; "
                              "quick: 11,14)")
+    parser.add_argument("--distribution-sizes", default="11,12,14,16",
+                        help="log2 sizes of the drop-in classes' sweep, 1 thread (empty skips it; quick: 11)")
     parser.add_argument("--saved-noise-limit", type=int,
                         help="rt.set_saved_noise_limit for the run (0: every backward regenerates its noise)")
     parser.add_argument("--quick", action="store_true", help="four sizes, few rounds, for smoke tests")
@@ -335,17 +382,26 @@ def main(argv=None):
             print(f"{threads_list[0]} thr  2^{row['numel'].bit_length() - 1:<2d} {row['case']:22s} fwd+bwd  noise saved "
                   f"{row['saved_us']:9.1f} us {row['eager_us'] / row['saved_us']:5.2f}x eager, regenerated "
                   f"{row['regenerated_us']:9.1f} us {row['eager_us'] / row['regenerated_us']:5.2f}x", flush=True)
+    dist_rows = []
+    dist_sizes = "11" if args.quick else args.distribution_sizes
+    if dist_sizes:
+        torch.set_num_threads(threads_list[0])
+        dist_rows = distribution_sweep([int(s) for s in dist_sizes.split(",")], rounds)
+        for row in dist_rows:
+            print(f"{threads_list[0]} thr  2^{row['numel'].bit_length() - 1:<2d} distributions.{row['case']:18s} "
+                  f"build+rsample+grad {row['ours_us']:9.1f} us  {row['torch_us'] / row['ours_us']:5.2f}x torch's class",
+                  flush=True)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "bench_small_cpu")
     per_thread = [{**environment, **row, "threads": row["threads"]} for row in rows]
     harness.append_csv(stem + ".csv", {}, per_thread, CSV_COLUMNS)
-    write_markdown(stem + ".md", environment, rows, fixed, threads_list, sizes, isa_rows, noise_rows)
+    write_markdown(stem + ".md", environment, rows, fixed, threads_list, sizes, isa_rows, noise_rows, dist_rows)
     write_plot(stem + ".png", rows, threads_list)
     print(f"results written to {stem}.csv, {stem}.md and {stem}.png")
     return rows, fixed
 
 
-def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows=(), noise_rows=()):
+def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows=(), noise_rows=(), dist_rows=()):
     lines = ["# rtrick_ops at small sizes (CPU)", "",
              f"{environment['timestamp']} | {harness.cpu_environment_line(environment)}", "",
              "float32, parameters requiring grad. Per-call time of the fastest of several blocks timed in alternation with "
@@ -398,6 +454,17 @@ def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows
                   f"{r['eager_us'] / r['saved_us']:.2f} | {r['regenerated_us']:.1f} | "
                   f"{r['eager_us'] / r['regenerated_us']:.2f} | {r['regenerated_us'] / r['saved_us']:.2f} | "
                   f"{r['saved_bytes']} | {r['regenerated_bytes']} | {r['eager_bytes']} |" for r in noise_rows]
+    if dist_rows:
+        lines += ["", f"## The drop-in classes (build, rsample, grad; {threads_list[0]} thread(s))", "",
+                  "rt.distributions.X against torch.distributions.X, each built every step from (loc, raw) as a model "
+                  "builds it, then rsample and torch.autograd.grad to loc and raw; validate_args on (torch's default "
+                  "before anything is compiled). Above 1: ours is faster.", "",
+                  "| class | " + " | ".join(f"2^{r['numel'].bit_length() - 1}" for r in dist_rows
+                                           if r["case"] == dist_rows[0]["case"]) + " |",
+                  "|---|" + "---:|" * sum(r["case"] == dist_rows[0]["case"] for r in dist_rows)]
+        for case in dict.fromkeys(r["case"] for r in dist_rows):
+            lines.append(f"| {case} | " + " | ".join(f"{r['torch_us'] / r['ours_us']:.2f} ({r['ours_us']:.0f} us)"
+                                                      for r in dist_rows if r["case"] == case) + " |")
     with open(path, "w") as file:
         file.write("\n".join(lines) + "\n")
 

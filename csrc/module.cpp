@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <mutex>
@@ -85,7 +86,7 @@ bool plain_cpu_tensor(const at::Tensor& t) {
 // 2^22 tensor took a third of the fused forward's time as a scalar loop).
 constexpr int64_t kDomainCheckGrain = int64_t(1) << 16;
 
-std::optional<bool> domain_violated(const at::Tensor& t, bool positive) {
+std::optional<bool> domain_violated(const at::Tensor& t, rtrick::cpu::ValueDomain domain) {
   const bool f64 = t.scalar_type() == at::kDouble;
   if (!f64 && t.scalar_type() != at::kFloat) return std::nullopt;
   const auto& kernels = rtrick::cpu::active_row_kernels();
@@ -94,10 +95,15 @@ std::optional<bool> domain_violated(const at::Tensor& t, bool positive) {
   std::atomic<bool> outside{false};
   at::parallel_for(0, t.numel(), kDomainCheckGrain, [&](int64_t begin, int64_t end) {
     if (!outside.load(std::memory_order_relaxed) &&
-        kernels.outside_domain(f64, values + begin * item, end - begin, positive))
+        kernels.outside_domain(f64, values + begin * item, end - begin, static_cast<int32_t>(domain)))
       outside.store(true, std::memory_order_relaxed);
   });
   return outside.load();
+}
+
+// The domain of a scale parameter: above 0 ("sigma", "rate") or above -inf (the others).
+rtrick::cpu::ValueDomain scale_domain(bool positive) {
+  return positive ? rtrick::cpu::ValueDomain::ScalePositive : rtrick::cpu::ValueDomain::ScaleAboveNegInf;
 }
 
 // scale_domain_violated(tensor, positive): whether a contiguous float32/float64 CPU
@@ -113,7 +119,37 @@ PyObject* scale_domain_violated(PyObject*, PyObject* args) {
   if (!THPVariable_Check(tensor_obj)) Py_RETURN_NONE;
   const at::Tensor& t = THPVariable_Unpack(tensor_obj);
   if (!plain_cpu_tensor(t)) Py_RETURN_NONE;  // a vmap BatchedTensor, a subclass, meta, CUDA, strided: Python checks
-  const std::optional<bool> bad = domain_violated(t, positive != 0);
+  const std::optional<bool> bad = domain_violated(t, scale_domain(positive != 0));
+  if (!bad) Py_RETURN_NONE;
+  if (*bad) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+  END_HANDLE_TH_ERRORS
+}
+
+// constraint_violated(tensor, name): whether a contiguous float32/float64 CPU tensor breaks
+// torch.distributions' constraint `name`, "real" (a NaN) or "positive" (a value not above 0, NaN
+// included), in one pass without allocating; None for any other tensor. torch's constraint.check
+// builds a bool tensor and reduces it, a sync and three dispatched ops per parameter; the drop-in
+// distributions ask this first and run torch's check only where it says True or None, so that
+// torch's message is the one raised.
+PyObject* constraint_violated(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject* tensor_obj = nullptr;
+  const char* name = nullptr;
+  if (!PyArg_ParseTuple(args, "Os", &tensor_obj, &name)) return nullptr;
+  rtrick::cpu::ValueDomain domain;
+  if (std::strcmp(name, "real") == 0) {
+    domain = rtrick::cpu::ValueDomain::Real;
+  } else if (std::strcmp(name, "positive") == 0) {
+    domain = rtrick::cpu::ValueDomain::Positive;
+  } else {
+    PyErr_Format(PyExc_ValueError, "constraint_violated: name must be 'real' or 'positive', got '%s'", name);
+    return nullptr;
+  }
+  if (!THPVariable_Check(tensor_obj)) Py_RETURN_NONE;
+  const at::Tensor& t = THPVariable_Unpack(tensor_obj);
+  if (!plain_cpu_tensor(t)) Py_RETURN_NONE;
+  const std::optional<bool> bad = domain_violated(t, domain);
   if (!bad) Py_RETURN_NONE;
   if (*bad) Py_RETURN_TRUE;
   Py_RETURN_FALSE;
@@ -262,7 +298,7 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
 #undef RT_DOMAIN
   if (!known) Py_RETURN_NONE;
   if (mu.scalar_type() != at::kFloat && mu.scalar_type() != at::kDouble) Py_RETURN_NONE;
-  if (validate && *domain_violated(sp, positive)) Py_RETURN_NONE;  // the Python check reports it
+  if (validate && *domain_violated(sp, scale_domain(positive))) Py_RETURN_NONE;  // the Python check reports it
   const std::optional<at::Tensor> rng_state = fast_rng_state(seed_obj);
   if (!rng_state) Py_RETURN_NONE;
   const at::Tensor& state = *rng_state;
@@ -394,6 +430,8 @@ PyMethodDef methods[] = {
      "gumbel_softmax in the common CPU case, or None."},
     {"scale_domain_violated", scale_domain_violated, METH_VARARGS,
      "Whether a CPU tensor leaves its scale's domain, or None where Python must check."},
+    {"constraint_violated", constraint_violated, METH_VARARGS,
+     "Whether a plain CPU tensor breaks torch.distributions' constraint 'real' or 'positive' (None: not checked)"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "rtrick_ops compiled operators", -1, methods};

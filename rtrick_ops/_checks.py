@@ -19,6 +19,9 @@ is_compiling = torch.compiler.is_compiling
 # The scale-domain check in C++ (csrc/module.cpp): one pass over a contiguous float32/float64 CPU tensor,
 # no allocation, about 0.2 us instead of three torch ops and a sync (5-10 us). None without _C.
 _scale_domain_violated = None
+# torch.distributions' constraints `real` and `positive` checked the same way (the drop-in classes'
+# parameter validation): True, False, or None where the tensor is not one it reads. None without _C.
+constraint_violated = None
 _CUDA_BUILD = torch.version.cuda is not None or torch.version.hip is not None
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -26,8 +29,9 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 def use_compiled(compiled):
     """Take the compiled checks from rtrick_ops._C (called by _library once it has loaded and verified _C)."""
-    global _scale_domain_violated
+    global _scale_domain_violated, constraint_violated
     _scale_domain_violated = getattr(compiled, "scale_domain_violated", None)
+    constraint_violated = getattr(compiled, "constraint_violated", None)
 
 
 def check_param(value, name):

@@ -14,18 +14,75 @@ the scale transform and keeps nothing of the sample's size for backward.
     d = RelaxedOneHotCategorical(temperature, logits=logits)               # fused Gumbel-Softmax
 
 The location-scale classes other than Normal compute `scale` from the
-unconstrained parameter when built with a from_* constructor (torch's own
-__init__ needs it), but rsample passes the unconstrained parameter to the
-kernel, so the sample and its gradient do not go through that exp.
+unconstrained parameter when built with a from_* constructor (the parameter
+check and log_prob read it), but rsample passes the unconstrained parameter
+to the kernel, so the sample and its gradient do not go through that exp.
+
+Building one costs less than building torch's class (docs/performance.md,
+"The drop-in classes' constructors"): the parameter check is one C++ pass per
+parameter, parameters of one shape are kept as they are instead of as
+broadcast aliases, and the transformed classes build their base distribution
+and transforms only when log_prob, cdf, icdf, entropy or expand need them.
+The values, gradients, errors and validation flags are torch's.
 """
 import math
+import numbers
 
 import torch
-from torch.distributions.utils import broadcast_all
+from torch.distributions import constraints
+from torch.distributions.utils import broadcast_all, lazy_property
 
+from . import _checks
 from ._math import check_scale, sigma_of
 from . import family, gamma, gumbel
 from .normal import normal_rsample
+
+# The constraints the C++ scan checks (_C.constraint_violated), by the name it takes.
+_SCANNED_CONSTRAINTS = ((constraints.real, "real"), (constraints.positive, "positive"))
+
+
+def _parameters_pass_scan(dist):
+    """Whether the C++ scan finds every parameter torch's check would read inside its constraint. False where
+    it finds one outside, or cannot read one (not a contiguous float32/float64 CPU tensor, a constraint it does
+    not know, no _C, torch.compile tracing): then torch's own check decides."""
+    scan = _checks.constraint_violated
+    if scan is None or _checks.is_compiling():
+        return False
+    for param, constraint in dist.arg_constraints.items():
+        # the parameters torch's Distribution.__init__ skips, skipped alike
+        if constraints.is_dependent(constraint):
+            continue
+        if param not in dist.__dict__ and isinstance(getattr(type(dist), param), lazy_property):
+            continue
+        name = next((n for known, n in _SCANNED_CONSTRAINTS if constraint is known), None)
+        if name is None or scan(getattr(dist, param), name) is not False:
+            return False
+    return True
+
+
+def _validate_after_init(dist, validate_args):
+    """For a distribution whose torch __init__ ran with validate_args=False: the state and the check that
+    torch's Distribution.__init__ would have given it with validate_args.
+
+    torch's check costs three dispatched ops, an allocation and a sync per parameter (14 us for a Normal at
+    2^11 elements, 43 us at 2^14); the C++ scan one pass. torch's check runs where the scan finds a value
+    outside or cannot read a tensor, so the verdicts and the error message are torch's."""
+    if validate_args is None:
+        del dist._validate_args  # back to the class default, read at each use, as torch leaves it
+    else:
+        dist._validate_args = validate_args
+    if dist._validate_args and not _parameters_pass_scan(dist):
+        dist._torch_check(validate_args)
+
+
+def _broadcast(*values):
+    """broadcast_all(*values), but the values themselves where they are already plain tensors of one shape:
+    broadcast_tensors would return an alias of each, one more autograd node per parameter that every backward
+    walks (about 10 us of a Normal's fwd+bwd step at a VAE's sizes). The values and gradients are the same."""
+    shape = values[0].shape if type(values[0]) in _checks.PLAIN_TENSORS else None
+    if shape is not None and all(type(v) in _checks.PLAIN_TENSORS and v.shape == shape for v in values):
+        return values
+    return broadcast_all(*values)
 
 
 # ------------------------------------------------ shared by the classes
@@ -43,6 +100,12 @@ class _Fused:
         with torch.no_grad():
             return self.rsample(sample_shape, generator=generator)
 
+    def _torch_check(self, validate_args):
+        """torch's parameter check, where the C++ scan cannot confirm the parameters (_validate_after_init):
+        it raises torch's error, or passes where the scan could not read a tensor."""
+        torch.distributions.Distribution.__init__(self, self.batch_shape, self.event_shape,
+                                                  validate_args=validate_args)
+
 
 class _KeepsScaleParam(_Fused):
     """A class that may hold its scale as an unconstrained parameter (_scale_param, under the
@@ -53,6 +116,56 @@ class _KeepsScaleParam(_Fused):
         new._scale_param = None if self._scale_param is None else self._scale_param.expand(torch.Size(batch_shape))
         new._scale_kind = self._scale_kind
         return new
+
+
+class _TransformedOnUse:
+    """The classes torch builds as a TransformedDistribution (Gumbel, LogNormal; Logistic): base_dist and
+    transforms are built on first use instead of in __init__. rsample needs neither, and building them (for
+    Gumbel a Uniform over two full_like tensors, four transforms and the checks) took longer than the sample
+    itself at a VAE's sizes. log_prob, cdf, icdf, entropy and expand build them, as torch's __init__ would
+    have: the base distribution gets the validate_args the constructor was given."""
+
+    has_rsample = True  # torch's property asks the base distribution, which for these classes says True
+    _torch_class = None  # the torch class whose __init__ builds the parts (unvalidated: already checked)
+
+    def _build_transformed_parts(self):
+        twin = self._torch_class(self.loc, self.scale, validate_args=False)
+        return twin.base_dist, twin.transforms
+
+    def _torch_check(self, validate_args):
+        if self._torch_class is None:
+            return super()._torch_check(validate_args)
+        # torch's whole __init__, parts included: its base distribution checks the parameters first
+        # (LogNormal's message names the base Normal), and the parts it builds are kept
+        self._torch_class.__init__(self, self.loc, self.scale, validate_args=validate_args)
+
+    def _transformed_part(self, name):
+        if name not in self.__dict__:
+            base, transforms = self._build_transformed_parts()
+            given = self.__dict__.get("_given_validate_args")
+            if given is None:
+                base.__dict__.pop("_validate_args", None)  # the class default, as torch leaves it
+            else:
+                base._validate_args = given
+            self.__dict__.setdefault("_base_dist", base)
+            self.__dict__.setdefault("_transforms", transforms)
+        return self.__dict__[name]
+
+    @property
+    def base_dist(self):
+        return self._transformed_part("_base_dist")
+
+    @base_dist.setter
+    def base_dist(self, value):  # TransformedDistribution.expand assigns it
+        self.__dict__["_base_dist"] = value
+
+    @property
+    def transforms(self):
+        return self._transformed_part("_transforms")
+
+    @transforms.setter
+    def transforms(self, value):
+        self.__dict__["_transforms"] = value
 
 
 class _FusedLocScale(_KeepsScaleParam):
@@ -66,15 +179,24 @@ class _FusedLocScale(_KeepsScaleParam):
     _sampler = None
 
     def __init__(self, loc, scale, validate_args=None, *, seed=None, backend="auto"):
+        # torch's __init__ of these classes, built here: broadcast_all without aliases where nothing
+        # broadcasts (_broadcast), the parameter check scanned in C++ (_validate_after_init), and for the
+        # transformed classes (Gumbel, LogNormal, Logistic) no base distribution or transforms until used
+        # (_TransformedOnUse). torch's own __init__ is not called: the state it leaves is set here.
         self._scale_param, self._scale_kind = None, "sigma"
         self._seed, self._backend = seed, backend
-        super().__init__(loc, scale, validate_args=validate_args)
+        self._given_validate_args = validate_args  # what a transformed class hands its base distribution
+        self.loc, self.scale = _broadcast(loc, scale)
+        plain_numbers = isinstance(loc, numbers.Number) and isinstance(scale, numbers.Number)  # torch's rule
+        torch.distributions.Distribution.__init__(self, torch.Size() if plain_numbers else self.loc.size(),
+                                                  validate_args=False)
+        _validate_after_init(self, validate_args)
 
     @classmethod
     def from_scale_param(cls, loc, scale_param, scale="log_sigma", validate_args=None, *, seed=None, backend="auto"):
         """The distribution with scale sigma(scale_param) under the parameterization `scale`."""
         check_scale(scale)
-        loc, scale_param = broadcast_all(loc, scale_param)
+        loc, scale_param = _broadcast(loc, scale_param)
         return cls._with_scale_param(loc, scale_param, scale, validate_args, seed, backend)
 
     @classmethod
@@ -118,30 +240,34 @@ class Normal(_FusedLocScale, torch.distributions.Normal):
     def _with_scale_param(cls, loc, scale_param, scale, validate_args, seed, backend):
         # torch's Normal needs no scale to exist: it is computed on first use.
         new = cls.__new__(cls)
-        new.loc, new._scale, new._scale_param, new._scale_kind = loc, None, scale_param, scale
+        new.loc, new._scale_param, new._scale_kind = loc, scale_param, scale
         new._seed, new._backend = seed, backend
-        torch.distributions.Distribution.__init__(new, loc.size(), validate_args=validate_args)
+        torch.distributions.Distribution.__init__(new, loc.size(), validate_args=False)
+        _validate_after_init(new, validate_args)
         return new
 
     @classmethod
     def from_logvar(cls, loc, logvar, validate_args=None, **kwargs):
         return cls.from_scale_param(loc, logvar, "logvar", validate_args, **kwargs)
 
+    # The scale is kept in __dict__["scale"], where torch's Normal keeps it, so that repr (and with it
+    # the parameter check's message) lists it as torch's does once it exists.
     @property
     def scale(self):
-        if self._scale is None:  # computed on first use from the unconstrained parameter
-            self._scale = sigma_of(self._scale_param, self._scale_kind)
-        return self._scale
+        if self.__dict__.get("scale") is None:  # computed on first use from the unconstrained parameter
+            self.__dict__["scale"] = sigma_of(self._scale_param, self._scale_kind)
+        return self.__dict__["scale"]
 
     @scale.setter
-    def scale(self, value):  # torch's __init__ and expand assign it
-        self._scale = value
+    def scale(self, value):  # __init__ and expand assign it
+        self.__dict__["scale"] = value
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(Normal, _instance)
         batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape)
-        new._scale = None if self._scale is None else self._scale.expand(batch_shape)
+        built = self.__dict__.get("scale")
+        new.scale = None if built is None else built.expand(batch_shape)
         new._scale_param = None if self._scale_param is None else self._scale_param.expand(batch_shape)
         new._scale_kind, new._seed, new._backend = self._scale_kind, self._seed, self._backend
         torch.distributions.Distribution.__init__(new, batch_shape, validate_args=False)
@@ -169,22 +295,43 @@ class Cauchy(_FusedLocScale, torch.distributions.Cauchy):
     _sampler = staticmethod(family.cauchy_rsample)
 
 
-class Gumbel(_FusedLocScale, torch.distributions.Gumbel):
+class Gumbel(_TransformedOnUse, _FusedLocScale, torch.distributions.Gumbel):
     """torch.distributions.Gumbel with a fused reparameterized sampler."""
+
+    _torch_class = torch.distributions.Gumbel
 
     _sampler = staticmethod(family.gumbel_rsample)
 
 
-class LogNormal(_FusedLocScale, torch.distributions.LogNormal):
+class LogNormal(_TransformedOnUse, _FusedLocScale, torch.distributions.LogNormal):
     """torch.distributions.LogNormal with a fused sampler: exp(mu + sigma * eps) in one kernel.
 
     `from_log_scale(mu, log_sigma)` takes the log of the underlying Normal's scale.
     """
 
     _sampler = staticmethod(family.lognormal_rsample)
+    _torch_class = torch.distributions.LogNormal
+
+    # torch's LogNormal reads loc and scale from its base Normal; here they are the parameters themselves,
+    # and the base Normal's only where an expand built the base without them.
+    @property
+    def loc(self):
+        return self.__dict__["_loc"] if "_loc" in self.__dict__ else self.base_dist.loc
+
+    @loc.setter
+    def loc(self, value):
+        self.__dict__["_loc"] = value
+
+    @property
+    def scale(self):
+        return self.__dict__["_scale"] if "_scale" in self.__dict__ else self.base_dist.scale
+
+    @scale.setter
+    def scale(self, value):
+        self.__dict__["_scale"] = value
 
 
-class Logistic(_FusedLocScale, torch.distributions.TransformedDistribution):
+class Logistic(_TransformedOnUse, _FusedLocScale, torch.distributions.TransformedDistribution):
     """The logistic distribution, loc + scale * log(u / (1 - u)), with a fused sampler.
 
     torch has no Logistic class; this is the TransformedDistribution its
@@ -196,17 +343,11 @@ class Logistic(_FusedLocScale, torch.distributions.TransformedDistribution):
     arg_constraints = {"loc": torch.distributions.constraints.real,
                        "scale": torch.distributions.constraints.positive}
     support = torch.distributions.constraints.real
-    has_rsample = True
 
-    def __init__(self, loc, scale, validate_args=None, *, seed=None, backend="auto"):
-        self._scale_param, self._scale_kind = None, "sigma"
-        self._seed, self._backend = seed, backend
-        self.loc, self.scale = broadcast_all(loc, scale)
-        base = torch.distributions.Uniform(torch.zeros_like(self.loc), torch.ones_like(self.loc),
-                                           validate_args=validate_args)
-        transforms = [torch.distributions.SigmoidTransform().inv,
+    def _build_transformed_parts(self):
+        base = torch.distributions.Uniform(torch.zeros_like(self.loc), torch.ones_like(self.loc), validate_args=False)
+        return base, [torch.distributions.SigmoidTransform().inv,
                       torch.distributions.AffineTransform(self.loc, self.scale)]
-        torch.distributions.TransformedDistribution.__init__(self, base, transforms, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
@@ -245,7 +386,8 @@ class Exponential(_Fused, torch.distributions.Exponential):
 
     def __init__(self, rate, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = seed, backend
-        super().__init__(rate, validate_args=validate_args)
+        super().__init__(rate, validate_args=False)  # torch's __init__ then its check, scanned
+        _validate_after_init(self, validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         return family.exponential_rsample(self.rate, sample_shape=tuple(sample_shape), seed=self._seed,
@@ -262,7 +404,10 @@ class HalfNormal(_KeepsScaleParam, torch.distributions.HalfNormal):
     def __init__(self, scale, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = seed, backend
         self._scale_param, self._scale_kind = None, "sigma"
-        super().__init__(scale, validate_args=validate_args)
+        # torch's base Normal never validates, so its __init__ with validation off then the scanned check
+        # leaves the same state
+        super().__init__(scale, validate_args=False)
+        _validate_after_init(self, validate_args)
 
     @classmethod
     def from_scale_param(cls, scale_param, scale="log_sigma", validate_args=None, *, seed=None, backend="auto"):
@@ -331,7 +476,8 @@ class Gamma(_Fused, torch.distributions.Gamma):
 
     def __init__(self, concentration, rate, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = seed, backend
-        super().__init__(concentration, rate, validate_args=validate_args)
+        super().__init__(concentration, rate, validate_args=False)  # torch's __init__ then its check, scanned
+        _validate_after_init(self, validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         return gamma.gamma_rsample(self.concentration, self.rate, sample_shape=tuple(sample_shape), seed=self._seed,

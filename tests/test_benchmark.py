@@ -80,6 +80,7 @@ def test_small_size_benchmark_quick_run_writes_results(tmp_path):
     assert all(float(row["best_us"]) > 0 and float(row["speedup_vs_eager"]) > 0 for row in rows)
     text = (tmp_path / "bench_small_cpu.md").read_text()
     assert "torch.exp" in text and "| normal_rsample | fwd+bwd |" in text and "isa" in text
+    assert "## The drop-in classes" in text and "| LogNormal | " in text
     assert (tmp_path / "bench_small_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -31,6 +31,17 @@ struct NoiseCache {
   alignas(64) float eps[kNoiseBlock];
 };
 
+// The value sets a parameter check scans for (outside_domain). The first two are the scale
+// parameters' domains, where NaN is inside: it propagates (docs/usage.md, value policy). The last
+// two are torch.distributions' constraints `real` and `positive`, where NaN is outside, as torch's
+// own check has it (the drop-in classes raise torch's error for it).
+enum class ValueDomain : int32_t {
+  ScalePositive = 0,     // v > 0 or NaN: scale "sigma", "rate"
+  ScaleAboveNegInf = 1,  // v > -inf or NaN: "log_sigma", "logvar", "softplus"
+  Real = 2,              // v == v
+  Positive = 3,          // 0 < v
+};
+
 // One row of an elementwise formula: outputs are contiguous, inputs strided
 // (stride 0 broadcasts). Unused inputs and outputs may be null.
 // The noise of a row is the stream's unless `noise_in` is set: then it is read
@@ -75,9 +86,9 @@ struct RowKernels {
                           float* out);
   // float Dirichlet rows from their log-Gammas, in place (gamma.h, dirichlet_row_from_logs).
   void (*dirichlet_from_logs)(float* logs, int64_t rows, int64_t k_count, float tiny);
-  // Whether values[0..len) (double when f64, float otherwise) leave a scale's domain: a value <= 0
-  // when positive, -inf otherwise. NaN is inside: it propagates (docs/usage.md, value policy).
-  bool (*outside_domain)(bool f64, const void* values, int64_t len, bool positive);
+  // Whether any of values[0..len) (double when f64, float otherwise) lies outside `domain` (a
+  // ValueDomain value).
+  bool (*outside_domain)(bool f64, const void* values, int64_t len, int32_t domain);
   // terms[j] = grad[j] * dz/dalpha of Gamma(alpha[j]) at z[j] (gamma.h's gamma_grad_term, the same bits).
   void (*gamma_grad_terms)(const double* grad, const double* alpha, const double* z, int64_t len, double* terms);
   // terms_a[j], terms_b[j] = grad[j] * (dz/da, dz/db) of Beta(a[j], b[j]) at z[j] (gamma.h's beta_grad_term, the

@@ -754,24 +754,36 @@ void dirichlet_grad_terms_entry(const double* w, const double* alpha, const doub
       [&](int64_t j, const Grad2& dz) { out[j] = w[j] * dirichlet_from_beta_grad(dz.a, z[j]); });
 }
 
-// Whether any v[j] <= bound, NaN never: bound 0 for a positive domain, -inf for one open below. An
-// integer OR over fixed blocks, so that it vectorises (GCC 12 leaves a bool |= reduction scalar: a
-// compare and a branch per element, most of a small call's time); a block's verdict ends the scan.
-template <typename T>
-bool any_at_or_below(const T* v, int64_t len, T bound) {
+// Whether outside(v[j]) for any j. An integer OR over fixed blocks, so that it vectorises (GCC 12
+// leaves a bool |= reduction scalar: a compare and a branch per element, most of a small call's
+// time); a block's verdict ends the scan.
+template <typename T, typename Outside>
+bool any_outside(const T* v, int64_t len, Outside outside) {
   constexpr int64_t kBlock = 2048;
   for (int64_t start = 0; start < len; start += kBlock) {
     const int64_t end = len - start < kBlock ? len : start + kBlock;
     uint32_t hits = 0;
-    for (int64_t j = start; j < end; ++j) hits |= static_cast<uint32_t>(v[j] <= bound);
+    for (int64_t j = start; j < end; ++j) hits |= static_cast<uint32_t>(outside(v[j]));
     if (hits != 0) return true;
   }
   return false;
 }
 
-bool outside_domain_entry(bool f64, const void* values, int64_t len, bool positive) {
-  if (f64) return any_at_or_below(static_cast<const double*>(values), len, positive ? 0.0 : -inf_of(0.0));
-  return any_at_or_below(static_cast<const float*>(values), len, positive ? 0.0f : -inf_of(0.0f));
+template <typename T>
+bool outside_domain_of(const T* v, int64_t len, ValueDomain domain) {
+  switch (domain) {
+    case ValueDomain::ScalePositive: return any_outside(v, len, [](T x) { return x <= T(0); });
+    case ValueDomain::ScaleAboveNegInf: return any_outside(v, len, [](T x) { return x <= -inf_of(x); });
+    case ValueDomain::Real: return any_outside(v, len, [](T x) { return x != x; });
+    case ValueDomain::Positive: return any_outside(v, len, [](T x) { return !(T(0) < x); });
+  }
+  return true;  // not a domain: the caller's torch check decides
+}
+
+bool outside_domain_entry(bool f64, const void* values, int64_t len, int32_t domain) {
+  const ValueDomain d = static_cast<ValueDomain>(domain);
+  if (f64) return outside_domain_of(static_cast<const double*>(values), len, d);
+  return outside_domain_of(static_cast<const float*>(values), len, d);
 }
 
 }  // namespace

@@ -416,22 +416,31 @@ void run_gamma(const RowKernels& k) {
     k.dirichlet_from_logs(logs.data(), rows, k_count, tiny);
     emit("dirichlet_from_logs/k" + std::to_string(k_count), kF32, logs.data(), logs.size() * 4);
   }
-  // outside_domain over values with and without a value at or below the bound
+  // outside_domain over values with and without a value outside each domain
+  constexpr int32_t kScalePositive = 0, kScaleAboveNegInf = 1, kReal = 2, kPositive = 3;  // ValueDomain
   std::vector<float> vf = cast_values<float>(test_values(77, 5000, true));
   std::vector<double> vd = test_values(78, 5000, true);
-  unsigned char verdicts[8];
-  verdicts[0] = k.outside_domain(false, vf.data(), 5000, true);
-  verdicts[1] = k.outside_domain(true, vd.data(), 5000, true);
-  verdicts[2] = k.outside_domain(false, vf.data(), 5000, false);
+  unsigned char verdicts[14];
+  verdicts[0] = k.outside_domain(false, vf.data(), 5000, kScalePositive);
+  verdicts[1] = k.outside_domain(true, vd.data(), 5000, kScalePositive);
+  verdicts[2] = k.outside_domain(false, vf.data(), 5000, kScaleAboveNegInf);
+  verdicts[8] = k.outside_domain(false, vf.data(), 5000, kReal);
+  verdicts[9] = k.outside_domain(true, vd.data(), 5000, kPositive);
   vf[4321] = 0.0f;
   vd[2222] = -1.0;
-  verdicts[3] = k.outside_domain(false, vf.data(), 5000, true);
-  verdicts[4] = k.outside_domain(true, vd.data(), 5000, true);
+  verdicts[3] = k.outside_domain(false, vf.data(), 5000, kScalePositive);
+  verdicts[4] = k.outside_domain(true, vd.data(), 5000, kScalePositive);
+  verdicts[10] = k.outside_domain(false, vf.data(), 5000, kPositive);
   vf[17] = -1.0f / 0.0f;
-  verdicts[5] = k.outside_domain(false, vf.data(), 5000, false);
-  verdicts[6] = k.outside_domain(false, vf.data(), 3, true);
-  verdicts[7] = k.outside_domain(true, vd.data(), 0, true);
-  emit("outside_domain", kBytes, verdicts, 8);
+  verdicts[5] = k.outside_domain(false, vf.data(), 5000, kScaleAboveNegInf);
+  verdicts[6] = k.outside_domain(false, vf.data(), 3, kScalePositive);
+  verdicts[7] = k.outside_domain(true, vd.data(), 0, kScalePositive);
+  vf[4999] = 0.0f / 0.0f;
+  vd[3] = 0.0 / 0.0;
+  verdicts[11] = k.outside_domain(false, vf.data(), 5000, kReal);
+  verdicts[12] = k.outside_domain(true, vd.data(), 5000, kReal);
+  verdicts[13] = k.outside_domain(true, vd.data(), 4, kPositive);
+  emit("outside_domain", kBytes, verdicts, 14);
 
   // The implicit gradients (double): z drawn from the concentrations it is the gradient at.
   const int64_t glen = 400;

@@ -1,0 +1,243 @@
+"""The drop-in classes' constructors against torch's (docs/performance.md, "The drop-in classes' constructors").
+
+The location-scale classes are built without torch's __init__: parameters of one shape kept as they are
+(no broadcast aliases), the parameter check scanned in C++ (_C.constraint_violated), and for the classes
+torch builds as a TransformedDistribution (Gumbel, LogNormal, and our Logistic) the base distribution and
+transforms built on first use. Exponential, HalfNormal and Gamma run torch's __init__ with validation off
+and the scanned check after it. What must not change: which parameters are rejected, the error and its
+message, the validation flags left on the object and its base distribution (including "follow the global
+default" for validate_args=None), and everything log_prob, cdf, icdf, entropy, expand and the sample give.
+"""
+import math
+
+import pytest
+import torch
+
+import rtrick_ops as rt
+import rtrick_ops.distributions as rd
+from rtrick_ops import _checks
+
+D = torch.distributions
+TWO_PARAMETER = [(rd.Normal, D.Normal), (rd.Laplace, D.Laplace), (rd.Cauchy, D.Cauchy), (rd.Gumbel, D.Gumbel),
+                 (rd.LogNormal, D.LogNormal), (rd.Gamma, D.Gamma)]
+ONE_PARAMETER = [(rd.Exponential, D.Exponential), (rd.HalfNormal, D.HalfNormal)]
+TRANSFORMED = [(rd.Gumbel, D.Gumbel), (rd.LogNormal, D.LogNormal)]
+
+
+def _logistic_torch(loc, scale, validate_args=None):
+    """The TransformedDistribution torch's documentation builds, which rd.Logistic stands for."""
+    base = D.Uniform(torch.zeros_like(loc), torch.ones_like(loc), validate_args=validate_args)
+    return D.TransformedDistribution(base, [D.SigmoidTransform().inv, D.AffineTransform(loc, scale)],
+                                     validate_args=validate_args)
+
+
+def _build(cls, *params, **kwargs):
+    return cls(*params, **kwargs)
+
+
+def _error(make):
+    try:
+        make()
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _validation_flag(dist):
+    """The instance's own _validate_args, or 'class default' where torch leaves none."""
+    return dist.__dict__.get("_validate_args", "class default")
+
+
+@pytest.fixture
+def default_validation():
+    saved = D.Distribution._validate_args
+    yield
+    D.Distribution.set_default_validate_args(saved)
+
+
+def _bad_parameters(dtype):
+    """(first parameter, second parameter) pairs torch's check rejects or accepts, of several kinds of layout."""
+    good = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=dtype)
+    for where, value in [(0, math.nan), (3, math.nan), (1, 0.0), (2, -0.0), (3, -1.0), (0, math.inf),
+                         (1, -math.inf), (2, 1e-40)]:
+        bad = good.clone()
+        bad[where] = value
+        yield good, bad
+        yield bad, good
+    yield good, good
+    strided = torch.stack([good, good], 1)[:, 0]  # not contiguous: torch's check decides
+    yield strided, strided
+    bad = strided.clone()
+    bad[1] = 0.0
+    yield strided, bad
+    yield good.unsqueeze(0), good.unsqueeze(1)  # broadcasting
+    yield 0.5, 2.0  # Python numbers
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("validate_args", [None, True, False])
+@pytest.mark.parametrize("ours,theirs", TWO_PARAMETER, ids=lambda c: getattr(c, "__name__", ""))
+def test_parameter_check_and_flags_are_torchs(ours, theirs, validate_args, dtype, default_validation):
+    D.Distribution.set_default_validate_args(True)
+    for a, b in _bad_parameters(dtype):
+        if ours is rd.HalfNormal:
+            continue
+        expected = _error(lambda: theirs(a, b, validate_args=validate_args))
+        got = _error(lambda: ours(a, b, validate_args=validate_args))
+        assert got == expected, (a, b)
+        if expected is None:
+            ours_d, theirs_d = ours(a, b, validate_args=validate_args), theirs(a, b, validate_args=validate_args)
+            assert _validation_flag(ours_d) == _validation_flag(theirs_d)
+            assert ours_d.batch_shape == theirs_d.batch_shape and ours_d.event_shape == theirs_d.event_shape
+            for name in theirs.arg_constraints:
+                torch.testing.assert_close(getattr(ours_d, name), getattr(theirs_d, name), rtol=0, atol=0,
+                                           equal_nan=True)  # dtype and shape too
+
+
+@pytest.mark.parametrize("validate_args", [None, True, False])
+@pytest.mark.parametrize("ours,theirs", ONE_PARAMETER, ids=lambda c: getattr(c, "__name__", ""))
+def test_one_parameter_classes_check_like_torch(ours, theirs, validate_args, default_validation):
+    D.Distribution.set_default_validate_args(True)
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        for a, b in _bad_parameters(dtype):
+            assert _error(lambda: ours(b, validate_args=validate_args)) == \
+                _error(lambda: theirs(b, validate_args=validate_args))
+            if _error(lambda: theirs(b, validate_args=validate_args)) is None:
+                assert _validation_flag(ours(b, validate_args=validate_args)) == \
+                    _validation_flag(theirs(b, validate_args=validate_args))
+
+
+def test_validate_args_none_follows_the_default_after_construction(default_validation):
+    """torch leaves no instance flag for validate_args=None: the object follows set_default_validate_args,
+    also when it changes after construction. Ours too, and its base distribution likewise."""
+    D.Distribution.set_default_validate_args(True)
+    outside = torch.tensor([math.nan])
+    for cls, args in [(rd.Normal, (torch.zeros(1), torch.ones(1))), (rd.Gumbel, (torch.zeros(1), torch.ones(1))),
+                      (rd.LogNormal, (torch.zeros(1), torch.ones(1))), (rd.Logistic, (torch.zeros(1), torch.ones(1))),
+                      (rd.Exponential, (torch.ones(1),)), (rd.Gamma, (torch.ones(1), torch.ones(1)))]:
+        d = cls(*args)
+        with pytest.raises(ValueError):
+            d.log_prob(outside)
+        D.Distribution.set_default_validate_args(False)
+        d.log_prob(outside)  # no check now, as with torch's class
+        if isinstance(d, D.TransformedDistribution):
+            assert "_validate_args" not in d.base_dist.__dict__
+        D.Distribution.set_default_validate_args(True)
+
+
+@pytest.mark.parametrize("validate_args", [None, True, False])
+@pytest.mark.parametrize("ours,theirs", TRANSFORMED + [(rd.Logistic, _logistic_torch)],
+                         ids=["Gumbel", "LogNormal", "Logistic"])
+def test_transformed_parts_are_built_on_use_as_torch_builds_them(ours, theirs, validate_args):
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    scale = torch.rand(3, 5, generator=g, dtype=torch.float64) + 0.2
+    d, t = ours(loc, scale, validate_args=validate_args), theirs(loc, scale, validate_args=validate_args)
+    d.rsample((2,))
+    assert "_base_dist" not in d.__dict__ and "_transforms" not in d.__dict__  # the sample needed neither
+    assert d.has_rsample and t.has_rsample
+    assert type(d.base_dist) is type(t.base_dist)
+    assert _validation_flag(d.base_dist) == _validation_flag(t.base_dist)
+    assert [type(x) for x in d.transforms] == [type(x) for x in t.transforms]
+    value = d.sample((4,))
+    torch.testing.assert_close(d.log_prob(value), t.log_prob(value), rtol=0, atol=0)
+    torch.testing.assert_close(d.cdf(value), t.cdf(value), rtol=0, atol=0)
+    u = torch.rand(4, 3, 5, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(d.icdf(u), t.icdf(u), rtol=0, atol=0)
+    if theirs is not _logistic_torch:
+        torch.testing.assert_close(d.entropy(), t.entropy(), rtol=0, atol=0)
+        torch.testing.assert_close(d.mean, t.mean, rtol=0, atol=0)
+        torch.testing.assert_close(d.variance, t.variance, rtol=0, atol=0)
+    for source in (d, ours(loc, scale, validate_args=validate_args)):  # expand before and after the parts exist
+        e, te = source.expand((2, 3, 5)), t.expand((2, 3, 5))
+        assert type(e) is ours and e.batch_shape == te.batch_shape
+        assert _validation_flag(e) == _validation_flag(te)
+        torch.testing.assert_close(e.log_prob(value[:2]), te.log_prob(value[:2]), rtol=0, atol=0)
+        torch.testing.assert_close(e.loc, te.loc if theirs is not _logistic_torch else loc.expand(2, 3, 5))
+        assert e.rsample().shape == (2, 3, 5)
+    assert repr(d).startswith(ours.__name__ + "(")
+
+
+@pytest.mark.parametrize("ours", [rd.Normal, rd.Laplace, rd.Cauchy, rd.Gumbel, rd.LogNormal, rd.Logistic])
+def test_same_shape_parameters_are_kept_and_gradients_are_unchanged(ours):
+    """Tensors of one shape are kept as they are (torch returns broadcast aliases of them); values and
+    gradients are the same, and parameters that broadcast still get broadcast views."""
+    loc = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    raw = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    scale = raw.exp()
+    d = ours(loc, scale, seed=5)
+    assert d.loc is loc and d.scale is scale
+    z = d.rsample((2,))
+    grads = torch.autograd.grad(z.sum(), (loc, raw), retain_graph=True)
+    # the same draw built from broadcast aliases of the same parameters
+    aliased = ours(*torch.broadcast_tensors(loc, scale), seed=5)
+    z2 = aliased.rsample((2,))
+    assert torch.equal(z, z2)
+    for a, b in zip(grads, torch.autograd.grad(z2.sum(), (loc, raw))):
+        assert torch.equal(a, b)
+    wide = ours(loc[:1], scale, seed=5)
+    assert wide.batch_shape == (4, 3) and wide.loc.shape == (4, 3)
+    assert ours(0.0, 1.0).batch_shape == ()
+
+
+def test_c_constraint_check_answers():
+    check = _checks.constraint_violated
+    if check is None:
+        pytest.skip("this build has no C++ constraint check")
+    for dtype in (torch.float32, torch.float64):
+        x = torch.tensor([1.0, -2.0, math.inf, -math.inf, 0.0], dtype=dtype)
+        assert check(x, "real") is False
+        assert check(torch.tensor([1.0, math.nan], dtype=dtype), "real") is True
+        assert check(torch.tensor([1.0, math.inf, 1e-40], dtype=dtype), "positive") is False
+        for outside in (0.0, -0.0, -1.0, -math.inf, math.nan):
+            assert check(torch.tensor([1.0, outside], dtype=dtype), "positive") is True, outside
+        assert check(torch.empty(0, dtype=dtype), "positive") is False
+    assert check(torch.ones(4, 2)[:, 0], "real") is None  # strided
+    assert check(torch.ones(4, dtype=torch.float16), "positive") is None
+    assert check([1.0], "real") is None
+    with pytest.raises(ValueError, match="'real' or 'positive'"):
+        check(torch.ones(2), "nonnegative")
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_c_constraint_check_finds_one_value_anywhere(isa, dtype):
+    """The row kernels' scan (blocks of 2048, threads past 2^16 elements) finds one value outside wherever it
+    lies, on every ISA."""
+    check = _checks.constraint_violated
+    if check is None:
+        pytest.skip("this build has no C++ constraint check")
+    try:
+        rt.set_cpu_isa(isa)
+    except (RuntimeError, ValueError):
+        pytest.skip(f"this CPU or build has no {isa} kernels")
+    threads = torch.get_num_threads()
+    try:
+        for thread_count in (1, 2):
+            torch.set_num_threads(thread_count)
+            for n in (1, 7, 2049, 3 * 2**16 + 5):
+                base = torch.full((n,), 0.25, dtype=dtype)
+                assert check(base, "real") is False and check(base, "positive") is False
+                for where in sorted({0, n - 1, min(n // 2 + 1, n - 1), min(2048, n - 1), min(2**16 + 3, n - 1)}):
+                    bad = base.clone()
+                    bad[where] = math.nan
+                    assert check(bad, "real") is True and check(bad, "positive") is True, (n, where)
+                    bad[where] = 0.0
+                    assert check(bad, "real") is False and check(bad, "positive") is True, (n, where)
+    finally:
+        torch.set_num_threads(threads)
+        rt.set_cpu_isa("auto")
+
+
+def test_construction_under_torch_compile_matches_eager():
+    """Under torch.compile the scan is not used (torch's check runs, as for torch's class)."""
+    loc, scale = torch.randn(8), torch.rand(8) + 0.5
+
+    def f(loc, scale):
+        d = rd.Normal(loc, scale, seed=3)
+        return d.rsample(), d.log_prob(loc)
+
+    eager = f(loc, scale)
+    compiled = torch.compile(f, backend="eager")(loc, scale)
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
