@@ -19,17 +19,16 @@ check and log_prob read it), but rsample passes the unconstrained parameter
 to the kernel, so the sample and its gradient do not go through that exp.
 
 Building one costs less than building torch's class (docs/performance.md,
-"The drop-in classes' constructors"): the parameter check is one C++ pass per
-parameter, parameters of one shape are kept as they are instead of as
-broadcast aliases, and the transformed classes build their base distribution
-and transforms only when log_prob, cdf, icdf, entropy or expand need them.
+"Thirteenth pass"): the parameter check is one C++ pass per parameter, and
+the transformed classes build their base distribution and transforms only
+when log_prob, cdf, icdf, entropy or expand need them.
 The values, gradients, errors and validation flags are torch's.
 """
 import math
 import numbers
 
 import torch
-from torch.distributions import constraints
+from torch.distributions import Distribution, constraints
 from torch.distributions.utils import broadcast_all, lazy_property
 
 from . import _checks
@@ -71,14 +70,15 @@ def _validate_after_init(dist, validate_args):
         del dist._validate_args  # back to the class default, read at each use, as torch leaves it
     else:
         dist._validate_args = validate_args
-    if dist._validate_args and not _parameters_pass_scan(dist):
+    # Pyro's LogNormal builds a base Normal that checks at the class default whatever validate_args says
+    checking = dist._validate_args or (dist._base_validates_at_default and Distribution._validate_args)
+    if checking and not _parameters_pass_scan(dist):
         dist._torch_check(validate_args)
 
 
 def _broadcast(*values):
-    """broadcast_all(*values), but the values themselves where they are already plain tensors of one shape:
-    broadcast_tensors would return an alias of each, one more autograd node per parameter that every backward
-    walks (about 10 us of a Normal's fwd+bwd step at a VAE's sizes). The values and gradients are the same."""
+    """broadcast_all(*values) without its calls where the values are plain tensors of one shape, for which
+    torch.broadcast_tensors returns them as they are: the same result, about 1-2 us less per constructor."""
     shape = values[0].shape if type(values[0]) in _checks.PLAIN_TENSORS else None
     if shape is not None and all(type(v) in _checks.PLAIN_TENSORS and v.shape == shape for v in values):
         return values
@@ -99,6 +99,10 @@ class _Fused:
     def sample(self, sample_shape=torch.Size(), generator=None):
         with torch.no_grad():
             return self.rsample(sample_shape, generator=generator)
+
+    # Whether the torch (or Pyro) __init__ builds a base distribution that validates at the class default,
+    # whatever validate_args says (Pyro's LogNormal).
+    _base_validates_at_default = False
 
     def _torch_check(self, validate_args):
         """torch's parameter check, where the C++ scan cannot confirm the parameters (_validate_after_init):
@@ -122,31 +126,36 @@ class _TransformedOnUse:
     """The classes torch builds as a TransformedDistribution (Gumbel, LogNormal; Logistic): base_dist and
     transforms are built on first use instead of in __init__. rsample needs neither, and building them (for
     Gumbel a Uniform over two full_like tensors, four transforms and the checks) took longer than the sample
-    itself at a VAE's sizes. log_prob, cdf, icdf, entropy and expand build them, as torch's __init__ would
-    have: the base distribution gets the validate_args the constructor was given."""
+    itself at a VAE's sizes. log_prob, cdf, icdf, entropy and expand build them from the constructor's
+    arguments, as the torch (or Pyro) class's __init__ would have."""
 
     has_rsample = True  # torch's property asks the base distribution, which for these classes says True
-    _torch_class = None  # the torch class whose __init__ builds the parts (unvalidated: already checked)
+    # The class whose __init__ builds the parts (run unvalidated: the parameters were checked). Its base
+    # distribution gets validate_args, as torch's classes hand it, unless _base_validates_at_default.
+    _torch_class = None
 
     def _build_transformed_parts(self):
-        twin = self._torch_class(self.loc, self.scale, validate_args=False)
+        loc, scale, _ = self._constructor_arguments
+        twin = self._torch_class(loc, scale, validate_args=False)
         return twin.base_dist, twin.transforms
 
     def _torch_check(self, validate_args):
         if self._torch_class is None:
             return super()._torch_check(validate_args)
-        # torch's whole __init__, parts included: its base distribution checks the parameters first
+        # the class's whole __init__, parts included: its base distribution checks the parameters first
         # (LogNormal's message names the base Normal), and the parts it builds are kept
-        self._torch_class.__init__(self, self.loc, self.scale, validate_args=validate_args)
+        loc, scale, _ = self._constructor_arguments
+        self._torch_class.__init__(self, loc, scale, validate_args=validate_args)
 
     def _transformed_part(self, name):
         if name not in self.__dict__:
             base, transforms = self._build_transformed_parts()
-            given = self.__dict__.get("_given_validate_args")
-            if given is None:
-                base.__dict__.pop("_validate_args", None)  # the class default, as torch leaves it
-            else:
-                base._validate_args = given
+            if not self._base_validates_at_default:
+                given = self._constructor_arguments[2]
+                if given is None:
+                    base.__dict__.pop("_validate_args", None)  # the class default, as torch leaves it
+                else:
+                    base._validate_args = given
             self.__dict__.setdefault("_base_dist", base)
             self.__dict__.setdefault("_transforms", transforms)
         return self.__dict__[name]
@@ -179,13 +188,13 @@ class _FusedLocScale(_KeepsScaleParam):
     _sampler = None
 
     def __init__(self, loc, scale, validate_args=None, *, seed=None, backend="auto"):
-        # torch's __init__ of these classes, built here: broadcast_all without aliases where nothing
-        # broadcasts (_broadcast), the parameter check scanned in C++ (_validate_after_init), and for the
+        # torch's __init__ of these classes, built here: broadcast_all skipped where nothing broadcasts
+        # (_broadcast), the parameter check scanned in C++ (_validate_after_init), and for the
         # transformed classes (Gumbel, LogNormal, Logistic) no base distribution or transforms until used
         # (_TransformedOnUse). torch's own __init__ is not called: the state it leaves is set here.
         self._scale_param, self._scale_kind = None, "sigma"
         self._seed, self._backend = seed, backend
-        self._given_validate_args = validate_args  # what a transformed class hands its base distribution
+        self._constructor_arguments = (loc, scale, validate_args)  # what a transformed class builds its parts from
         self.loc, self.scale = _broadcast(loc, scale)
         plain_numbers = isinstance(loc, numbers.Number) and isinstance(scale, numbers.Number)  # torch's rule
         torch.distributions.Distribution.__init__(self, torch.Size() if plain_numbers else self.loc.size(),
@@ -267,7 +276,8 @@ class Normal(_FusedLocScale, torch.distributions.Normal):
         batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape)
         built = self.__dict__.get("scale")
-        new.scale = None if built is None else built.expand(batch_shape)
+        if built is not None:  # else computed on first use, as here; repr leaves it out until then
+            new.scale = built.expand(batch_shape)
         new._scale_param = None if self._scale_param is None else self._scale_param.expand(batch_shape)
         new._scale_kind, new._seed, new._backend = self._scale_kind, self._seed, self._backend
         torch.distributions.Distribution.__init__(new, batch_shape, validate_args=False)
@@ -299,6 +309,10 @@ class Gumbel(_TransformedOnUse, _FusedLocScale, torch.distributions.Gumbel):
     """torch.distributions.Gumbel with a fused reparameterized sampler."""
 
     _torch_class = torch.distributions.Gumbel
+
+    def __init__(self, loc, scale, validate_args=None, *, seed=None, backend="auto"):
+        super().__init__(loc, scale, validate_args, seed=seed, backend=backend)
+        torch.finfo(self.loc.dtype)  # torch's __init__ raises this TypeError for integer parameters, checked or not
 
     _sampler = staticmethod(family.gumbel_rsample)
 

@@ -44,6 +44,12 @@ class Normal(_fused.Normal, _pyro_dist.Normal):
 class LogNormal(_fused.LogNormal, _pyro_dist.LogNormal):
     """pyro.distributions.LogNormal with a fused exp(mu + sigma * eps) sampler."""
 
+    # Its base distribution, built on first use, is Pyro's as Pyro's __init__ builds it: a
+    # pyro.distributions.Normal (to_event, event_dim: TransformReparam needs them), which validates at the
+    # class default whatever validate_args says.
+    _torch_class = _pyro_dist.LogNormal
+    _base_validates_at_default = True
+
 
 class Laplace(_fused.Laplace, _pyro_dist.Laplace):
     """pyro.distributions.Laplace with a fused sampler."""

@@ -1,7 +1,7 @@
 """The drop-in classes' constructors against torch's (docs/performance.md, "The drop-in classes' constructors").
 
-The location-scale classes are built without torch's __init__: parameters of one shape kept as they are
-(no broadcast aliases), the parameter check scanned in C++ (_C.constraint_violated), and for the classes
+The location-scale classes are built without torch's __init__: no broadcast_all call for parameters of one
+shape, the parameter check scanned in C++ (_C.constraint_violated), and for the classes
 torch builds as a TransformedDistribution (Gumbel, LogNormal, and our Logistic) the base distribution and
 transforms built on first use. Exponential, HalfNormal and Gamma run torch's __init__ with validation off
 and the scanned check after it. What must not change: which parameters are rejected, the error and its
@@ -24,15 +24,19 @@ ONE_PARAMETER = [(rd.Exponential, D.Exponential), (rd.HalfNormal, D.HalfNormal)]
 TRANSFORMED = [(rd.Gumbel, D.Gumbel), (rd.LogNormal, D.LogNormal)]
 
 
+class _LaplaceNamedLogistic(D.Laplace):
+    """What rd.Logistic's parameter check must give: torch's check of the same constraints (loc real, scale
+    positive), with its class name in the message."""
+
+
+_LaplaceNamedLogistic.__name__ = "Logistic"
+
+
 def _logistic_torch(loc, scale, validate_args=None):
     """The TransformedDistribution torch's documentation builds, which rd.Logistic stands for."""
     base = D.Uniform(torch.zeros_like(loc), torch.ones_like(loc), validate_args=validate_args)
     return D.TransformedDistribution(base, [D.SigmoidTransform().inv, D.AffineTransform(loc, scale)],
                                      validate_args=validate_args)
-
-
-def _build(cls, *params, **kwargs):
-    return cls(*params, **kwargs)
 
 
 def _error(make):
@@ -74,14 +78,14 @@ def _bad_parameters(dtype):
     yield 0.5, 2.0  # Python numbers
 
 
+@pytest.mark.parametrize("default", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 @pytest.mark.parametrize("validate_args", [None, True, False])
-@pytest.mark.parametrize("ours,theirs", TWO_PARAMETER, ids=lambda c: getattr(c, "__name__", ""))
-def test_parameter_check_and_flags_are_torchs(ours, theirs, validate_args, dtype, default_validation):
-    D.Distribution.set_default_validate_args(True)
+@pytest.mark.parametrize("ours,theirs", TWO_PARAMETER + [(rd.Logistic, _LaplaceNamedLogistic)],
+                         ids=lambda c: getattr(c, "__name__", ""))
+def test_parameter_check_and_flags_are_torchs(ours, theirs, validate_args, dtype, default, default_validation):
+    D.Distribution.set_default_validate_args(default)
     for a, b in _bad_parameters(dtype):
-        if ours is rd.HalfNormal:
-            continue
         expected = _error(lambda: theirs(a, b, validate_args=validate_args))
         got = _error(lambda: ours(a, b, validate_args=validate_args))
         assert got == expected, (a, b)
@@ -89,7 +93,7 @@ def test_parameter_check_and_flags_are_torchs(ours, theirs, validate_args, dtype
             ours_d, theirs_d = ours(a, b, validate_args=validate_args), theirs(a, b, validate_args=validate_args)
             assert _validation_flag(ours_d) == _validation_flag(theirs_d)
             assert ours_d.batch_shape == theirs_d.batch_shape and ours_d.event_shape == theirs_d.event_shape
-            for name in theirs.arg_constraints:
+            for name in ours.arg_constraints:
                 torch.testing.assert_close(getattr(ours_d, name), getattr(theirs_d, name), rtol=0, atol=0,
                                            equal_nan=True)  # dtype and shape too
 
@@ -158,26 +162,53 @@ def test_transformed_parts_are_built_on_use_as_torch_builds_them(ours, theirs, v
     assert repr(d).startswith(ours.__name__ + "(")
 
 
-@pytest.mark.parametrize("ours", [rd.Normal, rd.Laplace, rd.Cauchy, rd.Gumbel, rd.LogNormal, rd.Logistic])
-def test_same_shape_parameters_are_kept_and_gradients_are_unchanged(ours):
-    """Tensors of one shape are kept as they are (torch returns broadcast aliases of them); values and
-    gradients are the same, and parameters that broadcast still get broadcast views."""
+@pytest.mark.parametrize("ours,theirs", [(rd.Normal, D.Normal), (rd.Laplace, D.Laplace), (rd.Cauchy, D.Cauchy),
+                                         (rd.Gumbel, D.Gumbel), (rd.LogNormal, D.LogNormal),
+                                         (rd.Logistic, D.Laplace)], ids=lambda c: getattr(c, "__name__", ""))
+def test_parameters_are_held_as_torch_holds_them(ours, theirs):
+    """The parameters as torch's class holds them: the tensors themselves where they have one shape (what
+    torch's broadcast_tensors returns then, and what _broadcast keeps without calling it), broadcast views
+    otherwise, 0-dim tensors for Python numbers; and the same draw and gradients either way."""
     loc = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     raw = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     scale = raw.exp()
-    d = ours(loc, scale, seed=5)
-    assert d.loc is loc and d.scale is scale
-    z = d.rsample((2,))
-    grads = torch.autograd.grad(z.sum(), (loc, raw), retain_graph=True)
-    # the same draw built from broadcast aliases of the same parameters
-    aliased = ours(*torch.broadcast_tensors(loc, scale), seed=5)
-    z2 = aliased.rsample((2,))
+    for a, b in [(loc, scale), (loc[:1], scale), (loc, scale[:, :1]), (0.5, 2.0), (loc, 2.0), (0.5, scale)]:
+        d, t = ours(a, b), theirs(a, b)
+        assert (d.loc is a) == (t.loc is a) and (d.scale is b) == (t.scale is b), (a, b)
+        torch.testing.assert_close(d.loc, t.loc, rtol=0, atol=0)
+        torch.testing.assert_close(d.scale, t.scale, rtol=0, atol=0)
+        assert d.batch_shape == t.batch_shape and d.loc.requires_grad == t.loc.requires_grad
+    z = ours(loc, scale, seed=5).rsample((2,))
+    z2 = ours(*torch.distributions.utils.broadcast_all(loc, scale), seed=5).rsample((2,))
     assert torch.equal(z, z2)
-    for a, b in zip(grads, torch.autograd.grad(z2.sum(), (loc, raw))):
-        assert torch.equal(a, b)
-    wide = ours(loc[:1], scale, seed=5)
-    assert wide.batch_shape == (4, 3) and wide.loc.shape == (4, 3)
-    assert ours(0.0, 1.0).batch_shape == ()
+    grads = torch.autograd.grad(z.sum(), (loc, raw), retain_graph=True)
+    for g, g2 in zip(grads, torch.autograd.grad(z2.sum(), (loc, raw))):
+        assert torch.equal(g, g2)
+
+
+def test_expand_of_a_normal_whose_scale_was_never_computed():
+    """A Normal built from an unconstrained parameter computes its scale on first use; expanding it before
+    that leaves the scale to be computed (repr and the sample check's message still work)."""
+    d = rd.Normal.from_log_scale(torch.zeros(3), torch.zeros(3), validate_args=False)
+    e = d.expand((2, 3))
+    assert repr(e) == "Normal(loc: torch.Size([2, 3]))"
+    e._validate_args = True
+    with pytest.raises(ValueError, match="Expected value argument"):
+        e.log_prob(torch.full((2, 3), math.nan))
+    torch.testing.assert_close(e.scale, torch.ones(2, 3))
+    assert repr(e) == repr(D.Normal(torch.zeros(2, 3), torch.ones(2, 3)))
+
+
+def test_integer_parameters_fail_as_in_torch():
+    for ours, theirs in [(rd.Gumbel, D.Gumbel), (rd.Normal, D.Normal), (rd.LogNormal, D.LogNormal)]:
+        for validate_args in (None, True, False):
+            def outcome(cls):
+                try:
+                    cls(torch.tensor([0]), torch.tensor([1]), validate_args=validate_args)
+                except Exception as error:  # noqa: BLE001 - the type and text are what is compared
+                    return type(error), str(error)
+                return None
+            assert outcome(ours) == outcome(theirs), (ours, validate_args)
 
 
 def test_c_constraint_check_answers():
@@ -229,15 +260,49 @@ def test_c_constraint_check_finds_one_value_anywhere(isa, dtype):
         rt.set_cpu_isa("auto")
 
 
-def test_construction_under_torch_compile_matches_eager():
-    """Under torch.compile the scan is not used (torch's check runs, as for torch's class)."""
+@pytest.mark.parametrize("cls", [rd.Normal, rd.Gumbel, rd.LogNormal, rd.Logistic])
+def test_construction_under_torch_compile_matches_eager(cls, default_validation):
+    """Under torch.compile the scan is not used (torch's check runs, as for torch's class); the lazily built
+    parts of the transformed classes are built in the traced function too."""
     loc, scale = torch.randn(8), torch.rand(8) + 0.5
 
     def f(loc, scale):
-        d = rd.Normal(loc, scale, seed=3)
-        return d.rsample(), d.log_prob(loc)
+        d = cls(loc, scale, seed=3, validate_args=True)
+        z = d.rsample()
+        return z, d.log_prob(z), d.cdf(z)
 
     eager = f(loc, scale)
     compiled = torch.compile(f, backend="eager")(loc, scale)
     for a, b in zip(eager, compiled):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("validate_args", [None, True, False])
+def test_pyro_lognormal_parts_are_pyros(validate_args, default_validation):
+    """rtrick_ops.pyro.LogNormal builds its parts as Pyro's __init__ does: a pyro.distributions.Normal base at
+    the class default validation (Pyro's TransformReparam needs the base's to_event and event_dim)."""
+    pyro = pytest.importorskip("pyro")
+    import pyro.distributions as pd
+    from pyro import poutine
+    from pyro.infer.reparam import TransformReparam
+
+    import rtrick_ops.pyro as rp
+
+    for default in (True, False):
+        D.Distribution.set_default_validate_args(default)
+        loc, scale = torch.zeros(2, 3), torch.ones(2, 3)
+        ours, theirs = rp.LogNormal(loc, scale, validate_args=validate_args), pd.LogNormal(loc, scale,
+                                                                                           validate_args=validate_args)
+        assert type(ours.base_dist) is type(theirs.base_dist)
+        assert _validation_flag(ours.base_dist) == _validation_flag(theirs.base_dist)
+        assert _validation_flag(ours) == _validation_flag(theirs)
+        bad = torch.tensor([1.0, math.nan])
+        assert _error(lambda: rp.LogNormal(torch.zeros(2), bad, validate_args=validate_args)) == \
+            _error(lambda: pd.LogNormal(torch.zeros(2), bad, validate_args=validate_args))
+
+    def model():
+        with pyro.plate("rows", 2):
+            pyro.sample("y", rp.LogNormal(torch.zeros(2, 3), torch.ones(2, 3)).to_event(1))
+
+    trace = poutine.trace(poutine.reparam(model, config={"y": TransformReparam()})).get_trace()
+    assert trace.nodes["y"]["value"].shape == (2, 3)

@@ -420,7 +420,7 @@ void run_gamma(const RowKernels& k) {
   constexpr int32_t kScalePositive = 0, kScaleAboveNegInf = 1, kReal = 2, kPositive = 3;  // ValueDomain
   std::vector<float> vf = cast_values<float>(test_values(77, 5000, true));
   std::vector<double> vd = test_values(78, 5000, true);
-  unsigned char verdicts[14];
+  unsigned char verdicts[20];
   verdicts[0] = k.outside_domain(false, vf.data(), 5000, kScalePositive);
   verdicts[1] = k.outside_domain(true, vd.data(), 5000, kScalePositive);
   verdicts[2] = k.outside_domain(false, vf.data(), 5000, kScaleAboveNegInf);
@@ -440,7 +440,18 @@ void run_gamma(const RowKernels& k) {
   verdicts[11] = k.outside_domain(false, vf.data(), 5000, kReal);
   verdicts[12] = k.outside_domain(true, vd.data(), 5000, kReal);
   verdicts[13] = k.outside_domain(true, vd.data(), 4, kPositive);
-  emit("outside_domain", kBytes, verdicts, 14);
+  // values inside every domain, then one outside in the last block's tail
+  std::vector<float> clean_f(5000, 0.5f);
+  std::vector<double> clean_d(5000, 0.5);
+  verdicts[14] = k.outside_domain(false, clean_f.data(), 5000, kReal);
+  verdicts[15] = k.outside_domain(true, clean_d.data(), 5000, kPositive);
+  clean_f[4999] = 0.0f / 0.0f;
+  clean_d[4097] = 0.0;
+  verdicts[16] = k.outside_domain(false, clean_f.data(), 5000, kReal);
+  verdicts[17] = k.outside_domain(true, clean_d.data(), 5000, kPositive);
+  verdicts[18] = k.outside_domain(true, clean_d.data(), 5000, kReal);
+  verdicts[19] = k.outside_domain(false, clean_f.data(), 4999, kPositive);
+  emit("outside_domain", kBytes, verdicts, 20);
 
   // The implicit gradients (double): z drawn from the concentrations it is the gradient at.
   const int64_t glen = 400;
