@@ -3,12 +3,13 @@ batch of 256x6 about 2^11), CPU, against torch eager and torch.compile.
 
     python3 benchmarks/bench_small.py [--quick] [--threads 1,2] [--sizes 0,2,4,...] [--no-compile]
 
-For normal_rsample, normal_rsample_and_kl and gumbel_softmax (rows of 10 and of 128 categories), with the
-parameters requiring grad (autograd on, as in training), it times the forward call and forward plus
-torch.autograd.grad of every output. Per call the fixed cost dominates at these sizes, so the providers are timed
+For normal_rsample, normal_rsample_and_kl, normal_rsample_and_log_prob (a SAC policy's sample and log
+density) and gumbel_softmax (rows of 10 and of 128 categories), with the parameters requiring grad (autograd on,
+as in training), it times the forward call and forward plus torch.autograd.grad of every output. Per call the fixed cost dominates at these sizes, so the providers are timed
 in alternation, in short blocks, and each provider's time is its fastest block of the run (interference from
 other processes only adds time, so the fastest block is the least disturbed); ratios compare those from one run. It also times the raw operator and the public wrapper on one
-element against one torch.exp call (the fixed-cost figures of docs/performance.md).
+element against one torch.exp call (the fixed-cost figures of docs/performance.md), the Gaussian cases with
+the noise saved and regenerated, and the drop-in rt.distributions classes against torch's (built every step).
 
 It prints a table and writes results/bench_small_cpu.{csv,md,png}. The timing and file helpers are
 benchmarks/bench_harness.py (shared by every script).
@@ -46,6 +47,13 @@ def _eager_normal_and_kl(mu, log_sigma):
     return z, 0.5 * (mu * mu + torch.exp(2 * log_sigma) - 1) - log_sigma
 
 
+def _eager_normal_and_log_prob(mu, log_sigma):
+    """z and log N(z; mu, sigma) from the noise, as a SAC policy's hand-written head computes them."""
+    eps = torch.randn_like(mu)
+    z = mu + torch.exp(log_sigma) * eps
+    return z, -0.5 * eps * eps - log_sigma - 0.5 * math.log(2 * math.pi)
+
+
 def _gaussian_params(numel):
     return (torch.randn(numel), 0.3 * torch.randn(numel))
 
@@ -75,6 +83,8 @@ def cases():
         "normal_rsample": (_gaussian_params, lambda m, s: (rt.normal_rsample(m, s),), _eager_normal),
         "normal_rsample_and_kl": (_gaussian_params, lambda m, s: rt.normal_rsample_and_kl(m, s),
                                   _eager_normal_and_kl),
+        "normal_rsample_and_log_prob": (_gaussian_params, lambda m, s: rt.normal_rsample_and_log_prob(m, s),
+                                        _eager_normal_and_log_prob),
         "gumbel_softmax_10": (_rows(10), lambda x: (rt.gumbel_softmax(x, TAU),),
                               lambda x: (F.gumbel_softmax(x, TAU),)),
         "gumbel_softmax_128": (_rows(128), lambda x: (rt.gumbel_softmax(x, TAU),),

@@ -211,8 +211,8 @@ PyObject* built_with_cuda(PyObject*, PyObject*) {
 }
 
 // gaussian_fast(which, mu, scale_param, scale, validate, seed, sample_shape): a whole call of
-// rt.normal_rsample (which 0) or rt.normal_rsample_and_kl (which 1) in the
-// common case, in one C++ call: plain float32/float64 CPU tensors of one dtype
+// rt.normal_rsample (which 0), rt.normal_rsample_and_kl (1) or
+// rt.normal_rsample_and_log_prob (2) in the common case, in one C++ call: plain float32/float64 CPU tensors of one dtype
 // (no promotion) whose shapes broadcast, a known scale, sample_shape a tuple of
 // plain non-negative ints, no generator, a seed that is None or a plain int,
 // nothing intercepting torch ops. Then the wrapper's
@@ -282,6 +282,10 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   const char* scale = nullptr;
   if (!PyArg_ParseTuple(args, "iOOspOO", &which, &mu_obj, &sp_obj, &scale, &validate, &seed_obj, &sample_obj))
     return nullptr;
+  if (which < 0 || which > 2) {
+    PyErr_Format(PyExc_ValueError, "gaussian_fast: which must be 0, 1 or 2, got %d", which);
+    return nullptr;
+  }
   if (!THPVariable_Check(mu_obj) || !THPVariable_Check(sp_obj) || !plain_context()) Py_RETURN_NONE;
   const at::Tensor& mu = THPVariable_Unpack(mu_obj);
   const at::Tensor& sp = THPVariable_Unpack(sp_obj);
@@ -313,7 +317,9 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
     no_gil.reset();
     return THPVariable_Wrap(std::move(z));
   }
-  std::tuple<at::Tensor, at::Tensor> out = rtrick::ops::normal_rsample_and_kl().call(mu, sp, state, name, sample);
+  // (z, kl) or (z, log q): the two operators share a signature
+  const auto& pair_op = which == 1 ? rtrick::ops::normal_rsample_and_kl() : rtrick::ops::normal_rsample_and_log_prob();
+  std::tuple<at::Tensor, at::Tensor> out = pair_op.call(mu, sp, state, name, sample);
   no_gil.reset();
   PyObject* z = THPVariable_Wrap(std::move(std::get<0>(out)));
   PyObject* kl = THPVariable_Wrap(std::move(std::get<1>(out)));

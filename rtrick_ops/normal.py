@@ -145,6 +145,10 @@ def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, 
     z = rsample() gives. Both outputs have z's shape. The arguments are
     normal_rsample's.
     """
+    if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
+        pair = _gaussian_fast(2, mu, scale_param, scale, False, seed, sample_shape)  # no validate_args here
+        if pair is not None:
+            return pair
     sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
     run, (mu, scale_param), rng_state = NORMAL_RSAMPLE_AND_LOG_PROB.prepare(backend, (mu, scale_param), seed, generator)
     return run(mu, scale_param, rng_state, scale, sample_shape)

@@ -73,8 +73,8 @@ def test_small_size_benchmark_quick_run_writes_results(tmp_path):
                              "--threads", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "bench_small_cpu.csv")))
-    assert {row["case"] for row in rows} == {"normal_rsample", "normal_rsample_and_kl", "gumbel_softmax_10",
-                                             "gumbel_softmax_128"}
+    assert {row["case"] for row in rows} == {"normal_rsample", "normal_rsample_and_kl", "normal_rsample_and_log_prob",
+                                             "gumbel_softmax_10", "gumbel_softmax_128"}
     assert {row["provider"] for row in rows} == {"rtrick_ops", "eager"}
     assert {row["mode"] for row in rows} == {"forward", "full"}
     assert all(float(row["best_us"]) > 0 and float(row["speedup_vs_eager"]) > 0 for row in rows)

@@ -195,8 +195,8 @@ def test_seeded_fast_path_gives_the_python_paths_bits_and_errors():
 
 
 def test_gaussian_fast_call_with_samples_and_broadcasting_gives_the_python_paths_bits_and_errors(monkeypatch):
-    """rt.normal_rsample's and rt.normal_rsample_and_kl's C++ fast call (gaussian_fast) takes sample_shape and
-    broadcast parameters too: for each call it takes or declines, the outputs, the gradients and the generator's
+    """rt.normal_rsample's, rt.normal_rsample_and_kl's and rt.normal_rsample_and_log_prob's C++ fast call
+    (gaussian_fast) takes sample_shape and broadcast parameters too: for each call it takes or declines, the outputs, the gradients and the generator's
     advance equal the Python path's (the fast call switched off), and what it declines gets the Python path's
     errors."""
     import numpy as np
@@ -217,9 +217,11 @@ def test_gaussian_fast_call_with_samples_and_broadcasting_gives_the_python_paths
                     torch.manual_seed(4)
                     z = rt.normal_rsample(mu, sp, sample_shape=sample_shape, seed=seed)
                     z2, kl = rt.normal_rsample_and_kl(mu, sp, sample_shape=sample_shape, seed=seed)
+                    z3, log_q = rt.normal_rsample_and_log_prob(mu, sp, sample_shape=sample_shape, seed=seed)
                     after = torch.rand(2)
                     loss = (z * torch.arange(z.numel()).view(z.shape)).sum() + (z2 * z2).sum() + kl.sum()
-                    results.append((z, z2, kl, *torch.autograd.grad(loss, (mu, sp)), after))
+                    loss = loss + (z3 * z3).sum() + (log_q * z3).sum()
+                    results.append((z, z2, kl, z3, log_q, *torch.autograd.grad(loss, (mu, sp)), after))
                 what = f"{mu_shape} {sp_shape} {sample_shape} seed={seed}"
                 for a, b in zip(*results):
                     assert a.dtype == b.dtype and a.shape == b.shape, what
@@ -232,6 +234,10 @@ def test_gaussian_fast_call_with_samples_and_broadcasting_gives_the_python_paths
             rt.normal_rsample(mu, torch.zeros(3), **kwargs)
     with pytest.raises(ValueError, match="do not broadcast"):
         rt.normal_rsample(mu, torch.zeros(4), sample_shape=(2,))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        rt.normal_rsample_and_log_prob(mu, torch.zeros(4), sample_shape=(2,))
+    with pytest.raises(ValueError, match="scale"):
+        rt.normal_rsample_and_log_prob(mu, torch.zeros(3), scale="log_std")
     with pytest.raises(ValueError, match="scale_param"):
         rt.normal_rsample(mu, torch.tensor([1.0, 0.0, 2.0]), scale="sigma", sample_shape=(2,), validate_args=True)
 
