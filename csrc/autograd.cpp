@@ -414,7 +414,9 @@ void subtract_times_dlog_sigma(at::Tensor& grad_x, const at::Tensor& summed, con
   if (scale == "log_sigma") grad_x.sub_(summed);
   else if (scale == "logvar") grad_x.sub_(summed * 0.5);
   else if (scale == "sigma") grad_x.sub_(summed * x.reciprocal());
-  else if (scale == "softplus") grad_x.sub_(summed * at::sigmoid(x).div_(at::softplus(x)));
+  // not sigmoid(x).div_(...): sigmoid's backward reads its output, which an in-place division would
+  // overwrite (double backward raised "modified by an inplace operation")
+  else if (scale == "softplus") grad_x.sub_(summed * (at::sigmoid(x) / at::softplus(x)));
   else TORCH_CHECK(false, "internal error: no d log sigma for scale '", scale, "'");
 }
 

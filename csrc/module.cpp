@@ -71,13 +71,13 @@ PyObject* draw_rng_state(PyObject*, PyObject* arg) {
   END_HANDLE_TH_ERRORS
 }
 
-// A plain dense CPU tensor: contiguous, no conjugate or negative bit, and the
-// dispatch keys of at::empty's result (no Python key, no functorch wrapper, not
-// an inference tensor), so that calling the operator here dispatches exactly as
-// torch.ops would.
-bool plain_cpu_tensor(const at::Tensor& t) {
+// A plain dense CPU tensor: no conjugate or negative bit, and the dispatch keys
+// of at::empty's result (no Python key, no functorch wrapper, not an inference
+// tensor), so that calling the operator here dispatches exactly as torch.ops
+// would; contiguous too unless `any_strides` (the scans read memory in order).
+bool plain_cpu_tensor(const at::Tensor& t, bool any_strides = false) {
   static const c10::DispatchKeySet plain = at::empty({0}).key_set();
-  return t.defined() && t.key_set() == plain && t.layout() == c10::kStrided && t.is_contiguous() &&
+  return t.defined() && t.key_set() == plain && t.layout() == c10::kStrided && (any_strides || t.is_contiguous()) &&
          !t.is_conj() && !t.is_neg();
 }
 
@@ -212,10 +212,11 @@ PyObject* built_with_cuda(PyObject*, PyObject*) {
 
 // gaussian_fast(which, mu, scale_param, scale, validate, seed, sample_shape): a whole call of
 // rt.normal_rsample (which 0), rt.normal_rsample_and_kl (1) or
-// rt.normal_rsample_and_log_prob (2) in the common case, in one C++ call: plain float32/float64 CPU tensors of one dtype
-// (no promotion) whose shapes broadcast, a known scale, sample_shape a tuple of
-// plain non-negative ints, no generator, a seed that is None or a plain int,
-// nothing intercepting torch ops. Then the wrapper's
+// rt.normal_rsample_and_log_prob (2) in the common case, in one C++ call: plain
+// float32/float64 CPU tensors of one dtype (no promotion) whose shapes broadcast,
+// of any strides (scale_param contiguous where validate), a known scale,
+// sample_shape a tuple of plain non-negative ints, no generator, a seed that is
+// None or a plain int, nothing intercepting torch ops. Then the wrapper's
 // checks all pass by construction, except the value check (validate=True), done
 // here in one pass; the key is drawn as make_rng_state draws it; the operator is
 // called through the dispatcher (autograd and all). Anything else, including
@@ -289,7 +290,9 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   if (!THPVariable_Check(mu_obj) || !THPVariable_Check(sp_obj) || !plain_context()) Py_RETURN_NONE;
   const at::Tensor& mu = THPVariable_Unpack(mu_obj);
   const at::Tensor& sp = THPVariable_Unpack(sp_obj);
-  if (!plain_cpu_tensor(mu) || !plain_cpu_tensor(sp) || mu.scalar_type() != sp.scalar_type() ||
+  // Any strides (the operators take them, as through the Python path: a policy head's chunk() views), except
+  // a scale_param that the value check scans.
+  if (!plain_cpu_tensor(mu, true) || !plain_cpu_tensor(sp, !validate) || mu.scalar_type() != sp.scalar_type() ||
       !rtrick::shapes_broadcast(mu.sizes(), sp.sizes()))
     Py_RETURN_NONE;
   const auto sample_shape = plain_sample_shape(sample_obj);

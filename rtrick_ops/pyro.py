@@ -29,6 +29,7 @@ except ImportError as error:  # pragma: no cover - exercised only without Pyro
     raise ImportError("rtrick_ops.pyro needs Pyro: pip install pyro-ppl (or pip install 'rtrick_ops[pyro]')") from error
 
 from torch.distributions import biject_to
+from torch.distributions.transforms import ExpTransform
 
 from . import distributions as _fused
 
@@ -49,6 +50,15 @@ class LogNormal(_fused.LogNormal, _pyro_dist.LogNormal):
     # class default whatever validate_args says.
     _torch_class = _pyro_dist.LogNormal
     _base_validates_at_default = True
+
+    def _build_transformed_parts(self):
+        # Pyro's __init__'s parts without its base's check: that check ran (or not) when this object was
+        # built, at the default of that moment, as Pyro's own class runs it; building the parts later must
+        # not run it again under another default.
+        loc, scale, _ = self._constructor_arguments
+        base = _pyro_dist.Normal(loc, scale, validate_args=False)
+        del base._validate_args  # the class default, as Pyro's Normal(loc, scale) leaves it
+        return base, [ExpTransform()]
 
 
 class Laplace(_fused.Laplace, _pyro_dist.Laplace):

@@ -306,3 +306,25 @@ def test_pyro_lognormal_parts_are_pyros(validate_args, default_validation):
 
     trace = poutine.trace(poutine.reparam(model, config={"y": TransformReparam()})).get_trace()
     assert trace.nodes["y"]["value"].shape == (2, 3)
+
+
+def test_pyro_lognormal_checks_when_built_not_when_its_parts_are(default_validation):
+    """Pyro's LogNormal checks its base Normal's parameters when it is built, at that moment's default; ours
+    builds the parts later and must not check then under another default (Pyro's log_prob gives NaN)."""
+    pyro = pytest.importorskip("pyro")
+    import pyro.distributions as pd
+
+    import rtrick_ops.pyro as rp
+
+    for switch_off, switch_on in [(lambda: pyro.enable_validation(False), lambda: pyro.enable_validation(True)),
+                                  (lambda: D.Distribution.set_default_validate_args(False),
+                                   lambda: D.Distribution.set_default_validate_args(True))]:
+        switch_off()
+        ours = rp.LogNormal(torch.zeros(2), torch.tensor([1.0, -1.0]))
+        theirs = pd.LogNormal(torch.zeros(2), torch.tensor([1.0, -1.0]))
+        switch_on()
+        for method in ("log_prob", "cdf"):
+            a, b = getattr(ours, method)(torch.ones(2)), getattr(theirs, method)(torch.ones(2))
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(ours.entropy(), theirs.entropy(), rtol=0, atol=0, equal_nan=True)
+        assert _validation_flag(ours.base_dist) == _validation_flag(theirs.base_dist)

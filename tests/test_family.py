@@ -354,6 +354,7 @@ def test_rsample_and_log_prob_matches_torch_normal(scale):
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     assert torch.autograd.gradcheck(lambda m, s: rt.normal_rsample_and_log_prob(m, s, scale=scale, seed=3), (mu, x))
+    assert torch.autograd.gradgradcheck(lambda m, s: rt.normal_rsample_and_log_prob(m, s, scale=scale, seed=3), (mu, x))
     z32, log_q32 = rt.normal_rsample_and_log_prob(mu.detach().float(), x.detach().float(), scale=scale, seed=9)
     assert log_q32.dtype == torch.float32 and z32.dtype == torch.float32
 

@@ -202,7 +202,8 @@ def test_gaussian_fast_call_with_samples_and_broadcasting_gives_the_python_paths
     import numpy as np
 
     normal = sys.modules["rtrick_ops.normal"]
-    if normal._gaussian_fast is None:
+    fast_call = normal._gaussian_fast
+    if fast_call is None:
         pytest.skip("this build has no C++ fast call")
     shapes = [((6, 5), (6, 5)), ((6, 5), (5,)), ((6, 1), (1, 5)), ((), (4,)), ((3, 0), (3, 0))]
     sample_shapes = [(), (1,), (3,), (2, 1), (0,), [2], 2, (np.int64(2),)]
@@ -210,7 +211,7 @@ def test_gaussian_fast_call_with_samples_and_broadcasting_gives_the_python_paths
         for sample_shape in sample_shapes:
             for seed in (None, 5):
                 results = []
-                for fast in (normal._gaussian_fast, None):
+                for fast in (fast_call, None):  # the build's, captured: the loop switches the module's off
                     monkeypatch.setattr(normal, "_gaussian_fast", fast)
                     mu = torch.linspace(-1, 1, math.prod(mu_shape)).reshape(mu_shape).requires_grad_()
                     sp = torch.linspace(-0.5, 0.5, math.prod(sp_shape)).reshape(sp_shape).requires_grad_()
@@ -226,6 +227,47 @@ def test_gaussian_fast_call_with_samples_and_broadcasting_gives_the_python_paths
                 for a, b in zip(*results):
                     assert a.dtype == b.dtype and a.shape == b.shape, what
                     assert torch.equal(a, b), what
+    # strided parameters (a policy head's chunk() views, transposes, slices): the fast call takes them, except a
+    # strided scale_param under the value check, which it leaves to the Python path
+    layouts = [lambda head: head.chunk(2, dim=-1), lambda head: (head.t()[:3], head.t()[3:]),
+               lambda head: (head[:, ::2], head[:, 1::2]), lambda head: (head[:, :3], None)]
+    for views in layouts:
+        for validate_args in (True, False):
+            results = []
+            for fast in (fast_call, None):
+                monkeypatch.setattr(normal, "_gaussian_fast", fast)
+                head = torch.linspace(-1, 1, 4 * 6).reshape(4, 6).requires_grad_()
+                own_sp = torch.linspace(-0.5, 0.5, 3).requires_grad_()
+                mu, sp = views(head)
+                sp = own_sp if sp is None else sp
+                assert not mu.is_contiguous()
+                if fast is not None:  # taken, not declined (a strided scale_param only without the value check)
+                    assert fast(0, mu, sp, "log_sigma", False, 1, ()) is not None
+                    assert (fast(0, mu, sp, "log_sigma", True, 1, ()) is None) == (not sp.is_contiguous())
+                torch.manual_seed(6)
+                outputs = (rt.normal_rsample(mu, sp, validate_args=validate_args), *rt.normal_rsample_and_kl(mu, sp),
+                           *rt.normal_rsample_and_log_prob(mu, sp, sample_shape=(2,)))
+                after = torch.rand(2)
+                loss = sum((o * torch.linspace(0, 1, o.numel()).view(o.shape)).sum() for o in outputs)
+                results.append((*outputs, *torch.autograd.grad(loss, (head, own_sp), allow_unused=True), after))
+            for a, b in zip(*results):
+                if a is None or b is None:
+                    assert a is None and b is None
+                    continue
+                assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), (views, validate_args)
+    monkeypatch.setattr(normal, "_gaussian_fast", fast_call)  # the errors below with the fast call on
+    # each which takes its operator (a fast call that declined would pass the comparisons above)
+    mu, sp = torch.randn(4, 3, requires_grad=True), torch.randn(3, requires_grad=True)
+    for which, call in enumerate((rt.normal_rsample, rt.normal_rsample_and_kl, rt.normal_rsample_and_log_prob)):
+        taken = fast_call(which, mu, sp, "log_sigma", False, 5, (2,))
+        assert taken is not None
+        expected = call(mu, sp, sample_shape=(2,), seed=5)
+        for a, b in zip(taken if isinstance(taken, tuple) else (taken,),
+                        expected if isinstance(expected, tuple) else (expected,)):
+            assert torch.equal(a, b)
+    for which in (3, -1):
+        with pytest.raises(ValueError, match="which"):
+            fast_call(which, mu, sp, "log_sigma", False, 5, ())
     mu = torch.randn(4, 3)
     for kwargs, error, match in ((dict(sample_shape=(-1,)), ValueError, "sample_shape"),
                                  (dict(sample_shape=(True,)), TypeError, "sample_shape"),
@@ -249,7 +291,8 @@ def test_gumbel_softmax_fast_call_gives_the_python_paths_bits_and_errors(monkeyp
     import numpy as np
 
     gumbel = sys.modules["rtrick_ops.gumbel"]
-    if gumbel._gumbel_fast is None:
+    fast_call = gumbel._gumbel_fast
+    if fast_call is None:
         pytest.skip("this build has no C++ fast call")
     x = torch.randn(6, 5, dtype=torch.float64)
     calls = [dict(tau=0.5), dict(tau=0.5, hard=True), dict(tau=2.0, dim=0), dict(tau=1.0, dim=-2, seed=2**64 - 1),
@@ -260,7 +303,7 @@ def test_gumbel_softmax_fast_call_gives_the_python_paths_bits_and_errors(monkeyp
             if logits.dim() < 2 and kwargs.get("dim", -1) not in (-1, 0):
                 continue
             results = []
-            for fast in (gumbel._gumbel_fast, None):
+            for fast in (fast_call, None):  # the build's, captured: the loop switches the module's off
                 monkeypatch.setattr(gumbel, "_gumbel_fast", fast)
                 leaf = logits.detach().clone().requires_grad_()
                 torch.manual_seed(21)
@@ -273,6 +316,7 @@ def test_gumbel_softmax_fast_call_gives_the_python_paths_bits_and_errors(monkeyp
             assert y0.dtype == y1.dtype and y0.shape == y1.shape, what
             assert torch.equal(y0, y1) and torch.equal(g0, g1), what
             assert torch.equal(a0, a1), f"{what}: the generator advanced differently"
+    monkeypatch.setattr(gumbel, "_gumbel_fast", fast_call)  # the errors with the fast call on: it declines them
     for kwargs, error, match in ((dict(tau=0.0), ValueError, "tau"), (dict(tau=math.inf), ValueError, "tau"),
                                  (dict(tau=math.nan), ValueError, "tau"), (dict(tau=0.5, dim=2), IndexError, "dim"),
                                  (dict(tau=0.5, hard=1), TypeError, "hard"), (dict(tau=0.5, seed=-1), ValueError,
