@@ -28,7 +28,7 @@ import math
 import numbers
 
 import torch
-from torch.distributions import Distribution, constraints
+from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all, lazy_property
 
 from . import _checks
@@ -71,7 +71,8 @@ def _validate_after_init(dist, validate_args):
     else:
         dist._validate_args = validate_args
     # Pyro's LogNormal builds a base Normal that checks at the class default whatever validate_args says
-    checking = dist._validate_args or (dist._base_validates_at_default and Distribution._validate_args)
+    checking = dist._validate_args or (dist._base_validates_at_default and
+                                       torch.distributions.Distribution._validate_args)
     if checking and not _parameters_pass_scan(dist):
         dist._torch_check(validate_args)
 
@@ -308,13 +309,12 @@ class Cauchy(_FusedLocScale, torch.distributions.Cauchy):
 class Gumbel(_TransformedOnUse, _FusedLocScale, torch.distributions.Gumbel):
     """torch.distributions.Gumbel with a fused reparameterized sampler."""
 
+    _sampler = staticmethod(family.gumbel_rsample)
     _torch_class = torch.distributions.Gumbel
 
     def __init__(self, loc, scale, validate_args=None, *, seed=None, backend="auto"):
         super().__init__(loc, scale, validate_args, seed=seed, backend=backend)
         torch.finfo(self.loc.dtype)  # torch's __init__ raises this TypeError for integer parameters, checked or not
-
-    _sampler = staticmethod(family.gumbel_rsample)
 
 
 class LogNormal(_TransformedOnUse, _FusedLocScale, torch.distributions.LogNormal):
