@@ -106,6 +106,19 @@ rtrick::cpu::ValueDomain scale_domain(bool positive) {
   return positive ? rtrick::cpu::ValueDomain::ScalePositive : rtrick::cpu::ValueDomain::ScaleAboveNegInf;
 }
 
+// The two scans' answer to Python: True or False for a plain contiguous float32/float64
+// CPU tensor, None for anything else (a vmap BatchedTensor, a subclass, meta, CUDA,
+// strided, another dtype), which the caller's torch-op check then handles.
+PyObject* scan_answer(PyObject* tensor_obj, rtrick::cpu::ValueDomain domain) {
+  if (!THPVariable_Check(tensor_obj)) Py_RETURN_NONE;
+  const at::Tensor& t = THPVariable_Unpack(tensor_obj);
+  if (!plain_cpu_tensor(t)) Py_RETURN_NONE;
+  const std::optional<bool> bad = domain_violated(t, domain);
+  if (!bad) Py_RETURN_NONE;
+  if (*bad) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
 // scale_domain_violated(tensor, positive): whether a contiguous float32/float64 CPU
 // tensor has a value <= 0 (positive=True: scale "sigma", "rate") or equal to -inf
 // (positive=False: "log_sigma", "logvar", "softplus"), in one pass without
@@ -116,13 +129,7 @@ PyObject* scale_domain_violated(PyObject*, PyObject* args) {
   PyObject* tensor_obj = nullptr;
   int positive = 0;
   if (!PyArg_ParseTuple(args, "Op", &tensor_obj, &positive)) return nullptr;
-  if (!THPVariable_Check(tensor_obj)) Py_RETURN_NONE;
-  const at::Tensor& t = THPVariable_Unpack(tensor_obj);
-  if (!plain_cpu_tensor(t)) Py_RETURN_NONE;  // a vmap BatchedTensor, a subclass, meta, CUDA, strided: Python checks
-  const std::optional<bool> bad = domain_violated(t, scale_domain(positive != 0));
-  if (!bad) Py_RETURN_NONE;
-  if (*bad) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
+  return scan_answer(tensor_obj, scale_domain(positive != 0));
   END_HANDLE_TH_ERRORS
 }
 
@@ -146,13 +153,7 @@ PyObject* constraint_violated(PyObject*, PyObject* args) {
     PyErr_Format(PyExc_ValueError, "constraint_violated: name must be 'real' or 'positive', got '%s'", name);
     return nullptr;
   }
-  if (!THPVariable_Check(tensor_obj)) Py_RETURN_NONE;
-  const at::Tensor& t = THPVariable_Unpack(tensor_obj);
-  if (!plain_cpu_tensor(t)) Py_RETURN_NONE;
-  const std::optional<bool> bad = domain_violated(t, domain);
-  if (!bad) Py_RETURN_NONE;
-  if (*bad) Py_RETURN_TRUE;
-  Py_RETURN_FALSE;
+  return scan_answer(tensor_obj, domain);
   END_HANDLE_TH_ERRORS
 }
 
