@@ -87,6 +87,38 @@ at::Tensor location_grad(AutogradContext* ctx, const at::Tensor& grad) {
   return shape == ctx->saved_data.end() ? grad : sum_to_shape(grad, shape->second.toSymIntVector());
 }
 
+// Whether a node's two parameter gradients come from one CPU pass over its
+// output's gradient (_loc_scale_broadcast_backward, or its saved-noise twin):
+// where the location and the scale parameter have one shape, the output has
+// more elements (sample dimensions) and both need a gradient. The location's
+// separate sum was a reduction kernel of its own, which cost more than the
+// whole pass on an IWAE's K samples of a VAE latent. Not where only dimensions
+// of size 1 differ (location_grad's view is free) or sizes are symbolic.
+bool one_pass_for_both(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& scale_param) {
+  if (!ctx->needs_input_grad(0) || !ctx->needs_input_grad(1) || !grad.is_cpu()) return false;
+  const auto shape = ctx->saved_data.find("location_shape");
+  if (shape == ctx->saved_data.end()) return false;  // the location was not broadcast
+  const std::vector<c10::SymInt> location = shape->second.toSymIntVector();
+  const auto location_sizes = c10::asIntArrayRefSlowOpt(location);
+  const auto scale_sizes = c10::asIntArrayRefSlowOpt(scale_param.sym_sizes());
+  const auto grad_numel = grad.sym_numel().maybe_as_int();
+  return location_sizes && scale_sizes && grad_numel && *location_sizes == *scale_sizes &&
+         *grad_numel != c10::multiply_integers(*scale_sizes);
+}
+
+std::tuple<at::Tensor, at::Tensor> both_grads_regenerating(const at::Tensor& grad, const at::Tensor& scale_param,
+                                                           const at::Tensor& rng_state, c10::string_view family,
+                                                           c10::string_view scale) {
+  return call_backward_op(
+      [&] { return ops::loc_scale_broadcast_backward().call(grad, scale_param, rng_state, family, scale); });
+}
+
+std::tuple<at::Tensor, at::Tensor> both_grads_from_noise(const at::Tensor& grad_z, const at::Tensor& scale_param,
+                                                         const at::Tensor& noise, c10::string_view scale) {
+  return call_backward_op(
+      [&] { return ops::normal_broadcast_from_noise_backward().call(grad_z, scale_param, noise, scale); });
+}
+
 // Whether a call records nothing: grad mode off, or no input requiring grad
 // (and no forward-mode tangent, which Function::apply would refuse). Then the
 // operator is called below autograd directly: Function::apply would still build
@@ -185,10 +217,14 @@ class NormalRsampleKeepingNoise : public torch::autograd::Function<NormalRsample
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &scale_param = saved[0], &noise = saved[1];
     const at::Tensor grad_z = grad_or_zeros(grads[0], [&] { return noise.sym_sizes(); }, scale_param);
+    const std::string& scale = ctx->saved_data["scale"].toStringRef();
     at::Tensor grad_mu, grad_scale;
-    if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);
-    if (ctx->needs_input_grad(1))
-      grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, ctx->saved_data["scale"].toStringRef());
+    if (one_pass_for_both(ctx, grad_z, scale_param)) {
+      std::tie(grad_mu, grad_scale) = both_grads_from_noise(grad_z, scale_param, noise, scale);
+    } else {
+      if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);
+      if (ctx->needs_input_grad(1)) grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, scale);
+    }
     return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -257,10 +293,13 @@ class NormalRsample : public torch::autograd::Function<NormalRsample> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad_z = grads[0];
+    const std::string& scale = ctx->saved_data["scale"].toStringRef();
     at::Tensor grad_mu, grad_scale;
-    if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);  // grad_z itself when nothing was broadcast
-    if (ctx->needs_input_grad(1)) {
-      grad_scale = scale_backward(grad_z, saved[0], saved[1], ctx->saved_data["scale"].toStringRef());
+    if (one_pass_for_both(ctx, grad_z, saved[0])) {
+      std::tie(grad_mu, grad_scale) = both_grads_regenerating(grad_z, saved[0], saved[1], "normal", scale);
+    } else {
+      if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);  // grad_z itself when nothing was broadcast
+      if (ctx->needs_input_grad(1)) grad_scale = scale_backward(grad_z, saved[0], saved[1], scale);
     }
     return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -445,12 +484,15 @@ class NormalRsampleAndLogProb : public torch::autograd::Function<NormalRsampleAn
     const std::string scale = ctx->saved_data["scale"].toStringRef();
     const at::Tensor &grad_z = grads[0], &grad_log_q = grads[1];  // materialized: zeros where unused
     at::Tensor grad_mu, grad_scale;
-    if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);
-    if (ctx->needs_input_grad(1)) {
-      grad_scale = scale_backward(grad_z, scale_param, rng_state, scale);
+    if (one_pass_for_both(ctx, grad_z, scale_param)) {
+      std::tie(grad_mu, grad_scale) = both_grads_regenerating(grad_z, scale_param, rng_state, "normal", scale);
+    } else {
+      if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);
+      if (ctx->needs_input_grad(1)) grad_scale = scale_backward(grad_z, scale_param, rng_state, scale);
+    }
+    if (ctx->needs_input_grad(1))
       subtract_times_dlog_sigma(grad_scale, sum_to_shape(grad_log_q, scale_param.sym_sizes()), scale_param,
                                 scale);
-    }
     return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -477,11 +519,15 @@ variable_list NormalRsampleAndLogProbKeepingNoise::backward(AutogradContext* ctx
   const auto saved = ctx->get_saved_variables();
   const at::Tensor &scale_param = saved[0], &noise = saved[1];
   const at::Tensor grad_z = grad_or_zeros(grads[0], [&] { return noise.sym_sizes(); }, scale_param), &grad_log_q = grads[1];
+  const std::string scale = ctx->saved_data["scale"].toStringRef();
   at::Tensor grad_mu, grad_scale;
-  if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);  // log q does not move with mu
+  if (one_pass_for_both(ctx, grad_z, scale_param)) {
+    std::tie(grad_mu, grad_scale) = both_grads_from_noise(grad_z, scale_param, noise, scale);
+  } else {
+    if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);  // log q does not move with mu
+    if (ctx->needs_input_grad(1)) grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, scale);
+  }
   if (ctx->needs_input_grad(1)) {
-    const std::string scale = ctx->saved_data["scale"].toStringRef();
-    grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, scale);
     // An unused log q is a zero gradient; sigma'(x)-dependent scales still subtract it, as the
     // regenerating node does, so that a 0 * inf there is the same NaN on both paths.
     if (grad_log_q.defined() || (scale != "log_sigma" && scale != "logvar")) {
@@ -533,12 +579,16 @@ class LocScaleRsample : public torch::autograd::Function<LocScaleRsample> {
     const auto saved = ctx->get_saved_variables();
     const std::string family = ctx->saved_data["family"].toStringRef();
     const at::Tensor grad = family == "lognormal" ? grads[0] * saved[2] : grads[0];
+    const std::string scale = ctx->saved_data["scale"].toStringRef();
     at::Tensor grad_loc, grad_scale;
-    if (ctx->needs_input_grad(0)) grad_loc = location_grad(ctx, grad);
-    if (ctx->needs_input_grad(1)) {
-      const std::string scale = ctx->saved_data["scale"].toStringRef();
-      grad_scale = call_backward_op(
-          [&] { return ops::loc_scale_rsample_backward().call(grad, saved[0], saved[1], family, scale); });
+    if (one_pass_for_both(ctx, grad, saved[0])) {
+      std::tie(grad_loc, grad_scale) = both_grads_regenerating(grad, saved[0], saved[1], family, scale);
+    } else {
+      if (ctx->needs_input_grad(0)) grad_loc = location_grad(ctx, grad);
+      if (ctx->needs_input_grad(1)) {
+        grad_scale = call_backward_op(
+            [&] { return ops::loc_scale_rsample_backward().call(grad, saved[0], saved[1], family, scale); });
+      }
     }
     return {grad_loc, grad_scale, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -30,6 +30,10 @@
 //       d/d scale_param when scale_param is broadcast (fewer elements than grad).
 //   broadcast_scale_grad_from_noise(grad, scale_param, saved, scale)
 //       the same with the noise read from `saved` (CPU only: the noise-keeping operators).
+//   broadcast_grads(grad, scale_param, rng_state, noise, scale),
+//   broadcast_grads_from_noise(grad, scale_param, saved, scale) -> (grad_loc, grad_scale_param)
+//       the same and, from the same pass, a location's gradient of scale_param's shape (CPU only:
+//       the broadcast backward operators).
 //   gamma_sample(alpha, period, rng_state, z), beta_sample(a, b, period, rng_state, z),
 //   dirichlet_sample(alpha, rng_state, z)
 //       alpha/a/b contiguous with `period` elements, repeated over z.
@@ -46,6 +50,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <vector>
 
 #include "family_common.h"
@@ -130,6 +135,17 @@ at::Tensor broadcast_scale_grad(const SavedNoise& source, ScaleKind scale, const
   return Device::broadcast_scale_grad_from_noise(grad, scale_param, source.noise, scale);
 }
 
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> broadcast_grads(const StreamNoise& source, ScaleKind scale,
+                                                   const at::Tensor& grad, const at::Tensor& scale_param) {
+  return Device::broadcast_grads(grad, scale_param, source.rng_state, source.kind, scale);
+}
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> broadcast_grads(const SavedNoise& source, ScaleKind scale,
+                                                   const at::Tensor& grad, const at::Tensor& scale_param) {
+  return Device::broadcast_grads_from_noise(grad, scale_param, source.noise, scale);
+}
+
 // sigma'(x) * (sum over broadcast dims of grad * g(u)), x of scale_param's shape,
 // g(u) from `source`; grad and scale_param checked.
 template <class Device, class Source>
@@ -167,6 +183,35 @@ template <class Device>
 at::Tensor loc_scale_rsample_backward(const at::Tensor& grad, const at::Tensor& scale_param,
                                       const at::Tensor& rng_state, c10::string_view family, c10::string_view scale) {
   return scale_backward<Device>(grad, scale_param, rng_state, parse_family(family).noise, parse_scale(scale, true));
+}
+
+// Both parameter gradients of a sample broadcast from a location and a scale
+// parameter of one shape (a sample_shape, broadcast batch dimensions), in one
+// pass over grad: (sum of grad, sigma'(x) * sum of grad * g(u)) over the
+// broadcast dimensions, both of scale_param's shape; g(u) from `source`. The
+// scale's gradient has normal_rsample_backward's bits (the same reduction).
+template <class Device, class Source>
+std::tuple<at::Tensor, at::Tensor> location_and_scale_backward_from(const at::Tensor& grad,
+                                                                    const at::Tensor& scale_param, ScaleKind scale,
+                                                                    const Source& source) {
+  const typename Device::Guard guard(grad.device());
+  if (scale_param.numel() == 0)
+    return {Device::empty(scale_param.sizes(), scale_param.options()),
+            Device::empty(scale_param.sizes(), scale_param.options())};
+  if (grad.numel() == 0)  // no sample reaches either parameter
+    return {at::zeros(scale_param.sizes(), scale_param.options()), at::zeros(scale_param.sizes(), scale_param.options())};
+  return broadcast_grads<Device>(source, scale, grad, scale_param);
+}
+
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> loc_scale_broadcast_backward(const at::Tensor& grad, const at::Tensor& scale_param,
+                                                                const at::Tensor& rng_state, c10::string_view family,
+                                                                c10::string_view scale) {
+  const NoiseKind noise = parse_family(family).noise;
+  const ScaleKind kind = parse_scale(scale, true);
+  check_normal_backward(grad, scale_param, "grad");
+  check_rng_state(rng_state, grad);
+  return location_and_scale_backward_from<Device>(grad, scale_param, kind, StreamNoise{rng_state, noise});
 }
 
 template <class Device>
@@ -385,6 +430,19 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_from_noise_backward(
   return {grad_mu, grad_scale};
 }
 
+// loc_scale_broadcast_backward for the normal family with the noise read from `noise` (grad_z's shape).
+template <class Device>
+std::tuple<at::Tensor, at::Tensor> normal_broadcast_from_noise_backward(const at::Tensor& grad_z,
+                                                                        const at::Tensor& scale_param,
+                                                                        const at::Tensor& noise,
+                                                                        c10::string_view scale) {
+  const ScaleKind kind = parse_scale(scale);
+  check_normal_backward(grad_z, scale_param);
+  check_saved_noise(noise, grad_z, "grad_z");
+  return location_and_scale_backward_from<Device>(grad_z, scale_param, kind, SavedNoise{noise.contiguous()});
+}
+
+// The CPU-only operators: the noise kept, and both gradients of a broadcast sample.
 template <class Device>
 void register_noise_keeping_ops(torch::Library& m) {
   m.impl("_normal_rsample_keeping_noise", &normal_rsample_keeping_noise<Device>);
@@ -392,6 +450,8 @@ void register_noise_keeping_ops(torch::Library& m) {
   m.impl("_normal_rsample_and_log_prob_keeping_noise", &normal_rsample_and_log_prob_keeping_noise<Device>);
   m.impl("_normal_rsample_from_noise_backward", &normal_rsample_from_noise_backward<Device>);
   m.impl("_normal_rsample_and_kl_from_noise_backward", &normal_rsample_and_kl_from_noise_backward<Device>);
+  m.impl("_loc_scale_broadcast_backward", &loc_scale_broadcast_backward<Device>);
+  m.impl("_normal_broadcast_from_noise_backward", &normal_broadcast_from_noise_backward<Device>);
 }
 
 template <class Device>

@@ -22,6 +22,9 @@ using SampleKlBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&
 using SampleTwoKeepingNoiseSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                                 const at::Tensor&, c10::string_view,
                                                                                 c10::SymIntArrayRef);
+using BroadcastBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                                c10::string_view, c10::string_view);
+using BroadcastFromNoiseBackwardSig = KlBackwardSig;  // (grad_z, scale_param, noise, scale)
 using NormalKlSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view);
 using LocScaleSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
                                c10::string_view, c10::SymIntArrayRef);
@@ -60,6 +63,9 @@ RT_OP_HANDLE(normal_rsample_and_log_prob_keeping_noise, SampleTwoKeepingNoiseSig
 RT_OP_HANDLE(normal_rsample_from_noise_backward, ScaleBackwardSig, "_normal_rsample_from_noise_backward")
 RT_OP_HANDLE(normal_rsample_and_kl_from_noise_backward, SampleKlBackwardSig,
              "_normal_rsample_and_kl_from_noise_backward")
+RT_OP_HANDLE(loc_scale_broadcast_backward, BroadcastBackwardSig, "_loc_scale_broadcast_backward")
+RT_OP_HANDLE(normal_broadcast_from_noise_backward, BroadcastFromNoiseBackwardSig,
+             "_normal_broadcast_from_noise_backward")
 RT_OP_HANDLE(loc_scale_rsample, LocScaleSig, "loc_scale_rsample")
 RT_OP_HANDLE(loc_scale_rsample_backward, LocScaleBackwardSig, "loc_scale_rsample_backward")
 RT_OP_HANDLE(relaxed_bernoulli_rsample, RelaxedSig, "relaxed_bernoulli_rsample")

@@ -56,7 +56,7 @@ TORCH_LIBRARY(rtrick_ops, m) {
       "normal_rsample_and_log_prob(Tensor mu, Tensor scale_param, Tensor rng_state, str scale, "
       "SymInt[] sample_shape) -> (Tensor, Tensor)");
 
-  // ------------------------------------------- the noise kept (CPU kernels only)
+  // ------------------------ the noise kept, and broadcast backwards (CPU kernels only)
   // What the C++ autograd calls for small CPU calls (docs/operators.md, "Saved noise"): the
   // forwards above that also return the float32 noise they used (z's shape), and the backwards
   // above with that noise (grad_z's shape) read instead of regenerated. The same bits as the
@@ -74,6 +74,17 @@ TORCH_LIBRARY(rtrick_ops, m) {
   m.def(
       "_normal_rsample_and_kl_from_noise_backward(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor scale_param, "
       "Tensor noise, str scale) -> (Tensor, Tensor)");
+  // Both gradients of a sample broadcast from a location and a scale parameter of one shape (sample
+  // dimensions), from one pass over grad: (grad_loc, grad_scale_param) = (sum of grad,
+  // loc_scale_rsample_backward's value) over the broadcast dimensions, both of scale_param's shape.
+  // What the C++ autograd calls for such CPU calls (CPU kernels only).
+  m.def(
+      "_loc_scale_broadcast_backward(Tensor grad, Tensor scale_param, Tensor rng_state, str family, str scale) "
+      "-> (Tensor, Tensor)");
+  // ... for the normal family, with the noise a noise-keeping forward returned (grad_z's shape).
+  m.def(
+      "_normal_broadcast_from_noise_backward(Tensor grad_z, Tensor scale_param, Tensor noise, str scale) "
+      "-> (Tensor, Tensor)");
 
   // ---------------------------------------------------------- Gumbel-Softmax
   // softmax((logits + gumbel noise) / tau) along dim (of logits; sample dims lead),

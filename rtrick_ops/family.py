@@ -197,6 +197,32 @@ def _loc_scale_rsample_backward_autograd(ops):
     return backward, setup_context
 
 
+def _loc_scale_broadcast_backward_autograd(ops):
+    """Both gradients are linear in grad: the location's derivative spreads its grad_grad over grad's shape, the
+    scale's is loc_scale_rsample_backward's (scale_backward_grads)."""
+    forward_op, backward_op = ops.loc_scale_rsample, ops.loc_scale_rsample_backward
+
+    def setup_context(ctx, inputs, output):
+        grad, scale_param, rng_state, family, scale = inputs
+        ctx.save_for_backward(grad, scale_param, rng_state)
+        ctx.family, ctx.scale = ("normal" if family == "lognormal" else family), scale
+
+    def backward(ctx, grad_grad_loc, grad_grad_scale):
+        grad, scale_param, rng_state = ctx.saved_tensors
+        d_grad = d_scale = None
+        if grad_grad_scale is not None:
+            d_grad, d_scale = scale_backward_grads(
+                ctx, grad_grad_scale, grad, scale_param,
+                draw=lambda zeros, weight: forward_op(zeros, weight, rng_state, ctx.family, "sigma", []),
+                noise_dot=lambda: backward_op(grad, scale_param, rng_state, ctx.family, "sigma"))
+        if grad_grad_loc is not None and ctx.needs_input_grad[0]:
+            spread = grad_grad_loc.expand(grad.shape)
+            d_grad = spread if d_grad is None else d_grad + spread
+        return d_grad, d_scale, None, None, None
+
+    return backward, setup_context
+
+
 def _relaxed_bernoulli_rsample_autograd(ops):
     """dz/dlogits = z (1 - z) / tau, from the output itself."""
 
@@ -216,5 +242,9 @@ LOC_SCALE_RSAMPLE = declare("loc_scale_rsample", ("loc", "scale_param"), [SAMPLE
                             autograd=_loc_scale_rsample_autograd)
 declare("loc_scale_rsample_backward", ("grad", "scale_param"), ["scale_param"], triton=True,
         autograd=_loc_scale_rsample_backward_autograd)
+# (grad_loc, grad_scale_param) of a sample broadcast from parameters of one shape, from one pass: what the C++
+# autograd calls for such CPU calls (csrc/autograd.cpp, one_pass_for_both), with CPU kernels only.
+declare("_loc_scale_broadcast_backward", ("grad", "scale_param"), ["scale_param", "scale_param"],
+        autograd=_loc_scale_broadcast_backward_autograd)
 RELAXED_BERNOULLI_RSAMPLE = declare("relaxed_bernoulli_rsample", ("logits",), [SAMPLE_AND_BATCH], triton=True,
                                     autograd=_relaxed_bernoulli_rsample_autograd)

@@ -382,6 +382,27 @@ def _normal_rsample_from_noise_backward_autograd(ops):
     return backward, setup_context
 
 
+def _normal_broadcast_from_noise_backward_autograd(ops):
+    """Double backward of both gradients of a broadcast sample read from the noise: the location's, grad_z summed,
+    and the sample's term (_sample_term_from_noise)."""
+
+    def setup_context(ctx, inputs, output):
+        grad_z, scale_param, noise, scale = inputs
+        ctx.save_for_backward(grad_z, scale_param, noise)
+        ctx.scale = scale
+
+    def backward(ctx, grad_grad_loc, grad_grad_scale):
+        grad_z, scale_param, noise = ctx.saved_tensors
+        d_grad_z, d_scale = differentiate_through(
+            lambda g, x: (g.sum_to_size(x.shape), _sample_term_from_noise(g, x, noise, ctx.scale)),
+            (grad_z, scale_param), (grad_grad_loc, grad_grad_scale))
+        if d_scale is None and ctx.needs_input_grad[1]:  # sigma'(x) = 1, or no grad_grad for the scale
+            d_scale = torch.zeros_like(scale_param)
+        return d_grad_z, d_scale, None, None
+
+    return backward, setup_context
+
+
 # ... and reading the noise.
 _normal_rsample_and_kl_from_noise_backward_autograd = _kl_step_backward_autograd(
     lambda ops, grad_z, scale_param, noise, scale: _sample_term_from_noise(grad_z, scale_param, noise, scale))
@@ -392,6 +413,9 @@ declare("_normal_rsample_and_kl_keeping_noise", _GAUSSIAN, [SAMPLE_AND_BATCH, BA
 declare("_normal_rsample_and_log_prob_keeping_noise", _GAUSSIAN, [SAMPLE_AND_BATCH, SAMPLE_AND_BATCH, NOISE])
 declare("_normal_rsample_from_noise_backward", ("grad_z", "scale_param", "noise"), ["scale_param"], keyed=False,
         autograd=_normal_rsample_from_noise_backward_autograd,
+        check=lambda grad_z, scale_param, noise, *_: _check_saved_noise(noise, grad_z))
+declare("_normal_broadcast_from_noise_backward", ("grad_z", "scale_param", "noise"), ["scale_param", "scale_param"],
+        keyed=False, autograd=_normal_broadcast_from_noise_backward_autograd,
         check=lambda grad_z, scale_param, noise, *_: _check_saved_noise(noise, grad_z))
 declare("_normal_rsample_and_kl_from_noise_backward", ("grad_z", "grad_kl", "mu", "scale_param", "noise"),
         ["mu", "scale_param"], keyed=False, autograd=_normal_rsample_and_kl_from_noise_backward_autograd,

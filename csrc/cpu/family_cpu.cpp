@@ -17,6 +17,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "../family_common.h"
@@ -113,10 +115,14 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
 // d/d scale_param when it is broadcast: sigma'(x_k) * sum over the broadcast
 // dimensions of grad_z * eps, eps from the stream or, where `saved` is set,
 // read from that contiguous float32 copy in stream order (the same values, so
-// the same sums). The dimensions of grad_z split into kept ones
-// (scale_param has them) and reduced ones; work items take a range of kept
-// indices times a range of reduced indices, each with its own accumulators, so
-// sums are added in an order fixed by the shapes, not by the thread count.
+// the same sums). With `with_location`, also a location parameter's gradient
+// (a location of scale_param's shape): the sum of grad_z alone, from the same
+// pass over grad_z, where a separate reduction would cost more than the pass
+// itself on a VAE's or an IWAE's tensors. The dimensions of grad_z split into
+// kept ones (scale_param has them) and reduced ones; work items take a range
+// of kept indices times a range of reduced indices, each with its own
+// accumulators, so sums are added in an order fixed by the shapes, not by the
+// thread count. Returns (the location's gradient or undefined, scale_param's).
 struct Axis {
   int64_t size, n_stride, g_stride;
 };
@@ -147,8 +153,9 @@ void unravel(const std::vector<Axis>& axes, int64_t index, int64_t& n, int64_t& 
   }
 }
 
-at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_param, StreamKey key, NoiseKind noise,
-                           ScaleKind kind, const float* saved) {
+std::tuple<at::Tensor, at::Tensor> reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_param,
+                                                   StreamKey key, NoiseKind noise, ScaleKind kind, const float* saved,
+                                                   bool with_location) {
   const int64_t dims = grad_z.dim();
   const int64_t lead = dims - scale_param.dim();
   std::vector<Axis> kept, reduced;
@@ -180,9 +187,14 @@ at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_par
 
   const Storage storage = storage_of(grad_z.scalar_type());
   const auto acc_dtype = grad_z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor partial = at::zeros({parts, kept_count}, grad_z.options().dtype(acc_dtype));
+  // The scale's partial sums, then the location's: zeroed here rather than by at::zeros, a dispatched
+  // fill that costs as much as a small call's whole pass.
+  const int64_t sums = with_location ? 2 : 1;
+  at::Tensor partial = at::detail::empty_cpu({sums, parts, kept_count}, grad_z.options().dtype(acc_dtype));
+  std::memset(partial.data_ptr(), 0, partial.nbytes());
   char* partial_base = static_cast<char*>(partial.data_ptr());
   const int64_t acc_size = partial.element_size();
+  char* location_base = with_location ? partial_base + parts * kept_count * acc_size : nullptr;
   const char* grad_base = static_cast<const char*>(grad_z.const_data_ptr());
   const int64_t grad_size = grad_z.element_size();
   const RowKernels& kernels = active_row_kernels();
@@ -198,6 +210,7 @@ at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_par
       const int64_t r_begin = part * reduced_per_part;
       const int64_t r_end = std::min(reduced_count, r_begin + reduced_per_part);
       char* acc = partial_base + part * kept_count * acc_size;
+      char* location_acc = with_location ? location_base + part * kept_count * acc_size : nullptr;
       int64_t nk, gk, nr, gr;
       if (inner_kept) {  // runs along the innermost kept dimension
         for (int64_t r = r_begin; r < r_end; ++r) {
@@ -206,7 +219,8 @@ at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_par
             const int64_t len = std::min(k_end - k, kept_inner.size - k % kept_inner.size);
             unravel(kept, k, nk, gk);
             kernels.noise_dot(storage, static_cast<int32_t>(noise), key, nk + nr, len, grad_base + (gk + gr) * grad_size, kept_inner.g_stride,
-                              acc + k * acc_size, 1, &cache, saved != nullptr ? saved + nk + nr : nullptr);
+                              acc + k * acc_size, 1, &cache, saved != nullptr ? saved + nk + nr : nullptr,
+                              with_location ? location_acc + k * acc_size : nullptr);
             k += len;
           }
         }
@@ -217,7 +231,8 @@ at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_par
             const int64_t len = std::min(r_end - r, reduced_inner.size - r % reduced_inner.size);
             unravel(reduced, r, nr, gr);
             kernels.noise_dot(storage, static_cast<int32_t>(noise), key, nk + nr, len, grad_base + (gk + gr) * grad_size, reduced_inner.g_stride,
-                              acc + k * acc_size, 0, &cache, saved != nullptr ? saved + nk + nr : nullptr);
+                              acc + k * acc_size, 0, &cache, saved != nullptr ? saved + nk + nr : nullptr,
+                              with_location ? location_acc + k * acc_size : nullptr);
             r += len;
           }
         }
@@ -227,11 +242,16 @@ at::Tensor reduce_backward(const at::Tensor& grad_z, const at::Tensor& scale_par
 
   at::Tensor sp = scale_param.contiguous();
   at::Tensor grad_sp = at::detail::empty_cpu(scale_param.sizes(), scale_param.options());
+  at::Tensor grad_location =
+      with_location ? at::detail::empty_cpu(scale_param.sizes(), scale_param.options()) : at::Tensor();
   at::parallel_for(0, kept_count, 16384, [&](int64_t begin, int64_t end) {
-    kernels.finish(storage, static_cast<int32_t>(kind), partial.const_data_ptr(), parts, kept_count,
-                   sp.const_data_ptr(), grad_sp.data_ptr(), begin, end);
+    kernels.finish(storage, static_cast<int32_t>(kind), partial_base, parts, kept_count, sp.const_data_ptr(),
+                   grad_sp.data_ptr(), begin, end);
+    if (with_location)  // sigma'(x) = 1 for "sigma": the sums themselves, in the storage type
+      kernels.finish(storage, static_cast<int32_t>(ScaleKind::Sigma), location_base, parts, kept_count,
+                     sp.const_data_ptr(), grad_location.data_ptr(), begin, end);
   });
-  return grad_sp;
+  return {grad_location, grad_sp};
 }
 
 // The CPU's launches for host_ops.h.
@@ -254,14 +274,37 @@ struct CpuDevice {
 
   static at::Tensor broadcast_scale_grad(const at::Tensor& grad, const at::Tensor& scale_param,
                                          const at::Tensor& rng_state, NoiseKind noise, ScaleKind scale) {
-    return reduce_backward(grad, scale_param, read_rng_state(rng_state), noise, scale, nullptr);
+    return std::get<1>(broadcast(grad, scale_param, rng_state, noise, scale, at::Tensor(), false));
   }
 
   // The same with the noise read from `saved` (float32, grad's shape, contiguous): the noise-keeping
   // operators' backward.
   static at::Tensor broadcast_scale_grad_from_noise(const at::Tensor& grad, const at::Tensor& scale_param,
                                                     const at::Tensor& saved, ScaleKind scale) {
-    return reduce_backward(grad, scale_param, StreamKey{0, 0}, NoiseKind::Normal, scale, saved.const_data_ptr<float>());
+    return std::get<1>(broadcast(grad, scale_param, at::Tensor(), NoiseKind::Normal, scale, saved, false));
+  }
+
+  // Both, with a location's gradient from the same pass: the broadcast backward operators.
+  static std::tuple<at::Tensor, at::Tensor> broadcast_grads(const at::Tensor& grad, const at::Tensor& scale_param,
+                                                            const at::Tensor& rng_state, NoiseKind noise,
+                                                            ScaleKind scale) {
+    return broadcast(grad, scale_param, rng_state, noise, scale, at::Tensor(), true);
+  }
+  static std::tuple<at::Tensor, at::Tensor> broadcast_grads_from_noise(const at::Tensor& grad,
+                                                                       const at::Tensor& scale_param,
+                                                                       const at::Tensor& saved, ScaleKind scale) {
+    return broadcast(grad, scale_param, at::Tensor(), NoiseKind::Normal, scale, saved, true);
+  }
+
+ private:
+  // The noise from the stream (rng_state) or from `saved`.
+  static std::tuple<at::Tensor, at::Tensor> broadcast(const at::Tensor& grad, const at::Tensor& scale_param,
+                                                      const at::Tensor& rng_state, NoiseKind noise, ScaleKind scale,
+                                                      const at::Tensor& saved, bool with_location) {
+    return saved.defined()
+               ? reduce_backward(grad, scale_param, StreamKey{0, 0}, noise, scale, saved.const_data_ptr<float>(),
+                                 with_location)
+               : reduce_backward(grad, scale_param, read_rng_state(rng_state), noise, scale, nullptr, with_location);
   }
 };
 

@@ -65,9 +65,12 @@ struct RowKernels {
   void (*elementwise)(Storage, FormulaId, int32_t scale, int32_t noise, StreamKey, int64_t n0, int64_t len,
                       const RowOperands& operands);
   // acc[j * acc_stride] += grad[j] * noise[n0 + j], acc_stride 0 (a sum) or 1; the noise read from
-  // noise_in[j] instead where noise_in is set (as RowOperands::noise_in; the key and cache unused)
+  // noise_in[j] instead where noise_in is set (as RowOperands::noise_in; the key and cache unused).
+  // Where grad_sum is set, also grad_sum[j * acc_stride] += grad[j], in acc's order: a location
+  // parameter's gradient from the same pass over grad.
   void (*noise_dot)(Storage, int32_t noise, StreamKey, int64_t n0, int64_t len, const void* grad,
-                    int64_t grad_stride, void* acc, int64_t acc_stride, NoiseCache* cache, const float* noise_in);
+                    int64_t grad_stride, void* acc, int64_t acc_stride, NoiseCache* cache, const float* noise_in,
+                    void* grad_sum);
   // out[k] = sigma'(sp[k]) * sum_p partial[p * count + k], k in [begin, end), sp contiguous
   void (*finish)(Storage, int32_t scale, const void* partial, int64_t parts, int64_t count,
                  const void* sp, void* out, int64_t begin, int64_t end);

@@ -297,12 +297,13 @@ void elementwise_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const
 
 template <Storage S>
 void noise_dot_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const void* grad_, int64_t grad_stride,
-                   void* acc_, int64_t acc_stride, NoiseCache* cache, const float* noise_in) {
+                   void* acc_, int64_t acc_stride, NoiseCache* cache, const float* noise_in, void* grad_sum_) {
   using T = Traits<S>;
   using stored = typename T::stored;
   using compute = typename T::compute;
   const stored* grad = static_cast<const stored*>(grad_);
   compute* acc = static_cast<compute*>(acc_);
+  compute* grad_sum = static_cast<compute*>(grad_sum_);
   // The row's noise, piece by piece: from the stream's blocks, or a saved copy in one piece. Both give
   // the same values in the same positions, and the sums below depend on positions only.
   const auto each_piece = [&](auto body) {
@@ -311,7 +312,13 @@ void noise_dot_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const v
   };
   if (acc_stride != 0) {
     each_piece([&](int64_t j, int64_t count, const float* eps) {
-      if (grad_stride == 1) {
+      if (grad_sum != nullptr) {  // a loop of its own, so that the usual one stays as it vectorises
+        for (int64_t t = 0; t < count; ++t) {
+          const compute g = T::load(grad[(j + t) * grad_stride]);
+          acc[j + t] += g * static_cast<compute>(eps[t]);
+          grad_sum[j + t] += g;
+        }
+      } else if (grad_stride == 1) {
         const stored* g = grad + j;
         compute* a = acc + j;
         for (int64_t t = 0; t < count; ++t) a[t] += T::load(g[t]) * static_cast<compute>(eps[t]);
@@ -324,13 +331,21 @@ void noise_dot_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const v
   }
   // A sum: 16 partial sums, lane = position in the row, added in a fixed order.
   compute lanes[16] = {};
+  compute sum_lanes[16] = {};
   each_piece([&](int64_t j, int64_t count, const float* eps) {
     for (int64_t t = 0; t < count; ++t)
       lanes[(j + t) & 15] += T::load(grad[(j + t) * grad_stride]) * static_cast<compute>(eps[t]);
+    if (grad_sum != nullptr) {
+      for (int64_t t = 0; t < count; ++t) sum_lanes[(j + t) & 15] += T::load(grad[(j + t) * grad_stride]);
+    }
   });
-  compute total = 0;
-  for (int l = 0; l < 16; ++l) total += lanes[l];
+  compute total = 0, sum_total = 0;
+  for (int l = 0; l < 16; ++l) {
+    total += lanes[l];
+    sum_total += sum_lanes[l];
+  }
   acc[0] += total;
+  if (grad_sum != nullptr) grad_sum[0] += sum_total;
 }
 
 template <Storage S, ScaleKind K>
@@ -388,13 +403,14 @@ void elementwise_entry(Storage storage, FormulaId formula, int32_t scale, int32_
 }
 
 void noise_dot_entry(Storage storage, int32_t noise, StreamKey s, int64_t n0, int64_t len, const void* grad,
-                     int64_t grad_stride, void* acc, int64_t acc_stride, NoiseCache* cache, const float* noise_in) {
+                     int64_t grad_stride, void* acc, int64_t acc_stride, NoiseCache* cache, const float* noise_in,
+                     void* grad_sum) {
   const NoiseKind kind = static_cast<NoiseKind>(noise);
   switch (storage) {
-    case Storage::Float32: noise_dot_row<Storage::Float32>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in); break;
-    case Storage::Float64: noise_dot_row<Storage::Float64>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in); break;
-    case Storage::Float16: noise_dot_row<Storage::Float16>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in); break;
-    case Storage::BFloat16: noise_dot_row<Storage::BFloat16>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in); break;
+    case Storage::Float32: noise_dot_row<Storage::Float32>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in, grad_sum); break;
+    case Storage::Float64: noise_dot_row<Storage::Float64>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in, grad_sum); break;
+    case Storage::Float16: noise_dot_row<Storage::Float16>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in, grad_sum); break;
+    case Storage::BFloat16: noise_dot_row<Storage::BFloat16>(kind, s, n0, len, grad, grad_stride, acc, acc_stride, cache, noise_in, grad_sum); break;
   }
 }
 

@@ -327,11 +327,29 @@ void run_noise(const RowKernels& k) {
           std::vector<float> acc_f(static_cast<size_t>(len), 0.25f);
           void* acc = si == 0 ? static_cast<void*>(acc_f.data()) : static_cast<void*>(acc_d.data());
           rtrick::cpu::NoiseCache cache;
-          k.noise_dot(s, noise, keys[1], 77, len, grad.bytes.data(), grad_stride, acc, acc_stride, &cache, nullptr);
+          k.noise_dot(s, noise, keys[1], 77, len, grad.bytes.data(), grad_stride, acc, acc_stride, &cache, nullptr,
+                      nullptr);
           const std::string name = "noise_dot/noise" + std::to_string(noise) + "/" + storage_name(s) + "/acc" +
                                    std::to_string(acc_stride) + "/grad" + std::to_string(grad_stride);
           if (si == 0) emit(name, kF32, acc_f.data(), acc_f.size() * 4);
           else emit(name, kF64, acc_d.data(), acc_d.size() * 8);
+          // With grad's sum too (a location's gradient from the same pass): the noise's sums unchanged,
+          // and the grad's sums recorded.
+          std::vector<double> with_d(static_cast<size_t>(len), 0.25), sum_d(static_cast<size_t>(len), -0.5);
+          std::vector<float> with_f(static_cast<size_t>(len), 0.25f), sum_f(static_cast<size_t>(len), -0.5f);
+          void* with = si == 0 ? static_cast<void*>(with_f.data()) : static_cast<void*>(with_d.data());
+          void* sum = si == 0 ? static_cast<void*>(sum_f.data()) : static_cast<void*>(sum_d.data());
+          rtrick::cpu::NoiseCache with_cache;
+          k.noise_dot(s, noise, keys[1], 77, len, grad.bytes.data(), grad_stride, with, acc_stride, &with_cache,
+                      nullptr, sum);
+          const bool same_with = si == 0 ? memcmp(with_f.data(), acc_f.data(), acc_f.size() * 4) == 0
+                                         : memcmp(with_d.data(), acc_d.data(), acc_d.size() * 8) == 0;
+          if (!same_with) {
+            fprintf(stderr, "%s: summing grad too changes the noise's sums\n", name.c_str());
+            exit(1);
+          }
+          if (si == 0) emit(name + "/grad_sum", kF32, sum_f.data(), sum_f.size() * 4);
+          else emit(name + "/grad_sum", kF64, sum_d.data(), sum_d.size() * 8);
           // The saved-noise backward (noise_in): the row's noise read from a copy must give the same sums.
           std::vector<float> saved(static_cast<size_t>(len));
           k.noise_fill(noise, keys[1], 77, len, saved.data());
@@ -339,7 +357,7 @@ void run_noise(const RowKernels& k) {
           std::vector<float> again_f(static_cast<size_t>(len), 0.25f);
           void* again = si == 0 ? static_cast<void*>(again_f.data()) : static_cast<void*>(again_d.data());
           k.noise_dot(s, noise, StreamKey{0, 0}, 77, len, grad.bytes.data(), grad_stride, again, acc_stride, nullptr,
-                      saved.data());
+                      saved.data(), nullptr);
           const bool same = si == 0 ? memcmp(again_f.data(), acc_f.data(), acc_f.size() * 4) == 0
                                     : memcmp(again_d.data(), acc_d.data(), acc_d.size() * 8) == 0;
           if (!same) {
