@@ -137,16 +137,16 @@ inline void check_normal_backward(const at::Tensor& grad_z, const at::Tensor& sc
                                   const char* grad_name = "grad_z") {
   check_float_tensor(grad_z, grad_name);
   check_float_tensor(scale_param, "scale_param");
-  TORCH_CHECK_VALUE(grad_z.scalar_type() == scale_param.scalar_type(), "grad_z (", grad_z.scalar_type(),
+  TORCH_CHECK_VALUE(grad_z.scalar_type() == scale_param.scalar_type(), grad_name, " (", grad_z.scalar_type(),
                     ") and scale_param (", scale_param.scalar_type(), ") must have the same dtype");
-  TORCH_CHECK_VALUE(grad_z.device() == scale_param.device(), "grad_z is on ", grad_z.device(),
+  TORCH_CHECK_VALUE(grad_z.device() == scale_param.device(), grad_name, " is on ", grad_z.device(),
                     " but scale_param is on ", scale_param.device());
   const int64_t lead = grad_z.dim() - scale_param.dim();
   bool ok = lead >= 0;
   for (int64_t d = 0; ok && d < scale_param.dim(); ++d)
     ok = scale_param.size(d) == 1 || scale_param.size(d) == grad_z.size(d + lead);
-  TORCH_CHECK_VALUE(ok, "scale_param of shape ", scale_param.sizes(), " does not broadcast to grad_z of shape ",
-                    grad_z.sizes());
+  TORCH_CHECK_VALUE(ok, "scale_param of shape ", scale_param.sizes(), " does not broadcast to ", grad_name,
+                    " of shape ", grad_z.sizes());
 }
 
 // normal_rsample_and_kl_backward's arguments: normal_kl_backward's, and grad_z of

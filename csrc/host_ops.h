@@ -189,7 +189,8 @@ at::Tensor loc_scale_rsample_backward(const at::Tensor& grad, const at::Tensor& 
 // parameter of one shape (a sample_shape, broadcast batch dimensions), in one
 // pass over grad: (sum of grad, sigma'(x) * sum of grad * g(u)) over the
 // broadcast dimensions, both of scale_param's shape; g(u) from `source`. The
-// scale's gradient has normal_rsample_backward's bits (the same reduction).
+// scale's gradient has the separate operator's bits (the same reduction, or
+// the same elementwise pass where nothing is broadcast).
 template <class Device, class Source>
 std::tuple<at::Tensor, at::Tensor> location_and_scale_backward_from(const at::Tensor& grad,
                                                                     const at::Tensor& scale_param, ScaleKind scale,
@@ -200,6 +201,11 @@ std::tuple<at::Tensor, at::Tensor> location_and_scale_backward_from(const at::Te
             Device::empty(scale_param.sizes(), scale_param.options())};
   if (grad.numel() == 0)  // no sample reaches either parameter
     return {at::zeros(scale_param.sizes(), scale_param.options()), at::zeros(scale_param.sizes(), scale_param.options())};
+  if (scale_param.numel() == grad.numel()) {  // nothing to sum: grad itself (a copy: outputs never alias inputs)
+    // and the elementwise pass, which keeps a -0 that a sum starting from +0 would not
+    return {grad.reshape(scale_param.sizes()).clone(at::MemoryFormat::Contiguous),
+            scale_backward_from<Device>(grad, scale_param, scale, source)};
+  }
   return broadcast_grads<Device>(source, scale, grad, scale_param);
 }
 

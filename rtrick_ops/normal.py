@@ -396,7 +396,7 @@ def _normal_broadcast_from_noise_backward_autograd(ops):
         d_grad_z, d_scale = differentiate_through(
             lambda g, x: (g.sum_to_size(x.shape), _sample_term_from_noise(g, x, noise, ctx.scale)),
             (grad_z, scale_param), (grad_grad_loc, grad_grad_scale))
-        if d_scale is None and ctx.needs_input_grad[1]:  # sigma'(x) = 1, or no grad_grad for the scale
+        if d_scale is None and ctx.needs_input_grad[1]:  # scale="sigma": sigma'(x) = 1 does not move with x
             d_scale = torch.zeros_like(scale_param)
         return d_grad_z, d_scale, None, None
 

@@ -1,7 +1,7 @@
 """Both parameter gradients of a broadcast sample from one pass (csrc/autograd.cpp, one_pass_for_both).
 
-Where a sample is broadcast from a location and a scale parameter of one shape (sample_shape=(K,), an IWAE's K
-samples, or a broadcast batch dimension) and both need a gradient, the CPU nodes call _loc_scale_broadcast_backward
+Where a sample has sample dimensions over a location and a scale parameter of one shape (sample_shape=(K,), an
+IWAE's K samples) and both need a gradient, the CPU nodes call _loc_scale_broadcast_backward
 (the noise regenerated) or _normal_broadcast_from_noise_backward (the noise kept): the location's gradient, the
 sum of grad, comes from the same pass over grad as the scale's. These tests check the two operators against the
 separate ones they replace (the scale's gradient bit for bit, the location's against a float64 sum), their
@@ -32,7 +32,8 @@ LAYOUTS = [((3, 9, 7), (9, 7), "contiguous"),      # sample_shape (3,): runs alo
            ((2, 5, 33), (5, 1), "transposed"),     # both kinds of dimension, grad not contiguous
            ((6, 1, 11), (11,), "contiguous"),      # a dimension of size 1 among the reduced ones
            ((64, 2048), (2048,), "contiguous"),    # several partial sums per kept element (131072 elements)
-           ((5, 4), (5, 4), "contiguous")]         # nothing broadcast: one term per element
+           ((4, 2 ** 16), (4, 1), "contiguous"),   # ... and along the reduced inner dimension, in 16 lanes
+           ((5, 4), (5, 4), "contiguous")]         # nothing broadcast: grad itself and the elementwise pass
 
 
 def _grad(shape, dtype, layout, seed=5):
@@ -56,7 +57,7 @@ def _check_location_sum(grad_loc, grad, sp_shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("scale", SCALES + ("rate",))
 def test_regenerating_matches_the_separate_operators(dtype, scale):
     for grad_shape, sp_shape, layout in LAYOUTS:
         grad, sp = _grad(grad_shape, dtype, layout), _scale_param(sp_shape, dtype, scale)
@@ -84,8 +85,9 @@ def test_reading_the_noise_matches_regenerating_it(dtype, scale):
         assert torch.equal(from_noise[1], separate)
 
 
-def test_the_sums_do_not_depend_on_the_thread_count():
-    grad, sp = _grad((64, 2048), torch.float32, "contiguous"), _scale_param((2048,), torch.float32, "log_sigma")
+@pytest.mark.parametrize("grad_shape,sp_shape", [((64, 2048), (2048,)), ((4, 2 ** 16), (4, 1))])
+def test_the_sums_do_not_depend_on_the_thread_count(grad_shape, sp_shape):
+    grad, sp = _grad(grad_shape, torch.float32, "contiguous"), _scale_param(sp_shape, torch.float32, "log_sigma")
     previous = torch.get_num_threads()
     try:
         results = []
@@ -96,6 +98,19 @@ def test_the_sums_do_not_depend_on_the_thread_count():
         torch.set_num_threads(previous)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_without_broadcasting_the_bits_are_the_separate_ones_negative_zeros_included():
+    """Nothing to sum: the location's gradient is grad itself and the scale's the elementwise pass, so a -0 stays
+    -0 (a sum starting from +0 would make it +0)."""
+    grad = torch.tensor([[-0.0, 1.0, -2.0], [0.0, -0.0, 3.0]])
+    sp = torch.tensor([[0.5, -1.0, 0.0], [2.0, 0.25, -0.5]])
+    for family in ("normal", "laplace"):
+        grad_loc, grad_scale = ops._loc_scale_broadcast_backward(grad, sp, STATE, family, "sigma")
+        assert torch.equal(grad_loc.view(torch.int32), grad.view(torch.int32))
+        separate = ops.loc_scale_rsample_backward(grad, sp, STATE, family, "sigma")
+        assert torch.equal(grad_scale.view(torch.int32), separate.view(torch.int32))
+        assert grad_loc.data_ptr() != grad.data_ptr()
 
 
 def test_empty_tensors():
@@ -163,10 +178,10 @@ def test_public_calls_give_the_operators_gradients(name, call, limit):
 def test_the_nodes_call_the_one_pass_operators_where_they_should():
     """Counts the operators' calls through the dispatcher: one one-pass call for a (K,) sample with both
     gradients, none for a sample_shape of (1,), for one gradient, or for parameters of different shapes."""
-    def run(mu_shape, sp_shape, sample_shape, both=True):
+    def run(call, mu_shape, sp_shape, sample_shape, both=True):
         mu = torch.randn(mu_shape, requires_grad=True)
         sp = (0.3 * torch.randn(sp_shape)).requires_grad_(both)
-        z = rt.normal_rsample(mu, sp, sample_shape=sample_shape, seed=1)
+        z = call(mu, sp, sample_shape)
         with torch.profiler.profile() as prof:
             torch.autograd.grad(z.sum(), (mu, sp) if both else (mu,))
         return sum(e.count for e in prof.key_averages() if "broadcast" in e.key and "backward" in e.key)
@@ -175,11 +190,12 @@ def test_the_nodes_call_the_one_pass_operators_where_they_should():
     try:
         for limit in (0, 2 ** 16):
             rt.set_saved_noise_limit(limit)
-            assert run((5, 3), (5, 3), (4,)) == 1
-            assert run((5, 3), (5, 3), (1,)) == 0
-            assert run((5, 3), (5, 3), (4,), both=False) == 0
-            assert run((5, 3), (3,), (4,)) == 0
-            assert run((3,), (5, 3), ()) == 0
+            for name, call in _public_cases():
+                assert run(call, (5, 3), (5, 3), (4,)) == 1, name
+                assert run(call, (5, 3), (5, 3), (1,)) == 0, name
+                assert run(call, (5, 3), (5, 3), (4,), both=False) == 0, name
+                assert run(call, (5, 3), (3,), (4,)) == 0, name
+                assert run(call, (3,), (5, 3), ()) == 0, name
     finally:
         rt.set_saved_noise_limit(previous)
 
@@ -219,7 +235,7 @@ def test_opcheck(op, args):
 
 @pytest.mark.parametrize("call,error,pattern", [
     (lambda: ops._loc_scale_broadcast_backward(torch.zeros(2, 3), torch.zeros(2), STATE, "normal", "log_sigma"),
-     ValueError, "does not broadcast to grad"),
+     ValueError, "does not broadcast to grad of shape"),
     (lambda: ops._loc_scale_broadcast_backward(torch.zeros(3), torch.zeros(3, dtype=torch.float64), STATE,
                                                "normal", "log_sigma"),
      ValueError, "same dtype"),

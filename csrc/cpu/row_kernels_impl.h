@@ -313,10 +313,13 @@ void noise_dot_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const v
   if (acc_stride != 0) {
     each_piece([&](int64_t j, int64_t count, const float* eps) {
       if (grad_sum != nullptr) {  // a loop of its own, so that the usual one stays as it vectorises
+        // distinct buffers (the caller's two partial-sum blocks): restrict lets this loop vectorise too
+        compute* __restrict__ a = acc + j;
+        compute* __restrict__ sum = grad_sum + j;
         for (int64_t t = 0; t < count; ++t) {
           const compute g = T::load(grad[(j + t) * grad_stride]);
-          acc[j + t] += g * static_cast<compute>(eps[t]);
-          grad_sum[j + t] += g;
+          a[t] += g * static_cast<compute>(eps[t]);
+          sum[t] += g;
         }
       } else if (grad_stride == 1) {
         const stored* g = grad + j;

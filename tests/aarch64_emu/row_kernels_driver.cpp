@@ -356,12 +356,18 @@ void run_noise(const RowKernels& k) {
           std::vector<double> again_d(static_cast<size_t>(len), 0.25);
           std::vector<float> again_f(static_cast<size_t>(len), 0.25f);
           void* again = si == 0 ? static_cast<void*>(again_f.data()) : static_cast<void*>(again_d.data());
+          std::vector<double> again_sum_d(static_cast<size_t>(len), -0.5);
+          std::vector<float> again_sum_f(static_cast<size_t>(len), -0.5f);
+          void* again_sum = si == 0 ? static_cast<void*>(again_sum_f.data()) : static_cast<void*>(again_sum_d.data());
           k.noise_dot(s, noise, StreamKey{0, 0}, 77, len, grad.bytes.data(), grad_stride, again, acc_stride, nullptr,
-                      saved.data(), nullptr);
-          const bool same = si == 0 ? memcmp(again_f.data(), acc_f.data(), acc_f.size() * 4) == 0
-                                    : memcmp(again_d.data(), acc_d.data(), acc_d.size() * 8) == 0;
+                      saved.data(), again_sum);
+          const bool same = si == 0 ? memcmp(again_f.data(), acc_f.data(), acc_f.size() * 4) == 0 &&
+                                          memcmp(again_sum_f.data(), sum_f.data(), sum_f.size() * 4) == 0
+                                    : memcmp(again_d.data(), acc_d.data(), acc_d.size() * 8) == 0 &&
+                                          memcmp(again_sum_d.data(), sum_d.data(), sum_d.size() * 8) == 0;
           if (!same) {
-            fprintf(stderr, "%s: the read-back noise gives other sums than the stream\n", name.c_str());
+            fprintf(stderr, "%s: the read-back noise gives other sums (of the noise or of grad) than the stream\n",
+                    name.c_str());
             exit(1);
           }
         }
