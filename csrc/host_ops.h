@@ -186,8 +186,7 @@ at::Tensor loc_scale_rsample_backward(const at::Tensor& grad, const at::Tensor& 
 }
 
 // Both parameter gradients of a sample broadcast from a location and a scale
-// parameter of one shape (a sample_shape, broadcast batch dimensions), in one
-// pass over grad: (sum of grad, sigma'(x) * sum of grad * g(u)) over the
+// parameter of one shape (sample dimensions), in one pass over grad: (sum of grad, sigma'(x) * sum of grad * g(u)) over the
 // broadcast dimensions, both of scale_param's shape; g(u) from `source`. The
 // scale's gradient has the separate operator's bits (the same reduction, or
 // the same elementwise pass where nothing is broadcast).
