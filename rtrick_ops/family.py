@@ -207,17 +207,14 @@ def _loc_scale_broadcast_backward_autograd(ops):
         ctx.save_for_backward(grad, scale_param, rng_state)
         ctx.family, ctx.scale = ("normal" if family == "lognormal" else family), scale
 
-    def backward(ctx, grad_grad_loc, grad_grad_scale):
+    def backward(ctx, grad_grad_loc, grad_grad_scale):  # both materialized (zeros where unused)
         grad, scale_param, rng_state = ctx.saved_tensors
-        d_grad = d_scale = None
-        if grad_grad_scale is not None:
-            d_grad, d_scale = scale_backward_grads(
-                ctx, grad_grad_scale, grad, scale_param,
-                draw=lambda zeros, weight: forward_op(zeros, weight, rng_state, ctx.family, "sigma", []),
-                noise_dot=lambda: backward_op(grad, scale_param, rng_state, ctx.family, "sigma"))
-        if grad_grad_loc is not None and ctx.needs_input_grad[0]:
-            spread = grad_grad_loc.expand(grad.shape)
-            d_grad = spread if d_grad is None else d_grad + spread
+        d_grad, d_scale = scale_backward_grads(
+            ctx, grad_grad_scale, grad, scale_param,
+            draw=lambda zeros, weight: forward_op(zeros, weight, rng_state, ctx.family, "sigma", []),
+            noise_dot=lambda: backward_op(grad, scale_param, rng_state, ctx.family, "sigma"))
+        if d_grad is not None:
+            d_grad = d_grad + grad_grad_loc.expand(grad.shape)
         return d_grad, d_scale, None, None, None
 
     return backward, setup_context

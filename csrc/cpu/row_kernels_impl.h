@@ -336,10 +336,15 @@ void noise_dot_row(NoiseKind kind, StreamKey s, int64_t n0, int64_t len, const v
   compute lanes[16] = {};
   compute sum_lanes[16] = {};
   each_piece([&](int64_t j, int64_t count, const float* eps) {
-    for (int64_t t = 0; t < count; ++t)
-      lanes[(j + t) & 15] += T::load(grad[(j + t) * grad_stride]) * static_cast<compute>(eps[t]);
-    if (grad_sum != nullptr) {
-      for (int64_t t = 0; t < count; ++t) sum_lanes[(j + t) & 15] += T::load(grad[(j + t) * grad_stride]);
+    if (grad_sum != nullptr) {  // one read of grad for both sums
+      for (int64_t t = 0; t < count; ++t) {
+        const compute g = T::load(grad[(j + t) * grad_stride]);
+        lanes[(j + t) & 15] += g * static_cast<compute>(eps[t]);
+        sum_lanes[(j + t) & 15] += g;
+      }
+    } else {
+      for (int64_t t = 0; t < count; ++t)
+        lanes[(j + t) & 15] += T::load(grad[(j + t) * grad_stride]) * static_cast<compute>(eps[t]);
     }
   });
   compute total = 0, sum_total = 0;
