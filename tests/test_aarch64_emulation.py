@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "aarch64_emu"))
 import cross_check  # noqa: E402
 import elf_runner  # noqa: E402
+import prebuild  # noqa: E402  (tests/, on the path through conftest.py)
 
 
 def describe(summary):
@@ -32,6 +33,7 @@ def describe(summary):
 
 
 def test_row_kernels_give_the_same_bits_on_aarch64():
+    prebuild.wait("aarch64")
     summary = cross_check.cross_check()
     assert summary["failures"] == [], describe(summary)
     # every record compared, most of them bit for bit; only float64 may differ (the C libraries)
@@ -41,7 +43,8 @@ def test_row_kernels_give_the_same_bits_on_aarch64():
 
 
 def test_a_contracting_aarch64_build_is_caught():
-    summary = cross_check.cross_check(aarch64_extra_flags=["-ffp-contract=fast"])
+    prebuild.wait("aarch64")
+    summary = cross_check.cross_check(aarch64_extra_flags=cross_check.CONTRACTING_FLAGS)
     float32_failures = [f for f in summary["failures"] if "/f32/" in f]
     assert float32_failures, "fused a*b+c on aarch64 went unnoticed"
 

@@ -35,6 +35,7 @@ EMU = ROOT / "tests" / "cuda_emu"
 sys.path.insert(0, str(EMU))
 
 import harness  # noqa: E402
+import prebuild  # noqa: E402  (tests/, on the path through conftest.py)
 from planted_bugs import PLANTED_BUGS  # noqa: E402
 
 pytestmark = [
@@ -52,6 +53,7 @@ SWEEP_TIMEOUT_S = 600
 
 @pytest.fixture(scope="session")
 def plain_library():
+    prebuild.wait("plain")
     return harness.build("plain")
 
 
@@ -61,6 +63,7 @@ def checked_library():
         harness.sanitizer_preload()
     except RuntimeError as error:
         pytest.skip(str(error))
+    prebuild.wait("checked")
     return harness.build("checked")
 
 

@@ -61,6 +61,8 @@ CXX_FLAGS = ["-std=c++17", "-O3", *STREAM_CXX_FLAGS, "-Werror=switch"]
 # float64 through two C libraries: measured at most 1.8e-13 relative (the Dirichlet's gradient terms, where
 # a weighted difference amplifies libm's last-bit differences; the samples themselves within 3.5e-15).
 FLOAT64_RTOL = 1e-12
+# a build that lets the compiler fuse a*b+c: the self-check that the comparison catches changed float32 bits
+CONTRACTING_FLAGS = ["-ffp-contract=fast"]
 
 # row_kernels_driver.cpp's output buffers start filled with this byte: what a kernel left unwritten
 UNWRITTEN_BYTE = 0xA5

@@ -1,0 +1,122 @@
+"""The suite's long builds, started when the session starts, on the core the other tests leave idle.
+
+Most of the suite runs on one core, and four builds take most of CI's time on
+a 2-core machine when each waits for its tests (measured 2026-12-01, cold
+build folders: the checked CUDA emulation 289 s, the plain one 173 s, nvcc for
+sm_90 137 s, the aarch64 drivers about 100 s with Zig's cache cold). So
+conftest.py runs the tests that need them last, and starts this file in a
+background process, at the lowest CPU priority, when the session starts.
+
+Each step is the build its tests make themselves (harness.build,
+cross_check.build, nvcc_sm90.compile_all), and each of those reuses a finished
+build: ninja's for the emulation, a key of the sources and the command for
+the others. So the background only gives the tests a head start; a test
+always makes its own build call after wait(step), which is where a failed
+build reports its error. The process prints "done STEP" after each step.
+
+usage: python tests/prebuild.py STEP...    (STEP: one of STEPS, built in that order)
+"""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LOG = ROOT / "build" / "prebuild.log"
+# in the order the tests that need them run (conftest.py)
+STEPS = ("aarch64", "plain", "checked", "nvcc")
+
+_process = None
+_started = ()
+_done = set()
+
+
+def available_steps():
+    """The steps whose tests would not skip here."""
+    import importlib.util
+
+    steps = []
+    if importlib.util.find_spec("unicorn") and importlib.util.find_spec("ziglang"):
+        steps.append("aarch64")
+    if sys.platform.startswith("linux") and os.environ.get("RTRICK_SKIP_CUDA_EMULATION") != "1":
+        steps += ["plain", "checked"]
+    sys.path.insert(0, str(HERE))
+    import nvcc_sm90
+
+    if nvcc_sm90.CUDA_SOURCES and nvcc_sm90.nvcc_path():
+        steps.append("nvcc")
+    return steps
+
+
+def start(steps):
+    """Starts the background builds of these steps (once per session)."""
+    global _process, _started
+    steps = [s for s in STEPS if s in steps]
+    if _process is not None or not steps:
+        return
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOG, "w") as log:
+        _process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *steps], stdout=subprocess.PIPE,
+                                    stderr=log, text=True, start_new_session=True,
+                                    preexec_fn=lambda: os.nice(19))
+    _started = tuple(steps)
+
+
+def wait(step):
+    """Returns once the background build of this step has finished (at once if it never started)."""
+    if _process is None or step not in _started:
+        return
+    while step not in _done:
+        line = _process.stdout.readline()
+        if not line:  # the process ended: a crash or stop(); the test builds itself
+            _process.wait()
+            return
+        _done.add(line.split()[-1])
+
+
+def stop():
+    """Ends the background builds (the session ended before its tests needed them)."""
+    global _process
+    if _process is not None and _process.poll() is None:
+        os.killpg(_process.pid, signal.SIGTERM)
+        _process.wait()
+    _process = None
+
+
+def build(step):
+    if step == "aarch64":
+        sys.path.insert(0, str(HERE / "aarch64_emu"))
+        import cross_check
+
+        cross_check.build(cross_check.DEFAULT_BUILD_DIR)
+        cross_check.build(cross_check.DEFAULT_BUILD_DIR, cross_check.CONTRACTING_FLAGS)
+    elif step in ("plain", "checked"):
+        sys.path.insert(0, str(HERE / "cuda_emu"))
+        import harness
+
+        if step == "checked":
+            harness.sanitizer_preload()  # raises where AddressSanitizer is missing: the tests skip there
+        harness.build(step)
+    elif step == "nvcc":
+        import nvcc_sm90
+
+        nvcc_sm90.compile_all()
+    else:
+        raise ValueError(f"step: {step!r} is not one of {STEPS}")
+
+
+def main(steps):
+    sys.path.insert(0, str(HERE))
+    for step in steps:
+        try:
+            build(step)
+            print(f"prebuild: {step} built", file=sys.stderr, flush=True)
+        except Exception as error:  # the test's own build call reports it
+            print(f"prebuild: {step} failed: {error}", file=sys.stderr, flush=True)
+        print(f"done {step}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
