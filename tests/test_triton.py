@@ -75,8 +75,11 @@ def test_triton_gradcheck_and_gradgradcheck():
         def sample(m, s):
             return rt.normal_rsample(m, s, scale=scale, sample_shape=(2,), seed=5, backend="triton")
 
-        assert torch.autograd.gradcheck(sample, (mu, sp))
-        assert torch.autograd.gradgradcheck(sample, (mu, sp))
+        # Under the interpreter, fast mode (a random projection of the Jacobian, checked numerically): the
+        # full check took 80 s of CI for the 5 scales, fast mode 14 s. Both caught a gradient scaled by
+        # 1.003 (2026-12-01); the CPU kernels' tests run the full check.
+        assert torch.autograd.gradcheck(sample, (mu, sp), fast_mode=INTERPRETED)
+        assert torch.autograd.gradgradcheck(sample, (mu, sp), fast_mode=INTERPRETED)
 
 
 def test_triton_ops_registration():
