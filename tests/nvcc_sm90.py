@@ -3,9 +3,10 @@
 tests/test_cuda_compile.py checks what this compiles; tests/prebuild.py runs
 it while the rest of the suite runs. A result is kept under a key made of
 everything that can change it: every file under csrc/ (the .cu files and every
-header they may include), the nvcc command, nvcc's version and torch's
-headers' version. So a kept result is never stale, and an unchanged tree
-compiles once.
+header they may include), the nvcc command, nvcc's and the host compiler's
+versions, torch's version (its headers) and the variables nvcc reads flags
+from. So an unchanged tree compiles once, and a change to any of those
+compiles again (a compiler replaced under the same version string would not).
 
 CI has nvcc but a CPU build of torch: that build ships the ATen/c10 CUDA
 headers but not the generated c10/cuda/impl/cuda_cmake_macros.h, which
@@ -18,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sysconfig
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,7 +59,13 @@ def result_key():
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     digest.update(" ".join(nvcc_command(Path("SOURCE"), Path("OUTPUT"))).encode())
     digest.update(subprocess.run([nvcc_path(), "--version"], capture_output=True, text=True).stdout.encode())
-    digest.update(torch.__version__.encode())
+    # nvcc's host compiler (the host code is compiled too): gcc on the PATH, as nvcc finds it on Linux
+    host_compiler = shutil.which(os.environ.get("NVCC_CCBIN") or "gcc")
+    if host_compiler:
+        digest.update(subprocess.run([host_compiler, "--version"], capture_output=True, text=True).stdout.encode())
+    digest.update(f"{torch.__version__} {torch.version.git_version}".encode())
+    for variable in ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN"):  # flags nvcc reads itself
+        digest.update(f"{variable}={os.environ.get(variable, '')}".encode())
     return digest.hexdigest()[:20]
 
 
@@ -81,8 +89,8 @@ def compile_all(workers=2):
             return source, 0, kept["log"]
         result = subprocess.run(nvcc_command(source, results_dir / f"{source.stem}.o"), capture_output=True, text=True)
         log = result.stderr + result.stdout
-        if result.returncode == 0:
-            partial = record.with_name(record.name + ".partial")
+        if result.returncode == 0:  # a name of this thread's own: two processes may compile the same source
+            partial = record.with_name(f"{record.name}.{os.getpid()}.{threading.get_ident()}.partial")
             partial.write_text(json.dumps({"log": log}))
             os.replace(partial, record)
         return source, result.returncode, log

@@ -14,12 +14,14 @@ the others. So the background only gives the tests a head start; a test
 always makes its own build call after wait(step), which is where a failed
 build reports its error. The process prints "done STEP" after each step.
 
-usage: python tests/prebuild.py STEP...    (STEP: one of STEPS, built in that order)
+usage: python tests/prebuild.py [--until-stdin-closes] STEP...    (STEP: one of STEPS, built in that order;
+       the option, which start() gives, ends the builds when stdin closes)
 """
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,10 +29,28 @@ ROOT = HERE.parent
 LOG = ROOT / "build" / "prebuild.log"
 # in the order the tests that need them run (conftest.py)
 STEPS = ("aarch64", "plain", "checked", "nvcc")
+# the fixture through which a test needs each step's build: its tests wait for the step
+FIXTURE_STEPS = {"aarch64_drivers": "aarch64", "plain_library": "plain", "checked_library": "checked",
+                 "nvcc_results": "nvcc"}
+
+UNTIL_STDIN_CLOSES = "--until-stdin-closes"
 
 _process = None
 _started = ()
 _done = set()
+
+
+def step_of(fixturenames):
+    """The step a test needs (the last in STEPS of its fixtures'), or None."""
+    steps = [FIXTURE_STEPS[name] for name in fixturenames if name in FIXTURE_STEPS]
+    return max(steps, key=STEPS.index) if steps else None
+
+
+def run_order(items, fixturenames=lambda item: item.fixturenames):
+    """The items with those that need a build last, in the order the builds finish (stable: the order
+    within a file stays)."""
+    rank = {None: 0, **{step: i + 1 for i, step in enumerate(STEPS)}}
+    return sorted(items, key=lambda item: rank[step_of(fixturenames(item))])
 
 
 def available_steps():
@@ -52,16 +72,19 @@ def available_steps():
 
 def start(steps):
     """Starts the background builds of these steps (once per session)."""
-    global _process, _started
+    global _process, _started, _done
     steps = [s for s in STEPS if s in steps]
-    if _process is not None or not steps:
+    if _process is not None or not steps or os.name != "posix":  # os.nice and process groups: POSIX only
         return
     LOG.parent.mkdir(parents=True, exist_ok=True)
+    # its own process group, so that stop() ends the compilers too; stdin a pipe whose end tells it that
+    # pytest is gone (killed, or a CI timeout) so that it never builds on beside a later run
+    env = dict(os.environ)
+    env.setdefault("MAX_JOBS", str(os.cpu_count() or 1))  # ninja's default, cores + 2, beside the tests
     with open(LOG, "w") as log:
-        _process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *steps], stdout=subprocess.PIPE,
-                                    stderr=log, text=True, start_new_session=True,
-                                    preexec_fn=lambda: os.nice(19))
-    _started = tuple(steps)
+        _process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), UNTIL_STDIN_CLOSES, *steps], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True, env=env)
+    _started, _done = tuple(steps), set()
 
 
 def wait(step):
@@ -73,16 +96,27 @@ def wait(step):
         if not line:  # the process ended: a crash or stop(); the test builds itself
             _process.wait()
             return
-        _done.add(line.split()[-1])
+        if line.startswith("done "):  # anything else a library printed is not ours
+            _done.add(line.split()[-1])
 
 
 def stop():
-    """Ends the background builds (the session ended before its tests needed them)."""
+    """Ends the background builds (the session ended before its tests needed them). A build killed
+    half-way is safe to resume: ninja rebuilds what it did not finish, harness.py drops torch's stale lock
+    file, and the other steps rename their outputs only when complete."""
     global _process
-    if _process is not None and _process.poll() is None:
-        os.killpg(_process.pid, signal.SIGTERM)
-        _process.wait()
+    if _process is not None:
+        if _process.poll() is None:
+            os.killpg(_process.pid, signal.SIGTERM)
+            _process.wait()
+        _process.stdin.close()
+        _process.stdout.close()
     _process = None
+
+
+def _end_with_pytest():
+    sys.stdin.read()  # returns when pytest's end of the pipe closes: its exit, however it ended
+    os.killpg(0, signal.SIGTERM)
 
 
 def build(step):
@@ -107,7 +141,10 @@ def build(step):
         raise ValueError(f"step: {step!r} is not one of {STEPS}")
 
 
-def main(steps):
+def main(steps, until_stdin_closes=False):
+    os.nice(19)  # the compilers inherit it: the tests keep their core
+    if until_stdin_closes:  # start()'s process, leader of its own group: the group is only this build
+        threading.Thread(target=_end_with_pytest, daemon=True).start()
     sys.path.insert(0, str(HERE))
     for step in steps:
         try:
@@ -119,4 +156,6 @@ def main(steps):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    arguments = sys.argv[1:]
+    watch = arguments[:1] == [UNTIL_STDIN_CLOSES]
+    main(arguments[watch:], until_stdin_closes=watch)

@@ -32,8 +32,14 @@ def describe(summary):
     return "\n".join(summary["failures"][:20])
 
 
-def test_row_kernels_give_the_same_bits_on_aarch64():
+@pytest.fixture(scope="module")
+def aarch64_drivers():
+    """Both checks below build their drivers in cross_check (reused once built): tests/prebuild.py may be
+    building them already."""
     prebuild.wait("aarch64")
+
+
+def test_row_kernels_give_the_same_bits_on_aarch64(aarch64_drivers):
     summary = cross_check.cross_check()
     assert summary["failures"] == [], describe(summary)
     # every record compared, most of them bit for bit; only float64 may differ (the C libraries)
@@ -42,8 +48,7 @@ def test_row_kernels_give_the_same_bits_on_aarch64():
     assert summary["float64_max_relative_difference"] <= cross_check.FLOAT64_RTOL
 
 
-def test_a_contracting_aarch64_build_is_caught():
-    prebuild.wait("aarch64")
+def test_a_contracting_aarch64_build_is_caught(aarch64_drivers):
     summary = cross_check.cross_check(aarch64_extra_flags=cross_check.CONTRACTING_FLAGS)
     float32_failures = [f for f in summary["failures"] if "/f32/" in f]
     assert float32_failures, "fused a*b+c on aarch64 went unnoticed"

@@ -8,14 +8,11 @@ exp needs a small stack frame; float64 is not a performance target).
 """
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import nvcc_sm90  # noqa: E402
-import prebuild  # noqa: E402
+import nvcc_sm90  # tests/, on the path through conftest.py
+import prebuild
 
 pytestmark = pytest.mark.skipif(nvcc_sm90.nvcc_path() is None, reason="nvcc is not installed")
 
@@ -44,10 +41,15 @@ def short_name(mangled):
                   arguments)
 
 
-@pytest.mark.skipif(not nvcc_sm90.CUDA_SOURCES, reason="no CUDA sources")
-def test_cuda_sources_compile_for_sm90(capsys):
+@pytest.fixture(scope="module")
+def nvcc_results():
     prebuild.wait("nvcc")  # tests/prebuild.py may be compiling these already
-    results = nvcc_sm90.compile_all()
+    return nvcc_sm90.compile_all()
+
+
+@pytest.mark.skipif(not nvcc_sm90.CUDA_SOURCES, reason="no CUDA sources")
+def test_cuda_sources_compile_for_sm90(nvcc_results, capsys):
+    results = nvcc_results
     failures = [f"{source.name} sm_{nvcc_sm90.ARCH}:\n{log[-4000:]}" for source, status, log in results if status != 0]
     assert not failures, "nvcc failed:\n" + "\n".join(failures)
 

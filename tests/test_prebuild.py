@@ -2,57 +2,120 @@
 
 The background builds must never change a test's outcome: a step that fails
 is reported by the test's own build call, a step never started is never
-waited for, and the kept nvcc results follow every file under csrc/.
+waited for, stop() ends the builds, and the kept nvcc results follow every
+file under csrc/.
 """
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import nvcc_sm90  # tests/, on the path through conftest.py
+import prebuild
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import nvcc_sm90  # noqa: E402
-import prebuild  # noqa: E402
 
 
 def test_a_failed_step_is_reported_and_the_next_still_runs():
-    result = subprocess.run([sys.executable, str(HERE / "prebuild.py"), "no-such-step", "another"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0
-    assert result.stdout.splitlines() == ["done no-such-step", "done another"]
-    assert "prebuild: no-such-step failed: step: 'no-such-step' is not one of" in result.stderr
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(HERE)!r})
+        import prebuild
+
+        def build(step):
+            if step == "plain":
+                raise RuntimeError("g++ failed")
+            print(f"building {{step}}", file=sys.stderr)
+
+        prebuild.build = build
+        prebuild.main(["plain", "nvcc"])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["done plain", "done nvcc"]
+    assert result.stderr.splitlines() == ["prebuild: plain failed: g++ failed", "building nvcc", "prebuild: nvcc built"]
 
 
-def test_waiting_for_a_step_that_never_started_returns_at_once():
-    prebuild.wait("nvcc" if "nvcc" not in prebuild._started else "no-such-step")
+def test_an_unknown_step_is_an_error():
+    with pytest.raises(ValueError, match="step: 'plane' is not one of"):
+        prebuild.build("plane")
 
 
-def test_the_long_build_tests_run_last_in_the_order_they_are_built():
-    files = ["test_cuda_compile.py", "test_kinds.py", "test_cuda_emulation.py", "test_aarch64_emulation.py"]
-    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                             *[str(HERE / f) for f in files]], capture_output=True, text=True, timeout=300,
-                            cwd=HERE.parent)
-    ids = [line for line in result.stdout.splitlines() if "::" in line]
-    assert ids, result.stdout[-3000:] + result.stderr[-3000:]
-    order = []
-    for test_id in ids:
-        name = test_id.split("::")[0].split("/")[-1]
-        if "checked_library" in test_id or "sanitized" in test_id or "planted_bug" in test_id:
-            name += " (checked)"
-        if not order or order[-1] != name:
-            order.append(name)
-    assert order == ["test_kinds.py", "test_aarch64_emulation.py", "test_cuda_emulation.py",
-                     "test_cuda_emulation.py (checked)", "test_cuda_compile.py"], order
+def fake_background(monkeypatch, code, started):
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    monkeypatch.setattr(prebuild, "_process", process)
+    monkeypatch.setattr(prebuild, "_started", started)
+    monkeypatch.setattr(prebuild, "_done", set())
+    return process
 
 
-@pytest.mark.skipif(nvcc_sm90.nvcc_path() is None, reason="nvcc is not installed")
+def test_wait_returns_when_its_step_is_done_and_stop_ends_the_rest(monkeypatch):
+    process = fake_background(monkeypatch, "print('a line of a library'); print('done plain', flush=True); "
+                                           "import time; time.sleep(60)", ("plain", "nvcc"))
+    began = time.monotonic()
+    prebuild.wait("plain")
+    prebuild.wait("checked")  # never started: no waiting
+    assert time.monotonic() - began < 30
+    assert process.poll() is None  # still "building" nvcc
+    prebuild.stop()
+    assert process.poll() is not None and prebuild._process is None
+
+
+def test_wait_returns_when_the_background_ends_without_its_step(monkeypatch):
+    process = fake_background(monkeypatch, "import sys; sys.exit(3)", ("nvcc",))
+    prebuild.wait("nvcc")
+    assert process.returncode == 3
+
+
+def test_steps_come_from_fixtures_and_their_tests_run_last_in_build_order():
+    def item(name, *fixturenames):
+        return SimpleNamespace(name=name, fixturenames=list(fixturenames))
+
+    items = [item("nvcc", "nvcc_results", "capsys"), item("runner", "tmp_path"), item("planted", "checked_library"),
+             item("sweep", "plain_library"), item("bits", "aarch64_drivers"), item("normal"),
+             item("both", "plain_library", "checked_library"), item("sweep2", "plain_library")]
+    assert [i.name for i in prebuild.run_order(items)] == [
+        "runner", "normal", "bits", "sweep", "sweep2", "planted", "both", "nvcc"]
+    assert prebuild.step_of(["tmp_path"]) is None
+
+
 def test_the_kept_nvcc_results_follow_every_file_under_csrc(tmp_path, monkeypatch):
     (tmp_path / "csrc" / "cuda").mkdir(parents=True)
     header = tmp_path / "csrc" / "some_header.h"
     header.write_text("// one\n")
     monkeypatch.setattr(nvcc_sm90, "ROOT", tmp_path)
+    monkeypatch.setattr(nvcc_sm90, "nvcc_path", lambda: sys.executable)  # a program that prints a version
     before = nvcc_sm90.result_key()
     assert nvcc_sm90.result_key() == before
     header.write_text("// two\n")
-    assert nvcc_sm90.result_key() != before
+    edited = nvcc_sm90.result_key()
+    assert edited != before
+    monkeypatch.setenv("NVCC_APPEND_FLAGS", "-G")
+    assert nvcc_sm90.result_key() != edited
+
+
+def test_the_background_ends_when_pytest_is_gone():
+    """pytest's end of the stdin pipe closes however pytest ended (killed, a CI timeout): the builds stop
+    then, and never run on beside a later session."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(HERE)!r})
+        import prebuild
+        prebuild.build = lambda step: time.sleep(120)
+        prebuild.main(["plain"], until_stdin_closes=True)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        time.sleep(2)
+        process.stdin.close()
+        assert process.wait(timeout=60) == -15  # SIGTERM, from itself
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()

@@ -121,7 +121,7 @@ def build(build_dir, aarch64_extra_flags=(), native_musl=False):
     running = {}
     for target, (command, output) in commands.items():
         if not output.exists():
-            partial = output.with_name(output.name + ".partial")
+            partial = output.with_name(f"{output.name}.{os.getpid()}.partial")  # another process may build it too
             running[target] = (subprocess.Popen([*command[:-1], str(partial)], stdout=subprocess.PIPE,
                                                 stderr=subprocess.STDOUT, text=True), partial, output)
     try:

@@ -28,6 +28,7 @@ Two variants:
 usage: python tests/cuda_emu/harness.py [plain|checked] [BUILD_DIR]   (builds in this process, with
        the environment of harness.environment(variant); prints the library's path)
 """
+import fcntl
 import os
 import re
 import subprocess
@@ -166,24 +167,32 @@ def _build_here(variant, build_dir, verbose=True):
 
     config = VARIANTS[variant]
     build_dir = Path(build_dir or DEFAULT_BUILD_DIR) / variant
-    sources, _ = generate(build_dir / "generated", planted_bugs=config["planted_bugs"], selftest=config["selftest"])
     name = f"{LIBRARY}_{variant}"
     out = build_dir / "lib"
     out.mkdir(parents=True, exist_ok=True)
-    # -iquote: the generated files' quoted includes ("../philox.h", "cuda_common.cuh")
-    # resolve next to the real .cu files; include/ holds the emulation's
-    # stand-ins for torch's c10/cuda headers.
-    cpp_extension.load(
-        name=name,
-        sources=[str(s) for s in sources] + [str(HERE / "runtime.cpp")],
-        extra_cflags=COMMON_FLAGS + config["cflags"] + ["-iquote", str(CUDA_DIR)],
-        extra_ldflags=config["ldflags"],
-        extra_include_paths=[str(HERE / "include")],
-        build_directory=str(out),
-        is_python_module=False,
-        verbose=verbose,
-        with_cuda=False,
-    )
+    # One build of a folder at a time (tests/prebuild.py's background build and a test's own call). torch's
+    # own lock file outlives a build that was killed (tests/prebuild.py's stop(), a CI timeout), and then
+    # the next load() waits for it forever; the kernel drops this lock with its holder, so whoever holds it
+    # knows a torch lock file it finds is stale.
+    with open(build_dir / "build.flock", "w") as flock:
+        fcntl.flock(flock, fcntl.LOCK_EX)
+        (out / "lock").unlink(missing_ok=True)
+        sources, _ = generate(build_dir / "generated", planted_bugs=config["planted_bugs"],
+                              selftest=config["selftest"])
+        # -iquote: the generated files' quoted includes ("../philox.h", "cuda_common.cuh")
+        # resolve next to the real .cu files; include/ holds the emulation's
+        # stand-ins for torch's c10/cuda headers.
+        cpp_extension.load(
+            name=name,
+            sources=[str(s) for s in sources] + [str(HERE / "runtime.cpp")],
+            extra_cflags=COMMON_FLAGS + config["cflags"] + ["-iquote", str(CUDA_DIR)],
+            extra_ldflags=config["ldflags"],
+            extra_include_paths=[str(HERE / "include")],
+            build_directory=str(out),
+            is_python_module=False,
+            verbose=verbose,
+            with_cuda=False,
+        )
     return out / f"{name}.so"
 
 
