@@ -33,7 +33,9 @@ def nvcc_path():
     """nvcc on the PATH, else torch's CUDA_HOME's; None where there is none."""
     import torch.utils.cpp_extension as cpp_extension
 
-    path = shutil.which("nvcc") or (os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc") if cpp_extension.CUDA_HOME else None)
+    path = shutil.which("nvcc")
+    if path is None and cpp_extension.CUDA_HOME:
+        path = os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
     return path if path and os.path.exists(path) else None
 
 

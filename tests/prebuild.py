@@ -80,10 +80,12 @@ def start(steps):
     # its own process group, so that stop() ends the compilers too; stdin a pipe whose end tells it that
     # pytest is gone (killed, or a CI timeout) so that it never builds on beside a later run
     env = dict(os.environ)
-    env.setdefault("MAX_JOBS", str(os.cpu_count() or 1))  # ninja's default, cores + 2, beside the tests
+    # one compiler per core, not ninja's default of cores + 2: less memory taken beside the tests
+    env.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
+    command = [sys.executable, str(Path(__file__).resolve()), UNTIL_STDIN_CLOSES, *steps]
     with open(LOG, "w") as log:
-        _process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), UNTIL_STDIN_CLOSES, *steps], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True, env=env)
+        _process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                    start_new_session=True, env=env)
     _started, _done = tuple(steps), set()
 
 

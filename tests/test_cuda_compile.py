@@ -50,18 +50,20 @@ def nvcc_results():
 @pytest.mark.skipif(not nvcc_sm90.CUDA_SOURCES, reason="no CUDA sources")
 def test_cuda_sources_compile_for_sm90(nvcc_results, capsys):
     results = nvcc_results
-    failures = [f"{source.name} sm_{nvcc_sm90.ARCH}:\n{log[-4000:]}" for source, status, log in results if status != 0]
+    failures = [f"{source.name} sm_{nvcc_sm90.ARCH}:\n{log[-4000:]}" for source, status, log in results
+                if status != 0]
     assert not failures, "nvcc failed:\n" + "\n".join(failures)
 
     spilled = []
     with capsys.disabled():
         for source, _, log in results:
             rows = resource_rows(log)
-            assert rows, f"no ptxas report for {source.name} sm_{nvcc_sm90.ARCH}"
-            print(f"\n{source.name} sm_{nvcc_sm90.ARCH}: {len(rows)} kernels (registers, shared bytes, spill stores/loads)")
+            target = f"{source.name} sm_{nvcc_sm90.ARCH}"
+            assert rows, f"no ptxas report for {target}"
+            print(f"\n{target}: {len(rows)} kernels (registers, shared bytes, spill stores/loads)")
             for kernel, registers, shared, stores, loads in rows:
                 name = short_name(kernel)
                 print(f"  {name:<72} {registers:>4} regs {shared:>6} B smem  spills {stores}/{loads}")
                 if (stores or loads) and "double" not in name:
-                    spilled.append(f"{source.name} sm_{nvcc_sm90.ARCH} {name}")
+                    spilled.append(f"{target} {name}")
     assert not spilled, f"kernels spill registers: {spilled}"
