@@ -60,7 +60,10 @@ def available_steps():
     steps = []
     if importlib.util.find_spec("unicorn") and importlib.util.find_spec("ziglang"):
         steps.append("aarch64")
-    if sys.platform.startswith("linux") and os.environ.get("RTRICK_SKIP_CUDA_EMULATION") != "1":
+    sys.path.insert(0, str(HERE / "cuda_emu"))
+    import harness
+
+    if harness.unavailable() is None:
         steps += ["plain", "checked"]
     sys.path.insert(0, str(HERE))
     import nvcc_sm90

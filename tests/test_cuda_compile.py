@@ -49,14 +49,13 @@ def nvcc_results():
 
 @pytest.mark.skipif(not nvcc_sm90.CUDA_SOURCES, reason="no CUDA sources")
 def test_cuda_sources_compile_for_sm90(nvcc_results, capsys):
-    results = nvcc_results
-    failures = [f"{source.name} sm_{nvcc_sm90.ARCH}:\n{log[-4000:]}" for source, status, log in results
+    failures = [f"{source.name} sm_{nvcc_sm90.ARCH}:\n{log[-4000:]}" for source, status, log in nvcc_results
                 if status != 0]
     assert not failures, "nvcc failed:\n" + "\n".join(failures)
 
     spilled = []
     with capsys.disabled():
-        for source, _, log in results:
+        for source, _, log in nvcc_results:
             rows = resource_rows(log)
             target = f"{source.name} sm_{nvcc_sm90.ARCH}"
             assert rows, f"no ptxas report for {target}"

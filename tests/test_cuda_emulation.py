@@ -22,7 +22,6 @@ The builds take a few minutes each (MAX_JOBS, default: all cores);
 RTRICK_SKIP_CUDA_EMULATION=1 skips this file.
 """
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -38,10 +37,7 @@ import harness  # noqa: E402
 import prebuild  # noqa: E402  (tests/, on the path through conftest.py)
 from planted_bugs import PLANTED_BUGS  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(os.environ.get("RTRICK_SKIP_CUDA_EMULATION") == "1", reason="RTRICK_SKIP_CUDA_EMULATION=1"),
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the emulator's fibers and sanitizers need Linux"),
-]
+pytestmark = pytest.mark.skipif(harness.unavailable() is not None, reason=str(harness.unavailable()))
 
 # (multiprocessors, schedule): every one a legal CUDA execution. The H200's 132 SMs run with the
 # warps reversed (stricter than in order: a missing barrier shows); 1 SM makes every grid-stride loop

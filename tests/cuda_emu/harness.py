@@ -71,6 +71,15 @@ VARIANTS = {
 }
 
 
+def unavailable():
+    """Why the emulation cannot run here (its tests skip, tests/prebuild.py does not build it), or None."""
+    if os.environ.get("RTRICK_SKIP_CUDA_EMULATION") == "1":
+        return "RTRICK_SKIP_CUDA_EMULATION=1"
+    if not sys.platform.startswith("linux"):
+        return "the emulator's fibers and sanitizers need Linux"
+    return None
+
+
 class RewriteError(RuntimeError):
     pass
 
