@@ -623,7 +623,11 @@ class RelaxedBernoulliRsample : public torch::autograd::Function<RelaxedBernoull
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const at::Tensor z = ctx->get_saved_variables()[0];
-    const double tau = ctx->saved_data["tau"].toDouble();
+    // The tau the forward used: float compute clamps it into [FLT_MIN, FLT_MAX]. A tau below that, divided
+    // in as it was given, became 0 in a float tensor and the gradient 0 / 0.
+    const double given_tau = ctx->saved_data["tau"].toDouble();
+    const double tau = z.scalar_type() == at::kDouble ? rtrick::tau_as<double>(given_tau)
+                                                      : static_cast<double>(rtrick::tau_as<float>(given_tau));
     at::Tensor grad_logits = (grads[0] * z * at::rsub(z, 1) / tau)
                                  .sum_to_size_symint(ctx->saved_data["logits_shape"].toSymIntVector());
     return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor()};

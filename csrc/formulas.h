@@ -156,14 +156,17 @@ struct SampleAndKL {
 };
 
 // (z, log q(z)) with log q = -eps^2 / 2 - log sigma - log(2 pi) / 2 taken from
-// eps itself, not re-derived as (z - mu) / sigma.
+// eps itself, not re-derived as (z - mu) / sigma. Plus (mu - mu): 0 for a
+// finite mu, NaN for a NaN or infinite one, whose z has no density under q (a
+// finite log q there would be a plausible number made from a NaN; torch's
+// Normal.log_prob gives NaN too).
 template <ScaleKind kind>
 struct SampleAndLogProb {
   static constexpr int kInputs = 2, kOutputs = 2;
   template <typename C>
   RT_HD static void apply(C mu, C x, C, C eps, C& z, C& log_q) {
     z = mu + sigma_of<kind>(x) * eps;
-    log_q = (C(-0.5) * (eps * eps) - log_sigma_of<kind>(x)) - C(0.91893853320467274178);
+    log_q = ((C(-0.5) * (eps * eps) - log_sigma_of<kind>(x)) - C(0.91893853320467274178)) + (mu - mu);
   }
 };
 

@@ -71,12 +71,23 @@ PyObject* draw_rng_state(PyObject*, PyObject* arg) {
   END_HANDLE_TH_ERRORS
 }
 
+// The dispatch keys a dense CPU tensor gets outside inference mode, built as
+// TensorImpl's constructor builds them. Not the keys of a tensor made on the
+// first call: under FakeTensorMode that one was fake, and every fake tensor
+// after it passed for plain (the domain scan then read a storage-less tensor);
+// under inference_mode no ordinary tensor matched again.
+c10::DispatchKeySet plain_cpu_key_set() {
+  const auto cpu = c10::BackendComponent::CPUBit;
+  return c10::DispatchKeySet(c10::DispatchKey::CPU) | c10::getAutogradRelatedKeySetFromBackend(cpu) |
+         c10::getAutocastRelatedKeySetFromBackend(cpu);
+}
+
 // A plain dense CPU tensor: no conjugate or negative bit, and the dispatch keys
-// of at::empty's result (no Python key, no functorch wrapper, not an inference
-// tensor), so that calling the operator here dispatches exactly as torch.ops
-// would; contiguous too unless `any_strides` (the scans read memory in order).
+// above (no Python key, no functorch wrapper, not an inference tensor), so that
+// calling the operator here dispatches exactly as torch.ops would; contiguous
+// too unless `any_strides` (the scans read memory in order).
 bool plain_cpu_tensor(const at::Tensor& t, bool any_strides = false) {
-  static const c10::DispatchKeySet plain = at::empty({0}).key_set();
+  static const c10::DispatchKeySet plain = plain_cpu_key_set();
   return t.defined() && t.key_set() == plain && t.layout() == c10::kStrided && (any_strides || t.is_contiguous()) &&
          !t.is_conj() && !t.is_neg();
 }

@@ -128,7 +128,7 @@ def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, nume
         out1 = _normal_kl(a, b, SCALE, F64)
     elif FORMULA == SAMPLE_AND_LOG_PROB:
         out0 = a + sigma_of(b, SCALE, F64) * eps
-        out1 = (-0.5 * (eps * eps) - log_sigma_of(b, SCALE, F64)) - 0.91893853320467274178
+        out1 = ((-0.5 * (eps * eps) - log_sigma_of(b, SCALE, F64)) - 0.91893853320467274178) + (a - a)  # NaN mu
     else:  # NOISE_PRODUCT
         out0 = a * eps
     tl.store(out0_ptr + n, out0.to(out0_ptr.dtype.element_ty), mask=mask)

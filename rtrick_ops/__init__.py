@@ -40,6 +40,8 @@ def set_cpu_isa(isa: str) -> None:
     """
     from ._library import require_compiled
 
+    if not isinstance(isa, str):
+        raise TypeError(f"isa must be one of 'auto', 'default', 'avx2', 'avx512', got {type(isa).__name__}")
     require_compiled("set_cpu_isa()").set_cpu_isa(isa)
 
 
@@ -62,6 +64,14 @@ def set_saved_noise_limit(elements: int) -> int:
     bitwise the same either way (double backward to rounding). Default 2**20 (4 MiB); 0 never saves.
     docs/operators.md, "Saved noise".
     """
+    import operator
+
     from ._library import require_compiled
 
-    return require_compiled("set_saved_noise_limit()").set_saved_noise_limit(int(elements))
+    if isinstance(elements, bool):
+        raise TypeError("elements must be an int, got bool")
+    try:
+        elements = operator.index(elements)  # ints and NumPy integers; 1.5 or "10" would be read as something else
+    except TypeError:
+        raise TypeError(f"elements must be an int, got {type(elements).__name__}") from None
+    return require_compiled("set_saved_noise_limit()").set_saved_noise_limit(elements)

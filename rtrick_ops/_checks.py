@@ -8,6 +8,7 @@ import numbers
 import operator
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from .kinds import POSITIVE_SCALES
 
@@ -163,19 +164,31 @@ def validation_enabled(validate_args, *values):
     """Whether to check parameter values (a device sync): validate_args=None follows
     torch.distributions.Distribution's global default, as torch's classes do. Never while
     torch.compile traces or a CUDA graph is being captured, where a sync cannot happen, nor
-    for meta tensors, which have no values (the output is a meta tensor too)."""
+    for meta and fake tensors (FakeTensorMode), which have no values (the output is one too)."""
     # The same conjunction as before, cheapest test first: most calls stop at the first or the second.
     if validate_args is None:
         validate_args = torch.distributions.Distribution._validate_args
     if not validate_args:
         return False
-    if any(v.device.type == "meta" for v in values):
+    if any(v.device.type == "meta" or isinstance(v, FakeTensor) for v in values):
         return False
     if torch.compiler.is_compiling():
         return False
     if _CUDA_BUILD and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return False
     return True
+
+
+def unwrapped(tensor):
+    """The tensor under functorch's wrappers (vmap's BatchedTensor, torch.func.grad's), which holds every value
+    to check: bool() of a wrapped tensor is data-dependent control flow to functorch, and raises."""
+    while _is_functorch_wrapped(tensor):
+        tensor = _functorch_unwrap(tensor)
+    return tensor
+
+
+_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_functorch_unwrap = torch._C._functorch.get_unwrapped
 
 
 def check_positive(value, name, validate_args):
@@ -185,6 +198,7 @@ def check_positive(value, name, validate_args):
     if validation_enabled(validate_args, value) and value.numel() > 0:
         if _scale_domain_violated is not None and _scale_domain_violated(value, True) is False:
             return  # checked in C++ (None: not a tensor it checks; True: the torch ops below find the value)
+        value = unwrapped(value)
         bad = value <= 0
         if bool(bad.any()):
             raise ValueError(f"{name} must be positive everywhere, got {value[bad].min().item()}")
@@ -198,6 +212,7 @@ def check_scale_param(value, name, scale, validate_args):
         return
     if _scale_domain_violated is not None and _scale_domain_violated(value, scale in POSITIVE_SCALES) is False:
         return  # checked in C++ (None: not a tensor it checks; True: the torch ops below find the value)
+    value = unwrapped(value)
     if scale in POSITIVE_SCALES:
         bad = value <= 0
         if bool(bad.any()):

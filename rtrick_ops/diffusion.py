@@ -70,8 +70,10 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
             raise ValueError("alphas_cumprod must be in [0, 1] everywhere (NaN included)")
     which = NORMAL_RSAMPLE.route(backend, x0.device)
     per_example = (-1,) + (1,) * (x0.dim() - 1)
-    alpha_bar = alphas_cumprod[t].to(x0.dtype).view(per_example)
-    signal_coef, noise_coef = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    # The coefficients in the schedule's precision (at least float32), rounded to x0's dtype only at the end:
+    # 1 - abar in bfloat16 is 0 for abar > 0.996, which would leave the early timesteps without noise.
+    alpha_bar = alphas_cumprod[t].to(torch.promote_types(alphas_cumprod.dtype, torch.float32)).view(per_example)
+    signal_coef, noise_coef = alpha_bar.sqrt().to(x0.dtype), (1 - alpha_bar).sqrt().to(x0.dtype)
     rng_state = make_rng_state(seed, generator, x0.device)
     x_t = draw_normal(which, signal_coef * x0, noise_coef, rng_state, "sigma", ())
     return x_t, NoiseHandle(rng_state, x0.shape, signal_coef, noise_coef, which)

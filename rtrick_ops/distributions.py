@@ -475,6 +475,13 @@ class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
 
     _fused_sampler = staticmethod(family.relaxed_bernoulli_rsample)
 
+    def rsample(self, sample_shape=torch.Size(), generator=None):
+        # torch's SigmoidTransform clamps into [tiny, 1 - eps]; the fused sigmoid saturates to exactly 0 or 1
+        # (about 1% of draws at logits of scale 3 in float32), where a user's log(z) or BCE would be infinite.
+        z = super().rsample(sample_shape, generator)
+        finfo = torch.finfo(z.dtype)
+        return z.clamp(min=finfo.tiny, max=1.0 - finfo.eps)
+
 
 class Gamma(_Fused, torch.distributions.Gamma):
     """torch.distributions.Gamma with a fused sampler: Marsaglia-Tsang in the kernel, implicit gradients.

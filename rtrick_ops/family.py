@@ -17,11 +17,13 @@ import torch
 
 from ._math import check_scale
 from ._checks import (check_param, check_params, check_positive, check_sample_shape, check_scale_param, check_tau,
-                      validation_enabled)
+                      unwrapped, validation_enabled)
 from ._operators import SAMPLE_AND_BATCH, declare
 from .normal import scale_backward_grads
 
 SampleShape = Union[int, Sequence[int]]
+# Kernels that compute in float32 clamp tau into [FLT_MIN, FLT_MAX] (csrc/family_common.h, tau_as).
+FLOAT32_TINY, FLOAT32_MAX = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max
 
 
 def _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, backend, names=("loc", "scale_param"),
@@ -99,13 +101,15 @@ def uniform_rsample(low: torch.Tensor, high: torch.Tensor, *, sample_shape: Samp
 
     Args:
         low, high: the bounds; they broadcast.{common}
-        validate_args: check low < high everywhere (a device sync); None follows
-            torch.distributions.Distribution's default, as torch's classes do.
+        validate_args: check low < high everywhere (a device sync; a NaN bound is not an error, it propagates);
+            None follows torch.distributions.Distribution's default, as torch's classes do.
     """
     check_params(low=low, high=high)
     if validation_enabled(validate_args, low, high):
-        if not bool((low < high).all()):
-            raise ValueError("low must be less than high everywhere (uniform_rsample)")
+        outside = unwrapped(low >= high)  # vmap: the pairs of every batch member
+        if bool(outside.any()):
+            raise ValueError(f"low must be less than high everywhere (uniform_rsample), got "
+                             f"{int(outside.sum())} pair(s) with low >= high")
     return _rsample("uniform", low, high - low, "sigma", sample_shape, seed, generator, backend, ("low", "high"),
                     validate_args=False)
 
@@ -230,7 +234,8 @@ def _relaxed_bernoulli_rsample_autograd(ops):
 
     def backward(ctx, grad_z):
         (z,) = ctx.saved_tensors
-        return (grad_z * z * (1 - z) / ctx.tau).sum_to_size(ctx.logits_shape), None, None, None
+        tau = ctx.tau if z.dtype == torch.float64 else min(max(ctx.tau, FLOAT32_TINY), FLOAT32_MAX)  # the forward's
+        return (grad_z * z * (1 - z) / tau).sum_to_size(ctx.logits_shape), None, None, None
 
     return backward, setup_context
 

@@ -68,15 +68,18 @@ def normal_rsample(
         z, of dtype promote(mu.dtype, scale_param.dtype).
     """
     if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
-        z = _gaussian_fast(0, mu, scale_param, scale,
-                           _Distribution._validate_args if validate_args is None else bool(validate_args), seed,
-                           sample_shape)
+        z = _gaussian_fast(0, mu, scale_param, scale, _validating(validate_args), seed, sample_shape)
         if z is not None:
             return z
     sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
     check_scale_param(scale_param, "scale_param", scale, validate_args)
     run, (mu, scale_param), rng_state = NORMAL_RSAMPLE.prepare(backend, (mu, scale_param), seed, generator)
     return run(mu, scale_param, rng_state, scale, sample_shape)
+
+
+def _validating(validate_args):
+    """validate_args for the C++ fast call: None follows torch.distributions' global default."""
+    return _Distribution._validate_args if validate_args is None else bool(validate_args)
 
 
 def draw_normal(which, mu, scale_param, rng_state, scale, sample_shape):
@@ -97,7 +100,7 @@ def _gaussian_checks(mu, scale_param, scale, sample_shape=None):
 
 
 def normal_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
-              backend: str = "auto") -> torch.Tensor:
+              backend: str = "auto", validate_args: Optional[bool] = None) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, 1)) elementwise, in closed form, with a fused backward.
 
     Computed as mu^2 / 2 + (e^t - 1 - t) / 2 with t = 2 log sigma, which is
@@ -106,36 +109,40 @@ def normal_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_
     for scale="log_sigma". Sum over the latent dimension for a VAE's KL term.
 
     Args:
-        mu, scale_param, scale, backend: as in normal_rsample.
+        mu, scale_param, scale, backend, validate_args: as in normal_rsample.
 
     Returns:
         kl, of the broadcast shape of mu and scale_param.
     """
     _gaussian_checks(mu, scale_param, scale)
+    check_scale_param(scale_param, "scale_param", scale, validate_args)
     run, (mu, scale_param), _ = NORMAL_KL.prepare(backend, (mu, scale_param))
     return run(mu, scale_param, scale)
 
 
 def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
                           sample_shape: Union[int, Sequence[int]] = (), seed: Optional[int] = None,
-                          generator: Optional[torch.Generator] = None, backend: str = "auto"):
+                          generator: Optional[torch.Generator] = None, backend: str = "auto",
+                          validate_args: Optional[bool] = None):
     """(z, kl) = (normal_rsample(...), normal_kl(...)) with the same noise, in one pass over mu and scale_param.
 
     kl has the batch shape broadcast(mu, scale_param) (without sample dims). The
     arguments are normal_rsample's.
     """
     if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
-        pair = _gaussian_fast(1, mu, scale_param, scale, False, seed, sample_shape)  # no validate_args here
+        pair = _gaussian_fast(1, mu, scale_param, scale, _validating(validate_args), seed, sample_shape)
         if pair is not None:
             return pair
     sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
+    check_scale_param(scale_param, "scale_param", scale, validate_args)
     run, (mu, scale_param), rng_state = NORMAL_RSAMPLE_AND_KL.prepare(backend, (mu, scale_param), seed, generator)
     return run(mu, scale_param, rng_state, scale, sample_shape)
 
 
 def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
                                 sample_shape: Union[int, Sequence[int]] = (), seed: Optional[int] = None,
-                                generator: Optional[torch.Generator] = None, backend: str = "auto"):
+                                generator: Optional[torch.Generator] = None, backend: str = "auto",
+                                validate_args: Optional[bool] = None):
     """(z, log q(z)) for q = N(mu, sigma^2), in one pass: log q = -eps^2 / 2 - log sigma - log(2 pi) / 2.
 
     log_q comes from eps itself rather than from (z - mu) / sigma, so it is
@@ -146,10 +153,11 @@ def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, 
     normal_rsample's.
     """
     if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
-        pair = _gaussian_fast(2, mu, scale_param, scale, False, seed, sample_shape)  # no validate_args here
+        pair = _gaussian_fast(2, mu, scale_param, scale, _validating(validate_args), seed, sample_shape)
         if pair is not None:
             return pair
     sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
+    check_scale_param(scale_param, "scale_param", scale, validate_args)
     run, (mu, scale_param), rng_state = NORMAL_RSAMPLE_AND_LOG_PROB.prepare(backend, (mu, scale_param), seed, generator)
     return run(mu, scale_param, rng_state, scale, sample_shape)
 

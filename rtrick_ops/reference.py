@@ -168,8 +168,10 @@ def normal_rsample_and_log_prob(mu, scale_param, rng_state, scale="log_sigma", s
     compute = compute_dtype(mu.dtype)
     eps = _sample_noise("normal", shape, rng_state, mu.device).to(compute)
     x = scale_param.to(compute)
-    z = mu.to(compute) + sigma_of(x, scale) * eps
-    return z.to(mu.dtype), normal_log_prob_from_noise(eps, x, scale).to(mu.dtype)
+    mu_c = mu.to(compute)
+    z = mu_c + sigma_of(x, scale) * eps
+    log_q = normal_log_prob_from_noise(eps, x, scale) + (mu_c - mu_c)  # NaN where mu is NaN or infinite
+    return z.to(mu.dtype), log_q.to(mu.dtype)
 
 
 # ------------------------------------------------------------ Gumbel-Softmax

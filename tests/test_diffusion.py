@@ -21,8 +21,8 @@ def batch(dtype=torch.float32, shape=(4, 3, 5)):
 
 
 def coefficients(alphas_cumprod, t, x0):
-    alpha_bar = alphas_cumprod[t].to(x0.dtype).view(-1, *[1] * (x0.dim() - 1))
-    return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    alpha_bar = alphas_cumprod[t].double().view(-1, *[1] * (x0.dim() - 1))
+    return alpha_bar.sqrt().to(x0.dtype), (1 - alpha_bar).sqrt().to(x0.dtype)
 
 
 def test_eps_is_the_streams_noise_bit_for_bit_and_x_t_is_the_textbook_formula():
@@ -65,6 +65,24 @@ def test_q_sample_gradient_reaches_x0():
     x_t, _ = diffusion.q_sample(x0, t, alphas_cumprod, seed=1)
     (grad,) = torch.autograd.grad(x_t.sum(), x0)
     torch.testing.assert_close(grad, coefficients(alphas_cumprod, t, x0)[0].expand_as(x0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_x0_keeps_the_early_timesteps_noise(dtype):
+    """The coefficients come from the schedule's precision: 1 - abar rounded to bfloat16 first is 0 for the
+    early steps of DDPM's schedule (abar = 0.9999), which left x_t = x0 there."""
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    alphas_cumprod = torch.cumprod(1 - betas, 0).float()
+    x0 = torch.randn(8, 16).to(dtype)
+    t = torch.tensor([0, 1, 2, 3, 5, 10, 20, 40])
+    x_t, noise = diffusion.q_sample(x0, t, alphas_cumprod, seed=0)
+    signal, noise_coef = coefficients(alphas_cumprod, t, x0)
+    assert noise.noise_coef.dtype == noise.signal_coef.dtype == dtype
+    assert torch.equal(noise.noise_coef, noise_coef) and torch.equal(noise.signal_coef, signal)
+    assert bool((noise.noise_coef > 0).all())
+    assert not bool((x_t == x0).all(dim=1).any()), "an example was left without noise"
+    torch.testing.assert_close(noise.noise_coef.flatten().double(), (1 - alphas_cumprod[t].double()).sqrt(),
+                               rtol=torch.finfo(dtype).eps, atol=0)
 
 
 def test_gradcheck_and_gradgradcheck_float64():

@@ -214,12 +214,33 @@ def test_uniform_exponential_relaxed_bernoulli_classes():
     r = rd.RelaxedBernoulli(torch.tensor(0.5, dtype=torch.float64), logits=logits, seed=3)
     sample = r.rsample((2,))
     assert isinstance(r, D.RelaxedBernoulli) and sample.shape == (2, 3, 4)
-    assert torch.equal(sample, rt.relaxed_bernoulli_rsample(logits, 0.5, sample_shape=(2,), seed=3))
+    finfo = torch.finfo(sample.dtype)
+    assert torch.equal(sample, rt.relaxed_bernoulli_rsample(logits, 0.5, sample_shape=(2,), seed=3).clamp(
+        min=finfo.tiny, max=1 - finfo.eps))
     assert bool(torch.isfinite(r.log_prob(sample.clamp(1e-6, 1 - 1e-6))).all())
     sample.sum().backward()
     assert logits.grad is not None
     with pytest.raises(ValueError):
         rd.Exponential(torch.tensor([-1.0]), validate_args=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relaxed_bernoulli_sample_stays_inside_like_torchs(dtype):
+    """torch's sigmoid transform clamps into [tiny, 1 - eps]; the fused sigmoid saturates to 0 or 1, so the
+    class clamps too: log(z) and log1p(-z) of a sample stay finite, and the clamp passes no gradient."""
+    logits = (torch.randn(20000, dtype=dtype) * 3).requires_grad_()
+    tiny, eps = torch.finfo(dtype).tiny, torch.finfo(dtype).eps
+    for ours in (rd.RelaxedBernoulli(torch.tensor(0.05, dtype=dtype), logits=logits, seed=5),
+                 D.RelaxedBernoulli(torch.tensor(0.05, dtype=dtype), logits=logits)):
+        z = ours.rsample()
+        assert z.dtype == dtype and bool(((z >= tiny) & (z <= 1 - eps)).all())
+        assert bool(torch.isfinite(z.log() + torch.log1p(-z)).all())
+    raw = rt.relaxed_bernoulli_rsample(logits, 0.05, seed=5)
+    assert bool(((raw == 0) | (raw == 1)).any()), "no saturated draw: the test no longer covers the clamp"
+    z = rd.RelaxedBernoulli(torch.tensor(0.05, dtype=dtype), logits=logits, seed=5).rsample()
+    (grad,) = torch.autograd.grad(z.sum(), logits)
+    saturated = (raw == 0) | (raw == 1)
+    assert bool((grad[saturated] == 0).all()) and bool(torch.isfinite(grad).all())
 
 
 def test_half_normal_class_behaves_like_torch():

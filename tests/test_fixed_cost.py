@@ -8,6 +8,7 @@ path's results and errors; the kernels use the threads torch is given.
 """
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -82,6 +83,33 @@ def test_c_domain_check_answers():
     assert check(torch.tensor([1.0, -math.inf]), True) is True
     assert check(torch.ones(4, 2)[:, 0], True) is None  # strided
     assert check(torch.ones(4, dtype=torch.float16), True) is None
+
+
+@pytest.mark.parametrize("first_call", ["FakeTensorMode", "inference_mode"])
+def test_c_scans_know_plain_tensors_whatever_the_first_calls_context(first_call):
+    """The plain CPU key set is a constant: it was taken from a tensor made on the first call, so a first call
+    under FakeTensorMode made every fake tensor pass for plain (the scan then read a tensor without storage:
+    a segfault), and one under inference_mode sent every later ordinary tensor down the slow path."""
+    script = f"""
+import torch, rtrick_ops as rt
+from rtrick_ops import _checks
+from torch._subclasses.fake_tensor import FakeTensorMode
+if {first_call!r} == "FakeTensorMode":
+    with FakeTensorMode():
+        fake = torch.ones(3)
+        z = rt.normal_rsample(torch.zeros(2, 3), fake)  # fake tensors have no values to check, as meta
+        kl = rt.normal_rsample_and_kl(torch.zeros(2, 3), fake, sample_shape=(4,))[1]
+        assert z.shape == (2, 3) and kl.shape == (2, 3) and type(z).__name__ == "FakeTensor"
+    assert _checks._scale_domain_violated(fake, True) is None, "a fake tensor passed for plain"
+else:
+    with torch.inference_mode():
+        rt.normal_rsample(torch.zeros(3), torch.zeros(3))
+assert _checks._scale_domain_violated(torch.ones(3), True) is False, "an ordinary tensor is not plain"
+assert _checks._scale_domain_violated(torch.zeros(3), True) is True
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])

@@ -92,9 +92,75 @@ def test_out_of_domain_scale_parameter_raises(scale, value):
     torch.testing.assert_close(x, torch.full((3,), value))  # inputs untouched
 
 
+@pytest.mark.parametrize("scale,value", [("sigma", -1.0), ("sigma", 0.0), ("log_sigma", -math.inf)])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])  # the C++ fast call and the Python path
+def test_the_fused_gaussian_helpers_check_the_scale_too(scale, value, layout):
+    """normal_rsample_and_kl, normal_rsample_and_log_prob and normal_kl follow the same value rule as
+    normal_rsample: they returned a plausible sample from sigma = -1 and a finite log q for sigma = 0."""
+    mu = torch.zeros(4)
+    x = torch.tensor([[1.0, value, 0.5, 2.0]] * 2)
+    x = x[0] if layout == "contiguous" else x.t()[:, 0]
+    for call in (lambda **kw: rt.normal_rsample_and_kl(mu, x, scale=scale, seed=0, **kw),
+                 lambda **kw: rt.normal_rsample_and_log_prob(mu, x, scale=scale, seed=0, **kw),
+                 lambda **kw: rt.normal_kl(mu, x, scale=scale, **kw)):
+        with pytest.raises(ValueError, match="scale_param"):
+            call(validate_args=True)
+        call(validate_args=False)  # unchecked, as normal_rsample's validate_args=False
+    assert x[1].item() == value  # inputs untouched
+
+
 def test_nan_scale_parameter_propagates():
     z = rt.normal_rsample(torch.zeros(2), torch.tensor([float("nan"), 0.0]), seed=0)
     assert math.isnan(z[0].item()) and math.isfinite(z[1].item())
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "reference"])
+def test_log_q_is_nan_where_mu_is_not_a_number(backend):
+    """z = mu + sigma eps has no density under q where mu is NaN or infinite: log q is NaN there, as torch's
+    Normal(mu, sigma).log_prob(z) gives (it was the finite -eps^2 / 2 - log sigma - log(2 pi) / 2)."""
+    mu = torch.tensor([0.0, math.nan, math.inf, -math.inf, 1.0], requires_grad=True)
+    x = torch.zeros(5, requires_grad=True)
+    for sample_shape in ((), (2,)):
+        z, log_q = rt.normal_rsample_and_log_prob(mu, x, seed=0, backend=backend, sample_shape=sample_shape)
+        assert bool(torch.isnan(log_q[..., 1:4]).all()) and bool(torch.isfinite(log_q[..., [0, 4]]).all())
+        expected = torch.distributions.Normal(mu.detach()[[0, 4]], 1.0).log_prob(z.detach()[..., [0, 4]])
+        torch.testing.assert_close(log_q.detach()[..., [0, 4]], expected)
+        grad_mu, grad_x = torch.autograd.grad(log_q.sum(), (mu, x), allow_unused=True)
+        assert grad_mu is None or bool((grad_mu[[0, 4]] == 0).all())
+        assert bool(torch.isfinite(grad_x[[0, 4]]).all())
+
+
+def test_relaxed_bernoulli_tiny_tau_gradient_is_the_limits():
+    """A tau below FLT_MIN is clamped to FLT_MIN by float kernels; the backward divides by the same tau (it
+    divided by the tau as given, 0 in float32, and the gradient was 0 / 0 everywhere)."""
+    logits = torch.randn(64, requires_grad=True)
+    for tau in (1e-46, 1e-40):
+        z = rt.relaxed_bernoulli_rsample(logits, tau, seed=1)
+        (grad,) = torch.autograd.grad(z.sum(), logits)
+        same = rt.relaxed_bernoulli_rsample(logits, torch.finfo(torch.float32).tiny, seed=1)
+        assert torch.equal(z, same.detach())
+        (expected,) = torch.autograd.grad(same.sum(), logits)
+        assert not bool(torch.isnan(grad).any()) and torch.equal(grad, expected)
+
+
+def test_uniform_nan_bound_propagates_and_bad_pair_is_counted():
+    z = rt.uniform_rsample(torch.tensor([math.nan, 0.0]), torch.tensor([1.0, 1.0]), seed=0, validate_args=True)
+    assert math.isnan(z[0].item()) and 0 < z[1].item() < 1
+    with pytest.raises(ValueError, match="low must be less than high.*1 pair"):
+        rt.uniform_rsample(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 1.0]), seed=0, validate_args=True)
+
+
+def test_global_setters_name_their_argument():
+    before = rt.saved_noise_limit()
+    try:
+        for bad in (1.5, "10", True, None):
+            with pytest.raises(TypeError, match="elements"):
+                rt.set_saved_noise_limit(bad)
+        assert rt.saved_noise_limit() == before
+    finally:
+        rt.set_saved_noise_limit(before)
+    with pytest.raises(TypeError, match="isa"):
+        rt.set_cpu_isa(3)
 
 
 def test_relaxed_bernoulli_huge_tau_is_the_limit():

@@ -90,19 +90,48 @@ def test_autocast_computes_in_float32_and_follows_autocast_dtypes(dtype):
     assert all(bool(torch.isfinite(g).all()) for g in grads)
 
 
-def test_vmap_semantics():
+@pytest.fixture
+def validation_on():
+    """Value checks on, as in a fresh process: torch.compile in an earlier test turns torch.distributions'
+    default off for the rest of the process (docs/usage.md, value policy)."""
+    before = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    yield
+    torch.distributions.Distribution.set_default_validate_args(before)
+
+
+def test_vmap_semantics(validation_on):
     mu, log_sigma = torch.randn(3, 5), torch.randn(3, 5)
     vmapped = torch.func.vmap(lambda m, s: rt.normal_rsample(m, s, seed=1))(mu, log_sigma)
     looped = torch.stack([rt.normal_rsample(mu[i], log_sigma[i], seed=1) for i in range(3)])
     assert torch.equal(vmapped, looped), "with a seed, vmap equals the loop (same noise for each batch member)"
     with pytest.raises(RuntimeError, match="randomness"):
         torch.func.vmap(lambda m, s: rt.normal_rsample(m, s))(mu, log_sigma)
-    different = torch.func.vmap(lambda m, s: rt.normal_rsample(torch.zeros_like(m), s.exp() * 0, scale="sigma")
+    different = torch.func.vmap(lambda m, s: rt.normal_rsample(torch.zeros_like(m), s.exp() * 0, scale="sigma",
+                                                               validate_args=False)  # sigma = 0: a key drawn
                                 + rt.normal_rsample(m, s), randomness="different")(mu, log_sigma)
     eps = (different - mu) / log_sigma.exp()
     assert not torch.allclose(eps[0], eps[1]), "randomness='different' draws a key per batch member"
     same = torch.func.vmap(lambda m, s: rt.normal_rsample(m, s), randomness="same")(torch.zeros(3, 5), torch.zeros(3, 5))
     assert torch.equal(same[0], same[1]) and torch.equal(same[1], same[2])
+
+
+def test_vmap_checks_every_batch_members_values(validation_on):
+    """The value checks read the tensor under vmap's wrapper (bool() of a batched tensor would raise)."""
+    mu, sigma = torch.randn(3, 5), torch.rand(3, 5) + 0.5
+    for draw in (lambda m, s: rt.normal_rsample(m, s, scale="sigma", seed=1),
+                 lambda m, s: rt.normal_rsample_and_kl(m, s, scale="sigma", seed=1)[1],
+                 lambda m, s: rt.laplace_rsample(m, s, scale="sigma", seed=1),
+                 lambda m, s: rt.uniform_rsample(m, m + s, seed=1),
+                 lambda m, s: rt.gamma_rsample(s, seed=1)):
+        vmapped = torch.func.vmap(draw)(mu, sigma)
+        looped = torch.stack([draw(mu[i], sigma[i]) for i in range(3)])
+        torch.testing.assert_close(vmapped, looped, rtol=0, atol=0)
+        bad = sigma.clone()
+        bad[2, 4] = -1.0
+        with pytest.raises(ValueError):
+            torch.func.vmap(draw)(mu, bad)
+        torch.func.vmap(lambda m, s: draw(m, s), in_dims=(None, 1))(mu[0, :3], sigma[:3, :3])
 
 
 def test_activation_checkpointing_reproduces_the_noise():
