@@ -17,7 +17,7 @@ from torch.library import triton_op, wrap_triton
 
 from rtrick_ops import kinds
 from rtrick_ops._checks import check_op_inputs, check_rsample_and_kl_grads  # the fake kernels run these too
-from rtrick_ops._math import compute_dtype, dsigma_of as torch_dsigma_of
+from rtrick_ops._math import compute_dtype, dsigma_of as torch_dsigma_of, tau_tensor
 
 from .stream import (NOISE_LOGISTIC, NOISE_NONE, NOISE_NORMAL, SCALE_CODES, div, dlog_sigma_of, dsigma_of, exp_f32,
                      log_sigma_of, sigma_of, stream_noise)
@@ -88,7 +88,7 @@ def _normal_kl_dx(x, SCALE: tl.constexpr, F64: tl.constexpr):
 
 # -------------------------------------------------------------------- kernel
 @triton.jit
-def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, numel, period, tau,
+def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, numel, period, tau_ptr,
                         FORMULA: tl.constexpr, SCALE: tl.constexpr, NOISE: tl.constexpr, F64: tl.constexpr,
                         REPEATS: tl.constexpr, BLOCK: tl.constexpr):
     """out[n] = FORMULA(a[i], b[i], c[i], noise[n]); inputs contiguous, i = n % period when REPEATS (sample dims)."""
@@ -109,8 +109,8 @@ def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, nume
     elif FORMULA == SCALE_GRAD:
         out0 = (a * eps) * dsigma_of(b, SCALE, F64)
     elif FORMULA == RELAXED_BERNOULLI_SAMPLE:
-        out0 = div(tl.full(a.shape, 1.0, compute), 1.0 + _exp(-div(a + eps, tl.full(a.shape, tau, compute), F64), F64),
-                   F64)
+        tau = tl.load(tau_ptr)  # in the compute type, clamped there (rtrick_ops._math.tau_tensor)
+        out0 = div(tl.full(a.shape, 1.0, compute), 1.0 + _exp(-div(a + eps, tau, F64), F64), F64)
     elif FORMULA == NORMAL_KL:
         out0 = _normal_kl(a, b, SCALE, F64)
     elif FORMULA == NORMAL_KL_GRAD:  # a = grad_kl, b = mu, c = scale_param
@@ -139,8 +139,9 @@ def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, nume
 BLOCK = 1024  # elements per program: 256 Philox blocks; tuned on the GPU suite
 
 
-def _launch(formula, outs, ins, rng_state, scale="sigma", noise=NOISE_NONE, tau=1.0):
-    """Runs `formula` over contiguous outputs (same shape) and contiguous inputs of `period` elements."""
+def _launch(formula, outs, ins, rng_state, scale="sigma", noise=NOISE_NONE, tau=None):
+    """Runs `formula` over contiguous outputs (same shape) and contiguous inputs of `period` elements; `tau`
+    (the relaxed Bernoulli's) as tau_tensor gives it."""
     out0 = outs[0]
     out1 = outs[1] if len(outs) > 1 else out0
     a = ins[0]
@@ -152,7 +153,7 @@ def _launch(formula, outs, ins, rng_state, scale="sigma", noise=NOISE_NONE, tau=
     period = max(1, a.numel())
     grid = (triton.cdiv(numel, BLOCK),)
     wrap_triton(_elementwise_kernel)[grid](
-        out0, out1, a, b, c, rng_state, numel, period, tau, FORMULA=formula, SCALE=SCALE_CODES[scale], NOISE=noise,
+        out0, out1, a, b, c, rng_state, numel, period, a if tau is None else tau, FORMULA=formula, SCALE=SCALE_CODES[scale], NOISE=noise,
         F64=out0.dtype == torch.float64, REPEATS=period != numel, BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
 
 
@@ -222,7 +223,7 @@ def relaxed_bernoulli_rsample_triton(logits: torch.Tensor, rng_state: torch.Tens
     check_op_inputs(rng_state, logits=logits)
     z = logits.new_empty(list(sample_shape) + list(logits.shape))
     _launch(RELAXED_BERNOULLI_SAMPLE, [z], [logits.contiguous(), logits.contiguous()], rng_state, noise=NOISE_LOGISTIC,
-            tau=tau)
+            tau=tau_tensor(tau, logits.dtype, logits.device))
     return z
 
 

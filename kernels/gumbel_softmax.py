@@ -23,13 +23,12 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from rtrick_ops._checks import check_op_inputs  # the fake (meta) kernel runs these bodies too
+from rtrick_ops._math import tau_tensor
 
 from .stream import NOISE_GUMBEL, div, exp_f32, stream_noise_at
 
 MAX_SINGLE_BLOCK = 4096  # longest row held in one block; longer rows loop over chunks
 LOOP_BLOCK = 1024
-FLT_MIN = 1.1754943508222875e-38
-FLT_MAX = 3.4028234663852886e38
 
 
 # ------------------------------------------------------------------ helpers
@@ -247,13 +246,6 @@ def _layout(logits, dim):
     return logits.movedim(dim, -1).contiguous(), outer, L, inner
 
 
-def _tau_tensor(tau, dtype, device):
-    """tau in the compute type (clamped to the normal float32 range there, as the CPU kernel does)."""
-    if dtype == torch.float64:
-        return torch.full((1,), tau, dtype=torch.float64, device=device)
-    return torch.full((1,), min(max(tau, FLT_MIN), FLT_MAX), dtype=torch.float32, device=device)
-
-
 def _blocks(L):
     single = L <= MAX_SINGLE_BLOCK
     return single, (triton.next_power_of_2(max(L, 1)) if single else LOOP_BLOCK)
@@ -266,7 +258,7 @@ def _forward(logits, rng_state, tau, hard, dim, sample_shape):
     x, outer, L, inner = _layout(logits, dim)
     rows = y.numel() // L
     f64 = logits.dtype == torch.float64
-    tau_t = _tau_tensor(tau, logits.dtype, logits.device)
+    tau_t = tau_tensor(tau, logits.dtype, logits.device)
     single, block = _blocks(L)
     kernel = _forward_single_kernel if single else _forward_loop_kernel
     wrap_triton(kernel)[(rows,)](y, x, rng_state, tau_t, outer, inner, L, HARD=hard, F64=f64, BLOCK=block,
@@ -286,7 +278,7 @@ def _backward(grad_y, logits, tau, dim, launch):
     compute = torch.float64 if f64 else torch.float32
     out = torch.empty(grad_y.shape, dtype=compute if lead > 0 else logits.dtype, device=logits.device)
     rows = grad_y.numel() // L
-    tau_t = _tau_tensor(tau, logits.dtype, logits.device)
+    tau_t = tau_tensor(tau, logits.dtype, logits.device)
     single, block = _blocks(L)
     launch(out, x, outer, L, inner, rows, tau_t, f64, single, block)
     if lead > 0:

@@ -74,4 +74,6 @@ def set_saved_noise_limit(elements: int) -> int:
         elements = operator.index(elements)  # ints and NumPy integers; 1.5 or "10" would be read as something else
     except TypeError:
         raise TypeError(f"elements must be an int, got {type(elements).__name__}") from None
+    if not -2**63 <= elements < 2**63:
+        raise ValueError(f"elements must fit in 64 bits, got {elements}")
     return require_compiled("set_saved_noise_limit()").set_saved_noise_limit(elements)

@@ -170,7 +170,7 @@ def validation_enabled(validate_args, *values):
         validate_args = torch.distributions.Distribution._validate_args
     if not validate_args:
         return False
-    if any(v.device.type == "meta" or isinstance(v, FakeTensor) for v in values):
+    if any(v.device.type == "meta" or isinstance(unwrapped(v), FakeTensor) for v in values):
         return False
     if torch.compiler.is_compiling():
         return False
@@ -180,14 +180,16 @@ def validation_enabled(validate_args, *values):
 
 
 def unwrapped(tensor):
-    """The tensor under functorch's wrappers (vmap's BatchedTensor, torch.func.grad's), which holds every value
-    to check: bool() of a wrapped tensor is data-dependent control flow to functorch, and raises."""
-    while _is_functorch_wrapped(tensor):
+    """The tensor under vmap's and torch.func.grad's wrappers, which holds every batch member's values:
+    bool() of a wrapped tensor is data-dependent control flow to functorch, and raises. Not under
+    functionalize's, whose inner tensor may predate an in-place update (bool() works there)."""
+    while _is_batched(tensor) or _is_grad_tracking(tensor):
         tensor = _functorch_unwrap(tensor)
     return tensor
 
 
-_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_is_batched = torch._C._functorch.is_batchedtensor
+_is_grad_tracking = torch._C._functorch.is_gradtrackingtensor
 _functorch_unwrap = torch._C._functorch.get_unwrapped
 
 

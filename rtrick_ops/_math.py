@@ -29,6 +29,22 @@ def compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+_FLOAT32 = torch.finfo(torch.float32)
+
+
+def tau_in_compute(tau, dtype):
+    """The temperature the kernels use for `dtype`: tau itself in float64; in float32, which the other dtypes
+    compute in, clamped into [FLT_MIN, FLT_MAX] (csrc/family_common.h, tau_as, the C++ twin), so that every
+    backend's forward and backward divide by the same tau."""
+    return tau if dtype == torch.float64 else min(max(tau, _FLOAT32.tiny), _FLOAT32.max)
+
+
+def tau_tensor(tau, dtype, device):
+    """tau_in_compute as a one-element tensor of the compute type, for a Triton kernel to load (a Python float
+    argument would reach it as float32, whatever the dtype)."""
+    return torch.full((1,), tau_in_compute(tau, dtype), dtype=compute_dtype(dtype), device=device)
+
+
 def sigma_of(x, scale):
     """sigma from the scale parameter x."""
     if scale == "log_sigma":

@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._checks import check_param, check_same_device, validation_enabled
+from ._checks import check_param, check_same_device, unwrapped, validation_enabled
 from ._random import make_rng_state
 from .normal import NORMAL_RSAMPLE, draw_normal
 
@@ -63,16 +63,18 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
     # Always (a small sync), except where no sync can happen (compiling, CUDA graph capture): an index out of
     # range would otherwise be a device-side assert on CUDA, and an abar outside [0, 1] a NaN in x_t.
     if validation_enabled(True) and t.numel() > 0:
-        if not bool(((t >= 0) & (t < alphas_cumprod.shape[0])).all()):
+        if not bool(unwrapped((t >= 0) & (t < alphas_cumprod.shape[0])).all()):
             raise ValueError(f"t must be in [0, {alphas_cumprod.shape[0]}), got values from {t.min().item()} "
                              f"to {t.max().item()}")
-        if not bool(((alphas_cumprod >= 0) & (alphas_cumprod <= 1)).all()):
+        if not bool(unwrapped((alphas_cumprod >= 0) & (alphas_cumprod <= 1)).all()):
             raise ValueError("alphas_cumprod must be in [0, 1] everywhere (NaN included)")
     which = NORMAL_RSAMPLE.route(backend, x0.device)
     per_example = (-1,) + (1,) * (x0.dim() - 1)
-    # The coefficients in the schedule's precision (at least float32), rounded to x0's dtype only at the end:
-    # 1 - abar in bfloat16 is 0 for abar > 0.996, which would leave the early timesteps without noise.
-    alpha_bar = alphas_cumprod[t].to(torch.promote_types(alphas_cumprod.dtype, torch.float32)).view(per_example)
+    # The coefficients in the precision of the schedule or x0, whichever is wider, and at least float32, rounded
+    # to x0's dtype at the end: 1 - abar in bfloat16 is 0 for abar above 0.998 (DDPM's first steps), which left
+    # those timesteps without noise.
+    precision = torch.promote_types(torch.promote_types(alphas_cumprod.dtype, x0.dtype), torch.float32)
+    alpha_bar = alphas_cumprod[t].to(precision).view(per_example)
     signal_coef, noise_coef = alpha_bar.sqrt().to(x0.dtype), (1 - alpha_bar).sqrt().to(x0.dtype)
     rng_state = make_rng_state(seed, generator, x0.device)
     x_t = draw_normal(which, signal_coef * x0, noise_coef, rng_state, "sigma", ())

@@ -15,15 +15,13 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._math import check_scale
+from ._math import check_scale, tau_in_compute
 from ._checks import (check_param, check_params, check_positive, check_sample_shape, check_scale_param, check_tau,
                       unwrapped, validation_enabled)
 from ._operators import SAMPLE_AND_BATCH, declare
 from .normal import scale_backward_grads
 
 SampleShape = Union[int, Sequence[int]]
-# Kernels that compute in float32 clamp tau into [FLT_MIN, FLT_MAX] (csrc/family_common.h, tau_as).
-FLOAT32_TINY, FLOAT32_MAX = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max
 
 
 def _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, backend, names=("loc", "scale_param"),
@@ -234,8 +232,7 @@ def _relaxed_bernoulli_rsample_autograd(ops):
 
     def backward(ctx, grad_z):
         (z,) = ctx.saved_tensors
-        tau = ctx.tau if z.dtype == torch.float64 else min(max(ctx.tau, FLOAT32_TINY), FLOAT32_MAX)  # the forward's
-        return (grad_z * z * (1 - z) / tau).sum_to_size(ctx.logits_shape), None, None, None
+        return (grad_z * z * (1 - z) / tau_in_compute(ctx.tau, z.dtype)).sum_to_size(ctx.logits_shape), None, None, None
 
     return backward, setup_context
 

@@ -52,7 +52,10 @@ class GaussianLatentHead(nn.Module):
 
     def forward(self, features, sample_shape=(), seed=None):
         mu, log_sigma = self.to_params(features).chunk(2, dim=-1)
-        z, kl = normal_rsample_and_kl(mu, log_sigma, scale="log_sigma", sample_shape=sample_shape, seed=seed)
+        # log_sigma is the layer's output: finite unless it overflowed, and a -inf there (sigma = 0) shows as an
+        # infinite KL. A value check would cost a pass and, on a GPU, a sync per step for nothing.
+        z, kl = normal_rsample_and_kl(mu, log_sigma, scale="log_sigma", sample_shape=sample_shape, seed=seed,
+                                      validate_args=False)
         return z, kl.sum(-1)
 
 
@@ -80,7 +83,9 @@ class GaussianPolicyHead(nn.Module):
         if deterministic:  # the mode: eps = 0
             u, log_prob_u = mu, -log_std - LOG_SQRT_2PI
         else:
-            u, log_prob_u = normal_rsample_and_log_prob(mu, log_std, scale="log_sigma", seed=seed)
+            # log_std is clamped into [log_std_min, log_std_max]: in the domain by construction (NaN propagates)
+            u, log_prob_u = normal_rsample_and_log_prob(mu, log_std, scale="log_sigma", seed=seed,
+                                                        validate_args=False)
         squash_correction = 2 * (math.log(2) - u - nn.functional.softplus(-2 * u))
         log_prob = (log_prob_u - squash_correction).sum(-1) - u.shape[-1] * math.log(self.action_scale)
         return torch.tanh(u) * self.action_scale, log_prob
@@ -247,8 +252,10 @@ class BayesianLinear(nn.Module):
         for mu, rho in self._posteriors():
             # Keeps mu / p and softplus(rho) / p for backward. Recomputing them instead (a checkpoint) took
             # 1.6x the time of the KL's forward + backward on CPU, for two parameter-sized temporaries.
+            # sigma = softplus(rho) >= 0 by construction; 0 where it underflows (rho below -104 in float32),
+            # a finite rho, so no error there: the KL is inf, as the formula gives.
             total = total + normal_kl(mu / self.prior_sigma, F.softplus(rho) / self.prior_sigma, scale="sigma",
-                                      backend=self.backend).sum()
+                                      backend=self.backend, validate_args=False).sum()
         return total
 
     def forward(self, x, sample_shape=(), seed=None, generator=None):

@@ -21,6 +21,7 @@ def batch(dtype=torch.float32, shape=(4, 3, 5)):
 
 
 def coefficients(alphas_cumprod, t, x0):
+    """sqrt(abar) and sqrt(1 - abar) from the schedule's values, rounded once to x0's dtype."""
     alpha_bar = alphas_cumprod[t].double().view(-1, *[1] * (x0.dim() - 1))
     return alpha_bar.sqrt().to(x0.dtype), (1 - alpha_bar).sqrt().to(x0.dtype)
 
@@ -83,6 +84,16 @@ def test_low_precision_x0_keeps_the_early_timesteps_noise(dtype):
     assert not bool((x_t == x0).all(dim=1).any()), "an example was left without noise"
     torch.testing.assert_close(noise.noise_coef.flatten().double(), (1 - alphas_cumprod[t].double()).sqrt(),
                                rtol=torch.finfo(dtype).eps, atol=0)
+
+
+def test_float64_x0_gets_float64_coefficients_from_a_float32_schedule():
+    alphas_cumprod = schedule(dtype=torch.float32)
+    x0, t = batch(torch.float64)
+    _, noise = diffusion.q_sample(x0, t, alphas_cumprod, seed=0)
+    signal, noise_coef = coefficients(alphas_cumprod, t, x0)
+    assert noise.noise_coef.dtype == torch.float64
+    torch.testing.assert_close(noise.noise_coef, noise_coef, rtol=1e-15, atol=0)
+    torch.testing.assert_close(noise.signal_coef, signal, rtol=1e-15, atol=0)
 
 
 def test_gradcheck_and_gradgradcheck_float64():

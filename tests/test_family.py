@@ -429,6 +429,32 @@ def test_triton_kernels_match_the_cpu_kernel():
     for fn in (rt.normal_rsample_and_kl, rt.normal_rsample_and_log_prob):
         for a, b in zip(fn(loc, s, seed=3), fn(loc, s, seed=3, backend="triton")):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    mu_nan = loc.clone()
+    mu_nan[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    log_q = rt.normal_rsample_and_log_prob(mu_nan, s, seed=3, backend="triton")[1]
+    assert bool(torch.isnan(log_q[0, :3]).all()) and bool(torch.isfinite(log_q[0, 3:]).all())
+
+
+@pytest.mark.skipif(_library.triton_kernels is None, reason="Triton unavailable")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("tau", [0.3, 1e-46], ids=str)
+def test_triton_relaxed_bernoulli_uses_the_cpu_kernels_tau(dtype, tau):
+    """tau reaches the Triton kernel in the compute type, clamped there as the CPU kernel clamps it (a Python
+    float argument reached it as float32: float64 logits were divided by a rounded tau, and a tau below
+    FLT_MIN as a denormal or 0), and the backward divides by that same tau."""
+    logits = params((3, 50), dtype, 41)
+    grads = []
+    for backend in ("cpu", "triton"):
+        leaf = logits.clone().requires_grad_()
+        z = rt.relaxed_bernoulli_rsample(leaf, tau, seed=5, sample_shape=(2,), backend=backend)
+        grads.append((z, *torch.autograd.grad((z * z).sum(), leaf)))
+    (z_cpu, g_cpu), (z_tri, g_tri) = grads
+    if dtype == torch.float32:
+        assert torch.equal(z_cpu, z_tri)
+    else:
+        torch.testing.assert_close(z_tri, z_cpu, rtol=1e-13, atol=1e-300)
+    assert not bool(torch.isnan(g_tri).any())
+    torch.testing.assert_close(g_tri, g_cpu, rtol=1e-6, atol=0)
 
 
 @pytest.mark.skipif(_library.triton_kernels is None, reason="Triton unavailable")

@@ -97,6 +97,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 if {first_call!r} == "FakeTensorMode":
     with FakeTensorMode():
         fake = torch.ones(3)
+        assert _checks._scale_domain_violated(fake, True) is None, "a fake tensor passed for plain"  # the first scan
         z = rt.normal_rsample(torch.zeros(2, 3), fake)  # fake tensors have no values to check, as meta
         kl = rt.normal_rsample_and_kl(torch.zeros(2, 3), fake, sample_shape=(4,))[1]
         assert z.shape == (2, 3) and kl.shape == (2, 3) and type(z).__name__ == "FakeTensor"
@@ -255,8 +256,8 @@ def test_gaussian_fast_call_with_samples_and_broadcasting_gives_the_python_paths
                 for a, b in zip(*results):
                     assert a.dtype == b.dtype and a.shape == b.shape, what
                     assert torch.equal(a, b), what
-    # strided parameters (a policy head's chunk() views, transposes, slices): the fast call takes them, except a
-    # strided scale_param under the value check, which it leaves to the Python path
+    # strided parameters (a policy head's chunk() views, transposes, slices): the fast call takes them, and
+    # under the value check scans a strided scale_param in a contiguous copy
     layouts = [lambda head: head.chunk(2, dim=-1), lambda head: (head.t()[:3], head.t()[3:]),
                lambda head: (head[:, ::2], head[:, 1::2]), lambda head: (head[:, :3], None)]
     for views in layouts:
@@ -269,9 +270,17 @@ def test_gaussian_fast_call_with_samples_and_broadcasting_gives_the_python_paths
                 mu, sp = views(head)
                 sp = own_sp if sp is None else sp
                 assert not mu.is_contiguous()
-                if fast is not None:  # taken, not declined (a strided scale_param only without the value check)
+                if fast is not None:  # taken, not declined, with and without the value check
                     assert fast(0, mu, sp, "log_sigma", False, 1, ()) is not None
-                    assert (fast(0, mu, sp, "log_sigma", True, 1, ()) is None) == (not sp.is_contiguous())
+                    assert fast(0, mu, sp, "log_sigma", True, 1, ()) is not None
+                    # a value outside the domain, anywhere in the strided view: declined (the Python path raises)
+                    bad = sp.detach().clone(memory_format=torch.contiguous_format)
+                    bad.view(-1)[-1] = 0.0
+                    bad_view = torch.stack([bad, bad], dim=-1)[..., 0]
+                    assert not bad_view.is_contiguous()
+                    assert fast(0, mu.detach(), bad_view, "sigma", True, 1, ()) is None
+                    assert fast(0, mu.detach(), bad_view, "sigma", False, 1, ()) is not None
+                    assert fast(0, mu.detach(), bad_view.abs() + 1, "sigma", True, 1, ()) is not None
                 torch.manual_seed(6)
                 outputs = (rt.normal_rsample(mu, sp, validate_args=validate_args), *rt.normal_rsample_and_kl(mu, sp),
                            *rt.normal_rsample_and_log_prob(mu, sp, sample_shape=(2,)))

@@ -173,6 +173,16 @@ def test_vae_helpers_and_relaxed_bernoulli_on_gpu(backend):
                                rtol=1e-6, atol=1e-6)
     assert torch.equal(rt.relaxed_bernoulli_rsample(mu.cuda(), 0.4, seed=3, backend=backend).cpu(),
                        rt.relaxed_bernoulli_rsample(mu, 0.4, seed=3, backend="cpu"))
+    for tau in (0.3, 1e-46):  # tau in the compute type, clamped as the CPU kernel clamps it
+        torch.testing.assert_close(rt.relaxed_bernoulli_rsample(mu.double().cuda(), tau, seed=3, backend=backend).cpu(),
+                                   rt.relaxed_bernoulli_rsample(mu.double(), tau, seed=3, backend="cpu"),
+                                   rtol=1e-13, atol=1e-300)
+        assert torch.equal(rt.relaxed_bernoulli_rsample(mu.cuda(), tau, seed=3, backend=backend).cpu(),
+                           rt.relaxed_bernoulli_rsample(mu, tau, seed=3, backend="cpu"))
+    mu_nan = mu.clone()
+    mu_nan[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    log_q = rt.normal_rsample_and_log_prob(mu_nan.cuda(), x.cuda(), seed=2, backend=backend)[1].cpu()
+    assert bool(torch.isnan(log_q[0, :3]).all()) and bool(torch.isfinite(log_q[0, 3:]).all())
     rate = x.abs() + 0.1
     assert torch.equal(rt.exponential_rsample(rate.cuda(), seed=4, backend=backend).cpu(),
                        rt.exponential_rsample(rate, seed=4, backend="cpu"))

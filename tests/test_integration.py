@@ -134,6 +134,18 @@ def test_vmap_checks_every_batch_members_values(validation_on):
         torch.func.vmap(lambda m, s: draw(m, s), in_dims=(None, 1))(mu[0, :3], sigma[:3, :3])
 
 
+def test_functionalize_checks_the_updated_values(validation_on):
+    """Under functionalize the check reads the tensor as updated in place (its inner tensor may predate the
+    update, so it is not unwrapped as vmap's is)."""
+    def step(mu, s):
+        s2 = s.clone()
+        s2[1:].mul_(-1)
+        return rt.normal_rsample(mu, s2, scale="sigma", seed=0)
+
+    with pytest.raises(ValueError, match="scale_param"):
+        torch.func.functionalize(step)(torch.zeros(3), torch.ones(3))
+
+
 def test_activation_checkpointing_reproduces_the_noise():
     mu = torch.randn(200, requires_grad=True)
     log_sigma = torch.randn(200, requires_grad=True)
