@@ -26,6 +26,9 @@ RT_HD T dlog_sigma_of(T x) {
 
 // e^t - 1 - t without cancellation: Taylor series for |t| < 1/2 (to t^10 in
 // float, t^18 in double: both below half an ulp of the result), else direct.
+// Above t = 128, e^t alone: the same value in float (inf from t = 88.8) and in
+// double (1 and t are below half an ulp of e^128), and +inf rather than
+// inf - inf = NaN at t = +inf (a KL of sigma = +inf is +inf).
 template <typename T>
 RT_HD T expm1_minus_x(T t) {
   // 1/k! for k = 2..18
@@ -36,7 +39,7 @@ RT_HD T expm1_minus_x(T t) {
   series = series * (t * t);
   const T direct = (exp_of(t) - T(1)) - t;
   const T magnitude = t < T(0) ? -t : t;
-  return magnitude < T(0.5) ? series : direct;
+  return magnitude < T(0.5) ? series : (t > T(128) ? exp_of(t) : direct);
 }
 
 // z = loc + sigma(x) * eps: every location-scale family (the noise decides which).

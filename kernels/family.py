@@ -69,7 +69,7 @@ def _expm1_minus_x(t, F64: tl.constexpr):
     s = s * t + 0.16666666666666666
     s = s * t + 0.5
     series = s * (t * t)
-    direct = (_exp(t, F64) - 1.0) - t
+    direct = tl.where(t > 128.0, _exp(t, F64), (_exp(t, F64) - 1.0) - t)  # +inf, not NaN, at t = +inf
     return tl.where(tl.abs(t) < 0.5, series, direct)
 
 

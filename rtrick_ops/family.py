@@ -83,7 +83,9 @@ def lognormal_rsample(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str
                       backend=backend, validate_args=validate_args)
 
 
-lognormal_rsample.__doc__ = _lognormal.__doc__ + """
+# The shared docstring names the location loc; this sampler's is mu, as in normal_rsample.
+lognormal_rsample.__doc__ = _lognormal.__doc__.replace("in loc and", "in mu and").replace(
+    "loc: the location.", "mu: the mean of log z.") + """
     Overflow: exp overflows where mu + sigma * eps exceeds the dtype's limit (88.72 in
     float32, 709.78 in float64; float16 and bfloat16 compute in float32 and round, so
     float16 saturates to inf above 65504). There z is +inf, exactly as

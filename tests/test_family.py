@@ -433,6 +433,10 @@ def test_triton_kernels_match_the_cpu_kernel():
     mu_nan[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
     log_q = rt.normal_rsample_and_log_prob(mu_nan, s, seed=3, backend="triton")[1]
     assert bool(torch.isnan(log_q[0, :3]).all()) and bool(torch.isfinite(log_q[0, 3:]).all())
+    infinite_sigma = torch.tensor([float("inf"), 1.5])
+    assert torch.equal(rt.normal_kl(torch.zeros(2), infinite_sigma, backend="triton"),
+                       rt.normal_kl(torch.zeros(2), infinite_sigma))
+    assert rt.normal_kl(torch.zeros(2), infinite_sigma, backend="triton")[0].item() == float("inf")
 
 
 @pytest.mark.skipif(_library.triton_kernels is None, reason="Triton unavailable")

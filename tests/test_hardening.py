@@ -130,6 +130,22 @@ def test_log_q_is_nan_where_mu_is_not_a_number(backend):
         assert bool(torch.isfinite(grad_x[[0, 4]]).all())
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kl_of_an_infinite_sigma_is_infinite(backend, dtype):
+    """e^t - 1 - t at t = 2 log sigma = +inf is +inf, not inf - inf = NaN; the finite values are unchanged."""
+    for scale in ("log_sigma", "logvar", "sigma", "softplus"):
+        x = torch.tensor([math.inf, 100.0, 1.5], dtype=dtype)
+        mu = torch.zeros(3, dtype=dtype)
+        kl = rt.normal_kl(mu, x, scale=scale, backend=backend)
+        _, kl_fused = rt.normal_rsample_and_kl(mu, x, scale=scale, seed=0, backend=backend)
+        for got in (kl, kl_fused):
+            assert got[0].item() == math.inf, (scale, got)
+            assert bool(torch.isfinite(got[1:]).all()) or scale in ("log_sigma", "logvar")
+        torch.testing.assert_close(kl[1:], rt.normal_kl(mu[1:], x[1:], scale=scale, backend="reference"),
+                                   rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
+
+
 def test_relaxed_bernoulli_tiny_tau_gradient_is_the_limits():
     """A tau below FLT_MIN is clamped to FLT_MIN by float kernels; the backward divides by the same tau (it
     divided by the tau as given, 0 in float32, and the gradient was 0 / 0 everywhere)."""
