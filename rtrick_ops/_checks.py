@@ -137,6 +137,20 @@ def check_choice(value, name, choices):
         raise ValueError(f"{name}={value!r} is not valid; valid: {', '.join(map(repr, choices))}")
 
 
+def check_bool(value, name):
+    """value if it is a bool; a TypeError naming the argument otherwise (bool() of the string 'no' is True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_count(value, name, minimum=1):
+    """value as an int (NumPy integers too) if it is one >= minimum; a ValueError naming the argument otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return operator.index(value)
+
+
 def check_tau(tau):
     """A positive finite temperature, as a Python float (NumPy scalars and one-element tensors accepted).
 

@@ -32,7 +32,8 @@ from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all, lazy_property
 
 from . import _checks
-from ._math import check_scale, sigma_of
+from ._math import check_scale, compute_dtype, sigma_of
+from ._random import make_rng_state
 from . import family, gamma, gumbel
 from .normal import normal_rsample
 
@@ -448,22 +449,25 @@ class _FusedRelaxed(_Fused):
         self._seed, self._backend = seed, backend
         if not isinstance(temperature, torch.Tensor):
             # torch keeps a Python-number temperature as given, and its log_prob then fails
-            # (float has no .log()); held as a tensor, log_prob works and sampling is unchanged.
+            # (float has no .log()); held as a tensor, log_prob works. In the kernels' compute dtype, where
+            # the fused sampler holds tau anyway: rounded to float16 or bfloat16, 0.3 became 0.30078125, 1e-8
+            # became 0 and 7e4 inf.
             like = logits if logits is not None else probs
             like = like if isinstance(like, torch.Tensor) else torch.empty(())
-            temperature = torch.tensor(float(temperature), dtype=like.dtype, device=like.device)
+            temperature = torch.tensor(float(temperature), dtype=compute_dtype(like.dtype), device=like.device)
         super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         temperature = self.temperature  # torch keeps a Python-number temperature as given
         if isinstance(temperature, torch.Tensor) and (temperature.numel() != 1 or temperature.requires_grad):
-            if generator is None:
+            if generator is None and self._seed is None:
                 return super().rsample(sample_shape)
-            # torch's sampler takes no generator: seed torch's from it, in a forked RNG state.
-            seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+            # torch's sampler takes neither a seed nor a generator: seed torch's generator with the key they
+            # give the fused sampler (the same checks, the same draw per seed), in a forked RNG state.
+            key = int(make_rng_state(self._seed, generator, self.logits.device)[0])
             devices = [self.logits.device] if self.logits.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
+                torch.manual_seed(key)
                 return super().rsample(sample_shape)
         return self._fused_sampler(self.logits, float(temperature), sample_shape=tuple(sample_shape),
                                    seed=self._seed, generator=generator, backend=self._backend)

@@ -24,6 +24,8 @@ per-draw gradients rely on that independence.
 Derivations, closed forms and the study: docs/estimators.md.
 """
 import math
+import numbers
+import operator
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ._math import check_scale, normal_log_prob, sigma_of
-from ._checks import check_tau
+from ._checks import check_bool, check_count, check_tau
 from .normal import normal_rsample
 
 __all__ = [
@@ -161,8 +163,9 @@ def gumbel_softmax(logits: torch.Tensor, *, tau: float = 1.0, hard: bool = False
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point torch.Tensor, got {type(logits).__name__}")
     check_tau(tau)
-    _check_seed(seed)
-    return (sampler or torch_gumbel_softmax)(logits, tau=float(tau), hard=bool(hard), dim=dim, seed=seed)
+    seed = _check_seed(seed)
+    hard = check_bool(hard, "hard")
+    return (sampler or torch_gumbel_softmax)(logits, tau=float(tau), hard=hard, dim=dim, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ def gumbel_softmax_relaxation(logits: torch.Tensor, *, tau: float, hard: bool = 
                               sampler: Optional[Callable[..., torch.Tensor]] = None) -> BoundFamily:
     """q = Categorical(softmax(logits)), relaxed by Gumbel-Softmax at temperature tau for the pathwise estimator."""
     check_tau(tau)
-    return BoundFamily(GumbelSoftmaxFamily(float(tau), bool(hard), sampler), {"logits": logits})
+    return BoundFamily(GumbelSoftmaxFamily(float(tau), check_bool(hard, "hard"), sampler), {"logits": logits})
 
 
 # ---------------------------------------------------------------- baselines
@@ -329,8 +332,8 @@ class RegressionControlVariate(Baseline):
     learns_from_batches = True
 
     def __init__(self, ridge: float = 1e-6):
-        if not ridge >= 0:
-            raise ValueError(f"ridge must be >= 0, got {ridge!r}")
+        if not 0 <= ridge < math.inf:  # inf * eye puts NaN off the diagonal: every estimate NaN
+            raise ValueError(f"ridge must be finite and >= 0, got {ridge!r}")
         self.ridge = float(ridge)
         self.intercept: Optional[torch.Tensor] = None
         self.weights: Optional[torch.Tensor] = None  # (2 * coordinates,): linear, then quadratic
@@ -387,14 +390,12 @@ def _check_bound_family(q):
         raise TypeError(f"q must be a BoundFamily (e.g. estimators.normal(mu, log_sigma)), got {type(q).__name__}")
 
 
-def _check_num_draws(num_draws, minimum=1):
-    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < minimum:
-        raise ValueError(f"num_draws must be an int >= {minimum}, got {num_draws!r}")
-
-
 def _check_seed(seed):
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+    """seed as an int (NumPy integers too, as the samplers take them) or None."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                             or not 0 <= seed < 2**64):
         raise ValueError(f"seed must be None or an int in [0, 2**64), got {seed!r}")
+    return None if seed is None else operator.index(seed)
 
 
 def _check_baseline(baseline):
@@ -438,8 +439,8 @@ def pathwise_surrogate(f: Callable[[torch.Tensor], torch.Tensor], q: BoundFamily
     estimate of grad E_q[f] into q's parameters (and f's own).
     """
     _check_bound_family(q)
-    _check_num_draws(num_draws)
-    _check_seed(seed)
+    num_draws = check_count(num_draws, "num_draws")
+    seed = _check_seed(seed)
     return _evaluate(f, q.rsample((num_draws,), seed), num_draws)
 
 
@@ -453,8 +454,8 @@ def score_function_surrogate(f: Callable[[torch.Tensor], torch.Tensor], q: Bound
     baseline is updated with this batch after use.
     """
     _check_bound_family(q)
-    _check_num_draws(num_draws)
-    _check_seed(seed)
+    num_draws = check_count(num_draws, "num_draws")
+    seed = _check_seed(seed)
     _check_baseline(baseline)
     with torch.no_grad():
         draw = q.rsample((num_draws,), seed)
@@ -502,8 +503,8 @@ def per_draw_gradients(f: Callable[[torch.Tensor], torch.Tensor], q: BoundFamily
     compute each draw's value from that draw alone.
     """
     _check_bound_family(q)
-    _check_num_draws(num_draws)
-    _check_seed(seed)
+    num_draws = check_count(num_draws, "num_draws")
+    seed = _check_seed(seed)
     _check_baseline(baseline)
     family = q.family
     leaves = _per_draw_leaves(q.params, num_draws)
@@ -560,13 +561,13 @@ def compare_estimators(f: Callable[[torch.Tensor], torch.Tensor], q: BoundFamily
     not counted in the statistics, and is updated by the measured batch too.
     seed=0 makes the comparison reproducible; None draws fresh noise.
     """
-    _check_num_draws(num_draws, minimum=2)
-    _check_seed(seed)
+    num_draws = check_count(num_draws, "num_draws", minimum=2)
+    seed = _check_seed(seed)
     _check_baseline(baseline)
     _check_bound_family(q)
     if baseline is not None and baseline.learns_from_batches:
         warmup_draws = num_draws if warmup_draws is None else warmup_draws
-        _check_num_draws(warmup_draws)
+        warmup_draws = check_count(warmup_draws, "warmup_draws")
         warmup_seed = None if seed is None else (seed + _WARMUP_SEED_OFFSET) % 2**64
         with torch.no_grad():
             z = q.family.score_sample(q.rsample((warmup_draws,), warmup_seed))

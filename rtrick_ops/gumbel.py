@@ -17,7 +17,7 @@ import torch
 
 from . import _library
 from ._math import compute_dtype
-from ._checks import PLAIN_TENSORS, check_params, check_sample_shape, check_tau, is_compiling
+from ._checks import PLAIN_TENSORS, check_bool, check_params, check_sample_shape, check_tau, is_compiling
 from ._operators import SAMPLE_AND_BATCH, declare
 
 # The whole call in C++ for the common case (csrc/module.cpp, gumbel_softmax_fast; as normal.py's
@@ -89,8 +89,7 @@ def gumbel_softmax(
             return y
     check_params(logits=logits)
     tau = check_tau(tau)
-    if not isinstance(hard, bool):
-        raise TypeError(f"hard must be a bool, got {type(hard).__name__}")
+    hard = check_bool(hard, "hard")
     dim = _check_dim(dim, logits)
     sample_shape = check_sample_shape(sample_shape)
     run, (logits,), rng_state = GUMBEL_SOFTMAX.prepare(backend, (logits,), seed, generator)

@@ -63,7 +63,8 @@ class GaussianPolicyHead(nn.Module):
     """features -> squashed Gaussian action and its log-probability (SAC).
 
     action = tanh(mu + sigma * eps) * action_scale, with log sigma clamped to
-    [log_std_min, log_std_max]. The sample u and its Gaussian log-density come
+    [log_std_min, log_std_max]; action_scale is a positive number or one per
+    action dimension ((high - low) / 2 of an environment's box). The sample u and its Gaussian log-density come
     from one fused kernel (rtrick_ops.normal_rsample_and_log_prob: from eps
     itself, exact where sigma is tiny); log_prob adds the tanh change of
     variables, computed stably as 2 * (log 2 - u - softplus(-2u)).
@@ -74,7 +75,15 @@ class GaussianPolicyHead(nn.Module):
         if not log_std_min < log_std_max:
             raise ValueError(f"log_std_min ({log_std_min}) must be below log_std_max ({log_std_max})")
         self.to_params = nn.Linear(in_features, 2 * action_features)
-        self.action_scale = action_scale
+        # A number, or one per action dimension ((high - low) / 2 of an environment's box), positive and finite.
+        scale = torch.as_tensor(action_scale, dtype=torch.get_default_dtype())
+        if scale.dim() > 1 or (scale.dim() == 1 and scale.numel() != action_features):
+            raise ValueError(f"action_scale must be a number or have {action_features} elements (one per "
+                             f"action dimension), got shape {tuple(scale.shape)}")
+        if not bool(((scale > 0) & torch.isfinite(scale)).all()):
+            raise ValueError(f"action_scale must be positive and finite, got {action_scale!r}")
+        # A buffer: .to() moves and casts it; not in the state dict, which keeps its keys.
+        self.register_buffer("action_scale", scale.expand(action_features).clone(), persistent=False)
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
 
     def forward(self, features, deterministic=False, seed=None):
@@ -87,7 +96,7 @@ class GaussianPolicyHead(nn.Module):
             u, log_prob_u = normal_rsample_and_log_prob(mu, log_std, scale="log_sigma", seed=seed,
                                                         validate_args=False)
         squash_correction = 2 * (math.log(2) - u - nn.functional.softplus(-2 * u))
-        log_prob = (log_prob_u - squash_correction).sum(-1) - u.shape[-1] * math.log(self.action_scale)
+        log_prob = (log_prob_u - squash_correction).sum(-1) - self.action_scale.log().sum()
         return torch.tanh(u) * self.action_scale, log_prob
 
 

@@ -22,14 +22,17 @@ try:
     import pyro
     import pyro.distributions as _pyro_dist
     from pyro import poutine
+    from pyro.distributions.relaxed_straight_through import QuantizeBernoulli, QuantizeCategorical
     from pyro.distributions.util import sum_rightmost
     from pyro.infer.autoguide import AutoDiagonalNormal as _PyroAutoDiagonalNormal
     from pyro.infer.autoguide import AutoNormal as _PyroAutoNormal
 except ImportError as error:  # pragma: no cover - exercised only without Pyro
     raise ImportError("rtrick_ops.pyro needs Pyro: pip install pyro-ppl (or pip install 'rtrick_ops[pyro]')") from error
 
+import torch
 from torch.distributions import biject_to
 from torch.distributions.transforms import ExpTransform
+from torch.distributions.utils import clamp_probs
 
 from . import distributions as _fused
 
@@ -104,10 +107,19 @@ class RelaxedOneHotCategorical(_fused.RelaxedOneHotCategorical, _pyro_dist.Relax
 class RelaxedBernoulliStraightThrough(_pyro_dist.RelaxedBernoulliStraightThrough, RelaxedBernoulli):
     """pyro.distributions.RelaxedBernoulliStraightThrough over the fused relaxed sampler."""
 
+    def rsample(self, sample_shape=torch.Size(), generator=None):
+        # Pyro's rsample, which takes no generator (and sample() passes one), with the generator passed on.
+        return QuantizeBernoulli.apply(clamp_probs(RelaxedBernoulli.rsample(self, sample_shape, generator)))
+
 
 class RelaxedOneHotCategoricalStraightThrough(_pyro_dist.RelaxedOneHotCategoricalStraightThrough,
                                               RelaxedOneHotCategorical):
     """pyro.distributions.RelaxedOneHotCategoricalStraightThrough over the fused Gumbel-Softmax."""
+
+    def rsample(self, sample_shape=torch.Size(), generator=None):
+        # Pyro's rsample, which takes no generator (and sample() passes one), with the generator passed on.
+        return QuantizeCategorical.apply(clamp_probs(RelaxedOneHotCategorical.rsample(self, sample_shape,
+                                                                                      generator)))
 
 
 FUSED_CLASSES = (Normal, LogNormal, Laplace, Cauchy, Gumbel, Uniform, Exponential, Gamma, Beta, Dirichlet,

@@ -141,6 +141,26 @@ def test_policy_head_log_prob_matches_torch_transformed_distribution():
         GaussianPolicyHead(4, 2, log_std_min=1.0, log_std_max=0.0)
 
 
+def test_policy_head_takes_a_scale_per_action_dimension_and_refuses_bad_ones():
+    """(high - low) / 2 per dimension, as SAC sets it for a box; 0, negative, inf or a wrong length are
+    refused when the head is built, naming action_scale (they failed in forward with 'math domain error')."""
+    torch.manual_seed(0)
+    scale = torch.tensor([2.0, 0.5])
+    policy = GaussianPolicyHead(4, 2, action_scale=scale)
+    features = torch.randn(64, 4)
+    action, log_prob = policy(features, seed=5)
+    mu, log_std = policy.to_params(features).chunk(2, dim=-1)
+    squashed = torch.distributions.TransformedDistribution(
+        torch_normal(mu, log_std.clamp(policy.log_std_min, policy.log_std_max).exp()),
+        [torch.distributions.TanhTransform(), torch.distributions.AffineTransform(0.0, scale)])
+    torch.testing.assert_close(log_prob, squashed.log_prob(action).sum(-1), rtol=1e-4, atol=1e-4)
+    assert bool((action.abs() <= scale).all()) and "action_scale" not in policy.state_dict()
+    assert policy.double()(features.double(), seed=5)[0].dtype == torch.float64
+    for bad in (0.0, -1.0, float("inf"), [1.0, 2.0, 3.0], torch.ones(2, 2)):
+        with pytest.raises(ValueError, match="action_scale"):
+            GaussianPolicyHead(4, 2, action_scale=bad)
+
+
 # ------------------------------------------------ the other families (#4 ops)
 import rtrick_ops.distributions as rd  # noqa: E402
 
@@ -242,6 +262,33 @@ def test_relaxed_bernoulli_sample_stays_inside_like_torchs(dtype):
     assert torch.equal(z, raw.clamp(min=finfo.tiny, max=1 - finfo.eps))
     (grad,) = torch.autograd.grad(z.sum(), logits)
     assert bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("cls", [rd.RelaxedBernoulli, rd.RelaxedOneHotCategorical])
+def test_relaxed_classes_keep_seed_and_temperature_on_every_path(cls):
+    """A trainable or per-element temperature falls back to torch's sampler, which took no seed: seed= was
+    ignored there. A Python-number temperature was rounded to the logits' dtype (bfloat16: 0.3 became
+    0.30078125, 1e-8 became 0 and raised)."""
+    logits = torch.randn(3, 4)
+    trainable = torch.tensor(0.5, requires_grad=True)
+    for temperature in (trainable, torch.tensor([0.5, 1.0, 2.0, 0.3]) if cls is rd.RelaxedBernoulli else trainable):
+        first = cls(temperature, logits=logits, seed=3).rsample((2,))
+        assert torch.equal(first, cls(temperature, logits=logits, seed=3).rsample((2,)))
+        assert not torch.equal(first, cls(temperature, logits=logits, seed=4).rsample((2,)))
+        with pytest.raises(ValueError, match="seed or generator"):
+            cls(temperature, logits=logits, seed=3).rsample(generator=torch.Generator())
+    for dtype in (torch.float16, torch.bfloat16):
+        for tau in (0.3, 1e-8, 7e4):
+            d = cls(tau, logits=logits.to(dtype), seed=1)
+            assert d.temperature.item() == torch.tensor(tau, dtype=torch.float32).item()
+            z = d.rsample()
+            assert z.dtype == dtype and z.shape == (3, 4)
+    d = cls(0.3, logits=logits.bfloat16(), seed=1)
+    fused = (rt.gumbel_softmax(d.logits, 0.3, seed=1) if cls is rd.RelaxedOneHotCategorical  # normalised logits
+             else rt.relaxed_bernoulli_rsample(d.logits, 0.3, seed=1))
+    finfo = torch.finfo(torch.bfloat16)
+    expected = fused if cls is rd.RelaxedOneHotCategorical else fused.clamp(min=finfo.tiny, max=1 - finfo.eps)
+    assert torch.equal(d.rsample(), expected)
 
 
 def test_half_normal_class_behaves_like_torch():

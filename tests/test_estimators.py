@@ -327,6 +327,18 @@ def test_bad_arguments_raise_errors_naming_them():
         est.score_function_surrogate(lambda z: z.sum(-1), q, 1, baseline=est.LeaveOneOutBaseline())
     with pytest.raises(ValueError, match="decay"):
         est.MovingAverageBaseline(decay=1.0)
+    with pytest.raises(TypeError, match="hard"):  # bool("no") is True
+        est.gumbel_softmax(torch.zeros(2, 4), tau=1.0, hard="no", seed=1)
+    with pytest.raises(TypeError, match="hard"):
+        est.gumbel_softmax_relaxation(torch.zeros(4), tau=1.0, hard=1)
+    with pytest.raises(ValueError, match="ridge"):  # inf * eye: NaN everywhere, silently
+        est.RegressionControlVariate(ridge=float("inf"))
+    with pytest.raises(ValueError, match="warmup_draws"):
+        est.compare_estimators(lambda z: z.sum(-1), q, 4, baseline=est.MovingAverageBaseline(), warmup_draws=0)
+    import numpy as np  # NumPy integers, as the samplers take them
+    a = est.pathwise_surrogate(lambda z: z.sum(-1), q, np.int64(4), seed=np.int64(3))
+    b = est.pathwise_surrogate(lambda z: z.sum(-1), q, 4, seed=3)
+    assert torch.equal(a, b)
     with pytest.raises(NotImplementedError, match="moments"):
         est.compare_estimators(lambda y: y.sum(-1), est.gumbel_softmax_relaxation(torch.zeros(4), tau=1.0), 8,
                                baseline=est.RegressionControlVariate())

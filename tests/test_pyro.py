@@ -119,6 +119,21 @@ def test_straight_through_samples_are_one_hot_and_pass_gradients():
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["RelaxedOneHotCategoricalStraightThrough", "RelaxedBernoulliStraightThrough"])
+def test_straight_through_sample_works_and_takes_a_generator(name):
+    """sample() passes a generator to rsample; Pyro's straight-through rsample takes none, which made every
+    sample() a TypeError."""
+    logits = params((2, 3))[0]
+    d = getattr(fused_dist, name)(torch.tensor(0.5, dtype=DTYPE), logits=logits)
+    for generator in (None, torch.Generator().manual_seed(4)):
+        sample = d.sample(generator=generator)
+        assert sample.shape == (2, 3) and set(sample.unique().tolist()) <= {0.0, 1.0}
+    again = d.sample((5,), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(again, d.rsample((5,), generator=torch.Generator().manual_seed(4)))
+    seeded = getattr(fused_dist, name)(torch.tensor(0.5, dtype=DTYPE), logits=logits, seed=7)
+    assert torch.equal(seeded.sample(), seeded.sample())
+
+
 def test_other_names_are_pyros_and_unknown_names_fail_clearly():
     assert fused_dist.Bernoulli is pyro_dist.Bernoulli and fused_dist.Delta is pyro_dist.Delta
     assert fused_dist.constraints is pyro_dist.constraints
