@@ -49,7 +49,14 @@ def test_row_kernels_give_the_same_bits_on_aarch64(aarch64_drivers):
 
 
 def test_a_contracting_aarch64_build_is_caught(aarch64_drivers):
-    summary = cross_check.cross_check(aarch64_extra_flags=cross_check.CONTRACTING_FLAGS)
+    """Caught either by the comparison with the x86-64 driver or, first, by the aarch64 driver's own
+    saved-noise check: contraction decided per inlined copy makes the kept and read-back noise paths round
+    differently from the streamed one (which happens depends on the formulas' code and the compiler)."""
+    try:
+        summary = cross_check.cross_check(aarch64_extra_flags=cross_check.CONTRACTING_FLAGS)
+    except RuntimeError as error:
+        assert "noise gives other" in str(error), error  # the driver's self-check, and nothing else
+        return
     float32_failures = [f for f in summary["failures"] if "/f32/" in f]
     assert float32_failures, "fused a*b+c on aarch64 went unnoticed"
 
