@@ -26,7 +26,7 @@ RT_HD T dlog_sigma_of(T x) {
 
 // e^t - 1 - t without cancellation: Taylor series for |t| < 1/2 (to t^10 in
 // float, t^18 in double: both below half an ulp of the result), else direct.
-// Above t = 128, e^t alone: the same value in float (inf from t = 88.8) and in
+// Above t = 128, e^t alone: the same value in float (inf from t = 88.72) and in
 // double (1 and t are below half an ulp of e^128), and +inf rather than
 // inf - inf = NaN at t = +inf (a KL of sigma = +inf is +inf).
 template <typename T>

@@ -151,6 +151,18 @@ def check_count(value, name, minimum=1):
     return operator.index(value)
 
 
+def check_seed(seed):
+    """seed as an int in [0, 2**64) (NumPy integers too, as torch.manual_seed takes them), or None."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int in [0, 2**64) or None, got {type(seed).__name__}")
+    seed = operator.index(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return seed
+
+
 def check_tau(tau):
     """A positive finite temperature, as a Python float (NumPy scalars and one-element tensors accepted).
 

@@ -5,12 +5,10 @@ inputs' device. Drawing them with a torch random op on that device makes
 `seed=None` follow torch.manual_seed and, on CUDA, makes captured graphs draw
 fresh ones on every replay.
 """
-import numbers
-import operator
-
 import torch
 
 from . import _library
+from ._checks import check_seed
 
 _UINT64_RANGE = 2**64
 _INT63_MAX = 2**63 - 1
@@ -29,12 +27,7 @@ def make_rng_state(seed, generator, device):
     if seed is not None:
         if generator is not None:
             raise ValueError("pass either seed or generator, not both")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int in [0, 2**64) or None, got {type(seed).__name__}")
-        seed = operator.index(seed)  # NumPy integers, as torch.manual_seed accepts
-        if not 0 <= seed < _UINT64_RANGE:
-            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-        return torch.tensor([_as_int64_bits(seed), 0], dtype=torch.int64, device=device)
+        return torch.tensor([_as_int64_bits(check_seed(seed)), 0], dtype=torch.int64, device=device)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")

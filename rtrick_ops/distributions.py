@@ -462,12 +462,20 @@ class _FusedRelaxed(_Fused):
         if isinstance(temperature, torch.Tensor) and (temperature.numel() != 1 or temperature.requires_grad):
             if generator is None and self._seed is None:
                 return super().rsample(sample_shape)
-            # torch's sampler takes neither a seed nor a generator: seed torch's generator with the key they
-            # give the fused sampler (the same checks, the same draw per seed), in a forked RNG state.
-            key = int(make_rng_state(self._seed, generator, self.logits.device)[0])
-            devices = [self.logits.device] if self.logits.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(key)
+            # torch's sampler takes neither a seed nor a generator: seed the default generator it draws from
+            # (that one only: torch.manual_seed would reseed every GPU's) with the key they give the fused
+            # sampler, the same checks and the same draw per seed, in a forked RNG state.
+            device = self.logits.device
+            if self._seed is None:
+                key = int(make_rng_state(None, generator, device)[0])
+            elif generator is not None:
+                raise ValueError("pass either seed or generator, not both")
+            else:
+                key = _checks.check_seed(self._seed)
+            cuda = device.type == "cuda"
+            with torch.random.fork_rng(devices=[device] if cuda else []):
+                index = device.index if device.index is not None else torch.cuda.current_device() if cuda else None
+                (torch.cuda.default_generators[index] if cuda else torch.default_generator).manual_seed(key)
                 return super().rsample(sample_shape)
         return self._fused_sampler(self.logits, float(temperature), sample_shape=tuple(sample_shape),
                                    seed=self._seed, generator=generator, backend=self._backend)

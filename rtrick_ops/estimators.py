@@ -24,8 +24,6 @@ per-draw gradients rely on that independence.
 Derivations, closed forms and the study: docs/estimators.md.
 """
 import math
-import numbers
-import operator
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -34,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ._math import check_scale, normal_log_prob, sigma_of
-from ._checks import check_bool, check_count, check_tau
+from ._checks import check_bool, check_count, check_seed, check_tau
 from .normal import normal_rsample
 
 __all__ = [
@@ -163,7 +161,7 @@ def gumbel_softmax(logits: torch.Tensor, *, tau: float = 1.0, hard: bool = False
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point torch.Tensor, got {type(logits).__name__}")
     check_tau(tau)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     hard = check_bool(hard, "hard")
     return (sampler or torch_gumbel_softmax)(logits, tau=float(tau), hard=hard, dim=dim, seed=seed)
 
@@ -390,14 +388,6 @@ def _check_bound_family(q):
         raise TypeError(f"q must be a BoundFamily (e.g. estimators.normal(mu, log_sigma)), got {type(q).__name__}")
 
 
-def _check_seed(seed):
-    """seed as an int (NumPy integers too, as the samplers take them) or None."""
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                             or not 0 <= seed < 2**64):
-        raise ValueError(f"seed must be None or an int in [0, 2**64), got {seed!r}")
-    return None if seed is None else operator.index(seed)
-
-
 def _check_baseline(baseline):
     if baseline is not None and not isinstance(baseline, Baseline):
         raise TypeError(f"baseline must be a Baseline or None, got {type(baseline).__name__}")
@@ -440,7 +430,7 @@ def pathwise_surrogate(f: Callable[[torch.Tensor], torch.Tensor], q: BoundFamily
     """
     _check_bound_family(q)
     num_draws = check_count(num_draws, "num_draws")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     return _evaluate(f, q.rsample((num_draws,), seed), num_draws)
 
 
@@ -455,7 +445,7 @@ def score_function_surrogate(f: Callable[[torch.Tensor], torch.Tensor], q: Bound
     """
     _check_bound_family(q)
     num_draws = check_count(num_draws, "num_draws")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     _check_baseline(baseline)
     with torch.no_grad():
         draw = q.rsample((num_draws,), seed)
@@ -504,7 +494,7 @@ def per_draw_gradients(f: Callable[[torch.Tensor], torch.Tensor], q: BoundFamily
     """
     _check_bound_family(q)
     num_draws = check_count(num_draws, "num_draws")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     _check_baseline(baseline)
     family = q.family
     leaves = _per_draw_leaves(q.params, num_draws)
@@ -562,7 +552,7 @@ def compare_estimators(f: Callable[[torch.Tensor], torch.Tensor], q: BoundFamily
     seed=0 makes the comparison reproducible; None draws fresh noise.
     """
     num_draws = check_count(num_draws, "num_draws", minimum=2)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     _check_baseline(baseline)
     _check_bound_family(q)
     if baseline is not None and baseline.learns_from_batches:

@@ -75,16 +75,29 @@ class GaussianPolicyHead(nn.Module):
         if not log_std_min < log_std_max:
             raise ValueError(f"log_std_min ({log_std_min}) must be below log_std_max ({log_std_max})")
         self.to_params = nn.Linear(in_features, 2 * action_features)
+        self.action_features = action_features
+        # One scale per action dimension in a buffer (.to() moves and casts it; not in the state dict, whose
+        # keys stay those of before), set through the action_scale property, which checks it.
+        self.register_buffer("_action_scale", torch.ones(action_features), persistent=False)
+        self.action_scale = action_scale
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    @property
+    def action_scale(self):
+        """The action's scale per dimension, a tensor of shape (action_features,)."""
+        return self._action_scale
+
+    @action_scale.setter
+    def action_scale(self, value):
         # A number, or one per action dimension ((high - low) / 2 of an environment's box), positive and finite.
-        scale = torch.as_tensor(action_scale, dtype=torch.get_default_dtype())
-        if scale.dim() > 1 or (scale.dim() == 1 and scale.numel() != action_features):
-            raise ValueError(f"action_scale must be a number or have {action_features} elements (one per "
+        scale = torch.as_tensor(value, dtype=self._action_scale.dtype).detach().to(self._action_scale.device)
+        if scale.dim() > 1 or (scale.dim() == 1 and scale.numel() != self.action_features):
+            raise ValueError(f"action_scale must be a number or have {self.action_features} elements (one per "
                              f"action dimension), got shape {tuple(scale.shape)}")
         if not bool(((scale > 0) & torch.isfinite(scale)).all()):
-            raise ValueError(f"action_scale must be positive and finite, got {action_scale!r}")
-        # A buffer: .to() moves and casts it; not in the state dict, which keeps its keys.
-        self.register_buffer("action_scale", scale.expand(action_features).clone(), persistent=False)
-        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+            raise ValueError(f"action_scale must be positive and finite, got {value!r}")
+        self._action_scale = scale.expand(self.action_features).clone()
+        self._log_scale_sum = float(scale.double().log().expand(self.action_features).sum())
 
     def forward(self, features, deterministic=False, seed=None):
         mu, log_std = self.to_params(features).chunk(2, dim=-1)
@@ -96,8 +109,8 @@ class GaussianPolicyHead(nn.Module):
             u, log_prob_u = normal_rsample_and_log_prob(mu, log_std, scale="log_sigma", seed=seed,
                                                         validate_args=False)
         squash_correction = 2 * (math.log(2) - u - nn.functional.softplus(-2 * u))
-        log_prob = (log_prob_u - squash_correction).sum(-1) - self.action_scale.log().sum()
-        return torch.tanh(u) * self.action_scale, log_prob
+        log_prob = (log_prob_u - squash_correction).sum(-1) - self._log_scale_sum
+        return torch.tanh(u) * self._action_scale.to(u.dtype), log_prob
 
 
 BAYESIAN_LINEAR_MODES = ("weight", "local", "flipout")

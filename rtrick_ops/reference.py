@@ -148,7 +148,9 @@ def normal_kl(mu, scale_param, scale="log_sigma"):
     """KL(N(mu, sigma^2) || N(0, 1)) elementwise: mu^2 / 2 + (sigma^2 - 1 - 2 log sigma) / 2, in float64."""
     mu64, x64 = mu.to(torch.float64), scale_param.to(torch.float64)
     t = 2 * log_sigma_of(x64, scale)
-    kl = 0.5 * mu64 * mu64 + 0.5 * torch.where(t > 128, torch.exp(t), torch.expm1(t) - t)  # +inf at t = +inf
+    # +inf at t = +inf; the branch not taken is kept finite, or its backward (0 * inf) would put NaN in t's gradient
+    below = t.clamp(max=128)
+    kl = 0.5 * mu64 * mu64 + 0.5 * torch.where(t > 128, torch.exp(t), torch.expm1(below) - below)
     return kl.to(torch.promote_types(mu.dtype, scale_param.dtype))
 
 

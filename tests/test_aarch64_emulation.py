@@ -61,6 +61,24 @@ def test_a_contracting_aarch64_build_is_caught(aarch64_drivers):
     assert float32_failures, "fused a*b+c on aarch64 went unnoticed"
 
 
+def test_compare_reports_a_changed_float32_value():
+    """compare() itself can fail: the contracting build may now stop at the driver's own check first."""
+    import struct
+
+    import numpy as np
+
+    def record(name, values):
+        data = np.asarray(values, np.float32).tobytes()
+        encoded = name.encode()
+        return struct.pack("<I", len(encoded)) + encoded + struct.pack("<IQ", cross_check.F32, len(data)) + data
+
+    same = record("elementwise/x/f32/out0", [1.0, 2.0, 3.0])
+    changed = record("elementwise/x/f32/out0", [1.0, np.nextafter(np.float32(2.0), np.float32(3.0)), 3.0])
+    assert cross_check.compare(same, same)["failures"] == []
+    failures = cross_check.compare(same, changed)["failures"]
+    assert len(failures) == 1 and "/f32/" in failures[0]
+
+
 def compile_c_program(tmp_path, name, source):
     path = tmp_path / f"{name}.c"
     path.write_text(source)

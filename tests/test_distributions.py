@@ -1,4 +1,5 @@
 """rtrick_ops.distributions and rtrick_ops.nn against torch's own classes."""
+import copy
 import math
 
 import pytest
@@ -159,6 +160,18 @@ def test_policy_head_takes_a_scale_per_action_dimension_and_refuses_bad_ones():
     for bad in (0.0, -1.0, float("inf"), [1.0, 2.0, 3.0], torch.ones(2, 2)):
         with pytest.raises(ValueError, match="action_scale"):
             GaussianPolicyHead(4, 2, action_scale=bad)
+        with pytest.raises(ValueError, match="action_scale"):
+            policy.action_scale = bad  # set later: the same checks
+    policy = GaussianPolicyHead(4, 3, action_scale=1.0)
+    policy.action_scale = 2.0  # a number set later counts for every dimension (and may be a float again)
+    features = torch.randn(8, 4)
+    _, log_prob = policy(features, seed=1)
+    policy.action_scale = torch.tensor(2.0)
+    torch.testing.assert_close(policy(features, seed=1)[1], log_prob)
+    policy.action_scale = 1.0
+    torch.testing.assert_close(policy(features, seed=1)[1], log_prob + 3 * math.log(2.0))
+    policy.action_scale = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    copy.deepcopy(policy)  # a target network's copy (a scale requiring grad is held detached)
 
 
 # ------------------------------------------------ the other families (#4 ops)
@@ -283,6 +296,13 @@ def test_relaxed_classes_keep_seed_and_temperature_on_every_path(cls):
             assert d.temperature.item() == torch.tensor(tau, dtype=torch.float32).item()
             z = d.rsample()
             assert z.dtype == dtype and z.shape == (3, 4)
+    calls = []  # the fallback seeds only the generator torch's sampler draws from: not every GPU's
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+        patch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+        before = torch.get_rng_state()
+        cls(trainable, logits=logits, seed=3).rsample()
+        assert torch.equal(before, torch.get_rng_state()) and calls == []
     d = cls(0.3, logits=logits.bfloat16(), seed=1)
     fused = (rt.gumbel_softmax(d.logits, 0.3, seed=1) if cls is rd.RelaxedOneHotCategorical  # normalised logits
              else rt.relaxed_bernoulli_rsample(d.logits, 0.3, seed=1))

@@ -146,6 +146,20 @@ def test_kl_of_an_infinite_sigma_is_infinite(backend, dtype):
                                    rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
 
 
+@pytest.mark.parametrize("scale,x", [("log_sigma", 400.0), ("logvar", 800.0), ("sigma", 1e200),
+                                     ("softplus", 1e200)])
+def test_kl_gradient_past_exp_overflow_is_inf_on_every_backend(scale, x):
+    """The reference's where() kept its unused branch finite: expm1's backward there (0 * inf) made its
+    gradient NaN where the kernels give +inf."""
+    grads = []
+    for backend in ("auto", "reference"):
+        s = torch.tensor([x], dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(rt.normal_kl(torch.zeros(1, dtype=torch.float64), s, scale=scale,
+                                                   backend=backend).sum(), s)
+        grads.append(grad)
+    assert grads[0].item() == math.inf and torch.equal(grads[0], grads[1]), grads
+
+
 def test_relaxed_bernoulli_tiny_tau_gradient_is_the_limits():
     """A tau below FLT_MIN is clamped to FLT_MIN by float kernels; the backward divides by the same tau (it
     divided by the tau as given, 0 in float32, and the gradient was 0 / 0 everywhere)."""
