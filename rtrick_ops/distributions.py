@@ -465,13 +465,10 @@ class _FusedRelaxed(_Fused):
             # torch's sampler takes neither a seed nor a generator: seed the default generator it draws from
             # (that one only: torch.manual_seed would reseed every GPU's) with the key they give the fused
             # sampler, the same checks and the same draw per seed, in a forked RNG state.
+            # A seed's state is built on the CPU: no device round trip for a key that is the seed's bits.
             device = self.logits.device
-            if self._seed is None:
-                key = int(make_rng_state(None, generator, device)[0])
-            elif generator is not None:
-                raise ValueError("pass either seed or generator, not both")
-            else:
-                key = _checks.check_seed(self._seed)
+            state_device = device if self._seed is None else torch.device("cpu")
+            key = int(make_rng_state(self._seed, generator, state_device)[0])
             cuda = device.type == "cuda"
             with torch.random.fork_rng(devices=[device] if cuda else []):
                 index = device.index if device.index is not None else torch.cuda.current_device() if cuda else None

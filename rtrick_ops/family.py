@@ -234,7 +234,8 @@ def _relaxed_bernoulli_rsample_autograd(ops):
 
     def backward(ctx, grad_z):
         (z,) = ctx.saved_tensors
-        return (grad_z * z * (1 - z) / tau_in_compute(ctx.tau, z.dtype)).sum_to_size(ctx.logits_shape), None, None, None
+        grad_logits = grad_z * z * (1 - z) / tau_in_compute(ctx.tau, z.dtype)  # the tau the forward used
+        return grad_logits.sum_to_size(ctx.logits_shape), None, None, None
 
     return backward, setup_context
 
