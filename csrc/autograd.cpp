@@ -124,11 +124,24 @@ std::tuple<at::Tensor, at::Tensor> both_grads_from_noise(const at::Tensor& grad_
 // operator is called below autograd directly: Function::apply would still build
 // a node, save the inputs and wrap the outputs, about 1.5 us a call.
 bool records_nothing(std::initializer_list<const at::Tensor*> inputs) {
+  // A tangent first: forward mode does not depend on grad mode, and under no_grad
+  // the call below autograd would drop it (a zero derivative, silently).
+  for (const at::Tensor* t : inputs) {
+    if (t->_fw_grad(/*level=*/0).defined()) return false;
+  }
   if (!at::GradMode::is_enabled()) return true;
   for (const at::Tensor* t : inputs) {
-    if (t->requires_grad() || t->_fw_grad(/*level=*/0).defined()) return false;
+    if (t->requires_grad()) return false;
   }
   return true;
+}
+
+// scale_param for a node's backward where only the scale's own gradient reads
+// it: not saved when it needs none, so that an in-place update of a scale held
+// constant (an annealed noise level) does not fail mu's backward, as it would
+// not in the torch expression.
+at::Tensor saved_if_differentiated(const at::Tensor& scale_param) {
+  return scale_param.requires_grad() ? scale_param : at::Tensor();
 }
 
 // ------------------------------------------------------------ saved noise
@@ -279,7 +292,7 @@ class NormalRsample : public torch::autograd::Function<NormalRsample> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
                             const at::Tensor& rng_state, const std::string& scale, c10::SymIntArrayRef sample_shape) {
-    ctx->save_for_backward({scale_param, rng_state});  // inputs only: eps is regenerated
+    ctx->save_for_backward({saved_if_differentiated(scale_param), rng_state});  // inputs only: eps is regenerated
     ctx->saved_data["scale"] = scale;
     at::Tensor z;
     {
@@ -467,7 +480,7 @@ class NormalRsampleAndLogProb : public torch::autograd::Function<NormalRsampleAn
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
                                const at::Tensor& rng_state, const std::string& scale,
                                c10::SymIntArrayRef sample_shape) {
-    ctx->save_for_backward({scale_param, rng_state});
+    ctx->save_for_backward({saved_if_differentiated(scale_param), rng_state});
     ctx->saved_data["scale"] = scale;
     at::Tensor z, log_q;
     {

@@ -4,6 +4,7 @@ import os
 import warnings
 
 import torch
+from torch.autograd import forward_ad
 
 from . import _library
 
@@ -86,4 +87,25 @@ def implementation(name, which, reference_name=None):
     """
     if which == "reference":
         return getattr(importlib.import_module(f"{__package__}.reference"), reference_name or name)
-    return getattr(torch.ops.rtrick_ops, name + "_triton" if which == "triton" else name)
+    if which == "triton":
+        return _refusing_tangents(getattr(torch.ops.rtrick_ops, name + "_triton"), name)
+    return getattr(torch.ops.rtrick_ops, name)
+
+
+def _refusing_tangents(run, name):
+    """run, raising where an argument carries a forward-mode tangent (jvp, jacfwd, forward_ad).
+
+    The Triton twins' autograd (torch.library.register_autograd) calls the kernel below autograd when no input
+    requires grad, which drops a tangent: a zero derivative, silently. The C++ operators raise there (their
+    autograd node has no jvp); so do these.
+    """
+    def call(*args, **kwargs):
+        if forward_ad._current_level >= 0 and any(
+                isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args):
+            raise RuntimeError(f"rtrick_ops.{name}: forward-mode AD (torch.func.jvp, jacfwd, "
+                               "torch.autograd.forward_ad) is not implemented; use reverse mode (backward, grad, "
+                               "jacrev), or backend='reference'")
+        return run(*args, **kwargs)
+
+    call.__name__ = f"{name}_triton"
+    return call

@@ -151,6 +151,17 @@ def check_count(value, name, minimum=1):
     return operator.index(value)
 
 
+def check_real(value, name, finite=True):
+    """value as a float if it is a real number (NumPy scalars too; not a bool), finite unless finite=False;
+    a TypeError or ValueError naming the argument otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
 def check_seed(seed):
     """seed as an int in [0, 2**64) (NumPy integers too, as torch.manual_seed takes them), or None."""
     if seed is None:

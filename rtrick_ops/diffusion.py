@@ -74,7 +74,8 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
     # to x0's dtype at the end: 1 - abar in bfloat16 is 0 for abar above 0.998 (DDPM's first steps), which left
     # those timesteps without noise.
     precision = torch.promote_types(torch.promote_types(alphas_cumprod.dtype, x0.dtype), torch.float32)
-    alpha_bar = alphas_cumprod[t].to(precision).view(per_example)
+    # t.long(): a uint8 index would be read as a boolean mask, and int8 or int16 are refused as indices.
+    alpha_bar = alphas_cumprod[t.long()].to(precision).view(per_example)
     signal_coef, noise_coef = alpha_bar.sqrt().to(x0.dtype), (1 - alpha_bar).sqrt().to(x0.dtype)
     rng_state = make_rng_state(seed, generator, x0.device)
     x_t = draw_normal(which, signal_coef * x0, noise_coef, rng_state, "sigma", ())

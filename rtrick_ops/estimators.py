@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ._math import check_scale, normal_log_prob, sigma_of
-from ._checks import check_bool, check_count, check_seed, check_tau
+from ._checks import check_bool, check_count, check_real, check_seed, check_tau
 from .normal import normal_rsample
 
 __all__ = [
@@ -262,9 +262,7 @@ class ConstantBaseline(Baseline):
     """b = a fixed number (e.g. a known typical value of f)."""
 
     def __init__(self, value: float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"value must be a finite number, got {value!r}")
-        self.value = float(value)
+        self.value = check_real(value, "value")
 
     def values(self, f_values, z):
         return torch.full_like(f_values, self.value)
@@ -282,10 +280,11 @@ class MovingAverageBaseline(Baseline):
     learns_from_batches = True
 
     def __init__(self, decay: float = 0.9, initial: float = 0.0):
+        decay = check_real(decay, "decay")
         if not 0 <= decay < 1:
             raise ValueError(f"decay must be in [0, 1), got {decay!r}")
-        self.decay = float(decay)
-        self.value: Union[float, torch.Tensor] = float(initial)
+        self.decay = decay
+        self.value: Union[float, torch.Tensor] = check_real(initial, "initial")
         self.batches_seen = 0
 
     def values(self, f_values, z):
@@ -330,6 +329,7 @@ class RegressionControlVariate(Baseline):
     learns_from_batches = True
 
     def __init__(self, ridge: float = 1e-6):
+        ridge = check_real(ridge, "ridge", finite=False)
         if not 0 <= ridge < math.inf:  # inf * eye puts NaN off the diagonal: every estimate NaN
             raise ValueError(f"ridge must be finite and >= 0, got {ridge!r}")
         self.ridge = float(ridge)

@@ -18,7 +18,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._math import LOG_SQRT_2PI
-from ._checks import check_choice, check_param, check_sample_shape
+from ._backends import BACKENDS
+from ._checks import check_bool, check_choice, check_count, check_param, check_real, check_sample_shape
 from ._random import make_rng_state, substreams
 from .normal import NORMAL_RSAMPLE, draw_normal, normal_kl, normal_rsample_and_kl, normal_rsample_and_log_prob
 
@@ -47,6 +48,8 @@ class GaussianLatentHead(nn.Module):
 
     def __init__(self, in_features, latent_features, bias=True):
         super().__init__()
+        in_features, latent_features = check_count(in_features, "in_features"), check_count(latent_features,
+                                                                                             "latent_features")
         self.to_params = nn.Linear(in_features, 2 * latent_features, bias=bias)
         self.latent_features = latent_features
 
@@ -62,25 +65,39 @@ class GaussianLatentHead(nn.Module):
 class GaussianPolicyHead(nn.Module):
     """features -> squashed Gaussian action and its log-probability (SAC).
 
-    action = tanh(mu + sigma * eps) * action_scale, with log sigma clamped to
+    action = tanh(mu + sigma * eps) * action_scale + action_bias, with log sigma clamped to
     [log_std_min, log_std_max]; action_scale is a positive number or one per
-    action dimension ((high - low) / 2 of an environment's box). The sample u and its Gaussian log-density come
+    action dimension ((high - low) / 2 of an environment's box), action_bias a finite number or one per
+    dimension ((high + low) / 2; 0 for a box symmetric about 0). The sample u and its Gaussian log-density come
     from one fused kernel (rtrick_ops.normal_rsample_and_log_prob: from eps
     itself, exact where sigma is tiny); log_prob adds the tanh change of
     variables, computed stably as 2 * (log 2 - u - softplus(-2u)).
     """
 
-    def __init__(self, in_features, action_features, action_scale=1.0, log_std_min=-20.0, log_std_max=2.0):
+    def __init__(self, in_features, action_features, action_scale=1.0, log_std_min=-20.0, log_std_max=2.0,
+                 action_bias=0.0):
         super().__init__()
+        in_features = check_count(in_features, "in_features")
+        action_features = check_count(action_features, "action_features")
+        log_std_min, log_std_max = check_real(log_std_min, "log_std_min"), check_real(log_std_max, "log_std_max")
         if not log_std_min < log_std_max:
             raise ValueError(f"log_std_min ({log_std_min}) must be below log_std_max ({log_std_max})")
         self.to_params = nn.Linear(in_features, 2 * action_features)
         self.action_features = action_features
-        # One scale per action dimension in a buffer (.to() moves and casts it; not in the state dict, whose
-        # keys stay those of before), set through the action_scale property, which checks it.
+        # One scale and one bias per action dimension in buffers (.to() moves and casts them; not in the state
+        # dict, whose keys stay those of before), set through the properties, which check them. forward reads
+        # the buffers themselves, so an in-place edit of action_scale moves the actions and the log-prob alike.
         self.register_buffer("_action_scale", torch.ones(action_features), persistent=False)
-        self.action_scale = action_scale
+        self.register_buffer("_action_bias", torch.zeros(action_features), persistent=False)
+        self.action_scale, self.action_bias = action_scale, action_bias
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    def _per_dimension(self, value, name, like):
+        per_dim = torch.as_tensor(value, dtype=like.dtype).detach().to(like.device)
+        if per_dim.dim() > 1 or (per_dim.dim() == 1 and per_dim.numel() != self.action_features):
+            raise ValueError(f"{name} must be a number or have {self.action_features} elements (one per "
+                             f"action dimension), got shape {tuple(per_dim.shape)}")
+        return per_dim.expand(self.action_features).clone()
 
     @property
     def action_scale(self):
@@ -90,16 +107,26 @@ class GaussianPolicyHead(nn.Module):
     @action_scale.setter
     def action_scale(self, value):
         # A number, or one per action dimension ((high - low) / 2 of an environment's box), positive and finite.
-        scale = torch.as_tensor(value, dtype=self._action_scale.dtype).detach().to(self._action_scale.device)
-        if scale.dim() > 1 or (scale.dim() == 1 and scale.numel() != self.action_features):
-            raise ValueError(f"action_scale must be a number or have {self.action_features} elements (one per "
-                             f"action dimension), got shape {tuple(scale.shape)}")
+        scale = self._per_dimension(value, "action_scale", self._action_scale)
         if not bool(((scale > 0) & torch.isfinite(scale)).all()):
             raise ValueError(f"action_scale must be positive and finite, got {value!r}")
-        self._action_scale = scale.expand(self.action_features).clone()
-        self._log_scale_sum = float(scale.double().log().expand(self.action_features).sum())
+        self._action_scale = scale
+
+    @property
+    def action_bias(self):
+        """The action's centre per dimension, a tensor of shape (action_features,)."""
+        return self._action_bias
+
+    @action_bias.setter
+    def action_bias(self, value):
+        # A number, or one per action dimension ((high + low) / 2 of an environment's box), finite.
+        bias = self._per_dimension(value, "action_bias", self._action_bias)
+        if not bool(torch.isfinite(bias).all()):
+            raise ValueError(f"action_bias must be finite, got {value!r}")
+        self._action_bias = bias
 
     def forward(self, features, deterministic=False, seed=None):
+        check_bool(deterministic, "deterministic")
         mu, log_std = self.to_params(features).chunk(2, dim=-1)
         log_std = log_std.clamp(self.log_std_min, self.log_std_max)
         if deterministic:  # the mode: eps = 0
@@ -109,8 +136,9 @@ class GaussianPolicyHead(nn.Module):
             u, log_prob_u = normal_rsample_and_log_prob(mu, log_std, scale="log_sigma", seed=seed,
                                                         validate_args=False)
         squash_correction = 2 * (math.log(2) - u - nn.functional.softplus(-2 * u))
-        log_prob = (log_prob_u - squash_correction).sum(-1) - self._log_scale_sum
-        return torch.tanh(u) * self._action_scale.to(u.dtype), log_prob
+        scale = self._action_scale.to(u.dtype)
+        log_prob = (log_prob_u - squash_correction).sum(-1) - scale.log().sum()
+        return torch.addcmul(self._action_bias.to(u.dtype), torch.tanh(u), scale), log_prob
 
 
 BAYESIAN_LINEAR_MODES = ("weight", "local", "flipout")
@@ -152,6 +180,12 @@ def _random_signs(which, like, rng_state, shape):
     return torch.where(noise < 0, -one, one)
 
 
+def _smallest_positive(dtype):
+    """The smallest positive (subnormal) value of a floating dtype: tiny * eps for the IEEE-like ones."""
+    info = torch.finfo(dtype)
+    return info.tiny * info.eps
+
+
 class _LocalReparameterizationStd(torch.autograd.Function):
     """std = sqrt(x^2 sigma^2^T + b_sigma^2), sigma = softplus(rho): the activations' std of the local trick.
 
@@ -163,15 +197,17 @@ class _LocalReparameterizationStd(torch.autograd.Function):
     sqrt feeding scale="sigma", rather than log feeding scale="logvar": sqrt is correctly rounded, where
     exp(log(var) / 2) rounds twice with an error growing with |log var|; the gradients agree. var is exactly 0
     only where a row of x is 0 and there is no bias: the clamp at `tiny` makes that gradient the true 0 instead
-    of 0 * inf = NaN and leaves every positive float32 variance untouched; a NaN var stays NaN, with NaN
-    gradients.
+    of 0 * inf = NaN and leaves every positive variance untouched; a NaN var stays NaN, with NaN gradients.
+
+    Under autocast the forward's matmul runs in the low precision and the backward gets that dtype's grad_std;
+    the backward computes in the widest of its inputs' dtypes (autograd casts each gradient to its input's).
     """
 
     @staticmethod
     def forward(x, weight_rho, bias_rho):
         bias_var = None if bias_rho is None else F.softplus(bias_rho).square()
         var = F.linear(x.square(), F.softplus(weight_rho).square(), bias_var)
-        return var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+        return var.clamp_min(_smallest_positive(var.dtype)).sqrt()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -181,7 +217,14 @@ class _LocalReparameterizationStd(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_std):
         x, weight_rho, bias_rho, std = ctx.saved_tensors
-        clamped = std <= math.sqrt(torch.finfo(std.dtype).tiny)  # False for NaN: its gradient stays NaN
+        dtype = torch.promote_types(torch.promote_types(x.dtype, weight_rho.dtype), std.dtype)
+        if bias_rho is not None:
+            dtype = torch.promote_types(dtype, bias_rho.dtype)
+        x, weight_rho, grad_std = x.to(dtype), weight_rho.to(dtype), grad_std.to(dtype)
+        bias_rho = None if bias_rho is None else bias_rho.to(dtype)
+        # False for NaN: its gradient stays NaN. The clamp's bound is compared in std's own dtype.
+        clamped = std <= math.sqrt(_smallest_positive(std.dtype))
+        std = std.to(dtype)
         grad_var = torch.where(clamped, torch.zeros_like(std), grad_std / (2 * std))
         grad_x = grad_weight_rho = grad_bias_rho = None
         weight_sigma = F.softplus(weight_rho)
@@ -225,16 +268,15 @@ class BayesianLinear(nn.Module):
     def __init__(self, in_features, out_features, bias=True, prior_sigma=1.0, mode="weight", init_rho=-5.0,
                  backend="auto"):
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(prior_sigma, bool) or not isinstance(prior_sigma, (int, float)):
-            raise TypeError(f"prior_sigma must be a positive float, got {type(prior_sigma).__name__}")
-        if not (prior_sigma > 0 and math.isfinite(prior_sigma)):
+        in_features, out_features = check_count(in_features, "in_features"), check_count(out_features, "out_features")
+        prior_sigma = check_real(prior_sigma, "prior_sigma")
+        if not prior_sigma > 0:
             raise ValueError(f"prior_sigma must be positive and finite, got {prior_sigma}")
         check_choice(mode, "mode", BAYESIAN_LINEAR_MODES)
+        check_choice(backend, "backend", BACKENDS)
+        bias, init_rho = check_bool(bias, "bias"), check_real(init_rho, "init_rho")
         self.in_features, self.out_features = in_features, out_features
-        self.prior_sigma, self.mode, self.init_rho, self.backend = float(prior_sigma), mode, float(init_rho), backend
+        self.prior_sigma, self.mode, self.init_rho, self.backend = float(prior_sigma), mode, init_rho, backend
         self.weight_mu = nn.Parameter(torch.empty(out_features, in_features))
         self.weight_rho = nn.Parameter(torch.empty(out_features, in_features))
         if bias:
@@ -269,15 +311,20 @@ class BayesianLinear(nn.Module):
 
         KL(N(mu, s^2) || N(0, p^2)) = KL(N(mu / p, (s / p)^2) || N(0, 1)), so the fused KL to N(0, 1)
         (rtrick_ops.normal_kl, cancellation-free near s = p) serves any prior scale.
+
+        Summed in float32 for float16 and bfloat16 parameters (and returned so): a 256 x 256 layer's KL is
+        about 3e5 at the initial sigma, past float16's largest value.
         """
-        total = self.weight_mu.new_zeros(())
+        dtype = self.weight_mu.dtype
+        total_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        total = self.weight_mu.new_zeros((), dtype=total_dtype)
         for mu, rho in self._posteriors():
             # Keeps mu / p and softplus(rho) / p for backward. Recomputing them instead (a checkpoint) took
             # 1.6x the time of the KL's forward + backward on CPU, for two parameter-sized temporaries.
             # sigma = softplus(rho) >= 0 by construction; 0 where it underflows (rho below -104 in float32),
             # a finite rho, so no error there: the KL is inf, as the formula gives.
             total = total + normal_kl(mu / self.prior_sigma, F.softplus(rho) / self.prior_sigma, scale="sigma",
-                                      backend=self.backend, validate_args=False).sum()
+                                      backend=self.backend, validate_args=False).sum(dtype=total_dtype)
         return total
 
     def forward(self, x, sample_shape=(), seed=None, generator=None):

@@ -206,6 +206,11 @@ def test_compiles_fullgraph():
     ({"prior_sigma": float("nan")}, ValueError, "prior_sigma"),
     ({"prior_sigma": "1"}, TypeError, "prior_sigma"),
     ({"in_features": 0}, ValueError, "in_features"),
+    ({"out_features": True}, ValueError, "out_features"),
+    ({"backend": "nope"}, ValueError, "backend="),
+    ({"init_rho": float("nan")}, ValueError, "init_rho"),
+    ({"init_rho": "x"}, TypeError, "init_rho"),
+    ({"bias": "no"}, TypeError, "bias"),
 ])
 def test_bad_constructor_arguments_name_the_argument(kwargs, error, match):
     arguments = {"in_features": 5, "out_features": 3, **kwargs}
@@ -253,7 +258,7 @@ def test_local_mode_zero_input_row_without_bias_has_zero_not_nan_gradient():
     x = torch.randn(3, 5)
     x[1] = 0
     y = layer(x, seed=0)
-    assert (y[1].abs() < 1e-18).all()  # std clamped at sqrt(tiny) ~ 1e-19
+    assert (y[1].abs() < 1e-18).all()  # std clamped at the sqrt of the smallest subnormal, 3.7e-23
     (grad_rho,) = torch.autograd.grad(y.sum(), layer.weight_rho)
     assert torch.isfinite(grad_rho).all()
 
@@ -279,3 +284,46 @@ def test_local_mode_keeps_only_the_activations_std():
         assert new_bytes() == 8 * 32 * 4 + 4 * 8 * 32 * 4  # the std, and the noise of the 4 samples
     finally:
         rt.set_saved_noise_limit(previous)
+
+
+# ------------------------------------------------ second user probe (2026-12-02)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_local_mode_trains_under_autocast(dtype):
+    """The forward's matmul runs in the low precision under autocast; the backward multiplied that dtype's
+    gradient with the float32 parameters and raised."""
+    torch.manual_seed(0)
+    layer = make_layer("local")
+    x = torch.randn(8, 5, requires_grad=True)
+    with torch.autocast("cpu", dtype=dtype):
+        y = layer(x, seed=1)
+    grads_low = torch.autograd.grad(y.float().square().sum(), [x, *layer.parameters()])
+    y32 = layer(x, seed=1)
+    grads_32 = torch.autograd.grad(y32.square().sum(), [x, *layer.parameters()])
+    for got, want in zip(grads_low, grads_32):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0.1, atol=0.1 * float(want.abs().max()))
+
+
+def test_local_mode_keeps_subnormal_float16_variances():
+    """The clamp was at float16's smallest normal (6e-5): a representable variance of 4.5e-7 became 6e-5
+    (std 11.6x too large) and every weight_rho gradient 0."""
+    layer = make_layer("local", bias=False, in_features=4, rho=-5.0).half()
+    x = torch.full((2, 4), 0.05, dtype=torch.float16)
+    std = rt.nn._LocalReparameterizationStd.apply(x, layer.weight_rho, None)
+    true_std = F.linear(x.double().square(), F.softplus(layer.weight_rho.double()).square()).sqrt()
+    torch.testing.assert_close(std.double(), true_std, rtol=0.1, atol=0)  # a subnormal var has few bits
+    y = layer(x, sample_shape=(16,), seed=1)
+    (grad_rho,) = torch.autograd.grad(y.float().square().sum(), layer.weight_rho)
+    assert bool((grad_rho != 0).all()) and bool(torch.isfinite(grad_rho).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kl_of_a_low_precision_layer_is_summed_in_float32(dtype):
+    """A 256 x 256 layer's KL (about 3e5 at init) overflowed float16's sum to inf."""
+    torch.manual_seed(0)
+    layer = BayesianLinear(256, 256)
+    want = layer.kl()
+    got = layer.to(dtype).kl()
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got))
+    torch.testing.assert_close(got, want, rtol=0.02, atol=0)
+    assert layer.to(torch.float64).kl().dtype == torch.float64

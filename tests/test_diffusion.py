@@ -205,3 +205,15 @@ def test_triton_backend_matches_the_cpu_kernels():
     loss, loss_triton = diffusion.eps_loss(pred, noise), diffusion.eps_loss(pred, noise_triton)
     torch.testing.assert_close(loss_triton, loss)
     torch.testing.assert_close(torch.autograd.grad(loss_triton, pred)[0], torch.autograd.grad(loss, pred)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+def test_every_integer_timestep_dtype_indexes_by_value(dtype):
+    """A uint8 t indexed the schedule as a boolean mask (with a batch as long as the schedule: silently
+    wrong coefficients); int8 and int16 were refused as indices without naming t."""
+    x0, _ = batch(shape=(8, 3))
+    alphas_cumprod = schedule(steps=8)
+    t = torch.tensor([3, 3, 3, 3, 7, 1, 0, 5])
+    want, _ = diffusion.q_sample(x0, t, alphas_cumprod, seed=4)
+    got, _ = diffusion.q_sample(x0, t.to(dtype), alphas_cumprod, seed=4)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -174,6 +174,41 @@ def test_policy_head_takes_a_scale_per_action_dimension_and_refuses_bad_ones():
     copy.deepcopy(policy)  # a target network's copy (a scale requiring grad is held detached)
 
 
+def test_policy_head_action_bias_and_in_place_scale_edits():
+    """action_bias centres an asymmetric box; an in-place edit of action_scale moved the actions but not the
+    log-prob (a log-sum cached by the setter)."""
+    torch.manual_seed(0)
+    low, high = torch.tensor([-1.0, 0.0]), torch.tensor([3.0, 1.0])
+    policy = GaussianPolicyHead(4, 2, action_scale=(high - low) / 2, action_bias=(high + low) / 2)
+    features = torch.randn(64, 4)
+    action, log_prob = policy(features, seed=5)
+    mu, log_std = policy.to_params(features).chunk(2, dim=-1)
+    squashed = torch.distributions.TransformedDistribution(
+        torch_normal(mu, log_std.clamp(policy.log_std_min, policy.log_std_max).exp()),
+        [torch.distributions.TanhTransform(), torch.distributions.AffineTransform((high + low) / 2, (high - low) / 2)])
+    torch.testing.assert_close(log_prob, squashed.log_prob(action).sum(-1), rtol=1e-4, atol=1e-4)
+    assert bool(((action >= low) & (action <= high)).all())
+    deterministic, _ = policy(features, deterministic=True)
+    torch.testing.assert_close(deterministic, torch.tanh(mu) * (high - low) / 2 + (high + low) / 2)
+    with torch.no_grad():
+        policy.action_scale[0] = 10.0
+    moved_action, moved_log_prob = policy(features, seed=5)
+    torch.testing.assert_close(moved_action[:, 0] - 1.0, (action[:, 0] - 1.0) * 5.0)
+    torch.testing.assert_close(moved_log_prob, log_prob - math.log(5.0))
+    for bad in (float("nan"), float("inf"), [1.0, 2.0, 3.0]):
+        with pytest.raises(ValueError, match="action_bias"):
+            GaussianPolicyHead(4, 2, action_bias=bad)
+    with pytest.raises(TypeError, match="deterministic"):  # bool("no") is True
+        policy(features, deterministic="no")
+    for name, sizes in (("in_features", (0, 2)), ("action_features", (4, True)), ("action_features", (4, -1)),
+                        ("in_features", (2.5, 2))):
+        with pytest.raises(ValueError, match=name):
+            GaussianPolicyHead(*sizes)
+    for name, sizes in (("latent_features", (4, 0)), ("in_features", (True, 3))):
+        with pytest.raises(ValueError, match=name):
+            GaussianLatentHead(*sizes)
+
+
 # ------------------------------------------------ the other families (#4 ops)
 import rtrick_ops.distributions as rd  # noqa: E402
 

@@ -333,6 +333,16 @@ def test_bad_arguments_raise_errors_naming_them():
         est.gumbel_softmax_relaxation(torch.zeros(4), tau=1.0, hard=1)
     with pytest.raises(ValueError, match="ridge"):  # inf * eye: NaN everywhere, silently
         est.RegressionControlVariate(ridge=float("inf"))
+    with pytest.raises(TypeError, match="ridge"):  # was a bare "'<=' not supported"
+        est.RegressionControlVariate(ridge="a")
+    with pytest.raises(TypeError, match="decay"):
+        est.MovingAverageBaseline(decay="0.5")
+    with pytest.raises(ValueError, match="initial"):  # a NaN start made the first estimates NaN
+        est.MovingAverageBaseline(initial=float("nan"))
+    with pytest.raises(ValueError, match="value"):
+        est.ConstantBaseline(float("inf"))
+    with pytest.raises(TypeError, match="value"):
+        est.ConstantBaseline(True)
     with pytest.raises(ValueError, match="warmup_draws"):
         est.compare_estimators(lambda z: z.sum(-1), q, 4, baseline=est.MovingAverageBaseline(), warmup_draws=0)
     import numpy as np  # NumPy integers, as the samplers take them

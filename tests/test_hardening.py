@@ -272,3 +272,58 @@ def test_meta_parameters_give_a_meta_result_or_a_clear_error():
     x = m.clone().requires_grad_()
     rt.normal_rsample(x, x, seed=0).sum().backward()
     assert x.grad.device.type == "meta" and x.grad.shape == (2, 3)
+
+
+# ------------------------------------------------ second user probe (2026-12-02): autograd and modules
+def test_forward_mode_tangents_raise_under_no_grad_as_with_grad():
+    """Under no_grad the C++ path ran the operator below autograd and dropped the tangent (a zero derivative);
+    forward mode does not depend on grad mode, and torch keeps the tangent there."""
+    import torch.autograd.forward_ad as fwAD
+
+    mu, log_sigma = torch.zeros(3), torch.zeros(3)
+    for grad_enabled in (True, False):
+        with torch.set_grad_enabled(grad_enabled), fwAD.dual_level():
+            dual = fwAD.make_dual(mu, torch.ones(3))
+            with pytest.raises(RuntimeError, match="jvp"):
+                rt.normal_rsample(dual, log_sigma, seed=0)
+            with pytest.raises(RuntimeError, match="jvp"):
+                rt.gumbel_softmax(fwAD.make_dual(torch.zeros(2, 3), torch.ones(2, 3)), 0.5, seed=0)
+    with torch.no_grad():  # without a tangent, no_grad keeps its fast call
+        assert rt.normal_rsample(mu, log_sigma, seed=0).shape == (3,)
+
+
+@pytest.mark.skipif(rt._library.triton_kernels is None, reason="Triton unavailable")
+def test_forward_mode_tangents_raise_on_the_triton_backend():
+    """torch.library's autograd calls a Triton twin below autograd when no input requires grad: jvp and
+    jacfwd gave zeros there."""
+    mu, log_sigma = torch.zeros(3), torch.zeros(3)
+    with pytest.raises(RuntimeError, match="forward-mode AD"):
+        torch.func.jvp(lambda m: rt.normal_rsample(m, log_sigma, seed=0, backend="triton"), (mu,), (torch.ones(3),))
+    with pytest.raises(RuntimeError, match="forward-mode AD"):
+        torch.func.jacfwd(lambda l: rt.gumbel_softmax(l, 0.5, seed=0, backend="triton"))(torch.zeros(4))
+    z = rt.normal_rsample(mu, log_sigma, seed=0, backend="triton")  # no tangent: unchanged
+    torch.testing.assert_close(z, rt.normal_rsample(mu, log_sigma, seed=0))
+
+
+@pytest.mark.parametrize("saved_noise_limit", [0, 2**20])
+def test_a_constant_scale_updated_in_place_does_not_fail_mus_backward(saved_noise_limit):
+    """An annealed noise level held without grad and updated in place before backward: torch's expression
+    gives mu's gradient; the node saved the scale whether or not its gradient was needed and raised."""
+    previous = rt.set_saved_noise_limit(saved_noise_limit)
+    try:
+        for op in (rt.normal_rsample, rt.normal_rsample_and_log_prob):
+            mu = torch.randn(5, requires_grad=True)
+            log_sigma = torch.zeros(5)
+            out = op(mu, log_sigma, seed=1)
+            z = out[0] if isinstance(out, tuple) else out
+            log_sigma.add_(1.0)
+            (grad,) = torch.autograd.grad(z.sum(), mu)
+            torch.testing.assert_close(grad, torch.ones(5))
+    finally:
+        rt.set_saved_noise_limit(previous)
+    log_sigma = torch.zeros(5, requires_grad=True)  # where its own gradient reads it, the version check stays
+    z = rt.normal_rsample(torch.randn(5, requires_grad=True), log_sigma, seed=1)
+    with torch.no_grad():
+        log_sigma.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(z.sum(), log_sigma)
