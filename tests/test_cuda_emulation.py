@@ -63,9 +63,11 @@ def checked_library():
     return harness.build("checked")
 
 
-def run_sweep(library, variant, sm_count, schedule, planted_bug=0, groups=None, quick=False):
+def run_sweep(library, variant, sm_count, schedule, planted_bug=0, groups=None, quick=False, first_failure=False):
     """Runs sweep.py in a child process; returns (exit status, output, summary or None)."""
     command = [sys.executable, str(EMU / "sweep.py"), str(library)]
+    if first_failure:
+        command.append("--first-failure")
     if groups:
         command += ["--groups", ",".join(groups)]
     if quick:
@@ -128,9 +130,10 @@ def test_sanitized_sweep_finds_no_invalid_access(checked_library):
 def test_planted_bug_is_caught(checked_library, bug):
     """The self-check: the sweep must fail with the bug switched on, in some configuration."""
     outcomes = []
-    for sm_count, schedule in CONFIGS:  # until one catches it
+    assert bug.first_config is None or bug.first_config in CONFIGS, bug.first_config
+    for sm_count, schedule in sorted(CONFIGS, key=lambda config: config != bug.first_config):  # until one catches it
         status, output, summary = run_sweep(checked_library, "checked", sm_count, schedule, bug.number,
-                                            groups=bug.groups, quick=True)
+                                            groups=bug.groups, quick=True, first_failure=True)
         outcomes.append(f"SM={sm_count} {schedule}: {catch(status, output, summary)}")
         if ": caught" in outcomes[-1]:
             break

@@ -7,8 +7,11 @@ is no longer in the source fails the build: when a kernel changes shape, its
 planted bug must be moved with it, never silently dropped.
 
 Each entry: the file, the text as written, the text with the bug, what the bug
-is, and the sweep groups that must catch it (tests/test_cuda_emulation.py runs
-those groups in every CI configuration and requires at least one to fail).
+is, the sweep groups that must catch it (tests/test_cuda_emulation.py runs
+those groups in the CI configurations until one fails, and requires one to),
+and optionally the configuration to try first: one that shows the bug, so
+that CI does not first spend a whole sweep on one that cannot (a missing
+barrier shows only where the warps do not run in order).
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +27,12 @@ class PlantedBug:
     planted: str
     what: str
     groups: tuple
+    first_config: tuple = None  # (multiprocessors, schedule), one of test_cuda_emulation.CONFIGS
 
 
-def _bug(number, file, original, planted, what, groups):
-    return PlantedBug(number, file, original, planted.replace("BUG", f"({SWITCH} == {number})"), what, groups)
+def _bug(number, file, original, planted, what, groups, first_config=None):
+    return PlantedBug(number, file, original, planted.replace("BUG", f"({SWITCH} == {number})"), what, groups,
+                      first_config)
 
 
 PLANTED_BUGS = (
@@ -50,7 +55,7 @@ PLANTED_BUGS = (
     _bug(5, "gumbel_softmax_cuda.cu",
          "    __syncthreads();  // the scratch may still be read by a previous reduction",
          "    if (!BUG) __syncthreads();  // the scratch may still be read by a previous reduction",
-         "race: no barrier before the shared scratch is reused", ("gumbel",)),
+         "race: no barrier before the shared scratch is reused", ("gumbel",), first_config=(132, "warps-reverse")),
     _bug(6, "gamma_cuda.cu",
          "const uint64_t offset = static_cast<uint64_t>(rng_state[1]);",
          "const uint64_t offset = static_cast<uint64_t>(rng_state[BUG ? 0 : 1]);",

@@ -55,10 +55,15 @@ SIZES = (0, 1, 3, 4, 5, 7, 127, 128, 129, 255, 256, 257, 1023, 1024, 1025, 4095,
 QUICK_SIZES = (0, 1, 5, 129, 1025, 4097, 2**16 + 3)
 
 
+class FirstFailure(BaseException):  # not caught by the sweep's own "except Exception"
+    """Ends a sweep run with --first-failure at its first failure."""
+
+
 class Sweep:
-    def __init__(self, emulated, cpu, float64_exact=True):
+    def __init__(self, emulated, cpu, float64_exact=True, first_failure=False):
         self.emulated, self.cpu = emulated, cpu
         self.float64_exact = float64_exact
+        self.first_failure = first_failure
         self.counts = {"bitwise": 0, "close": 0, "fail": 0}
         self.failures = []
         self.rng = torch.Generator().manual_seed(20261129)
@@ -133,6 +138,8 @@ class Sweep:
     def fail(self, name, message):
         self.counts["fail"] += 1
         self.failures.append(f"{name}: {message}")
+        if self.first_failure:
+            raise FirstFailure
 
 
 class DeviceOps:
@@ -399,6 +406,8 @@ def main(argv=None):
     parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, of {', '.join(GROUPS)}")
     parser.add_argument("--quick", action="store_true", help="fewer sizes and parameters (the planted-bug runs)")
     parser.add_argument("--max-failures", type=int, default=30, help="failures printed")
+    parser.add_argument("--first-failure", action="store_true",
+                        help="stop at the first failure (the planted-bug runs, which need one)")
     args = parser.parse_args(argv)
     groups = args.groups.split(",")
     unknown = sorted(set(groups) - set(GROUPS))
@@ -409,15 +418,20 @@ def main(argv=None):
     torch.use_deterministic_algorithms(True)  # at::empty fills NaN: unwritten outputs show up
     torch.set_num_threads(1)
     if args.device:
-        s = Sweep(DeviceOps(args.device), torch.ops.rtrick_ops, float64_exact=torch.device(args.device).type == "cpu")
+        s = Sweep(DeviceOps(args.device), torch.ops.rtrick_ops, float64_exact=torch.device(args.device).type == "cpu",
+                  first_failure=args.first_failure)
     else:
         torch.ops.load_library(args.library)
-        s = Sweep(torch.ops.rtrick_emu, torch.ops.rtrick_ops)
+        s = Sweep(torch.ops.rtrick_emu, torch.ops.rtrick_ops, first_failure=args.first_failure)
     started = time.time()
     seconds = {}
     for group in groups:
         t0 = time.time()
-        GROUPS[group](s, args.quick)
+        try:
+            GROUPS[group](s, args.quick)
+        except FirstFailure:
+            seconds[group] = round(time.time() - t0, 2)
+            break
         seconds[group] = round(time.time() - t0, 2)
     for failure in s.failures[: args.max_failures]:
         print("FAIL", failure)
