@@ -153,7 +153,7 @@ def _launch(formula, outs, ins, rng_state, scale="sigma", noise=NOISE_NONE, tau=
     period = max(1, a.numel())
     grid = (triton.cdiv(numel, BLOCK),)
     wrap_triton(_elementwise_kernel)[grid](
-        out0, out1, a, b, c, rng_state, numel, period, a if tau is None else tau,  # a: any pointer, unread
+        out0, out1, a, b, c, rng_state.contiguous(), numel, period, a if tau is None else tau,  # a: any pointer, unread
         FORMULA=formula, SCALE=SCALE_CODES[scale], NOISE=noise,
         F64=out0.dtype == torch.float64, REPEATS=period != numel, BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
 

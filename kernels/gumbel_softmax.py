@@ -64,7 +64,7 @@ def _perturbed(x_ptr, state_ptr, row, cols, mask, outer, inner, L, F64: tl.const
     compute = tl.float64 if F64 else tl.float32
     base, step = _row_base(row, outer, inner, L)
     n = base + cols * step
-    logits_row = row % (outer * inner)  # rows of the permuted logits [outer * inner, L]
+    logits_row = row % (tl.cast(outer, tl.int64) * inner)  # rows of the permuted logits [outer * inner, L]; i32 args
     x = tl.load(x_ptr + logits_row * L + cols, mask=mask, other=0.0).to(compute)
     g = stream_noise_at(state_ptr, n, NOISE_GUMBEL).to(compute)
     v = tl.where(mask, x + g, float("-inf"))
@@ -251,17 +251,26 @@ def _blocks(L):
     return single, (triton.next_power_of_2(max(L, 1)) if single else LOOP_BLOCK)
 
 
+def _program_count(rows):
+    """rows, one program each: a clear error past CUDA's grid limit (2^31 - 1), where Triton's launcher
+    would raise an OverflowError (the CUDA backend's grid-stride loops take any count)."""
+    if rows > 2**31 - 1:
+        raise ValueError(f"gumbel_softmax on the Triton backend takes at most 2^31 - 1 softmax rows per call, got "
+                         f"{rows}; use backend='cuda' or split the call")
+    return rows
+
+
 def _forward(logits, rng_state, tau, hard, dim, sample_shape):
     y = logits.new_empty(list(sample_shape) + list(logits.shape))
     if y.numel() == 0:
         return y
     x, outer, L, inner = _layout(logits, dim)
-    rows = y.numel() // L
+    rows = _program_count(y.numel() // L)
     f64 = logits.dtype == torch.float64
     tau_t = tau_tensor(tau, logits.dtype, logits.device)
     single, block = _blocks(L)
     kernel = _forward_single_kernel if single else _forward_loop_kernel
-    wrap_triton(kernel)[(rows,)](y, x, rng_state, tau_t, outer, inner, L, HARD=hard, F64=f64, BLOCK=block,
+    wrap_triton(kernel)[(rows,)](y, x, rng_state.contiguous(), tau_t, outer, inner, L, HARD=hard, F64=f64, BLOCK=block,
                                  num_warps=4 if block <= 1024 else 8, enable_fp_fusion=False)
     return y
 
@@ -277,7 +286,7 @@ def _backward(grad_y, logits, tau, dim, launch):
     f64 = logits.dtype == torch.float64
     compute = torch.float64 if f64 else torch.float32
     out = torch.empty(grad_y.shape, dtype=compute if lead > 0 else logits.dtype, device=logits.device)
-    rows = grad_y.numel() // L
+    rows = _program_count(grad_y.numel() // L)
     tau_t = tau_tensor(tau, logits.dtype, logits.device)
     single, block = _blocks(L)
     launch(out, x, outer, L, inner, rows, tau_t, f64, single, block)
@@ -289,7 +298,7 @@ def _backward(grad_y, logits, tau, dim, launch):
 def _regenerating_backward(grad_y, logits, rng_state, tau, dim):
     def launch(out, x, outer, L, inner, rows, tau_t, f64, single, block):
         kernel = _backward_single_kernel if single else _backward_loop_kernel
-        wrap_triton(kernel)[(rows,)](out, grad_y.contiguous(), x, rng_state, tau_t, outer, inner, L, F64=f64,
+        wrap_triton(kernel)[(rows,)](out, grad_y.contiguous(), x, rng_state.contiguous(), tau_t, outer, inner, L, F64=f64,
                                      BLOCK=block, num_warps=4 if block <= 1024 else 8, enable_fp_fusion=False)
 
     return _backward(grad_y, logits, tau, dim, launch)

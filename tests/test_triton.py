@@ -104,3 +104,28 @@ def test_triton_backend_choice():
     if INTERPRETED:
         with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors"):
             rt.normal_rsample(mu, mu, backend="cuda")
+
+
+def test_a_strided_rng_state_reads_its_own_key_and_offset():
+    """The Triton kernels loaded key and offset as state[0] and state[1] of the storage: a column of a table of
+    states (stride 2 here) gave the stream of [key, the next key], where the CPU and CUDA kernels read the view."""
+    table = torch.tensor([[123, 777], [456, 999]], dtype=torch.int64, device=DEVICE)
+    state = table[:, 0]  # [123, 456], stride 2
+    mu, log_sigma = torch.zeros(37, device=DEVICE), torch.zeros(37, device=DEVICE)
+    ops = torch.ops.rtrick_ops
+    want = ops.normal_rsample(mu.cpu(), log_sigma.cpu(), state.contiguous().cpu(), "log_sigma", [])
+    got = ops.normal_rsample_triton(mu, log_sigma, state, "log_sigma", [])
+    assert torch.equal(got.cpu(), want)
+    logits = torch.zeros(3, 5, device=DEVICE)  # the same rows as with a contiguous copy (the sums' order differs
+    want = ops.gumbel_softmax_triton(logits, state.contiguous(), 0.5, False, -1, [])  # from the CPU kernel's)
+    got = ops.gumbel_softmax_triton(logits, state, 0.5, False, -1, [])
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got.cpu(), ops.gumbel_softmax(logits.cpu(), state.contiguous().cpu(), 0.5, False, -1, []))
+
+
+def test_gumbel_softmax_refuses_more_rows_than_a_grid_holds():
+    from kernels import gumbel_softmax as triton_gumbel
+
+    assert triton_gumbel._program_count(2**31 - 1) == 2**31 - 1
+    with pytest.raises(ValueError, match="2\\^31 - 1 softmax rows"):
+        triton_gumbel._program_count(2**31)
