@@ -81,18 +81,6 @@ inline void check_rng_state(const at::Tensor& rng_state, const at::Tensor& like)
                     " but the inputs are on ", like.device());
 }
 
-// A relaxed sampler's temperature in the storage dtype it is held in: a
-// positive finite tau beyond that dtype's range is clamped into [smallest
-// normal, largest finite] (tau = 1e300 in float32 samples as tau = 3.4e38,
-// which is sigmoid(0) = 0.5 to the last bit, as the limit is).
-inline double tau_in_range(double tau, at::ScalarType st) {
-  double lo = DBL_MIN, hi = DBL_MAX;
-  if (st == at::kFloat) lo = FLT_MIN, hi = FLT_MAX;
-  if (st == at::kHalf) lo = 6.103515625e-05, hi = 65504.0;
-  if (st == at::kBFloat16) lo = FLT_MIN, hi = 3.3895313892515355e38;
-  return std::min(std::max(tau, lo), hi);
-}
-
 // Checks the two parameter tensors (named loc_name and "scale_param" in
 // errors) and returns the output shape, sample_shape + broadcast(loc, scale_param).
 inline std::vector<int64_t> normal_output_shape(const at::Tensor& mu, const at::Tensor& scale_param,

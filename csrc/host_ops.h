@@ -225,11 +225,20 @@ at::Tensor relaxed_bernoulli_rsample(const at::Tensor& logits, const at::Tensor&
   check_float_tensor(logits, "logits");
   check_tau(tau);
   check_rng_state(rng_state, logits);
+  // Half types in float32: the row kernels read every input in the storage type, and a float16 tau was
+  // clamped into [6.1e-5, 65504] and rounded (tau = 1e6 sampled as 65504 while the backward divided by 1e6).
+  // So the temperature is tau_as<float> here, in the backward (autograd.cpp) and on the Triton path.
+  if (logits.scalar_type() == at::kHalf || logits.scalar_type() == at::kBFloat16)
+    return relaxed_bernoulli_rsample<Device>(logits.to(at::kFloat), rng_state, tau, sample_shape)
+        .to(logits.scalar_type());
   const typename Device::Guard guard(logits.device());
   at::Tensor z = Device::empty(sampled_shape(sample_shape, logits.sizes()), logits.options());
   if (z.numel() == 0) return z;
-  // One element for every position: the kernels read it as a scalar, never expanded in memory.
-  const at::Tensor tau_tensor = at::scalar_tensor(tau_in_range(tau, logits.scalar_type()), logits.options());
+  // One element for every position: the kernels read it as a scalar, never expanded in memory. A positive
+  // finite tau beyond the compute type's range is clamped into it (tau = 1e300 in float32 samples as
+  // tau = 3.4e38, which is sigmoid(0) = 0.5 to the last bit, as the limit is).
+  const double tau_c = logits.scalar_type() == at::kDouble ? tau_as<double>(tau) : tau_as<float>(tau);
+  const at::Tensor tau_tensor = at::scalar_tensor(tau_c, logits.options());
   Device::elementwise(FormulaId::RelaxedBernoulliSample, ScaleKind::Sigma, NoiseKind::Logistic, rng_state, {z},
                       {logits, tau_tensor});
   return z;

@@ -359,6 +359,15 @@ class Logistic(_TransformedOnUse, _FusedLocScale, torch.distributions.Transforme
         return base, [torch.distributions.SigmoidTransform().inv,
                       torch.distributions.AffineTransform(self.loc, self.scale)]
 
+    def __getstate__(self):
+        # Without the parts, which are rebuilt on use (expand builds a new instance, so there are none of its
+        # own): torch's Transform.__getstate__ drops an inverse's link back to SigmoidTransform, and a
+        # Logistic that had built them failed to unpickle or deepcopy once used.
+        state = self.__dict__.copy()
+        state.pop("_base_dist", None)
+        state.pop("_transforms", None)
+        return state
+
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
         new = type(self)(self.loc.expand(batch_shape), self.scale.expand(batch_shape), validate_args=False,

@@ -61,9 +61,19 @@ def gamma_rsample(
         alpha, rate = concentration.to(dtype), rate.to(dtype)
         if tuple(alpha.shape) != tuple(batch):
             alpha = alpha.expand(batch)
+    # With a rate: half types draw and divide in float32 (a standard sample near the top of float16's range
+    # overflowed before the division), and the quotient is clamped to the smallest normal number as torch's
+    # Gamma.rsample clamps it (a tiny alpha over a large rate gave exact zeros, where log_prob is inf).
+    out_dtype = alpha.dtype
+    if rate is not None and out_dtype in (torch.float16, torch.bfloat16):
+        alpha, rate = alpha.float(), rate.float()
     run, (alpha,), rng_state = GAMMA_RSAMPLE.prepare(backend, (alpha,), seed, generator)
     z = run(alpha, rng_state, list(sample_shape))
-    return z if rate is None else z / rate
+    if rate is None:
+        return z
+    z = z / rate
+    z.detach().clamp_(min=torch.finfo(out_dtype).tiny)  # the values only: the gradient is the quotient's
+    return z.to(out_dtype)
 
 
 def beta_rsample(

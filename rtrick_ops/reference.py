@@ -382,8 +382,9 @@ def dirichlet_rsample(concentration, rng_state, sample_shape=()):
     m = torch.where(torch.isfinite(m) | (m == -math.inf), m, torch.full_like(m, math.nan))
     e = torch.exp(log_g - m)
     z = e / e.sum(dim=-1, keepdim=True)
-    tiny, _ = _tiny_and_below_one(concentration.dtype)
-    z = torch.where(z < tiny, torch.full_like(z, tiny), z).to(concentration.dtype)
+    info = torch.finfo(concentration.dtype)  # the floor: the half types' smallest subnormal, else smallest normal
+    floor = info.tiny * info.eps if concentration.dtype in (torch.float16, torch.bfloat16) else info.tiny
+    z = torch.where(z < floor, torch.full_like(z, floor), z).to(concentration.dtype)
     return _ImplicitDirichlet.apply(concentration, z.detach())
 
 

@@ -327,3 +327,28 @@ def test_a_constant_scale_updated_in_place_does_not_fail_mus_backward(saved_nois
         log_sigma.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         torch.autograd.grad(z.sum(), log_sigma)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_relaxed_bernoulli_uses_the_float32_temperature(dtype):
+    """The C++ forward held tau in float16 (clamped to 65504, rounded: 0.3 -> 0.2999) while its backward and
+    the Triton and reference backends use float32: tau = 1e6 sampled sigmoid(-1e4 / 65504)."""
+    logits = torch.randn(2000).mul(3).to(dtype)
+    for tau in (0.3, 1e6):
+        z = rt.relaxed_bernoulli_rsample(logits, tau=tau, seed=0)
+        z32 = rt.relaxed_bernoulli_rsample(logits.float(), tau=tau, seed=0)
+        assert z.dtype == dtype and torch.equal(z, z32.to(dtype))
+    z = rt.relaxed_bernoulli_rsample(torch.full((3,), -1e4, dtype=dtype), tau=1e6, seed=0)
+    torch.testing.assert_close(z.float(), torch.sigmoid(torch.full((3,), -1e-2)), atol=2e-3, rtol=0)
+
+
+def test_a_used_logistic_pickles_and_deepcopies():
+    import copy
+    import pickle
+
+    d = rt.distributions.Logistic(torch.zeros(3), torch.ones(3))
+    value = torch.tensor([0.5, -1.0, 2.0])
+    want = d.log_prob(value)  # builds the transformed parts
+    for clone in (pickle.loads(pickle.dumps(d)), copy.deepcopy(d)):
+        torch.testing.assert_close(clone.log_prob(value), want)
+        torch.testing.assert_close(clone.cdf(value), d.cdf(value))

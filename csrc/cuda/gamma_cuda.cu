@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "../family_common.h"
 #include "../gamma.h"
@@ -38,6 +39,13 @@ template <> struct ComputeOf<double> { using type = double; };
 template <typename S>
 typename ComputeOf<S>::type tiny_of() {
   return static_cast<typename ComputeOf<S>::type>(std::numeric_limits<S>::min());
+}
+// A Dirichlet entry's floor (gamma_cpu.cpp's dirichlet_floor_of: the half types' smallest subnormal).
+template <typename S>
+typename ComputeOf<S>::type dirichlet_floor_of() {
+  return static_cast<typename ComputeOf<S>::type>(
+      std::is_same_v<S, c10::Half> || std::is_same_v<S, c10::BFloat16> ? std::numeric_limits<S>::denorm_min()
+                                                                       : std::numeric_limits<S>::min());
 }
 template <typename S>
 typename ComputeOf<S>::type below_one_of() {
@@ -213,7 +221,7 @@ struct CudaDevice {
           state.const_data_ptr<int64_t>(), numel, tiny_of<S>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       dirichlet_normalize_kernel<S><<<grid_size_for(rows), kThreads, 0, stream>>>(
-          static_cast<C*>(logs.data_ptr()), static_cast<S*>(z.data_ptr()), rows, k_count, tiny_of<S>());
+          static_cast<C*>(logs.data_ptr()), static_cast<S*>(z.data_ptr()), rows, k_count, dirichlet_floor_of<S>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
