@@ -584,7 +584,7 @@ class LocScaleRsample : public torch::autograd::Function<LocScaleRsample> {
       z = ops::loc_scale_rsample().call(loc, scale_param, rng_state, family, scale, sample_shape);
     }
     remember_location_shape(ctx, loc, z);
-    ctx->save_for_backward({scale_param, rng_state, family == "lognormal" ? z : at::Tensor()});
+    ctx->save_for_backward({saved_if_differentiated(scale_param), rng_state, family == "lognormal" ? z : at::Tensor()});
     return z;
   }
 

@@ -103,8 +103,8 @@ def _refusing_tangents(run, name):
         if forward_ad._current_level >= 0 and any(
                 isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args):
             raise RuntimeError(f"rtrick_ops.{name}: forward-mode AD (torch.func.jvp, jacfwd, "
-                               "torch.autograd.forward_ad) is not implemented; use reverse mode (backward, grad, "
-                               "jacrev), or backend='reference'")
+                               "torch.autograd.forward_ad) is not implemented; use reverse mode (.backward() or "
+                               "torch.autograd.grad), or backend='reference'")
         return run(*args, **kwargs)
 
     call.__name__ = f"{name}_triton"

@@ -32,6 +32,19 @@ def compute_dtype(dtype):
 _FLOAT32 = torch.finfo(torch.float32)
 
 
+def smallest_positive(dtype):
+    """The smallest positive (subnormal) value of a floating dtype: tiny * eps for the IEEE-like ones."""
+    info = torch.finfo(dtype)
+    return info.tiny * info.eps
+
+
+def saved_if_differentiated(scale_param):
+    """scale_param for a backward that reads it only for its own gradient, else None: an in-place update of a
+    scale held constant (an annealed noise level) then does not fail the location's backward (the C++ twin
+    is csrc/autograd.cpp's saved_if_differentiated)."""
+    return scale_param if scale_param.requires_grad else None
+
+
 def tau_in_compute(tau, dtype):
     """The temperature the kernels use for `dtype`: tau itself in float64; in float32, which the other dtypes
     compute in, clamped into [FLT_MIN, FLT_MAX] (csrc/family_common.h, tau_as, the C++ twin), so that every

@@ -332,7 +332,7 @@ class RegressionControlVariate(Baseline):
         ridge = check_real(ridge, "ridge", finite=False)
         if not 0 <= ridge < math.inf:  # inf * eye puts NaN off the diagonal: every estimate NaN
             raise ValueError(f"ridge must be finite and >= 0, got {ridge!r}")
-        self.ridge = float(ridge)
+        self.ridge = ridge
         self.intercept: Optional[torch.Tensor] = None
         self.weights: Optional[torch.Tensor] = None  # (2 * coordinates,): linear, then quadratic
         self.batch_shape: Optional[torch.Size] = None

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._math import check_scale, tau_in_compute
+from ._math import check_scale, saved_if_differentiated, tau_in_compute
 from ._checks import (check_param, check_params, check_positive, check_sample_shape, check_scale_param, check_tau,
                       unwrapped, validation_enabled)
 from ._operators import SAMPLE_AND_BATCH, declare
@@ -165,7 +165,7 @@ def _loc_scale_rsample_autograd(ops):
     def setup_context(ctx, inputs, output):
         loc, scale_param, rng_state, family, scale, _ = inputs
         lognormal = family == "lognormal"
-        ctx.save_for_backward(scale_param, rng_state, output if lognormal else None)
+        ctx.save_for_backward(saved_if_differentiated(scale_param), rng_state, output if lognormal else None)
         ctx.family, ctx.scale, ctx.loc_shape = family, scale, loc.shape
 
     def backward(ctx, grad_z):

@@ -115,7 +115,7 @@ def dirichlet_rsample(
 
     z has shape sample_shape + concentration.shape; each row is normalised
     from the log-Gammas (log-sum-exp) and no entry is 0 (clamped to the
-    dtype's smallest normal number). The gradient is torch's pathwise
+    dtype's smallest normal number; float16: its smallest subnormal). The gradient is torch's pathwise
     Dirichlet gradient (docs/gamma.md). Other arguments as in gamma_rsample.
     """
     check_params(concentration=concentration)

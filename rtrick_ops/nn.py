@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._math import LOG_SQRT_2PI
+from ._math import LOG_SQRT_2PI, smallest_positive
 from ._backends import BACKENDS
 from ._checks import check_bool, check_choice, check_count, check_param, check_real, check_sample_shape
 from ._random import make_rng_state, substreams
@@ -48,8 +48,8 @@ class GaussianLatentHead(nn.Module):
 
     def __init__(self, in_features, latent_features, bias=True):
         super().__init__()
-        in_features, latent_features = check_count(in_features, "in_features"), check_count(latent_features,
-                                                                                             "latent_features")
+        in_features = check_count(in_features, "in_features")
+        latent_features = check_count(latent_features, "latent_features")
         self.to_params = nn.Linear(in_features, 2 * latent_features, bias=bias)
         self.latent_features = latent_features
 
@@ -180,12 +180,6 @@ def _random_signs(which, like, rng_state, shape):
     return torch.where(noise < 0, -one, one)
 
 
-def _smallest_positive(dtype):
-    """The smallest positive (subnormal) value of a floating dtype: tiny * eps for the IEEE-like ones."""
-    info = torch.finfo(dtype)
-    return info.tiny * info.eps
-
-
 class _LocalReparameterizationStd(torch.autograd.Function):
     """std = sqrt(x^2 sigma^2^T + b_sigma^2), sigma = softplus(rho): the activations' std of the local trick.
 
@@ -207,7 +201,7 @@ class _LocalReparameterizationStd(torch.autograd.Function):
     def forward(x, weight_rho, bias_rho):
         bias_var = None if bias_rho is None else F.softplus(bias_rho).square()
         var = F.linear(x.square(), F.softplus(weight_rho).square(), bias_var)
-        return var.clamp_min(_smallest_positive(var.dtype)).sqrt()
+        return var.clamp_min(smallest_positive(var.dtype)).sqrt()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -223,7 +217,7 @@ class _LocalReparameterizationStd(torch.autograd.Function):
         x, weight_rho, grad_std = x.to(dtype), weight_rho.to(dtype), grad_std.to(dtype)
         bias_rho = None if bias_rho is None else bias_rho.to(dtype)
         # False for NaN: its gradient stays NaN. The clamp's bound is compared in std's own dtype.
-        clamped = std <= math.sqrt(_smallest_positive(std.dtype))
+        clamped = std <= math.sqrt(smallest_positive(std.dtype))
         std = std.to(dtype)
         grad_var = torch.where(clamped, torch.zeros_like(std), grad_std / (2 * std))
         grad_x = grad_weight_rho = grad_bias_rho = None
@@ -276,7 +270,7 @@ class BayesianLinear(nn.Module):
         check_choice(backend, "backend", BACKENDS)
         bias, init_rho = check_bool(bias, "bias"), check_real(init_rho, "init_rho")
         self.in_features, self.out_features = in_features, out_features
-        self.prior_sigma, self.mode, self.init_rho, self.backend = float(prior_sigma), mode, init_rho, backend
+        self.prior_sigma, self.mode, self.init_rho, self.backend = prior_sigma, mode, init_rho, backend
         self.weight_mu = nn.Parameter(torch.empty(out_features, in_features))
         self.weight_rho = nn.Parameter(torch.empty(out_features, in_features))
         if bias:

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import _library
-from ._math import check_scale, d2sigma_of, dlog_sigma_of, dsigma_of, normal_kl_grads
+from ._math import check_scale, d2sigma_of, dlog_sigma_of, dsigma_of, normal_kl_grads, saved_if_differentiated
 from ._checks import (PLAIN_TENSORS, check_params, check_rsample_and_kl_grads, check_sample_shape, check_scale_param,
                       is_compiling)
 from ._operators import BATCH, NOISE, SAMPLE_AND_BATCH, declare
@@ -191,7 +191,7 @@ def _normal_rsample_autograd(ops):
 
     def setup_context(ctx, inputs, output):
         mu, scale_param, rng_state, scale, _ = inputs
-        ctx.save_for_backward(scale_param, rng_state)
+        ctx.save_for_backward(saved_if_differentiated(scale_param), rng_state)
         ctx.scale, ctx.mu_shape = scale, mu.shape
 
     def backward(ctx, grad_z):
@@ -326,15 +326,18 @@ def _normal_rsample_and_log_prob_autograd(ops):
 
     def setup_context(ctx, inputs, output):
         mu, scale_param, rng_state, scale, _ = inputs
-        ctx.save_for_backward(scale_param, rng_state)
+        ctx.save_for_backward(saved_if_differentiated(scale_param), rng_state)
         ctx.scale, ctx.mu_shape = scale, mu.shape
 
     def backward(ctx, grad_z, grad_log_q):
         scale_param, rng_state = ctx.saved_tensors
-        grad_mu = grad_z.sum_to_size(ctx.mu_shape)
-        grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale)
-        grad_scale = grad_scale.sub_(grad_log_q.sum_to_size(scale_param.shape)
-                                     * dlog_sigma_of(scale_param, ctx.scale))
+        grad_mu = grad_scale = None
+        if ctx.needs_input_grad[0]:
+            grad_mu = grad_z.sum_to_size(ctx.mu_shape)
+        if ctx.needs_input_grad[1]:
+            grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale)
+            grad_scale = grad_scale.sub_(grad_log_q.sum_to_size(scale_param.shape)
+                                         * dlog_sigma_of(scale_param, ctx.scale))
         return grad_mu, grad_scale, None, None, None
 
     return backward, setup_context

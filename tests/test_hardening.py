@@ -305,22 +305,24 @@ def test_forward_mode_tangents_raise_on_the_triton_backend():
     torch.testing.assert_close(z, rt.normal_rsample(mu, log_sigma, seed=0))
 
 
-@pytest.mark.parametrize("saved_noise_limit", [0, 2**20])
-def test_a_constant_scale_updated_in_place_does_not_fail_mus_backward(saved_noise_limit):
+BACKENDS_HERE = ["auto"] + (["triton"] if rt._library.triton_kernels is not None else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_a_constant_scale_updated_in_place_does_not_fail_the_locations_backward(backend):
     """An annealed noise level held without grad and updated in place before backward: torch's expression
-    gives mu's gradient; the node saved the scale whether or not its gradient was needed and raised."""
-    previous = rt.set_saved_noise_limit(saved_noise_limit)
-    try:
-        for op in (rt.normal_rsample, rt.normal_rsample_and_log_prob):
-            mu = torch.randn(5, requires_grad=True)
-            log_sigma = torch.zeros(5)
-            out = op(mu, log_sigma, seed=1)
-            z = out[0] if isinstance(out, tuple) else out
-            log_sigma.add_(1.0)
-            (grad,) = torch.autograd.grad(z.sum(), mu)
+    gives mu's gradient; the nodes saved the scale whether or not its gradient was needed and raised."""
+    for op in (rt.normal_rsample, rt.normal_rsample_and_log_prob, rt.laplace_rsample, rt.lognormal_rsample):
+        mu = torch.randn(5, requires_grad=True)
+        log_sigma = torch.zeros(5)
+        out = op(mu, log_sigma, seed=1, backend=backend)
+        z = out[0] if isinstance(out, tuple) else out
+        want = torch.autograd.grad(z.sum(), mu, retain_graph=True)[0]
+        log_sigma.add_(1.0)
+        (grad,) = torch.autograd.grad(z.sum(), mu)
+        torch.testing.assert_close(grad, want)
+        if op is not rt.lognormal_rsample:
             torch.testing.assert_close(grad, torch.ones(5))
-    finally:
-        rt.set_saved_noise_limit(previous)
     log_sigma = torch.zeros(5, requires_grad=True)  # where its own gradient reads it, the version check stays
     z = rt.normal_rsample(torch.randn(5, requires_grad=True), log_sigma, seed=1)
     with torch.no_grad():

@@ -36,13 +36,14 @@ template <typename S>
 ComputeOf<S> tiny_of() {
   return static_cast<ComputeOf<S>>(std::numeric_limits<S>::min());
 }
-// A Dirichlet entry's floor: the smallest normal number, except in the half types, where their smallest
-// subnormal (a float16 row of 1000 entries of 1e-6 each was raised to 6.1e-5 each: a row sum of 1.06).
+// A Dirichlet entry's floor: the smallest normal number, except in float16, where its smallest subnormal
+// (a float16 row of 1000 entries of 1e-6 each was raised to 6.1e-5 each: a row sum of 1.06). bfloat16's
+// smallest normal is float32's, negligible in any row sum; its subnormals would be float32 subnormals in the
+// compute type, which flush-to-zero would turn into zeros.
 template <typename S>
 ComputeOf<S> dirichlet_floor_of() {
-  return static_cast<ComputeOf<S>>(std::is_same_v<S, c10::Half> || std::is_same_v<S, c10::BFloat16>
-                                       ? std::numeric_limits<S>::denorm_min()
-                                       : std::numeric_limits<S>::min());
+  return static_cast<ComputeOf<S>>(std::is_same_v<S, c10::Half> ? std::numeric_limits<S>::denorm_min()
+                                                                 : std::numeric_limits<S>::min());
 }
 template <typename S>
 ComputeOf<S> below_one_of() {

@@ -40,12 +40,11 @@ template <typename S>
 typename ComputeOf<S>::type tiny_of() {
   return static_cast<typename ComputeOf<S>::type>(std::numeric_limits<S>::min());
 }
-// A Dirichlet entry's floor (gamma_cpu.cpp's dirichlet_floor_of: the half types' smallest subnormal).
+// A Dirichlet entry's floor (gamma_cpu.cpp's dirichlet_floor_of: float16's smallest subnormal).
 template <typename S>
 typename ComputeOf<S>::type dirichlet_floor_of() {
-  return static_cast<typename ComputeOf<S>::type>(
-      std::is_same_v<S, c10::Half> || std::is_same_v<S, c10::BFloat16> ? std::numeric_limits<S>::denorm_min()
-                                                                       : std::numeric_limits<S>::min());
+  return static_cast<typename ComputeOf<S>::type>(std::is_same_v<S, c10::Half> ? std::numeric_limits<S>::denorm_min()
+                                                                              : std::numeric_limits<S>::min());
 }
 template <typename S>
 typename ComputeOf<S>::type below_one_of() {
