@@ -170,3 +170,13 @@ def test_sanitize_probe_runs():
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sanitize_probe: PASS" in result.stdout
+
+
+def test_portable_width_quick_run_writes_results(tmp_path):
+    """benchmarks/portable_width.py's plumbing: one target built at -O1, timed, against eager, recorded."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "portable_width.py"), "--quick", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "portable_width.csv")))
+    assert len(rows) == 1 and float(rows[0]["forward_ns"]) > 0 and float(rows[0]["vs_eager_default"]) > 0
+    assert (tmp_path / "portable_width.md").read_text().count("|") > 10
