@@ -468,7 +468,17 @@ void subtract_times_dlog_sigma(at::Tensor& grad_x, const at::Tensor& summed, con
   else if (scale == "sigma") grad_x.sub_(summed * x.reciprocal());
   // not sigmoid(x).div_(...): sigmoid's backward reads its output, which an in-place division would
   // overwrite (double backward raised "modified by an inplace operation")
-  else if (scale == "softplus") grad_x.sub_(summed * (at::sigmoid(x) / at::softplus(x)));
+  else if (scale == "softplus") {
+    // sigmoid(x) / softplus(x), and 1 - e^x / 2 below philox.h's kSoftplusLogLinearBelow, where both underflow
+    // (0 / 0; in float16 from x = -17: computed in float32 at least). Each branch on its own side only, so that
+    // neither puts 0 * inf into a double backward.
+    const at::Tensor xc = x.scalar_type() == at::kDouble ? x : x.to(at::kFloat);
+    const at::Tensor below = xc.clamp_max(rtrick::kSoftplusLogLinearBelow);
+    const at::Tensor above = xc.clamp_min(rtrick::kSoftplusLogLinearBelow);
+    const at::Tensor dlog_sigma = at::where(xc < rtrick::kSoftplusLogLinearBelow, 1 - below.exp() * 0.5,
+                                            at::sigmoid(above) / at::softplus(above));
+    grad_x.sub_(summed * dlog_sigma);
+  }
   else TORCH_CHECK(false, "internal error: no d log sigma for scale '", scale, "'");
 }
 

@@ -20,7 +20,8 @@ RT_HD T dlog_sigma_of(T x) {
   else if constexpr (kind == ScaleKind::LogVar) return T(0.5);
   else if constexpr (kind == ScaleKind::Sigma) return T(1) / x;
   else if constexpr (kind == ScaleKind::Rate) return T(-1) / x;
-  else if constexpr (kind == ScaleKind::Softplus) return dsigma_of<kind>(x) / softplus_of(x);
+  else if constexpr (kind == ScaleKind::Softplus)  // philox.h, kSoftplusLogLinearBelow
+    return x < T(kSoftplusLogLinearBelow) ? T(1) - exp_of(x) * T(0.5) : dsigma_of<kind>(x) / softplus_of(x);
   else static_assert(kUnhandledKind<kind>, "dlog_sigma_of: a scale kind without a derivative");
 }
 

@@ -377,6 +377,13 @@ RT_HD double log_of(double x) { return ::log(x); }
 RT_HD float div_of(float a, float b) { return a / b; }
 RT_HD double div_of(double a, double b) { return a / b; }
 
+// Below x = -20, softplus(x) = e^x (1 - e^x / 2 + ...), so log softplus(x) is
+// x - e^x / 2 and its derivative 1 - e^x / 2, each to within e^(2x) (below half
+// an ulp in float and double). The direct forms underflow there: softplus to a
+// subnormal and then 0 (a log of -inf from x = -104 in float), and
+// sigmoid / softplus to 0 / tiny (a derivative of 0 from x = -88.7), then 0 / 0.
+constexpr double kSoftplusLogLinearBelow = -20.0;
+
 // torch.nn.functional.softplus with beta=1, threshold=20.
 template <typename T>
 RT_HD T softplus_of(T x) {
@@ -399,7 +406,7 @@ RT_HD T dsigma_of(T x) {
   if constexpr (kind == ScaleKind::LogSigma) return exp_of(x);
   else if constexpr (kind == ScaleKind::LogVar) return T(0.5) * exp_of(x * T(0.5));
   else if constexpr (kind == ScaleKind::Sigma) return T(1);
-  else if constexpr (kind == ScaleKind::Rate) return T(-1) / (x * x);
+  else if constexpr (kind == ScaleKind::Rate) return -(T(1) / x) / x;  // x * x over/underflows before the quotient
   else if constexpr (kind == ScaleKind::Softplus) return T(1) / (T(1) + exp_of(-x));  // sigmoid
   else static_assert(kUnhandledKind<kind>, "dsigma_of: a scale kind without a derivative");
 }
@@ -411,7 +418,8 @@ RT_HD T log_sigma_of(T x) {
   else if constexpr (kind == ScaleKind::LogVar) return x * T(0.5);
   else if constexpr (kind == ScaleKind::Sigma) return log_of(x);
   else if constexpr (kind == ScaleKind::Rate) return -log_of(x);
-  else if constexpr (kind == ScaleKind::Softplus) return log_of(softplus_of(x));
+  else if constexpr (kind == ScaleKind::Softplus)
+    return x < T(kSoftplusLogLinearBelow) ? x - exp_of(x) * T(0.5) : log_of(softplus_of(x));
   else static_assert(kUnhandledKind<kind>, "log_sigma_of: a scale kind without a log");
 }
 

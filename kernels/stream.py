@@ -234,6 +234,7 @@ SCALE_LOGVAR: tl.constexpr = SCALE_CODES["logvar"]
 SCALE_SIGMA: tl.constexpr = SCALE_CODES["sigma"]
 SCALE_SOFTPLUS: tl.constexpr = SCALE_CODES["softplus"]
 SCALE_RATE: tl.constexpr = SCALE_CODES["rate"]
+SOFTPLUS_LOG_LINEAR_BELOW: tl.constexpr = kinds.SOFTPLUS_LOG_LINEAR_BELOW
 
 @triton.jit
 def div(a, b, F64: tl.constexpr):
@@ -268,8 +269,8 @@ def dsigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
         return 0.5 * (tl.exp(x * 0.5) if F64 else exp_f32(x * 0.5))
     elif SCALE == SCALE_SIGMA:
         return tl.full(x.shape, 1.0, x.dtype)
-    elif SCALE == SCALE_RATE:
-        return div(tl.full(x.shape, -1.0, x.dtype), x * x, F64)
+    elif SCALE == SCALE_RATE:  # -(1 / x) / x: x * x over/underflows before the quotient
+        return -div(div(tl.full(x.shape, 1.0, x.dtype), x, F64), x, F64)
     else:  # sigmoid
         tl.static_assert(SCALE == SCALE_SOFTPLUS, "dsigma_of: a scale kind without a derivative")
         return div(tl.full(x.shape, 1.0, x.dtype), 1.0 + (tl.exp(-x) if F64 else exp_f32(-x)), F64)
@@ -300,7 +301,9 @@ def log_sigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
         return -log_of(x, F64)
     else:
         tl.static_assert(SCALE == SCALE_SOFTPLUS, "log_sigma_of: a scale kind without a log")
-        return log_of(sigma_of(x, SCALE, F64), F64)
+        # below -20, x - e^x / 2 (csrc/philox.h, kSoftplusLogLinearBelow): log softplus underflows there
+        linear = x - (tl.exp(x) if F64 else exp_f32(x)) * 0.5
+        return tl.where(x < SOFTPLUS_LOG_LINEAR_BELOW, linear, log_of(sigma_of(x, SCALE, F64), F64))
 
 
 @triton.jit
@@ -315,4 +318,6 @@ def dlog_sigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
         return div(tl.full(x.shape, -1.0, x.dtype), x, F64)
     else:
         tl.static_assert(SCALE == SCALE_SOFTPLUS, "dlog_sigma_of: a scale kind without a derivative")
-        return div(dsigma_of(x, SCALE, F64), sigma_of(x, SCALE, F64), F64)
+        linear = 1.0 - (tl.exp(x) if F64 else exp_f32(x)) * 0.5  # below -20, as log_sigma_of
+        return tl.where(x < SOFTPLUS_LOG_LINEAR_BELOW, linear,
+                        div(dsigma_of(x, SCALE, F64), sigma_of(x, SCALE, F64), F64))

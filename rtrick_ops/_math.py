@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .kinds import GAUSSIAN_SCALES, SCALE
+from .kinds import GAUSSIAN_SCALES, SCALE, SOFTPLUS_LOG_LINEAR_BELOW
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -84,7 +84,7 @@ def dsigma_of(x, scale):
     if scale == "softplus":
         return torch.sigmoid(x)
     if scale == "rate":
-        return -1 / (x * x)
+        return -(1 / x) / x  # x * x over/underflows before the quotient
     check_scale(scale, allow_rate=True)
 
 
@@ -100,7 +100,7 @@ def d2sigma_of(x, scale):
         s = torch.sigmoid(x)
         return s * (1 - s)
     if scale == "rate":
-        return 2 / (x * x * x)
+        return ((2 / x) / x) / x
     check_scale(scale, allow_rate=True)
 
 
@@ -112,6 +112,10 @@ def log_sigma_of(x, scale):
         return 0.5 * x
     if scale == "rate":
         return -torch.log(x)
+    if scale == "softplus":  # each branch evaluated on its side only: no 0 * inf in a double backward
+        below, above = _softplus_sides(x)
+        return torch.where(x < SOFTPLUS_LOG_LINEAR_BELOW, below - 0.5 * torch.exp(below),
+                           torch.log(torch.nn.functional.softplus(above)))
     return torch.log(sigma_of(x, scale))
 
 
@@ -123,7 +127,17 @@ def dlog_sigma_of(x, scale):
         return torch.full_like(x, 0.5)
     if scale in ("sigma", "rate"):
         return (1 if scale == "sigma" else -1) / x
-    return dsigma_of(x, scale) / sigma_of(x, scale)
+    if scale == "softplus":
+        below, above = _softplus_sides(x)
+        return torch.where(x < SOFTPLUS_LOG_LINEAR_BELOW, 1 - 0.5 * torch.exp(below),
+                           torch.sigmoid(above) / torch.nn.functional.softplus(above))
+    check_scale(scale, allow_rate=True)
+
+
+def _softplus_sides(x):
+    """x clamped to each side of SOFTPLUS_LOG_LINEAR_BELOW (kinds.py): below it, log softplus(x) = x - e^x / 2
+    and its derivative 1 - e^x / 2, where the direct forms underflow (0 / 0 from x = -104 in float32)."""
+    return x.clamp(max=SOFTPLUS_LOG_LINEAR_BELOW), x.clamp(min=SOFTPLUS_LOG_LINEAR_BELOW)
 
 
 def normal_log_prob(standardized, log_sigma):

@@ -17,6 +17,11 @@ NOISE = {"normal": 0, "uniform": 1, "exponential": 2, "laplace": 3, "cauchy": 4,
 SCALE = {"log_sigma": (0, True, False), "logvar": (1, True, False), "sigma": (2, True, True),
          "softplus": (3, True, False), "rate": (4, False, True)}
 
+# Not a kind but a formula's constant, kept here because the Triton kernels import only this module: below
+# it, log softplus(x) is x - e^x / 2 and its derivative 1 - e^x / 2 (csrc/philox.h, kSoftplusLogLinearBelow,
+# the C++ twin; tests/test_kinds.py compares them).
+SOFTPLUS_LOG_LINEAR_BELOW = -20.0
+
 # family -> (noise kind, z is exp of the location-scale variable).
 FAMILIES = {"normal": ("normal", False), "lognormal": ("normal", True), "uniform": ("uniform", False),
             "exponential": ("exponential", False), "laplace": ("laplace", False), "cauchy": ("cauchy", False),

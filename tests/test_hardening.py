@@ -354,3 +354,59 @@ def test_a_used_logistic_pickles_and_deepcopies():
     for clone in (pickle.loads(pickle.dumps(d)), copy.deepcopy(d)):
         torch.testing.assert_close(clone.log_prob(value), want)
         torch.testing.assert_close(clone.cdf(value), d.cdf(value))
+
+
+# ------------------------------------------------ numerics at extreme scales (probe, 2026-12-02)
+TRITON_HERE = ["triton"] if rt._library.triton_kernels is not None else []
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"] + TRITON_HERE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softplus_scale_far_below_zero_keeps_its_kl_log_prob_and_gradients(backend, dtype):
+    """log softplus(x) underflowed: for x in (-104, -88.7) in float32 the KL's and log q's gradients were a
+    silent 0 (truth -1 and +1), below -104 the KL and log q were inf with NaN gradients. Below -20 it is
+    x - e^x / 2, with derivative 1 - e^x / 2."""
+    xs = [-25.0, -95.0, -103.0, -110.0] + ([-740.0, -800.0] if dtype == torch.float64 else [])
+    x = torch.tensor(xs, dtype=dtype, requires_grad=True)
+    mu = torch.zeros(len(xs), dtype=dtype, requires_grad=True)
+    x64 = x.detach().double()
+    log_sigma = x64 - 0.5 * torch.exp(x64)  # the truth to well below an ulp here
+    kl = rt.normal_kl(mu, x, scale="softplus", backend=backend)
+    torch.testing.assert_close(kl.double(), 0.5 * (torch.exp(2 * log_sigma) - 1 - 2 * log_sigma))
+    (grad_kl,) = torch.autograd.grad(kl.sum(), x)
+    torch.testing.assert_close(grad_kl.double(), -torch.ones_like(x64))
+    z, log_q = rt.normal_rsample_and_log_prob(mu, x, scale="softplus", seed=3, backend=backend)
+    assert bool(torch.isfinite(log_q).all())
+    (grad_log_q,) = torch.autograd.grad(log_q.sum(), x)
+    torch.testing.assert_close(grad_log_q.double(), -torch.ones_like(x64))
+
+
+def test_float16_softplus_log_prob_gradient_is_finite_below_minus_17():
+    """sigmoid(x) / softplus(x) in float16 is 0 / 0 from x = -17.3 (the C++ log-prob backward)."""
+    x = torch.tensor([-18.0, -20.0, -30.0], dtype=torch.float16, requires_grad=True)
+    mu = torch.zeros(3, dtype=torch.float16)
+    _, log_q = rt.normal_rsample_and_log_prob(mu, x, scale="softplus", seed=3)
+    (grad,) = torch.autograd.grad(log_q.float().sum(), x)
+    torch.testing.assert_close(grad.float(), -torch.ones(3), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"] + TRITON_HERE)
+def test_rate_gradient_survives_where_rate_squared_does_not(backend):
+    """d(1/x)/dx was -1 / (x * x): -inf below x = 5.4e-20 and -0 above 1.3e19 in float32, where -(1/x)/x is
+    representable."""
+    rate = torch.tensor([1e-18, 2e19, 1e20], requires_grad=True)
+    z = rt.exponential_rsample(rate, seed=5, backend=backend)
+    (grad,) = torch.autograd.grad(z.sum(), rate)
+    g = rt.exponential_rsample(torch.ones(3, dtype=torch.float64), seed=5)  # the unit draws
+    want = -g / rate.detach().double() ** 2
+    assert bool(torch.isfinite(grad).all()) and bool((grad != 0).all())
+    torch.testing.assert_close(grad.double(), want, rtol=1e-5, atol=1e-44)  # the last is subnormal
+
+
+def test_reference_kl_near_sigma_one_is_accurate():
+    """expm1(t) - t cancels near t = 0: the reference (the tests' oracle) was 6e-7 off at log_sigma = -1e-10."""
+    x = torch.tensor([-1e-10, 1e-12, -3e-6, 0.2, -0.4], dtype=torch.float64)
+    t = 2 * x
+    want = sum(t ** k / float(math.factorial(k)) for k in range(2, 25))  # converges to double precision here
+    got = rt.normal_kl(torch.zeros(5, dtype=torch.float64), x, backend="reference")
+    torch.testing.assert_close(got, 0.5 * want, rtol=1e-14, atol=0)

@@ -202,3 +202,12 @@ def test_every_operator_host_code_is_written_once():
             assert "host::register_" in body, (path.name, body)
             registrations += 1
     assert registrations == 6  # family, Gamma and Gumbel-Softmax, for the CPU and for CUDA
+
+
+def test_the_softplus_threshold_is_the_same_in_cpp_and_python():
+    """philox.h's kSoftplusLogLinearBelow and kinds.SOFTPLUS_LOG_LINEAR_BELOW (Triton's and the reference's)."""
+    import re
+
+    text = (ROOT / "csrc" / "philox.h").read_text()
+    match = re.search(r"constexpr double kSoftplusLogLinearBelow = (-?[0-9.]+);", text)
+    assert match is not None and float(match.group(1)) == kinds.SOFTPLUS_LOG_LINEAR_BELOW
