@@ -135,9 +135,11 @@ def dlog_sigma_of(x, scale):
 
 
 def _softplus_sides(x):
-    """x clamped to each side of SOFTPLUS_LOG_LINEAR_BELOW (kinds.py): below it, log softplus(x) = x - e^x / 2
-    and its derivative 1 - e^x / 2, where the direct forms underflow (0 / 0 from x = -104 in float32)."""
-    return x.clamp(max=SOFTPLUS_LOG_LINEAR_BELOW), x.clamp(min=SOFTPLUS_LOG_LINEAR_BELOW)
+    """x on each side of SOFTPLUS_LOG_LINEAR_BELOW (kinds.py), the threshold elsewhere: below it, log softplus(x)
+    = x - e^x / 2 and its derivative 1 - e^x / 2, where the direct forms underflow (0 / 0 from x = -104 in
+    float32). where, not clamp: clamp's backward gives a NaN x a zero gradient."""
+    below = x < SOFTPLUS_LOG_LINEAR_BELOW
+    return torch.where(below, x, SOFTPLUS_LOG_LINEAR_BELOW), torch.where(below, SOFTPLUS_LOG_LINEAR_BELOW, x)
 
 
 def normal_log_prob(standardized, log_sigma):

@@ -11,7 +11,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import _library
-from ._math import check_scale, d2sigma_of, dlog_sigma_of, dsigma_of, normal_kl_grads, saved_if_differentiated
+from ._math import (check_scale, compute_dtype, d2sigma_of, dlog_sigma_of, dsigma_of, normal_kl_grads,
+                    saved_if_differentiated)
 from ._checks import (PLAIN_TENSORS, check_params, check_rsample_and_kl_grads, check_sample_shape, check_scale_param,
                       is_compiling)
 from ._operators import BATCH, NOISE, SAMPLE_AND_BATCH, declare
@@ -336,8 +337,9 @@ def _normal_rsample_and_log_prob_autograd(ops):
             grad_mu = grad_z.sum_to_size(ctx.mu_shape)
         if ctx.needs_input_grad[1]:
             grad_scale = scale_backward(grad_z, scale_param, rng_state, ctx.scale)
-            grad_scale = grad_scale.sub_(grad_log_q.sum_to_size(scale_param.shape)
-                                         * dlog_sigma_of(scale_param, ctx.scale))
+            # d log sigma in the compute type, as the C++ backward (float16's sigmoid / softplus is 0 / 0 from -17)
+            dlog_sigma = dlog_sigma_of(scale_param.to(compute_dtype(scale_param.dtype)), ctx.scale)
+            grad_scale = grad_scale.sub_(grad_log_q.sum_to_size(scale_param.shape) * dlog_sigma)
         return grad_mu, grad_scale, None, None, None
 
     return backward, setup_context

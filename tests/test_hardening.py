@@ -379,13 +379,18 @@ def test_softplus_scale_far_below_zero_keeps_its_kl_log_prob_and_gradients(backe
     assert bool(torch.isfinite(log_q).all())
     (grad_log_q,) = torch.autograd.grad(log_q.sum(), x)
     torch.testing.assert_close(grad_log_q.double(), -torch.ones_like(x64))
+    nan = torch.tensor([math.nan, -25.0], dtype=dtype, requires_grad=True)  # NaN keeps a NaN gradient
+    (grad_nan,) = torch.autograd.grad(rt.normal_kl(torch.zeros(2, dtype=dtype), nan, scale="softplus",
+                                                   backend=backend).sum(), nan)
+    assert bool(grad_nan[0].isnan()) and float(grad_nan[1]) == -1.0
 
 
-def test_float16_softplus_log_prob_gradient_is_finite_below_minus_17():
-    """sigmoid(x) / softplus(x) in float16 is 0 / 0 from x = -17.3 (the C++ log-prob backward)."""
+@pytest.mark.parametrize("backend", ["auto"] + TRITON_HERE)
+def test_float16_softplus_log_prob_gradient_is_finite_below_minus_17(backend):
+    """sigmoid(x) / softplus(x) in float16 is 0 / 0 from x = -17.3 (the log-prob backwards, C++ and Triton)."""
     x = torch.tensor([-18.0, -20.0, -30.0], dtype=torch.float16, requires_grad=True)
     mu = torch.zeros(3, dtype=torch.float16)
-    _, log_q = rt.normal_rsample_and_log_prob(mu, x, scale="softplus", seed=3)
+    _, log_q = rt.normal_rsample_and_log_prob(mu, x, scale="softplus", seed=3, backend=backend)
     (grad,) = torch.autograd.grad(log_q.float().sum(), x)
     torch.testing.assert_close(grad.float(), -torch.ones(3), atol=1e-3, rtol=0)
 
