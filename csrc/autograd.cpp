@@ -471,11 +471,13 @@ void subtract_times_dlog_sigma(at::Tensor& grad_x, const at::Tensor& summed, con
   else if (scale == "softplus") {
     // sigmoid(x) / softplus(x), and 1 - e^x / 2 below philox.h's kSoftplusLogLinearBelow, where both underflow
     // (0 / 0; in float16 from x = -17: computed in float32 at least). Each branch on its own side only, so that
-    // neither puts 0 * inf into a double backward.
+    // neither puts 0 * inf into a double backward; by where, not clamp, whose backward gives a NaN x a zero
+    // gradient (rtrick_ops/_math.py's _softplus_sides).
     const at::Tensor xc = x.scalar_type() == at::kDouble ? x : x.to(at::kFloat);
-    const at::Tensor below = xc.clamp_max(rtrick::kSoftplusLogLinearBelow);
-    const at::Tensor above = xc.clamp_min(rtrick::kSoftplusLogLinearBelow);
-    const at::Tensor dlog_sigma = at::where(xc < rtrick::kSoftplusLogLinearBelow, 1 - below.exp() * 0.5,
+    const at::Tensor is_below = xc < rtrick::kSoftplusLogLinearBelow;
+    const at::Tensor below = at::where(is_below, xc, rtrick::kSoftplusLogLinearBelow);
+    const at::Tensor above = at::where(is_below, rtrick::kSoftplusLogLinearBelow, xc);
+    const at::Tensor dlog_sigma = at::where(is_below, 1 - below.exp() * 0.5,
                                             at::sigmoid(above) / at::softplus(above));
     grad_x.sub_(summed * dlog_sigma);
   }

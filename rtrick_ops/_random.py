@@ -27,7 +27,14 @@ def make_rng_state(seed, generator, device):
     if seed is not None:
         if generator is not None:
             raise ValueError("pass either seed or generator, not both")
-        return torch.tensor([_as_int64_bits(check_seed(seed)), 0], dtype=torch.int64, device=device)
+        key = _as_int64_bits(check_seed(seed))
+        if torch.device(device).type == "cpu":
+            return torch.tensor([key, 0], dtype=torch.int64)
+        # torch.tensor would copy the pair from host memory, which a CUDA graph capture refuses; two fills are
+        # kernels with the key as an argument, so a captured graph replays the seed the call asked for.
+        state = torch.full((2,), key, dtype=torch.int64, device=device)
+        state[1].zero_()
+        return state
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")

@@ -107,6 +107,28 @@ def test_cuda_graph_replays_draw_fresh_noise_and_backward_matches(backend):
         torch.testing.assert_close(grad_sp, grad_z * eps * torch.exp(sp.detach()), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_cuda_graph_captures_a_seeded_call(backend):
+    """seed= builds [key, 0] with fills on the device (a host copy is refused under capture): every replay
+    gives the seed's sample, the eager call's bits."""
+    mu = torch.randn(1000, device="cuda")
+    sp = torch.randn(1000, device="cuda")
+    expected = rt.normal_rsample(mu, sp, seed=2**64 - 3, backend=backend)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        rt.normal_rsample(mu, sp, seed=2**64 - 3, backend=backend)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        z_static = rt.normal_rsample(mu, sp, seed=2**64 - 3, backend=backend)
+    for _ in range(2):
+        z_static.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(z_static, expected)
+
+
 @pytest.mark.parametrize("mode", [None, "reduce-overhead"])
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_torch_compile_on_gpu(backend, mode):

@@ -280,6 +280,29 @@ def test_seed_none_follows_torch_manual_seed_and_generators():
     assert torch.equal(rt.normal_rsample(mu, sp, generator=g1), rt.normal_rsample(mu, sp, generator=g2))
 
 
+def test_seed_state_off_the_cpu_is_built_by_fills_not_a_host_copy():
+    """A seed's [key, 0] on an accelerator comes from fill kernels: torch.tensor would copy it from host memory,
+    which a CUDA graph capture refuses (the GPU suite captures a seeded call). The meta device stands in."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from rtrick_ops import _random
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    for seed, key in ((5, 5), (2**64 - 1, -1), (2**63, -2**63)):
+        with Calls() as calls:
+            state = _random.make_rng_state(seed, None, torch.device("meta"))
+        assert state.device.type == "meta" and state.dtype == torch.int64 and state.shape == (2,)
+        assert not {"_to_copy", "copy_", "lift_fresh", "lift_fresh_copy"} & set(calls.names), calls.names
+        assert torch.equal(_random.make_rng_state(seed, None, "cpu"), torch.tensor([key, 0]))
+
+
 def test_sample_shape_gives_independent_samples_in_one_call():
     mu, sp = make_params((50,), (50,), torch.float32, "log_sigma")
     z = rt.normal_rsample(mu, sp, sample_shape=(3,), seed=8)
