@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import kl_divergence
+from torch.distributions import constraints, kl_divergence
 
 import rtrick_ops as rt
 from rtrick_ops.distributions import Normal
@@ -423,3 +423,27 @@ def test_relaxed_one_hot_categorical_class():
                                         seed=8).sample((2**14,))
     freq = torch.bincount(draws.argmax(-1), minlength=6).double() / 2**14
     assert bool(((freq - probs).abs() < 5 * (probs * (1 - probs) / 2**14).sqrt() + 1e-3).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_dirichlet_log_prob_validates_its_own_samples(dtype):
+    """A float16 or bfloat16 Dirichlet row sums to 1 only within its rounding: the class's support allows that
+    rounding (torch's 1e-6 refused about 0.1% of rows), refuses a row that is off by more, and keeps torch's
+    simplex for float32 and float64 and its transforms."""
+    for concentration, categories in ((0.01, 16), (0.5, 16), (1.0, 2), (30.0, 64), (0.05, 1000)):
+        c = torch.full((4000 // categories + 1, categories), concentration, dtype=dtype)
+        d = rd.Dirichlet(c, validate_args=True, seed=3)
+        z = d.rsample()
+        assert z.dtype == dtype
+        assert bool(d.support.check(z).all()), (concentration, categories)
+        assert torch.isfinite(d.log_prob(z)).all()
+    support = rd.Dirichlet(torch.ones(2, dtype=dtype)).support
+    assert not bool(support.check(torch.tensor([0.5, 0.48], dtype=dtype)))
+    assert not bool(support.check(torch.tensor([1.02, -0.02], dtype=dtype)))
+    exact = rd.Dirichlet(torch.ones(2)).support
+    assert not bool(exact.check(torch.tensor([0.5, 0.4999])))
+    assert bool(exact.check(torch.tensor([0.5, 0.5])))
+    assert isinstance(support, constraints._Simplex)
+    x = torch.randn(3, 4)
+    for registry in (torch.distributions.biject_to, torch.distributions.transform_to):
+        assert torch.equal(registry(support)(x), registry(constraints.simplex)(x))

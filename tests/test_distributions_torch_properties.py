@@ -229,7 +229,8 @@ def test_relaxed_one_hot_rsample_gradient_matches_cdf_finite_differences():
 @pytest.mark.parametrize("name", CASES)
 def test_support_and_parameter_constraints(name):
     d, theirs = make(name, seed=22), make_torch(name)
-    assert d.support is theirs.support or type(d.support) is type(theirs.support)
+    # torch's constraint, or (Dirichlet: half precision's rounding allowed) a subclass of its type
+    assert d.support is theirs.support or isinstance(d.support, type(theirs.support))
     assert bool(d.support.check(d.sample((200,))).all())
     for param, constraint in d.arg_constraints.items():
         value = getattr(d, param)
