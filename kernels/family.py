@@ -22,21 +22,22 @@ from rtrick_ops._math import compute_dtype, dsigma_of as torch_dsigma_of, tau_te
 from .stream import (NOISE_LOGISTIC, NOISE_NONE, NOISE_NORMAL, SCALE_CODES, div, dlog_sigma_of, dsigma_of, exp_f32,
                      log_sigma_of, sigma_of, stream_noise)
 
-# Numbered by the one list (csrc/kinds.h, rtrick_ops/kinds.py), as rtrick::FormulaId.
-LOC_SCALE_SAMPLE: tl.constexpr = kinds.FORMULA["loc_scale_sample"]
-LOG_NORMAL_SAMPLE: tl.constexpr = kinds.FORMULA["log_normal_sample"]
-SCALE_GRAD: tl.constexpr = kinds.FORMULA["scale_grad"]
-RELAXED_BERNOULLI_SAMPLE: tl.constexpr = kinds.FORMULA["relaxed_bernoulli_sample"]
-NORMAL_KL: tl.constexpr = kinds.FORMULA["normal_kl"]
-NORMAL_KL_GRAD: tl.constexpr = kinds.FORMULA["normal_kl_grad"]
-SAMPLE_AND_KL: tl.constexpr = kinds.FORMULA["sample_and_kl"]
-SAMPLE_AND_LOG_PROB: tl.constexpr = kinds.FORMULA["sample_and_log_prob"]
-NOISE_PRODUCT: tl.constexpr = kinds.FORMULA["noise_product"]  # out = a * noise, in the accumulator type
-SAMPLE_AND_KL_SCALE_GRAD: tl.constexpr = kinds.FORMULA["sample_and_kl_scale_grad"]
-SAMPLE_AND_KL_MEAN_GRAD: tl.constexpr = kinds.FORMULA["sample_and_kl_mean_grad"]
+# Numbered by the one list (csrc/kinds.h, rtrick_ops/kinds.py), as rtrick::FormulaId; tl.constexpr objects,
+# as every global a kernel reads must be (kernels/stream.py says why); the launcher passes their values.
+LOC_SCALE_SAMPLE = tl.constexpr(kinds.FORMULA["loc_scale_sample"])
+LOG_NORMAL_SAMPLE = tl.constexpr(kinds.FORMULA["log_normal_sample"])
+SCALE_GRAD = tl.constexpr(kinds.FORMULA["scale_grad"])
+RELAXED_BERNOULLI_SAMPLE = tl.constexpr(kinds.FORMULA["relaxed_bernoulli_sample"])
+NORMAL_KL = tl.constexpr(kinds.FORMULA["normal_kl"])
+NORMAL_KL_GRAD = tl.constexpr(kinds.FORMULA["normal_kl_grad"])
+SAMPLE_AND_KL = tl.constexpr(kinds.FORMULA["sample_and_kl"])
+SAMPLE_AND_LOG_PROB = tl.constexpr(kinds.FORMULA["sample_and_log_prob"])
+NOISE_PRODUCT = tl.constexpr(kinds.FORMULA["noise_product"])  # out = a * noise, in the accumulator type
+SAMPLE_AND_KL_SCALE_GRAD = tl.constexpr(kinds.FORMULA["sample_and_kl_scale_grad"])
+SAMPLE_AND_KL_MEAN_GRAD = tl.constexpr(kinds.FORMULA["sample_and_kl_mean_grad"])
 
 # family -> (noise code, z = exp(...)), from the one list
-FAMILIES = {family: (kinds.NOISE[noise], exp_output) for family, (noise, exp_output) in kinds.FAMILIES.items()}
+FAMILIES = {family: (tl.constexpr(kinds.NOISE[noise]), exp_output) for family, (noise, exp_output) in kinds.FAMILIES.items()}
 
 
 # ------------------------------------------------------------------ formulas
@@ -154,7 +155,7 @@ def _launch(formula, outs, ins, rng_state, scale="sigma", noise=NOISE_NONE, tau=
     grid = (triton.cdiv(numel, BLOCK),)
     wrap_triton(_elementwise_kernel)[grid](
         out0, out1, a, b, c, rng_state.contiguous(), numel, period, a if tau is None else tau,  # a: any pointer, unread
-        FORMULA=formula, SCALE=SCALE_CODES[scale], NOISE=noise,
+        FORMULA=formula.value, SCALE=SCALE_CODES[scale], NOISE=noise.value,
         F64=out0.dtype == torch.float64, REPEATS=period != numel, BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
 
 

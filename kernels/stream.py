@@ -12,10 +12,13 @@ import triton.language as tl
 from rtrick_ops import kinds  # a leaf module: the kernels import nothing else of the package
 
 # ------------------------------------------------------------------ the stream
-PHILOX_M0: tl.constexpr = 0xD2511F53
-PHILOX_M1: tl.constexpr = 0xCD9E8D57
-PHILOX_W0: tl.constexpr = 0x9E3779B9
-PHILOX_W1: tl.constexpr = 0xBB67AE85
+# Every global a kernel reads is a tl.constexpr object: Triton's compiler refuses a plain global, and an
+# annotation (`X: tl.constexpr = 1`) does not make one. The interpreter accepts both, so only the sm_90
+# compile of tests/test_triton_compile.py shows the difference.
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
 
 
 @triton.jit
@@ -138,15 +141,15 @@ def stream_words(state_ptr, blocks):
 
 
 # Noise kinds, numbered by the one list (csrc/kinds.h, rtrick_ops/kinds.py).
-NOISE_NORMAL: tl.constexpr = kinds.NOISE["normal"]
-NOISE_UNIFORM: tl.constexpr = kinds.NOISE["uniform"]
-NOISE_EXPONENTIAL: tl.constexpr = kinds.NOISE["exponential"]
-NOISE_LAPLACE: tl.constexpr = kinds.NOISE["laplace"]
-NOISE_CAUCHY: tl.constexpr = kinds.NOISE["cauchy"]
-NOISE_LOGISTIC: tl.constexpr = kinds.NOISE["logistic"]
-NOISE_GUMBEL: tl.constexpr = kinds.NOISE["gumbel"]
-NOISE_NONE: tl.constexpr = kinds.NOISE["none"]
-NOISE_HALF_NORMAL: tl.constexpr = kinds.NOISE["half_normal"]
+NOISE_NORMAL = tl.constexpr(kinds.NOISE["normal"])
+NOISE_UNIFORM = tl.constexpr(kinds.NOISE["uniform"])
+NOISE_EXPONENTIAL = tl.constexpr(kinds.NOISE["exponential"])
+NOISE_LAPLACE = tl.constexpr(kinds.NOISE["laplace"])
+NOISE_CAUCHY = tl.constexpr(kinds.NOISE["cauchy"])
+NOISE_LOGISTIC = tl.constexpr(kinds.NOISE["logistic"])
+NOISE_GUMBEL = tl.constexpr(kinds.NOISE["gumbel"])
+NOISE_NONE = tl.constexpr(kinds.NOISE["none"])
+NOISE_HALF_NORMAL = tl.constexpr(kinds.NOISE["half_normal"])
 
 
 @triton.jit
@@ -211,12 +214,16 @@ def block_noise(state_ptr, blocks, NOISE: tl.constexpr):
 @triton.jit
 def stream_noise(state_ptr, first, BLOCK: tl.constexpr, NOISE: tl.constexpr):
     """Noise for stream elements first .. first + BLOCK - 1 (first a multiple of 4), as float32."""
+    # if/else, not an early return: Triton's compiler still compiles what follows a return in a constexpr if
+    # (block_noise of NOISE_NONE failed its static_assert), which the interpreter never shows.
     if NOISE == NOISE_NONE:
-        return tl.zeros([BLOCK], tl.float32)
-    blocks = first // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
-    z0, z1, z2, z3 = block_noise(state_ptr, blocks, NOISE)
-    # join adds its axis last: [q, i, j] = join(join(z0, z2), join(z1, z3)) puts lane 2i + j at 4q + 2i + j.
-    return tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [BLOCK])
+        noise = tl.zeros([BLOCK], tl.float32)
+    else:
+        blocks = first // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+        z0, z1, z2, z3 = block_noise(state_ptr, blocks, NOISE)
+        # join adds its axis last: [q, i, j] = join(join(z0, z2), join(z1, z3)) puts lane 2i + j at 4q + 2i + j.
+        noise = tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [BLOCK])
+    return noise
 
 
 @triton.jit
@@ -229,12 +236,12 @@ def stream_noise_at(state_ptr, n, NOISE: tl.constexpr):
 
 # ------------------------------------------------- scale parameterizations
 SCALE_CODES = kinds.SCALE_CODES  # numbered by the one list, as rtrick::ScaleKind
-SCALE_LOG_SIGMA: tl.constexpr = SCALE_CODES["log_sigma"]
-SCALE_LOGVAR: tl.constexpr = SCALE_CODES["logvar"]
-SCALE_SIGMA: tl.constexpr = SCALE_CODES["sigma"]
-SCALE_SOFTPLUS: tl.constexpr = SCALE_CODES["softplus"]
-SCALE_RATE: tl.constexpr = SCALE_CODES["rate"]
-SOFTPLUS_LOG_LINEAR_BELOW: tl.constexpr = kinds.SOFTPLUS_LOG_LINEAR_BELOW
+SCALE_LOG_SIGMA = tl.constexpr(SCALE_CODES["log_sigma"])
+SCALE_LOGVAR = tl.constexpr(SCALE_CODES["logvar"])
+SCALE_SIGMA = tl.constexpr(SCALE_CODES["sigma"])
+SCALE_SOFTPLUS = tl.constexpr(SCALE_CODES["softplus"])
+SCALE_RATE = tl.constexpr(SCALE_CODES["rate"])
+SOFTPLUS_LOG_LINEAR_BELOW = tl.constexpr(kinds.SOFTPLUS_LOG_LINEAR_BELOW)
 
 @triton.jit
 def div(a, b, F64: tl.constexpr):
@@ -279,14 +286,16 @@ def dsigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
 @triton.jit
 def log_of(x, F64: tl.constexpr):
     """log for any float (zero, subnormals, inf), as log_full_f32 in csrc/philox.h."""
-    if F64:
-        return tl.log(x)
-    subnormal = x < 1.17549435e-38
-    r = log_f32(tl.where(subnormal, x * 8388608.0, x))
-    r = tl.where(subnormal, r - 15.9423851528787421, r)
-    r = tl.where(x == 0.0, float("-inf"), r)
-    r = tl.where(x == float("inf"), x, r)
-    return tl.where((x < 0.0) | (x != x), float("nan"), r)
+    if F64:  # if/else, not an early return (stream_noise says why)
+        r = tl.log(x)
+    else:
+        subnormal = x < 1.17549435e-38
+        r = log_f32(tl.where(subnormal, x * 8388608.0, x))
+        r = tl.where(subnormal, r - 15.9423851528787421, r)
+        r = tl.where(x == 0.0, float("-inf"), r)
+        r = tl.where(x == float("inf"), x, r)
+        r = tl.where((x < 0.0) | (x != x), float("nan"), r)
+    return r
 
 
 @triton.jit

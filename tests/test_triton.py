@@ -124,7 +124,7 @@ def test_a_strided_rng_state_reads_its_own_key_and_offset():
 
 
 def test_gumbel_softmax_refuses_more_rows_than_a_grid_holds():
-    from kernels import gumbel_softmax as triton_gumbel
+    from rtrick_ops.kernels import gumbel_softmax as triton_gumbel  # not `kernels.`: a second import re-registers its operators
 
     assert triton_gumbel._program_count(2**31 - 1) == 2**31 - 1
     with pytest.raises(ValueError, match="2\\^31 - 1 softmax rows"):
