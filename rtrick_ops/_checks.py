@@ -189,9 +189,18 @@ def check_tau(tau):
             raise ValueError(f"tau must be a number or a one-element tensor, got shape {tuple(tau.shape)}")
         if tau.device.type == "meta":
             raise ValueError("tau is a meta tensor, which has no value; pass a number")
+        if is_compiling():
+            raise TypeError("under torch.compile pass tau as a Python number: the fused samplers take the "
+                            "temperature as a number, and a tensor's value (tau.item()) cannot be traced")
         tau = tau.item()
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
         raise TypeError(f"tau must be a positive float, got {type(tau).__name__}")
+    if is_compiling():
+        # torch.compile traces a changed float as a symbol, and math.isfinite of one breaks the graph: the same
+        # check, asserted when the graph runs (the operators take tau as a number, so each value is a graph)
+        torch._check(tau > 0, lambda: "tau must be a positive finite temperature")
+        torch._check(tau < math.inf, lambda: "tau must be a positive finite temperature")
+        return tau
     if not (tau > 0 and math.isfinite(tau)):
         raise ValueError(f"tau must be a positive finite temperature, got {tau}")
     return float(tau)
@@ -207,9 +216,9 @@ def validation_enabled(validate_args, *values):
         validate_args = torch.distributions.Distribution._validate_args
     if not validate_args:
         return False
-    if any(v.device.type == "meta" or isinstance(unwrapped(v), FakeTensor) for v in values):
+    if torch.compiler.is_compiling():  # before unwrapped(), whose functorch calls dynamo refuses to trace
         return False
-    if torch.compiler.is_compiling():
+    if any(v.device.type == "meta" or isinstance(unwrapped(v), FakeTensor) for v in values):
         return False
     if _CUDA_BUILD and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return False

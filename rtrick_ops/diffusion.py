@@ -107,6 +107,8 @@ class _MSEToRegeneratedTarget(torch.autograd.Function):
     The backward is written with differentiable ops, so double backward works too.
     """
 
+    generate_vmap_rule = True  # vmap runs forward and backward per batch member (torch.func)
+
     @staticmethod
     def forward(pred, x0, x0_coef, eps_coef, rng_state, which):
         residual = _MSEToRegeneratedTarget.residual(pred, x0, x0_coef, eps_coef, rng_state, which)

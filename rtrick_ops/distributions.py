@@ -262,7 +262,7 @@ class _FusedLocScale(_KeepsScaleParam):
     def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
         # torch's constructor validated the parameters (when validation is on): no second sync here.
-        return self._sampler(self.loc, scale_param, scale=self._scale_kind, sample_shape=tuple(sample_shape),
+        return self._sampler(self.loc, scale_param, scale=self._scale_kind, sample_shape=torch.Size(sample_shape),
                              seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
 
 
@@ -406,6 +406,10 @@ class Logistic(_TransformedOnUse, _FusedLocScale, torch.distributions.Transforme
         return self.loc
 
     @property
+    def mode(self):  # symmetric and unimodal; TransformedDistribution has no mode
+        return self.loc
+
+    @property
     def variance(self):
         return (math.pi**2 / 3) * self.scale**2
 
@@ -421,7 +425,7 @@ class Uniform(_Fused, torch.distributions.Uniform):
         super().__init__(low, high, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        return family.uniform_rsample(self.low, self.high, sample_shape=tuple(sample_shape), seed=self._seed,
+        return family.uniform_rsample(self.low, self.high, sample_shape=torch.Size(sample_shape), seed=self._seed,
                                       generator=generator, backend=self._backend, validate_args=False)
 
 
@@ -434,7 +438,7 @@ class Exponential(_Fused, torch.distributions.Exponential):
         _validate_after_init(self, validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        return family.exponential_rsample(self.rate, sample_shape=tuple(sample_shape), seed=self._seed,
+        return family.exponential_rsample(self.rate, sample_shape=torch.Size(sample_shape), seed=self._seed,
                                           generator=generator, backend=self._backend, validate_args=False)
 
 
@@ -471,7 +475,7 @@ class HalfNormal(_KeepsScaleParam, torch.distributions.HalfNormal):
     def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
         return family.half_normal_rsample(scale_param.new_zeros(()), scale_param, scale=self._scale_kind,
-                                          sample_shape=tuple(sample_shape), seed=self._seed, generator=generator,
+                                          sample_shape=torch.Size(sample_shape), seed=self._seed, generator=generator,
                                           backend=self._backend, validate_args=False)
 
 
@@ -481,6 +485,9 @@ class _FusedRelaxed(_Fused):
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = seed, backend
+        # The number as given, for the fused sampler: float() of the tensor below cannot be traced when
+        # torch.compile makes a changed temperature a symbol (the kernels round tau to the compute type alike).
+        self._temperature_number = None if isinstance(temperature, torch.Tensor) else temperature
         if not isinstance(temperature, torch.Tensor):
             # torch keeps a Python-number temperature as given, and its log_prob then fails
             # (float has no .log()); held as a tensor, log_prob works. In the kernels' compute dtype, where
@@ -508,7 +515,9 @@ class _FusedRelaxed(_Fused):
                 index = device.index if device.index is not None else torch.cuda.current_device() if cuda else None
                 (torch.cuda.default_generators[index] if cuda else torch.default_generator).manual_seed(key)
                 return super().rsample(sample_shape)
-        return self._fused_sampler(self.logits, float(temperature), sample_shape=tuple(sample_shape),
+        number = getattr(self, "_temperature_number", None)  # absent in an expand()ed copy
+        return self._fused_sampler(self.logits, float(temperature) if number is None else number,
+                                   sample_shape=torch.Size(sample_shape),
                                    seed=self._seed, generator=generator, backend=self._backend)
 
 
@@ -539,7 +548,7 @@ class Gamma(_Fused, torch.distributions.Gamma):
         _validate_after_init(self, validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        return gamma.gamma_rsample(self.concentration, self.rate, sample_shape=tuple(sample_shape), seed=self._seed,
+        return gamma.gamma_rsample(self.concentration, self.rate, sample_shape=torch.Size(sample_shape), seed=self._seed,
                                    generator=generator, backend=self._backend, validate_args=False)
 
 
@@ -551,7 +560,7 @@ class Beta(_Fused, torch.distributions.Beta):
         super().__init__(concentration1, concentration0, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        return gamma.beta_rsample(self.concentration1, self.concentration0, sample_shape=tuple(sample_shape),
+        return gamma.beta_rsample(self.concentration1, self.concentration0, sample_shape=torch.Size(sample_shape),
                                   seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
 
 
@@ -568,7 +577,7 @@ class Dirichlet(_Fused, torch.distributions.Dirichlet):
         super().__init__(concentration, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        return gamma.dirichlet_rsample(self.concentration, sample_shape=tuple(sample_shape), seed=self._seed,
+        return gamma.dirichlet_rsample(self.concentration, sample_shape=torch.Size(sample_shape), seed=self._seed,
                                        generator=generator, backend=self._backend, validate_args=False)
 
 

@@ -197,6 +197,8 @@ class _LocalReparameterizationStd(torch.autograd.Function):
     the backward computes in the widest of its inputs' dtypes (autograd casts each gradient to its input's).
     """
 
+    generate_vmap_rule = True  # vmap runs forward and backward per batch member (torch.func)
+
     @staticmethod
     def forward(x, weight_rho, bias_rho):
         bias_var = None if bias_rho is None else F.softplus(bias_rho).square()
