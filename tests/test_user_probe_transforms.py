@@ -118,7 +118,7 @@ def test_tensor_temperature_compiles_fullgraph_like_torchs_class(name):
 
 
 @pytest.mark.xfail(strict=True, reason="limitation (docs/usage.md, torch.compile): seed= is a Python int "
-                   "that builds rng_state on the host, so each value is a graph; pass generator= or draw outside")
+                   "that dynamo specializes, so each value is a graph; pass generator= or draw outside")
 def test_fullgraph_compile_survives_more_seeds_than_the_recompile_limit():
     """Defect: a compiled step given seed=step keeps running past torch's recompile limit (8 by default)."""
     draw = lambda mu, log_sigma, seed: rt.normal_rsample(mu, log_sigma, seed=seed)  # noqa: E731
@@ -129,7 +129,7 @@ def test_fullgraph_compile_survives_more_seeds_than_the_recompile_limit():
 
 
 @pytest.mark.xfail(strict=True, reason="limitation (docs/usage.md, torch.compile): seed= is a Python int "
-                   "that builds rng_state on the host, so each value is a graph; pass generator= or draw outside")
+                   "that dynamo specializes, so each value is a graph; pass generator= or draw outside")
 def test_new_seed_does_not_recompile_every_value():
     """Defect: changing seed= (an int) recompiles at most once, as a changing int argument of torch ops does."""
     head = rt.nn.GaussianLatentHead(6, 3)
