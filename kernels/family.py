@@ -37,7 +37,8 @@ SAMPLE_AND_KL_SCALE_GRAD = tl.constexpr(kinds.FORMULA["sample_and_kl_scale_grad"
 SAMPLE_AND_KL_MEAN_GRAD = tl.constexpr(kinds.FORMULA["sample_and_kl_mean_grad"])
 
 # family -> (noise code, z = exp(...)), from the one list
-FAMILIES = {family: (tl.constexpr(kinds.NOISE[noise]), exp_output) for family, (noise, exp_output) in kinds.FAMILIES.items()}
+FAMILIES = {family: (tl.constexpr(kinds.NOISE[noise]), exp_output)
+            for family, (noise, exp_output) in kinds.FAMILIES.items()}
 
 
 # ------------------------------------------------------------------ formulas

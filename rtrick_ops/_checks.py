@@ -175,7 +175,8 @@ def check_seed(seed):
 
 
 def check_tau(tau):
-    """A positive finite temperature, as a Python float (NumPy scalars and one-element tensors accepted).
+    """A positive finite temperature, as a Python float (NumPy scalars and one-element tensors accepted; under
+    torch.compile the number as traced, checked when the graph runs).
 
     A tensor that requires grad is refused rather than silently detached: the
     fused ops do not differentiate in tau (rt.distributions' relaxed classes fall
@@ -198,8 +199,8 @@ def check_tau(tau):
     if is_compiling():
         # torch.compile traces a changed float as a symbol, and math.isfinite of one breaks the graph: the same
         # check, asserted when the graph runs (the operators take tau as a number, so each value is a graph)
-        torch._check(tau > 0, lambda: "tau must be a positive finite temperature")
-        torch._check(tau < math.inf, lambda: "tau must be a positive finite temperature")
+        torch._check_value(tau > 0, lambda: "tau must be a positive finite temperature")
+        torch._check_value(tau < math.inf, lambda: "tau must be a positive finite temperature")
         return tau
     if not (tau > 0 and math.isfinite(tau)):
         raise ValueError(f"tau must be a positive finite temperature, got {tau}")

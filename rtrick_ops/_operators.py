@@ -83,9 +83,10 @@ class Operator:
     def implementation(self, which):
         """The callable that runs this operator on the resolved backend `which` (looked up once per backend:
         the lookup through torch.ops costs a microsecond, as much as the rest of a small call's routing)."""
-        if torch.compiler.is_compiling():
+        if which != "reference" and torch.compiler.is_compiling():
             # not through the cache: a trace that reads or fills it guards on its contents, so a model compiled
-            # before any eager call compiled again on its second call
+            # before any eager call compiled again on its second call (the reference's lookup imports a module,
+            # which dynamo refuses to trace: it keeps the cache an eager call fills)
             return implementation(self.name, which, self.reference)
         run = self._callables.get(which)
         if run is None:

@@ -29,7 +29,7 @@ def make_rng_state(seed, generator, device):
             raise ValueError("pass either seed or generator, not both")
         key = _as_int64_bits(check_seed(seed))
         if torch.device(device).type == "cpu":
-            return torch.tensor([key, 0], dtype=torch.int64)
+            return torch.tensor([key, 0], dtype=torch.int64, device="cpu")  # not the default device
         # torch.tensor would copy the pair from host memory, which a CUDA graph capture refuses; two fills are
         # kernels with the key as an argument, so a captured graph replays the seed the call asked for.
         state = torch.full((2,), key, dtype=torch.int64, device=device)

@@ -485,8 +485,9 @@ class _FusedRelaxed(_Fused):
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = seed, backend
-        # The number as given, for the fused sampler: float() of the tensor below cannot be traced when
-        # torch.compile makes a changed temperature a symbol (the kernels round tau to the compute type alike).
+        # The number as given, for the fused sampler under torch.compile: float() of the tensor below cannot be
+        # traced when a changed temperature is a symbol. Eager calls read the tensor, which is what log_prob
+        # uses (outside the compute type's range the two differ: 1e-50 rounds to 0 there).
         self._temperature_number = None if isinstance(temperature, torch.Tensor) else temperature
         if not isinstance(temperature, torch.Tensor):
             # torch keeps a Python-number temperature as given, and its log_prob then fails
@@ -497,6 +498,11 @@ class _FusedRelaxed(_Fused):
             like = like if isinstance(like, torch.Tensor) else torch.empty(())
             temperature = torch.tensor(float(temperature), dtype=compute_dtype(like.dtype), device=like.device)
         super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance)
+        new._temperature_number = self._temperature_number
+        return new
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         temperature = self.temperature  # torch keeps a Python-number temperature as given
@@ -515,7 +521,7 @@ class _FusedRelaxed(_Fused):
                 index = device.index if device.index is not None else torch.cuda.current_device() if cuda else None
                 (torch.cuda.default_generators[index] if cuda else torch.default_generator).manual_seed(key)
                 return super().rsample(sample_shape)
-        number = getattr(self, "_temperature_number", None)  # absent in an expand()ed copy
+        number = self._temperature_number if _checks.is_compiling() else None
         return self._fused_sampler(self.logits, float(temperature) if number is None else number,
                                    sample_shape=torch.Size(sample_shape),
                                    seed=self._seed, generator=generator, backend=self._backend)
@@ -548,8 +554,8 @@ class Gamma(_Fused, torch.distributions.Gamma):
         _validate_after_init(self, validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        return gamma.gamma_rsample(self.concentration, self.rate, sample_shape=torch.Size(sample_shape), seed=self._seed,
-                                   generator=generator, backend=self._backend, validate_args=False)
+        return gamma.gamma_rsample(self.concentration, self.rate, sample_shape=torch.Size(sample_shape),
+                                   seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
 
 
 class Beta(_Fused, torch.distributions.Beta):

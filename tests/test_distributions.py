@@ -447,3 +447,18 @@ def test_half_precision_dirichlet_log_prob_validates_its_own_samples(dtype):
     x = torch.randn(3, 4)
     for registry in (torch.distributions.biject_to, torch.distributions.transform_to):
         assert torch.equal(registry(support)(x), registry(constraints.simplex)(x))
+
+
+@pytest.mark.parametrize("cls", [rd.RelaxedBernoulli, rd.RelaxedOneHotCategorical], ids=lambda c: c.__name__)
+def test_relaxed_classes_sample_at_the_temperature_they_hold(cls):
+    """Eager sampling reads the held temperature tensor, as log_prob does: a number outside the compute type's
+    range (1e-50 holds as 0) is refused, not sampled at a clamped tau; expand() keeps the number that
+    torch.compile's path uses."""
+    logits = torch.randn(2, 4)
+    for temperature in (1e-50, 1e39):
+        with pytest.raises(ValueError, match="tau must be a positive finite temperature"):
+            cls(temperature, logits=logits, seed=1).rsample()
+    d = cls(0.3, logits=logits, seed=1)
+    e = d.expand((3,) + tuple(d.batch_shape))
+    assert e._temperature_number == 0.3
+    assert torch.equal(e.rsample()[0], d.rsample())

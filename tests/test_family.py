@@ -336,6 +336,25 @@ def test_rsample_and_kl_backward_double_backward_and_errors():
         op(torch.zeros(2, 5), torch.zeros(2, 5), mu, x, state, "rate")
 
 
+def test_rsample_and_log_prob_double_backward_keeps_a_nan_softplus_scale_nan():
+    """The log-prob step's second-order gradient for scale="softplus" on both sides of -20 (the log-linear
+    branch below it) equals the reference's, and a NaN scale parameter gets NaN there, not the 0 that a
+    clamp's backward gave (the C++ backward takes each side by where, as rtrick_ops/_math.py does)."""
+    x0 = torch.tensor([float("nan"), -30.0, -20.0, -5.0, 0.5, 25.0], dtype=torch.float64)
+    results = {}
+    for backend in ("cpu", "reference"):
+        mu = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+        x = x0.clone().requires_grad_()
+        z, log_q = rt.normal_rsample_and_log_prob(mu, x, scale="softplus", seed=4, backend=backend)
+        # log q alone: its x-gradient is -d log sigma / dx, so its second order is that term's own derivative
+        (g,) = torch.autograd.grad(log_q.sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.sum(), x)
+        results[backend] = (g.detach(), gg)
+    for ours, theirs in zip(results["cpu"], results["reference"]):
+        assert torch.isnan(ours[0]) and torch.isnan(theirs[0])
+        torch.testing.assert_close(ours[1:], theirs[1:], rtol=1e-7, atol=1e-10)  # the order of the sums
+
+
 @pytest.mark.parametrize("scale", SCALES)
 def test_rsample_and_log_prob_matches_torch_normal(scale):
     mu = params((4, 9), torch.float64, 30).requires_grad_()

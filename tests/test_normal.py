@@ -303,6 +303,23 @@ def test_seed_state_off_the_cpu_is_built_by_fills_not_a_host_copy():
         assert torch.equal(_random.make_rng_state(seed, None, "cpu"), torch.tensor([key, 0]))
 
 
+def test_seeded_cpu_calls_ignore_the_default_device():
+    """A seed's [key, 0] for CPU inputs is made on the CPU whatever torch's default device is (a CUDA default
+    device is common; the meta device stands in): it followed the default and was refused as misplaced."""
+    from rtrick_ops import _random
+
+    mu, sp = make_params((4, 3), (3,), torch.float32, "log_sigma")
+    want = rt.normal_rsample(mu, sp, sample_shape=(2,), seed=9)
+    with torch.device("meta"):
+        assert _random.make_rng_state(9, None, torch.device("cpu")).device.type == "cpu"
+        got = rt.normal_rsample(mu, sp, sample_shape=(2,), seed=9)
+        laplace = rt.laplace_rsample(mu, sp, seed=9)
+        gumbel = rt.gumbel_softmax(mu, 0.5, seed=9)
+    assert torch.equal(got, want)
+    assert torch.equal(laplace, rt.laplace_rsample(mu, sp, seed=9))
+    assert torch.equal(gumbel, rt.gumbel_softmax(mu, 0.5, seed=9))
+
+
 def test_sample_shape_gives_independent_samples_in_one_call():
     mu, sp = make_params((50,), (50,), torch.float32, "log_sigma")
     z = rt.normal_rsample(mu, sp, sample_shape=(3,), seed=8)

@@ -124,7 +124,8 @@ def test_a_strided_rng_state_reads_its_own_key_and_offset():
 
 
 def test_gumbel_softmax_refuses_more_rows_than_a_grid_holds():
-    from rtrick_ops.kernels import gumbel_softmax as triton_gumbel  # not `kernels.`: a second import re-registers its operators
+    # the installed module, not `kernels.gumbel_softmax`: a second import would re-register its operators
+    from rtrick_ops.kernels import gumbel_softmax as triton_gumbel
 
     assert triton_gumbel._program_count(2**31 - 1) == 2**31 - 1
     with pytest.raises(ValueError, match="2\\^31 - 1 softmax rows"):

@@ -6,6 +6,8 @@ forward and both backwards; each launch's configuration is compiled by Triton fo
 reports its registers and spills. The interpreter alone never compiles a kernel (it ran kernels that no
 GPU would have compiled). Needs Triton's NVIDIA backend (its bundled ptxas); no GPU.
 """
+import os
+
 import pytest
 import torch
 
@@ -14,8 +16,21 @@ from rtrick_ops import _backends, _library, reference
 
 import triton_sm90  # tests/, on the path through conftest.py
 
+
+def _ptxas_missing():
+    """Why Triton's NVIDIA backend cannot compile here (None where it can)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        path = get_ptxas(triton_sm90.ARCH).path
+    except Exception as error:  # a Triton without the NVIDIA backend, or an API that moved
+        return f"Triton's NVIDIA backend is unavailable: {type(error).__name__}: {error}"
+    return None if path and os.path.exists(path) else f"no ptxas at {path}"
+
+
 pytestmark = [
     pytest.mark.skipif(_library.triton_kernels is None, reason=f"Triton unavailable: {_library.triton_error}"),
+    pytest.mark.skipif(_ptxas_missing() is not None, reason=str(_ptxas_missing())),
     pytest.mark.skipif(not _backends.triton_interpreted(),
                        reason="records launches through Triton's interpreter (CPU runs); a GPU compiles them itself"),
 ]
@@ -38,10 +53,12 @@ def _params(shape, dtype, positive=False):
 
 
 def exercise():
-    """One call of each public Triton path: every formula, scale, noise kind and dtype they take."""
+    """One call of each public Triton path: every formula, scale, noise kind and dtype they take (each scale
+    in both compute types, float32 and float64; the half types differ in their pointers only)."""
     triton = dict(backend="triton", seed=5)
     for dtype in DTYPES:
-        for scale in reference.SCALES if dtype == torch.float32 else ("log_sigma",):
+        all_scales = dtype in (torch.float32, torch.float64)
+        for scale in reference.SCALES if all_scales else ("log_sigma",):
             mu, sp = _params((3, 40), dtype), _params((3, 40), dtype, positive=True)
             for sample_shape in ((), (2,)):
                 _grads([rt.normal_rsample(mu, sp, scale=scale, sample_shape=sample_shape, **triton)], (mu, sp))
@@ -50,15 +67,17 @@ def exercise():
             _grads([rt.normal_kl(mu, sp, scale=scale, backend="triton")], (mu, sp))
         loc, scale_param = _params((50,), dtype), _params((50,), dtype, positive=True)
         for sampler in FAMILY_SAMPLERS:
-            _grads([getattr(rt, sampler)(loc, scale_param, **triton)], (loc, scale_param))
+            for scale in reference.SCALES if dtype == torch.float32 else ("log_sigma",):
+                _grads([getattr(rt, sampler)(loc, scale_param, scale=scale, **triton)], (loc, scale_param))
         low, high = _params((50,), dtype), _params((50,), dtype, positive=True)
         _grads([rt.uniform_rsample(low, low + high, **triton)], (low, high))
         rate = _params((50,), dtype, positive=True)
         _grads([rt.exponential_rsample(rate, **triton)], (rate,))
         logits = _params((50,), dtype)
         _grads([rt.relaxed_bernoulli_rsample(logits, tau=0.5, **triton)], (logits,))
-        for categories in (10, 5000):  # one block per row; looped rows past the single block's 4096
-            logits = _params((2 if categories < 4096 else 1, categories), dtype)
+        # one block per row (16 to 4096 lanes, 8 warps from 2048: the most registers); looped rows past 4096
+        for categories in (10, 2048, 4096, 5000):
+            logits = _params((2 if categories < 2048 else 1, categories), dtype)
             for hard in (False, True):
                 _grads([rt.gumbel_softmax(logits, tau=0.7, hard=hard, **triton)], (logits,))
 

@@ -108,8 +108,8 @@ def _ptxas_report(ptxas, ptx):
         source = Path(folder) / "kernel.ptx"
         source.write_text(ptx)
         target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)  # Triton targets sm_90a on sm_90
-        done = subprocess.run([ptxas, "-v", f"--gpu-name={target}", str(source), "-o", str(Path(folder) / "kernel.cubin")],
-                              capture_output=True, text=True)
+        command = [ptxas, "-v", f"--gpu-name={target}", str(source), "-o", str(Path(folder) / "kernel.cubin")]
+        done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"ptxas failed: {done.stderr.strip()}")
     registers = REGISTERS.search(done.stderr)
