@@ -112,3 +112,21 @@ def test_no_kernel_spills_registers(results):
               f"{r['constexprs']}")
     spilling = [r for r in compiled if r["ok"] and (r["spill_store_bytes"] or r["spill_load_bytes"])]
     assert not spilling, [(r["kernel"], r["constexprs"], r["spill_store_bytes"]) for r in spilling]
+
+
+def test_no_float32_instruction_is_approximate(results):
+    """The stream's float32 math is bit-exact on every backend only if the PTX uses correctly rounded
+    instructions: no div.full / div.approx / sqrt.approx / ex2.approx (what Triton emits for a plain float32
+    `/`, tl.sqrt or tl.exp), which the interpreter would never show."""
+    _, compiled = results
+    approximate = [(r["kernel"], r["constexprs"], r["approximate_f32"])
+                   for r in compiled if r["ok"] and r["approximate_f32"]]
+    assert not approximate, approximate[:10]
+
+
+def test_every_launch_turns_fp_fusion_off(results):
+    """Contracting a * b + c into an fma changes the bits (docs/stream.md): every launch passes
+    enable_fp_fusion=False, or Triton's default (fusion on, in 3.9) would apply on a GPU."""
+    configs, _ = results
+    fused = {(c["kernel"], str(c["options"])) for c in configs if c["options"].get("enable_fp_fusion") is not False}
+    assert not fused, fused

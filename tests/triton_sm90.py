@@ -10,7 +10,8 @@ could have compiled on a GPU.
 record_launches runs a function (the public operators with backend="triton", under the interpreter) and
 keeps each distinct launch: the kernel, its arguments' Triton types, its constexpr values and its launch
 options. compile_all compiles each once in a child process without the interpreter, for sm_90 (the
-H100/H200 the GPU suite targets), and runs ptxas -v on the PTX for the registers, spills and stack.
+H100/H200 the GPU suite targets), runs ptxas -v on the PTX for the registers, spills and stack, and lists
+the float32 instructions in the PTX that are not correctly rounded.
 tests/test_triton_compile.py checks the results.
 
 What it cannot show: integer arguments are typed as the recorded calls had them (i32 for small tensors);
@@ -32,6 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ARCH = 90
 PTXAS_LINE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 REGISTERS = re.compile(r"Used (\d+) registers")
+# float32 instructions that are not correctly rounded: the stream and its math use only IEEE-exact operations
+# (docs/stream.md), so any of these in a kernel would make its bits differ from the CPU's on a GPU. (float64
+# goes through libdevice, whose log seeds a Newton step with rcp.approx.f64: exact enough, and float64 is
+# compared within a tolerance.)
+APPROXIMATE_F32 = re.compile(r"\b(?:div|sqrt|rcp|rsqrt|ex2|lg2|sin|cos|tanh)\.(?:approx|full)[\w.]*\.f32\b")
 
 
 def _plain(value):
@@ -133,8 +139,10 @@ def _compile_one(config):
         function = getattr(importlib.import_module(config["module"]), config["kernel"])
         source = ASTSource(function, config["signature"], config["constexprs"])
         compiled = triton.compile(source, target=GPUTarget("cuda", ARCH, 32), options=dict(config["options"]))
+        ptx = compiled.asm["ptx"]
         result.update(ok=True, shared_bytes=compiled.metadata.shared,
-                      **_ptxas_report(get_ptxas(ARCH).path, compiled.asm["ptx"]))
+                      approximate_f32=sorted(set(APPROXIMATE_F32.findall(ptx))),
+                      **_ptxas_report(get_ptxas(ARCH).path, ptx))
     except Exception as error:  # reported per configuration; the test prints them all
         cause = error
         while cause.__cause__ is not None:  # Triton's CompilationError wraps the line that failed
