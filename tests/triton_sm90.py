@@ -18,7 +18,12 @@ What it cannot show: integer arguments are typed as the recorded calls had them 
 a GPU also compiles i64 variants for tensors past 2^31 elements and specializes arguments equal to 1 and
 pointers aligned to 16 bytes. Speed and correctness on the device need the GPU suite.
 
+    python tests/triton_sm90.py record CONFIGS.json                  # the test's launches, interpreted
     python tests/triton_sm90.py compile CONFIGS.json RESULTS.json   # the child's command line
+
+Recording needs the pinned Triton's interpreter; compiling takes any Triton with the NVIDIA backend, so the
+GPU machine's version can be checked from here: record with the project's environment, then run `compile`
+with another environment's Python (PYTHONPATH=. and TRITON_INTERPRET unset).
 """
 import inspect
 import json
@@ -183,7 +188,18 @@ def compile_all(configs, processes=2, timeout=600):
     return results
 
 
+def _record(configs_path):
+    os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import test_triton_compile
+
+    Path(configs_path).write_text(json.dumps(record_launches(test_triton_compile.exercise)))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "compile":
+    if len(sys.argv) == 3 and sys.argv[1] == "record":
+        _record(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "compile":
+        _child(sys.argv[2], sys.argv[3])
+    else:
         sys.exit(__doc__)
-    _child(sys.argv[2], sys.argv[3])
