@@ -38,6 +38,13 @@ def smallest_positive(dtype):
     return info.tiny * info.eps
 
 
+def dirichlet_floor(dtype):
+    """The least value of a Dirichlet entry (csrc/cpu/gamma_cpu.cpp's dirichlet_floor_of): float16's smallest
+    subnormal (its smallest normal, 6.1e-5, made rows of many tiny entries sum past 1), else the dtype's smallest
+    normal (bfloat16's is float32's; its subnormals become zeros under flush-to-zero)."""
+    return smallest_positive(dtype) if dtype == torch.float16 else torch.finfo(dtype).tiny
+
+
 def saved_if_differentiated(scale_param):
     """scale_param for a backward that reads it only for its own gradient, else None: an in-place update of a
     scale held constant (an annealed noise level) then does not fail the location's backward (the C++ twin

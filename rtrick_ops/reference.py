@@ -22,7 +22,7 @@ import torch
 # The scale transforms and kinds are the runtime's (the kernels are checked against them through
 # the samples); the oracle imports the runtime, never the reverse.
 from ._math import (LOG_SQRT_2PI, compute_dtype, d2sigma_of, dlog_sigma_of, dsigma_of,  # noqa: F401
-                    log_sigma_of, normal_kl_grads, sigma_of, smallest_positive)
+                    dirichlet_floor, log_sigma_of, normal_kl_grads, sigma_of, smallest_positive)
 from .kinds import FAMILIES, GAUSSIAN_SCALES
 
 _MASK32 = 0xFFFFFFFF
@@ -393,9 +393,7 @@ def dirichlet_rsample(concentration, rng_state, sample_shape=()):
     m = torch.where(torch.isfinite(m) | (m == -math.inf), m, torch.full_like(m, math.nan))
     e = torch.exp(log_g - m)
     z = e / e.sum(dim=-1, keepdim=True)
-    # the floor: float16's smallest subnormal, else the smallest normal number (csrc/cpu/gamma_cpu.cpp)
-    dtype = concentration.dtype
-    floor = smallest_positive(dtype) if dtype == torch.float16 else torch.finfo(dtype).tiny
+    floor = dirichlet_floor(concentration.dtype)
     z = torch.where(z < floor, torch.full_like(z, floor), z).to(concentration.dtype)
     return _ImplicitDirichlet.apply(concentration, z.detach())
 

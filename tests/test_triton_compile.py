@@ -28,9 +28,10 @@ def _ptxas_missing():
     return None if path and os.path.exists(path) else f"no ptxas at {path}"
 
 
+_PTXAS_MISSING = _ptxas_missing()
 pytestmark = [
     pytest.mark.skipif(_library.triton_kernels is None, reason=f"Triton unavailable: {_library.triton_error}"),
-    pytest.mark.skipif(_ptxas_missing() is not None, reason=str(_ptxas_missing())),
+    pytest.mark.skipif(_PTXAS_MISSING is not None, reason=str(_PTXAS_MISSING)),
     pytest.mark.skipif(not _backends.triton_interpreted(),
                        reason="records launches through Triton's interpreter (CPU runs); a GPU compiles them itself"),
 ]
