@@ -170,7 +170,12 @@ def main():
         print("sanitize_probe: no CUDA device here, so this is NOT a sanitizer run: checking the probe itself "
               "with the Triton backend in Triton's interpreter on CPU tensors, against the CPU kernel")
         if _library.triton_kernels is None:
-            print(f"sanitize_probe: Triton did not load ({_library.triton_error}); nothing to check without a GPU")
+            print(f"sanitize_probe: SKIP (Triton did not load: {_library.triton_error}; nothing to check "
+                  f"without a GPU)")
+            return 0
+        mismatch = _library.triton_interpreter_mismatch()
+        if mismatch is not None:
+            print(f"sanitize_probe: SKIP ({mismatch})")
             return 0
         backends, missing_backend = ["triton"], False
 

@@ -1,1 +1,13 @@
 """Triton kernels of rtrick_ops, installed as the subpackage rtrick_ops.kernels."""
+import os
+
+from torch.library import wrap_triton
+
+
+def launchable(kernel):
+    """The kernel as a launcher calls it: wrap_triton(kernel), so that torch.compile traces the launch; the
+    kernel itself under Triton's interpreter (TRITON_INTERPRET=1, read when the kernel is decorated), where
+    there is nothing to trace and torch before 2.13 refuses to wrap it."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return kernel
+    return wrap_triton(kernel)

@@ -13,12 +13,13 @@ from typing import List, Tuple
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from rtrick_ops import kinds
 from rtrick_ops._checks import check_op_inputs, check_rsample_and_kl_grads  # the fake kernels run these too
 from rtrick_ops._math import compute_dtype, dsigma_of as torch_dsigma_of, tau_tensor
 
+from . import launchable
 from .stream import (NOISE_LOGISTIC, NOISE_NONE, NOISE_NORMAL, SCALE_CODES, div, dlog_sigma_of, dsigma_of, exp_f32,
                      log_sigma_of, sigma_of, stream_noise)
 
@@ -154,7 +155,7 @@ def _launch(formula, outs, ins, rng_state, scale="sigma", noise=NOISE_NONE, tau=
         return
     period = max(1, a.numel())
     grid = (triton.cdiv(numel, BLOCK),)
-    wrap_triton(_elementwise_kernel)[grid](
+    launchable(_elementwise_kernel)[grid](
         out0, out1, a, b, c, rng_state.contiguous(), numel, period, a if tau is None else tau,  # a: any pointer, unread
         FORMULA=formula.value, SCALE=SCALE_CODES[scale], NOISE=noise.value,
         F64=out0.dtype == torch.float64, REPEATS=period != numel, BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)

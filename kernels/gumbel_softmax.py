@@ -20,11 +20,12 @@ from typing import List
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from rtrick_ops._checks import check_op_inputs  # the fake (meta) kernel runs these bodies too
 from rtrick_ops._math import tau_tensor
 
+from . import launchable
 from .stream import NOISE_GUMBEL, div, exp_f32, stream_noise_at
 
 MAX_SINGLE_BLOCK = 4096  # longest row held in one block; longer rows loop over chunks
@@ -270,7 +271,7 @@ def _forward(logits, rng_state, tau, hard, dim, sample_shape):
     tau_t = tau_tensor(tau, logits.dtype, logits.device)
     single, block = _blocks(L)
     kernel = _forward_single_kernel if single else _forward_loop_kernel
-    wrap_triton(kernel)[(rows,)](y, x, rng_state.contiguous(), tau_t, outer, inner, L, HARD=hard, F64=f64, BLOCK=block,
+    launchable(kernel)[(rows,)](y, x, rng_state.contiguous(), tau_t, outer, inner, L, HARD=hard, F64=f64, BLOCK=block,
                                  num_warps=4 if block <= 1024 else 8, enable_fp_fusion=False)
     return y
 
@@ -298,7 +299,7 @@ def _backward(grad_y, logits, tau, dim, launch):
 def _regenerating_backward(grad_y, logits, rng_state, tau, dim):
     def launch(out, x, outer, L, inner, rows, tau_t, f64, single, block):
         kernel = _backward_single_kernel if single else _backward_loop_kernel
-        wrap_triton(kernel)[(rows,)](out, grad_y.contiguous(), x, rng_state.contiguous(), tau_t, outer, inner, L, F64=f64,
+        launchable(kernel)[(rows,)](out, grad_y.contiguous(), x, rng_state.contiguous(), tau_t, outer, inner, L, F64=f64,
                                      BLOCK=block, num_warps=4 if block <= 1024 else 8, enable_fp_fusion=False)
 
     return _backward(grad_y, logits, tau, dim, launch)
@@ -307,7 +308,7 @@ def _regenerating_backward(grad_y, logits, rng_state, tau, dim):
 def _sample_backward(grad_y, y, logits, tau, dim):
     def launch(out, x, outer, L, inner, rows, tau_t, f64, single, block):
         kernel = _sample_backward_single_kernel if single else _sample_backward_loop_kernel
-        wrap_triton(kernel)[(rows,)](out, grad_y.contiguous(), y.contiguous(), tau_t, outer, inner, L, F64=f64,
+        launchable(kernel)[(rows,)](out, grad_y.contiguous(), y.contiguous(), tau_t, outer, inner, L, F64=f64,
                                      BLOCK=block, num_warps=4 if block <= 1024 else 8, enable_fp_fusion=False)
 
     return _backward(grad_y, logits, tau, dim, launch)

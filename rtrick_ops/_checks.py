@@ -198,9 +198,15 @@ def check_tau(tau):
         raise TypeError(f"tau must be a positive float, got {type(tau).__name__}")
     if is_compiling():
         # torch.compile traces a changed float as a symbol, and math.isfinite of one breaks the graph: the same
-        # check, asserted when the graph runs (the operators take tau as a number, so each value is a graph)
-        torch._check_value(tau > 0, lambda: "tau must be a positive finite temperature")
-        torch._check_value(tau < math.inf, lambda: "tau must be a positive finite temperature")
+        # check, asserted when the graph runs (the operators take tau as a number, so each value is a graph).
+        # A float dynamo specialized (every float before torch 2.12) compares to a plain bool, which torch
+        # 2.11's dynamo cannot pass to torch._check_value: that case is checked here, as in eager.
+        for holds in (tau > 0, tau < math.inf):
+            if isinstance(holds, bool):
+                if not holds:
+                    raise ValueError(f"tau must be a positive finite temperature, got {tau}")
+            else:
+                torch._check_value(holds, lambda: "tau must be a positive finite temperature")
         return tau
     if not (tau > 0 and math.isfinite(tau)):
         raise ValueError(f"tau must be a positive finite temperature, got {tau}")

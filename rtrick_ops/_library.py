@@ -4,6 +4,7 @@ If the extension is missing or broken, the error is kept and raised, with the
 way to build it, only when a compiled backend is asked for.
 """
 import logging
+import os
 
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
@@ -44,6 +45,22 @@ except Exception as error:  # Triton missing, or too old for this torch
     triton_kernels = None
     triton_error = error
     logger.info("rtrick_ops' Triton kernels are not available: %s", error)
+
+def triton_interpreter_mismatch():
+    """Why the Triton kernels cannot give the stream's bits here (None where they can): under Triton's
+    interpreter (TRITON_INTERPRET=1, how CI runs them without a GPU) before the pinned 3.9, which rounds
+    tl.fma twice (float32 noise one ulp off) and cannot run the looped Gumbel-Softmax kernels (a range over a
+    tensor). Compiled kernels on a GPU do not depend on it. The tests and the sanitize probe skip on it."""
+    if os.environ.get("TRITON_INTERPRET") != "1" or triton_kernels is None:
+        return None
+    import triton
+
+    if tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 9):
+        return (f"Triton {triton.__version__}'s interpreter differs from the pinned 3.9's (tl.fma rounded twice, "
+                f"no range over a tensor): the interpreted Triton kernels need triton==3.9 (requirements.txt)")
+    return None
+
+
 
 BUILD_HINT = (
     "Build it from the repository root with "

@@ -112,8 +112,11 @@ class _MSEToRegeneratedTarget(torch.autograd.Function):
     @staticmethod
     def forward(pred, x0, x0_coef, eps_coef, rng_state, which):
         residual = _MSEToRegeneratedTarget.residual(pred, x0, x0_coef, eps_coef, rng_state, which)
-        return residual.square().mean(dtype=torch.float32 if pred.dtype in (torch.float16, torch.bfloat16)
-                                      else pred.dtype).to(pred.dtype)
+        if pred.dtype in (torch.float16, torch.bfloat16):
+            return residual.square().mean(dtype=torch.float32).to(pred.dtype)
+        # No .to(pred.dtype) here: under torch 2.11's dynamo a forward ending in a no-op .to() got a zero
+        # gradient (tests/test_diffusion.py::test_compiles_fullgraph)
+        return residual.square().mean()
 
     @staticmethod
     def residual(pred, x0, x0_coef, eps_coef, rng_state, which):

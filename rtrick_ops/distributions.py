@@ -67,7 +67,11 @@ def _validate_after_init(dist, validate_args):
     torch's check costs three dispatched ops, an allocation and a sync per parameter (14 us for a Normal at
     2^11 elements, 43 us at 2^14); the C++ scan one pass. torch's check runs where the scan finds a value
     outside or cannot read a tensor, so the verdicts and the error message are torch's."""
-    if validate_args is None:
+    if validate_args is None and _checks.is_compiling():
+        # torch 2.11's dynamo refuses to read an attribute deleted in the traced function: the class default
+        # as it is now, which is what the traced graph is specialized on anyway
+        dist._validate_args = type(dist)._validate_args
+    elif validate_args is None:
         del dist._validate_args  # back to the class default, read at each use, as torch leaves it
     else:
         dist._validate_args = validate_args
@@ -291,25 +295,30 @@ class Normal(_FusedLocScale, torch.distributions.Normal):
     def from_logvar(cls, loc, logvar, validate_args=None, **kwargs):
         return cls.from_scale_param(loc, logvar, "logvar", validate_args, **kwargs)
 
-    # The scale is kept in __dict__["scale"], where torch's Normal keeps it, so that repr (and with it
-    # the parameter check's message) lists it as torch's does once it exists.
+    # The scale is also kept in __dict__["scale"], where torch's Normal keeps it, so that repr (and with it
+    # the parameter check's message) lists it as torch's does once it exists. It is read from _built_scale:
+    # torch 2.11's dynamo recursed without end reading a __dict__ entry that a property of the same name
+    # shadows, and lost a value assigned through the setter inside the getter.
+    _built_scale = None
+
     @property
     def scale(self):
-        if self.__dict__.get("scale") is None:  # computed on first use from the unconstrained parameter
-            self.__dict__["scale"] = sigma_of(self._scale_param, self._scale_kind)
-        return self.__dict__["scale"]
+        built = self._built_scale
+        if built is None:  # computed on first use from the unconstrained parameter
+            built = sigma_of(self._scale_param, self._scale_kind)
+            self._built_scale = self.__dict__["scale"] = built
+        return built
 
     @scale.setter
     def scale(self, value):  # __init__ and expand assign it
-        self.__dict__["scale"] = value
+        self._built_scale = self.__dict__["scale"] = value
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(Normal, _instance)
         batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape)
-        built = self.__dict__.get("scale")
-        if built is not None:  # else computed on first use, as here; repr leaves it out until then
-            new.scale = built.expand(batch_shape)
+        if self._built_scale is not None:  # else computed on first use, as here; repr leaves it out until then
+            new.scale = self._built_scale.expand(batch_shape)
         new._scale_param = None if self._scale_param is None else self._scale_param.expand(batch_shape)
         new._scale_kind, new._seed, new._backend = self._scale_kind, self._seed, self._backend
         torch.distributions.Distribution.__init__(new, batch_shape, validate_args=False)

@@ -16,25 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prebuild  # noqa: E402
 
 
-def _triton_interpreter_too_old():
-    """Why the Triton tests cannot run interpreted here (None where they can). Their bit-for-bit comparisons
-    with the CPU kernels need the interpreter of the pinned Triton (requirements.txt): 3.6's rounds tl.fma
-    twice (float32 noise one ulp off) and cannot run the looped Gumbel-Softmax kernels (a range over a tensor).
-    Compiled kernels on a GPU do not depend on it."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return None
-    try:
-        import triton
-    except ImportError:
-        return None
-    if tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 9):
-        return (f"Triton {triton.__version__}'s interpreter differs from the pinned 3.9's (tl.fma rounded twice, "
-                f"no range over a tensor): the interpreted Triton tests need triton==3.9 (requirements.txt)")
-    return None
-
-
 def pytest_collection_modifyitems(config, items):
-    too_old = _triton_interpreter_too_old()
+    from rtrick_ops import _library
+
+    too_old = _library.triton_interpreter_mismatch()
     if too_old is not None:
         import pytest
 

@@ -169,6 +169,9 @@ def test_sanitize_probe_runs():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sanitize_probe.py")], capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("sanitize_probe: SKIP")]
+    if skipped:  # no Triton here, or an interpreter that cannot give the stream's bits: the probe says which
+        pytest.skip(skipped[0])
     assert "sanitize_probe: PASS" in result.stdout
 
 
