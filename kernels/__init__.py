@@ -1,8 +1,6 @@
 """Triton kernels of rtrick_ops, installed as the subpackage rtrick_ops.kernels."""
 import os
 
-from torch.library import wrap_triton
-
 
 def launchable(kernel):
     """The kernel as a launcher calls it: wrap_triton(kernel), so that torch.compile traces the launch; the
@@ -10,4 +8,6 @@ def launchable(kernel):
     there is nothing to trace and torch before 2.13 refuses to wrap it."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return kernel
+    from torch.library import wrap_triton  # here, not at the top: kernels.stream alone needs no torch.library
+
     return wrap_triton(kernel)

@@ -46,6 +46,7 @@ except Exception as error:  # Triton missing, or too old for this torch
     triton_error = error
     logger.info("rtrick_ops' Triton kernels are not available: %s", error)
 
+
 def triton_interpreter_mismatch():
     """Why the Triton kernels cannot give the stream's bits here (None where they can): under Triton's
     interpreter (TRITON_INTERPRET=1, how CI runs them without a GPU) before the pinned 3.9, which rounds
@@ -59,7 +60,6 @@ def triton_interpreter_mismatch():
         return (f"Triton {triton.__version__}'s interpreter differs from the pinned 3.9's (tl.fma rounded twice, "
                 f"no range over a tensor): the interpreted Triton kernels need triton==3.9 (requirements.txt)")
     return None
-
 
 
 BUILD_HINT = (
