@@ -190,8 +190,11 @@ def test_every_forward_operator_has_its_autograd_in_cpp():
         dump = torch._C._dispatch_dump(f"rtrick_ops::{name}")
         autograd = [line for line in dump.splitlines() if line.startswith("Autograd")]
         assert len(autograd) == 1, (name, dump)
-        where = "csrc/autograd.cpp" if name in forward else "torch/library.py"
-        assert where in autograd[0].replace("\\", "/"), (name, autograd[0])
+        site = autograd[0].replace("\\", "/")
+        if name in forward:
+            assert "csrc/autograd.cpp" in site, (name, site)
+        else:  # torch before 2.11 records a kernel registered from Python at "/dev/null"
+            assert "torch/library.py" in site or "/dev/null" in site, (name, site)
 
 
 def test_every_operator_host_code_is_written_once():

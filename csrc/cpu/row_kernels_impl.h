@@ -170,7 +170,7 @@ inline void philox_blocks16(StreamKey s, uint32_t c0, uint32_t c1, uint32_t* w0,
 #endif
 }
 
-// The 64 noise values of block `block`// The 64 noise values of block `block` (stream elements 64*block .. 64*block+63):
+// The 64 noise values of block `block` (stream elements 64*block .. 64*block+63):
 // 16 Philox counters, one per vector lane, then the family's transform of all
 // four words (Box-Muller for the Gaussian, one word per value otherwise).
 template <NoiseKind kind>
