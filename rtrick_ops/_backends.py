@@ -1,19 +1,14 @@
 """Which implementation runs a call: backend='auto' | 'cpu' | 'cuda' | 'triton' | 'reference'."""
 import importlib
-import os
 import warnings
 
 import torch
 from torch.autograd import forward_ad
 
 from . import _library
+from ._library import triton_interpreted
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
-
-
-def triton_interpreted():
-    """TRITON_INTERPRET=1 runs Triton kernels on CPU tensors (how CI checks them)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _require_triton(device):

@@ -33,6 +33,14 @@ if compiled is not None:  # a build of other kinds would run the wrong noise or 
 if compiled is not None:
     _checks.use_compiled(compiled)
 
+
+
+def triton_interpreted():
+    """TRITON_INTERPRET=1 runs Triton kernels on CPU tensors (how CI checks them). Defined before the kernels
+    are imported: their launchers read it (kernels.launchable)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 # The Triton kernel modules (kernels/*.py, installed as rtrick_ops.kernels.*).
 TRITON_MODULES = ("family", "gumbel_softmax")
 
@@ -52,7 +60,7 @@ def triton_interpreter_mismatch():
     interpreter (TRITON_INTERPRET=1, how CI runs them without a GPU) before the pinned 3.9, which rounds
     tl.fma twice (float32 noise one ulp off) and cannot run the looped Gumbel-Softmax kernels (a range over a
     tensor). Compiled kernels on a GPU do not depend on it. The tests and the sanitize probe skip on it."""
-    if os.environ.get("TRITON_INTERPRET") != "1" or triton_kernels is None:
+    if not triton_interpreted() or triton_kernels is None:
         return None
     import triton
 

@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 import torch
 
 # Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors (how
@@ -21,8 +23,6 @@ def pytest_collection_modifyitems(config, items):
 
     too_old = _library.triton_interpreter_mismatch()
     if too_old is not None:
-        import pytest
-
         for item in items:
             if "triton" in item.nodeid.lower():
                 item.add_marker(pytest.mark.skip(reason=too_old))
