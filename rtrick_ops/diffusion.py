@@ -133,7 +133,8 @@ class _MSEToRegeneratedTarget(torch.autograd.Function):
     def backward(ctx, grad_loss):
         pred, x0, x0_coef, eps_coef, rng_state = ctx.saved_tensors
         residual = _MSEToRegeneratedTarget.residual(pred, x0, x0_coef, eps_coef, rng_state, ctx.which)
-        grad_pred = residual * (grad_loss * (2.0 / pred.numel()))
+        # an empty batch: the forward's mean is NaN, as F.mse_loss's, and the gradient is empty (no division by 0)
+        grad_pred = residual * (grad_loss * (2.0 / max(pred.numel(), 1)))
         grad_x0 = -x0_coef * grad_pred if x0 is not None and ctx.needs_input_grad[1] else None
         return grad_pred, grad_x0, None, None, None, None
 

@@ -113,6 +113,12 @@ def _broadcast(*values):
     return broadcast_all(*values)
 
 
+def _autograd_modes():
+    """(grad enabled, inference mode). Dynamo cannot trace torch.is_inference_mode_enabled (a graph break it calls
+    fundamental): while compiling, inference mode counts as off, for the construction and the use alike."""
+    return torch.is_grad_enabled(), (not _checks.is_compiling()) and torch.is_inference_mode_enabled()
+
+
 # ------------------------------------------------ shared by the classes
 class _Fused:
     """What every fused class adds to its torch class: seed and backend, kept by expand; sample = rsample
@@ -121,8 +127,25 @@ class _Fused:
     def expand(self, batch_shape, _instance=None):
         new = _instance if _instance is not None else type(self).__new__(type(self))
         new = super().expand(batch_shape, _instance=new)
-        new._seed, new._backend = self._seed, self._backend
+        new._seed, new._backend, new._modes_at_init = self._seed, self._backend, self._modes_at_init
         return new
+
+    # What torch's __init__ builds and these classes build on first use (Normal's scale from a from_*
+    # constructor's parameter, the transformed classes' base_dist and transforms) is built under the autograd
+    # modes __init__ ran in, as torch's would have been. Built under the first use's modes, a first use under
+    # no_grad or inference_mode (a logged entropy, say) cached a part autograd could not see through, and a
+    # later log_prob's gradient was lost or wrong.
+    _modes_at_init = (True, False)  # (grad enabled, inference mode), recorded by every constructor
+
+    def _record_modes(self):
+        self._modes_at_init = _autograd_modes()
+
+    def _build_as_at_init(self, build):
+        if _autograd_modes() == self._modes_at_init:
+            return build()
+        grad, inference = self._modes_at_init
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return build()
 
     def sample(self, sample_shape=torch.Size(), generator=None):
         with torch.no_grad():
@@ -177,7 +200,7 @@ class _TransformedOnUse:
 
     def _transformed_part(self, name):
         if name not in self.__dict__:
-            base, transforms = self._build_transformed_parts()
+            base, transforms = self._build_as_at_init(self._build_transformed_parts)
             if not self._base_validates_at_default:
                 given = self._constructor_arguments[2]
                 if given is None:
@@ -230,6 +253,7 @@ class _FusedLocScale(_KeepsScaleParam):
         # (_TransformedOnUse). torch's own __init__ is not called: the state it leaves is set here.
         self._scale_param, self._scale_kind = None, "sigma"
         self._seed, self._backend = seed, backend
+        self._record_modes()
         self._constructor_arguments = (loc, scale, validate_args)  # what a transformed class builds its parts from
         self.loc, self.scale = _broadcast(loc, scale)
         plain_numbers = isinstance(loc, numbers.Number) and isinstance(scale, numbers.Number)  # torch's rule
@@ -287,6 +311,7 @@ class Normal(_FusedLocScale, torch.distributions.Normal):
         new = cls.__new__(cls)
         new.loc, new._scale_param, new._scale_kind = loc, scale_param, scale
         new._seed, new._backend = seed, backend
+        new._record_modes()
         torch.distributions.Distribution.__init__(new, loc.size(), validate_args=False)
         _validate_after_init(new, validate_args)
         return new
@@ -305,7 +330,7 @@ class Normal(_FusedLocScale, torch.distributions.Normal):
     def scale(self):
         built = self._built_scale
         if built is None:  # computed on first use from the unconstrained parameter
-            built = sigma_of(self._scale_param, self._scale_kind)
+            built = self._build_as_at_init(lambda: sigma_of(self._scale_param, self._scale_kind))
             self._built_scale = self.__dict__["scale"] = built
         return built
 
@@ -321,6 +346,7 @@ class Normal(_FusedLocScale, torch.distributions.Normal):
             new.scale = self._built_scale.expand(batch_shape)
         new._scale_param = None if self._scale_param is None else self._scale_param.expand(batch_shape)
         new._scale_kind, new._seed, new._backend = self._scale_kind, self._seed, self._backend
+        new._modes_at_init = self._modes_at_init  # its scale, built on use, is self's scale expanded
         torch.distributions.Distribution.__init__(new, batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new

@@ -110,8 +110,26 @@ def uniform_rsample(low: torch.Tensor, high: torch.Tensor, *, sample_shape: Samp
         if bool(outside.any()):
             raise ValueError(f"low must be less than high everywhere (uniform_rsample), got "
                              f"{int(outside.sum())} pair(s) with low >= high")
-    return _rsample("uniform", low, high - low, "sigma", sample_shape, seed, generator, backend, ("low", "high"),
-                    validate_args=False)
+    z = _rsample("uniform", low, high - low, "sigma", sample_shape, seed, generator, backend, ("low", "high"),
+                 validate_args=False)
+    return _below_high(z, low, high) if z.dtype in (torch.float16, torch.bfloat16) else z
+
+
+def _below_high(z, low, high):
+    """A half-precision uniform draw inside [low, high). The kernel computes low + (high - low) u in float32, with
+    u <= 1 - 2^-24, and rounds once: to float16 or bfloat16 the top 2^-12 or 2^-9 of u round up to high itself,
+    outside torch's support, where log_prob is -inf (torch draws u in the half type and never gives high). Those
+    draws move to the next value toward low; the step is a constant, so z's gradient is kept. In float32 and
+    float64 a draw equals high only where (high - low) u rounds up to it, as in torch's own sampler."""
+    high, low = high.to(z.dtype), low.to(z.dtype)
+    # The neighbour by its bits: torch.nextafter of a half type is computed in float32 and rounded back under
+    # torch.compile (inductor), which gives high itself. Both types have a sign bit over a magnitude that grows
+    # with the 15 bits below it.
+    bits = high.view(torch.int16)
+    toward_low = torch.where((high < 0) == (low < high), bits + 1, bits - 1)  # the magnitude up or down
+    toward_low = torch.where(high == 0, torch.where(low < high, -32767, 1), toward_low)  # +-0: the least subnormal
+    step = toward_low.to(torch.int16).view(z.dtype) - high  # -inf where high is inf, where it is not used
+    return z + torch.where((z == high) & (low != high) & high.isfinite(), step, 0).detach()
 
 
 uniform_rsample.__doc__ = uniform_rsample.__doc__.format(common=_COMMON_ARGS)

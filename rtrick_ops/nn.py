@@ -72,6 +72,10 @@ class GaussianPolicyHead(nn.Module):
     from one fused kernel (rtrick_ops.normal_rsample_and_log_prob: from eps
     itself, exact where sigma is tiny); log_prob adds the tanh change of
     variables, computed stably as 2 * (log 2 - u - softplus(-2u)).
+
+    action_scale and action_bias describe the environment, not learned weights: they are not in state_dict
+    (whose keys are to_params'), so a policy loaded from one needs the same action_scale and action_bias passed
+    to its constructor. copy.deepcopy, pickle and torch.save of the module keep them.
     """
 
     def __init__(self, in_features, action_features, action_scale=1.0, log_std_min=-20.0, log_std_max=2.0,
@@ -85,7 +89,8 @@ class GaussianPolicyHead(nn.Module):
         self.to_params = nn.Linear(in_features, 2 * action_features)
         self.action_features = action_features
         # One scale and one bias per action dimension in buffers (.to() moves and casts them; not in the state
-        # dict, whose keys stay those of before), set through the properties, which check them. forward reads
+        # dict, whose keys stay those of before: a loaded policy takes them from its constructor, as the
+        # class docstring says), set through the properties, which check them. forward reads
         # the buffers themselves, so an in-place edit of action_scale moves the actions and the log-prob alike.
         self.register_buffer("_action_scale", torch.ones(action_features), persistent=False)
         self.register_buffer("_action_bias", torch.zeros(action_features), persistent=False)

@@ -217,3 +217,17 @@ def test_every_integer_timestep_dtype_indexes_by_value(dtype):
     want, _ = diffusion.q_sample(x0, t, alphas_cumprod, seed=4)
     got, _ = diffusion.q_sample(x0, t.to(dtype), alphas_cumprod, seed=4)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("loss", [diffusion.eps_loss, diffusion.v_loss])
+def test_empty_batch_gives_a_nan_loss_and_empty_gradients_like_mse_loss(loss):
+    # an empty shard or a filtered last batch: F.mse_loss gives a NaN loss and an empty gradient, no error
+    # (the backward divided by the element count, 0)
+    x0 = torch.randn(0, 6)
+    x_t, noise = diffusion.q_sample(x0, torch.zeros(0, dtype=torch.long), schedule())
+    pred = x_t.clone().requires_grad_()
+    value = loss(pred, noise) if loss is diffusion.eps_loss else loss(pred, x0, noise)
+    reference = F.mse_loss(pred, torch.zeros_like(pred))
+    assert torch.isnan(value) and torch.isnan(reference)
+    (grad,) = torch.autograd.grad(value, pred)
+    assert grad.shape == (0, 6) and grad.dtype == pred.dtype

@@ -462,3 +462,53 @@ def test_relaxed_classes_sample_at_the_temperature_they_hold(cls):
     e = d.expand((3,) + tuple(d.batch_shape))
     assert e._temperature_number == 0.3
     assert torch.equal(e.rsample()[0], d.rsample())
+
+
+# The parts torch's __init__ builds and these classes build on first use (Normal's scale from a from_*
+# constructor, the transformed classes' base_dist and transforms) are built under the autograd modes the
+# constructor ran in. A first use under no_grad or inference_mode (a logged entropy, say) used to cache a
+# detached part: log_prob's gradient was then lost (None) or wrong, silently.
+FIRST_USE_MODES = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
+@pytest.mark.parametrize("first_use", FIRST_USE_MODES.values(), ids=FIRST_USE_MODES.keys())
+@pytest.mark.parametrize("make", list(CONSTRUCTORS.values())[1:], ids=list(CONSTRUCTORS.keys())[1:])
+def test_scale_built_on_first_use_under_no_grad_keeps_log_probs_gradient(make, first_use):
+    mu, sigma = params((2, 3))
+    x = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    leaf = sigma.clone().requires_grad_()
+    ours = make(mu, leaf, validate_args=False)  # unchecked: nothing reads scale in the constructor
+    with first_use():
+        ours.entropy(), ours.stddev
+    (ours_grad,) = torch.autograd.grad(ours.log_prob(x).sum(), leaf)
+    (torch_grad,) = torch.autograd.grad(torch_normal(mu, leaf, validate_args=False).log_prob(x).sum(), leaf)
+    torch.testing.assert_close(ours_grad, torch_grad)
+
+
+def test_scale_of_a_normal_built_under_no_grad_is_detached_as_torchs():
+    mu, sigma = params((2, 3))
+    log_sigma = sigma.log().requires_grad_()
+    with torch.no_grad():
+        ours = Normal.from_log_scale(mu, log_sigma, validate_args=False)
+        theirs = torch_normal(mu, log_sigma.exp(), validate_args=False)
+    assert ours.scale.requires_grad is theirs.scale.requires_grad is False
+    expanded = ours.expand((4, 2, 3))  # its scale is the unexpanded one's, built the same way
+    assert not expanded.scale.requires_grad
+
+
+@pytest.mark.parametrize("first_use", FIRST_USE_MODES.values(), ids=FIRST_USE_MODES.keys())
+def test_transformed_parts_built_on_first_use_under_no_grad_keep_gradients(first_use):
+    x = torch.tensor([[0.5, 2.0]], dtype=torch.float64)
+    for name, use in [("LogNormal", lambda d: d.entropy()), ("Gumbel", lambda d: d.cdf(x)),
+                      ("Gumbel", lambda d: d.icdf(torch.full((1, 2), 0.3, dtype=torch.float64)))]:
+        grads = []
+        for module in (rt.distributions, torch.distributions):
+            loc = torch.tensor([0.1, 0.2], dtype=torch.float64, requires_grad=True)   # broadcasts against scale
+            scale = torch.tensor([[1.0, 1.5]], dtype=torch.float64, requires_grad=True)
+            dist = getattr(module, name)(loc, scale)
+            with first_use():
+                use(dist)
+            value = dist.log_prob(x).sum() + dist.cdf(x).sum()
+            grads.append(torch.autograd.grad(value, (loc, scale)))
+        for ours, theirs in zip(*grads):
+            torch.testing.assert_close(ours, theirs, msg=name)

@@ -587,3 +587,41 @@ def test_family_streams_are_independent_across_seeds_and_reproducible():
         r = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
         assert abs(r) * math.sqrt(N_STAT) < Z_TWO_SIDED, f"{family}: correlation {r:.2e} between seeds"
         assert torch.equal(a.float(), SAMPLERS[family](zeros, ones, seed=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_uniform_never_draws_high(dtype):
+    # low + (high - low) u is computed in float32 and rounded once: in a half type the top 2^-12 (float16) or
+    # 2^-9 (bfloat16) of u rounded to high itself, outside the support (log_prob -inf), about 240 or 1950
+    # draws in 10^6. They move one ulp toward low, and keep their gradient.
+    low = torch.tensor([0.0, -3.0, -1.0, 2.0, -8.0], dtype=dtype, requires_grad=True)
+    high = torch.tensor([1.0, 5.0, 0.0, 4.0, -2.0], dtype=dtype, requires_grad=True)
+    z = rt.uniform_rsample(low, high, sample_shape=200_000, seed=21)
+    assert z.dtype == dtype and z.shape == (200_000, 5)
+    assert bool((z < high).all()) and bool((z >= low).all())
+    unrounded = rt.uniform_rsample(low.float(), high.float(), sample_shape=200_000, seed=21).to(dtype)
+    moved = unrounded == high
+    assert int(moved.sum()) > 50  # the case is exercised
+    assert torch.equal(z[~moved], unrounded[~moved])
+    assert torch.equal(z[moved], torch.nextafter(high, low).expand_as(z)[moved])
+    d = rt.distributions.Uniform(low, high)
+    assert bool(torch.isfinite(d.log_prob(z)).all())
+    # the gradient is z's own, (1 - u, u), for the moved draws too
+    grad_low, grad_high = torch.autograd.grad(z[moved].float().sum(), (low, high))
+    u = rt.uniform_rsample(torch.zeros(5), torch.ones(5), sample_shape=200_000, seed=21)  # the same draws' u
+    torch.testing.assert_close(grad_high.float(), (u * moved).sum(0), rtol=1e-2, atol=1e-2)
+    # (1 - u) < 2^-9 per draw there, near the half type's rounding of each term: the sum of both is the count
+    torch.testing.assert_close(grad_low.float() + grad_high.float(), moved.sum(0).float(), rtol=1e-2, atol=1e-2)
+    # low == high (validation off) stays a point mass at high
+    point = rt.uniform_rsample(high.detach(), high.detach(), sample_shape=4, seed=1, validate_args=False)
+    assert torch.equal(point, high.detach().expand(4, 5))
+
+
+def test_half_precision_uniform_never_draws_high_compiled():
+    # torch.nextafter of a half type is computed in float32 under inductor and gives high itself: the neighbour
+    # is taken by its bits, which the compiled graph keeps
+    low, high = torch.zeros((), dtype=torch.bfloat16), torch.ones((), dtype=torch.bfloat16)
+    sample = torch.compile(lambda a, b: rt.uniform_rsample(a, b, sample_shape=20_000, seed=4), fullgraph=True)
+    z = sample(low, high)
+    assert torch.equal(z, rt.uniform_rsample(low, high, sample_shape=20_000, seed=4))
+    assert bool((z < 1).all())
