@@ -153,7 +153,7 @@ def v_target(x0: torch.Tensor, noise: NoiseHandle) -> torch.Tensor:
 def eps_loss(eps_pred: torch.Tensor, noise: NoiseHandle) -> torch.Tensor:
     """mean((eps_pred - eps)^2) over every element, with the eps of q_sample regenerated from `noise`.
 
-    Saves only eps_pred and the key for backward; the gradient regenerates eps again.
+    Saves eps_pred, the key and a 0-d coefficient for backward; the gradient regenerates eps again.
     """
     _check_handle(noise, eps_pred, "eps_pred")
     one = noise.noise_coef.new_ones(())
