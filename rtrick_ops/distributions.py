@@ -228,14 +228,6 @@ class _TransformedOnUse:
         self.__dict__["_transforms"] = value
 
 
-def _own_or_base(name):
-    """A parameter property of a class that torch gives none (it reads the base distribution's): the value
-    __init__ assigned, else the base distribution's attribute."""
-    key = "_" + name
-    return property(lambda self: self.__dict__[key] if key in self.__dict__ else getattr(self.base_dist, name),
-                    lambda self, value: self.__dict__.__setitem__(key, value))
-
-
 class _FusedLocScale(_KeepsScaleParam):
     """rsample through rtrick_ops' location-scale kernel, and the from_* constructors.
 
@@ -393,9 +385,23 @@ class LogNormal(_TransformedOnUse, _FusedLocScale, torch.distributions.LogNormal
     _torch_class = torch.distributions.LogNormal
 
     # torch's LogNormal reads loc and scale from its base Normal; here they are the parameters themselves,
-    # and the base Normal's only where an expand built the base without them.
-    loc = _own_or_base("loc")
-    scale = _own_or_base("scale")
+    # and the base Normal's only where an expand built the base without them. Plain methods, not one factory's
+    # closures: torch 2.12's dynamo failed to build a guard on a property setter's closure cell.
+    @property
+    def loc(self):
+        return self.__dict__["_loc"] if "_loc" in self.__dict__ else self.base_dist.loc
+
+    @loc.setter
+    def loc(self, value):
+        self.__dict__["_loc"] = value
+
+    @property
+    def scale(self):
+        return self.__dict__["_scale"] if "_scale" in self.__dict__ else self.base_dist.scale
+
+    @scale.setter
+    def scale(self, value):
+        self.__dict__["_scale"] = value
 
 
 class Logistic(_TransformedOnUse, _FusedLocScale, torch.distributions.TransformedDistribution):
