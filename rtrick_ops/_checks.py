@@ -26,6 +26,7 @@ constraint_violated = None
 _CUDA_BUILD = torch.version.cuda is not None or torch.version.hip is not None
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+HALF_DTYPES = FLOAT_DTYPES[2:]  # computed in float32 by every kernel
 
 
 def use_compiled(compiled):

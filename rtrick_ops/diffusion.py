@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._checks import check_param, check_same_device, unwrapped, validation_enabled
+from ._checks import HALF_DTYPES, check_param, check_same_device, unwrapped, validation_enabled
 from ._random import make_rng_state
 from .normal import NORMAL_RSAMPLE, draw_normal
 
@@ -112,7 +112,7 @@ class _MSEToRegeneratedTarget(torch.autograd.Function):
     @staticmethod
     def forward(pred, x0, x0_coef, eps_coef, rng_state, which):
         residual = _MSEToRegeneratedTarget.residual(pred, x0, x0_coef, eps_coef, rng_state, which)
-        if pred.dtype in (torch.float16, torch.bfloat16):
+        if pred.dtype in HALF_DTYPES:
             return residual.square().mean(dtype=torch.float32).to(pred.dtype)
         # No .to(pred.dtype) here: under torch 2.11's dynamo a forward ending in a no-op .to() got a zero
         # gradient (tests/test_diffusion.py::test_compiles_fullgraph)

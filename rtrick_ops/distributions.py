@@ -91,7 +91,7 @@ class _SimplexWithinRounding(constraints._Simplex):
     pass, so a batch of 1000 failed log_prob). The sum is taken in float32; the bound allows 2 eps."""
 
     def check(self, value):
-        if value.dtype not in (torch.float16, torch.bfloat16):
+        if value.dtype not in _checks.HALF_DTYPES:
             return super().check(value)
         tolerance = 2 * torch.finfo(value.dtype).eps + value.shape[-1] * dirichlet_floor(value.dtype)
         row_sum = value.sum(-1, dtype=torch.float32)

@@ -16,8 +16,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ._math import check_scale, saved_if_differentiated, tau_in_compute
-from ._checks import (check_param, check_params, check_positive, check_sample_shape, check_scale_param, check_tau,
-                      unwrapped, validation_enabled)
+from ._checks import (HALF_DTYPES, check_param, check_params, check_positive, check_sample_shape, check_scale_param,
+                      check_tau, unwrapped, validation_enabled)
 from ._operators import SAMPLE_AND_BATCH, declare
 from .normal import scale_backward_grads
 
@@ -112,7 +112,7 @@ def uniform_rsample(low: torch.Tensor, high: torch.Tensor, *, sample_shape: Samp
                              f"{int(outside.sum())} pair(s) with low >= high")
     z = _rsample("uniform", low, high - low, "sigma", sample_shape, seed, generator, backend, ("low", "high"),
                  validate_args=False)
-    return _below_high(z, low, high) if z.dtype in (torch.float16, torch.bfloat16) else z
+    return _below_high(z, low, high) if z.dtype in HALF_DTYPES else z
 
 
 def _below_high(z, low, high):

@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._checks import check_params, check_positive, check_sample_shape
+from ._checks import HALF_DTYPES, check_params, check_positive, check_sample_shape
 from ._math import dirichlet_floor
 from ._operators import SAMPLE_AND_BATCH, declare
 
@@ -67,18 +67,15 @@ def gamma_rsample(
     # normal number as torch's Gamma.rsample clamps it (a tiny alpha over a large rate gave exact zeros, where
     # log_prob is inf).
     out_dtype = alpha.dtype
-    if out_dtype in _HALF_TYPES:
+    if out_dtype in HALF_DTYPES:
         alpha, rate = alpha.float(), None if rate is None else rate.float()
     run, (alpha,), rng_state = GAMMA_RSAMPLE.prepare(backend, (alpha,), seed, generator)
     z = run(alpha, rng_state, list(sample_shape))
     if rate is None:
-        return _in_half_type(z, out_dtype, torch.finfo(out_dtype).tiny) if out_dtype in _HALF_TYPES else z
+        return _in_half_type(z, out_dtype, torch.finfo(out_dtype).tiny) if out_dtype in HALF_DTYPES else z
     z = z / rate
     z.detach().clamp_(min=torch.finfo(out_dtype).tiny)  # the values only: the gradient is the quotient's
     return z.to(out_dtype)
-
-
-_HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
 def _in_half_type(z, dtype, floor, below_one=None):
@@ -115,11 +112,11 @@ def beta_rsample(
     check_positive(b, "b", validate_args)
     sample_shape = check_sample_shape(sample_shape)
     out_dtype = torch.promote_types(a.dtype, b.dtype)
-    if out_dtype in _HALF_TYPES:  # drawn in float32, for the gradient (_in_half_type)
+    if out_dtype in HALF_DTYPES:  # drawn in float32, for the gradient (_in_half_type)
         a, b = a.float(), b.float()
     run, (a, b), rng_state = BETA_RSAMPLE.prepare(backend, (a, b), seed, generator)
     z = run(a, b, rng_state, list(sample_shape))
-    if out_dtype not in _HALF_TYPES:
+    if out_dtype not in HALF_DTYPES:
         return z
     return _in_half_type(z, out_dtype, torch.finfo(out_dtype).tiny, 1 - torch.finfo(out_dtype).eps / 2)
 
@@ -146,11 +143,11 @@ def dirichlet_rsample(
     check_positive(concentration, "concentration", validate_args)
     sample_shape = check_sample_shape(sample_shape)
     out_dtype = concentration.dtype
-    if out_dtype in _HALF_TYPES:  # drawn in float32, for the gradient (_in_half_type)
+    if out_dtype in HALF_DTYPES:  # drawn in float32, for the gradient (_in_half_type)
         concentration = concentration.float()
     run, (concentration,), rng_state = DIRICHLET_RSAMPLE.prepare(backend, (concentration,), seed, generator)
     z = run(concentration, rng_state, list(sample_shape))
-    return _in_half_type(z, out_dtype, dirichlet_floor(out_dtype)) if out_dtype in _HALF_TYPES else z
+    return _in_half_type(z, out_dtype, dirichlet_floor(out_dtype)) if out_dtype in HALF_DTYPES else z
 
 
 # ----------------------------------------------------------- declarations

@@ -19,7 +19,8 @@ from torch.nn import functional as F
 
 from ._math import LOG_SQRT_2PI, smallest_positive
 from ._backends import BACKENDS
-from ._checks import check_bool, check_choice, check_count, check_param, check_real, check_sample_shape
+from ._checks import (HALF_DTYPES, check_bool, check_choice, check_count, check_param, check_real,
+                      check_sample_shape)
 from ._random import make_rng_state, substreams
 from .normal import NORMAL_RSAMPLE, draw_normal, normal_kl, normal_rsample_and_kl, normal_rsample_and_log_prob
 
@@ -317,7 +318,7 @@ class BayesianLinear(nn.Module):
         about 3e5 at the initial sigma, past float16's largest value.
         """
         dtype = self.weight_mu.dtype
-        total_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        total_dtype = torch.float32 if dtype in HALF_DTYPES else dtype
         total = self.weight_mu.new_zeros((), dtype=total_dtype)
         for mu, rho in self._posteriors():
             # Keeps mu / p and softplus(rho) / p for backward. Recomputing them instead (a checkpoint) took
