@@ -34,7 +34,6 @@ if compiled is not None:
     _checks.use_compiled(compiled)
 
 
-
 def triton_interpreted():
     """TRITON_INTERPRET=1 runs Triton kernels on CPU tensors (how CI checks them). Defined before the kernels
     are imported: their launchers read it (kernels.launchable)."""

@@ -38,6 +38,13 @@ def smallest_positive(dtype):
     return info.tiny * info.eps
 
 
+def beta_bounds(dtype):
+    """A Beta sample's clamp, [smallest normal, largest number below 1] of the dtype (csrc/cpu/gamma_cpu.cpp's
+    tiny_of and below_one_of)."""
+    info = torch.finfo(dtype)
+    return info.tiny, 1.0 - info.eps / 2
+
+
 def dirichlet_floor(dtype):
     """The least value of a Dirichlet entry (csrc/cpu/gamma_cpu.cpp's dirichlet_floor_of): float16's smallest
     subnormal (its smallest normal, 6.1e-5, made rows of many tiny entries sum past 1), else the dtype's smallest

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ._checks import HALF_DTYPES, check_params, check_positive, check_sample_shape
-from ._math import dirichlet_floor
+from ._math import beta_bounds, dirichlet_floor
 from ._operators import SAMPLE_AND_BATCH, declare
 
 _OP_NAMES = "gamma_rsample, beta_rsample and dirichlet_rsample"
@@ -62,30 +62,31 @@ def gamma_rsample(
         alpha, rate = concentration.to(dtype), rate.to(dtype)
         if tuple(alpha.shape) != tuple(batch):
             alpha = alpha.expand(batch)
-    # Half types draw in float32 (_in_half_type). With a rate the quotient is also taken there (a standard
-    # sample near the top of float16's range overflowed before the division), and clamped to the smallest
-    # normal number as torch's Gamma.rsample clamps it (a tiny alpha over a large rate gave exact zeros, where
-    # log_prob is inf).
+    # Half types draw in float32 (_rounded_and_clamped). With a rate the quotient is also taken there (a
+    # standard sample near the top of float16's range overflowed before the division), and clamped to the
+    # smallest normal number as torch's Gamma.rsample clamps it (a tiny alpha over a large rate gave exact
+    # zeros, where log_prob is inf).
     out_dtype = alpha.dtype
     if out_dtype in HALF_DTYPES:
         alpha, rate = alpha.float(), None if rate is None else rate.float()
     run, (alpha,), rng_state = GAMMA_RSAMPLE.prepare(backend, (alpha,), seed, generator)
     z = run(alpha, rng_state, list(sample_shape))
-    if rate is None:
-        return _in_half_type(z, out_dtype, torch.finfo(out_dtype).tiny) if out_dtype in HALF_DTYPES else z
-    z = z / rate
-    z.detach().clamp_(min=torch.finfo(out_dtype).tiny)  # the values only: the gradient is the quotient's
-    return z.to(out_dtype)
+    if rate is not None:
+        z = z / rate
+    elif out_dtype not in HALF_DTYPES:
+        return z  # clamped by the kernel
+    return _rounded_and_clamped(z, out_dtype, torch.finfo(out_dtype).tiny)
 
 
-def _in_half_type(z, dtype, floor, below_one=None):
-    """A float32 draw as the half type's: rounded once and clamped into [floor, below_one], the values the
-    kernels give for half-precision parameters, bit for bit (they compute in float32 and clamp before rounding;
-    rounding is monotone and both bounds are half values). The implicit gradient is the float32 draw's: computed
-    from the half sample, it was evaluated at the clamp, where the sample is not (at alpha = 1e-4 in float16,
-    99.9% of draws sit at the floor, 6.1e-5, and the mean gradient of z was 6.5 for a true 1)."""
+def _rounded_and_clamped(z, dtype, floor, below_one=None):
+    """z in dtype, rounded once and clamped into [floor, below_one]: the values only, so the gradient is z's.
+    For half types this is what the kernels give for half-precision parameters, bit for bit (they compute in
+    float32 and clamp before rounding; rounding is monotone and both bounds are half values), but the implicit
+    gradient is the float32 draw's: computed from the half sample, it was evaluated at the clamp, where the
+    sample is not (at alpha = 1e-4 in float16, 99.9% of draws sit at the floor, 6.1e-5, and the mean gradient
+    of z was 6.5 for a true 1)."""
     z = z.to(dtype)
-    z.detach().clamp_(min=floor, max=below_one)  # the values only, as with a rate above
+    z.detach().clamp_(min=floor, max=below_one)
     return z
 
 
@@ -112,13 +113,13 @@ def beta_rsample(
     check_positive(b, "b", validate_args)
     sample_shape = check_sample_shape(sample_shape)
     out_dtype = torch.promote_types(a.dtype, b.dtype)
-    if out_dtype in HALF_DTYPES:  # drawn in float32, for the gradient (_in_half_type)
+    if out_dtype in HALF_DTYPES:  # drawn in float32, for the gradient (_rounded_and_clamped)
         a, b = a.float(), b.float()
     run, (a, b), rng_state = BETA_RSAMPLE.prepare(backend, (a, b), seed, generator)
     z = run(a, b, rng_state, list(sample_shape))
     if out_dtype not in HALF_DTYPES:
         return z
-    return _in_half_type(z, out_dtype, torch.finfo(out_dtype).tiny, 1 - torch.finfo(out_dtype).eps / 2)
+    return _rounded_and_clamped(z, out_dtype, *beta_bounds(out_dtype))
 
 
 def dirichlet_rsample(
@@ -143,11 +144,11 @@ def dirichlet_rsample(
     check_positive(concentration, "concentration", validate_args)
     sample_shape = check_sample_shape(sample_shape)
     out_dtype = concentration.dtype
-    if out_dtype in HALF_DTYPES:  # drawn in float32, for the gradient (_in_half_type)
+    if out_dtype in HALF_DTYPES:  # drawn in float32, for the gradient (_rounded_and_clamped)
         concentration = concentration.float()
     run, (concentration,), rng_state = DIRICHLET_RSAMPLE.prepare(backend, (concentration,), seed, generator)
     z = run(concentration, rng_state, list(sample_shape))
-    return _in_half_type(z, out_dtype, dirichlet_floor(out_dtype)) if out_dtype in HALF_DTYPES else z
+    return _rounded_and_clamped(z, out_dtype, dirichlet_floor(out_dtype)) if out_dtype in HALF_DTYPES else z
 
 
 # ----------------------------------------------------------- declarations

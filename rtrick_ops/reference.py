@@ -21,7 +21,7 @@ import torch
 
 # The scale transforms and kinds are the runtime's (the kernels are checked against them through
 # the samples); the oracle imports the runtime, never the reverse.
-from ._math import (LOG_SQRT_2PI, compute_dtype, d2sigma_of, dlog_sigma_of, dsigma_of,  # noqa: F401
+from ._math import (LOG_SQRT_2PI, beta_bounds, compute_dtype, d2sigma_of, dlog_sigma_of, dsigma_of,  # noqa: F401
                     dirichlet_floor, log_sigma_of, normal_kl_grads, sigma_of, smallest_positive)
 from .kinds import FAMILIES, GAUSSIAN_SCALES
 
@@ -267,11 +267,6 @@ def _gamma_words(key, offset, n, t):
                          torch.full_like(n, offset >> 32), key & _MASK32, key >> 32)
 
 
-def _tiny_and_below_one(dtype):
-    info = torch.finfo(dtype)
-    return info.tiny, 1.0 - info.eps / 2
-
-
 def log_standard_gamma(alpha, key, offset, t_base=0, t_step=1):
     """log of Gamma(alpha, 1) draws, element n = position in alpha (flattened), float64.
 
@@ -335,7 +330,7 @@ def gamma_rsample(concentration, rng_state, sample_shape=()):
     """Standard Gamma(concentration, 1) draws on the Gamma sub-streams, differentiable (implicit gradient)."""
     key, offset = split_rng_state(rng_state)
     shape, alpha = _gamma_batch(concentration, sample_shape)
-    tiny, _ = _tiny_and_below_one(concentration.dtype)
+    tiny, _ = beta_bounds(concentration.dtype)
     log_z = log_standard_gamma(alpha, key, offset).reshape(shape)
     z = torch.exp(log_z)
     z = torch.where(z < tiny, torch.full_like(z, tiny), z).to(concentration.dtype)
@@ -364,7 +359,7 @@ def beta_rsample(a, b, rng_state, sample_shape=()):
     log_x = log_standard_gamma(a.expand(shape), key, offset, 0, 2)
     log_y = log_standard_gamma(b.expand(shape), key, offset, 1, 2)
     z = 1.0 / (1.0 + torch.exp(log_y - log_x))
-    tiny, below_one = _tiny_and_below_one(a.dtype)
+    tiny, below_one = beta_bounds(a.dtype)
     z = torch.clamp(z, tiny, below_one).reshape(shape).to(a.dtype)  # clamp keeps NaN
     return _ImplicitBeta.apply(a, b, z.detach())
 
