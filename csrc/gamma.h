@@ -86,14 +86,18 @@ RT_HD C marsaglia_tsang_boosted(C log_z, C boost_u, C alpha) {
   return log_z + div_rn(log_pos(boost_u), alpha);
 }
 
-// log of a Gamma(alpha, 1) draw for element n on attempts t = t_base + t_step * k.
-// NaN for alpha <= 0 or NaN, +inf for alpha = +inf. C is float or double.
+// Element n's accepted Marsaglia-Tsang draw on attempts t = t_base + t_step * k, in two parts: log g of
+// the (boosted) shape's draw and its boost uniform, so that log Gamma(alpha) = log_g for alpha >= 1 and
+// marsaglia_tsang_boosted(log_g, boost_u, alpha) below. alpha must be finite and positive.
 template <typename C>
-RT_HD C log_standard_gamma(C alpha, uint64_t key, uint64_t offset, uint64_t n, uint32_t t_base, uint32_t t_step) {
-  if (!(alpha > C(0))) return nan_of(alpha);
-  if (alpha == inf_of(alpha)) return alpha;
+struct GammaDrawParts {
+  C log_g, boost_u;
+};
+template <typename C>
+RT_HD GammaDrawParts<C> standard_gamma_parts(C alpha, uint64_t key, uint64_t offset, uint64_t n, uint32_t t_base,
+                                             uint32_t t_step) {
   const MarsagliaTsang<C> mt = marsaglia_tsang_setup(alpha);
-  C log_z = log_pos(mt.d);  // the fallback, g = d
+  C log_g = log_pos(mt.d);  // the fallback, g = d
   C boost_u = C(0.5);
   for (int32_t k = 0; k < kGammaMaxAttempts; ++k) {
     const Philox4 w = gamma_substream_block(key, offset, n, t_base + t_step * static_cast<uint32_t>(k));
@@ -104,11 +108,73 @@ RT_HD C log_standard_gamma(C alpha, uint64_t key, uint64_t offset, uint64_t n, u
     if (!(v > C(0))) continue;
     const C v3 = v * v * v;
     if (marsaglia_tsang_squeeze(x, u) || marsaglia_tsang_log_test(mt.d, x, u, v3)) {
-      log_z = log_pos(mt.d * v3);
+      log_g = log_pos(mt.d * v3);
       break;
     }
   }
-  return marsaglia_tsang_boosts(alpha) ? marsaglia_tsang_boosted(log_z, boost_u, alpha) : log_z;
+  return GammaDrawParts<C>{log_g, boost_u};
+}
+
+// log of a Gamma(alpha, 1) draw for element n on attempts t = t_base + t_step * k.
+// NaN for alpha <= 0 or NaN, +inf for alpha = +inf; -inf where log(u) / alpha overflows (alpha below
+// about 6.7e-38 in float, 1.3e-307 in double): below every finite draw, as the true value is.
+template <typename C>
+RT_HD C log_standard_gamma(C alpha, uint64_t key, uint64_t offset, uint64_t n, uint32_t t_base, uint32_t t_step) {
+  if (!(alpha > C(0))) return nan_of(alpha);
+  if (alpha == inf_of(alpha)) return alpha;
+  const GammaDrawParts<C> p = standard_gamma_parts(alpha, key, offset, n, t_base, t_step);
+  return marsaglia_tsang_boosts(alpha) ? marsaglia_tsang_boosted(p.log_g, p.boost_u, alpha) : p.log_g;
+}
+
+// When every log-Gamma of a Beta or a Dirichlet row is -inf (all overflowed), their order is lost and
+// exp(-inf - (-inf)) would make the sample NaN. The draws are redone on a common scale s, the row's
+// smallest concentration: s log G = s log g + log u (s / alpha) is finite and orders the draws as
+// log G does. What the normalisation needs are the logs relative to the largest, (s log G - max) / s:
+// 0 for the largest, the others far below it (or -inf), so the sample is the limit of the true one, a
+// one-hot row (Beta: 1 with probability a / (a + b), the clamped bounds), and never NaN.
+template <typename C>
+RT_HD C scaled_log_standard_gamma(C alpha, C scale, uint64_t key, uint64_t offset, uint64_t n, uint32_t t_base,
+                                  uint32_t t_step) {
+  const GammaDrawParts<C> p = standard_gamma_parts(alpha, key, offset, n, t_base, t_step);
+  return scale * p.log_g + log_pos(p.boost_u) * div_rn(scale, alpha);
+}
+
+template <typename C>
+RT_HD bool log_gammas_all_overflowed(const C* logs, int64_t count) {
+  for (int64_t i = 0; i < count; ++i)
+    if (!(logs[i] == -inf_of(logs[i]))) return false;
+  return count > 0;
+}
+
+// Beta's pair when both log-Gammas overflowed: replaced by their rescaled relative logs (above).
+template <typename C>
+RT_HD void beta_logs_rescaled(C a, C b, uint64_t key, uint64_t offset, uint64_t n, C& log_x, C& log_y) {
+  const C scale = a < b ? a : b;
+  const C sx = scaled_log_standard_gamma(a, scale, key, offset, n, 0u, 2u);
+  const C sy = scaled_log_standard_gamma(b, scale, key, offset, n, 1u, 2u);
+  const C m = sx > sy ? sx : sy;
+  log_x = div_rn(sx - m, scale);
+  log_y = div_rn(sy - m, scale);
+}
+
+// A Dirichlet row (elements n0 .. n0 + k_count - 1, concentrations alpha[n % period]) whose log-Gammas all
+// overflowed: replaced by their rescaled relative logs (above).
+template <typename C, typename A>
+RT_HD_RARE void dirichlet_logs_rescaled(C* row, int64_t k_count, const A* alpha, int64_t period, uint64_t key,
+                                   uint64_t offset, int64_t n0) {
+  C scale = static_cast<C>(alpha[n0 % period]);
+  for (int64_t i = 1; i < k_count; ++i) {
+    const C a = static_cast<C>(alpha[(n0 + i) % period]);
+    scale = a < scale ? a : scale;
+  }
+  C m = -inf_of(scale);
+  for (int64_t i = 0; i < k_count; ++i) {
+    const int64_t n = n0 + i;
+    row[i] = scaled_log_standard_gamma(static_cast<C>(alpha[n % period]), scale, key, offset,
+                                       static_cast<uint64_t>(n), 0u, 1u);
+    m = row[i] > m ? row[i] : m;
+  }
+  for (int64_t i = 0; i < k_count; ++i) row[i] = div_rn(row[i] - m, scale);
 }
 
 // Gamma sample from its log, never below the output's smallest normal number (NaN stays NaN).

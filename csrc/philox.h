@@ -18,11 +18,16 @@
 
 #include "kinds.h"
 
+// RT_HD_RARE: a host-device function kept out of line, for a path that almost never runs (gamma.h's
+// redraw of a Dirichlet row whose logs all overflowed): inlined into the row-normalising kernel, its
+// rejection loop made nvcc spill there (8 bytes, Half and BFloat16) in every row that never takes it.
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define RT_HD __host__ __device__ __forceinline__
+#define RT_HD_RARE __host__ __device__ __noinline__
 #define RT_UNROLL _Pragma("unroll")
 #else
 #define RT_HD inline __attribute__((always_inline))
+#define RT_HD_RARE inline __attribute__((noinline))
 #define RT_UNROLL _Pragma("GCC unroll 16")
 #endif
 

@@ -267,12 +267,10 @@ def _gamma_words(key, offset, n, t):
                          torch.full_like(n, offset >> 32), key & _MASK32, key >> 32)
 
 
-def log_standard_gamma(alpha, key, offset, t_base=0, t_step=1):
-    """log of Gamma(alpha, 1) draws, element n = position in alpha (flattened), float64.
-
-    Marsaglia-Tsang with the boost for alpha < 1 (log z = log g + log(u) / alpha);
-    NaN where alpha is not positive or is NaN; +inf where alpha is +inf.
-    """
+def _standard_gamma_parts(alpha, key, offset, t_base, t_step):
+    """Marsaglia-Tsang's accepted draws in two parts, float64, flattened: log g of the (boosted) shape and
+    log u of the accepting attempt's boost uniform (log Gamma = log g + log u / alpha where alpha < 1).
+    NaN where alpha is not a finite positive number."""
     alpha = alpha.to(torch.float64).reshape(-1)
     count = alpha.numel()
     n_all = torch.arange(count, dtype=torch.int64, device=alpha.device)
@@ -280,10 +278,10 @@ def log_standard_gamma(alpha, key, offset, t_base=0, t_step=1):
     a = torch.where(boost, alpha + 1, alpha)
     d = a - 1.0 / 3.0
     c = 1.0 / torch.sqrt(9.0 * d)
-    out = torch.full_like(alpha, math.nan)
-    out[alpha == math.inf] = math.inf
+    log_g = torch.full_like(alpha, math.nan)
+    log_u = torch.full_like(alpha, math.nan)
     pending = (alpha > 0) & torch.isfinite(alpha)
-    last_ub = torch.full_like(alpha, 0.5)
+    last_log_u = torch.full_like(alpha, math.log(0.5))
     for attempt in range(GAMMA_MAX_ATTEMPTS):
         idx = pending.nonzero().reshape(-1)
         if idx.numel() == 0:
@@ -297,15 +295,44 @@ def log_standard_gamma(alpha, key, offset, t_base=0, t_step=1):
         v3 = torch.where(ok, v, torch.ones_like(v)) ** 3
         x2 = x * x
         accept = ok & ((u2 < 1.0 - 0.0331 * x2 * x2) | (torch.log(u2) < 0.5 * x2 + di - di * v3 + di * torch.log(v3)))
-        log_z = torch.log(di * v3) + torch.where(boost[idx], torch.log(u3) / alpha[idx], torch.zeros_like(u3))
-        out[idx[accept]] = log_z[accept]
+        log_g[idx[accept]] = torch.log(di * v3)[accept]
+        log_u[idx[accept]] = torch.log(u3)[accept]
         pending[idx[accept]] = False
-        last_ub[idx] = u3
+        last_log_u[idx] = torch.log(u3)
     # Deterministic fallback after GAMMA_MAX_ATTEMPTS rejections (never seen for finite alpha > 0): g = d.
     if bool(pending.any()):
-        out[pending] = torch.log(d[pending]) + torch.where(boost[pending], torch.log(last_ub[pending]) / alpha[pending],
-                                                           torch.zeros_like(d[pending]))
-    return out
+        log_g[pending] = torch.log(d[pending])
+        log_u[pending] = last_log_u[pending]
+    return log_g, log_u
+
+
+def _log_gamma_from_parts(alpha, log_g, log_u):
+    """log Gamma(alpha) from its parts; +inf where alpha is +inf; -inf where log u / alpha overflows."""
+    alpha = alpha.to(torch.float64).reshape(-1)
+    out = log_g + torch.where(alpha < 1, log_u / alpha, torch.zeros_like(log_u))
+    return torch.where(alpha == math.inf, alpha, out)
+
+
+def log_standard_gamma(alpha, key, offset, t_base=0, t_step=1):
+    """log of Gamma(alpha, 1) draws, element n = position in alpha (flattened), float64.
+
+    Marsaglia-Tsang with the boost for alpha < 1 (log z = log g + log(u) / alpha);
+    NaN where alpha is not positive or is NaN; +inf where alpha is +inf.
+    """
+    return _log_gamma_from_parts(alpha, *_standard_gamma_parts(alpha, key, offset, t_base, t_step))
+
+
+def _rescaled_where_all_overflowed(log_gammas, alphas, parts, dim):
+    """Where every log-Gamma along dim is -inf (log u / alpha overflowed; float64 concentrations below
+    about 1.3e-307), the logs relative to the largest on the common scale s = the smallest concentration:
+    (s log G - max) / s with s log G = s log g + log u (s / alpha), as csrc/gamma.h does."""
+    overflowed = (log_gammas == -math.inf).all(dim, keepdim=True)
+    if not bool(overflowed.any()):
+        return log_gammas
+    scale = alphas.min(dim, keepdim=True).values
+    scaled = scale * parts[0] + parts[1] * (scale / alphas)
+    relative = (scaled - scaled.max(dim, keepdim=True).values) / scale
+    return torch.where(overflowed, relative, log_gammas)
 
 
 def _gamma_batch(concentration, sample_shape):
@@ -356,8 +383,13 @@ def beta_rsample(a, b, rng_state, sample_shape=()):
     """Beta(a, b) = X / (X + Y), X ~ Gamma(a) on attempts t = 2k, Y ~ Gamma(b) on t = 2k + 1."""
     key, offset = split_rng_state(rng_state)
     shape = tuple(sample_shape) + tuple(torch.broadcast_shapes(a.shape, b.shape))
-    log_x = log_standard_gamma(a.expand(shape), key, offset, 0, 2)
-    log_y = log_standard_gamma(b.expand(shape), key, offset, 1, 2)
+    a64, b64 = (p.to(torch.float64).expand(shape).reshape(-1) for p in (a, b))
+    parts_x = _standard_gamma_parts(a64, key, offset, 0, 2)
+    parts_y = _standard_gamma_parts(b64, key, offset, 1, 2)
+    logs = torch.stack([_log_gamma_from_parts(a64, *parts_x), _log_gamma_from_parts(b64, *parts_y)])
+    logs = _rescaled_where_all_overflowed(logs, torch.stack([a64, b64]),
+                                          (torch.stack([parts_x[0], parts_y[0]]), torch.stack([parts_x[1], parts_y[1]])), 0)
+    log_x, log_y = logs
     z = 1.0 / (1.0 + torch.exp(log_y - log_x))
     tiny, below_one = beta_bounds(a.dtype)
     z = torch.clamp(z, tiny, below_one).reshape(shape).to(a.dtype)  # clamp keeps NaN
@@ -382,7 +414,10 @@ def dirichlet_rsample(concentration, rng_state, sample_shape=()):
         return concentration.new_empty(tuple(sample_shape) + tuple(concentration.shape))
     key, offset = split_rng_state(rng_state)
     shape, alpha = _gamma_batch(concentration, sample_shape)
-    log_g = log_standard_gamma(alpha, key, offset).reshape(shape)
+    alpha64 = alpha.to(torch.float64)
+    parts = _standard_gamma_parts(alpha64, key, offset, 0, 1)
+    log_g = _log_gamma_from_parts(alpha64, *parts).reshape(shape)
+    log_g = _rescaled_where_all_overflowed(log_g, alpha64, tuple(p.reshape(shape) for p in parts), -1)
     m = log_g.max(dim=-1, keepdim=True).values
     # An infinite or NaN concentration: no finite normalisation, a NaN row (as the kernels and torch).
     m = torch.where(torch.isfinite(m) | (m == -math.inf), m, torch.full_like(m, math.nan))

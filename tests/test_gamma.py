@@ -251,6 +251,65 @@ def test_float16_dirichlet_rows_with_tiny_entries_keep_their_sum():
     assert torch.equal(z, rt.dirichlet_rsample(concentration, seed=5, backend="reference"))
 
 
+OVERFLOWING = [(torch.float32, 1e-40), (torch.bfloat16, 1e-40), (torch.float64, 1e-310)]
+
+
+def _same_bits_on_every_isa_and_the_reference(draw):
+    results = {isa: draw("auto") for isa in each_cpu_isa()}
+    results["reference"] = draw("reference")
+    first = next(iter(results.values()))
+    for where, z in results.items():
+        assert torch.equal(z, first), f"{where} differs"
+    return first
+
+
+@pytest.mark.parametrize("dtype,smallest", OVERFLOWING)
+def test_beta_whose_log_gammas_both_overflow_gives_its_limit(dtype, smallest):
+    """Below about 6.7e-38 (float32) or 1.3e-307 (float64) log(u) / alpha overflows and a log-Gamma is -inf.
+    A Beta with both parameters there computed -inf - (-inf): NaN for about 90% of draws at 1e-40. The pair
+    is now redrawn on a common scale (csrc/gamma.h): the limit, the largest value below 1 with probability
+    a / (a + b), else the smallest normal number; the same bits on every ISA and in the reference."""
+    n = 20000
+    a = torch.full((n,), smallest, dtype=torch.float64).to(dtype)
+    b = torch.full((n,), 3 * smallest, dtype=torch.float64).to(dtype)
+    z = _same_bits_on_every_isa_and_the_reference(lambda backend: rt.beta_rsample(a, b, seed=8, backend=backend))
+    assert z.dtype == dtype and z.shape == (n,) and not bool(z.isnan().any())
+    finfo = torch.finfo(dtype)
+    high = z >= 1 - finfo.eps
+    assert bool((high | (z == finfo.tiny)).all()), "a draw is neither limit"
+    p = float(a[0].double() / (a[0].double() + b[0].double()))
+    assert abs(float(high.double().mean()) - p) < 5 * math.sqrt(p * (1 - p) / n)
+    # One overflowing side alone was already its limit; a side that does not overflow keeps its value.
+    mixed = rt.beta_rsample(a, torch.full_like(a, 0.5), seed=8)
+    assert bool((mixed == finfo.tiny).all())
+    if dtype != torch.float64:  # float64's gradients there are a documented limit (docs/gamma.md)
+        a.requires_grad_(True)
+        b.requires_grad_(True)
+        ga, gb = torch.autograd.grad(rt.beta_rsample(a, b, seed=8).sum(), (a, b))
+        assert not bool(ga.isnan().any() or gb.isnan().any())
+
+
+@pytest.mark.parametrize("dtype,smallest", OVERFLOWING)
+def test_dirichlet_row_whose_log_gammas_all_overflow_gives_its_limit(dtype, smallest):
+    """The Dirichlet form of the test above: a row whose concentrations are all that small is one-hot
+    (category i with probability alpha_i / sum alpha, the others at the floor), not NaN; a row with one
+    concentration that does not overflow is one-hot at it, as before."""
+    rows = 8000
+    weights = torch.tensor([1.0, 2.0, 1.0, 4.0], dtype=torch.float64)
+    alpha = (weights * smallest).to(dtype).expand(rows, 4)
+    z = _same_bits_on_every_isa_and_the_reference(lambda backend: rt.dirichlet_rsample(alpha, seed=3,
+                                                                                          backend=backend))
+    assert z.dtype == dtype and z.shape == (rows, 4) and not bool(z.isnan().any())
+    hot = z > 0.5
+    assert bool((hot.sum(-1) == 1).all()) and bool((z[~hot] == torch.finfo(dtype).tiny).all())
+    expected = alpha[0].double() / alpha[0].double().sum()
+    frequency = hot.double().mean(0)
+    assert bool(((frequency - expected).abs() < 5 * (expected * (1 - expected) / rows).sqrt()).all()), frequency
+    mixed = alpha.clone()
+    mixed[:, 2] = 0.5
+    assert bool((rt.dirichlet_rsample(mixed, seed=3).argmax(-1) == 2).all())
+
+
 def test_gamma_with_a_rate_is_clamped_after_the_division():
     """torch divides by the rate, then clamps to the smallest normal: a tiny alpha over a large rate gave exact
     zeros (log_prob +inf) and subnormals; float16 near its largest value overflowed before the division."""

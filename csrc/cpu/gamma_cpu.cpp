@@ -111,6 +111,30 @@ struct CpuDevice {
     }
   }
 
+  // The Beta pairs and Dirichlet rows among elements begin .. whose log-Gammas all overflowed to -inf
+  // (concentrations below about 6.7e-38 in float): redone on a common scale (gamma.h,
+  // scaled_log_standard_gamma). A scan that stops at the first finite log; scalar and rare.
+  template <typename C>
+  static void rescale_overflowed_beta_logs(StreamKey key, const C* a, const C* b, int64_t period, int64_t begin,
+                                           int64_t len, C* log_x, C* log_y) {
+    for (int64_t j = 0; j < len; ++j) {
+      if (log_x[j] == -inf_of(C(0)) && log_y[j] == -inf_of(C(0))) {
+        const int64_t n = begin + j;
+        beta_logs_rescaled<C>(a[n % period], b[n % period], key.key, key.offset, static_cast<uint64_t>(n),
+                              log_x[j], log_y[j]);
+      }
+    }
+  }
+  template <typename C>
+  static void rescale_overflowed_dirichlet_rows(StreamKey key, const C* alpha, int64_t period, int64_t first_row,
+                                                int64_t rows, int64_t k_count, C* logs) {
+    for (int64_t r = 0; r < rows; ++r) {
+      C* row = logs + r * k_count;
+      if (log_gammas_all_overflowed(row, k_count))
+        dirichlet_logs_rescaled<C, C>(row, k_count, alpha, period, key.key, key.offset, (first_row + r) * k_count);
+    }
+  }
+
   static void gamma_sample(const at::Tensor& alpha, int64_t period, const at::Tensor& rng_state, at::Tensor& z) {
     const StreamKey key = read_rng_state(rng_state);
     const RowKernels& kernels = active_row_kernels();
@@ -144,6 +168,8 @@ struct CpuDevice {
         C* log_x = log_buffer<C>(out + begin, end - begin, scratch);
         kernels.log_gamma(kF64, key, a_c.const_data_ptr(), period, begin, end - begin, 0u, 2u, log_x);
         kernels.log_gamma(kF64, key, b_c.const_data_ptr(), period, begin, end - begin, 1u, 2u, log_y.data());
+        rescale_overflowed_beta_logs<C>(key, a_c.const_data_ptr<C>(), b_c.const_data_ptr<C>(), period, begin,
+                                        end - begin, log_x, log_y.data());
         samples_from_logs<C>(kernels, log_x, log_y.data(), end - begin, tiny, below_one, out + begin);
       });
     });
@@ -165,6 +191,8 @@ struct CpuDevice {
         C* logs = log_buffer<C>(out + begin * k_count, (end - begin) * k_count, scratch);
         kernels.log_gamma(std::is_same_v<C, double>, key, alpha_c.const_data_ptr(), period, begin * k_count,
                           (end - begin) * k_count, 0u, 1u, logs);
+        rescale_overflowed_dirichlet_rows<C>(key, alpha_c.const_data_ptr<C>(), period, begin, end - begin, k_count,
+                                             logs);
         rows_from_logs<C>(kernels, logs, end - begin, k_count, tiny, out + begin * k_count);
       });
     });

@@ -88,20 +88,28 @@ beta_sample_kernel(const S* __restrict__ a, const S* __restrict__ b, int64_t per
   const uint64_t offset = static_cast<uint64_t>(rng_state[1]);
   for (int64_t n = first_index(); n < numel; n += grid_stride()) {
     const uint64_t un = static_cast<uint64_t>(n);
-    const C log_x = log_standard_gamma<C>(static_cast<C>(a[n % period]), key, offset, un, 0u, 2u);
-    const C log_y = log_standard_gamma<C>(static_cast<C>(b[n % period]), key, offset, un, 1u, 2u);
+    const C a_n = static_cast<C>(a[n % period]), b_n = static_cast<C>(b[n % period]);
+    C log_x = log_standard_gamma<C>(a_n, key, offset, un, 0u, 2u);
+    C log_y = log_standard_gamma<C>(b_n, key, offset, un, 1u, 2u);
+    if (log_x == -inf_of(log_x) && log_y == -inf_of(log_y))  // both overflowed (gamma.h)
+      beta_logs_rescaled<C>(a_n, b_n, key, offset, un, log_x, log_y);
     out[n] = static_cast<S>(beta_from_logs<C>(log_x, log_y, tiny, below_one));
   }
 }
 
 // Row r of z from its log-Gammas (gamma.h's dirichlet_row_from_logs, as on the CPU), normalised in the
-// scratch logs, then stored in z's dtype.
+// scratch logs, then stored in z's dtype. A row whose logs all overflowed is redrawn on a common scale
+// first (gamma.h, dirichlet_logs_rescaled), which needs the concentrations and the stream.
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-dirichlet_normalize_kernel(typename ComputeOf<S>::type* __restrict__ logs, S* __restrict__ out, int64_t rows,
-                           int64_t k_count, typename ComputeOf<S>::type tiny) {
+dirichlet_normalize_kernel(typename ComputeOf<S>::type* __restrict__ logs, S* __restrict__ out,
+                           const S* __restrict__ alpha, int64_t period, const int64_t* __restrict__ rng_state,
+                           int64_t rows, int64_t k_count, typename ComputeOf<S>::type tiny) {
   for (int64_t r = first_index(); r < rows; r += grid_stride()) {
     auto* row = logs + r * k_count;
+    if (log_gammas_all_overflowed(row, k_count))
+      dirichlet_logs_rescaled(row, k_count, alpha, period, static_cast<uint64_t>(rng_state[0]),
+                              static_cast<uint64_t>(rng_state[1]), r * k_count);
     dirichlet_row_from_logs(row, k_count, tiny);
     for (int64_t i = 0; i < k_count; ++i) out[r * k_count + i] = static_cast<S>(row[i]);
   }
@@ -220,7 +228,8 @@ struct CudaDevice {
           state.const_data_ptr<int64_t>(), numel, tiny_of<S>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       dirichlet_normalize_kernel<S><<<grid_size_for(rows), kThreads, 0, stream>>>(
-          static_cast<C*>(logs.data_ptr()), static_cast<S*>(z.data_ptr()), rows, k_count, dirichlet_floor_of<S>());
+          static_cast<C*>(logs.data_ptr()), static_cast<S*>(z.data_ptr()), static_cast<const S*>(alpha.const_data_ptr()),
+          period, state.const_data_ptr<int64_t>(), rows, k_count, dirichlet_floor_of<S>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

@@ -69,6 +69,10 @@ PLANTED_BUGS = (
          "for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (BUG ? 0 : threadIdx.x / kThreads); r < rows;",
          "launch geometry: the 4 warps of a block all take the block's first row (3 rows in 4 never written)",
          ("gumbel",)),
+    _bug(9, "gamma_cuda.cu",
+         "static_cast<uint64_t>(rng_state[1]), r * k_count);",
+         "static_cast<uint64_t>(rng_state[1]), BUG ? r : r * k_count);",
+         "a Dirichlet row whose logs all overflowed is redrawn from the wrong elements' sub-streams", ("gamma",)),
 )
 
 

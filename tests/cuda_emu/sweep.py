@@ -394,6 +394,15 @@ def sweep_gamma(s, quick):
         s.run("gamma_rsample", (edges, st, [2]), f"gamma_rsample edge values {dtype}")
         s.run("beta_rsample", (edges, edges.flip(0), st, []), f"beta_rsample edge values {dtype}")
         s.run("dirichlet_rsample", (edges.view(2, 4), st, []), f"dirichlet_rsample edge values {dtype}")
+        # Concentrations so small that every log-Gamma of a Beta pair or a Dirichlet row overflows to -inf
+        # (gamma.h, beta_logs_rescaled and dirichlet_logs_rescaled): redrawn on a common scale, on the CPU
+        # in the launch and on CUDA in the kernels. 260 elements: more than one 256-thread block.
+        if dtype != torch.float16:  # float16 has no such numbers (its smallest is 6e-8)
+            smallest = 1e-310 if dtype == torch.float64 else 1e-40
+            overflowing = (torch.tensor([1.0, 3.0, 1.5, 2.0] * 65, dtype=torch.float64) * smallest).to(dtype)
+            st = s.state()
+            s.run("beta_rsample", (overflowing, overflowing.flip(0), st, [2]), f"beta_rsample overflowing logs {dtype}")
+            s.run("dirichlet_rsample", (overflowing.view(65, 4), st, [2]), f"dirichlet_rsample overflowing logs {dtype}")
 
 
 GROUPS = {"elementwise": sweep_elementwise, "gumbel": sweep_gumbel, "gamma": sweep_gamma}
