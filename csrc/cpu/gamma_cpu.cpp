@@ -113,10 +113,15 @@ struct CpuDevice {
 
   // The Beta pairs and Dirichlet rows among elements begin .. whose log-Gammas all overflowed to -inf
   // (concentrations below about 6.7e-38 in float): redone on a common scale (gamma.h,
-  // scaled_log_standard_gamma). A scan that stops at the first finite log; scalar and rare.
+  // scaled_log_standard_gamma). Beta: a branch-free pass that vectorises first (the scalar scan cost
+  // 0.3-0.4 ns an element, 2-3% of a Beta draw), then the rare pairs. Dirichlet: a scan per row that
+  // stops at its first finite log.
   template <typename C>
   static void rescale_overflowed_beta_logs(StreamKey key, const C* a, const C* b, int64_t period, int64_t begin,
                                            int64_t len, C* log_x, C* log_y) {
+    int32_t any_overflowed = 0;
+    for (int64_t j = 0; j < len; ++j) any_overflowed |= (log_x[j] == -inf_of(C(0))) & (log_y[j] == -inf_of(C(0)));
+    if (!any_overflowed) return;
     for (int64_t j = 0; j < len; ++j) {
       if (log_x[j] == -inf_of(C(0)) && log_y[j] == -inf_of(C(0))) {
         const int64_t n = begin + j;
