@@ -310,6 +310,31 @@ def test_dirichlet_row_whose_log_gammas_all_overflow_gives_its_limit(dtype, smal
     assert bool((rt.dirichlet_rsample(mixed, seed=3).argmax(-1) == 2).all())
 
 
+def test_float64_beta_gradients_below_1e_154_keep_their_scaling():
+    """For a = b = v -> 0 at a fixed z, Beta's implicit gradients grow as 1 / v^2. Below v of about 1e-154 the
+    digamma differences divided by v (v + d), which underflows: dz/db was NaN from 1e-162 (dz/da from 1e-163 at
+    z near 1), 1.2% off at 1e-161. Now they keep the 1 / v^2 law of v = 1e-100 to 1e-307, finite while it is
+    and the infinity of its sign beyond; the same bits on every ISA."""
+    zs = torch.tensor([2.0 ** -1022, 0.5, 1 - 2.0 ** -53], dtype=torch.float64)
+    ones = torch.ones_like(zs)
+
+    def grads(v):
+        results = []
+        for _ in each_cpu_isa():
+            results.append(torch.stack(ops.beta_rsample_backward(ones, ones * v, ones * v, zs)))
+        assert all(torch.equal(r, results[0]) for r in results[1:])
+        return results[0]
+
+    law = grads(1e-100) * 1e-200  # (dz/da, dz/db) v^2, per z
+    assert bool(torch.isfinite(law).all()) and bool((law[0] > 0).all()) and bool((law[1] < 0).all())
+    for v in (1e-150, 1e-160, 1e-161, 1e-162, 1e-163, 1e-200, 1e-300, 1e-307):
+        got, expected = grads(v), law / v / v  # (v * v underflows here too)
+        assert not bool(got.isnan().any()), v
+        finite = torch.isfinite(expected)
+        torch.testing.assert_close(got[finite], expected[finite], rtol=1e-12, atol=0)
+        assert bool((got[~finite] == expected[~finite]).all()), v  # overflowed: the infinity of its sign
+
+
 def test_gamma_with_a_rate_is_clamped_after_the_division():
     """torch divides by the rate, then clamps to the smallest normal: a tiny alpha over a large rate gave exact
     zeros (log_prob +inf) and subnormals; float16 near its largest value overflowed before the division."""
