@@ -11,6 +11,8 @@
 // Host and device code, internal linkage (unnamed namespace), as philox.h.
 #pragma once
 
+#include <float.h>
+
 #include "gamma_asymptotic.h"
 #include "philox.h"
 
@@ -386,7 +388,7 @@ RT_HD double digamma_minus_log(double x) {
 // (1e-161's was 1.2% off).
 RT_HD double divide_by_product(double x, double p, double q) {
   const double product = p * q;
-  return product >= 2.2250738585072014e-308 ? x / product : (x / p) / q;
+  return product >= DBL_MIN ? x / product : (x / p) / q;
 }
 
 // psi(v + d) - psi(v) for v > 0, v + d > 0, d given exactly, without the

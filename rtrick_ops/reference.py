@@ -307,8 +307,9 @@ def _standard_gamma_parts(alpha, key, offset, t_base, t_step):
 
 
 def _log_gamma_from_parts(alpha, log_g, log_u):
-    """log Gamma(alpha) from its parts; +inf where alpha is +inf; -inf where log u / alpha overflows."""
-    alpha = alpha.to(torch.float64).reshape(-1)
+    """log Gamma(alpha) from its parts, in their shape; +inf where alpha is +inf; -inf where log u / alpha
+    overflows."""
+    alpha = alpha.to(torch.float64).reshape(log_g.shape)
     out = log_g + torch.where(alpha < 1, log_u / alpha, torch.zeros_like(log_u))
     return torch.where(alpha == math.inf, alpha, out)
 
@@ -384,12 +385,11 @@ def beta_rsample(a, b, rng_state, sample_shape=()):
     key, offset = split_rng_state(rng_state)
     shape = tuple(sample_shape) + tuple(torch.broadcast_shapes(a.shape, b.shape))
     a64, b64 = (p.to(torch.float64).expand(shape).reshape(-1) for p in (a, b))
-    parts_x = _standard_gamma_parts(a64, key, offset, 0, 2)
-    parts_y = _standard_gamma_parts(b64, key, offset, 1, 2)
-    logs = torch.stack([_log_gamma_from_parts(a64, *parts_x), _log_gamma_from_parts(b64, *parts_y)])
-    logs = _rescaled_where_all_overflowed(logs, torch.stack([a64, b64]),
-                                          (torch.stack([parts_x[0], parts_y[0]]), torch.stack([parts_x[1], parts_y[1]])), 0)
-    log_x, log_y = logs
+    # X's and Y's parts stacked along dim 0, so that the pair is one "row" for the overflow rule
+    alphas = torch.stack([a64, b64])
+    parts = [torch.stack(p) for p in zip(_standard_gamma_parts(a64, key, offset, 0, 2),
+                                         _standard_gamma_parts(b64, key, offset, 1, 2))]
+    log_x, log_y = _rescaled_where_all_overflowed(_log_gamma_from_parts(alphas, *parts), alphas, parts, 0)
     z = 1.0 / (1.0 + torch.exp(log_y - log_x))
     tiny, below_one = beta_bounds(a.dtype)
     z = torch.clamp(z, tiny, below_one).reshape(shape).to(a.dtype)  # clamp keeps NaN
@@ -415,9 +415,8 @@ def dirichlet_rsample(concentration, rng_state, sample_shape=()):
     key, offset = split_rng_state(rng_state)
     shape, alpha = _gamma_batch(concentration, sample_shape)
     alpha64 = alpha.to(torch.float64)
-    parts = _standard_gamma_parts(alpha64, key, offset, 0, 1)
-    log_g = _log_gamma_from_parts(alpha64, *parts).reshape(shape)
-    log_g = _rescaled_where_all_overflowed(log_g, alpha64, tuple(p.reshape(shape) for p in parts), -1)
+    parts = [p.reshape(shape) for p in _standard_gamma_parts(alpha64, key, offset, 0, 1)]
+    log_g = _rescaled_where_all_overflowed(_log_gamma_from_parts(alpha64, *parts), alpha64, parts, -1)
     m = log_g.max(dim=-1, keepdim=True).values
     # An infinite or NaN concentration: no finite normalisation, a NaN row (as the kernels and torch).
     m = torch.where(torch.isfinite(m) | (m == -math.inf), m, torch.full_like(m, math.nan))
