@@ -672,9 +672,11 @@ at::Tensor relaxed_bernoulli_rsample_autograd(const at::Tensor& logits, const at
 // Implicit reparameterization: the backward operators take the sample z and
 // the parameters (docs/gamma.md). Their own derivative is not implemented:
 // with create_graph=True the backward operators' Python autograd says so.
-template <const c10::TypedOperatorHandle<ops::OneParamSig>& (*Sample)(),
+// Self is the class the node is named after: torch prints grad_fn=<GammaRsample>>, where a node named after
+// this template printed its last argument, <gamma_rsample_backward> >>.
+template <class Self, const c10::TypedOperatorHandle<ops::OneParamSig>& (*Sample)(),
           const c10::TypedOperatorHandle<ops::OneParamBackwardSig>& (*Backward)()>
-class OneParamRsample : public torch::autograd::Function<OneParamRsample<Sample, Backward>> {
+class OneParamRsample : public torch::autograd::Function<Self> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& concentration, const at::Tensor& rng_state,
                             c10::SymIntArrayRef sample_shape) {
@@ -702,11 +704,12 @@ class OneParamRsample : public torch::autograd::Function<OneParamRsample<Sample,
       at::AutoDispatchBelowADInplaceOrView guard;
       return Sample().call(concentration, rng_state, sample_shape);
     }
-    return OneParamRsample::apply(concentration, rng_state, sample_shape);
+    return Self::apply(concentration, rng_state, sample_shape);
   }
 };
-using GammaRsample = OneParamRsample<ops::gamma_rsample, ops::gamma_rsample_backward>;
-using DirichletRsample = OneParamRsample<ops::dirichlet_rsample, ops::dirichlet_rsample_backward>;
+class GammaRsample : public OneParamRsample<GammaRsample, ops::gamma_rsample, ops::gamma_rsample_backward> {};
+class DirichletRsample
+    : public OneParamRsample<DirichletRsample, ops::dirichlet_rsample, ops::dirichlet_rsample_backward> {};
 
 class BetaRsample : public torch::autograd::Function<BetaRsample> {
  public:

@@ -153,9 +153,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds: fewer epochs and samples (CI)")
     parser.add_argument("--mode", default="local", choices=rt.nn.BAYESIAN_LINEAR_MODES)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default {OUT}, the committed results; --quick: its quick/)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.out is None:  # a quick run does not overwrite the committed results
+        args.out = OUT / "quick" if args.quick else OUT
     torch.set_num_threads(1)
     epochs, train_samples, eval_samples = (25, 2, 16) if args.quick else (150, 4, 64)
     x_train, y_train, x_test, y_test = load(args.seed)

@@ -122,9 +122,12 @@ def ancestral_samples(net, count, features, seed):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds: fewer iterations (CI)")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default {OUT}, the committed results; --quick: its quick/)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.out is None:  # a quick run does not overwrite the committed results
+        args.out = OUT / "quick" if args.quick else OUT
     torch.set_num_threads(1)
     iterations, batch, hidden = (400, 128, 256) if args.quick else (6000, 256, 512)
     data = load()

@@ -228,8 +228,11 @@ def write_elbo_curves(path, runs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the short CI run: 3 seeds, fewer steps")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default {DEFAULT_OUT}, the committed results; --quick: its quick/)")
     args = parser.parse_args(argv)
+    if args.out is None:  # a quick run does not overwrite the committed results
+        args.out = DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT
     config = Config(seeds=[0, 1, 2], regression_steps=300, vae_epochs=5, eval_particles=200, quick=True) \
         if args.quick else Config()
     torch.set_num_threads(1)  # small models: one thread is as fast and leaves the machine's other core free

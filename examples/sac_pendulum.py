@@ -1,6 +1,6 @@
 """Soft Actor-Critic on gymnasium's Pendulum-v1: rtrick_ops' fused policy head next to the textbook one.
 
-    .venv/bin/python examples/sac_pendulum.py                  # the committed run: 5 seeds, 15 to 20 minutes
+    .venv/bin/python examples/sac_pendulum.py                  # the committed run: 5 seeds, 5 to 8 minutes idle
     .venv/bin/python examples/sac_pendulum.py --quick          # a smaller agent, one seed, both policies: about a minute
 
 Two agents that differ only in how the policy draws its action and log-probability:
@@ -9,8 +9,9 @@ Two agents that differ only in how the policy draws its action and log-probabili
   "fused":    rt.nn.GaussianPolicyHead: one fused sampling kernel, and the tanh correction
               computed exactly as 2 * (log 2 - u - softplus(-2u)).
 Everything else (networks, their initialization, replay buffer, minibatch order, environment
-seeds, hyperparameters) is the same per seed. Writes to examples/results/sac_pendulum/:
-learning_curves.png, results.json and comparison.md. docs/sac_example.md explains the setup.
+seeds, hyperparameters) is the same per seed. Writes to examples/results/sac_pendulum/ (with --quick,
+its quick/ folder, which git ignores): learning_curves.png, results.json and comparison.md.
+docs/sac_example.md explains the setup.
 """
 import argparse
 import copy
@@ -403,9 +404,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=defaults.steps, help="environment steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=defaults.seeds)
     parser.add_argument("--quick", action="store_true", help="the CI version (ignores --steps and --seeds)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default {DEFAULT_OUT}, the committed results; --quick: its quick/)")
     args = parser.parse_args(argv)
-    if args.steps <= defaults.random_steps:
+    if args.out is None:  # a quick run does not overwrite the committed results
+        args.out = DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT
+    if not args.quick and args.steps <= defaults.random_steps:  # --quick has its own steps and warm-up
         parser.error(f"--steps must exceed the {defaults.random_steps} random warm-up steps, got {args.steps}")
     config = QUICK if args.quick else Config(steps=args.steps, seeds=args.seeds)
     torch.set_num_threads(config.threads)

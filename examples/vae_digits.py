@@ -525,8 +525,11 @@ def parse_args(argv=None):
                         help="codes per image: 1 trains the ELBO, K > 1 the importance-weighted bound (IWAE)")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default 1: the model is too small to gain from more)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default {DEFAULT_OUT}, the committed results; --quick: its quick/)")
     args = parser.parse_args(argv)
+    if args.out is None:  # a quick run does not overwrite the committed results
+        args.out = DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT
     if args.epochs is None:
         args.epochs = QUICK_RUN_EPOCHS if args.quick else FULL_RUN_EPOCHS
     return args

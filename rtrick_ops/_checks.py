@@ -139,10 +139,14 @@ def check_choice(value, name, choices):
 
 
 def check_bool(value, name):
-    """value if it is a bool; a TypeError naming the argument otherwise (bool() of the string 'no' is True)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
+    """value if it is a bool (NumPy's too, as bool); a TypeError naming the argument otherwise (bool() of the
+    string 'no' is True)."""
+    if isinstance(value, bool):
+        return value
+    kind = type(value)
+    if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):  # numpy.bool_ (named bool in NumPy 2)
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {kind.__name__}")
 
 
 def check_count(value, name, minimum=1):

@@ -15,6 +15,8 @@ from ._checks import HALF_DTYPES, check_param, check_same_device, unwrapped, val
 from ._random import make_rng_state
 from .normal import NORMAL_RSAMPLE, draw_normal
 
+__all__ = ["NoiseHandle", "q_sample", "eps_target", "v_target", "eps_loss", "v_loss"]
+
 
 class NoiseHandle(NamedTuple):
     """What links q_sample to its losses: the key of eps and the coefficients of x_t = a x0 + s eps.
@@ -29,6 +31,11 @@ class NoiseHandle(NamedTuple):
     signal_coef: torch.Tensor
     noise_coef: torch.Tensor
     backend: str
+
+    def __repr__(self):  # the coefficients are a batch's worth of numbers: their shape, not their values
+        return (f"NoiseHandle(shape={tuple(self.shape)}, signal_coef=<{tuple(self.signal_coef.shape)} "
+                f"{self.signal_coef.dtype}>, noise_coef=<{tuple(self.noise_coef.shape)} {self.noise_coef.dtype}>, "
+                f"backend={self.backend!r}, device={self.rng_state.device.type!r})")
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *, seed: Optional[int] = None,

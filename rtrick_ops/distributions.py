@@ -113,6 +113,15 @@ def _broadcast(*values):
     return broadcast_all(*values)
 
 
+def _held_as_torch_holds_it(scale_param):
+    """A from_* constructor's scale parameter as the object keeps it. torch's constructor would hold the scale
+    derived from it, built under the constructor's autograd modes: under no_grad or inference_mode it has no
+    graph back to the parameter, so nothing this object computes (the sampler, log_prob's log-scale shortcut,
+    the lazily built scale) may reach it either. Kept with its graph, a log_prob under such a constructor gave
+    log_scale the gradient of its -log(scale) term alone."""
+    return scale_param if torch.is_grad_enabled() else scale_param.detach()
+
+
 def _autograd_modes():
     """(grad enabled, inference mode). Dynamo cannot trace torch.is_inference_mode_enabled (a graph break it calls
     fundamental): while compiling, inference mode counts as off, for the construction and the use alike."""
@@ -120,6 +129,10 @@ def _autograd_modes():
 
 
 # ------------------------------------------------ shared by the classes
+_RSAMPLE_DOC = """A reparameterized sample of shape sample_shape + batch_shape + event_shape, drawn by the fused
+        sampler. With the object's seed (an int) every call gives the same draw; otherwise the key comes from
+        `generator`, or from torch's default generator (one draw a call)."""
+
 class _Fused:
     """What every fused class adds to its torch class: seed and backend, kept by expand; sample = rsample
     without grad."""
@@ -148,8 +161,15 @@ class _Fused:
             return build()
 
     def sample(self, sample_shape=torch.Size(), generator=None):
+        """rsample(sample_shape, generator) without its graph, as torch's sample of a reparameterized class."""
         with torch.no_grad():
             return self.rsample(sample_shape, generator=generator)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        rsample = cls.__dict__.get("rsample")
+        if rsample is not None and rsample.__doc__ is None:
+            rsample.__doc__ = _RSAMPLE_DOC
 
     # Whether the torch (or Pyro) __init__ builds a base distribution that validates at the class default,
     # whatever validate_args says (Pyro's LogNormal).
@@ -258,7 +278,7 @@ class _FusedLocScale(_KeepsScaleParam):
         """The distribution with scale sigma(scale_param) under the parameterization `scale`."""
         check_scale(scale)
         loc, scale_param = _broadcast(loc, scale_param)
-        return cls._with_scale_param(loc, scale_param, scale, validate_args, seed, backend)
+        return cls._with_scale_param(loc, _held_as_torch_holds_it(scale_param), scale, validate_args, seed, backend)
 
     @classmethod
     def _with_scale_param(cls, loc, scale_param, scale, validate_args, seed, backend):
@@ -269,12 +289,16 @@ class _FusedLocScale(_KeepsScaleParam):
         return new
 
     @classmethod
-    def from_log_scale(cls, loc, log_scale, validate_args=None, **kwargs):
-        return cls.from_scale_param(loc, log_scale, "log_sigma", validate_args, **kwargs)
+    def from_log_scale(cls, loc, log_scale, validate_args=None, *, seed=None, backend="auto"):
+        """The distribution with scale exp(log_scale), applied in the sampler's kernel; seed and backend as in
+        the constructor."""
+        return cls.from_scale_param(loc, log_scale, "log_sigma", validate_args, seed=seed, backend=backend)
 
     @classmethod
-    def from_softplus(cls, loc, raw_scale, validate_args=None, **kwargs):
-        return cls.from_scale_param(loc, raw_scale, "softplus", validate_args, **kwargs)
+    def from_softplus(cls, loc, raw_scale, validate_args=None, *, seed=None, backend="auto"):
+        """The distribution with scale softplus(raw_scale), applied in the sampler's kernel; seed and backend as
+        in the constructor."""
+        return cls.from_scale_param(loc, raw_scale, "softplus", validate_args, seed=seed, backend=backend)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
@@ -309,8 +333,10 @@ class Normal(_FusedLocScale, torch.distributions.Normal):
         return new
 
     @classmethod
-    def from_logvar(cls, loc, logvar, validate_args=None, **kwargs):
-        return cls.from_scale_param(loc, logvar, "logvar", validate_args, **kwargs)
+    def from_logvar(cls, loc, logvar, validate_args=None, *, seed=None, backend="auto"):
+        """The Normal with scale exp(logvar / 2), applied in the sampler's kernel; seed and backend as in the
+        constructor."""
+        return cls.from_scale_param(loc, logvar, "logvar", validate_args, seed=seed, backend=backend)
 
     # The scale is also kept in __dict__["scale"], where torch's Normal keeps it, so that repr (and with it
     # the parameter check's message) lists it as torch's does once it exists. It is read from _built_scale:
@@ -497,18 +523,25 @@ class HalfNormal(_KeepsScaleParam, torch.distributions.HalfNormal):
 
     @classmethod
     def from_scale_param(cls, scale_param, scale="log_sigma", validate_args=None, *, seed=None, backend="auto"):
+        """The distribution with scale sigma(scale_param) under the parameterization `scale`."""
         check_scale(scale)
+        (scale_param,) = _broadcast(scale_param)  # a Python number becomes a tensor, as HalfNormal(1.0) makes it
+        scale_param = _held_as_torch_holds_it(scale_param)
         new = cls(sigma_of(scale_param, scale), validate_args, seed=seed, backend=backend)
         new._scale_param, new._scale_kind = scale_param, scale
         return new
 
     @classmethod
-    def from_log_scale(cls, log_scale, validate_args=None, **kwargs):
-        return cls.from_scale_param(log_scale, "log_sigma", validate_args, **kwargs)
+    def from_log_scale(cls, log_scale, validate_args=None, *, seed=None, backend="auto"):
+        """The distribution with scale exp(log_scale), applied in the sampler's kernel; seed and backend as in
+        the constructor."""
+        return cls.from_scale_param(log_scale, "log_sigma", validate_args, seed=seed, backend=backend)
 
     @classmethod
-    def from_softplus(cls, raw_scale, validate_args=None, **kwargs):
-        return cls.from_scale_param(raw_scale, "softplus", validate_args, **kwargs)
+    def from_softplus(cls, raw_scale, validate_args=None, *, seed=None, backend="auto"):
+        """The distribution with scale softplus(raw_scale), applied in the sampler's kernel; seed and backend as
+        in the constructor."""
+        return cls.from_scale_param(raw_scale, "softplus", validate_args, seed=seed, backend=backend)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
@@ -627,6 +660,7 @@ class Dirichlet(_Fused, torch.distributions.Dirichlet):
 
 class RelaxedOneHotCategorical(_FusedRelaxed, torch.distributions.RelaxedOneHotCategorical):
     """torch.distributions.RelaxedOneHotCategorical with a fused sampler (rtrick_ops.gumbel_softmax): Gumbel
-    noise, temperature and the softmax in one pass over each row; the backward regenerates the sample."""
+    noise, temperature and the softmax in one pass over each row; the backward reads the soft sample it returned
+    (float32, float64) or regenerates it from the key (float16, bfloat16: docs/operators.md)."""
 
     _fused_sampler = staticmethod(gumbel.gumbel_softmax)

@@ -43,6 +43,19 @@ _COMMON_ARGS = """
         backend: "auto", "cpu", "cuda", "triton" or "reference" (as in normal_rsample)."""
 
 
+def _scaled_doc(doc_formula):
+    return f"""Draw {doc_formula}, differentiably in loc and scale_param.
+
+    Args:
+        loc: the location.
+        scale_param: the scale, as chosen by `scale`: "log_sigma" (scale = exp(x), the
+            default, as in normal_rsample), "logvar" (exp(x / 2)), "sigma" (x itself)
+            or "softplus". The transform runs inside the kernel.{_COMMON_ARGS}
+        validate_args: check that scale_param is in its scale's domain (docs/usage.md, value
+            policy; a device sync); None follows torch.distributions' default.
+    """
+
+
 def _scaled(family, doc_formula):
     """The public sampler of one location-scale family."""
 
@@ -54,16 +67,7 @@ def _scaled(family, doc_formula):
                         validate_args=validate_args)
 
     rsample.__name__ = rsample.__qualname__ = f"{family}_rsample"
-    rsample.__doc__ = f"""Draw {doc_formula}, differentiably in loc and scale_param.
-
-    Args:
-        loc: the location.
-        scale_param: the scale, as chosen by `scale`: "log_sigma" (scale = exp(x), the
-            default, as in normal_rsample), "logvar" (exp(x / 2)), "sigma" (x itself)
-            or "softplus". The transform runs inside the kernel.{_COMMON_ARGS}
-        validate_args: check that scale_param is in its scale's domain (docs/usage.md, value
-            policy; a device sync); None follows torch.distributions' default.
-    """
+    rsample.__doc__ = _scaled_doc(doc_formula)
     return rsample
 
 
@@ -72,20 +76,19 @@ cauchy_rsample = _scaled("cauchy", "z = loc + scale * C, C ~ Cauchy(0, 1) (tan(p
 logistic_rsample = _scaled("logistic", "z = loc + scale * log(u / (1 - u)), a Logistic(loc, scale) sample")
 gumbel_rsample = _scaled("gumbel", "z = loc + scale * G, G = -log(-log u) ~ Gumbel(0, 1)")
 half_normal_rsample = _scaled("half_normal", "z = loc + scale * |N|, N ~ N(0, 1) (sqrt(2) erfinv(u), one word each)")
-_lognormal = _scaled("lognormal", "z = exp(mu + sigma * eps), eps ~ N(0, 1)")
 
 
 def lognormal_rsample(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str = "log_sigma",
                       sample_shape: SampleShape = (), seed: Optional[int] = None,
                       generator: Optional[torch.Generator] = None, backend: str = "auto",
                       validate_args: Optional[bool] = None) -> torch.Tensor:
-    return _lognormal(mu, scale_param, scale=scale, sample_shape=sample_shape, seed=seed, generator=generator,
-                      backend=backend, validate_args=validate_args)
+    return _rsample("lognormal", mu, scale_param, scale, sample_shape, seed, generator, backend,
+                    ("mu", "scale_param"), validate_args=validate_args)
 
 
 # The shared docstring names the location loc; this sampler's is mu, as in normal_rsample.
-lognormal_rsample.__doc__ = _lognormal.__doc__.replace("in loc and", "in mu and").replace(
-    "loc: the location.", "mu: the mean of log z.") + """
+lognormal_rsample.__doc__ = _scaled_doc("z = exp(mu + sigma * eps), eps ~ N(0, 1)").replace(
+    "in loc and", "in mu and").replace("loc: the location.", "mu: the mean of log z.") + """
     Overflow: exp overflows where mu + sigma * eps exceeds the dtype's limit (88.72 in
     float32, 709.78 in float64; float16 and bfloat16 compute in float32 and round, so
     float16 saturates to inf above 65504). There z is +inf, exactly as
@@ -110,8 +113,11 @@ def uniform_rsample(low: torch.Tensor, high: torch.Tensor, *, sample_shape: Samp
         if bool(outside.any()):
             raise ValueError(f"low must be less than high everywhere (uniform_rsample), got "
                              f"{int(outside.sum())} pair(s) with low >= high")
-    z = _rsample("uniform", low, high - low, "sigma", sample_shape, seed, generator, backend, ("low", "high"),
-                 validate_args=False)
+    # The width in the promoted dtype of the two, as every op's output: high - low alone follows torch's
+    # result_type, where a 0-d float32 high leaves a float16 low's dtype.
+    dtype = torch.promote_types(low.dtype, high.dtype)
+    z = _rsample("uniform", low, high.to(dtype) - low.to(dtype), "sigma", sample_shape, seed, generator, backend,
+                 ("low", "high"), validate_args=False)
     return _below_high(z, low, high) if z.dtype in HALF_DTYPES else z
 
 

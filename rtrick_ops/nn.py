@@ -24,6 +24,9 @@ from ._checks import (HALF_DTYPES, check_bool, check_choice, check_count, check_
 from ._random import make_rng_state, substreams
 from .normal import NORMAL_RSAMPLE, draw_normal, normal_kl, normal_rsample_and_kl, normal_rsample_and_log_prob
 
+__all__ = ["GaussianLatentHead", "GaussianPolicyHead", "BayesianLinear", "BAYESIAN_LINEAR_MODES",
+           "gaussian_kl_to_standard"]
+
 
 def gaussian_kl_to_standard(mu, log_sigma):
     """KL(N(mu, sigma^2) || N(0, 1)) elementwise, with sigma = exp(log_sigma): rtrick_ops.normal_kl.
@@ -54,12 +57,15 @@ class GaussianLatentHead(nn.Module):
         self.to_params = nn.Linear(in_features, 2 * latent_features, bias=bias)
         self.latent_features = latent_features
 
-    def forward(self, features, sample_shape=(), seed=None):
+    def forward(self, features, sample_shape=(), seed=None, generator=None):
+        """(z, kl) for features of shape (..., in_features): z of shape sample_shape + (..., latent_features),
+        kl of shape (..., latent_features) summed over its last dim, (...). `seed=int` gives the same z on
+        every call; otherwise the key comes from `generator` or torch's default generator (one draw a call)."""
         mu, log_sigma = self.to_params(features).chunk(2, dim=-1)
         # log_sigma is the layer's output: finite unless it overflowed, and a -inf there (sigma = 0) shows as an
         # infinite KL. A value check would cost a pass and, on a GPU, a sync per step for nothing.
         z, kl = normal_rsample_and_kl(mu, log_sigma, scale="log_sigma", sample_shape=sample_shape, seed=seed,
-                                      validate_args=False)
+                                      generator=generator, validate_args=False)
         return z, kl.sum(-1)
 
 
@@ -131,7 +137,12 @@ class GaussianPolicyHead(nn.Module):
             raise ValueError(f"action_bias must be finite, got {value!r}")
         self._action_bias = bias
 
-    def forward(self, features, deterministic=False, seed=None):
+    def forward(self, features, deterministic=False, seed=None, generator=None):
+        """(action, log_prob) for features of shape (..., in_features): action of shape (..., action_features),
+        log_prob its log-density, (...). `deterministic=True` gives the action at eps = 0 (evaluation),
+        action_bias + action_scale * tanh(mu), and its log-density, and draws nothing. `seed=int` gives the
+        same action on every call; otherwise the key comes from `generator` or torch's default generator (one
+        draw a call)."""
         check_bool(deterministic, "deterministic")
         mu, log_std = self.to_params(features).chunk(2, dim=-1)
         log_std = log_std.clamp(self.log_std_min, self.log_std_max)
@@ -140,7 +151,7 @@ class GaussianPolicyHead(nn.Module):
         else:
             # log_std is clamped into [log_std_min, log_std_max]: in the domain by construction (NaN propagates)
             u, log_prob_u = normal_rsample_and_log_prob(mu, log_std, scale="log_sigma", seed=seed,
-                                                        validate_args=False)
+                                                        generator=generator, validate_args=False)
         squash_correction = 2 * (math.log(2) - u - nn.functional.softplus(-2 * u))
         scale = self._action_scale.to(u.dtype)
         log_prob = (log_prob_u - squash_correction).sum(-1) - scale.log().sum()

@@ -119,6 +119,23 @@ def test_latent_head_replaces_the_hand_written_lines():
     assert head.to_params.weight.grad is not None
 
 
+def test_heads_take_a_generator_as_the_ops_do():
+    """docs/usage.md's per-rank rule passes each rank's torch.Generator as generator=; the heads took only seed=
+    until 2026-12-02. A generator gives what the op gives with the same generator, and advances it."""
+    torch.manual_seed(0)
+    features = torch.randn(5, 6)
+    head, policy = GaussianLatentHead(6, 3), GaussianPolicyHead(6, 2)
+    mu, log_sigma = head.to_params(features).chunk(2, dim=-1)
+    z, kl = head(features, sample_shape=(2,), generator=torch.Generator().manual_seed(3))
+    z_op, _ = rt.normal_rsample_and_kl(mu, log_sigma, sample_shape=(2,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(z, z_op) and kl.shape == (5,)
+    g = torch.Generator().manual_seed(3)
+    first, second = policy(features, generator=g), policy(features, generator=g)
+    again = policy(features, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], second[0])
+
+
 def test_kl_stays_finite_for_extreme_log_sigma():
     kl = gaussian_kl_to_standard(torch.zeros(3), torch.tensor([-80.0, 0.0, 40.0]))
     assert bool(torch.isfinite(kl).all())
@@ -494,6 +511,42 @@ def test_scale_of_a_normal_built_under_no_grad_is_detached_as_torchs():
     assert ours.scale.requires_grad is theirs.scale.requires_grad is False
     expanded = ours.expand((4, 2, 3))  # its scale is the unexpanded one's, built the same way
     assert not expanded.scale.requires_grad
+
+
+@pytest.mark.parametrize("mode", FIRST_USE_MODES.values(), ids=FIRST_USE_MODES.keys())
+@pytest.mark.parametrize("name", ["Normal", "Laplace", "HalfNormal"])
+def test_from_log_scale_under_no_grad_gives_torchs_gradients(name, mode):
+    """A from_* constructor under no_grad or inference_mode is torch's class built from exp(log_scale) there:
+    the scale has no graph back to log_scale, so log_prob and rsample give it no gradient, and loc keeps its
+    own. Until 2026-12-02 log_prob's log-scale shortcut gave log_scale the gradient of its -log(scale) term
+    alone ([-1, -1] where the truth is [-0.86, 9.77] and torch's None) and rsample the full one. (Where torch's
+    object refuses, an inference tensor saved for backward, nothing is compared.)"""
+    loc = torch.tensor([0.5, -0.2], dtype=torch.float64, requires_grad=True)
+    log_scale = torch.tensor([0.3, -0.4], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    args = (log_scale,) if name == "HalfNormal" else (loc, log_scale)
+    with mode():
+        ours = getattr(rt.distributions, name).from_log_scale(*args)
+        theirs = getattr(torch.distributions, name)(*args[:-1], log_scale.exp())
+    for use in (lambda d: d.log_prob(x).sum(), lambda d: d.rsample((3,)).sum()):
+        try:
+            want = use(theirs)
+            want = torch.autograd.grad(want, (loc, log_scale), allow_unused=True) if want.requires_grad else None
+        except RuntimeError as error:
+            assert "nference tensor" in str(error)
+            continue
+        got = use(ours)
+        if want is None:
+            assert not got.requires_grad
+            continue
+        got = torch.autograd.grad(got, (loc, log_scale), allow_unused=True)
+        assert got[1] is None and want[1] is None
+        torch.testing.assert_close(got[0], want[0])
+
+
+def test_half_normal_from_log_scale_takes_a_number_as_its_constructor_does():
+    d = rt.distributions.HalfNormal.from_log_scale(0.0, seed=1)
+    assert d.scale.shape == () and torch.equal(d.scale, torch.tensor(1.0)) and d.rsample((2,)).shape == (2,)
 
 
 @pytest.mark.parametrize("first_use", FIRST_USE_MODES.values(), ids=FIRST_USE_MODES.keys())
