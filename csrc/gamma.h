@@ -195,25 +195,41 @@ RT_HD C beta_from_logs(C log_x, C log_y, C tiny, C below_one) {
 }
 
 // A Dirichlet row whose largest log-Gamma is +inf or NaN (an infinite or NaN
-// concentration) has no finite normalisation: the row is NaN, as torch gives,
-// not the clamp value that inf - inf would otherwise fall through to.
+// concentration) has no finite normalisation: inf - inf would fall through to
+// the clamp value.
 template <typename C>
 RT_HD bool dirichlet_row_undefined(C max_log) {
   return !(max_log < inf_of(max_log));
 }
 
+// Such a row with exactly one +inf log and no NaN (one +inf concentration; the
+// others' logs are finite or -inf) has a limit, as Beta(inf, b) has: that
+// category takes the whole row, 1, the others the floor (the entries the
+// normalisation gives for logs 0 and -inf). Two or more +inf logs compare
+// infinities of unknown ratio (Dirichlet(t, 2t, 1) tends to (1/3, 2/3, 0)): the
+// row is NaN, as it is for a NaN concentration.
+template <typename C>
+RT_HD_RARE void dirichlet_row_at_its_limit(C* row, int64_t k_count, C max_log, C tiny) {
+  int64_t infinite = 0;
+  for (int64_t i = 0; i < k_count; ++i) infinite += row[i] == inf_of(max_log);
+  const bool one_hot = max_log == inf_of(max_log) && infinite == 1;
+  for (int64_t i = 0; i < k_count; ++i)
+    row[i] = !one_hot ? nan_of(max_log) : row[i] == inf_of(max_log) ? C(1) : tiny;
+}
+
 // A Dirichlet row from its k log-Gammas, in place: exp(log - max) / sum,
-// raised to tiny where below; NaN where the row is undefined. The exps are a
-// loop of their own so it vectorises. The sum keeps index order (so every ISA
-// and CUDA agree bit for bit) and is kept in double: a float sum of k terms in
-// index order drifts by about sqrt(k) ulps, 2.5e-6 at k = 2000, and
-// torch.distributions' simplex check rejects rows more than 1e-6 from 1.
+// raised to tiny where below; where the row is undefined, its limit or NaN
+// (above). The exps are a loop of their own so it vectorises. The sum keeps
+// index order (so every ISA and CUDA agree bit for bit) and is kept in double:
+// a float sum of k terms in index order drifts by about sqrt(k) ulps, 2.5e-6 at
+// k = 2000, and torch.distributions' simplex check rejects rows more than 1e-6
+// from 1.
 template <typename C>
 RT_HD void dirichlet_row_from_logs(C* row, int64_t k_count, C tiny) {
   C m = -inf_of(C(0));
   for (int64_t i = 0; i < k_count; ++i) m = (row[i] > m || row[i] != row[i]) ? row[i] : m;  // NaN sticks
   if (dirichlet_row_undefined(m)) {
-    for (int64_t i = 0; i < k_count; ++i) row[i] = nan_of(m);
+    dirichlet_row_at_its_limit(row, k_count, m, tiny);
     return;
   }
   for (int64_t i = 0; i < k_count; ++i) row[i] = exp_of(row[i] - m);
@@ -475,7 +491,9 @@ RT_HD Grad2 beta_grad_series(double a, double b, double x, double y, double lnx,
       c0 *= bn * x / n;
       log_rho += ::log1p(a / bn) - ::log1p(a / n);
       g -= divide_by_product(a, bn, abn);
-      sb += c0 * (::expm1(log_rho) * db + g);
+      // c0 first: it underflows to 0 where rho - 1 and db overflow in their product (a = 1e-4, b = 1e-200
+      // at x = 1e-300: 0 * inf, NaN).
+      sb += (c0 * ::expm1(log_rho)) * db + c0 * g;
     } else {
       sb += c * db;
     }
@@ -499,6 +517,13 @@ RT_HD double expm1_defect(double s) {
 RT_HD double log1p_defect(double y) {
   if (::fabs(y) >= 0.1) return ::log1p(y) - y;
   return -y * y * log1p_defect_series(y);
+}
+
+// ln(1 + p / q) for p, q > 0, also where p / q overflows (Beta(5e307, 0.1)): there ln p - ln q, which
+// is within q / p < 1 / DBL_MAX of it.
+RT_HD double log1p_of_ratio(double p, double q) {
+  const double ratio = p / q;
+  return ratio < HUGE_VAL ? ::log1p(ratio) : ::log(p) - ::log(q);
 }
 
 // Most Gauss-Legendre panels of the quadrature below (S up to 2^14 times the singularity's distance).
@@ -528,8 +553,8 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
   for (int i = 0; i < 200 && decay(span) < 45.0; ++i) span *= 2.0;
   for (int i = 0; i < 200 && decay(0.5 * span) >= 45.0; ++i) span *= 0.5;
   // ln(x / x0) and ln(y / y0), x0 = a / (a + b), y0 = b / (a + b).
-  const double lx0 = ::fabs(m / a) < 0.5 ? ::log1p(m / a) : ::log(x) + ::log1p(b / a);
-  const double ly0 = ::fabs(m / b) < 0.5 ? ::log1p(-m / b) : ::log(y) + ::log1p(a / b);
+  const double lx0 = ::fabs(m / a) < 0.5 ? ::log1p(m / a) : ::log(x) + log1p_of_ratio(b, a);
+  const double ly0 = ::fabs(m / b) < 0.5 ? ::log1p(-m / b) : ::log(y) + log1p_of_ratio(a, b);
   const double psi_ab = digamma_minus_log(a + b);
   const double ca = psi_ab - digamma_minus_log(a), cb = psi_ab - digamma_minus_log(b);
   // (1 + r (1 - e^-s))^(b-1) and dz/db's log1p(r (1 - e^-s)) are singular at
@@ -584,9 +609,28 @@ struct BetaPlan {
   bool swap;    // evaluate on 1 - z's side
   bool series;  // by the Gauss series (else the quadrature)
 };
-// beta_dz_dab's choice for finite a, b > 0 and z in (0, 1).
+// m = z a + z b - a, from exact products (fma) and exact sums (TwoSum): near
+// the mode, for a = b = 1e30, m is ~1e15 out of 1e30.
+RT_HD double beta_mode_offset(double a, double b, double z) {
+  const double pa = z * a, pb = z * b;
+  const double h1 = pa - a, v1 = h1 - pa, l1 = (pa - (h1 - v1)) + (-a - v1);
+  const double h2 = h1 + pb, v2 = h2 - h1, l2 = (h1 - (h2 - v2)) + (pb - v2);
+  return h2 + (l1 + l2 + ::fma(z, a, -pa) + ::fma(z, b, -pb));
+}
+
+// beta_dz_dab's choice for finite a, b > 0 and z in (0, 1). The crossover
+// (a + 1) / (a + b + 2) rounds by up to 2 ulps; for a + b above about 1e32
+// (or a 1e16 times b, z near 1) that is thousands of standard deviations of z,
+// and a z drawn within it was put on the side where the quadrature's integrand
+// rises from the mode to z instead of falling (Beta(1e38, 7e39) one ulp below
+// its mean, Beta(1e23, 1e7) at 1 - 2^-53: e^68000, and NaN). Within 4 ulps of
+// the quotient the test is made exactly, as m + (2z - 1) < 0 with m =
+// beta_mode_offset (measured: computing m for every element cost 1-2% of the
+// backward).
 RT_HD BetaPlan beta_plan(double a, double b, double z, bool need_b) {
-  bool swap = !(z < (a + 1.0) / (a + b + 2.0));
+  const double crossover = (a + 1.0) / (a + b + 2.0);
+  bool swap = !(z < crossover);
+  if (::fabs(z - crossover) <= 0x1p-50 * crossover) swap = !(beta_mode_offset(a, b, z) + (2.0 * z - 1.0) < 0.0);
   if (swap && z <= 0.5 && a < kBetaSeriesMaxA && !(need_b && a < kBetaSeriesSmallA) &&
       beta_series_growth_bits(a, b, z) <= kBetaSeriesMaxGrowthBits)
     swap = false;
@@ -595,7 +639,9 @@ RT_HD BetaPlan beta_plan(double a, double b, double z, bool need_b) {
 
 RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool need_b = true) {
   if (a != a || b != b || z != z || !(a > 0.0) || !(b > 0.0)) return Grad2{::nan(""), ::nan("")};
-  if (!(z > 0.0) || !(z < 1.0) || a == HUGE_VAL || b == HUGE_VAL) return Grad2{0.0, 0.0};
+  // a + b past the largest double (both above about 9e307): every derivative is below about 1 / (a + b),
+  // not a normal number, as for an infinite parameter.
+  if (!(z > 0.0) || !(z < 1.0) || !(a + b < HUGE_VAL)) return Grad2{0.0, 0.0};
   const double y = 1.0 - z;  // exact for z >= 1/2; below, every use of it tolerates its rounding
   const BetaPlan plan = beta_plan(a, b, z, need_b);
   const bool swap = plan.swap;
@@ -606,12 +652,7 @@ RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool n
                                      swap ? lnz : lny, swap ? need_b : need_a, swap ? need_a : need_b);
     return swap ? Grad2{-g.b, -g.a} : g;
   }
-  // m = z a + z b - a and n = m + 1 - 2z from exact products (fma) and
-  // exact sums (TwoSum): near the mode, for a = b = 1e30, m is ~1e15 out of 1e30.
-  const double pa = z * a, pb = z * b;
-  const double h1 = pa - a, v1 = h1 - pa, l1 = (pa - (h1 - v1)) + (-a - v1);
-  const double h2 = h1 + pb, v2 = h2 - h1, l2 = (h1 - (h2 - v2)) + (pb - v2);
-  const double m = h2 + (l1 + l2 + ::fma(z, a, -pa) + ::fma(z, b, -pb));
+  const double m = beta_mode_offset(a, b, z);
   const double n = m + (1.0 - 2.0 * z);
   if (!swap) return beta_grad_quadrature(a, b, z, y, n, m);
   const Grad2 g = beta_grad_quadrature(b, a, y, z, -n, -m);
@@ -644,6 +685,11 @@ RT_HD double dirichlet_from_beta_grad(double dz_da, double z) { return dz_da / (
 // compensated sum of the row's alphas: hi - alpha is exact where alpha is most
 // of it (Sterbenz), and rounds relative to rest elsewhere.
 RT_HD double dirichlet_marginal_grad(double alpha, double total_hi, double total_lo, double z) {
+  // A total of +inf: a +inf concentration in the row, whose sample is its limit, one-hot, and whose
+  // gradients are the limit's, 0 (with alpha_1 = t, z_j ~ G_j / t for j > 1: every derivative falls as 1
+  // / t); or float64 concentrations whose sum overflows, where every d_i is below about 1 / total, which
+  // is not a normal number. rest would be NaN (inf - inf).
+  if (total_hi == HUGE_VAL && alpha > 0.0 && z == z) return 0.0;
   const double rest = dirichlet_rest(alpha, total_hi, total_lo);
   if (rest != rest || alpha != alpha || z != z) return ::nan("");
   if (!(rest > 0.0) || !(z < 1.0)) return 0.0;

@@ -417,8 +417,12 @@ def dirichlet_rsample(concentration, rng_state, sample_shape=()):
     alpha64 = alpha.to(torch.float64)
     parts = [p.reshape(shape) for p in _standard_gamma_parts(alpha64, key, offset, 0, 1)]
     log_g = _rescaled_where_all_overflowed(_log_gamma_from_parts(alpha64, *parts), alpha64, parts, -1)
+    # One +inf concentration and no NaN: the row's limit, one-hot, the normalisation of logs 0 and -inf
+    # (gamma.h, dirichlet_row_at_its_limit). Two or more, or a NaN: no finite normalisation, a NaN row.
+    infinite = log_g == math.inf
+    one_hot = (infinite.sum(dim=-1, keepdim=True) == 1) & ~log_g.isnan().any(dim=-1, keepdim=True)
+    log_g = torch.where(one_hot, torch.where(infinite, 0.0, -math.inf), log_g)
     m = log_g.max(dim=-1, keepdim=True).values
-    # An infinite or NaN concentration: no finite normalisation, a NaN row (as the kernels and torch).
     m = torch.where(torch.isfinite(m) | (m == -math.inf), m, torch.full_like(m, math.nan))
     e = torch.exp(log_g - m)
     z = e / e.sum(dim=-1, keepdim=True)
@@ -567,5 +571,8 @@ def dirichlet_grad(grad_z, concentration, z):
     total = alpha.sum(-1, keepdim=True).expand(z.shape)
     da, db = beta_dz_dab(alpha, total - alpha, z64)
     d = torch.where((total - alpha > 0) & (z64 < 1), da / (1 - z64), torch.zeros_like(da))
+    # A total of +inf (a +inf concentration, whose one-hot sample is the limit, or a float64 sum that
+    # overflows): every derivative falls as 1 / total, 0 (gamma.h, dirichlet_marginal_grad).
+    d = torch.where((total == math.inf) & (alpha > 0) & ~z64.isnan(), torch.zeros_like(d), d)
     grad = d * (g - (z64 * g).sum(-1, keepdim=True))
     return grad.sum_to_size(concentration.shape).to(concentration.dtype)

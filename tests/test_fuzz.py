@@ -192,7 +192,7 @@ LOC_SCALE = [rt.normal_rsample, rt.laplace_rsample, rt.cauchy_rsample, rt.logist
        sample_shape=sample_shapes, seed=seeds, backend=backends, validate=validates, grad=st.booleans())
 def test_fuzz_location_scale(op, params, scale, sample_shape, seed, backend, validate, grad):
     loc, x = params
-    names = ("mu", "scale_param") if op in (rt.normal_rsample,) else ("loc", "scale_param")
+    names = ("mu", "scale_param") if op in (rt.normal_rsample, rt.lognormal_rsample) else ("loc", "scale_param")
     z = Case(op, dict(zip(names, (loc, x))), dict(scale=scale, sample_shape=sample_shape, seed=seed,
                                                   backend=backend, validate_args=validate)).run(grad)
     if z is not None:
@@ -297,8 +297,13 @@ def test_fuzz_dirichlet(c, sample_shape, seed, backend, validate, grad):
         assert z.is_floating_point() and tuple(z.shape) == _expected_shape(sample_shape, c.shape)
         if cd.numel() == 0 or z.device.type == "meta":
             return
-        nan_row = cd.isnan().any(-1) | (cd == math.inf).any(-1)
-        assert bool(z.isnan()[..., nan_row, :].all()), "a NaN/+inf concentration gave a number"
+        infinite = cd == math.inf
+        nan_row = cd.isnan().any(-1) | (infinite.sum(-1) >= 2)
+        assert bool(z.isnan()[..., nan_row, :].all()), "a NaN concentration or two +inf gave a number"
+        # One +inf among positive concentrations: the row's limit, 1 there and the floor elsewhere.
+        one_hot = (infinite.sum(-1) == 1) & (cd > 0).all(-1)
+        hot = z[..., one_hot, :]
+        assert torch.equal(hot == 1, infinite[one_hot].expand(hot.shape)), "one +inf concentration: not one-hot"
         clean = _moderate(cd, lo=1e-2, hi=1e3).all(-1)
         assert not bool(z.isnan()[..., clean, :].any())
         if validate is False:

@@ -310,6 +310,72 @@ def test_dirichlet_row_whose_log_gammas_all_overflow_gives_its_limit(dtype, smal
     assert bool((rt.dirichlet_rsample(mixed, seed=3).argmax(-1) == 2).all())
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dirichlet_row_with_one_infinite_concentration_gives_its_limit(dtype):
+    """Dirichlet(t, b_2, ..., b_k) tends to the one-hot row (1, 0, ..., 0) as t grows, and every derivative falls
+    as 1 / t, as Beta(inf, b) gives its limit and zero gradients. A row with one +inf concentration was NaN until
+    2026-12-02; it is now 1 there and the floor elsewhere, with zero gradients. Two +inf (Dirichlet(t, 2t, 1)
+    tends to (1/3, 2/3, 0): the ratio is unknown) or a NaN keep the row NaN. The same bits on every ISA, values
+    and gradients, and the reference's; the drop-in class with validation accepts +inf, as torch's does."""
+    inf, nan = math.inf, math.nan
+    small = 1e-40 if dtype in (torch.float32, torch.bfloat16) else 1e-310 if dtype == torch.float64 else 1e-7
+    alpha = torch.tensor([[1.0, inf, 2.0, 0.5], [inf, 1e-3, 3.0, 1.0], [2.0, 1.0, 1.0, inf],
+                          [small, inf, small, small],  # the others' logs overflow to -inf (not in float16)
+                          [2.0, inf, inf, 1.0], [inf, nan, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]],
+                         dtype=torch.float64).to(dtype).requires_grad_(True)
+    weights = torch.linspace(-1.0, 2.0, 4, dtype=dtype)
+
+    def draw(backend):
+        z = rt.dirichlet_rsample(alpha, seed=4, sample_shape=(3,), backend=backend)
+        (grad,) = torch.autograd.grad((z * weights).sum(), alpha)
+        return torch.cat([z.detach().flatten(), grad.flatten()])
+
+    results = {isa: draw("auto") for isa in each_cpu_isa()}
+    both = next(iter(results.values()))
+    for where, got in results.items():  # equal, NaN where NaN
+        torch.testing.assert_close(got, both, rtol=0, atol=0, equal_nan=True, msg=f"{where} differs")
+    # The reference too; it computes the ordinary row in float64, so there only within the dtype's rounding.
+    torch.testing.assert_close(draw("reference"), both, equal_nan=True)
+    z, grad = both[:alpha.numel() * 3].view(3, 7, 4), both[alpha.numel() * 3:].view(7, 4)
+    infinite = alpha.detach() == inf
+    floor = torch.tensor(reference.dirichlet_floor(dtype), dtype=dtype)
+    expected = torch.where(infinite[:4], torch.ones((), dtype=dtype), floor).expand(3, 4, 4)
+    assert torch.equal(z[:, :4], expected) and z.dtype == dtype
+    assert torch.equal(grad[:4], torch.zeros(4, 4, dtype=dtype))
+    assert bool(z[:, 4:6].isnan().all()) and bool(grad[4:6].isnan().all())
+    assert not bool(z[:, 6].isnan().any()) and bool((grad[6] != 0).all())  # an ordinary row beside them
+    d = rt.distributions.Dirichlet(alpha.detach()[:4])
+    assert torch.equal(d.rsample(), expected[0])
+
+
+def test_float64_beta_and_dirichlet_gradients_at_extreme_parameters_are_not_nan():
+    """Found by a user trial (2026-12-02): float64 Beta and Dirichlet gave NaN gradients for every draw at
+    Beta(1e23, 1e7) (z at 1 - 2^-53, hundreds of standard deviations from the mode: the side was chosen by a
+    crossover that rounds by more than 1 - z, and the quadrature's integrand rose to e^68000), at Beta(1e38, 7e39)
+    an ulp from its mean, Beta(0.1, 5e307) (ln(1 + a / b) overflowed), Beta(1e-4, 1e-200) at z = 1e-300 (0 * inf
+    in the small-a series) and where a + b overflows. Now finite on every ISA, and Beta(1e23, 1e7)'s dz/db is the
+    Gamma limit's: with a >> b, 1 - z = G / a, G ~ Gamma(b), so dz/db = -(dG/db at G = a (1 - z)) / a."""
+    f64 = dict(dtype=torch.float64)
+    pairs = torch.tensor([[1e23, 1e7], [1.3e38, 7e39], [0.1, 5e307], [1e-4, 1e-200], [1.5e308, 1e308], [1e10, 1e25]],
+                         **f64)
+    z = torch.tensor([1 - 2.0 ** -53, 0.018232819074333797, 2.2250738585072014e-308, 1e-300, 0.6, 1e-15], **f64)
+    ones = torch.ones_like(z)
+    results = [torch.stack(ops.beta_rsample_backward(ones, pairs[:, 0], pairs[:, 1], z)) for _ in each_cpu_isa()]
+    assert all(torch.equal(r, results[0]) for r in results[1:]) and not bool(results[0].isnan().any())
+    a, b = pairs[0]
+    gamma_limit = -ops.gamma_rsample_backward(ones[:1], b.view(1), a * (1 - z[:1])) / a
+    torch.testing.assert_close(results[0][1, :1], gamma_limit, rtol=1e-9, atol=0)
+    # The draws themselves, as the user met them: a grid of powers of ten, Beta pairs and two-category rows.
+    grid = torch.tensor([10.0 ** k for k in range(0, 60, 4)], **f64)
+    a, b = grid.repeat_interleave(len(grid)).repeat(20), grid.repeat(len(grid)).repeat(20)
+    for _ in each_cpu_isa():
+        a_, b_ = a.clone().requires_grad_(), b.clone().requires_grad_()
+        ga, gb = torch.autograd.grad(rt.beta_rsample(a_, b_, seed=6).sum(), (a_, b_))
+        rows = torch.stack([a, b], -1).requires_grad_()
+        (gd,) = torch.autograd.grad(rt.dirichlet_rsample(rows, seed=6)[:, 0].sum(), rows)
+        assert not bool(ga.isnan().any() or gb.isnan().any() or gd.isnan().any())
+
+
 def test_float64_beta_gradients_below_1e_154_keep_their_scaling():
     """For a = b = v -> 0 at a fixed z, Beta's implicit gradients grow as 1 / v^2. Below v of about 1e-154 the
     digamma differences divided by v (v + d), which underflows: dz/db was NaN from 1e-162 (dz/da from 1e-163 at

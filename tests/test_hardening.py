@@ -198,9 +198,12 @@ def test_relaxed_bernoulli_huge_tau_is_the_limit():
     torch.testing.assert_close(z, torch.full((2,), 0.5))
 
 
-def test_dirichlet_infinite_concentration_gives_nan_like_torch():
-    z = rt.dirichlet_rsample(torch.tensor([1.0, math.inf, 2.0]), seed=0, validate_args=False)
-    assert bool(torch.isnan(z).all())
+def test_dirichlet_infinite_concentrations_give_the_limit_or_nan():
+    """One +inf concentration: the limit, as Beta(inf, b) gives its own (NaN until 2026-12-02). Two: the ratio
+    of the infinities is unknown, NaN."""
+    z = rt.dirichlet_rsample(torch.tensor([[1.0, math.inf, 2.0], [math.inf, 1.0, math.inf]]), seed=0)
+    assert torch.equal(z[0], torch.tensor([torch.finfo(torch.float32).tiny, 1.0, torch.finfo(torch.float32).tiny]))
+    assert bool(torch.isnan(z[1]).all())
 
 
 def test_gumbel_softmax_bool_dim_is_a_type_error():
@@ -217,6 +220,27 @@ def test_numpy_scalars_are_accepted():
     torch.testing.assert_close(rt.relaxed_bernoulli_rsample(mu, np.float32(0.5), seed=1),
                                rt.relaxed_bernoulli_rsample(mu, 0.5, seed=1))
     assert rt.gumbel_softmax(torch.zeros(2, 3), np.float64(0.3), sample_shape=np.int64(2), seed=0).shape == (2, 2, 3)
+    # NumPy's bool as hard (until 2026-12-02: "hard must be a bool, got bool"), as F.gumbel_softmax takes it
+    assert torch.equal(rt.gumbel_softmax(torch.zeros(2, 3), hard=np.bool_(True), seed=0),
+                       rt.gumbel_softmax(torch.zeros(2, 3), hard=True, seed=0))
+    with pytest.raises(TypeError, match="hard must be a bool"):
+        rt.gumbel_softmax(torch.zeros(2, 3), hard=np.int64(1))
+
+
+def test_lognormal_errors_name_its_argument_mu():
+    with pytest.raises(TypeError, match="^mu must be"):
+        rt.lognormal_rsample(torch.ones(3, dtype=torch.int64), torch.ones(3))
+    with pytest.raises(ValueError, match="mu of shape"):
+        rt.lognormal_rsample(torch.ones(3), torch.ones(2))
+
+
+def test_uniform_output_has_the_promoted_dtype_as_every_op():
+    """high - low alone follows torch.result_type, under which a 0-d float32 high left a float16 low's dtype;
+    every other op promotes the two dtypes (until 2026-12-02 uniform gave float16 here, laplace float32)."""
+    low, high = torch.zeros(3, dtype=torch.float16), torch.tensor(1.0)
+    z = rt.uniform_rsample(low, high, seed=2)
+    assert z.dtype == torch.float32 == rt.laplace_rsample(low, high, seed=2).dtype
+    assert torch.equal(z, rt.uniform_rsample(low.float(), high, seed=2))
 
 
 def test_tau_requiring_grad_is_refused():

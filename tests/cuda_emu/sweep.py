@@ -394,6 +394,16 @@ def sweep_gamma(s, quick):
         s.run("gamma_rsample", (edges, st, [2]), f"gamma_rsample edge values {dtype}")
         s.run("beta_rsample", (edges, edges.flip(0), st, []), f"beta_rsample edge values {dtype}")
         s.run("dirichlet_rsample", (edges.view(2, 4), st, []), f"dirichlet_rsample edge values {dtype}")
+        # Rows with one +inf concentration (the one-hot limit, zero gradients: gamma.h,
+        # dirichlet_row_at_its_limit and dirichlet_marginal_grad), two (NaN), and +inf beside NaN.
+        inf, nan = math.inf, math.nan
+        infinite = torch.tensor([[1.0, inf, 2.0, 0.5], [inf, 1e-30, 3.0, 1.0], [2.0, inf, inf, 1.0],
+                                 [inf, nan, 1.0, 1.0], [0.5, 1.0, 2.0, inf]], dtype=torch.float64).to(dtype)
+        s.run("dirichlet_rsample", (infinite, st, [3]), f"dirichlet_rsample +inf concentrations {dtype}")
+        z = s.cpu.dirichlet_rsample(infinite, st, [3])
+        s.run("dirichlet_rsample_backward", (s.normal(z.shape, dtype), infinite, z),
+              f"dirichlet_rsample_backward +inf concentrations {dtype}", exact=False,
+              rtol=None if dtype in (torch.float16, torch.bfloat16) else 1e-9)
         # Concentrations so small that every log-Gamma of a Beta pair or a Dirichlet row overflows to -inf
         # (gamma.h, beta_logs_rescaled and dirichlet_logs_rescaled): redrawn on a common scale, on the CPU
         # in the launch and on CUDA in the kernels. 260 elements: more than one 256-thread block.
