@@ -32,6 +32,7 @@ from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all, lazy_property
 
 from . import _checks
+from ._backends import BACKENDS
 from ._math import check_scale, compute_dtype, dirichlet_floor, sigma_of
 from ._random import make_rng_state
 from . import family, gamma, gumbel
@@ -111,6 +112,14 @@ def _broadcast(*values):
     if shape is not None and all(type(v) in _checks.PLAIN_TENSORS and v.shape == shape for v in values):
         return values
     return broadcast_all(*values)
+
+
+def _draw_options(seed, backend):
+    """A constructor's seed and backend, checked there: until 2026-12-02 a bad one was kept and raised at the
+    first rsample, far from the line that wrote it."""
+    if backend != "auto":
+        _checks.check_choice(backend, "backend", BACKENDS)
+    return _checks.check_seed(seed), backend
 
 
 def _held_as_torch_holds_it(scale_param):
@@ -264,7 +273,7 @@ class _FusedLocScale(_KeepsScaleParam):
         # transformed classes (Gumbel, LogNormal, Logistic) no base distribution or transforms until used
         # (_TransformedOnUse). torch's own __init__ is not called: the state it leaves is set here.
         self._scale_param, self._scale_kind = None, "sigma"
-        self._seed, self._backend = seed, backend
+        self._seed, self._backend = _draw_options(seed, backend)
         self._record_modes()
         self._constructor_arguments = (loc, scale, validate_args)  # what a transformed class builds its parts from
         self.loc, self.scale = _broadcast(loc, scale)
@@ -326,7 +335,7 @@ class Normal(_FusedLocScale, torch.distributions.Normal):
         # torch's Normal needs no scale to exist: it is computed on first use.
         new = cls.__new__(cls)
         new.loc, new._scale_param, new._scale_kind = loc, scale_param, scale
-        new._seed, new._backend = seed, backend
+        new._seed, new._backend = _draw_options(seed, backend)
         new._record_modes()
         torch.distributions.Distribution.__init__(new, loc.size(), validate_args=False)
         _validate_after_init(new, validate_args)
@@ -485,7 +494,7 @@ class Uniform(_Fused, torch.distributions.Uniform):
     """torch.distributions.Uniform with a fused sampler, low + (high - low) * u, u strictly inside (0, 1)."""
 
     def __init__(self, low, high, validate_args=None, *, seed=None, backend="auto"):
-        self._seed, self._backend = seed, backend
+        self._seed, self._backend = _draw_options(seed, backend)
         super().__init__(low, high, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
@@ -497,7 +506,7 @@ class Exponential(_Fused, torch.distributions.Exponential):
     """torch.distributions.Exponential with a fused sampler, -log(u) / rate in one kernel."""
 
     def __init__(self, rate, validate_args=None, *, seed=None, backend="auto"):
-        self._seed, self._backend = seed, backend
+        self._seed, self._backend = _draw_options(seed, backend)
         super().__init__(rate, validate_args=False)  # torch's __init__ then its check, scanned
         _validate_after_init(self, validate_args)
 
@@ -514,7 +523,7 @@ class HalfNormal(_KeepsScaleParam, torch.distributions.HalfNormal):
     """
 
     def __init__(self, scale, validate_args=None, *, seed=None, backend="auto"):
-        self._seed, self._backend = seed, backend
+        self._seed, self._backend = _draw_options(seed, backend)
         self._scale_param, self._scale_kind = None, "sigma"
         # torch's base Normal never validates, so its __init__ with validation off then the scanned check
         # leaves the same state
@@ -555,7 +564,7 @@ class _FusedRelaxed(_Fused):
     usual case); a per-element or trainable temperature falls back to torch's sampler."""
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None, *, seed=None, backend="auto"):
-        self._seed, self._backend = seed, backend
+        self._seed, self._backend = _draw_options(seed, backend)
         # The number as given, for the fused sampler under torch.compile: float() of the tensor below cannot be
         # traced when a changed temperature is a symbol. Eager calls read the tensor, which is what log_prob
         # uses (outside the compute type's range the two differ: 1e-50 rounds to 0 there).
@@ -620,7 +629,7 @@ class Gamma(_Fused, torch.distributions.Gamma):
     """
 
     def __init__(self, concentration, rate, validate_args=None, *, seed=None, backend="auto"):
-        self._seed, self._backend = seed, backend
+        self._seed, self._backend = _draw_options(seed, backend)
         super().__init__(concentration, rate, validate_args=False)  # torch's __init__ then its check, scanned
         _validate_after_init(self, validate_args)
 
@@ -633,7 +642,7 @@ class Beta(_Fused, torch.distributions.Beta):
     """torch.distributions.Beta with a fused sampler and implicit-reparameterization gradients."""
 
     def __init__(self, concentration1, concentration0, validate_args=None, *, seed=None, backend="auto"):
-        self._seed, self._backend = seed, backend
+        self._seed, self._backend = _draw_options(seed, backend)
         super().__init__(concentration1, concentration0, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
@@ -650,7 +659,7 @@ class Dirichlet(_Fused, torch.distributions.Dirichlet):
     support = _SIMPLEX_WITHIN_ROUNDING
 
     def __init__(self, concentration, validate_args=None, *, seed=None, backend="auto"):
-        self._seed, self._backend = seed, backend
+        self._seed, self._backend = _draw_options(seed, backend)
         super().__init__(concentration, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):

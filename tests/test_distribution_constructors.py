@@ -328,3 +328,31 @@ def test_pyro_lognormal_checks_when_built_not_when_its_parts_are(default_validat
             torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
         torch.testing.assert_close(ours.entropy(), theirs.entropy(), rtol=0, atol=0, equal_nan=True)
         assert _validation_flag(ours.base_dist) == _validation_flag(theirs.base_dist)
+
+
+EVERY_CLASS = [lambda **kw: rd.Normal(torch.zeros(2), torch.ones(2), **kw),
+               lambda **kw: rd.Normal.from_log_scale(torch.zeros(2), torch.zeros(2), **kw),
+               lambda **kw: rd.Laplace(torch.zeros(2), torch.ones(2), **kw),
+               lambda **kw: rd.Gumbel(torch.zeros(2), torch.ones(2), **kw),
+               lambda **kw: rd.Logistic(torch.zeros(2), torch.ones(2), **kw),
+               lambda **kw: rd.Uniform(torch.zeros(2), torch.ones(2), **kw),
+               lambda **kw: rd.Exponential(torch.ones(2), **kw),
+               lambda **kw: rd.HalfNormal(torch.ones(2), **kw),
+               lambda **kw: rd.RelaxedBernoulli(0.5, logits=torch.zeros(2), **kw),
+               lambda **kw: rd.RelaxedOneHotCategorical(0.5, logits=torch.zeros(3), **kw),
+               lambda **kw: rd.Gamma(torch.ones(2), torch.ones(2), **kw),
+               lambda **kw: rd.Beta(torch.ones(2), torch.ones(2), **kw),
+               lambda **kw: rd.Dirichlet(torch.ones(3), **kw)]
+
+
+@pytest.mark.parametrize("make", EVERY_CLASS)
+def test_constructors_check_seed_and_backend(make):
+    """A user trial (2026-12-02): a bad seed or backend was kept and raised at the first rsample, far from the
+    line that passed it. The constructor checks them, with the ops' messages; good ones still draw alike."""
+    with pytest.raises(ValueError, match="backend='gpu' is not valid"):
+        make(backend="gpu")
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64\)"):
+        make(seed=-1)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        make(seed="3")
+    assert torch.equal(make(seed=3, backend="reference").rsample(), make(seed=3, backend="reference").rsample())
