@@ -399,12 +399,13 @@ RT_HD double digamma_minus_log(double x) {
   return digamma_d(x) - ::log(x);
 }
 
-// x / (p q) where the product is a normal number (the bits as before), else (x / p) / q: the product
-// underflows below p, q of about 1e-154, and x / 0 = inf made Beta(1e-162, 1e-162)'s gradient NaN
-// (1e-161's was 1.2% off).
+// x / (p q) where the product is a finite normal number (the bits as before), else (x / p) / q: the
+// product underflows below p, q of about 1e-154, and x / 0 = inf made Beta(1e-162, 1e-162)'s gradient NaN
+// (1e-161's was 1.2% off); it overflows for p q above DBL_MAX (psi(1 + 7e307) - psi(1) through v (v + d)),
+// and x / inf = 0 made Beta(1, 1e308)'s gradient 10x too large.
 RT_HD double divide_by_product(double x, double p, double q) {
   const double product = p * q;
-  return product >= DBL_MIN ? x / product : (x / p) / q;
+  return product >= DBL_MIN && product < HUGE_VAL ? x / product : (x / p) / q;
 }
 
 // psi(v + d) - psi(v) for v > 0, v + d > 0, d given exactly, without the
@@ -623,8 +624,8 @@ RT_HD double beta_mode_offset(double a, double b, double z) {
 // (or a 1e16 times b, z near 1) that is thousands of standard deviations of z,
 // and a z drawn within it was put on the side where the quadrature's integrand
 // rises from the mode to z instead of falling (Beta(1e38, 7e39) one ulp below
-// its mean, Beta(1e23, 1e7) at 1 - 2^-53: e^68000, and NaN). Within 4 ulps of
-// the quotient the test is made exactly, as m + (2z - 1) < 0 with m =
+// its mean, Beta(1e23, 1e7) at 1 - 2^-53: e^68000, and NaN). Within 2^-50 of
+// the quotient (4 to 8 ulps) the test is made as m + (2z - 1) < 0, with m =
 // beta_mode_offset (measured: computing m for every element cost 1-2% of the
 // backward).
 RT_HD BetaPlan beta_plan(double a, double b, double z, bool need_b) {
@@ -639,8 +640,8 @@ RT_HD BetaPlan beta_plan(double a, double b, double z, bool need_b) {
 
 RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool need_b = true) {
   if (a != a || b != b || z != z || !(a > 0.0) || !(b > 0.0)) return Grad2{::nan(""), ::nan("")};
-  // a + b past the largest double (both above about 9e307): every derivative is below about 1 / (a + b),
-  // not a normal number, as for an infinite parameter.
+  // a + b past the largest double (one near it, the other above about 1e292): every derivative is below
+  // about 1 / (a + b), not a normal number, as for an infinite parameter.
   if (!(z > 0.0) || !(z < 1.0) || !(a + b < HUGE_VAL)) return Grad2{0.0, 0.0};
   const double y = 1.0 - z;  // exact for z >= 1/2; below, every use of it tolerates its rounding
   const BetaPlan plan = beta_plan(a, b, z, need_b);
@@ -654,6 +655,12 @@ RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool n
   }
   const double m = beta_mode_offset(a, b, z);
   const double n = m + (1.0 - 2.0 * z);
+  // The quadrature's slope, -n / y (n / z on 1 - z's side), past the largest double: a parameter near it
+  // beside z's small side (Beta(1e-300, 1.5e308) at the smallest normal number gave NaN for nearly every
+  // draw). The Beta is the Gamma limit there, to within the small side and a / b: z = G / b with
+  // G ~ Gamma(a), so dz/da = (dG/da at G = z b) / b and dz/db = -z / b; on 1 - z's side the same, mirrored.
+  if (!(::fabs(n) / (swap ? z : y) < HUGE_VAL))
+    return swap ? Grad2{gamma_dz_dalpha(a, z * b) / b, -z / b} : Grad2{y / a, -gamma_dz_dalpha(b, y * a) / a};
   if (!swap) return beta_grad_quadrature(a, b, z, y, n, m);
   const Grad2 g = beta_grad_quadrature(b, a, y, z, -n, -m);
   return Grad2{-g.b, -g.a};
@@ -687,8 +694,8 @@ RT_HD double dirichlet_from_beta_grad(double dz_da, double z) { return dz_da / (
 RT_HD double dirichlet_marginal_grad(double alpha, double total_hi, double total_lo, double z) {
   // A total of +inf: a +inf concentration in the row, whose sample is its limit, one-hot, and whose
   // gradients are the limit's, 0 (with alpha_1 = t, z_j ~ G_j / t for j > 1: every derivative falls as 1
-  // / t); or float64 concentrations whose sum overflows, where every d_i is below about 1 / total, which
-  // is not a normal number. rest would be NaN (inf - inf).
+  // / t); or float64 concentrations whose sum overflows: 0 there too, right for the entries that hold
+  // most of the total, not for a small one beside them (docs/gamma.md, Limits). rest would be NaN.
   if (total_hi == HUGE_VAL && alpha > 0.0 && z == z) return 0.0;
   const double rest = dirichlet_rest(alpha, total_hi, total_lo);
   if (rest != rest || alpha != alpha || z != z) return ::nan("");

@@ -353,8 +353,8 @@ def test_float64_beta_and_dirichlet_gradients_at_extreme_parameters_are_not_nan(
     Beta(1e23, 1e7) (z at 1 - 2^-53, hundreds of standard deviations from the mode: the side was chosen by a
     crossover that rounds by more than 1 - z, and the quadrature's integrand rose to e^68000), at Beta(1e38, 7e39)
     an ulp from its mean, Beta(0.1, 5e307) (ln(1 + a / b) overflowed), Beta(1e-4, 1e-200) at z = 1e-300 (0 * inf
-    in the small-a series) and where a + b overflows. Now finite on every ISA, and Beta(1e23, 1e7)'s dz/db is the
-    Gamma limit's: with a >> b, 1 - z = G / a, G ~ Gamma(b), so dz/db = -(dG/db at G = a (1 - z)) / a."""
+    in the small-a series) and where a + b overflows; and a reviewer's (below). Now finite on every ISA, and
+    Beta(1e23, 1e7)'s dz/db is the Gamma limit's: with a >> b, 1 - z = G / a, G ~ Gamma(b), so dz/db = -(dG/db at G = a (1 - z)) / a."""
     f64 = dict(dtype=torch.float64)
     pairs = torch.tensor([[1e23, 1e7], [1.3e38, 7e39], [0.1, 5e307], [1e-4, 1e-200], [1.5e308, 1e308], [1e10, 1e25]],
                          **f64)
@@ -365,6 +365,20 @@ def test_float64_beta_and_dirichlet_gradients_at_extreme_parameters_are_not_nan(
     a, b = pairs[0]
     gamma_limit = -ops.gamma_rsample_backward(ones[:1], b.view(1), a * (1 - z[:1])) / a
     torch.testing.assert_close(results[0][1, :1], gamma_limit, rtol=1e-9, atol=0)
+    # A reviewer's cases: b near the largest double beside a small a, z at the smallest normal number. The
+    # quadrature's slope overflowed there (NaN from b = 1.35e308), and psi(1 + b) - psi(1) lost its product to
+    # overflow (Beta(1, 1e308) 9.8x too large; a Dirichlet row [7e307, 1e-300] 15x). Both are the Gamma limit's
+    # dz/da = (dG/da at G = z b) / b, which the quadrature below 1.35e308 meets to 1e-13.
+    a = torch.tensor([1e-300, 1e-300, 1.0, 5.0, 0.2, 3.0], **f64)
+    b = torch.tensor([1.5e308, 1.3e308, 1e308, 1e308, 1.79e308, 7e307], **f64)
+    tiny = torch.full_like(a, 2.2250738585072014e-308)
+    dz_da = ops.beta_rsample_backward(torch.ones_like(a), a, b, tiny)[0]
+    torch.testing.assert_close(dz_da, ops.gamma_rsample_backward(torch.ones_like(a), a, tiny * b) / b, rtol=1e-11,
+                               atol=0)
+    row = torch.tensor([[7e307, 1e-300]], **f64)
+    d = ops.dirichlet_rsample_backward(torch.tensor([[0.0, 1.0]], **f64), row, torch.tensor([[1.0, tiny[0]]], **f64))
+    limit = ops.gamma_rsample_backward(ones[:1], row[:, 1], tiny[:1] * 7e307) / 7e307
+    torch.testing.assert_close(d[0, 1:], limit, rtol=1e-9, atol=0)
     # The draws themselves, as the user met them: a grid of powers of ten, Beta pairs and two-category rows.
     grid = torch.tensor([10.0 ** k for k in range(0, 60, 4)], **f64)
     a, b = grid.repeat_interleave(len(grid)).repeat(20), grid.repeat(len(grid)).repeat(20)
