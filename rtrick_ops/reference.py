@@ -571,8 +571,9 @@ def dirichlet_grad(grad_z, concentration, z):
     total = alpha.sum(-1, keepdim=True).expand(z.shape)
     da, db = beta_dz_dab(alpha, total - alpha, z64)
     d = torch.where((total - alpha > 0) & (z64 < 1), da / (1 - z64), torch.zeros_like(da))
-    # A total of +inf (a +inf concentration, whose one-hot sample is the limit, or a float64 sum that
-    # overflows): every derivative falls as 1 / total, 0 (gamma.h, dirichlet_marginal_grad).
+    # A total of +inf: 0, as the kernels give (gamma.h, dirichlet_marginal_grad). For a +inf concentration,
+    # whose one-hot sample is the limit, every derivative falls as 1 / total; for a float64 sum that
+    # overflows, that is wrong for a small entry beside huge ones (docs/gamma.md, Limits).
     d = torch.where((total == math.inf) & (alpha > 0) & ~z64.isnan(), torch.zeros_like(d), d)
     grad = d * (g - (z64 * g).sum(-1, keepdim=True))
     return grad.sum_to_size(concentration.shape).to(concentration.dtype)
