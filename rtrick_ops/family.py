@@ -43,11 +43,11 @@ _COMMON_ARGS = """
         backend: "auto", "cpu", "cuda", "triton" or "reference" (as in normal_rsample)."""
 
 
-def _scaled_doc(doc_formula):
-    return f"""Draw {doc_formula}, differentiably in loc and scale_param.
+def _scaled_doc(doc_formula, loc="loc", loc_meaning="the location."):
+    return f"""Draw {doc_formula}, differentiably in {loc} and scale_param.
 
     Args:
-        loc: the location.
+        {loc}: {loc_meaning}
         scale_param: the scale, as chosen by `scale`: "log_sigma" (scale = exp(x), the
             default, as in normal_rsample), "logvar" (exp(x / 2)), "sigma" (x itself)
             or "softplus". The transform runs inside the kernel.{_COMMON_ARGS}
@@ -86,9 +86,8 @@ def lognormal_rsample(mu: torch.Tensor, scale_param: torch.Tensor, *, scale: str
                     ("mu", "scale_param"), validate_args=validate_args)
 
 
-# The shared docstring names the location loc; this sampler's is mu, as in normal_rsample.
-lognormal_rsample.__doc__ = _scaled_doc("z = exp(mu + sigma * eps), eps ~ N(0, 1)").replace(
-    "in loc and", "in mu and").replace("loc: the location.", "mu: the mean of log z.") + """
+# Its location is mu, as in normal_rsample.
+lognormal_rsample.__doc__ = _scaled_doc("z = exp(mu + sigma * eps), eps ~ N(0, 1)", "mu", "the mean of log z.") + """
     Overflow: exp overflows where mu + sigma * eps exceeds the dtype's limit (88.72 in
     float32, 709.78 in float64; float16 and bfloat16 compute in float32 and round, so
     float16 saturates to inf above 65504). There z is +inf, exactly as
