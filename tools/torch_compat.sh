@@ -4,9 +4,11 @@
 #
 # CI tests the pinned torch (requirements.txt). The GPU machine runs another (2.11), and users run many: this
 # builds a clean clone of HEAD in its own virtual environment with that torch and whatever Triton it brings,
-# and runs the tests there. Everything goes under ${RTRICK_COMPAT_DIR:-/tmp/rtrick_compat}/torch-VERSION-pyX.Y;
-# the environment is kept for the next run. The build is CPU-only unless FORCE_CUDA=1 is set (then nvcc and
-# the CUDA build of torch must be there: the GPU machine's build, compiled and linked, not run).
+# and runs the tests there. Everything goes under ${RTRICK_COMPAT_DIR:-/tmp/rtrick_compat}/torch-VERSION-pyX.Y.
+# That environment takes several GB (PyPI's torch 2.9-2.14 are CUDA builds), so it is removed at the end
+# unless RTRICK_COMPAT_KEEP=1 keeps it for the next run: kept ones once filled the disk that CI shares.
+# The build is CPU-only unless FORCE_CUDA=1 is set (then nvcc and the CUDA build of torch must be there:
+# the GPU machine's build, compiled and linked, not run).
 # The aarch64 and CUDA emulations are left out: they do not depend on torch's version, and they are CI's.
 # Results and the versions are in docs/compatibility.md.
 set -euo pipefail
@@ -17,6 +19,7 @@ python="${RTRICK_COMPAT_PYTHON:-python3}"
 python_version="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 work="${RTRICK_COMPAT_DIR:-/tmp/rtrick_compat}/torch-${version}-py${python_version}"
 mkdir -p "$work"
+if [ "${RTRICK_COMPAT_KEEP:-0}" != "1" ]; then trap 'rm -rf "$work"' EXIT; fi
 if [ ! -x "$work/venv/bin/python" ]; then
     "$python" -m venv "$work/venv"
     # requirements.txt without its torch and Triton pins: this torch brings the Triton it was built with
