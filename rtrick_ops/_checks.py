@@ -218,6 +218,11 @@ def check_tau(tau):
     return float(tau)
 
 
+def holds_values(tensor):
+    """False for meta and fake tensors (FakeTensorMode): they carry a shape and no values to check."""
+    return tensor.device.type != "meta" and not isinstance(unwrapped(tensor), FakeTensor)
+
+
 def validation_enabled(validate_args, *values):
     """Whether to check parameter values (a device sync): validate_args=None follows
     torch.distributions.Distribution's global default, as torch's classes do. Never while
@@ -230,7 +235,7 @@ def validation_enabled(validate_args, *values):
         return False
     if torch.compiler.is_compiling():  # before unwrapped(), whose functorch calls dynamo refuses to trace
         return False
-    if any(v.device.type == "meta" or isinstance(unwrapped(v), FakeTensor) for v in values):
+    if not all(holds_values(v) for v in values):
         return False
     if _CUDA_BUILD and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return False

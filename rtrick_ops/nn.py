@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from ._math import LOG_SQRT_2PI, smallest_positive
 from ._backends import BACKENDS
 from ._checks import (HALF_DTYPES, check_bool, check_choice, check_count, check_param, check_real,
-                      check_sample_shape)
+                      check_sample_shape, holds_values)
 from ._random import make_rng_state, substreams
 from .normal import NORMAL_RSAMPLE, draw_normal, normal_kl, normal_rsample_and_kl, normal_rsample_and_log_prob
 
@@ -104,12 +104,19 @@ class GaussianPolicyHead(nn.Module):
         self.action_scale, self.action_bias = action_scale, action_bias
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
 
-    def _per_dimension(self, value, name, like):
-        per_dim = torch.as_tensor(value, dtype=like.dtype).detach().to(like.device)
+    def _per_dimension(self, value, name, like, is_valid, requirement):
+        # On the host until checked: under a `with torch.device("meta")` block, torch.as_tensor would put even
+        # a CPU tensor's values on the meta device, where they cannot be checked.
+        per_dim = (value.detach().to(like.dtype) if isinstance(value, torch.Tensor)
+                   else torch.as_tensor(value, dtype=like.dtype, device="cpu"))
         if per_dim.dim() > 1 or (per_dim.dim() == 1 and per_dim.numel() != self.action_features):
             raise ValueError(f"{name} must be a number or have {self.action_features} elements (one per "
                              f"action dimension), got shape {tuple(per_dim.shape)}")
-        return per_dim.expand(self.action_features).clone()
+        # A module built on the meta device or under FakeTensorMode (deferred initialisation, memory
+        # estimates) has no values to check; they are checked when set again with real ones.
+        if holds_values(per_dim) and not bool(is_valid(per_dim).all()):
+            raise ValueError(f"{name} must be {requirement}, got {value!r}")
+        return per_dim.to(like.device).expand(self.action_features).clone()
 
     @property
     def action_scale(self):
@@ -119,10 +126,9 @@ class GaussianPolicyHead(nn.Module):
     @action_scale.setter
     def action_scale(self, value):
         # A number, or one per action dimension ((high - low) / 2 of an environment's box), positive and finite.
-        scale = self._per_dimension(value, "action_scale", self._action_scale)
-        if not bool(((scale > 0) & torch.isfinite(scale)).all()):
-            raise ValueError(f"action_scale must be positive and finite, got {value!r}")
-        self._action_scale = scale
+        self._action_scale = self._per_dimension(value, "action_scale", self._action_scale,
+                                                 lambda scale: (scale > 0) & torch.isfinite(scale),
+                                                 "positive and finite")
 
     @property
     def action_bias(self):
@@ -132,10 +138,7 @@ class GaussianPolicyHead(nn.Module):
     @action_bias.setter
     def action_bias(self, value):
         # A number, or one per action dimension ((high + low) / 2 of an environment's box), finite.
-        bias = self._per_dimension(value, "action_bias", self._action_bias)
-        if not bool(torch.isfinite(bias).all()):
-            raise ValueError(f"action_bias must be finite, got {value!r}")
-        self._action_bias = bias
+        self._action_bias = self._per_dimension(value, "action_bias", self._action_bias, torch.isfinite, "finite")
 
     def forward(self, features, deterministic=False, seed=None, generator=None):
         """(action, log_prob) for features of shape (..., in_features): action of shape (..., action_features),
@@ -187,7 +190,8 @@ def _sampled_linear(x, weight, bias, sample_shape):
         y = y.movedim(0, len(sample_shape))
     else:
         y = torch.matmul(x, weight.transpose(-1, -2))
-    return y if bias is None else y + bias.unsqueeze(-2)
+    # Under autocast the matmul's dtype (F.linear casts its bias to it too); elsewhere the cast does nothing.
+    return y if bias is None else y + bias.unsqueeze(-2).to(y.dtype)
 
 
 def _random_signs(which, like, rng_state, shape):
@@ -384,9 +388,10 @@ class BayesianLinear(nn.Module):
         input_signs = _random_signs(which, x, input_sign_stream, sample_dims + rows + (self.in_features,))
         output_signs = _random_signs(which, x, output_sign_stream, sample_dims + rows + (self.out_features,))
         mean = F.linear(x, self.weight_mu)
-        perturbation = _sampled_linear(x * input_signs, weight_perturbation, None, sample_shape) * output_signs
-        y = mean + perturbation
+        perturbation = _sampled_linear(x * input_signs, weight_perturbation, None, sample_shape)
+        # The signs and the bias in the matmuls' dtype, which autocast may have lowered, as nn.Linear's output is
+        y = mean + perturbation * output_signs.to(perturbation.dtype)
         if has_bias:
             bias = draw_normal(which, self.bias_mu, self.bias_rho, bias_stream, "softplus", sample_shape)
-            y = y + (bias.unsqueeze(-2) if sample_shape else bias)
+            y = y + (bias.unsqueeze(-2) if sample_shape else bias).to(y.dtype)
         return y

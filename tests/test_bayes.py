@@ -304,6 +304,27 @@ def test_local_mode_trains_under_autocast(dtype):
         torch.testing.assert_close(got, want, rtol=0.1, atol=0.1 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sample_shape", [(), (2,)])
+def test_every_mode_gives_autocasts_dtype(mode, sample_shape, dtype):
+    """Under autocast nn.Linear gives the low dtype; "weight" with samples and "flipout" gave float32 (a float32
+    bias added after the low matmul, float32 signs), so the activations' dtype and memory depended on the
+    mode. Every mode and sample shape now gives autocast's dtype, with float32 gradients near float32's."""
+    layer = make_layer(mode)
+    x = torch.randn(4, 5)
+    with torch.autocast("cpu", dtype=dtype):
+        y = layer(x, sample_shape=sample_shape, seed=3)
+    y32 = layer(x, sample_shape=sample_shape, seed=3)
+    assert y.dtype == dtype and y.shape == y32.shape
+    torch.testing.assert_close(y.float(), y32, rtol=0.05, atol=0.05 * float(y32.abs().max()))
+    grads_low = torch.autograd.grad(y.float().square().sum(), list(layer.parameters()))
+    grads_32 = torch.autograd.grad(y32.square().sum(), list(layer.parameters()))
+    for got, want in zip(grads_low, grads_32):
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0.1, atol=0.1 * float(want.abs().max()))
+
+
 def test_local_mode_keeps_subnormal_float16_variances():
     """The clamp was at float16's smallest normal (6e-5): a representable variance of 4.5e-7 became 6e-5
     (std 11.6x too large) and every weight_rho gradient 0."""

@@ -226,6 +226,38 @@ def test_policy_head_action_bias_and_in_place_scale_edits():
             GaussianLatentHead(*sizes)
 
 
+@pytest.mark.parametrize("where", ["meta", "FakeTensorMode"])
+def test_heads_build_without_values_for_deferred_initialisation(where):
+    """GaussianPolicyHead read its action_scale's values while being built, which raised on the meta device
+    ("Tensor.item() cannot be called on meta tensors") and under FakeTensorMode, where nn.Linear and the other
+    heads build: deferred initialisation (to_empty) and memory estimates need it. Values that exist, a number
+    or a CPU tensor inside a `with torch.device("meta")` block, are still checked; under FakeTensorMode every
+    tensor made is fake, so they are checked when set again with real values."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    context = torch.device("meta") if where == "meta" else FakeTensorMode()
+    with context:
+        policy = GaussianPolicyHead(8, 3, action_scale=2.0, action_bias=torch.zeros(3))
+        latent = GaussianLatentHead(8, 4)
+        layers = [rt.nn.BayesianLinear(8, 3, mode=mode) for mode in rt.nn.BAYESIAN_LINEAR_MODES]
+    assert policy.action_scale.shape == (3,) and latent.to_params.weight.shape == (8, 8)
+    assert all(layer.weight_rho.shape == (3, 8) for layer in layers)
+    if where == "meta":
+        for bad in (-1.0, torch.tensor([1.0, -1.0], device="cpu")):
+            with torch.device("meta"), pytest.raises(ValueError, match="action_scale must be positive"):
+                GaussianPolicyHead(8, 2, action_scale=bad)
+        policy.to_empty(device="cpu")
+        policy.to_params.reset_parameters()
+        policy.action_scale, policy.action_bias = [1.0, 2.0, 3.0], 0.5  # real values once more, checked
+        action, log_prob = policy(torch.randn(5, 8), seed=1)
+        assert action.shape == (5, 3) and bool(torch.isfinite(log_prob).all())
+        assert bool(((action - 0.5).abs() <= torch.tensor([1.0, 2.0, 3.0])).all())
+        with pytest.raises(ValueError, match="action_bias must be finite"):
+            policy.action_bias = float("nan")
+        for layer in layers:
+            layer.to_empty(device="cpu")
+            layer.reset_parameters()
+            assert bool(torch.isfinite(layer(torch.randn(5, 8), seed=1)).all())
+
 # ------------------------------------------------ the other families (#4 ops)
 import rtrick_ops.distributions as rd  # noqa: E402
 

@@ -231,6 +231,11 @@ def test_compiled_draws_are_distinct_within_a_graph_and_reproducible_from_manual
     assert all(not torch.equal(first[i], first[i + 1]) for i in range(0, 6, 2)), "two draws in one graph are equal"
     assert all(not torch.equal(a, b) for a, b in zip(first, second)), "a second call repeated the noise"
     assert all(torch.equal(a, b) for a, b in zip(first, replay)), "torch.manual_seed did not replay the draws"
+    # Inductor runs the key's torch.randint as eager does (unlike torch.randn, which it replaces with its own
+    # generator), so eager gives the compiled draws too: docs/usage.md says so, for the CPU.
+    torch.manual_seed(0)
+    eager = draws(mu, log_sigma)
+    assert all(torch.equal(a, b) for a, b in zip(first, eager)), "compiled and eager unseeded draws differ"
 
 
 # ------------------------------------------------------------------ torch.func
