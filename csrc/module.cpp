@@ -17,6 +17,7 @@
 #include <pybind11/pybind11.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/Generator.h>
+#include <torch/csrc/Size.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <algorithm>
@@ -262,9 +263,10 @@ std::optional<at::Tensor> fast_rng_state(PyObject* seed_obj) {
   return state;
 }
 
-// A sample_shape the wrapper's check accepts as it is: a tuple of plain ints >= 0; nullopt otherwise.
+// A sample_shape the wrapper's check accepts as it is: a tuple or a torch.Size (what the distribution classes
+// pass) of plain ints >= 0; nullopt otherwise.
 std::optional<c10::SmallVector<int64_t, 4>> plain_sample_shape(PyObject* obj) {
-  if (!PyTuple_CheckExact(obj)) return std::nullopt;
+  if (!PyTuple_CheckExact(obj) && !THPSize_Check(obj)) return std::nullopt;
   c10::SmallVector<int64_t, 4> sizes;
   for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(obj); ++k) {
     PyObject* item = PyTuple_GET_ITEM(obj, k);
@@ -288,6 +290,53 @@ int64_t sampled_count(at::IntArrayRef sample, const at::Tensor& a, const at::Ten
   return count;
 }
 
+// What every location-scale fast call checks, shared by gaussian_fast and
+// loc_scale_fast: two plain float32/float64 CPU tensors of one dtype whose shapes
+// broadcast, a known scale (with "rate" where allowed), a plain sample_shape, the
+// value check when asked, and a seed that gives rng_state. nullopt where the Python
+// path must run, which then raises with its own messages.
+struct FastInputs {
+  at::Tensor first, second, rng_state;
+  c10::SmallVector<int64_t, 4> sample_shape;
+  bool release_gil;
+};
+
+std::optional<FastInputs> fast_inputs(PyObject* first_obj, PyObject* second_obj, c10::string_view scale,
+                                      bool allow_rate, bool validate, PyObject* seed_obj, PyObject* sample_obj) {
+  if (!THPVariable_Check(first_obj) || !THPVariable_Check(second_obj) || !plain_context()) return std::nullopt;
+  const at::Tensor& first = THPVariable_Unpack(first_obj);
+  const at::Tensor& second = THPVariable_Unpack(second_obj);
+  // Any strides (the operators take them, as through the Python path: a head's chunk() views).
+  if (!plain_cpu_tensor(first, true) || !plain_cpu_tensor(second, true) ||
+      first.scalar_type() != second.scalar_type() || !rtrick::shapes_broadcast(first.sizes(), second.sizes()))
+    return std::nullopt;
+  if (first.scalar_type() != at::kFloat && first.scalar_type() != at::kDouble) return std::nullopt;
+  auto sample_shape = plain_sample_shape(sample_obj);
+  if (!sample_shape) return std::nullopt;
+  bool known = false, positive = false;  // the scale, and its domain, from the one list
+#define RT_DOMAIN(kind, code, text, gaussian, domain_positive) \
+  if ((gaussian || allow_rate) && scale == text) known = true, positive = domain_positive;
+  RT_SCALE_KINDS(RT_DOMAIN)
+#undef RT_DOMAIN
+  if (!known) return std::nullopt;
+  if (validate) {
+    // The scan reads memory in order: a strided scale_param (chunk() of a layer's output) is scanned in a
+    // contiguous copy, about a microsecond at 2^12 elements, where the Python path costs tens.
+    at::Tensor scanned;
+    if (second.is_contiguous()) {
+      scanned = second;
+    } else {
+      at::NoGradGuard no_grad;
+      scanned = second.contiguous();
+    }
+    if (*domain_violated(scanned, scale_domain(positive))) return std::nullopt;  // the Python check reports it
+  }
+  std::optional<at::Tensor> rng_state = fast_rng_state(seed_obj);
+  if (!rng_state) return std::nullopt;
+  const bool release_gil = sampled_count(*sample_shape, first, second) >= kReleaseGilFrom;
+  return FastInputs{first, second, std::move(*rng_state), std::move(*sample_shape), release_gil};
+}
+
 PyObject* gaussian_fast(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
   int which = 0, validate = 0;
@@ -299,52 +348,23 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
     PyErr_Format(PyExc_ValueError, "gaussian_fast: which must be 0, 1 or 2, got %d", which);
     return nullptr;
   }
-  if (!THPVariable_Check(mu_obj) || !THPVariable_Check(sp_obj) || !plain_context()) Py_RETURN_NONE;
-  const at::Tensor& mu = THPVariable_Unpack(mu_obj);
-  const at::Tensor& sp = THPVariable_Unpack(sp_obj);
-  // Any strides (the operators take them, as through the Python path: a head's chunk() views).
-  if (!plain_cpu_tensor(mu, true) || !plain_cpu_tensor(sp, true) || mu.scalar_type() != sp.scalar_type() ||
-      !rtrick::shapes_broadcast(mu.sizes(), sp.sizes()))
-    Py_RETURN_NONE;
-  const auto sample_shape = plain_sample_shape(sample_obj);
-  if (!sample_shape) Py_RETURN_NONE;
   const c10::string_view name(scale);
-  bool known = false, positive = false;  // a Gaussian scale, and its domain, from the one list
-#define RT_DOMAIN(kind, code, text, gaussian, domain_positive) \
-  if (gaussian && name == text) known = true, positive = domain_positive;
-  RT_SCALE_KINDS(RT_DOMAIN)
-#undef RT_DOMAIN
-  if (!known) Py_RETURN_NONE;
-  if (mu.scalar_type() != at::kFloat && mu.scalar_type() != at::kDouble) Py_RETURN_NONE;
-  if (validate) {
-    // The scan reads memory in order: a strided scale_param (chunk() of a layer's output) is scanned in a
-    // contiguous copy, about a microsecond at 2^12 elements, where the Python path costs tens.
-    at::Tensor scanned;
-    if (sp.is_contiguous()) {
-      scanned = sp;
-    } else {
-      at::NoGradGuard no_grad;
-      scanned = sp.contiguous();
-    }
-    if (*domain_violated(scanned, scale_domain(positive))) Py_RETURN_NONE;  // the Python check reports it
-  }
-  const std::optional<at::Tensor> rng_state = fast_rng_state(seed_obj);
-  if (!rng_state) Py_RETURN_NONE;
-  const at::Tensor& state = *rng_state;
+  std::optional<FastInputs> in = fast_inputs(mu_obj, sp_obj, name, false, validate, seed_obj, sample_obj);
+  if (!in) Py_RETURN_NONE;
   // The GIL is released around the operator as torch.ops releases it, so that
   // other Python threads run meanwhile; on small tensors the operator takes
   // about a microsecond, less than handing the GIL over and back costs them.
   std::optional<pybind11::gil_scoped_release> no_gil;
-  if (sampled_count(*sample_shape, mu, sp) >= kReleaseGilFrom) no_gil.emplace();
-  const auto sample = c10::fromIntArrayRefSlow(*sample_shape);
+  if (in->release_gil) no_gil.emplace();
+  const auto sample = c10::fromIntArrayRefSlow(in->sample_shape);
   if (which == 0) {
-    at::Tensor z = rtrick::ops::normal_rsample().call(mu, sp, state, name, sample);
+    at::Tensor z = rtrick::ops::normal_rsample().call(in->first, in->second, in->rng_state, name, sample);
     no_gil.reset();
     return THPVariable_Wrap(std::move(z));
   }
   // (z, kl) or (z, log q): the two operators share a signature
   const auto& pair_op = which == 1 ? rtrick::ops::normal_rsample_and_kl() : rtrick::ops::normal_rsample_and_log_prob();
-  std::tuple<at::Tensor, at::Tensor> out = pair_op.call(mu, sp, state, name, sample);
+  std::tuple<at::Tensor, at::Tensor> out = pair_op.call(in->first, in->second, in->rng_state, name, sample);
   no_gil.reset();
   PyObject* z = THPVariable_Wrap(std::move(std::get<0>(out)));
   PyObject* kl = THPVariable_Wrap(std::move(std::get<1>(out)));
@@ -352,6 +372,36 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
   Py_XDECREF(z);
   Py_XDECREF(kl);
   return pair;
+  END_HANDLE_TH_ERRORS
+}
+
+// loc_scale_fast(family, loc, scale_param, scale, validate, seed, sample_shape): a
+// whole call of the location-scale family's wrapper (rtrick_ops/family.py, _rsample:
+// Laplace, Cauchy, logistic, Gumbel, half-normal, log-normal, exponential, uniform)
+// in the common case, as gaussian_fast does for the Gaussian. An unknown family, or
+// "rate" for any family but the exponential, is declined (the Python path raises).
+PyObject* loc_scale_fast(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  int validate = 0;
+  PyObject *loc_obj = nullptr, *sp_obj = nullptr, *seed_obj = nullptr, *sample_obj = nullptr;
+  const char *family = nullptr, *scale = nullptr;
+  if (!PyArg_ParseTuple(args, "sOOspOO", &family, &loc_obj, &sp_obj, &scale, &validate, &seed_obj, &sample_obj))
+    return nullptr;
+  const c10::string_view family_name(family), name(scale);
+  bool known_family = false;
+#define RT_KNOWN(text, noise, exp_output) known_family = known_family || family_name == text;
+  RT_FAMILIES(RT_KNOWN)
+#undef RT_KNOWN
+  if (!known_family) Py_RETURN_NONE;
+  std::optional<FastInputs> in =
+      fast_inputs(loc_obj, sp_obj, name, family_name == "exponential", validate, seed_obj, sample_obj);
+  if (!in) Py_RETURN_NONE;
+  std::optional<pybind11::gil_scoped_release> no_gil;  // as in gaussian_fast
+  if (in->release_gil) no_gil.emplace();
+  at::Tensor z = rtrick::ops::loc_scale_rsample().call(in->first, in->second, in->rng_state, family_name, name,
+                                                       c10::fromIntArrayRefSlow(in->sample_shape));
+  no_gil.reset();
+  return THPVariable_Wrap(std::move(z));
   END_HANDLE_TH_ERRORS
 }
 
@@ -457,6 +507,8 @@ PyMethodDef methods[] = {
     {"draw_rng_state", draw_rng_state, METH_O, "A seed-less call's rng_state from a CPU generator, or None."},
     {"gaussian_fast", gaussian_fast, METH_VARARGS,
      "normal_rsample (0) or normal_rsample_and_kl (1) in the common CPU case, or None."},
+    {"loc_scale_fast", loc_scale_fast, METH_VARARGS,
+     "A location-scale family's rsample in the common CPU case, or None."},
     {"gumbel_softmax_fast", gumbel_softmax_fast, METH_VARARGS,
      "gumbel_softmax in the common CPU case, or None."},
     {"scale_domain_violated", scale_domain_violated, METH_VARARGS,

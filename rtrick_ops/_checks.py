@@ -12,9 +12,11 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from .kinds import POSITIVE_SCALES
 
-# What the C++ fast calls take (csrc/module.cpp: gaussian_fast, gumbel_softmax_fast): plain tensors, outside
+# What the C++ fast calls take (csrc/module.cpp: gaussian_fast, loc_scale_fast, gumbel_softmax_fast): plain
+# tensors, a sample_shape that is a tuple or a torch.Size (what the distribution classes pass), outside
 # torch.compile. is_compiling is bound once: two attribute lookups are a tenth of a fast call.
 PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+PLAIN_SHAPES = (tuple, torch.Size)
 is_compiling = torch.compiler.is_compiling
 
 # The scale-domain check in C++ (csrc/module.cpp): one pass over a contiguous float32/float64 CPU tensor,
@@ -87,16 +89,38 @@ def check_rsample_and_kl_grads(grad_z, grad_kl, mu, scale_param, *_):
         raise ValueError(f"grad_z must have shape sample_shape + {tuple(batch)} (z's shape), got {tuple(grad_z.shape)}")
 
 
+def _broadcast_int_shapes(shapes):
+    """torch.broadcast_shapes of shapes whose sizes are plain ints, in a few Python steps: torch's takes about
+    6 us, as long as a small kernel, and a 0-d parameter (a Python-number scale, HalfNormal's location) made
+    every such call pay it. None where the shapes do not broadcast."""
+    ndim = max(len(shape) for shape in shapes)
+    out = [1] * ndim
+    for shape in shapes:
+        skip = ndim - len(shape)
+        for i, size in enumerate(shape, skip):
+            if size != out[i] and size != 1:
+                if out[i] != 1:
+                    return None
+                out[i] = size
+    return torch.Size(out)
+
+
 def check_broadcast(**tensors):
     """The tensors' shapes broadcast; returns the broadcast shape."""
     shapes = [t.shape for t in tensors.values()]
-    if all(s == shapes[0] for s in shapes):  # broadcast_shapes costs as much as a small kernel
+    if all(s == shapes[0] for s in shapes):
         return shapes[0]
-    try:
-        return torch.broadcast_shapes(*shapes)
-    except RuntimeError:
+    if torch.compiler.is_compiling():  # symbolic sizes: torch's rule guards on them as dynamo expects
+        try:
+            return torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            broadcast = None
+    else:
+        broadcast = _broadcast_int_shapes(shapes)
+    if broadcast is None:
         described = " and ".join(f"{name} of shape {tuple(t.shape)}" for name, t in tensors.items())
-        raise ValueError(f"{described} do not broadcast") from None
+        raise ValueError(f"{described} do not broadcast")
+    return broadcast
 
 
 def check_params(**tensors):
@@ -184,13 +208,13 @@ def check_tau(tau):
     torch.compile the number as traced, checked when the graph runs).
 
     A tensor that requires grad is refused rather than silently detached: the
-    fused ops do not differentiate in tau (rt.distributions' relaxed classes fall
-    back to torch's sampler for a trainable temperature)."""
+    fused ops do not differentiate in tau (rt.distributions' relaxed classes take
+    a trainable temperature through torch ops)."""
     if isinstance(tau, torch.Tensor):
         if tau.requires_grad:
             raise ValueError("tau requires grad, but the fused samplers do not differentiate in tau; pass "
                              "tau.detach() (or use rt.distributions.RelaxedBernoulli / RelaxedOneHotCategorical, "
-                             "which differentiate a trainable temperature through torch's sampler)")
+                             "which differentiate a trainable temperature through torch ops)")
         if tau.numel() != 1:
             raise ValueError(f"tau must be a number or a one-element tensor, got shape {tuple(tau.shape)}")
         if tau.device.type == "meta":

@@ -17,7 +17,8 @@ import torch
 
 from . import _library
 from ._math import compute_dtype
-from ._checks import PLAIN_TENSORS, check_bool, check_params, check_sample_shape, check_tau, is_compiling
+from ._checks import (PLAIN_SHAPES, PLAIN_TENSORS, check_bool, check_params, check_sample_shape, check_tau,
+                      is_compiling)
 from ._operators import SAMPLE_AND_BATCH, declare
 
 # The whole call in C++ for the common case (csrc/module.cpp, gumbel_softmax_fast; as normal.py's
@@ -82,7 +83,7 @@ def gumbel_softmax(
     finite logits at any tau and any number of draws: the exponent is
     ((logits + g) - max) / tau <= 0 and the noise is bounded (|g| < 17).
     """
-    if (_gumbel_fast is not None and generator is None and type(sample_shape) is tuple and not sample_shape
+    if (_gumbel_fast is not None and generator is None and type(sample_shape) in PLAIN_SHAPES and not sample_shape
             and backend == "auto" and type(logits) in PLAIN_TENSORS and not is_compiling()):
         y = _gumbel_fast(logits, tau, hard, dim, seed)
         if y is not None:

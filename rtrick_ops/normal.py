@@ -13,8 +13,8 @@ import torch
 from . import _library
 from ._math import (check_scale, compute_dtype, d2sigma_of, dlog_sigma_of, dsigma_of, normal_kl_grads,
                     saved_if_differentiated)
-from ._checks import (PLAIN_TENSORS, check_params, check_rsample_and_kl_grads, check_sample_shape, check_scale_param,
-                      is_compiling)
+from ._checks import (PLAIN_SHAPES, PLAIN_TENSORS, check_params, check_rsample_and_kl_grads, check_sample_shape,
+                      check_scale_param, is_compiling)
 from ._operators import BATCH, NOISE, SAMPLE_AND_BATCH, declare
 
 _ops = torch.ops.rtrick_ops
@@ -26,11 +26,16 @@ _gaussian_fast = getattr(_library.compiled, "gaussian_fast", None)
 _Distribution = torch.distributions.Distribution  # its _validate_args is the default of validate_args
 
 
+def fast_call_may_try(loc, scale_param, scale, sample_shape, generator, backend):
+    """Whether a location-scale C++ fast call (gaussian_fast, loc_scale_fast) may try; it declines the rest
+    itself, a seed that is not None or an int included."""
+    return (generator is None and type(sample_shape) in PLAIN_SHAPES and backend == "auto"
+            and type(loc) in PLAIN_TENSORS and type(scale_param) in PLAIN_TENSORS and type(scale) is str
+            and not is_compiling())
+
+
 def _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
-    """Whether the C++ call may try (it declines the rest itself, a seed that is not None or an int included)."""
-    return (_gaussian_fast is not None and generator is None and type(sample_shape) is tuple
-            and backend == "auto" and type(mu) in PLAIN_TENSORS and type(scale_param) in PLAIN_TENSORS
-            and type(scale) is str and not is_compiling())
+    return _gaussian_fast is not None and fast_call_may_try(mu, scale_param, scale, sample_shape, generator, backend)
 
 
 def normal_rsample(
@@ -69,7 +74,7 @@ def normal_rsample(
         z, of dtype promote(mu.dtype, scale_param.dtype).
     """
     if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
-        z = _gaussian_fast(0, mu, scale_param, scale, _validating(validate_args), seed, sample_shape)
+        z = _gaussian_fast(0, mu, scale_param, scale, validating(validate_args), seed, sample_shape)
         if z is not None:
             return z
     sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
@@ -78,7 +83,7 @@ def normal_rsample(
     return run(mu, scale_param, rng_state, scale, sample_shape)
 
 
-def _validating(validate_args):
+def validating(validate_args):
     """validate_args for the C++ fast call: None follows torch.distributions' global default."""
     return _Distribution._validate_args if validate_args is None else bool(validate_args)
 
@@ -131,7 +136,7 @@ def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale:
     arguments are normal_rsample's.
     """
     if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
-        pair = _gaussian_fast(1, mu, scale_param, scale, _validating(validate_args), seed, sample_shape)
+        pair = _gaussian_fast(1, mu, scale_param, scale, validating(validate_args), seed, sample_shape)
         if pair is not None:
             return pair
     sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
@@ -154,7 +159,7 @@ def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, 
     normal_rsample's.
     """
     if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
-        pair = _gaussian_fast(2, mu, scale_param, scale, _validating(validate_args), seed, sample_shape)
+        pair = _gaussian_fast(2, mu, scale_param, scale, validating(validate_args), seed, sample_shape)
         if pair is not None:
             return pair
     sample_shape = _gaussian_checks(mu, scale_param, scale, sample_shape)
