@@ -122,6 +122,18 @@ def _draw_options(seed, backend):
     return _checks.check_seed(seed), backend
 
 
+# The argument each from_* constructor names its scale parameter (the constructor's own is "scale").
+_SCALE_ARGUMENT = {"sigma": "scale", "log_sigma": "log_scale", "softplus": "raw_scale", "logvar": "logvar"}
+
+
+def _sampled_params_are_float(**named):
+    """The sampler's dtype error (an integer parameter, which torch's constructor keeps and its sampler refuses)
+    under the class's names: the sampler's own are mu, loc and scale_param, and HalfNormal's loc is internal."""
+    for name, value in named.items():
+        if value.dtype not in _checks.FLOAT_DTYPES:
+            _checks.check_param(value, name)
+
+
 def _held_as_torch_holds_it(scale_param):
     """A from_* constructor's scale parameter as the object keeps it. torch's constructor would hold the scale
     derived from it, built under the constructor's autograd modes: under no_grad or inference_mode it has no
@@ -311,6 +323,7 @@ class _FusedLocScale(_KeepsScaleParam):
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
+        _sampled_params_are_float(loc=self.loc, **{_SCALE_ARGUMENT[self._scale_kind]: scale_param})
         # torch's constructor validated the parameters (when validation is on): no second sync here.
         return self._sampler(self.loc, scale_param, scale=self._scale_kind, sample_shape=torch.Size(sample_shape),
                              seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
@@ -554,6 +567,7 @@ class HalfNormal(_KeepsScaleParam, torch.distributions.HalfNormal):
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
+        _sampled_params_are_float(**{_SCALE_ARGUMENT[self._scale_kind]: scale_param})
         return family.half_normal_rsample(scale_param.new_zeros(()), scale_param, scale=self._scale_kind,
                                           sample_shape=torch.Size(sample_shape), seed=self._seed, generator=generator,
                                           backend=self._backend, validate_args=False)
@@ -561,7 +575,8 @@ class HalfNormal(_KeepsScaleParam, torch.distributions.HalfNormal):
 
 class _FusedRelaxed(_Fused):
     """The relaxed (Concrete) classes: a fused sampler for a single, non-differentiated temperature (the
-    usual case); a per-element or trainable temperature falls back to torch's sampler."""
+    usual case). A per-element or trainable temperature: RelaxedBernoulli divides the fused logistic noise by
+    it, in torch ops; RelaxedOneHotCategorical falls back to torch's sampler."""
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = _draw_options(seed, backend)
@@ -587,24 +602,28 @@ class _FusedRelaxed(_Fused):
     def rsample(self, sample_shape=torch.Size(), generator=None):
         temperature = self.temperature  # torch keeps a Python-number temperature as given
         if isinstance(temperature, torch.Tensor) and (temperature.numel() != 1 or temperature.requires_grad):
-            if generator is None and self._seed is None:
-                return super().rsample(sample_shape)
-            # torch's sampler takes neither a seed nor a generator: seed the default generator it draws from
-            # (that one only: torch.manual_seed would reseed every GPU's) with the key they give the fused
-            # sampler, the same checks and the same draw per seed, in a forked RNG state.
-            # A seed's state is built on the CPU: no device round trip for a key that is the seed's bits.
-            device = self.logits.device
-            state_device = device if self._seed is None else torch.device("cpu")
-            key = int(make_rng_state(self._seed, generator, state_device)[0])
-            cuda = device.type == "cuda"
-            with torch.random.fork_rng(devices=[device] if cuda else []):
-                index = device.index if device.index is not None else torch.cuda.current_device() if cuda else None
-                (torch.cuda.default_generators[index] if cuda else torch.default_generator).manual_seed(key)
-                return super().rsample(sample_shape)
+            return self._rsample_tensor_temperature(torch.Size(sample_shape), generator)
         number = self._temperature_number if _checks.is_compiling() else None
         return self._fused_sampler(self.logits, float(temperature) if number is None else number,
                                    sample_shape=torch.Size(sample_shape),
                                    seed=self._seed, generator=generator, backend=self._backend)
+
+    def _rsample_tensor_temperature(self, sample_shape, generator):
+        """A per-element or trainable temperature, which the fused sampler does not take: torch's sampler."""
+        if generator is None and self._seed is None:
+            return super().rsample(sample_shape)
+        # torch's sampler takes neither a seed nor a generator: seed the default generator it draws from
+        # (that one only: torch.manual_seed would reseed every GPU's) with the key they give the fused
+        # sampler, the same checks and the same draw per seed, in a forked RNG state.
+        # A seed's state is built on the CPU: no device round trip for a key that is the seed's bits.
+        device = self.logits.device
+        state_device = device if self._seed is None else torch.device("cpu")
+        key = int(make_rng_state(self._seed, generator, state_device)[0])
+        cuda = device.type == "cuda"
+        with torch.random.fork_rng(devices=[device] if cuda else []):
+            index = device.index if device.index is not None else torch.cuda.current_device() if cuda else None
+            (torch.cuda.default_generators[index] if cuda else torch.default_generator).manual_seed(key)
+            return super().rsample(sample_shape)
 
 
 class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
@@ -612,6 +631,17 @@ class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
     pass (rtrick_ops.relaxed_bernoulli_rsample)."""
 
     _fused_sampler = staticmethod(family.relaxed_bernoulli_rsample)
+
+    def _rsample_tensor_temperature(self, sample_shape, generator):
+        # sigmoid((logits + L) / temperature) with the fused sampler's logistic noise L (the same stream: for one
+        # key, the fused sample's bits), the division and sigmoid differentiated by torch. torch's sampler,
+        # used here until 2026-12-02, clamps probs into [eps, 1 - eps], which caps |logits| at 15.9 in float32:
+        # at logits 30 and temperature 5 its median was 0.960 against the fused sampler's 0.9975, so one class
+        # gave two distributions depending on temperature.requires_grad.
+        noisy = family.logistic_rsample(self.logits, self.logits.new_zeros(()), sample_shape=sample_shape,
+                                        seed=self._seed, generator=generator, backend=self._backend,
+                                        validate_args=False)
+        return torch.sigmoid(noisy / self.temperature)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         # torch's SigmoidTransform clamps into [tiny, 1 - eps]; the fused sigmoid saturates to exactly 0 or 1

@@ -258,6 +258,21 @@ def test_heads_build_without_values_for_deferred_initialisation(where):
             layer.reset_parameters()
             assert bool(torch.isfinite(layer(torch.randn(5, 8), seed=1)).all())
 
+def test_integer_parameters_are_named_as_the_class_names_them():
+    """torch's constructors keep an integer tensor and its samplers refuse it; ours refused it under the
+    sampler's names: Normal's loc as "mu", LogNormal's scale as "scale_param", HalfNormal's scale as "loc"
+    (its internal zero location)."""
+    import rtrick_ops.distributions as rd
+    ints, floats = torch.tensor([1, 2]), torch.tensor([1.0, 2.0])
+    cases = [(lambda: rd.Normal(ints, floats), "loc"), (lambda: rd.Normal(floats, ints), "scale"),
+             (lambda: rd.LogNormal(floats, ints), "scale"), (lambda: rd.Laplace(ints, floats), "loc"),
+             (lambda: rd.HalfNormal(ints), "scale"), (lambda: rd.Normal.from_log_scale(floats, ints), "log_scale"),
+             (lambda: rd.HalfNormal.from_log_scale(ints), "log_scale")]
+    for make, name in cases:
+        with pytest.raises(TypeError, match=f"^{name} must be float32"):
+            make().rsample()
+
+
 # ------------------------------------------------ the other families (#4 ops)
 import rtrick_ops.distributions as rd  # noqa: E402
 
@@ -359,6 +374,33 @@ def test_relaxed_bernoulli_sample_stays_inside_like_torchs(dtype):
     assert torch.equal(z, raw.clamp(min=finfo.tiny, max=1 - finfo.eps))
     (grad,) = torch.autograd.grad(z.sum(), logits)
     assert bool(torch.isfinite(grad).all())
+
+
+def test_relaxed_bernoulli_with_a_trainable_temperature_draws_the_fused_samplers_distribution():
+    """A trainable or per-element temperature went to torch's sampler, which clamps probs into [eps, 1 - eps]
+    (|logits| capped at 15.9 in float32): at logits 30 and temperature 5 its median was 0.960, the fused
+    sampler's 0.9975, so the distribution depended on temperature.requires_grad. It now divides the stream's
+    logistic noise by the temperature: for one seed, the fused sample to rounding, with torch's gradient."""
+    logits = torch.cat([torch.linspace(-40, 40, 9), torch.randn(3)]).reshape(3, 4)
+    fused = rd.RelaxedBernoulli(0.7, logits=logits, seed=4).rsample((5,))
+    for temperature in (torch.tensor(0.7, requires_grad=True), torch.full((3, 4), 0.7), torch.full((4,), 0.7)):
+        z = rd.RelaxedBernoulli(temperature, logits=logits, seed=4).rsample((5,))
+        assert z.shape == fused.shape and z.dtype == fused.dtype
+        torch.testing.assert_close(z, fused, rtol=1e-6, atol=1e-7)
+    temperature, leaf = torch.tensor(0.7, dtype=torch.float64, requires_grad=True), logits.double().requires_grad_()
+    z = rd.RelaxedBernoulli(temperature, logits=leaf, seed=2).rsample((3,))
+    noise = rt.logistic_rsample(torch.zeros_like(leaf), torch.zeros(()).double(), sample_shape=(3,), seed=2)
+    expected = torch.sigmoid((leaf + noise) / temperature)  # the same noise, differentiated by torch
+    torch.testing.assert_close(z, expected.clamp(max=1 - torch.finfo(torch.float64).eps), rtol=0, atol=0)
+    weights = torch.rand_like(z)
+    got = torch.autograd.grad((z * weights).sum(), (temperature, leaf))
+    want = torch.autograd.grad((expected * weights).sum(), (temperature, leaf))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    large = torch.tensor([30.0])
+    trainable = rd.RelaxedBernoulli(torch.tensor(5.0, requires_grad=True), logits=large, seed=1).rsample((20000,))
+    plain = rd.RelaxedBernoulli(5.0, logits=large, seed=2).rsample((20000,))
+    assert abs(float(trainable.median()) - float(plain.median())) < 2e-3  # 0.9975 both; torch's sampler 0.960
 
 
 @pytest.mark.parametrize("cls", [rd.RelaxedBernoulli, rd.RelaxedOneHotCategorical])

@@ -201,8 +201,8 @@ def test_relaxed_one_hot_rsample_gradient_matches_cdf_finite_differences():
     F(w) = sigmoid(tau w - (l_i - l_j)). W is monotone in its noise, so its pathwise gradient must be the
     implicit one: per sample, autograd's dW/dl_k (through the fused sampler's backward, which regenerates
     the softmax) against -dF/dl_k / p(W) by central differences, for every k (0 where W does not involve
-    l_k) and two pairs (i, j). The temperature is not differentiated: a trainable temperature falls back to
-    torch's own sampler (rtrick_ops/distributions.py), which this file does not test."""
+    l_k) and two pairs (i, j). The temperature is not differentiated: a trainable temperature takes another
+    path (rtrick_ops/distributions.py), which this file does not test."""
     tau, logits = CASES["RelaxedOneHotCategorical"][2]
     first = logits[0].tolist()
     n = 64
