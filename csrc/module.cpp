@@ -4,7 +4,7 @@
 // public wrappers in C++, where they cost a fraction of a microsecond instead
 // of several torch ops (docs/performance.md, "fixed cost"): drawing the key of
 // a call, checking a scale parameter's domain, and the whole common-case call
-// of the Gaussian ops and the Gumbel-Softmax.
+// of the Gaussian ops, the location-scale family and the Gumbel-Softmax.
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -228,7 +228,7 @@ PyObject* built_with_cuda(PyObject*, PyObject*) {
 // rt.normal_rsample_and_log_prob (2) in the common case, in one C++ call: plain
 // float32/float64 CPU tensors of one dtype (no promotion) whose shapes broadcast,
 // of any strides, a known scale,
-// sample_shape a tuple of plain non-negative ints, no generator, a seed that is
+// sample_shape a tuple or torch.Size of plain non-negative ints, no generator, a seed that is
 // None or a plain int, nothing intercepting torch ops. Then the wrapper's
 // checks all pass by construction, except the value check (validate=True), done
 // here in one pass; the key is drawn as make_rng_state draws it; the operator is
@@ -290,6 +290,19 @@ int64_t sampled_count(at::IntArrayRef sample, const at::Tensor& a, const at::Ten
   return count;
 }
 
+// A str argument's text; nullopt for anything else, or a str without a UTF-8 form (a lone surrogate). The
+// "s" format would raise there, and for an embedded NUL, where the Python path names the argument.
+std::optional<c10::string_view> text_of(PyObject* obj) {
+  if (!PyUnicode_CheckExact(obj)) return std::nullopt;
+  Py_ssize_t size = 0;
+  const char* text = PyUnicode_AsUTF8AndSize(obj, &size);
+  if (text == nullptr) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  return c10::string_view(text, static_cast<size_t>(size));
+}
+
 // What every location-scale fast call checks, shared by gaussian_fast and
 // loc_scale_fast: two plain float32/float64 CPU tensors of one dtype whose shapes
 // broadcast, a known scale (with "rate" where allowed), a plain sample_shape, the
@@ -340,15 +353,16 @@ std::optional<FastInputs> fast_inputs(PyObject* first_obj, PyObject* second_obj,
 PyObject* gaussian_fast(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
   int which = 0, validate = 0;
-  PyObject *mu_obj = nullptr, *sp_obj = nullptr, *seed_obj = nullptr, *sample_obj = nullptr;
-  const char* scale = nullptr;
-  if (!PyArg_ParseTuple(args, "iOOspOO", &which, &mu_obj, &sp_obj, &scale, &validate, &seed_obj, &sample_obj))
+  PyObject *mu_obj = nullptr, *sp_obj = nullptr, *scale_obj = nullptr, *seed_obj = nullptr, *sample_obj = nullptr;
+  if (!PyArg_ParseTuple(args, "iOOOpOO", &which, &mu_obj, &sp_obj, &scale_obj, &validate, &seed_obj, &sample_obj))
     return nullptr;
   if (which < 0 || which > 2) {
     PyErr_Format(PyExc_ValueError, "gaussian_fast: which must be 0, 1 or 2, got %d", which);
     return nullptr;
   }
-  const c10::string_view name(scale);
+  const std::optional<c10::string_view> scale = text_of(scale_obj);
+  if (!scale) Py_RETURN_NONE;
+  const c10::string_view name = *scale;
   std::optional<FastInputs> in = fast_inputs(mu_obj, sp_obj, name, false, validate, seed_obj, sample_obj);
   if (!in) Py_RETURN_NONE;
   // The GIL is released around the operator as torch.ops releases it, so that
@@ -383,11 +397,14 @@ PyObject* gaussian_fast(PyObject*, PyObject* args) {
 PyObject* loc_scale_fast(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
   int validate = 0;
-  PyObject *loc_obj = nullptr, *sp_obj = nullptr, *seed_obj = nullptr, *sample_obj = nullptr;
-  const char *family = nullptr, *scale = nullptr;
-  if (!PyArg_ParseTuple(args, "sOOspOO", &family, &loc_obj, &sp_obj, &scale, &validate, &seed_obj, &sample_obj))
+  PyObject *family_obj = nullptr, *loc_obj = nullptr, *sp_obj = nullptr, *scale_obj = nullptr, *seed_obj = nullptr,
+           *sample_obj = nullptr;
+  if (!PyArg_ParseTuple(args, "OOOOpOO", &family_obj, &loc_obj, &sp_obj, &scale_obj, &validate, &seed_obj,
+                        &sample_obj))
     return nullptr;
-  const c10::string_view family_name(family), name(scale);
+  const std::optional<c10::string_view> family = text_of(family_obj), scale = text_of(scale_obj);
+  if (!family || !scale) Py_RETURN_NONE;
+  const c10::string_view family_name = *family, name = *scale;
   bool known_family = false;
 #define RT_KNOWN(text, noise, exp_output) known_family = known_family || family_name == text;
   RT_FAMILIES(RT_KNOWN)

@@ -242,6 +242,24 @@ def check_tau(tau):
     return float(tau)
 
 
+def fast_call_may_try(sample_shape, generator, backend, *tensors):
+    """Whether a C++ fast call (csrc/module.cpp) may try: plain tensors, a sample_shape that is a tuple or a
+    torch.Size, no generator, the default backend, outside torch.compile. The call declines the rest itself
+    (and the Python path then raises with its messages)."""
+    if generator is not None or backend != "auto" or type(sample_shape) not in PLAIN_SHAPES or is_compiling():
+        return False
+    for tensor in tensors:
+        if type(tensor) not in PLAIN_TENSORS:
+            return False
+    return True
+
+
+def validating(validate_args):
+    """Whether validate_args asks for value checks: None follows torch.distributions' global default, as
+    torch's classes do."""
+    return torch.distributions.Distribution._validate_args if validate_args is None else bool(validate_args)
+
+
 def holds_values(tensor):
     """False for meta and fake tensors (FakeTensorMode): they carry a shape and no values to check."""
     return tensor.device.type != "meta" and not isinstance(unwrapped(tensor), FakeTensor)
@@ -252,10 +270,8 @@ def validation_enabled(validate_args, *values):
     torch.distributions.Distribution's global default, as torch's classes do. Never while
     torch.compile traces or a CUDA graph is being captured, where a sync cannot happen, nor
     for meta and fake tensors (FakeTensorMode), which have no values (the output is one too)."""
-    # The same conjunction as before, cheapest test first: most calls stop at the first or the second.
-    if validate_args is None:
-        validate_args = torch.distributions.Distribution._validate_args
-    if not validate_args:
+    # Cheapest test first: most calls stop at the first.
+    if not validating(validate_args):
         return False
     if torch.compiler.is_compiling():  # before unwrapped(), whose functorch calls dynamo refuses to trace
         return False

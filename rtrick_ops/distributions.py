@@ -34,7 +34,6 @@ from torch.distributions.utils import broadcast_all, lazy_property
 from . import _checks
 from ._backends import BACKENDS
 from ._math import check_scale, compute_dtype, dirichlet_floor, sigma_of
-from ._random import make_rng_state
 from . import family, gamma, gumbel
 from .normal import normal_rsample
 
@@ -126,12 +125,18 @@ def _draw_options(seed, backend):
 _SCALE_ARGUMENT = {"sigma": "scale", "log_sigma": "log_scale", "softplus": "raw_scale", "logvar": "logvar"}
 
 
-def _sampled_params_are_float(**named):
-    """The sampler's dtype error (an integer parameter, which torch's constructor keeps and its sampler refuses)
-    under the class's names: the sampler's own are mu, loc and scale_param, and HalfNormal's loc is internal."""
-    for name, value in named.items():
-        if value.dtype not in _checks.FLOAT_DTYPES:
-            _checks.check_param(value, name)
+def _as_torch_samples(loc, scale_param, scale_kind):
+    """(loc, scale_param) where one of them is not floating point (torch's constructors keep integer tensors):
+    an integer scale beside a floating-point loc takes loc's dtype, as torch's `loc + eps * scale` does; any
+    other is refused, as torch's sampler refuses it, under the class's names (the sampler's own are mu, loc
+    and scale_param, and HalfNormal's loc is internal). The callers test the dtypes first, so that the common
+    case costs two tuple lookups."""
+    scale_name = _SCALE_ARGUMENT[scale_kind]
+    _checks.check_param(loc, "loc")
+    if not scale_param.is_floating_point() and not scale_param.is_complex():
+        return loc, scale_param.to(loc.dtype)
+    _checks.check_param(scale_param, scale_name)
+    return loc, scale_param
 
 
 def _held_as_torch_holds_it(scale_param):
@@ -323,9 +328,11 @@ class _FusedLocScale(_KeepsScaleParam):
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
-        _sampled_params_are_float(loc=self.loc, **{_SCALE_ARGUMENT[self._scale_kind]: scale_param})
+        loc = self.loc
+        if loc.dtype not in _checks.FLOAT_DTYPES or scale_param.dtype not in _checks.FLOAT_DTYPES:
+            loc, scale_param = _as_torch_samples(loc, scale_param, self._scale_kind)
         # torch's constructor validated the parameters (when validation is on): no second sync here.
-        return self._sampler(self.loc, scale_param, scale=self._scale_kind, sample_shape=torch.Size(sample_shape),
+        return self._sampler(loc, scale_param, scale=self._scale_kind, sample_shape=torch.Size(sample_shape),
                              seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
 
 
@@ -567,7 +574,8 @@ class HalfNormal(_KeepsScaleParam, torch.distributions.HalfNormal):
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
-        _sampled_params_are_float(**{_SCALE_ARGUMENT[self._scale_kind]: scale_param})
+        if scale_param.dtype not in _checks.FLOAT_DTYPES:  # torch's HalfNormal refuses it too (its loc is 0 of it)
+            _checks.check_param(scale_param, _SCALE_ARGUMENT[self._scale_kind])
         return family.half_normal_rsample(scale_param.new_zeros(()), scale_param, scale=self._scale_kind,
                                           sample_shape=torch.Size(sample_shape), seed=self._seed, generator=generator,
                                           backend=self._backend, validate_args=False)
@@ -575,8 +583,8 @@ class HalfNormal(_KeepsScaleParam, torch.distributions.HalfNormal):
 
 class _FusedRelaxed(_Fused):
     """The relaxed (Concrete) classes: a fused sampler for a single, non-differentiated temperature (the
-    usual case). A per-element or trainable temperature: RelaxedBernoulli divides the fused logistic noise by
-    it, in torch ops; RelaxedOneHotCategorical falls back to torch's sampler."""
+    usual case). A per-element or trainable temperature divides the stream's noise (_noise_sampler) in torch
+    ops, which differentiate it, before the relaxation (_relax)."""
 
     def __init__(self, temperature, probs=None, logits=None, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = _draw_options(seed, backend)
@@ -609,21 +617,16 @@ class _FusedRelaxed(_Fused):
                                    seed=self._seed, generator=generator, backend=self._backend)
 
     def _rsample_tensor_temperature(self, sample_shape, generator):
-        """A per-element or trainable temperature, which the fused sampler does not take: torch's sampler."""
-        if generator is None and self._seed is None:
-            return super().rsample(sample_shape)
-        # torch's sampler takes neither a seed nor a generator: seed the default generator it draws from
-        # (that one only: torch.manual_seed would reseed every GPU's) with the key they give the fused
-        # sampler, the same checks and the same draw per seed, in a forked RNG state.
-        # A seed's state is built on the CPU: no device round trip for a key that is the seed's bits.
-        device = self.logits.device
-        state_device = device if self._seed is None else torch.device("cpu")
-        key = int(make_rng_state(self._seed, generator, state_device)[0])
-        cuda = device.type == "cuda"
-        with torch.random.fork_rng(devices=[device] if cuda else []):
-            index = device.index if device.index is not None else torch.cuda.current_device() if cuda else None
-            (torch.cuda.default_generators[index] if cuda else torch.default_generator).manual_seed(key)
-            return super().rsample(sample_shape)
+        # relax((logits + noise) / temperature) with the fused sampler's noise (the same stream: for one key, the
+        # fused sample to rounding), the division and relax differentiated by torch. Until 2026-12-02 this was
+        # torch's sampler, seeded through a forked RNG state: its noise, not the stream's, and for the relaxed
+        # Bernoulli another distribution, since it clamps probs into [eps, 1 - eps] (|logits| at most 15.9 in
+        # float32: at logits 30 and temperature 5 its median was 0.960, the fused sampler's 0.9975).
+        _checks.check_param(self.logits, "logits")  # the noise sampler would name it "loc"
+        noisy = self._noise_sampler(self.logits, self.logits.new_zeros(()), sample_shape=sample_shape,
+                                    seed=self._seed, generator=generator, backend=self._backend,
+                                    validate_args=False)
+        return self._relax(noisy / self.temperature)
 
 
 class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
@@ -631,17 +634,8 @@ class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
     pass (rtrick_ops.relaxed_bernoulli_rsample)."""
 
     _fused_sampler = staticmethod(family.relaxed_bernoulli_rsample)
-
-    def _rsample_tensor_temperature(self, sample_shape, generator):
-        # sigmoid((logits + L) / temperature) with the fused sampler's logistic noise L (the same stream: for one
-        # key, the fused sample's bits), the division and sigmoid differentiated by torch. torch's sampler,
-        # used here until 2026-12-02, clamps probs into [eps, 1 - eps], which caps |logits| at 15.9 in float32:
-        # at logits 30 and temperature 5 its median was 0.960 against the fused sampler's 0.9975, so one class
-        # gave two distributions depending on temperature.requires_grad.
-        noisy = family.logistic_rsample(self.logits, self.logits.new_zeros(()), sample_shape=sample_shape,
-                                        seed=self._seed, generator=generator, backend=self._backend,
-                                        validate_args=False)
-        return torch.sigmoid(noisy / self.temperature)
+    _noise_sampler = staticmethod(family.logistic_rsample)
+    _relax = staticmethod(torch.sigmoid)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         # torch's SigmoidTransform clamps into [tiny, 1 - eps]; the fused sigmoid saturates to exactly 0 or 1
@@ -703,3 +697,8 @@ class RelaxedOneHotCategorical(_FusedRelaxed, torch.distributions.RelaxedOneHotC
     (float32, float64) or regenerates it from the key (float16, bfloat16: docs/operators.md)."""
 
     _fused_sampler = staticmethod(gumbel.gumbel_softmax)
+    _noise_sampler = staticmethod(family.gumbel_rsample)
+
+    @staticmethod
+    def _relax(scores):
+        return torch.softmax(scores, dim=-1)

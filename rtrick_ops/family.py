@@ -17,10 +17,10 @@ import torch
 
 from ._math import check_scale, saved_if_differentiated, tau_in_compute
 from ._checks import (HALF_DTYPES, check_param, check_params, check_positive, check_sample_shape, check_scale_param,
-                      check_tau, unwrapped, validation_enabled)
+                      check_tau, fast_call_may_try, unwrapped, validating, validation_enabled)
 from . import _library
 from ._operators import SAMPLE_AND_BATCH, declare
-from .normal import fast_call_may_try, scale_backward_grads, validating
+from .normal import scale_backward_grads
 
 # The whole call in C++ for the common case (csrc/module.cpp, loc_scale_fast; as normal.py's gaussian_fast): it
 # returns None for anything else, and the Python path below runs, with every check and error message.
@@ -31,7 +31,7 @@ SampleShape = Union[int, Sequence[int]]
 
 def _rsample(family, loc, scale_param, scale, sample_shape, seed, generator, backend, names=("loc", "scale_param"),
              validate_args=None):
-    if _loc_scale_fast is not None and fast_call_may_try(loc, scale_param, scale, sample_shape, generator, backend):
+    if _loc_scale_fast is not None and fast_call_may_try(sample_shape, generator, backend, loc, scale_param):
         z = _loc_scale_fast(family, loc, scale_param, scale, validating(validate_args), seed, sample_shape)
         if z is not None:
             return z

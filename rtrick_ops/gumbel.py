@@ -17,8 +17,7 @@ import torch
 
 from . import _library
 from ._math import compute_dtype
-from ._checks import (PLAIN_SHAPES, PLAIN_TENSORS, check_bool, check_params, check_sample_shape, check_tau,
-                      is_compiling)
+from ._checks import check_bool, check_params, check_sample_shape, check_tau, fast_call_may_try
 from ._operators import SAMPLE_AND_BATCH, declare
 
 # The whole call in C++ for the common case (csrc/module.cpp, gumbel_softmax_fast; as normal.py's
@@ -83,8 +82,7 @@ def gumbel_softmax(
     finite logits at any tau and any number of draws: the exponent is
     ((logits + g) - max) / tau <= 0 and the noise is bounded (|g| < 17).
     """
-    if (_gumbel_fast is not None and generator is None and type(sample_shape) in PLAIN_SHAPES and not sample_shape
-            and backend == "auto" and type(logits) in PLAIN_TENSORS and not is_compiling()):
+    if _gumbel_fast is not None and not sample_shape and fast_call_may_try(sample_shape, generator, backend, logits):
         y = _gumbel_fast(logits, tau, hard, dim, seed)
         if y is not None:
             return y

@@ -13,29 +13,20 @@ import torch
 from . import _library
 from ._math import (check_scale, compute_dtype, d2sigma_of, dlog_sigma_of, dsigma_of, normal_kl_grads,
                     saved_if_differentiated)
-from ._checks import (PLAIN_SHAPES, PLAIN_TENSORS, check_params, check_rsample_and_kl_grads, check_sample_shape,
-                      check_scale_param, is_compiling)
+from ._checks import (check_params, check_rsample_and_kl_grads, check_sample_shape, check_scale_param,
+                      fast_call_may_try, validating)
 from ._operators import BATCH, NOISE, SAMPLE_AND_BATCH, declare
 
 _ops = torch.ops.rtrick_ops
 # The whole call in C++ for the common case (csrc/module.cpp, gaussian_fast; docs/performance.md, "fixed
-# cost"): plain CPU tensors of one dtype whose shapes broadcast, sample_shape a tuple of ints, an int seed or none,
-# no generator or backend. It returns None for anything else, and the Python path below runs, with every check and
-# error message.
+# cost"): plain CPU tensors of one dtype whose shapes broadcast, sample_shape a tuple or torch.Size of ints, an
+# int seed or none, no generator or backend. It returns None for anything else, and the Python path below runs,
+# with every check and error message.
 _gaussian_fast = getattr(_library.compiled, "gaussian_fast", None)
-_Distribution = torch.distributions.Distribution  # its _validate_args is the default of validate_args
 
 
-def fast_call_may_try(loc, scale_param, scale, sample_shape, generator, backend):
-    """Whether a location-scale C++ fast call (gaussian_fast, loc_scale_fast) may try; it declines the rest
-    itself, a seed that is not None or an int included."""
-    return (generator is None and type(sample_shape) in PLAIN_SHAPES and backend == "auto"
-            and type(loc) in PLAIN_TENSORS and type(scale_param) in PLAIN_TENSORS and type(scale) is str
-            and not is_compiling())
-
-
-def _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
-    return _gaussian_fast is not None and fast_call_may_try(mu, scale_param, scale, sample_shape, generator, backend)
+def _fast_path(mu, scale_param, sample_shape, generator, backend):
+    return _gaussian_fast is not None and fast_call_may_try(sample_shape, generator, backend, mu, scale_param)
 
 
 def normal_rsample(
@@ -73,7 +64,7 @@ def normal_rsample(
     Returns:
         z, of dtype promote(mu.dtype, scale_param.dtype).
     """
-    if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
+    if _fast_path(mu, scale_param, sample_shape, generator, backend):
         z = _gaussian_fast(0, mu, scale_param, scale, validating(validate_args), seed, sample_shape)
         if z is not None:
             return z
@@ -81,11 +72,6 @@ def normal_rsample(
     check_scale_param(scale_param, "scale_param", scale, validate_args)
     run, (mu, scale_param), rng_state = NORMAL_RSAMPLE.prepare(backend, (mu, scale_param), seed, generator)
     return run(mu, scale_param, rng_state, scale, sample_shape)
-
-
-def validating(validate_args):
-    """validate_args for the C++ fast call: None follows torch.distributions' global default."""
-    return _Distribution._validate_args if validate_args is None else bool(validate_args)
 
 
 def draw_normal(which, mu, scale_param, rng_state, scale, sample_shape):
@@ -135,7 +121,7 @@ def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale:
     kl has the batch shape broadcast(mu, scale_param) (without sample dims). The
     arguments are normal_rsample's.
     """
-    if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
+    if _fast_path(mu, scale_param, sample_shape, generator, backend):
         pair = _gaussian_fast(1, mu, scale_param, scale, validating(validate_args), seed, sample_shape)
         if pair is not None:
             return pair
@@ -158,7 +144,7 @@ def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, 
     z = rsample() gives. Both outputs have z's shape. The arguments are
     normal_rsample's.
     """
-    if _fast_path(mu, scale_param, scale, sample_shape, generator, backend):
+    if _fast_path(mu, scale_param, sample_shape, generator, backend):
         pair = _gaussian_fast(2, mu, scale_param, scale, validating(validate_args), seed, sample_shape)
         if pair is not None:
             return pair

@@ -258,19 +258,26 @@ def test_heads_build_without_values_for_deferred_initialisation(where):
             layer.reset_parameters()
             assert bool(torch.isfinite(layer(torch.randn(5, 8), seed=1)).all())
 
-def test_integer_parameters_are_named_as_the_class_names_them():
-    """torch's constructors keep an integer tensor and its samplers refuse it; ours refused it under the
-    sampler's names: Normal's loc as "mu", LogNormal's scale as "scale_param", HalfNormal's scale as "loc"
-    (its internal zero location)."""
+
+def test_integer_parameters_sample_or_are_refused_as_torchs():
+    """torch's constructors keep an integer tensor. Its samplers take an integer scale beside a floating-point
+    loc (loc + eps * scale promotes) and refuse an integer loc, and so does HalfNormal (its loc is 0 of the
+    scale's dtype). Ours refused them all, under the sampler's names: Normal's loc as "mu", LogNormal's scale
+    as "scale_param", HalfNormal's scale as "loc" (its internal zero location)."""
     import rtrick_ops.distributions as rd
     ints, floats = torch.tensor([1, 2]), torch.tensor([1.0, 2.0])
-    cases = [(lambda: rd.Normal(ints, floats), "loc"), (lambda: rd.Normal(floats, ints), "scale"),
-             (lambda: rd.LogNormal(floats, ints), "scale"), (lambda: rd.Laplace(ints, floats), "loc"),
-             (lambda: rd.HalfNormal(ints), "scale"), (lambda: rd.Normal.from_log_scale(floats, ints), "log_scale"),
-             (lambda: rd.HalfNormal.from_log_scale(ints), "log_scale")]
-    for make, name in cases:
+    for cls in (rd.Normal, rd.LogNormal, rd.Laplace, rd.Cauchy, rd.Gumbel):
+        z = cls(floats, ints, seed=3).rsample((2,))
+        torch_z = getattr(torch.distributions, cls.__name__)(floats, ints).rsample((2,))
+        assert z.dtype == torch_z.dtype == torch.float32 and z.shape == torch_z.shape
+        assert torch.equal(z, cls(floats, ints.float(), seed=3).rsample((2,)))
+    refused = [(lambda: rd.Normal(ints, floats), "loc"), (lambda: rd.Laplace(ints, ints), "loc"),
+               (lambda: rd.HalfNormal(ints), "scale"), (lambda: rd.HalfNormal.from_log_scale(ints), "log_scale")]
+    for make, name in refused:
         with pytest.raises(TypeError, match=f"^{name} must be float32"):
             make().rsample()
+    with pytest.raises(Exception):  # torch's sampler refuses the integer loc too
+        torch.distributions.Normal(ints, floats).rsample()
 
 
 # ------------------------------------------------ the other families (#4 ops)
@@ -376,38 +383,51 @@ def test_relaxed_bernoulli_sample_stays_inside_like_torchs(dtype):
     assert bool(torch.isfinite(grad).all())
 
 
-def test_relaxed_bernoulli_with_a_trainable_temperature_draws_the_fused_samplers_distribution():
-    """A trainable or per-element temperature went to torch's sampler, which clamps probs into [eps, 1 - eps]
-    (|logits| capped at 15.9 in float32): at logits 30 and temperature 5 its median was 0.960, the fused
-    sampler's 0.9975, so the distribution depended on temperature.requires_grad. It now divides the stream's
-    logistic noise by the temperature: for one seed, the fused sample to rounding, with torch's gradient."""
+@pytest.mark.parametrize("cls", [rd.RelaxedBernoulli, rd.RelaxedOneHotCategorical])
+def test_relaxed_classes_with_a_tensor_temperature_draw_the_fused_samplers_noise(cls):
+    """A trainable or per-element temperature went to torch's sampler: torch's noise, and for the relaxed
+    Bernoulli another distribution (torch clamps probs into [eps, 1 - eps], |logits| capped at 15.9 in float32:
+    at logits 30 and temperature 5 its median was 0.960, the fused sampler's 0.9975). It now divides the
+    stream's noise by the temperature: for one seed, the fused sample to rounding, with torch's gradient."""
+    bernoulli = cls is rd.RelaxedBernoulli
     logits = torch.cat([torch.linspace(-40, 40, 9), torch.randn(3)]).reshape(3, 4)
-    fused = rd.RelaxedBernoulli(0.7, logits=logits, seed=4).rsample((5,))
-    for temperature in (torch.tensor(0.7, requires_grad=True), torch.full((3, 4), 0.7), torch.full((4,), 0.7)):
-        z = rd.RelaxedBernoulli(temperature, logits=logits, seed=4).rsample((5,))
+    fused = cls(0.7, logits=logits, seed=4).rsample((5,))
+    per_element = (torch.full((3, 4), 0.7), torch.full((4,), 0.7)) if bernoulli else (torch.full((3, 1), 0.7),)
+    for temperature in (torch.tensor(0.7, requires_grad=True), *per_element):
+        z = cls(temperature, logits=logits, seed=4).rsample((5,))
         assert z.shape == fused.shape and z.dtype == fused.dtype
-        torch.testing.assert_close(z, fused, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(z, fused, rtol=1e-6, atol=1e-6)
     temperature, leaf = torch.tensor(0.7, dtype=torch.float64, requires_grad=True), logits.double().requires_grad_()
-    z = rd.RelaxedBernoulli(temperature, logits=leaf, seed=2).rsample((3,))
-    noise = rt.logistic_rsample(torch.zeros_like(leaf), torch.zeros(()).double(), sample_shape=(3,), seed=2)
-    expected = torch.sigmoid((leaf + noise) / temperature)  # the same noise, differentiated by torch
-    torch.testing.assert_close(z, expected.clamp(max=1 - torch.finfo(torch.float64).eps), rtol=0, atol=0)
+    dist = cls(temperature, logits=leaf, seed=2)
+    z = dist.rsample((3,))
+    zero = torch.zeros((), dtype=torch.float64)
+    if bernoulli:  # the same noise, relaxed and differentiated by torch
+        noise = rt.logistic_rsample(dist.logits, zero, sample_shape=(3,), seed=2)
+        expected = torch.sigmoid(noise / temperature).clamp(max=1 - torch.finfo(torch.float64).eps)
+    else:
+        noise = rt.gumbel_rsample(dist.logits, zero, sample_shape=(3,), seed=2)
+        expected = torch.softmax(noise / temperature, dim=-1)
+    torch.testing.assert_close(z, expected, rtol=0, atol=0)
     weights = torch.rand_like(z)
-    got = torch.autograd.grad((z * weights).sum(), (temperature, leaf))
+    # retain_graph: both graphs share the class's normalisation of the logits
+    got = torch.autograd.grad((z * weights).sum(), (temperature, leaf), retain_graph=True)
     want = torch.autograd.grad((expected * weights).sum(), (temperature, leaf))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
-    large = torch.tensor([30.0])
-    trainable = rd.RelaxedBernoulli(torch.tensor(5.0, requires_grad=True), logits=large, seed=1).rsample((20000,))
-    plain = rd.RelaxedBernoulli(5.0, logits=large, seed=2).rsample((20000,))
-    assert abs(float(trainable.median()) - float(plain.median())) < 2e-3  # 0.9975 both; torch's sampler 0.960
+    if bernoulli:  # torch's Bernoulli keeps integer logits (its categorical normalises them into floats)
+        with pytest.raises(TypeError, match="^logits must be float32"):
+            cls(torch.tensor(0.5, requires_grad=True), logits=torch.tensor([1, 2])).rsample()
+        large = torch.tensor([30.0])
+        trainable = cls(torch.tensor(5.0, requires_grad=True), logits=large, seed=1).rsample((20000,))
+        plain = cls(5.0, logits=large, seed=2).rsample((20000,))
+        assert abs(float(trainable.median()) - float(plain.median())) < 2e-3  # 0.9975 both; torch's 0.960
 
 
 @pytest.mark.parametrize("cls", [rd.RelaxedBernoulli, rd.RelaxedOneHotCategorical])
 def test_relaxed_classes_keep_seed_and_temperature_on_every_path(cls):
-    """A trainable or per-element temperature falls back to torch's sampler, which took no seed: seed= was
-    ignored there. A Python-number temperature was rounded to the logits' dtype (bfloat16: 0.3 became
-    0.30078125, 1e-8 became 0 and raised)."""
+    """A trainable or per-element temperature takes its own path (torch's sampler until 2026-12-02, which took
+    no seed: seed= was ignored there). A Python-number temperature was rounded to the logits' dtype (bfloat16:
+    0.3 became 0.30078125, 1e-8 became 0 and raised)."""
     logits = torch.randn(3, 4)
     trainable = torch.tensor(0.5, requires_grad=True)
     for temperature in (trainable, torch.tensor([0.5, 1.0, 2.0, 0.3]) if cls is rd.RelaxedBernoulli else trainable):
@@ -422,13 +442,9 @@ def test_relaxed_classes_keep_seed_and_temperature_on_every_path(cls):
             assert d.temperature.item() == torch.tensor(tau, dtype=torch.float32).item()
             z = d.rsample()
             assert z.dtype == dtype and z.shape == (3, 4)
-    calls = []  # the fallback seeds only the generator torch's sampler draws from: not every GPU's
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
-        patch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
-        before = torch.get_rng_state()
-        cls(trainable, logits=logits, seed=3).rsample()
-        assert torch.equal(before, torch.get_rng_state()) and calls == []
+    before = torch.get_rng_state()  # a seeded draw leaves torch's generator alone on that path too
+    cls(trainable, logits=logits, seed=3).rsample()
+    assert torch.equal(before, torch.get_rng_state())
     d = cls(0.3, logits=logits.bfloat16(), seed=1)
     fused = (rt.gumbel_softmax(d.logits, 0.3, seed=1) if cls is rd.RelaxedOneHotCategorical  # normalised logits
              else rt.relaxed_bernoulli_rsample(d.logits, 0.3, seed=1))

@@ -415,6 +415,12 @@ def test_loc_scale_fast_call_gives_the_python_paths_bits_and_errors(monkeypatch)
     assert fast_call("normal_ish", loc, sp, "log_sigma", False, 5, ()) is None
     assert fast_call("laplace", loc, -sp.abs(), "sigma", True, 5, ()) is None  # the Python check names it
     assert fast_call("laplace", loc.double(), sp, "sigma", False, 5, ()) is None  # promotion: Python's
+    for odd in ("sig\x00ma", "\ud800", 3, None):  # declined, not raised: the Python path names the argument
+        assert fast_call("laplace", loc, sp, odd, False, 5, ()) is None
+        assert fast_call(odd, loc, sp, "sigma", False, 5, ()) is None
+        assert sys.modules["rtrick_ops.normal"]._gaussian_fast(0, loc, sp, odd, False, 5, ()) is None
+        with pytest.raises(ValueError, match="is not a valid scale"):
+            rt.laplace_rsample(loc, sp, scale=odd)
     with pytest.raises(ValueError, match="scale"):
         rt.laplace_rsample(loc, sp, scale="rate")
     with pytest.raises(ValueError, match="scale_param must be positive"):
@@ -425,6 +431,22 @@ def test_loc_scale_fast_call_gives_the_python_paths_bits_and_errors(monkeypatch)
         rt.gumbel_rsample(loc, sp, sample_shape=(-1,))
     with pytest.raises(ValueError, match="seed"):
         rt.half_normal_rsample(loc, sp, seed=-1)
+
+
+def test_broadcast_of_int_shapes_is_torchs():
+    """check_broadcast's own rule (torch.broadcast_shapes cost 6 us, as long as a small kernel) against torch's,
+    on random sets of one to four shapes of up to four dims with sizes 0-3: the same shape, or both refuse."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(20000):
+        shapes = [torch.Size(rng.choice((0, 1, 1, 2, 3)) for _ in range(rng.randint(0, 4)))
+                  for _ in range(rng.randint(1, 4))]
+        try:
+            expected = torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            expected = None
+        assert _checks._broadcast_int_shapes(shapes) == expected, shapes
 
 
 def test_distribution_classes_take_the_fast_calls(monkeypatch):
@@ -449,8 +471,9 @@ def test_distribution_classes_take_the_fast_calls(monkeypatch):
     counting(sys.modules["rtrick_ops.family"], "_loc_scale_fast")
     counting(sys.modules["rtrick_ops.gumbel"], "_gumbel_fast")
     loc, scale = torch.randn(5), torch.rand(5) + 0.5
-    draws = [rd.Normal(loc, scale), rd.Normal.from_log_scale(loc, scale.log()), rd.LogNormal(loc, scale),
-             rd.Laplace(loc, scale), rd.Cauchy(loc, scale), rd.Gumbel(loc, scale), rd.HalfNormal(scale),
+    draws = [rd.Normal(loc, scale), rd.Normal.from_log_scale(loc, scale.log()), rd.Normal.from_logvar(loc, scale),
+             rd.LogNormal(loc, scale), rd.Laplace(loc, scale), rd.Cauchy(loc, scale), rd.Gumbel(loc, scale),
+             rd.Logistic(loc, scale), rd.HalfNormal(scale), rd.HalfNormal.from_log_scale(scale.log()),
              rd.Exponential(scale), rd.Uniform(loc, loc + scale)]
     for dist in draws:
         for sample_shape in (torch.Size(), torch.Size([3]), (2,)):

@@ -231,8 +231,22 @@ def test_compiled_draws_are_distinct_within_a_graph_and_reproducible_from_manual
     assert all(not torch.equal(first[i], first[i + 1]) for i in range(0, 6, 2)), "two draws in one graph are equal"
     assert all(not torch.equal(a, b) for a, b in zip(first, second)), "a second call repeated the noise"
     assert all(torch.equal(a, b) for a, b in zip(first, replay)), "torch.manual_seed did not replay the draws"
-    # Inductor runs the key's torch.randint as eager does (unlike torch.randn, which it replaces with its own
-    # generator), so eager gives the compiled draws too: docs/usage.md says so, for the CPU.
+
+
+def test_inductor_keeps_the_key_draw_so_unseeded_compiled_draws_equal_eager():
+    """docs/usage.md: on the CPU, Inductor runs the key's torch.randint as eager does. It is called with
+    generator= (None here), the randint.low_generator overload, which Inductor's rewrite of random ops into its
+    own generator (replace_random, for aten.randint.low and torch.randn) leaves alone; so compiled and eager
+    calls after the same torch.manual_seed give the same noise. torch.randn compiled differs: it is rewritten."""
+    def draws(mu, log_sigma):
+        return rt.normal_rsample(mu, log_sigma), rt.gumbel_softmax(mu, 0.5), rt.gamma_rsample(log_sigma.exp())
+
+    torch.distributions.Distribution.set_default_validate_args(False)
+    torch._dynamo.reset()
+    compiled = torch.compile(draws, backend="inductor", fullgraph=True)
+    mu, log_sigma = torch.zeros(8), torch.zeros(8)
+    torch.manual_seed(0)
+    first = compiled(mu, log_sigma)
     torch.manual_seed(0)
     eager = draws(mu, log_sigma)
     assert all(torch.equal(a, b) for a, b in zip(first, eager)), "compiled and eager unseeded draws differ"
