@@ -277,6 +277,11 @@ def distribution_cases():
         "Cauchy": (lambda m, r: rd.Cauchy(m, r.exp()), lambda m, r: td.Cauchy(m, r.exp())),
         "Gumbel": (lambda m, r: rd.Gumbel(m, r.exp()), lambda m, r: td.Gumbel(m, r.exp())),
         "LogNormal": (lambda m, r: rd.LogNormal(m, r.exp()), lambda m, r: td.LogNormal(m, r.exp())),
+        # a 0-d location (HalfNormal's own, Exponential's), a number scale, and the width high - low
+        "HalfNormal": (lambda m, r: rd.HalfNormal(r.exp()), lambda m, r: td.HalfNormal(r.exp())),
+        "Exponential": (lambda m, r: rd.Exponential(r.exp()), lambda m, r: td.Exponential(r.exp())),
+        "Uniform": (lambda m, r: rd.Uniform(m, m + r.exp()), lambda m, r: td.Uniform(m, m + r.exp())),
+        "Normal(loc, 0.1)": (lambda m, r: rd.Normal(m, 0.1), lambda m, r: td.Normal(m, 0.1)),
     }
 
 
@@ -301,7 +306,10 @@ def _distribution_rows(log2_sizes, rounds, rows):
         for log2 in log2_sizes:
             loc, raw = (p.requires_grad_() for p in _gaussian_params(2**log2))
             grad = torch.randn(2**log2)
-            calls = {name: (lambda build: lambda: torch.autograd.grad(build(loc, raw).rsample(), (loc, raw), grad))(build)
+            # allow_unused: a case may read one of the two (HalfNormal and Exponential only raw, a number scale
+            # only loc)
+            calls = {name: (lambda build: lambda: torch.autograd.grad(build(loc, raw).rsample(), (loc, raw), grad,
+                                                                      allow_unused=True))(build)
                      for name, build in (("rtrick_ops", ours), ("torch", theirs))}
             for call in calls.values():
                 call()
