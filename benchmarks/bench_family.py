@@ -54,6 +54,12 @@ def _two(numel, dtype, device, positive=False):
     return a, b
 
 
+def _posterior_sized(numel, dtype, device):
+    """Concentrations uniform in 100-1000 (a Beta after hundreds of flips, an LDA posterior): there the implicit
+    gradient's quadrature costs most (docs/gamma.md, "Cost at large concentrations")."""
+    return 100 + 900 * torch.rand(numel, dtype=dtype, device=device)
+
+
 def _bounds(numel, dtype, device):
     low = torch.randn(numel, dtype=dtype, device=device)
     return low, low + torch.rand(numel, dtype=dtype, device=device) + 0.5
@@ -103,6 +109,13 @@ def _cases():
         cases["dirichlet"] = (lambda n, t, d: (torch.rand(n // DIRICHLET_CATEGORIES, DIRICHLET_CATEGORIES, dtype=t,
                                                           device=d) + 0.5,),
                               lambda a: (rt.dirichlet_rsample(a),), lambda a: (D.Dirichlet(a).rsample(),), 2)
+        large = _posterior_sized
+        cases["gamma_large"] = (lambda n, t, d: (large(n, t, d),), lambda a: (rt.gamma_rsample(a),),
+                                lambda a: (D.Gamma(a, torch.ones_like(a)).rsample(),), 2)
+        cases["beta_large"] = (lambda n, t, d: (large(n, t, d), large(n, t, d)), lambda a, b: (rt.beta_rsample(a, b),),
+                               lambda a, b: (D.Beta(a, b).rsample(),), 3)
+        cases["dirichlet_large"] = (lambda n, t, d: (large(n, t, d).view(-1, DIRICHLET_CATEGORIES),),
+                                    lambda a: (rt.dirichlet_rsample(a),), lambda a: (D.Dirichlet(a).rsample(),), 2)
     return cases
 
 

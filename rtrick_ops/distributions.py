@@ -658,7 +658,13 @@ class Gamma(_Fused, torch.distributions.Gamma):
         _validate_after_init(self, validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        return gamma.gamma_rsample(self.concentration, self.rate, sample_shape=torch.Size(sample_shape),
+        rate = self.rate
+        if rate.dtype not in _checks.FLOAT_DTYPES and self.concentration.dtype in _checks.FLOAT_DTYPES:
+            # torch's constructor keeps an integer rate (a posterior's b0 + counts) and its sampler divides by it
+            # in the concentration's dtype; any other dtype is refused by the sampler, under its own name
+            if not rate.is_complex():
+                rate = rate.to(self.concentration.dtype)
+        return gamma.gamma_rsample(self.concentration, rate, sample_shape=torch.Size(sample_shape),
                                    seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
 
 

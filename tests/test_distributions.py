@@ -278,6 +278,13 @@ def test_integer_parameters_sample_or_are_refused_as_torchs():
             make().rsample()
     with pytest.raises(Exception):  # torch's sampler refuses the integer loc too
         torch.distributions.Normal(ints, floats).rsample()
+    # Gamma's integer rate (a posterior's b0 + counts): torch's sampler divides by it; so does ours
+    z = rd.Gamma(floats, torch.tensor([10, 20]), seed=3).rsample((2,))
+    assert z.dtype == torch.float32
+    assert torch.equal(z, rd.Gamma(floats, torch.tensor([10.0, 20.0]), seed=3).rsample((2,)))
+    assert torch.distributions.Gamma(floats, torch.tensor([10, 20])).rsample().dtype == torch.float32
+    with pytest.raises(TypeError, match="^concentration must be float32"):
+        rd.Gamma(ints, floats).rsample()
 
 
 # ------------------------------------------------ the other families (#4 ops)
