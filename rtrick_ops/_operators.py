@@ -69,11 +69,16 @@ class Operator:
     def sampled(self):
         return SAMPLE_AND_BATCH in self.outputs
 
-    def route(self, backend, device):
-        """The resolved backend for tensors on `device`; a clear error where this operator has no kernels."""
+    def refuse_missing_kernels(self, backend):
+        """A backend this operator has no kernels for, refused where it is chosen: here, and in the drop-in
+        classes' constructors (which would otherwise keep it and raise at the first rsample)."""
         if backend == "triton" and not self.triton:
             raise ValueError(f"backend='triton': {self.name} has no Triton kernels; use backend='auto', 'cpu', "
                              "'cuda' or 'reference'")
+
+    def route(self, backend, device):
+        """The resolved backend for tensors on `device`; a clear error where this operator has no kernels."""
+        self.refuse_missing_kernels(backend)
         which = resolve_backend(backend, device)
         if which == "triton" and not self.triton:  # auto on a CUDA tensor with a CPU-only build
             raise RuntimeError(f"{self.name} has no Triton kernels and rtrick_ops._C was built without CUDA; "

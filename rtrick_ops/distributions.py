@@ -113,11 +113,14 @@ def _broadcast(*values):
     return broadcast_all(*values)
 
 
-def _draw_options(seed, backend):
+def _draw_options(seed, backend, operator=None):
     """A constructor's seed and backend, checked there: until 2026-12-02 a bad one was kept and raised at the
-    first rsample, far from the line that wrote it."""
+    first rsample, far from the line that wrote it. `operator`: the class's sampler, where it lacks a backend
+    (Gamma, Beta and Dirichlet have no Triton kernels)."""
     if backend != "auto":
         _checks.check_choice(backend, "backend", BACKENDS)
+        if operator is not None:
+            operator.refuse_missing_kernels(backend)
     return _checks.check_seed(seed), backend
 
 
@@ -653,7 +656,7 @@ class Gamma(_Fused, torch.distributions.Gamma):
     """
 
     def __init__(self, concentration, rate, validate_args=None, *, seed=None, backend="auto"):
-        self._seed, self._backend = _draw_options(seed, backend)
+        self._seed, self._backend = _draw_options(seed, backend, gamma.GAMMA_RSAMPLE)
         super().__init__(concentration, rate, validate_args=False)  # torch's __init__ then its check, scanned
         _validate_after_init(self, validate_args)
 
@@ -672,7 +675,7 @@ class Beta(_Fused, torch.distributions.Beta):
     """torch.distributions.Beta with a fused sampler and implicit-reparameterization gradients."""
 
     def __init__(self, concentration1, concentration0, validate_args=None, *, seed=None, backend="auto"):
-        self._seed, self._backend = _draw_options(seed, backend)
+        self._seed, self._backend = _draw_options(seed, backend, gamma.BETA_RSAMPLE)
         super().__init__(concentration1, concentration0, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
@@ -689,7 +692,7 @@ class Dirichlet(_Fused, torch.distributions.Dirichlet):
     support = _SIMPLEX_WITHIN_ROUNDING
 
     def __init__(self, concentration, validate_args=None, *, seed=None, backend="auto"):
-        self._seed, self._backend = _draw_options(seed, backend)
+        self._seed, self._backend = _draw_options(seed, backend, gamma.DIRICHLET_RSAMPLE)
         super().__init__(concentration, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):

@@ -356,3 +356,10 @@ def test_constructors_check_seed_and_backend(make):
     with pytest.raises(TypeError, match="seed must be an int"):
         make(seed="3")
     assert torch.equal(make(seed=3, backend="reference").rsample(), make(seed=3, backend="reference").rsample())
+    # a backend the class's sampler has no kernels for (Gamma, Beta, Dirichlet: Triton), refused here too
+    no_triton = isinstance(make(), (rd.Gamma, rd.Beta, rd.Dirichlet))
+    if no_triton:
+        with pytest.raises(ValueError, match="has no Triton kernels"):
+            make(backend="triton")
+    else:
+        make(backend="triton")  # kept: it raises at rsample only where Triton did not load
