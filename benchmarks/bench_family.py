@@ -56,7 +56,8 @@ def _two(numel, dtype, device, positive=False):
 
 def _posterior_sized(numel, dtype, device):
     """Concentrations uniform in 100-1000 (a Beta after hundreds of flips, an LDA posterior): there the implicit
-    gradient's quadrature costs most (docs/gamma.md, "Cost at large concentrations")."""
+    gradient is Temme's expansion (Gamma) or the quadrature (Beta, Dirichlet), its costliest forms (docs/gamma.md,
+    "Cost at large concentrations")."""
     return 100 + 900 * torch.rand(numel, dtype=dtype, device=device)
 
 

@@ -277,7 +277,8 @@ def distribution_cases():
         "Cauchy": (lambda m, r: rd.Cauchy(m, r.exp()), lambda m, r: td.Cauchy(m, r.exp())),
         "Gumbel": (lambda m, r: rd.Gumbel(m, r.exp()), lambda m, r: td.Gumbel(m, r.exp())),
         "LogNormal": (lambda m, r: rd.LogNormal(m, r.exp()), lambda m, r: td.LogNormal(m, r.exp())),
-        # a 0-d location (HalfNormal's own, Exponential's), a number scale, and the width high - low
+        # HalfNormal and Exponential: an internal 0-d location in the sampler; a number scale; Uniform's width
+        # high - low, a torch op before the kernel
         "HalfNormal": (lambda m, r: rd.HalfNormal(r.exp()), lambda m, r: td.HalfNormal(r.exp())),
         "Exponential": (lambda m, r: rd.Exponential(r.exp()), lambda m, r: td.Exponential(r.exp())),
         "Uniform": (lambda m, r: rd.Uniform(m, m + r.exp()), lambda m, r: td.Uniform(m, m + r.exp())),

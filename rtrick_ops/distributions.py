@@ -128,18 +128,14 @@ def _draw_options(seed, backend, operator=None):
 _SCALE_ARGUMENT = {"sigma": "scale", "log_sigma": "log_scale", "softplus": "raw_scale", "logvar": "logvar"}
 
 
-def _as_torch_samples(loc, scale_param, scale_kind):
-    """(loc, scale_param) where one of them is not floating point (torch's constructors keep integer tensors):
-    an integer scale beside a floating-point loc takes loc's dtype, as torch's `loc + eps * scale` does; any
-    other is refused, as torch's sampler refuses it, under the class's names (the sampler's own are mu, loc
-    and scale_param, and HalfNormal's loc is internal). The callers test the dtypes first, so that the common
-    case costs two tuple lookups."""
-    scale_name = _SCALE_ARGUMENT[scale_kind]
-    _checks.check_param(loc, "loc")
-    if not scale_param.is_floating_point() and not scale_param.is_complex():
-        return loc, scale_param.to(loc.dtype)
-    _checks.check_param(scale_param, scale_name)
-    return loc, scale_param
+def _beside_float(value, like):
+    """value as torch's sampler reads it beside the floating-point tensor `like`. torch's constructors keep an
+    integer (or bool) tensor, and its samplers' arithmetic (loc + eps * scale, gamma / rate, low + (high - low)
+    * u) promotes it to like's dtype: so does this. Anything else is returned as it is, for the sampler to
+    check. Callers test the dtypes first, so that the common case costs a tuple lookup or two."""
+    if like.dtype in _checks.FLOAT_DTYPES and not value.is_floating_point() and not value.is_complex():
+        return value.to(like.dtype)
+    return value
 
 
 def _held_as_torch_holds_it(scale_param):
@@ -333,7 +329,11 @@ class _FusedLocScale(_KeepsScaleParam):
         scale_param = self.scale if self._scale_param is None else self._scale_param
         loc = self.loc
         if loc.dtype not in _checks.FLOAT_DTYPES or scale_param.dtype not in _checks.FLOAT_DTYPES:
-            loc, scale_param = _as_torch_samples(loc, scale_param, self._scale_kind)
+            # refused under the class's names (the sampler's own are mu and scale_param), as torch's sampler
+            # refuses an integer loc; an integer scale beside a float loc samples, as torch's does
+            _checks.check_param(loc, "loc")
+            scale_param = _beside_float(scale_param, loc)
+            _checks.check_param(scale_param, _SCALE_ARGUMENT[self._scale_kind])
         # torch's constructor validated the parameters (when validation is on): no second sync here.
         return self._sampler(loc, scale_param, scale=self._scale_kind, sample_shape=torch.Size(sample_shape),
                              seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
@@ -521,7 +521,8 @@ class Uniform(_Fused, torch.distributions.Uniform):
         super().__init__(low, high, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        return family.uniform_rsample(self.low, self.high, sample_shape=torch.Size(sample_shape), seed=self._seed,
+        high = self.high if self.high.dtype in _checks.FLOAT_DTYPES else _beside_float(self.high, self.low)
+        return family.uniform_rsample(self.low, high, sample_shape=torch.Size(sample_shape), seed=self._seed,
                                       generator=generator, backend=self._backend, validate_args=False)
 
 
@@ -577,7 +578,9 @@ class HalfNormal(_KeepsScaleParam, torch.distributions.HalfNormal):
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         scale_param = self.scale if self._scale_param is None else self._scale_param
-        if scale_param.dtype not in _checks.FLOAT_DTYPES:  # torch's HalfNormal refuses it too (its loc is 0 of it)
+        # HalfNormal's loc is internal, a 0 of the scale's dtype: an integer scale is refused (as torch's
+        # HalfNormal refuses it) under the class's name, not the sampler's "loc"
+        if scale_param.dtype not in _checks.FLOAT_DTYPES:
             _checks.check_param(scale_param, _SCALE_ARGUMENT[self._scale_kind])
         return family.half_normal_rsample(scale_param.new_zeros(()), scale_param, scale=self._scale_kind,
                                           sample_shape=torch.Size(sample_shape), seed=self._seed, generator=generator,
@@ -661,12 +664,8 @@ class Gamma(_Fused, torch.distributions.Gamma):
         _validate_after_init(self, validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        rate = self.rate
-        if rate.dtype not in _checks.FLOAT_DTYPES and self.concentration.dtype in _checks.FLOAT_DTYPES:
-            # torch's constructor keeps an integer rate (a posterior's b0 + counts) and its sampler divides by it
-            # in the concentration's dtype; any other dtype is refused by the sampler, under its own name
-            if not rate.is_complex():
-                rate = rate.to(self.concentration.dtype)
+        # an integer rate: a posterior's b0 + counts
+        rate = self.rate if self.rate.dtype in _checks.FLOAT_DTYPES else _beside_float(self.rate, self.concentration)
         return gamma.gamma_rsample(self.concentration, rate, sample_shape=torch.Size(sample_shape),
                                    seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
 

@@ -82,7 +82,8 @@ def gumbel_softmax(
     finite logits at any tau and any number of draws: the exponent is
     ((logits + g) - max) / tau <= 0 and the noise is bounded (|g| < 17).
     """
-    if _gumbel_fast is not None and not sample_shape and fast_call_may_try(sample_shape, generator, backend, logits):
+    # sample_shape's type first: `not` of an array-like would raise without naming it
+    if _gumbel_fast is not None and fast_call_may_try(sample_shape, generator, backend, logits) and not sample_shape:
         y = _gumbel_fast(logits, tau, hard, dim, seed)
         if y is not None:
             return y

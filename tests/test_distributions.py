@@ -261,8 +261,8 @@ def test_heads_build_without_values_for_deferred_initialisation(where):
 
 def test_integer_parameters_sample_or_are_refused_as_torchs():
     """torch's constructors keep an integer tensor. Its samplers take an integer scale beside a floating-point
-    loc (loc + eps * scale promotes) and refuse an integer loc, and so does HalfNormal (its loc is 0 of the
-    scale's dtype). Ours refused them all, under the sampler's names: Normal's loc as "mu", LogNormal's scale
+    loc (loc + eps * scale promotes), an integer Gamma rate and an integer Uniform high, and refuse an integer
+    loc, low or concentration, and an integer HalfNormal scale (its loc is 0 of the scale's dtype). Ours refused them all, under the sampler's names: Normal's loc as "mu", LogNormal's scale
     as "scale_param", HalfNormal's scale as "loc" (its internal zero location)."""
     import rtrick_ops.distributions as rd
     ints, floats = torch.tensor([1, 2]), torch.tensor([1.0, 2.0])
@@ -276,8 +276,14 @@ def test_integer_parameters_sample_or_are_refused_as_torchs():
     for make, name in refused:
         with pytest.raises(TypeError, match=f"^{name} must be float32"):
             make().rsample()
-    with pytest.raises(Exception):  # torch's sampler refuses the integer loc too
+    with pytest.raises(RuntimeError, match="not implemented for 'Long'"):  # torch's sampler refuses it too
         torch.distributions.Normal(ints, floats).rsample()
+    # Uniform's integer high beside a float low: torch's low + (high - low) * u promotes it; so does ours
+    z = rd.Uniform(floats, ints + 2, seed=3).rsample((2,))
+    assert z.dtype == torch.distributions.Uniform(floats, ints + 2).rsample().dtype == torch.float32
+    assert torch.equal(z, rd.Uniform(floats, (ints + 2).float(), seed=3).rsample((2,)))
+    with pytest.raises(TypeError, match="^low must be float32"):
+        rd.Uniform(ints, floats + 5).rsample()
     # Gamma's integer rate (a posterior's b0 + counts): torch's sampler divides by it; so does ours
     z = rd.Gamma(floats, torch.tensor([10, 20]), seed=3).rsample((2,))
     assert z.dtype == torch.float32
@@ -421,6 +427,11 @@ def test_relaxed_classes_with_a_tensor_temperature_draw_the_fused_samplers_noise
     want = torch.autograd.grad((expected * weights).sum(), (temperature, leaf))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    # and against finite differences, for a per-element temperature too (one seed: the same noise each call)
+    moderate = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    for shape in ((), (3,)):
+        tau = torch.full(shape, 0.8, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t, lg: cls(t, logits=lg, seed=5).rsample((2,)), (tau, moderate))
     if bernoulli:  # torch's Bernoulli keeps integer logits (its categorical normalises them into floats)
         with pytest.raises(TypeError, match="^logits must be float32"):
             cls(torch.tensor(0.5, requires_grad=True), logits=torch.tensor([1, 2])).rsample()

@@ -354,6 +354,10 @@ def test_gumbel_softmax_fast_call_gives_the_python_paths_bits_and_errors(monkeyp
             assert torch.equal(y0, y1) and torch.equal(g0, g1), what
             assert torch.equal(a0, a1), f"{what}: the generator advanced differently"
     monkeypatch.setattr(gumbel, "_gumbel_fast", fast_call)  # the errors with the fast call on: it declines them
+    # an array-like sample_shape: the gate tests its type before its truth (which NumPy and torch refuse)
+    assert rt.gumbel_softmax(x, 0.5, sample_shape=np.array([2, 3]), seed=1).shape == (2, 3, 6, 5)
+    with pytest.raises(TypeError, match="sample_shape must be a sequence of ints"):
+        rt.gumbel_softmax(x, 0.5, sample_shape=torch.tensor([2, 3]))
     for kwargs, error, match in ((dict(tau=0.0), ValueError, "tau"), (dict(tau=math.inf), ValueError, "tau"),
                                  (dict(tau=math.nan), ValueError, "tau"), (dict(tau=0.5, dim=2), IndexError, "dim"),
                                  (dict(tau=0.5, hard=1), TypeError, "hard"), (dict(tau=0.5, seed=-1), ValueError,

@@ -250,6 +250,13 @@ def test_inductor_keeps_the_key_draw_so_unseeded_compiled_draws_equal_eager():
     torch.manual_seed(0)
     eager = draws(mu, log_sigma)
     assert all(torch.equal(a, b) for a, b in zip(first, eager)), "compiled and eager unseeded draws differ"
+    # the control: torch.randn, which Inductor rewrites into its own generator, differs (the page says so)
+    torch._dynamo.reset()
+    compiled_randn = torch.compile(lambda m: m + torch.randn(m.shape), backend="inductor", fullgraph=True)
+    torch.manual_seed(0)
+    compiled_noise = compiled_randn(mu)
+    torch.manual_seed(0)
+    assert not torch.equal(compiled_noise, mu + torch.randn(mu.shape))
 
 
 # ------------------------------------------------------------------ torch.func
