@@ -110,7 +110,7 @@ def check_broadcast(**tensors):
     shapes = [t.shape for t in tensors.values()]
     if all(s == shapes[0] for s in shapes):
         return shapes[0]
-    if torch.compiler.is_compiling():  # symbolic sizes: torch's rule guards on them as dynamo expects
+    if is_compiling():  # symbolic sizes: torch's rule guards on them as dynamo expects
         try:
             return torch.broadcast_shapes(*shapes)
         except RuntimeError:

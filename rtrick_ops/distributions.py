@@ -132,7 +132,9 @@ def _beside_float(value, like):
     """value as torch's sampler reads it beside the floating-point tensor `like`. torch's constructors keep an
     integer (or bool) tensor, and its samplers' arithmetic (loc + eps * scale, gamma / rate, low + (high - low)
     * u) promotes it to like's dtype: so does this. Anything else is returned as it is, for the sampler to
-    check. Callers test the dtypes first, so that the common case costs a tuple lookup or two."""
+    check."""
+    if value.dtype in _checks.FLOAT_DTYPES:  # the common case: one tuple lookup
+        return value
     if like.dtype in _checks.FLOAT_DTYPES and not value.is_floating_point() and not value.is_complex():
         return value.to(like.dtype)
     return value
@@ -521,7 +523,7 @@ class Uniform(_Fused, torch.distributions.Uniform):
         super().__init__(low, high, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        high = self.high if self.high.dtype in _checks.FLOAT_DTYPES else _beside_float(self.high, self.low)
+        high = _beside_float(self.high, self.low)  # an integer high: torch's sampler promotes it too
         return family.uniform_rsample(self.low, high, sample_shape=torch.Size(sample_shape), seed=self._seed,
                                       generator=generator, backend=self._backend, validate_args=False)
 
@@ -664,8 +666,7 @@ class Gamma(_Fused, torch.distributions.Gamma):
         _validate_after_init(self, validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        # an integer rate: a posterior's b0 + counts
-        rate = self.rate if self.rate.dtype in _checks.FLOAT_DTYPES else _beside_float(self.rate, self.concentration)
+        rate = _beside_float(self.rate, self.concentration)  # an integer rate: a posterior's b0 + counts
         return gamma.gamma_rsample(self.concentration, rate, sample_shape=torch.Size(sample_shape),
                                    seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
 

@@ -446,7 +446,7 @@ def test_relaxed_classes_keep_seed_and_temperature_on_every_path(cls):
     """A trainable or per-element temperature takes its own path (torch's sampler until 2026-12-02, which took
     no seed: seed= was ignored there). A Python-number temperature was rounded to the logits' dtype (bfloat16:
     0.3 became 0.30078125, 1e-8 became 0 and raised)."""
-    logits = torch.randn(3, 4)
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))  # not the global stream: see below
     trainable = torch.tensor(0.5, requires_grad=True)
     for temperature in (trainable, torch.tensor([0.5, 1.0, 2.0, 0.3]) if cls is rd.RelaxedBernoulli else trainable):
         first = cls(temperature, logits=logits, seed=3).rsample((2,))
@@ -456,7 +456,10 @@ def test_relaxed_classes_keep_seed_and_temperature_on_every_path(cls):
             cls(temperature, logits=logits, seed=3).rsample(generator=torch.Generator())
     for dtype in (torch.float16, torch.bfloat16):
         for tau in (0.3, 1e-8, 7e4):
-            d = cls(tau, logits=logits.to(dtype), seed=1)
+            # validate_args=False: torch's own constructor checks the half-precision categorical's probs
+            # against Simplex's 1e-6 and refuses about 3% of random 3x4 logits in float16, for its own class
+            # as for ours; with unseeded logits this test failed or passed by the order the tests ran in
+            d = cls(tau, logits=logits.to(dtype), seed=1, validate_args=False)
             assert d.temperature.item() == torch.tensor(tau, dtype=torch.float32).item()
             z = d.rsample()
             assert z.dtype == dtype and z.shape == (3, 4)
