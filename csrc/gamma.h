@@ -322,51 +322,72 @@ RT_HD ValueAndDerivative gamma_cf_h(double a, double x) {
 // ~10 sqrt(alpha) terms (issue 15: the series is overkill there).
 constexpr double kGammaAsymptoticMin = 30.0;
 
-// (t - ln(1 + t)) / t^2 for |t| < 0.1 (the direct form cancels there).
-RT_HD double log1p_defect_series(double t) {
-  double s = 0.0;
-  for (int k = 30; k >= 2; --k) s = s * -t + 1.0 / k;
+// (t - ln(1 + t)) / t^2 = sum_{k>=2} (-t)^(k-2) / k for |t| < 0.1 (the direct form cancels there); the
+// terms past k = 21 are below 1e-21 of the sum (30 terms until 2026-12-03). T is double, or a vector of
+// doubles in the CPU's lanes (cpu/row_kernels_impl.h), which then give these bits lane by lane.
+template <class T>
+RT_HD T log1p_defect_series(T t) {
+  T s{};
+  RT_UNROLL_ALL
+  for (int k = 21; k >= 2; --k) s = s * -t + 1.0 / k;
   return s;
 }
 
-// dz/dalpha for alpha >= kGammaAsymptoticMin, from Temme's expansion
-// Q(a, x) = erfc(eta sqrt(a / 2)) / 2 + e^(-a eta^2 / 2) / sqrt(2 pi a) sum_k c_k(eta) a^-k
-// differentiated in a at fixed x and divided by the density (docs/gamma.md):
-// dz/da = lambda (1 + Gamma*(a) rest), lambda = x / a, t = lambda - 1, with
-// rest = -eta^2/(2t) - c_0/(2a) + (ln lambda - 1/(2a)) sum_{k>=1} c_k a^-k - sum_{k>=0} (t c_{k+1} + k c_k) a^-(k+1).
-// The leading erfc terms cancel analytically, so nothing here cancels numerically.
-RT_HD double gamma_dz_dalpha_asymptotic(double a, double x) {
+// Temme's variables for dz/dalpha at alpha >= kGammaAsymptoticMin: t = x / a - 1, q = (t - ln lambda) / t^2
+// = eta^2 / (2 t^2), ln lambda and eta. Within |t| < 0.1 (nearly every draw from alpha above 100) ln lambda
+// is t - t^2 q, plain arithmetic like the rest of the central expansion below, so the CPU's lanes can take
+// it whole; elsewhere libm's log1p or log.
+constexpr double kTemmeSeriesT = 0.1;
+struct TemmeVariables {
+  double t, q, ln_lambda, eta;
+};
+template <class T>
+RT_HD T temme_ln_lambda_central(T t, T q) {
+  return t - t * t * q;
+}
+RT_HD TemmeVariables temme_variables(double a, double x) {
   const double t = (x - a) / a;  // exact when x is within a factor 2 of a (Sterbenz)
-  double q, ln_lambda;           // q = (t - ln lambda) / t^2 = eta^2 / (2 t^2)
-  if (::fabs(t) < 0.1) {
+  double q, ln_lambda;
+  if (::fabs(t) < kTemmeSeriesT) {
     q = log1p_defect_series(t);
-    ln_lambda = ::log1p(t);
+    ln_lambda = temme_ln_lambda_central(t, q);
   } else {
     ln_lambda = t > -0.5 ? ::log1p(t) : ::log(x) - ::log(a);  // t rounds to -1 for x << a
     q = (t - ln_lambda) / (t * t);
   }
-  const double eta = t * ::sqrt(2.0 * q);
-  double c0, c1, c2, c3, c4;
-  if (::fabs(eta) < 1.0) {
-    c0 = temme_c0_series(eta);
-    c1 = temme_c1_series(eta);
-    c2 = temme_c2_series(eta);
-    c3 = temme_c3_series(eta);
-    c4 = temme_c4_series(eta);
-  } else {
-    c0 = temme_c0_closed(eta, t);
-    c1 = temme_c1_closed(eta, t);
-    c2 = temme_c2_closed(eta, t);
-    c3 = temme_c3_closed(eta, t);
-    c4 = temme_c4_closed(eta, t);
-  }
-  const double r = 1.0 / a;
-  const double s1 = r * (c1 + r * (c2 + r * c3));
-  const double tail = r * ((t * c1) + r * ((t * c2 + c1) + r * ((t * c3 + 2.0 * c2) + r * (t * c4 + 3.0 * c3))));
-  const double rest = -t * q - 0.5 * r * c0 + (ln_lambda - 0.5 * r) * s1 - tail;
-  const double gamma_star = 1.0 + r * (1.0 / 12 + r * (1.0 / 288 + r * (-139.0 / 51840 + r * (-571.0 / 2488320))));
+  return TemmeVariables{t, q, ln_lambda, t * ::sqrt(2.0 * q)};
+}
+
+// dz/dalpha from Temme's variables and the c_k(eta), kept to a^-4 (docs/gamma.md):
+// dz/da = lambda (1 + Gamma*(a) rest), lambda = x / a, with
+// rest = -eta^2/(2t) - c_0/(2a) + (ln lambda - 1/(2a)) sum_{k>=1} c_k a^-k - sum_{k>=0} (t c_{k+1} + k c_k) a^-(k+1).
+// The leading erfc terms cancel analytically, so nothing here cancels numerically.
+template <class T>
+RT_HD T temme_dz_dalpha(T a, T x, T t, T q, T ln_lambda, T c0, T c1, T c2, T c3, T c4) {
+  const T r = 1.0 / a;
+  const T s1 = r * (c1 + r * (c2 + r * c3));
+  const T tail = r * ((t * c1) + r * ((t * c2 + c1) + r * ((t * c3 + 2.0 * c2) + r * (t * c4 + 3.0 * c3))));
+  const T rest = -t * q - 0.5 * r * c0 + (ln_lambda - 0.5 * r) * s1 - tail;
+  const T gamma_star = 1.0 + r * (1.0 / 12 + r * (1.0 / 288 + r * (-139.0 / 51840 + r * (-571.0 / 2488320))));
   // x (...) / a rather than lambda (...): lambda underflows first when x << a.
   return x * (1.0 + gamma_star * rest) / a;
+}
+
+// |eta| < 1, where the c_k are Taylor polynomials: plain arithmetic, shared with the CPU's lanes.
+template <class T>
+RT_HD T temme_dz_dalpha_central(T a, T x, T t, T q, T ln_lambda, T eta) {
+  return temme_dz_dalpha(a, x, t, q, ln_lambda, temme_c0_series(eta), temme_c1_series(eta), temme_c2_series(eta),
+                         temme_c3_series(eta), temme_c4_series(eta));
+}
+
+// dz/dalpha for alpha >= kGammaAsymptoticMin, from Temme's expansion
+// Q(a, x) = erfc(eta sqrt(a / 2)) / 2 + e^(-a eta^2 / 2) / sqrt(2 pi a) sum_k c_k(eta) a^-k
+// differentiated in a at fixed x and divided by the density (temme_dz_dalpha above).
+RT_HD double gamma_dz_dalpha_asymptotic(double a, double x) {
+  const TemmeVariables v = temme_variables(a, x);
+  if (::fabs(v.eta) < 1.0) return temme_dz_dalpha_central(a, x, v.t, v.q, v.ln_lambda, v.eta);
+  return temme_dz_dalpha(a, x, v.t, v.q, v.ln_lambda, temme_c0_closed(v.eta, v.t), temme_c1_closed(v.eta, v.t),
+                         temme_c2_closed(v.eta, v.t), temme_c3_closed(v.eta, v.t), temme_c4_closed(v.eta, v.t));
 }
 
 // The series serves up to x = a + 3, not only the textbook a + 1: the continued fraction converges slowly
@@ -505,18 +526,19 @@ RT_HD Grad2 beta_grad_series(double a, double b, double x, double y, double lnx,
   return Grad2{need_a ? scale * sa : 0.0, need_b ? scale * sb : 0.0};
 }
 
-// s + expm1(-s) >= 0 and log1p(y) - y <= 0, accurate where they are tiny.
-RT_HD double expm1_defect(double s) {
-  if (::fabs(s) >= 0.1) return s + ::expm1(-s);
-  double term = 0.5 * s * s, sum = 0.0;
-  for (int k = 3; k <= 24; ++k) {
-    sum += term;
-    term *= -s / k;
-  }
-  return sum;
+// s + expm1(-s) >= 0 and log1p(y) - y <= 0, accurate where they are tiny, from the caller's em = expm1(-s)
+// and ly = log1p(y): the quadrature below needs both for every node anyway, and libm's calls are most of
+// its cost. Below |s| = 0.1 the defect is sum_{k>=2} (-s)^k / k!, nested as (s^2 / 2)(1 - (s / 3)(1 - ...)),
+// whose terms past k = 13 are below 1e-22 of it (until 2026-12-03 a loop that divided by k each term).
+RT_HD double expm1_defect(double s, double em) {
+  if (::fabs(s) >= 0.1) return s + em;
+  double p = 1.0;
+  RT_UNROLL_ALL
+  for (int k = 13; k >= 3; --k) p = 1.0 - (s * (1.0 / k)) * p;
+  return 0.5 * s * s * p;
 }
-RT_HD double log1p_defect(double y) {
-  if (::fabs(y) >= 0.1) return ::log1p(y) - y;
+RT_HD double log1p_defect(double y, double ly) {
+  if (::fabs(y) >= 0.1) return ly - y;
   return -y * y * log1p_defect_series(y);
 }
 
@@ -543,9 +565,14 @@ constexpr int32_t kBetaQuadMaxPanels = 12;
 RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double n, double m) {
   const double r = x / y;
   const double lin = -n / y;  // phi'(x) x, >= 0 below the mode
-  // phi(x) - phi(x e^-s) + s: every term >= 0 below the mode, no cancellation.
+  // phi(x) - phi(x e^-s) + s: every term >= 0 below the mode, no cancellation. em = e^-s - 1, and ly =
+  // ln(1 + r (1 - e^-s)), which dz/db's integrand needs too.
+  auto decay_at = [&](double s, double em, double ly) {
+    return lin * s + (b - 1.0) * r * expm1_defect(s, em) - (b - 1.0) * log1p_defect(-r * em, ly) + s;
+  };
   auto decay = [&](double s) {
-    return lin * s + (b - 1.0) * r * expm1_defect(s) - (b - 1.0) * log1p_defect(-r * ::expm1(-s)) + s;
+    const double em = ::expm1(-s);
+    return decay_at(s, em, ::log1p(-r * em));
   };
   // From the smaller of the linear decay's e^-45 point and the mode's width
   // (a few steps of the searches below instead of dozens for a = 1e15).
@@ -573,9 +600,10 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
     for (int32_t i = 0; i < 32; ++i) {
       const double node = i < 16 ? gl32_node(i) : -gl32_node(i - 16);
       const double s = mid + half * node;
-      const double f = half * ::exp(-decay(s)) * gl32_weight(i < 16 ? i : i - 16);
+      const double em = ::expm1(-s), ly = ::log1p(-r * em);
+      const double f = half * ::exp(-decay_at(s, em, ly)) * gl32_weight(i < 16 ? i : i - 16);
       ga += (lx0 - s + ca) * f;
-      gb += (ly0 + ::log1p(-r * ::expm1(-s)) + cb) * f;
+      gb += (ly0 + ly + cb) * f;
     }
     lo = hi;
     hi *= 2.0;

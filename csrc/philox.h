@@ -18,6 +18,8 @@
 
 #include "kinds.h"
 
+// RT_UNROLL_ALL: every iteration of a short loop with a constant trip count, so that its per-iteration
+// constants fold (gamma.h's 1.0 / k: GCC's "unroll 16" left a 29-step loop rolled, a division a step).
 // RT_HD_RARE: a host-device function kept out of line, for a path that almost never runs (gamma.h's
 // redraw of a Dirichlet row whose logs all overflowed): inlined into the row-normalising kernel, its
 // rejection loop made nvcc spill there (8 bytes, Half and BFloat16) in every row that never takes it.
@@ -25,10 +27,12 @@
 #define RT_HD __host__ __device__ __forceinline__
 #define RT_HD_RARE __host__ __device__ __noinline__
 #define RT_UNROLL _Pragma("unroll")
+#define RT_UNROLL_ALL _Pragma("unroll")
 #else
 #define RT_HD inline __attribute__((always_inline))
 #define RT_HD_RARE inline __attribute__((noinline))
 #define RT_UNROLL _Pragma("GCC unroll 16")
+#define RT_UNROLL_ALL _Pragma("GCC unroll 64")
 #endif
 
 namespace rtrick {

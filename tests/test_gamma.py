@@ -118,16 +118,21 @@ def assert_same_bits_on_every_isa(results):
 
 
 def test_gamma_gradient_lanes_give_the_scalar_loops_bits():
-    """The AVX2 and AVX-512 row kernels sum the gradient's series 4 or 8 elements at a time, each lane
-    stopping at its own last term; the portable table runs gamma.h's scalar loop (as CUDA does). Every
-    element's gradient must be the same bits on every ISA: series elements mixed with continued-fraction,
-    asymptotic and edge ones, zero grads, partial lane groups, broadcast alpha, every dtype."""
+    """The AVX2 and AVX-512 row kernels sum the gradient's series 4 elements at a time, each lane stopping at
+    its own last term, and evaluate Temme's expansion (alpha >= 30, |eta| < 1) 4 or 8 at a time; the
+    portable table runs gamma.h's scalar code (as CUDA does). Every element's gradient must be the same bits
+    on every ISA: series elements mixed with continued-fraction, asymptotic (in lanes and by the closed
+    forms) and edge ones, zero grads, partial lane groups, broadcast alpha, every dtype."""
     g = torch.Generator().manual_seed(8)
     n = 3001  # not a multiple of the lane count: a partial group at the end of a block
-    alpha = torch.cat([torch.rand(n, generator=g, dtype=torch.float64) * 5 + 1e-3,
+    # Temme's lanes (alpha >= 30): 30 to 1e5, so that |t| falls on both sides of 0.1, and a few with |eta|
+    # >= 1 (z three times alpha), which the scalar closed forms take between lane elements.
+    large = torch.exp(torch.rand(997, generator=g, dtype=torch.float64) * math.log(1e5 / 30)) * 30
+    alpha = torch.cat([torch.rand(n, generator=g, dtype=torch.float64) * 5 + 1e-3, large,
                        torch.tensor([1e-30, 29.99, 30.0, 1e4, math.inf, math.nan, 0.0, -1.0], dtype=torch.float64)])
-    z = torch._standard_gamma(alpha.clamp(1e-3, 1e4).nan_to_num(1.0), generator=g) * (1 + 0.5 * torch.rand(
+    z = torch._standard_gamma(alpha.clamp(1e-3, 1e5).nan_to_num(1.0), generator=g) * (1 + 0.5 * torch.rand(
         alpha.shape, generator=g, dtype=torch.float64))
+    z[n:n + 997:41] = large[::41] * 3
     z[:5] = torch.tensor([0.0, math.inf, math.nan, 1e-300, 40.0], dtype=torch.float64)
     grad = torch.randn(alpha.shape, generator=g, dtype=torch.float64)
     grad[::7] = 0.0

@@ -32,7 +32,7 @@ for k in range(5):
     expr = repr(coefs[-1])
     for c in reversed(coefs[:-1]):
         expr = f"{c!r} + e * ({expr})"
-    print(f"RT_HD double temme_c{k}_series(double e) {{ return {expr}; }}")
+    print(f"template <class T>\nRT_HD T temme_c{k}_series(T e) {{ return {expr}; }}")
 for k in range(5):
     num, den = sp.fraction(sp.together(sp.simplify(closed[k])))
     print(f"RT_HD double temme_c{k}_closed(double eta, double t) {{ return "

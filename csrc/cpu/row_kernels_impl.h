@@ -589,6 +589,76 @@ void gamma_series_grad_lanes(const double* a, const double* x, double* out) {
   for (int i = 0; i < kSeriesLanes; ++i) out[i] = -s[i];
 }
 
+// Temme's expansion (alpha >= kGammaAsymptoticMin) at |eta| < 1: polynomials and divisions with no loop
+// and no branch, gamma.h's temme_dz_dalpha_central on vectors, the same operations in the same order as
+// for one double. Two registers of lanes (16 on AVX-512, 8 on AVX2): the five polynomials are chains of
+// dependent multiplies and adds, and two independent halves overlap their latency (measured at 2^20, alpha in
+// 100-1000, 1 thread, fwd+bwd: one register 22.9 ms on AVX-512 and 39.9 on AVX2, two 19.9 and 33.7, four
+// 19.6 and 32.1; the scalar code took 108-110). A lane within |t| < kTemmeSeriesT (nearly every draw from
+// alpha above 100) gets q and ln lambda there too; the others bring them from temme_variables (libm's log1p
+// or log).
+#if defined(RT_PHILOX_AVX512)
+constexpr int kTemmeLanes = 16;
+#elif defined(RT_PHILOX_AVX2)
+constexpr int kTemmeLanes = 8;
+#else
+constexpr int kTemmeLanes = 1;
+#endif
+typedef double TemmeDouble __attribute__((vector_size(kTemmeLanes * sizeof(double))));
+typedef int64_t TemmeMask __attribute__((vector_size(kTemmeLanes * sizeof(double))));
+
+struct TemmeQueue {
+  double a[kTemmeLanes], x[kTemmeLanes], t[kTemmeLanes], q[kTemmeLanes], ln_lambda[kTemmeLanes];
+  int64_t central[kTemmeLanes];  // |t| < kTemmeSeriesT: q and ln lambda from the lanes
+  int64_t at[kTemmeLanes];
+  int filled = 0;
+};
+
+// Queues element j when gamma_dz_dalpha would take the central expansion; false otherwise.
+bool temme_lane_setup(double grad, double a, double x, int64_t j, TemmeQueue& queue) {
+  if (!(grad != 0.0 && a >= kGammaAsymptoticMin && a < HUGE_VAL && x > 0.0 && x < HUGE_VAL)) return false;
+  const int k = queue.filled;
+  const double t = (x - a) / a;
+  if (::fabs(t) < kTemmeSeriesT) {
+    queue.central[k] = 1;
+    queue.q[k] = queue.ln_lambda[k] = 0.0;
+  } else {
+    const TemmeVariables v = temme_variables(a, x);
+    if (!(::fabs(v.eta) < 1.0)) return false;  // the closed forms: scalar
+    queue.central[k] = 0;
+    queue.q[k] = v.q;
+    queue.ln_lambda[k] = v.ln_lambda;
+  }
+  queue.a[k] = a;
+  queue.x[k] = x;
+  queue.t[k] = t;
+  queue.at[k] = j;
+  ++queue.filled;
+  return true;
+}
+
+// dz/dalpha of a full queue's lanes into dz.
+void temme_lanes(const TemmeQueue& queue, double* dz) {
+  TemmeDouble a, x, t, q_far, ln_far;
+  TemmeMask central;
+  for (int i = 0; i < kTemmeLanes; ++i) {
+    a[i] = queue.a[i];
+    x[i] = queue.x[i];
+    t[i] = queue.t[i];
+    q_far[i] = queue.q[i];
+    ln_far[i] = queue.ln_lambda[i];
+    central[i] = queue.central[i];
+  }
+  const TemmeDouble q_near = log1p_defect_series(t);
+  const TemmeDouble q = central != 0 ? q_near : q_far;
+  const TemmeDouble ln_lambda = central != 0 ? temme_ln_lambda_central(t, q_near) : ln_far;
+  const TemmeDouble twice_q = 2.0 * q;
+  TemmeDouble root;
+  for (int i = 0; i < kTemmeLanes; ++i) root[i] = ::sqrt(twice_q[i]);
+  const TemmeDouble value = temme_dz_dalpha_central(a, x, t, q, ln_lambda, t * root);
+  for (int i = 0; i < kTemmeLanes; ++i) dz[i] = value[i];
+}
+
 void gamma_grad_terms_entry(const double* grad, const double* alpha, const double* z, int64_t len, double* out) {
   if constexpr (kSeriesLanes == 1) {
     for (int64_t j = 0; j < len; ++j) out[j] = gamma_grad_term(grad[j], alpha[j], z[j]);
@@ -597,9 +667,19 @@ void gamma_grad_terms_entry(const double* grad, const double* alpha, const doubl
   double lane_a[kSeriesLanes], lane_x[kSeriesLanes], lane_dz[kSeriesLanes];
   int64_t lane_at[kSeriesLanes];
   int filled = 0;
+  TemmeQueue temme;
   for (int64_t j = 0; j < len; ++j) {
     if (!gamma_in_series_region(grad[j], alpha[j], z[j])) {
-      out[j] = gamma_grad_term(grad[j], alpha[j], z[j]);
+      if (temme_lane_setup(grad[j], alpha[j], z[j], j, temme)) {
+        if (temme.filled == kTemmeLanes) {
+          double dz[kTemmeLanes];
+          temme_lanes(temme, dz);
+          for (int i = 0; i < kTemmeLanes; ++i) out[temme.at[i]] = grad[temme.at[i]] * dz[i];
+          temme.filled = 0;
+        }
+      } else {
+        out[j] = gamma_grad_term(grad[j], alpha[j], z[j]);
+      }
       continue;
     }
     lane_a[filled] = alpha[j];
@@ -612,6 +692,8 @@ void gamma_grad_terms_entry(const double* grad, const double* alpha, const doubl
     }
   }
   for (int i = 0; i < filled; ++i) out[lane_at[i]] = gamma_grad_term(grad[lane_at[i]], lane_a[i], lane_x[i]);
+  for (int i = 0; i < temme.filled; ++i)
+    out[temme.at[i]] = gamma_grad_term(grad[temme.at[i]], temme.a[i], temme.x[i]);
 }
 
 // One Beta gradient that beta_dz_dab would evaluate by its Gauss series, set up for beta_series_lanes:
