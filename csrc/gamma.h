@@ -323,8 +323,8 @@ RT_HD ValueAndDerivative gamma_cf_h(double a, double x) {
 constexpr double kGammaAsymptoticMin = 30.0;
 
 // (t - ln(1 + t)) / t^2 = sum_{k>=2} (-t)^(k-2) / k for |t| < 0.1 (the direct form cancels there); the
-// terms past k = 21 are below 1e-21 of the sum (30 terms until 2026-12-03). T is double, or a vector of
-// doubles in the CPU's lanes (cpu/row_kernels_impl.h), which then give these bits lane by lane.
+// terms past k = 21 are below 1e-21 of the sum. T is double, or a vector of doubles in the CPU's lanes
+// (cpu/row_kernels_impl.h and the quadrature below), which then give these bits lane by lane.
 template <class T>
 RT_HD T log1p_defect_series(T t) {
   T s{};
@@ -334,10 +334,10 @@ RT_HD T log1p_defect_series(T t) {
 }
 
 // Temme's variables for dz/dalpha at alpha >= kGammaAsymptoticMin: t = x / a - 1, q = (t - ln lambda) / t^2
-// = eta^2 / (2 t^2), ln lambda and eta. Within |t| < 0.1 (nearly every draw from alpha above 100) ln lambda
-// is t - t^2 q, plain arithmetic like the rest of the central expansion below, so the CPU's lanes can take
-// it whole; elsewhere libm's log1p or log.
-constexpr double kTemmeSeriesT = 0.1;
+// = eta^2 / (2 t^2), ln lambda and eta. Within |t| < 0.1 (68% of draws at alpha = 100, all but 0.2% at
+// 1000) ln lambda is t - t^2 q, plain arithmetic like the rest of the central expansion below, so the CPU's
+// lanes can take it whole; elsewhere libm's log1p or log.
+constexpr double kTemmeCentralT = 0.1;
 struct TemmeVariables {
   double t, q, ln_lambda, eta;
 };
@@ -348,7 +348,7 @@ RT_HD T temme_ln_lambda_central(T t, T q) {
 RT_HD TemmeVariables temme_variables(double a, double x) {
   const double t = (x - a) / a;  // exact when x is within a factor 2 of a (Sterbenz)
   double q, ln_lambda;
-  if (::fabs(t) < kTemmeSeriesT) {
+  if (::fabs(t) < kTemmeCentralT) {
     q = log1p_defect_series(t);
     ln_lambda = temme_ln_lambda_central(t, q);
   } else {
@@ -382,12 +382,17 @@ RT_HD T temme_dz_dalpha_central(T a, T x, T t, T q, T ln_lambda, T eta) {
 
 // dz/dalpha for alpha >= kGammaAsymptoticMin, from Temme's expansion
 // Q(a, x) = erfc(eta sqrt(a / 2)) / 2 + e^(-a eta^2 / 2) / sqrt(2 pi a) sum_k c_k(eta) a^-k
-// differentiated in a at fixed x and divided by the density (temme_dz_dalpha above).
+// differentiated in a at fixed x and divided by the density (temme_dz_dalpha above). One call of
+// temme_dz_dalpha, with the c_k of either branch: CUDA inlines it once per kernel, not twice.
 RT_HD double gamma_dz_dalpha_asymptotic(double a, double x) {
   const TemmeVariables v = temme_variables(a, x);
-  if (::fabs(v.eta) < 1.0) return temme_dz_dalpha_central(a, x, v.t, v.q, v.ln_lambda, v.eta);
-  return temme_dz_dalpha(a, x, v.t, v.q, v.ln_lambda, temme_c0_closed(v.eta, v.t), temme_c1_closed(v.eta, v.t),
-                         temme_c2_closed(v.eta, v.t), temme_c3_closed(v.eta, v.t), temme_c4_closed(v.eta, v.t));
+  const double e = v.eta, t = v.t;
+  const bool central = ::fabs(e) < 1.0;
+  return temme_dz_dalpha(a, x, t, v.q, v.ln_lambda, central ? temme_c0_series(e) : temme_c0_closed(e, t),
+                         central ? temme_c1_series(e) : temme_c1_closed(e, t),
+                         central ? temme_c2_series(e) : temme_c2_closed(e, t),
+                         central ? temme_c3_series(e) : temme_c3_closed(e, t),
+                         central ? temme_c4_series(e) : temme_c4_closed(e, t));
 }
 
 // The series serves up to x = a + 3, not only the textbook a + 1: the continued fraction converges slowly
@@ -526,20 +531,138 @@ RT_HD Grad2 beta_grad_series(double a, double b, double x, double y, double lnx,
   return Grad2{need_a ? scale * sa : 0.0, need_b ? scale * sb : 0.0};
 }
 
-// s + expm1(-s) >= 0 and log1p(y) - y <= 0, accurate where they are tiny, from the caller's em = expm1(-s)
-// and ly = log1p(y): the quadrature below needs both for every node anyway, and libm's calls are most of
-// its cost. Below |s| = 0.1 the defect is sum_{k>=2} (-s)^k / k!, nested as (s^2 / 2)(1 - (s / 3)(1 - ...)),
-// whose terms past k = 13 are below 1e-22 of it (until 2026-12-03 a loop that divided by k each term).
-RT_HD double expm1_defect(double s, double em) {
-  if (::fabs(s) >= 0.1) return s + em;
-  double p = 1.0;
-  RT_UNROLL_ALL
-  for (int k = 13; k >= 3; --k) p = 1.0 - (s * (1.0 / k)) * p;
-  return 0.5 * s * s * p;
+// ------------------------------------------- exp, expm1 and log1p as plain arithmetic
+// The quadrature below evaluates 32 nodes an element, each with an exp, an expm1 and a log1p: with libm's
+// calls that was 0.9 us an element (docs/performance.md, twenty-fourth pass). Written as IEEE additions,
+// multiplications and divisions on a value type T (double, or a GCC vector of doubles in the CPU's row
+// kernels), the nodes run in vector lanes, and every backend (the CPU's lanes, its scalar code, CUDA with
+// -fmad=false) gets the same bits. Accuracy: about 1 ulp (fdlibm's log1p polynomial; Taylor polynomials of
+// degree 13 on |r| <= ln 2 / 2 for exp and expm1, whose next term is below 4e-18).
+RT_HD int64_t double_bits(double x) {
+  union { double f; int64_t i; } v; v.f = x; return v.i;
 }
-RT_HD double log1p_defect(double y, double ly) {
-  if (::fabs(y) >= 0.1) return ly - y;
-  return -y * y * log1p_defect_series(y);
+RT_HD double bits_double(int64_t i) {
+  union { double f; int64_t i; } v; v.i = i; return v.f;
+}
+// The nodes in 8 lanes of a GCC/Clang vector type on the CPU (compiled for the target of each row-kernel
+// table: AVX-512, AVX2, SSE2 or NEON), a loop of 8 on CUDA (and in its emulation, tests/cuda_emu, which
+// checks the two against each other bit for bit).
+#if !defined(__CUDA_ARCH__) && !defined(__CUDACC__) && (defined(__GNUC__) || defined(__clang__))
+#define RT_VECTOR_QUADRATURE 1
+#endif
+// The quadrature's nodes are summed into kQuadratureLanes partial sums (node i into i % kQuadratureLanes).
+// Measured for 8, 16 and 32 (a loop over beta_dz_dab, a and b in 100-1000 and mixed): 337, 409 and 388 ns an
+// element on AVX-512, 668, 502 and 504 on AVX2. Every backend must use the same count for the same bits.
+constexpr int kQuadratureLanes = 8;
+#if defined(RT_VECTOR_QUADRATURE)
+typedef double QuadratureDouble __attribute__((vector_size(kQuadratureLanes * sizeof(double))));
+typedef int64_t QuadratureBits __attribute__((vector_size(kQuadratureLanes * sizeof(double))));
+RT_HD QuadratureBits double_bits(QuadratureDouble x) { return reinterpret_cast<QuadratureBits>(x); }
+RT_HD QuadratureDouble bits_double(QuadratureBits i) { return reinterpret_cast<QuadratureDouble>(i); }
+RT_HD bool any_below(QuadratureDouble v, double bound) {
+  const QuadratureBits below = v < bound;
+  int64_t any = 0;
+  for (int lane = 0; lane < kQuadratureLanes; ++lane) any |= below[lane];
+  return any != 0;
+}
+#endif
+RT_HD bool any_below(double v, double bound) { return v < bound; }
+
+constexpr double kRoundMagic = 0x1.8p52;  // x + 2^52 + 2^51 - (2^52 + 2^51): x rounded to an integer
+constexpr double kLn2Hi = 6.93147180369123816490e-01;  // fdlibm's split of ln 2: k kLn2Hi is exact
+constexpr double kLn2Lo = 1.90821492927058770002e-10;
+constexpr double kExpFloor = -708.0;  // e^x below it is a subnormal or 0: 0 here
+
+// x = k ln 2 + r, |r| <= ln 2 / 2 (a hair more from rounding), and 2^k, for kExpFloor <= x <= 709.
+template <class T>
+struct ExpReduction {
+  T r, scale;
+};
+template <class T>
+RT_HD ExpReduction<T> exp_reduce(T x) {
+  const T kd = (x * 1.4426950408889634 + kRoundMagic) - kRoundMagic;
+  const T r = (x - kd * kLn2Hi) - kd * kLn2Lo;
+  const auto k = double_bits(kd + kRoundMagic) - double_bits(kRoundMagic);
+  return ExpReduction<T>{r, bits_double((k + 1023) << 52)};
+}
+// (e^r - 1) / r, Taylor to r^12.
+template <class T>
+RT_HD T expm1_over_r(T r) {
+  T p = T{} + 1.0 / 6227020800.0;  // 1 / 13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  return p * r + 1.0;
+}
+template <class T>
+RT_HD T exp_plain(T x) {
+  const T clamped = x < kExpFloor ? T{} + kExpFloor : x;
+  const ExpReduction<T> e = exp_reduce(clamped);
+  const T value = e.scale * (e.r * expm1_over_r(e.r) + 1.0);
+  return x < kExpFloor ? T{} : value;
+}
+// e^x - 1 for x <= 0.35 (the quadrature's -s): 2^k (e^r - 1) + (2^k - 1), e^r - 1 itself for |x| <= ln 2 / 2
+// (k = 0, r = x exactly).
+template <class T>
+RT_HD T expm1_plain(T x) {
+  const T clamped = x < kExpFloor ? T{} + kExpFloor : x;
+  const ExpReduction<T> e = exp_reduce(clamped);
+  return e.scale * (e.r * expm1_over_r(e.r)) + (e.scale - 1.0);
+}
+// ln(1 + y) for 0 <= y < 2^53 (the quadrature's r (1 - e^-s)): fdlibm's s_log1p.c. 1 + y = 2^k m with m in
+// [sqrt(2)/2, sqrt(2)), f = m - 1, ln m = f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f); c corrects 1 + y's
+// rounding.
+template <class T>
+RT_HD T log1p_plain(T y) {
+  const T u = 1.0 + y;
+  const auto bits = double_bits(u);
+  const auto exponent = (bits >> 52) - 1023;  // u >= 1: no sign bit
+  const T mantissa = bits_double((bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);
+  const auto above = mantissa > 1.4142135623730951;
+  const T m = above ? mantissa * 0.5 : mantissa;
+  const T kd = bits_double((above ? exponent + 1 : exponent) + double_bits(kRoundMagic)) - kRoundMagic;
+  const T c = (exponent > 0 ? 1.0 - (u - y) : y - (u - 1.0)) / u;
+  const T f = m - 1.0;
+  const T hfsq = 0.5 * f * f;
+  const T s = f / (2.0 + f);
+  const T z = s * s;
+  const T r = z * (6.666666666666735130e-01 +
+                   z * (3.999999999940941908e-01 +
+                        z * (2.857142874366239149e-01 +
+                             z * (2.222219843214978396e-01 +
+                                  z * (1.818357216161805012e-01 + z * (1.531383769920937332e-01 + z * 1.479819860511658591e-01))))));
+  return kd * kLn2Hi - ((hfsq - (s * (hfsq + r) + (kd * kLn2Lo + c))) - f);
+}
+
+// s + expm1(-s) >= 0 and log1p(y) - y <= 0 for s, y >= 0, accurate where they are tiny, from the caller's
+// em = expm1(-s) and ly = log1p(y). Below 0.1 the defects are their series: sum_{k>=2} (-s)^k / k!, nested
+// as (s^2 / 2)(1 - (s / 3)(1 - ...)), whose terms past k = 13 are below 1e-22 of it, and y^2 times
+// log1p_defect_series. Lanes select per lane, and sum a series only when one of them needs it (the nodes
+// come in ascending order, so most groups of 8 need none: 7% faster in a loop over beta_dz_dab).
+template <class T>
+RT_HD T expm1_defect(T s, T em) {
+  T series{};
+  if (any_below(s, 0.1)) {
+    T p = T{} + 1.0;
+    RT_UNROLL_ALL
+    for (int k = 13; k >= 3; --k) p = 1.0 - (s * (1.0 / k)) * p;
+    series = 0.5 * s * s * p;
+  }
+  return s >= 0.1 ? s + em : series;
+}
+template <class T>
+RT_HD T log1p_defect(T y, T ly) {
+  T series{};
+  if (any_below(y, 0.1)) series = -y * y * log1p_defect_series(y);
+  return y >= 0.1 ? ly - y : series;
 }
 
 // ln(1 + p / q) for p, q > 0, also where p / q overflows (Beta(5e307, 0.1)): there ln p - ln q, which
@@ -552,6 +675,40 @@ RT_HD double log1p_of_ratio(double p, double q) {
 // Most Gauss-Legendre panels of the quadrature below (S up to 2^14 times the singularity's distance).
 constexpr int32_t kBetaQuadMaxPanels = 12;
 
+// What the quadrature's nodes share (beta_grad_quadrature).
+struct BetaQuadrature {
+  double r, lin, b_minus_1, lx0, ly0, ca, cb;
+};
+// phi(x) - phi(x e^-s) + s: every term >= 0 below the mode, no cancellation; em = e^-s - 1, ly = ln(1 + r (1 -
+// e^-s)), which dz/db's integrand needs too.
+template <class T>
+RT_HD T beta_quadrature_decay(const BetaQuadrature& q, T s, T em, T ly) {
+  return q.lin * s + q.b_minus_1 * q.r * expm1_defect(s, em) - q.b_minus_1 * log1p_defect(-q.r * em, ly) + s;
+}
+template <class T>
+RT_HD T beta_quadrature_decay(const BetaQuadrature& q, T s) {
+  const T em = expm1_plain(-s);
+  return beta_quadrature_decay(q, s, em, log1p_plain(-q.r * em));
+}
+// Adds the nodes s (weights w times the panel's half length) to the integrals of dz/da and dz/db.
+template <class T>
+RT_HD void beta_quadrature_add(const BetaQuadrature& q, T s, T w, T& ga, T& gb) {
+  const T em = expm1_plain(-s), ly = log1p_plain(-q.r * em);
+  const T f = exp_plain(-beta_quadrature_decay(q, s, em, ly)) * w;
+  ga += (q.lx0 - s + q.ca) * f;
+  gb += (q.ly0 + ly + q.cb) * f;
+}
+// Node i of the 32 in ascending order (gl32_node holds the positive half of the symmetric rule) and its
+// weight: a lane group's nodes then lie close together, and the defects' series are needed in few groups.
+RT_HD double gl32_signed_node(int i) { return i < 16 ? -gl32_node(15 - i) : gl32_node(i - 16); }
+RT_HD double gl32_any_weight(int i) { return gl32_weight(i < 16 ? 15 - i : i - 16); }
+// The integrals' partial sums in a fixed order (pairwise), lanes or not; v is overwritten.
+RT_HD double sum_of_lanes(double* v) {
+  for (int width = kQuadratureLanes / 2; width >= 1; width /= 2)
+    for (int i = 0; i < width; ++i) v[i] = v[i] + v[i + width];
+  return v[0];
+}
+
 // (dz/da, dz/db) by quadrature of the implicit gradient on the side t < x:
 // dz/da = -int_0^x (ln t - psi(a) + psi(a+b)) e^(phi(t) - phi(x)) dt, phi(t) =
 // (a-1) ln t + (b-1) ln(1-t) (dz/db with ln(1-t) - psi(b) + psi(a+b)), in
@@ -561,30 +718,37 @@ constexpr int32_t kBetaQuadMaxPanels = 12;
 // in, computed from the exact x: near the mode they are tiny differences of
 // large products. For a >= kBetaSeriesMaxA: the integrand falls at least like
 // e^(-a s), and its coefficients are not the 1/a-sized terms that cancel in
-// the small-a integral (the series side handles those).
+// the small-a integral (the series side handles those). The nodes are summed
+// into 8 partial sums, node i into i % 8: 8 vector lanes on the CPU's AVX2
+// and AVX-512 kernels, a loop elsewhere, the same bits.
 RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double n, double m) {
-  const double r = x / y;
-  const double lin = -n / y;  // phi'(x) x, >= 0 below the mode
-  // phi(x) - phi(x e^-s) + s: every term >= 0 below the mode, no cancellation. em = e^-s - 1, and ly =
-  // ln(1 + r (1 - e^-s)), which dz/db's integrand needs too.
-  auto decay_at = [&](double s, double em, double ly) {
-    return lin * s + (b - 1.0) * r * expm1_defect(s, em) - (b - 1.0) * log1p_defect(-r * em, ly) + s;
-  };
-  auto decay = [&](double s) {
-    const double em = ::expm1(-s);
-    return decay_at(s, em, ::log1p(-r * em));
-  };
+  BetaQuadrature q;
+  q.r = x / y;
+  q.lin = -n / y;  // phi'(x) x, >= 0 below the mode
+  q.b_minus_1 = b - 1.0;
   // From the smaller of the linear decay's e^-45 point and the mode's width
   // (a few steps of the searches below instead of dozens for a = 1e15).
   const double gauss = 8.0 / ::sqrt(a);
-  double span = lin + 1.0 > 45.0 / gauss ? 45.0 / (lin + 1.0) : gauss;
-  for (int i = 0; i < 200 && decay(span) < 45.0; ++i) span *= 2.0;
-  for (int i = 0; i < 200 && decay(0.5 * span) >= 45.0; ++i) span *= 0.5;
+  double span = q.lin + 1.0 > 45.0 / gauss ? 45.0 / (q.lin + 1.0) : gauss;
+  // The searches visit span0 2^k for a few k around 0 (two on average): in lanes, the decay at k = -3 .. 4
+  // comes from one vector evaluation (the same values as one by one: the products by powers of 2 are exact).
+#if defined(RT_VECTOR_QUADRATURE)
+  QuadratureDouble trial;
+  for (int lane = 0; lane < kQuadratureLanes; ++lane) trial[lane] = span * ::ldexp(1.0, lane - 3);
+  const QuadratureDouble trial_decay = beta_quadrature_decay(q, trial);
+  auto decay_at = [&](int k, double s) { return k >= -3 && k <= 4 ? trial_decay[k + 3] : beta_quadrature_decay(q, s); };
+#else
+  auto decay_at = [&](int, double s) { return beta_quadrature_decay(q, s); };
+#endif
+  int k = 0;
+  for (int i = 0; i < 200 && decay_at(k, span) < 45.0; ++i, ++k) span *= 2.0;
+  for (int i = 0; i < 200 && decay_at(k - 1, 0.5 * span) >= 45.0; ++i, --k) span *= 0.5;
   // ln(x / x0) and ln(y / y0), x0 = a / (a + b), y0 = b / (a + b).
-  const double lx0 = ::fabs(m / a) < 0.5 ? ::log1p(m / a) : ::log(x) + log1p_of_ratio(b, a);
-  const double ly0 = ::fabs(m / b) < 0.5 ? ::log1p(-m / b) : ::log(y) + log1p_of_ratio(a, b);
+  q.lx0 = ::fabs(m / a) < 0.5 ? ::log1p(m / a) : ::log(x) + log1p_of_ratio(b, a);
+  q.ly0 = ::fabs(m / b) < 0.5 ? ::log1p(-m / b) : ::log(y) + log1p_of_ratio(a, b);
   const double psi_ab = digamma_minus_log(a + b);
-  const double ca = psi_ab - digamma_minus_log(a), cb = psi_ab - digamma_minus_log(b);
+  q.ca = psi_ab - digamma_minus_log(a);
+  q.cb = psi_ab - digamma_minus_log(b);
   // (1 + r (1 - e^-s))^(b-1) and dz/db's log1p(r (1 - e^-s)) are singular at
   // s = -ln(1 + 1/r), a distance g before the interval. 32 points resolve a
   // panel up to ~15 g long to 1e-13 (Bernstein ellipse); a longer S (a huge
@@ -592,23 +756,38 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
   // a first panel of at most 8 g: every later panel is then at least its own
   // length away from the singularity.
   int32_t panels = 1;
-  for (double w = span / (8.0 * ::log1p(1.0 / r)); panels < kBetaQuadMaxPanels && w > 1.0; w *= 0.5) ++panels;
+  for (double w = span / (8.0 * ::log1p(1.0 / q.r)); panels < kBetaQuadMaxPanels && w > 1.0; w *= 0.5) ++panels;
   double lo = 0.0, hi = ::ldexp(span, 1 - panels);
-  double ga = 0.0, gb = 0.0;
+  double ga[kQuadratureLanes] = {}, gb[kQuadratureLanes] = {};
+#if defined(RT_VECTOR_QUADRATURE)
+  QuadratureDouble va{}, vb{};
+#endif
   for (int32_t p = 0; p < panels; ++p) {
     const double half = 0.5 * (hi - lo), mid = 0.5 * (hi + lo);
-    for (int32_t i = 0; i < 32; ++i) {
-      const double node = i < 16 ? gl32_node(i) : -gl32_node(i - 16);
-      const double s = mid + half * node;
-      const double em = ::expm1(-s), ly = ::log1p(-r * em);
-      const double f = half * ::exp(-decay_at(s, em, ly)) * gl32_weight(i < 16 ? i : i - 16);
-      ga += (lx0 - s + ca) * f;
-      gb += (ly0 + ly + cb) * f;
+    for (int32_t block = 0; block < 32; block += kQuadratureLanes) {
+#if defined(RT_VECTOR_QUADRATURE)
+      QuadratureDouble node, weight;
+      for (int lane = 0; lane < kQuadratureLanes; ++lane) {
+        node[lane] = gl32_signed_node(block + lane);
+        weight[lane] = gl32_any_weight(block + lane);
+      }
+      beta_quadrature_add(q, mid + half * node, half * weight, va, vb);
+#else
+      for (int lane = 0; lane < kQuadratureLanes; ++lane)
+        beta_quadrature_add(q, mid + half * gl32_signed_node(block + lane), half * gl32_any_weight(block + lane),
+                            ga[lane], gb[lane]);
+#endif
     }
     lo = hi;
     hi *= 2.0;
   }
-  return Grad2{-x * ga, -x * gb};
+#if defined(RT_VECTOR_QUADRATURE)
+  for (int lane = 0; lane < kQuadratureLanes; ++lane) {
+    ga[lane] = va[lane];
+    gb[lane] = vb[lane];
+  }
+#endif
+  return Grad2{-x * sum_of_lanes(ga), -x * sum_of_lanes(gb)};
 }
 
 // Just above the crossover (a + 1) / (a + b + 2), the series on 1 - z's side

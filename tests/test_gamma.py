@@ -119,7 +119,7 @@ def assert_same_bits_on_every_isa(results):
 
 def test_gamma_gradient_lanes_give_the_scalar_loops_bits():
     """The AVX2 and AVX-512 row kernels sum the gradient's series 4 elements at a time, each lane stopping at
-    its own last term, and evaluate Temme's expansion (alpha >= 30, |eta| < 1) 4 or 8 at a time; the
+    its own last term, and evaluate Temme's expansion (alpha >= 30, |eta| < 1) 8 or 16 at a time; the
     portable table runs gamma.h's scalar code (as CUDA does). Every element's gradient must be the same bits
     on every ISA: series elements mixed with continued-fraction, asymptotic (in lanes and by the closed
     forms) and edge ones, zero grads, partial lane groups, broadcast alpha, every dtype."""
@@ -133,9 +133,18 @@ def test_gamma_gradient_lanes_give_the_scalar_loops_bits():
     z = torch._standard_gamma(alpha.clamp(1e-3, 1e5).nan_to_num(1.0), generator=g) * (1 + 0.5 * torch.rand(
         alpha.shape, generator=g, dtype=torch.float64))
     z[n:n + 997:41] = large[::41] * 3
+    z[n + 5:n + 997:43] = large[5::43] * 0.4  # t = -0.6: ln lambda from log(x) - log(a), still |eta| < 1
     z[:5] = torch.tensor([0.0, math.inf, math.nan, 1e-300, 40.0], dtype=torch.float64)
     grad = torch.randn(alpha.shape, generator=g, dtype=torch.float64)
     grad[::7] = 0.0
+    # Large alphas beside every edge value of z and grad, then everything shuffled, so that Temme's queue
+    # and the series' queue fill in turn and part-filled groups meet scalar elements.
+    edge_alpha = torch.tensor([40.0, 300.0, 5e3, 77.0, 1e4, 450.0, 31.0, 2e3], dtype=torch.float64)
+    edge_z = torch.tensor([0.0, math.inf, math.nan, 1e-300, 5e3, 450.0, 31.0, 2e3], dtype=torch.float64)
+    edge_grad = torch.tensor([1.0, 1.0, 1.0, 1.0, math.nan, math.inf, -0.0, 1.0], dtype=torch.float64)
+    alpha, z, grad = torch.cat([alpha, edge_alpha]), torch.cat([z, edge_z]), torch.cat([grad, edge_grad])
+    order = torch.randperm(alpha.numel(), generator=g)
+    alpha, z, grad = alpha[order], z[order], grad[order]
     results = {}
     for name in each_cpu_isa():
         results[name] = [ops.gamma_rsample_backward(grad.to(d), alpha.to(d), z.to(d)) for d in DTYPES]
@@ -152,9 +161,13 @@ def test_beta_gradient_lanes_give_the_scalar_loops_bits():
     z at 0 and 1, broadcast parameters, every dtype."""
     g = torch.Generator().manual_seed(12)
     n = 2003
-    a = torch.cat([torch.rand(n, generator=g, dtype=torch.float64) * 4 + 0.01,
+    # The quadrature's nodes run in 8 vector lanes on every CPU table (gamma.h): posterior-sized pairs, and a
+    # huge a beside a small b, whose z near 1 cuts the interval into several panels.
+    big_a = torch.cat([torch.rand(300, generator=g, dtype=torch.float64) * 900 + 100, torch.full((20,), 1e7)])
+    big_b = torch.cat([torch.rand(300, generator=g, dtype=torch.float64) * 900 + 100, torch.full((20,), 0.4)])
+    a = torch.cat([torch.rand(n, generator=g, dtype=torch.float64) * 4 + 0.01, big_a,
                    torch.tensor([0.1, 150.0, 2.0, math.nan, math.inf, 0.0, 1e-30, 5.0], dtype=torch.float64)])
-    b = torch.cat([torch.exp(torch.randn(n, generator=g, dtype=torch.float64) * 1.5),
+    b = torch.cat([torch.exp(torch.randn(n, generator=g, dtype=torch.float64) * 1.5), big_b,
                    torch.tensor([3.0, 2.0, 300.0, 1.0, 1.0, 1.0, 2.0, 0.2], dtype=torch.float64)])
     z = torch.distributions.Beta(a.nan_to_num(1.0, posinf=1.0).clamp(min=1e-3),
                                  b.clamp(min=1e-3)).sample().clamp(1e-12, 1 - 1e-12)

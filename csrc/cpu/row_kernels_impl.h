@@ -539,8 +539,9 @@ void dirichlet_from_logs_entry(float* logs, int64_t rows, int64_t k_count, float
 // region (most elements below alpha = 30) are summed kSeriesLanes at a time, each lane stopping at its own
 // last term as the scalar loop does (a stopped lane's sum is frozen; its other updates are discarded):
 // one element's terms wait on each other's division, the lanes' divisions overlap. The logs and
-// psi(alpha + 1) stay per-element libm calls and recurrences, as in the scalar code and on CUDA. The
-// rest (the continued fraction, the asymptotic form, edge values, a zero grad) takes the scalar path.
+// psi(alpha + 1) stay per-element libm calls and recurrences, as in the scalar code and on CUDA. Temme's
+// expansion at |eta| < 1 has lanes of its own (below); the rest (the continued fraction, Temme's closed
+// forms, edge values, a zero grad) takes the scalar path.
 // Four lanes (one AVX2 register) on AVX-512 too: the divisions bound these loops, and the division unit
 // retires no more doubles per cycle from a 512-bit register than from a 256-bit one, while a group of 8
 // waits longer for its slowest lane (measured: Gamma 55 -> 52 ns an element, the Dirichlet's Beta series
@@ -592,11 +593,11 @@ void gamma_series_grad_lanes(const double* a, const double* x, double* out) {
 // Temme's expansion (alpha >= kGammaAsymptoticMin) at |eta| < 1: polynomials and divisions with no loop
 // and no branch, gamma.h's temme_dz_dalpha_central on vectors, the same operations in the same order as
 // for one double. Two registers of lanes (16 on AVX-512, 8 on AVX2): the five polynomials are chains of
-// dependent multiplies and adds, and two independent halves overlap their latency (measured at 2^20, alpha in
-// 100-1000, 1 thread, fwd+bwd: one register 22.9 ms on AVX-512 and 39.9 on AVX2, two 19.9 and 33.7, four
-// 19.6 and 32.1; the scalar code took 108-110). A lane within |t| < kTemmeSeriesT (nearly every draw from
-// alpha above 100) gets q and ln lambda there too; the others bring them from temme_variables (libm's log1p
-// or log).
+// dependent multiplies and adds, and two independent halves overlap their latency (bench_family's
+// gamma_large, 2^20, 1 thread, fwd+bwd, back-to-back runs: one register 22.9 ms on AVX-512 and 39.9 on
+// AVX2, two 19.9 and 33.7, four 19.6 and 32.1; the scalar code 108-110 on AVX-512; docs/performance.md,
+// twenty-third pass). A lane within |t| < kTemmeCentralT gets q and ln lambda there too; the others bring
+// them from temme_variables (libm's log1p or log).
 #if defined(RT_PHILOX_AVX512)
 constexpr int kTemmeLanes = 16;
 #elif defined(RT_PHILOX_AVX2)
@@ -609,17 +610,17 @@ typedef int64_t TemmeMask __attribute__((vector_size(kTemmeLanes * sizeof(double
 
 struct TemmeQueue {
   double a[kTemmeLanes], x[kTemmeLanes], t[kTemmeLanes], q[kTemmeLanes], ln_lambda[kTemmeLanes];
-  int64_t central[kTemmeLanes];  // |t| < kTemmeSeriesT: q and ln lambda from the lanes
+  int64_t central[kTemmeLanes];  // |t| < kTemmeCentralT: q and ln lambda from the lanes
   int64_t at[kTemmeLanes];
   int filled = 0;
 };
 
-// Queues element j when gamma_dz_dalpha would take the central expansion; false otherwise.
-bool temme_lane_setup(double grad, double a, double x, int64_t j, TemmeQueue& queue) {
+// Queues element j when gamma_dz_dalpha would take the central expansion; false (nothing queued) otherwise.
+bool try_queue_temme(double grad, double a, double x, int64_t j, TemmeQueue& queue) {
   if (!(grad != 0.0 && a >= kGammaAsymptoticMin && a < HUGE_VAL && x > 0.0 && x < HUGE_VAL)) return false;
   const int k = queue.filled;
   const double t = (x - a) / a;
-  if (::fabs(t) < kTemmeSeriesT) {
+  if (::fabs(t) < kTemmeCentralT) {
     queue.central[k] = 1;
     queue.q[k] = queue.ln_lambda[k] = 0.0;
   } else {
@@ -670,7 +671,7 @@ void gamma_grad_terms_entry(const double* grad, const double* alpha, const doubl
   TemmeQueue temme;
   for (int64_t j = 0; j < len; ++j) {
     if (!gamma_in_series_region(grad[j], alpha[j], z[j])) {
-      if (temme_lane_setup(grad[j], alpha[j], z[j], j, temme)) {
+      if (try_queue_temme(grad[j], alpha[j], z[j], j, temme)) {
         if (temme.filled == kTemmeLanes) {
           double dz[kTemmeLanes];
           temme_lanes(temme, dz);
