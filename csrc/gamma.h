@@ -537,7 +537,7 @@ RT_HD Grad2 beta_grad_series(double a, double b, double x, double y, double lnx,
 // multiplications and divisions on a value type T (double, or a GCC vector of doubles in the CPU's row
 // kernels), the nodes run in vector lanes, and every backend (the CPU's lanes, its scalar code, CUDA with
 // -fmad=false) gets the same bits. Accuracy: about 1 ulp (fdlibm's log1p polynomial; Taylor polynomials of
-// degree 13 on |r| <= ln 2 / 2 for exp and expm1, whose next term is below 4e-18).
+// degree 13 on |r| <= ln 2 / 2 for exp and expm1, whose next term is at most 4.2e-18).
 RT_HD int64_t double_bits(double x) {
   union { double f; int64_t i; } v; v.f = x; return v.i;
 }
@@ -551,8 +551,9 @@ RT_HD double bits_double(int64_t i) {
 #define RT_VECTOR_QUADRATURE 1
 #endif
 // The quadrature's nodes are summed into kQuadratureLanes partial sums (node i into i % kQuadratureLanes).
-// Measured for 8, 16 and 32 (a loop over beta_dz_dab, a and b in 100-1000 and mixed): 337, 409 and 388 ns an
-// element on AVX-512, 668, 502 and 504 on AVX2. Every backend must use the same count for the same bits.
+// Measured for 8, 16 and 32 in one run (a loop over beta_dz_dab, a and b in 100-1000 and mixed): 337, 409
+// and 388 ns an element on AVX-512, 668, 502 and 504 on AVX2 (docs/performance.md, twenty-fourth pass).
+// Every backend must use the same count for the same bits.
 constexpr int kQuadratureLanes = 8;
 #if defined(RT_VECTOR_QUADRATURE)
 typedef double QuadratureDouble __attribute__((vector_size(kQuadratureLanes * sizeof(double))));
@@ -572,8 +573,10 @@ constexpr double kRoundMagic = 0x1.8p52;  // x + 2^52 + 2^51 - (2^52 + 2^51): x 
 constexpr double kLn2Hi = 6.93147180369123816490e-01;  // fdlibm's split of ln 2: k kLn2Hi is exact
 constexpr double kLn2Lo = 1.90821492927058770002e-10;
 constexpr double kExpFloor = -708.0;  // e^x below it is a subnormal or 0: 0 here
+constexpr double kExpCeiling = 709.0;  // 2^k stays finite (k <= 1023); above it +inf (e^x overflows from 709.78)
 
-// x = k ln 2 + r, |r| <= ln 2 / 2 (a hair more from rounding), and 2^k, for kExpFloor <= x <= 709.
+// x = k ln 2 + r, |r| <= ln 2 / 2 (a hair more from rounding), and 2^k, for x from exp_argument: k + 1023
+// then stays in 2 .. 2046, a positive shift with no overflow.
 template <class T>
 struct ExpReduction {
   T r, scale;
@@ -602,20 +605,24 @@ RT_HD T expm1_over_r(T r) {
   p = p * r + 0.5;
   return p * r + 1.0;
 }
+// x clamped into [kExpFloor, kExpCeiling], NaN to 0 (the callers return NaN for it): what exp_reduce takes.
+template <class T>
+RT_HD T exp_argument(T x) {
+  return x >= kExpFloor ? (x <= kExpCeiling ? x : T{} + kExpCeiling) : (x == x ? T{} + kExpFloor : T{});
+}
 template <class T>
 RT_HD T exp_plain(T x) {
-  const T clamped = x < kExpFloor ? T{} + kExpFloor : x;
-  const ExpReduction<T> e = exp_reduce(clamped);
+  const ExpReduction<T> e = exp_reduce(exp_argument(x));
   const T value = e.scale * (e.r * expm1_over_r(e.r) + 1.0);
-  return x < kExpFloor ? T{} : value;
+  return x < kExpFloor ? T{} : (x > kExpCeiling ? T{} + HUGE_VAL : (x == x ? value : x));
 }
 // e^x - 1 for x <= 0.35 (the quadrature's -s): 2^k (e^r - 1) + (2^k - 1), e^r - 1 itself for |x| <= ln 2 / 2
-// (k = 0, r = x exactly).
+// (k = 0, r = x exactly). -1 to the last bit below kExpFloor.
 template <class T>
 RT_HD T expm1_plain(T x) {
-  const T clamped = x < kExpFloor ? T{} + kExpFloor : x;
-  const ExpReduction<T> e = exp_reduce(clamped);
-  return e.scale * (e.r * expm1_over_r(e.r)) + (e.scale - 1.0);
+  const ExpReduction<T> e = exp_reduce(exp_argument(x));
+  const T value = e.scale * (e.r * expm1_over_r(e.r)) + (e.scale - 1.0);
+  return x > kExpCeiling ? T{} + HUGE_VAL : (x == x ? value : x);
 }
 // ln(1 + y) for 0 <= y < 2^53 (the quadrature's r (1 - e^-s)): fdlibm's s_log1p.c. 1 + y = 2^k m with m in
 // [sqrt(2)/2, sqrt(2)), f = m - 1, ln m = f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f); c corrects 1 + y's
@@ -704,7 +711,9 @@ RT_HD double gl32_signed_node(int i) { return i < 16 ? -gl32_node(15 - i) : gl32
 RT_HD double gl32_any_weight(int i) { return gl32_weight(i < 16 ? 15 - i : i - 16); }
 // The integrals' partial sums in a fixed order (pairwise), lanes or not; v is overwritten.
 RT_HD double sum_of_lanes(double* v) {
+  RT_UNROLL_ALL
   for (int width = kQuadratureLanes / 2; width >= 1; width /= 2)
+    RT_UNROLL_ALL
     for (int i = 0; i < width; ++i) v[i] = v[i] + v[i + width];
   return v[0];
 }
@@ -773,6 +782,8 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
       }
       beta_quadrature_add(q, mid + half * node, half * weight, va, vb);
 #else
+      // Unrolled, so that the partial sums stay in registers on CUDA (an indexed array would go to local memory).
+      RT_UNROLL_ALL
       for (int lane = 0; lane < kQuadratureLanes; ++lane)
         beta_quadrature_add(q, mid + half * gl32_signed_node(block + lane), half * gl32_any_weight(block + lane),
                             ga[lane], gb[lane]);

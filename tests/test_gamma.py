@@ -155,16 +155,17 @@ def test_gamma_gradient_lanes_give_the_scalar_loops_bits():
 def test_beta_gradient_lanes_give_the_scalar_loops_bits():
     """The AVX2 and AVX-512 row kernels sum the Beta gradient's Gauss series (both derivatives) 4 elements at a
     time, queued by the series' x, each lane stopping at its own last term; the portable table runs gamma.h's
-    scalar beta_grad_term (as CUDA does). Every element's (dz/da, dz/db) term must be the same bits on every
-    ISA: z on either side of the crossover, the quadrature (a parameter of 100 or more on the series' side),
+    scalar beta_grad_term (as CUDA does, except the quadrature's nodes, 8-lane vectors on every CPU table, which
+    the CUDA emulation checks against CUDA's loop). Every element's (dz/da, dz/db) term must be the same bits on
+    every ISA: z on either side of the crossover, the quadrature (a parameter of 100 or more on the series' side),
     small a on dz/db's side (the difference series, scalar), zero grads, NaN, infinite and zero parameters,
     z at 0 and 1, broadcast parameters, every dtype."""
     g = torch.Generator().manual_seed(12)
     n = 2003
-    # The quadrature's nodes run in 8 vector lanes on every CPU table (gamma.h): posterior-sized pairs, and a
-    # huge a beside a small b, whose z near 1 cuts the interval into several panels.
-    big_a = torch.cat([torch.rand(300, generator=g, dtype=torch.float64) * 900 + 100, torch.full((20,), 1e7)])
-    big_b = torch.cat([torch.rand(300, generator=g, dtype=torch.float64) * 900 + 100, torch.full((20,), 0.4)])
+    # The quadrature (posterior-sized pairs): its nodes run in 8 vector lanes on every CPU table, and the CUDA
+    # emulation compares them with CUDA's loop of 8 (gamma.h).
+    big_a = torch.rand(300, generator=g, dtype=torch.float64) * 900 + 100
+    big_b = torch.rand(300, generator=g, dtype=torch.float64) * 900 + 100
     a = torch.cat([torch.rand(n, generator=g, dtype=torch.float64) * 4 + 0.01, big_a,
                    torch.tensor([0.1, 150.0, 2.0, math.nan, math.inf, 0.0, 1e-30, 5.0], dtype=torch.float64)])
     b = torch.cat([torch.exp(torch.randn(n, generator=g, dtype=torch.float64) * 1.5), big_b,
@@ -172,6 +173,13 @@ def test_beta_gradient_lanes_give_the_scalar_loops_bits():
     z = torch.distributions.Beta(a.nan_to_num(1.0, posinf=1.0).clamp(min=1e-3),
                                  b.clamp(min=1e-3)).sample().clamp(1e-12, 1 - 1e-12)
     z[5], z[6] = 0.0, 1.0
+    # A huge a beside a small b, z just below the crossover 1 - 1.4e-7 (z's side, the quadrature, whose interval
+    # is cut into 2-4 panels near the singularity), and the mirror image on 1 - z's side. float32 and float64
+    # only: float16 has no 1e7, and bfloat16 rounds these z to 0 or 1.
+    gap = torch.tensor([1.5e-7, 2e-7, 3e-7, 5e-7, 8e-7], dtype=torch.float64)
+    a = torch.cat([a, torch.full((5,), 1e7, dtype=torch.float64), torch.full((5,), 0.4, dtype=torch.float64)])
+    b = torch.cat([b, torch.full((5,), 0.4, dtype=torch.float64), torch.full((5,), 1e7, dtype=torch.float64)])
+    z = torch.cat([z, 1 - gap, gap])
     grad = torch.randn(a.shape, generator=g, dtype=torch.float64)
     grad[::7] = 0.0
     results = {}
@@ -187,10 +195,10 @@ def test_beta_gradient_lanes_give_the_scalar_loops_bits():
 def test_dirichlet_gradient_lanes_give_the_scalar_loops_bits():
     """The AVX2 and AVX-512 row kernels sum the Dirichlet marginals' Beta series 4 at a time (the lanes of the
     test above), each lane stopping at its own last term; the portable table runs gamma.h's scalar
-    dirichlet_weighted_grad (as CUDA does). Every element's term must be the same bits on every ISA: rows
-    whose marginals fall on z's side and on 1 - z's, the quadrature (alpha above 100), a rest below 0.25
-    on 1 - z's side (scalar), zero weights, NaN and infinite concentrations, z at 0 and 1, part-filled
-    queues, every dtype."""
+    dirichlet_weighted_grad (as CUDA does; the quadrature's nodes are vectors on every CPU table). Every
+    element's term must be the same bits on every ISA: rows whose marginals fall on z's side and on 1 - z's,
+    the quadrature (alpha above 100), a rest below 0.25 on 1 - z's side (scalar), zero weights, NaN and
+    infinite concentrations, z at 0 and 1, part-filled queues, every dtype."""
     g = torch.Generator().manual_seed(11)
     rows = [torch.rand(301, 16, generator=g, dtype=torch.float64) + 0.5,
             torch.exp(torch.randn(203, 3, generator=g, dtype=torch.float64) * 2),

@@ -387,6 +387,15 @@ def sweep_gamma(s, quick):
         z = s.cpu.beta_rsample(a, b, st, [2])
         s.run("beta_rsample_backward", (s.normal(z.shape, dtype), a, b, z), f"beta_rsample_backward broadcast {dtype}",
               exact=False, rtol=None if dtype in (torch.float16, torch.bfloat16) else 1e-9)
+        # The quadrature cut into panels (gamma.h, beta_grad_quadrature): a huge parameter beside a small one,
+        # z just inside the crossover, on z's side and on 1 - z's. CUDA's loop of 8 lanes against the CPU's
+        # vector lanes, bit for bit.
+        if dtype in (torch.float32, torch.float64):
+            gap = torch.tensor([1.5e-7, 2e-7, 3e-7, 5e-7, 8e-7], dtype=torch.float64)
+            big, small = torch.full((5,), 1e7, dtype=torch.float64), torch.full((5,), 0.4, dtype=torch.float64)
+            pa, pb, pz = (torch.cat(v).to(dtype) for v in ((big, small), (small, big), (1 - gap, gap)))
+            s.run("beta_rsample_backward", (s.normal(pz.shape, dtype), pa, pb, pz),
+                  f"beta_rsample_backward quadrature panels {dtype}")
         alpha = strided(s.positive((129,), dtype))
         s.run("gamma_rsample", (alpha, s.state(), []), f"gamma_rsample strided {dtype}")
         edges = torch.tensor([0.0, -1.0, math.nan, math.inf, 1e-30, 1e-45, 1e30, 1.0], dtype=torch.float64).to(dtype)
