@@ -363,7 +363,22 @@ RT_HD TemmeVariables temme_variables(double a, double x) {
 // rest = -eta^2/(2t) - c_0/(2a) + (ln lambda - 1/(2a)) sum_{k>=1} c_k a^-k - sum_{k>=0} (t c_{k+1} + k c_k) a^-(k+1).
 // The leading erfc terms cancel analytically, so nothing here cancels numerically.
 template <class T>
-RT_HD T temme_dz_dalpha(T a, T x, T t, T q, T ln_lambda, T c0, T c1, T c2, T c3, T c4) {
+struct TemmeCoefficients {
+  T c0, c1, c2, c3, c4;
+};
+// |eta| < 1: Taylor polynomials, plain arithmetic, shared with the CPU's lanes.
+template <class T>
+RT_HD TemmeCoefficients<T> temme_series_coefficients(T e) {
+  return TemmeCoefficients<T>{temme_c0_series(e), temme_c1_series(e), temme_c2_series(e), temme_c3_series(e),
+                              temme_c4_series(e)};
+}
+RT_HD TemmeCoefficients<double> temme_closed_coefficients(double e, double t) {
+  return TemmeCoefficients<double>{temme_c0_closed(e, t), temme_c1_closed(e, t), temme_c2_closed(e, t),
+                                   temme_c3_closed(e, t), temme_c4_closed(e, t)};
+}
+template <class T>
+RT_HD T temme_dz_dalpha(T a, T x, T t, T q, T ln_lambda, const TemmeCoefficients<T>& c) {
+  const T c0 = c.c0, c1 = c.c1, c2 = c.c2, c3 = c.c3, c4 = c.c4;
   const T r = 1.0 / a;
   const T s1 = r * (c1 + r * (c2 + r * c3));
   const T tail = r * ((t * c1) + r * ((t * c2 + c1) + r * ((t * c3 + 2.0 * c2) + r * (t * c4 + 3.0 * c3))));
@@ -373,12 +388,6 @@ RT_HD T temme_dz_dalpha(T a, T x, T t, T q, T ln_lambda, T c0, T c1, T c2, T c3,
   return x * (1.0 + gamma_star * rest) / a;
 }
 
-// |eta| < 1, where the c_k are Taylor polynomials: plain arithmetic, shared with the CPU's lanes.
-template <class T>
-RT_HD T temme_dz_dalpha_central(T a, T x, T t, T q, T ln_lambda, T eta) {
-  return temme_dz_dalpha(a, x, t, q, ln_lambda, temme_c0_series(eta), temme_c1_series(eta), temme_c2_series(eta),
-                         temme_c3_series(eta), temme_c4_series(eta));
-}
 
 // dz/dalpha for alpha >= kGammaAsymptoticMin, from Temme's expansion
 // Q(a, x) = erfc(eta sqrt(a / 2)) / 2 + e^(-a eta^2 / 2) / sqrt(2 pi a) sum_k c_k(eta) a^-k
@@ -386,13 +395,9 @@ RT_HD T temme_dz_dalpha_central(T a, T x, T t, T q, T ln_lambda, T eta) {
 // temme_dz_dalpha, with the c_k of either branch: CUDA inlines it once per kernel, not twice.
 RT_HD double gamma_dz_dalpha_asymptotic(double a, double x) {
   const TemmeVariables v = temme_variables(a, x);
-  const double e = v.eta, t = v.t;
-  const bool central = ::fabs(e) < 1.0;
-  return temme_dz_dalpha(a, x, t, v.q, v.ln_lambda, central ? temme_c0_series(e) : temme_c0_closed(e, t),
-                         central ? temme_c1_series(e) : temme_c1_closed(e, t),
-                         central ? temme_c2_series(e) : temme_c2_closed(e, t),
-                         central ? temme_c3_series(e) : temme_c3_closed(e, t),
-                         central ? temme_c4_series(e) : temme_c4_closed(e, t));
+  const TemmeCoefficients<double> c =
+      ::fabs(v.eta) < 1.0 ? temme_series_coefficients(v.eta) : temme_closed_coefficients(v.eta, v.t);
+  return temme_dz_dalpha(a, x, v.t, v.q, v.ln_lambda, c);
 }
 
 // The series serves up to x = a + 3, not only the textbook a + 1: the continued fraction converges slowly

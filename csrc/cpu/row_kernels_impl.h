@@ -591,7 +591,7 @@ void gamma_series_grad_lanes(const double* a, const double* x, double* out) {
 }
 
 // Temme's expansion (alpha >= kGammaAsymptoticMin) at |eta| < 1: polynomials and divisions with no loop
-// and no branch, gamma.h's temme_dz_dalpha_central on vectors, the same operations in the same order as
+// and no branch, gamma.h's temme_dz_dalpha with temme_series_coefficients on vectors, the same operations in the same order as
 // for one double. Two registers of lanes (16 on AVX-512, 8 on AVX2): the five polynomials are chains of
 // dependent multiplies and adds, and two independent halves overlap their latency (bench_family's
 // gamma_large, 2^20, 1 thread, fwd+bwd, back-to-back runs: one register 22.9 ms on AVX-512 and 39.9 on
@@ -656,7 +656,7 @@ void temme_lanes(const TemmeQueue& queue, double* dz) {
   const TemmeDouble twice_q = 2.0 * q;
   TemmeDouble root;
   for (int i = 0; i < kTemmeLanes; ++i) root[i] = ::sqrt(twice_q[i]);
-  const TemmeDouble value = temme_dz_dalpha_central(a, x, t, q, ln_lambda, t * root);
+  const TemmeDouble value = temme_dz_dalpha(a, x, t, q, ln_lambda, temme_series_coefficients(t * root));
   for (int i = 0; i < kTemmeLanes; ++i) dz[i] = value[i];
 }
 
