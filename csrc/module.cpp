@@ -93,19 +93,36 @@ bool plain_cpu_tensor(const at::Tensor& t, bool any_strides = false) {
          !t.is_conj() && !t.is_neg();
 }
 
-// Whether a float32/float64 tensor (contiguous) leaves the domain; nullopt for other dtypes. The
-// row kernels' vectorised scan, split across threads past kDomainCheckGrain elements (a pass over a
-// 2^22 tensor took a third of the fused forward's time as a scalar loop).
+// How many values a tensor shows, each once, when it is a contiguous tensor expanded along stride-0
+// dimensions (broadcast_all makes a number beside a tensor a 0-d tensor expanded to its shape): the
+// values then lie one after another from its data pointer. nullopt for any other layout.
+std::optional<int64_t> distinct_values(const at::Tensor& t) {
+  int64_t expected_stride = 1;
+  for (int64_t dim = t.dim() - 1; dim >= 0; --dim) {
+    const int64_t size = t.size(dim), stride = t.stride(dim);
+    if (size == 1 || stride == 0) continue;
+    if (stride != expected_stride) return std::nullopt;
+    expected_stride *= size;
+  }
+  return t.numel() == 0 ? 0 : expected_stride;
+}
+
+// Whether a float32/float64 tensor (contiguous, or expanded from one) leaves the domain; nullopt for
+// other dtypes and layouts. The row kernels' vectorised scan, split across threads past
+// kDomainCheckGrain elements (a pass over a 2^22 tensor took a third of the fused forward's time as a
+// scalar loop).
 constexpr int64_t kDomainCheckGrain = int64_t(1) << 16;
 
 std::optional<bool> domain_violated(const at::Tensor& t, rtrick::cpu::ValueDomain domain) {
   const bool f64 = t.scalar_type() == at::kDouble;
   if (!f64 && t.scalar_type() != at::kFloat) return std::nullopt;
+  const std::optional<int64_t> count = distinct_values(t);
+  if (!count) return std::nullopt;
   const auto& kernels = rtrick::cpu::active_row_kernels();
   const char* values = static_cast<const char*>(t.const_data_ptr());
   const int64_t item = t.element_size();
   std::atomic<bool> outside{false};
-  at::parallel_for(0, t.numel(), kDomainCheckGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, *count, kDomainCheckGrain, [&](int64_t begin, int64_t end) {
     if (!outside.load(std::memory_order_relaxed) &&
         kernels.outside_domain(f64, values + begin * item, end - begin, static_cast<int32_t>(domain)))
       outside.store(true, std::memory_order_relaxed);
@@ -118,21 +135,21 @@ rtrick::cpu::ValueDomain scale_domain(bool positive) {
   return positive ? rtrick::cpu::ValueDomain::ScalePositive : rtrick::cpu::ValueDomain::ScaleAboveNegInf;
 }
 
-// The two scans' answer to Python: True or False for a plain contiguous float32/float64
-// CPU tensor, None for anything else (a vmap BatchedTensor, a subclass, meta, CUDA,
-// strided, another dtype), which the caller's torch-op check then handles.
+// The two scans' answer to Python: True or False for a plain float32/float64 CPU tensor,
+// contiguous or expanded from one, None for anything else (a vmap BatchedTensor, a subclass,
+// meta, CUDA, other strides, another dtype), which the caller's torch-op check then handles.
 PyObject* scan_answer(PyObject* tensor_obj, rtrick::cpu::ValueDomain domain) {
   if (!THPVariable_Check(tensor_obj)) Py_RETURN_NONE;
   const at::Tensor& t = THPVariable_Unpack(tensor_obj);
-  if (!plain_cpu_tensor(t)) Py_RETURN_NONE;
+  if (!plain_cpu_tensor(t, /*any_strides=*/true)) Py_RETURN_NONE;
   const std::optional<bool> bad = domain_violated(t, domain);
   if (!bad) Py_RETURN_NONE;
   if (*bad) Py_RETURN_TRUE;
   Py_RETURN_FALSE;
 }
 
-// scale_domain_violated(tensor, positive): whether a contiguous float32/float64 CPU
-// tensor has a value <= 0 (positive=True: scale "sigma", "rate") or equal to -inf
+// scale_domain_violated(tensor, positive): whether a float32/float64 CPU tensor
+// (contiguous or expanded from one) has a value <= 0 (positive=True: scale "sigma", "rate") or equal to -inf
 // (positive=False: "log_sigma", "logvar", "softplus"), in one pass without
 // allocating. None for any other tensor: the Python check (torch ops) handles it,
 // and also writes the error message when this says True.
@@ -145,7 +162,8 @@ PyObject* scale_domain_violated(PyObject*, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
-// constraint_violated(tensor, name): whether a contiguous float32/float64 CPU tensor breaks
+// constraint_violated(tensor, name): whether a float32/float64 CPU tensor (contiguous or
+// expanded from one) breaks
 // torch.distributions' constraint `name`, "real" (a NaN) or "positive" (a value not above 0, NaN
 // included), in one pass without allocating; None for any other tensor. torch's constraint.check
 // builds a bool tensor and reduces it, a sync and three dispatched ops per parameter; the drop-in
@@ -166,6 +184,43 @@ PyObject* constraint_violated(PyObject*, PyObject* args) {
     return nullptr;
   }
   return scan_answer(tensor_obj, domain);
+  END_HANDLE_TH_ERRORS
+}
+
+// order_violated(low, high): whether two contiguous float32/float64 CPU tensors of one shape and dtype
+// have an element where low < high fails (NaN in either included): Uniform's constraints, which torch
+// checks as two comparisons, two reductions and two syncs. None for any other pair (torch's check then).
+template <class T>
+bool any_out_of_order(const T* low, const T* high, int64_t count) {
+  std::atomic<bool> found{false};
+  at::parallel_for(0, count, kDomainCheckGrain, [&](int64_t begin, int64_t end) {
+    bool out = false;
+    for (int64_t i = begin; i < end; ++i) out |= !(low[i] < high[i]);
+    if (out) found.store(true, std::memory_order_relaxed);
+  });
+  return found.load();
+}
+
+PyObject* order_violated(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *low_obj = nullptr, *high_obj = nullptr;
+  if (!PyArg_ParseTuple(args, "OO", &low_obj, &high_obj)) return nullptr;
+  if (!THPVariable_Check(low_obj) || !THPVariable_Check(high_obj)) Py_RETURN_NONE;
+  const at::Tensor& low = THPVariable_Unpack(low_obj);
+  const at::Tensor& high = THPVariable_Unpack(high_obj);
+  if (!plain_cpu_tensor(low) || !plain_cpu_tensor(high) || low.sizes() != high.sizes() ||
+      low.scalar_type() != high.scalar_type())
+    Py_RETURN_NONE;
+  bool out;
+  if (low.scalar_type() == at::kFloat) {
+    out = any_out_of_order(low.const_data_ptr<float>(), high.const_data_ptr<float>(), low.numel());
+  } else if (low.scalar_type() == at::kDouble) {
+    out = any_out_of_order(low.const_data_ptr<double>(), high.const_data_ptr<double>(), low.numel());
+  } else {
+    Py_RETURN_NONE;
+  }
+  if (out) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
   END_HANDLE_TH_ERRORS
 }
 
@@ -334,9 +389,10 @@ std::optional<FastInputs> fast_inputs(PyObject* first_obj, PyObject* second_obj,
   if (!known) return std::nullopt;
   if (validate) {
     // The scan reads memory in order: a strided scale_param (chunk() of a layer's output) is scanned in a
-    // contiguous copy, about a microsecond at 2^12 elements, where the Python path costs tens.
+    // contiguous copy, about a microsecond at 2^12 elements, where the Python path costs tens; an expanded
+    // one (a number broadcast beside the location) where it lies.
     at::Tensor scanned;
-    if (second.is_contiguous()) {
+    if (distinct_values(second)) {
       scanned = second;
     } else {
       at::NoGradGuard no_grad;
@@ -532,6 +588,8 @@ PyMethodDef methods[] = {
      "Whether a CPU tensor leaves its scale's domain, or None where Python must check."},
     {"constraint_violated", constraint_violated, METH_VARARGS,
      "Whether a plain CPU tensor breaks torch.distributions' constraint 'real' or 'positive' (None: not checked)"},
+    {"order_violated", order_violated, METH_VARARGS,
+     "Whether low < high fails somewhere in two plain CPU tensors of one shape (None: not checked)"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "rtrick_ops compiled operators", -1, methods};

@@ -25,6 +25,8 @@ _scale_domain_violated = None
 # torch.distributions' constraints `real` and `positive` checked the same way (the drop-in classes'
 # parameter validation): True, False, or None where the tensor is not one it reads. None without _C.
 constraint_violated = None
+# Uniform's two constraints, low < high everywhere, in one pass over two such tensors of one shape.
+order_violated = None
 _CUDA_BUILD = torch.version.cuda is not None or torch.version.hip is not None
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -33,9 +35,10 @@ HALF_DTYPES = FLOAT_DTYPES[2:]  # computed in float32 by every kernel
 
 def use_compiled(compiled):
     """Take the compiled checks from rtrick_ops._C (called by _library once it has loaded and verified _C)."""
-    global _scale_domain_violated, constraint_violated
+    global _scale_domain_violated, constraint_violated, order_violated
     _scale_domain_violated = getattr(compiled, "scale_domain_violated", None)
     constraint_violated = getattr(compiled, "constraint_violated", None)
+    order_violated = getattr(compiled, "order_violated", None)
 
 
 def check_param(value, name):

@@ -98,6 +98,68 @@ def test_parameter_check_and_flags_are_torchs(ours, theirs, validate_args, dtype
                                            equal_nan=True)  # dtype and shape too
 
 
+def _uniform_pairs(dtype):
+    """(low, high) pairs torch's check rejects or accepts: out of order, equal, NaN and infinities in either, in
+    every layout _bad_parameters has, plus a pair of dtypes and an expanded high."""
+    yield from _bad_parameters(dtype)
+    low = torch.linspace(-1, 1, 5, dtype=dtype)
+    for where, value in [(0, -2.0), (4, 1.0), (2, math.nan), (1, -math.inf), (3, math.inf)]:
+        high = low + 1
+        high[where] = value
+        yield low, high
+        yield high, low
+    yield low, low
+    yield low, low.double() + 1
+    yield low, torch.tensor(1.5, dtype=dtype).expand(5)
+
+
+@pytest.mark.parametrize("default", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("validate_args", [None, True, False])
+def test_uniform_checks_like_torch(validate_args, dtype, default, default_validation):
+    """Uniform's two constraints (low < high, from each side) are one C++ pass where the pair is plain, torch's
+    check elsewhere: the same verdicts, messages, flags and parameters."""
+    D.Distribution.set_default_validate_args(default)
+    for low, high in _uniform_pairs(dtype):
+        expected = _error(lambda: D.Uniform(low, high, validate_args=validate_args))
+        assert _error(lambda: rd.Uniform(low, high, validate_args=validate_args)) == expected, (low, high)
+        if expected is None:
+            ours, theirs = rd.Uniform(low, high, validate_args=validate_args), D.Uniform(low, high, validate_args=validate_args)
+            assert _validation_flag(ours) == _validation_flag(theirs)
+            assert ours.batch_shape == theirs.batch_shape
+            for name in ("low", "high"):
+                torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=0, atol=0, equal_nan=True)
+
+
+def test_c_order_check_answers():
+    check = _checks.order_violated
+    if check is None:
+        pytest.skip("this build has no C++ order check")
+    threads = torch.get_num_threads()
+    try:
+        for thread_count in (1, 2):
+            torch.set_num_threads(thread_count)
+            for dtype in (torch.float32, torch.float64):
+                for n in (1, 7, 3 * 2**16 + 5):
+                    low = torch.zeros(n, dtype=dtype)
+                    high = torch.full((n,), 1e-30, dtype=dtype)
+                    assert check(low, high) is False and check(high, low) is True
+                    for where in sorted({0, n // 2, 2**16 + 3 if n > 2**16 + 3 else n - 1, n - 1}):
+                        for value in (0.0, -1.0, math.nan, -math.inf):
+                            bad = high.clone()
+                            bad[where] = value
+                            assert check(low, bad) is True, (n, where, value)
+                    assert check(low.view(1, n), high.view(1, n)) is False
+    finally:
+        torch.set_num_threads(threads)
+    assert check(torch.zeros(4), torch.ones(4, dtype=torch.float64)) is None  # dtypes differ
+    assert check(torch.zeros(4), torch.ones(2, 2)) is None  # shapes differ
+    assert check(torch.zeros(4, 2)[:, 0], torch.ones(4)) is None  # strided
+    assert check(torch.zeros(4, dtype=torch.float16), torch.ones(4, dtype=torch.float16)) is None
+    assert check(torch.zeros(0), torch.zeros(0)) is False
+    assert check([0.0], [1.0]) is None
+
+
 @pytest.mark.parametrize("validate_args", [None, True, False])
 @pytest.mark.parametrize("ours,theirs", ONE_PARAMETER, ids=lambda c: getattr(c, "__name__", ""))
 def test_one_parameter_classes_check_like_torch(ours, theirs, validate_args, default_validation):
@@ -186,6 +248,24 @@ def test_parameters_are_held_as_torch_holds_them(ours, theirs):
         assert torch.equal(g, g2)
 
 
+@pytest.mark.parametrize("ours,theirs", [(rd.Normal, D.Normal), (rd.Laplace, D.Laplace), (rd.Cauchy, D.Cauchy),
+                                         (rd.Gumbel, D.Gumbel), (rd.LogNormal, D.LogNormal)],
+                         ids=lambda c: getattr(c, "__name__", ""))
+def test_a_number_scale_is_checked_as_torch_checks_it(ours, theirs):
+    """A Python number beside a tensor (Normal(loc, 0.1)) is held as broadcast_all holds it, a 0-d tensor
+    expanded to the shape, which the C++ scan reads once: a bad one raises torch's error, a good one none,
+    integers too, and one that a double cannot hold exactly takes broadcast_all itself."""
+    loc = torch.randn(2, 3)
+    for number in (0.1, 2, 0.0, -1.0, math.nan, math.inf, 2**60):
+        def outcome(cls):
+            try:
+                d = cls(loc, number, validate_args=True)
+            except ValueError as error:
+                return "ValueError", str(error).replace(theirs.__name__, "?").replace(ours.__name__, "?")
+            return d.scale.dtype, d.scale.shape, d.scale.stride(), d.scale[0, 0].item()
+        assert outcome(ours) == outcome(theirs), number
+
+
 def test_expand_of_a_normal_whose_scale_was_never_computed():
     """A Normal built from an unconstrained parameter computes its scale on first use; expanding it before
     that leaves the scale to be computed (repr and the sample check's message still work)."""
@@ -224,6 +304,22 @@ def test_c_constraint_check_answers():
             assert check(torch.tensor([1.0, outside], dtype=dtype), "positive") is True, outside
         assert check(torch.empty(0, dtype=dtype), "positive") is False
     assert check(torch.ones(4, 2)[:, 0], "real") is None  # strided
+    assert check(torch.ones(4, 2).t(), "real") is None
+    # expanded from a contiguous tensor (broadcast_all's view of a number beside a tensor): its values, once each
+    for dtype in (torch.float32, torch.float64):
+        assert check(torch.tensor(0.1, dtype=dtype).expand(3, 5), "positive") is False
+        assert check(torch.tensor(-0.1, dtype=dtype).expand(3, 5), "positive") is True
+        assert check(torch.tensor(math.nan, dtype=dtype).expand(7), "real") is True
+        rows = torch.tensor([[1.0], [2.0], [3.0]], dtype=dtype)
+        assert check(rows.expand(3, 4), "positive") is False
+        block = torch.rand(3, 1, 4, dtype=dtype) + 0.5
+        assert check(block.expand(3, 6, 4), "positive") is False
+        for where in ((0, 0, 0), (2, 0, 3), (1, 0, 2)):
+            bad = block.clone()
+            bad[where] = 0.0
+            assert check(bad.expand(3, 6, 4), "positive") is True, where
+            assert check(bad.expand(2, 3, 6, 4)[1], "positive") is True, where
+        assert check(torch.ones(3, 1, dtype=dtype)[1:].expand(2, 5), "positive") is False  # an offset view
     assert check(torch.ones(4, dtype=torch.float16), "positive") is None
     assert check([1.0], "real") is None
     with pytest.raises(ValueError, match="'real' or 'positive'"):
