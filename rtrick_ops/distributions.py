@@ -241,20 +241,22 @@ class _KeepsScaleParam(_Fused):
 
 
 class _TransformedOnUse:
-    """The classes torch builds as a TransformedDistribution (Gumbel, LogNormal; Logistic): base_dist and
+    """The classes torch builds as a TransformedDistribution (Gumbel, LogNormal, HalfNormal; Logistic): base_dist and
     transforms are built on first use instead of in __init__. rsample needs neither, and building them (for
     Gumbel a Uniform over two full_like tensors, four transforms and the checks) took longer than the sample
     itself at a VAE's sizes. log_prob, cdf, icdf, entropy and expand build them from the constructor's
     arguments, as the torch (or Pyro) class's __init__ would have."""
 
     has_rsample = True  # torch's property asks the base distribution, which for these classes says True
-    # The class whose __init__ builds the parts (run unvalidated: the parameters were checked). Its base
-    # distribution gets validate_args, as torch's classes hand it, unless _base_validates_at_default.
+    # The class whose __init__ builds the parts (run unvalidated: the parameters were checked), from
+    # _constructor_arguments, (its parameters..., validate_args). Its base distribution gets validate_args,
+    # as torch's classes hand it, unless _base_validates_at_default, or never where _base_never_validates
+    # (torch's HalfNormal builds its base Normal with validate_args=False).
     _torch_class = None
+    _base_never_validates = False
 
     def _build_transformed_parts(self):
-        loc, scale, _ = self._constructor_arguments
-        twin = self._torch_class(loc, scale, validate_args=False)
+        twin = self._torch_class(*self._constructor_arguments[:-1], validate_args=False)
         return twin.base_dist, twin.transforms
 
     def _torch_check(self, validate_args):
@@ -262,14 +264,13 @@ class _TransformedOnUse:
             return super()._torch_check(validate_args)
         # the class's whole __init__, parts included: its base distribution checks the parameters first
         # (LogNormal's message names the base Normal), and the parts it builds are kept
-        loc, scale, _ = self._constructor_arguments
-        self._torch_class.__init__(self, loc, scale, validate_args=validate_args)
+        self._torch_class.__init__(self, *self._constructor_arguments[:-1], validate_args=validate_args)
 
     def _transformed_part(self, name):
         if name not in self.__dict__:
             base, transforms = self._build_as_at_init(self._build_transformed_parts)
-            if not self._base_validates_at_default:
-                given = self._constructor_arguments[2]
+            if not (self._base_validates_at_default or self._base_never_validates):
+                given = self._constructor_arguments[-1]
                 if given is None:
                     base.__dict__.pop("_validate_args", None)  # the class default, as torch leaves it
                 else:
@@ -569,20 +570,34 @@ class Exponential(_Fused, torch.distributions.Exponential):
                                           generator=generator, backend=self._backend, validate_args=False)
 
 
-class HalfNormal(_KeepsScaleParam, torch.distributions.HalfNormal):
+class HalfNormal(_TransformedOnUse, _KeepsScaleParam, torch.distributions.HalfNormal):
     """torch.distributions.HalfNormal with a fused sampler, scale * sqrt(2) erfinv(u) in one kernel.
 
     `from_log_scale(log_scale)` and `from_softplus(raw_scale)` hand the unconstrained parameter to the
     kernel, which applies the transform; `scale` is computed for log_prob and the rest.
     """
 
+    _torch_class = torch.distributions.HalfNormal
+    _base_never_validates = True
+
     def __init__(self, scale, validate_args=None, *, seed=None, backend="auto"):
+        # torch's __init__ builds a base Normal(0, scale) and an AbsTransform, 8 us at 2^11 elements that
+        # rsample does not need: built on first use (_TransformedOnUse) from the scale as that Normal holds
+        # it, broadcast_all(0, scale)'s second tensor, which is the scale itself where it is a tensor
         self._seed, self._backend = _draw_options(seed, backend)
         self._scale_param, self._scale_kind = None, "sigma"
-        # torch's base Normal never validates, so its __init__ with validation off then the scanned check
-        # leaves the same state
-        super().__init__(scale, validate_args=False)
+        self._record_modes()
+        if not isinstance(scale, torch.Tensor):
+            scale = broadcast_all(0, scale)[1]
+        self._constructor_arguments = (scale, validate_args)
+        self._held_scale = scale
+        torch.distributions.Distribution.__init__(self, scale.size(), validate_args=False)
         _validate_after_init(self, validate_args)
+
+    @property
+    def scale(self):
+        held = self.__dict__.get("_held_scale")
+        return held if held is not None else self.base_dist.scale  # an expanded copy holds its base's
 
     @classmethod
     def from_scale_param(cls, scale_param, scale="log_sigma", validate_args=None, *, seed=None, backend="auto"):

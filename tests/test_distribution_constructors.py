@@ -224,6 +224,42 @@ def test_transformed_parts_are_built_on_use_as_torch_builds_them(ours, theirs, v
     assert repr(d).startswith(ours.__name__ + "(")
 
 
+@pytest.mark.parametrize("validate_args", [None, True, False])
+def test_half_normal_parts_are_built_on_use_as_torch_builds_them(validate_args, default_validation):
+    """HalfNormal's base Normal(0, scale) and AbsTransform are built on first use: rsample needs neither, and
+    what needs them gets torch's parts (the base never validates, as torch builds it), values, flags and
+    shapes, before and after expand, for a tensor and a Python number."""
+    D.Distribution.set_default_validate_args(True)
+    g = torch.Generator().manual_seed(0)
+    scale = torch.rand(3, 5, generator=g, dtype=torch.float64) + 0.2
+    for given in (scale, 2.0, 3):
+        d, t = rd.HalfNormal(given, validate_args=validate_args), D.HalfNormal(given, validate_args=validate_args)
+        d.rsample((2,))
+        assert "_base_dist" not in d.__dict__ and "_transforms" not in d.__dict__  # the sample needed neither
+        assert d.scale is t.scale if isinstance(given, torch.Tensor) else torch.equal(d.scale, t.scale)
+        assert d.scale.dtype == t.scale.dtype and d.batch_shape == t.batch_shape and d.event_shape == t.event_shape
+        assert _validation_flag(d) == _validation_flag(t) and repr(d) == repr(t)
+        assert type(d.base_dist) is type(t.base_dist) and _validation_flag(d.base_dist) == _validation_flag(t.base_dist)
+        assert [type(x) for x in d.transforms] == [type(x) for x in t.transforms]
+        value = d.sample((4,))
+        for method in ("log_prob", "cdf"):
+            torch.testing.assert_close(getattr(d, method)(value), getattr(t, method)(value), rtol=0, atol=0)
+        for name in ("entropy",):
+            torch.testing.assert_close(getattr(d, name)(), getattr(t, name)(), rtol=0, atol=0)
+        torch.testing.assert_close(d.mean, t.mean, rtol=0, atol=0)
+        torch.testing.assert_close(d.variance, t.variance, rtol=0, atol=0)
+        for source in (d, rd.HalfNormal(given, validate_args=validate_args)):  # expand before and after the parts
+            e, te = source.expand((2, 3, 5)), t.expand((2, 3, 5))
+            assert type(e) is rd.HalfNormal and e.batch_shape == te.batch_shape
+            assert _validation_flag(e) == _validation_flag(te)
+            torch.testing.assert_close(e.scale, te.scale, rtol=0, atol=0)
+            point = torch.rand(2, 3, 5, generator=g, dtype=d.scale.dtype) + 0.1
+            torch.testing.assert_close(e.log_prob(point), te.log_prob(point), rtol=0, atol=0)
+            assert e.rsample().shape == (2, 3, 5)
+    with pytest.raises(ValueError, match="HalfNormal"):
+        rd.HalfNormal(torch.tensor([1.0, -1.0]), validate_args=True)
+
+
 @pytest.mark.parametrize("ours,theirs", [(rd.Normal, D.Normal), (rd.Laplace, D.Laplace), (rd.Cauchy, D.Cauchy),
                                          (rd.Gumbel, D.Gumbel), (rd.LogNormal, D.LogNormal),
                                          (rd.Logistic, D.Laplace)], ids=lambda c: getattr(c, "__name__", ""))
