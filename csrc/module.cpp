@@ -187,15 +187,16 @@ PyObject* constraint_violated(PyObject*, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
-// order_violated(low, high): whether two contiguous float32/float64 CPU tensors of one shape and dtype
-// have an element where low < high fails (NaN in either included): Uniform's constraints, which torch
-// checks as two comparisons, two reductions and two syncs. None for any other pair (torch's check then).
+// order_violated(low, high): whether two float32/float64 CPU tensors of one shape and dtype, each
+// contiguous or one value expanded (Uniform(0.0, high): broadcast_all's view of the number), have an
+// element where low < high fails (NaN in either included): Uniform's constraints, which torch checks as
+// two comparisons, two reductions and two syncs. None for any other pair (torch's check then).
 template <class T>
-bool any_out_of_order(const T* low, const T* high, int64_t count) {
+bool any_out_of_order(const T* low, int64_t low_step, const T* high, int64_t high_step, int64_t count) {
   std::atomic<bool> found{false};
   at::parallel_for(0, count, kDomainCheckGrain, [&](int64_t begin, int64_t end) {
     bool out = false;
-    for (int64_t i = begin; i < end; ++i) out |= !(low[i] < high[i]);
+    for (int64_t i = begin; i < end; ++i) out |= !(low[i * low_step] < high[i * high_step]);
     if (out) found.store(true, std::memory_order_relaxed);
   });
   return found.load();
@@ -208,14 +209,19 @@ PyObject* order_violated(PyObject*, PyObject* args) {
   if (!THPVariable_Check(low_obj) || !THPVariable_Check(high_obj)) Py_RETURN_NONE;
   const at::Tensor& low = THPVariable_Unpack(low_obj);
   const at::Tensor& high = THPVariable_Unpack(high_obj);
-  if (!plain_cpu_tensor(low) || !plain_cpu_tensor(high) || low.sizes() != high.sizes() ||
-      low.scalar_type() != high.scalar_type())
+  if (!plain_cpu_tensor(low, /*any_strides=*/true) || !plain_cpu_tensor(high, /*any_strides=*/true) ||
+      low.sizes() != high.sizes() || low.scalar_type() != high.scalar_type())
     Py_RETURN_NONE;
+  // Each side read at i (contiguous) or at 0 (one value expanded), never past what it holds.
+  const int64_t count = low.numel();
+  const int64_t low_step = low.is_contiguous() ? 1 : (distinct_values(low) == 1 ? 0 : -1);
+  const int64_t high_step = high.is_contiguous() ? 1 : (distinct_values(high) == 1 ? 0 : -1);
+  if (low_step < 0 || high_step < 0) Py_RETURN_NONE;
   bool out;
   if (low.scalar_type() == at::kFloat) {
-    out = any_out_of_order(low.const_data_ptr<float>(), high.const_data_ptr<float>(), low.numel());
+    out = any_out_of_order(low.const_data_ptr<float>(), low_step, high.const_data_ptr<float>(), high_step, count);
   } else if (low.scalar_type() == at::kDouble) {
-    out = any_out_of_order(low.const_data_ptr<double>(), high.const_data_ptr<double>(), low.numel());
+    out = any_out_of_order(low.const_data_ptr<double>(), low_step, high.const_data_ptr<double>(), high_step, count);
   } else {
     Py_RETURN_NONE;
   }

@@ -111,6 +111,9 @@ def _uniform_pairs(dtype):
     yield low, low
     yield low, low.double() + 1
     yield low, torch.tensor(1.5, dtype=dtype).expand(5)
+    for number in (0.0, 0.5, 1.0, math.nan):  # a Python number on either side: one value expanded
+        yield number, low + 1
+        yield low, number
 
 
 @pytest.mark.parametrize("default", [True, False])
@@ -152,6 +155,15 @@ def test_c_order_check_answers():
                     assert check(low.view(1, n), high.view(1, n)) is False
     finally:
         torch.set_num_threads(threads)
+    for dtype in (torch.float32, torch.float64):  # one value expanded on either side
+        values = torch.linspace(-1, 1, 9, dtype=dtype)
+        for number, below_fails, above_fails in [(-1.5, False, True), (-1.0, True, True), (1.0, True, True),
+                                            (1.5, True, False), (math.nan, True, True)]:
+            single = torch.tensor(number, dtype=dtype).expand(9)
+            assert check(single, values) is below_fails, number
+            assert check(values, single) is above_fails, number
+        assert check(torch.tensor(0.0, dtype=dtype).expand(9), torch.tensor(1.0, dtype=dtype).expand(9)) is False
+        assert check(torch.ones(3, 1, dtype=dtype).expand(3, 4), torch.ones(3, 4, dtype=dtype)) is None  # rows
     assert check(torch.zeros(4), torch.ones(4, dtype=torch.float64)) is None  # dtypes differ
     assert check(torch.zeros(4), torch.ones(2, 2)) is None  # shapes differ
     assert check(torch.zeros(4, 2)[:, 0], torch.ones(4)) is None  # strided
