@@ -97,6 +97,7 @@ bool plain_cpu_tensor(const at::Tensor& t, bool any_strides = false) {
 // dimensions (broadcast_all makes a number beside a tensor a 0-d tensor expanded to its shape): the
 // values then lie one after another from its data pointer. nullopt for any other layout.
 std::optional<int64_t> distinct_values(const at::Tensor& t) {
+  if (t.numel() == 0) return 0;  // whatever its strides (torch.empty(3, 0) has (1, 1))
   int64_t expected_stride = 1;
   for (int64_t dim = t.dim() - 1; dim >= 0; --dim) {
     const int64_t size = t.size(dim), stride = t.stride(dim);
@@ -104,7 +105,7 @@ std::optional<int64_t> distinct_values(const at::Tensor& t) {
     if (stride != expected_stride) return std::nullopt;
     expected_stride *= size;
   }
-  return t.numel() == 0 ? 0 : expected_stride;
+  return expected_stride;
 }
 
 // Whether a float32/float64 tensor (contiguous, or expanded from one) leaves the domain; nullopt for
@@ -187,6 +188,14 @@ PyObject* constraint_violated(PyObject*, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
+// How order_violated steps through one side: 1 where it is contiguous, 0 where it is one value expanded
+// (read at 0 only, never past it), nullopt for any other layout.
+std::optional<int64_t> element_step(const at::Tensor& t) {
+  if (t.is_contiguous()) return 1;
+  if (distinct_values(t) == 1) return 0;
+  return std::nullopt;
+}
+
 // order_violated(low, high): whether two float32/float64 CPU tensors of one shape and dtype, each
 // contiguous or one value expanded (Uniform(0.0, high): broadcast_all's view of the number), have an
 // element where low < high fails (NaN in either included): Uniform's constraints, which torch checks as
@@ -212,16 +221,16 @@ PyObject* order_violated(PyObject*, PyObject* args) {
   if (!plain_cpu_tensor(low, /*any_strides=*/true) || !plain_cpu_tensor(high, /*any_strides=*/true) ||
       low.sizes() != high.sizes() || low.scalar_type() != high.scalar_type())
     Py_RETURN_NONE;
-  // Each side read at i (contiguous) or at 0 (one value expanded), never past what it holds.
-  const int64_t count = low.numel();
-  const int64_t low_step = low.is_contiguous() ? 1 : (distinct_values(low) == 1 ? 0 : -1);
-  const int64_t high_step = high.is_contiguous() ? 1 : (distinct_values(high) == 1 ? 0 : -1);
-  if (low_step < 0 || high_step < 0) Py_RETURN_NONE;
+  const std::optional<int64_t> low_step = element_step(low), high_step = element_step(high);
+  if (!low_step || !high_step) Py_RETURN_NONE;
+  // both one value: one comparison
+  const int64_t count = (*low_step == 0 && *high_step == 0) ? std::min<int64_t>(1, low.numel()) : low.numel();
   bool out;
   if (low.scalar_type() == at::kFloat) {
-    out = any_out_of_order(low.const_data_ptr<float>(), low_step, high.const_data_ptr<float>(), high_step, count);
+    out = any_out_of_order(low.const_data_ptr<float>(), *low_step, high.const_data_ptr<float>(), *high_step, count);
   } else if (low.scalar_type() == at::kDouble) {
-    out = any_out_of_order(low.const_data_ptr<double>(), low_step, high.const_data_ptr<double>(), high_step, count);
+    out = any_out_of_order(low.const_data_ptr<double>(), *low_step, high.const_data_ptr<double>(), *high_step,
+                           count);
   } else {
     Py_RETURN_NONE;
   }
@@ -404,7 +413,8 @@ std::optional<FastInputs> fast_inputs(PyObject* first_obj, PyObject* second_obj,
       at::NoGradGuard no_grad;
       scanned = second.contiguous();
     }
-    if (*domain_violated(scanned, scale_domain(positive))) return std::nullopt;  // the Python check reports it
+    const std::optional<bool> outside = domain_violated(scanned, scale_domain(positive));
+    if (!outside || *outside) return std::nullopt;  // the Python check reports it
   }
   std::optional<at::Tensor> rng_state = fast_rng_state(seed_obj);
   if (!rng_state) return std::nullopt;

@@ -76,7 +76,7 @@ def _validate_after_init(dist, validate_args):
     else:
         dist._validate_args = validate_args
     # Pyro's LogNormal builds a base Normal that checks at the class default whatever validate_args says
-    checking = dist._validate_args or (dist._base_validates_at_default and
+    checking = dist._validate_args or (dist._base_validation == "default" and
                                        torch.distributions.Distribution._validate_args)
     if checking and not dist._parameters_pass():
         dist._torch_check(validate_args)
@@ -104,28 +104,36 @@ for _registry in (torch.distributions.biject_to, torch.distributions.transform_t
     _registry.register(_SimplexWithinRounding, lambda constraint, registry=_registry: registry(constraints.simplex))
 
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
 def _broadcast(*values):
     """broadcast_all(*values) without its calls where the values are plain tensors of one shape, for which
     torch.broadcast_tensors returns them as they are: the same result, about 1-2 us less per constructor.
-    Python floats (and integers a double holds exactly) beside such tensors become what broadcast_all makes
-    of them, a 0-d tensor of the first tensor's dtype and device expanded to the shape, in 3 us less
-    (Normal(loc, 0.1))."""
+    Python floats (and integers a double holds exactly) beside such floating-point tensors become what
+    broadcast_all makes of them, a 0-d tensor of the first tensor's dtype and device expanded to the shape,
+    in 3 us less (Normal(loc, 0.1)). torch.scalar_tensor refuses a finite float32 overflow where
+    broadcast_all's torch.tensor rounds it to inf: such numbers take broadcast_all."""
     tensor = next((v for v in values if type(v) in _checks.PLAIN_TENSORS), None)
-    if tensor is None:
+    if tensor is None or not tensor.is_floating_point():
         return broadcast_all(*values)
     shape, numbers_seen = tensor.shape, False
     for v in values:
         if type(v) in _checks.PLAIN_TENSORS:
             if v.shape != shape:
                 return broadcast_all(*values)
-        elif type(v) is float or (type(v) is int and -2**53 <= v <= 2**53):
+        elif (type(v) is float and not (tensor.dtype == torch.float32 and _FLOAT32_MAX < abs(v) < math.inf)) or \
+                (type(v) is int and -2**53 <= v <= 2**53):
             numbers_seen = True
         else:
             return broadcast_all(*values)
     if not numbers_seen:
         return values
-    return tuple(v if type(v) in _checks.PLAIN_TENSORS else
-                 torch.scalar_tensor(v, dtype=tensor.dtype, device=tensor.device).expand(shape) for v in values)
+    def held(number):
+        scalar = torch.scalar_tensor(number, dtype=tensor.dtype, device=tensor.device)
+        return scalar if shape == () else scalar.expand(shape)  # broadcast_all's 0-d tensor is no view
+
+    return tuple(v if type(v) in _checks.PLAIN_TENSORS else held(v) for v in values)
 
 
 def _draw_options(seed, backend, operator=None):
@@ -213,9 +221,10 @@ class _Fused:
         if rsample is not None and rsample.__doc__ is None:
             rsample.__doc__ = _RSAMPLE_DOC
 
-    # Whether the torch (or Pyro) __init__ builds a base distribution that validates at the class default,
-    # whatever validate_args says (Pyro's LogNormal).
-    _base_validates_at_default = False
+    # How the torch (or Pyro) __init__ has its base distribution validate: as validate_args says ("given",
+    # torch's Gumbel and LogNormal), at the class default whatever validate_args says ("default", Pyro's
+    # LogNormal), or never ("never", torch's HalfNormal builds its base Normal with validate_args=False).
+    _base_validation = "given"
 
     def _parameters_pass(self):
         """Whether a cheaper check than torch's finds every parameter inside its constraint (_validate_after_init
@@ -249,11 +258,9 @@ class _TransformedOnUse:
 
     has_rsample = True  # torch's property asks the base distribution, which for these classes says True
     # The class whose __init__ builds the parts (run unvalidated: the parameters were checked), from
-    # _constructor_arguments, (its parameters..., validate_args). Its base distribution gets validate_args,
-    # as torch's classes hand it, unless _base_validates_at_default, or never where _base_never_validates
-    # (torch's HalfNormal builds its base Normal with validate_args=False).
+    # _constructor_arguments, (its parameters..., validate_args). Its base distribution then validates as
+    # _base_validation says.
     _torch_class = None
-    _base_never_validates = False
 
     def _build_transformed_parts(self):
         twin = self._torch_class(*self._constructor_arguments[:-1], validate_args=False)
@@ -269,7 +276,7 @@ class _TransformedOnUse:
     def _transformed_part(self, name):
         if name not in self.__dict__:
             base, transforms = self._build_as_at_init(self._build_transformed_parts)
-            if not (self._base_validates_at_default or self._base_never_validates):
+            if self._base_validation == "given":
                 given = self._constructor_arguments[-1]
                 if given is None:
                     base.__dict__.pop("_validate_args", None)  # the class default, as torch leaves it
@@ -578,26 +585,26 @@ class HalfNormal(_TransformedOnUse, _KeepsScaleParam, torch.distributions.HalfNo
     """
 
     _torch_class = torch.distributions.HalfNormal
-    _base_never_validates = True
+    _base_validation = "never"
 
     def __init__(self, scale, validate_args=None, *, seed=None, backend="auto"):
-        # torch's __init__ builds a base Normal(0, scale) and an AbsTransform, 8 us at 2^11 elements that
-        # rsample does not need: built on first use (_TransformedOnUse) from the scale as that Normal holds
-        # it, broadcast_all(0, scale)'s second tensor, which is the scale itself where it is a tensor
+        # torch's __init__ builds a base Normal(0, scale) and an AbsTransform, which rsample does not need
+        # (the constructor took 12.5 us at 2^11 elements with them, 2 without): built on first use
+        # (_TransformedOnUse) from the scale as that Normal holds it, broadcast_all(0, scale)'s second
+        # tensor, which is the scale itself where it is a tensor
         self._seed, self._backend = _draw_options(seed, backend)
         self._scale_param, self._scale_kind = None, "sigma"
         self._record_modes()
         if not isinstance(scale, torch.Tensor):
             scale = broadcast_all(0, scale)[1]
         self._constructor_arguments = (scale, validate_args)
-        self._held_scale = scale
+        self.__dict__["_scale"] = scale
         torch.distributions.Distribution.__init__(self, scale.size(), validate_args=False)
         _validate_after_init(self, validate_args)
 
     @property
-    def scale(self):
-        held = self.__dict__.get("_held_scale")
-        return held if held is not None else self.base_dist.scale  # an expanded copy holds its base's
+    def scale(self):  # an expanded copy has none of its own: its base's
+        return self.__dict__["_scale"] if "_scale" in self.__dict__ else self.base_dist.scale
 
     @classmethod
     def from_scale_param(cls, scale_param, scale="log_sigma", validate_args=None, *, seed=None, backend="auto"):

@@ -52,7 +52,7 @@ class LogNormal(_fused.LogNormal, _pyro_dist.LogNormal):
     # pyro.distributions.Normal (to_event, event_dim: TransformReparam needs them), which validates at the
     # class default whatever validate_args says.
     _torch_class = _pyro_dist.LogNormal
-    _base_validates_at_default = True
+    _base_validation = "default"
 
     def _build_transformed_parts(self):
         # Pyro's __init__'s parts without its base's check: that check ran (or not) when this object was

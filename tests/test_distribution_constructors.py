@@ -302,16 +302,20 @@ def test_parameters_are_held_as_torch_holds_them(ours, theirs):
 def test_a_number_scale_is_checked_as_torch_checks_it(ours, theirs):
     """A Python number beside a tensor (Normal(loc, 0.1)) is held as broadcast_all holds it, a 0-d tensor
     expanded to the shape, which the C++ scan reads once: a bad one raises torch's error, a good one none,
-    integers too, and one that a double cannot hold exactly takes broadcast_all itself."""
-    loc = torch.randn(2, 3)
-    for number in (0.1, 2, 0.0, -1.0, math.nan, math.inf, 2**60):
-        def outcome(cls):
-            try:
-                d = cls(loc, number, validate_args=True)
-            except ValueError as error:
-                return "ValueError", str(error).replace(theirs.__name__, "?").replace(ours.__name__, "?")
-            return d.scale.dtype, d.scale.shape, d.scale.stride(), d.scale[0, 0].item()
-        assert outcome(ours) == outcome(theirs), number
+    integers too; one that a double cannot hold exactly, one that overflows float32, a bool and an integer
+    location take broadcast_all itself."""
+    for loc in (torch.randn(2, 3), torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3).half(),
+                torch.tensor(0.5), torch.tensor([1, 2, 3])):
+        for number in (0.1, 2, 0.0, -1.0, math.nan, math.inf, 2**60, 3.5e38, -1e300, 7e4, True):
+            def outcome(cls):
+                try:
+                    d = cls(loc, number, validate_args=True)
+                except (ValueError, RuntimeError, TypeError) as error:
+                    return type(error).__name__, str(error).replace(theirs.__name__, "?").replace(ours.__name__, "?")
+                first = d.scale.reshape(-1)[0].item()
+                return (d.scale.dtype, d.scale.shape, d.scale.stride(), d.scale._is_view(),
+                        "nan" if first != first else first)
+            assert outcome(ours) == outcome(theirs), (loc.dtype, loc.shape, number)
 
 
 def test_expand_of_a_normal_whose_scale_was_never_computed():
@@ -351,6 +355,8 @@ def test_c_constraint_check_answers():
         for outside in (0.0, -0.0, -1.0, -math.inf, math.nan):
             assert check(torch.tensor([1.0, outside], dtype=dtype), "positive") is True, outside
         assert check(torch.empty(0, dtype=dtype), "positive") is False
+        for empty in (torch.empty(3, 0, dtype=dtype), torch.empty(2, 0, 3, dtype=dtype)):  # strides (1, 1), (3, 3, 1)
+            assert check(empty, "positive") is False and check(empty, "real") is False
     assert check(torch.ones(4, 2)[:, 0], "real") is None  # strided
     assert check(torch.ones(4, 2).t(), "real") is None
     # expanded from a contiguous tensor (broadcast_all's view of a number beside a tensor): its values, once each
