@@ -4,7 +4,8 @@ batch of 256x6 about 2^11), CPU, against torch eager and torch.compile.
     python3 benchmarks/bench_small.py [--quick] [--threads 1,2] [--sizes 0,2,4,...] [--no-compile]
 
 For normal_rsample, normal_rsample_and_kl, normal_rsample_and_log_prob (a SAC policy's sample and log
-density) and gumbel_softmax (rows of 10 and of 128 categories), with the parameters requiring grad (autograd on,
+density), normal_rsample with a per-feature scale of (1, 16) broadcast over the batch, and gumbel_softmax
+(rows of 10 and of 128 categories), with the parameters requiring grad (autograd on,
 as in training), it times the forward call and forward plus torch.autograd.grad of every output. Per call the fixed cost dominates at these sizes, so the providers are timed
 in alternation, in short blocks, and each provider's time is its fastest block of the run (interference from
 other processes only adds time, so the fastest block is the least disturbed); ratios compare those from one run. It also times the raw operator and the public wrapper on one
@@ -58,6 +59,13 @@ def _gaussian_params(numel):
     return (torch.randn(numel), 0.3 * torch.randn(numel))
 
 
+def _per_feature_params(numel):
+    """A location of (numel // 16, 16) beside a learned per-feature log-sigma of (1, 16), as a SAC policy's
+    state-independent log_std or a decoder's per-pixel variance is broadcast over the batch."""
+    features = min(16, numel)
+    return (torch.randn(max(1, numel // features), features), 0.3 * torch.randn(1, features))
+
+
 def _rows(classes):
     return lambda numel: (torch.randn(max(1, numel // classes), classes),)
 
@@ -85,6 +93,8 @@ def cases():
                                   _eager_normal_and_kl),
         "normal_rsample_and_log_prob": (_gaussian_params, lambda m, s: rt.normal_rsample_and_log_prob(m, s),
                                         _eager_normal_and_log_prob),
+        "normal_rsample_per_feature": (_per_feature_params, lambda m, s: (rt.normal_rsample(m, s),),
+                                       _eager_normal),
         "gumbel_softmax_10": (_rows(10), lambda x: (rt.gumbel_softmax(x, TAU),),
                               lambda x: (F.gumbel_softmax(x, TAU),)),
         "gumbel_softmax_128": (_rows(128), lambda x: (rt.gumbel_softmax(x, TAU),),

@@ -74,7 +74,7 @@ def test_small_size_benchmark_quick_run_writes_results(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "bench_small_cpu.csv")))
     assert {row["case"] for row in rows} == {"normal_rsample", "normal_rsample_and_kl", "normal_rsample_and_log_prob",
-                                             "gumbel_softmax_10", "gumbel_softmax_128"}
+                                             "normal_rsample_per_feature", "gumbel_softmax_10", "gumbel_softmax_128"}
     assert {row["provider"] for row in rows} == {"rtrick_ops", "eager"}
     assert {row["mode"] for row in rows} == {"forward", "full"}
     assert all(float(row["best_us"]) > 0 and float(row["speedup_vs_eager"]) > 0 for row in rows)
