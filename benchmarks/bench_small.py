@@ -61,7 +61,8 @@ def _gaussian_params(numel):
 
 def _per_feature_params(numel):
     """A location of (numel // 16, 16) beside a learned per-feature log-sigma of (1, 16), as a SAC policy's
-    state-independent log_std or a decoder's per-pixel variance is broadcast over the batch."""
+    state-independent log_std or a decoder's per-pixel variance is broadcast over the batch (from 2^8
+    elements up; below, one row or fewer than 16)."""
     features = min(16, numel)
     return (torch.randn(max(1, numel // features), features), 0.3 * torch.randn(1, features))
 

@@ -504,29 +504,41 @@ def test_kernels_use_the_threads_torch_is_given():
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_short_broadcast_rows_long_rows_and_contiguous_inputs_give_the_same_bits(dtype):
+def _bits(t):
+    return t.contiguous().view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+@pytest.mark.parametrize("limit", [0, 2**20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_short_broadcast_rows_long_rows_and_contiguous_inputs_give_the_same_bits(dtype, limit):
     """Broadcast or strided inputs whose walk would run in short rows (a per-feature scale (1, 16) beside
     (128, 16), a transposed location, sample_shape over small parameters) are copied contiguous before the
-    kernel; long rows keep the strided walk. All three give the contiguous call's bits, gradients too."""
-    g = torch.Generator().manual_seed(5)
-    cases = [((128, 16), (1, 16), ()), ((128, 16), (128, 1), ()), ((3, 1000), (1000,), ()),
-             ((8, 8), (8, 8), (4,)), ((6, 700), (1, 700), (2,))]
-    for loc_shape, scale_shape, sample_shape in cases:
-        loc = torch.randn(loc_shape, generator=g, dtype=dtype)
-        raw = 0.3 * torch.randn(scale_shape, generator=g, dtype=dtype)
-        for mu in (loc, loc.t().contiguous().t()):  # contiguous and transposed
-            shape = torch.broadcast_shapes(mu.shape, raw.shape)
-            full_mu, full_raw = mu.expand(shape).contiguous(), raw.expand(shape).contiguous()
-            for call in (rt.normal_rsample, rt.laplace_rsample, lambda m, s, **kw: rt.normal_rsample_and_kl(m, s, **kw)[0]):
-                a = (mu.clone().requires_grad_(), raw.clone().requires_grad_())
-                b = (full_mu.clone().requires_grad_(), full_raw.clone().requires_grad_())
-                za = call(*a, sample_shape=sample_shape, seed=21)
-                zb = call(*b, sample_shape=sample_shape, seed=21)
-                assert torch.equal(za, zb), (loc_shape, scale_shape, sample_shape, mu.is_contiguous())
-                weight = torch.rand(za.shape, generator=g, dtype=dtype)
-                ga = torch.autograd.grad((za * weight).sum(), a)
-                gb = torch.autograd.grad((zb * weight).sum(), b)
-                # the broadcast gradients are the full ones summed over the broadcast dimensions
-                torch.testing.assert_close(ga[0], gb[0].sum_to_size(mu.shape))
-                torch.testing.assert_close(ga[1], gb[1].sum_to_size(raw.shape))
+    kernel, a scalar is read in place, and long rows keep the strided walk: all give the contiguous call's
+    bits. The backward's reduction over short kept rows goes through a buffer: its bits are those of the
+    row-by-row loop, which a non-contiguous grad_z still takes. Noise kept and regenerated."""
+    previous = rt.set_saved_noise_limit(limit)
+    try:
+        g = torch.Generator().manual_seed(5)
+        cases = [((128, 16), (1, 16), ()), ((128, 16), (128, 1), ()), ((3, 1000), (1000,), ()),
+                 ((8, 8), (8, 8), (4,)), ((6, 700), (1, 700), (2,)), ((40, 3), (), ()), ((300, 5), (1, 5), ())]
+        calls = (rt.normal_rsample, rt.laplace_rsample, lambda m, s, **kw: rt.normal_rsample_and_kl(m, s, **kw)[0])
+        for loc_shape, scale_shape, sample_shape in cases:
+            loc = torch.randn(loc_shape, generator=g).to(dtype)
+            raw = (0.3 * torch.randn(scale_shape, generator=g)).to(dtype)
+            for mu in (loc, loc.t().contiguous().t()):  # contiguous and transposed
+                shape = torch.broadcast_shapes(mu.shape, raw.shape)
+                full_mu, full_raw = mu.expand(shape).contiguous(), raw.expand(shape).contiguous()
+                for call in calls:
+                    case = (loc_shape, scale_shape, sample_shape, mu.is_contiguous())
+                    a = (mu.clone().requires_grad_(), raw.clone().requires_grad_())
+                    z = call(*a, sample_shape=sample_shape, seed=21)
+                    assert torch.equal(_bits(z), _bits(call(full_mu, full_raw, sample_shape=sample_shape, seed=21))), case
+                    weight = torch.randn(z.shape, generator=g).to(dtype)
+                    strided = torch.empty(*z.shape, 2, dtype=dtype)[..., 0]
+                    strided.copy_(weight)  # the same values, not contiguous: the row-by-row reduction
+                    fast = torch.autograd.grad(z, a, weight, retain_graph=True)
+                    slow = torch.autograd.grad(z, a, strided)
+                    for f, w in zip(fast, slow):
+                        assert torch.equal(_bits(f), _bits(w)), case
+    finally:
+        rt.set_saved_noise_limit(previous)

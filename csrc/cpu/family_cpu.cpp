@@ -5,8 +5,9 @@
 // The element loops live in the row kernels (row_kernels_impl.h, formulas
 // from ../formulas.h), compiled per instruction set. This file walks the
 // tensors: a TensorIterator for the elementwise cases (any strides,
-// broadcasting, sample_shape as stride-0 views, nothing materialised) and its
-// own walk for the backward's reduction over broadcast dimensions. The stream
+// broadcasting, sample_shape as stride-0 views, nothing materialised except
+// where its rows would be short, run_elementwise) and its own walk for the
+// backward's reduction over broadcast dimensions. The stream
 // index of an element is its position in the contiguous output, so no value
 // depends on how the work is split.
 #include <ATen/ATen.h>
@@ -36,14 +37,21 @@ at::Tensor expand_to(const at::Tensor& t, at::IntArrayRef shape) {
   return t.sizes() == shape ? t : t.expand(shape);
 }
 
-// Whether every tensor is contiguous with the first output's shape and dtype:
-// the common case (no broadcasting, no sample_shape), which needs no TensorIterator.
-bool plain_rows(at::ArrayRef<at::Tensor> outs, at::ArrayRef<at::Tensor> ins) {
+// Whether the outputs are contiguous with the first one's shape and dtype.
+bool plain_outputs(at::ArrayRef<at::Tensor> outs) {
   const at::Tensor& first = outs[0];
-  const auto same = [&](const at::Tensor& t) {
+  return std::all_of(outs.begin(), outs.end(), [&](const at::Tensor& t) {
     return t.sizes() == first.sizes() && t.scalar_type() == first.scalar_type() && t.is_contiguous();
-  };
-  return std::all_of(outs.begin(), outs.end(), same) && std::all_of(ins.begin(), ins.end(), same);
+  });
+}
+
+// How the single row below reads an input viewed with the output's shape and dtype: 1 where it is
+// contiguous, 0 where it is one value (a scalar expanded: every stride 0), -1 where it cannot.
+int64_t row_step(const at::Tensor& in, const at::Tensor& first) {
+  if (in.sizes() != first.sizes() || in.scalar_type() != first.scalar_type()) return -1;
+  if (in.is_contiguous()) return 1;
+  const auto strides = in.strides();
+  return std::all_of(strides.begin(), strides.end(), [](int64_t stride) { return stride == 0; }) ? 0 : -1;
 }
 
 // How many elements the TensorIterator below would hand the row kernel per call: the innermost
@@ -67,14 +75,18 @@ int64_t linear_run(at::ArrayRef<at::Tensor> outs, at::ArrayRef<at::Tensor> ins) 
 // Below this run, and from kManyShortRuns runs on, the row kernel's fixed cost per call (about 60 ns:
 // the stream's block set-up, the vector tails) outweighs copying the broadcast inputs (about a
 // microsecond at small sizes): a per-feature scale of shape (1, 16) beside a (128, 16) location came as
-// 128 calls of 16 elements, 10.6 us against 3.8 for the same call with a (128, 16) scale.
+// 128 calls of 16 elements, 10.6 us against 3.8 for the same call with a (128, 16) scale. The copy is
+// as large as the output, so only up to kMostCopied elements; larger calls keep the strided walk.
 constexpr int64_t kShortRun = 512;
 constexpr int64_t kManyShortRuns = 16;
+constexpr int64_t kMostCopied = int64_t(1) << 20;
+constexpr int64_t kShortKeptCall = 64;  // the backward's counterpart (reduce_backward)
 
 // Runs `formula` over contiguous outputs (1 or 2, same shape) and inputs
 // viewed with their shape (1 to 3; expanded views broadcast without copies,
-// except where the walk would run in short rows: then copied contiguous,
-// which gives the same values, since they depend on the stream index only).
+// except where the walk would run in short rows: then the inputs that are
+// neither contiguous nor one value are copied contiguous, which gives the same
+// values, since they depend on the stream index only).
 // The noise comes from `saved` where it is defined, else from the stream, and
 // is written to `keep` where that is defined (both contiguous float32 with
 // the outputs' element count, indexed like the stream: RowOperands).
@@ -86,7 +98,14 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
   const RowKernels& kernels = active_row_kernels();
   const float* saved = noise_io.saved.defined() ? noise_io.saved.const_data_ptr<float>() : nullptr;
   float* keep = noise_io.keep.defined() ? noise_io.keep.data_ptr<float>() : nullptr;
-  if (plain_rows(outs, ins)) {
+  const bool outputs_plain = plain_outputs(outs);
+  int64_t steps[3] = {-1, -1, -1};
+  bool rows = outputs_plain;
+  for (size_t k = 0; k < ins.size(); ++k) {
+    steps[k] = row_step(ins[k], first);
+    rows = rows && steps[k] >= 0;
+  }
+  if (rows) {
     // One row over all elements, split into ranges for the threads: an
     // element's value depends on its stream index only, not on the split.
     const int64_t esize = first.element_size();
@@ -95,8 +114,8 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
       RowOperands ops{};
       for (size_t k = 0; k < outs.size(); ++k) ops.out[k] = static_cast<char*>(outs[k].data_ptr()) + begin * esize;
       for (size_t k = 0; k < ins.size(); ++k) {
-        ops.in[k] = static_cast<const char*>(ins[k].const_data_ptr()) + begin * esize;
-        ops.in_stride[k] = 1;
+        ops.in[k] = static_cast<const char*>(ins[k].const_data_ptr()) + steps[k] * begin * esize;
+        ops.in_stride[k] = steps[k];
       }
       ops.noise_in = saved != nullptr ? saved + begin : nullptr;
       ops.noise_out = keep != nullptr ? keep + begin : nullptr;
@@ -108,13 +127,14 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
   const auto copyable = [&](const at::Tensor& t) {
     return t.scalar_type() == first.scalar_type() && t.sizes() == first.sizes();
   };
-  const int64_t run = linear_run(outs, ins);
-  if (run < kShortRun && first.numel() / run >= kManyShortRuns && std::all_of(ins.begin(), ins.end(), copyable) &&
-      plain_rows(outs, at::ArrayRef<at::Tensor>())) {
-    c10::SmallVector<at::Tensor, 3> copied;
-    for (const auto& i : ins) copied.push_back(i.contiguous());
-    run_elementwise(formula, scale, noise, key, outs, copied, noise_io);
-    return;
+  if (outputs_plain && first.numel() <= kMostCopied && std::all_of(ins.begin(), ins.end(), copyable)) {
+    const int64_t run = linear_run(outs, ins);
+    if (run < kShortRun && first.numel() / run >= kManyShortRuns) {
+      c10::SmallVector<at::Tensor, 3> copied;
+      for (size_t k = 0; k < ins.size(); ++k) copied.push_back(steps[k] >= 0 ? ins[k] : ins[k].contiguous());
+      run_elementwise(formula, scale, noise, key, outs, copied, noise_io);
+      return;
+    }
   }
   at::TensorIteratorConfig config;
   for (const auto& o : outs) config.add_output(o);
@@ -192,9 +212,11 @@ void unravel(const std::vector<Axis>& axes, int64_t index, int64_t& n, int64_t& 
 }
 
 // reduce_backward's sums for short kept rows: a part's rows r_begin .. r_end of `kept` elements each, one
-// run of the stream and of a contiguous grad_z, go through the row kernel in long pieces into a buffer
-// (0 + g eps is the product itself, and 0 + g is g) and are then added to the sums row after row, the
-// order of the row-by-row calls: the same bits, at one call per 4096 elements instead of one per row.
+// run of the stream and of a contiguous grad_z, go through the row kernel in long pieces into a zeroed
+// buffer and are then added to the sums row after row, the order of the row-by-row calls, at one call
+// per 4096 elements instead of one per row. +0 + p is p except for p = -0, which becomes +0; the sums
+// start at +0 and so never hold -0 either way: the same bits, except a NaN's sign and payload where two
+// NaNs meet (the row kernel's add keeps the product's, this one the sum's).
 template <class Acc>
 void add_short_rows(const RowKernels& kernels, Storage storage, NoiseKind noise, StreamKey key, int64_t kept,
                     int64_t r_begin, int64_t r_end, const char* grad_base, int64_t grad_size, const float* saved,
@@ -267,9 +289,11 @@ std::tuple<at::Tensor, at::Tensor> reduce_backward(const at::Tensor& grad_z, con
   const Axis kept_inner = kept.empty() ? Axis{1, 0, 0} : kept.back();
   const Axis reduced_inner = reduced.empty() ? Axis{1, 0, 0} : reduced.back();
 
-  // A per-feature scale of (1, K) beside (R, K), K short: by the loops below one row kernel call per
-  // row of K (or of the part of it an item takes), 188 us at (4096, 16) against 34 without broadcasting.
-  const bool short_kept_rows = inner_kept && kept.size() == 1 && reduced.size() == 1 && kept_count < kShortRun &&
+  // A per-feature scale of (1, K) beside (R, K): the loops below call the row kernel on the kept_per_item
+  // elements of one row at a time, 4 at (4096, 16), 188 us against 34 without broadcasting. Below
+  // kShortKeptCall elements a call, the rows go in long pieces instead (on the parts' threads only).
+  const bool short_kept_rows = inner_kept && kept.size() == 1 && reduced.size() == 1 &&
+                               kept_per_item < kShortKeptCall &&
                                kept[0].n_stride == 1 && kept[0].g_stride == 1 &&
                                reduced[0].n_stride == kept_count && reduced[0].g_stride == kept_count;
   if (short_kept_rows) {
@@ -355,7 +379,7 @@ struct CpuDevice {
                           const host::NoiseTensors& noise_io = {}) {
     const bool streamed = noise != NoiseKind::None && !noise_io.saved.defined();
     const StreamKey key = streamed ? read_rng_state(rng_state) : StreamKey{0, 0};
-    c10::SmallVector<at::Tensor, 3> expanded;  // stride-0 views: broadcasting without copies or a heap block
+    c10::SmallVector<at::Tensor, 3> expanded;  // stride-0 views, no heap block (run_elementwise copies only short rows)
     for (const at::Tensor& t : ins) expanded.push_back(expand_to(t, outs[0].sizes()));
     run_elementwise(formula, scale, noise, key, outs, expanded, noise_io);
   }
