@@ -520,7 +520,8 @@ def test_short_broadcast_rows_long_rows_and_contiguous_inputs_give_the_same_bits
     try:
         g = torch.Generator().manual_seed(5)
         cases = [((128, 16), (1, 16), ()), ((128, 16), (128, 1), ()), ((3, 1000), (1000,), ()),
-                 ((8, 8), (8, 8), (4,)), ((6, 700), (1, 700), (2,)), ((40, 3), (), ()), ((300, 5), (1, 5), ())]
+                 ((8, 8), (8, 8), (4,)), ((6, 700), (1, 700), (2,)), ((40, 3), (), ()), ((300, 5), (1, 5), ()),
+                 ((1, 40), (1, 1), ())]
         calls = (rt.normal_rsample, rt.laplace_rsample, lambda m, s, **kw: rt.normal_rsample_and_kl(m, s, **kw)[0])
         for loc_shape, scale_shape, sample_shape in cases:
             loc = torch.randn(loc_shape, generator=g).to(dtype)

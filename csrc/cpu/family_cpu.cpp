@@ -50,8 +50,9 @@ bool plain_outputs(at::ArrayRef<at::Tensor> outs) {
 int64_t row_step(const at::Tensor& in, const at::Tensor& first) {
   if (in.sizes() != first.sizes() || in.scalar_type() != first.scalar_type()) return -1;
   if (in.is_contiguous()) return 1;
-  const auto strides = in.strides();
-  return std::all_of(strides.begin(), strides.end(), [](int64_t stride) { return stride == 0; }) ? 0 : -1;
+  for (int64_t d = 0; d < in.dim(); ++d)
+    if (in.size(d) > 1 && in.stride(d) != 0) return -1;
+  return 0;
 }
 
 // How many elements the TensorIterator below would hand the row kernel per call: the innermost
@@ -312,45 +313,46 @@ std::tuple<at::Tensor, at::Tensor> reduce_backward(const at::Tensor& grad_z, con
                                 saved, acc, location_acc, cache);
       }
     });
-  } else
-  at::parallel_for(0, parts * kept_items, 1, [&](int64_t begin, int64_t end) {
-    NoiseCache cache;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t part = item / kept_items;
-      const int64_t k_begin = (item % kept_items) * kept_per_item;
-      const int64_t k_end = std::min(kept_count, k_begin + kept_per_item);
-      const int64_t r_begin = part * reduced_per_part;
-      const int64_t r_end = std::min(reduced_count, r_begin + reduced_per_part);
-      char* acc = partial_base + part * kept_count * acc_size;
-      char* location_acc = with_location ? location_base + part * kept_count * acc_size : nullptr;
-      int64_t nk, gk, nr, gr;
-      if (inner_kept) {  // runs along the innermost kept dimension
-        for (int64_t r = r_begin; r < r_end; ++r) {
-          unravel(reduced, r, nr, gr);
-          for (int64_t k = k_begin; k < k_end;) {
-            const int64_t len = std::min(k_end - k, kept_inner.size - k % kept_inner.size);
-            unravel(kept, k, nk, gk);
-            kernels.noise_dot(storage, static_cast<int32_t>(noise), key, nk + nr, len, grad_base + (gk + gr) * grad_size, kept_inner.g_stride,
-                              acc + k * acc_size, 1, &cache, saved != nullptr ? saved + nk + nr : nullptr,
-                              with_location ? location_acc + k * acc_size : nullptr);
-            k += len;
-          }
-        }
-      } else {  // runs along the innermost reduced dimension, summed
-        for (int64_t k = k_begin; k < k_end; ++k) {
-          unravel(kept, k, nk, gk);
-          for (int64_t r = r_begin; r < r_end;) {
-            const int64_t len = std::min(r_end - r, reduced_inner.size - r % reduced_inner.size);
+  } else {
+    at::parallel_for(0, parts * kept_items, 1, [&](int64_t begin, int64_t end) {
+      NoiseCache cache;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t part = item / kept_items;
+        const int64_t k_begin = (item % kept_items) * kept_per_item;
+        const int64_t k_end = std::min(kept_count, k_begin + kept_per_item);
+        const int64_t r_begin = part * reduced_per_part;
+        const int64_t r_end = std::min(reduced_count, r_begin + reduced_per_part);
+        char* acc = partial_base + part * kept_count * acc_size;
+        char* location_acc = with_location ? location_base + part * kept_count * acc_size : nullptr;
+        int64_t nk, gk, nr, gr;
+        if (inner_kept) {  // runs along the innermost kept dimension
+          for (int64_t r = r_begin; r < r_end; ++r) {
             unravel(reduced, r, nr, gr);
-            kernels.noise_dot(storage, static_cast<int32_t>(noise), key, nk + nr, len, grad_base + (gk + gr) * grad_size, reduced_inner.g_stride,
-                              acc + k * acc_size, 0, &cache, saved != nullptr ? saved + nk + nr : nullptr,
-                              with_location ? location_acc + k * acc_size : nullptr);
-            r += len;
+            for (int64_t k = k_begin; k < k_end;) {
+              const int64_t len = std::min(k_end - k, kept_inner.size - k % kept_inner.size);
+              unravel(kept, k, nk, gk);
+              kernels.noise_dot(storage, static_cast<int32_t>(noise), key, nk + nr, len, grad_base + (gk + gr) * grad_size, kept_inner.g_stride,
+                                acc + k * acc_size, 1, &cache, saved != nullptr ? saved + nk + nr : nullptr,
+                                with_location ? location_acc + k * acc_size : nullptr);
+              k += len;
+            }
+          }
+        } else {  // runs along the innermost reduced dimension, summed
+          for (int64_t k = k_begin; k < k_end; ++k) {
+            unravel(kept, k, nk, gk);
+            for (int64_t r = r_begin; r < r_end;) {
+              const int64_t len = std::min(r_end - r, reduced_inner.size - r % reduced_inner.size);
+              unravel(reduced, r, nr, gr);
+              kernels.noise_dot(storage, static_cast<int32_t>(noise), key, nk + nr, len, grad_base + (gk + gr) * grad_size, reduced_inner.g_stride,
+                                acc + k * acc_size, 0, &cache, saved != nullptr ? saved + nk + nr : nullptr,
+                                with_location ? location_acc + k * acc_size : nullptr);
+              r += len;
+            }
           }
         }
       }
-    }
-  });
+    });
+  }
 
   at::Tensor sp = scale_param.contiguous();
   at::Tensor grad_sp = at::detail::empty_cpu(scale_param.sizes(), scale_param.options());
