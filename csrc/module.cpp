@@ -29,6 +29,7 @@
 #include <optional>
 
 #include "autograd.h"
+#include "cpu/cpu_common.h"
 #include "cpu/row_kernels.h"
 #include "family_common.h"
 #include "kinds.h"
@@ -93,21 +94,6 @@ bool plain_cpu_tensor(const at::Tensor& t, bool any_strides = false) {
          !t.is_conj() && !t.is_neg();
 }
 
-// How many values a tensor shows, each once, when it is a contiguous tensor expanded along stride-0
-// dimensions (broadcast_all makes a number beside a tensor a 0-d tensor expanded to its shape): the
-// values then lie one after another from its data pointer. nullopt for any other layout.
-std::optional<int64_t> distinct_values(const at::Tensor& t) {
-  if (t.numel() == 0) return 0;  // whatever its strides (torch.empty(3, 0) has (1, 1))
-  int64_t expected_stride = 1;
-  for (int64_t dim = t.dim() - 1; dim >= 0; --dim) {
-    const int64_t size = t.size(dim), stride = t.stride(dim);
-    if (size == 1 || stride == 0) continue;
-    if (stride != expected_stride) return std::nullopt;
-    expected_stride *= size;
-  }
-  return expected_stride;
-}
-
 // Whether a float32/float64 tensor (contiguous, or expanded from one) leaves the domain; nullopt for
 // other dtypes and layouts. The row kernels' vectorised scan, split across threads past
 // kDomainCheckGrain elements (a pass over a 2^22 tensor took a third of the fused forward's time as a
@@ -117,7 +103,7 @@ constexpr int64_t kDomainCheckGrain = int64_t(1) << 16;
 std::optional<bool> domain_violated(const at::Tensor& t, rtrick::cpu::ValueDomain domain) {
   const bool f64 = t.scalar_type() == at::kDouble;
   if (!f64 && t.scalar_type() != at::kFloat) return std::nullopt;
-  const std::optional<int64_t> count = distinct_values(t);
+  const std::optional<int64_t> count = rtrick::cpu::distinct_values(t);
   if (!count) return std::nullopt;
   const auto& kernels = rtrick::cpu::active_row_kernels();
   const char* values = static_cast<const char*>(t.const_data_ptr());
@@ -188,14 +174,6 @@ PyObject* constraint_violated(PyObject*, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
-// How order_violated steps through one side: 1 where it is contiguous, 0 where it is one value expanded
-// (read at 0 only, never past it), nullopt for any other layout.
-std::optional<int64_t> element_step(const at::Tensor& t) {
-  if (t.is_contiguous()) return 1;
-  if (distinct_values(t) == 1) return 0;
-  return std::nullopt;
-}
-
 // order_violated(low, high): whether two float32/float64 CPU tensors of one shape and dtype, each
 // contiguous or one value expanded (Uniform(0.0, high): broadcast_all's view of the number), have an
 // element where low < high fails (NaN in either included): Uniform's constraints, which torch checks as
@@ -221,7 +199,7 @@ PyObject* order_violated(PyObject*, PyObject* args) {
   if (!plain_cpu_tensor(low, /*any_strides=*/true) || !plain_cpu_tensor(high, /*any_strides=*/true) ||
       low.sizes() != high.sizes() || low.scalar_type() != high.scalar_type())
     Py_RETURN_NONE;
-  const std::optional<int64_t> low_step = element_step(low), high_step = element_step(high);
+  const std::optional<int64_t> low_step = rtrick::cpu::element_step(low), high_step = rtrick::cpu::element_step(high);
   if (!low_step || !high_step) Py_RETURN_NONE;
   // both one value: one comparison
   const int64_t count = (*low_step == 0 && *high_step == 0) ? std::min<int64_t>(1, low.numel()) : low.numel();
@@ -407,7 +385,7 @@ std::optional<FastInputs> fast_inputs(PyObject* first_obj, PyObject* second_obj,
     // contiguous copy, about a microsecond at 2^12 elements, where the Python path costs tens; an expanded
     // one (a number broadcast beside the location) where it lies.
     at::Tensor scanned;
-    if (distinct_values(second)) {
+    if (rtrick::cpu::distinct_values(second)) {
       scanned = second;
     } else {
       at::NoGradGuard no_grad;

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "row_kernels.h"
 
 namespace rtrick {
@@ -23,6 +25,29 @@ inline StreamKey read_rng_state(const at::Tensor& rng_state) {
   const auto state = rng_state.contiguous();
   const int64_t* v = state.data_ptr<int64_t>();
   return StreamKey{static_cast<uint64_t>(v[0]), static_cast<uint64_t>(v[1])};
+}
+
+// How many values a tensor shows, each once, when it is a contiguous tensor expanded along stride-0
+// dimensions (broadcast_all makes a number beside a tensor a 0-d tensor expanded to its shape): the
+// values then lie one after another from its data pointer. nullopt for any other layout.
+inline std::optional<int64_t> distinct_values(const at::Tensor& t) {
+  if (t.numel() == 0) return 0;  // whatever its strides (torch.empty(3, 0) has (1, 1))
+  int64_t expected_stride = 1;
+  for (int64_t dim = t.dim() - 1; dim >= 0; --dim) {
+    const int64_t size = t.size(dim), stride = t.stride(dim);
+    if (size == 1 || stride == 0) continue;
+    if (stride != expected_stride) return std::nullopt;
+    expected_stride *= size;
+  }
+  return expected_stride;
+}
+
+// How a loop over a tensor's elements in order steps through its memory: 1 where it is contiguous, 0
+// where it holds one value (a scalar expanded: read at 0 only, never past it), nullopt otherwise.
+inline std::optional<int64_t> element_step(const at::Tensor& t) {
+  if (t.is_contiguous()) return 1;
+  if (distinct_values(t) == 1) return 0;
+  return std::nullopt;
 }
 
 }  // namespace cpu
