@@ -69,6 +69,21 @@ class CudaEventClock:
 
 
 
+def settle_allocator():
+    """Put glibc's malloc where a long-running process has it before anything is timed.
+
+    glibc serves a large block by mmap until freeing one raises the threshold to that block's size (up to
+    32 MiB) and the heap's trim threshold to twice it. A fresh process whose calls each free two 16 MiB
+    tensors together (uniform_rsample at 2^22: the width high - low and the output) sits at 16 and 32 MiB,
+    hands the heap back on every call and page-faults every page again: 29 ms a call against 7.7 once settled
+    (Zen 3, 2026-12-03, docs/performance.md). The first case of a run met that state and later cases, after
+    larger blocks had come and gone, did not. One freed block of 31 MiB (the largest that moves the
+    thresholds) settles it for both providers alike; other allocators ignore it."""
+    block = torch.empty(31 << 20, dtype=torch.uint8)
+    block.fill_(0)  # touched, as a tensor of that size would be
+    del block
+
+
 # ------------------------------------------------------------------ timed loops
 def measure(call, budget, clock=HostClock()):
     """Timed-region seconds of repeated calls; the repetition count fills about budget["seconds"]."""

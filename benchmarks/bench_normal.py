@@ -43,7 +43,7 @@ from rtrick_ops import _library
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_harness import (CudaEventClock, HostClock, append_csv, compile_keeping_validation,  # noqa: E402
                            cpu_environment, cpu_environment_line, cpu_model, csv_cell, measure, measure_alternating,
-                           select_cases, triton_version)
+                           select_cases, settle_allocator, triton_version)
 
 MODES = ("forward", "backward", "full")
 # Minimum memory traffic of the fused op, in tensors of numel elements, the same for every
@@ -637,6 +637,7 @@ def main():
     missing = []
     if setup.device == "cpu":
         clock = HostClock()
+        settle_allocator()
         print(environment_line(environment, setup))
         providers = make_providers()
     else:
