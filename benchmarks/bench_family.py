@@ -202,9 +202,9 @@ def main():
     numel = 2**(16 if args.quick else (args.size or (22 if args.device == "cpu" else 26)))
     dtypes = [getattr(torch, name) for name in (args.dtypes or setup.default_dtypes).split(",")]
     clock = harness.HostClock() if args.device == "cpu" else harness.CudaEventClock()
+    cases = harness.select_cases(parser, _cases(), args.cases)
     if args.device == "cpu":
         harness.settle_allocator()
-    cases = harness.select_cases(parser, _cases(), args.cases)
     device_name = harness.cpu_model() if args.device == "cpu" else torch.cuda.get_device_name()
     environment = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "device": device_name, "threads": args.threads,

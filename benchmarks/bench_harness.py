@@ -69,18 +69,25 @@ class CudaEventClock:
 
 
 
-def settle_allocator():
-    """Put glibc's malloc where a long-running process has it before anything is timed.
+# One block, freed, lifts glibc's thresholds (below); its chunk (the request, glibc's header and page
+# rounding) must stay within glibc's cap of 32 MiB for the free to move them, so 31 MiB keeps a margin.
+SETTLING_BLOCK_BYTES = 31 << 20
 
-    glibc serves a large block by mmap until freeing one raises the threshold to that block's size (up to
-    32 MiB) and the heap's trim threshold to twice it. A fresh process whose calls each free two 16 MiB
-    tensors together (uniform_rsample at 2^22: the width high - low and the output) sits at 16 and 32 MiB,
-    hands the heap back on every call and page-faults every page again: 29 ms a call against 7.7 once settled
-    (Zen 3, 2026-12-03, docs/performance.md). The first case of a run met that state and later cases, after
-    larger blocks had come and gone, did not. One freed block of 31 MiB (the largest that moves the
-    thresholds) settles it for both providers alike; other allocators ignore it."""
-    block = torch.empty(31 << 20, dtype=torch.uint8)
-    block.fill_(0)  # touched, as a tensor of that size would be
+
+def settle_allocator():
+    """Put glibc's malloc in the same state for every case before anything is timed.
+
+    glibc serves a block above its mmap threshold (128 KiB at first) by mmap, and freeing such a block raises
+    the threshold to that block's size (chunks up to 32 MiB) and the heap's trim threshold to twice it. A
+    process whose largest freed block so far is B, and whose calls each free two blocks of about B together
+    at the top of the heap, can hand the heap back on every call and page-fault every page again on the next:
+    rt.uniform_rsample at 2^22 (the width high - low, the output, and validation's 4 MiB mask) took 28-33 ms a
+    call against 7.2 ms settled (Zen 3, 2026-12-03, docs/performance.md). Whether a process falls into it
+    depends on its allocation history, so the first case of a run met it and later ones did not. After one
+    freed 31 MiB block the thresholds are 31 and 62 MiB for the rest of the run, for both providers alike; a
+    call freeing more than 62 MiB at once still trims, and blocks of 32 MiB or more are mmapped every time.
+    Harmless under jemalloc or tcmalloc, or where MALLOC_MMAP_THRESHOLD_ fixes glibc's threshold."""
+    block = torch.empty(SETTLING_BLOCK_BYTES, dtype=torch.uint8)
     del block
 
 
