@@ -504,6 +504,12 @@ def test_kernels_use_the_threads_torch_is_given():
         torch.set_num_threads(threads)
 
 
+# A broadcast gradient against the same-shape call's per-element terms summed in float64: relative to the
+# sum of |terms|, the terms' own rounding in the dtype plus the kernel's accumulation (half types sum in
+# float32 and round once).
+SUM_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2**-9, torch.bfloat16: 2**-6}
+
+
 def _bits(t):
     return t.contiguous().view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
@@ -541,5 +547,14 @@ def test_short_broadcast_rows_long_rows_and_contiguous_inputs_give_the_same_bits
                     slow = torch.autograd.grad(z, a, strided)
                     for f, w in zip(fast, slow):
                         assert torch.equal(_bits(f), _bits(w)), case
+                    # and both are the same-shape call's gradients summed over the broadcast dimensions, to
+                    # within the rounding of the dtype's per-element terms
+                    b = (full_mu.clone().requires_grad_(), full_raw.clone().requires_grad_())
+                    full = torch.autograd.grad(call(*b, sample_shape=sample_shape, seed=21), b, weight)
+                    for f, terms, param in zip(fast, full, a):
+                        summed = terms.double().sum_to_size(param.shape)
+                        scale = terms.double().abs().sum_to_size(param.shape)
+                        assert f.shape == param.shape and f.dtype == param.dtype, case
+                        assert bool(((f.double() - summed).abs() <= SUM_TOLERANCE[dtype] * scale + 1e-30).all()), case
     finally:
         rt.set_saved_noise_limit(previous)
