@@ -636,6 +636,27 @@ def test_beta_gradient_accuracy_against_scipy():
     assert not bad, f"Beta dz/da, dz/db max relative error above {BETA_MAX_REL}: {bad}"
 
 
+def test_reference_gives_nan_where_its_series_or_fraction_reaches_its_cap(monkeypatch):
+    """An unconverged series or continued fraction is no answer: NaN, not the partial sum (a float64 Dirichlet row
+    [1.1, 1e30, 1.1] gave -1.5e247 where the kernel gives -2.3e-30). The caps are lowered so that the cases are cheap;
+    those that converge within them keep their values."""
+    f64 = dict(dtype=torch.float64)
+    alpha = torch.tensor([1e6, 2.0, 1e4, 1e6], **f64)
+    z = torch.tensor([0.99e6, 1.0, 1.02e4, 1.02e6], **f64)  # series (8,012 terms; ~15), fraction (74 terms; 9)
+    a, b = torch.tensor([1e6, 2.0], **f64), torch.tensor([1e6, 3.0], **f64)
+    x = torch.tensor([0.4999, 0.3], **f64)  # fraction: 535 terms; a few
+    uncapped = reference.gamma_dz_dalpha(alpha, z), reference.beta_dz_dab(a, b, x)
+    assert all(bool(t.isfinite().all()) for t in (uncapped[0], *uncapped[1]))
+    monkeypatch.setattr(reference, "SERIES_MAX_TERMS", 50)
+    monkeypatch.setattr(reference, "FRACTION_MAX_TERMS", 20)
+    capped = reference.gamma_dz_dalpha(alpha, z), reference.beta_dz_dab(a, b, x)
+    converged = torch.tensor([False, True, False, True])
+    assert torch.equal(capped[0].isnan(), ~converged)
+    assert torch.equal(capped[0][converged], uncapped[0][converged])
+    for got, want in zip(capped[1], uncapped[1]):
+        assert torch.equal(got.isnan(), torch.tensor([True, False])) and got[1] == want[1]
+
+
 def test_reference_gradients_agree_with_kernel():
     alpha = torch.tensor(ALPHAS, dtype=torch.float64).repeat_interleave(4)
     z = ops.gamma_rsample(alpha, state(5), [])
