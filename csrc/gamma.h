@@ -561,14 +561,27 @@ RT_HD double bits_double(int64_t i) {
 // Every backend must use the same count for the same bits.
 constexpr int kQuadratureLanes = 8;
 #if defined(RT_VECTOR_QUADRATURE)
-typedef double QuadratureDouble __attribute__((vector_size(kQuadratureLanes * sizeof(double))));
-typedef int64_t QuadratureBits __attribute__((vector_size(kQuadratureLanes * sizeof(double))));
+// The vector type holds one register's doubles, and kQuadratureLanes / kQuadratureVectorLanes of them make
+// up the 8 partial sums: a vector wider than the target's registers is lowered in pieces through memory
+// where it meets a select (exp_argument's ?: on 8 doubles became 128-bit and scalar moves on AVX2). The
+// row kernels' ISA switch (cpu/row_kernels_*.cpp) says which target this is; each node still goes into
+// partial sum i % 8 in the same order, so the bits do not change.
+#if defined(RT_PHILOX_AVX512)
+constexpr int kQuadratureVectorLanes = 8;
+#elif defined(RT_PHILOX_AVX2)
+constexpr int kQuadratureVectorLanes = 4;
+#else
+constexpr int kQuadratureVectorLanes = 8;  // SSE2 and NEON: as before (2 and 4 were slower on SSE2)
+#endif
+constexpr int kQuadratureVectors = kQuadratureLanes / kQuadratureVectorLanes;
+typedef double QuadratureDouble __attribute__((vector_size(kQuadratureVectorLanes * sizeof(double))));
+typedef int64_t QuadratureBits __attribute__((vector_size(kQuadratureVectorLanes * sizeof(double))));
 RT_HD QuadratureBits double_bits(QuadratureDouble x) { return reinterpret_cast<QuadratureBits>(x); }
 RT_HD QuadratureDouble bits_double(QuadratureBits i) { return reinterpret_cast<QuadratureDouble>(i); }
 RT_HD bool any_below(QuadratureDouble v, double bound) {
   const QuadratureBits below = v < bound;
   int64_t any = 0;
-  for (int lane = 0; lane < kQuadratureLanes; ++lane) any |= below[lane];
+  for (int lane = 0; lane < kQuadratureVectorLanes; ++lane) any |= below[lane];
   return any != 0;
 }
 #endif
@@ -747,9 +760,14 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
   // The searches visit span0 2^k for a few k around 0 (two on average): in lanes, the decay at k = -3 .. 4
   // comes from one vector evaluation (the same values as one by one: the products by powers of 2 are exact).
 #if defined(RT_VECTOR_QUADRATURE)
-  QuadratureDouble trial;
-  for (int lane = 0; lane < kQuadratureLanes; ++lane) trial[lane] = span * ::ldexp(1.0, lane - 3);
-  const QuadratureDouble trial_decay = beta_quadrature_decay(q, trial);
+  double trial_decay[kQuadratureLanes];
+  for (int v = 0; v < kQuadratureVectors; ++v) {
+    QuadratureDouble trial;
+    for (int lane = 0; lane < kQuadratureVectorLanes; ++lane)
+      trial[lane] = span * ::ldexp(1.0, v * kQuadratureVectorLanes + lane - 3);
+    const QuadratureDouble decay = beta_quadrature_decay(q, trial);
+    for (int lane = 0; lane < kQuadratureVectorLanes; ++lane) trial_decay[v * kQuadratureVectorLanes + lane] = decay[lane];
+  }
   auto decay_at = [&](int k, double s) { return k >= -3 && k <= 4 ? trial_decay[k + 3] : beta_quadrature_decay(q, s); };
 #else
   auto decay_at = [&](int, double s) { return beta_quadrature_decay(q, s); };
@@ -774,18 +792,21 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
   double lo = 0.0, hi = ::ldexp(span, 1 - panels);
   double ga[kQuadratureLanes] = {}, gb[kQuadratureLanes] = {};
 #if defined(RT_VECTOR_QUADRATURE)
-  QuadratureDouble va{}, vb{};
+  QuadratureDouble va[kQuadratureVectors] = {}, vb[kQuadratureVectors] = {};
 #endif
   for (int32_t p = 0; p < panels; ++p) {
     const double half = 0.5 * (hi - lo), mid = 0.5 * (hi + lo);
     for (int32_t block = 0; block < 32; block += kQuadratureLanes) {
 #if defined(RT_VECTOR_QUADRATURE)
-      QuadratureDouble node, weight;
-      for (int lane = 0; lane < kQuadratureLanes; ++lane) {
-        node[lane] = gl32_signed_node(block + lane);
-        weight[lane] = gl32_any_weight(block + lane);
+      RT_UNROLL_ALL
+      for (int v = 0; v < kQuadratureVectors; ++v) {
+        QuadratureDouble node, weight;
+        for (int lane = 0; lane < kQuadratureVectorLanes; ++lane) {
+          node[lane] = gl32_signed_node(block + v * kQuadratureVectorLanes + lane);
+          weight[lane] = gl32_any_weight(block + v * kQuadratureVectorLanes + lane);
+        }
+        beta_quadrature_add(q, mid + half * node, half * weight, va[v], vb[v]);
       }
-      beta_quadrature_add(q, mid + half * node, half * weight, va, vb);
 #else
       // Unrolled, so that the partial sums stay in registers on CUDA (an indexed array would go to local memory).
       RT_UNROLL_ALL
@@ -799,8 +820,8 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
   }
 #if defined(RT_VECTOR_QUADRATURE)
   for (int lane = 0; lane < kQuadratureLanes; ++lane) {
-    ga[lane] = va[lane];
-    gb[lane] = vb[lane];
+    ga[lane] = va[lane / kQuadratureVectorLanes][lane % kQuadratureVectorLanes];
+    gb[lane] = vb[lane / kQuadratureVectorLanes][lane % kQuadratureVectorLanes];
   }
 #endif
   return Grad2{-x * sum_of_lanes(ga), -x * sum_of_lanes(gb)};
