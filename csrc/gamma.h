@@ -549,9 +549,9 @@ RT_HD int64_t double_bits(double x) {
 RT_HD double bits_double(int64_t i) {
   union { double f; int64_t i; } v; v.i = i; return v.f;
 }
-// The nodes in 8 lanes of a GCC/Clang vector type on the CPU (compiled for the target of each row-kernel
-// table: AVX-512, AVX2, SSE2 or NEON), a loop of 8 on CUDA (and in its emulation, tests/cuda_emu, which
-// checks the two against each other bit for bit).
+// The nodes' 8 partial sums are lanes of GCC/Clang vector types on the CPU (one vector of 8, or two of 4 on
+// AVX2, below; compiled for the target of each row-kernel table: AVX-512, AVX2, SSE2 or NEON), a loop of 8
+// on CUDA (and in its emulation, tests/cuda_emu, which checks the two against each other bit for bit).
 #if !defined(__CUDA_ARCH__) && !defined(__CUDACC__) && (defined(__GNUC__) || defined(__clang__))
 #define RT_VECTOR_QUADRATURE 1
 #endif
@@ -561,18 +561,18 @@ RT_HD double bits_double(int64_t i) {
 // Every backend must use the same count for the same bits.
 constexpr int kQuadratureLanes = 8;
 #if defined(RT_VECTOR_QUADRATURE)
-// The vector type holds one register's doubles, and kQuadratureLanes / kQuadratureVectorLanes of them make
-// up the 8 partial sums: a vector wider than the target's registers is lowered in pieces through memory
-// where it meets a select (exp_argument's ?: on 8 doubles became 128-bit and scalar moves on AVX2). The
-// row kernels' ISA switch (cpu/row_kernels_*.cpp) says which target this is; each node still goes into
-// partial sum i % 8 in the same order, so the bits do not change.
-#if defined(RT_PHILOX_AVX512)
-constexpr int kQuadratureVectorLanes = 8;
-#elif defined(RT_PHILOX_AVX2)
+// On AVX2, GCC lowered the 8-double vector through memory where it met a select (exp_argument's ?: became
+// 128-bit and scalar moves: 40% of the backward's samples), so there the 8 partial sums are two vectors of
+// one register's 4 doubles (1.42 -> 0.89 us an element on a Zen 3, docs/performance.md, twenty-eighth
+// pass). Each node still goes into partial sum i % 8 in the same order: the same bits. The baseline table
+// keeps 8 (with GCC on SSE2, 2 and 4 were slower; NEON was not measured). The row kernels' ISA switch
+// (cpu/row_kernels_*.cpp) says which target this is.
+#if defined(RT_PHILOX_AVX2)
 constexpr int kQuadratureVectorLanes = 4;
 #else
-constexpr int kQuadratureVectorLanes = 8;  // SSE2 and NEON: as before (2 and 4 were slower on SSE2)
+constexpr int kQuadratureVectorLanes = 8;
 #endif
+static_assert(kQuadratureLanes % kQuadratureVectorLanes == 0, "the partial sums must fill whole vectors");
 constexpr int kQuadratureVectors = kQuadratureLanes / kQuadratureVectorLanes;
 typedef double QuadratureDouble __attribute__((vector_size(kQuadratureVectorLanes * sizeof(double))));
 typedef int64_t QuadratureBits __attribute__((vector_size(kQuadratureVectorLanes * sizeof(double))));
@@ -671,7 +671,7 @@ RT_HD T log1p_plain(T y) {
 // em = expm1(-s) and ly = log1p(y). Below 0.1 the defects are their series: sum_{k>=2} (-s)^k / k!, nested
 // as (s^2 / 2)(1 - (s / 3)(1 - ...)), whose terms past k = 13 are below 1e-22 of it, and y^2 times
 // log1p_defect_series. Lanes select per lane, and sum a series only when one of them needs it (the nodes
-// come in ascending order, so most groups of 8 need none: 7% faster in a loop over beta_dz_dab).
+// come in ascending order, so most vectors need none: 7% faster with vectors of 8 in a loop over beta_dz_dab).
 template <class T>
 RT_HD T expm1_defect(T s, T em) {
   T series{};
@@ -746,8 +746,8 @@ RT_HD double sum_of_lanes(double* v) {
 // large products. For a >= kBetaSeriesMaxA: the integrand falls at least like
 // e^(-a s), and its coefficients are not the 1/a-sized terms that cancel in
 // the small-a integral (the series side handles those). The nodes are summed
-// into 8 partial sums, node i into i % 8: 8 vector lanes on the CPU's AVX2
-// and AVX-512 kernels, a loop elsewhere, the same bits.
+// into 8 partial sums, node i into i % 8: vector lanes on the CPU (one vector
+// of 8, two of 4 on AVX2), a loop on CUDA, the same bits.
 RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double n, double m) {
   BetaQuadrature q;
   q.r = x / y;
@@ -758,7 +758,8 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
   const double gauss = 8.0 / ::sqrt(a);
   double span = q.lin + 1.0 > 45.0 / gauss ? 45.0 / (q.lin + 1.0) : gauss;
   // The searches visit span0 2^k for a few k around 0 (two on average): in lanes, the decay at k = -3 .. 4
-  // comes from one vector evaluation (the same values as one by one: the products by powers of 2 are exact).
+  // comes from one evaluation of the vectors (the same values as one by one: the products by powers of 2 are
+  // exact).
 #if defined(RT_VECTOR_QUADRATURE)
   double trial_decay[kQuadratureLanes];
   for (int v = 0; v < kQuadratureVectors; ++v) {

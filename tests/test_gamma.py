@@ -155,15 +155,15 @@ def test_gamma_gradient_lanes_give_the_scalar_loops_bits():
 def test_beta_gradient_lanes_give_the_scalar_loops_bits():
     """The AVX2 and AVX-512 row kernels sum the Beta gradient's Gauss series (both derivatives) 4 elements at a
     time, queued by the series' x, each lane stopping at its own last term; the portable table runs gamma.h's
-    scalar beta_grad_term (as CUDA does, except the quadrature's nodes, 8-lane vectors on every CPU table, which
-    the CUDA emulation checks against CUDA's loop). Every element's (dz/da, dz/db) term must be the same bits on
+    scalar beta_grad_term (as CUDA does, except the quadrature's nodes, in vector lanes on every CPU table: one
+    vector of 8, two of 4 on AVX2; the CUDA emulation checks them against CUDA's loop). Every element's (dz/da, dz/db) term must be the same bits on
     every ISA: z on either side of the crossover, the quadrature (a parameter of 100 or more on the series' side),
     small a on dz/db's side (the difference series, scalar), zero grads, NaN, infinite and zero parameters,
     z at 0 and 1, broadcast parameters, every dtype."""
     g = torch.Generator().manual_seed(12)
     n = 2003
-    # The quadrature (posterior-sized pairs): its nodes run in 8 vector lanes on every CPU table, and the CUDA
-    # emulation compares them with CUDA's loop of 8 (gamma.h).
+    # The quadrature (posterior-sized pairs): its nodes run in vector lanes on every CPU table (8 partial sums,
+    # two vectors of 4 on AVX2), and the CUDA emulation compares them with CUDA's loop of 8 (gamma.h).
     big_a = torch.rand(300, generator=g, dtype=torch.float64) * 900 + 100
     big_b = torch.rand(300, generator=g, dtype=torch.float64) * 900 + 100
     a = torch.cat([torch.rand(n, generator=g, dtype=torch.float64) * 4 + 0.01, big_a,
@@ -638,23 +638,43 @@ def test_beta_gradient_accuracy_against_scipy():
 
 def test_reference_gives_nan_where_its_series_or_fraction_reaches_its_cap(monkeypatch):
     """An unconverged series or continued fraction is no answer: NaN, not the partial sum (a float64 Dirichlet row
-    [1.1, 1e30, 1.1] gave -1.5e247 where the kernel gives -2.3e-30). The caps are lowered so that the cases are cheap;
-    those that converge within them keep their values."""
+    [1.1, 1e30, 1.1] gave -1.5e247 where the kernel gives -2.3e-30). The caps are lowered so that the cases are cheap,
+    and differ (50 and 30) with cases between them, so that each loop is shown to read its own cap; those that
+    converge within them keep their values. The terms each case needs were counted with the caps raised one by one."""
     f64 = dict(dtype=torch.float64)
-    alpha = torch.tensor([1e6, 2.0, 1e4, 1e6], **f64)
-    z = torch.tensor([0.99e6, 1.0, 1.02e4, 1.02e6], **f64)  # series (8,012 terms; ~15), fraction (74 terms; 9)
-    a, b = torch.tensor([1e6, 2.0], **f64), torch.tensor([1e6, 3.0], **f64)
-    x = torch.tensor([0.4999, 0.3], **f64)  # fraction: 535 terms; a few
+    # Gamma: series 8,012 / 48 terms (NaN / kept under 50, NaN under 30); fraction 40 / 9 (NaN under 30, kept under 50)
+    alpha = torch.tensor([1e6, 20.0, 100.0, 1e6], **f64)
+    z = torch.tensor([0.99e6, 19.0, 103.0, 1.02e6], **f64)
+    gamma_kept = torch.tensor([False, True, False, True])
+    # Beta fraction: 404 / 40 (NaN under 30, kept under 50) / 28 / 5 terms
+    a, b = torch.tensor([1e6, 300.0, 100.0, 2.0], **f64), torch.tensor([1e6, 300.0, 100.0, 3.0], **f64)
+    x = torch.tensor([0.4999, 0.4999, 0.4999, 0.3], **f64)
+    beta_kept = torch.tensor([False, False, True, True])
     uncapped = reference.gamma_dz_dalpha(alpha, z), reference.beta_dz_dab(a, b, x)
     assert all(bool(t.isfinite().all()) for t in (uncapped[0], *uncapped[1]))
     monkeypatch.setattr(reference, "SERIES_MAX_TERMS", 50)
-    monkeypatch.setattr(reference, "FRACTION_MAX_TERMS", 20)
+    monkeypatch.setattr(reference, "FRACTION_MAX_TERMS", 30)
     capped = reference.gamma_dz_dalpha(alpha, z), reference.beta_dz_dab(a, b, x)
-    converged = torch.tensor([False, True, False, True])
-    assert torch.equal(capped[0].isnan(), ~converged)
-    assert torch.equal(capped[0][converged], uncapped[0][converged])
+    assert torch.equal(capped[0].isnan(), ~gamma_kept)
+    assert torch.equal(capped[0][gamma_kept], uncapped[0][gamma_kept])
     for got, want in zip(capped[1], uncapped[1]):
-        assert torch.equal(got.isnan(), torch.tensor([True, False])) and got[1] == want[1]
+        assert torch.equal(got.isnan(), ~beta_kept) and torch.equal(got[beta_kept], want[beta_kept])
+
+
+def test_reference_fractions_in_one_loop_give_each_elements_own_bits():
+    """The Beta's five continued fractions (and the Gamma's three) run as one loop on concatenated inputs: an element
+    that converges early must keep the bits it has alone, however long the others run."""
+    f64 = dict(dtype=torch.float64)
+    a = torch.tensor([2.0, 300.0, 0.7, 1e4], **f64)
+    b = torch.tensor([3.0, 300.0, 5.0, 20.0], **f64)
+    x = torch.tensor([0.3, 0.4999, 0.01, 0.99], **f64)
+    together = reference._betacf(a, b, x)
+    alone = torch.cat([reference._betacf(a[i:i + 1], b[i:i + 1], x[i:i + 1]) for i in range(4)])
+    assert torch.equal(together, alone)
+    alpha, z = torch.tensor([1.5, 100.0, 1e4], **f64), torch.tensor([4.0, 103.0, 1.02e4], **f64)
+    together = reference._gamma_cf(alpha, z)
+    alone = torch.cat([reference._gamma_cf(alpha[i:i + 1], z[i:i + 1]) for i in range(3)])
+    assert torch.equal(together, alone)
 
 
 def test_reference_gradients_agree_with_kernel():
