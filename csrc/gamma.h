@@ -767,7 +767,8 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
     for (int lane = 0; lane < kQuadratureVectorLanes; ++lane)
       trial[lane] = span * ::ldexp(1.0, v * kQuadratureVectorLanes + lane - 3);
     const QuadratureDouble decay = beta_quadrature_decay(q, trial);
-    for (int lane = 0; lane < kQuadratureVectorLanes; ++lane) trial_decay[v * kQuadratureVectorLanes + lane] = decay[lane];
+    for (int lane = 0; lane < kQuadratureVectorLanes; ++lane)
+      trial_decay[v * kQuadratureVectorLanes + lane] = decay[lane];
   }
   auto decay_at = [&](int k, double s) { return k >= -3 && k <= 4 ? trial_decay[k + 3] : beta_quadrature_decay(q, s); };
 #else

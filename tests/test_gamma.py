@@ -156,10 +156,10 @@ def test_beta_gradient_lanes_give_the_scalar_loops_bits():
     """The AVX2 and AVX-512 row kernels sum the Beta gradient's Gauss series (both derivatives) 4 elements at a
     time, queued by the series' x, each lane stopping at its own last term; the portable table runs gamma.h's
     scalar beta_grad_term (as CUDA does, except the quadrature's nodes, in vector lanes on every CPU table: one
-    vector of 8, two of 4 on AVX2; the CUDA emulation checks them against CUDA's loop). Every element's (dz/da, dz/db) term must be the same bits on
-    every ISA: z on either side of the crossover, the quadrature (a parameter of 100 or more on the series' side),
-    small a on dz/db's side (the difference series, scalar), zero grads, NaN, infinite and zero parameters,
-    z at 0 and 1, broadcast parameters, every dtype."""
+    vector of 8, two of 4 on AVX2; the CUDA emulation checks them against CUDA's loop). Every element's (dz/da,
+    dz/db) term must be the same bits on every ISA: z on either side of the crossover, the quadrature (a parameter
+    of 100 or more on the series' side), small a on dz/db's side (the difference series, scalar), zero grads, NaN,
+    infinite and zero parameters, z at 0 and 1, broadcast parameters, every dtype."""
     g = torch.Generator().manual_seed(12)
     n = 2003
     # The quadrature (posterior-sized pairs): its nodes run in vector lanes on every CPU table (8 partial sums,
