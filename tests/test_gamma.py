@@ -154,18 +154,24 @@ def test_gamma_gradient_lanes_give_the_scalar_loops_bits():
 
 def test_beta_gradient_lanes_give_the_scalar_loops_bits():
     """The AVX2 and AVX-512 row kernels sum the Beta gradient's Gauss series (both derivatives) 4 elements at a
-    time, queued by the series' x, each lane stopping at its own last term; the portable table runs gamma.h's
-    scalar beta_grad_term (as CUDA does, except the quadrature's nodes, in vector lanes on every CPU table: one
-    vector of 8, two of 4 on AVX2; the CUDA emulation checks them against CUDA's loop). Every element's (dz/da,
-    dz/db) term must be the same bits on every ISA: z on either side of the crossover, the quadrature (a parameter
-    of 100 or more on the series' side), small a on dz/db's side (the difference series, scalar), zero grads, NaN,
-    infinite and zero parameters, z at 0 and 1, broadcast parameters, every dtype."""
+    time, queued by the series' x, each lane stopping at its own last term, and run the continued fraction 4
+    elements at a time the same way; the portable table runs gamma.h's scalar beta_grad_term (as CUDA does,
+    except the quadrature's nodes, in vector lanes on every CPU table: one vector of 8, two of 4 on AVX2; the
+    CUDA emulation checks them against CUDA's loop). Every element's (dz/da, dz/db) term must be the same bits on
+    every ISA: z on either side of the crossover, the continued fraction and the quadrature (a parameter of 100
+    or more on the series' side, a + b below and above 2e4), small a on dz/db's side (the difference series,
+    scalar), zero grads, NaN, infinite and zero parameters, z at 0 and 1, broadcast parameters, every dtype."""
     g = torch.Generator().manual_seed(12)
     n = 2003
-    # The quadrature (posterior-sized pairs): its nodes run in vector lanes on every CPU table (8 partial sums,
-    # two vectors of 4 on AVX2), and the CUDA emulation compares them with CUDA's loop of 8 (gamma.h).
+    # Posterior-sized pairs: the continued fraction (a + b up to 2e4), and above it the quadrature, whose nodes
+    # run in vector lanes on every CPU table (8 partial sums, two vectors of 4 on AVX2; the CUDA emulation
+    # compares them with CUDA's loop of 8, gamma.h).
     big_a = torch.rand(300, generator=g, dtype=torch.float64) * 900 + 100
     big_b = torch.rand(300, generator=g, dtype=torch.float64) * 900 + 100
+    # a + b on both sides of 2e4: the continued fraction (in lanes on AVX2 and AVX-512, queued by side) below,
+    # the quadrature above.
+    big_a = torch.cat([big_a, torch.rand(60, generator=g, dtype=torch.float64) * 4e3 + 8e3])
+    big_b = torch.cat([big_b, torch.rand(60, generator=g, dtype=torch.float64) * 4e3 + 8e3])
     a = torch.cat([torch.rand(n, generator=g, dtype=torch.float64) * 4 + 0.01, big_a,
                    torch.tensor([0.1, 150.0, 2.0, math.nan, math.inf, 0.0, 1e-30, 5.0], dtype=torch.float64)])
     b = torch.cat([torch.exp(torch.randn(n, generator=g, dtype=torch.float64) * 1.5), big_b,
@@ -194,16 +200,19 @@ def test_beta_gradient_lanes_give_the_scalar_loops_bits():
 
 def test_dirichlet_gradient_lanes_give_the_scalar_loops_bits():
     """The AVX2 and AVX-512 row kernels sum the Dirichlet marginals' Beta series 4 at a time (the lanes of the
-    test above), each lane stopping at its own last term; the portable table runs gamma.h's scalar
-    dirichlet_weighted_grad (as CUDA does; the quadrature's nodes are vectors on every CPU table). Every
-    element's term must be the same bits on every ISA: rows whose marginals fall on z's side and on 1 - z's,
-    the quadrature (alpha above 100), a rest below 0.25 on 1 - z's side (scalar), zero weights, NaN and
-    infinite concentrations, z at 0 and 1, part-filled queues, every dtype."""
+    test above), each lane stopping at its own last term, and their continued fractions 4 at a time (one
+    derivative, queued by side); the portable table runs gamma.h's scalar dirichlet_weighted_grad (as CUDA
+    does; the quadrature's nodes are vectors on every CPU table). Every element's term must be the same bits
+    on every ISA: rows whose marginals fall on z's side and on 1 - z's, the continued fraction and the
+    quadrature (alpha above 100, totals below and above 2e4), a rest below 0.25 on 1 - z's side (scalar),
+    zero weights, NaN and infinite concentrations, z at 0 and 1, part-filled queues, every dtype."""
     g = torch.Generator().manual_seed(11)
     rows = [torch.rand(301, 16, generator=g, dtype=torch.float64) + 0.5,
             torch.exp(torch.randn(203, 3, generator=g, dtype=torch.float64) * 2),
             torch.rand(150, 2, generator=g, dtype=torch.float64) * 5 + 0.01,
-            torch.rand(40, 7, generator=g, dtype=torch.float64) * 300 + 0.1]
+            torch.rand(40, 7, generator=g, dtype=torch.float64) * 300 + 0.1,
+            torch.rand(30, 16, generator=g, dtype=torch.float64) * 900 + 100,  # the continued fraction, both sides
+            torch.rand(30, 4, generator=g, dtype=torch.float64) * 4e3 + 4e3]  # a + b on both sides of 2e4
     edges = torch.tensor([[5.0, 0.1, 0.05, 1.0], [1e-30, 1.0, 2.0, 3.0], [200.0, 0.1, 0.2, 1.0],
                           [math.nan, 1.0, 1.0, 1.0], [math.inf, 1.0, 2.0, 1.0], [0.2, 0.2, 0.2, 0.2]],
                          dtype=torch.float64)

@@ -697,12 +697,14 @@ void gamma_grad_terms_entry(const double* grad, const double* alpha, const doubl
     out[temme.at[i]] = gamma_grad_term(grad[temme.at[i]], temme.a[i], temme.x[i]);
 }
 
-// One Beta gradient that beta_dz_dab would evaluate by its Gauss series, set up for beta_series_lanes:
-// the series' own (a, b, x, y) on the plan's side and its first term's factors da_0 and db_0 (gamma.h's
-// beta_series_start; a factor not asked for is 0 and its sum is discarded).
+// One Beta gradient that beta_dz_dab would evaluate by its Gauss series or its continued fraction, set up
+// for beta_series_lanes or beta_fraction_lanes: the series' own (a, b, x, y) on the plan's side and its first
+// term's factors da_0 and db_0 (gamma.h's beta_series_start; a factor not asked for is 0 and its sum is
+// discarded).
 struct BetaLane {
   double a, b, x, y, da0, db0;
-  int64_t swap;  // 1 - z's side, where z's (dz/da, dz/db) are the series' (-dz/db, -dz/da)
+  int64_t swap;      // 1 - z's side, where z's (dz/da, dz/db) are the series' (-dz/db, -dz/da)
+  int64_t fraction;  // by gamma.h's continued fraction (beta_fraction_lanes), not the series
 };
 // False where beta_dz_dab would take another path: edge values, the quadrature, or dz/db's small-a
 // difference series. a, b, z need not be checked by the caller.
@@ -710,15 +712,21 @@ bool beta_lane_setup(double a, double b, double z, bool need_a, bool need_b, Bet
   if (!(a > 0.0 && a < HUGE_VAL && b > 0.0 && b < HUGE_VAL && z > 0.0 && z < 1.0)) return false;
   const BetaPlan plan = beta_plan(a, b, z, need_b);
   const bool series_needs_b = plan.swap ? need_a : need_b;
-  if (!plan.series || (series_needs_b && (plan.swap ? b : a) < kBetaSeriesSmallA)) return false;
+  if (plan.fraction) {
+    lane.fraction = 1;
+  } else if (!plan.series || (series_needs_b && (plan.swap ? b : a) < kBetaSeriesSmallA)) {
+    return false;
+  } else {
+    lane.fraction = 0;
+  }
   // ln z serves dz/da on either side (the series' ln x on z's side, its ln y on 1 - z's), ln(1 - z) dz/db.
   const double y = 1.0 - z, lnz = need_a ? ::log(z) : 0.0, lny = need_b ? ::log1p(-z) : 0.0;
   if (plan.swap) {
     const BetaSeriesStart start = beta_series_start(b, a, lny, lnz, need_b, need_a);
-    lane = BetaLane{b, a, y, z, start.da, start.db, 1};
+    lane = BetaLane{b, a, y, z, start.da, start.db, 1, lane.fraction};
   } else {
     const BetaSeriesStart start = beta_series_start(a, b, lnz, lny, need_a, need_b);
-    lane = BetaLane{a, b, z, y, start.da, start.db, 0};
+    lane = BetaLane{a, b, z, y, start.da, start.db, 0, lane.fraction};
   }
   return true;
 }
@@ -774,6 +782,43 @@ void beta_series_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
   }
 }
 
+// gamma.h's beta_grad_fraction for kSeriesLanes elements at once: the same templates on vectors, each lane
+// stopping at its own last test (its sums frozen there), so each lane gets the scalar loop's bits. kDa, kDb:
+// the derivatives carried, as the scalar code carries them for the lanes' need flags (both for the Beta; for
+// the Dirichlet's marginal the one z's dz/da needs, so its queues hold lanes of one side each).
+template <bool kDa, bool kDb>
+void beta_fraction_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
+  LaneDouble va, vb, vab, vx, da0, db0;
+  for (int i = 0; i < kSeriesLanes; ++i) {
+    va[i] = lanes[i].a;
+    vb[i] = lanes[i].b;
+    vab[i] = lanes[i].a + lanes[i].b;
+    vx[i] = lanes[i].x;
+    da0[i] = lanes[i].da0;
+    db0[i] = lanes[i].db0;
+  }
+  BetaFraction<LaneDouble> f = beta_fraction_start<kDa, kDb>(va, vab, vx);
+  BetaFractionSums<LaneDouble> sums{}, kept{};
+  LaneMask active = LaneMask{} == 0;  // every lane
+  for (int32_t m = 1; m <= kBetaFractionMaxPairs; ++m) {
+    beta_fraction_pair<kDa, kDb>(f, va, vb, vab, vx, m);
+    if (m % kBetaFractionTestEvery != 0) continue;
+    const BetaFractionSums<LaneDouble> before = sums;
+    sums = beta_fraction_sums<kDa, kDb>(f, da0, db0);
+    kept.sum_a = active != 0 ? sums.sum_a : kept.sum_a;
+    kept.sum_b = active != 0 ? sums.sum_b : kept.sum_b;
+    active &= beta_fraction_moving<kDa, kDb>(sums, before);
+    int64_t live = 0;
+    for (int i = 0; i < kSeriesLanes; ++i) live |= active[i];
+    if (live == 0) break;
+  }
+  const LaneDouble sa = kept.sum_a, sb = kept.sum_b;
+  for (int i = 0; i < kSeriesLanes; ++i) {
+    sum_a[i] = kDa ? sa[i] : 0.0;
+    sum_b[i] = kDb ? sb[i] : 0.0;
+  }
+}
+
 // A lane group runs until its slowest lane stops, so lanes are queued by their series' x: past their
 // rise the terms fall like x^n, and a group mixing x = 0.02 (about 9 terms) with x = 0.4 (about 40)
 // would run the first for the second's count.
@@ -793,7 +838,13 @@ template <bool kBoth, class Finish>
 void run_beta_queue(BetaQueue& q, Finish& finish) {
   for (int k = q.filled; k < kSeriesLanes; ++k) q.lanes[k] = q.lanes[0];
   double sum_a[kSeriesLanes], sum_b[kSeriesLanes];
-  beta_series_lanes<kBoth>(q.lanes, sum_a, sum_b);
+  if (q.lanes[0].fraction && kBoth)
+    beta_fraction_lanes<true, true>(q.lanes, sum_a, sum_b);
+  else if (q.lanes[0].fraction)  // z's dz/da: dz/da on z's side, dz/db on 1 - z's
+    q.lanes[0].swap ? beta_fraction_lanes<false, true>(q.lanes, sum_a, sum_b)
+                    : beta_fraction_lanes<true, false>(q.lanes, sum_a, sum_b);
+  else
+    beta_series_lanes<kBoth>(q.lanes, sum_a, sum_b);
   for (int k = 0; k < q.filled; ++k) {
     const BetaLane& lane = q.lanes[k];
     const double scale = beta_series_scale(lane.a, lane.x, lane.y);
@@ -811,14 +862,14 @@ void beta_series_queued(int64_t len, Setup setup, Scalar scalar, Finish finish) 
     for (int64_t j = 0; j < len; ++j) scalar(j);
     return;
   }
-  BetaQueue queues[kLaneQueues];
+  BetaQueue queues[kLaneQueues + 2];  // the last two for the continued fraction, on z's side and on 1 - z's
   for (int64_t j = 0; j < len; ++j) {
     BetaLane lane;
     if (!setup(j, lane)) {
       scalar(j);
       continue;
     }
-    BetaQueue& q = queues[series_queue(lane.x)];
+    BetaQueue& q = queues[lane.fraction ? kLaneQueues + lane.swap : series_queue(lane.x)];
     q.lanes[q.filled] = lane;
     q.at[q.filled] = j;
     if (++q.filled == kSeriesLanes) run_beta_queue<kBoth>(q, finish);
@@ -827,8 +878,9 @@ void beta_series_queued(int64_t len, Setup setup, Scalar scalar, Finish finish) 
     if (q.filled > 0) run_beta_queue<kBoth>(q, finish);
 }
 
-// Beta's backward terms, gamma.h's beta_grad_term with the same bits: the Gauss series in lanes, every
-// other element (the quadrature, small a on dz/db's side, zero grads, edge values) by the scalar code.
+// Beta's backward terms, gamma.h's beta_grad_term with the same bits: the Gauss series and the continued
+// fraction in lanes, every other element (the quadrature, small a on dz/db's side, zero grads, edge values)
+// by the scalar code.
 void beta_grad_terms_entry(const double* grad, const double* a, const double* b, const double* z, int64_t len,
                            double* terms_a, double* terms_b) {
   beta_series_queued<true>(
@@ -848,7 +900,8 @@ void beta_grad_terms_entry(const double* grad, const double* a, const double* b,
 }
 
 // The Dirichlet backward's terms, gamma.h's dirichlet_weighted_grad with the same bits: each marginal's
-// dz/da by the lanes where beta_dz_dab would sum its series (alphas below 100 on the series' side).
+// dz/da by the lanes where beta_dz_dab would sum its series (alphas below 100 on the series' side) or its
+// continued fraction (above, with totals up to 2e4).
 void dirichlet_grad_terms_entry(const double* w, const double* alpha, const double* total_hi,
                                 const double* total_lo, const double* z, int64_t len, double* out) {
   beta_series_queued<false>(

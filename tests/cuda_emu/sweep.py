@@ -396,6 +396,18 @@ def sweep_gamma(s, quick):
             pa, pb, pz = (torch.cat(v).to(dtype) for v in ((big, small), (small, big), (1 - gap, gap)))
             s.run("beta_rsample_backward", (s.normal(pz.shape, dtype), pa, pb, pz),
                   f"beta_rsample_backward quadrature panels {dtype}")
+            # The continued fraction (gamma.h, beta_grad_fraction: posterior-sized parameters, a + b up to 2e4):
+            # CUDA's scalar loop against the CPU's lanes, bit for bit, for the Beta (both derivatives) and the
+            # Dirichlet's marginals (one), on both sides of the crossover and on both sides of a + b = 2e4.
+            fa, fb = (torch.cat([s.positive((60,), torch.float64, 100.0, 1000.0),
+                                 s.positive((20,), torch.float64, 8e3, 1.2e4)]) for _ in range(2))
+            fz = torch._sample_dirichlet(torch.stack([fa, fb], -1), generator=s.rng)[:, 0]
+            s.run("beta_rsample_backward", (s.normal(fz.shape, dtype), fa.to(dtype), fb.to(dtype), fz.to(dtype)),
+                  f"beta_rsample_backward continued fraction {dtype}")
+            rows = s.positive((12, 16), torch.float64, 100.0, 1000.0)
+            rz = torch._sample_dirichlet(rows, generator=s.rng)
+            s.run("dirichlet_rsample_backward", (s.normal(rz.shape, dtype), rows.to(dtype), rz.to(dtype)),
+                  f"dirichlet_rsample_backward continued fraction {dtype}")
         alpha = strided(s.positive((129,), dtype))
         s.run("gamma_rsample", (alpha, s.state(), []), f"gamma_rsample strided {dtype}")
         edges = torch.tensor([0.0, -1.0, math.nan, math.inf, 1e-30, 1e-45, 1e30, 1.0], dtype=torch.float64).to(dtype)
