@@ -712,21 +712,16 @@ bool beta_lane_setup(double a, double b, double z, bool need_a, bool need_b, Bet
   if (!(a > 0.0 && a < HUGE_VAL && b > 0.0 && b < HUGE_VAL && z > 0.0 && z < 1.0)) return false;
   const BetaPlan plan = beta_plan(a, b, z, need_b);
   const bool series_needs_b = plan.swap ? need_a : need_b;
-  if (plan.fraction) {
-    lane.fraction = 1;
-  } else if (!plan.series || (series_needs_b && (plan.swap ? b : a) < kBetaSeriesSmallA)) {
-    return false;
-  } else {
-    lane.fraction = 0;
-  }
+  if (!plan.fraction && (!plan.series || (series_needs_b && (plan.swap ? b : a) < kBetaSeriesSmallA))) return false;
+  const int64_t fraction = plan.fraction ? 1 : 0;
   // ln z serves dz/da on either side (the series' ln x on z's side, its ln y on 1 - z's), ln(1 - z) dz/db.
   const double y = 1.0 - z, lnz = need_a ? ::log(z) : 0.0, lny = need_b ? ::log1p(-z) : 0.0;
   if (plan.swap) {
     const BetaSeriesStart start = beta_series_start(b, a, lny, lnz, need_b, need_a);
-    lane = BetaLane{b, a, y, z, start.da, start.db, 1, lane.fraction};
+    lane = BetaLane{b, a, y, z, start.da, start.db, 1, fraction};
   } else {
     const BetaSeriesStart start = beta_series_start(a, b, lnz, lny, need_a, need_b);
-    lane = BetaLane{a, b, z, y, start.da, start.db, 0, lane.fraction};
+    lane = BetaLane{a, b, z, y, start.da, start.db, 0, fraction};
   }
   return true;
 }
@@ -838,13 +833,14 @@ template <bool kBoth, class Finish>
 void run_beta_queue(BetaQueue& q, Finish& finish) {
   for (int k = q.filled; k < kSeriesLanes; ++k) q.lanes[k] = q.lanes[0];
   double sum_a[kSeriesLanes], sum_b[kSeriesLanes];
-  if (q.lanes[0].fraction && kBoth)
-    beta_fraction_lanes<true, true>(q.lanes, sum_a, sum_b);
-  else if (q.lanes[0].fraction)  // z's dz/da: dz/da on z's side, dz/db on 1 - z's
-    q.lanes[0].swap ? beta_fraction_lanes<false, true>(q.lanes, sum_a, sum_b)
-                    : beta_fraction_lanes<true, false>(q.lanes, sum_a, sum_b);
-  else
+  if (!q.lanes[0].fraction)
     beta_series_lanes<kBoth>(q.lanes, sum_a, sum_b);
+  else if constexpr (kBoth)
+    beta_fraction_lanes<true, true>(q.lanes, sum_a, sum_b);
+  else if (q.lanes[0].swap)  // z's dz/da: the fraction's dz/db on 1 - z's side, its dz/da on z's
+    beta_fraction_lanes<false, true>(q.lanes, sum_a, sum_b);
+  else
+    beta_fraction_lanes<true, false>(q.lanes, sum_a, sum_b);
   for (int k = 0; k < q.filled; ++k) {
     const BetaLane& lane = q.lanes[k];
     const double scale = beta_series_scale(lane.a, lane.x, lane.y);
