@@ -962,19 +962,36 @@ RT_HD auto beta_fraction_moving(const BetaFractionSums<T>& now, const BetaFracti
   return moving;
 }
 
-template <bool kDa, bool kDb>
-RT_HD void beta_fraction_loop(double a, double b, double x, double da0, double db0, double& sum_a, double& sum_b) {
-  const double ab = a + b;
-  BetaFraction<double> f = beta_fraction_start<kDa, kDb>(a, ab, x);
-  BetaFractionSums<double> sums{};
+// Whether any lane of a mask is set: one element's bool, or an OR over a CPU vector mask's lanes.
+RT_HD bool any_lane(bool active) { return active; }
+template <class M>
+RT_HD bool any_lane(M active) {
+  int64_t any = 0;
+  for (int lane = 0; lane < static_cast<int>(sizeof(M) / sizeof(active[0])); ++lane) any |= active[lane];
+  return any != 0;
+}
+
+// The fraction's loop, one loop for one element (T double, M bool: the CUDA kernels and the portable table)
+// and for the CPU's lanes (T and M vectors, cpu/row_kernels_impl.h): each lane keeps its sums from its first
+// test that finds them settled and the group runs until every lane has, so the lanes get the one element's
+// bits by construction.
+template <bool kDa, bool kDb, class T, class M>
+RT_HD void beta_fraction_run(T a, T b, T x, T da0, T db0, T& sum_a, T& sum_b) {
+  const T ab = a + b;
+  BetaFraction<T> f = beta_fraction_start<kDa, kDb>(a, ab, x);
+  BetaFractionSums<T> sums{}, kept{};
+  M active = M{} == M{};  // every lane
   for (int32_t m = 1; m <= kBetaFractionMaxPairs; ++m) {
     beta_fraction_pair<kDa, kDb>(f, a, b, ab, x, m);
     if (m % kBetaFractionTestEvery != 0) continue;
-    const BetaFractionSums<double> before = sums;
+    const BetaFractionSums<T> before = sums;
     sums = beta_fraction_sums<kDa, kDb>(f, da0, db0);
-    if (!beta_fraction_moving<kDa, kDb>(sums, before)) break;
+    kept.sum_a = active != 0 ? sums.sum_a : kept.sum_a;
+    kept.sum_b = active != 0 ? sums.sum_b : kept.sum_b;
+    active &= beta_fraction_moving<kDa, kDb>(sums, before);
+    if (!any_lane(active)) break;
   }
-  sum_a = sums.sum_a, sum_b = sums.sum_b;
+  sum_a = kept.sum_a, sum_b = kept.sum_b;
 }
 // (dz/da, dz/db) from the fraction, arguments and result as beta_grad_series'.
 RT_HD Grad2 beta_grad_fraction(double a, double b, double x, double y, double lnx, double lny, bool need_a,
@@ -982,11 +999,11 @@ RT_HD Grad2 beta_grad_fraction(double a, double b, double x, double y, double ln
   const BetaSeriesStart start = beta_series_start(a, b, lnx, lny, need_a, need_b);
   double sum_a = 0.0, sum_b = 0.0;
   if (need_a && need_b)
-    beta_fraction_loop<true, true>(a, b, x, start.da, start.db, sum_a, sum_b);
+    beta_fraction_run<true, true, double, bool>(a, b, x, start.da, start.db, sum_a, sum_b);
   else if (need_a)
-    beta_fraction_loop<true, false>(a, b, x, start.da, start.db, sum_a, sum_b);
+    beta_fraction_run<true, false, double, bool>(a, b, x, start.da, start.db, sum_a, sum_b);
   else
-    beta_fraction_loop<false, true>(a, b, x, start.da, start.db, sum_a, sum_b);
+    beta_fraction_run<false, true, double, bool>(a, b, x, start.da, start.db, sum_a, sum_b);
   const double scale = beta_series_scale(a, x, y);
   return Grad2{need_a ? scale * sum_a : 0.0, need_b ? scale * sum_b : 0.0};
 }

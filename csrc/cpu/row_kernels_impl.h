@@ -583,9 +583,7 @@ void gamma_series_grad_lanes(const double* a, const double* x, double* out) {
     const LaneDouble abs_term = (LaneDouble)((LaneMask)term & magnitude);
     const LaneDouble abs_next = (LaneDouble)((LaneMask)next & magnitude);
     active &= abs_term > kGradEps * abs_next;
-    int64_t live = 0;
-    for (int i = 0; i < kSeriesLanes; ++i) live |= active[i];
-    if (live == 0) break;
+    if (!any_lane(active)) break;
   }
   for (int i = 0; i < kSeriesLanes; ++i) out[i] = -s[i];
 }
@@ -762,9 +760,7 @@ void beta_series_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
     sa = active != 0 ? sa + c * da : sa;
     csum = csum + c;
     active &= c * ratio > kGradEps * (1.0 - ratio) * csum;
-    int64_t live = 0;
-    for (int i = 0; i < kSeriesLanes; ++i) live |= active[i];
-    if (live == 0) break;
+    if (!any_lane(active)) break;
   }
   for (int i = 0; i < kSeriesLanes; ++i) {
     if constexpr (kBoth) {
@@ -777,37 +773,20 @@ void beta_series_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
   }
 }
 
-// gamma.h's beta_grad_fraction for kSeriesLanes elements at once: the same templates on vectors, each lane
-// stopping at its own last test (its sums frozen there), so each lane gets the scalar loop's bits. kDa, kDb:
-// the derivatives carried, as the scalar code carries them for the lanes' need flags (both for the Beta; for
-// the Dirichlet's marginal the one z's dz/da needs, so its queues hold lanes of one side each).
+// gamma.h's beta_grad_fraction for kSeriesLanes elements at once: its loop, beta_fraction_run, on vectors.
+// kDa, kDb: the derivatives carried, as the scalar code carries them for the lanes' need flags (both for the
+// Beta; for the Dirichlet's marginal the one z's dz/da needs, so its queues hold lanes of one side each).
 template <bool kDa, bool kDb>
 void beta_fraction_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
-  LaneDouble va, vb, vab, vx, da0, db0;
+  LaneDouble va, vb, vx, da0, db0, sa, sb;
   for (int i = 0; i < kSeriesLanes; ++i) {
     va[i] = lanes[i].a;
     vb[i] = lanes[i].b;
-    vab[i] = lanes[i].a + lanes[i].b;
     vx[i] = lanes[i].x;
     da0[i] = lanes[i].da0;
     db0[i] = lanes[i].db0;
   }
-  BetaFraction<LaneDouble> f = beta_fraction_start<kDa, kDb>(va, vab, vx);
-  BetaFractionSums<LaneDouble> sums{}, kept{};
-  LaneMask active = LaneMask{} == 0;  // every lane
-  for (int32_t m = 1; m <= kBetaFractionMaxPairs; ++m) {
-    beta_fraction_pair<kDa, kDb>(f, va, vb, vab, vx, m);
-    if (m % kBetaFractionTestEvery != 0) continue;
-    const BetaFractionSums<LaneDouble> before = sums;
-    sums = beta_fraction_sums<kDa, kDb>(f, da0, db0);
-    kept.sum_a = active != 0 ? sums.sum_a : kept.sum_a;
-    kept.sum_b = active != 0 ? sums.sum_b : kept.sum_b;
-    active &= beta_fraction_moving<kDa, kDb>(sums, before);
-    int64_t live = 0;
-    for (int i = 0; i < kSeriesLanes; ++i) live |= active[i];
-    if (live == 0) break;
-  }
-  const LaneDouble sa = kept.sum_a, sb = kept.sum_b;
+  beta_fraction_run<kDa, kDb, LaneDouble, LaneMask>(va, vb, vx, da0, db0, sa, sb);
   for (int i = 0; i < kSeriesLanes; ++i) {
     sum_a[i] = kDa ? sa[i] : 0.0;
     sum_b[i] = kDb ? sb[i] : 0.0;
