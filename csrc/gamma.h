@@ -421,22 +421,121 @@ struct Grad2 {
   double a, b;
 };
 
-// psi(x) - ln(x) without the cancellation of two large logs.
+// ------------------------------------------------ ln as plain arithmetic, on doubles and on lanes
+// What the gradients' set-up (ln z, ln(1 - z), the digamma differences) and the quadrature take instead of
+// libm: IEEE operations on a value type T (double, or a GCC vector of doubles in the CPU's row kernels), so
+// the CPU's lanes, its scalar code and CUDA (with -fmad=false) get the same bits, and the lanes evaluate
+// them 4 at a time.
+RT_HD int64_t double_bits(double x) {
+  union { double f; int64_t i; } v; v.f = x; return v.i;
+}
+RT_HD double bits_double(int64_t i) {
+  union { double f; int64_t i; } v; v.i = i; return v.f;
+}
+// A double's or a lane vector's bits as the integer type of the same width, and back (bits_as<T>).
+template <class T>
+RT_HD auto bits_of(T x) {
+  return reinterpret_cast<decltype(x < x)>(x);
+}
+RT_HD int64_t bits_of(double x) { return double_bits(x); }
+template <class T>
+struct BitsAs {
+  template <class I>
+  static RT_HD T from(I bits) { return reinterpret_cast<T>(bits); }
+};
+template <>
+struct BitsAs<double> {
+  static RT_HD double from(int64_t bits) { return bits_double(bits); }
+};
+template <class T, class I>
+RT_HD T bits_as(I bits) {
+  return BitsAs<T>::from(bits);
+}
+template <class T>
+RT_HD T abs_of(T v) {
+  return v < 0.0 ? -v : v;
+}
+// Whether any lane of a mask is set: one element's bool, or an OR over a CPU vector mask's lanes.
+RT_HD bool any_lane(bool active) { return active; }
+template <class M>
+RT_HD bool any_lane(M active) {
+  int64_t any = 0;
+  for (int lane = 0; lane < static_cast<int>(sizeof(M) / sizeof(active[0])); ++lane) any |= active[lane];
+  return any != 0;
+}
+
+constexpr double kRoundMagic = 0x1.8p52;  // x + 2^52 + 2^51 - (2^52 + 2^51): x rounded to an integer
+constexpr double kLn2Hi = 6.93147180369123816490e-01;  // fdlibm's split of ln 2: k kLn2Hi is exact
+constexpr double kLn2Lo = 1.90821492927058770002e-10;
+
+// ln(2^k m) for m in [sqrt(2)/2, sqrt(2)) given as kd = k (a double) and f = m - 1 (exact), plus c, a
+// small correction of the argument's rounding (c = 0: none): fdlibm's polynomial, ln m = f - f^2/2 +
+// s (f^2/2 + R(s^2)), s = f / (2 + f).
+template <class T>
+RT_HD T log_of_reduced(T kd, T f, T c) {
+  const T hfsq = 0.5 * f * f;
+  const T s = f / (2.0 + f);
+  const T z = s * s;
+  const T r = z * (6.666666666666735130e-01 +
+                   z * (3.999999999940941908e-01 +
+                        z * (2.857142874366239149e-01 +
+                             z * (2.222219843214978396e-01 +
+                                  z * (1.818357216161805012e-01 + z * (1.531383769920937332e-01 + z * 1.479819860511658591e-01))))));
+  return kd * kLn2Hi - ((hfsq - (s * (hfsq + r) + (kd * kLn2Lo + c))) - f);
+}
+// u = 2^k m with m in [sqrt(2)/2, sqrt(2)) for a positive normal u: kd = k (a double) and f = m - 1 (exact).
+template <class T>
+struct LogReduction {
+  T kd, f;
+};
+template <class T>
+RT_HD LogReduction<T> log_reduce(T u) {
+  const auto bits = bits_of(u);
+  const auto exponent = (bits >> 52) - 1023;  // u > 0: no sign bit
+  const T mantissa = bits_as<T>((bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);
+  const auto above = mantissa > 1.4142135623730951;
+  const T m = above ? mantissa * 0.5 : mantissa;
+  const T kd = bits_as<T>((above ? exponent + 1 : exponent) + double_bits(kRoundMagic)) - kRoundMagic;
+  return LogReduction<T>{kd, m - 1.0};
+}
+// ln(1 + y) for finite y > -1: fdlibm's s_log1p.c (about 1 ulp). c corrects 1 + y's rounding (u = 1 + y
+// from 2 on: 1 - (u - y); below: y - (u - 1), exact by Sterbenz, and 0 where y < -1/2 makes u exact). Serves
+// the quadrature's r (1 - e^-s), ln(1 - z) and digamma_shift's ln(1 + d / v) on every backend (libm's
+// log1p differs between them), 4 lanes at a time on the CPU. One call alone costs about what glibc's does
+// (6.6 against 6.3 ns in a loop of smooth arguments on the Zen 3).
+template <class T>
+RT_HD T log1p_plain(T y) {
+  const T u = 1.0 + y;
+  const LogReduction<T> r = log_reduce(u);
+  const T c = (u >= 2.0 ? 1.0 - (u - y) : y - (u - 1.0)) / u;
+  return log_of_reduced(r.kd, r.f, c);
+}
+// ln x for finite x > 0, subnormals too (scaled by 2^54 first): the same polynomial (about 1 ulp).
+template <class T>
+RT_HD T log_plain(T x) {
+  const auto subnormal = x < DBL_MIN;
+  const LogReduction<T> r = log_reduce(subnormal ? x * 0x1p54 : x);
+  return log_of_reduced(subnormal ? r.kd - 54.0 : r.kd, r.f, T{});
+}
+
+// psi(x) - ln(x) for x >= 10 by its asymptotic series, without the cancellation of two large logs.
+template <class T>
+RT_HD T digamma_minus_log_large(T x) {
+  const T r = 1.0 / (x * x);
+  return -0.5 / x - r * (1.0 / 12 - r * (1.0 / 120 - r * (1.0 / 252 - r * (1.0 / 240 - r * (1.0 / 132)))));
+}
 RT_HD double digamma_minus_log(double x) {
-  if (x >= 10.0) {
-    const double r = 1.0 / (x * x);
-    return -0.5 / x - r * (1.0 / 12 - r * (1.0 / 120 - r * (1.0 / 252 - r * (1.0 / 240 - r * (1.0 / 132)))));
-  }
-  return digamma_d(x) - ::log(x);
+  return x >= 10.0 ? digamma_minus_log_large(x) : digamma_d(x) - ::log(x);
 }
 
 // x / (p q) where the product is a finite normal number (the bits as before), else (x / p) / q: the
 // product underflows below p, q of about 1e-154, and x / 0 = inf made Beta(1e-162, 1e-162)'s gradient NaN
 // (1e-161's was 1.2% off); it overflows for p q above DBL_MAX (psi(1 + 7e307) - psi(1) through v (v + d)),
-// and x / inf = 0 made Beta(1, 1e308)'s gradient 10x too large.
-RT_HD double divide_by_product(double x, double p, double q) {
-  const double product = p * q;
-  return product >= DBL_MIN && product < HUGE_VAL ? x / product : (x / p) / q;
+// and x / inf = 0 made Beta(1, 1e308)'s gradient 10x too large. (Lanes evaluate both quotients.)
+template <class T>
+RT_HD T divide_by_product(T x, T p, T q) {
+  const T product = p * q;
+  return (product >= DBL_MIN) & (product < HUGE_VAL) ? x / product : (x / p) / q;
 }
 
 // psi(v + d) - psi(v) for v > 0, v + d > 0, d given exactly, without the
@@ -444,22 +543,25 @@ RT_HD double divide_by_product(double x, double p, double q) {
 // differences d / (v (v + d)); then log1p(d / v) plus the (small) difference of
 // psi - ln, by its Taylor expansion where d is far below v (psi(1e15 + 1e-3) -
 // psi(1e15), psi(3 + 1e-30) - psi(3): the shift is lost in v + d's rounding).
-RT_HD double digamma_shift(double v, double d) {
-  double s = 0.0;
-  while (v < 10.0 || v + d < 10.0) {
-    s += divide_by_product(d, v, v + d);
-    v += 1.0;
+// T: a double, or the CPU's lanes (each lane steps until its own v and v + d reach 10, and takes its own
+// branch below), with one element's bits lane by lane.
+template <class T>
+RT_HD T digamma_shift(T v, T d) {
+  using Mask = decltype(v < v);
+  T s{};
+  Mask below = (v < 10.0) | (v + d < 10.0);
+  while (any_lane(below)) {
+    s = below ? s + divide_by_product(d, v, v + d) : s;
+    v = below ? v + 1.0 : v;
+    below = (v < 10.0) | (v + d < 10.0);
   }
-  if (::fabs(d) <= 1e-4 * v) {
-    const double r = 1.0 / v, r2 = r * r;
-    // (psi - ln)' = 1/(2v^2) + 1/(6v^3) - 1/(30v^5) + 1/(42v^7), (psi - ln)'' = -1/v^3 - 1/(2v^4) + 1/(6v^6).
-    const double d1 = r2 * (0.5 + r * (1.0 / 6 - r2 * (1.0 / 30 - r2 * (1.0 / 42))));
-    const double d2 = -r2 * r * (1.0 + r * (0.5 - r2 * (1.0 / 6)));
-    s += d * (d1 + 0.5 * d * d2);
-  } else {
-    s += digamma_minus_log(v + d) - digamma_minus_log(v);
-  }
-  return s + ::log1p(d / v);
+  const T r = 1.0 / v, r2 = r * r;
+  // (psi - ln)' = 1/(2v^2) + 1/(6v^3) - 1/(30v^5) + 1/(42v^7), (psi - ln)'' = -1/v^3 - 1/(2v^4) + 1/(6v^6).
+  const T d1 = r2 * (0.5 + r * (1.0 / 6 - r2 * (1.0 / 30 - r2 * (1.0 / 42))));
+  const T d2 = -r2 * r * (1.0 + r * (0.5 - r2 * (1.0 / 6)));
+  s = s + (abs_of(d) <= 1e-4 * v ? d * (d1 + 0.5 * d * d2)
+                                  : digamma_minus_log_large(v + d) - digamma_minus_log_large(v));
+  return s + log1p_plain(d / v);
 }
 
 // The series side: x < (a + 1) / (a + b + 2) and a below kBetaSeriesMaxA.
@@ -473,10 +575,21 @@ constexpr double kBetaSeriesSmallA = 0.25;
 struct BetaSeriesStart {
   double da, g, db;  // the n = 0 factors: ln x + psi(a + b) - psi(a + 1); psi(a + b) - psi(b); ln y + g
 };
+// da_0 = ln x + psi(a + b) - psi(a + 1) and g = psi(a + b) - psi(b), from exact shifts; T a double or the
+// CPU's lanes (cpu/row_kernels_impl.h, beta_lane_factors), which take the same steps lane by lane.
+template <class T>
+RT_HD T beta_start_da(T a, T b, T lnx) {
+  const auto b_from_one = b >= 1.0;  // psi(a + 1 + (b - 1)) - psi(a + 1), else -(psi(a + b + (1 - b)) - psi(a + b))
+  const T shift = digamma_shift(b_from_one ? a + 1.0 : a + b, b_from_one ? b - 1.0 : 1.0 - b);
+  return lnx + (b_from_one ? shift : -shift);
+}
+template <class T>
+RT_HD T beta_start_g(T a, T b) {
+  return digamma_shift(b, a);
+}
 RT_HD BetaSeriesStart beta_series_start(double a, double b, double lnx, double lny, bool need_a, bool need_b) {
-  // psi(a + b) - psi(a + 1) and psi(a + b) - psi(b) from exact shifts.
-  const double da = need_a ? lnx + (b >= 1.0 ? digamma_shift(a + 1.0, b - 1.0) : -digamma_shift(a + b, 1.0 - b)) : 0.0;
-  const double g = need_b ? digamma_shift(b, a) : 0.0;
+  const double da = need_a ? beta_start_da(a, b, lnx) : 0.0;
+  const double g = need_b ? beta_start_g(a, b) : 0.0;
   return BetaSeriesStart{da, g, lny + g};
 }
 // Whether the series stops after a term c of this ratio, csum the terms' sum so far: the tail is below
@@ -543,12 +656,6 @@ RT_HD Grad2 beta_grad_series(double a, double b, double x, double y, double lnx,
 // kernels), the nodes run in vector lanes, and every backend (the CPU's lanes, its scalar code, CUDA with
 // -fmad=false) gets the same bits. Accuracy: about 1 ulp (fdlibm's log1p polynomial; Taylor polynomials of
 // degree 13 on |r| <= ln 2 / 2 for exp and expm1, whose next term is at most 4.2e-18).
-RT_HD int64_t double_bits(double x) {
-  union { double f; int64_t i; } v; v.f = x; return v.i;
-}
-RT_HD double bits_double(int64_t i) {
-  union { double f; int64_t i; } v; v.i = i; return v.f;
-}
 // The nodes' 8 partial sums are lanes of GCC/Clang vector types on the CPU (one vector of 8, or two of 4 on
 // AVX2, below; compiled for the target of each row-kernel table: AVX-512, AVX2, SSE2 or NEON), a loop of 8
 // on CUDA (and in its emulation, tests/cuda_emu, which checks the two against each other bit for bit).
@@ -587,9 +694,6 @@ RT_HD bool any_below(QuadratureDouble v, double bound) {
 #endif
 RT_HD bool any_below(double v, double bound) { return v < bound; }
 
-constexpr double kRoundMagic = 0x1.8p52;  // x + 2^52 + 2^51 - (2^52 + 2^51): x rounded to an integer
-constexpr double kLn2Hi = 6.93147180369123816490e-01;  // fdlibm's split of ln 2: k kLn2Hi is exact
-constexpr double kLn2Lo = 1.90821492927058770002e-10;
 constexpr double kExpFloor = -708.0;  // e^x below it is a subnormal or 0: 0 here
 constexpr double kExpCeiling = 709.0;  // 2^k stays finite (k <= 1023); above it +inf (e^x overflows from 709.78)
 
@@ -642,31 +746,6 @@ RT_HD T expm1_plain(T x) {
   const T value = e.scale * (e.r * expm1_over_r(e.r)) + (e.scale - 1.0);
   return x > kExpCeiling ? T{} + HUGE_VAL : (x == x ? value : x);
 }
-// ln(1 + y) for 0 <= y < 2^53 (the quadrature's r (1 - e^-s)): fdlibm's s_log1p.c. 1 + y = 2^k m with m in
-// [sqrt(2)/2, sqrt(2)), f = m - 1, ln m = f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f); c corrects 1 + y's
-// rounding.
-template <class T>
-RT_HD T log1p_plain(T y) {
-  const T u = 1.0 + y;
-  const auto bits = double_bits(u);
-  const auto exponent = (bits >> 52) - 1023;  // u >= 1: no sign bit
-  const T mantissa = bits_double((bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);
-  const auto above = mantissa > 1.4142135623730951;
-  const T m = above ? mantissa * 0.5 : mantissa;
-  const T kd = bits_double((above ? exponent + 1 : exponent) + double_bits(kRoundMagic)) - kRoundMagic;
-  const T c = (exponent > 0 ? 1.0 - (u - y) : y - (u - 1.0)) / u;
-  const T f = m - 1.0;
-  const T hfsq = 0.5 * f * f;
-  const T s = f / (2.0 + f);
-  const T z = s * s;
-  const T r = z * (6.666666666666735130e-01 +
-                   z * (3.999999999940941908e-01 +
-                        z * (2.857142874366239149e-01 +
-                             z * (2.222219843214978396e-01 +
-                                  z * (1.818357216161805012e-01 + z * (1.531383769920937332e-01 + z * 1.479819860511658591e-01))))));
-  return kd * kLn2Hi - ((hfsq - (s * (hfsq + r) + (kd * kLn2Lo + c))) - f);
-}
-
 // s + expm1(-s) >= 0 and log1p(y) - y <= 0 for s, y >= 0, accurate where they are tiny, from the caller's
 // em = expm1(-s) and ly = log1p(y). Below 0.1 the defects are their series: sum_{k>=2} (-s)^k / k!, nested
 // as (s^2 / 2)(1 - (s / 3)(1 - ...)), whose terms past k = 13 are below 1e-22 of it, and y^2 times
@@ -854,8 +933,12 @@ constexpr int32_t kBetaFractionRescaleEvery = 8;
 constexpr int32_t kBetaFractionTestEvery = 4;
 // The convergents' rounding drifts by up to about 1e-14 of the terms over 4 pairs where a is thousands beside
 // a b below 10: at 1e-14 such elements ran up to 484 pairs (a = 1e4, b = 0.3), at 1e-13 80, and their
-// largest difference from the quadrature fell from 6e-10 to 6e-11 (fewer steps, less rounding).
-constexpr double kBetaFractionTolerance = 1e-13;
+// largest difference from the quadrature fell from 6e-10 to 6e-11 (fewer steps, less rounding). Each decade
+// looser saves about 5% of the loop (AVX2 lanes, a standalone loop, 2^16 draws: Beta 197, 187, 177, 167 ns
+// an element at 1e-13 .. 1e-10, Dirichlet-like marginals 153, 146, 138, 130) and moves the sums by about
+// a third of it (at 1e-11 at most 2.2e-12 and 3.3e-12 from the 1e-13 results). A gradient whose sum
+// cancels loses more: at 1e-10, Beta(1e-3, 1e3)'s dz/db near the crossover was 1.1e-10 off mpmath.
+constexpr double kBetaFractionTolerance = 1e-11;
 // Far above the pairs the region needs (at most about 112 up to a + b = 2e4 in the draws measured; 344 at
 // a = 1e5 beside b = 0.3, outside it).
 constexpr int32_t kBetaFractionMaxPairs = 2000;
@@ -866,10 +949,6 @@ struct BetaFraction {
   T a_prev_da, b_prev_da, a_now_da, b_now_da;  // their derivatives in a
   T a_prev_db, b_prev_db, a_now_db, b_now_db;  // and in b
 };
-template <class T>
-RT_HD T abs_of(T v) {
-  return v < 0.0 ? -v : v;
-}
 // Step n with the partial numerator d_n and its derivatives.
 template <bool kDa, bool kDb, class T>
 RT_HD void beta_fraction_step(BetaFraction<T>& f, T d, T d_da, T d_db) {
@@ -960,15 +1039,6 @@ RT_HD auto beta_fraction_moving(const BetaFractionSums<T>& now, const BetaFracti
   if constexpr (kDa) moving = moving | (abs_of(now.sum_a - before.sum_a) > kBetaFractionTolerance * now.size_a);
   if constexpr (kDb) moving = moving | (abs_of(now.sum_b - before.sum_b) > kBetaFractionTolerance * now.size_b);
   return moving;
-}
-
-// Whether any lane of a mask is set: one element's bool, or an OR over a CPU vector mask's lanes.
-RT_HD bool any_lane(bool active) { return active; }
-template <class M>
-RT_HD bool any_lane(M active) {
-  int64_t any = 0;
-  for (int lane = 0; lane < static_cast<int>(sizeof(M) / sizeof(active[0])); ++lane) any |= active[lane];
-  return any != 0;
 }
 
 // The fraction's loop, one loop for one element (T double, M bool: the CUDA kernels and the portable table)
@@ -1076,7 +1146,7 @@ RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool n
   const BetaPlan plan = beta_plan(a, b, z, need_b);
   const bool swap = plan.swap;
   if (plan.series || plan.fraction) {
-    const double lnz = ::log(z), lny = ::log1p(-z);
+    const double lnz = log_plain(z), lny = log1p_plain(-z);
     // One call site each with selected arguments (one copy of each loop in the kernels).
     const double sa = swap ? b : a, sb = swap ? a : b, sx = swap ? y : z, sy = swap ? z : y;
     const double slnx = swap ? lny : lnz, slny = swap ? lnz : lny;

@@ -696,32 +696,49 @@ void gamma_grad_terms_entry(const double* grad, const double* alpha, const doubl
 }
 
 // One Beta gradient that beta_dz_dab would evaluate by its Gauss series or its continued fraction, set up
-// for beta_series_lanes or beta_fraction_lanes: the series' own (a, b, x, y) on the plan's side and its first
-// term's factors da_0 and db_0 (gamma.h's beta_series_start; a factor not asked for is 0 and its sum is
-// discarded).
+// for beta_series_lanes or beta_fraction_lanes: the series' own (a, b, x, y) on the plan's side, z itself,
+// and its first term's factors da_0 and db_0 (gamma.h's beta_series_start), which beta_lane_factors fills
+// for a whole queue at once (a factor not asked for is left as it is and its sum is discarded).
 struct BetaLane {
-  double a, b, x, y, da0, db0;
+  double a, b, x, y, z, da0, db0;
   int64_t swap;      // 1 - z's side, where z's (dz/da, dz/db) are the series' (-dz/db, -dz/da)
   int64_t fraction;  // by gamma.h's continued fraction (beta_fraction_lanes), not the series
 };
 // False where beta_dz_dab would take another path: edge values, the quadrature, or dz/db's small-a
 // difference series. a, b, z need not be checked by the caller.
-bool beta_lane_setup(double a, double b, double z, bool need_a, bool need_b, BetaLane& lane) {
+bool beta_lane_setup(double a, double b, double z, bool need_b, BetaLane& lane) {
   if (!(a > 0.0 && a < HUGE_VAL && b > 0.0 && b < HUGE_VAL && z > 0.0 && z < 1.0)) return false;
   const BetaPlan plan = beta_plan(a, b, z, need_b);
-  const bool series_needs_b = plan.swap ? need_a : need_b;
+  const bool series_needs_b = plan.swap ? true : need_b;
   if (!plan.fraction && (!plan.series || (series_needs_b && (plan.swap ? b : a) < kBetaSeriesSmallA))) return false;
+  const double y = 1.0 - z;
   const int64_t fraction = plan.fraction ? 1 : 0;
-  // ln z serves dz/da on either side (the series' ln x on z's side, its ln y on 1 - z's), ln(1 - z) dz/db.
-  const double y = 1.0 - z, lnz = need_a ? ::log(z) : 0.0, lny = need_b ? ::log1p(-z) : 0.0;
-  if (plan.swap) {
-    const BetaSeriesStart start = beta_series_start(b, a, lny, lnz, need_b, need_a);
-    lane = BetaLane{b, a, y, z, start.da, start.db, 1, fraction};
-  } else {
-    const BetaSeriesStart start = beta_series_start(a, b, lnz, lny, need_a, need_b);
-    lane = BetaLane{a, b, z, y, start.da, start.db, 0, fraction};
-  }
+  lane = plan.swap ? BetaLane{b, a, y, z, z, 0.0, 0.0, 1, fraction} : BetaLane{a, b, z, y, z, 0.0, 0.0, 0, fraction};
   return true;
+}
+
+// The first factors of a queue's lanes, gamma.h's beta_series_start on vectors (ln z and ln(1 - z) as
+// beta_dz_dab takes them for one element): kBoth, both (the Beta); else the one z's dz/da needs (the
+// Dirichlet's marginal): da_0 on z's side, db_0 on 1 - z's, a queue of the series mixing both.
+template <bool kBoth>
+void beta_lane_factors(BetaLane* lanes) {
+  LaneDouble a, b, z;
+  LaneMask swapped;
+  for (int i = 0; i < kSeriesLanes; ++i) {
+    a[i] = lanes[i].a;
+    b[i] = lanes[i].b;
+    z[i] = lanes[i].z;
+    swapped[i] = lanes[i].swap;
+  }
+  const LaneDouble ln_z = log_plain(z), ln_1mz = log1p_plain(-z);
+  const LaneDouble lnx = swapped != 0 ? ln_1mz : ln_z, lny = swapped != 0 ? ln_z : ln_1mz;
+  const bool need_da = kBoth || any_lane(swapped == 0), need_db = kBoth || any_lane(swapped);
+  const LaneDouble da0 = need_da ? beta_start_da(a, b, lnx) : LaneDouble{};
+  const LaneDouble db0 = need_db ? lny + beta_start_g(a, b) : LaneDouble{};
+  for (int i = 0; i < kSeriesLanes; ++i) {
+    if (kBoth || !lanes[i].swap) lanes[i].da0 = da0[i];
+    if (kBoth || lanes[i].swap) lanes[i].db0 = db0[i];
+  }
 }
 
 // beta_grad_series of gamma.h without its small-a branch, kSeriesLanes elements at once: sum_a[i] and
@@ -811,6 +828,7 @@ struct BetaQueue {
 template <bool kBoth, class Finish>
 void run_beta_queue(BetaQueue& q, Finish& finish) {
   for (int k = q.filled; k < kSeriesLanes; ++k) q.lanes[k] = q.lanes[0];
+  beta_lane_factors<kBoth>(q.lanes);
   double sum_a[kSeriesLanes], sum_b[kSeriesLanes];
   if (!q.lanes[0].fraction)
     beta_series_lanes<kBoth>(q.lanes, sum_a, sum_b);
@@ -861,7 +879,7 @@ void beta_grad_terms_entry(const double* grad, const double* a, const double* b,
   beta_series_queued<true>(
       len,
       [&](int64_t j, BetaLane& lane) {
-        return grad[j] != 0.0 && beta_lane_setup(a[j], b[j], z[j], true, true, lane);
+        return grad[j] != 0.0 && beta_lane_setup(a[j], b[j], z[j], true, lane);
       },
       [&](int64_t j) {
         const Grad2 t = beta_grad_term(grad[j], a[j], b[j], z[j]);
@@ -883,7 +901,7 @@ void dirichlet_grad_terms_entry(const double* w, const double* alpha, const doub
       len,
       [&](int64_t j, BetaLane& lane) {
         return w[j] != 0.0 &&
-               beta_lane_setup(alpha[j], dirichlet_rest(alpha[j], total_hi[j], total_lo[j]), z[j], true, false, lane);
+               beta_lane_setup(alpha[j], dirichlet_rest(alpha[j], total_hi[j], total_lo[j]), z[j], false, lane);
       },
       [&](int64_t j) { out[j] = dirichlet_weighted_grad(w[j], alpha[j], total_hi[j], total_lo[j], z[j]); },
       [&](int64_t j, const Grad2& dz) { out[j] = w[j] * dirichlet_from_beta_grad(dz.a, z[j]); });
