@@ -422,8 +422,8 @@ struct Grad2 {
 };
 
 // ------------------------------------------------ ln as plain arithmetic, on doubles and on lanes
-// What the gradients' set-up (ln z, ln(1 - z), the digamma differences) and the quadrature take instead of
-// libm: IEEE operations on a value type T (double, or a GCC vector of doubles in the CPU's row kernels), so
+// What the gradients' set-up (ln z, ln(1 - z), the digamma differences) and the quadrature's nodes take
+// instead of libm: IEEE operations on a value type T (double, or a GCC vector of doubles in the CPU's row kernels), so
 // the CPU's lanes, its scalar code and CUDA (with -fmad=false) get the same bits, and the lanes evaluate
 // them 4 at a time.
 RT_HD int64_t double_bits(double x) {
@@ -531,11 +531,14 @@ RT_HD double digamma_minus_log(double x) {
 // x / (p q) where the product is a finite normal number (the bits as before), else (x / p) / q: the
 // product underflows below p, q of about 1e-154, and x / 0 = inf made Beta(1e-162, 1e-162)'s gradient NaN
 // (1e-161's was 1.2% off); it overflows for p q above DBL_MAX (psi(1 + 7e307) - psi(1) through v (v + d)),
-// and x / inf = 0 made Beta(1, 1e308)'s gradient 10x too large. (Lanes evaluate both quotients.)
+// and x / inf = 0 made Beta(1, 1e308)'s gradient 10x too large. Lanes take the fallback's two divisions
+// only when one of them needs it.
 template <class T>
 RT_HD T divide_by_product(T x, T p, T q) {
   const T product = p * q;
-  return (product >= DBL_MIN) & (product < HUGE_VAL) ? x / product : (x / p) / q;
+  const decltype(p < p) normal = (product >= DBL_MIN) & (product < HUGE_VAL);
+  if (!any_lane(normal == 0)) return x / product;
+  return normal ? x / product : (x / p) / q;
 }
 
 // psi(v + d) - psi(v) for v > 0, v + d > 0, d given exactly, without the
@@ -649,7 +652,7 @@ RT_HD Grad2 beta_grad_series(double a, double b, double x, double y, double lnx,
   return Grad2{need_a ? scale * sa : 0.0, need_b ? scale * sb : 0.0};
 }
 
-// ------------------------------------------- exp, expm1 and log1p as plain arithmetic
+// ------------------------------------------- exp and expm1 as plain arithmetic (log1p: above)
 // The quadrature below evaluates 32 nodes an element, each with an exp, an expm1 and a log1p: with libm's
 // calls that was 0.9 us an element (docs/performance.md, twenty-fourth pass). Written as IEEE additions,
 // multiplications and divisions on a value type T (double, or a GCC vector of doubles in the CPU's row
@@ -682,17 +685,7 @@ constexpr int kQuadratureVectorLanes = 8;
 static_assert(kQuadratureLanes % kQuadratureVectorLanes == 0, "the partial sums must fill whole vectors");
 constexpr int kQuadratureVectors = kQuadratureLanes / kQuadratureVectorLanes;
 typedef double QuadratureDouble __attribute__((vector_size(kQuadratureVectorLanes * sizeof(double))));
-typedef int64_t QuadratureBits __attribute__((vector_size(kQuadratureVectorLanes * sizeof(double))));
-RT_HD QuadratureBits double_bits(QuadratureDouble x) { return reinterpret_cast<QuadratureBits>(x); }
-RT_HD QuadratureDouble bits_double(QuadratureBits i) { return reinterpret_cast<QuadratureDouble>(i); }
-RT_HD bool any_below(QuadratureDouble v, double bound) {
-  const QuadratureBits below = v < bound;
-  int64_t any = 0;
-  for (int lane = 0; lane < kQuadratureVectorLanes; ++lane) any |= below[lane];
-  return any != 0;
-}
 #endif
-RT_HD bool any_below(double v, double bound) { return v < bound; }
 
 constexpr double kExpFloor = -708.0;  // e^x below it is a subnormal or 0: 0 here
 constexpr double kExpCeiling = 709.0;  // 2^k stays finite (k <= 1023); above it +inf (e^x overflows from 709.78)
@@ -707,8 +700,8 @@ template <class T>
 RT_HD ExpReduction<T> exp_reduce(T x) {
   const T kd = (x * 1.4426950408889634 + kRoundMagic) - kRoundMagic;
   const T r = (x - kd * kLn2Hi) - kd * kLn2Lo;
-  const auto k = double_bits(kd + kRoundMagic) - double_bits(kRoundMagic);
-  return ExpReduction<T>{r, bits_double((k + 1023) << 52)};
+  const auto k = bits_of(kd + kRoundMagic) - double_bits(kRoundMagic);
+  return ExpReduction<T>{r, bits_as<T>((k + 1023) << 52)};
 }
 // (e^r - 1) / r, Taylor to r^12.
 template <class T>
@@ -754,7 +747,7 @@ RT_HD T expm1_plain(T x) {
 template <class T>
 RT_HD T expm1_defect(T s, T em) {
   T series{};
-  if (any_below(s, 0.1)) {
+  if (any_lane(s < 0.1)) {
     T p = T{} + 1.0;
     RT_UNROLL_ALL
     for (int k = 13; k >= 3; --k) p = 1.0 - (s * (1.0 / k)) * p;
@@ -765,7 +758,7 @@ RT_HD T expm1_defect(T s, T em) {
 template <class T>
 RT_HD T log1p_defect(T y, T ly) {
   T series{};
-  if (any_below(y, 0.1)) series = -y * y * log1p_defect_series(y);
+  if (any_lane(y < 0.1)) series = -y * y * log1p_defect_series(y);
   return y >= 0.1 ? ly - y : series;
 }
 
@@ -928,7 +921,7 @@ constexpr double kBetaFractionMaxTotal = 2e4;
 // Pairs of steps between rescalings and between stopping tests. A test (a division and about 30 operations
 // a vector) costs about half a pair: every 4 pairs instead of every 2 took the AVX2 lanes of a standalone
 // loop from 240 to 207 ns an element (a, b in 100-1000; Dirichlet-like marginals 192 -> 160), at 3 more
-// pairs on average (the extension's whole backward: 348 -> 300 ns, with the tolerance below).
+// pairs on average (the extension's whole backward: 348 -> 300 ns, with the tolerance at 1e-13).
 constexpr int32_t kBetaFractionRescaleEvery = 8;
 constexpr int32_t kBetaFractionTestEvery = 4;
 // The convergents' rounding drifts by up to about 1e-14 of the terms over 4 pairs where a is thousands beside

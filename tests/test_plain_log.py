@@ -5,9 +5,11 @@ Since 2026-12-03 the Beta and Dirichlet gradients' set-up takes ln z, ln(1 - z) 
 from these instead of libm, so that the CPU's row kernels evaluate it 4 elements at a time with the scalar
 code's bits (docs/performance.md, thirtieth pass). The gradient tests compare whole gradients with mpmath at
 a few hundred points; this compares the functions themselves with long double on 4e6 arguments each (the
-subnormal range to 1e308; ln(1 + y) on (-1, 0), near 0 and up to 2^60), and a 4-lane vector with the double
-version bit for bit, digamma_shift's lanes included (each lane stepping up to 10 on its own). It compiles a
-small C++ program (g++); long double must be x87's 64-bit mantissa for the ulp measure.
+subnormal range to 1e308; ln(1 + y) on (-1, 0), down to 2^-53 above -1, near 0 and up to 2^60), and a
+4-lane vector with the double version bit for bit, digamma_shift's lanes included (each lane stepping v
+and v + d up to 10 on its own). It compiles a
+small C++ program (g++); long double must be x87's 64-bit mantissa for the ulp measure (an ulp counted
+from the rounded result, so just below a power of two the error can read up to 2x what it is).
 """
 import platform
 import shutil
@@ -48,10 +50,11 @@ int main() {
     for (int k = 0; k < 4; ++k) {
       x[k] = std::exp2(uniform() * 2098.0 - 1074.0);  // positive: subnormal .. 2^1024
       if (!(x[k] > 0.0) || !std::isfinite(x[k])) x[k] = 1.0;
-      switch ((i / 4 + k) % 4) {
+      switch ((i / 4 + k) % 5) {
         case 0: y[k] = -uniform(); break;                                      // (-1, 0]
-        case 1: y[k] = -std::exp2(-uniform() * 60.0) * (1.0 - 0x1p-53); break;  // near 0 and near -1
+        case 1: y[k] = -std::exp2(-uniform() * 60.0) * (1.0 - 0x1p-53); break;  // near 0, below
         case 2: y[k] = std::exp2(uniform() * 120.0 - 60.0); break;             // (0, 2^60)
+        case 3: y[k] = -1.0 + std::exp2(-1.0 - uniform() * 52.0); break;       // ln(1 - z) for z up to 1 - 2^-53
         default: y[k] = std::exp2(-uniform() * 30.0) - 0.5; break;              // around sqrt(2) / 2 - 1 and 1/2
       }
       v[k] = std::exp2(uniform() * 30.0 - 12.0);  // both sides of 10: the recurrence's steps

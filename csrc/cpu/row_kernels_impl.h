@@ -705,7 +705,8 @@ struct BetaLane {
   int64_t fraction;  // by gamma.h's continued fraction (beta_fraction_lanes), not the series
 };
 // False where beta_dz_dab would take another path: edge values, the quadrature, or dz/db's small-a
-// difference series. a, b, z need not be checked by the caller.
+// difference series. a, b, z need not be checked by the caller. Both callers need dz/da (the Beta both
+// derivatives, the Dirichlet's marginal dz/da alone), so need_b is the only flag.
 bool beta_lane_setup(double a, double b, double z, bool need_b, BetaLane& lane) {
   if (!(a > 0.0 && a < HUGE_VAL && b > 0.0 && b < HUGE_VAL && z > 0.0 && z < 1.0)) return false;
   const BetaPlan plan = beta_plan(a, b, z, need_b);
@@ -730,11 +731,16 @@ void beta_lane_factors(BetaLane* lanes) {
     z[i] = lanes[i].z;
     swapped[i] = lanes[i].swap;
   }
-  const LaneDouble ln_z = log_plain(z), ln_1mz = log1p_plain(-z);
-  const LaneDouble lnx = swapped != 0 ? ln_1mz : ln_z, lny = swapped != 0 ? ln_z : ln_1mz;
-  const bool need_da = kBoth || any_lane(swapped == 0), need_db = kBoth || any_lane(swapped);
-  const LaneDouble da0 = need_da ? beta_start_da(a, b, lnx) : LaneDouble{};
-  const LaneDouble db0 = need_db ? lny + beta_start_g(a, b) : LaneDouble{};
+  const LaneDouble ln_z = log_plain(z);
+  LaneDouble da0{}, db0{};
+  if constexpr (kBoth) {
+    const LaneDouble ln_1mz = log1p_plain(-z);
+    da0 = beta_start_da(a, b, swapped != 0 ? ln_1mz : ln_z);
+    db0 = (swapped != 0 ? ln_z : ln_1mz) + beta_start_g(a, b);
+  } else {  // ln z is the series' ln x on z's side and its ln y on 1 - z's: ln(1 - z) is not needed
+    if (any_lane(swapped == 0)) da0 = beta_start_da(a, b, ln_z);
+    if (any_lane(swapped)) db0 = ln_z + beta_start_g(a, b);
+  }
   for (int i = 0; i < kSeriesLanes; ++i) {
     if (kBoth || !lanes[i].swap) lanes[i].da0 = da0[i];
     if (kBoth || lanes[i].swap) lanes[i].db0 = db0[i];
