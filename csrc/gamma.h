@@ -423,9 +423,9 @@ struct Grad2 {
 
 // ------------------------------------------------ ln as plain arithmetic, on doubles and on lanes
 // What the gradients' set-up (ln z, ln(1 - z), the digamma differences) and the quadrature's nodes take
-// instead of libm: IEEE operations on a value type T (double, or a GCC vector of doubles in the CPU's row kernels), so
-// the CPU's lanes, its scalar code and CUDA (with -fmad=false) get the same bits, and the lanes evaluate
-// them 4 at a time.
+// instead of libm: IEEE operations on a value type T (double, or a GCC vector of doubles in the CPU's row
+// kernels), so the CPU's lanes, its scalar code and CUDA (with -fmad=false) get the same bits, and the
+// lanes evaluate them 4 at a time.
 RT_HD int64_t double_bits(double x) {
   union { double f; int64_t i; } v; v.f = x; return v.i;
 }
@@ -582,7 +582,8 @@ struct BetaSeriesStart {
 // CPU's lanes (cpu/row_kernels_impl.h, beta_lane_factors), which take the same steps lane by lane.
 template <class T>
 RT_HD T beta_start_da(T a, T b, T lnx) {
-  const auto b_from_one = b >= 1.0;  // psi(a + 1 + (b - 1)) - psi(a + 1), else -(psi(a + b + (1 - b)) - psi(a + b))
+  // psi(a + 1 + (b - 1)) - psi(a + 1), else -(psi(a + b + (1 - b)) - psi(a + b))
+  const auto b_from_one = b >= 1.0;
   const T shift = digamma_shift(b_from_one ? a + 1.0 : a + b, b_from_one ? b - 1.0 : 1.0 - b);
   return lnx + (b_from_one ? shift : -shift);
 }

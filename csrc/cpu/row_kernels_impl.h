@@ -714,7 +714,8 @@ bool beta_lane_setup(double a, double b, double z, bool need_b, BetaLane& lane) 
   if (!plan.fraction && (!plan.series || (series_needs_b && (plan.swap ? b : a) < kBetaSeriesSmallA))) return false;
   const double y = 1.0 - z;
   const int64_t fraction = plan.fraction ? 1 : 0;
-  lane = plan.swap ? BetaLane{b, a, y, z, z, 0.0, 0.0, 1, fraction} : BetaLane{a, b, z, y, z, 0.0, 0.0, 0, fraction};
+  lane = plan.swap ? BetaLane{b, a, y, z, z, 0.0, 0.0, 1, fraction}
+                    : BetaLane{a, b, z, y, z, 0.0, 0.0, 0, fraction};
   return true;
 }
 
