@@ -981,7 +981,7 @@ RT_HD BetaFractionTerm<T> beta_fraction_even_term(T a, T b, T x, double m) {
   const T p = 1.0 / (l * (l + 1.0));
   const T mxp = m * x * p;
   const T d = mxp * (b - m);
-  return BetaFractionTerm<T>{d, kDa ? -(d * (2.0 * l + 1.0) * p) : T{}, mxp};
+  return BetaFractionTerm<T>{d, kDa ? -(d * (2.0 * l + 1.0) * p) : T{}, kDb ? mxp : T{}};
 }
 // A_{-1} = 1, B_{-1} = 0, A_0 = B_0 = 1, then step 1 (d_1, m = 0).
 template <bool kDa, bool kDb, class T>
@@ -996,10 +996,11 @@ static_assert(kBetaFractionRescaleEvery % kBetaFractionTestEvery == 0 &&
               "the fraction's blocks end at its rescalings and at its last pair");
 // Pairs first_m .. first_m + kBetaFractionTestEvery - 1 (steps 2m and 2m + 1 each), the span between two
 // stopping tests: every partial numerator first, then the steps. The numerators (two divisions a pair) do
-// not depend on the convergents; written ahead of the steps, the core starts the block's divisions at once
-// while the recurrences, which wait on each other, follow (the same operations as one pair after another,
-// so the same bits; measured on a Zen 3, AVX2 lanes, a standalone loop of 2^16 draws: Beta 180 -> 144 ns an
-// element, Dirichlet-like marginals 143 -> 122; docs/performance.md, thirty-first pass). Then, every
+// not depend on the convergents; written ahead of the steps, the CPU's core starts the block's divisions at
+// once while the recurrences, which wait on each other, follow (the same operations as one pair after
+// another, so the same bits; measured on a Zen 3, AVX2 lanes: a standalone loop of 2^16 draws, Beta 180 ->
+// 140 ns an element, Dirichlet-like marginals 143 -> 119; the extension's backward at concentrations
+// 100-1000, Beta 240 -> 211, Dirichlet 210 -> 179; docs/performance.md, thirty-first pass). Then, every
 // kBetaFractionRescaleEvery pairs, a rescaling: A_n falls by about 10-20x a pair (past 1e-308 by pair 130
 // at a = b = 5000), so the state is multiplied by 2^300 once |A_n| is below 2^-300 (exact; the 8 pairs to
 // the next check took it no lower than 2^-357 over 600 points a reviewer traced). It has not been seen to
