@@ -39,3 +39,8 @@ def pytest_collection_finish(session):
 
 def pytest_sessionfinish(session, exitstatus):
     prebuild.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in prebuild.summary():
+        terminalreporter.write_line(line)

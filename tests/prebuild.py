@@ -12,7 +12,10 @@ cross_check.build, nvcc_sm90.compile_all), and each of those reuses a finished
 build: ninja's for the emulation, a key of the sources and the command for
 the others. So the background only gives the tests a head start; a test
 always makes its own build call after wait(step), which is where a failed
-build reports its error. The process prints "done STEP" after each step.
+build reports its error. The process prints "done STEP" after each step,
+and its log (build/prebuild.log) when each finished; the session's summary
+repeats those lines with how long the tests waited for each step, which is
+how a CI log shows whether the background builds held it up.
 
 usage: python tests/prebuild.py [--until-stdin-closes] STEP...    (STEP: one of STEPS, built in that order;
        the option, which start() gives, ends the builds when stdin closes)
@@ -22,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +42,7 @@ UNTIL_STDIN_CLOSES = "--until-stdin-closes"
 _process = None
 _started = ()
 _done = set()
+_waited = {}  # step: seconds the tests waited for it (summary())
 
 
 def step_of(fixturenames):
@@ -75,7 +80,7 @@ def available_steps():
 
 def start(steps):
     """Starts the background builds of these steps (once per session)."""
-    global _process, _started, _done
+    global _process, _started, _done, _waited
     steps = [s for s in STEPS if s in steps]
     if _process is not None or not steps or os.name != "posix":  # os.nice and process groups: POSIX only
         return
@@ -89,20 +94,34 @@ def start(steps):
     with open(LOG, "w") as log:
         _process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
                                     start_new_session=True, env=env)
-    _started, _done = tuple(steps), set()
+    _started, _done, _waited = tuple(steps), set(), {}
 
 
 def wait(step):
     """Returns once the background build of this step has finished (at once if it never started)."""
     if _process is None or step not in _started:
         return
-    while step not in _done:
-        line = _process.stdout.readline()
-        if not line:  # the process ended: a crash or stop(); the test builds itself
-            _process.wait()
-            return
-        if line.startswith("done "):  # anything else a library printed is not ours
-            _done.add(line.split()[-1])
+    began = time.monotonic()
+    try:
+        while step not in _done:
+            line = _process.stdout.readline()
+            if not line:  # the process ended: a crash or stop(); the test builds itself
+                _process.wait()
+                return
+            if line.startswith("done "):  # anything else a library printed is not ours
+                _done.add(line.split()[-1])
+    finally:
+        _waited[step] = _waited.get(step, 0.0) + time.monotonic() - began
+
+
+def summary():
+    """Lines for the end of the session: when each step finished (from its log) and how long the tests
+    waited for it. A wait is the background holding CI up, not the tests themselves."""
+    if not _started or not LOG.exists():
+        return []
+    finished = [line.strip() for line in LOG.read_text(errors="replace").splitlines() if line.startswith("prebuild:")]
+    waits = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in _waited.items())
+    return finished + [f"prebuild: the tests waited for: {waits or 'nothing'}"]
 
 
 def stop():
@@ -146,17 +165,36 @@ def build(step):
         raise ValueError(f"step: {step!r} is not one of {STEPS}")
 
 
+def _lowest_priority():
+    """Nice 19 for this process and the compilers it starts, against the tests' processes too."""
+    os.nice(19)
+    # Under autogroup scheduling (Linux's default where it is built in, as on this project's machines) each
+    # session is a group with an equal share of the CPU whatever its processes' nice values, and start() made
+    # this process a session of its own: the group needs the nice value too, or the compilers keep half the
+    # CPU from tests that use both cores (bench_family --quick: 12 s alone, 40 s beside two such compilers).
+    # Only in a session of its own: run from a terminal or a test, the group would be the caller's.
+    if os.getsid(0) != os.getpid():
+        return
+    try:
+        with open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write("19")
+    except OSError:  # no autogroup here: os.nice alone orders the processes
+        pass
+
+
 def main(steps, until_stdin_closes=False):
-    os.nice(19)  # the compilers inherit it: the tests keep their core
+    _lowest_priority()  # the compilers inherit it: the tests keep their cores
+    began = time.monotonic()
     if until_stdin_closes:  # start()'s process, leader of its own group: the group is only this build
         threading.Thread(target=_end_with_pytest, daemon=True).start()
     sys.path.insert(0, str(HERE))
     for step in steps:
         try:
             build(step)
-            print(f"prebuild: {step} built", file=sys.stderr, flush=True)
+            print(f"prebuild: {step} built at {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
         except Exception as error:  # the test's own build call reports it
-            print(f"prebuild: {step} failed: {error}", file=sys.stderr, flush=True)
+            print(f"prebuild: {step} failed at {time.monotonic() - began:.0f} s: {error}", file=sys.stderr,
+                  flush=True)
         print(f"done {step}", flush=True)
 
 

@@ -5,6 +5,7 @@ is reported by the test's own build call, a step never started is never
 waited for, stop() ends the builds, and the kept nvcc results follow every
 file under csrc/.
 """
+import re
 import subprocess
 import sys
 import textwrap
@@ -37,7 +38,43 @@ def test_a_failed_step_is_reported_and_the_next_still_runs():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["done plain", "done nvcc"]
-    assert result.stderr.splitlines() == ["prebuild: plain failed: g++ failed", "building nvcc", "prebuild: nvcc built"]
+    lines = result.stderr.splitlines()
+    assert [re.sub(r" at \d+ s", "", line) for line in lines] == ["prebuild: plain failed: g++ failed",
+                                                                   "building nvcc", "prebuild: nvcc built"]
+    assert re.fullmatch(r"prebuild: nvcc built at \d+ s", lines[-1])
+
+
+def _priority_report(new_session):
+    """(nice value, its autogroup line or None) as a build step of prebuild.main sees them."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(HERE)!r})
+        import prebuild
+
+        def build(step):
+            group = open("/proc/self/autogroup").read().strip() if os.path.exists("/proc/self/autogroup") else None
+            print(os.nice(0), group, sep="|", file=sys.stderr)
+
+        prebuild.build = build
+        prebuild.main(["nvcc"])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            start_new_session=new_session)
+    assert result.returncode == 0, result.stderr
+    nice, group = result.stderr.splitlines()[0].split("|")
+    return int(nice), None if group == "None" else group
+
+
+def test_the_builds_run_at_the_lowest_priority_and_their_session_too():
+    """In start()'s session the autogroup gets nice 19 as well (else it would share the CPU equally with
+    the tests' whatever its nice value); run inside another session, the caller's group is left alone."""
+    own_group = open("/proc/self/autogroup").read().strip() if Path("/proc/self/autogroup").exists() else None
+    nice, group = _priority_report(new_session=True)
+    assert nice == 19
+    if group is not None:
+        assert group.endswith("nice 19"), group
+    nice, group = _priority_report(new_session=False)
+    assert nice == 19 and group == own_group
 
 
 def test_an_unknown_step_is_an_error():

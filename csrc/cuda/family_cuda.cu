@@ -43,7 +43,7 @@ template <> struct Compute<double> { using type = double; };
 // storage Out, contiguous. Computed in In's compute type. The noise kind is a
 // template argument and only the combinations the operators use are
 // instantiated (run_* below), which keeps nvcc's work to one noise
-// transform per kernel.
+// transform per kernel; the scale kind is an argument (ScaleChosenAtRunTime).
 // 4 consecutive inputs from 16-byte aligned memory, or one element 4 times.
 template <typename Pack, typename In>
 __device__ __forceinline__ Pack load_pack(const In* p, int64_t i0, bool scalar) {
@@ -54,9 +54,41 @@ __device__ __forceinline__ Pack load_pack(const In* p, int64_t i0, bool scalar) 
   return out;
 }
 
+// F<kind> for the scale kind in `kind`: one kernel for every kind, where a
+// kernel per kind multiplied the file's kernels by 4 or 5 (364 of them), and
+// nvcc's and the CUDA emulation's build times with them (docs/performance.md,
+// "CI time"). The kind is a kernel argument, the same in every thread, so the
+// switch never diverges; its branch is small beside the Philox block that each
+// thread computes for its 4 elements.
+template <template <ScaleKind> class F, bool kWithRate>
+struct ScaleChosenAtRunTime {
+  static constexpr int kInputs = F<ScaleKind::Sigma>::kInputs, kOutputs = F<ScaleKind::Sigma>::kOutputs;
+  ScaleKind kind;
+
+  template <typename C>
+  __device__ __forceinline__ void apply(C a, C b, C c, C eps, C& r0, C& r1) const {
+    switch (kind) {
+#define RT_CASE(name, ...) \
+  case ScaleKind::name: apply_as<ScaleKind::name>(a, b, c, eps, r0, r1); return;
+      RT_SCALE_KINDS(RT_CASE)
+#undef RT_CASE
+    }
+    r0 = r1 = C(NAN);  // not a kind: never launched (run() checks it), and never a plausible number
+  }
+
+  template <ScaleKind k, typename C>
+  __device__ __forceinline__ static void apply_as(C a, C b, C c, C eps, C& r0, C& r1) {
+    if constexpr (k != ScaleKind::Rate || kWithRate) {
+      F<k>::apply(a, b, c, eps, r0, r1);
+    } else {
+      r0 = r1 = C(NAN);  // Rate where the formula does not take it: run() refuses it before the launch
+    }
+  }
+};
+
 template <typename Formula, NoiseKind kNoise, typename In, typename Out>
 __global__ void __launch_bounds__(kThreads)
-elementwise_noise_kernel(Out* __restrict__ out0, Out* __restrict__ out1, const In* __restrict__ a,
+elementwise_noise_kernel(const Formula formula, Out* __restrict__ out0, Out* __restrict__ out1, const In* __restrict__ a,
                          const In* __restrict__ b, const In* __restrict__ c, const int64_t* __restrict__ rng_state,
                          int64_t numel, int64_t period, uint32_t scalars) {
   using C = typename Compute<In>::type;
@@ -85,7 +117,7 @@ elementwise_noise_kernel(Out* __restrict__ out0, Out* __restrict__ out1, const I
 #pragma unroll
       for (int l = 0; l < 4; ++l) {
         C r0, r1;
-        Formula::apply(static_cast<C>(pa.v[l]), static_cast<C>(pb.v[l]), static_cast<C>(pc.v[l]),
+        formula.apply(static_cast<C>(pa.v[l]), static_cast<C>(pb.v[l]), static_cast<C>(pc.v[l]),
                        static_cast<C>(eps[l]), r0, r1);
         p0.v[l] = static_cast<Out>(r0);
         p1.v[l] = static_cast<Out>(r1);
@@ -100,7 +132,7 @@ elementwise_noise_kernel(Out* __restrict__ out0, Out* __restrict__ out1, const I
         const int64_t i = n % period;
         C r0, r1;
         const C cv = kThreeInputs ? static_cast<C>(c[(scalars & 4u) ? 0 : i]) : C(0);
-        Formula::apply(static_cast<C>(a[(scalars & 1u) ? 0 : i]), static_cast<C>(b[(scalars & 2u) ? 0 : i]), cv,
+        formula.apply(static_cast<C>(a[(scalars & 1u) ? 0 : i]), static_cast<C>(b[(scalars & 2u) ? 0 : i]), cv,
                        static_cast<C>(eps[l]), r0, r1);
         out0[n] = static_cast<Out>(r0);
         if (kTwoOutputs) out1[n] = static_cast<Out>(r1);
@@ -116,7 +148,7 @@ elementwise_noise_kernel(Out* __restrict__ out0, Out* __restrict__ out1, const I
 // parameter-sized, never sample-sized, and it spares a strided twin of every
 // kernel.
 template <typename Formula, NoiseKind kNoise, typename In, typename Out>
-void launch_elementwise(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
+void launch_elementwise(const Formula formula, const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
                         const at::Tensor& rng_state) {
   const at::Tensor& first = outs[0];
   const int64_t numel = first.numel();
@@ -147,7 +179,7 @@ void launch_elementwise(const std::vector<at::Tensor>& outs, const std::vector<a
   Out* po1 = static_cast<Out*>(outs.size() > 1 ? outs[1].data_ptr() : outs[0].data_ptr());
   const int grid = grid_size_for((numel + 3) / 4);  // a thread per Philox block
   elementwise_noise_kernel<Formula, kNoise, In, Out><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      po0, po1, pa, pb, pc, kNoise == NoiseKind::None ? nullptr : rng_state.const_data_ptr<int64_t>(), numel, period, scalars);
+      formula, po0, po1, pa, pb, pc, kNoise == NoiseKind::None ? nullptr : rng_state.const_data_ptr<int64_t>(), numel, period, scalars);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -156,7 +188,7 @@ void launch_by_dtype(const at::Tensor& rng_state, const std::vector<at::Tensor>&
                      const std::vector<at::Tensor>& ins) {
   dispatch_dtype(ins[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    launch_elementwise<Formula, kNoise, T, T>(outs, ins, rng_state);
+    launch_elementwise<Formula, kNoise, T, T>(Formula{}, outs, ins, rng_state);
   });
 }
 
@@ -165,13 +197,12 @@ void launch_by_dtype(const at::Tensor& rng_state, const std::vector<at::Tensor>&
 template <template <ScaleKind> class F, NoiseKind kNoise, bool kWithRate, bool kAccumulate = false>
 void run(ScaleKind scale, const at::Tensor& rng_state, const std::vector<at::Tensor>& outs,
          const std::vector<at::Tensor>& ins) {
+  TORCH_CHECK(kWithRate || scale != ScaleKind::Rate, "internal error: scale kind ", static_cast<int>(scale),
+              " is not compiled for this formula");
   dispatch_dtype(ins[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using Out = std::conditional_t<kAccumulate, typename Compute<T>::type, T>;
-    const bool compiled = visit_scale_kind<F, kWithRate>(scale, [&](auto formula) {
-      launch_elementwise<decltype(formula), kNoise, T, Out>(outs, ins, rng_state);
-    });
-    TORCH_CHECK(compiled, "internal error: scale kind ", static_cast<int>(scale), " is not compiled for this formula");
+    launch_elementwise<ScaleChosenAtRunTime<F, kWithRate>, kNoise, T, Out>({scale}, outs, ins, rng_state);
   });
 }
 
@@ -202,8 +233,8 @@ void run_noise_product(NoiseKind noise, const at::Tensor& rng_state, const at::T
   auto go = [&](auto noise_tag) {
     dispatch_dtype(grad.scalar_type(), [&](auto tag) {
       using T = decltype(tag);
-      launch_elementwise<NoiseProduct, decltype(noise_tag)::value, T, typename Compute<T>::type>({terms}, {grad},
-                                                                                                 rng_state);
+      launch_elementwise<NoiseProduct, decltype(noise_tag)::value, T, typename Compute<T>::type>(
+          NoiseProduct{}, {terms}, {grad}, rng_state);
     });
   };
   visit_kind(noise, [&](auto tag) {
