@@ -175,7 +175,7 @@ struct SampleAndLogProb {
 };
 
 // visit(F<kind>{}) for a run-time scale kind (host code: the dispatch of the
-// CPU row kernels and of the CUDA launches). Every formula is compiled for the
+// CPU row kernels, and the CUDA launches' check of the kind). Every formula is compiled for the
 // four public kinds; kWithRate adds Rate (the location-scale sample and its
 // gradient, for the exponential). Returns false for a kind not compiled.
 template <template <ScaleKind> class F, bool kWithRate, typename Visit>

@@ -20,6 +20,7 @@ how a CI log shows whether the background builds held it up.
 usage: python tests/prebuild.py [--until-stdin-closes] STEP...    (STEP: one of STEPS, built in that order;
        the option, which start() gives, ends the builds when stdin closes)
 """
+import errno
 import os
 import signal
 import subprocess
@@ -117,9 +118,10 @@ def wait(step):
 def summary():
     """Lines for the end of the session: when each step finished (from its log) and how long the tests
     waited for it. A wait is the background holding CI up, not the tests themselves."""
-    if not _started or not LOG.exists():
+    if not _started:
         return []
-    finished = [line.strip() for line in LOG.read_text(errors="replace").splitlines() if line.startswith("prebuild:")]
+    log = LOG.read_text(errors="replace").splitlines() if LOG.exists() else []
+    finished = [line.strip() for line in log if line.startswith("prebuild:")]
     waits = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in _waited.items())
     return finished + [f"prebuild: the tests waited for: {waits or 'nothing'}"]
 
@@ -173,13 +175,24 @@ def _lowest_priority():
     # this process a session of its own: the group needs the nice value too, or the compilers keep half the
     # CPU from tests that use both cores (bench_family --quick: 12 s alone, 40 s beside two such compilers).
     # Only in a session of its own: run from a terminal or a test, the group would be the caller's.
+    # (Autogroups matter only in the root CPU cgroup: in most containers the write is accepted and changes
+    # nothing, and the container's own scheduling applies.)
     if os.getsid(0) != os.getpid():
         return
-    try:
-        with open("/proc/self/autogroup", "w") as autogroup:
-            autogroup.write("19")
-    except OSError:  # no autogroup here: os.nice alone orders the processes
-        pass
+    for attempt in range(20):
+        try:
+            with open("/proc/self/autogroup", "w") as autogroup:
+                autogroup.write("19")
+            return
+        except FileNotFoundError:  # no autogroup scheduling: os.nice alone orders the processes
+            return
+        except OSError as error:
+            # EAGAIN: the kernel takes one autogroup change per 100 ms on the whole machine
+            if error.errno != errno.EAGAIN or attempt == 19:
+                print(f"prebuild: could not lower the session's autogroup priority ({error}); the builds may "
+                      "slow the tests down", file=sys.stderr, flush=True)
+                return
+            time.sleep(0.1)
 
 
 def main(steps, until_stdin_closes=False):

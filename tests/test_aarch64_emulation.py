@@ -95,7 +95,7 @@ def test_runner_returns_output_and_status(tmp_path):
         #include <stdio.h>
         #include <stdlib.h>
         int main(int argc, char** argv) {
-          double* big = malloc(1 << 24);  /* mmap'd by musl's malloc */
+          double* volatile big = malloc(1 << 24);  /* mmap'd by musl's malloc; volatile: kept at -O3 */
           big[(1 << 21) - 1] = 2.5;
           printf("%s %d %.2f\n", argv[1], argc, big[(1 << 21) - 1]);
           fprintf(stderr, "to stderr\n");

@@ -601,8 +601,8 @@ def test_rows_without_a_finite_max_are_nan_and_masked_rows_are_exact(backend, le
             # The interpreted looped-row kernel took 37-41 s per dtype of CI's budget; its loop does not
             # depend on the dtype, which the shorter rows and the CPU kernel cover in every dtype.
             pytest.skip("the looped Triton row runs in float32 only (CI time)")
-        # The Triton kernels loop from a shorter row than the CUDA ones: 4 chunks and a partial fifth
-        # cover the loop and its mask at about half the interpreter's time of 9000 (40 s in CI).
+        # The Triton kernels loop from a shorter row than the CUDA ones (this case keeps its id, 9000): 4
+        # chunks and a partial fifth cover the loop and its mask in 27 s of the interpreter, not 40.
         length = _library.triton_kernels["gumbel_softmax"].MAX_SINGLE_BLOCK + 5
     device = TRITON_DEVICE if backend == "triton" else "cpu"
     for name, row in _rows_with_bad_values(length, dtype).items():

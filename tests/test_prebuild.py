@@ -61,20 +61,33 @@ def _priority_report(new_session):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                             start_new_session=new_session)
     assert result.returncode == 0, result.stderr
-    nice, group = result.stderr.splitlines()[0].split("|")
-    return int(nice), None if group == "None" else group
+    refused = [line for line in result.stderr.splitlines() if line.startswith("prebuild: could not")]
+    nice, group = next(line for line in result.stderr.splitlines() if "|" in line).split("|")
+    return int(nice), None if group == "None" else group, refused
 
 
 def test_the_builds_run_at_the_lowest_priority_and_their_session_too():
     """In start()'s session the autogroup gets nice 19 as well (else it would share the CPU equally with
     the tests' whatever its nice value); run inside another session, the caller's group is left alone."""
     own_group = open("/proc/self/autogroup").read().strip() if Path("/proc/self/autogroup").exists() else None
-    nice, group = _priority_report(new_session=True)
+    nice, group, refused = _priority_report(new_session=True)
     assert nice == 19
-    if group is not None:
+    if group is not None and not refused:  # a refusal (a read-only /proc, say) is reported, not hidden
         assert group.endswith("nice 19"), group
-    nice, group = _priority_report(new_session=False)
-    assert nice == 19 and group == own_group
+    nice, group, refused = _priority_report(new_session=False)
+    assert nice == 19 and group == own_group and not refused
+
+
+def test_summary_gives_when_each_step_finished_and_the_waits(monkeypatch, tmp_path):
+    log = tmp_path / "prebuild.log"
+    log.write_text("prebuild: aarch64 built at 90 s\nninja: a compiler's line\nprebuild: nvcc built at 700 s\n")
+    monkeypatch.setattr(prebuild, "LOG", log)
+    monkeypatch.setattr(prebuild, "_started", ("aarch64", "nvcc"))
+    monkeypatch.setattr(prebuild, "_waited", {"aarch64": 0.2, "nvcc": 41.6})
+    assert prebuild.summary() == ["prebuild: aarch64 built at 90 s", "prebuild: nvcc built at 700 s",
+                                  "prebuild: the tests waited for: aarch64 0 s, nvcc 42 s"]
+    monkeypatch.setattr(prebuild, "_started", ())
+    assert prebuild.summary() == []  # no background this session (a single test file, say)
 
 
 def test_an_unknown_step_is_an_error():
@@ -88,6 +101,7 @@ def fake_background(monkeypatch, code, started):
     monkeypatch.setattr(prebuild, "_process", process)
     monkeypatch.setattr(prebuild, "_started", started)
     monkeypatch.setattr(prebuild, "_done", set())
+    monkeypatch.setattr(prebuild, "_waited", {})  # not the session's own summary
     return process
 
 

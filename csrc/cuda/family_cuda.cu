@@ -57,7 +57,7 @@ __device__ __forceinline__ Pack load_pack(const In* p, int64_t i0, bool scalar) 
 // F<kind> for the scale kind in `kind`: one kernel for every kind, where a
 // kernel per kind multiplied the file's kernels by 4 or 5 (364 of them), and
 // nvcc's and the CUDA emulation's build times with them (docs/performance.md,
-// "CI time"). The kind is a kernel argument, the same in every thread, so the
+// "Thirty-second pass"). The kind is a kernel argument, the same in every thread, so the
 // switch never diverges; its branch is small beside the Philox block that each
 // thread computes for its 4 elements.
 template <template <ScaleKind> class F, bool kWithRate>
@@ -73,7 +73,7 @@ struct ScaleChosenAtRunTime {
       RT_SCALE_KINDS(RT_CASE)
 #undef RT_CASE
     }
-    r0 = r1 = C(NAN);  // not a kind: never launched (run() checks it), and never a plausible number
+    r0 = r1 = C(NAN);  // not a kind: run() refuses it before the launch; never a plausible number
   }
 
   template <ScaleKind k, typename C>
@@ -197,8 +197,10 @@ void launch_by_dtype(const at::Tensor& rng_state, const std::vector<at::Tensor>&
 template <template <ScaleKind> class F, NoiseKind kNoise, bool kWithRate, bool kAccumulate = false>
 void run(ScaleKind scale, const at::Tensor& rng_state, const std::vector<at::Tensor>& outs,
          const std::vector<at::Tensor>& ins) {
-  TORCH_CHECK(kWithRate || scale != ScaleKind::Rate, "internal error: scale kind ", static_cast<int>(scale),
-              " is not compiled for this formula");
+  // visit_scale_kind instantiates no kernel here: it only says whether F takes this kind (Rate only with
+  // kWithRate; a value that is not a kind, never).
+  const bool takes_kind = visit_scale_kind<F, kWithRate>(scale, [](auto) {});
+  TORCH_CHECK(takes_kind, "internal error: scale kind ", static_cast<int>(scale), " is not compiled for this formula");
   dispatch_dtype(ins[0].scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using Out = std::conditional_t<kAccumulate, typename Compute<T>::type, T>;
