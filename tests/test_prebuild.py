@@ -45,7 +45,8 @@ def test_a_failed_step_is_reported_and_the_next_still_runs():
 
 
 def _priority_report(new_session):
-    """(nice value, its autogroup line or None) as a build step of prebuild.main sees them."""
+    """(nice value, its autogroup line or None, the lines reporting a refused autogroup write) as a build
+    step of prebuild.main sees them."""
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(HERE)!r})

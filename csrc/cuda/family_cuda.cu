@@ -57,9 +57,9 @@ __device__ __forceinline__ Pack load_pack(const In* p, int64_t i0, bool scalar) 
 // F<kind> for the scale kind in `kind`: one kernel for every kind, where a
 // kernel per kind multiplied the file's kernels by 4 or 5 (364 of them), and
 // nvcc's and the CUDA emulation's build times with them (docs/performance.md,
-// "Thirty-second pass"). The kind is a kernel argument, the same in every thread, so the
-// switch never diverges; its branch is small beside the Philox block that each
-// thread computes for its 4 elements.
+// "Thirty-second pass"). The kind is a kernel argument, the same in every
+// thread, so the switch never diverges; its branch is small beside the Philox
+// block that each thread computes for its 4 elements.
 template <template <ScaleKind> class F, bool kWithRate>
 struct ScaleChosenAtRunTime {
   static constexpr int kInputs = F<ScaleKind::Sigma>::kInputs, kOutputs = F<ScaleKind::Sigma>::kOutputs;
