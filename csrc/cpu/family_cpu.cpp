@@ -80,6 +80,42 @@ constexpr int64_t kManyShortRuns = 16;
 constexpr int64_t kMostCopied = int64_t(1) << 20;
 constexpr int64_t kShortKeptCall = 64;  // the backward's counterpart (reduce_backward)
 
+// A broadcast input's values laid out contiguously in its (the output's) shape, copied row by row without
+// the dispatcher: `contiguous()` on the expanded view went through five dispatched operators (clone,
+// empty_like, empty, copy_), most of the 2 us a per-feature (1, 16) scale added to a (16, 16) call's
+// forward. Up to kMostDenseCopied elements: above, a memcpy call per short row costs more than the
+// dispatch saves, and torch's copy runs on every thread (per-feature forward at 2^14, 1 thread: 1.66x
+// eager with torch's copy, 1.52x with this one; at 2^8 1.01-1.07x and 1.17-1.26x; docs/performance.md,
+// thirty-third pass).
+constexpr int64_t kMostDenseCopied = 4096;
+at::Tensor dense_copy(const at::Tensor& view) {
+  if (view.numel() > kMostDenseCopied) return view.contiguous();
+  at::Tensor dense = at::detail::empty_cpu(view.sizes(), view.options());
+  const int64_t dims = view.dim(), esize = view.element_size();
+  if (view.numel() == 0) return dense;
+  const char* src = static_cast<const char*>(view.const_data_ptr());
+  char* dst = static_cast<char*>(dense.data_ptr());
+  if (dims == 0) {
+    std::memcpy(dst, src, esize);
+    return dense;
+  }
+  const int64_t inner = view.size(dims - 1), inner_stride = view.stride(dims - 1);
+  c10::SmallVector<int64_t, 8> index(dims, 0);
+  for (int64_t row = 0, rows = view.numel() / inner; row < rows; ++row) {
+    int64_t offset = 0;
+    for (int64_t d = 0; d + 1 < dims; ++d) offset += index[d] * view.stride(d);
+    const char* from = src + offset * esize;
+    if (inner_stride == 1) {
+      std::memcpy(dst, from, inner * esize);
+    } else {
+      for (int64_t j = 0; j < inner; ++j) std::memcpy(dst + j * esize, from + j * inner_stride * esize, esize);
+    }
+    dst += inner * esize;
+    for (int64_t d = dims - 2; d >= 0 && ++index[d] == view.size(d); --d) index[d] = 0;
+  }
+  return dense;
+}
+
 // Runs `formula` over contiguous outputs (1 or 2, same shape) and inputs
 // viewed with their shape (1 to 3; expanded views broadcast without copies,
 // except where the walk would run in short rows: then the inputs that are
@@ -129,7 +165,7 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
     const int64_t run = linear_run(outs, ins);
     if (run < kShortRun && first.numel() / run >= kManyShortRuns) {
       c10::SmallVector<at::Tensor, 3> copied;
-      for (size_t k = 0; k < ins.size(); ++k) copied.push_back(steps[k] >= 0 ? ins[k] : ins[k].contiguous());
+      for (size_t k = 0; k < ins.size(); ++k) copied.push_back(steps[k] >= 0 ? ins[k] : dense_copy(ins[k]));
       run_elementwise(formula, scale, noise, key, outs, copied, noise_io);
       return;
     }
