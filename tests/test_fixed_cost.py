@@ -518,9 +518,10 @@ def _bits(t):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_short_broadcast_rows_long_rows_and_contiguous_inputs_give_the_same_bits(dtype, limit):
     """Broadcast or strided inputs whose walk would run in short rows (a per-feature scale (1, 16) beside
-    (128, 16), a transposed location, sample_shape over small parameters, a scale broadcast over a middle
-    dimension) are copied contiguous before the kernel (family_cpu.cpp's dense_copy, without the dispatcher), a scalar is read in place, and long rows keep the strided walk: all give the contiguous call's
-    bits. The backward's reduction over short kept rows goes through a buffer: its bits are those of the
+    (128, 16), a transposed location, sample_shape over small parameters, a scale kept on a middle
+    dimension) are copied contiguous before the kernel (family_cpu.cpp's dense_copy: its own loop up to
+    4096 elements, torch's copy above), a scalar is read in place, and long rows keep the strided walk: all
+    give the contiguous call's bits. The backward's reduction over short kept rows goes through a buffer: its bits are those of the
     row-by-row loop, which a non-contiguous grad_z still takes. Noise kept and regenerated."""
     previous = rt.set_saved_noise_limit(limit)
     try:
@@ -528,9 +529,12 @@ def test_short_broadcast_rows_long_rows_and_contiguous_inputs_give_the_same_bits
         cases = [((128, 16), (1, 16), ()), ((128, 16), (128, 1), ()), ((3, 1000), (1000,), ()),
                  ((8, 8), (8, 8), (4,)), ((6, 700), (1, 700), (2,)), ((40, 3), (), ()), ((300, 5), (1, 5), ()),
                  ((1, 40), (1, 1), ()),
-                 # copies over three dimensions: a sample dimension and a per-feature scale; a scale broadcast
-                 # over the middle dimension (the copy's index carries across two outer dimensions)
-                 ((8, 4), (1, 4), (4,)), ((5, 3, 4), (3, 1), ())]
+                 # copies over three dimensions: a sample dimension beside a per-feature scale; a scale kept on
+                 # the middle dimension and broadcast over the outer and inner ones (18 runs of 4: the copy's
+                 # inner stride is 0 and its index carries across both outer dimensions)
+                 ((8, 4), (1, 4), (4,)), ((6, 3, 4), (3, 1), ()),
+                 # above family_cpu.cpp's kMostDenseCopied (4096): torch's contiguous() copy
+                 ((512, 16), (1, 16), ())]
         calls = (rt.normal_rsample, rt.laplace_rsample, lambda m, s, **kw: rt.normal_rsample_and_kl(m, s, **kw)[0])
         for loc_shape, scale_shape, sample_shape in cases:
             loc = torch.randn(loc_shape, generator=g).to(dtype)

@@ -80,39 +80,34 @@ constexpr int64_t kManyShortRuns = 16;
 constexpr int64_t kMostCopied = int64_t(1) << 20;
 constexpr int64_t kShortKeptCall = 64;  // the backward's counterpart (reduce_backward)
 
-// A broadcast input's values laid out contiguously in its (the output's) shape, copied row by row without
-// the dispatcher: `contiguous()` on the expanded view went through five dispatched operators (clone,
-// empty_like, empty, copy_), most of the 2 us a per-feature (1, 16) scale added to a (16, 16) call's
-// forward. Up to kMostDenseCopied elements: above, a memcpy call per short row costs more than the
-// dispatch saves, and torch's copy runs on every thread (per-feature forward at 2^14, 1 thread: 1.66x
-// eager with torch's copy, 1.52x with this one; at 2^8 1.01-1.07x and 1.17-1.26x; docs/performance.md,
-// thirty-third pass).
+// A non-contiguous input's values (a broadcast scale, a transposed location) laid out contiguously in its
+// shape, the output's, copied row by row in the input's own type without the dispatcher. `contiguous()`
+// on the expanded view dispatched five operators (contiguous, clone, empty_like, empty, copy_), most of the
+// 2 us a per-feature (1, 16) scale added to a (16, 16) call's forward. Up to kMostDenseCopied elements; above,
+// torch's copy, which runs on every thread (docs/performance.md, thirty-third pass).
 constexpr int64_t kMostDenseCopied = 4096;
+template <typename T>
+void copy_rows(const at::Tensor& view, T* dst) {
+  const T* src = view.const_data_ptr<T>();
+  const at::IntArrayRef sizes = view.sizes(), strides = view.strides();
+  const int64_t dims = view.dim();
+  const int64_t inner = dims == 0 ? 1 : sizes[dims - 1], step = dims == 0 ? 0 : strides[dims - 1];
+  c10::SmallVector<int64_t, 8> index(std::max<int64_t>(dims, 1), 0);
+  for (int64_t row = 0, rows = view.numel() / inner; row < rows; ++row) {
+    int64_t offset = 0;
+    for (int64_t d = 0; d + 1 < dims; ++d) offset += index[d] * strides[d];
+    const T* from = src + offset;
+    for (int64_t j = 0; j < inner; ++j) dst[j] = from[j * step];
+    dst += inner;
+    for (int64_t d = dims - 2; d >= 0 && ++index[d] == sizes[d]; --d) index[d] = 0;
+  }
+}
 at::Tensor dense_copy(const at::Tensor& view) {
   if (view.numel() > kMostDenseCopied) return view.contiguous();
   at::Tensor dense = at::detail::empty_cpu(view.sizes(), view.options());
-  const int64_t dims = view.dim(), esize = view.element_size();
   if (view.numel() == 0) return dense;
-  const char* src = static_cast<const char*>(view.const_data_ptr());
-  char* dst = static_cast<char*>(dense.data_ptr());
-  if (dims == 0) {
-    std::memcpy(dst, src, esize);
-    return dense;
-  }
-  const int64_t inner = view.size(dims - 1), inner_stride = view.stride(dims - 1);
-  c10::SmallVector<int64_t, 8> index(dims, 0);
-  for (int64_t row = 0, rows = view.numel() / inner; row < rows; ++row) {
-    int64_t offset = 0;
-    for (int64_t d = 0; d + 1 < dims; ++d) offset += index[d] * view.stride(d);
-    const char* from = src + offset * esize;
-    if (inner_stride == 1) {
-      std::memcpy(dst, from, inner * esize);
-    } else {
-      for (int64_t j = 0; j < inner; ++j) std::memcpy(dst + j * esize, from + j * inner_stride * esize, esize);
-    }
-    dst += inner * esize;
-    for (int64_t d = dims - 2; d >= 0 && ++index[d] == view.size(d); --d) index[d] = 0;
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, view.scalar_type(), "dense_copy",
+                                  [&] { copy_rows<scalar_t>(view, dense.data_ptr<scalar_t>()); });
   return dense;
 }
 
