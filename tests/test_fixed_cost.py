@@ -521,8 +521,9 @@ def test_short_broadcast_rows_long_rows_and_contiguous_inputs_give_the_same_bits
     (128, 16), a transposed location, sample_shape over small parameters, a scale kept on a middle
     dimension) are copied contiguous before the kernel (family_cpu.cpp's dense_copy: its own loop up to
     4096 elements, torch's copy above), a scalar is read in place, and long rows keep the strided walk: all
-    give the contiguous call's bits. The backward's reduction over short kept rows goes through a buffer: its bits are those of the
-    row-by-row loop, which a non-contiguous grad_z still takes. Noise kept and regenerated."""
+    give the contiguous call's bits. The backward's reduction over short kept rows goes through a buffer: its
+    bits are those of the row-by-row loop, which a non-contiguous grad_z still takes. Noise kept and
+    regenerated."""
     previous = rt.set_saved_noise_limit(limit)
     try:
         g = torch.Generator().manual_seed(5)

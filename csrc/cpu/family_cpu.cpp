@@ -90,9 +90,8 @@ template <typename T>
 void copy_rows(const at::Tensor& view, T* dst) {
   const T* src = view.const_data_ptr<T>();
   const at::IntArrayRef sizes = view.sizes(), strides = view.strides();
-  const int64_t dims = view.dim();
-  const int64_t inner = dims == 0 ? 1 : sizes[dims - 1], step = dims == 0 ? 0 : strides[dims - 1];
-  c10::SmallVector<int64_t, 8> index(std::max<int64_t>(dims, 1), 0);
+  const int64_t dims = view.dim(), inner = sizes[dims - 1], step = strides[dims - 1];
+  c10::SmallVector<int64_t, 8> index(dims, 0);
   for (int64_t row = 0, rows = view.numel() / inner; row < rows; ++row) {
     int64_t offset = 0;
     for (int64_t d = 0; d + 1 < dims; ++d) offset += index[d] * strides[d];
@@ -102,10 +101,10 @@ void copy_rows(const at::Tensor& view, T* dst) {
     for (int64_t d = dims - 2; d >= 0 && ++index[d] == sizes[d]; --d) index[d] = 0;
   }
 }
+// (A 0-dim or empty view never comes here, being contiguous or returned early; torch's copy would serve it.)
 at::Tensor dense_copy(const at::Tensor& view) {
-  if (view.numel() > kMostDenseCopied) return view.contiguous();
+  if (view.dim() == 0 || view.numel() == 0 || view.numel() > kMostDenseCopied) return view.contiguous();
   at::Tensor dense = at::detail::empty_cpu(view.sizes(), view.options());
-  if (view.numel() == 0) return dense;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, view.scalar_type(), "dense_copy",
                                   [&] { copy_rows<scalar_t>(view, dense.data_ptr<scalar_t>()); });
   return dense;
