@@ -49,8 +49,8 @@ def _exp(x, F64: tl.constexpr):
 
 
 @triton.jit
-def _expm1_minus_x(t, F64: tl.constexpr):
-    """e^t - 1 - t without cancellation (expm1_minus_x in csrc/formulas.h)."""
+def _expm1_minus_x_series(t, F64: tl.constexpr):
+    """e^t - 1 - t by its Taylor series, for |t| < 1 (expm1_minus_x_series in csrc/formulas.h)."""
     if F64:
         s = tl.full(t.shape, 1.5619206968586225e-16, t.dtype)
         s = s * t + 2.8114572543455206e-15
@@ -60,9 +60,9 @@ def _expm1_minus_x(t, F64: tl.constexpr):
         s = s * t + 1.6059043836821613e-10
         s = s * t + 2.08767569878681e-09
         s = s * t + 2.505210838544172e-08
-        s = s * t + 2.755731922398589e-07
     else:
-        s = tl.full(t.shape, 2.755731922398589e-07, t.dtype)
+        s = tl.full(t.shape, 2.505210838544172e-08, t.dtype)
+    s = s * t + 2.755731922398589e-07
     s = s * t + 2.7557319223985893e-06
     s = s * t + 2.48015873015873e-05
     s = s * t + 0.0001984126984126984
@@ -71,22 +71,27 @@ def _expm1_minus_x(t, F64: tl.constexpr):
     s = s * t + 0.041666666666666664
     s = s * t + 0.16666666666666666
     s = s * t + 0.5
-    series = s * (t * t)
-    direct = tl.where(t > 128.0, _exp(t, F64), (_exp(t, F64) - 1.0) - t)  # +inf, not NaN, at t = +inf
-    return tl.where(tl.abs(t) < 0.5, series, direct)
+    return s * (t * t)
 
 
 @triton.jit
-def _normal_kl(mu, x, SCALE: tl.constexpr, F64: tl.constexpr):
+def _half_kl_excess(x, SCALE: tl.constexpr, F64: tl.constexpr):
+    """(e^t - 1 - t) / 2, t = 2 log sigma, e^t = sigma^2 (normal_kl_of and expm1_minus_x in csrc/formulas.h)."""
     t = 2.0 * log_sigma_of(x, SCALE, F64)
-    return 0.5 * (mu * mu) + 0.5 * _expm1_minus_x(t, F64)
+    sigma = sigma_of(x, SCALE, F64)
+    e_t = sigma * sigma
+    direct = tl.where(t > 128.0, e_t, (e_t - 1.0) - t)  # +inf, not NaN, at t = +inf
+    return 0.5 * tl.where(tl.abs(t) >= 1.0, direct, _expm1_minus_x_series(t, F64))  # NaN t: the series, NaN
 
 
 @triton.jit
 def _normal_kl_dx(x, SCALE: tl.constexpr, F64: tl.constexpr):
-    """dKL/dx (normal_kl_dx in csrc/formulas.h)."""
+    """dKL/dx = (e^t - 1) dlog(sigma)/dx (normal_kl_dx and expm1_given_exp in csrc/formulas.h)."""
+    sigma = sigma_of(x, SCALE, F64)
+    e_t = sigma * sigma
     t = 2.0 * log_sigma_of(x, SCALE, F64)
-    return (_expm1_minus_x(t, F64) + t) * dlog_sigma_of(x, SCALE, F64)
+    expm1_t = tl.where(tl.abs(t) >= 1.0, e_t - 1.0, _expm1_minus_x_series(t, F64) + t)  # NaN t: NaN
+    return expm1_t * dlog_sigma_of(x, SCALE, F64)
 
 
 # -------------------------------------------------------------------- kernel
@@ -102,7 +107,8 @@ def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, nume
     compute = tl.float64 if F64 else tl.float32
     eps = stream_noise(state_ptr, first, BLOCK, NOISE).to(compute)
     # Lanes past the end read 1, not 0: the formulas divide by the scale parameter (rate, sigma).
-    a = tl.load(a_ptr + index, mask=mask, other=1.0).to(compute)
+    if FORMULA != NORMAL_KL:  # the KL loads mu after its log: mu live across it spilled (sm_90, float64)
+        a = tl.load(a_ptr + index, mask=mask, other=1.0).to(compute)
     if FORMULA != NOISE_PRODUCT:
         b = tl.load(b_ptr + index, mask=mask, other=1.0).to(compute)
     if FORMULA == LOC_SCALE_SAMPLE:
@@ -115,7 +121,9 @@ def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, nume
         tau = tl.load(tau_ptr)  # in the compute type, clamped there (rtrick_ops._math.tau_tensor)
         out0 = div(tl.full(a.shape, 1.0, compute), 1.0 + _exp(-div(a + eps, tau, F64), F64), F64)
     elif FORMULA == NORMAL_KL:
-        out0 = _normal_kl(a, b, SCALE, F64)
+        half_excess = _half_kl_excess(b, SCALE, F64)
+        a = tl.load(a_ptr + index, mask=mask, other=1.0).to(compute)
+        out0 = 0.5 * (a * a) + half_excess
     elif FORMULA == NORMAL_KL_GRAD:  # a = grad_kl, b = mu, c = scale_param
         c = tl.load(c_ptr + index, mask=mask, other=1.0).to(compute)
         out0 = a * b
@@ -128,7 +136,7 @@ def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, nume
         out0 = a * b + c
     elif FORMULA == SAMPLE_AND_KL:
         out0 = a + sigma_of(b, SCALE, F64) * eps
-        out1 = _normal_kl(a, b, SCALE, F64)
+        out1 = 0.5 * (a * a) + _half_kl_excess(b, SCALE, F64)
     elif FORMULA == SAMPLE_AND_LOG_PROB:
         out0 = a + sigma_of(b, SCALE, F64) * eps
         out1 = ((-0.5 * (eps * eps) - log_sigma_of(b, SCALE, F64)) - 0.91893853320467274178) + (a - a)  # NaN mu

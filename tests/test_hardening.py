@@ -439,3 +439,33 @@ def test_reference_kl_near_sigma_one_is_accurate():
     want = sum(t ** k / float(math.factorial(k)) for k in range(2, 25))  # converges to double precision here
     got = rt.normal_kl(torch.zeros(5, dtype=torch.float64), x, backend="reference")
     torch.testing.assert_close(got, 0.5 * want, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"] + TRITON_HERE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kl_gradient_far_below_zero_is_minus_one_and_nan_stays_nan(backend, dtype):
+    """dKL/dx is (e^t - 1) d log(sigma)/dx. Until 2026-12-04 the kernels took e^t - 1 as
+    (e^t - 1 - t) + t, which cancels to 0 for t below about -1.7e7 in float32 (-2e16 in float64) where the
+    truth is -1; it is sigma^2 - 1 now. sigma^2 beside a NaN log (scale="sigma" at x < 0, unchecked) must
+    not make a number of the KL or its gradient."""
+    far = -8.4e6 if dtype == torch.float32 else -2e16
+    for scale in ("log_sigma", "softplus"):
+        x = torch.tensor([far, -3.0], dtype=dtype, requires_grad=True)
+        mu = torch.zeros(2, dtype=dtype, requires_grad=True)
+        for fused in (False, True):
+            kl = (rt.normal_rsample_and_kl(mu, x, scale=scale, seed=0, backend=backend)[1] if fused
+                  else rt.normal_kl(mu, x, scale=scale, backend=backend))
+            (grad,) = torch.autograd.grad(kl.sum(), x)
+            x64 = torch.tensor([-3.0], dtype=torch.float64, requires_grad=True)
+            (want,) = torch.autograd.grad(rt.normal_kl(torch.zeros(1, dtype=torch.float64), x64, scale=scale,
+                                                       backend="reference").sum(), x64)
+            torch.testing.assert_close(grad.double(), torch.cat([torch.tensor([-1.0], dtype=torch.float64), want]),
+                                       rtol=1e-6, atol=0, msg=lambda m: f"{scale} fused={fused}: {m}")
+    for scale, bad in (("sigma", -1.0), ("sigma", math.nan), ("log_sigma", math.nan), ("logvar", math.nan),
+                       ("softplus", math.nan)):
+        x = torch.tensor([bad, 0.5], dtype=dtype, requires_grad=True)
+        mu = torch.zeros(2, dtype=dtype)
+        kl = rt.normal_kl(mu, x, scale=scale, backend=backend, validate_args=False)
+        (grad,) = torch.autograd.grad(kl.sum(), x)
+        assert bool(kl[0].isnan()) and bool(grad[0].isnan()), (scale, bad, kl, grad)
+        assert bool(torch.isfinite(kl[1])) and bool(torch.isfinite(grad[1])), (scale, kl, grad)
