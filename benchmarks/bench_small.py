@@ -1,7 +1,7 @@
 """The sizes users call the ops at: 1 to 2^16 elements per call (a VAE latent of 128x32 is 2^12, a SAC action
 batch of 256x6 about 2^11), CPU, against torch eager and torch.compile.
 
-    python3 benchmarks/bench_small.py [--quick] [--threads 1,2] [--sizes 0,2,4,...] [--no-compile]
+    python3 benchmarks/bench_small.py [--quick] [--threads 1,2] [--sizes 0,2,4,...] [--no-compile] [--isa avx2]
 
 For normal_rsample, normal_rsample_and_kl, normal_rsample_and_log_prob (a SAC policy's sample and log
 density), normal_rsample with a per-feature scale of (1, 16) broadcast over the batch, and gumbel_softmax
@@ -362,6 +362,10 @@ def main(argv=None):
                              "quick: 11,14)")
     parser.add_argument("--distribution-sizes", default="11,12,14,16",
                         help="log2 sizes of the drop-in classes' sweep, 1 thread (empty skips it; quick: 11)")
+    parser.add_argument("--isa", default="auto",
+                        help="force the CPU kernels' instruction set for the cases, the noise and the classes' "
+                             "sweeps (rt.set_cpu_isa: default, avx2, avx512; recorded as cpu_isa); the forced-ISA "
+                             "sweep still runs each")
     parser.add_argument("--saved-noise-limit", type=int,
                         help="rt.set_saved_noise_limit for the run (0: every backward regenerates its noise)")
     parser.add_argument("--quick", action="store_true", help="four sizes, few rounds, for smoke tests")
@@ -372,6 +376,7 @@ def main(argv=None):
     rounds = args.rounds or (5 if args.quick else 15)
     all_cases = harness.select_cases(parser, cases(), args.cases)
     harness.settle_allocator()  # the 2^20 rows free 4 MiB blocks, which can trap as 16 MiB ones do
+    rt.set_cpu_isa(args.isa)
     if args.saved_noise_limit is not None:
         rt.set_saved_noise_limit(args.saved_noise_limit)
     environment = harness.cpu_environment(",".join(map(str, threads_list)))
@@ -400,6 +405,7 @@ def main(argv=None):
     if args.isa_size:
         torch.set_num_threads(threads_list[0])
         isa_rows = isa_sweep(2**(16 if args.quick else args.isa_size), rounds)
+        rt.set_cpu_isa(args.isa)  # the sweep leaves "auto"
         for row in isa_rows:
             print(f"{threads_list[0]} thr  2^{row['numel'].bit_length() - 1} normal_rsample isa={row['isa']:7s} "
                   f"{'fwd+bwd' if row['mode'] == 'full' else row['mode']:8s}{row['best_us']:9.1f} us  "

@@ -84,6 +84,18 @@ def test_small_size_benchmark_quick_run_writes_results(tmp_path):
     assert (tmp_path / "bench_small_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_small_size_benchmark_forces_the_instruction_set_it_is_given(tmp_path):
+    """--isa runs the cases on that instruction set (issue #15: every ISA forced one by one) and records it."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_small.py"), "--isa", "default",
+                             "--cases", "normal_rsample_and_kl", "--sizes", "4", "--threads", "1", "--rounds", "2",
+                             "--no-compile", "--isa-size", "0", "--noise-sweep-sizes", "", "--distribution-sizes", "",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "bench_small_cpu.csv")))
+    assert rows and {row["cpu_isa"] for row in rows} == {"default"}
+    assert "ISA default" in (tmp_path / "bench_small_cpu.md").read_text()
+
+
 def load_benchmark_module():
     spec = importlib.util.spec_from_file_location("bench_normal", ROOT / "benchmarks" / "bench_normal.py")
     module = importlib.util.module_from_spec(spec)
