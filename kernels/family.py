@@ -75,10 +75,10 @@ def _expm1_minus_x_series(t, F64: tl.constexpr):
 
 
 @triton.jit
-def _half_kl_excess(x, SCALE: tl.constexpr, F64: tl.constexpr):
-    """(e^t - 1 - t) / 2, t = 2 log sigma, e^t = sigma^2 (normal_kl_of and expm1_minus_x in csrc/formulas.h)."""
+def _half_kl_excess(x, sigma, SCALE: tl.constexpr, F64: tl.constexpr):
+    """(e^t - 1 - t) / 2, t = 2 log sigma, e^t = sigma^2, sigma = sigma_of(x) (normal_kl_of and expm1_minus_x in
+    csrc/formulas.h)."""
     t = 2.0 * log_sigma_of(x, SCALE, F64)
-    sigma = sigma_of(x, SCALE, F64)
     e_t = sigma * sigma
     direct = tl.where(t > 128.0, e_t, (e_t - 1.0) - t)  # +inf, not NaN, at t = +inf
     return 0.5 * tl.where(tl.abs(t) >= 1.0, direct, _expm1_minus_x_series(t, F64))  # NaN t: the series, NaN
@@ -121,7 +121,7 @@ def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, nume
         tau = tl.load(tau_ptr)  # in the compute type, clamped there (rtrick_ops._math.tau_tensor)
         out0 = div(tl.full(a.shape, 1.0, compute), 1.0 + _exp(-div(a + eps, tau, F64), F64), F64)
     elif FORMULA == NORMAL_KL:
-        half_excess = _half_kl_excess(b, SCALE, F64)
+        half_excess = _half_kl_excess(b, sigma_of(b, SCALE, F64), SCALE, F64)
         a = tl.load(a_ptr + index, mask=mask, other=1.0).to(compute)
         out0 = 0.5 * (a * a) + half_excess
     elif FORMULA == NORMAL_KL_GRAD:  # a = grad_kl, b = mu, c = scale_param
@@ -135,8 +135,9 @@ def _elementwise_kernel(out0_ptr, out1_ptr, a_ptr, b_ptr, c_ptr, state_ptr, nume
         c = tl.load(c_ptr + index, mask=mask, other=1.0).to(compute)
         out0 = a * b + c
     elif FORMULA == SAMPLE_AND_KL:
-        out0 = a + sigma_of(b, SCALE, F64) * eps
-        out1 = 0.5 * (a * a) + _half_kl_excess(b, SCALE, F64)
+        sigma = sigma_of(b, SCALE, F64)
+        out0 = a + sigma * eps
+        out1 = 0.5 * (a * a) + _half_kl_excess(b, sigma, SCALE, F64)
     elif FORMULA == SAMPLE_AND_LOG_PROB:
         out0 = a + sigma_of(b, SCALE, F64) * eps
         out1 = ((-0.5 * (eps * eps) - log_sigma_of(b, SCALE, F64)) - 0.91893853320467274178) + (a - a)  # NaN mu
