@@ -157,14 +157,22 @@ def test_seeds():
     assert torch.isfinite(rt.gumbel_softmax(logits, seed=big)).all()
 
 
-def test_thread_count_does_not_change_values():
-    logits = logits_for((3, 700))
+# (shape, hard, dim, sample_shape): a large call, and calls just above the 2048-element grain of
+# gumbel_softmax_cpu.cpp (kGrainElements) in short and long rows, along the last dimension and not, hard
+# and soft, with and without samples, so that a thread's range starts inside a row chunk.
+_THREAD_SPLIT_CASES = [((3, 700), False, 0, (50,)), ((411, 10), False, -1, ()), ((33, 128), True, -1, ()),
+                       ((17, 128), False, -1, (3,)), ((10, 419), False, 0, ()), ((6, 7, 101), False, 1, (2,))]
+
+
+@pytest.mark.parametrize("shape, hard, dim, sample_shape", _THREAD_SPLIT_CASES)
+def test_thread_count_does_not_change_values(shape, hard, dim, sample_shape):
+    logits = logits_for(shape)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = sample_and_grad(logits, 0.9, False, 0, (50,), 2, "cpu")
+        one = sample_and_grad(logits, 0.9, hard, dim, sample_shape, 2, "cpu")
         torch.set_num_threads(max(2, before))
-        many = sample_and_grad(logits, 0.9, False, 0, (50,), 2, "cpu")
+        many = sample_and_grad(logits, 0.9, hard, dim, sample_shape, 2, "cpu")
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])

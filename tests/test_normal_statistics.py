@@ -395,3 +395,49 @@ def test_bitwise_same_across_threads_and_isas():
         rt.set_cpu_isa("auto")
         torch.set_num_threads(threads_before)
     assert len(seen) >= 4, f"expected at least two ISAs x two thread counts, ran {seen}"
+
+
+def _small_split_calls(n, dtype):
+    """Calls of n elements whose forward (and, above the saved-noise limit, backward) draws noise, with
+    every output and every gradient: below torch's default grain, where only the drawing grain splits."""
+    torch.manual_seed(11)
+    mu = torch.randn(n, dtype=dtype, requires_grad=True)
+    log_sigma = (0.5 * torch.randn(n, dtype=dtype)).requires_grad_()
+    results = []
+    for scale in ("log_sigma", "softplus"):
+        z = rt.normal_rsample(mu, log_sigma, scale=scale, seed=2**64 - 7)
+        results += [z, *torch.autograd.grad(z, (mu, log_sigma), torch.cos(z.detach()))]
+    z, kl = rt.normal_rsample_and_kl(mu, log_sigma, seed=12345)
+    results += [z, kl, *torch.autograd.grad((z, kl), (mu, log_sigma), (torch.sin(z.detach()), torch.ones_like(kl)))]
+    rows = torch.randn(7, 733, dtype=dtype, requires_grad=True)  # rows long enough to walk broadcast:
+    per_row = torch.randn(7, 1, dtype=dtype, requires_grad=True)  # the TensorIterator path
+    z = rt.normal_rsample(rows, per_row, sample_shape=(n // 4096 + 1,), seed=5)
+    results += [z, *torch.autograd.grad(z, (rows, per_row), torch.cos(z.detach()))]
+    z = rt.laplace_rsample(mu, log_sigma.detach().exp().requires_grad_(), scale="sigma", seed=99)
+    results.append(z)
+    results.append(rt.relaxed_bernoulli_rsample(mu, 0.5, seed=7))
+    return results
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("noise_limit", [2**20, 0], ids=["noise_kept", "noise_regenerated"])
+def test_calls_below_torchs_grain_keep_their_bits_when_split(dtype, noise_limit):
+    """The drawing kernels split from 2048 elements (family_cpu.cpp's kDrawingGrain): sizes that put a
+    thread's range in the middle of a Philox block and of a vector give the 1-thread bits at 2 threads,
+    in every output and gradient, with the noise kept for the backward and regenerated."""
+    threads_before = torch.get_num_threads()
+    limit_before = rt.set_saved_noise_limit(noise_limit)
+    try:
+        for n in (2049, 4097, 6151, 3 * 2**13 + 5):
+            torch.set_num_threads(1)
+            serial = _small_split_calls(n, dtype)
+            torch.set_num_threads(2)
+            split = _small_split_calls(n, dtype)
+            for i, (got, want) in enumerate(zip(split, serial)):
+                assert got.dtype == want.dtype and got.shape == want.shape, (n, i)
+                assert torch.equal(got, want), (
+                    f"n={n}, output {i}: 2 threads differ from 1 "
+                    f"(max |diff| = {(got.double() - want.double()).abs().max().item():.3g})")
+    finally:
+        torch.set_num_threads(threads_before)
+        rt.set_saved_noise_limit(limit_before)
