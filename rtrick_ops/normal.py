@@ -25,10 +25,6 @@ _ops = torch.ops.rtrick_ops
 _gaussian_fast = getattr(_library.compiled, "gaussian_fast", None)
 
 
-def _fast_path(mu, scale_param, sample_shape, generator, backend):
-    return _gaussian_fast is not None and fast_call_may_try(sample_shape, generator, backend, mu, scale_param)
-
-
 def normal_rsample(
     mu: torch.Tensor,
     scale_param: torch.Tensor,
@@ -64,7 +60,7 @@ def normal_rsample(
     Returns:
         z, of dtype promote(mu.dtype, scale_param.dtype).
     """
-    if _fast_path(mu, scale_param, sample_shape, generator, backend):
+    if _gaussian_fast is not None and fast_call_may_try(sample_shape, generator, backend, mu, scale_param):
         z = _gaussian_fast(0, mu, scale_param, scale, validating(validate_args), seed, sample_shape)
         if z is not None:
             return z
@@ -121,7 +117,7 @@ def normal_rsample_and_kl(mu: torch.Tensor, scale_param: torch.Tensor, *, scale:
     kl has the batch shape broadcast(mu, scale_param) (without sample dims). The
     arguments are normal_rsample's.
     """
-    if _fast_path(mu, scale_param, sample_shape, generator, backend):
+    if _gaussian_fast is not None and fast_call_may_try(sample_shape, generator, backend, mu, scale_param):
         pair = _gaussian_fast(1, mu, scale_param, scale, validating(validate_args), seed, sample_shape)
         if pair is not None:
             return pair
@@ -144,7 +140,7 @@ def normal_rsample_and_log_prob(mu: torch.Tensor, scale_param: torch.Tensor, *, 
     z = rsample() gives. Both outputs have z's shape. The arguments are
     normal_rsample's.
     """
-    if _fast_path(mu, scale_param, sample_shape, generator, backend):
+    if _gaussian_fast is not None and fast_call_may_try(sample_shape, generator, backend, mu, scale_param):
         pair = _gaussian_fast(2, mu, scale_param, scale, validating(validate_args), seed, sample_shape)
         if pair is not None:
             return pair
