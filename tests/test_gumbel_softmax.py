@@ -157,24 +157,31 @@ def test_seeds():
     assert torch.isfinite(rt.gumbel_softmax(logits, seed=big)).all()
 
 
-# (shape, hard, dim, sample_shape): a large call, and calls just above the 2048-element grain of
-# gumbel_softmax_cpu.cpp (kGrainElements) in short and long rows, along the last dimension and not, hard
-# and soft, with and without samples, so that a thread's range starts inside a row chunk.
-_THREAD_SPLIT_CASES = [((3, 700), False, 0, (50,)), ((411, 10), False, -1, ()), ((33, 128), True, -1, ()),
-                       ((17, 128), False, -1, (3,)), ((10, 419), False, 0, ()), ((6, 7, 101), False, 1, (2,))]
+# (shape, dtype, hard, dim, sample_shape): a large call, and calls just above the 2048-element grain of
+# gumbel_softmax_cpu.cpp (kGrainElements, at 2 threads) in short and long rows, along the last dimension
+# and not, soft and hard (whose backward regenerates the sample, as bfloat16's does), with and without
+# samples, so that a thread's range starts inside a row chunk.
+_THREAD_SPLIT_CASES = [((3, 700), torch.float32, False, 0, (50,)), ((411, 10), torch.float32, False, -1, ()),
+                       ((33, 128), torch.float32, True, -1, ()), ((17, 128), torch.float32, False, -1, (3,)),
+                       ((3, 10, 419), torch.float32, False, 1, ()), ((6, 7, 101), torch.float32, False, 1, (2,)),
+                       ((411, 10), torch.bfloat16, False, -1, ()), ((1, 700), torch.float64, True, -1, (5,))]
 
 
-@pytest.mark.parametrize("shape, hard, dim, sample_shape", _THREAD_SPLIT_CASES)
-def test_thread_count_does_not_change_values(shape, hard, dim, sample_shape):
-    logits = logits_for(shape)
+@pytest.mark.parametrize("shape, dtype, hard, dim, sample_shape", _THREAD_SPLIT_CASES)
+def test_thread_count_does_not_change_values(shape, dtype, hard, dim, sample_shape):
+    logits = logits_for(shape, dtype)
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
+        if _library.compiled.parallel_threads_used(1 << 16) != 2:
+            pytest.skip("this build's at::parallel_for does not use a second thread")
         torch.set_num_threads(1)
         one = sample_and_grad(logits, 0.9, hard, dim, sample_shape, 2, "cpu")
-        torch.set_num_threads(max(2, before))
+        torch.set_num_threads(2)  # exactly 2: the grain grows with the thread count (cpu_common.h, team_grain)
         many = sample_and_grad(logits, 0.9, hard, dim, sample_shape, 2, "cpu")
     finally:
         torch.set_num_threads(before)
+    assert one[0].dtype == many[0].dtype == dtype and one[1].dtype == many[1].dtype == dtype
     assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
 
 

@@ -75,6 +75,7 @@ import pytest
 import torch
 
 import rtrick_ops as rt
+from rtrick_ops import _library
 
 ALPHA_FILE = 1e-3
 N_CHECKS = 40  # budget; 37 checks are used (see the table above)
@@ -398,8 +399,9 @@ def test_bitwise_same_across_threads_and_isas():
 
 
 def _small_split_calls(n, dtype):
-    """Calls of n elements whose forward (and, above the saved-noise limit, backward) draws noise, with
-    every output and every gradient: below torch's default grain, where only the drawing grain splits."""
+    """Calls of about n elements below torch's default grain, with every output and every gradient: the
+    kernels that draw noise split from 2049 elements, the others (the kept noise's backward, the KL's
+    formulas) from 4097 (family_cpu.cpp's kDrawingGrain and kFormulaGrain, at 2 threads)."""
     torch.manual_seed(11)
     mu = torch.randn(n, dtype=dtype, requires_grad=True)
     log_sigma = (0.5 * torch.randn(n, dtype=dtype)).requires_grad_()
@@ -409,25 +411,38 @@ def _small_split_calls(n, dtype):
         results += [z, *torch.autograd.grad(z, (mu, log_sigma), torch.cos(z.detach()))]
     z, kl = rt.normal_rsample_and_kl(mu, log_sigma, seed=12345)
     results += [z, kl, *torch.autograd.grad((z, kl), (mu, log_sigma), (torch.sin(z.detach()), torch.ones_like(kl)))]
-    rows = torch.randn(7, 733, dtype=dtype, requires_grad=True)  # rows long enough to walk broadcast:
-    per_row = torch.randn(7, 1, dtype=dtype, requires_grad=True)  # the TensorIterator path
+    # Rows long enough to walk broadcast: run_elementwise's TensorIterator path, forward (its backward is
+    # the reduction over the broadcast dimension).
+    rows = torch.randn(7, 733, dtype=dtype, requires_grad=True)
+    per_row = torch.randn(7, 1, dtype=dtype, requires_grad=True)
     z = rt.normal_rsample(rows, per_row, sample_shape=(n // 4096 + 1,), seed=5)
     results += [z, *torch.autograd.grad(z, (rows, per_row), torch.cos(z.detach()))]
-    z = rt.laplace_rsample(mu, log_sigma.detach().exp().requires_grad_(), scale="sigma", seed=99)
-    results.append(z)
+    # Same-shape column slices, rows of at least 512: the TensorIterator path in the forward and in the
+    # backward, which reads the kept noise there. Three rows, so that 2 threads split one in the middle.
+    width = max(512, n // 3)
+    sliced_mu = torch.randn(3, width + 7, dtype=dtype)[:, :width].requires_grad_()
+    sliced_sigma = (0.5 * torch.randn(3, width + 7, dtype=dtype))[:, :width].requires_grad_()
+    z, kl = rt.normal_rsample_and_kl(sliced_mu, sliced_sigma, seed=77)
+    results += [z, kl, *torch.autograd.grad((z, kl), (sliced_mu, sliced_sigma), (torch.cos(z.detach()), z.detach()))]
+    sigma = log_sigma.detach().exp().requires_grad_()
+    z = rt.laplace_rsample(mu, sigma, scale="sigma", seed=99)
+    results += [z, *torch.autograd.grad(z, (mu, sigma), torch.cos(z.detach()))]
     results.append(rt.relaxed_bernoulli_rsample(mu, 0.5, seed=7))
     return results
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("noise_limit", [2**20, 0], ids=["noise_kept", "noise_regenerated"])
 def test_calls_below_torchs_grain_keep_their_bits_when_split(dtype, noise_limit):
-    """The drawing kernels split from 2048 elements (family_cpu.cpp's kDrawingGrain): sizes that put a
-    thread's range in the middle of a Philox block and of a vector give the 1-thread bits at 2 threads,
-    in every output and gradient, with the noise kept for the backward and regenerated."""
+    """Sizes that put a thread's range in the middle of a Philox block and of a vector give the 1-thread
+    bits at 2 threads, in every output and gradient, with the noise kept for the backward and
+    regenerated."""
     threads_before = torch.get_num_threads()
     limit_before = rt.set_saved_noise_limit(noise_limit)
     try:
+        torch.set_num_threads(2)
+        if _library.compiled.parallel_threads_used(1 << 16) != 2:
+            pytest.skip("this build's at::parallel_for does not use a second thread")
         for n in (2049, 4097, 6151, 3 * 2**13 + 5):
             torch.set_num_threads(1)
             serial = _small_split_calls(n, dtype)

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "row_kernels.h"
@@ -18,6 +20,17 @@ inline Storage storage_of(at::ScalarType t) {
     case at::kBFloat16: return Storage::BFloat16;
     default: TORCH_CHECK_TYPE(false, "unsupported dtype ", t);
   }
+}
+
+// The grain of an at::parallel_for whose split was measured on 2 threads (`at_two_threads`: the work
+// below which a call stays on one thread), grown with the thread count up to `most`, the grain these
+// calls had before. torch's OpenMP backend wakes the whole team for every split (its `#pragma omp
+// parallel` has no num_threads clause, whatever the grain), so a split costs more the more threads there
+// are. Not measured above 2 threads: from `most` on, no call splits that did not split before
+// (docs/performance.md, thirty-fifth pass).
+inline int64_t team_grain(int64_t at_two_threads, int64_t most) {
+  const int64_t threads = std::max<int64_t>(2, at::get_num_threads());
+  return std::min(most, at_two_threads * (threads / 2));
 }
 
 // (key, offset) from rng_state, an int64 tensor [key, offset] on the CPU.

@@ -80,14 +80,14 @@ constexpr int64_t kManyShortRuns = 16;
 constexpr int64_t kMostCopied = int64_t(1) << 20;
 constexpr int64_t kShortKeptCall = 64;  // the backward's counterpart (reduce_backward)
 
-// The fewest elements a thread of run_elementwise takes. torch's default grain (32768) is sized for a copy
-// or an add, and kept every call below 2^16 elements on one thread. Ours cost more an element: drawing the
-// noise about 2 ns with AVX-512 (4 with AVX2, 60 on the portable path), the formulas without a draw (a
-// saved noise's backward, the KL's) about 0.5-1 ns, against about 1 us to start the second thread. On 2
-// threads (Zen 4, 2026-12-04, one process, old and new alternating) the normal_rsample step (forward and
-// autograd.grad) at 2^14 went from 75.3 to 61.5 us with the drawing grain, and from 65.5 to 58-59 us with
-// the other grain at 8192 or 4096; 2048 gained nothing more for the formulas without a draw. Values depend
-// on the stream index only, so not on the split.
+// The work below which run_elementwise stays on one thread, on 2 threads (team_grain grows it with more).
+// torch's default grain (32768) is sized for a copy or an add, and kept every call of up to 2^15 elements
+// on one thread. Ours cost more an element: drawing the noise about 2 ns with AVX-512 (4 with AVX2, 60 on
+// the portable path), the formulas without a draw (a saved noise's backward, the KL's) about 0.5-1 ns,
+// against about a microsecond to start the second thread. On 2 threads (Zen 4, 2026-12-04, one process,
+// old and new grains alternating: benchmarks/results/amd_epyc_zen4_avx512_2026-12-04/grain_ab_2thr_1630.txt)
+// the normal_rsample step (forward and autograd.grad) at 2^14 went from 75.8 to 58.2 us. Values depend on
+// the stream index only, so not on the split.
 constexpr int64_t kDrawingGrain = 2048;
 constexpr int64_t kFormulaGrain = 4096;
 
@@ -139,7 +139,7 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
   float* keep = noise_io.keep.defined() ? noise_io.keep.data_ptr<float>() : nullptr;
   const bool outputs_plain = plain_outputs(outs);
   const bool draws = noise != NoiseKind::None && saved == nullptr;
-  const int64_t grain = draws ? kDrawingGrain : kFormulaGrain;
+  const int64_t grain = team_grain(draws ? kDrawingGrain : kFormulaGrain, at::internal::GRAIN_SIZE);
   int64_t steps[3] = {-1, -1, -1};
   bool rows = outputs_plain;
   for (size_t k = 0; k < ins.size(); ++k) {

@@ -345,13 +345,15 @@ void soft_slab(const T* x, const float* g, const SlabShape& s, int64_t b0, C tau
   call_for_cpu<soft_slab_impl<T, C>>(fma, x, g, s, b0, tau, w, need_exp);
 }
 
-// The fewest elements a thread of at::parallel_for takes, forward and backward:
-// 2 to 10 ns each, so 4 to 20 us of work, several times the microsecond that
-// starting the second thread costs. At 8192 (until 2026-12-04) calls of 2^12 and
+// The elements below which the forward and the backward stay on one thread, on 2
+// threads (team_grain grows it with more, up to kMostGrainElements, the grain
+// until 2026-12-04): 2 to 10 ns each, so 4 to 20 us of work, several times the
+// microsecond that starting the second thread costs. At 8192 calls of 2^12 and
 // 2^13 elements ran on one thread: on 2 threads (Zen 4, one process, old and new
 // alternating) the forward and autograd.grad of rows of 10 took 79.5 -> 58.1 us
 // at 2^12 and 134.7 -> 82.7 us at 2^13, rows of 128 51.8 -> 42.6 and 76.5 -> 55.2.
 constexpr int64_t kGrainElements = 2048;
+constexpr int64_t kMostGrainElements = 8192;
 
 // Output rows (slabs) per noise_fill call: about 4096 stream elements.
 int64_t rows_per_chunk(int64_t slab) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, slab)); }
@@ -366,7 +368,7 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const SlabShape& s, int6
   const T* xp = x.const_data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const int64_t chunk = rows_per_chunk(slab);
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / slab);
+  const int64_t grain = std::max<int64_t>(1, team_grain(kGrainElements, kMostGrainElements) / slab);
   const RowKernels& kernels = active_row_kernels();
   const bool fma = fma_available();
   const bool short_rows = s.inner == 1 && s.length < kShortRow && !hard;
@@ -435,7 +437,7 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, const T* sample,
   // Without sample dims, consecutive logits slabs are consecutive in the stream too.
   const int64_t slab_chunk = samples == 1 && regenerate ? rows_per_chunk(slab) : 1;
   const int64_t item_elements = (samples == 1 ? 1 : per_part) * slab;
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / item_elements);
+  const int64_t grain = std::max<int64_t>(1, team_grain(kGrainElements, kMostGrainElements) / item_elements);
   at::parallel_for(0, parts * s.outer, grain, [&](int64_t begin, int64_t end) {
     SlabScratch<C> w(s);
     std::vector<float> noise(regenerate ? std::max(chunk, slab_chunk) * slab : 0);
