@@ -36,6 +36,8 @@ SAMPLE_AND_LOG_PROB = tl.constexpr(kinds.FORMULA["sample_and_log_prob"])
 NOISE_PRODUCT = tl.constexpr(kinds.FORMULA["noise_product"])  # out = a * noise, in the accumulator type
 SAMPLE_AND_KL_SCALE_GRAD = tl.constexpr(kinds.FORMULA["sample_and_kl_scale_grad"])
 SAMPLE_AND_KL_MEAN_GRAD = tl.constexpr(kinds.FORMULA["sample_and_kl_mean_grad"])
+# Below |t| = this, e^t - 1 - t is its Taylor series (kExpm1SeriesBelow in csrc/formulas.h).
+EXPM1_SERIES_BELOW = tl.constexpr(1.0)
 
 # family -> (noise code, z = exp(...)), from the one list
 FAMILIES = {family: (tl.constexpr(kinds.NOISE[noise]), exp_output)
@@ -50,7 +52,7 @@ def _exp(x, F64: tl.constexpr):
 
 @triton.jit
 def _expm1_minus_x_series(t, F64: tl.constexpr):
-    """e^t - 1 - t by its Taylor series, for |t| < 1 (expm1_minus_x_series in csrc/formulas.h)."""
+    """e^t - 1 - t by its Taylor series, for |t| < EXPM1_SERIES_BELOW (expm1_minus_x_series in csrc/formulas.h)."""
     if F64:
         s = tl.full(t.shape, 1.5619206968586225e-16, t.dtype)
         s = s * t + 2.8114572543455206e-15
@@ -81,7 +83,8 @@ def _half_kl_excess(x, sigma, SCALE: tl.constexpr, F64: tl.constexpr):
     t = 2.0 * log_sigma_of(x, SCALE, F64)
     e_t = sigma * sigma
     direct = tl.where(t > 128.0, e_t, (e_t - 1.0) - t)  # +inf, not NaN, at t = +inf
-    return 0.5 * tl.where(tl.abs(t) >= 1.0, direct, _expm1_minus_x_series(t, F64))  # NaN t: the series, NaN
+    # A NaN t takes the series, and stays NaN.
+    return 0.5 * tl.where(tl.abs(t) >= EXPM1_SERIES_BELOW, direct, _expm1_minus_x_series(t, F64))
 
 
 @triton.jit
@@ -90,7 +93,7 @@ def _normal_kl_dx(x, SCALE: tl.constexpr, F64: tl.constexpr):
     sigma = sigma_of(x, SCALE, F64)
     e_t = sigma * sigma
     t = 2.0 * log_sigma_of(x, SCALE, F64)
-    expm1_t = tl.where(tl.abs(t) >= 1.0, e_t - 1.0, _expm1_minus_x_series(t, F64) + t)  # NaN t: NaN
+    expm1_t = tl.where(tl.abs(t) >= EXPM1_SERIES_BELOW, e_t - 1.0, _expm1_minus_x_series(t, F64) + t)  # NaN t: NaN
     return expm1_t * dlog_sigma_of(x, SCALE, F64)
 
 

@@ -91,6 +91,11 @@ constexpr int64_t kShortKeptCall = 64;  // the backward's counterpart (reduce_ba
 constexpr int64_t kDrawingGrain = 2048;
 constexpr int64_t kFormulaGrain = 4096;
 
+// Whether an elementwise call draws its noise from the stream: a noise kind, and no saved noise to read.
+bool draws_noise(NoiseKind noise, const host::NoiseTensors& noise_io) {
+  return noise != NoiseKind::None && !noise_io.saved.defined();
+}
+
 // A non-contiguous input's values (a broadcast scale, a transposed location) laid out contiguously in its
 // shape, the output's, copied row by row in the input's own type without the dispatcher. `contiguous()`
 // on the expanded view dispatched five operators (contiguous, clone, empty_like, empty, copy_), most of the
@@ -138,8 +143,8 @@ void run_elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, Stream
   const float* saved = noise_io.saved.defined() ? noise_io.saved.const_data_ptr<float>() : nullptr;
   float* keep = noise_io.keep.defined() ? noise_io.keep.data_ptr<float>() : nullptr;
   const bool outputs_plain = plain_outputs(outs);
-  const bool draws = noise != NoiseKind::None && saved == nullptr;
-  const int64_t grain = team_grain(draws ? kDrawingGrain : kFormulaGrain, at::internal::GRAIN_SIZE);
+  const int64_t grain =
+      team_grain(draws_noise(noise, noise_io) ? kDrawingGrain : kFormulaGrain, at::internal::GRAIN_SIZE);
   int64_t steps[3] = {-1, -1, -1};
   bool rows = outputs_plain;
   for (size_t k = 0; k < ins.size(); ++k) {
@@ -412,8 +417,7 @@ struct CpuDevice {
   static void elementwise(FormulaId formula, ScaleKind scale, NoiseKind noise, const at::Tensor& rng_state,
                           const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
                           const host::NoiseTensors& noise_io = {}) {
-    const bool streamed = noise != NoiseKind::None && !noise_io.saved.defined();
-    const StreamKey key = streamed ? read_rng_state(rng_state) : StreamKey{0, 0};
+    const StreamKey key = draws_noise(noise, noise_io) ? read_rng_state(rng_state) : StreamKey{0, 0};
     c10::SmallVector<at::Tensor, 3> expanded;  // stride-0 views, no heap block (run_elementwise copies only short rows)
     for (const at::Tensor& t : ins) expanded.push_back(expand_to(t, outs[0].sizes()));
     run_elementwise(formula, scale, noise, key, outs, expanded, noise_io);
