@@ -70,7 +70,10 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
     # Always (a small sync), except where no sync can happen (compiling, CUDA graph capture): an index out of
     # range would otherwise be a device-side assert on CUDA, and an abar outside [0, 1] a NaN in x_t.
     if validation_enabled(True) and t.numel() > 0:
-        if not bool(unwrapped((t >= 0) & (t < alphas_cumprod.shape[0])).all()):
+        # In int64: against a Python int, a uint8 or int8 t would compare in its own dtype, where 1000 wraps to
+        # 232 or -24.
+        steps = t.long()
+        if not bool(unwrapped((steps >= 0) & (steps < alphas_cumprod.shape[0])).all()):
             raise ValueError(f"t must be in [0, {alphas_cumprod.shape[0]}), got values from {t.min().item()} "
                              f"to {t.max().item()}")
         if not bool(unwrapped((alphas_cumprod >= 0) & (alphas_cumprod <= 1)).all()):

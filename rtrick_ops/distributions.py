@@ -639,6 +639,21 @@ class HalfNormal(_TransformedOnUse, _KeepsScaleParam, torch.distributions.HalfNo
                                           backend=self._backend, validate_args=False)
 
 
+def _check_temperature(temperature):
+    """The relaxed classes' temperature, positive and finite everywhere (NaN refused, as the fused samplers'
+    tau is), named as the classes name it. torch checks nothing: a temperature of -1 sampled, and one of 0
+    gave exactly 0 or 1. One sync for a tensor, at construction, like the parameters' check."""
+    if isinstance(temperature, torch.Tensor):
+        if temperature.device.type == "meta" or temperature.numel() == 0:
+            return
+        values = temperature.detach()
+        if not bool(((values > 0) & (values < math.inf)).all()):
+            raise ValueError("temperature must be positive and finite everywhere, got values from "
+                             f"{values.min().item()} to {values.max().item()}")
+    elif not (isinstance(temperature, numbers.Real) and 0 < temperature < math.inf):
+        raise ValueError(f"temperature must be a positive finite number or tensor, got {temperature!r}")
+
+
 class _FusedRelaxed(_Fused):
     """The relaxed (Concrete) classes: a fused sampler for a single, non-differentiated temperature (the
     usual case). A per-element or trainable temperature divides the stream's noise (_noise_sampler) in torch
@@ -650,6 +665,9 @@ class _FusedRelaxed(_Fused):
         # traced when a changed temperature is a symbol. Eager calls read the tensor, which is what log_prob
         # uses (outside the compute type's range the two differ: 1e-50 rounds to 0 there).
         self._temperature_number = None if isinstance(temperature, torch.Tensor) else temperature
+        checking = torch.distributions.Distribution._validate_args if validate_args is None else validate_args
+        if checking and not _checks.is_compiling():
+            _check_temperature(temperature)
         if not isinstance(temperature, torch.Tensor):
             # torch keeps a Python-number temperature as given, and its log_prob then fails
             # (float has no .log()); held as a tensor, log_prob works. In the kernels' compute dtype, where
@@ -667,9 +685,14 @@ class _FusedRelaxed(_Fused):
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         temperature = self.temperature  # torch keeps a Python-number temperature as given
-        if isinstance(temperature, torch.Tensor) and (temperature.numel() != 1 or temperature.requires_grad):
+        compiling = _checks.is_compiling()
+        # Under torch.compile a temperature given as a tensor takes the torch-ops path too: the fused sampler
+        # takes tau as a number, and float() of a tensor cannot be traced (dynamo's data-dependent guard
+        # error, where torch's own class compiles). The same noise, the sample to rounding.
+        if isinstance(temperature, torch.Tensor) and (temperature.numel() != 1 or temperature.requires_grad or
+                                                      (compiling and self._temperature_number is None)):
             return self._rsample_tensor_temperature(torch.Size(sample_shape), generator)
-        number = self._temperature_number if _checks.is_compiling() else None
+        number = self._temperature_number if compiling else None
         return self._fused_sampler(self.logits, float(temperature) if number is None else number,
                                    sample_shape=torch.Size(sample_shape),
                                    seed=self._seed, generator=generator, backend=self._backend)

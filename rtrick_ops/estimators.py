@@ -587,6 +587,10 @@ def straight_through_categorical(logits: torch.Tensor, *, dim: int = -1,
         raise ValueError("logits must have at least one dimension (the categories)")
     probs = torch.softmax(logits, dim=dim)
     moved = probs.detach().movedim(dim, -1)
+    # A row of NaN probabilities (a NaN or +inf logit, or every logit -inf) propagates as a NaN row, as
+    # rt.gumbel_softmax's does (docs/usage.md, value policy): one_hot + (probs - probs.detach()) is NaN there
+    # whatever index is drawn, and torch.multinomial would refuse the row, naming no argument.
+    moved = torch.where(moved.isnan().any(-1, keepdim=True), 1.0, moved)
     index = torch.multinomial(moved.reshape(-1, moved.shape[-1]), 1, generator=generator)
     one_hot = F.one_hot(index.reshape(moved.shape[:-1]), moved.shape[-1]).to(probs.dtype).movedim(-1, dim)
     # (probs - probs.detach()) is exactly zero, so the forward value is exactly one-hot.

@@ -219,6 +219,25 @@ def test_every_integer_timestep_dtype_indexes_by_value(dtype):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16])
+def test_a_narrow_timestep_dtype_is_range_checked_by_value(dtype):
+    """The range check compared t with the schedule's length in t's own dtype, where DDPM's 1000 wraps
+    (uint8: 232, int8: -24): every int8 t was refused, and a uint8 t of 240, with an error naming values
+    inside the range it stated. (A user trial, 2026-12-04.)"""
+    x0, _ = batch(shape=(2, 3))
+    alphas_cumprod = schedule(steps=1000)
+    t = torch.tensor([5, 120 if dtype == torch.int8 else 240])
+    want, _ = diffusion.q_sample(x0, t, alphas_cumprod, seed=4)
+    got, _ = diffusion.q_sample(x0, t.to(dtype), alphas_cumprod, seed=4)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    short = schedule(steps=100)
+    with pytest.raises(ValueError, match=r"t must be in \[0, 100\), got values from 5 to 120"):
+        diffusion.q_sample(x0, torch.tensor([5, 120], dtype=dtype), short)
+    if dtype != torch.uint8:
+        with pytest.raises(ValueError, match=r"t must be in \[0, 100\), got values from -1 to 5"):
+            diffusion.q_sample(x0, torch.tensor([5, -1], dtype=dtype), short)
+
+
 @pytest.mark.parametrize("loss", [diffusion.eps_loss, diffusion.v_loss])
 def test_empty_batch_gives_a_nan_loss_and_empty_gradients_like_mse_loss(loss):
     # an empty shard or a filtered last batch: F.mse_loss gives a NaN loss and an empty gradient, no error

@@ -442,6 +442,25 @@ def test_relaxed_classes_with_a_tensor_temperature_draw_the_fused_samplers_noise
 
 
 @pytest.mark.parametrize("cls", [rd.RelaxedBernoulli, rd.RelaxedOneHotCategorical])
+def test_relaxed_classes_refuse_a_temperature_that_is_not_positive_and_finite(cls):
+    """At construction and naming `temperature`, on every path: a scalar -1 was refused only at rsample and as
+    `tau`, and a trainable -1 or a per-element -1 or 0 sampled (at 0: exactly 0 or 1). NaN is refused as the
+    fused samplers' tau is. validate_args=False skips the check, as it skips the parameters'. (A user trial,
+    2026-12-04; torch checks nothing.)"""
+    logits = torch.randn(2, 3)
+    bad = [-1.0, 0.0, math.nan, math.inf, torch.tensor(-1.0), torch.tensor(-1.0, requires_grad=True),
+           torch.tensor([0.5, -1.0, 0.5]), torch.tensor([0.0, 0.5, 0.5]), torch.tensor(math.nan),
+           torch.tensor([0.5, math.inf, 0.5])]
+    for temperature in bad:
+        with pytest.raises(ValueError, match="^temperature must be"):
+            cls(temperature, logits=logits, seed=1)
+        cls(temperature, logits=logits, seed=1, validate_args=False)
+    for temperature in (0.5, 1e-30, torch.tensor(2.0), torch.tensor([0.5, 1.0, 3.0], requires_grad=True)):
+        z = cls(temperature, logits=logits, seed=1).rsample()
+        assert z.shape == logits.shape and not z.isnan().any()
+
+
+@pytest.mark.parametrize("cls", [rd.RelaxedBernoulli, rd.RelaxedOneHotCategorical])
 def test_relaxed_classes_keep_seed_and_temperature_on_every_path(cls):
     """A trainable or per-element temperature takes its own path (torch's sampler until 2026-12-02, which took
     no seed: seed= was ignored there). A Python-number temperature was rounded to the logits' dtype (bfloat16:

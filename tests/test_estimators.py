@@ -372,6 +372,29 @@ def test_straight_through_categorical_is_one_hot_forward_softmax_backward(dim):
     assert torch.equal(straight_through, softmax)
 
 
+@pytest.mark.parametrize("dim", [0, -1])
+def test_straight_through_categorical_propagates_a_nan_row(dim):
+    """A NaN logit, a +inf one or a row of -inf gives a NaN row, forward and backward, as rt.gumbel_softmax
+    does; torch.multinomial refused the whole call, naming no argument (a user trial, 2026-12-04). The other
+    rows are one-hot with softmax's gradient."""
+    nan, inf = float("nan"), float("inf")
+    rows = torch.tensor([[nan, 1.0, 0.0], [0.5, -1.0, 2.0], [-inf, -inf, -inf], [inf, 0.0, 1.0], [0.0, -inf, 1.0]],
+                        dtype=DTYPE)
+    logits = (rows if dim == -1 else rows.T.contiguous()).requires_grad_()
+    sample = est.straight_through_categorical(logits, dim=dim, generator=torch.Generator().manual_seed(3))
+    upstream = torch.randn(sample.shape, generator=torch.Generator().manual_seed(4), dtype=DTYPE)
+    (grad,) = torch.autograd.grad((sample * upstream).sum(), logits)
+    sample, grad = sample.movedim(dim, -1), grad.movedim(dim, -1)
+    bad = torch.tensor([True, False, True, True, False])
+    assert sample[bad].isnan().all() and grad[bad].isnan().all()
+    good = sample[~bad]
+    assert torch.all((good == 0) | (good == 1)) and torch.all(good.sum(-1) == 1) and good[1, 1] == 0
+    good_logits = rows[~bad].clone().requires_grad_()
+    (softmax,) = torch.autograd.grad((torch.softmax(good_logits, -1) * upstream.movedim(dim, -1)[~bad]).sum(),
+                                     good_logits)
+    torch.testing.assert_close(grad[~bad], softmax)  # softmax along dim 0 rounds differently in its backward
+
+
 def test_straight_through_categorical_samples_the_softmax():
     logits = torch.tensor([1.0, 0.0, -0.5, 2.0, 0.3], dtype=DTYPE)
     num_draws = 2**16

@@ -155,7 +155,8 @@ def test_gamma_gradient_lanes_give_the_scalar_loops_bits():
 def test_beta_gradient_lanes_give_the_scalar_loops_bits():
     """The AVX2 and AVX-512 row kernels sum the Beta gradient's Gauss series (both derivatives) 4 elements at a
     time, queued by the series' x, each lane stopping at its own last term, and run the continued fraction 4
-    elements at a time the same way; the portable table runs gamma.h's scalar beta_grad_term (as CUDA does,
+    (AVX2) or 8 (AVX-512) elements at a time the same way, queued by side, distance from the crossover and
+    size; the portable table runs gamma.h's scalar beta_grad_term (as CUDA does,
     except the quadrature's nodes, in vector lanes on every CPU table: one vector of 8, two of 4 on AVX2; the
     CUDA emulation checks them against CUDA's loop). Every element's (dz/da, dz/db) term must be the same bits on
     every ISA: z on either side of the crossover, the continued fraction and the quadrature (a parameter of 100
@@ -172,6 +173,11 @@ def test_beta_gradient_lanes_give_the_scalar_loops_bits():
     # the quadrature above.
     big_a = torch.cat([big_a, torch.rand(60, generator=g, dtype=torch.float64) * 4e3 + 8e3])
     big_b = torch.cat([big_b, torch.rand(60, generator=g, dtype=torch.float64) * 4e3 + 8e3])
+    # More than one call of the row kernel takes (kLaneBlock, 4096), spread over the fraction's queues (d
+    # bands, sizes from 100 to 1800 and beside small parameters, both sides).
+    spread_a = torch.exp(torch.rand(4500, generator=g, dtype=torch.float64) * math.log(18)) * 100
+    spread_b = torch.exp(torch.rand(4500, generator=g, dtype=torch.float64) * math.log(1e4)) * 0.9
+    big_a, big_b = torch.cat([big_a, spread_a, spread_b]), torch.cat([big_b, spread_b, spread_a])
     a = torch.cat([torch.rand(n, generator=g, dtype=torch.float64) * 4 + 0.01, big_a,
                    torch.tensor([0.1, 150.0, 2.0, math.nan, math.inf, 0.0, 1e-30, 5.0], dtype=torch.float64)])
     b = torch.cat([torch.exp(torch.randn(n, generator=g, dtype=torch.float64) * 1.5), big_b,
@@ -200,8 +206,8 @@ def test_beta_gradient_lanes_give_the_scalar_loops_bits():
 
 def test_dirichlet_gradient_lanes_give_the_scalar_loops_bits():
     """The AVX2 and AVX-512 row kernels sum the Dirichlet marginals' Beta series 4 at a time (the lanes of the
-    test above), each lane stopping at its own last term, and their continued fractions 4 at a time (one
-    derivative, queued by side); the portable table runs gamma.h's scalar dirichlet_weighted_grad (as CUDA
+    test above), each lane stopping at its own last term, and their continued fractions 4 or 8 at a time (one
+    derivative, queued by side, distance from the crossover and size); the portable table runs gamma.h's scalar dirichlet_weighted_grad (as CUDA
     does; the quadrature's nodes are vectors on every CPU table). Every element's term must be the same bits
     on every ISA: rows whose marginals fall on z's side and on 1 - z's, the continued fraction and the
     quadrature (alpha above 100, totals below and above 2e4), a rest below 0.25 on 1 - z's side (scalar),
@@ -212,6 +218,9 @@ def test_dirichlet_gradient_lanes_give_the_scalar_loops_bits():
             torch.rand(150, 2, generator=g, dtype=torch.float64) * 5 + 0.01,
             torch.rand(40, 7, generator=g, dtype=torch.float64) * 300 + 0.1,
             torch.rand(30, 16, generator=g, dtype=torch.float64) * 900 + 100,  # the continued fraction, both sides
+            # More marginals than one call of the row kernel takes (kLaneBlock, 4096), in every queue of the
+            # fraction's (d bands, sizes, sides; 8 lanes on AVX-512).
+            torch.exp(torch.rand(400, 16, generator=g, dtype=torch.float64) * math.log(30)) * 60,
             torch.rand(30, 4, generator=g, dtype=torch.float64) * 2e3 + 4e3]  # totals 1.6e4-2.4e4: both sides of 2e4
     edges = torch.tensor([[5.0, 0.1, 0.05, 1.0], [1e-30, 1.0, 2.0, 3.0], [200.0, 0.1, 0.2, 1.0],
                           [math.nan, 1.0, 1.0, 1.0], [math.inf, 1.0, 2.0, 1.0], [0.2, 0.2, 0.2, 0.2]],

@@ -101,12 +101,11 @@ def test_tensor_temperature_under_compile_is_refused_with_a_clear_error():
         compiled(torch.randn(4, 5), torch.tensor(0.5))
 
 
-@pytest.mark.xfail(strict=True, reason="limitation (docs/usage.md, torch.compile): a class built with a tensor "
-                   "temperature reads its value (float(temperature)) for the fused sampler, which cannot be traced; "
-                   "a Python-number temperature compiles")
 @pytest.mark.parametrize("name", ["RelaxedOneHotCategorical", "RelaxedBernoulli"])
 def test_tensor_temperature_compiles_fullgraph_like_torchs_class(name):
-    """Defect: a tensor temperature (torch's usual way, or a buffer) compiles with fullgraph=True, as torch's does."""
+    """A tensor temperature (torch's usual way, or a buffer) compiles with fullgraph=True, as torch's does: under
+    compile the classes take the torch-ops path (the stream's noise, the relaxation in torch ops), the sample to
+    rounding. Was a limitation (an xfail) until 2026-12-04."""
     draw = TEMPERATURE_DRAWS[name]
     logits, tau = torch.randn(4, 5), torch.tensor(0.5)
     torch_class = {"RelaxedOneHotCategorical": torch.distributions.RelaxedOneHotCategorical,

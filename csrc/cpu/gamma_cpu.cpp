@@ -239,10 +239,12 @@ struct CpuDevice {
       const scalar_t* pz = z.const_data_ptr<scalar_t>();
       const RowKernels& kernels = active_row_kernels();
       at::parallel_for(0, z.numel(), 128, [&](int64_t begin, int64_t end) {
-        constexpr int64_t kBlock = 256;  // the row kernel reads double: convert a block at a time
-        double g[kBlock], va[kBlock], vb[kBlock], x[kBlock];
-        for (int64_t start = begin; start < end; start += kBlock) {
-          const int64_t len = std::min(kBlock, end - start);
+        // The row kernel reads double: convert a block at a time (kLaneBlock, row_kernels.h).
+        const int64_t block = std::min(kLaneBlock, end - begin);
+        std::vector<double> buffer(4 * block);
+        double *g = buffer.data(), *va = g + block, *vb = va + block, *x = vb + block;
+        for (int64_t start = begin; start < end; start += block) {
+          const int64_t len = std::min(block, end - start);
           for (int64_t j = 0; j < len; ++j) {
             g[j] = static_cast<double>(pg[start + j]);
             va[j] = static_cast<double>(pa[(start + j) % a_period]);
@@ -266,9 +268,11 @@ struct CpuDevice {
       const scalar_t* pz = z.const_data_ptr<scalar_t>();
       const RowKernels& kernels = active_row_kernels();
       at::parallel_for(0, rows, std::max<int64_t>(1, 128 / k_count), [&](int64_t begin, int64_t end) {
-        // The row kernel reads double: a block of elements at a time, each with its row's sums.
-        constexpr int64_t kBlock = 256;
-        double w[kBlock], a[kBlock], hi[kBlock], lo[kBlock], x[kBlock];
+        // The row kernel reads double: a block of elements at a time (kLaneBlock, row_kernels.h), each with
+        // its row's sums.
+        const int64_t block = std::min(kLaneBlock, (end - begin) * k_count);
+        std::vector<double> buffer(5 * block);
+        double *w = buffer.data(), *a = w + block, *hi = a + block, *lo = hi + block, *x = lo + block;
         int64_t filled = 0, block_start = begin * k_count;
         for (int64_t r = begin; r < end; ++r) {
           const int64_t base = r * k_count;
@@ -280,7 +284,7 @@ struct CpuDevice {
             hi[filled] = sums.total.hi;
             lo[filled] = sums.total.lo;
             x[filled] = static_cast<double>(pz[base + i]);
-            if (++filled == kBlock) {
+            if (++filled == block) {
               kernels.dirichlet_grad_terms(w, a, hi, lo, x, filled, t + block_start);
               block_start += filled;
               filled = 0;

@@ -560,6 +560,12 @@ bool gamma_in_series_region(double grad, double a, double x) {
 // lanes do not vectorise as plain code, since its exit is a branch on all of them.
 typedef double LaneDouble __attribute__((vector_size(kSeriesLanes * sizeof(double))));
 typedef int64_t LaneMask __attribute__((vector_size(kSeriesLanes * sizeof(double))));
+// Lanes of another width (the continued fraction's, below).
+template <int kWidth>
+struct LanesOf {
+  typedef double Double __attribute__((vector_size(kWidth * sizeof(double))));
+  typedef int64_t Mask __attribute__((vector_size(kWidth * sizeof(double))));
+};
 // The series' lanes take kSeriesBlock terms at a time: the block's divisions (they depend on n and the
 // lanes' parameters, not on the sums) first, then its terms, then the one test whether any lane is still
 // summing. A lane's sums are frozen once it stops, so the terms a block runs past every lane's last change
@@ -723,41 +729,52 @@ struct BetaLane {
 // False where beta_dz_dab would take another path: edge values, the quadrature, or dz/db's small-a
 // difference series. a, b, z need not be checked by the caller. Both callers need dz/da (the Beta both
 // derivatives, the Dirichlet's marginal dz/da alone), so need_b is the only flag.
-bool beta_lane_setup(double a, double b, double z, bool need_b, BetaLane& lane) {
+inline __attribute__((always_inline)) bool beta_lane_setup(double a, double b, double z, bool need_b,
+                                                       BetaLane& lane) {
   if (!(a > 0.0 && a < HUGE_VAL && b > 0.0 && b < HUGE_VAL && z > 0.0 && z < 1.0)) return false;
   const BetaPlan plan = beta_plan(a, b, z, need_b);
   const bool series_needs_b = plan.swap || need_b;
   if (!plan.fraction && (!plan.series || (series_needs_b && (plan.swap ? b : a) < kBetaSeriesSmallA))) return false;
   const double y = 1.0 - z;
-  const int64_t fraction = plan.fraction ? 1 : 0;
-  lane = plan.swap ? BetaLane{b, a, y, z, 0.0, 0.0, 1, fraction} : BetaLane{a, b, z, y, 0.0, 0.0, 0, fraction};
+  // Field by field, each a select, and inlined: the two whole structs of a ?: were built on the stack and the
+  // queue's copy loaded them back as one 64-byte vector, which waited on the eight stores (a failed store
+  // forwarding; the queueing's share of a profile of the dirichlet_large backward, 15.3% -> 13.8%).
+  lane.a = plan.swap ? b : a;
+  lane.b = plan.swap ? a : b;
+  lane.x = plan.swap ? y : z;
+  lane.y = plan.swap ? z : y;
+  lane.da0 = lane.db0 = 0.0;
+  lane.swap = plan.swap ? 1 : 0;
+  lane.fraction = plan.fraction ? 1 : 0;
   return true;
 }
 
 // The first factors of a queue's lanes, gamma.h's beta_series_start on vectors (ln z and ln(1 - z) as
 // beta_dz_dab takes them for one element): kBoth, both (the Beta); else the one z's dz/da needs (the
 // Dirichlet's marginal): da_0 on z's side, db_0 on 1 - z's, a queue of the series mixing both.
-template <bool kBoth>
+template <bool kBoth, int kWidth>
 void beta_lane_factors(BetaLane* lanes) {
-  LaneDouble a, b, z;
-  LaneMask swapped;
-  for (int i = 0; i < kSeriesLanes; ++i) {
+  using Double = typename LanesOf<kWidth>::Double;
+  using Mask = typename LanesOf<kWidth>::Mask;
+  Double a, b, z;
+  Mask swapped;
+  for (int i = 0; i < kWidth; ++i) {
     a[i] = lanes[i].a;
     b[i] = lanes[i].b;
     z[i] = lanes[i].swap ? lanes[i].y : lanes[i].x;
     swapped[i] = lanes[i].swap;
   }
-  const LaneDouble ln_z = log_plain(z);
-  LaneDouble da0{}, db0{};
+  const Double ln_z = log_plain(z);
+  Double da0{}, db0{};
   if constexpr (kBoth) {
-    const LaneDouble ln_1mz = log1p_plain(-z);
+    const Double ln_1mz = log1p_plain(-z);
     da0 = beta_start_da(a, b, swapped != 0 ? ln_1mz : ln_z);
     db0 = (swapped != 0 ? ln_z : ln_1mz) + beta_start_g(a, b);
   } else {  // ln z is the series' ln x on z's side and its ln y on 1 - z's: ln(1 - z) is not needed
     if (any_lane(swapped == 0)) da0 = beta_start_da(a, b, ln_z);
     if (any_lane(swapped)) db0 = ln_z + beta_start_g(a, b);
   }
-  for (int i = 0; i < kSeriesLanes; ++i) {
+  for (int i = 0; i < kWidth; ++i) {
     if (kBoth || !lanes[i].swap) lanes[i].da0 = da0[i];
     if (kBoth || lanes[i].swap) lanes[i].db0 = db0[i];
   }
@@ -820,21 +837,23 @@ void beta_series_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
   }
 }
 
-// gamma.h's beta_grad_fraction for kSeriesLanes elements at once: its loop, beta_fraction_run, on vectors.
-// kDa, kDb: the derivatives carried, as the scalar code carries them for the lanes' need flags (both for the
-// Beta; for the Dirichlet's marginal the one z's dz/da needs, so its queues hold lanes of one side each).
-template <bool kDa, bool kDb>
+// gamma.h's beta_grad_fraction for kWidth elements at once (kFractionLanes, below): its loop,
+// beta_fraction_run, on vectors. kDa, kDb: the derivatives carried, as the scalar code carries them for the
+// lanes' need flags (both for the Beta; for the Dirichlet's marginal the one z's dz/da needs, so its queues
+// hold lanes of one side each).
+template <bool kDa, bool kDb, int kWidth>
 void beta_fraction_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
-  LaneDouble va, vb, vx, da0, db0, sa, sb;
-  for (int i = 0; i < kSeriesLanes; ++i) {
+  using Double = typename LanesOf<kWidth>::Double;
+  Double va, vb, vx, da0, db0, sa, sb;
+  for (int i = 0; i < kWidth; ++i) {
     va[i] = lanes[i].a;
     vb[i] = lanes[i].b;
     vx[i] = lanes[i].x;
     da0[i] = lanes[i].da0;
     db0[i] = lanes[i].db0;
   }
-  beta_fraction_run<kDa, kDb, LaneDouble, LaneMask>(va, vb, vx, da0, db0, sa, sb);
-  for (int i = 0; i < kSeriesLanes; ++i) {
+  beta_fraction_run<kDa, kDb, Double, typename LanesOf<kWidth>::Mask>(va, vb, vx, da0, db0, sa, sb);
+  for (int i = 0; i < kWidth; ++i) {
     sum_a[i] = kDa ? sa[i] : 0.0;
     sum_b[i] = kDb ? sb[i] : 0.0;
   }
@@ -846,28 +865,60 @@ void beta_fraction_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
 constexpr int kLaneQueues = 4;
 int series_queue(double x) { return x < 0.04 ? 0 : x < 0.1 ? 1 : x < 0.2 ? 2 : 3; }
 
+// The continued fraction's lanes likewise, per side, by the two things its length follows: how far x lies
+// below the crossover (a + 1) / (a + b + 2) in standard deviations of the Beta, d, and the smaller parameter
+// (near the crossover the fraction takes O(sqrt(min(a, b))) pairs). Counted over 2^18 marginals of
+// bench_family's dirichlet_large (alphas 100-1000, 16 categories): 9.9 blocks of 4 pairs an element on
+// average, 7 to 13 within one d band; groups of 4 in arrival order ran 23% more blocks than the elements
+// needed, these 16 queues a side 8% (a Beta with a, b in 100-1000: 20% -> 9%; a Dirichlet of 4 alphas in
+// 100-5000: 28% -> 12%; docs/performance.md, thirty-sixth pass). The queues only group lanes, each lane's
+// arithmetic is its own: the same bits whatever the queue. Division-free (d^2 = t^2 (a + b)^2 (a + b + 1) /
+// ((a + b + 2)^2 a b), t = (crossover - x)(a + b + 2)) and branch-free: written as nested selects, GCC
+// branched, and the mispredictions cost more than the grouping saved.
+constexpr int kFractionQueues = 16;
+int fraction_queue(double a, double b, double x) {
+  const double ab = a + b, t = (a + 1.0) - x * (ab + 2.0);
+  const double d2_scaled = t * t * (ab * ab) * (ab + 1.0), unit = (ab + 2.0) * (ab + 2.0) * (a * b);
+  const int band = (t > 0.0) * ((d2_scaled >= 0.25 * unit) + (d2_scaled >= unit) + (d2_scaled >= 2.25 * unit));
+  const double smaller = a < b ? a : b;
+  return 4 * band + (smaller >= 200.0) + (smaller >= 400.0) + (smaller >= 800.0);
+}
+// The fraction's lane groups are 8 wide on AVX-512: its steps are chains of dependent multiplies and adds,
+// and 8 lanes overlap twice the latency, which repays a group's waiting for its slowest lane (a standalone
+// loop over the dirichlet_large marginals, Zen 4: 107 ns an element in 4 lanes, 97 in 8; 101 and 88 with
+// the queues above). On AVX2 8 lanes would be two registers that GCC lowers through memory.
+#if defined(RT_PHILOX_AVX512)
+constexpr int kFractionLanes = 8;
+#else
+constexpr int kFractionLanes = kSeriesLanes;
+#endif
+
+template <int kWidth>
 struct BetaQueue {
-  BetaLane lanes[kSeriesLanes];
-  int64_t at[kSeriesLanes];
+  BetaLane lanes[kWidth];
+  int64_t at[kWidth];
   int filled = 0;
 };
 
-// Sums a queue's series and hands each element's z-side (dz/da, dz/db) to finish(at, grad2), as
-// beta_dz_dab returns them; a part-filled queue's empty lanes repeat its first (each lane's arithmetic is
-// its own, so they change nothing) and are not handed on.
-template <bool kBoth, class Finish>
-void run_beta_queue(BetaQueue& q, Finish& finish) {
-  for (int k = q.filled; k < kSeriesLanes; ++k) q.lanes[k] = q.lanes[0];
-  beta_lane_factors<kBoth>(q.lanes);
-  double sum_a[kSeriesLanes], sum_b[kSeriesLanes];
-  if (!q.lanes[0].fraction)
-    beta_series_lanes<kBoth>(q.lanes, sum_a, sum_b);
-  else if constexpr (kBoth)
-    beta_fraction_lanes<true, true>(q.lanes, sum_a, sum_b);
-  else if (q.lanes[0].swap)  // z's dz/da: the fraction's dz/db on 1 - z's side, its dz/da on z's
-    beta_fraction_lanes<false, true>(q.lanes, sum_a, sum_b);
-  else
-    beta_fraction_lanes<true, false>(q.lanes, sum_a, sum_b);
+// Sums a queue's series or continued fractions and hands each element's z-side (dz/da, dz/db) to
+// finish(at, grad2), as beta_dz_dab returns them; a part-filled queue's empty lanes repeat its first (each
+// lane's arithmetic is its own, so they change nothing) and are not handed on.
+template <bool kBoth, int kWidth, class Finish>
+void run_beta_queue(BetaQueue<kWidth>& q, Finish& finish) {
+  for (int k = q.filled; k < kWidth; ++k) q.lanes[k] = q.lanes[0];
+  beta_lane_factors<kBoth, kWidth>(q.lanes);
+  double sum_a[kWidth], sum_b[kWidth];
+  if constexpr (kWidth == kSeriesLanes) {
+    if (!q.lanes[0].fraction) beta_series_lanes<kBoth>(q.lanes, sum_a, sum_b);
+  }
+  if (q.lanes[0].fraction) {
+    if constexpr (kBoth)
+      beta_fraction_lanes<true, true, kWidth>(q.lanes, sum_a, sum_b);
+    else if (q.lanes[0].swap)  // z's dz/da: the fraction's dz/db on 1 - z's side, its dz/da on z's
+      beta_fraction_lanes<false, true, kWidth>(q.lanes, sum_a, sum_b);
+    else
+      beta_fraction_lanes<true, false, kWidth>(q.lanes, sum_a, sum_b);
+  }
   for (int k = 0; k < q.filled; ++k) {
     const BetaLane& lane = q.lanes[k];
     const double scale = beta_series_scale(lane.a, lane.x, lane.y);
@@ -875,6 +926,13 @@ void run_beta_queue(BetaQueue& q, Finish& finish) {
     finish(q.at[k], lane.swap ? Grad2{-g.b, -g.a} : g);
   }
   q.filled = 0;
+}
+
+template <bool kBoth, int kWidth, class Finish>
+void push_lane(BetaQueue<kWidth>& q, const BetaLane& lane, int64_t j, Finish& finish) {
+  q.lanes[q.filled] = lane;
+  q.at[q.filled] = j;
+  if (++q.filled == kWidth) run_beta_queue<kBoth>(q, finish);
 }
 
 // Elements 0 .. len - 1: setup(j, lane) queues element j for the lanes, or returns false and scalar(j)
@@ -885,19 +943,22 @@ void beta_series_queued(int64_t len, Setup setup, Scalar scalar, Finish finish) 
     for (int64_t j = 0; j < len; ++j) scalar(j);
     return;
   }
-  BetaQueue queues[kLaneQueues + 2];  // the last two for the continued fraction, on z's side and on 1 - z's
+  BetaQueue<kSeriesLanes> series[kLaneQueues];
+  BetaQueue<kFractionLanes> fractions[2 * kFractionQueues];  // z's side, then 1 - z's
   for (int64_t j = 0; j < len; ++j) {
     BetaLane lane;
     if (!setup(j, lane)) {
       scalar(j);
-      continue;
+    } else if (lane.fraction) {
+      push_lane<kBoth>(fractions[kFractionQueues * lane.swap + fraction_queue(lane.a, lane.b, lane.x)], lane, j,
+                       finish);
+    } else {
+      push_lane<kBoth>(series[series_queue(lane.x)], lane, j, finish);
     }
-    BetaQueue& q = queues[lane.fraction ? kLaneQueues + lane.swap : series_queue(lane.x)];
-    q.lanes[q.filled] = lane;
-    q.at[q.filled] = j;
-    if (++q.filled == kSeriesLanes) run_beta_queue<kBoth>(q, finish);
   }
-  for (BetaQueue& q : queues)
+  for (auto& q : series)
+    if (q.filled > 0) run_beta_queue<kBoth>(q, finish);
+  for (auto& q : fractions)
     if (q.filled > 0) run_beta_queue<kBoth>(q, finish);
 }
 
