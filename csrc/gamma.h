@@ -933,6 +933,16 @@ constexpr int32_t kBetaFractionTestEvery = 4;
 // a third of it (at 1e-11 at most 2.2e-12 and 3.3e-12 from the 1e-13 results). A gradient whose sum
 // cancels loses more: at 1e-10, Beta(1e-3, 1e3)'s dz/db near the crossover was 1.1e-10 off mpmath.
 constexpr double kBetaFractionTolerance = 1e-11;
+// For results rounded to float32 or narrower. The sums then move by about the tolerance (1e-9: at most
+// 1.7e-9 of the sum over the dirichlet_large marginals, 3.8e-10 over a Beta with a, b in 100-1000, against
+// the loop run to 1e-15), below float32's rounding of the result (6e-8) and of the z it is given, which
+// moves the gradient more than that relative to the same terms; and the loop runs 13% fewer blocks of pairs
+// on those marginals (9.9 -> 8.6 an element; docs/performance.md, thirty-seventh pass).
+constexpr double kBetaFractionToleranceSingle = 1e-9;
+// The tolerance for a backward whose gradients are stored as double (true) or in float32 or narrower.
+RT_HD double beta_fraction_tolerance(bool double_result) {
+  return double_result ? kBetaFractionTolerance : kBetaFractionToleranceSingle;
+}
 // Far above the pairs the region needs (at most about 112 up to a + b = 2e4 in the draws measured; 344 at
 // a = 1e5 beside b = 0.3, outside it).
 constexpr int32_t kBetaFractionMaxPairs = 2000;
@@ -1045,14 +1055,14 @@ RT_HD BetaFractionSums<T> beta_fraction_sums(const BetaFraction<T>& f, T da0, T 
   }
   return out;
 }
-// Whether S or a sum moved by more than kBetaFractionTolerance since the last test, relative to S and to
+// Whether S or a sum moved by more than the tolerance since the last test, relative to S and to
 // the magnitudes of the terms the sum adds (a sum near 0 is a gradient near its sign change: relative to
 // itself it would not settle; and its rounding is relative to those terms).
 template <bool kDa, bool kDb, class T>
-RT_HD auto beta_fraction_moving(const BetaFractionSums<T>& now, const BetaFractionSums<T>& before) {
-  auto moving = abs_of(now.s - before.s) > kBetaFractionTolerance * abs_of(now.s);
-  if constexpr (kDa) moving = moving | (abs_of(now.sum_a - before.sum_a) > kBetaFractionTolerance * now.size_a);
-  if constexpr (kDb) moving = moving | (abs_of(now.sum_b - before.sum_b) > kBetaFractionTolerance * now.size_b);
+RT_HD auto beta_fraction_moving(const BetaFractionSums<T>& now, const BetaFractionSums<T>& before, double tolerance) {
+  auto moving = abs_of(now.s - before.s) > tolerance * abs_of(now.s);
+  if constexpr (kDa) moving = moving | (abs_of(now.sum_a - before.sum_a) > tolerance * now.size_a);
+  if constexpr (kDb) moving = moving | (abs_of(now.sum_b - before.sum_b) > tolerance * now.size_b);
   return moving;
 }
 
@@ -1061,7 +1071,7 @@ RT_HD auto beta_fraction_moving(const BetaFractionSums<T>& now, const BetaFracti
 // test that finds them settled and the group runs until every lane has, so the lanes get the one element's
 // bits by construction.
 template <bool kDa, bool kDb, class T, class M>
-RT_HD void beta_fraction_run(T a, T b, T x, T da0, T db0, T& sum_a, T& sum_b) {
+RT_HD void beta_fraction_run(T a, T b, T x, T da0, T db0, double tolerance, T& sum_a, T& sum_b) {
   const T ab = a + b;
   BetaFraction<T> f = beta_fraction_start<kDa, kDb>(a, ab, x);
   BetaFractionSums<T> sums{}, kept{};
@@ -1072,22 +1082,23 @@ RT_HD void beta_fraction_run(T a, T b, T x, T da0, T db0, T& sum_a, T& sum_b) {
     sums = beta_fraction_sums<kDa, kDb>(f, da0, db0);
     kept.sum_a = active != 0 ? sums.sum_a : kept.sum_a;
     kept.sum_b = active != 0 ? sums.sum_b : kept.sum_b;
-    active &= beta_fraction_moving<kDa, kDb>(sums, before);
+    active &= beta_fraction_moving<kDa, kDb>(sums, before, tolerance);
     if (!any_lane(active)) break;
   }
   sum_a = kept.sum_a, sum_b = kept.sum_b;
 }
 // (dz/da, dz/db) from the fraction, arguments and result as beta_grad_series'.
+// tolerance: beta_fraction_tolerance's.
 RT_HD Grad2 beta_grad_fraction(double a, double b, double x, double y, double lnx, double lny, bool need_a,
-                               bool need_b) {
+                               bool need_b, double tolerance) {
   const BetaSeriesStart start = beta_series_start(a, b, lnx, lny, need_a, need_b);
   double sum_a = 0.0, sum_b = 0.0;
   if (need_a && need_b)
-    beta_fraction_run<true, true, double, bool>(a, b, x, start.da, start.db, sum_a, sum_b);
+    beta_fraction_run<true, true, double, bool>(a, b, x, start.da, start.db, tolerance, sum_a, sum_b);
   else if (need_a)
-    beta_fraction_run<true, false, double, bool>(a, b, x, start.da, start.db, sum_a, sum_b);
+    beta_fraction_run<true, false, double, bool>(a, b, x, start.da, start.db, tolerance, sum_a, sum_b);
   else
-    beta_fraction_run<false, true, double, bool>(a, b, x, start.da, start.db, sum_a, sum_b);
+    beta_fraction_run<false, true, double, bool>(a, b, x, start.da, start.db, tolerance, sum_a, sum_b);
   const double scale = beta_series_scale(a, x, y);
   return Grad2{need_a ? scale * sum_a : 0.0, need_b ? scale * sum_b : 0.0};
 }
@@ -1151,7 +1162,8 @@ RT_HD BetaPlan beta_plan(double a, double b, double z, bool need_b) {
   return BetaPlan{swap, series, !series && a + b <= kBetaFractionMaxTotal};
 }
 
-RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool need_b = true) {
+// tolerance: the continued fraction's stopping tolerance, beta_fraction_tolerance's for the result's dtype.
+RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a, bool need_b, double tolerance) {
   if (a != a || b != b || z != z || !(a > 0.0) || !(b > 0.0)) return Grad2{::nan(""), ::nan("")};
   // a + b past the largest double (one near it, the other above about 1e292): every derivative is below
   // about 1 / (a + b), not a normal number, as for an infinite parameter.
@@ -1166,7 +1178,7 @@ RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a = true, bool n
     const double slnx = swap ? lny : lnz, slny = swap ? lnz : lny;
     const bool sneed_a = swap ? need_b : need_a, sneed_b = swap ? need_a : need_b;
     const Grad2 g = plan.series ? beta_grad_series(sa, sb, sx, sy, slnx, slny, sneed_a, sneed_b)
-                                : beta_grad_fraction(sa, sb, sx, sy, slnx, slny, sneed_a, sneed_b);
+                                : beta_grad_fraction(sa, sb, sx, sy, slnx, slny, sneed_a, sneed_b, tolerance);
     return swap ? Grad2{-g.b, -g.a} : g;
   }
   const double m = beta_mode_offset(a, b, z);
@@ -1207,7 +1219,7 @@ RT_HD double dirichlet_from_beta_grad(double dz_da, double z) { return dz_da / (
 // whole total (one category) or z_i is not below 1. total_hi + total_lo is the
 // compensated sum of the row's alphas: hi - alpha is exact where alpha is most
 // of it (Sterbenz), and rounds relative to rest elsewhere.
-RT_HD double dirichlet_marginal_grad(double alpha, double total_hi, double total_lo, double z) {
+RT_HD double dirichlet_marginal_grad(double alpha, double total_hi, double total_lo, double z, double tolerance) {
   // A total of +inf: a +inf concentration in the row, whose sample is its limit, one-hot, and whose
   // gradients are the limit's, 0 (with alpha_1 = t, z_j ~ G_j / t for j > 1: every derivative falls as 1
   // / t); or float64 concentrations whose sum overflows: 0 there too, right for the entries that hold
@@ -1216,7 +1228,7 @@ RT_HD double dirichlet_marginal_grad(double alpha, double total_hi, double total
   const double rest = dirichlet_rest(alpha, total_hi, total_lo);
   if (rest != rest || alpha != alpha || z != z) return ::nan("");
   if (!(rest > 0.0) || !(z < 1.0)) return 0.0;
-  const Grad2 g = beta_dz_dab(alpha, rest, z, true, false);
+  const Grad2 g = beta_dz_dab(alpha, rest, z, true, false, tolerance);
   return dirichlet_from_beta_grad(g.a, z);
 }
 
@@ -1229,9 +1241,9 @@ RT_HD double gamma_grad_term(double grad, double alpha, double z) {
   return grad == 0.0 ? 0.0 : grad * gamma_dz_dalpha(alpha, z);
 }
 
-RT_HD Grad2 beta_grad_term(double grad, double a, double b, double z) {
+RT_HD Grad2 beta_grad_term(double grad, double a, double b, double z, double tolerance) {
   if (grad == 0.0) return Grad2{0.0, 0.0};
-  const Grad2 d = beta_dz_dab(a, b, z);
+  const Grad2 d = beta_dz_dab(a, b, z, true, true, tolerance);
   return Grad2{grad * d.a, grad * d.b};
 }
 
@@ -1253,11 +1265,13 @@ RT_HD DirichletRowSums dirichlet_row_sums(const S* alpha, const S* z, const S* g
 }
 
 // w = grad - zg, the weight of d_i in the backward's term (docs/gamma.md).
-RT_HD double dirichlet_weighted_grad(double w, double alpha, double total_hi, double total_lo, double z) {
-  return w == 0.0 ? 0.0 : w * dirichlet_marginal_grad(alpha, total_hi, total_lo, z);
+RT_HD double dirichlet_weighted_grad(double w, double alpha, double total_hi, double total_lo, double z,
+                                     double tolerance) {
+  return w == 0.0 ? 0.0 : w * dirichlet_marginal_grad(alpha, total_hi, total_lo, z, tolerance);
 }
-RT_HD double dirichlet_grad_term(double grad, double zg, double alpha, double total_hi, double total_lo, double z) {
-  return dirichlet_weighted_grad(grad - zg, alpha, total_hi, total_lo, z);
+RT_HD double dirichlet_grad_term(double grad, double zg, double alpha, double total_hi, double total_lo, double z,
+                                 double tolerance) {
+  return dirichlet_weighted_grad(grad - zg, alpha, total_hi, total_lo, z, tolerance);
 }
 
 }  // namespace

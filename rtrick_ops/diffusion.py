@@ -67,12 +67,13 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
     if alphas_cumprod.requires_grad:
         raise ValueError("alphas_cumprod must not require grad: the losses treat the schedule as a constant")
     check_same_device(x0=x0, t=t, alphas_cumprod=alphas_cumprod)
+    # t.long(): a uint8 index would be read as a boolean mask, and int8 or int16 are refused as indices.
+    steps = t.long()
     # Always (a small sync), except where no sync can happen (compiling, CUDA graph capture): an index out of
     # range would otherwise be a device-side assert on CUDA, and an abar outside [0, 1] a NaN in x_t.
     if validation_enabled(True) and t.numel() > 0:
         # In int64: against a Python int, a uint8 or int8 t would compare in its own dtype, where 1000 wraps to
         # 232 or -24.
-        steps = t.long()
         if not bool(unwrapped((steps >= 0) & (steps < alphas_cumprod.shape[0])).all()):
             raise ValueError(f"t must be in [0, {alphas_cumprod.shape[0]}), got values from {t.min().item()} "
                              f"to {t.max().item()}")
@@ -84,8 +85,7 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
     # to x0's dtype at the end: 1 - abar in bfloat16 is 0 for abar above 0.998 (DDPM's first steps), which left
     # those timesteps without noise.
     precision = torch.promote_types(torch.promote_types(alphas_cumprod.dtype, x0.dtype), torch.float32)
-    # t.long(): a uint8 index would be read as a boolean mask, and int8 or int16 are refused as indices.
-    alpha_bar = alphas_cumprod[t.long()].to(precision).view(per_example)
+    alpha_bar = alphas_cumprod[steps].to(precision).view(per_example)
     signal_coef, noise_coef = alpha_bar.sqrt().to(x0.dtype), (1 - alpha_bar).sqrt().to(x0.dtype)
     rng_state = make_rng_state(seed, generator, x0.device)
     x_t = draw_normal(which, signal_coef * x0, noise_coef, rng_state, "sigma", ())

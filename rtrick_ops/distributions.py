@@ -639,10 +639,11 @@ class HalfNormal(_TransformedOnUse, _KeepsScaleParam, torch.distributions.HalfNo
                                           backend=self._backend, validate_args=False)
 
 
-def _check_temperature(temperature):
+def _check_temperature(temperature, held_dtype):
     """The relaxed classes' temperature, positive and finite everywhere (NaN refused, as the fused samplers'
     tau is), named as the classes name it. torch checks nothing: a temperature of -1 sampled, and one of 0
-    gave exactly 0 or 1. One sync for a tensor, at construction, like the parameters' check."""
+    gave exactly 0 or 1. A number is checked as the class holds it, in held_dtype (1e-50 is 0 in float32, 1e39
+    inf); a tensor as given, with one sync, at construction like the parameters' check."""
     if isinstance(temperature, torch.Tensor):
         if temperature.device.type == "meta" or temperature.numel() == 0:
             return
@@ -650,8 +651,11 @@ def _check_temperature(temperature):
         if not bool(((values > 0) & (values < math.inf)).all()):
             raise ValueError("temperature must be positive and finite everywhere, got values from "
                              f"{values.min().item()} to {values.max().item()}")
-    elif not (isinstance(temperature, numbers.Real) and 0 < temperature < math.inf):
-        raise ValueError(f"temperature must be a positive finite number or tensor, got {temperature!r}")
+        return
+    held = float(torch.tensor(float(temperature), dtype=held_dtype))  # float(): what the class converts with
+    if not 0 < held < math.inf:
+        raise ValueError(f"temperature must be a positive finite number (in {held_dtype}, as the class holds it), "
+                         f"got {temperature!r}")
 
 
 class _FusedRelaxed(_Fused):
@@ -665,16 +669,16 @@ class _FusedRelaxed(_Fused):
         # traced when a changed temperature is a symbol. Eager calls read the tensor, which is what log_prob
         # uses (outside the compute type's range the two differ: 1e-50 rounds to 0 there).
         self._temperature_number = None if isinstance(temperature, torch.Tensor) else temperature
+        like = logits if logits is not None else probs
+        like = like if isinstance(like, torch.Tensor) else torch.empty(())
         checking = torch.distributions.Distribution._validate_args if validate_args is None else validate_args
         if checking and not _checks.is_compiling():
-            _check_temperature(temperature)
+            _check_temperature(temperature, compute_dtype(like.dtype))
         if not isinstance(temperature, torch.Tensor):
             # torch keeps a Python-number temperature as given, and its log_prob then fails
             # (float has no .log()); held as a tensor, log_prob works. In the kernels' compute dtype, where
             # the fused sampler holds tau anyway: rounded to float16 or bfloat16, 0.3 became 0.30078125, 1e-8
             # became 0 and 7e4 inf.
-            like = logits if logits is not None else probs
-            like = like if isinstance(like, torch.Tensor) else torch.empty(())
             temperature = torch.tensor(float(temperature), dtype=compute_dtype(like.dtype), device=like.device)
         super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
 

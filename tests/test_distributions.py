@@ -2,6 +2,7 @@
 import copy
 import math
 
+import numpy
 import pytest
 import torch
 from torch.distributions import constraints, kl_divergence
@@ -448,14 +449,17 @@ def test_relaxed_classes_refuse_a_temperature_that_is_not_positive_and_finite(cl
     fused samplers' tau is. validate_args=False skips the check, as it skips the parameters'. (A user trial,
     2026-12-04; torch checks nothing.)"""
     logits = torch.randn(2, 3)
-    bad = [-1.0, 0.0, math.nan, math.inf, torch.tensor(-1.0), torch.tensor(-1.0, requires_grad=True),
+    bad = [-1.0, 0.0, math.nan, math.inf, 1e-50, 1e39,  # the last two: 0 and inf in float32, as the class holds them
+           torch.tensor(-1.0), torch.tensor(-1.0, requires_grad=True),
            torch.tensor([0.5, -1.0, 0.5]), torch.tensor([0.0, 0.5, 0.5]), torch.tensor(math.nan),
            torch.tensor([0.5, math.inf, 0.5])]
-    for temperature in bad:
+    for temperature in bad:  # validate_args=True: torch turns the default off once anything has compiled
         with pytest.raises(ValueError, match="^temperature must be"):
-            cls(temperature, logits=logits, seed=1)
+            cls(temperature, logits=logits, seed=1, validate_args=True)
         cls(temperature, logits=logits, seed=1, validate_args=False)
-    for temperature in (0.5, 1e-30, torch.tensor(2.0), torch.tensor([0.5, 1.0, 3.0], requires_grad=True)):
+    good = (0.5, 1e-30, 2, True, numpy.float32(0.5), numpy.array(0.7), numpy.bool_(True), torch.tensor(2.0),
+            torch.tensor([0.5, 1.0, 3.0], requires_grad=True))  # what float() reads, as the class converts them
+    for temperature in good:
         z = cls(temperature, logits=logits, seed=1).rsample()
         assert z.shape == logits.shape and not z.isnan().any()
 

@@ -240,6 +240,39 @@ def test_dirichlet_gradient_lanes_give_the_scalar_loops_bits():
     assert_same_bits_on_every_isa(results)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_family_backward_is_the_same_whole_and_in_pieces(threads):
+    """The CPU backward hands the row kernels blocks of 4096 elements (gamma_cpu.cpp, kLaneBlock), whose lanes
+    are queued within a block and the part-filled queues merged at its end. Every ISA runs that same driver, so
+    the same-bits tests above would not see a block's elements misplaced; a call cut into pieces smaller than
+    a block (rows whole) must give the whole call's bits, on 1 thread (blocks of 4096) and 2 (chunks between
+    4096 and 8192 elements)."""
+    g = torch.Generator().manual_seed(21)
+    alpha = torch.exp(torch.rand(700, 16, generator=g, dtype=torch.float64) * math.log(30)) * 60  # 11200 elements
+    z = torch._sample_dirichlet(alpha, generator=g)
+    grad = torch.randn(alpha.shape, generator=g, dtype=torch.float64)
+    a = torch.exp(torch.rand(11200, generator=g, dtype=torch.float64) * math.log(18)) * 100
+    b = torch.exp(torch.rand(11200, generator=g, dtype=torch.float64) * math.log(1e4)) * 0.9
+    x = torch.distributions.Beta(a, b).sample().clamp(1e-12, 1 - 1e-12)
+    bgrad = torch.randn(a.shape, generator=g, dtype=torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float32, torch.float64):
+            whole = ops.dirichlet_rsample_backward(grad.to(dtype), alpha.to(dtype), z.to(dtype))
+            pieces = torch.cat([ops.dirichlet_rsample_backward(grad[r:r + 37].to(dtype), alpha[r:r + 37].to(dtype),
+                                                               z[r:r + 37].to(dtype)) for r in range(0, 700, 37)])
+            torch.testing.assert_close(pieces, whole, rtol=0, atol=0)
+            whole_a, whole_b = ops.beta_rsample_backward(bgrad.to(dtype), a.to(dtype), b.to(dtype), x.to(dtype))
+            parts = [ops.beta_rsample_backward(bgrad[s:s + 999].to(dtype), a[s:s + 999].to(dtype),
+                                               b[s:s + 999].to(dtype), x[s:s + 999].to(dtype))
+                     for s in range(0, 11200, 999)]
+            torch.testing.assert_close(torch.cat([p[0] for p in parts]), whole_a, rtol=0, atol=0)
+            torch.testing.assert_close(torch.cat([p[1] for p in parts]), whole_b, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_beta_matches_reference(dtype):
     a = torch.tensor([[0.01], [0.5], [2.0], [30.0]], dtype=torch.float64).to(dtype)

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -233,16 +234,19 @@ struct CpuDevice {
     double* pta = terms_a.data_ptr<double>();
     double* ptb = terms_b.data_ptr<double>();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "beta_rsample_backward_cpu", [&] {
+      // The continued fraction stops where the gradient's dtype can no longer see it (gamma.h).
+      const double tolerance = beta_fraction_tolerance(std::is_same_v<scalar_t, double>);
       const scalar_t* pa = a.const_data_ptr<scalar_t>();
       const scalar_t* pb = b.const_data_ptr<scalar_t>();
       const scalar_t* pg = grad.const_data_ptr<scalar_t>();
       const scalar_t* pz = z.const_data_ptr<scalar_t>();
       const RowKernels& kernels = active_row_kernels();
       at::parallel_for(0, z.numel(), 128, [&](int64_t begin, int64_t end) {
-        // The row kernel reads double: convert a block at a time (kLaneBlock, row_kernels.h).
+        // The row kernel reads double: convert a block at a time (kLaneBlock, row_kernels.h), on the heap (up
+        // to 128 KiB, more than an OpenMP worker's stack should hold) and uninitialised (each use writes it).
         const int64_t block = std::min(kLaneBlock, end - begin);
-        std::vector<double> buffer(4 * block);
-        double *g = buffer.data(), *va = g + block, *vb = va + block, *x = vb + block;
+        const std::unique_ptr<double[]> buffer(new double[4 * block]);
+        double *g = buffer.get(), *va = g + block, *vb = va + block, *x = vb + block;
         for (int64_t start = begin; start < end; start += block) {
           const int64_t len = std::min(block, end - start);
           for (int64_t j = 0; j < len; ++j) {
@@ -251,7 +255,7 @@ struct CpuDevice {
             vb[j] = static_cast<double>(pb[(start + j) % b_period]);
             x[j] = static_cast<double>(pz[start + j]);
           }
-          kernels.beta_grad_terms(g, va, vb, x, len, pta + start, ptb + start);
+          kernels.beta_grad_terms(g, va, vb, x, len, tolerance, pta + start, ptb + start);
         }
       });
     });
@@ -263,16 +267,18 @@ struct CpuDevice {
     const int64_t rows = z.numel() / k_count;
     double* t = terms.data_ptr<double>();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "dirichlet_rsample_backward_cpu", [&] {
+      // The continued fraction stops where the gradient's dtype can no longer see it (gamma.h).
+      const double tolerance = beta_fraction_tolerance(std::is_same_v<scalar_t, double>);
       const scalar_t* pa = alpha.const_data_ptr<scalar_t>();
       const scalar_t* pg = grad.const_data_ptr<scalar_t>();
       const scalar_t* pz = z.const_data_ptr<scalar_t>();
       const RowKernels& kernels = active_row_kernels();
       at::parallel_for(0, rows, std::max<int64_t>(1, 128 / k_count), [&](int64_t begin, int64_t end) {
         // The row kernel reads double: a block of elements at a time (kLaneBlock, row_kernels.h), each with
-        // its row's sums.
+        // its row's sums; on the heap and uninitialised, as in beta_grad_terms.
         const int64_t block = std::min(kLaneBlock, (end - begin) * k_count);
-        std::vector<double> buffer(5 * block);
-        double *w = buffer.data(), *a = w + block, *hi = a + block, *lo = hi + block, *x = lo + block;
+        const std::unique_ptr<double[]> buffer(new double[5 * block]);
+        double *w = buffer.get(), *a = w + block, *hi = a + block, *lo = hi + block, *x = lo + block;
         int64_t filled = 0, block_start = begin * k_count;
         for (int64_t r = begin; r < end; ++r) {
           const int64_t base = r * k_count;
@@ -285,13 +291,13 @@ struct CpuDevice {
             lo[filled] = sums.total.lo;
             x[filled] = static_cast<double>(pz[base + i]);
             if (++filled == block) {
-              kernels.dirichlet_grad_terms(w, a, hi, lo, x, filled, t + block_start);
+              kernels.dirichlet_grad_terms(w, a, hi, lo, x, filled, tolerance, t + block_start);
               block_start += filled;
               filled = 0;
             }
           }
         }
-        if (filled > 0) kernels.dirichlet_grad_terms(w, a, hi, lo, x, filled, t + block_start);
+        if (filled > 0) kernels.dirichlet_grad_terms(w, a, hi, lo, x, filled, tolerance, t + block_start);
       });
     });
   }

@@ -95,13 +95,13 @@ struct RowKernels {
   // terms[j] = grad[j] * dz/dalpha of Gamma(alpha[j]) at z[j] (gamma.h's gamma_grad_term, the same bits).
   void (*gamma_grad_terms)(const double* grad, const double* alpha, const double* z, int64_t len, double* terms);
   // terms_a[j], terms_b[j] = grad[j] * (dz/da, dz/db) of Beta(a[j], b[j]) at z[j] (gamma.h's beta_grad_term, the
-  // same bits).
+  // same bits), the continued fraction stopping at `tolerance` (gamma.h, beta_fraction_tolerance).
   void (*beta_grad_terms)(const double* grad, const double* a, const double* b, const double* z, int64_t len,
-                          double* terms_a, double* terms_b);
+                          double tolerance, double* terms_a, double* terms_b);
   // terms[j] = the Dirichlet's w[j] * d_j (gamma.h's dirichlet_weighted_grad, the same bits), the row's
-  // alpha total as the compensated pair total_hi[j] + total_lo[j].
+  // alpha total as the compensated pair total_hi[j] + total_lo[j]; `tolerance` as above.
   void (*dirichlet_grad_terms)(const double* w, const double* alpha, const double* total_hi, const double* total_lo,
-                               const double* z, int64_t len, double* terms);
+                               const double* z, int64_t len, double tolerance, double* terms);
 };
 
 // The elements a caller hands beta_grad_terms and dirichlet_grad_terms at once, where it has them. Their

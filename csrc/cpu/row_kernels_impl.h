@@ -842,7 +842,7 @@ void beta_series_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
 // lanes' need flags (both for the Beta; for the Dirichlet's marginal the one z's dz/da needs, so its queues
 // hold lanes of one side each).
 template <bool kDa, bool kDb, int kWidth>
-void beta_fraction_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
+void beta_fraction_lanes(const BetaLane* lanes, double tolerance, double* sum_a, double* sum_b) {
   using Double = typename LanesOf<kWidth>::Double;
   Double va, vb, vx, da0, db0, sa, sb;
   for (int i = 0; i < kWidth; ++i) {
@@ -852,7 +852,7 @@ void beta_fraction_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
     da0[i] = lanes[i].da0;
     db0[i] = lanes[i].db0;
   }
-  beta_fraction_run<kDa, kDb, Double, typename LanesOf<kWidth>::Mask>(va, vb, vx, da0, db0, sa, sb);
+  beta_fraction_run<kDa, kDb, Double, typename LanesOf<kWidth>::Mask>(va, vb, vx, da0, db0, tolerance, sa, sb);
   for (int i = 0; i < kWidth; ++i) {
     sum_a[i] = kDa ? sa[i] : 0.0;
     sum_b[i] = kDb ? sb[i] : 0.0;
@@ -886,7 +886,9 @@ int fraction_queue(double a, double b, double x) {
 // The fraction's lane groups are 8 wide on AVX-512: its steps are chains of dependent multiplies and adds,
 // and 8 lanes overlap twice the latency, which repays a group's waiting for its slowest lane (a standalone
 // loop over the dirichlet_large marginals, Zen 4: 107 ns an element in 4 lanes, 97 in 8; 101 and 88 with
-// the queues above). On AVX2 8 lanes would be two registers that GCC lowers through memory.
+// the queues above). On AVX2 8 lanes would be two registers: GCC lowers vectors wider than the target's
+// registers through memory (16 lanes on AVX-512, two registers, ran 189 ns an element there; 8 on AVX2 is
+// not measured).
 #if defined(RT_PHILOX_AVX512)
 constexpr int kFractionLanes = 8;
 #else
@@ -902,22 +904,27 @@ struct BetaQueue {
 
 // Sums a queue's series or continued fractions and hands each element's z-side (dz/da, dz/db) to
 // finish(at, grad2), as beta_dz_dab returns them; a part-filled queue's empty lanes repeat its first (each
-// lane's arithmetic is its own, so they change nothing) and are not handed on.
+// lane's arithmetic is its own, so they change nothing) and are not handed on. A queue holds one kind: the
+// series' queues are kSeriesLanes wide and the fraction's kFractionLanes (the same width on AVX2, where the
+// kind is read from the lane).
 template <bool kBoth, int kWidth, class Finish>
-void run_beta_queue(BetaQueue<kWidth>& q, Finish& finish) {
+void run_beta_queue(BetaQueue<kWidth>& q, double tolerance, Finish& finish) {
   for (int k = q.filled; k < kWidth; ++k) q.lanes[k] = q.lanes[0];
   beta_lane_factors<kBoth, kWidth>(q.lanes);
   double sum_a[kWidth], sum_b[kWidth];
+  const bool fraction = q.lanes[0].fraction != 0;
   if constexpr (kWidth == kSeriesLanes) {
-    if (!q.lanes[0].fraction) beta_series_lanes<kBoth>(q.lanes, sum_a, sum_b);
+    if (!fraction) beta_series_lanes<kBoth>(q.lanes, sum_a, sum_b);
   }
-  if (q.lanes[0].fraction) {
-    if constexpr (kBoth)
-      beta_fraction_lanes<true, true, kWidth>(q.lanes, sum_a, sum_b);
-    else if (q.lanes[0].swap)  // z's dz/da: the fraction's dz/db on 1 - z's side, its dz/da on z's
-      beta_fraction_lanes<false, true, kWidth>(q.lanes, sum_a, sum_b);
-    else
-      beta_fraction_lanes<true, false, kWidth>(q.lanes, sum_a, sum_b);
+  if constexpr (kWidth == kFractionLanes) {
+    if (fraction) {
+      if constexpr (kBoth)
+        beta_fraction_lanes<true, true, kWidth>(q.lanes, tolerance, sum_a, sum_b);
+      else if (q.lanes[0].swap)  // z's dz/da: the fraction's dz/db on 1 - z's side, its dz/da on z's
+        beta_fraction_lanes<false, true, kWidth>(q.lanes, tolerance, sum_a, sum_b);
+      else
+        beta_fraction_lanes<true, false, kWidth>(q.lanes, tolerance, sum_a, sum_b);
+    }
   }
   for (int k = 0; k < q.filled; ++k) {
     const BetaLane& lane = q.lanes[k];
@@ -929,16 +936,17 @@ void run_beta_queue(BetaQueue<kWidth>& q, Finish& finish) {
 }
 
 template <bool kBoth, int kWidth, class Finish>
-void push_lane(BetaQueue<kWidth>& q, const BetaLane& lane, int64_t j, Finish& finish) {
+void push_lane(BetaQueue<kWidth>& q, const BetaLane& lane, int64_t j, double tolerance, Finish& finish) {
   q.lanes[q.filled] = lane;
   q.at[q.filled] = j;
-  if (++q.filled == kWidth) run_beta_queue<kBoth>(q, finish);
+  if (++q.filled == kWidth) run_beta_queue<kBoth>(q, tolerance, finish);
 }
 
 // Elements 0 .. len - 1: setup(j, lane) queues element j for the lanes, or returns false and scalar(j)
-// evaluates it; finish(j, dz) writes a queued element's result (kBoth false: dz.a only).
+// evaluates it; finish(j, dz) writes a queued element's result (kBoth false: dz.a only). tolerance: the
+// continued fraction's (gamma.h, beta_fraction_tolerance).
 template <bool kBoth, class Setup, class Scalar, class Finish>
-void beta_series_queued(int64_t len, Setup setup, Scalar scalar, Finish finish) {
+void beta_series_queued(int64_t len, double tolerance, Setup setup, Scalar scalar, Finish finish) {
   if constexpr (kSeriesLanes == 1) {
     for (int64_t j = 0; j < len; ++j) scalar(j);
     return;
@@ -951,29 +959,37 @@ void beta_series_queued(int64_t len, Setup setup, Scalar scalar, Finish finish) 
       scalar(j);
     } else if (lane.fraction) {
       push_lane<kBoth>(fractions[kFractionQueues * lane.swap + fraction_queue(lane.a, lane.b, lane.x)], lane, j,
-                       finish);
+                       tolerance, finish);
     } else {
-      push_lane<kBoth>(series[series_queue(lane.x)], lane, j, finish);
+      push_lane<kBoth>(series[series_queue(lane.x)], lane, j, tolerance, finish);
     }
   }
   for (auto& q : series)
-    if (q.filled > 0) run_beta_queue<kBoth>(q, finish);
-  for (auto& q : fractions)
-    if (q.filled > 0) run_beta_queue<kBoth>(q, finish);
+    if (q.filled > 0) run_beta_queue<kBoth>(q, tolerance, finish);
+  // The fraction's part-filled queues, merged by side into full groups (a small call would otherwise run up
+  // to 16 part-filled groups a side; the Dirichlet's lanes must share a side, the derivative they carry).
+  for (int side = 0; side < 2; ++side) {
+    BetaQueue<kFractionLanes> rest;
+    for (int k = 0; k < kFractionQueues; ++k) {
+      const BetaQueue<kFractionLanes>& q = fractions[kFractionQueues * side + k];
+      for (int i = 0; i < q.filled; ++i) push_lane<kBoth>(rest, q.lanes[i], q.at[i], tolerance, finish);
+    }
+    if (rest.filled > 0) run_beta_queue<kBoth>(rest, tolerance, finish);
+  }
 }
 
 // Beta's backward terms, gamma.h's beta_grad_term with the same bits: the Gauss series and the continued
 // fraction in lanes, every other element (the quadrature, small a on dz/db's side, zero grads, edge values)
 // by the scalar code.
 void beta_grad_terms_entry(const double* grad, const double* a, const double* b, const double* z, int64_t len,
-                           double* terms_a, double* terms_b) {
+                           double tolerance, double* terms_a, double* terms_b) {
   beta_series_queued<true>(
-      len,
+      len, tolerance,
       [&](int64_t j, BetaLane& lane) {
         return grad[j] != 0.0 && beta_lane_setup(a[j], b[j], z[j], true, lane);
       },
       [&](int64_t j) {
-        const Grad2 t = beta_grad_term(grad[j], a[j], b[j], z[j]);
+        const Grad2 t = beta_grad_term(grad[j], a[j], b[j], z[j], tolerance);
         terms_a[j] = t.a;
         terms_b[j] = t.b;
       },
@@ -987,14 +1003,14 @@ void beta_grad_terms_entry(const double* grad, const double* a, const double* b,
 // dz/da by the lanes where beta_dz_dab would sum its series (alphas below 100 on the series' side) or its
 // continued fraction (above, with totals up to 2e4).
 void dirichlet_grad_terms_entry(const double* w, const double* alpha, const double* total_hi,
-                                const double* total_lo, const double* z, int64_t len, double* out) {
+                                const double* total_lo, const double* z, int64_t len, double tolerance, double* out) {
   beta_series_queued<false>(
-      len,
+      len, tolerance,
       [&](int64_t j, BetaLane& lane) {
         return w[j] != 0.0 &&
                beta_lane_setup(alpha[j], dirichlet_rest(alpha[j], total_hi[j], total_lo[j]), z[j], false, lane);
       },
-      [&](int64_t j) { out[j] = dirichlet_weighted_grad(w[j], alpha[j], total_hi[j], total_lo[j], z[j]); },
+      [&](int64_t j) { out[j] = dirichlet_weighted_grad(w[j], alpha[j], total_hi[j], total_lo[j], z[j], tolerance); },
       [&](int64_t j, const Grad2& dz) { out[j] = w[j] * dirichlet_from_beta_grad(dz.a, z[j]); });
 }
 

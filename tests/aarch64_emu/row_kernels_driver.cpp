@@ -493,7 +493,8 @@ void run_gamma(const RowKernels& k) {
   std::vector<double> ta(static_cast<size_t>(glen)), tb(static_cast<size_t>(glen));
   k.gamma_grad_terms(grad.data(), ga.data(), z.data(), glen, ta.data());
   emit("gamma_grad_terms", kF64, ta.data(), ta.size() * 8);
-  k.beta_grad_terms(grad.data(), ga.data(), gb.data(), zb.data(), glen, ta.data(), tb.data());
+  const double tolerance = rtrick::beta_fraction_tolerance(true);  // the continued fraction's, for double results
+  k.beta_grad_terms(grad.data(), ga.data(), gb.data(), zb.data(), glen, tolerance, ta.data(), tb.data());
   emit("beta_grad_terms/a", kF64, ta.data(), ta.size() * 8);
   emit("beta_grad_terms/b", kF64, tb.data(), tb.size() * 8);
   // Dirichlet: rows of 16, each marginal Beta(alpha_i, total - alpha_i) at the row's sample
@@ -511,7 +512,7 @@ void run_gamma(const RowKernels& k) {
       x[j] = sum > 0.0 ? z[j] / sum : 1.0 / static_cast<double>(k_count);
     }
   }
-  k.dirichlet_grad_terms(w.data(), ga.data(), hi.data(), lo.data(), x.data(), rows * k_count, dt.data());
+  k.dirichlet_grad_terms(w.data(), ga.data(), hi.data(), lo.data(), x.data(), rows * k_count, tolerance, dt.data());
   emit("dirichlet_grad_terms", kF64, dt.data(), dt.size() * 8);
 }
 
