@@ -915,7 +915,8 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
 // three-term recurrences, A_n = A_{n-1} + d_n A_{n-2} and B_n alike (S_n = B_n / A_n), not by modified
 // Lentz: only multiplies and adds then link one step to the next, so the CPU's lanes
 // (cpu/row_kernels_impl.h) overlap several elements, where Lentz chains two divisions a step. The loop
-// stops when S and the needed sums move by less than kBetaFractionTolerance between two tests (below).
+// stops when S and the needed sums move by less than the tolerance between two tests (below,
+// beta_fraction_tolerance: by the gradient's dtype).
 // kDa, kDb: which derivatives are carried (the Dirichlet's marginal needs one). T is double, or a vector of
 // doubles in the CPU's lanes, which then give these bits lane by lane.
 constexpr double kBetaFractionMaxTotal = 2e4;
@@ -933,11 +934,13 @@ constexpr int32_t kBetaFractionTestEvery = 4;
 // a third of it (at 1e-11 at most 2.2e-12 and 3.3e-12 from the 1e-13 results). A gradient whose sum
 // cancels loses more: at 1e-10, Beta(1e-3, 1e3)'s dz/db near the crossover was 1.1e-10 off mpmath.
 constexpr double kBetaFractionTolerance = 1e-11;
-// For results rounded to float32 or narrower. The sums then move by about the tolerance (1e-9: at most
-// 1.7e-9 of the sum over the dirichlet_large marginals, 3.8e-10 over a Beta with a, b in 100-1000, against
-// the loop run to 1e-15), below float32's rounding of the result (6e-8) and of the z it is given, which
-// moves the gradient more than that relative to the same terms; and the loop runs 13% fewer blocks of pairs
-// on those marginals (9.9 -> 8.6 an element; docs/performance.md, thirty-seventh pass).
+// For gradients stored in float32 or narrower. The sums then move by up to about the tolerance (1e-9: at
+// most 1.7e-9 of the sum over the dirichlet_large marginals, 3.8e-10 over a Beta with a, b in 100-1000,
+// against the loop run to 1e-15; ad hoc counts, not the 2^16 draws above), below float32's rounding of one
+// element's result (6e-8), and the loop runs 13% fewer blocks of pairs on those marginals (9.9 -> 8.6 an
+// element; docs/performance.md, thirty-seventh pass). A gradient summed over many elements (a broadcast
+// parameter) sums their errors too, which may share a sign: where those terms cancel, the float32 sum no
+// longer hides them (not measured).
 constexpr double kBetaFractionToleranceSingle = 1e-9;
 // The tolerance for a backward whose gradients are stored as double (true) or in float32 or narrower.
 RT_HD double beta_fraction_tolerance(bool double_result) {

@@ -652,7 +652,11 @@ def _check_temperature(temperature, held_dtype):
             raise ValueError("temperature must be positive and finite everywhere, got values from "
                              f"{values.min().item()} to {values.max().item()}")
         return
-    held = float(torch.tensor(float(temperature), dtype=held_dtype))  # float(): what the class converts with
+    # A real number, as float() reads it (NumPy scalars and 0-d arrays too): what the class converts with. A
+    # string or a complex number would convert, or fail, without naming the argument.
+    if isinstance(temperature, (str, bytes, complex)) or not hasattr(temperature, "__float__"):
+        raise TypeError(f"temperature must be a positive real number or a tensor, got {type(temperature).__name__}")
+    held = float(torch.tensor(float(temperature), dtype=held_dtype))
     if not 0 < held < math.inf:
         raise ValueError(f"temperature must be a positive finite number (in {held_dtype}, as the class holds it), "
                          f"got {temperature!r}")

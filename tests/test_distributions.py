@@ -453,6 +453,9 @@ def test_relaxed_classes_refuse_a_temperature_that_is_not_positive_and_finite(cl
            torch.tensor(-1.0), torch.tensor(-1.0, requires_grad=True),
            torch.tensor([0.5, -1.0, 0.5]), torch.tensor([0.0, 0.5, 0.5]), torch.tensor(math.nan),
            torch.tensor([0.5, math.inf, 0.5])]
+    for temperature in ("0.5", 0.5j, None, [0.5]):
+        with pytest.raises(TypeError, match="^temperature must be a positive real number or a tensor"):
+            cls(temperature, logits=logits, seed=1, validate_args=True)
     for temperature in bad:  # validate_args=True: torch turns the default off once anything has compiled
         with pytest.raises(ValueError, match="^temperature must be"):
             cls(temperature, logits=logits, seed=1, validate_args=True)
@@ -603,12 +606,14 @@ def test_half_precision_dirichlet_log_prob_validates_its_own_samples(dtype):
 @pytest.mark.parametrize("cls", [rd.RelaxedBernoulli, rd.RelaxedOneHotCategorical], ids=lambda c: c.__name__)
 def test_relaxed_classes_sample_at_the_temperature_they_hold(cls):
     """Eager sampling reads the held temperature tensor, as log_prob does: a number outside the compute type's
-    range (1e-50 holds as 0) is refused, not sampled at a clamped tau; expand() keeps the number that
-    torch.compile's path uses."""
+    range (1e-50 holds as 0) is refused, not sampled at a clamped tau: by the constructor's check where the
+    class validates, by the sampler's otherwise; expand() keeps the number that torch.compile's path uses."""
     logits = torch.randn(2, 4)
     for temperature in (1e-50, 1e39):
         with pytest.raises(ValueError, match="tau must be a positive finite temperature"):
-            cls(temperature, logits=logits, seed=1).rsample()
+            cls(temperature, logits=logits, seed=1, validate_args=False).rsample()
+        with pytest.raises(ValueError, match=r"temperature must be a positive finite number \(in torch.float32"):
+            cls(temperature, logits=logits, seed=1, validate_args=True)
     d = cls(0.3, logits=logits, seed=1)
     e = d.expand((3,) + tuple(d.batch_shape))
     assert e._temperature_number == 0.3

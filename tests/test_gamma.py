@@ -207,8 +207,8 @@ def test_beta_gradient_lanes_give_the_scalar_loops_bits():
 def test_dirichlet_gradient_lanes_give_the_scalar_loops_bits():
     """The AVX2 and AVX-512 row kernels sum the Dirichlet marginals' Beta series 4 at a time (the lanes of the
     test above), each lane stopping at its own last term, and their continued fractions 4 or 8 at a time (one
-    derivative, queued by side, distance from the crossover and size); the portable table runs gamma.h's scalar dirichlet_weighted_grad (as CUDA
-    does; the quadrature's nodes are vectors on every CPU table). Every element's term must be the same bits
+    derivative, queued by side, distance from the crossover and size); the portable table runs gamma.h's
+    scalar dirichlet_weighted_grad (as CUDA does; the quadrature's nodes are vectors on every CPU table). Every element's term must be the same bits
     on every ISA: rows whose marginals fall on z's side and on 1 - z's, the continued fraction and the
     quadrature (alpha above 100, totals below and above 2e4), a rest below 0.25 on 1 - z's side (scalar),
     zero weights, NaN and infinite concentrations, z at 0 and 1, part-filled queues, every dtype."""
@@ -241,12 +241,12 @@ def test_dirichlet_gradient_lanes_give_the_scalar_loops_bits():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_family_backward_is_the_same_whole_and_in_pieces(threads):
+def test_beta_and_dirichlet_backward_is_the_same_whole_and_in_pieces(threads):
     """The CPU backward hands the row kernels blocks of 4096 elements (gamma_cpu.cpp, kLaneBlock), whose lanes
     are queued within a block and the part-filled queues merged at its end. Every ISA runs that same driver, so
     the same-bits tests above would not see a block's elements misplaced; a call cut into pieces smaller than
-    a block (rows whole) must give the whole call's bits, on 1 thread (blocks of 4096) and 2 (chunks between
-    4096 and 8192 elements)."""
+    a block (rows whole) must give the whole call's bits, on every ISA, on 1 thread (blocks of 4096) and 2
+    (chunks between 4096 and 8192 elements)."""
     g = torch.Generator().manual_seed(21)
     alpha = torch.exp(torch.rand(700, 16, generator=g, dtype=torch.float64) * math.log(30)) * 60  # 11200 elements
     z = torch._sample_dirichlet(alpha, generator=g)
@@ -258,17 +258,20 @@ def test_family_backward_is_the_same_whole_and_in_pieces(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for dtype in (torch.float32, torch.float64):
-            whole = ops.dirichlet_rsample_backward(grad.to(dtype), alpha.to(dtype), z.to(dtype))
-            pieces = torch.cat([ops.dirichlet_rsample_backward(grad[r:r + 37].to(dtype), alpha[r:r + 37].to(dtype),
-                                                               z[r:r + 37].to(dtype)) for r in range(0, 700, 37)])
-            torch.testing.assert_close(pieces, whole, rtol=0, atol=0)
-            whole_a, whole_b = ops.beta_rsample_backward(bgrad.to(dtype), a.to(dtype), b.to(dtype), x.to(dtype))
-            parts = [ops.beta_rsample_backward(bgrad[s:s + 999].to(dtype), a[s:s + 999].to(dtype),
-                                               b[s:s + 999].to(dtype), x[s:s + 999].to(dtype))
-                     for s in range(0, 11200, 999)]
-            torch.testing.assert_close(torch.cat([p[0] for p in parts]), whole_a, rtol=0, atol=0)
-            torch.testing.assert_close(torch.cat([p[1] for p in parts]), whole_b, rtol=0, atol=0)
+        for isa in each_cpu_isa():
+            for dtype in (torch.float32, torch.float64):
+                whole = ops.dirichlet_rsample_backward(grad.to(dtype), alpha.to(dtype), z.to(dtype))
+                pieces = torch.cat([ops.dirichlet_rsample_backward(grad[r:r + 37].to(dtype),
+                                                                   alpha[r:r + 37].to(dtype), z[r:r + 37].to(dtype))
+                                    for r in range(0, 700, 37)])
+                torch.testing.assert_close(pieces, whole, rtol=0, atol=0, msg=lambda m: f"{isa} {dtype}: {m}")
+                whole_a, whole_b = ops.beta_rsample_backward(bgrad.to(dtype), a.to(dtype), b.to(dtype), x.to(dtype))
+                parts = [ops.beta_rsample_backward(bgrad[s:s + 999].to(dtype), a[s:s + 999].to(dtype),
+                                                   b[s:s + 999].to(dtype), x[s:s + 999].to(dtype))
+                         for s in range(0, 11200, 999)]
+                for got, want in ((torch.cat([p[0] for p in parts]), whole_a), (torch.cat([p[1] for p in parts]),
+                                                                                whole_b)):
+                    torch.testing.assert_close(got, want, rtol=0, atol=0, msg=lambda m: f"{isa} {dtype}: {m}")
     finally:
         torch.set_num_threads(before)
 

@@ -275,7 +275,7 @@ struct CpuDevice {
       const RowKernels& kernels = active_row_kernels();
       at::parallel_for(0, rows, std::max<int64_t>(1, 128 / k_count), [&](int64_t begin, int64_t end) {
         // The row kernel reads double: a block of elements at a time (kLaneBlock, row_kernels.h), each with
-        // its row's sums; on the heap and uninitialised, as in beta_grad_terms.
+        // its row's sums; on the heap (up to 160 KiB) and uninitialised, as in beta_grad_terms.
         const int64_t block = std::min(kLaneBlock, (end - begin) * k_count);
         const std::unique_ptr<double[]> buffer(new double[5 * block]);
         double *w = buffer.get(), *a = w + block, *hi = a + block, *lo = hi + block, *x = lo + block;
