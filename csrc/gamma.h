@@ -13,6 +13,8 @@
 
 #include <float.h>
 
+#include <type_traits>
+
 #include "gamma_asymptotic.h"
 #include "philox.h"
 
@@ -916,7 +918,7 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
 // Lentz: only multiplies and adds then link one step to the next, so the CPU's lanes
 // (cpu/row_kernels_impl.h) overlap several elements, where Lentz chains two divisions a step. The loop
 // stops when S and the needed sums move by less than the tolerance between two tests (below,
-// beta_fraction_tolerance: by the gradient's dtype).
+// beta_fraction_tolerance_of: by the gradient's dtype).
 // kDa, kDb: which derivatives are carried (the Dirichlet's marginal needs one). T is double, or a vector of
 // doubles in the CPU's lanes, which then give these bits lane by lane.
 constexpr double kBetaFractionMaxTotal = 2e4;
@@ -942,9 +944,10 @@ constexpr double kBetaFractionTolerance = 1e-11;
 // parameter) sums their errors too, which may share a sign: where those terms cancel, the float32 sum no
 // longer hides them (not measured).
 constexpr double kBetaFractionToleranceSingle = 1e-9;
-// The tolerance for a backward whose gradients are stored as double (true) or in float32 or narrower.
-RT_HD double beta_fraction_tolerance(bool double_result) {
-  return double_result ? kBetaFractionTolerance : kBetaFractionToleranceSingle;
+// The tolerance for a backward whose gradients are stored in S (the CPU's and the CUDA kernels' storage type).
+template <typename S>
+RT_HD constexpr double beta_fraction_tolerance_of() {
+  return std::is_same<S, double>::value ? kBetaFractionTolerance : kBetaFractionToleranceSingle;
 }
 // Far above the pairs the region needs (at most about 112 up to a + b = 2e4 in the draws measured; 344 at
 // a = 1e5 beside b = 0.3, outside it).
@@ -1091,7 +1094,7 @@ RT_HD void beta_fraction_run(T a, T b, T x, T da0, T db0, double tolerance, T& s
   sum_a = kept.sum_a, sum_b = kept.sum_b;
 }
 // (dz/da, dz/db) from the fraction, arguments and result as beta_grad_series'.
-// tolerance: beta_fraction_tolerance's.
+// tolerance: beta_fraction_tolerance_of's.
 RT_HD Grad2 beta_grad_fraction(double a, double b, double x, double y, double lnx, double lny, bool need_a,
                                bool need_b, double tolerance) {
   const BetaSeriesStart start = beta_series_start(a, b, lnx, lny, need_a, need_b);
@@ -1165,7 +1168,7 @@ RT_HD BetaPlan beta_plan(double a, double b, double z, bool need_b) {
   return BetaPlan{swap, series, !series && a + b <= kBetaFractionMaxTotal};
 }
 
-// tolerance: the continued fraction's stopping tolerance, beta_fraction_tolerance's for the result's dtype.
+// tolerance: the continued fraction's stopping tolerance, beta_fraction_tolerance_of's for the result's dtype.
 RT_HD Grad2 beta_dz_dab(double a, double b, double z, bool need_a, bool need_b, double tolerance) {
   if (a != a || b != b || z != z || !(a > 0.0) || !(b > 0.0)) return Grad2{::nan(""), ::nan("")};
   // a + b past the largest double (one near it, the other above about 1e292): every derivative is below

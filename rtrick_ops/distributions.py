@@ -675,15 +675,16 @@ class _FusedRelaxed(_Fused):
         self._temperature_number = None if isinstance(temperature, torch.Tensor) else temperature
         like = logits if logits is not None else probs
         like = like if isinstance(like, torch.Tensor) else torch.empty(())
+        held_dtype = compute_dtype(like.dtype)
         checking = torch.distributions.Distribution._validate_args if validate_args is None else validate_args
         if checking and not _checks.is_compiling():
-            _check_temperature(temperature, compute_dtype(like.dtype))
+            _check_temperature(temperature, held_dtype)
         if not isinstance(temperature, torch.Tensor):
             # torch keeps a Python-number temperature as given, and its log_prob then fails
             # (float has no .log()); held as a tensor, log_prob works. In the kernels' compute dtype, where
             # the fused sampler holds tau anyway: rounded to float16 or bfloat16, 0.3 became 0.30078125, 1e-8
             # became 0 and 7e4 inf.
-            temperature = torch.tensor(float(temperature), dtype=compute_dtype(like.dtype), device=like.device)
+            temperature = torch.tensor(float(temperature), dtype=held_dtype, device=like.device)
         super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):

@@ -271,7 +271,7 @@ FRACTION_PAIRS = [(100.0, 100.0), (300.0, 2.0), (1e3, 1e3), (550.0, 8250.0), (9.
 
 # float32: the same pairs where float32 holds them (not (1e3, 1e-30)), and posterior-sized ones of the
 # benchmarks' dirichlet_large and beta_large (100-1000, a Dirichlet-like marginal); the fraction stops at 1e-9
-# there (gamma.h, beta_fraction_tolerance).
+# there (gamma.h, beta_fraction_tolerance_of).
 FRACTION_PAIRS_FLOAT32 = [p for p in FRACTION_PAIRS if p[1] > 1e-20] + [(137.0, 8211.0), (912.0, 7340.0),
                                                                         (250.0, 750.0), (640.0, 180.0)]
 

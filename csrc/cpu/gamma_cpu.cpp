@@ -60,6 +60,13 @@ at::Tensor compute_copy(const at::Tensor& t) {
   return t.to(std::is_same_v<C, double> ? at::kDouble : at::kFloat).contiguous();
 }
 
+// `arrays` arrays of `block` doubles, one allocation, for a chunk's blocks handed to the Beta and Dirichlet
+// row kernels (kLaneBlock, row_kernels.h): on the heap (up to 160 KiB, more than an OpenMP worker's stack
+// should hold) and uninitialised (each use writes what it reads).
+std::unique_ptr<double[]> lane_block_arrays(int64_t block, int arrays) {
+  return std::unique_ptr<double[]>(new double[arrays * block]);
+}
+
 // The CPU's launches for host_ops.h.
 struct CpuDevice {
   using Guard = host::NoDeviceGuard;
@@ -235,17 +242,16 @@ struct CpuDevice {
     double* ptb = terms_b.data_ptr<double>();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "beta_rsample_backward_cpu", [&] {
       // The continued fraction stops where the gradient's dtype can no longer see it (gamma.h).
-      const double tolerance = beta_fraction_tolerance(std::is_same_v<scalar_t, double>);
+      constexpr double tolerance = beta_fraction_tolerance_of<scalar_t>();
       const scalar_t* pa = a.const_data_ptr<scalar_t>();
       const scalar_t* pb = b.const_data_ptr<scalar_t>();
       const scalar_t* pg = grad.const_data_ptr<scalar_t>();
       const scalar_t* pz = z.const_data_ptr<scalar_t>();
       const RowKernels& kernels = active_row_kernels();
       at::parallel_for(0, z.numel(), 128, [&](int64_t begin, int64_t end) {
-        // The row kernel reads double: convert a block at a time (kLaneBlock, row_kernels.h), on the heap (up
-        // to 128 KiB, more than an OpenMP worker's stack should hold) and uninitialised (each use writes it).
+        // The row kernel reads double: convert a block at a time.
         const int64_t block = std::min(kLaneBlock, end - begin);
-        const std::unique_ptr<double[]> buffer(new double[4 * block]);
+        const std::unique_ptr<double[]> buffer = lane_block_arrays(block, 4);
         double *g = buffer.get(), *va = g + block, *vb = va + block, *x = vb + block;
         for (int64_t start = begin; start < end; start += block) {
           const int64_t len = std::min(block, end - start);
@@ -267,17 +273,15 @@ struct CpuDevice {
     const int64_t rows = z.numel() / k_count;
     double* t = terms.data_ptr<double>();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "dirichlet_rsample_backward_cpu", [&] {
-      // The continued fraction stops where the gradient's dtype can no longer see it (gamma.h).
-      const double tolerance = beta_fraction_tolerance(std::is_same_v<scalar_t, double>);
+      constexpr double tolerance = beta_fraction_tolerance_of<scalar_t>();  // as in beta_grad_terms
       const scalar_t* pa = alpha.const_data_ptr<scalar_t>();
       const scalar_t* pg = grad.const_data_ptr<scalar_t>();
       const scalar_t* pz = z.const_data_ptr<scalar_t>();
       const RowKernels& kernels = active_row_kernels();
       at::parallel_for(0, rows, std::max<int64_t>(1, 128 / k_count), [&](int64_t begin, int64_t end) {
-        // The row kernel reads double: a block of elements at a time (kLaneBlock, row_kernels.h), each with
-        // its row's sums; on the heap (up to 160 KiB) and uninitialised, as in beta_grad_terms.
+        // The row kernel reads double: a block of elements at a time, each with its row's sums.
         const int64_t block = std::min(kLaneBlock, (end - begin) * k_count);
-        const std::unique_ptr<double[]> buffer(new double[5 * block]);
+        const std::unique_ptr<double[]> buffer = lane_block_arrays(block, 5);
         double *w = buffer.get(), *a = w + block, *hi = a + block, *lo = hi + block, *x = lo + block;
         int64_t filled = 0, block_start = begin * k_count;
         for (int64_t r = begin; r < end; ++r) {

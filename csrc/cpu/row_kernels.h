@@ -95,7 +95,7 @@ struct RowKernels {
   // terms[j] = grad[j] * dz/dalpha of Gamma(alpha[j]) at z[j] (gamma.h's gamma_grad_term, the same bits).
   void (*gamma_grad_terms)(const double* grad, const double* alpha, const double* z, int64_t len, double* terms);
   // terms_a[j], terms_b[j] = grad[j] * (dz/da, dz/db) of Beta(a[j], b[j]) at z[j] (gamma.h's beta_grad_term, the
-  // same bits), the continued fraction stopping at `tolerance` (gamma.h, beta_fraction_tolerance).
+  // same bits), the continued fraction stopping at `tolerance` (gamma.h, beta_fraction_tolerance_of).
   void (*beta_grad_terms)(const double* grad, const double* a, const double* b, const double* z, int64_t len,
                           double tolerance, double* terms_a, double* terms_b);
   // terms[j] = the Dirichlet's w[j] * d_j (gamma.h's dirichlet_weighted_grad, the same bits), the row's

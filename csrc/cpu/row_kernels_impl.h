@@ -558,14 +558,14 @@ bool gamma_in_series_region(double grad, double a, double x) {
 
 // gamma_series_grad of gamma.h for kSeriesLanes elements at once, in GCC/Clang vector types: the loop's
 // lanes do not vectorise as plain code, since its exit is a branch on all of them.
-typedef double LaneDouble __attribute__((vector_size(kSeriesLanes * sizeof(double))));
-typedef int64_t LaneMask __attribute__((vector_size(kSeriesLanes * sizeof(double))));
-// Lanes of another width (the continued fraction's, below).
+// Any width: the series' (LaneDouble) and the continued fraction's (kFractionLanes, below).
 template <int kWidth>
 struct LanesOf {
   typedef double Double __attribute__((vector_size(kWidth * sizeof(double))));
   typedef int64_t Mask __attribute__((vector_size(kWidth * sizeof(double))));
 };
+using LaneDouble = LanesOf<kSeriesLanes>::Double;
+using LaneMask = LanesOf<kSeriesLanes>::Mask;
 // The series' lanes take kSeriesBlock terms at a time: the block's divisions (they depend on n and the
 // lanes' parameters, not on the sums) first, then its terms, then the one test whether any lane is still
 // summing. A lane's sums are frozen once it stops, so the terms a block runs past every lane's last change
@@ -944,7 +944,7 @@ void push_lane(BetaQueue<kWidth>& q, const BetaLane& lane, int64_t j, double tol
 
 // Elements 0 .. len - 1: setup(j, lane) queues element j for the lanes, or returns false and scalar(j)
 // evaluates it; finish(j, dz) writes a queued element's result (kBoth false: dz.a only). tolerance: the
-// continued fraction's (gamma.h, beta_fraction_tolerance).
+// continued fraction's (gamma.h, beta_fraction_tolerance_of).
 template <bool kBoth, class Setup, class Scalar, class Finish>
 void beta_series_queued(int64_t len, double tolerance, Setup setup, Scalar scalar, Finish finish) {
   if constexpr (kSeriesLanes == 1) {

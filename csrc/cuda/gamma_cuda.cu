@@ -134,7 +134,7 @@ beta_grad_kernel(const S* __restrict__ grad, const S* __restrict__ a, int64_t a_
                  int64_t b_period, const S* __restrict__ z, double* __restrict__ terms_a,
                  double* __restrict__ terms_b, int64_t numel) {
   // The continued fraction's tolerance by the gradient's dtype, as on the CPU (gamma.h).
-  const double tolerance = beta_fraction_tolerance(std::is_same<S, double>::value);
+  constexpr double tolerance = beta_fraction_tolerance_of<S>();
   for (int64_t n = first_index(); n < numel; n += grid_stride()) {
     const Grad2 t = beta_grad_term(static_cast<double>(grad[n]), static_cast<double>(a[n % a_period]),
                                     static_cast<double>(b[n % b_period]), static_cast<double>(z[n]), tolerance);
@@ -171,7 +171,7 @@ dirichlet_grad_kernel(const S* __restrict__ grad, const S* __restrict__ alpha, i
                       const S* __restrict__ z, const double* __restrict__ total,
                       const double* __restrict__ total_lo, const double* __restrict__ zg,
                       double* __restrict__ terms, int64_t numel, int64_t k_count) {
-  const double tolerance = beta_fraction_tolerance(std::is_same<S, double>::value);  // as beta_grad_kernel's
+  constexpr double tolerance = beta_fraction_tolerance_of<S>();  // as beta_grad_kernel's
   for (int64_t n = first_index(); n < numel; n += grid_stride()) {
     const int64_t row = n / k_count;
     terms[n] = dirichlet_grad_term(static_cast<double>(grad[n]), zg[row], static_cast<double>(alpha[n % period]),

@@ -493,7 +493,7 @@ void run_gamma(const RowKernels& k) {
   std::vector<double> ta(static_cast<size_t>(glen)), tb(static_cast<size_t>(glen));
   k.gamma_grad_terms(grad.data(), ga.data(), z.data(), glen, ta.data());
   emit("gamma_grad_terms", kF64, ta.data(), ta.size() * 8);
-  const double tolerance = rtrick::beta_fraction_tolerance(true);  // the continued fraction's, for double results
+  const double tolerance = rtrick::beta_fraction_tolerance_of<double>();  // the continued fraction's, double results
   k.beta_grad_terms(grad.data(), ga.data(), gb.data(), zb.data(), glen, tolerance, ta.data(), tb.data());
   emit("beta_grad_terms/a", kF64, ta.data(), ta.size() * 8);
   emit("beta_grad_terms/b", kF64, tb.data(), tb.size() * 8);
