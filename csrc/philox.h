@@ -128,10 +128,12 @@ RT_HD Philox4 philox_block(uint64_t key, uint64_t offset, uint64_t block) {
 constexpr uint32_t kUniformWordMax = 0xFFFFFF7Fu;
 RT_HD float uniform_open(uint32_t x) {
   const uint32_t capped = x < kUniformWordMax ? x : kUniformWordMax;  // an integer min
-  // float(capped) rounded to nearest even, built from two exact 16-bit halves
-  // with one rounding: AVX2 has no unsigned-to-float conversion to vectorise.
-  const float high = static_cast<float>(static_cast<int32_t>(capped >> 16)) * 65536.0f;
-  const float as_float = high + static_cast<float>(static_cast<int32_t>(capped & 0xFFFFu));
+  // float(capped), rounded to nearest even: one instruction where the ISA has
+  // an unsigned conversion (AVX-512's vcvtudq2ps, CUDA's __uint2float_rn,
+  // NEON's ucvtf); on AVX2 and SSE2 GCC vectorises it as two exact 16-bit
+  // halves added with one rounding, which is what this code wrote by hand
+  // before 2026-12-04 (kernels/stream.py still does): the same value.
+  const float as_float = static_cast<float>(capped);
   return fma_f32(as_float, 2.3283064365386963e-10f /*2^-32*/, 1.1641532182693481e-10f /*2^-33*/);
 }
 
