@@ -175,7 +175,11 @@ RT_HD float log_f32(float x) {
 
 // e^x for any float: overflow gives +inf, underflow 0, NaN stays NaN.
 RT_HD float exp_f32(float x) {
-  const float xc = x > 88.8f ? 88.8f : (x < -104.0f ? -104.0f : x);
+  // Clamped from below first: a NaN x becomes -104 here (the last line returns x), which lets the
+  // vectoriser drop the blends a NaN-preserving clamp needs (same bits for all 2^32 inputs, checked
+  // exhaustively on AVX-512, AVX2 and SSE2: docs/performance.md, thirty-eighth pass).
+  const float above_low = x > -104.0f ? x : -104.0f;
+  const float xc = above_low < 88.8f ? above_low : 88.8f;
   const float n = round_nearest_f32(xc * 1.44269504089f);
   float r = fma_f32(n, -0.693359375f, xc);
   r = fma_f32(n, 2.12194440e-4f, r);
@@ -187,9 +191,12 @@ RT_HD float exp_f32(float x) {
   p = fma_f32(p, r, 5.0000001201e-1f);
   p = fma_f32(p, r * r, r) + 1.0f;
   // Scale by 2^n in two steps so that results in the subnormal range and
-  // up to the overflow threshold need no special exponent handling.
+  // up to the overflow threshold need no special exponent handling. The
+  // first product is exact for any split with |n1| <= 75 (p * 2^n1 stays
+  // normal), so only the second rounds: n1 = floor(n / 2), one shift, gives
+  // the bits that n / 2 (truncated, three instructions) gave.
   const int32_t ni = static_cast<int32_t>(n);
-  const int32_t n1 = ni / 2, n2 = ni - n1;
+  const int32_t n1 = ni >> 1, n2 = ni - n1;
   float result = p * bits_float(static_cast<uint32_t>(n1 + 127) << 23) *
                  bits_float(static_cast<uint32_t>(n2 + 127) << 23);
   result = x > 88.72283935f ? bits_float(0x7f800000u) : result;
