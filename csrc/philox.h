@@ -131,8 +131,8 @@ RT_HD float uniform_open(uint32_t x) {
   // float(capped), rounded to nearest even: one instruction where the ISA has
   // an unsigned conversion (AVX-512's vcvtudq2ps, CUDA's __uint2float_rn,
   // NEON's ucvtf); on AVX2 and SSE2 GCC vectorises it as two exact 16-bit
-  // halves added with one rounding, which is what this code wrote by hand
-  // before 2026-12-04 (kernels/stream.py still does): the same value.
+  // halves added with one rounding, as kernels/stream.py writes it by hand:
+  // the same value.
   const float as_float = static_cast<float>(capped);
   return fma_f32(as_float, 2.3283064365386963e-10f /*2^-32*/, 1.1641532182693481e-10f /*2^-33*/);
 }
@@ -176,8 +176,9 @@ RT_HD float log_f32(float x) {
 // e^x for any float: overflow gives +inf, underflow 0, NaN stays NaN.
 RT_HD float exp_f32(float x) {
   // Clamped from below first: a NaN x becomes -104 here (the last line returns x), which lets the
-  // vectoriser drop the blends a NaN-preserving clamp needs (same bits for all 2^32 inputs, checked
-  // exhaustively on AVX-512, AVX2 and SSE2: docs/performance.md, thirty-eighth pass).
+  // vectoriser drop the blends a NaN-preserving clamp needs, and keeps n, converted to int below,
+  // finite (the cast of a NaN is undefined). The same bits for all 2^32 inputs, checked exhaustively
+  // compiled for AVX-512 and AVX2 and as scalar code (docs/performance.md, thirty-eighth pass).
   const float above_low = x > -104.0f ? x : -104.0f;
   const float xc = above_low < 88.8f ? above_low : 88.8f;
   const float n = round_nearest_f32(xc * 1.44269504089f);

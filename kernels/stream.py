@@ -85,7 +85,7 @@ def exp_f32(x):
     p = tl.fma(p, r, 5.0000001201e-1)
     p = tl.fma(p, r * r, r) + 1.0
     ni = n.to(tl.int32)
-    n1 = ni >> 1  # any split of n gives the same bits: only the last product rounds
+    n1 = ni >> 1  # any split with |n1| <= 75 gives the same bits: p * 2^n1 is exact, only the last product rounds
     n2 = ni - n1
     result = p * ((n1 + 127) << 23).to(tl.float32, bitcast=True) * ((n2 + 127) << 23).to(tl.float32, bitcast=True)
     result = tl.where(x > 88.72283935, float("inf"), result)

@@ -2,7 +2,7 @@
 
     PYTHONPATH=/path/to/a/build python3 noise_ab.py THREADS LOG2_SIZE ISA
 
-Best of 40 (2^20 and up) or 200 blocks of calls on the same tensors (mu ~ N(0, 1), log_sigma ~ N(0, 0.01)),
+Best of 40 (2^20 and up) or 200 blocks of calls on the same tensors (mu ~ N(0, 1), log_sigma ~ N(0, 0.1^2)),
 through torch.ops without the wrapper (no value check, no key draw), so that the figure is the kernels'.
 Run the builds in alternating processes: the host's speed moves by a few percent within minutes."""
 import sys
