@@ -178,7 +178,7 @@ RT_HD float exp_f32(float x) {
   // Clamped from below first: a NaN x becomes -104 here (the last line returns x), which lets the
   // vectoriser drop the blends a NaN-preserving clamp needs, and keeps n, converted to int below,
   // finite (the cast of a NaN is undefined). The same bits for all 2^32 inputs, checked exhaustively
-  // compiled for AVX-512 and AVX2 and as scalar code (docs/performance.md, thirty-eighth pass).
+  // for AVX-512, AVX2 and SSE2 with the soft fma (docs/performance.md, thirty-eighth pass).
   const float above_low = x > -104.0f ? x : -104.0f;
   const float xc = above_low < 88.8f ? above_low : 88.8f;
   const float n = round_nearest_f32(xc * 1.44269504089f);

@@ -98,7 +98,6 @@ struct PhiloxLanes {
   static reg counters(uint32_t first) {
     return _mm512_add_epi64(set1(first), _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  static reg key(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
   static reg xor3(reg a, reg b, reg c) { return _mm512_ternarylogic_epi64(a, b, c, 0x96); }
   static reg mul(reg a, reg m) { return _mm512_mul_epu32(a, m); }  // low 32 x low 32 -> 64 bits
   static reg high_word(reg a) { return _mm512_srli_epi64(a, 32); }
@@ -112,7 +111,6 @@ struct PhiloxLanes {
   using reg = __m256i;
   static reg set1(uint32_t v) { return _mm256_set1_epi64x(static_cast<long long>(v)); }
   static reg counters(uint32_t first) { return _mm256_add_epi64(set1(first), _mm256_setr_epi64x(0, 1, 2, 3)); }
-  static reg key(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
   static reg xor3(reg a, reg b, reg c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
   static reg mul(reg a, reg m) { return _mm256_mul_epu32(a, m); }
   static reg high_word(reg a) { return _mm256_srli_epi64(a, 32); }
@@ -143,8 +141,8 @@ inline void philox16(uint32_t c0_first, uint32_t c1, uint32_t c2, uint32_t c3, u
       x3[r] = V::set1(c3);
     }
     for (int round = 0; round < 10; ++round) {
-      const reg key0 = V::key(k0 + static_cast<uint32_t>(round) * kPhiloxW0);
-      const reg key1 = V::key(k1 + static_cast<uint32_t>(round) * kPhiloxW1);
+      const reg key0 = V::set1(k0 + static_cast<uint32_t>(round) * kPhiloxW0);
+      const reg key1 = V::set1(k1 + static_cast<uint32_t>(round) * kPhiloxW1);
       for (int r = 0; r < kRegs; ++r) {
         const reg p0 = V::mul(x0[r], m0), p1 = V::mul(x2[r], m1);
         x0[r] = V::xor3(V::high_word(p1), x1[r], key0);
