@@ -914,9 +914,10 @@ RT_HD Grad2 beta_grad_quadrature(double a, double b, double x, double y, double 
 // (beta_grad_series' sum_n c_n da_n and sum_n c_n db_n, differentiated the same way), so dS/da and dS/db
 // are carried along, exact (forward mode on the fraction, as Boik and Robison-Cox 1998 differentiate it;
 // the central differences this file once took lost digits). The fraction is evaluated by its convergents'
-// three-term recurrences, A_n = A_{n-1} + d_n A_{n-2} and B_n alike (S_n = B_n / A_n), not by modified
-// Lentz: only multiplies and adds then link one step to the next, so the CPU's lanes
-// (cpu/row_kernels_impl.h) overlap several elements, where Lentz chains two divisions a step. The loop
+// three-term recurrences, A_n = A_{n-1} + d_n A_{n-2} and B_n alike (S_n = B_n / A_n; scaled to be free of
+// divisions, beta_fraction_step below), not by modified Lentz: only multiplies and adds then link one
+// step to the next, so the CPU's lanes (cpu/row_kernels_impl.h) overlap several elements, where Lentz chains
+// two divisions a step. The loop
 // stops when S and the needed sums move by less than the tolerance between two tests (below,
 // beta_fraction_tolerance_of: by the gradient's dtype).
 // kDa, kDb: which derivatives are carried (the Dirichlet's marginal needs one). T is double, or a vector of
@@ -941,8 +942,9 @@ constexpr double kBetaFractionTolerance = 1e-11;
 // against the loop run to 1e-15; ad hoc counts, not the 2^16 draws above), below float32's rounding of one
 // element's result (6e-8), and the loop runs 13% fewer blocks of pairs on those marginals (9.9 -> 8.6 an
 // element; docs/performance.md, thirty-seventh pass). A gradient summed over many elements (a broadcast
-// parameter) sums their errors too, which may share a sign: where those terms cancel, the float32 sum no
-// longer hides them (not measured).
+// parameter) sums their errors too (in double, rounded once): where the terms cancel the float32 result can
+// move by ulps of itself, but by at most 2.6e-9 of the terms' magnitudes in the cases measured, about what
+// rounding the upstream gradient to float32 moves it by (test_gradient_range.py, docs/gamma.md).
 constexpr double kBetaFractionToleranceSingle = 1e-9;
 // The tolerance for a backward whose gradients are stored in S (the CPU's and the CUDA kernels' storage type).
 template <typename S>
@@ -953,84 +955,69 @@ RT_HD constexpr double beta_fraction_tolerance_of() {
 // a = 1e5 beside b = 0.3, outside it).
 constexpr int32_t kBetaFractionMaxPairs = 2000;
 
+// The convergents in a division-free form. With d_n = p_n / ((a + n - 1)(a + n)), p_{2m+1} =
+// -(a + m)(a + b + m) x and p_{2m} = m (b - m) x, scaling the n-th convergents by c_1 ... c_n, c_k = a + k (an
+// equivalence transformation: A_n and B_n both scaled, S_n = B_n / A_n unchanged), turns the recurrence into
+// A_n = (a + n) A_{n-1} + p_n A_{n-2}, B_n alike: products and sums of a, b, x and n only, where d_n took a
+// division a step. Its derivatives in a and b follow by the product rule (d(a + n)/da = 1; dp_{2m}/da = 0).
+// Measured on a Zen 4, a standalone loop over Dirichlet-like marginals at the float32 tolerance: 79.4 -> 67.6
+// ns an element in AVX-512's 8 lanes, 96.0 -> 81.3 in AVX2's 4 (docs/performance.md, thirty-ninth pass). The
+// same pairs of steps, the sums within rounding of the divided form's (13 pairs from (100, 100) to (1e5,
+// 0.3), each form against the divided one run to 1e-16: the same block counts at 1e-11, errors alike).
 template <class T>
 struct BetaFraction {
-  T a_prev, b_prev, a_now, b_now;              // A_{n-1}, B_{n-1}, A_n, B_n
+  T a_prev, b_prev, a_now, b_now;              // A_{n-1}, B_{n-1}, A_n, B_n (scaled: above)
   T a_prev_da, b_prev_da, a_now_da, b_now_da;  // their derivatives in a
   T a_prev_db, b_prev_db, a_now_db, b_now_db;  // and in b
 };
-// The partial numerator d_n of one step and its derivatives in a and b (those carried; the others 0).
-template <class T>
-struct BetaFractionTerm {
-  T d, d_da, d_db;
-};
-// Step n with its partial numerator.
-template <bool kDa, bool kDb, class T>
-RT_HD void beta_fraction_step(BetaFraction<T>& f, const BetaFractionTerm<T>& t) {
+// Step n: A_n = c A_{n-1} + p A_{n-2}, B_n alike, with c = a + n and the polynomial p = p_n, and their
+// derivatives: dc/da = 1, dc/db = 0; dp/da is 0 for even n (kOdd false, p_da unread), dp/db is p_db.
+// Even n = 2m: p = m (b - m) x, dp/db = m x. Odd n = 2m + 1: p = -(a + m)(a + b + m) x,
+// dp/da = -x ((a + m) + (a + b + m)), dp/db = -(a + m) x.
+template <bool kDa, bool kDb, bool kOdd, class T>
+RT_HD void beta_fraction_step(BetaFraction<T>& f, T c, T p, T p_da, T p_db) {
   if constexpr (kDa) {
-    const T a_next_da = f.a_now_da + t.d_da * f.a_prev + t.d * f.a_prev_da;
-    const T b_next_da = f.b_now_da + t.d_da * f.b_prev + t.d * f.b_prev_da;
+    const T a_tail = kOdd ? p_da * f.a_prev + p * f.a_prev_da : p * f.a_prev_da;
+    const T b_tail = kOdd ? p_da * f.b_prev + p * f.b_prev_da : p * f.b_prev_da;
+    const T a_next_da = (c * f.a_now_da + f.a_now) + a_tail;
+    const T b_next_da = (c * f.b_now_da + f.b_now) + b_tail;
     f.a_prev_da = f.a_now_da, f.b_prev_da = f.b_now_da, f.a_now_da = a_next_da, f.b_now_da = b_next_da;
   }
   if constexpr (kDb) {
-    const T a_next_db = f.a_now_db + t.d_db * f.a_prev + t.d * f.a_prev_db;
-    const T b_next_db = f.b_now_db + t.d_db * f.b_prev + t.d * f.b_prev_db;
+    const T a_next_db = c * f.a_now_db + (p_db * f.a_prev + p * f.a_prev_db);
+    const T b_next_db = c * f.b_now_db + (p_db * f.b_prev + p * f.b_prev_db);
     f.a_prev_db = f.a_now_db, f.b_prev_db = f.b_now_db, f.a_now_db = a_next_db, f.b_now_db = b_next_db;
   }
-  const T a_next = f.a_now + t.d * f.a_prev, b_next = f.b_now + t.d * f.b_prev;
+  const T a_next = c * f.a_now + p * f.a_prev, b_next = c * f.b_now + p * f.b_prev;
   f.a_prev = f.a_now, f.b_prev = f.b_now, f.a_now = a_next, f.b_now = b_next;
 }
-// d_{2m+1} = -u v x p with u = a + m, v = a + b + m, p = 1 / (l (l + 1)), l = a + 2m; dp/da = -p^2 (2l + 1).
-template <bool kDa, bool kDb, class T>
-RT_HD BetaFractionTerm<T> beta_fraction_odd_term(T a, T ab, T x, double m) {
-  const T l = a + 2.0 * m;
-  const T p = 1.0 / (l * (l + 1.0));
-  const T u = a + m, v = ab + m;
-  const T uv = u * v, xp = x * p;
-  const T d_da = kDa ? -(xp * ((u + v) - uv * (2.0 * l + 1.0) * p)) : T{};
-  return BetaFractionTerm<T>{-(uv * xp), d_da, kDb ? -(u * xp) : T{}};
-}
-// d_{2m} = m (b - m) x p with p = 1 / (l (l + 1)), l = a + 2m - 1.
-template <bool kDa, bool kDb, class T>
-RT_HD BetaFractionTerm<T> beta_fraction_even_term(T a, T b, T x, double m) {
-  const T l = a + (2.0 * m - 1.0);
-  const T p = 1.0 / (l * (l + 1.0));
-  const T mxp = m * x * p;
-  const T d = mxp * (b - m);
-  return BetaFractionTerm<T>{d, kDa ? -(d * (2.0 * l + 1.0) * p) : T{}, kDb ? mxp : T{}};
-}
-// A_{-1} = 1, B_{-1} = 0, A_0 = B_0 = 1, then step 1 (d_1, m = 0).
+// After step 1: A_0 = B_0 = 1, A_1 = (a + 1) - (a + b) x, B_1 = a + 1 (A_{-1} = 1 / a, B_{-1} = 0 in the scaled
+// form), with their derivatives (d/da of A_1 is 1 - x, d/db is -x; of B_1, 1 and 0).
 template <bool kDa, bool kDb, class T>
 RT_HD BetaFraction<T> beta_fraction_start(T a, T ab, T x) {
   const T zero = T{}, one = zero + 1.0;
-  BetaFraction<T> f{one, zero, one, one, zero, zero, zero, zero, zero, zero, zero, zero};
-  beta_fraction_step<kDa, kDb>(f, beta_fraction_odd_term<kDa, kDb>(a, ab, x, 0.0));
-  return f;
+  return BetaFraction<T>{one,  one,  (a + 1.0) - ab * x, a + 1.0,
+                         zero, zero, kDa ? one - x : zero, kDa ? one : zero,
+                         zero, zero, kDb ? -x : zero, zero};
 }
 static_assert(kBetaFractionRescaleEvery % kBetaFractionTestEvery == 0 &&
                   kBetaFractionMaxPairs % kBetaFractionTestEvery == 0,
               "the fraction's blocks end at its rescalings and at its last pair");
 // Pairs first_m .. first_m + kBetaFractionTestEvery - 1 (steps 2m and 2m + 1 each), the span between two
-// stopping tests: every partial numerator first, then the steps. The numerators (two divisions a pair) do
-// not depend on the convergents; written ahead of the steps, the CPU's core starts the block's divisions at
-// once while the recurrences, which wait on each other, follow (the same operations as one pair after
-// another, so the same bits; measured on a Zen 3, AVX2 lanes: a standalone loop of 2^16 draws, Beta 180 ->
-// 140 ns an element, Dirichlet-like marginals 143 -> 119; the extension's backward at concentrations
-// 100-1000, Beta 240 -> 211, Dirichlet 210 -> 179; docs/performance.md, thirty-first pass). Then, every
-// kBetaFractionRescaleEvery pairs, a rescaling: A_n falls by about 10-20x a pair (past 1e-308 by pair 130
-// at a = b = 5000), so the state is multiplied by 2^300 once |A_n| is below 2^-300 (exact; the 8 pairs to
-// the next check took it no lower than 2^-357 over 600 points a reviewer traced). It has not been seen to
-// grow, but would be rescaled too.
+// stopping tests. Then, every kBetaFractionRescaleEvery pairs, a rescaling by 2^-300 once |A_n| is above
+// 2^300 (exact): the scaled A_n grows by at most about (a + 2m)^2 a pair, under 2^30 in the fraction's
+// region (a + b <= 2e4, a few hundred pairs), so 8 pairs stay far below the largest double. (The divided
+// form's A_n fell by 10-20x a pair, past 1e-308 by pair 130 at a = b = 5000; a fall is still rescaled.)
 template <bool kDa, bool kDb, class T>
 RT_HD void beta_fraction_block(BetaFraction<T>& f, T a, T b, T ab, T x, int32_t first_m) {
-  BetaFractionTerm<T> terms[2 * kBetaFractionTestEvery];
   RT_UNROLL_ALL
   for (int32_t k = 0; k < kBetaFractionTestEvery; ++k) {
-    terms[2 * k] = beta_fraction_even_term<kDa, kDb>(a, b, x, first_m + k);
-    terms[2 * k + 1] = beta_fraction_odd_term<kDa, kDb>(a, ab, x, first_m + k);
+    const double m = first_m + k;
+    const T mx = m * x;
+    beta_fraction_step<kDa, kDb, false>(f, a + 2.0 * m, mx * (b - m), T{}, mx);
+    const T u = a + m, v = ab + m, ux = u * x;
+    beta_fraction_step<kDa, kDb, true>(f, a + (2.0 * m + 1.0), -(ux * v), kDa ? -(x * (u + v)) : T{}, -ux);
   }
-  RT_UNROLL_ALL
-  for (int32_t k = 0; k < 2 * kBetaFractionTestEvery; ++k) beta_fraction_step<kDa, kDb>(f, terms[k]);
   if ((first_m + kBetaFractionTestEvery - 1) % kBetaFractionRescaleEvery != 0) return;
   const T size = abs_of(f.a_now), one = T{} + 1.0;
   const T s = size < 0x1p-300 ? one * 0x1p300 : size > 0x1p300 ? one * 0x1p-300 : one;

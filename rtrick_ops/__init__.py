@@ -42,6 +42,9 @@ def set_cpu_isa(isa: str) -> None:
 
     if not isinstance(isa, str):
         raise TypeError(f"isa must be one of 'auto', 'default', 'avx2', 'avx512', got {type(isa).__name__}")
+    if isa not in ("auto", "default", "avx2", "avx512"):
+        # A misspelt name is not a CPU's limit: say so before the extension says "not available".
+        raise ValueError(f"isa must be one of 'auto', 'default', 'avx2', 'avx512' (lower case), got {isa!r}")
     require_compiled("set_cpu_isa()").set_cpu_isa(isa)
 
 

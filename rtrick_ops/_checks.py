@@ -258,8 +258,13 @@ def fast_call_may_try(sample_shape, generator, backend, first, second=None):
 
 def validating(validate_args):
     """Whether validate_args asks for value checks: None follows torch.distributions' global default, as
-    torch's classes do."""
-    return torch.distributions.Distribution._validate_args if validate_args is None else bool(validate_args)
+    torch's classes do. Otherwise a bool, as every other flag (bool('no') is True: a user trial's
+    validate_args='no' validated)."""
+    if validate_args is None:
+        return torch.distributions.Distribution._validate_args
+    if validate_args is True or validate_args is False:
+        return validate_args
+    return check_bool(validate_args, "validate_args")
 
 
 def holds_values(tensor):

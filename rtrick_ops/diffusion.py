@@ -69,9 +69,10 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
     check_same_device(x0=x0, t=t, alphas_cumprod=alphas_cumprod)
     # t.long(): a uint8 index would be read as a boolean mask, and int8 or int16 are refused as indices.
     steps = t.long()
-    # Always (a small sync), except where no sync can happen (compiling, CUDA graph capture): an index out of
-    # range would otherwise be a device-side assert on CUDA, and an abar outside [0, 1] a NaN in x_t.
-    if validation_enabled(True) and t.numel() > 0:
+    # Always (a small sync), except where no sync can happen (compiling, CUDA graph capture) or there are no
+    # values (meta and fake tensors): an index out of range would otherwise be a device-side assert on CUDA,
+    # and an abar outside [0, 1] a NaN in x_t.
+    if validation_enabled(True, t, alphas_cumprod) and t.numel() > 0:
         # In int64: against a Python int, a uint8 or int8 t would compare in its own dtype, where 1000 wraps to
         # 232 or -24.
         if not bool(unwrapped((steps >= 0) & (steps < alphas_cumprod.shape[0])).all()):

@@ -159,7 +159,8 @@ def gumbel_softmax(logits: torch.Tensor, *, tau: float = 1.0, hard: bool = False
     committed results (benchmarks/study_estimators.py) remain reproducible.
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point torch.Tensor, got {type(logits).__name__}")
+        raise TypeError(f"logits must be a floating-point torch.Tensor, got "
+                        f"{logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__}")
     check_tau(tau)
     seed = check_seed(seed)
     hard = check_bool(hard, "hard")
@@ -582,7 +583,8 @@ def straight_through_categorical(logits: torch.Tensor, *, dim: int = -1,
     gradient for discrete choices.
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point torch.Tensor, got {type(logits).__name__}")
+        raise TypeError(f"logits must be a floating-point torch.Tensor, got "
+                        f"{logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__}")
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (the categories)")
     probs = torch.softmax(logits, dim=dim)

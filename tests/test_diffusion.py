@@ -250,3 +250,28 @@ def test_empty_batch_gives_a_nan_loss_and_empty_gradients_like_mse_loss(loss):
     assert torch.isnan(value) and torch.isnan(reference)
     (grad,) = torch.autograd.grad(value, pred)
     assert grad.shape == (0, 6) and grad.dtype == pred.dtype
+
+
+def test_meta_and_fake_tensors_are_not_value_checked():
+    """docs/usage.md's value policy: meta and fake tensors have no values, so q_sample skips its range checks
+    of t and alphas_cumprod there (a user trial found them calling .item(): memory estimates under
+    FakeTensorMode and meta-device tracing of a diffusion step crashed), and the losses run on the handle."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    with torch.device("meta"):
+        x0, t = torch.randn(4, 3, 5), torch.randint(50, (4,))
+        x_t, noise = diffusion.q_sample(x0, t, schedule().to("meta"))
+        loss = diffusion.eps_loss(torch.randn(4, 3, 5), noise)
+        v = diffusion.v_loss(torch.randn(4, 3, 5), x0, noise)
+    assert x_t.device.type == loss.device.type == v.device.type == "meta"
+    assert x_t.shape == x0.shape and x_t.dtype == x0.dtype and loss.shape == v.shape == ()
+    with FakeTensorMode():
+        x0, t = torch.randn(4, 3, 5), torch.randint(50, (4,))
+        x_t, noise = diffusion.q_sample(x0, t, torch.rand(50))
+        loss = diffusion.eps_loss(torch.randn(4, 3, 5), noise)
+    assert isinstance(x_t, FakeTensor) and isinstance(loss, FakeTensor)
+    assert x_t.shape == x0.shape and loss.shape == ()
+    # Real tensors are still checked.
+    x0, t = batch()
+    with pytest.raises(ValueError, match="t must be in"):
+        diffusion.q_sample(x0, t + 100, schedule())

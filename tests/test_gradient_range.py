@@ -313,6 +313,69 @@ def test_beta_gradient_by_the_continued_fraction(dtype):
     print(f"continued fraction {dtype}: {cases} values, max rel. error {worst:.2e}")
 
 
+def _summed_gradient_upstreams(z, cancelled=None):
+    """Upstream gradients for a summed gradient: natural ones (ones; z - mean z; random signs) and, given the
+    float64 per-draw terms of the gradient in a, z - c with c set so that their sum cancels."""
+    out = {"ones": torch.ones_like(z), "z - mean": z - z.mean(),
+           "random signs": torch.randint(0, 2, z.shape, generator=torch.Generator().manual_seed(3)).to(z.dtype) * 2 - 1}
+    if cancelled is not None:
+        c = (z.double() * cancelled).sum() / cancelled.sum()
+        out["a-sum cancelled"] = (z.double() - c).float()
+    return out
+
+
+def _float32_ulp(value):
+    rounded = value.float().abs()
+    return (torch.nextafter(rounded, torch.tensor(math.inf)) - rounded).item()
+
+
+@pytest.mark.parametrize("a, b", [(300.0, 700.0), (137.0, 8211.0), (912.0, 7340.0), (640.0, 180.0), (120.0, 110.0)])
+def test_float32_summed_gradient_at_the_fractions_float32_tolerance(a, b):
+    """A broadcast parameter's gradient is the per-draw terms summed in double and rounded once
+    (host_ops.h), so the float32 tolerance of 1e-9 could show where the terms cancel. Against the float64
+    backward of the same float32 draws (tolerance 1e-11): natural upstream gradients (ones, z - mean z, random
+    signs; sum|terms| / |sum| up to about 2e3) keep the float32 result within an ulp of the rounded float64
+    one (measured 2026-12-05: within 0.5 ulp at 4096 and 65536 draws; with the tolerance at 1e-7, off by up
+    to 5 ulps), and an upstream gradient built to cancel the a-sum to ~1e-8 of sum|terms| (a loss at its
+    optimum in a) moves the sum by at most 2.6e-9 of sum|terms| (the bound here is 5e-9), about what rounding
+    that upstream gradient to float32 does by itself (1.2e-9 .. 2e-8)."""
+    n = 4096
+    a32, b32 = torch.tensor(a), torch.tensor(b)
+    z = rtrick_ops.beta_rsample(a32, b32, sample_shape=(n,), seed=5).detach()
+    terms_a = _ops.beta_rsample_backward(torch.ones(n, dtype=torch.float64), a32.double().expand(n),
+                                         b32.double().expand(n), z.double())[0]
+    for name, g in _summed_gradient_upstreams(z, terms_a).items():
+        got = _ops.beta_rsample_backward(g, a32, b32, z)
+        ref = _ops.beta_rsample_backward(g.double(), a32.double(), b32.double(), z.double())
+        per = _ops.beta_rsample_backward(g.double(), a32.double().expand(n), b32.double().expand(n), z.double())
+        for which, got_p, ref_p, per_p in zip("ab", got, ref, per):
+            assert got_p.dtype == torch.float32 and got_p.shape == ()
+            magnitude = per_p.abs().sum().item()
+            error = abs(got_p.double().item() - ref_p.item())
+            if name == "a-sum cancelled" and which == "a":
+                assert abs(ref_p.item()) < 1e-6 * magnitude  # the construction did cancel
+                assert error <= 5e-9 * magnitude, f"{name} d{which}: {error / magnitude:.2e} of sum|terms|"
+            else:
+                ulp = _float32_ulp(ref_p)
+                assert error <= ulp, f"{name} d{which}: {got_p.item()!r} vs {ref_p.item()!r} ({error / ulp:.2f} ulps)"
+
+
+def test_float32_summed_dirichlet_gradient_at_the_fractions_float32_tolerance():
+    """The same for a Dirichlet of 16 concentrations in 100-1000 over 256 rows: each concentration's gradient
+    within an ulp of the rounded float64 one (measured 2026-12-05: within 0.5 ulp; up to 8 ulps with the
+    tolerance at 1e-7)."""
+    alpha = torch.linspace(100.0, 1000.0, 16)
+    z = rtrick_ops.dirichlet_rsample(alpha, sample_shape=(256,), seed=5).detach()
+    for name, g in _summed_gradient_upstreams(z).items():
+        got = _ops.dirichlet_rsample_backward(g, alpha, z)
+        ref = _ops.dirichlet_rsample_backward(g.double(), alpha.double(), z.double())
+        assert got.dtype == torch.float32 and got.shape == alpha.shape
+        for i in range(16):
+            error = abs(got[i].double().item() - ref[i].item())
+            ulp = _float32_ulp(ref[i])
+            assert error <= ulp, f"{name} [{i}]: {got[i].item()!r} vs {ref[i].item()!r} ({error / ulp:.2f} ulps)"
+
+
 def test_gamma_gradient_where_the_series_replaced_the_continued_fraction():
     """Between z = alpha + 1 and alpha + 3 the series now serves instead of the continued fraction (1.3x
     faster Gamma backward); its cancellation there stays far inside the bound (measured: 8.1e-14 on a

@@ -368,6 +368,8 @@ def test_dtype_promotion():
     (dict(seed=1.5), TypeError, "seed must be an int"),
     (dict(seed=1, generator=torch.Generator()), ValueError, "either seed or generator"),
     (dict(generator=object()), TypeError, "generator must be a torch.Generator"),
+    (dict(validate_args="no"), TypeError, "validate_args must be a bool, got str"),  # bool('no') is True
+    (dict(validate_args=1), TypeError, "validate_args must be a bool, got int"),
 ])
 def test_bad_input_raises_clear_error_and_leaves_inputs(kwargs, error, pattern):
     args = dict(mu=torch.randn(3), scale_param=torch.randn(3))
@@ -452,6 +454,9 @@ def test_backend_choice(monkeypatch):
 
 def test_cpu_isa_reporting():
     assert rt.cpu_isa() in ("default", "avx2", "avx512")
-    with pytest.raises(ValueError, match="not available"):
-        rt.set_cpu_isa("sse9")
+    # A name that is no ISA's is refused as a name, not as the CPU's limit (a user trial's 'AVX2' was told
+    # "not available on this CPU").
+    for bad in ("sse9", "AVX2", "avx512f", ""):
+        with pytest.raises(ValueError, match="isa must be one of .*lower case"):
+            rt.set_cpu_isa(bad)
     assert math.isfinite(rt.normal_rsample(torch.zeros(1), torch.zeros(1), seed=0).item())
