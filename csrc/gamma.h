@@ -961,14 +961,22 @@ constexpr int32_t kBetaFractionMaxPairs = 2000;
 // A_n = (a + n) A_{n-1} + p_n A_{n-2}, B_n alike: products and sums of a, b, x and n only, where d_n took a
 // division a step. Its derivatives in a and b follow by the product rule (d(a + n)/da = 1; dp_{2m}/da = 0).
 // Measured on a Zen 4, a standalone loop over Dirichlet-like marginals at the float32 tolerance: 79.4 -> 67.6
-// ns an element in AVX-512's 8 lanes, 96.0 -> 81.3 in AVX2's 4 (docs/performance.md, thirty-ninth pass). The
-// same pairs of steps, the sums within rounding of the divided form's (13 pairs from (100, 100) to (1e5,
-// 0.3), each form against the divided one run to 1e-16: the same block counts at 1e-11, errors alike).
+// ns an element in AVX-512's 8 lanes, 96.0 -> 81.3 in AVX2's 4 (docs/performance.md, thirty-ninth pass). With
+// the stopping test's magnitudes as the divided form had them (log_scale_da, below), the same blocks as the
+// divided form at 1e-11 and 1e-9 on each of a review's 8,518 points of the region; against a long-double
+// series, float32's tolerance gives the same errors, float64's the same median and 99th percentile, and a
+// worst one twice the divided form's (7.6e-11 against 3.5e-11, at a = 2e4 beside b = 1e-3 an ulp below
+// the crossover: the scaled derivatives' rounding, relative to their larger magnitude).
 template <class T>
 struct BetaFraction {
   T a_prev, b_prev, a_now, b_now;              // A_{n-1}, B_{n-1}, A_n, B_n (scaled: above)
   T a_prev_da, b_prev_da, a_now_da, b_now_da;  // their derivatives in a
   T a_prev_db, b_prev_db, a_now_db, b_now_db;  // and in b
+  // d ln(c_1 ... c_n)/da = sum_k 1 / (a + k) (kDa only). The scaling depends on a, so the a-derivatives
+  // B_n'/A_n and S A_n'/A_n each carry S times it; it cancels in dS/da but not in the magnitudes the stopping
+  // test weighs the sum's movement by, which it would loosen (by 2x on average, up to 19x: a review's 8,518
+  // points, where 11% of elements stopped a block early). beta_fraction_sums takes it out of them.
+  T log_scale_da;
 };
 // Step n: A_n = c A_{n-1} + p A_{n-2}, B_n alike, with c = a + n and the polynomial p = p_n, and their
 // derivatives: dc/da = 1, dc/db = 0; dp/da is 0 for even n (kOdd false, p_da unread), dp/db is p_db.
@@ -998,16 +1006,18 @@ RT_HD BetaFraction<T> beta_fraction_start(T a, T ab, T x) {
   const T zero = T{}, one = zero + 1.0;
   return BetaFraction<T>{one,  one,  (a + 1.0) - ab * x, a + 1.0,
                          zero, zero, kDa ? one - x : zero, kDa ? one : zero,
-                         zero, zero, kDb ? -x : zero, zero};
+                         zero, zero, kDb ? -x : zero, zero,
+                         kDa ? one / (a + 1.0) : zero};
 }
 static_assert(kBetaFractionRescaleEvery % kBetaFractionTestEvery == 0 &&
                   kBetaFractionMaxPairs % kBetaFractionTestEvery == 0,
               "the fraction's blocks end at its rescalings and at its last pair");
 // Pairs first_m .. first_m + kBetaFractionTestEvery - 1 (steps 2m and 2m + 1 each), the span between two
 // stopping tests. Then, every kBetaFractionRescaleEvery pairs, a rescaling by 2^-300 once |A_n| is above
-// 2^300 (exact): the scaled A_n grows by at most about (a + 2m)^2 a pair, under 2^30 in the fraction's
-// region (a + b <= 2e4, a few hundred pairs), so 8 pairs stay far below the largest double. (The divided
-// form's A_n fell by 10-20x a pair, past 1e-308 by pair 130 at a = b = 5000; a fall is still rescaled.)
+// 2^300 (exact): the scaled state grows by at most about 2.6 (a + 2m + 1)^2 a pair (|p_n| < c_n^2 in the
+// region), under 2^32 up to kBetaFractionMaxPairs with a + b <= 2e4, so 8 pairs stay below 2^300 * 2^256, far
+// from the largest double (a review saw at most 2^414 at a test). (The divided form's A_n fell by 10-20x a
+// pair, past 1e-308 by pair 130 at a = b = 5000; a fall is still rescaled.)
 template <bool kDa, bool kDb, class T>
 RT_HD void beta_fraction_block(BetaFraction<T>& f, T a, T b, T ab, T x, int32_t first_m) {
   RT_UNROLL_ALL
@@ -1018,6 +1028,12 @@ RT_HD void beta_fraction_block(BetaFraction<T>& f, T a, T b, T ab, T x, int32_t 
     const T u = a + m, v = ab + m, ux = u * x;
     beta_fraction_step<kDa, kDb, true>(f, a + (2.0 * m + 1.0), -(ux * v), kDa ? -(x * (u + v)) : T{}, -ux);
   }
+  // The block's 1 / c for its 2 kBetaFractionTestEvery steps, c = a + 2 first_m .. a + 2 first_m + 7, summed
+  // as that many times 1 / c at their middle: within 5 / c^2 relative (c >= 100 here), and it only weighs the
+  // stopping test's movement; one division a block.
+  if constexpr (kDa)
+    f.log_scale_da = f.log_scale_da + (2.0 * kBetaFractionTestEvery) /
+                                          (a + (2.0 * first_m + (kBetaFractionTestEvery - 0.5)));
   if ((first_m + kBetaFractionTestEvery - 1) % kBetaFractionRescaleEvery != 0) return;
   const T size = abs_of(f.a_now), one = T{} + 1.0;
   const T s = size < 0x1p-300 ? one * 0x1p300 : size > 0x1p300 ? one * 0x1p-300 : one;
@@ -1039,7 +1055,8 @@ RT_HD BetaFractionSums<T> beta_fraction_sums(const BetaFraction<T>& f, T da0, T 
   if constexpr (kDa) {
     const T b_da = f.b_now_da * inv_a, s_a_da = out.s * f.a_now_da * inv_a;
     out.sum_a = out.s * da0 + (b_da - s_a_da);
-    out.size_a = abs_of(out.s * da0) + abs_of(b_da) + abs_of(s_a_da);
+    const T scaling = out.s * f.log_scale_da;  // in both parts (BetaFraction's log_scale_da)
+    out.size_a = abs_of(out.s * da0) + abs_of(b_da - scaling) + abs_of(s_a_da - scaling);
   }
   if constexpr (kDb) {
     const T b_db = f.b_now_db * inv_a, s_a_db = out.s * f.a_now_db * inv_a;
@@ -1059,41 +1076,66 @@ RT_HD auto beta_fraction_moving(const BetaFractionSums<T>& now, const BetaFracti
   return moving;
 }
 
-// The fraction's loop, one loop for one element (T double, M bool: the CUDA kernels and the portable table)
-// and for the CPU's lanes (T and M vectors, cpu/row_kernels_impl.h): each lane keeps its sums from its first
-// test that finds them settled and the group runs until every lane has, so the lanes get the one element's
-// bits by construction.
-template <bool kDa, bool kDb, class T, class M>
-RT_HD void beta_fraction_run(T a, T b, T x, T da0, T db0, double tolerance, T& sum_a, T& sum_b) {
-  const T ab = a + b;
-  BetaFraction<T> f = beta_fraction_start<kDa, kDb>(a, ab, x);
-  BetaFractionSums<T> sums{}, kept{};
-  M active = M{} == M{};  // every lane
-  for (int32_t first_m = 1; first_m <= kBetaFractionMaxPairs; first_m += kBetaFractionTestEvery) {
-    beta_fraction_block<kDa, kDb>(f, a, b, ab, x, first_m);
-    const BetaFractionSums<T> before = sums;
-    sums = beta_fraction_sums<kDa, kDb>(f, da0, db0);
-    kept.sum_a = active != 0 ? sums.sum_a : kept.sum_a;
-    kept.sum_b = active != 0 ? sums.sum_b : kept.sum_b;
-    active &= beta_fraction_moving<kDa, kDb>(sums, before, tolerance);
-    if (!any_lane(active)) break;
+// One group of the fraction's loop: one element (T double: the CUDA kernels and the portable table) or a
+// CPU vector of lanes (cpu/row_kernels_impl.h); the series' a, b, x and first factors in, the sums out.
+template <class T>
+struct BetaFractionGroup {
+  T a, b, x, da0, db0;
+  T sum_a, sum_b;
+};
+// The fraction's loop over kGroups groups at once (M: bool, or the CPU vectors' mask): each lane keeps its
+// sums from its first test that finds them settled, and the loop runs until every lane of every group has,
+// so each lane gets the one element's bits by construction. Several groups give the core independent chains
+// to overlap (a step's multiplies and adds wait on the step before): a standalone loop over Dirichlet-like
+// marginals on the Zen 4, 8 AVX-512 lanes a group, 60.0 ns an element with one group, 51.7 with two,
+// although a group may now wait for the other's slowest lane too (cpu/row_kernels_impl.h, kFractionGroups;
+// docs/performance.md, thirty-ninth pass). One group for one element.
+template <bool kDa, bool kDb, int kGroups, class T, class M>
+RT_HD void beta_fraction_run(BetaFractionGroup<T> (&groups)[kGroups], double tolerance) {
+  BetaFraction<T> f[kGroups];
+  BetaFractionSums<T> sums[kGroups], kept[kGroups];
+  T ab[kGroups];
+  M active[kGroups];
+  RT_UNROLL_ALL
+  for (int g = 0; g < kGroups; ++g) {
+    ab[g] = groups[g].a + groups[g].b;
+    f[g] = beta_fraction_start<kDa, kDb>(groups[g].a, ab[g], groups[g].x);
+    sums[g] = kept[g] = BetaFractionSums<T>{};
+    active[g] = M{} == M{};  // every lane
   }
-  sum_a = kept.sum_a, sum_b = kept.sum_b;
+  for (int32_t first_m = 1; first_m <= kBetaFractionMaxPairs; first_m += kBetaFractionTestEvery) {
+    RT_UNROLL_ALL
+    for (int g = 0; g < kGroups; ++g)
+      beta_fraction_block<kDa, kDb>(f[g], groups[g].a, groups[g].b, ab[g], groups[g].x, first_m);
+    bool any_moving = false;
+    RT_UNROLL_ALL
+    for (int g = 0; g < kGroups; ++g) {
+      const BetaFractionSums<T> before = sums[g];
+      sums[g] = beta_fraction_sums<kDa, kDb>(f[g], groups[g].da0, groups[g].db0);
+      kept[g].sum_a = active[g] != 0 ? sums[g].sum_a : kept[g].sum_a;
+      kept[g].sum_b = active[g] != 0 ? sums[g].sum_b : kept[g].sum_b;
+      active[g] &= beta_fraction_moving<kDa, kDb>(sums[g], before, tolerance);
+      any_moving = any_lane(active[g]) || any_moving;
+    }
+    if (!any_moving) break;
+  }
+  RT_UNROLL_ALL
+  for (int g = 0; g < kGroups; ++g) groups[g].sum_a = kept[g].sum_a, groups[g].sum_b = kept[g].sum_b;
 }
 // (dz/da, dz/db) from the fraction, arguments and result as beta_grad_series'.
 // tolerance: beta_fraction_tolerance_of's.
 RT_HD Grad2 beta_grad_fraction(double a, double b, double x, double y, double lnx, double lny, bool need_a,
                                bool need_b, double tolerance) {
   const BetaSeriesStart start = beta_series_start(a, b, lnx, lny, need_a, need_b);
-  double sum_a = 0.0, sum_b = 0.0;
+  BetaFractionGroup<double> one[1] = {{a, b, x, start.da, start.db, 0.0, 0.0}};
   if (need_a && need_b)
-    beta_fraction_run<true, true, double, bool>(a, b, x, start.da, start.db, tolerance, sum_a, sum_b);
+    beta_fraction_run<true, true, 1, double, bool>(one, tolerance);
   else if (need_a)
-    beta_fraction_run<true, false, double, bool>(a, b, x, start.da, start.db, tolerance, sum_a, sum_b);
+    beta_fraction_run<true, false, 1, double, bool>(one, tolerance);
   else
-    beta_fraction_run<false, true, double, bool>(a, b, x, start.da, start.db, tolerance, sum_a, sum_b);
+    beta_fraction_run<false, true, 1, double, bool>(one, tolerance);
   const double scale = beta_series_scale(a, x, y);
-  return Grad2{need_a ? scale * sum_a : 0.0, need_b ? scale * sum_b : 0.0};
+  return Grad2{need_a ? scale * one[0].sum_a : 0.0, need_b ? scale * one[0].sum_b : 0.0};
 }
 
 // Just above the crossover (a + 1) / (a + b + 2), the series on 1 - z's side

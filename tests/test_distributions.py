@@ -106,7 +106,7 @@ def test_seeded_distribution_is_reproducible():
     # A generator beside the constructor's seed is refused, and the message says where the seed came from (a
     # user trial read "pass either seed or generator" at a call that passed no seed).
     for d in (Normal(mu, sigma, seed=1), rt.distributions.Gamma(sigma, torch.ones_like(sigma), seed=1)):
-        with pytest.raises(ValueError, match="built with seed= .*without one to pass a generator"):
+        with pytest.raises(ValueError, match="given seed= in its constructor .*without one to pass a generator"):
             d.rsample(generator=torch.Generator().manual_seed(0))
 
 

@@ -580,7 +580,8 @@ using LaneMask = LanesOf<kSeriesLanes>::Mask;
 // nothing: the same bits. Measured on a Zen 3 (AVX2 lanes, a standalone loop, 2^16 draws at bench_family's
 // usual concentrations): the Gamma's series 62-64 -> 56-58 ns an element, the Beta's 61 -> 55-59, the
 // Dirichlet's marginals 41-47 -> 38-39; the extension's backward, Gamma 77 -> 69, Dirichlet 94 -> 86
-// (docs/performance.md, thirty-first pass; gamma.h's beta_fraction_block does the same for the fraction).
+// (docs/performance.md, thirty-first pass; gamma.h's fraction did the same with its numerators' divisions
+// until it dropped them, 2026-12-05).
 constexpr int32_t kSeriesBlock = 4;
 static_assert(kSeriesMaxTerms % kSeriesBlock == 0, "the last block ends at the last term");
 
@@ -845,25 +846,30 @@ void beta_series_lanes(const BetaLane* lanes, double* sum_a, double* sum_b) {
   }
 }
 
-// gamma.h's beta_grad_fraction for kWidth elements at once (kFractionLanes, below): its loop,
-// beta_fraction_run, on vectors. kDa, kDb: the derivatives carried, as the scalar code carries them for the
-// lanes' need flags (both for the Beta; for the Dirichlet's marginal the one z's dz/da needs, so its queues
-// hold lanes of one side each).
-template <bool kDa, bool kDb, int kWidth>
+// gamma.h's beta_grad_fraction for kGroups groups of kWidth elements at once (kFractionLanes and
+// kFractionGroups, below): its loop, beta_fraction_run, on vectors. kDa, kDb: the derivatives carried, as the
+// scalar code carries them for the lanes' need flags (both for the Beta; for the Dirichlet's marginal the
+// one z's dz/da needs, so its queues hold lanes of one side each).
+template <bool kDa, bool kDb, int kWidth, int kGroups>
 void beta_fraction_lanes(const BetaLane* lanes, double tolerance, double* sum_a, double* sum_b) {
   using Double = typename LanesOf<kWidth>::Double;
-  Double va, vb, vx, da0, db0, sa, sb;
-  for (int i = 0; i < kWidth; ++i) {
-    va[i] = lanes[i].a;
-    vb[i] = lanes[i].b;
-    vx[i] = lanes[i].x;
-    da0[i] = lanes[i].da0;
-    db0[i] = lanes[i].db0;
+  BetaFractionGroup<Double> groups[kGroups];
+  for (int g = 0; g < kGroups; ++g) {
+    for (int i = 0; i < kWidth; ++i) {
+      const BetaLane& lane = lanes[g * kWidth + i];
+      groups[g].a[i] = lane.a;
+      groups[g].b[i] = lane.b;
+      groups[g].x[i] = lane.x;
+      groups[g].da0[i] = lane.da0;
+      groups[g].db0[i] = lane.db0;
+    }
   }
-  beta_fraction_run<kDa, kDb, Double, typename LanesOf<kWidth>::Mask>(va, vb, vx, da0, db0, tolerance, sa, sb);
-  for (int i = 0; i < kWidth; ++i) {
-    sum_a[i] = kDa ? sa[i] : 0.0;
-    sum_b[i] = kDb ? sb[i] : 0.0;
+  beta_fraction_run<kDa, kDb, kGroups, Double, typename LanesOf<kWidth>::Mask>(groups, tolerance);
+  for (int g = 0; g < kGroups; ++g) {
+    for (int i = 0; i < kWidth; ++i) {
+      sum_a[g * kWidth + i] = kDa ? groups[g].sum_a[i] : 0.0;
+      sum_b[g * kWidth + i] = kDb ? groups[g].sum_b[i] : 0.0;
+    }
   }
 }
 
@@ -897,11 +903,20 @@ int fraction_queue(double a, double b, double x) {
 // the queues above). On AVX2 8 lanes would be two registers: GCC lowers vectors wider than the target's
 // registers through memory (16 lanes on AVX-512, two registers, ran 189 ns an element there; 8 on AVX2 is
 // not measured).
+// Several such groups run together (beta_fraction_run's kGroups), from one queue of kFractionQueueWidth
+// lanes: a standalone loop over Dirichlet-like marginals sorted by side and distance below the crossover
+// (fraction_groups_standalone.cpp, Zen 4) took 60.0 -> 51.7 -> 51.4 ns an element with 1, 2, 3 groups of 8
+// AVX-512 lanes, and 81.4 -> 65.4 -> 60.8 with groups of 4 AVX2 lanes (three groups' state is more than
+// AVX2's 16 registers hold, and still faster). Fewer groups where the gain stops: a wider queue waits longer
+// to fill and mixes longer and shorter lanes. A queue's last lanes run in as few groups as hold them.
 #if defined(RT_PHILOX_AVX512)
 constexpr int kFractionLanes = 8;
+constexpr int kFractionGroups = 2;
 #else
 constexpr int kFractionLanes = kSeriesLanes;
+constexpr int kFractionGroups = 3;
 #endif
+constexpr int kFractionQueueWidth = kFractionLanes * kFractionGroups;
 
 template <int kWidth>
 struct BetaQueue {
@@ -910,29 +925,38 @@ struct BetaQueue {
   int filled = 0;
 };
 
+// The fraction's groups of a queue: `groups` (1 .. kGroups) of kFractionLanes, its first lanes.
+template <bool kBoth, int kGroups>
+void fraction_groups(const BetaLane* lanes, int groups, double tolerance, double* sum_a, double* sum_b) {
+  if constexpr (kGroups > 1) {
+    if (groups < kGroups) return fraction_groups<kBoth, kGroups - 1>(lanes, groups, tolerance, sum_a, sum_b);
+  }
+  if constexpr (kBoth)
+    beta_fraction_lanes<true, true, kFractionLanes, kGroups>(lanes, tolerance, sum_a, sum_b);
+  else if (lanes[0].swap)  // z's dz/da: the fraction's dz/db on 1 - z's side, its dz/da on z's
+    beta_fraction_lanes<false, true, kFractionLanes, kGroups>(lanes, tolerance, sum_a, sum_b);
+  else
+    beta_fraction_lanes<true, false, kFractionLanes, kGroups>(lanes, tolerance, sum_a, sum_b);
+}
+
 // Sums a queue's series or continued fractions and hands each element's z-side (dz/da, dz/db) to
 // finish(at, grad2), as beta_dz_dab returns them; a part-filled queue's empty lanes repeat its first (each
 // lane's arithmetic is its own, so they change nothing) and are not handed on. A queue holds one kind: the
-// series' queues are kSeriesLanes wide and the fraction's kFractionLanes (the same width on AVX2, where the
-// kind is read from the lane).
+// series' queues are kSeriesLanes wide and the fraction's kFractionQueueWidth, its first factors set a
+// group of kFractionLanes at a time (one register).
 template <bool kBoth, int kWidth, class Finish>
 void run_beta_queue(BetaQueue<kWidth>& q, double tolerance, Finish& finish) {
-  for (int k = q.filled; k < kWidth; ++k) q.lanes[k] = q.lanes[0];
-  beta_lane_factors<kBoth, kWidth>(q.lanes);
+  static_assert(kWidth == kSeriesLanes || kWidth == kFractionQueueWidth, "a series' or a fraction's queue");
   double sum_a[kWidth], sum_b[kWidth];
-  const bool fraction = q.lanes[0].fraction != 0;
   if constexpr (kWidth == kSeriesLanes) {
-    if (!fraction) beta_series_lanes<kBoth>(q.lanes, sum_a, sum_b);
-  }
-  if constexpr (kWidth == kFractionLanes) {
-    if (fraction) {
-      if constexpr (kBoth)
-        beta_fraction_lanes<true, true, kWidth>(q.lanes, tolerance, sum_a, sum_b);
-      else if (q.lanes[0].swap)  // z's dz/da: the fraction's dz/db on 1 - z's side, its dz/da on z's
-        beta_fraction_lanes<false, true, kWidth>(q.lanes, tolerance, sum_a, sum_b);
-      else
-        beta_fraction_lanes<true, false, kWidth>(q.lanes, tolerance, sum_a, sum_b);
-    }
+    for (int k = q.filled; k < kWidth; ++k) q.lanes[k] = q.lanes[0];
+    beta_lane_factors<kBoth, kWidth>(q.lanes);
+    beta_series_lanes<kBoth>(q.lanes, sum_a, sum_b);
+  } else {
+    const int groups = (q.filled + kFractionLanes - 1) / kFractionLanes;
+    for (int k = q.filled; k < groups * kFractionLanes; ++k) q.lanes[k] = q.lanes[0];
+    for (int g = 0; g < groups; ++g) beta_lane_factors<kBoth, kFractionLanes>(q.lanes + g * kFractionLanes);
+    fraction_groups<kBoth, kFractionGroups>(q.lanes, groups, tolerance, sum_a, sum_b);
   }
   for (int k = 0; k < q.filled; ++k) {
     const BetaLane& lane = q.lanes[k];
@@ -960,7 +984,7 @@ void beta_series_queued(int64_t len, double tolerance, Setup setup, Scalar scala
     return;
   }
   BetaQueue<kSeriesLanes> series[kLaneQueues];
-  BetaQueue<kFractionLanes> fractions[2 * kFractionQueues];  // z's side, then 1 - z's
+  BetaQueue<kFractionQueueWidth> fractions[2 * kFractionQueues];  // z's side, then 1 - z's
   for (int64_t j = 0; j < len; ++j) {
     BetaLane lane;
     if (!setup(j, lane)) {
@@ -977,9 +1001,9 @@ void beta_series_queued(int64_t len, double tolerance, Setup setup, Scalar scala
   // The fraction's part-filled queues, merged by side into full groups (a small call would otherwise run up
   // to 16 part-filled groups a side; the Dirichlet's lanes must share a side, the derivative they carry).
   for (int side = 0; side < 2; ++side) {
-    BetaQueue<kFractionLanes> rest;
+    BetaQueue<kFractionQueueWidth> rest;
     for (int k = 0; k < kFractionQueues; ++k) {
-      const BetaQueue<kFractionLanes>& q = fractions[kFractionQueues * side + k];
+      const BetaQueue<kFractionQueueWidth>& q = fractions[kFractionQueues * side + k];
       for (int i = 0; i < q.filled; ++i) push_lane<kBoth>(rest, q.lanes[i], q.at[i], tolerance, finish);
     }
     if (rest.filled > 0) run_beta_queue<kBoth>(rest, tolerance, finish);

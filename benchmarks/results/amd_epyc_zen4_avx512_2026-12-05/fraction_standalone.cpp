@@ -1,12 +1,14 @@
 // gamma.h's continued fraction (beta_fraction_run) in the CPU's lanes, standalone: ns an element over 2^16
 // Dirichlet-like marginals (a in 100-1000, b the sum of 15 more, z drawn from Beta(a, b) by two Gammas),
 // each evaluated on its side of the crossover with the one derivative the Dirichlet needs, in groups of
-// WIDTH lanes (sorted by side, no queues). Prints the best of 7 runs, the blocks a group ran, and a checksum
-// of the sums (the same within rounding for both forms).
+// WIDTH lanes (sorted by side, no queues). Prints the best of 7 runs and a checksum of the sums (the same
+// within rounding for both forms).
 // Build against two checkouts' csrc and alternate (the extension's flags; AVX-512: WIDTH=8):
 //   c++ -O3 -ffp-contract=off -fno-math-errno -fno-trapping-math -std=c++20 -Wno-psabi \
 //       -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx2 -mfma -DWIDTH=8 -I<checkout>/csrc fraction_standalone.cpp
 // AVX2: -mavx2 -mfma -DWIDTH=4.
+// It calls beta_fraction_run as eedae65 and 00d1614 declare it (one group: a, b, x, da0, db0, tolerance,
+// sum_a, sum_b); later commits run several groups (fraction_groups_standalone.cpp).
 #include <math.h>
 #include <stdio.h>
 #include <time.h>
