@@ -964,9 +964,10 @@ constexpr int32_t kBetaFractionMaxPairs = 2000;
 // ns an element in AVX-512's 8 lanes, 96.0 -> 81.3 in AVX2's 4 (docs/performance.md, thirty-ninth pass). With
 // the stopping test's magnitudes as the divided form had them (log_scale_da, below), the same blocks as the
 // divided form at 1e-11 and 1e-9 on each of a review's 8,518 points of the region; against a long-double
-// series, float32's tolerance gives the same errors, float64's the same median and 99th percentile, and a
-// worst one twice the divided form's (7.6e-11 against 3.5e-11, at a = 2e4 beside b = 1e-3 an ulp below
-// the crossover: the scaled derivatives' rounding, relative to their larger magnitude).
+// series, float32's tolerance gives the same errors, float64's the same 99th percentile (8.8e-12), a
+// median of 9.3e-14 against 7.6e-14, and a worst one twice the divided form's (7.6e-11 against 3.5e-11, at
+// a = 2e4 beside b = 1e-3 an ulp below the crossover): the scaled derivatives' rounding, relative to their
+// larger magnitude.
 template <class T>
 struct BetaFraction {
   T a_prev, b_prev, a_now, b_now;              // A_{n-1}, B_{n-1}, A_n, B_n (scaled: above)
@@ -1029,8 +1030,8 @@ RT_HD void beta_fraction_block(BetaFraction<T>& f, T a, T b, T ab, T x, int32_t 
     beta_fraction_step<kDa, kDb, true>(f, a + (2.0 * m + 1.0), -(ux * v), kDa ? -(x * (u + v)) : T{}, -ux);
   }
   // The block's 1 / c for its 2 kBetaFractionTestEvery steps, c = a + 2 first_m .. a + 2 first_m + 7, summed
-  // as that many times 1 / c at their middle: within 5 / c^2 relative (c >= 100 here), and it only weighs the
-  // stopping test's movement; one division a block.
+  // as that many times 1 / c at their middle: within about 5.25 / c^2 relative (c >= 100 here; at most 4.2e-4
+  // over the region, a review), and it only weighs the stopping test's movement; one division a block.
   if constexpr (kDa)
     f.log_scale_da = f.log_scale_da + (2.0 * kBetaFractionTestEvery) /
                                           (a + (2.0 * first_m + (kBetaFractionTestEvery - 0.5)));
@@ -1087,40 +1088,80 @@ struct BetaFractionGroup {
 // sums from its first test that finds them settled, and the loop runs until every lane of every group has,
 // so each lane gets the one element's bits by construction. Several groups give the core independent chains
 // to overlap (a step's multiplies and adds wait on the step before): a standalone loop over Dirichlet-like
-// marginals on the Zen 4, 8 AVX-512 lanes a group, 60.0 ns an element with one group, 51.7 with two,
+// marginals on the Zen 4, 8 AVX-512 lanes a group, 58.8 ns an element with one group, 52.0 with two,
 // although a group may now wait for the other's slowest lane too (cpu/row_kernels_impl.h, kFractionGroups;
 // docs/performance.md, thirty-ninth pass). One group for one element.
+// One group's loop state, and its three moves: start, a block, and the stopping test after it (whether any
+// lane is still moving; a lane's kept sums freeze at its first settled test).
+template <class T, class M>
+struct BetaFractionLoop {
+  BetaFraction<T> f;
+  BetaFractionSums<T> sums, kept;
+  T ab;
+  M active;
+};
+template <bool kDa, bool kDb, class T, class M>
+RT_HD void beta_fraction_loop_start(BetaFractionLoop<T, M>& l, const BetaFractionGroup<T>& g) {
+  l.ab = g.a + g.b;
+  l.f = beta_fraction_start<kDa, kDb>(g.a, l.ab, g.x);
+  l.sums = l.kept = BetaFractionSums<T>{};
+  l.active = M{} == M{};  // every lane
+}
+template <bool kDa, bool kDb, class T, class M>
+RT_HD bool beta_fraction_loop_block(BetaFractionLoop<T, M>& l, const BetaFractionGroup<T>& g, int32_t first_m,
+                                    double tolerance) {
+  beta_fraction_block<kDa, kDb>(l.f, g.a, g.b, l.ab, g.x, first_m);
+  const BetaFractionSums<T> before = l.sums;
+  l.sums = beta_fraction_sums<kDa, kDb>(l.f, g.da0, g.db0);
+  l.kept.sum_a = l.active != 0 ? l.sums.sum_a : l.kept.sum_a;
+  l.kept.sum_b = l.active != 0 ? l.sums.sum_b : l.kept.sum_b;
+  l.active &= beta_fraction_moving<kDa, kDb>(l.sums, before, tolerance);
+  return any_lane(l.active);
+}
 template <bool kDa, bool kDb, int kGroups, class T, class M>
 RT_HD void beta_fraction_run(BetaFractionGroup<T> (&groups)[kGroups], double tolerance) {
-  BetaFraction<T> f[kGroups];
-  BetaFractionSums<T> sums[kGroups], kept[kGroups];
-  T ab[kGroups];
-  M active[kGroups];
-  RT_UNROLL_ALL
-  for (int g = 0; g < kGroups; ++g) {
-    ab[g] = groups[g].a + groups[g].b;
-    f[g] = beta_fraction_start<kDa, kDb>(groups[g].a, ab[g], groups[g].x);
-    sums[g] = kept[g] = BetaFractionSums<T>{};
-    active[g] = M{} == M{};  // every lane
-  }
-  for (int32_t first_m = 1; first_m <= kBetaFractionMaxPairs; first_m += kBetaFractionTestEvery) {
-    RT_UNROLL_ALL
-    for (int g = 0; g < kGroups; ++g)
-      beta_fraction_block<kDa, kDb>(f[g], groups[g].a, groups[g].b, ab[g], groups[g].x, first_m);
-    bool any_moving = false;
+  if constexpr (kGroups == 1) {
+    // Its own plain loop: one group's state as an array of one compiled about 10% slower (a review measured
+    // the portable table's element at 308 ns against 278 with this).
+    BetaFractionLoop<T, M> l;
+    beta_fraction_loop_start<kDa, kDb>(l, groups[0]);
+    for (int32_t first_m = 1; first_m <= kBetaFractionMaxPairs; first_m += kBetaFractionTestEvery)
+      if (!beta_fraction_loop_block<kDa, kDb>(l, groups[0], first_m, tolerance)) break;
+    groups[0].sum_a = l.kept.sum_a, groups[0].sum_b = l.kept.sum_b;
+  } else {
+    // Parallel arrays, every group's block and then every group's test: the one group's moves above over an
+    // array of BetaFractionLoop compiled slower (a standalone loop, 2 groups of 8 AVX-512 lanes: 63 ns an
+    // element against 52; 3 groups of 4 AVX2 lanes: 75 against 61).
+    BetaFraction<T> f[kGroups];
+    BetaFractionSums<T> sums[kGroups], kept[kGroups];
+    T ab[kGroups];
+    M active[kGroups];
     RT_UNROLL_ALL
     for (int g = 0; g < kGroups; ++g) {
-      const BetaFractionSums<T> before = sums[g];
-      sums[g] = beta_fraction_sums<kDa, kDb>(f[g], groups[g].da0, groups[g].db0);
-      kept[g].sum_a = active[g] != 0 ? sums[g].sum_a : kept[g].sum_a;
-      kept[g].sum_b = active[g] != 0 ? sums[g].sum_b : kept[g].sum_b;
-      active[g] &= beta_fraction_moving<kDa, kDb>(sums[g], before, tolerance);
-      any_moving = any_lane(active[g]) || any_moving;
+      ab[g] = groups[g].a + groups[g].b;
+      f[g] = beta_fraction_start<kDa, kDb>(groups[g].a, ab[g], groups[g].x);
+      sums[g] = kept[g] = BetaFractionSums<T>{};
+      active[g] = M{} == M{};  // every lane
     }
-    if (!any_moving) break;
+    for (int32_t first_m = 1; first_m <= kBetaFractionMaxPairs; first_m += kBetaFractionTestEvery) {
+      RT_UNROLL_ALL
+      for (int g = 0; g < kGroups; ++g)
+        beta_fraction_block<kDa, kDb>(f[g], groups[g].a, groups[g].b, ab[g], groups[g].x, first_m);
+      bool any_moving = false;
+      RT_UNROLL_ALL
+      for (int g = 0; g < kGroups; ++g) {
+        const BetaFractionSums<T> before = sums[g];
+        sums[g] = beta_fraction_sums<kDa, kDb>(f[g], groups[g].da0, groups[g].db0);
+        kept[g].sum_a = active[g] != 0 ? sums[g].sum_a : kept[g].sum_a;
+        kept[g].sum_b = active[g] != 0 ? sums[g].sum_b : kept[g].sum_b;
+        active[g] &= beta_fraction_moving<kDa, kDb>(sums[g], before, tolerance);
+        any_moving = any_lane(active[g]) || any_moving;
+      }
+      if (!any_moving) break;
+    }
+    RT_UNROLL_ALL
+    for (int g = 0; g < kGroups; ++g) groups[g].sum_a = kept[g].sum_a, groups[g].sum_b = kept[g].sum_b;
   }
-  RT_UNROLL_ALL
-  for (int g = 0; g < kGroups; ++g) groups[g].sum_a = kept[g].sum_a, groups[g].sum_b = kept[g].sum_b;
 }
 // (dz/da, dz/db) from the fraction, arguments and result as beta_grad_series'.
 // tolerance: beta_fraction_tolerance_of's.

@@ -337,7 +337,8 @@ def test_float32_summed_gradient_at_the_fractions_float32_tolerance(a, b):
     signs; sum|terms| / |sum| up to about 2e3) keep the float32 result within an ulp of the rounded float64
     one (measured 2026-12-05: within 0.5 ulp at 4096 and 65536 draws; a build with the float32 tolerance at
     1e-7 was off by up to 5 ulps and failed this test; run files in
-    benchmarks/results/amd_epyc_zen4_avx512_2026-12-05/), and an upstream gradient built to cancel the a-sum to ~1e-8 of sum|terms| (a loss at its
+    benchmarks/results/amd_epyc_zen4_avx512_2026-12-05/; the figures in this docstring are the 65536-draw
+    run's, the test's own 4096 draws cancel less), and an upstream gradient built to cancel the a-sum to ~1e-8 of sum|terms| (a loss at its
     optimum in a) moves the sum by at most 2.6e-9 of sum|terms| (the bound here is 5e-9), about what rounding
     that upstream gradient to float32 does by itself (1.2e-9 .. 1.4e-8)."""
     n = 4096

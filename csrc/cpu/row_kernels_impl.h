@@ -905,8 +905,8 @@ int fraction_queue(double a, double b, double x) {
 // not measured).
 // Several such groups run together (beta_fraction_run's kGroups), from one queue of kFractionQueueWidth
 // lanes: a standalone loop over Dirichlet-like marginals sorted by side and distance below the crossover
-// (fraction_groups_standalone.cpp, Zen 4) took 60.0 -> 51.7 -> 51.4 ns an element with 1, 2, 3 groups of 8
-// AVX-512 lanes, and 81.4 -> 65.4 -> 60.8 with groups of 4 AVX2 lanes (three groups' state is more than
+// (fraction_groups_standalone.cpp, Zen 4, medians of five) took 58.8 -> 52.0 -> 51.1 ns an element with 1, 2,
+// 3 groups of 8 AVX-512 lanes, and 73.0 -> 65.0 -> 61.5 with groups of 4 AVX2 lanes (three groups' state is more than
 // AVX2's 16 registers hold, and still faster). Fewer groups where the gain stops: a wider queue waits longer
 // to fill and mixes longer and shorter lanes. A queue's last lanes run in as few groups as hold them.
 #if defined(RT_PHILOX_AVX512)
@@ -917,6 +917,7 @@ constexpr int kFractionLanes = kSeriesLanes;
 constexpr int kFractionGroups = 3;
 #endif
 constexpr int kFractionQueueWidth = kFractionLanes * kFractionGroups;
+static_assert(kFractionQueueWidth != kSeriesLanes, "run_beta_queue tells the queues apart by their width");
 
 template <int kWidth>
 struct BetaQueue {
