@@ -1084,15 +1084,8 @@ struct BetaFractionGroup {
   T a, b, x, da0, db0;
   T sum_a, sum_b;
 };
-// The fraction's loop over kGroups groups at once (M: bool, or the CPU vectors' mask): each lane keeps its
-// sums from its first test that finds them settled, and the loop runs until every lane of every group has,
-// so each lane gets the one element's bits by construction. Several groups give the core independent chains
-// to overlap (a step's multiplies and adds wait on the step before): a standalone loop over Dirichlet-like
-// marginals on the Zen 4, 8 AVX-512 lanes a group, 58.8 ns an element with one group, 52.0 with two,
-// although a group may now wait for the other's slowest lane too (cpu/row_kernels_impl.h, kFractionGroups;
-// docs/performance.md, thirty-ninth pass). One group for one element.
-// One group's loop state, and its three moves: start, a block, and the stopping test after it (whether any
-// lane is still moving; a lane's kept sums freeze at its first settled test).
+// One group's loop state, and its moves: start, a block of steps, and the stopping test after it (whether
+// any lane is still moving; a lane's kept sums freeze at its first settled test).
 template <class T, class M>
 struct BetaFractionLoop {
   BetaFraction<T> f;
@@ -1108,9 +1101,11 @@ RT_HD void beta_fraction_loop_start(BetaFractionLoop<T, M>& l, const BetaFractio
   l.active = M{} == M{};  // every lane
 }
 template <bool kDa, bool kDb, class T, class M>
-RT_HD bool beta_fraction_loop_block(BetaFractionLoop<T, M>& l, const BetaFractionGroup<T>& g, int32_t first_m,
-                                    double tolerance) {
+RT_HD void beta_fraction_loop_block(BetaFractionLoop<T, M>& l, const BetaFractionGroup<T>& g, int32_t first_m) {
   beta_fraction_block<kDa, kDb>(l.f, g.a, g.b, l.ab, g.x, first_m);
+}
+template <bool kDa, bool kDb, class T, class M>
+RT_HD bool beta_fraction_loop_moving(BetaFractionLoop<T, M>& l, const BetaFractionGroup<T>& g, double tolerance) {
   const BetaFractionSums<T> before = l.sums;
   l.sums = beta_fraction_sums<kDa, kDb>(l.f, g.da0, g.db0);
   l.kept.sum_a = l.active != 0 ? l.sums.sum_a : l.kept.sum_a;
@@ -1118,49 +1113,41 @@ RT_HD bool beta_fraction_loop_block(BetaFractionLoop<T, M>& l, const BetaFractio
   l.active &= beta_fraction_moving<kDa, kDb>(l.sums, before, tolerance);
   return any_lane(l.active);
 }
+// The fraction's loop over kGroups groups at once (M: bool, or the CPU vectors' mask): each lane keeps its
+// sums from its first test that finds them settled, and the loop runs until every lane of every group has,
+// so each lane gets the one element's bits by construction. Several groups give the core independent chains
+// to overlap (a step's multiplies and adds wait on the step before): a standalone loop over Dirichlet-like
+// marginals on the Zen 4, 8 AVX-512 lanes a group, 58.8 ns an element with one group, 52.0 with two,
+// although a group may now wait for the other's slowest lane too (cpu/row_kernels_impl.h, kFractionGroups;
+// docs/performance.md, thirty-ninth pass). One group for one element.
 template <bool kDa, bool kDb, int kGroups, class T, class M>
 RT_HD void beta_fraction_run(BetaFractionGroup<T> (&groups)[kGroups], double tolerance) {
   if constexpr (kGroups == 1) {
-    // Its own plain loop: one group's state as an array of one compiled about 10% slower (a review measured
-    // the portable table's element at 308 ns against 278 with this).
+    // A plain loop: one group's state as an array of one compiled about 10% slower (a review measured the
+    // portable table's element at 308 ns against 278 with this).
     BetaFractionLoop<T, M> l;
     beta_fraction_loop_start<kDa, kDb>(l, groups[0]);
-    for (int32_t first_m = 1; first_m <= kBetaFractionMaxPairs; first_m += kBetaFractionTestEvery)
-      if (!beta_fraction_loop_block<kDa, kDb>(l, groups[0], first_m, tolerance)) break;
+    for (int32_t first_m = 1; first_m <= kBetaFractionMaxPairs; first_m += kBetaFractionTestEvery) {
+      beta_fraction_loop_block<kDa, kDb>(l, groups[0], first_m);
+      if (!beta_fraction_loop_moving<kDa, kDb>(l, groups[0], tolerance)) break;
+    }
     groups[0].sum_a = l.kept.sum_a, groups[0].sum_b = l.kept.sum_b;
   } else {
-    // Parallel arrays, every group's block and then every group's test: the one group's moves above over an
-    // array of BetaFractionLoop compiled slower (a standalone loop, 2 groups of 8 AVX-512 lanes: 63 ns an
-    // element against 52; 3 groups of 4 AVX2 lanes: 75 against 61).
-    BetaFraction<T> f[kGroups];
-    BetaFractionSums<T> sums[kGroups], kept[kGroups];
-    T ab[kGroups];
-    M active[kGroups];
+    // Every group's block, then every group's test.
+    BetaFractionLoop<T, M> l[kGroups];
     RT_UNROLL_ALL
-    for (int g = 0; g < kGroups; ++g) {
-      ab[g] = groups[g].a + groups[g].b;
-      f[g] = beta_fraction_start<kDa, kDb>(groups[g].a, ab[g], groups[g].x);
-      sums[g] = kept[g] = BetaFractionSums<T>{};
-      active[g] = M{} == M{};  // every lane
-    }
+    for (int g = 0; g < kGroups; ++g) beta_fraction_loop_start<kDa, kDb>(l[g], groups[g]);
     for (int32_t first_m = 1; first_m <= kBetaFractionMaxPairs; first_m += kBetaFractionTestEvery) {
       RT_UNROLL_ALL
-      for (int g = 0; g < kGroups; ++g)
-        beta_fraction_block<kDa, kDb>(f[g], groups[g].a, groups[g].b, ab[g], groups[g].x, first_m);
+      for (int g = 0; g < kGroups; ++g) beta_fraction_loop_block<kDa, kDb>(l[g], groups[g], first_m);
       bool any_moving = false;
       RT_UNROLL_ALL
-      for (int g = 0; g < kGroups; ++g) {
-        const BetaFractionSums<T> before = sums[g];
-        sums[g] = beta_fraction_sums<kDa, kDb>(f[g], groups[g].da0, groups[g].db0);
-        kept[g].sum_a = active[g] != 0 ? sums[g].sum_a : kept[g].sum_a;
-        kept[g].sum_b = active[g] != 0 ? sums[g].sum_b : kept[g].sum_b;
-        active[g] &= beta_fraction_moving<kDa, kDb>(sums[g], before, tolerance);
-        any_moving = any_lane(active[g]) || any_moving;
-      }
+      for (int g = 0; g < kGroups; ++g)
+        any_moving = beta_fraction_loop_moving<kDa, kDb>(l[g], groups[g], tolerance) || any_moving;
       if (!any_moving) break;
     }
     RT_UNROLL_ALL
-    for (int g = 0; g < kGroups; ++g) groups[g].sum_a = kept[g].sum_a, groups[g].sum_b = kept[g].sum_b;
+    for (int g = 0; g < kGroups; ++g) groups[g].sum_a = l[g].kept.sum_a, groups[g].sum_b = l[g].kept.sum_b;
   }
 }
 // (dz/da, dz/db) from the fraction, arguments and result as beta_grad_series'.

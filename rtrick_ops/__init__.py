@@ -25,6 +25,9 @@ __all__ = ["normal_rsample", "normal_kl", "normal_rsample_and_kl", "normal_rsamp
            "set_cpu_isa", "saved_noise_limit", "set_saved_noise_limit"]
 
 
+_CPU_ISAS = ("auto", "default", "avx2", "avx512")  # set_cpu_isa's names, as csrc/cpu/isa.cpp reads them
+
+
 def cpu_isa() -> str:
     """The instruction set the CPU kernels use: 'avx512', 'avx2' or 'default'."""
     from ._library import require_compiled
@@ -38,13 +41,13 @@ def set_cpu_isa(isa: str) -> None:
     Every choice gives bitwise-identical results; this exists for testing and
     benchmarking. It fails for an ISA the CPU or the build lacks.
     """
+    from ._checks import check_choice
     from ._library import require_compiled
 
     if not isinstance(isa, str):
-        raise TypeError(f"isa must be one of 'auto', 'default', 'avx2', 'avx512', got {type(isa).__name__}")
-    if isa not in ("auto", "default", "avx2", "avx512"):
-        # A misspelt name is not a CPU's limit: say so before the extension says "not available".
-        raise ValueError(f"isa must be one of 'auto', 'default', 'avx2', 'avx512' (lower case), got {isa!r}")
+        raise TypeError(f"isa must be one of {', '.join(map(repr, _CPU_ISAS))}, got {type(isa).__name__}")
+    # A misspelt name ('AVX2') is refused as a name here, not as the CPU's limit by the extension.
+    check_choice(isa, "isa", _CPU_ISAS)
     require_compiled("set_cpu_isa()").set_cpu_isa(isa)
 
 

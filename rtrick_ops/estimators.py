@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ._math import check_scale, normal_log_prob, sigma_of
-from ._checks import check_bool, check_count, check_real, check_seed, check_tau
+from ._checks import check_bool, check_count, check_param, check_real, check_seed, check_tau
 from .normal import normal_rsample
 
 __all__ = [
@@ -158,9 +158,7 @@ def gumbel_softmax(logits: torch.Tensor, *, tau: float = 1.0, hard: bool = False
     default stays `torch_gumbel_softmax`, torch's sampler, so that the study's
     committed results (benchmarks/study_estimators.py) remain reproducible.
     """
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point torch.Tensor, got "
-                        f"{logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    check_param(logits, "logits")
     check_tau(tau)
     seed = check_seed(seed)
     hard = check_bool(hard, "hard")
@@ -582,9 +580,7 @@ def straight_through_categorical(logits: torch.Tensor, *, dim: int = -1,
     softmax(logits, dim) (Bengio et al. 2013), a biased but low-variance
     gradient for discrete choices.
     """
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point torch.Tensor, got "
-                        f"{logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    check_param(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (the categories)")
     probs = torch.softmax(logits, dim=dim)

@@ -322,9 +322,9 @@ def test_bad_arguments_raise_errors_naming_them():
     with pytest.raises(TypeError, match="parameter mu"):
         est.normal(torch.zeros(3, dtype=torch.int64), torch.zeros(3))
     for integer_logits in (torch.ones(3, dtype=torch.long), torch.ones(2, 3, dtype=torch.int32)):
-        with pytest.raises(TypeError, match=f"logits must be a floating-point torch.Tensor, got {integer_logits.dtype}"):
+        with pytest.raises(TypeError, match=f"logits must be float32, float64, float16 or bfloat16, got {integer_logits.dtype}"):
             est.straight_through_categorical(integer_logits)
-    with pytest.raises(TypeError, match="logits .* got list"):
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor, got list"):
         est.straight_through_categorical([0.0, 1.0])
     with pytest.raises(ValueError, match="tau"):
         est.gumbel_softmax_relaxation(torch.zeros(4), tau=0.0)

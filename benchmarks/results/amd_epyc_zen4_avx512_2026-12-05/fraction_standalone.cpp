@@ -17,6 +17,7 @@
 #include <random>
 #include <vector>
 
+#include "dirichlet_like_lanes.h"
 #include "gamma.h"
 
 using namespace rtrick;
@@ -24,25 +25,10 @@ constexpr int W = WIDTH;
 typedef double Double __attribute__((vector_size(W * sizeof(double))));
 typedef int64_t Mask __attribute__((vector_size(W * sizeof(double))));
 
-struct Lane {
-  double a, b, x;
-  bool swap;
-};
-
 int main(int argc, char** argv) {
   const int n = 1 << 16;
   const double tolerance = argc > 1 ? atof(argv[1]) : 1e-9;
-  std::mt19937_64 rng(7);
-  std::uniform_real_distribution<double> uniform(100, 1000);
-  std::vector<Lane> lanes;
-  while (static_cast<int>(lanes.size()) < n) {
-    double a = uniform(rng), b = 0;
-    for (int k = 0; k < 15; ++k) b += uniform(rng);
-    std::gamma_distribution<double> ga(a), gb(b);
-    const double g1 = ga(rng), g2 = gb(rng), x = g1 / (g1 + g2);
-    const bool swap = !(x < (a + 1) / (a + b + 2));
-    lanes.push_back(swap ? Lane{b, a, 1 - x, true} : Lane{a, b, x, false});
-  }
+  std::vector<Lane> lanes = dirichlet_like_lanes(n);
   std::stable_sort(lanes.begin(), lanes.end(), [](const Lane& l, const Lane& r) { return l.swap < r.swap; });
   double best = 1e30, checksum = 0;
   for (int rep = 0; rep < 7; ++rep) {
