@@ -42,11 +42,16 @@ def use_compiled(compiled):
 
 
 def check_param(value, name):
-    """A floating-point tensor."""
+    """A dense floating-point tensor."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {value.dtype}")
+    # Sparse, MKL-DNN and nested tensors reached the dispatcher or torch internals, whose errors name no argument
+    # (a nested one's asks the user to file an issue with torch).
+    if value.layout != torch.strided or value.is_nested:
+        got = "a nested tensor" if value.is_nested else value.layout
+        raise TypeError(f"{name} must be a dense (strided) tensor, got {got}")
 
 
 def check_same_device(**tensors):
@@ -156,6 +161,8 @@ def check_sample_shape(sample_shape):
         size = size if isinstance(size, torch.SymInt) else operator.index(size)  # NumPy integers, as torch accepts
         if size < 0:
             raise ValueError(f"sample_shape must not contain negative sizes, got {sample_shape!r}")
+        if not isinstance(size, torch.SymInt) and size >= 2**63:  # torch's schema would say the tuple has a wrong type
+            raise ValueError(f"sample_shape's sizes must be less than 2**63, got {sample_shape!r}")
         checked.append(size)
     return tuple(checked)
 
@@ -177,8 +184,11 @@ def check_bool(value, name):
 
 
 def check_count(value, name, minimum=1):
-    """value as an int (NumPy integers too) if it is one >= minimum; a ValueError naming the argument otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    """value as an int (NumPy integers too) if it is one >= minimum; a TypeError (not an int, as for every other
+    argument's type) or ValueError (below minimum) naming the argument otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return operator.index(value)
 

@@ -26,8 +26,7 @@ def make_rng_state(seed, generator, device):
     """rng_state for a call: from `seed` (stateless) or drawn from `generator`."""
     if seed is not None:
         if generator is not None:
-            raise ValueError("pass either seed or generator, not both (a distribution given seed= in its constructor "
-                             "draws every sample from that seed: build it without one to pass a generator)")
+            raise ValueError("pass either seed or generator, not both")  # a distribution's seed: _seed_beside
         key = _as_int64_bits(check_seed(seed))
         if torch.device(device).type == "cpu":
             return torch.tensor([key, 0], dtype=torch.int64, device="cpu")  # not the default device

@@ -200,6 +200,14 @@ class _Fused:
     # later log_prob's gradient was lost or wrong.
     _modes_at_init = (True, False)  # (grad enabled, inference mode), recorded by every constructor
 
+    def _seed_beside(self, generator):
+        """The constructor's seed, for an rsample given `generator`: both at once would leave the key ambiguous,
+        and the functions' own message names only their arguments."""
+        if self._seed is not None and generator is not None:
+            raise ValueError("pass either seed or generator, not both (a distribution given seed= in its constructor "
+                             "draws every sample from that seed: build it without one to pass a generator)")
+        return self._seed
+
     def _record_modes(self):
         self._modes_at_init = _autograd_modes()
 
@@ -366,7 +374,8 @@ class _FusedLocScale(_KeepsScaleParam):
             _checks.check_param(scale_param, _SCALE_ARGUMENT[self._scale_kind])
         # torch's constructor validated the parameters (when validation is on): no second sync here.
         return self._sampler(loc, scale_param, scale=self._scale_kind, sample_shape=torch.Size(sample_shape),
-                             seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
+                             seed=self._seed_beside(generator),
+                             generator=generator, backend=self._backend, validate_args=False)
 
 
 class Normal(_FusedLocScale, torch.distributions.Normal):
@@ -560,8 +569,9 @@ class Uniform(_Fused, torch.distributions.Uniform):
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         high = _beside_float(self.high, self.low)  # an integer high: torch's sampler promotes it too
-        return family.uniform_rsample(self.low, high, sample_shape=torch.Size(sample_shape), seed=self._seed,
-                                      generator=generator, backend=self._backend, validate_args=False)
+        return family.uniform_rsample(self.low, high, sample_shape=torch.Size(sample_shape),
+                                      seed=self._seed_beside(generator), generator=generator, backend=self._backend,
+                                      validate_args=False)
 
 
 class Exponential(_Fused, torch.distributions.Exponential):
@@ -573,8 +583,9 @@ class Exponential(_Fused, torch.distributions.Exponential):
         _validate_after_init(self, validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        return family.exponential_rsample(self.rate, sample_shape=torch.Size(sample_shape), seed=self._seed,
-                                          generator=generator, backend=self._backend, validate_args=False)
+        return family.exponential_rsample(self.rate, sample_shape=torch.Size(sample_shape),
+                                          seed=self._seed_beside(generator), generator=generator,
+                                          backend=self._backend, validate_args=False)
 
 
 class HalfNormal(_TransformedOnUse, _KeepsScaleParam, torch.distributions.HalfNormal):
@@ -635,8 +646,8 @@ class HalfNormal(_TransformedOnUse, _KeepsScaleParam, torch.distributions.HalfNo
         if scale_param.dtype not in _checks.FLOAT_DTYPES:
             _checks.check_param(scale_param, _SCALE_ARGUMENT[self._scale_kind])
         return family.half_normal_rsample(scale_param.new_zeros(()), scale_param, scale=self._scale_kind,
-                                          sample_shape=torch.Size(sample_shape), seed=self._seed, generator=generator,
-                                          backend=self._backend, validate_args=False)
+                                          sample_shape=torch.Size(sample_shape), seed=self._seed_beside(generator),
+                                          generator=generator, backend=self._backend, validate_args=False)
 
 
 def _check_temperature(temperature, held_dtype):
@@ -704,7 +715,7 @@ class _FusedRelaxed(_Fused):
         number = self._temperature_number if compiling else None
         return self._fused_sampler(self.logits, float(temperature) if number is None else number,
                                    sample_shape=torch.Size(sample_shape),
-                                   seed=self._seed, generator=generator, backend=self._backend)
+                                   seed=self._seed_beside(generator), generator=generator, backend=self._backend)
 
     def _rsample_tensor_temperature(self, sample_shape, generator):
         # relax((logits + noise) / temperature) with the fused sampler's noise (the same stream: for one key, the
@@ -714,7 +725,7 @@ class _FusedRelaxed(_Fused):
         # float32: at logits 30 and temperature 5 its median was 0.960, the fused sampler's 0.9975).
         _checks.check_param(self.logits, "logits")  # the noise sampler would name it "loc"
         noisy = self._noise_sampler(self.logits, self.logits.new_zeros(()), sample_shape=sample_shape,
-                                    seed=self._seed, generator=generator, backend=self._backend,
+                                    seed=self._seed_beside(generator), generator=generator, backend=self._backend,
                                     validate_args=False)
         return self._relax(noisy / self.temperature)
 
@@ -750,7 +761,8 @@ class Gamma(_Fused, torch.distributions.Gamma):
     def rsample(self, sample_shape=torch.Size(), generator=None):
         rate = _beside_float(self.rate, self.concentration)  # an integer rate: a posterior's b0 + counts
         return gamma.gamma_rsample(self.concentration, rate, sample_shape=torch.Size(sample_shape),
-                                   seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
+                                   seed=self._seed_beside(generator),
+                                   generator=generator, backend=self._backend, validate_args=False)
 
 
 class Beta(_Fused, torch.distributions.Beta):
@@ -762,7 +774,8 @@ class Beta(_Fused, torch.distributions.Beta):
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         return gamma.beta_rsample(self.concentration1, self.concentration0, sample_shape=torch.Size(sample_shape),
-                                  seed=self._seed, generator=generator, backend=self._backend, validate_args=False)
+                                  seed=self._seed_beside(generator),
+                                  generator=generator, backend=self._backend, validate_args=False)
 
 
 class Dirichlet(_Fused, torch.distributions.Dirichlet):
@@ -778,8 +791,9 @@ class Dirichlet(_Fused, torch.distributions.Dirichlet):
         super().__init__(concentration, validate_args=validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
-        return gamma.dirichlet_rsample(self.concentration, sample_shape=torch.Size(sample_shape), seed=self._seed,
-                                       generator=generator, backend=self._backend, validate_args=False)
+        return gamma.dirichlet_rsample(self.concentration, sample_shape=torch.Size(sample_shape),
+                                       seed=self._seed_beside(generator), generator=generator, backend=self._backend,
+                                       validate_args=False)
 
 
 class RelaxedOneHotCategorical(_FusedRelaxed, torch.distributions.RelaxedOneHotCategorical):

@@ -206,7 +206,7 @@ def test_compiles_fullgraph():
     ({"prior_sigma": float("nan")}, ValueError, "prior_sigma"),
     ({"prior_sigma": "1"}, TypeError, "prior_sigma"),
     ({"in_features": 0}, ValueError, "in_features"),
-    ({"out_features": True}, ValueError, "out_features"),
+    ({"out_features": True}, TypeError, "out_features"),  # a bool is not an int: a TypeError, as for every type
     ({"backend": "nope"}, ValueError, "backend="),
     ({"init_rho": float("nan")}, ValueError, "init_rho"),
     ({"init_rho": "x"}, TypeError, "init_rho"),

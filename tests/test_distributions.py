@@ -223,12 +223,14 @@ def test_policy_head_action_bias_and_in_place_scale_edits():
             GaussianPolicyHead(4, 2, action_bias=bad)
     with pytest.raises(TypeError, match="deterministic"):  # bool("no") is True
         policy(features, deterministic="no")
-    for name, sizes in (("in_features", (0, 2)), ("action_features", (4, True)), ("action_features", (4, -1)),
-                        ("in_features", (2.5, 2))):
-        with pytest.raises(ValueError, match=name):
+    # A wrong type is a TypeError and a wrong value a ValueError, as for every other argument (a user trial found
+    # True and 2.5 refused with a ValueError).
+    for error, name, sizes in ((ValueError, "in_features", (0, 2)), (TypeError, "action_features", (4, True)),
+                               (ValueError, "action_features", (4, -1)), (TypeError, "in_features", (2.5, 2))):
+        with pytest.raises(error, match=f"{name} must be an int >= 1, got"):
             GaussianPolicyHead(*sizes)
-    for name, sizes in (("latent_features", (4, 0)), ("in_features", (True, 3))):
-        with pytest.raises(ValueError, match=name):
+    for error, name, sizes in ((ValueError, "latent_features", (4, 0)), (TypeError, "in_features", (True, 3))):
+        with pytest.raises(error, match=f"{name} must be an int >= 1, got"):
             GaussianLatentHead(*sizes)
 
 

@@ -309,6 +309,9 @@ def test_bad_arguments_raise_errors_naming_them():
         est.compare_estimators(lambda z: z, q, 16)
     with pytest.raises(ValueError, match="num_draws"):
         est.compare_estimators(lambda z: z.sum(-1), q, 1)
+    for not_an_int in (True, 6.0):
+        with pytest.raises(TypeError, match="num_draws must be an int >= 1, got"):
+            est.pathwise_surrogate(lambda z: z.sum(-1), q, not_an_int)
     with pytest.raises(ValueError, match="seed"):
         est.pathwise_surrogate(lambda z: z.sum(-1), q, 4, seed=-1)
     with pytest.raises(TypeError, match="q must be a BoundFamily"):

@@ -2,7 +2,9 @@
 reference, every gradient, shapes and layouts, registration (opcheck,
 torch.compile), seeding and bad input. Statistics: test_normal_statistics.py."""
 import math
+import re
 import sys
+import warnings
 
 import pytest
 import torch
@@ -366,7 +368,9 @@ def test_dtype_promotion():
     (dict(seed=-1), ValueError, r"seed must be in \[0, 2\*\*64\)"),
     (dict(seed=2**64), ValueError, "seed"),
     (dict(seed=1.5), TypeError, "seed must be an int"),
-    (dict(seed=1, generator=torch.Generator()), ValueError, "either seed or generator"),
+    # The functions' own message names only their arguments (a user trial read a distribution's sentence here).
+    (dict(seed=1, generator=torch.Generator()), ValueError, "^pass either seed or generator, not both$"),
+    (dict(sample_shape=(2**63,)), ValueError, r"sample_shape's sizes must be less than 2\*\*63"),
     (dict(generator=object()), TypeError, "generator must be a torch.Generator"),
     (dict(validate_args="no"), TypeError, "validate_args must be a bool, got str"),  # bool('no') is True
     (dict(validate_args=1), TypeError, "validate_args must be a bool, got int"),
@@ -380,6 +384,23 @@ def test_bad_input_raises_clear_error_and_leaves_inputs(kwargs, error, pattern):
         rt.normal_rsample(args.pop("mu"), args.pop("scale_param"), **args)
     for name, tensor in tensors.items():
         assert torch.equal(tensor, snapshots[name]), f"{name} was modified"
+
+
+@pytest.mark.parametrize("layout", ["sparse", "mkldnn", "nested"])
+def test_layouts_the_kernels_do_not_read_are_refused_naming_the_argument(layout):
+    """Sparse, MKL-DNN and nested tensors reached the dispatcher or torch internals, whose errors name no argument
+    (a nested one's asked the user to file an issue with torch): a user trial."""
+    dense = torch.zeros(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the nested tensors' prototype warning
+        odd, got = {"sparse": (dense.to_sparse(), "torch.sparse_coo"), "mkldnn": (dense.to_mkldnn(), "torch._mkldnn"),
+                    "nested": (torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)]), "a nested tensor")}[layout]
+    calls = {"mu": lambda: rt.normal_rsample(odd, dense), "scale_param": lambda: rt.normal_rsample(dense, odd),
+             "concentration": lambda: rt.gamma_rsample(odd, dense + 1), "logits": lambda: rt.gumbel_softmax(odd)}
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=f"^{name} must be a dense \\(strided\\) tensor, got {re.escape(got)}$"):
+            call()
+    assert torch.equal(dense, torch.zeros(3))
 
 
 def test_raw_ops_check_their_arguments():
