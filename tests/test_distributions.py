@@ -104,10 +104,21 @@ def test_seeded_distribution_is_reproducible():
     assert torch.equal(a, b)
     assert torch.equal(a, rt.normal_rsample(mu, sigma.log(), sample_shape=(3,), seed=11))
     # A generator beside the constructor's seed is refused, and the message says where the seed came from (a
-    # user trial read "pass either seed or generator" at a call that passed no seed).
-    for d in (Normal(mu, sigma, seed=1), rt.distributions.Gamma(sigma, torch.ones_like(sigma), seed=1)):
+    # user trial read "pass either seed or generator" at a call that passed no seed). Every class's rsample, and
+    # both of the relaxed classes' temperature paths (a number, a tensor).
+    rd, ones, probs = rt.distributions, torch.ones_like(sigma), torch.full((2, 3), 1 / 3)
+    seeded = [Normal(mu, sigma, seed=1), rd.Laplace(mu, sigma, seed=1), rd.Cauchy(mu, sigma, seed=1),
+              rd.Gumbel(mu, sigma, seed=1), rd.LogNormal(mu, sigma, seed=1), rd.Logistic(mu, sigma, seed=1),
+              rd.Uniform(mu, mu + 1, seed=1), rd.Exponential(sigma, seed=1), rd.HalfNormal(sigma, seed=1),
+              rd.Gamma(sigma, ones, seed=1), rd.Beta(sigma, ones, seed=1), rd.Dirichlet(probs + 1, seed=1),
+              rd.RelaxedBernoulli(0.5, probs=probs, seed=1), rd.RelaxedBernoulli(torch.tensor(0.5), probs=probs, seed=1),
+              rd.RelaxedOneHotCategorical(0.5, probs=probs, seed=1)]
+    for d in seeded:
+        assert torch.equal(d.rsample(), d.rsample()), type(d).__name__  # the seed alone still decides
         with pytest.raises(ValueError, match="given seed= in its constructor .*without one to pass a generator"):
             d.rsample(generator=torch.Generator().manual_seed(0))
+        with pytest.raises(ValueError, match="given seed= in its constructor"):
+            d.sample(generator=torch.Generator().manual_seed(0))
 
 
 # ----------------------------------------------------------------- nn heads

@@ -1,6 +1,10 @@
 """Every relative link in README.md, docs/ and the benchmark result pages names a file that exists, and every
 #anchor one of that page's headings, as GitHub renders them: the README's tables point into long pages
-(docs/performance.md is a journal of passes), and a heading renamed there silently breaks a link here."""
+(docs/performance.md is a journal of passes), and a heading renamed there silently breaks a link here.
+
+The anchors are slugged from the heading's Markdown source, which is GitHub's rendered text for the headings
+this project writes (words, numbers, code spans, punctuation); a heading with emphasis, a link or an HTML entity
+in it would need the rendered text. Inline links only: reference-style links are not checked."""
 import pathlib
 import re
 

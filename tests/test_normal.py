@@ -386,7 +386,8 @@ def test_bad_input_raises_clear_error_and_leaves_inputs(kwargs, error, pattern):
         assert torch.equal(tensor, snapshots[name]), f"{name} was modified"
 
 
-@pytest.mark.parametrize("layout", ["sparse", "mkldnn", "nested"])
+@pytest.mark.parametrize("layout", ["sparse", pytest.param("mkldnn", marks=pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="this torch was built without MKL-DNN")), "nested"])
 def test_layouts_the_kernels_do_not_read_are_refused_naming_the_argument(layout):
     """Sparse, MKL-DNN and nested tensors reached the dispatcher or torch internals, whose errors name no argument
     (a nested one's asked the user to file an issue with torch): a user trial."""
