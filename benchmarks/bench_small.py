@@ -330,6 +330,44 @@ def _distribution_rows(log2_sizes, rounds, rows):
             rows.append({"case": case, "numel": 2**log2, "ours_us": best["rtrick_ops"], "torch_us": best["torch"]})
 
 
+MODEL_LATENT, MODEL_FEATURES = 32, 64
+
+
+def model_step_sweep(log2_sizes, rounds):
+    """The sampler inside a training step, as a VAE calls it: a linear encoder's output chunked into mu and
+    log_sigma (strided views), the sample, a linear decoder, a squared-error loss and torch.autograd.grad to the
+    four weights. One torch.autograd.grad serves the whole step, so its fixed cost, which caps the single-op
+    ratios above, is paid once; but each op now runs after the others have filled the caches with their own
+    code and data. The step with z = mu (no sampling) is the baseline, so a provider's step minus that one is
+    its sampler's cost in the step (forward and backward)."""
+    rows = []
+    for log2 in log2_sizes:
+        generator = torch.Generator().manual_seed(log2)
+        batch = max(1, 2**log2 // MODEL_LATENT)
+        encoder, decoder = torch.nn.Linear(MODEL_FEATURES, 2 * MODEL_LATENT), torch.nn.Linear(MODEL_LATENT, MODEL_FEATURES)
+        weights = (*encoder.parameters(), *decoder.parameters())
+        x = torch.randn(batch, MODEL_FEATURES, generator=generator)
+
+        def training_step(sampler):
+            def run():
+                mu, log_sigma = encoder(x).chunk(2, dim=-1)
+                loss = (decoder(sampler(mu, log_sigma)) - x).square().mean()
+                return torch.autograd.grad(loss, weights)
+            return run
+
+        calls = {"no sampling": training_step(lambda mu, log_sigma: mu),
+                 "eager": training_step(lambda mu, log_sigma: _eager_normal(mu, log_sigma)[0]),
+                 "rtrick_ops": training_step(rt.normal_rsample)}
+        for call in calls.values():
+            for _ in range(3):
+                call()
+        times = harness.measure_alternating(calls, rounds, {name: block_size(call) for name, call in calls.items()})
+        best = {name: 1e6 * min(seconds) for name, seconds in times.items()}
+        rows.append({"numel": batch * MODEL_LATENT, "none_us": best["no sampling"], "eager_us": best["eager"],
+                     "ours_us": best["rtrick_ops"]})
+    return rows
+
+
 def write_plot(path, rows, threads_list):
     from plotting import line_chart
 
@@ -362,6 +400,8 @@ def main(argv=None):
                              "quick: 11,14)")
     parser.add_argument("--distribution-sizes", default="11,12,14,16",
                         help="log2 sizes of the drop-in classes' sweep, 1 thread (empty skips it; quick: 11)")
+    parser.add_argument("--model-sizes", default="11,12,14",
+                        help="log2 of the latent's elements for the training-step sweep ('' to skip)")
     parser.add_argument("--isa", default="auto",
                         help="force the CPU kernels' instruction set for the cases, the noise and the classes' "
                              "sweeps (rt.set_cpu_isa: default, avx2, avx512; recorded as cpu_isa); the forced-ISA "
@@ -410,35 +450,45 @@ def main(argv=None):
             print(f"{threads_list[0]} thr  2^{row['numel'].bit_length() - 1} normal_rsample isa={row['isa']:7s} "
                   f"{'fwd+bwd' if row['mode'] == 'full' else row['mode']:8s}{row['best_us']:9.1f} us  "
                   f"{row['speedup_vs_eager']:5.2f}x eager", flush=True)
-    noise_rows = []
-    noise_sizes = "11,14" if args.quick else args.noise_sweep_sizes
-    if noise_sizes:
-        torch.set_num_threads(threads_list[0])
-        noise_rows = saved_noise_sweep([int(s) for s in noise_sizes.split(",")], rounds)
-        for row in noise_rows:
-            print(f"{threads_list[0]} thr  2^{row['numel'].bit_length() - 1:<2d} {row['case']:22s} fwd+bwd  noise saved "
-                  f"{row['saved_us']:9.1f} us {row['eager_us'] / row['saved_us']:5.2f}x eager, regenerated "
-                  f"{row['regenerated_us']:9.1f} us {row['eager_us'] / row['regenerated_us']:5.2f}x", flush=True)
-    dist_rows = []
-    dist_sizes = "11" if args.quick else args.distribution_sizes
-    if dist_sizes:
-        torch.set_num_threads(threads_list[0])
-        dist_rows = distribution_sweep([int(s) for s in dist_sizes.split(",")], rounds)
-        for row in dist_rows:
-            print(f"{threads_list[0]} thr  2^{row['numel'].bit_length() - 1:<2d} distributions.{row['case']:18s} "
-                  f"build+rsample+grad {row['ours_us']:9.1f} us  {row['torch_us'] / row['ours_us']:5.2f}x torch's class",
-                  flush=True)
+    threads = threads_list[0]
+    noise_rows = run_sweep(saved_noise_sweep, "11,14" if args.quick else args.noise_sweep_sizes, threads, rounds,
+                           lambda row: f"{row['case']:22s} fwd+bwd  noise saved {row['saved_us']:9.1f} us "
+                                       f"{row['eager_us'] / row['saved_us']:5.2f}x eager, regenerated "
+                                       f"{row['regenerated_us']:9.1f} us {row['eager_us'] / row['regenerated_us']:5.2f}x")
+    dist_rows = run_sweep(distribution_sweep, "11" if args.quick else args.distribution_sizes, threads, rounds,
+                          lambda row: f"distributions.{row['case']:18s} build+rsample+grad {row['ours_us']:9.1f} us  "
+                                      f"{row['torch_us'] / row['ours_us']:5.2f}x torch's class")
+    model_rows = run_sweep(model_step_sweep, "11" if args.quick else args.model_sizes, threads, rounds,
+                           lambda row: f"training step: no sampling {row['none_us']:7.1f} us, eager "
+                                       f"{row['eager_us']:7.1f} us, rtrick_ops {row['ours_us']:7.1f} us "
+                                       f"({row['eager_us'] / row['ours_us']:4.2f}x); the sampler's share: eager "
+                                       f"{row['eager_us'] - row['none_us']:6.1f} us, rtrick_ops "
+                                       f"{row['ours_us'] - row['none_us']:6.1f} us")
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "bench_small_cpu")
     per_thread = [{**environment, **row, "threads": row["threads"]} for row in rows]
     harness.append_csv(stem + ".csv", {}, per_thread, CSV_COLUMNS)
-    write_markdown(stem + ".md", environment, rows, fixed, threads_list, sizes, isa_rows, noise_rows, dist_rows)
+    write_markdown(stem + ".md", environment, rows, fixed, threads_list, sizes, isa_rows, noise_rows, dist_rows,
+                   model_rows)
     write_plot(stem + ".png", rows, threads_list)
     print(f"results written to {stem}.csv, {stem}.md and {stem}.png")
     return rows, fixed
 
 
-def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows=(), noise_rows=(), dist_rows=()):
+def run_sweep(sweep, sizes, threads, rounds, describe):
+    """One of the sweeps run at the first thread count: its rows for the sizes (log2, comma-separated; none for
+    ''), each printed as describe(row) says."""
+    if not sizes:
+        return []
+    torch.set_num_threads(threads)
+    rows = sweep([int(size) for size in sizes.split(",")], rounds)
+    for row in rows:
+        print(f"{threads} thr  2^{row['numel'].bit_length() - 1:<2d} {describe(row)}", flush=True)
+    return rows
+
+
+def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows=(), noise_rows=(), dist_rows=(),
+                   model_rows=()):
     lines = ["# rtrick_ops at small sizes (CPU)", "",
              f"{environment['timestamp']} | {harness.cpu_environment_line(environment)}", "",
              "float32, parameters requiring grad. Per-call time of the fastest of several blocks timed in alternation with "
@@ -502,6 +552,19 @@ def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows
         for case in dict.fromkeys(r["case"] for r in dist_rows):
             lines.append(f"| {case} | " + " | ".join(f"{r['torch_us'] / r['ours_us']:.2f} ({r['ours_us']:.0f} us)"
                                                       for r in dist_rows if r["case"] == case) + " |")
+    if model_rows:
+        lines += ["", f"## Inside a training step ({threads_list[0]} thread(s))", "",
+                  f"A linear encoder (features {MODEL_FEATURES}) whose output is chunked into mu and log_sigma (latent "
+                  f"{MODEL_LATENT}, strided views), the sampler, a linear decoder, a squared-error loss, and one "
+                  "torch.autograd.grad to the four weights; the step with z = mu is the baseline, and a provider's "
+                  "step minus it is its sampler's share (forward and backward). The machine may be loaded: read "
+                  "differences of a few us as noise.", "",
+                  "| elements | step, no sampling (us) | step, eager | step, rtrick_ops | step x eager | "
+                  "sampler's share, eager (us) | sampler's share, rtrick_ops (us) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| 2^{r['numel'].bit_length() - 1} | {r['none_us']:.1f} | {r['eager_us']:.1f} | {r['ours_us']:.1f} | "
+                  f"{r['eager_us'] / r['ours_us']:.2f} | {r['eager_us'] - r['none_us']:.1f} | "
+                  f"{r['ours_us'] - r['none_us']:.1f} |" for r in model_rows]
     with open(path, "w") as file:
         file.write("\n".join(lines) + "\n")
 

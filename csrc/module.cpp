@@ -94,25 +94,42 @@ bool plain_cpu_tensor(const at::Tensor& t, bool any_strides = false) {
          !t.is_conj() && !t.is_neg();
 }
 
-// Whether a float32/float64 tensor (contiguous, or expanded from one) leaves the domain; nullopt for
-// other dtypes and layouts. The row kernels' vectorised scan, split across threads past
+// Whether a float32/float64 tensor (contiguous, expanded from one, or in rows: ContiguousRuns) leaves the
+// domain; nullopt for other dtypes and layouts. The row kernels' vectorised scan, split across threads past
 // kDomainCheckGrain elements (a pass over a 2^22 tensor took a third of the fused forward's time as a
 // scalar loop).
 constexpr int64_t kDomainCheckGrain = int64_t(1) << 16;
 
+// Runs shorter than this are scanned in a contiguous copy instead: a call of the scan per run of one to three
+// values costs more than the copy (a dispatched op, about 1-2 us) once there are a few hundred of them.
+constexpr int64_t kMinScannedRun = 4;
+
 std::optional<bool> domain_violated(const at::Tensor& t, rtrick::cpu::ValueDomain domain) {
   const bool f64 = t.scalar_type() == at::kDouble;
   if (!f64 && t.scalar_type() != at::kFloat) return std::nullopt;
-  const std::optional<int64_t> count = rtrick::cpu::distinct_values(t);
-  if (!count) return std::nullopt;
   const auto& kernels = rtrick::cpu::active_row_kernels();
   const char* values = static_cast<const char*>(t.const_data_ptr());
   const int64_t item = t.element_size();
+  const auto outside_at = [&](int64_t offset, int64_t len) {
+    return kernels.outside_domain(f64, values + offset * item, len, static_cast<int32_t>(domain));
+  };
   std::atomic<bool> outside{false};
-  at::parallel_for(0, *count, kDomainCheckGrain, [&](int64_t begin, int64_t end) {
-    if (!outside.load(std::memory_order_relaxed) &&
-        kernels.outside_domain(f64, values + begin * item, end - begin, static_cast<int32_t>(domain)))
-      outside.store(true, std::memory_order_relaxed);
+  if (const std::optional<int64_t> count = rtrick::cpu::distinct_values(t)) {
+    at::parallel_for(0, *count, kDomainCheckGrain, [&](int64_t begin, int64_t end) {
+      if (!outside.load(std::memory_order_relaxed) && outside_at(begin, end - begin))
+        outside.store(true, std::memory_order_relaxed);
+    });
+    return outside.load();
+  }
+  // Rows of values between other memory (a head's chunk() views): each row where it lies, never the memory
+  // between them, which belongs to another tensor. Until 2026-12-05 a contiguous copy was scanned, 2-5 us of
+  // a VAE step's sampler at 2^11 elements.
+  const std::optional<rtrick::cpu::ContiguousRuns> runs = rtrick::cpu::contiguous_runs(t);
+  if (!runs || runs->run < kMinScannedRun) return std::nullopt;
+  const int64_t rows_a_task = std::max<int64_t>(1, kDomainCheckGrain / runs->run);
+  at::parallel_for(0, runs->count, rows_a_task, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end && !outside.load(std::memory_order_relaxed); ++index)
+      if (outside_at(rtrick::cpu::run_offset(*runs, index), runs->run)) outside.store(true, std::memory_order_relaxed);
   });
   return outside.load();
 }
@@ -123,7 +140,7 @@ rtrick::cpu::ValueDomain scale_domain(bool positive) {
 }
 
 // The two scans' answer to Python: True or False for a plain float32/float64 CPU tensor,
-// contiguous or expanded from one, None for anything else (a vmap BatchedTensor, a subclass,
+// contiguous, expanded from one or in rows, None for anything else (a vmap BatchedTensor, a subclass,
 // meta, CUDA, other strides, another dtype), which the caller's torch-op check then handles.
 PyObject* scan_answer(PyObject* tensor_obj, rtrick::cpu::ValueDomain domain) {
   if (!THPVariable_Check(tensor_obj)) Py_RETURN_NONE;
@@ -136,7 +153,7 @@ PyObject* scan_answer(PyObject* tensor_obj, rtrick::cpu::ValueDomain domain) {
 }
 
 // scale_domain_violated(tensor, positive): whether a float32/float64 CPU tensor
-// (contiguous or expanded from one) has a value <= 0 (positive=True: scale "sigma", "rate") or equal to -inf
+// (contiguous, expanded from one or in rows) has a value <= 0 (positive=True: scale "sigma", "rate") or equal to -inf
 // (positive=False: "log_sigma", "logvar", "softplus"), in one pass without
 // allocating. None for any other tensor: the Python check (torch ops) handles it,
 // and also writes the error message when this says True.
@@ -149,8 +166,8 @@ PyObject* scale_domain_violated(PyObject*, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
-// constraint_violated(tensor, name): whether a float32/float64 CPU tensor (contiguous or
-// expanded from one) breaks
+// constraint_violated(tensor, name): whether a float32/float64 CPU tensor (contiguous,
+// expanded from one or in rows) breaks
 // torch.distributions' constraint `name`, "real" (a NaN) or "positive" (a value not above 0, NaN
 // included), in one pass without allocating; None for any other tensor. torch's constraint.check
 // builds a bool tensor and reduces it, a sync and three dispatched ops per parameter; the drop-in
@@ -381,17 +398,14 @@ std::optional<FastInputs> fast_inputs(PyObject* first_obj, PyObject* second_obj,
 #undef RT_DOMAIN
   if (!known) return std::nullopt;
   if (validate) {
-    // The scan reads memory in order: a strided scale_param (chunk() of a layer's output) is scanned in a
-    // contiguous copy, about a microsecond at 2^12 elements, where the Python path costs tens; an expanded
-    // one (a number broadcast beside the location) where it lies.
-    at::Tensor scanned;
-    if (rtrick::cpu::distinct_values(second)) {
-      scanned = second;
-    } else {
+    // The scan reads scale_param where it lies: contiguous, expanded (a number broadcast beside the location)
+    // or in rows (chunk() of a layer's output). Other strides (a transposed tensor, runs shorter than
+    // kMinScannedRun) are scanned in a contiguous copy, a microsecond or two, where the Python check costs tens.
+    std::optional<bool> outside = domain_violated(second, scale_domain(positive));
+    if (!outside) {
       at::NoGradGuard no_grad;
-      scanned = second.contiguous();
+      outside = domain_violated(second.contiguous(), scale_domain(positive));
     }
-    const std::optional<bool> outside = domain_violated(scanned, scale_domain(positive));
     if (!outside || *outside) return std::nullopt;  // the Python check reports it
   }
   std::optional<at::Tensor> rng_state = fast_rng_state(seed_obj);

@@ -150,6 +150,52 @@ def test_c_domain_check_finds_one_value_anywhere(isa, dtype):
 _THREADS = torch.get_num_threads()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_c_domain_check_reads_rows_where_they_lie(dtype):
+    """A head's chunk() views are rows of values between the other chunk's: the scan reads each row where it
+    lies (until 2026-12-05 it scanned a contiguous copy, 2-5 us of a VAE step's sampler), finds a value
+    anywhere in any row, and never reads the memory between rows, which holds another tensor's values. Runs
+    of fewer than 4 values and transposed tensors are left to the copy (None here)."""
+    check = _checks._scale_domain_violated
+    if check is None:
+        pytest.skip("this build has no C++ domain check")
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for rows, width in ((1, 4), (5, 4), (64, 32), (4096, 32), (3, 37)):  # 4096 x 32: split across threads
+                head = torch.full((rows, 2 * width), 0.25, dtype=dtype)
+                head[:, :width] = -math.inf  # the other chunk, between the rows: never read
+                view = head.chunk(2, dim=-1)[1]
+                assert rows == 1 or not view.is_contiguous()
+                assert check(view, True) is False and check(view, False) is False
+                for row, column in {(0, 0), (rows - 1, width - 1), (rows // 2, width // 2), (rows - 1, 0)}:
+                    bad = head.clone()
+                    bad[row, width + column] = 0.0
+                    assert check(bad.chunk(2, dim=-1)[1], True) is True, (rows, width, row, column)
+                    assert check(bad.chunk(2, dim=-1)[1], False) is False
+            # Dimensions that merge (a 3-d head), ones that do not (every other row), an expanded one, and the
+            # layouts left to the copy.
+            block = torch.full((4, 6, 16), 0.5, dtype=dtype)
+            block[..., :8] = 0.0
+            assert check(block[..., 8:], True) is False
+            assert check(block[:, 1:5:2, 8:], True) is False
+            block[3, 3, 15] = 0.0
+            assert check(block[..., 8:], True) is True and check(block[:, 1:5:2, 8:], True) is True
+            assert check(block[:, 0:5:2, 8:], True) is False  # row 3 of each block skipped: never read
+            assert check(head.chunk(2, dim=-1)[1].unsqueeze(0).expand(3, -1, -1), True) is False
+            assert check(torch.full((8, 3), 0.5, dtype=dtype)[:, :2], True) is None  # runs of 2
+            assert check(torch.full((8, 8), 0.5, dtype=dtype).t()[:, :4], True) is None  # transposed
+    finally:
+        torch.set_num_threads(_THREADS)
+    # End to end: the sampler's check reads the chunk it is given, not its neighbour.
+    head = torch.zeros(64, 8, dtype=dtype)
+    head[:, :4] = -math.inf
+    mu, log_sigma = torch.zeros(64, 4, dtype=dtype), head.chunk(2, dim=-1)[1]
+    rt.normal_rsample(mu, log_sigma, validate_args=True)
+    with pytest.raises(ValueError, match="scale_param must be"):
+        rt.normal_rsample(mu, head.chunk(2, dim=-1)[0], validate_args=True)
+
+
 def _grads(fn, *params):
     outputs = fn(*params)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)

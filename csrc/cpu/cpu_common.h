@@ -55,6 +55,53 @@ inline std::optional<int64_t> distinct_values(const at::Tensor& t) {
   return expected_stride;
 }
 
+// A tensor's values as equal runs of contiguous elements: `run` elements at each offset an odometer over
+// `outer_sizes` / `outer_strides` reaches (in elements, from the data pointer; innermost last). Dimensions of
+// size 1 or stride 0 are left out, since an expanded dimension repeats values already counted, and
+// neighbouring dimensions that lie one after another in memory merge into one. A head's chunk() views, rows
+// of contiguous values between the other chunk's, are the common case. nullopt where the innermost remaining
+// stride is not 1 (a transposed tensor): no run of more than one element.
+struct ContiguousRuns {
+  int64_t run = 0, count = 0;  // elements a run, runs
+  c10::SmallVector<int64_t, 6> outer_sizes, outer_strides;
+};
+
+inline std::optional<ContiguousRuns> contiguous_runs(const at::Tensor& t) {
+  ContiguousRuns runs;
+  runs.run = 1;
+  runs.count = 1;
+  bool in_run = true;
+  for (int64_t dim = t.dim() - 1; dim >= 0; --dim) {
+    const int64_t size = t.size(dim), stride = t.stride(dim);
+    if (size == 0) return ContiguousRuns{};  // no values: no runs
+    if (size == 1 || stride == 0) continue;
+    if (in_run && stride == runs.run) {
+      runs.run *= size;
+      continue;
+    }
+    if (runs.run == 1) return std::nullopt;  // the innermost stride is not 1
+    in_run = false;
+    if (!runs.outer_sizes.empty() && stride == runs.outer_sizes.front() * runs.outer_strides.front()) {
+      runs.outer_sizes.front() *= size;  // steps over the whole dimension inside it: one dimension
+    } else {
+      runs.outer_sizes.insert(runs.outer_sizes.begin(), size);
+      runs.outer_strides.insert(runs.outer_strides.begin(), stride);
+    }
+    runs.count *= size;
+  }
+  return runs;
+}
+
+// The offset (in elements) of run `index` of `runs`, in the order the odometer reaches them.
+inline int64_t run_offset(const ContiguousRuns& runs, int64_t index) {
+  int64_t offset = 0;
+  for (int64_t dim = static_cast<int64_t>(runs.outer_sizes.size()) - 1; dim >= 0; --dim) {
+    offset += (index % runs.outer_sizes[dim]) * runs.outer_strides[dim];
+    index /= runs.outer_sizes[dim];
+  }
+  return offset;
+}
+
 // How a loop over a tensor's elements in order steps through its memory: 1 where it is contiguous, 0
 // where it holds one value (a scalar expanded: read at 0 only, never past it), nullopt otherwise.
 inline std::optional<int64_t> element_step(const at::Tensor& t) {
