@@ -401,7 +401,8 @@ def main(argv=None):
     parser.add_argument("--distribution-sizes", default="11,12,14,16",
                         help="log2 sizes of the drop-in classes' sweep, 1 thread (empty skips it; quick: 11)")
     parser.add_argument("--model-sizes", default="11,12,14",
-                        help="log2 of the latent's elements for the training-step sweep ('' to skip)")
+                        help="log2 of the latent's elements for the training-step sweep, 5 or more (rows of 32; "
+                             "'' to skip)")
     parser.add_argument("--isa", default="auto",
                         help="force the CPU kernels' instruction set for the cases, the noise and the classes' "
                              "sweeps (rt.set_cpu_isa: default, avx2, avx512; recorded as cpu_isa); the forced-ISA "
@@ -557,12 +558,15 @@ def write_markdown(path, environment, rows, fixed, threads_list, sizes, isa_rows
                   f"A linear encoder (features {MODEL_FEATURES}) whose output is chunked into mu and log_sigma (latent "
                   f"{MODEL_LATENT}, strided views), the sampler, a linear decoder, a squared-error loss, and one "
                   "torch.autograd.grad to the four weights; the step with z = mu is the baseline, and a provider's "
-                  "step minus it is its sampler's share (forward and backward). The machine may be loaded: read "
+                  "step minus it is its sampler's share (forward and backward; the baseline's backward fills the "
+                  "unused log_sigma's gradient with zeros, about a microsecond, the same for both). rtrick_ops "
+                  "checks log_sigma's values (validate_args on), eager does not. The machine may be loaded: read "
                   "differences of a few us as noise.", "",
                   "| elements | step, no sampling (us) | step, eager | step, rtrick_ops | step x eager | "
                   "sampler's share, eager (us) | sampler's share, rtrick_ops (us) |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| 2^{r['numel'].bit_length() - 1} | {r['none_us']:.1f} | {r['eager_us']:.1f} | {r['ours_us']:.1f} | "
+        lines += [f"| 2^{r['numel'].bit_length() - 1} | {r['none_us']:.1f} | {r['eager_us']:.1f} | "
+                  f"{r['ours_us']:.1f} | "
                   f"{r['eager_us'] / r['ours_us']:.2f} | {r['eager_us'] - r['none_us']:.1f} | "
                   f"{r['ours_us'] - r['none_us']:.1f} |" for r in model_rows]
     with open(path, "w") as file:

@@ -126,10 +126,17 @@ std::optional<bool> domain_violated(const at::Tensor& t, rtrick::cpu::ValueDomai
   // a VAE step's sampler at 2^11 elements.
   const std::optional<rtrick::cpu::ContiguousRuns> runs = rtrick::cpu::contiguous_runs(t);
   if (!runs || runs->run < kMinScannedRun) return std::nullopt;
-  const int64_t rows_a_task = std::max<int64_t>(1, kDomainCheckGrain / runs->run);
-  at::parallel_for(0, runs->count, rows_a_task, [&](int64_t begin, int64_t end) {
-    for (int64_t index = begin; index < end && !outside.load(std::memory_order_relaxed); ++index)
-      if (outside_at(rtrick::cpu::run_offset(*runs, index), runs->run)) outside.store(true, std::memory_order_relaxed);
+  // Rows longer than the grain are split into pieces of it, so that two long rows (a (2, n) chunk) still
+  // spread over every thread; shorter rows go several to a task.
+  const int64_t piece = std::min(runs->run, kDomainCheckGrain);
+  const int64_t pieces_a_run = (runs->run + piece - 1) / piece;
+  const int64_t pieces_a_task = std::max<int64_t>(1, kDomainCheckGrain / (piece * pieces_a_run));
+  at::parallel_for(0, runs->count * pieces_a_run, pieces_a_task, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end && !outside.load(std::memory_order_relaxed); ++index) {
+      const int64_t start = (index % pieces_a_run) * piece;
+      if (outside_at(rtrick::cpu::run_offset(*runs, index / pieces_a_run) + start, std::min(piece, runs->run - start)))
+        outside.store(true, std::memory_order_relaxed);
+    }
   });
   return outside.load();
 }

@@ -43,8 +43,9 @@ _SCANNED_CONSTRAINTS = ((constraints.real, "real"), (constraints.positive, "posi
 
 def _parameters_pass_scan(dist):
     """Whether the C++ scan finds every parameter torch's check would read inside its constraint. False where
-    it finds one outside, or cannot read one (not a contiguous float32/float64 CPU tensor, a constraint it does
-    not know, no _C, torch.compile tracing): then torch's own check decides."""
+    it finds one outside, or cannot read one (not a float32/float64 CPU tensor that is contiguous, expanded
+    from one or in rows of at least 4 values; a constraint it does not know; no _C; torch.compile tracing):
+    then torch's own check decides."""
     scan = _checks.constraint_violated
     if scan is None or _checks.is_compiling():
         return False

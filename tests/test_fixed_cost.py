@@ -185,6 +185,19 @@ def test_c_domain_check_reads_rows_where_they_lie(dtype):
             assert check(head.chunk(2, dim=-1)[1].unsqueeze(0).expand(3, -1, -1), True) is False
             assert check(torch.full((8, 3), 0.5, dtype=dtype)[:, :2], True) is None  # runs of 2
             assert check(torch.full((8, 8), 0.5, dtype=dtype).t()[:, :4], True) is None  # transposed
+            # Two rows longer than the grain (2^16): split into pieces, the last piece's last value found.
+            wide = torch.full((2, 2 * 3 * 2**16 + 10), 0.5, dtype=dtype)
+            wide[:, : 3 * 2**16 + 5] = 0.0
+            assert check(wide.chunk(2, dim=-1)[1], True) is False
+            wide[1, -1] = 0.0
+            assert check(wide.chunk(2, dim=-1)[1], True) is True
+            # The drop-in classes' constraint scan reads rows the same way.
+            scan = _checks.constraint_violated
+            rows = torch.full((16, 12), 1.0, dtype=dtype)
+            rows[:, :6] = -1.0
+            assert scan(rows[:, 6:], "positive") is False and scan(rows[:, :6], "positive") is True
+            rows[:, :6] = math.nan
+            assert scan(rows[:, 6:], "real") is False and scan(rows[:, :6], "real") is True
     finally:
         torch.set_num_threads(_THREADS)
     # End to end: the sampler's check reads the chunk it is given, not its neighbour.
