@@ -107,34 +107,28 @@ constexpr int64_t kMinScannedRun = 4;
 std::optional<bool> domain_violated(const at::Tensor& t, rtrick::cpu::ValueDomain domain) {
   const bool f64 = t.scalar_type() == at::kDouble;
   if (!f64 && t.scalar_type() != at::kFloat) return std::nullopt;
+  // Rows of values between other memory (a head's chunk() views) are scanned where they lie, never the memory
+  // between them, which belongs to another tensor; a contiguous or expanded tensor is one row. Until
+  // 2026-12-05 a strided tensor was scanned in a contiguous copy, 2-5 us of a VAE step's sampler at 2^11.
+  const std::optional<rtrick::cpu::ContiguousRuns> runs = rtrick::cpu::contiguous_runs(t);
+  if (!runs) return std::nullopt;
+  if (runs->count == 0 || runs->run == 0) return false;  // no values
+  if (runs->count > 1 && runs->run < kMinScannedRun) return std::nullopt;
   const auto& kernels = rtrick::cpu::active_row_kernels();
   const char* values = static_cast<const char*>(t.const_data_ptr());
   const int64_t item = t.element_size();
-  const auto outside_at = [&](int64_t offset, int64_t len) {
-    return kernels.outside_domain(f64, values + offset * item, len, static_cast<int32_t>(domain));
-  };
-  std::atomic<bool> outside{false};
-  if (const std::optional<int64_t> count = rtrick::cpu::distinct_values(t)) {
-    at::parallel_for(0, *count, kDomainCheckGrain, [&](int64_t begin, int64_t end) {
-      if (!outside.load(std::memory_order_relaxed) && outside_at(begin, end - begin))
-        outside.store(true, std::memory_order_relaxed);
-    });
-    return outside.load();
-  }
-  // Rows of values between other memory (a head's chunk() views): each row where it lies, never the memory
-  // between them, which belongs to another tensor. Until 2026-12-05 a contiguous copy was scanned, 2-5 us of
-  // a VAE step's sampler at 2^11 elements.
-  const std::optional<rtrick::cpu::ContiguousRuns> runs = rtrick::cpu::contiguous_runs(t);
-  if (!runs || runs->run < kMinScannedRun) return std::nullopt;
-  // Rows longer than the grain are split into pieces of it, so that two long rows (a (2, n) chunk) still
-  // spread over every thread; shorter rows go several to a task.
+  // Rows longer than the grain are split into pieces of it, so that one long row, or two (a (2, n) chunk),
+  // still spread over every thread; shorter rows go several to a task.
   const int64_t piece = std::min(runs->run, kDomainCheckGrain);
   const int64_t pieces_a_run = (runs->run + piece - 1) / piece;
   const int64_t pieces_a_task = std::max<int64_t>(1, kDomainCheckGrain / (piece * pieces_a_run));
+  std::atomic<bool> outside{false};
   at::parallel_for(0, runs->count * pieces_a_run, pieces_a_task, [&](int64_t begin, int64_t end) {
     for (int64_t index = begin; index < end && !outside.load(std::memory_order_relaxed); ++index) {
       const int64_t start = (index % pieces_a_run) * piece;
-      if (outside_at(rtrick::cpu::run_offset(*runs, index / pieces_a_run) + start, std::min(piece, runs->run - start)))
+      const int64_t offset = rtrick::cpu::run_offset(*runs, index / pieces_a_run) + start;
+      if (kernels.outside_domain(f64, values + offset * item, std::min(piece, runs->run - start),
+                                 static_cast<int32_t>(domain)))
         outside.store(true, std::memory_order_relaxed);
     }
   });

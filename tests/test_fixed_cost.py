@@ -83,6 +83,11 @@ def test_c_domain_check_answers():
     assert check(torch.tensor([1.0, -math.inf]), True) is True
     assert check(torch.ones(4, 2)[:, 0], True) is None  # strided
     assert check(torch.ones(4, dtype=torch.float16), True) is None
+    # One scan serves contiguous, expanded and chunked tensors alike: the edge cases of "one row".
+    assert check(torch.empty(0), True) is False and check(torch.empty(3, 0), False) is False
+    assert check(torch.tensor(0.0), True) is True and check(torch.tensor(2.0), True) is False
+    assert check(torch.tensor(0.0).expand(5, 3), True) is True  # one value, read once
+    assert check(torch.tensor([3.0, 0.0]), True) is True  # a single run shorter than the copy's threshold
 
 
 @pytest.mark.parametrize("first_call", ["FakeTensorMode", "inference_mode"])
