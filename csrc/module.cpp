@@ -100,27 +100,30 @@ bool plain_cpu_tensor(const at::Tensor& t, bool any_strides = false) {
 // scalar loop).
 constexpr int64_t kDomainCheckGrain = int64_t(1) << 16;
 
-// Runs shorter than this are scanned in a contiguous copy instead: a call of the scan per run of one to three
-// values costs more than the copy (a dispatched op, about 1-2 us) once there are a few hundred of them.
+// Several runs shorter than this are scanned in a contiguous copy instead: a call of the scan per run of one to
+// three values costs more than the copy (a dispatched op, about 1-2 us) once there are a few hundred of them. A
+// single run of any length is scanned where it lies.
 constexpr int64_t kMinScannedRun = 4;
 
 std::optional<bool> domain_violated(const at::Tensor& t, rtrick::cpu::ValueDomain domain) {
   const bool f64 = t.scalar_type() == at::kDouble;
   if (!f64 && t.scalar_type() != at::kFloat) return std::nullopt;
+  if (t.numel() == 0) return false;  // whatever its strides (contiguous_runs may not reach the size-0 dimension)
   // Rows of values between other memory (a head's chunk() views) are scanned where they lie, never the memory
   // between them, which belongs to another tensor; a contiguous or expanded tensor is one row. Until
   // 2026-12-05 a strided tensor was scanned in a contiguous copy, 2-5 us of a VAE step's sampler at 2^11.
   const std::optional<rtrick::cpu::ContiguousRuns> runs = rtrick::cpu::contiguous_runs(t);
   if (!runs) return std::nullopt;
-  if (runs->count == 0 || runs->run == 0) return false;  // no values
   if (runs->count > 1 && runs->run < kMinScannedRun) return std::nullopt;
   const auto& kernels = rtrick::cpu::active_row_kernels();
   const char* values = static_cast<const char*>(t.const_data_ptr());
   const int64_t item = t.element_size();
-  // Rows longer than the grain are split into pieces of it, so that one long row, or two (a (2, n) chunk),
-  // still spread over every thread; shorter rows go several to a task.
-  const int64_t piece = std::min(runs->run, kDomainCheckGrain);
-  const int64_t pieces_a_run = (runs->run + piece - 1) / piece;
+  // A row longer than the grain is split into equal pieces, one a thread where it is long enough, as
+  // at::parallel_for splits a range: so one long row (a contiguous tensor), or two (a (2, n) chunk), spread over
+  // the threads as evenly as before the rows were read where they lie. Shorter rows go several to a task.
+  const int64_t grains_a_run = (runs->run + kDomainCheckGrain - 1) / kDomainCheckGrain;
+  const int64_t pieces_a_run = grains_a_run > 1 ? std::min<int64_t>(grains_a_run, at::get_num_threads()) : 1;
+  const int64_t piece = (runs->run + pieces_a_run - 1) / pieces_a_run;
   const int64_t pieces_a_task = std::max<int64_t>(1, kDomainCheckGrain / (piece * pieces_a_run));
   std::atomic<bool> outside{false};
   at::parallel_for(0, runs->count * pieces_a_run, pieces_a_task, [&](int64_t begin, int64_t end) {
@@ -400,7 +403,7 @@ std::optional<FastInputs> fast_inputs(PyObject* first_obj, PyObject* second_obj,
   if (!known) return std::nullopt;
   if (validate) {
     // The scan reads scale_param where it lies: contiguous, expanded (a number broadcast beside the location)
-    // or in rows (chunk() of a layer's output). Other strides (a transposed tensor, runs shorter than
+    // or in rows (chunk() of a layer's output). Other strides (a transposed tensor, several runs shorter than
     // kMinScannedRun) are scanned in a contiguous copy, a microsecond or two, where the Python check costs tens.
     std::optional<bool> outside = domain_violated(second, scale_domain(positive));
     if (!outside) {

@@ -83,10 +83,15 @@ def test_c_domain_check_answers():
     assert check(torch.tensor([1.0, -math.inf]), True) is True
     assert check(torch.ones(4, 2)[:, 0], True) is None  # strided
     assert check(torch.ones(4, dtype=torch.float16), True) is None
-    # One scan serves contiguous, expanded and chunked tensors alike: the edge cases of "one row".
+    # One scan serves contiguous, expanded and chunked tensors alike: the edge cases of "one row". The empty
+    # views and the expanded value lie in front of values outside the domain, which a scan reading past its
+    # tensor would find.
     assert check(torch.empty(0), True) is False and check(torch.empty(3, 0), False) is False
+    assert check(torch.zeros(4)[2:2], True) is False and check(torch.zeros(3, 4)[:, :0], True) is False
+    assert check(torch.zeros(0, 3, 4).transpose(1, 2), True) is False  # strided before its size-0 dimension
     assert check(torch.tensor(0.0), True) is True and check(torch.tensor(2.0), True) is False
-    assert check(torch.tensor(0.0).expand(5, 3), True) is True  # one value, read once
+    assert check(torch.tensor(0.0).expand(5, 3), True) is True
+    assert check(torch.tensor([2.0, 0.0])[:1].expand(5, 3), True) is False  # one value, read once
     assert check(torch.tensor([3.0, 0.0]), True) is True  # a single run shorter than the copy's threshold
 
 
@@ -132,7 +137,7 @@ def test_c_domain_check_finds_one_value_anywhere(isa, dtype):
     except ValueError:  # set_cpu_isa names an instruction set the CPU or build lacks
         pytest.skip(f"this CPU or build has no {isa} kernels")
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):  # 3: a long row's pieces are one a thread, up to one per 2^16 elements
             torch.set_num_threads(threads)
             for n in (1, 7, 2049, 3 * 2**16 + 5):
                 base = torch.full((n,), 0.25, dtype=dtype)
@@ -159,8 +164,8 @@ _THREADS = torch.get_num_threads()
 def test_c_domain_check_reads_rows_where_they_lie(dtype):
     """A head's chunk() views are rows of values between the other chunk's: the scan reads each row where it
     lies (until 2026-12-05 it scanned a contiguous copy, 2-5 us of a VAE step's sampler), finds a value
-    anywhere in any row, and never reads the memory between rows, which holds another tensor's values. Runs
-    of fewer than 4 values and transposed tensors are left to the copy (None here)."""
+    anywhere in any row, and never reads the memory between rows, which holds another tensor's values. Several
+    runs of fewer than 4 values and transposed tensors are left to the copy (None here)."""
     check = _checks._scale_domain_violated
     if check is None:
         pytest.skip("this build has no C++ domain check")
