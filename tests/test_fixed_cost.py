@@ -609,12 +609,19 @@ def test_short_broadcast_rows_long_rows_and_contiguous_inputs_give_the_same_bits
         for loc_shape, scale_shape, sample_shape in cases:
             loc = torch.randn(loc_shape, generator=g).to(dtype)
             raw = (0.3 * torch.randn(scale_shape, generator=g)).to(dtype)
-            for mu in (loc, loc.mT.contiguous().mT):  # contiguous and transposed (the last two dimensions)
+            # contiguous, transposed (the last two dimensions), and both in rows between other values (a
+            # head's chunk() views: the copy's rows are contiguous, with gaps between them)
+            def leaf(t, in_rows):  # what the call differentiates: a leaf, or a leaf's chunk() view
+                if not in_rows or t.dim() == 0:
+                    return t.clone().requires_grad_()
+                return torch.cat([-t, t], -1).requires_grad_()[..., t.shape[-1]:]
+            for mu, in_rows in ((loc, False), (loc.mT.contiguous().mT, False), (loc, True)):
                 shape = torch.broadcast_shapes(mu.shape, raw.shape)
                 full_mu, full_raw = mu.expand(shape).contiguous(), raw.expand(shape).contiguous()
                 for call in calls:
-                    case = (loc_shape, scale_shape, sample_shape, mu.is_contiguous())
-                    a = (mu.clone().requires_grad_(), raw.clone().requires_grad_())
+                    case = (loc_shape, scale_shape, sample_shape, mu.is_contiguous(), in_rows)
+                    a = (leaf(mu, in_rows), leaf(raw, in_rows))
+                    assert not (in_rows and math.prod(mu.shape[:-1]) > 1 and a[0].is_contiguous())
                     z = call(*a, sample_shape=sample_shape, seed=21)
                     assert torch.equal(_bits(z), _bits(call(full_mu, full_raw, sample_shape=sample_shape, seed=21))), case
                     weight = torch.randn(z.shape, generator=g).to(dtype)
