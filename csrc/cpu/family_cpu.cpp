@@ -112,8 +112,8 @@ void copy_rows(const at::Tensor& view, T* dst) {
     int64_t offset = 0;
     for (int64_t d = 0; d + 1 < dims; ++d) offset += index[d] * strides[d];
     const T* from = src + offset;
-    // A chunk()'s rows (step 1) as a plain copy, which is vectorised: the strided loop ran scalar, about 6
-    // instructions an element (docs/performance.md, forty-first pass).
+    // Rows with step 1 (a chunk()'s, a broadcast (1, k) scale's) as a plain copy, which is vectorised: the
+    // strided loop ran scalar, about 2 instructions an element (docs/performance.md, forty-first pass).
     if (step == 1) {
       std::copy(from, from + inner, dst);
     } else {
