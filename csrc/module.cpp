@@ -108,12 +108,12 @@ constexpr int64_t kMinScannedRun = 4;
 std::optional<bool> domain_violated(const at::Tensor& t, rtrick::cpu::ValueDomain domain) {
   const bool f64 = t.scalar_type() == at::kDouble;
   if (!f64 && t.scalar_type() != at::kFloat) return std::nullopt;
-  if (t.numel() == 0) return false;  // whatever its strides (contiguous_runs may not reach the size-0 dimension)
   // Rows of values between other memory (a head's chunk() views) are scanned where they lie, never the memory
   // between them, which belongs to another tensor; a contiguous or expanded tensor is one row. Until
   // 2026-12-05 a strided tensor was scanned in a contiguous copy, 2-5 us of a VAE step's sampler at 2^11.
   const std::optional<rtrick::cpu::ContiguousRuns> runs = rtrick::cpu::contiguous_runs(t);
   if (!runs) return std::nullopt;
+  if (runs->count == 0) return false;  // no values
   if (runs->count > 1 && runs->run < kMinScannedRun) return std::nullopt;
   const auto& kernels = rtrick::cpu::active_row_kernels();
   const char* values = static_cast<const char*>(t.const_data_ptr());

@@ -20,7 +20,8 @@ PLAIN_SHAPES = (tuple, torch.Size)
 is_compiling = torch.compiler.is_compiling
 
 # The scale-domain check in C++ (csrc/module.cpp): one pass over a float32/float64 CPU tensor that is
-# contiguous, expanded from one or in rows of at least 4 (a chunk() view), no allocation, about 0.2 us instead of three torch ops and a sync (5-10 us). None without _C.
+# contiguous, expanded from one, or in rows of at least 4 values (a chunk() view), without allocating:
+# about 0.2 us instead of three torch ops and a sync (5-10 us). None without _C.
 _scale_domain_violated = None
 # torch.distributions' constraints `real` and `positive` checked the same way (the drop-in classes'
 # parameter validation): True, False, or None where the tensor is not one it reads. None without _C.

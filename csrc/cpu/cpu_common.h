@@ -40,21 +40,6 @@ inline StreamKey read_rng_state(const at::Tensor& rng_state) {
   return StreamKey{static_cast<uint64_t>(v[0]), static_cast<uint64_t>(v[1])};
 }
 
-// How many values a tensor shows, each once, when it is a contiguous tensor expanded along stride-0
-// dimensions (broadcast_all makes a number beside a tensor a 0-d tensor expanded to its shape): the
-// values then lie one after another from its data pointer. nullopt for any other layout.
-inline std::optional<int64_t> distinct_values(const at::Tensor& t) {
-  if (t.numel() == 0) return 0;  // whatever its strides (torch.empty(3, 0) has (1, 1))
-  int64_t expected_stride = 1;
-  for (int64_t dim = t.dim() - 1; dim >= 0; --dim) {
-    const int64_t size = t.size(dim), stride = t.stride(dim);
-    if (size == 1 || stride == 0) continue;
-    if (stride != expected_stride) return std::nullopt;
-    expected_stride *= size;
-  }
-  return expected_stride;
-}
-
 // A tensor's values as equal runs of contiguous elements: `run` elements at each offset an odometer over
 // `outer_sizes` / `outer_strides` reaches (in elements, from the data pointer; innermost last). Dimensions of
 // size 1 or stride 0 are left out, since an expanded dimension repeats values already counted, and
@@ -62,18 +47,18 @@ inline std::optional<int64_t> distinct_values(const at::Tensor& t) {
 // of contiguous values between the other chunk's, are the common case. nullopt where the innermost remaining
 // stride is not 1 (a transposed tensor): no run of more than one element.
 struct ContiguousRuns {
-  int64_t run = 0, count = 0;  // elements a run, runs
+  int64_t run = 0, count = 0;  // elements a run, runs (both 0 for a tensor without values)
   c10::SmallVector<int64_t, 6> outer_sizes, outer_strides;
 };
 
 inline std::optional<ContiguousRuns> contiguous_runs(const at::Tensor& t) {
+  if (t.numel() == 0) return ContiguousRuns{};  // no values, whatever the strides (torch.empty(3, 0) has (1, 1))
   ContiguousRuns runs;
   runs.run = 1;
   runs.count = 1;
   bool in_run = true;
   for (int64_t dim = t.dim() - 1; dim >= 0; --dim) {
     const int64_t size = t.size(dim), stride = t.stride(dim);
-    if (size == 0) return ContiguousRuns{};  // no values: no runs
     if (size == 1 || stride == 0) continue;
     if (in_run && stride == runs.run) {
       runs.run *= size;
@@ -106,7 +91,8 @@ inline int64_t run_offset(const ContiguousRuns& runs, int64_t index) {
 // where it holds one value (a scalar expanded: read at 0 only, never past it), nullopt otherwise.
 inline std::optional<int64_t> element_step(const at::Tensor& t) {
   if (t.is_contiguous()) return 1;
-  if (distinct_values(t) == 1) return 0;
+  const std::optional<ContiguousRuns> runs = contiguous_runs(t);
+  if (runs && runs->count == 1 && runs->run == 1) return 0;  // every dimension of size 1 or stride 0
   return std::nullopt;
 }
 
