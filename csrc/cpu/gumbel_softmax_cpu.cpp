@@ -262,49 +262,182 @@ inline __attribute__((always_inline)) void soft_slab_impl(const T* x, const floa
   }
 }
 
-// Short rows (dim last, L < kShortRow, soft samples), a chunk of them at once:
-// v = logits + g and each row's max row by row, then the exponentials and the
-// divisions as flat loops over the whole chunk, with each row's max and sum
-// spread over its elements. Per row, a row of 10 left 2 of its exponentials
-// and divisions to scalar tails. Every value is computed as soft_slab_impl
-// computes it (the same exp((v - max) / tau), the row's sum in the CUDA
-// kernels' order, e / sum), so the bits are the same.
+// Short rows (dim last, L < kShortRow), kRowLanes of them side by side: lane
+// l of every loop below is row q0 + l, so the per-row reductions (the max, the
+// sum in the CUDA kernels' order) run as flat loops over the lanes, which
+// compilers vectorise, where row by row they were serial chains of 10 scalar
+// steps for a row of 10 (docs/performance.md, forty-second pass).
+//
+// A row of L whose first element is stream element b0 occupies slots
+// b0 % 4 .. b0 % 4 + L - 1 of 4 * width slots, so slots 4i .. 4i + 3 hold its
+// i-th Philox block: the block a CUDA thread sums (a row below kShortRow spans
+// at most 17 blocks, so a warp's thread owns at most one). width is the power
+// of two at or above the most blocks a row of L can span: the butterfly over
+// it adds the row's own butterfly's steps plus steps that add +0, which change
+// no bit (a block sum starts at +0, so it is never -0). The pads hold values
+// that leave the max and the sums as they were: -inf before the exponentials
+// (exp(-inf) = +0), +0 in the backward's products.
 constexpr int64_t kShortRow = 64;
+constexpr int64_t kRowLanes = 32;
+
+inline int64_t short_row_width(int64_t L) {
+  int64_t width = 1;
+  while (width < (L + 6) / 4) width <<= 1;
+  return width;
+}
 
 template <typename C>
 struct RowsScratch {
-  std::vector<C> v, spread, rowmax, partial;
-  RowsScratch(int64_t rows, int64_t L) : v(rows * L), spread(rows * L), rowmax(rows), partial(kGumbelBlockThreads) {}
+  int64_t width;
+  std::vector<C> slots, products, blocks;  // [4 * width][kRowLanes] twice, [width][kRowLanes]
+  alignas(64) C rowmax[kRowLanes];
+  alignas(64) C rowsum[kRowLanes];
+  alignas(64) int32_t rownan[kRowLanes];
+  explicit RowsScratch(int64_t L)
+      : width(short_row_width(L)),
+        slots(4 * width * kRowLanes),
+        products(4 * width * kRowLanes),
+        blocks(width * kRowLanes) {}
 };
+
+// sums[l] = the sum of lane l's slots in the CUDA kernels' order: each block's
+// elements from +0 in index order, then the butterfly over the blocks.
+template <typename C>
+inline __attribute__((always_inline)) void lane_sums_in_kernel_order(const C* slots, RowsScratch<C>& w,
+                                                                     C* sums) {
+  const int64_t width = w.width;
+  C* blocks = w.blocks.data();
+  for (int64_t i = 0; i < width; ++i) {
+    const C* s = slots + 4 * i * kRowLanes;
+    C* b = blocks + i * kRowLanes;
+    for (int64_t l = 0; l < kRowLanes; ++l)
+      b[l] = (((C(0) + s[l]) + s[kRowLanes + l]) + s[2 * kRowLanes + l]) + s[3 * kRowLanes + l];
+  }
+  for (int64_t offset = width / 2; offset > 0; offset >>= 1)
+    for (int64_t i = 0; i < offset; ++i) {
+      C* b = blocks + i * kRowLanes;
+      const C* other = blocks + (i + offset) * kRowLanes;
+      for (int64_t l = 0; l < kRowLanes; ++l) b[l] = b[l] + other[l];
+    }
+  for (int64_t l = 0; l < kRowLanes; ++l) sums[l] = blocks[l];
+}
+
+// The soft samples of rows q0 .. q0 + lanes - 1 (row r reads logits row
+// r % outer and the noise g + (r - g_row0) * L), left in w.slots (lane l,
+// slot b0 % 4 + j for element j), with w.rownan[l] set where the row has no
+// softmax (a NaN, or no finite max: NaN, value policy). The same operations as
+// soft_slab_impl's: v = logits + g, exp((v - max) / tau), e / sum.
+template <typename T, typename C>
+inline __attribute__((always_inline)) void short_rows_softmax(const T* x, int64_t outer, const float* g,
+                                                              int64_t g_row0, int64_t q0, int64_t lanes, int64_t L,
+                                                              C tau, RowsScratch<C>& w) {
+  // Slots from L + 3 on are pads in every lane (a row starts at slot 3 at the
+  // latest): +0 from the start, outside the max, the exponentials and the division.
+  const int64_t slot_count = 4 * w.width, used = std::min(slot_count, L + 3);
+  C* slots = w.slots.data();
+  std::fill(slots, slots + used * kRowLanes, -std::numeric_limits<C>::infinity());
+  std::fill(slots + used * kRowLanes, slots + slot_count * kRowLanes, C(0));
+  for (int64_t l = 0; l < lanes; ++l) {
+    const int64_t r = q0 + l;
+    const T* xr = x + (r % outer) * L;
+    const float* gr = g + (r - g_row0) * L;
+    C* s = slots + ((r * L) % 4) * kRowLanes + l;
+    for (int64_t j = 0; j < L; ++j) s[j * kRowLanes] = static_cast<C>(xr[j]) + static_cast<C>(gr[j]);
+  }
+  // Every lane is computed (a fixed trip count vectorises without tails);
+  // lanes past `lanes` hold only pads, and their results are not read.
+  C* m = w.rowmax;
+  int32_t* nan = w.rownan;
+  for (int64_t l = 0; l < kRowLanes; ++l) {
+    m[l] = -std::numeric_limits<C>::infinity();
+    nan[l] = 0;
+  }
+  for (int64_t c = 0; c < used; ++c) {
+    const C* s = slots + c * kRowLanes;
+    for (int64_t l = 0; l < kRowLanes; ++l) {
+      nan[l] |= s[l] != s[l];
+      m[l] = s[l] > m[l] ? s[l] : m[l];
+    }
+  }
+  for (int64_t l = 0; l < kRowLanes; ++l) nan[l] |= !is_finite(m[l]);
+  for (int64_t c = 0; c < used; ++c) {
+    C* s = slots + c * kRowLanes;
+    for (int64_t l = 0; l < kRowLanes; ++l) s[l] = exp_c((s[l] - m[l]) / tau);
+  }
+  lane_sums_in_kernel_order(slots, w, w.rowsum);
+  for (int64_t c = 0; c < used; ++c) {
+    C* s = slots + c * kRowLanes;
+    for (int64_t l = 0; l < kRowLanes; ++l) s[l] = s[l] / w.rowsum[l];
+  }
+}
 
 // Rows r0 .. r1 - 1 of length L (row r reads logits row r % outer, and the
 // noise g from index (r - r0) * L), written to y from row r0 on.
 template <typename T, typename C>
 inline __attribute__((always_inline)) void soft_rows_impl(const T* x, int64_t outer, const float* g, int64_t r0,
                                                           int64_t r1, int64_t L, C tau, RowsScratch<C>& w, T* y) {
-  const int64_t n = (r1 - r0) * L;
-  C* v = w.v.data();
-  C* spread = w.spread.data();
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* xr = x + (r % outer) * L;
-    const float* gr = g + (r - r0) * L;
-    C* vr = v + (r - r0) * L;
-    const C m = perturbed_row_max(xr, gr, L, vr);
-    w.rowmax[r - r0] = m;
-    for (int64_t j = 0; j < L; ++j) spread[(r - r0) * L + j] = m;
+  for (int64_t q0 = r0; q0 < r1; q0 += kRowLanes) {
+    const int64_t lanes = std::min(kRowLanes, r1 - q0);
+    short_rows_softmax(x, outer, g, r0, q0, lanes, L, tau, w);
+    for (int64_t l = 0; l < lanes; ++l) {
+      const int64_t r = q0 + l;
+      T* yr = y + (r - r0) * L;
+      if (w.rownan[l]) {
+        for (int64_t j = 0; j < L; ++j) yr[j] = static_cast<T>(std::numeric_limits<C>::quiet_NaN());
+        continue;
+      }
+      const C* s = w.slots.data() + ((r * L) % 4) * kRowLanes + l;
+      for (int64_t j = 0; j < L; ++j) yr[j] = static_cast<T>(s[j * kRowLanes]);
+    }
   }
-  for (int64_t k = 0; k < n; ++k) v[k] = exp_c((v[k] - spread[k]) / tau);
-  const int threads = gumbel_row_threads(L);
-  for (int64_t r = r0; r < r1; ++r) {
-    const C sum = is_finite(w.rowmax[r - r0])
-                      ? row_sum_in_kernel_order(v + (r - r0) * L, L, r * L, threads, w.partial.data())
-                      : C(1);  // the row is NaN: written below
-    for (int64_t j = 0; j < L; ++j) spread[(r - r0) * L + j] = sum;
-  }
-  for (int64_t k = 0; k < n; ++k) y[k] = static_cast<T>(v[k] / spread[k]);
-  for (int64_t r = r0; r < r1; ++r) {  // a row without a finite max has no softmax: NaN (value policy)
-    if (is_finite(w.rowmax[r - r0])) continue;
-    for (int64_t j = 0; j < L; ++j) y[(r - r0) * L + j] = static_cast<T>(std::numeric_limits<C>::quiet_NaN());
+}
+
+// The gradient of rows r0 .. r1 - 1 of one sample (row r is logits row r of
+// `rows`; its noise g + (r - r0) * L when y is regenerated, sample == null,
+// else y read from `sample` row r): grad[r][j] = y * (gy - <gy, y>) / tau,
+// <gy, y> in the CUDA kernels' order, as slab_grad forms it (a regenerated row
+// without a softmax has NaN terms; a read one has the forward's NaN y).
+template <typename T, typename C>
+inline __attribute__((always_inline)) void short_rows_grad_impl(const T* x, int64_t rows, const float* g,
+                                                                const T* sample, const T* gy, int64_t r0, int64_t r1,
+                                                                int64_t L, C tau, RowsScratch<C>& w, C* grad) {
+  const int64_t slot_count = 4 * w.width;
+  const C* y_slots = w.slots.data();
+  C* products = w.products.data();
+  alignas(64) C dot[kRowLanes];
+  for (int64_t q0 = r0; q0 < r1; q0 += kRowLanes) {
+    const int64_t lanes = std::min(kRowLanes, r1 - q0);
+    if (sample == nullptr) short_rows_softmax(x, rows, g, r0, q0, lanes, L, tau, w);
+    std::fill(products, products + slot_count * kRowLanes, C(0));
+    for (int64_t l = 0; l < lanes; ++l) {
+      const int64_t r = q0 + l;
+      const T* gr = gy + r * L;
+      const int64_t at = ((r * L) % 4) * kRowLanes + l;
+      C* p = products + at;
+      if (sample == nullptr) {
+        const C* ys = y_slots + at;
+        for (int64_t j = 0; j < L; ++j) p[j * kRowLanes] = static_cast<C>(gr[j]) * ys[j * kRowLanes];
+      } else {
+        const T* yr = sample + r * L;
+        for (int64_t j = 0; j < L; ++j) p[j * kRowLanes] = static_cast<C>(gr[j]) * static_cast<C>(yr[j]);
+      }
+    }
+    lane_sums_in_kernel_order(products, w, dot);
+    for (int64_t l = 0; l < lanes; ++l) {
+      const int64_t r = q0 + l;
+      const T* gr = gy + r * L;
+      C* out = grad + r * L;
+      const C d = dot[l];
+      if (sample == nullptr) {
+        const C* ys = y_slots + ((r * L) % 4) * kRowLanes + l;
+        for (int64_t j = 0; j < L; ++j)
+          out[j] = w.rownan[l] ? std::numeric_limits<C>::quiet_NaN()
+                               : ys[j * kRowLanes] * (static_cast<C>(gr[j]) - d) / tau;
+      } else {
+        const T* yr = sample + r * L;
+        for (int64_t j = 0; j < L; ++j) out[j] = static_cast<C>(yr[j]) * (static_cast<C>(gr[j]) - d) / tau;
+      }
+    }
   }
 }
 
@@ -376,7 +509,7 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const SlabShape& s, int6
     SlabScratch<C> w(s);
     std::vector<float> noise(std::min(chunk, end - begin) * slab);
     std::optional<RowsScratch<C>> rows_scratch;
-    if (short_rows) rows_scratch.emplace(std::min(chunk, end - begin), slab);
+    if (short_rows) rows_scratch.emplace(slab);
     for (int64_t r0 = begin; r0 < end; r0 += chunk) {
       const int64_t r1 = std::min(end, r0 + chunk);
       kernels.noise_fill(static_cast<int32_t>(NoiseKind::Gumbel), key, r0 * slab, (r1 - r0) * slab, noise.data());
@@ -438,7 +571,22 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, const T* sample,
   const int64_t slab_chunk = samples == 1 && regenerate ? rows_per_chunk(slab) : 1;
   const int64_t item_elements = (samples == 1 ? 1 : per_part) * slab;
   const int64_t grain = std::max<int64_t>(1, team_grain(kGrainElements, kMostGrainElements) / item_elements);
+  // One sample of short rows: kRowLanes rows at a time (short_rows_grad_impl).
+  const bool short_rows = samples == 1 && s.inner == 1 && s.length < kShortRow;
   at::parallel_for(0, parts * s.outer, grain, [&](int64_t begin, int64_t end) {
+    if (short_rows) {
+      RowsScratch<C> rows_scratch(slab);
+      const int64_t chunk_rows = rows_per_chunk(slab);
+      std::vector<float> noise(regenerate ? std::min(chunk_rows, end - begin) * slab : 0);
+      for (int64_t r0 = begin; r0 < end; r0 += chunk_rows) {
+        const int64_t r1 = std::min(end, r0 + chunk_rows);
+        if (regenerate)
+          kernels.noise_fill(static_cast<int32_t>(NoiseKind::Gumbel), key, r0 * slab, (r1 - r0) * slab, noise.data());
+        call_for_cpu<short_rows_grad_impl<T, C>>(fma, xp, s.outer, noise.data(), sample, gp, r0, r1, slab, tau,
+                                                 rows_scratch, acc_base);
+      }
+      return;
+    }
     SlabScratch<C> w(s);
     std::vector<float> noise(regenerate ? std::max(chunk, slab_chunk) * slab : 0);
     std::vector<C> dot(s.inner);
