@@ -163,34 +163,27 @@ inline __attribute__((always_inline)) C online_row_sum(const C* v, int64_t L, in
   return combine_thread_sums(partial, threads, threads);
 }
 
-// v = logits + g over a row of L, and its max: NaN if any v is NaN. The max
-// runs as kMaxLanes running maxima, which compilers vectorise: a max does not
-// depend on the order it is taken in, except between +0 and -0, and v - max is
-// the same value for either.
+// v = logits + g over a row of L, and its max: NaN if any v is NaN. The sum,
+// the max and the NaN test are separate loops, each of which compilers
+// vectorise; the max runs as kMaxLanes running maxima (a max does not depend
+// on the order it is taken in, except between +0 and -0, and v - max is the
+// same value for either). In one loop, with the NaN test beside the max, GCC 12
+// kept all three scalar: 140 ns for a row of 128 against 39 (Zen 3, AVX2).
 template <typename T, typename C>
 inline __attribute__((always_inline)) C perturbed_row_max(const T* x, const float* g, int64_t L, C* v) {
-  constexpr int kMaxLanes = 16;
+  constexpr int kMaxLanes = 8;
+  for (int64_t j = 0; j < L; ++j) v[j] = static_cast<C>(x[j]) + static_cast<C>(g[j]);
   C lane[kMaxLanes];
   for (int l = 0; l < kMaxLanes; ++l) lane[l] = -std::numeric_limits<C>::infinity();
-  int32_t nan = 0;
   int64_t j = 0;
-  for (; j + kMaxLanes <= L; j += kMaxLanes) {
-    for (int l = 0; l < kMaxLanes; ++l) {
-      const C vj = static_cast<C>(x[j + l]) + static_cast<C>(g[j + l]);
-      v[j + l] = vj;
-      nan |= vj != vj;
-      lane[l] = vj > lane[l] ? vj : lane[l];
-    }
-  }
-  for (; j < L; ++j) {
-    const C vj = static_cast<C>(x[j]) + static_cast<C>(g[j]);
-    v[j] = vj;
-    nan |= vj != vj;
-    lane[0] = vj > lane[0] ? vj : lane[0];
-  }
-  C m = lane[0];
-  for (int l = 1; l < kMaxLanes; ++l) m = lane[l] > m ? lane[l] : m;
-  return nan ? std::numeric_limits<C>::quiet_NaN() : m;
+  for (; j + kMaxLanes <= L; j += kMaxLanes)
+    for (int l = 0; l < kMaxLanes; ++l) lane[l] = v[j + l] > lane[l] ? v[j + l] : lane[l];
+  for (; j < L; ++j) lane[0] = v[j] > lane[0] ? v[j] : lane[0];
+  int32_t nan = 0;
+  for (int64_t k = 0; k < L; ++k) nan |= v[k] != v[k];
+  for (int width = kMaxLanes / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) lane[l] = lane[l + width] > lane[l] ? lane[l + width] : lane[l];
+  return nan ? std::numeric_limits<C>::quiet_NaN() : lane[0];
 }
 
 // Scratch for one slab: v (then the exponentials), per-column max, sum,
