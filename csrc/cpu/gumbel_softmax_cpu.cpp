@@ -273,6 +273,10 @@ inline __attribute__((always_inline)) void soft_slab_impl(const T* x, const floa
 constexpr int64_t kShortRow = 64;
 constexpr int64_t kRowLanes = 32;
 
+// The lanes a group of `lanes` rows computes: whole vectors (of up to 8), so a
+// call of one row of 10 does not pay for 32 lanes.
+inline int64_t computed_lanes(int64_t lanes) { return (lanes + 7) / 8 * 8; }
+
 inline int64_t short_row_width(int64_t L) {
   int64_t width = 1;
   while (width < (L + 6) / 4) width <<= 1;
@@ -282,14 +286,14 @@ inline int64_t short_row_width(int64_t L) {
 template <typename C>
 struct RowsScratch {
   int64_t width;
-  std::vector<C> slots, products, blocks;  // [4 * width][kRowLanes] twice, [width][kRowLanes]
+  std::vector<C> slots, products, blocks;  // [4 * width][kRowLanes] (products: the backward's), [width][kRowLanes]
   alignas(64) C rowmax[kRowLanes];
   alignas(64) C rowsum[kRowLanes];
   alignas(64) int32_t rownan[kRowLanes];
-  explicit RowsScratch(int64_t L)
+  RowsScratch(int64_t L, bool backward)
       : width(short_row_width(L)),
         slots(4 * width * kRowLanes),
-        products(4 * width * kRowLanes),
+        products(backward ? 4 * width * kRowLanes : 0),
         blocks(width * kRowLanes) {}
 };
 
@@ -297,22 +301,22 @@ struct RowsScratch {
 // elements from +0 in index order, then the butterfly over the blocks.
 template <typename C>
 inline __attribute__((always_inline)) void lane_sums_in_kernel_order(const C* slots, RowsScratch<C>& w,
-                                                                     C* sums) {
+                                                                     int64_t computed, C* sums) {
   const int64_t width = w.width;
   C* blocks = w.blocks.data();
   for (int64_t i = 0; i < width; ++i) {
     const C* s = slots + 4 * i * kRowLanes;
     C* b = blocks + i * kRowLanes;
-    for (int64_t l = 0; l < kRowLanes; ++l)
+    for (int64_t l = 0; l < computed; ++l)
       b[l] = (((C(0) + s[l]) + s[kRowLanes + l]) + s[2 * kRowLanes + l]) + s[3 * kRowLanes + l];
   }
   for (int64_t offset = width / 2; offset > 0; offset >>= 1)
     for (int64_t i = 0; i < offset; ++i) {
       C* b = blocks + i * kRowLanes;
       const C* other = blocks + (i + offset) * kRowLanes;
-      for (int64_t l = 0; l < kRowLanes; ++l) b[l] = b[l] + other[l];
+      for (int64_t l = 0; l < computed; ++l) b[l] = b[l] + other[l];
     }
-  for (int64_t l = 0; l < kRowLanes; ++l) sums[l] = blocks[l];
+  for (int64_t l = 0; l < computed; ++l) sums[l] = blocks[l];
 }
 
 // The soft samples of rows q0 .. q0 + lanes - 1 (row r reads logits row
@@ -326,10 +330,11 @@ inline __attribute__((always_inline)) void short_rows_softmax(const T* x, int64_
                                                               C tau, RowsScratch<C>& w) {
   // Slots from L + 3 on are pads in every lane (a row starts at slot 3 at the
   // latest): +0 from the start, outside the max, the exponentials and the division.
-  const int64_t slot_count = 4 * w.width, used = std::min(slot_count, L + 3);
+  const int64_t slot_count = 4 * w.width, used = std::min(slot_count, L + 3), computed = computed_lanes(lanes);
   C* slots = w.slots.data();
-  std::fill(slots, slots + used * kRowLanes, -std::numeric_limits<C>::infinity());
-  std::fill(slots + used * kRowLanes, slots + slot_count * kRowLanes, C(0));
+  for (int64_t c = 0; c < slot_count; ++c)
+    std::fill(slots + c * kRowLanes, slots + c * kRowLanes + computed,
+              c < used ? -std::numeric_limits<C>::infinity() : C(0));
   for (int64_t l = 0; l < lanes; ++l) {
     const int64_t r = q0 + l;
     const T* xr = x + (r % outer) * L;
@@ -337,30 +342,29 @@ inline __attribute__((always_inline)) void short_rows_softmax(const T* x, int64_
     C* s = slots + ((r * L) % 4) * kRowLanes + l;
     for (int64_t j = 0; j < L; ++j) s[j * kRowLanes] = static_cast<C>(xr[j]) + static_cast<C>(gr[j]);
   }
-  // Every lane is computed (a fixed trip count vectorises without tails);
-  // lanes past `lanes` hold only pads, and their results are not read.
+  // Lanes from `lanes` to `computed` hold only pads; their results are not read.
   C* m = w.rowmax;
   int32_t* nan = w.rownan;
-  for (int64_t l = 0; l < kRowLanes; ++l) {
+  for (int64_t l = 0; l < computed; ++l) {
     m[l] = -std::numeric_limits<C>::infinity();
     nan[l] = 0;
   }
   for (int64_t c = 0; c < used; ++c) {
     const C* s = slots + c * kRowLanes;
-    for (int64_t l = 0; l < kRowLanes; ++l) {
+    for (int64_t l = 0; l < computed; ++l) {
       nan[l] |= s[l] != s[l];
       m[l] = s[l] > m[l] ? s[l] : m[l];
     }
   }
-  for (int64_t l = 0; l < kRowLanes; ++l) nan[l] |= !is_finite(m[l]);
+  for (int64_t l = 0; l < computed; ++l) nan[l] |= !is_finite(m[l]);
   for (int64_t c = 0; c < used; ++c) {
     C* s = slots + c * kRowLanes;
-    for (int64_t l = 0; l < kRowLanes; ++l) s[l] = exp_c((s[l] - m[l]) / tau);
+    for (int64_t l = 0; l < computed; ++l) s[l] = exp_c((s[l] - m[l]) / tau);
   }
-  lane_sums_in_kernel_order(slots, w, w.rowsum);
+  lane_sums_in_kernel_order(slots, w, computed, w.rowsum);
   for (int64_t c = 0; c < used; ++c) {
     C* s = slots + c * kRowLanes;
-    for (int64_t l = 0; l < kRowLanes; ++l) s[l] = s[l] / w.rowsum[l];
+    for (int64_t l = 0; l < computed; ++l) s[l] = s[l] / w.rowsum[l];
   }
 }
 
@@ -400,8 +404,9 @@ inline __attribute__((always_inline)) void short_rows_grad_impl(const T* x, int6
   alignas(64) C dot[kRowLanes];
   for (int64_t q0 = r0; q0 < r1; q0 += kRowLanes) {
     const int64_t lanes = std::min(kRowLanes, r1 - q0);
+    const int64_t computed = computed_lanes(lanes);
     if (sample == nullptr) short_rows_softmax(x, rows, g, r0, q0, lanes, L, tau, w);
-    std::fill(products, products + slot_count * kRowLanes, C(0));
+    for (int64_t c = 0; c < slot_count; ++c) std::fill(products + c * kRowLanes, products + c * kRowLanes + computed, C(0));
     for (int64_t l = 0; l < lanes; ++l) {
       const int64_t r = q0 + l;
       const T* gr = gy + r * L;
@@ -415,7 +420,7 @@ inline __attribute__((always_inline)) void short_rows_grad_impl(const T* x, int6
         for (int64_t j = 0; j < L; ++j) p[j * kRowLanes] = static_cast<C>(gr[j]) * static_cast<C>(yr[j]);
       }
     }
-    lane_sums_in_kernel_order(products, w, dot);
+    lane_sums_in_kernel_order(products, w, computed, dot);
     for (int64_t l = 0; l < lanes; ++l) {
       const int64_t r = q0 + l;
       const T* gr = gy + r * L;
@@ -502,7 +507,7 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const SlabShape& s, int6
     SlabScratch<C> w(s);
     std::vector<float> noise(std::min(chunk, end - begin) * slab);
     std::optional<RowsScratch<C>> rows_scratch;
-    if (short_rows) rows_scratch.emplace(slab);
+    if (short_rows) rows_scratch.emplace(slab, false);
     for (int64_t r0 = begin; r0 < end; r0 += chunk) {
       const int64_t r1 = std::min(end, r0 + chunk);
       kernels.noise_fill(static_cast<int32_t>(NoiseKind::Gumbel), key, r0 * slab, (r1 - r0) * slab, noise.data());
@@ -568,7 +573,7 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& x, const T* sample,
   const bool short_rows = samples == 1 && s.inner == 1 && s.length < kShortRow;
   at::parallel_for(0, parts * s.outer, grain, [&](int64_t begin, int64_t end) {
     if (short_rows) {
-      RowsScratch<C> rows_scratch(slab);
+      RowsScratch<C> rows_scratch(slab, true);
       const int64_t chunk_rows = rows_per_chunk(slab);
       std::vector<float> noise(regenerate ? std::min(chunk_rows, end - begin) * slab : 0);
       for (int64_t r0 = begin; r0 < end; r0 += chunk_rows) {
