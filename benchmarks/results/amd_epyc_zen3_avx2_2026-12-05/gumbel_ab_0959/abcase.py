@@ -1,0 +1,20 @@
+import sys, time, torch, torch.nn.functional as F, rtrick_ops as rt
+torch.set_num_threads(int(sys.argv[1]))
+cases = [tuple(map(int, c.split(":"))) for c in sys.argv[2].split(",")]
+def timeit(fn, iters):
+    for _ in range(30): fn()
+    best = 1e9
+    for rep in range(9):
+        t = time.perf_counter()
+        for _ in range(iters): fn()
+        best = min(best, (time.perf_counter() - t) / iters * 1e6)
+    return best
+for L, lg in cases:
+    rows = max(1, (1 << lg) // L)
+    x = torch.randn(rows, L, requires_grad=True)
+    gy = torch.randn(rows, L)
+    iters = max(50, min(3000, 100000 >> lg))
+    fwd = timeit(lambda: rt.gumbel_softmax(x, 0.5), iters)
+    full = timeit(lambda: torch.autograd.grad(rt.gumbel_softmax(x, 0.5), x, gy), iters)
+    eag = timeit(lambda: torch.autograd.grad(F.gumbel_softmax(x, 0.5), x, gy), iters)
+    print(f"L{L}_2^{lg} {fwd:.2f} {full:.2f} {eag:.2f}")
