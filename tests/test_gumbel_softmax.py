@@ -658,16 +658,17 @@ def test_long_rows_are_accurate_and_sum_to_one(length):
     assert v.isfinite().all()
 
 
-def _kernel_order_sum(values, b0, threads=32):
+def _kernel_order_sum(values, b0, real, threads=32):
     """A row's sum as the CUDA kernels add it (docs/operators.md): thread t sums the row's elements in
     the Philox blocks b0 // 4 + t + k * threads from +0 in index order, then a butterfly over the used
-    threads' partials, padded with +0 to a power of two. float32 throughout."""
-    zero = np.float32(0)
+    threads' partials, padded with +0 to a power of two. Every operation rounds to `real` (a numpy
+    float type)."""
+    zero = real(0)
     partial = [zero] * threads
     blocks = (b0 % 4 + len(values) + 3) // 4
     for j, value in enumerate(values):
         t = ((b0 + j) // 4 - b0 // 4) % threads
-        partial[t] = np.float32(partial[t] + value)
+        partial[t] = real(partial[t] + value)
     lanes = partial[:min(blocks, threads)]
     width = 1
     while width < len(lanes):
@@ -675,42 +676,59 @@ def _kernel_order_sum(values, b0, threads=32):
     lanes += [zero] * (width - len(lanes))
     offset = width // 2
     while offset > 0:
-        lanes = [np.float32(lanes[i] + lanes[i + offset]) for i in range(offset)] + lanes[offset:]
+        lanes = [real(lanes[i] + lanes[i + offset]) for i in range(offset)] + lanes[offset:]
         offset //= 2
     return lanes[0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("length", list(range(1, 66)) + [127, 128])
-def test_backward_of_short_and_long_rows_adds_in_the_cuda_kernels_order(length):
+def test_backward_of_short_and_long_rows_adds_in_the_cuda_kernels_order(length, dtype):
     """Rows of fewer than 64 categories are reduced kRowLanes (32) at a time, one row per lane
     (gumbel_softmax_cpu.cpp); 37 rows leave a part-filled group. <grad_y, y> must still be the CUDA
     kernels' sum, bit for bit: checked against that order written out here, with a row of -0 gradients
-    (whose sum is +0, as the kernels' partials start at +0), a row of +0 and a NaN row."""
+    (whose sum is +0, as the kernels' partials start at +0), a row of +0, rows without a softmax (a NaN,
+    all -inf, a +inf) and a row with masked (-inf) categories. The forward's own order is checked
+    bitwise against the CUDA kernels by the emulation sweep (tests/cuda_emu/sweep.py)."""
     rows, tau = 37, 0.7
-    x = logits_for((rows, length), seed=length)
+    real = np.float32 if dtype == torch.float32 else np.float64
+    x = logits_for((rows, length), dtype, seed=length)
     x[5, 0] = math.nan
+    x[6] = -math.inf
+    x[7, length // 2] = math.inf
+    x[8, ::3] = -math.inf
     st = state(length)
     y = ops.gumbel_softmax(x, st, tau, False, -1, [])
-    gy = torch.randn(rows, length, generator=torch.Generator().manual_seed(length))
+    no_softmax = y.isnan().any(-1)
+    assert bool(no_softmax[5:8].all()) and bool(y[no_softmax].isnan().all())
+    assert length < 2 or not bool(no_softmax[8]), "masked categories leave a softmax"
+    gy = torch.randn(rows, length, generator=torch.Generator().manual_seed(length), dtype=dtype)
     gy[1], gy[2] = -0.0, 0.0
     gy[3, ::2] = -0.0
     yn, gn = y.numpy(), gy.numpy()
     expected = np.empty_like(yn)
-    t = np.float32(tau)
+    t = real(tau)
     for r in range(rows):
-        products = [np.float32(gn[r, j] * yn[r, j]) for j in range(length)]
-        dot = _kernel_order_sum(products, r * length)
+        products = [real(gn[r, j] * yn[r, j]) for j in range(length)]
+        dot = _kernel_order_sum(products, r * length, real)
         expected[r] = yn[r] * (gn[r] - dot) / t
     expected = torch.from_numpy(expected)
-    assert bool(expected[5].isnan().all()) and bool(expected[1].signbit().all())  # -0 terms from the +0 sum
+    assert bool(expected[1].signbit().all())  # -0 terms from the +0 sum
     from_sample = ops.gumbel_softmax_sample_backward(gy, y, x, tau, -1)
     regenerated = ops.gumbel_softmax_backward(gy, x, st, tau, -1)
     for got in (from_sample, regenerated):
-        assert got.dtype == torch.float32 and got.shape == x.shape
+        assert got.dtype == dtype and got.shape == x.shape
         torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
         numbers = ~expected.isnan()
         assert torch.equal(got.signbit()[numbers], expected.signbit()[numbers])
     # The forward's row sums are the same order's: each soft row is e / sum, so sum(y) is close to 1.
-    finite = torch.ones(rows, dtype=torch.bool)
-    finite[5] = False
-    assert (y[finite].double().sum(-1) - 1).abs().max().item() < 2e-6
+    total = y[~no_softmax].double().sum(-1)
+    assert (total - 1).abs().max().item() < (2e-6 if dtype == torch.float32 else 1e-14)
+    # A call of fewer than 8 rows goes row by row (kLaneRowsFrom): its first rows are the same stream
+    # elements, so the same bits, forward and backward, by the other path.
+    few = ops.gumbel_softmax(x[:5], st, tau, False, -1, [])
+    torch.testing.assert_close(few, y[:5], rtol=0, atol=0, equal_nan=True)
+    for got in (ops.gumbel_softmax_sample_backward(gy[:5], few, x[:5], tau, -1),
+                ops.gumbel_softmax_backward(gy[:5], x[:5], st, tau, -1)):
+        torch.testing.assert_close(got, expected[:5], rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(got.signbit()[numbers[:5]], expected[:5].signbit()[numbers[:5]])

@@ -294,8 +294,9 @@ def sweep_elementwise(s, quick):
 # ------------------------------------------------------------ Gumbel-Softmax
 def gumbel_cases(quick):
     """(logits shape, dim, sample_shape). Row lengths cover each kernel's range and its edges."""
-    lengths = (1, 2, 3, 4, 5, 7, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1000, 1019, 1020, 1024,
-               2000, 4090, 4096, 8186, 8187, 9000, 20000)
+    # 14 and 29: the CPU's short rows (below 64, reduced in vector lanes) at a lane width of 8 blocks.
+    lengths = (1, 2, 3, 4, 5, 7, 14, 29, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 1000, 1019, 1020,
+               1024, 2000, 4090, 4096, 8186, 8187, 9000, 20000)
     if quick:
         lengths = (1, 5, 33, 255, 257, 1020, 3000, 8187, 9000)
     cases = [((max(1, 3000 // n) if n < 3000 else 2, n), -1, ()) for n in lengths]
@@ -323,7 +324,7 @@ def sweep_gumbel(s, quick):
                   exact=not samp)
     # Rows with -inf, NaN and +inf logits, in every kernel (row lengths per kernel, and columns).
     inf, nan = math.inf, math.nan
-    for dtype, length in itertools.product(QUICK_DTYPES if quick else DTYPES, (6, 300, 3000, 9000)):
+    for dtype, length in itertools.product(QUICK_DTYPES if quick else DTYPES, (6, 20, 300, 3000, 9000)):
         rows = []
         base = s.normal((length,), torch.float32, 2.0)
         for kind in ("all -inf", "some -inf", "NaN first", "NaN middle", "+inf", "one finite"):
@@ -342,7 +343,8 @@ def sweep_gumbel(s, quick):
                 r[:] = -inf
                 r[length - 1] = 0.0
             rows.append(r)
-        x = torch.stack(rows).to(dtype)
+        # Short rows twice over: 12 rows take the CPU's lanes (8 rows and more), not its row-by-row path.
+        x = torch.stack(rows * (2 if length < 64 else 1)).to(dtype)
         for dim, logits in ((-1, x), (0, x.t().contiguous())):
             for hard in (True, False):
                 st = s.state()
