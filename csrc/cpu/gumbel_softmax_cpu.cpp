@@ -10,8 +10,9 @@
 // [r * L * inner, (r + 1) * L * inner), and reads logits slab o. The Gumbel
 // noise comes from the vectorised row kernels (noise_fill); then one fused
 // pass per slab does the noise, the max, the temperature and the softmax,
-// except for soft rows shorter than kShortRow (dim last), which are reduced 32
-// at a time in vector lanes (short_rows_softmax). inner == 1 is a plain row;
+// except for soft rows shorter than kShortRow (dim last) in calls of at least
+// kLaneRowsFrom rows, which are reduced 32 at a time in vector lanes
+// (short_rows_softmax). inner == 1 is a plain row;
 // inner > 1 runs the softmax down the columns of the slab with per-column
 // accumulators (a row-major walk, so loads stay contiguous).
 //
