@@ -295,9 +295,7 @@ template <typename C>
 struct RowsScratch {
   int64_t width;
   std::vector<C> slots, products, blocks;  // [4 * width][kRowLanes] (products: the backward's), [width][kRowLanes]
-  alignas(64) C rowmax[kRowLanes];
-  alignas(64) C rowsum[kRowLanes];
-  alignas(64) int32_t rownan[kRowLanes];
+  alignas(64) int32_t rownan[kRowLanes];  // the group's rows without a softmax (short_rows_softmax)
   RowsScratch(int64_t L, bool backward)
       : width(short_row_width(L)),
         slots(4 * width * kRowLanes),
@@ -351,7 +349,8 @@ inline __attribute__((always_inline)) void short_rows_softmax(const T* x, int64_
     for (int64_t j = 0; j < L; ++j) s[j * kRowLanes] = static_cast<C>(xr[j]) + static_cast<C>(gr[j]);
   }
   // Lanes from `lanes` to `computed` hold only pads; their results are not read.
-  C* m = w.rowmax;
+  alignas(64) C m[kRowLanes];
+  alignas(64) C sum[kRowLanes];
   int32_t* nan = w.rownan;
   for (int64_t l = 0; l < computed; ++l) {
     m[l] = -std::numeric_limits<C>::infinity();
@@ -369,10 +368,10 @@ inline __attribute__((always_inline)) void short_rows_softmax(const T* x, int64_
     C* s = slots + c * kRowLanes;
     for (int64_t l = 0; l < computed; ++l) s[l] = exp_c((s[l] - m[l]) / tau);
   }
-  lane_sums_in_kernel_order(slots, w, computed, w.rowsum);
+  lane_sums_in_kernel_order(slots, w, computed, sum);
   for (int64_t c = 0; c < used; ++c) {
     C* s = slots + c * kRowLanes;
-    for (int64_t l = 0; l < computed; ++l) s[l] = s[l] / w.rowsum[l];
+    for (int64_t l = 0; l < computed; ++l) s[l] = s[l] / sum[l];
   }
 }
 
