@@ -1,14 +1,14 @@
 #!/bin/bash
 # A/B of two builds in alternating processes (the results README, "Later the same day").
 # usage: abrun.sh N THREADS CASES OLDPATH NEWPATH   (CASES: L:log2,... ; *PATH: a folder holding the rtrick_ops package)
-# PYTHON picks the interpreter (default python3); the raw lines go to OUT (default the current folder):
+# CASE picks the case script (default abcase.py beside this file), PYTHON the interpreter (default python3); the raw lines go to OUT (default the current folder):
 # ab_old.txt and ab_new.txt. The session ran it with the scripts under /tmp/prof and the main checkout's .venv.
 N=$1; T=$2; C=$3; O=$4; NW=$5
 HERE=$(cd "$(dirname "$0")" && pwd); PY=${PYTHON:-python3}; OUT=${OUT:-.}
 rm -f "$OUT/ab_old.txt" "$OUT/ab_new.txt"
 for i in $(seq "$N"); do
-  PYTHONPATH=$O "$PY" "$HERE/abcase.py" "$T" "$C" >> "$OUT/ab_old.txt"
-  PYTHONPATH=$NW "$PY" "$HERE/abcase.py" "$T" "$C" >> "$OUT/ab_new.txt"
+  PYTHONPATH=$O "$PY" "${CASE:-$HERE/abcase.py}" "$T" "$C" >> "$OUT/ab_old.txt"
+  PYTHONPATH=$NW "$PY" "${CASE:-$HERE/abcase.py}" "$T" "$C" >> "$OUT/ab_new.txt"
 done
 OUT=$OUT python3 - <<'PY'
 import collections, os, statistics as st

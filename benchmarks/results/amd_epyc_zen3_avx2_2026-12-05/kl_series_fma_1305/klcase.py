@@ -1,0 +1,23 @@
+import sys, time, torch, rtrick_ops as rt
+torch.set_num_threads(int(sys.argv[1]))
+sizes = [int(s) for s in sys.argv[2].split(",")]
+def timeit(fn, iters):
+    for _ in range(30): fn()
+    best = 1e9
+    for rep in range(9):
+        t = time.perf_counter()
+        for _ in range(iters): fn()
+        best = min(best, (time.perf_counter() - t) / iters * 1e6)
+    return best
+def eager(mu, ls):
+    z = mu + torch.exp(ls) * torch.randn_like(mu)
+    return z, 0.5 * (mu * mu + torch.exp(2 * ls) - 1) - ls
+for lg in sizes:
+    n = 1 << lg
+    m = torch.randn(n, requires_grad=True); s = (0.3 * torch.randn(n)).requires_grad_()
+    g = (torch.randn(n), torch.randn(n))
+    iters = max(50, min(3000, 200000 >> lg))
+    fwd = timeit(lambda: rt.normal_rsample_and_kl(m, s), iters)
+    full = timeit(lambda: torch.autograd.grad(rt.normal_rsample_and_kl(m, s), (m, s), g), iters)
+    eag = timeit(lambda: torch.autograd.grad(eager(m, s), (m, s), g), iters)
+    print(f"KL_2^{lg} {fwd:.2f} {full:.2f} {eag:.2f}")
