@@ -242,6 +242,8 @@ SCALE_SIGMA = tl.constexpr(SCALE_CODES["sigma"])
 SCALE_SOFTPLUS = tl.constexpr(SCALE_CODES["softplus"])
 SCALE_RATE = tl.constexpr(SCALE_CODES["rate"])
 SOFTPLUS_LOG_LINEAR_BELOW = tl.constexpr(kinds.SOFTPLUS_LOG_LINEAR_BELOW)
+SOFTPLUS_LINEAR_ABOVE_FLOAT = tl.constexpr(kinds.SOFTPLUS_LINEAR_ABOVE["float"])
+SOFTPLUS_LINEAR_ABOVE_DOUBLE = tl.constexpr(kinds.SOFTPLUS_LINEAR_ABOVE["double"])
 
 @triton.jit
 def div(a, b, F64: tl.constexpr):
@@ -259,13 +261,14 @@ def sigma_of(x, SCALE: tl.constexpr, F64: tl.constexpr):
         return x
     elif SCALE == SCALE_RATE:
         return div(tl.full(x.shape, 1.0, x.dtype), x, F64)
-    else:  # softplus, threshold 20, log1p(y) = log(1 + y) corrected for the rounding of 1 + y
+    else:  # softplus, x above kinds.SOFTPLUS_LINEAR_ABOVE, log1p(y) = log(1 + y) corrected for the rounding of 1 + y
         tl.static_assert(SCALE == SCALE_SOFTPLUS, "sigma_of: a scale kind without a transform")
         y = tl.exp(x) if F64 else exp_f32(x)
         one_plus = 1.0 + y
         log_one_plus = tl.log(one_plus) if F64 else log_f32(one_plus)
         soft = log_one_plus - div((one_plus - 1.0) - y, one_plus, F64)
-        return tl.where(x != x, x, tl.where(x > 20.0, x, soft))
+        linear_above = SOFTPLUS_LINEAR_ABOVE_DOUBLE if F64 else SOFTPLUS_LINEAR_ABOVE_FLOAT
+        return tl.where(x != x, x, tl.where(x > linear_above, x, soft))
 
 
 @triton.jit

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .kinds import GAUSSIAN_SCALES, SCALE, SOFTPLUS_LOG_LINEAR_BELOW
+from .kinds import GAUSSIAN_SCALES, SCALE, SOFTPLUS_LINEAR_ABOVE, SOFTPLUS_LOG_LINEAR_BELOW
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -81,7 +81,7 @@ def sigma_of(x, scale):
     if scale == "sigma":
         return x
     if scale == "softplus":
-        return torch.nn.functional.softplus(x)
+        return softplus(x)
     if scale == "rate":
         return 1 / x
     check_scale(scale, allow_rate=True)
@@ -129,7 +129,7 @@ def log_sigma_of(x, scale):
     if scale == "softplus":  # each branch evaluated on its side only: no 0 * inf in a double backward
         below, above = _softplus_sides(x)
         return torch.where(x < SOFTPLUS_LOG_LINEAR_BELOW, below - 0.5 * torch.exp(below),
-                           torch.log(torch.nn.functional.softplus(above)))
+                           torch.log(softplus(above)))
     return torch.log(sigma_of(x, scale))
 
 
@@ -144,8 +144,15 @@ def dlog_sigma_of(x, scale):
     if scale == "softplus":
         below, above = _softplus_sides(x)
         return torch.where(x < SOFTPLUS_LOG_LINEAR_BELOW, 1 - 0.5 * torch.exp(below),
-                           torch.sigmoid(above) / torch.nn.functional.softplus(above))
+                           torch.sigmoid(above) / softplus(above))
     check_scale(scale, allow_rate=True)
+
+
+def softplus(x):
+    """softplus(x) as the kernels compute it: x above kinds.SOFTPLUS_LINEAR_ABOVE, which is torch's threshold (20)
+    in float32 and below, 37 in float64, where torch's drops e^-x = 2e-9 at 20."""
+    return torch.nn.functional.softplus(x, threshold=SOFTPLUS_LINEAR_ABOVE["double" if x.dtype == torch.float64
+                                                                             else "float"])
 
 
 def _softplus_sides(x):

@@ -21,6 +21,9 @@ SCALE = {"log_sigma": (0, True, False), "logvar": (1, True, False), "sigma": (2,
 # it, log softplus(x) is x - e^x / 2 and its derivative 1 - e^x / 2 (csrc/philox.h, kSoftplusLogLinearBelow,
 # the C++ twin; tests/test_kinds.py compares them).
 SOFTPLUS_LOG_LINEAR_BELOW = -20.0
+# Above it softplus(x) is x, by compute type (csrc/philox.h, kSoftplusLinearAboveFloat and ...Double: where
+# x + log1p(e^-x) rounds to x; float keeps torch's threshold of 20).
+SOFTPLUS_LINEAR_ABOVE = {"float": 20.0, "double": 37.0}
 
 # family -> (noise kind, z is exp of the location-scale variable).
 FAMILIES = {"normal": ("normal", False), "lognormal": ("normal", True), "uniform": ("uniform", False),

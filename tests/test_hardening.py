@@ -409,6 +409,24 @@ def test_softplus_scale_far_below_zero_keeps_its_kl_log_prob_and_gradients(backe
     assert bool(grad_nan[0].isnan()) and abs(float(grad_nan[1]) + 1.0) < 1e-6
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"] + TRITON_HERE)
+def test_float64_softplus_keeps_its_precision_above_torchs_threshold(backend):
+    """softplus(x) was x above 20 in float64 too (torch's threshold), dropping e^-x = 2e-9: z, the KL and its
+    gradient 1e-10 relative off at x = 20.5 (a user trial, 2026-12-05). It is x from 37 in float64 now, where
+    x + log1p(e^-x) rounds to x; float32 keeps 20, where it does so already."""
+    xs = [19.5, 20.09, 20.5, 25.0, 33.0, 36.9, 37.5, 50.0]
+    x = torch.tensor(xs, dtype=torch.float64, requires_grad=True)
+    sigma = x.detach() + torch.log1p(torch.exp(-x.detach()))  # accurate to an ulp for x > 0
+    mu = torch.zeros(len(xs), dtype=torch.float64)
+    z = rt.normal_rsample(mu, x, scale="softplus", seed=11, backend=backend)
+    z_from_sigma = rt.normal_rsample(mu, sigma, scale="sigma", seed=11, backend=backend)  # the same noise
+    torch.testing.assert_close(z, z_from_sigma, rtol=1e-15, atol=0)
+    kl = rt.normal_kl(mu, x, scale="softplus", backend=backend)
+    torch.testing.assert_close(kl.detach(), 0.5 * (sigma * sigma - 1) - torch.log(sigma), rtol=1e-15, atol=0)
+    (grad,) = torch.autograd.grad(kl.sum(), x)
+    torch.testing.assert_close(grad, (sigma - 1 / sigma) * torch.sigmoid(x.detach()), rtol=1e-15, atol=0)
+
+
 @pytest.mark.parametrize("backend", ["auto"] + TRITON_HERE)
 def test_float16_softplus_log_prob_gradient_is_finite_below_minus_17(backend):
     """sigmoid(x) / softplus(x) in float16 is 0 / 0 from x = -17.3 (the log-prob backwards, C++ and Triton)."""

@@ -212,9 +212,13 @@ def test_every_operator_host_code_is_written_once():
 
 
 def test_the_softplus_threshold_is_the_same_in_cpp_and_python():
-    """philox.h's kSoftplusLogLinearBelow and kinds.SOFTPLUS_LOG_LINEAR_BELOW (Triton's and the reference's)."""
+    """philox.h's kSoftplusLogLinearBelow and kinds.SOFTPLUS_LOG_LINEAR_BELOW (Triton's and the reference's), and
+    the thresholds above which softplus is x."""
     import re
 
     text = (ROOT / "csrc" / "philox.h").read_text()
     match = re.search(r"constexpr double kSoftplusLogLinearBelow = (-?[0-9.]+);", text)
     assert match is not None and float(match.group(1)) == kinds.SOFTPLUS_LOG_LINEAR_BELOW
+    for compute in ("float", "double"):  # kSoftplusLinearAbove{Float,Double} and kinds.SOFTPLUS_LINEAR_ABOVE
+        match = re.search(rf"constexpr double kSoftplusLinearAbove{compute.title()} = ([0-9.]+);", text)
+        assert match is not None and float(match.group(1)) == kinds.SOFTPLUS_LINEAR_ABOVE[compute], compute
