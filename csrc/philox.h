@@ -404,8 +404,9 @@ RT_HD double div_of(double a, double b) { return a / b; }
 constexpr double kSoftplusLogLinearBelow = -20.0;
 
 // Above these, softplus(x) is x itself: x + log1p(e^-x) rounds to x once e^-x is below half an ulp of x,
-// from x = 15.9 in float and 33.3 in double. Float keeps torch.nn.functional.softplus's threshold, 20 (the
-// same values); double takes 37, where torch's 20 drops e^-x = 2e-9 (1.2e-10 relative, about 10^6 ulp).
+// from x = 14.6 (21 ln 2) in float and 33.3 (48 ln 2) in double. Float keeps torch.nn.functional.softplus's
+// threshold, 20 (the same values); double takes 37, where torch's 20 drops e^-x = 2e-9 (sigma 1.0e-10
+// relative off at x = 20, about 5 * 10^5 ulp).
 constexpr double kSoftplusLinearAboveFloat = 20.0;
 constexpr double kSoftplusLinearAboveDouble = 37.0;
 template <typename T>

@@ -128,6 +128,29 @@ def test_kl_matches_torch_distributions_and_its_gradients(prior_sigma):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["weight", "local"])
+def test_float64_layer_takes_softplus_as_the_sampler_does_above_torchs_threshold(mode):
+    """BayesianLinear's KL and the local trick's std took F.softplus (x above 20, dropping e^-x = 2e-9 in
+    float64) while its weights were drawn with the kernels' softplus (x only from 37 in float64)."""
+    layer = BayesianLinear(3, 2, mode=mode).double()
+    with torch.no_grad():
+        layer.weight_rho.copy_(torch.tensor([[20.5, 25.0, 30.0], [21.0, 19.0, 36.0]]))
+        layer.bias_rho.copy_(torch.tensor([22.0, 33.0]))
+    kl = layer.kl()
+    expected = 0.0
+    for mu, rho in ((layer.weight_mu, layer.weight_rho), (layer.bias_mu, layer.bias_rho)):
+        ratio = (rho + torch.log1p(torch.exp(-rho))) / layer.prior_sigma  # sigma / prior_sigma to an ulp
+        expected = expected + (0.5 * ((mu / layer.prior_sigma) ** 2 + ratio ** 2 - 1) - torch.log(ratio)).sum()
+    torch.testing.assert_close(kl, expected, rtol=1e-15, atol=0)
+    if mode == "local":
+        x = torch.randn(4, 3, dtype=torch.float64)
+        std = rt.nn._LocalReparameterizationStd.apply(x, layer.weight_rho, layer.bias_rho)
+        sigma_w = layer.weight_rho + torch.log1p(torch.exp(-layer.weight_rho))
+        sigma_b = layer.bias_rho + torch.log1p(torch.exp(-layer.bias_rho))
+        torch.testing.assert_close(std, (x.square() @ sigma_w.square().T + sigma_b.square()).sqrt(),
+                                   rtol=1e-15, atol=0)
+
+
 def test_kl_vanishes_at_the_prior_without_cancellation():
     layer = BayesianLinear(4, 3, prior_sigma=0.7)
     with torch.no_grad():

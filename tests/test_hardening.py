@@ -425,6 +425,9 @@ def test_float64_softplus_keeps_its_precision_above_torchs_threshold(backend):
     torch.testing.assert_close(kl.detach(), 0.5 * (sigma * sigma - 1) - torch.log(sigma), rtol=1e-15, atol=0)
     (grad,) = torch.autograd.grad(kl.sum(), x)
     torch.testing.assert_close(grad, (sigma - 1 / sigma) * torch.sigmoid(x.detach()), rtol=1e-15, atol=0)
+    _, log_q = rt.normal_rsample_and_log_prob(mu, x, scale="softplus", seed=11, backend=backend)
+    (grad_log_q,) = torch.autograd.grad(log_q.sum(), x)  # -d log(sigma)/dx
+    torch.testing.assert_close(grad_log_q, -torch.sigmoid(x.detach()) / sigma, rtol=1e-15, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["auto"] + TRITON_HERE)
