@@ -477,8 +477,7 @@ void subtract_times_dlog_sigma(at::Tensor& grad_x, const at::Tensor& summed, con
     const at::Tensor is_below = xc < rtrick::kSoftplusLogLinearBelow;
     const at::Tensor below = at::where(is_below, xc, rtrick::kSoftplusLogLinearBelow);
     const at::Tensor above = at::where(is_below, rtrick::kSoftplusLogLinearBelow, xc);
-    const double linear_above = xc.scalar_type() == at::kDouble ? rtrick::kSoftplusLinearAboveDouble
-                                                                 : rtrick::kSoftplusLinearAboveFloat;
+    const double linear_above = rtrick::softplus_linear_above(xc.scalar_type() == at::kDouble);
     const at::Tensor dlog_sigma = at::where(is_below, 1 - below.exp() * 0.5,
                                             at::sigmoid(above) / at::softplus(above, 1, linear_above));
     grad_x.sub_(summed * dlog_sigma);

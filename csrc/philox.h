@@ -409,10 +409,13 @@ constexpr double kSoftplusLogLinearBelow = -20.0;
 // relative off at x = 20, about 5 * 10^5 ulp).
 constexpr double kSoftplusLinearAboveFloat = 20.0;
 constexpr double kSoftplusLinearAboveDouble = 37.0;
+// The threshold of the compute type: double for double tensors, float for the others.
+RT_HD constexpr double softplus_linear_above(bool double_compute) {
+  return double_compute ? kSoftplusLinearAboveDouble : kSoftplusLinearAboveFloat;
+}
 template <typename T>
 RT_HD T softplus_of(T x) {
-  const T linear_above = T(sizeof(T) == 8 ? kSoftplusLinearAboveDouble : kSoftplusLinearAboveFloat);
-  const T r = x > linear_above ? x : log1p_of_exp(x);
+  const T r = x > T(softplus_linear_above(sizeof(T) == 8)) ? x : log1p_of_exp(x);
   return x != x ? x : r;
 }
 

@@ -62,27 +62,28 @@ def _expm1_minus_x_series(t, F64: tl.constexpr):
         s = s * t + 1.6059043836821613e-10
         s = s * t + 2.08767569878681e-09
         s = s * t + 2.505210838544172e-08
-        s = s * t + 2.755731922398589e-07
-        s = s * t + 2.7557319223985893e-06
-        s = s * t + 2.48015873015873e-05
-        s = s * t + 0.0001984126984126984
-        s = s * t + 0.001388888888888889
-        s = s * t + 0.008333333333333333
-        s = s * t + 0.041666666666666664
-        s = s * t + 0.16666666666666666
-        s = s * t + 0.5
     else:
         s = tl.full(t.shape, 2.505210838544172e-08, t.dtype)
-        s = tl.fma(s, t, 2.755731922398589e-07)
-        s = tl.fma(s, t, 2.7557319223985893e-06)
-        s = tl.fma(s, t, 2.48015873015873e-05)
-        s = tl.fma(s, t, 0.0001984126984126984)
-        s = tl.fma(s, t, 0.001388888888888889)
-        s = tl.fma(s, t, 0.008333333333333333)
-        s = tl.fma(s, t, 0.041666666666666664)
-        s = tl.fma(s, t, 0.16666666666666666)
-        s = tl.fma(s, t, 0.5)
+    s = _horner_step(s, t, 2.755731922398589e-07, F64)
+    s = _horner_step(s, t, 2.7557319223985893e-06, F64)
+    s = _horner_step(s, t, 2.48015873015873e-05, F64)
+    s = _horner_step(s, t, 0.0001984126984126984, F64)
+    s = _horner_step(s, t, 0.001388888888888889, F64)
+    s = _horner_step(s, t, 0.008333333333333333, F64)
+    s = _horner_step(s, t, 0.041666666666666664, F64)
+    s = _horner_step(s, t, 0.16666666666666666, F64)
+    s = _horner_step(s, t, 0.5, F64)
     return s * (t * t)
+
+
+@triton.jit
+def _horner_step(s, t, c, F64: tl.constexpr):
+    """s * t + c as expm1_minus_x_series takes it: one fma in float32, a multiply and an add in float64."""
+    if F64:  # if/else, not an early return (stream.py's stream_noise says why)
+        r = s * t + c
+    else:
+        r = tl.fma(s, t, c)
+    return r
 
 
 @triton.jit

@@ -1,14 +1,7 @@
-import sys, time, torch, torch.nn.functional as F, rtrick_ops as rt
+import sys, torch, torch.nn.functional as F, rtrick_ops as rt
+from abtiming import timeit  # beside this file
 torch.set_num_threads(int(sys.argv[1]))
 cases = [tuple(map(int, c.split(":"))) for c in sys.argv[2].split(",")]
-def timeit(fn, iters):
-    for _ in range(30): fn()
-    best = 1e9
-    for rep in range(9):
-        t = time.perf_counter()
-        for _ in range(iters): fn()
-        best = min(best, (time.perf_counter() - t) / iters * 1e6)
-    return best
 for L, lg in cases:
     rows = max(1, (1 << lg) // L)
     x = torch.randn(rows, L, requires_grad=True)

@@ -1,16 +1,10 @@
-import os, sys, time, torch, rtrick_ops as rt
+import os, sys, torch, rtrick_ops as rt
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gumbel_ab_0959"))
+from abtiming import timeit  # noqa: E402
 # The KL step: forward, fwd+bwd and eager's, per size 2^k. ISA=default forces the portable kernels.
 torch.set_num_threads(int(sys.argv[1]))
 if os.environ.get("ISA"): rt.set_cpu_isa(os.environ["ISA"])
 sizes = [int(s) for s in sys.argv[2].split(",")]
-def timeit(fn, iters):
-    for _ in range(30): fn()
-    best = 1e9
-    for rep in range(9):
-        t = time.perf_counter()
-        for _ in range(iters): fn()
-        best = min(best, (time.perf_counter() - t) / iters * 1e6)
-    return best
 def eager(mu, ls):
     z = mu + torch.exp(ls) * torch.randn_like(mu)
     return z, 0.5 * (mu * mu + torch.exp(2 * ls) - 1) - ls
