@@ -189,8 +189,8 @@ bool saves_noise(const at::Tensor& mu, const at::Tensor& scale_param, const at::
 // An output's gradient, or zeros of its shape where it did not reach the loss,
 // as the regenerating nodes get from materialize_grads (so both give the same
 // gradients, zeros rather than None). The noise-keeping nodes materialize
-// them themselves: the engine would also fill zeros for the noise output,
-// whose gradient is never used.
+// them themselves, only where a kernel reads them: an unused log q costs
+// their backward nothing.
 // `shape()` gives the output's (symbolic) sizes; it runs only where zeros are needed.
 template <typename Shape>
 at::Tensor grad_or_zeros(const at::Tensor& grad, Shape shape, const at::Tensor& like) {
@@ -198,13 +198,18 @@ at::Tensor grad_or_zeros(const at::Tensor& grad, Shape shape, const at::Tensor& 
 }
 
 // The end of a noise-keeping node's forward: `outputs` are its operator's, the
-// noise last, which is saved after `saved` and is not differentiable.
-variable_list keep_noise(AutogradContext* ctx, const std::string& scale, variable_list outputs, variable_list saved) {
+// noise last, which is saved after `saved` and handed out through `noise_out`
+// rather than returned from the node. An output marked non-differentiable is
+// what torch's compiled autograd refuses in a C++ node (CppNode::compiled_args
+// asserts there is none), and no gradient flows through the noise anyway.
+variable_list keep_noise(AutogradContext* ctx, const std::string& scale, variable_list outputs, variable_list saved,
+                         at::Tensor* noise_out) {
   ctx->set_materialize_grads(false);
   ctx->saved_data["scale"] = scale;
-  saved.push_back(outputs.back());
+  *noise_out = outputs.back();
+  outputs.pop_back();
+  saved.push_back(*noise_out);
   ctx->save_for_backward(saved);
-  ctx->mark_non_differentiable({outputs.back()});
   return outputs;
 }
 
@@ -219,11 +224,11 @@ class NormalRsampleKeepingNoise : public torch::autograd::Function<NormalRsample
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
                                const at::Tensor& rng_state, const std::string& scale,
-                               c10::SymIntArrayRef sample_shape) {
+                               c10::SymIntArrayRef sample_shape, at::Tensor* noise_out) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [z, noise] = ops::normal_rsample_keeping_noise().call(mu, scale_param, rng_state, scale, sample_shape);
     remember_location_shape(ctx, mu, z);
-    return keep_noise(ctx, scale, {z, noise}, {scale_param});
+    return keep_noise(ctx, scale, {z, noise}, {scale_param}, noise_out);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -238,7 +243,7 @@ class NormalRsampleKeepingNoise : public torch::autograd::Function<NormalRsample
       if (ctx->needs_input_grad(0)) grad_mu = location_grad(ctx, grad_z);
       if (ctx->needs_input_grad(1)) grad_scale = scale_backward_from_noise(grad_z, scale_param, noise, scale);
     }
-    return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -247,11 +252,11 @@ class NormalRsampleAndKlKeepingNoise : public torch::autograd::Function<NormalRs
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
                                const at::Tensor& rng_state, const std::string& scale,
-                               c10::SymIntArrayRef sample_shape) {
+                               c10::SymIntArrayRef sample_shape, at::Tensor* noise_out) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [z, kl, noise] =
         ops::normal_rsample_and_kl_keeping_noise().call(mu, scale_param, rng_state, scale, sample_shape);
-    return keep_noise(ctx, scale, {z, kl, noise}, {mu, scale_param});
+    return keep_noise(ctx, scale, {z, kl, noise}, {mu, scale_param}, noise_out);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -266,7 +271,7 @@ class NormalRsampleAndKlKeepingNoise : public torch::autograd::Function<NormalRs
           ctx->saved_data["scale"].toStringRef());
     });
     return {ctx->needs_input_grad(0) ? grad_mu : at::Tensor(), ctx->needs_input_grad(1) ? grad_scale : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -276,12 +281,12 @@ class NormalRsampleAndLogProbKeepingNoise
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& scale_param,
                                const at::Tensor& rng_state, const std::string& scale,
-                               c10::SymIntArrayRef sample_shape) {
+                               c10::SymIntArrayRef sample_shape, at::Tensor* noise_out) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [z, log_q, noise] =
         ops::normal_rsample_and_log_prob_keeping_noise().call(mu, scale_param, rng_state, scale, sample_shape);
     remember_location_shape(ctx, mu, z);
-    return keep_noise(ctx, scale, {z, log_q, noise}, {scale_param});
+    return keep_noise(ctx, scale, {z, log_q, noise}, {scale_param}, noise_out);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads);  // below subtract_times_dlog_sigma
@@ -324,8 +329,10 @@ at::Tensor normal_rsample_autograd(const at::Tensor& mu, const at::Tensor& scale
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::normal_rsample().call(mu, scale_param, rng_state, scale, sample_shape);
   }
-  if (saves_noise(mu, scale_param, rng_state, sample_shape, scale_param.requires_grad()))
-    return NormalRsampleKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale), sample_shape)[0];
+  if (saves_noise(mu, scale_param, rng_state, sample_shape, scale_param.requires_grad())) {
+    at::Tensor noise;
+    return NormalRsampleKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale), sample_shape, &noise)[0];
+  }
   return NormalRsample::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
 }
 
@@ -364,7 +371,9 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_kl_autograd(const at::Tens
     return ops::normal_rsample_and_kl().call(mu, scale_param, rng_state, scale, sample_shape);
   }
   if (saves_noise(mu, scale_param, rng_state, sample_shape, /*read=*/true)) {  // its backward computes both
-    auto outputs = NormalRsampleAndKlKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
+    at::Tensor noise;
+    auto outputs =
+        NormalRsampleAndKlKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale), sample_shape, &noise);
     return {outputs[0], outputs[1]};
   }
   auto outputs = NormalRsampleAndKl::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
@@ -533,8 +542,9 @@ std::tuple<at::Tensor, at::Tensor> normal_rsample_and_log_prob_autograd(const at
     return ops::normal_rsample_and_log_prob().call(mu, scale_param, rng_state, scale, sample_shape);
   }
   if (saves_noise(mu, scale_param, rng_state, sample_shape, scale_param.requires_grad())) {
-    auto outputs =
-        NormalRsampleAndLogProbKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
+    at::Tensor noise;
+    auto outputs = NormalRsampleAndLogProbKeepingNoise::apply(mu, scale_param, rng_state, std::string(scale),
+                                                              sample_shape, &noise);
     return {outputs[0], outputs[1]};
   }
   auto outputs = NormalRsampleAndLogProb::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
@@ -563,7 +573,7 @@ variable_list NormalRsampleAndLogProbKeepingNoise::backward(AutogradContext* ctx
           scale_param, scale);
     }
   }
-  return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor()};
+  return {grad_mu, grad_scale, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
 }
 
 // The noise-keeping operators' own Autograd kernels (called directly; the
@@ -577,9 +587,10 @@ Outputs keeping_noise_autograd(const at::Tensor& mu, const at::Tensor& scale_par
     at::AutoDispatchBelowADInplaceOrView guard;
     return Op().call(mu, scale_param, rng_state, scale, sample_shape);
   }
-  auto outputs = Node::apply(mu, scale_param, rng_state, std::string(scale), sample_shape);
-  if constexpr (std::tuple_size_v<Outputs> == 2) return {outputs[0], outputs[1]};
-  else return {outputs[0], outputs[1], outputs[2]};
+  at::Tensor noise;
+  auto outputs = Node::apply(mu, scale_param, rng_state, std::string(scale), sample_shape, &noise);
+  if constexpr (std::tuple_size_v<Outputs> == 2) return {outputs[0], noise};
+  else return {outputs[0], outputs[1], noise};
 }
 
 // ------------------------------------------------------ loc_scale_rsample

@@ -164,6 +164,57 @@ def test_activation_checkpointing_reproduces_the_noise():
         assert torch.equal(a, b), "checkpoint's recomputation drew different noise"
 
 
+def compiled_autograd_cases():
+    """Every C++ autograd node: (name, parameters, call). The Gaussian ones at a size whose noise is saved."""
+    gen = torch.Generator().manual_seed(0)
+    mu, log_sigma = torch.randn(2, 24, generator=gen).mul(0.5).unbind()
+    concentration = torch.rand(24, generator=gen) + 0.5
+    logits = torch.randn(3, 8, generator=gen)
+    leaves = {name: t.clone().requires_grad_() for name, t in
+              (("mu", mu), ("log_sigma", log_sigma), ("concentration", concentration), ("logits", logits))}
+    m, s, c, x = leaves["mu"], leaves["log_sigma"], leaves["concentration"], leaves["logits"]
+    return [
+        ("normal_rsample", (m, s), lambda: rt.normal_rsample(m, s, seed=3)),
+        ("normal_rsample, sample_shape", (m, s), lambda: rt.normal_rsample(m, s, seed=3, sample_shape=(2,))),
+        ("normal_rsample_and_kl", (m, s), lambda: rt.normal_rsample_and_kl(m, s, seed=3)),
+        ("normal_rsample_and_log_prob", (m, s), lambda: rt.normal_rsample_and_log_prob(m, s, seed=3)),
+        ("normal_kl", (m, s), lambda: rt.normal_kl(m, s)),
+        ("laplace_rsample", (m, s), lambda: rt.laplace_rsample(m, s, seed=3)),
+        ("gumbel_softmax", (x,), lambda: rt.gumbel_softmax(x, tau=0.5, seed=3)),
+        ("gumbel_softmax, hard", (x,), lambda: rt.gumbel_softmax(x, tau=0.5, hard=True, seed=3)),
+        ("relaxed_bernoulli_rsample", (m,), lambda: rt.relaxed_bernoulli_rsample(m, tau=0.5, seed=3)),
+        ("gamma_rsample", (c,), lambda: rt.gamma_rsample(c, seed=3)),
+        ("beta_rsample", (c,), lambda: rt.beta_rsample(c, c * 2, seed=3)),
+        ("dirichlet_rsample", (x,), lambda: rt.dirichlet_rsample(x.exp(), seed=3)),
+    ]
+
+
+@pytest.mark.parametrize("saved_noise_limit", [None, 0], ids=["noise saved", "noise regenerated"])
+def test_compiled_autograd_backward_equals_eager(saved_noise_limit):
+    """torch's compiled autograd (the backward traced by dynamo) through every C++ node. The Gaussian nodes that
+    kept their noise marked it a non-differentiable output, which CppNode::compiled_args refuses: an internal assert
+    at every size whose noise is saved (the default up to 2^20 elements) until 2026-12-05."""
+    from torch._dynamo import compiled_autograd
+
+    def loss_of(out):
+        outputs = out if isinstance(out, tuple) else (out,)
+        return sum((o.square() * (k + 1)).sum() for k, o in enumerate(outputs))
+
+    previous = rt.set_saved_noise_limit(saved_noise_limit if saved_noise_limit is not None else rt.saved_noise_limit())
+    try:
+        torch._dynamo.reset()
+        for name, params, call in compiled_autograd_cases():
+            want = torch.autograd.grad(loss_of(call()), params)
+            with compiled_autograd._enable(torch.compile(backend="eager")):
+                got = torch.autograd.grad(loss_of(call()), params)
+            for a, b in zip(got, want):
+                assert a.dtype == b.dtype and a.shape == b.shape, name
+                assert torch.equal(a, b), name
+    finally:
+        rt.set_saved_noise_limit(previous)
+        torch._dynamo.reset()
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
