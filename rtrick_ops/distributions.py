@@ -37,23 +37,33 @@ from ._math import check_scale, compute_dtype, dirichlet_floor, sigma_of
 from . import family, gamma, gumbel
 from .normal import normal_rsample
 
+# The drop-in classes; without a list, `from rtrick_ops.distributions import *` also bound the helpers and
+# modules imported here (torch, math, constraints, broadcast_all, family...), shadowing the caller's names.
+__all__ = ["Normal", "Laplace", "Cauchy", "Gumbel", "LogNormal", "Logistic", "Uniform", "Exponential", "HalfNormal",
+           "Gamma", "Beta", "Dirichlet", "RelaxedBernoulli", "RelaxedOneHotCategorical"]
+
 # The constraints the C++ scan checks (_C.constraint_violated), by the name it takes.
 _SCANNED_CONSTRAINTS = ((constraints.real, "real"), (constraints.positive, "positive"))
+
+
+def _held_parameters(dist):
+    """(name, constraint) of each parameter in dist.arg_constraints that dist holds: a lazy one not yet
+    computed (a RelaxedBernoulli's probs, given logits) is left out, as torch's Distribution.__init__ leaves it
+    out of its check."""
+    return [(param, constraint) for param, constraint in dist.arg_constraints.items()
+            if param in dist.__dict__ or not isinstance(getattr(type(dist), param), lazy_property)]
 
 
 def _parameters_pass_scan(dist):
     """Whether the C++ scan finds every parameter torch's check would read inside its constraint. False where
     it finds one outside, or cannot read one (not a float32/float64 CPU tensor that is contiguous, expanded
     from one or in rows of at least 4 values; a constraint it does not know; no _C; torch.compile tracing):
-    then torch's own check decides."""
+    then torch's own check decides, unless the parameters hold no values (_parameters_hold_values)."""
     scan = _checks.constraint_violated
-    if scan is None or _checks.is_compiling():
+    if scan is None or _checks.is_compiling():  # before is_dependent, which dynamo refuses to trace
         return False
-    for param, constraint in dist.arg_constraints.items():
-        # the parameters torch's Distribution.__init__ skips, skipped alike
-        if constraints.is_dependent(constraint):
-            continue
-        if param not in dist.__dict__ and isinstance(getattr(type(dist), param), lazy_property):
+    for param, constraint in _held_parameters(dist):
+        if constraints.is_dependent(constraint):  # torch's Distribution.__init__ skips these too
             continue
         name = next((n for known, n in _SCANNED_CONSTRAINTS if constraint is known), None)
         if name is None or scan(getattr(dist, param), name) is not False:
@@ -79,8 +89,17 @@ def _validate_after_init(dist, validate_args):
     # Pyro's LogNormal builds a base Normal that checks at the class default whatever validate_args says
     checking = dist._validate_args or (dist._base_validation == "default" and
                                        torch.distributions.Distribution._validate_args)
-    if checking and not dist._parameters_pass():
+    if checking and not dist._parameters_pass() and _parameters_hold_values(dist):
         dist._torch_check(validate_args)
+
+
+def _parameters_hold_values(dist):
+    """Whether dist's parameters have values to check, by the functions' rule (_checks.validation_enabled): not
+    while torch.compile or torch.export traces, nor for meta and fake tensors (FakeTensorMode), nor while a CUDA
+    graph is captured. There torch's check fails instead of checking (dynamo refuses constraints.is_dependent,
+    export and fake tensors cannot guard on the result's value): until 2026-12-05 the classes with validation
+    on did not trace, where the functions and the docs said they did."""
+    return _checks.validation_enabled(True, *(getattr(dist, param) for param, _ in _held_parameters(dist)))
 
 
 class _SimplexWithinRounding(constraints._Simplex):
@@ -789,7 +808,9 @@ class Dirichlet(_Fused, torch.distributions.Dirichlet):
 
     def __init__(self, concentration, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = _draw_options(seed, backend, gamma.DIRICHLET_RSAMPLE)
-        super().__init__(concentration, validate_args=validate_args)
+        # torch's check, skipped while tracing as the other classes' (the scan does not read its constraint)
+        super().__init__(concentration, validate_args=False)
+        _validate_after_init(self, validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         return gamma.dirichlet_rsample(self.concentration, sample_shape=torch.Size(sample_shape),

@@ -145,24 +145,53 @@ def relaxed_bernoulli_rsample(logits, rng_state, tau, sample_shape=()):
 
 
 def normal_kl(mu, scale_param, scale="log_sigma"):
-    """KL(N(mu, sigma^2) || N(0, 1)) elementwise: mu^2 / 2 + (sigma^2 - 1 - 2 log sigma) / 2, in float64."""
+    """KL(N(mu, sigma^2) || N(0, 1)) elementwise: mu^2 / 2 + (sigma^2 - 1 - 2 log sigma) / 2, in float64, by the
+    kernels' formula (normal_kl_of in csrc/formulas.h)."""
     mu64, x64 = mu.to(torch.float64), scale_param.to(torch.float64)
     t = 2 * log_sigma_of(x64, scale)
-    kl = 0.5 * mu64 * mu64 + 0.5 * _expm1_minus_x(t)
+    kl = 0.5 * mu64 * mu64 + 0.5 * _expm1_minus_x(t, sigma_of(x64, scale))
     return kl.to(torch.promote_types(mu.dtype, scale_param.dtype))
 
 
-def _expm1_minus_x(t):
-    """e^t - 1 - t in float64: the Taylor series to t^18 for |t| < 1/2 (expm1(t) - t cancels there: 1e-7
-    relative at t = 2e-10), e^t above t = 128 (+inf at t = +inf), else expm1(t) - t. Each branch is evaluated on
-    its own interval only, or its backward (0 * inf) would put NaN in t's gradient."""
-    small = t.clamp(-0.5, 0.5)
+def _expm1_minus_x(t, sigma):
+    """e^t - 1 - t in float64 for t = 2 log sigma, as the kernels take it (expm1_minus_x in csrc/formulas.h): the
+    Taylor series to t^18 for |t| < 1 and for a NaN t (e^t - 1 - t cancels there: expm1(t) - t was 1e-7
+    relative at t = 2e-10), e^t as sigma * sigma above, and e^t alone above t = 128 (+inf at t = +inf).
+    exp(t) adds t's rounding, log sigma's times 2, to sigma's: until 2026-12-05 the reference took it and was
+    2.4e-14 relative off at sigma = 1e150 for scale "sigma" and "softplus", where the kernels were 5.8e-17.
+    Each branch is evaluated on its own interval only, or its backward (0 * inf) would put NaN in the
+    gradient."""
+    small = torch.where(t.abs() >= 1, 0.0, t)  # a NaN t kept, whose gradient is NaN (clamp's would be 0)
     series = torch.zeros_like(small)
     for k in range(18, 1, -1):  # Horner: t^2 (1/2! + t (1/3! + ... + t / 18!))
         series = series * small + 1.0 / math.factorial(k)
     series = series * small * small
-    middle = t.clamp(max=128)
-    return torch.where(t.abs() < 0.5, series, torch.where(t > 128, torch.exp(t), torch.expm1(middle) - middle))
+    above = t > 128
+    middle_sigma = torch.where(above, 1.0, sigma)  # sigma = +inf lies above
+    middle = (_ExpAsSigmaSquared.apply(t, middle_sigma) - 1) - t
+    direct = torch.where(above, _ExpAsSigmaSquared.apply(t, sigma), middle)
+    return torch.where(t.abs() >= 1, direct, series)
+
+
+class _ExpAsSigmaSquared(torch.autograd.Function):
+    """e^t for t = 2 log sigma, valued sigma * sigma and differentiated in t as e^t, as the kernels' backward
+    takes it (normal_kl_dx in csrc/formulas.h). Autograd through sigma * sigma would give 2 sigma dsigma/dx: finite
+    where sigma^2 overflows and the kernels' gradient is inf, and a number beside a NaN t."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(t, sigma):
+        return sigma * sigma
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (e_t,) = ctx.saved_tensors
+        return grad * e_t, None
 
 
 def normal_rsample_and_kl(mu, scale_param, rng_state, scale="log_sigma", sample_shape=()):

@@ -320,6 +320,19 @@ LOC_SCALE_CLASSES = [(rd.Laplace, D.Laplace), (rd.Cauchy, D.Cauchy), (rd.Gumbel,
                      (rd.LogNormal, D.LogNormal), (rd.Logistic, D.TransformedDistribution)]
 
 
+def test_star_import_brings_the_classes_and_nothing_else():
+    """Without __all__, `from rtrick_ops.distributions import *` also bound the module's imports (torch, math,
+    constraints, broadcast_all, family, ...) in the caller's namespace. Every public class is listed."""
+    namespace = {}
+    exec("from rtrick_ops.distributions import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(rd.__all__)
+    for name in rd.__all__:
+        assert issubclass(getattr(rd, name), D.Distribution), name
+    defined_here = {name for name, value in vars(rd).items()
+                    if isinstance(value, type) and value.__module__ == rd.__name__ and not name.startswith("_")}
+    assert defined_here == set(rd.__all__)
+
+
 def _all_constructors(cls, loc, sigma):
     yield cls(loc, sigma)
     yield cls.from_log_scale(loc, sigma.log())

@@ -228,6 +228,23 @@ def test_normal_kl_values_and_precision(scale):
     assert rel < (3e-3 if scale in ("sigma", "softplus") else 1e-5), f"relative error {rel}"
 
 
+@pytest.mark.parametrize("scale", ["sigma", "softplus"])
+def test_reference_float64_kl_at_large_sigma_is_within_an_ulp(scale):
+    """The reference (the tests' oracle) took e^t as exp(2 log sigma), whose rounding grows with t: 2.4e-14
+    relative at sigma = 1e150 until 2026-12-05, where the kernels' sigma * sigma was 5.8e-17. Against 60-digit
+    mpmath; softplus(x) is x at these x."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 60
+    xs = [3e7, 1e20, 1e100, 1e150]
+    got = reference.normal_kl(torch.zeros(len(xs), dtype=torch.float64),
+                              torch.tensor(xs, dtype=torch.float64), scale)
+    for x, kl in zip(xs, got.tolist()):
+        sigma = mp.mpf(x)
+        exact = (sigma * sigma - 1) / 2 - mp.log(sigma)
+        rel = float(abs((kl - exact) / exact))
+        assert rel < torch.finfo(torch.float64).eps, (x, rel)
+
+
 @pytest.mark.parametrize("backend", ["auto"] + (["triton"] if rt._library.triton_kernels is not None else []))
 def test_float32_kl_and_its_gradient_hold_their_bound_across_the_series_switch(backend):
     """e^t is sigma * sigma and the series serves |t| < 1: sigma^2's 2-3 ulp grow most just above the

@@ -15,6 +15,7 @@ seconds (torch.compile with backend="aot_eager" only).
 """
 import copy
 import io
+import math
 import pickle
 import subprocess
 import sys
@@ -178,6 +179,43 @@ def test_validate_args_true_is_skipped_under_compile(how):
         # raised "Unsupported: Attempted to call function marked as skipped" (torch._C._functorch.
         # is_gradtrackingtensor, via _checks.unwrapped in validation_enabled before its is_compiling test)
         torch.testing.assert_close(compiled(mu, log_sigma, validate), draw(mu, log_sigma, validate))
+
+
+CLASS_DRAWS = {
+    "Normal": lambda m, s, v: rd.Normal(m, s.exp(), validate_args=v, seed=1).rsample(),
+    "Normal.from_log_scale": lambda m, s, v: rd.Normal.from_log_scale(m, s, validate_args=v, seed=1).rsample(),
+    "Laplace.from_log_scale": lambda m, s, v: rd.Laplace.from_log_scale(m, s, validate_args=v, seed=1).rsample(),
+    "Gamma": lambda m, s, v: rd.Gamma(s.exp(), 2.0, validate_args=v, seed=1).rsample(),
+}
+
+
+@pytest.mark.parametrize("how", ["validate_args=True", "default on"])
+@pytest.mark.parametrize("name", list(CLASS_DRAWS))
+def test_distribution_classes_skip_their_value_check_while_traced(name, how):
+    """Defect: the rt.distributions classes built with validation on compile with fullgraph=True, export, and
+    build on meta tensors, as the functions do and README.md says, and draw what eager draws; outside a trace
+    they still refuse a bad parameter."""
+    draw = CLASS_DRAWS[name]
+    validate = True if how == "validate_args=True" else None
+    mu, log_sigma = torch.randn(6), torch.randn(6)
+    eager = draw(mu, log_sigma, validate)
+    compiled = _compiled(draw, fullgraph=True)
+    torch.distributions.Distribution.set_default_validate_args(True)
+    # raised "Unsupported: Attempted to call function marked as skipped" (constraints.is_dependent, in torch's
+    # parameter check run by the constructor)
+    torch.testing.assert_close(compiled(mu, log_sigma, validate), eager)
+
+    class Model(torch.nn.Module):
+        def forward(self, m, s):
+            return draw(m, s, validate)
+
+    # raised GuardOnDataDependentSymNode (the same check branching on a traced value)
+    exported = torch.export.export(Model(), (mu, log_sigma))
+    torch.testing.assert_close(exported.module()(mu, log_sigma), eager)
+    meta = torch.empty(6, device="meta")
+    assert draw(meta, meta, validate).shape == eager.shape
+    with pytest.raises(ValueError):
+        draw(mu, torch.full_like(log_sigma, -math.inf), validate)
 
 
 def test_whole_rt_nn_stack_compiles_without_graph_breaks_and_matches_eager():
