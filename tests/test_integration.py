@@ -178,8 +178,11 @@ def compiled_autograd_cases():
         ("normal_rsample, sample_shape", (m, s), lambda: rt.normal_rsample(m, s, seed=3, sample_shape=(2,))),
         ("normal_rsample_and_kl", (m, s), lambda: rt.normal_rsample_and_kl(m, s, seed=3)),
         ("normal_rsample_and_log_prob", (m, s), lambda: rt.normal_rsample_and_log_prob(m, s, seed=3)),
+        ("normal_rsample_and_kl, kl unused", (m, s), lambda: rt.normal_rsample_and_kl(m, s, seed=3)[0]),
+        ("normal_rsample_and_log_prob, log q unused", (m, s), lambda: rt.normal_rsample_and_log_prob(m, s, seed=3)[0]),
         ("normal_kl", (m, s), lambda: rt.normal_kl(m, s)),
         ("laplace_rsample", (m, s), lambda: rt.laplace_rsample(m, s, seed=3)),
+        ("lognormal_rsample, sample_shape", (m, s), lambda: rt.lognormal_rsample(m, s, seed=3, sample_shape=(2,))),
         ("gumbel_softmax", (x,), lambda: rt.gumbel_softmax(x, tau=0.5, seed=3)),
         ("gumbel_softmax, hard", (x,), lambda: rt.gumbel_softmax(x, tau=0.5, hard=True, seed=3)),
         ("relaxed_bernoulli_rsample", (m,), lambda: rt.relaxed_bernoulli_rsample(m, tau=0.5, seed=3)),
@@ -191,9 +194,10 @@ def compiled_autograd_cases():
 
 @pytest.mark.parametrize("saved_noise_limit", [None, 0], ids=["noise saved", "noise regenerated"])
 def test_compiled_autograd_backward_equals_eager(saved_noise_limit):
-    """torch's compiled autograd (the backward traced by dynamo) through every C++ node. The Gaussian nodes that
-    kept their noise marked it a non-differentiable output, which CppNode::compiled_args refuses: an internal assert
-    at every size whose noise is saved (the default up to 2^20 elements) until 2026-12-05."""
+    """torch's compiled autograd (the backward traced by dynamo) through every C++ node, outputs unused included.
+    Until 2026-12-05 the Gaussian nodes that kept their noise marked it a non-differentiable output, which
+    torch::autograd::Function's compiled_args refused with an internal assert, at every size whose noise is saved
+    (the default up to 2^20 elements)."""
     from torch._dynamo import compiled_autograd
 
     def loss_of(out):
@@ -212,6 +216,47 @@ def test_compiled_autograd_backward_equals_eager(saved_noise_limit):
                 assert torch.equal(a, b), name
     finally:
         rt.set_saved_noise_limit(previous)
+        torch._dynamo.reset()
+
+
+def test_compiled_autograd_takes_a_new_temperature_without_a_new_capture():
+    """tau is an input of compiled autograd's graph, not part of its cache key: an annealed temperature is one
+    capture per operator (the C++ nodes keep tau as a value compiled autograd lifts, as torch::autograd::Function's
+    saved_data was)."""
+    from torch._dynamo import compiled_autograd
+    from torch._dynamo.utils import counters
+
+    logits, m = torch.randn(4, 8, requires_grad=True), torch.randn(16, requires_grad=True)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        for tau in (0.5, 0.7, 0.9):
+            for sample, leaf in ((lambda: rt.gumbel_softmax(logits, tau=tau, seed=1), logits),
+                                 (lambda: rt.relaxed_bernoulli_rsample(m, tau=tau, seed=1), m)):
+                want = torch.autograd.grad(sample().square().sum(), leaf)
+                with compiled_autograd._enable(torch.compile(backend="eager")):
+                    got = torch.autograd.grad(sample().square().sum(), leaf)
+                assert torch.equal(got[0], want[0]), tau
+        assert counters["compiled_autograd"]["captures"] == 2
+    finally:
+        torch._dynamo.reset()
+
+
+def test_compiled_autograd_backward_does_not_pack_the_saved_tensors_again():
+    """Saved-tensor hooks active around a compiled-autograd backward do not see the tensors the forward saved
+    (they were packed when saved): the node's compiled backward rebuilds them with the hooks off."""
+    from torch._dynamo import compiled_autograd
+
+    mu, log_sigma = torch.randn(16, requires_grad=True), torch.randn(16, requires_grad=True)
+    torch._dynamo.reset()
+    try:
+        z = rt.normal_rsample(mu, log_sigma, seed=1)
+        packed = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+            with compiled_autograd._enable(torch.compile(backend="eager")):
+                torch.autograd.grad(z.square().sum(), (mu, log_sigma))
+        assert not any(t.data_ptr() == log_sigma.data_ptr() for t in packed)
+    finally:
         torch._dynamo.reset()
 
 

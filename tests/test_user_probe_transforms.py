@@ -380,10 +380,9 @@ def test_diffusion_losses_under_vmap_equal_the_loop():
     torch.testing.assert_close(batched, torch.stack([losses(x0[i], t[i], pred[i]) for i in range(4)]))
 
 
-@pytest.mark.xfail(strict=True, reason="limitation (docs/usage.md): torch.func.grad through the C++ autograd gives "
-                   "torch's own message, naming no operator")
 def test_func_grad_error_names_the_operator_and_the_way_out():
-    """Defect (message): torch.func.grad through an op says which op and what works (autograd.grad, reference)."""
+    """torch.func.grad through an op says which op and what works (autograd.grad, reference). Until 2026-12-05 it
+    gave torch's own message for a C++ torch::autograd::Function, naming no operator."""
     mu, log_sigma = torch.randn(5), torch.randn(5)
     with pytest.raises(RuntimeError) as raised:
         torch.func.grad(lambda m: rt.normal_rsample(m, log_sigma, seed=1).sum())(mu)
