@@ -179,8 +179,9 @@ def fixed_costs(rounds):
              "rt.normal_rsample, grad": lambda: rt.normal_rsample(xg, yg),
              "rt.normal_rsample, seed": lambda: rt.normal_rsample(x, y, seed=1),
              "eager normal, grad": lambda: _eager_normal(xg, yg),
-             # what every fwd+bwd step pays whoever computes it: the backward call of a one-node graph
-             "torch.autograd.grad of x * 2 (floor)": lambda: torch.autograd.grad(xg * 2, (xg,), one),
+             # what every fwd+bwd step pays whoever computes it: the backward call of a one-node graph with two
+             # leaves, as the sampler's (until 2026-12-05 x * 2, whose scalar costs about 15 us more: no floor)
+             "torch.autograd.grad of x + y (floor)": lambda: torch.autograd.grad(xg + yg, (xg, yg), one),
              "rt.normal_rsample fwd+bwd": lambda: torch.autograd.grad(rt.normal_rsample(xg, yg), (xg, yg), one),
              "eager normal fwd+bwd": lambda: torch.autograd.grad(_eager_normal(xg, yg), (xg, yg), (one,))}
     if getattr(compiled, "draw_rng_state", None) is not None:
