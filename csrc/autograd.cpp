@@ -128,12 +128,6 @@ std::tuple<at::Tensor, at::Tensor> both_grads_regenerating(const at::Tensor& gra
       [&] { return ops::loc_scale_broadcast_backward().call(grad, scale_param, rng_state, family, scale); });
 }
 
-std::tuple<at::Tensor, at::Tensor> both_grads_from_noise(const at::Tensor& grad_z, const at::Tensor& scale_param,
-                                                         const at::Tensor& noise, c10::string_view scale) {
-  return call_backward_op(
-      [&] { return ops::normal_broadcast_from_noise_backward().call(grad_z, scale_param, noise, scale); });
-}
-
 // Whether a call records nothing: grad mode off, or no input requiring grad
 // (and no forward-mode tangent, which make_node refuses). Then the operator is
 // called below autograd directly, with no node to build.
@@ -236,14 +230,14 @@ struct RtNode : Node {
     auto& node = const_cast<RtNode&>(*this);  // the lists are read, not changed
     args.collect(std::string(Self::kName));
     node.each_saved([&](Saved& s) { args.collect(s.variable, s.is_output); });
-    std::apply([&](auto&... attribute) { (args.collect(attribute), ...); }, node.self().attributes());
+    node.each_attribute([&](auto& attribute) { args.collect(attribute); });
     args.collect(output_infos());
   }
 
   variable_list apply_with_saved(const variable_list& grads, SwapSavedVariables& swap) override {
     std::vector<torch::autograd::VariableInfo> outputs = output_infos();
     each_saved([&](Saved& s) { swap.before(s.variable); });
-    std::apply([&](auto&... attribute) { (swap.before(attribute), ...); }, self().attributes());
+    each_attribute([&](auto& attribute) { swap.before(attribute); });
     swap.before(outputs);
 
     torch::dynamo::autograd::PackedArgs packed;
@@ -262,7 +256,7 @@ struct RtNode : Node {
       const at::Tensor t = unpack(s);
       pack(t.defined() ? std::optional<at::Tensor>(t) : std::nullopt);
     });
-    std::apply([&](auto&... attribute) { (pack(attribute), ...); }, self().attributes());
+    each_attribute(pack);
 
     const auto& compiler = torch::dynamo::autograd::getPyCompilerInterface();
     const std::string function = compiler->bind_function(swap.get_py_compiler(), Self::kName, &apply_functional, schema,
@@ -274,7 +268,7 @@ struct RtNode : Node {
                                                    std::move(packed).vec(), output_metadata);
 
     each_saved([&](Saved& s) { swap.after(s.variable); });
-    std::apply([&](auto&... attribute) { (swap.after(attribute), ...); }, self().attributes());
+    each_attribute([&](auto& attribute) { swap.after(attribute); });
     swap.after(outputs);
     return result;
   }
@@ -283,7 +277,6 @@ struct RtNode : Node {
   static variable_list apply_functional(const variable_list& grads, const std::vector<c10::IValue>& args) {
     torch::dynamo::autograd::PackedArgs packed(args);
     auto node = c10::make_intrusive<Self>();
-    node->in_compiled_graph = true;
     node->compiled_needs = packed.template unpack<std::vector<bool>>();
     node->compiled_outputs = packed.template unpack<std::vector<torch::autograd::VariableInfo>>();
     {
@@ -295,9 +288,8 @@ struct RtNode : Node {
         s.variable = SavedVariable(t ? *t : at::Tensor(), /*is_output=*/false);
       });
     }
-    std::apply(
-        [&](auto&... attribute) { ((attribute = packed.template unpack<std::decay_t<decltype(attribute)>>()), ...); },
-        node->attributes());
+    node->each_attribute(
+        [&](auto& attribute) { attribute = packed.template unpack<std::decay_t<decltype(attribute)>>(); });
     return node->backward(grads);
   }
 
@@ -311,7 +303,7 @@ struct RtNode : Node {
   }
 
   bool needs(size_t input) const {
-    return in_compiled_graph ? compiled_needs[input] : task_should_compute_output(input);
+    return in_compiled_graph() ? compiled_needs[input] : task_should_compute_output(input);
   }
 
   // An output's gradient, or zeros of its shape where it did not reach the loss
@@ -321,7 +313,7 @@ struct RtNode : Node {
   // log q where subtracting zeros changes nothing.
   at::Tensor grad_or_zeros(const variable_list& grads, size_t output) const {
     if (grads[output].defined()) return grads[output];
-    if (in_compiled_graph) {
+    if (in_compiled_graph()) {
       at::OptionalDeviceGuard guard;
       return compiled_outputs[output].zeros(guard);
     }
@@ -334,6 +326,11 @@ struct RtNode : Node {
   template <typename F>
   void each_saved(F&& f) {
     std::apply([&](auto&... slot) { (f(slot), ...); }, self().saved());
+  }
+
+  template <typename F>
+  void each_attribute(F&& f) {
+    std::apply([&](auto&... attribute) { (f(attribute), ...); }, self().attributes());
   }
 
   // The outputs' types and shapes, for compiled autograd.
@@ -353,10 +350,11 @@ struct RtNode : Node {
     return infos;
   }
 
-  // apply_functional's node, which is in no graph of the engine's: what the engine's task says otherwise.
-  bool in_compiled_graph = false;
+  // Set only in apply_functional's node, which is in no graph of the engine's (every node has an output): what
+  // the engine's task and the input metadata say otherwise.
   std::vector<bool> compiled_needs;
   std::vector<torch::autograd::VariableInfo> compiled_outputs;
+  bool in_compiled_graph() const { return !compiled_outputs.empty(); }
 
   struct HooksOff {
     const bool was_tracing = at::SavedTensorDefaultHooks::set_tracing(true);
@@ -427,8 +425,11 @@ at::Tensor gaussian_scale_grad(const at::Tensor& grad_z, const at::Tensor& scale
 template <bool KeepsNoise>
 std::tuple<at::Tensor, at::Tensor> gaussian_both_grads(const at::Tensor& grad_z, const at::Tensor& scale_param,
                                                        const at::Tensor& source, c10::string_view scale) {
-  return KeepsNoise ? both_grads_from_noise(grad_z, scale_param, source, scale)
-                    : both_grads_regenerating(grad_z, scale_param, source, "normal", scale);
+  if constexpr (KeepsNoise) {
+    return call_backward_op(
+        [&] { return ops::normal_broadcast_from_noise_backward().call(grad_z, scale_param, source, scale); });
+  }
+  return both_grads_regenerating(grad_z, scale_param, source, "normal", scale);
 }
 
 // A Gaussian node, and whether it reads the noise its forward kept (the
@@ -436,6 +437,13 @@ std::tuple<at::Tensor, at::Tensor> gaussian_both_grads(const at::Tensor& grad_z,
 template <class Self, bool KeepsNoise>
 struct GaussianNode : RtNode<Self> {
   static constexpr bool kKeepsNoise = KeepsNoise;
+
+  // The noise's source for the backward: the kept noise (the forward's last output), or rng_state.
+  template <typename Outputs>
+  void save_source(Saved& source, const at::Tensor& rng_state, const Outputs& outputs) {
+    if constexpr (KeepsNoise) this->save(source, std::get<std::tuple_size_v<Outputs> - 1>(outputs));
+    else this->save(source, rng_state);
+  }
 };
 
 // The saved tensors, attributes and record of a node whose backward reads the
@@ -452,8 +460,7 @@ struct ScaleNoiseNode : GaussianNode<Self, KeepsNoise> {
   template <typename Outputs>
   void record(const at::Tensor& mu, const at::Tensor& sp, const at::Tensor& state, const Outputs& outputs) {
     this->save(scale_param, saved_if_differentiated(sp));  // only the scale's own gradient reads it
-    if constexpr (KeepsNoise) this->save(source, std::get<std::tuple_size_v<Outputs> - 1>(outputs));
-    else this->save(source, state);
+    this->save_source(source, state, outputs);
     location_shape = location_shape_of(mu, first_output(outputs));
   }
 
@@ -503,8 +510,7 @@ struct NormalRsampleAndKlNode : GaussianNode<NormalRsampleAndKlNode<KeepsNoise>,
   void record(const at::Tensor& location, const at::Tensor& sp, const at::Tensor& state, const Outputs& outputs) {
     this->save(mu, location);
     this->save(scale_param, sp);
-    if constexpr (KeepsNoise) this->save(source, std::get<2>(outputs));
-    else this->save(source, state);
+    this->save_source(source, state, outputs);
   }
 
   variable_list backward(const variable_list& grads) {
