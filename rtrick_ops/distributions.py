@@ -78,19 +78,32 @@ def _validate_after_init(dist, validate_args):
     torch's check costs three dispatched ops, an allocation and a sync per parameter (14 us for a Normal at
     2^11 elements, 43 us at 2^14); the C++ scan one pass. torch's check runs where the scan finds a value
     outside or cannot read a tensor, so the verdicts and the error message are torch's."""
-    if validate_args is None and _checks.is_compiling():
-        # torch 2.11's dynamo refuses to read an attribute deleted in the traced function: the class default
-        # as it is now, which is what the traced graph is specialized on anyway
-        dist._validate_args = type(dist)._validate_args
-    elif validate_args is None:
-        del dist._validate_args  # back to the class default, read at each use, as torch leaves it
-    else:
-        dist._validate_args = validate_args
+    _set_validation(dist, validate_args)
     # Pyro's LogNormal builds a base Normal that checks at the class default whatever validate_args says
     checking = dist._validate_args or (dist._base_validation == "default" and
                                        torch.distributions.Distribution._validate_args)
     if checking and not dist._parameters_pass() and _parameters_hold_values(dist):
         dist._torch_check(validate_args)
+
+
+def _set_validation(dist, validate_args):
+    """dist's validation flag as torch's Distribution.__init__ leaves it given validate_args, for a distribution
+    built with validate_args=False."""
+    if validate_args is None and _checks.is_compiling():
+        # torch 2.11's dynamo refuses to read an attribute deleted in the traced function: the class default
+        # as it is now, which is what the traced graph is specialized on anyway
+        dist._validate_args = type(dist)._validate_args
+    elif validate_args is None:
+        dist.__dict__.pop("_validate_args", None)  # back to the class default, read at each use, as torch leaves it
+    else:
+        dist._validate_args = validate_args
+
+
+def _values_to_check(*parameters):
+    """Whether the constructor's parameters (tensors, numbers or None) have values a check can read, by the
+    functions' rule (_checks.validation_enabled): not while torch.compile or torch.export traces, nor for meta
+    and fake tensors, nor while a CUDA graph is captured."""
+    return _checks.validation_enabled(True, *(p for p in parameters if isinstance(p, torch.Tensor)))
 
 
 def _parameters_hold_values(dist):
@@ -99,7 +112,7 @@ def _parameters_hold_values(dist):
     graph is captured. There torch's check fails instead of checking (dynamo refuses constraints.is_dependent,
     export and fake tensors cannot guard on the result's value): until 2026-12-05 the classes with validation
     on did not trace, where the functions and the docs said they did."""
-    return _checks.validation_enabled(True, *(getattr(dist, param) for param, _ in _held_parameters(dist)))
+    return _values_to_check(*(getattr(dist, param) for param, _ in _held_parameters(dist)))
 
 
 class _SimplexWithinRounding(constraints._Simplex):
@@ -708,7 +721,8 @@ class _FusedRelaxed(_Fused):
         like = like if isinstance(like, torch.Tensor) else torch.empty(())
         held_dtype = compute_dtype(like.dtype)
         checking = torch.distributions.Distribution._validate_args if validate_args is None else validate_args
-        if checking and not _checks.is_compiling():
+        values_to_check = _values_to_check(temperature, probs, logits)
+        if checking and values_to_check:
             _check_temperature(temperature, held_dtype)
         if not isinstance(temperature, torch.Tensor):
             # torch keeps a Python-number temperature as given, and its log_prob then fails
@@ -716,7 +730,16 @@ class _FusedRelaxed(_Fused):
             # the fused sampler holds tau anyway: rounded to float16 or bfloat16, 0.3 became 0.30078125, 1e-8
             # became 0 and 7e4 inf.
             temperature = torch.tensor(float(temperature), dtype=held_dtype, device=like.device)
-        super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
+        if values_to_check:
+            super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
+            return
+        # While tracing (and for meta or fake tensors) torch's __init__ would check values it cannot read, in its
+        # base distribution (RelaxedBernoulli's at the global default whatever validate_args says) and in its
+        # own Distribution.__init__: until 2026-12-06 the classes with validation on failed to compile with
+        # fullgraph=True, to export and to build on meta tensors. The same parts, unchecked, with torch's flags.
+        base = self._unchecked_base(temperature, probs, logits, validate_args)
+        torch.distributions.TransformedDistribution.__init__(self, base, self._transform(), validate_args=False)
+        _set_validation(self, validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = super().expand(batch_shape, _instance)
@@ -725,14 +748,14 @@ class _FusedRelaxed(_Fused):
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         temperature = self.temperature  # torch keeps a Python-number temperature as given
-        compiling = _checks.is_compiling()
-        # Under torch.compile a temperature given as a tensor takes the torch-ops path too: the fused sampler
-        # takes tau as a number, and float() of a tensor cannot be traced (dynamo's data-dependent guard
-        # error, where torch's own class compiles). The same noise, the sample to rounding.
+        # Under torch.compile (and for meta or fake tensors) a temperature given as a tensor takes the torch-ops
+        # path too: the fused sampler takes tau as a number, and float() of a tensor cannot be traced (dynamo's
+        # data-dependent guard error, where torch's own class compiles). The same noise, the sample to rounding.
+        traced = _checks.is_compiling() or not _checks.holds_values(temperature)
         if isinstance(temperature, torch.Tensor) and (temperature.numel() != 1 or temperature.requires_grad or
-                                                      (compiling and self._temperature_number is None)):
+                                                      (traced and self._temperature_number is None)):
             return self._rsample_tensor_temperature(torch.Size(sample_shape), generator)
-        number = self._temperature_number if compiling else None
+        number = self._temperature_number if traced else None
         return self._fused_sampler(self.logits, float(temperature) if number is None else number,
                                    sample_shape=torch.Size(sample_shape),
                                    seed=self._seed_beside(generator), generator=generator, backend=self._backend)
@@ -756,6 +779,14 @@ class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
 
     _fused_sampler = staticmethod(family.relaxed_bernoulli_rsample)
     _noise_sampler = staticmethod(family.logistic_rsample)
+    _transform = torch.distributions.transforms.SigmoidTransform
+
+    @staticmethod
+    def _unchecked_base(temperature, probs, logits, validate_args):
+        base = torch.distributions.relaxed_bernoulli.LogitRelaxedBernoulli(temperature, probs, logits,
+                                                                           validate_args=False)
+        _set_validation(base, None)  # torch builds it at the global default, whatever validate_args says
+        return base
     _relax = staticmethod(torch.sigmoid)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
@@ -790,7 +821,14 @@ class Beta(_Fused, torch.distributions.Beta):
 
     def __init__(self, concentration1, concentration0, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = _draw_options(seed, backend, gamma.BETA_RSAMPLE)
-        super().__init__(concentration1, concentration0, validate_args=validate_args)
+        if _values_to_check(concentration1, concentration0):
+            super().__init__(concentration1, concentration0, validate_args=validate_args)  # torch's checks, its message
+            return
+        # While tracing, torch's __init__ (its inner Dirichlet's check, then its own) would check values it cannot
+        # read: until 2026-12-06 Beta with validation on failed to compile, export and build on meta tensors
+        super().__init__(concentration1, concentration0, validate_args=False)
+        _set_validation(self._dirichlet, validate_args)
+        _set_validation(self, validate_args)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         return gamma.beta_rsample(self.concentration1, self.concentration0, sample_shape=torch.Size(sample_shape),
@@ -830,6 +868,21 @@ class RelaxedOneHotCategorical(_FusedRelaxed, torch.distributions.RelaxedOneHotC
     support = _SIMPLEX_WITHIN_ROUNDING
     _fused_sampler = staticmethod(gumbel.gumbel_softmax)
     _noise_sampler = staticmethod(family.gumbel_rsample)
+    _transform = torch.distributions.transforms.ExpTransform
+
+    @staticmethod
+    def _unchecked_base(temperature, probs, logits, validate_args):
+        # torch's ExpRelaxedCategorical.__init__ without its checks: it builds its Categorical at the global
+        # default whatever validate_args says, so no argument of its own keeps that check from running
+        base = torch.distributions.relaxed_categorical.ExpRelaxedCategorical.__new__(
+            torch.distributions.relaxed_categorical.ExpRelaxedCategorical)
+        base._categorical = torch.distributions.Categorical(probs, logits, validate_args=False)
+        _set_validation(base._categorical, None)
+        base.temperature = temperature
+        torch.distributions.Distribution.__init__(base, base._categorical.batch_shape,
+                                                  base._categorical.param_shape[-1:], validate_args=False)
+        _set_validation(base, validate_args)
+        return base
 
     @staticmethod
     def _relax(scores):

@@ -22,7 +22,8 @@ import torch
 # The scale transforms and kinds are the runtime's (the kernels are checked against them through
 # the samples); the oracle imports the runtime, never the reverse.
 from ._math import (LOG_SQRT_2PI, beta_bounds, compute_dtype, d2sigma_of, dlog_sigma_of, dsigma_of,  # noqa: F401
-                    dirichlet_floor, log_sigma_of, normal_kl_grads, sigma_of, smallest_positive)
+                    dirichlet_floor, log_sigma_of, normal_kl_grads, sigma_of, smallest_positive,
+                    ExpAsSigmaSquared)
 from .kinds import FAMILIES, GAUSSIAN_SCALES
 
 _MASK32 = 0xFFFFFFFF
@@ -168,30 +169,9 @@ def _expm1_minus_x(t, sigma):
     series = series * small * small
     above = t > 128
     middle_sigma = torch.where(above, 1.0, sigma)  # sigma = +inf lies above
-    middle = (_ExpAsSigmaSquared.apply(t, middle_sigma) - 1) - t
-    direct = torch.where(above, _ExpAsSigmaSquared.apply(t, sigma), middle)
+    middle = (ExpAsSigmaSquared.apply(t, middle_sigma) - 1) - t
+    direct = torch.where(above, ExpAsSigmaSquared.apply(t, sigma), middle)
     return torch.where(t.abs() >= 1, direct, series)
-
-
-class _ExpAsSigmaSquared(torch.autograd.Function):
-    """e^t for t = 2 log sigma, valued sigma * sigma and differentiated in t as e^t, as the kernels' backward
-    takes it (normal_kl_dx in csrc/formulas.h). Autograd through sigma * sigma would give 2 sigma dsigma/dx: finite
-    where sigma^2 overflows and the kernels' gradient is inf, and a number beside a NaN t."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(t, sigma):
-        return sigma * sigma
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (e_t,) = ctx.saved_tensors
-        return grad * e_t, None
 
 
 def normal_rsample_and_kl(mu, scale_param, rng_state, scale="log_sigma", sample_shape=()):

@@ -245,6 +245,21 @@ def test_reference_float64_kl_at_large_sigma_is_within_an_ulp(scale):
         assert rel < torch.finfo(torch.float64).eps, (x, rel)
 
 
+@pytest.mark.parametrize("scale", ["sigma", "softplus"])
+def test_float64_kl_second_derivative_at_large_sigma_is_within_ulps(scale):
+    """The KL's double backward (torch ops, _math.normal_kl_grads) took e^t as expm1(2 log sigma), whose rounding
+    grows with t: 2e-14 relative at sigma = 1e150 until 2026-12-06, where the first derivative (the kernels')
+    takes sigma * sigma. d2KL/dsigma2 = 1 + 1 / sigma^2 (softplus(x) is x at these x), and the first derivative
+    sigma - 1 / sigma, with the graph that gives the second."""
+    xs = torch.tensor([3e7, 1e20, 1e100, 1e150], dtype=torch.float64, requires_grad=True)
+    kl = rt.normal_kl(torch.zeros(4, dtype=torch.float64), xs, scale=scale)
+    (first,) = torch.autograd.grad(kl.sum(), xs, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), xs)
+    eps = torch.finfo(torch.float64).eps
+    torch.testing.assert_close(first.detach(), xs.detach() - 1 / xs.detach(), rtol=eps, atol=0)
+    torch.testing.assert_close(second, 1 + 1 / xs.detach() ** 2, rtol=2 * eps, atol=0)
+
+
 @pytest.mark.parametrize("backend", ["auto"] + (["triton"] if rt._library.triton_kernels is not None else []))
 def test_float32_kl_and_its_gradient_hold_their_bound_across_the_series_switch(backend):
     """e^t is sigma * sigma and the series serves |t| < 1: sigma^2's 2-3 ulp grow most just above the

@@ -186,6 +186,13 @@ CLASS_DRAWS = {
     "Normal.from_log_scale": lambda m, s, v: rd.Normal.from_log_scale(m, s, validate_args=v, seed=1).rsample(),
     "Laplace.from_log_scale": lambda m, s, v: rd.Laplace.from_log_scale(m, s, validate_args=v, seed=1).rsample(),
     "Gamma": lambda m, s, v: rd.Gamma(s.exp(), 2.0, validate_args=v, seed=1).rsample(),
+    # the classes whose torch __init__ builds an inner distribution that checks too (until 2026-12-06 they failed)
+    "Beta": lambda m, s, v: rd.Beta(s.exp(), 2.0, validate_args=v, seed=1).rsample(),
+    "RelaxedBernoulli": lambda m, s, v: rd.RelaxedBernoulli(s.exp(), logits=m, validate_args=v, seed=1).rsample(),
+    "RelaxedBernoulli, a number": lambda m, s, v: rd.RelaxedBernoulli(  # -inf * 0: NaN logits, refused
+        0.7, logits=m + 0 * s, validate_args=v, seed=1).rsample(),
+    "RelaxedOneHotCategorical": lambda m, s, v: rd.RelaxedOneHotCategorical(
+        0.7, probs=s.exp().view(2, 3), validate_args=v, seed=1).rsample(),
 }
 
 
@@ -216,6 +223,30 @@ def test_distribution_classes_skip_their_value_check_while_traced(name, how):
     assert draw(meta, meta, validate).shape == eager.shape
     with pytest.raises(ValueError):
         draw(mu, torch.full_like(log_sigma, -math.inf), validate)
+
+
+@pytest.mark.parametrize("default", [True, False])
+@pytest.mark.parametrize("validate", [True, False, None])
+@pytest.mark.parametrize("name", ["Beta", "RelaxedBernoulli", "RelaxedOneHotCategorical"])
+def test_classes_built_while_traced_keep_torchs_validation_flags(name, validate, default):
+    """Defect guard: Beta and the relaxed classes, built where torch's checks cannot run (meta tensors here, as
+    while tracing), skip those checks and leave every validation flag (theirs, their inner distributions')
+    as torch's __init__ leaves it: torch's RelaxedBernoulli and RelaxedOneHotCategorical build their inner
+    distributions at the global default whatever validate_args says."""
+    build = {"Beta": lambda t: getattr(rd, name)(t.exp(), t.exp() + 1, validate_args=validate),
+             "RelaxedBernoulli": lambda t: rd.RelaxedBernoulli(0.5, logits=t, validate_args=validate),
+             "RelaxedOneHotCategorical": lambda t: rd.RelaxedOneHotCategorical(0.5, logits=t,
+                                                                               validate_args=validate)}[name]
+
+    def flags(dist):
+        inner = [dist] + [getattr(dist, part) for part in ("_dirichlet", "base_dist") if part in dist.__dict__]
+        inner += [d._categorical for d in inner if "_categorical" in d.__dict__]
+        return [(type(d).__name__, d.__dict__.get("_validate_args", "class default")) for d in inner]
+
+    torch.distributions.Distribution.set_default_validate_args(default)
+    held, traced = build(torch.randn(2, 3)), build(torch.empty(2, 3, device="meta"))
+    assert flags(traced) == flags(held)
+    assert (traced.batch_shape, traced.event_shape) == (held.batch_shape, held.event_shape)
 
 
 def test_whole_rt_nn_stack_compiles_without_graph_breaks_and_matches_eager():
