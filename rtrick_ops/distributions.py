@@ -735,7 +735,7 @@ class _FusedRelaxed(_Fused):
             return
         # While tracing (and for meta or fake tensors) torch's __init__ would check values it cannot read, in its
         # base distribution (RelaxedBernoulli's at the global default whatever validate_args says) and in its
-        # own Distribution.__init__: until 2026-12-06 the classes with validation on failed to compile with
+        # own Distribution.__init__: until 2026-12-05 the classes with validation on failed to compile with
         # fullgraph=True, to export and to build on meta tensors. The same parts, unchecked, with torch's flags.
         base = self._unchecked_base(temperature, probs, logits, validate_args)
         torch.distributions.TransformedDistribution.__init__(self, base, self._transform(), validate_args=False)
@@ -825,7 +825,7 @@ class Beta(_Fused, torch.distributions.Beta):
             super().__init__(concentration1, concentration0, validate_args=validate_args)  # torch's checks, its message
             return
         # While tracing, torch's __init__ (its inner Dirichlet's check, then its own) would check values it cannot
-        # read: until 2026-12-06 Beta with validation on failed to compile, export and build on meta tensors
+        # read: until 2026-12-05 Beta with validation on failed to compile, export and build on meta tensors
         super().__init__(concentration1, concentration0, validate_args=False)
         _set_validation(self._dirichlet, validate_args)
         _set_validation(self, validate_args)

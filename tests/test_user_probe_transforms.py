@@ -186,7 +186,7 @@ CLASS_DRAWS = {
     "Normal.from_log_scale": lambda m, s, v: rd.Normal.from_log_scale(m, s, validate_args=v, seed=1).rsample(),
     "Laplace.from_log_scale": lambda m, s, v: rd.Laplace.from_log_scale(m, s, validate_args=v, seed=1).rsample(),
     "Gamma": lambda m, s, v: rd.Gamma(s.exp(), 2.0, validate_args=v, seed=1).rsample(),
-    # the classes whose torch __init__ builds an inner distribution that checks too (until 2026-12-06 they failed)
+    # the classes whose torch __init__ builds an inner distribution that checks too (until 2026-12-05 they failed)
     "Beta": lambda m, s, v: rd.Beta(s.exp(), 2.0, validate_args=v, seed=1).rsample(),
     "RelaxedBernoulli": lambda m, s, v: rd.RelaxedBernoulli(s.exp(), logits=m, validate_args=v, seed=1).rsample(),
     "RelaxedBernoulli, a number": lambda m, s, v: rd.RelaxedBernoulli(  # -inf * 0: NaN logits, refused
