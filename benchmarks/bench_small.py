@@ -182,6 +182,9 @@ def fixed_costs(rounds):
              # what every fwd+bwd step pays whoever computes it: the backward call of a one-node graph with two
              # leaves, as the sampler's (until 2026-12-05 x * 2, whose scalar costs about 15 us more: no floor)
              "torch.autograd.grad of x + y (floor)": lambda: torch.autograd.grad(xg + yg, (xg, yg), one),
+             # the cheapest node that computes its gradients (MulBackward0: two saved tensors, two kernels), as
+             # the sampler's node does: what a fused op's whole step is best compared with at one element
+             "torch.autograd.grad of x * y": lambda: torch.autograd.grad(xg * yg, (xg, yg), one),
              "rt.normal_rsample fwd+bwd": lambda: torch.autograd.grad(rt.normal_rsample(xg, yg), (xg, yg), one),
              "eager normal fwd+bwd": lambda: torch.autograd.grad(_eager_normal(xg, yg), (xg, yg), (one,))}
     if getattr(compiled, "draw_rng_state", None) is not None:

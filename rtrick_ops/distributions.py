@@ -721,8 +721,10 @@ class _FusedRelaxed(_Fused):
         like = like if isinstance(like, torch.Tensor) else torch.empty(())
         held_dtype = compute_dtype(like.dtype)
         checking = torch.distributions.Distribution._validate_args if validate_args is None else validate_args
-        values_to_check = _values_to_check(temperature, probs, logits)
-        if checking and values_to_check:
+        # torch's base distribution checks at the global default whatever validate_args says
+        readable = not (checking or torch.distributions.Distribution._validate_args) or _values_to_check(
+            temperature, probs, logits)
+        if checking and readable:
             _check_temperature(temperature, held_dtype)
         if not isinstance(temperature, torch.Tensor):
             # torch keeps a Python-number temperature as given, and its log_prob then fails
@@ -730,7 +732,7 @@ class _FusedRelaxed(_Fused):
             # the fused sampler holds tau anyway: rounded to float16 or bfloat16, 0.3 became 0.30078125, 1e-8
             # became 0 and 7e4 inf.
             temperature = torch.tensor(float(temperature), dtype=held_dtype, device=like.device)
-        if values_to_check:
+        if readable:
             super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
             return
         # While tracing (and for meta or fake tensors) torch's __init__ would check values it cannot read, in its
@@ -821,7 +823,8 @@ class Beta(_Fused, torch.distributions.Beta):
 
     def __init__(self, concentration1, concentration0, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = _draw_options(seed, backend, gamma.BETA_RSAMPLE)
-        if _values_to_check(concentration1, concentration0):
+        checking = torch.distributions.Distribution._validate_args if validate_args is None else validate_args
+        if not checking or _values_to_check(concentration1, concentration0):
             super().__init__(concentration1, concentration0, validate_args=validate_args)  # torch's checks, its message
             return
         # While tracing, torch's __init__ (its inner Dirichlet's check, then its own) would check values it cannot
