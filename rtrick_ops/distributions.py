@@ -781,6 +781,7 @@ class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
 
     _fused_sampler = staticmethod(family.relaxed_bernoulli_rsample)
     _noise_sampler = staticmethod(family.logistic_rsample)
+    _relax = staticmethod(torch.sigmoid)
     _transform = torch.distributions.transforms.SigmoidTransform
 
     @staticmethod
@@ -789,7 +790,6 @@ class RelaxedBernoulli(_FusedRelaxed, torch.distributions.RelaxedBernoulli):
                                                                            validate_args=False)
         _set_validation(base, None)  # torch builds it at the global default, whatever validate_args says
         return base
-    _relax = staticmethod(torch.sigmoid)
 
     def rsample(self, sample_shape=torch.Size(), generator=None):
         # torch's SigmoidTransform clamps into [tiny, 1 - eps]; the fused sigmoid saturates to exactly 0 or 1
