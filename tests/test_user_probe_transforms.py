@@ -233,7 +233,7 @@ def test_classes_built_while_traced_keep_torchs_validation_flags(name, validate,
     while tracing), skip those checks and leave every validation flag (theirs, their inner distributions')
     as torch's __init__ leaves it: torch's RelaxedBernoulli and RelaxedOneHotCategorical build their inner
     distributions at the global default whatever validate_args says."""
-    build = {"Beta": lambda t: getattr(rd, name)(t.exp(), t.exp() + 1, validate_args=validate),
+    build = {"Beta": lambda t: rd.Beta(t.exp(), t.exp() + 1, validate_args=validate),
              "RelaxedBernoulli": lambda t: rd.RelaxedBernoulli(0.5, logits=t, validate_args=validate),
              "RelaxedOneHotCategorical": lambda t: rd.RelaxedOneHotCategorical(0.5, logits=t,
                                                                                validate_args=validate)}[name]
