@@ -396,6 +396,20 @@ c10::intrusive_ptr<N> make_node(const Inputs&... inputs) {
   return node;
 }
 
+// The Autograd kernel of an operator with one output and node N: the operator
+// below autograd where nothing is recorded; else N with its edges to `inputs`
+// (its differentiable inputs, in its backward's order), the output's history,
+// and what record(node, output) saves.
+template <class N, typename Run, typename Record, class... Inputs>
+at::Tensor single_output_autograd(Run&& run, Record&& record, const Inputs&... inputs) {
+  if (records_nothing({&inputs...})) return below_autograd(run);
+  auto node = make_node<N>(inputs...);
+  at::Tensor output = below_autograd(run);
+  torch::autograd::set_history(output, node);
+  record(*node, output);
+  return output;
+}
+
 // The (location, scale parameter) gradients of a location-scale node from its
 // output's gradient: one pass for both where one_pass_for_both says so, else
 // the location's sum and the scale's own backward, each where needed.
@@ -563,18 +577,17 @@ struct GumbelSoftmaxNode : RtNode<GumbelSoftmaxNode> {
 
 at::Tensor gumbel_softmax_autograd(const at::Tensor& logits, const at::Tensor& rng_state, double tau, bool hard,
                                    int64_t dim, c10::SymIntArrayRef sample_shape) {
-  const auto run = [&] { return ops::gumbel_softmax().call(logits, rng_state, tau, hard, dim, sample_shape); };
-  if (records_nothing({&logits})) return below_autograd(run);
-  auto node = make_node<GumbelSoftmaxNode>(logits);
-  at::Tensor y = below_autograd(run);
-  torch::autograd::set_history(y, node);
-  node->tau = tau;
-  node->dim = dim;
-  node->from_sample = saves_sample(logits, hard);
-  node->save(node->logits, logits);
-  if (node->from_sample) node->save(node->sample_or_state, y, /*is_output=*/true);
-  else node->save(node->sample_or_state, rng_state);
-  return y;
+  return single_output_autograd<GumbelSoftmaxNode>(
+      [&] { return ops::gumbel_softmax().call(logits, rng_state, tau, hard, dim, sample_shape); },
+      [&](GumbelSoftmaxNode& node, const at::Tensor& y) {
+        node.tau = tau;
+        node.dim = dim;
+        node.from_sample = saves_sample(logits, hard);
+        node.save(node.logits, logits);
+        if (node.from_sample) node.save(node.sample_or_state, y, /*is_output=*/true);
+        else node.save(node.sample_or_state, rng_state);
+      },
+      logits);
 }
 
 // ------------------------------------------------------------- normal_kl
@@ -594,15 +607,14 @@ struct NormalKlNode : RtNode<NormalKlNode> {
 };
 
 at::Tensor normal_kl_autograd(const at::Tensor& mu, const at::Tensor& scale_param, c10::string_view scale) {
-  const auto run = [&] { return ops::normal_kl().call(mu, scale_param, scale); };
-  if (records_nothing({&mu, &scale_param})) return below_autograd(run);
-  auto node = make_node<NormalKlNode>(mu, scale_param);
-  at::Tensor kl = below_autograd(run);
-  node->save(node->mu, mu);
-  node->save(node->scale_param, scale_param);
-  node->scale = std::string(scale);
-  torch::autograd::set_history(kl, node);
-  return kl;
+  return single_output_autograd<NormalKlNode>(
+      [&] { return ops::normal_kl().call(mu, scale_param, scale); },
+      [&](NormalKlNode& node, const at::Tensor&) {
+        node.save(node.mu, mu);
+        node.save(node.scale_param, scale_param);
+        node.scale = std::string(scale);
+      },
+      mu, scale_param);
 }
 
 // --------------------------------------------- normal_rsample_and_log_prob
@@ -767,20 +779,17 @@ struct LocScaleRsampleNode : RtNode<LocScaleRsampleNode> {
 at::Tensor loc_scale_rsample_autograd(const at::Tensor& loc, const at::Tensor& scale_param,
                                       const at::Tensor& rng_state, c10::string_view family, c10::string_view scale,
                                       c10::SymIntArrayRef sample_shape) {
-  const auto run = [&] {
-    return ops::loc_scale_rsample().call(loc, scale_param, rng_state, family, scale, sample_shape);
-  };
-  if (records_nothing({&loc, &scale_param})) return below_autograd(run);
-  auto node = make_node<LocScaleRsampleNode>(loc, scale_param);
-  at::Tensor z = below_autograd(run);
-  torch::autograd::set_history(z, node);
-  node->family = std::string(family);
-  node->scale = std::string(scale);
-  node->location_shape = location_shape_of(loc, z);
-  node->save(node->scale_param, saved_if_differentiated(scale_param));
-  node->save(node->rng_state, rng_state);
-  if (family == "lognormal") node->save(node->sample, z, /*is_output=*/true);
-  return z;
+  return single_output_autograd<LocScaleRsampleNode>(
+      [&] { return ops::loc_scale_rsample().call(loc, scale_param, rng_state, family, scale, sample_shape); },
+      [&](LocScaleRsampleNode& node, const at::Tensor& z) {
+        node.family = std::string(family);
+        node.scale = std::string(scale);
+        node.location_shape = location_shape_of(loc, z);
+        node.save(node.scale_param, saved_if_differentiated(scale_param));
+        node.save(node.rng_state, rng_state);
+        if (family == "lognormal") node.save(node.sample, z, /*is_output=*/true);
+      },
+      loc, scale_param);
 }
 
 // ---------------------------------------------- relaxed_bernoulli_rsample
@@ -807,15 +816,14 @@ struct RelaxedBernoulliRsampleNode : RtNode<RelaxedBernoulliRsampleNode> {
 
 at::Tensor relaxed_bernoulli_rsample_autograd(const at::Tensor& logits, const at::Tensor& rng_state, double tau,
                                               c10::SymIntArrayRef sample_shape) {
-  const auto run = [&] { return ops::relaxed_bernoulli_rsample().call(logits, rng_state, tau, sample_shape); };
-  if (records_nothing({&logits})) return below_autograd(run);
-  auto node = make_node<RelaxedBernoulliRsampleNode>(logits);
-  at::Tensor z = below_autograd(run);
-  torch::autograd::set_history(z, node);
-  node->tau = tau;
-  node->logits_shape = logits.sym_sizes().vec();
-  node->save(node->sample, z, /*is_output=*/true);
-  return z;
+  return single_output_autograd<RelaxedBernoulliRsampleNode>(
+      [&] { return ops::relaxed_bernoulli_rsample().call(logits, rng_state, tau, sample_shape); },
+      [&](RelaxedBernoulliRsampleNode& node, const at::Tensor& z) {
+        node.tau = tau;
+        node.logits_shape = logits.sym_sizes().vec();
+        node.save(node.sample, z, /*is_output=*/true);
+      },
+      logits);
 }
 
 // --------------------------------------------- Gamma, Dirichlet and Beta
@@ -838,14 +846,13 @@ struct OneParamRsampleNode : RtNode<Self> {
 
   static at::Tensor autograd_kernel(const at::Tensor& concentration, const at::Tensor& rng_state,
                                     c10::SymIntArrayRef sample_shape) {
-    const auto run = [&] { return Sample().call(concentration, rng_state, sample_shape); };
-    if (records_nothing({&concentration})) return below_autograd(run);
-    auto node = make_node<Self>(concentration);
-    at::Tensor z = below_autograd(run);
-    torch::autograd::set_history(z, node);
-    node->save(node->concentration, concentration);
-    node->save(node->sample, z, /*is_output=*/true);
-    return z;
+    return single_output_autograd<Self>(
+        [&] { return Sample().call(concentration, rng_state, sample_shape); },
+        [&](Self& node, const at::Tensor& z) {
+          node.save(node.concentration, concentration);
+          node.save(node.sample, z, /*is_output=*/true);
+        },
+        concentration);
   }
 };
 struct GammaRsampleNode
@@ -877,15 +884,14 @@ struct BetaRsampleNode : RtNode<BetaRsampleNode> {
 
 at::Tensor beta_rsample_autograd(const at::Tensor& a, const at::Tensor& b, const at::Tensor& rng_state,
                                  c10::SymIntArrayRef sample_shape) {
-  const auto run = [&] { return ops::beta_rsample().call(a, b, rng_state, sample_shape); };
-  if (records_nothing({&a, &b})) return below_autograd(run);
-  auto node = make_node<BetaRsampleNode>(a, b);
-  at::Tensor z = below_autograd(run);
-  torch::autograd::set_history(z, node);
-  node->save(node->a, a);
-  node->save(node->b, b);
-  node->save(node->sample, z, /*is_output=*/true);
-  return z;
+  return single_output_autograd<BetaRsampleNode>(
+      [&] { return ops::beta_rsample().call(a, b, rng_state, sample_shape); },
+      [&](BetaRsampleNode& node, const at::Tensor& z) {
+        node.save(node.a, a);
+        node.save(node.b, b);
+        node.save(node.sample, z, /*is_output=*/true);
+      },
+      a, b);
 }
 
 }  // namespace

@@ -106,12 +106,17 @@ def _values_to_check(*parameters):
     return _checks.validation_enabled(True, *(p for p in parameters if isinstance(p, torch.Tensor)))
 
 
+def _torch_checks(validate_args):
+    """Whether torch's Distribution.__init__ checks given validate_args (None: the global default; anything else
+    as torch reads it, truthy or not)."""
+    return torch.distributions.Distribution._validate_args if validate_args is None else validate_args
+
+
 def _parameters_hold_values(dist):
-    """Whether dist's parameters have values to check, by the functions' rule (_checks.validation_enabled): not
-    while torch.compile or torch.export traces, nor for meta and fake tensors (FakeTensorMode), nor while a CUDA
-    graph is captured. There torch's check fails instead of checking (dynamo refuses constraints.is_dependent,
-    export and fake tensors cannot guard on the result's value): until 2026-12-05 the classes with validation
-    on did not trace, where the functions and the docs said they did."""
+    """_values_to_check of dist's parameters. Where it says no, torch's check fails instead of checking
+    (dynamo refuses constraints.is_dependent, export and fake tensors cannot guard on the result's value):
+    until 2026-12-05 the classes with validation on did not trace, where the functions and the docs said they
+    did."""
     return _values_to_check(*(getattr(dist, param) for param, _ in _held_parameters(dist)))
 
 
@@ -720,9 +725,9 @@ class _FusedRelaxed(_Fused):
         like = logits if logits is not None else probs
         like = like if isinstance(like, torch.Tensor) else torch.empty(())
         held_dtype = compute_dtype(like.dtype)
-        checking = torch.distributions.Distribution._validate_args if validate_args is None else validate_args
+        checking = _torch_checks(validate_args)
         # torch's base distribution checks at the global default whatever validate_args says
-        readable = not (checking or torch.distributions.Distribution._validate_args) or _values_to_check(
+        readable = not (checking or _torch_checks(None)) or _values_to_check(
             temperature, probs, logits)
         if checking and readable:
             _check_temperature(temperature, held_dtype)
@@ -823,7 +828,7 @@ class Beta(_Fused, torch.distributions.Beta):
 
     def __init__(self, concentration1, concentration0, validate_args=None, *, seed=None, backend="auto"):
         self._seed, self._backend = _draw_options(seed, backend, gamma.BETA_RSAMPLE)
-        checking = torch.distributions.Distribution._validate_args if validate_args is None else validate_args
+        checking = _torch_checks(validate_args)
         if not checking or _values_to_check(concentration1, concentration0):
             super().__init__(concentration1, concentration0, validate_args=validate_args)  # torch's checks, its message
             return
